@@ -1,0 +1,329 @@
+"""Runs the whole Parlance stack as local processes: `make up` and the cross-service tests.
+
+    python scripts/devstack.py            # fixed ports: gateway on http://127.0.0.1:8000
+    python scripts/devstack.py --help
+
+It picks Redis (REDIS_URL if it answers, else one it starts itself when redis-server is
+installed, else none: the gateway then warns and uses per-process fallbacks), starts the
+generator, safety and history services, waits until each reports SERVING on the gRPC health
+service, starts the gateway, waits for /readyz, and prints how to call it. Ctrl-C (or SIGTERM)
+stops every process, gracefully first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+
+
+def _say(message: str) -> None:
+    print(f"[parlance] {message}", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def redis_answers(url: str, timeout_s: float = 0.5) -> bool:
+    """PING over a raw socket, so this script needs no Redis client."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    try:
+        with socket.create_connection(
+            (parsed.hostname or "127.0.0.1", parsed.port or 6379), timeout=timeout_s
+        ) as sock:
+            if parsed.password:
+                sock.sendall(f"AUTH {parsed.password}\r\n".encode())
+                sock.recv(64)
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    command: list[str]
+    env: dict[str, str]
+    log_path: Path
+    grpc_port: int | None = None
+    http_port: int | None = None
+    metrics_port: int | None = None
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            self.command,
+            env={**os.environ, **self.env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            start_new_session=True,  # Ctrl-C in the terminal reaches us, not the children
+        )
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        if not self.running:
+            return
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, for fault tests."""
+        if self.running:
+            assert self.process is not None
+            self.process.kill()
+            self.process.wait(5)
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def grpc_serving(port: int, timeout_s: float = 1.0) -> bool:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=timeout_s
+            )
+        except grpc.RpcError:
+            return False
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def http_ok(url: str, timeout_s: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@dataclass
+class Stack:
+    """The four services (and maybe a Redis) as processes."""
+
+    data_dir: Path
+    fixed_ports: bool = True
+    api_key: str = ""
+    redis_url: str | None = None
+    extra_env: dict[str, dict[str, str]] = field(default_factory=dict)
+    services: dict[str, ServiceProcess] = field(default_factory=dict)
+    _redis: subprocess.Popen[bytes] | None = None
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.services['gateway'].http_port}"
+
+    def _port(self, fixed: int) -> int:
+        return fixed if self.fixed_ports else free_port()
+
+    def choose_redis(self) -> str:
+        candidates = [self.redis_url] if self.redis_url is not None else []
+        candidates += [os.environ.get("REDIS_URL", ""), "redis://127.0.0.1:6379/0"]
+        for url in filter(None, candidates):
+            if redis_answers(url):
+                _say(f"Redis: using {url}")
+                return url
+        if self.redis_url == "":
+            return ""
+        server = shutil.which("redis-server")
+        if server:
+            port = free_port()
+            self._redis = subprocess.Popen(
+                [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+                 "no"],
+                stdout=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            url = f"redis://127.0.0.1:{port}/0"
+            for _ in range(50):
+                if redis_answers(url):
+                    _say(f"Redis: started redis-server on port {port}")
+                    return url
+                time.sleep(0.1)
+        _say("WARNING: no Redis answers and redis-server is not installed.")
+        _say("WARNING: the gateway runs WITHOUT Redis: response cache off, rate limits per process.")
+        return ""
+
+    def build(self) -> None:
+        run_dir = self.data_dir / "run"
+        redis_url = self.choose_redis()
+        common = {"PYTHONUNBUFFERED": "1"}
+        grpc = {"generator": 50051, "safety": 50052, "history": 50053}
+        metrics = {"generator": 9101, "safety": 9102, "history": 9103}
+        for name in ("generator", "safety", "history"):
+            prefix = name.upper()
+            port, mport = self._port(grpc[name]), self._port(metrics[name])
+            env = {
+                **common,
+                f"{prefix}_PORT": str(port),
+                f"{prefix}_METRICS_PORT": str(mport),
+            }
+            if name == "history":
+                env.setdefault(
+                    "HISTORY_DATABASE_URL",
+                    os.environ.get("HISTORY_DATABASE_URL")
+                    or f"sqlite+aiosqlite:///{self.data_dir / 'history.db'}",
+                )
+            env.update(self.extra_env.get(name, {}))
+            self.services[name] = ServiceProcess(
+                name=name,
+                command=[str(VENV_BIN / f"parlance-{name}")],
+                env=env,
+                log_path=run_dir / f"{name}.log",
+                grpc_port=port,
+                metrics_port=mport,
+            )
+        http = self._port(8000)
+        gateway_env = {
+            **common,
+            "GATEWAY_PORT": str(http),
+            "GATEWAY_GENERATOR_URL": f"127.0.0.1:{self.services['generator'].grpc_port}",
+            "GATEWAY_SAFETY_URL": f"127.0.0.1:{self.services['safety'].grpc_port}",
+            "GATEWAY_HISTORY_URL": f"127.0.0.1:{self.services['history'].grpc_port}",
+            "GATEWAY_REDIS_URL": redis_url,
+            "GATEWAY_API_KEYS": os.environ.get("GATEWAY_API_KEYS") or f"dev:{self.api_key}",
+            **self.extra_env.get("gateway", {}),
+        }
+        self.services["gateway"] = ServiceProcess(
+            name="gateway",
+            command=[str(VENV_BIN / "parlance-gateway")],
+            env=gateway_env,
+            log_path=run_dir / "gateway.log",
+            http_port=http,
+        )
+
+    def start_service(self, name: str, timeout_s: float = 180.0) -> None:
+        service = self.services[name]
+        service.start()
+        self.wait_ready(name, timeout_s)
+
+    def wait_ready(self, name: str, timeout_s: float = 180.0) -> None:
+        service = self.services[name]
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not service.running:
+                raise RuntimeError(f"{name} exited during start-up:\n{service.tail()}")
+            if service.grpc_port is not None and grpc_serving(service.grpc_port):
+                return
+            if service.http_port is not None and http_ok(
+                f"http://127.0.0.1:{service.http_port}/readyz"
+            ):
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"{name} not ready after {timeout_s:.0f}s:\n{service.tail()}")
+
+    def start(self) -> None:
+        self.build()
+        for name in ("generator", "safety", "history"):
+            _say(f"starting {name}")
+            self.services[name].start()
+        for name in ("generator", "safety", "history"):
+            self.wait_ready(name)
+            _say(f"{name} is SERVING on 127.0.0.1:{self.services[name].grpc_port}")
+        _say("starting gateway")
+        self.start_service("gateway")
+
+    def stop(self) -> None:
+        for name in ("gateway", "generator", "safety", "history"):
+            if name in self.services:
+                self.services[name].stop()
+        if self._redis is not None and self._redis.poll() is None:
+            self._redis.terminate()
+            self._redis.wait(5)
+
+
+def load_or_create_api_key(data_dir: Path) -> str:
+    """The local stack's key: made once, kept in .data/api-key (mode 600) for the user."""
+    path = data_dir / "api-key"
+    if path.exists():
+        return path.read_text().strip()
+    key = "sk-parlance-" + secrets.token_urlsafe(24)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(key + "\n")
+    path.chmod(0o600)
+    return key
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", default=str(ROOT / ".data"))
+    args = parser.parse_args()
+    data_dir = Path(args.data_dir)
+    stack = Stack(data_dir=data_dir, api_key=load_or_create_api_key(data_dir))
+    stopping = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        stack.start()
+    except Exception as exc:
+        _say(f"start-up failed: {exc}")
+        stack.stop()
+        sys.exit(1)
+    url = stack.gateway_url
+    key = stack.api_key
+    print(
+        f"""
+Parlance is up: {url}   (logs in {data_dir / 'run'})
+API key: {key}
+
+  curl {url}/v1/chat/completions \\
+    -H "Authorization: Bearer {key}" -H "Content-Type: application/json" \\
+    -d '{{"model": "SmolLM2-135M-Instruct", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
+
+Press Ctrl-C to stop.
+""",
+        flush=True,
+    )
+    while not stopping:
+        for name, service in stack.services.items():
+            if not service.running:
+                _say(f"{name} exited unexpectedly; last log lines:\n{service.tail()}")
+                stopping = True
+        time.sleep(0.5)
+    _say("stopping...")
+    stack.stop()
+    _say("stopped")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""Domain errors shared by the services, and their one mapping onto gRPC status codes.
+
+Servicers raise these; `ErrorInterceptor` turns them into statuses so no servicer needs
+try/except boilerplate, and an unexpected exception becomes INTERNAL with the details logged,
+not sent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+log = logging.getLogger(__name__)
+
+
+class ParlanceError(Exception):
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class InvalidArgument(ParlanceError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(ParlanceError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(ParlanceError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class Unavailable(ParlanceError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class ResourceExhausted(ParlanceError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def _details(exc: ParlanceError) -> str:
+    # "param: message" lets the gateway point OpenAI's `param` at the offending field.
+    return f"{exc.param}: {exc.message}" if exc.param else exc.message
+
+
+def split_details(details: str | None) -> tuple[str | None, str]:
+    """Inverse of the details format above: (param, message)."""
+    details = details or ""
+    head, sep, tail = details.partition(": ")
+    if sep and head and " " not in head and len(head) < 64:
+        return head, tail
+    return None, details
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Maps ParlanceError (and anything unexpected) onto gRPC status codes."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        if handler.unary_unary:
+            inner_uu = handler.unary_unary
+
+            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    return await inner_uu(request, context)
+                except ParlanceError as exc:
+                    await context.abort(exc.code, _details(exc))
+                except (grpc.aio.AbortError, grpc.RpcError):
+                    raise
+                except Exception:
+                    log.exception("unhandled error in %s", method)
+                    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream:
+            inner_us = handler.unary_stream
+
+            async def unary_stream(
+                request: Any, context: grpc.aio.ServicerContext
+            ) -> AsyncIterator[Any]:
+                try:
+                    async for item in inner_us(request, context):
+                        yield item
+                except ParlanceError as exc:
+                    await context.abort(exc.code, _details(exc))
+                except (grpc.aio.AbortError, grpc.RpcError):
+                    raise
+                except Exception:
+                    log.exception("unhandled error in %s", method)
+                    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+            return grpc.unary_stream_rpc_method_handler(
+                unary_stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler

@@ -1,0 +1,77 @@
+"""The gateway's FastAPI app factory and lifespan (which owns every resource)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from parlance.gateway.auth import KeyStore, StaticKeyStore
+from parlance.gateway.cache import ResponseCache
+from parlance.gateway.clients import GeneratorClient, HistoryClient, SafetyClient
+from parlance.gateway.config import GatewaySettings
+from parlance.gateway.errors import install_error_handlers
+from parlance.gateway.middleware import GatewayMiddleware
+from parlance.gateway.models import ModelRegistry
+from parlance.gateway.outbox import HistoryOutbox
+from parlance.gateway.ratelimit import RateLimiter
+from parlance.gateway.redis_state import RedisState
+from parlance.gateway.routes import chat, health, models
+from parlance.gateway.serving import ChatService
+from parlance.gateway.state import GatewayState
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: GatewaySettings, keys: KeyStore | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        s = settings
+        redis_state = RedisState(s.redis_url)
+        generator = GeneratorClient(s.generator_url, s.generator_timeout_s, s.retry_after_s)
+        safety = SafetyClient(s.safety_url, s.safety_timeout_s, s.retry_after_s)
+        history = HistoryClient(s.history_url, s.history_timeout_s, s.retry_after_s)
+        outbox = HistoryOutbox(history)
+        cache = ResponseCache(redis_state, s.cache_ttl_s, s.cache_max_bytes)
+        registry = ModelRegistry(generator)
+        state = GatewayState(
+            settings=s,
+            keys=keys or StaticKeyStore(s.api_keys),
+            redis=redis_state,
+            limiter=RateLimiter(redis_state),
+            cache=cache,
+            generator=generator,
+            safety=safety,
+            history=history,
+            outbox=outbox,
+            models=registry,
+            chat=ChatService(s, generator, safety, history, outbox, cache, registry),
+            slots=asyncio.Semaphore(s.max_concurrent_requests),
+        )
+        app.state.gateway = state
+        outbox.start()
+        if not await redis_state.ping() and s.redis_url:
+            log.warning("Redis at %s does not answer: per-process fallbacks", s.redis_url)
+        try:
+            yield
+        finally:
+            await outbox.close()
+            for client in (generator, safety, history):
+                await client.close()
+            await redis_state.close()
+
+    app = FastAPI(
+        title="Parlance",
+        version="0.1.0",
+        description="OpenAI-compatible chat API with moderation, limits, cache and history.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.add_middleware(GatewayMiddleware, max_body_bytes=settings.max_request_bytes)
+    app.include_router(chat.router)
+    app.include_router(models.router)
+    app.include_router(health.router)
+    return app

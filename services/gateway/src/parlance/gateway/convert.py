@@ -1,0 +1,86 @@
+"""Pure conversions between the OpenAI schema and the gRPC contracts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from parlance.gateway.protocol import ChatCompletionRequest
+from parlance.generator.v1 import generator_pb2
+
+FINISH_REASONS = {
+    generator_pb2.FINISH_REASON_STOP: "stop",
+    generator_pb2.FINISH_REASON_LENGTH: "length",
+}
+
+# OpenAI's "developer" role is the newer name of "system".
+_ROLE_FOR_MODEL = {"developer": "system"}
+
+
+def sampling_params(request: ChatCompletionRequest) -> generator_pb2.SamplingParams:
+    params = generator_pb2.SamplingParams(
+        stop=request.stop_list(),
+        n=request.n or 1,
+        logprobs=bool(request.logprobs),
+    )
+    max_tokens = request.requested_max_tokens()
+    if max_tokens is not None:
+        params.max_tokens = max_tokens
+    for name in (
+        "temperature",
+        "top_p",
+        "top_k",
+        "min_p",
+        "repetition_penalty",
+        "presence_penalty",
+        "frequency_penalty",
+        "seed",
+    ):
+        value = getattr(request, name)
+        if value is not None:
+            setattr(params, name, value)
+    if request.top_logprobs is not None:
+        params.top_logprobs = request.top_logprobs
+    return params
+
+
+def chat_message(role: str, content: str) -> generator_pb2.ChatMessage:
+    return generator_pb2.ChatMessage(role=_ROLE_FOR_MODEL.get(role, role), content=content)
+
+
+def logprobs_json(items: Any) -> dict[str, Any] | None:
+    """OpenAI's `logprobs` object of a choice from the generator's TokenLogprob list."""
+    if not items:
+        return None
+    return {
+        "content": [
+            {
+                "token": lp.token,
+                "logprob": lp.logprob,
+                "bytes": list(lp.token_bytes) if lp.token_bytes else None,
+                "top_logprobs": [
+                    {
+                        "token": top.token,
+                        "logprob": top.logprob,
+                        "bytes": list(top.token_bytes) if top.token_bytes else None,
+                    }
+                    for top in lp.top_logprobs
+                ],
+            }
+            for lp in items
+        ],
+        "refusal": None,
+    }
+
+
+def cache_material(
+    request: ChatCompletionRequest, model: str, context: list[generator_pb2.ChatMessage]
+) -> dict[str, Any]:
+    """Everything that changes the output, for the cache key."""
+    sampling = sampling_params(request)
+    return {
+        "model": model,
+        "messages": [[m.role, m.content] for m in context],
+        "sampling": {
+            field.name: value for field, value in sampling.ListFields()
+        } | {"stop": list(sampling.stop)},
+    }

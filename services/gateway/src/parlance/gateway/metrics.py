@@ -1,0 +1,70 @@
+"""The gateway's Prometheus metrics (all prefixed parlance_gateway_)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from parlance.common.metrics import FAST_BUCKETS_S, LATENCY_BUCKETS_S, TOKEN_LATENCY_BUCKETS_S
+
+HTTP_REQUESTS = Counter(
+    "parlance_gateway_http_requests_total",
+    "HTTP requests by route template, method and status code.",
+    ["route", "method", "status"],
+)
+HTTP_LATENCY = Histogram(
+    "parlance_gateway_http_request_duration_seconds",
+    "Time from request to the last byte of the response, by route.",
+    ["route"],
+    buckets=LATENCY_BUCKETS_S,
+)
+IN_FLIGHT = Gauge(
+    "parlance_gateway_requests_in_flight", "Chat completion requests being served now."
+)
+TTFT = Histogram(
+    "parlance_gateway_time_to_first_token_seconds",
+    "Time from request to the first content token sent to the client.",
+    ["model"],
+    buckets=LATENCY_BUCKETS_S,
+)
+TPOT = Histogram(
+    "parlance_gateway_time_per_output_token_seconds",
+    "Mean time between output tokens after the first, per request.",
+    ["model"],
+    buckets=TOKEN_LATENCY_BUCKETS_S,
+)
+TOKENS = Counter(
+    "parlance_gateway_tokens_total",
+    "Tokens by direction (prompt, completion) and model.",
+    ["direction", "model"],
+)
+CACHE = Counter(
+    "parlance_gateway_cache_requests_total", "Response cache lookups by result.", ["result"]
+)
+RATE_LIMIT = Counter(
+    "parlance_gateway_ratelimit_decisions_total",
+    "Rate-limit decisions by limit and outcome (allowed, rejected).",
+    ["limit", "outcome"],
+)
+MODERATION_FLAGS = Counter(
+    "parlance_gateway_moderation_flags_total",
+    "Texts flagged by moderation, by direction and category.",
+    ["direction", "category"],
+)
+DEPENDENCY_LATENCY = Histogram(
+    "parlance_gateway_dependency_duration_seconds",
+    "Latency of unary calls to dependencies.",
+    ["dependency"],
+    buckets=FAST_BUCKETS_S,
+)
+DEPENDENCY_ERRORS = Counter(
+    "parlance_gateway_dependency_errors_total",
+    "Failed calls to dependencies by gRPC status code.",
+    ["dependency", "code"],
+)
+REDIS_FALLBACK = Gauge(
+    "parlance_gateway_redis_fallback_active",
+    "1 while Redis is unreachable and per-process fallbacks are in use.",
+)
+HISTORY_OUTBOX_DEPTH = Gauge(
+    "parlance_gateway_history_outbox_depth", "Exchanges waiting to be written to history."
+)

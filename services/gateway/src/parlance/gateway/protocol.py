@@ -1,0 +1,200 @@
+"""The OpenAI API schema the gateway speaks (chat completions, models, errors).
+
+Fields follow the order of OpenAI's API reference; Parlance's extensions sit in a marked block.
+Unknown fields are tolerated (clients send fields from newer API versions) and logged by the
+route; fields that would change the output but that Parlance cannot honour (tools, logit_bias,
+non-text response formats, audio) are rejected with a 400 rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class TextContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[TextContentPart] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        """The message's text; multi-part content is joined. Non-text parts are rejected by
+        the serving layer before this is called."""
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text or "" for part in self.content)
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    include_usage: bool = False
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    messages: list[ChatMessage]
+    model: str
+    frequency_penalty: FiniteFloat | None = Field(default=None, ge=-2.0, le=2.0)
+    logit_bias: dict[str, float] | None = None
+    logprobs: bool | None = None
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    metadata: dict[str, str] | None = None
+    n: int | None = Field(default=None, ge=1, le=128)
+    presence_penalty: FiniteFloat | None = Field(default=None, ge=-2.0, le=2.0)
+    response_format: ResponseFormat | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
+    stop: str | list[str] | None = None
+    store: bool | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    temperature: FiniteFloat | None = Field(default=None, ge=0.0, le=2.0)
+    tool_choice: Any = None
+    tools: list[Any] | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    top_p: FiniteFloat | None = Field(default=None, ge=0.0, le=1.0)
+    user: str | None = None
+
+    # --- Parlance extensions (documented in the README) -------------------------------------
+    # Continue a stored conversation: its active branch becomes the context, and the new user
+    # message and the answer are appended to it.
+    conversation_id: str | None = Field(default=None, max_length=128)
+    # vLLM's sampling extensions.
+    top_k: int | None = Field(default=None, ge=-1)
+    min_p: FiniteFloat | None = Field(default=None, ge=0.0, le=1.0)
+    repetition_penalty: FiniteFloat | None = Field(default=None, gt=0.0, le=10.0)
+
+    @field_validator("messages")
+    @classmethod
+    def _non_empty(cls, messages: list[ChatMessage]) -> list[ChatMessage]:
+        if not messages:
+            raise ValueError("messages must contain at least one message")
+        return messages
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_list(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(stop, list) and len(stop) > 4:
+            raise ValueError("at most 4 stop sequences")
+        return stop
+
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    def requested_max_tokens(self) -> int | None:
+        # max_completion_tokens supersedes the deprecated max_tokens.
+        return self.max_completion_tokens or self.max_tokens
+
+    def is_deterministic(self) -> bool:
+        """Same request, same answer: greedy decoding or a fixed seed."""
+        return self.temperature == 0.0 or self.seed is not None
+
+
+# --- Responses -----------------------------------------------------------------------------
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprob] | None
+
+
+class ResponseMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str | None
+    refusal: str | None = None
+
+
+class Choice(BaseModel):
+    index: int
+    message: ResponseMessage
+    logprobs: ChoiceLogprobs | None = None
+    finish_reason: str | None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    system_fingerprint: str | None = None
+    # Parlance extension: the stored conversation this exchange was appended to.
+    conversation_id: str | None = None
+
+
+class DeltaMessage(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int
+    delta: DeltaMessage
+    logprobs: ChoiceLogprobs | None = None
+    finish_reason: str | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    system_fingerprint: str | None = None
+    usage: Usage | None = None
+    conversation_id: str | None = None
+
+
+class Model(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+    # Parlance extensions.
+    max_model_len: int | None = None
+    engine: str | None = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Model]

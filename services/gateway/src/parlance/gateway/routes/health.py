@@ -1,0 +1,53 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.responses import Response
+
+from parlance.gateway.deps import State
+
+router = APIRouter()
+
+
+@router.get("/healthz", include_in_schema=False)
+async def healthz() -> dict[str, str]:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", include_in_schema=False)
+async def readyz(state: State) -> JSONResponse:
+    """Readiness: ready when the generator and safety (which every chat needs) are SERVING.
+    History and Redis are reported but degrade gracefully (outbox; per-process limits)."""
+    generator, safety, history, redis_ok = await asyncio.gather(
+        state.generator.check_health(),
+        state.safety.check_health(),
+        state.history.check_health(),
+        state.redis.ping(),
+    )
+    dependencies = {
+        "generator": "ok" if generator else "unavailable",
+        "safety": "ok" if safety else "unavailable",
+        "history": "ok" if history else "unavailable (writes go to the outbox)",
+        "redis": "ok" if redis_ok else "unavailable (per-process limits, cache off)",
+    }
+    ready = generator and (safety or not state.settings.moderate_input)
+    return JSONResponse(
+        {
+            "status": "ready" if ready else "not_ready",
+            "dependencies": dependencies,
+            "history_outbox_depth": state.outbox.depth,
+        },
+        status_code=200 if ready else 503,
+        headers={} if ready else {"Retry-After": str(state.settings.retry_after_s)},
+    )
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,475 @@
+"""The chat completion request flow (ARCHITECTURE.md, "The request flow").
+
+`ChatService.prepare` validates, moderates the input and builds the context (loading the
+stored conversation when asked); `complete` and `stream` run the generation and produce the
+OpenAI response or its SSE stream; both finish by storing the exchange and caching the answer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from parlance.common.request_id import get_request_id, new_request_id
+from parlance.gateway import convert, errors
+from parlance.gateway.auth import Principal
+from parlance.gateway.cache import CachedChoice, CompletionRecord, ResponseCache, cache_key
+from parlance.gateway.clients import GeneratorClient, HistoryClient, SafetyClient
+from parlance.gateway.config import GatewaySettings
+from parlance.gateway.metrics import MODERATION_FLAGS, TOKENS, TPOT, TTFT
+from parlance.gateway.models import ModelRegistry
+from parlance.gateway.outbox import HistoryOutbox
+from parlance.gateway.protocol import ChatCompletionRequest
+from parlance.generator.v1 import generator_pb2
+from parlance.history.v1 import history_pb2
+from parlance.safety.v1 import safety_pb2
+
+log = logging.getLogger(__name__)
+
+_UNSUPPORTED = {
+    "tools": "Tool calling is not supported by this server.",
+    "tool_choice": "Tool calling is not supported by this server.",
+    "logit_bias": "logit_bias is not supported by this server.",
+}
+
+
+@dataclass
+class PreparedChat:
+    request: ChatCompletionRequest
+    principal: Principal
+    model: str
+    context: list[generator_pb2.ChatMessage]
+    # Messages of this request, to be stored before the answer.
+    new_messages: list[tuple[str, str]]
+    completion_id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
+    created: int = field(default_factory=lambda: int(time.time()))
+    started: float = field(default_factory=time.monotonic)
+    conversation_id: str | None = None
+    create_conversation: bool = False
+    cache_key: str | None = None
+
+    @property
+    def n(self) -> int:
+        return self.request.n or 1
+
+
+@dataclass
+class _Progress:
+    """What a generation produced so far (for usage, caching, history and metrics)."""
+
+    choices: dict[int, CachedChoice] = field(default_factory=dict)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    first_token_at: float | None = None
+    last_token_at: float | None = None
+    tokens_after_first: int = 0
+
+    def add(self, delta: generator_pb2.ChoiceDelta, now: float) -> None:
+        choice = self.choices.setdefault(delta.index, CachedChoice(index=delta.index))
+        if delta.text:
+            choice.deltas.append(delta.text)
+        if delta.token_count:
+            if self.first_token_at is None:
+                self.first_token_at = now
+                self.tokens_after_first += delta.token_count - 1
+            else:
+                self.tokens_after_first += delta.token_count
+            self.last_token_at = now
+        if delta.finish_reason:
+            choice.finish_reason = convert.FINISH_REASONS.get(delta.finish_reason)
+
+    def record(self, model: str, n: int) -> CompletionRecord:
+        return CompletionRecord(
+            model=model,
+            choices=[self.choices.get(i, CachedChoice(index=i)) for i in range(n)],
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+        )
+
+
+class ChatService:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        generator: GeneratorClient,
+        safety: SafetyClient,
+        history: HistoryClient,
+        outbox: HistoryOutbox,
+        cache: ResponseCache,
+        models: ModelRegistry,
+    ) -> None:
+        self.settings = settings
+        self.generator = generator
+        self.safety = safety
+        self.history = history
+        self.outbox = outbox
+        self.cache = cache
+        self.models = models
+
+    # --- 1. validation, moderation, context -------------------------------------------------
+
+    def validate(self, request: ChatCompletionRequest) -> None:
+        s = self.settings
+        for name, message in _UNSUPPORTED.items():
+            if getattr(request, name):
+                raise errors.invalid_request(message, param=name)
+        if request.response_format and request.response_format.type != "text":
+            raise errors.invalid_request(
+                "Only response_format type 'text' is supported.", param="response_format.type"
+            )
+        if len(request.messages) > s.max_messages:
+            raise errors.invalid_request(
+                f"Too many messages: at most {s.max_messages}.", param="messages"
+            )
+        total = 0
+        for i, message in enumerate(request.messages):
+            if message.role in ("tool", "function"):
+                raise errors.invalid_request(
+                    f"Role '{message.role}' is not supported (no tool calling).",
+                    param=f"messages.{i}.role",
+                )
+            if isinstance(message.content, list):
+                for part in message.content:
+                    if part.type != "text":
+                        raise errors.invalid_request(
+                            f"Content part type '{part.type}' is not supported; send text.",
+                            param=f"messages.{i}.content",
+                        )
+            total += len(message.text())
+        if total > s.max_input_chars:
+            raise errors.invalid_request(
+                f"The messages total {total} characters; the limit is {s.max_input_chars}.",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        max_tokens = request.requested_max_tokens()
+        if max_tokens is not None and max_tokens > s.max_tokens_limit:
+            raise errors.invalid_request(
+                f"max_tokens is too large: {max_tokens}. This server allows at most "
+                f"{s.max_tokens_limit}.",
+                param="max_completion_tokens" if request.max_completion_tokens else "max_tokens",
+            )
+        if (request.n or 1) > s.max_n:
+            raise errors.invalid_request(f"n must be at most {s.max_n}.", param="n")
+        if request.top_logprobs and not request.logprobs:
+            raise errors.invalid_request(
+                "top_logprobs requires logprobs to be true.", param="top_logprobs"
+            )
+        if request.stream_options is not None and not request.stream:
+            raise errors.invalid_request(
+                "stream_options is only allowed when stream is true.", param="stream_options"
+            )
+
+    async def prepare(self, request: ChatCompletionRequest, principal: Principal) -> PreparedChat:
+        self.validate(request)
+        model = await self.models.resolve(request.model)
+        new_messages = [(m.role, m.text()) for m in request.messages]
+        context: list[generator_pb2.ChatMessage] = []
+        prepared = PreparedChat(
+            request=request,
+            principal=principal,
+            model=model,
+            context=context,
+            new_messages=new_messages,
+        )
+        if request.conversation_id:
+            stored = await self.history.get_conversation(principal.user_id, request.conversation_id)
+            context.extend(convert.chat_message(m.role, m.content) for m in stored.messages)
+            prepared.conversation_id = request.conversation_id
+        elif request.store:
+            prepared.conversation_id = f"conv_{uuid.uuid4().hex}"
+            prepared.create_conversation = True
+        context.extend(convert.chat_message(role, text) for role, text in new_messages)
+        if self.settings.cache_enabled and request.is_deterministic():
+            prepared.cache_key = cache_key(
+                principal.user_id, convert.cache_material(request, model, context)
+            )
+        return prepared
+
+    async def moderate_input(self, prepared: PreparedChat) -> None:
+        """Refuses the request when any message of it is flagged (fail closed: safety down is
+        a 503, never an unmoderated generation). Messages loaded from history passed
+        moderation when they were stored."""
+        if not self.settings.moderate_input:
+            return
+        texts = [text for _, text in prepared.new_messages if text.strip()]
+        if not texts:
+            return
+        verdicts = await self.safety.classify(texts, safety_pb2.DIRECTION_INPUT)
+        flagged = [v for v in verdicts.results if v.flagged]
+        if not flagged:
+            return
+        categories = sorted({c.category for v in flagged for c in v.categories if c.flagged})
+        for category in categories:
+            MODERATION_FLAGS.labels("input", category).inc()
+        log.info("input refused by moderation", extra={"categories": categories})
+        raise errors.content_filtered(
+            "The response was filtered due to the prompt triggering the content management "
+            f"policy ({', '.join(categories) or 'flagged'}). Please modify your prompt and retry."
+        )
+
+    # --- 2. generation ----------------------------------------------------------------------
+
+    def _generate_request(self, prepared: PreparedChat) -> generator_pb2.GenerateRequest:
+        return generator_pb2.GenerateRequest(
+            request_id=get_request_id() or new_request_id(),
+            model=prepared.model,
+            chat=generator_pb2.ChatInput(messages=prepared.context),
+            sampling=convert.sampling_params(prepared.request),
+        )
+
+    async def open_stream(
+        self, prepared: PreparedChat
+    ) -> AsyncIterator[generator_pb2.GenerateResponse]:
+        """Starts generating and waits for the first message, so that a generator that is down
+        or refuses the request answers with an HTTP error before any byte is sent."""
+        stream = self.generator.generate(self._generate_request(prepared))
+        try:
+            first = await anext(stream)
+        except StopAsyncIteration:
+            raise errors.service_unavailable(
+                "The generator ended the stream early.", self.settings.retry_after_s
+            ) from None
+
+        async def chained() -> AsyncIterator[generator_pb2.GenerateResponse]:
+            try:
+                yield first
+                async for item in stream:
+                    yield item
+            finally:
+                await stream.aclose()
+
+        return chained()
+
+    def _check_finish(self, delta: generator_pb2.ChoiceDelta) -> None:
+        if delta.finish_reason == generator_pb2.FINISH_REASON_ABORT:
+            raise errors.service_unavailable(
+                "The generation was aborted by the engine.", self.settings.retry_after_s
+            )
+
+    async def complete(self, prepared: PreparedChat) -> dict[str, Any]:
+        """Non-streaming: runs the whole generation and returns the OpenAI body."""
+        progress = _Progress()
+        logprobs: dict[int, list[Any]] = {}
+        stream = await self.open_stream(prepared)
+        async for response in stream:
+            now = time.monotonic()
+            for delta in response.choices:
+                self._check_finish(delta)
+                progress.add(delta, now)
+                if delta.logprobs:
+                    logprobs.setdefault(delta.index, []).extend(delta.logprobs)
+            if response.HasField("usage"):
+                progress.prompt_tokens = response.usage.prompt_tokens
+                progress.completion_tokens = response.usage.completion_tokens
+        record = progress.record(prepared.model, prepared.n)
+        await self.finish(prepared, progress, record)
+        body = render_completion(prepared, record)
+        for choice in body["choices"]:
+            choice["logprobs"] = convert.logprobs_json(logprobs.get(choice["index"]))
+        return body
+
+    async def stream(
+        self, prepared: PreparedChat, stream: AsyncIterator[generator_pb2.GenerateResponse]
+    ) -> AsyncIterator[bytes]:
+        """Streaming: the SSE events of an OpenAI chat completion stream."""
+        progress = _Progress()
+        include_usage = bool(
+            prepared.request.stream_options and prepared.request.stream_options.include_usage
+        )
+        chunk = ChunkWriter(prepared, include_usage)
+        for index in range(prepared.n):
+            yield chunk.role(index)
+        try:
+            async for response in stream:
+                now = time.monotonic()
+                for delta in response.choices:
+                    self._check_finish(delta)
+                    progress.add(delta, now)
+                    if delta.text or delta.logprobs:
+                        yield chunk.content(
+                            delta.index, delta.text, convert.logprobs_json(delta.logprobs)
+                        )
+                    if delta.finish_reason:
+                        yield chunk.finish(
+                            delta.index, convert.FINISH_REASONS.get(delta.finish_reason, "stop")
+                        )
+                if response.HasField("usage"):
+                    progress.prompt_tokens = response.usage.prompt_tokens
+                    progress.completion_tokens = response.usage.completion_tokens
+        except errors.APIError as exc:
+            # Headers are gone: the error travels as an SSE event, as OpenAI's API does.
+            log.warning("stream failed: %s", exc.message)
+            yield sse(exc.body())
+            yield b"data: [DONE]\n\n"
+            return
+        record = progress.record(prepared.model, prepared.n)
+        await self.finish(prepared, progress, record)
+        if include_usage:
+            yield chunk.usage(record)
+        yield b"data: [DONE]\n\n"
+
+    async def replay(self, prepared: PreparedChat, record: CompletionRecord) -> AsyncIterator[bytes]:
+        """A cached completion as a stream with the chunk shape of a live one."""
+        include_usage = bool(
+            prepared.request.stream_options and prepared.request.stream_options.include_usage
+        )
+        chunk = ChunkWriter(prepared, include_usage)
+        for choice in record.choices:
+            yield chunk.role(choice.index)
+        for choice in record.choices:
+            for text in choice.deltas:
+                yield chunk.content(choice.index, text, None)
+            yield chunk.finish(choice.index, choice.finish_reason or "stop")
+        await self.store_exchange(prepared, record)
+        if include_usage:
+            yield chunk.usage(record)
+        yield b"data: [DONE]\n\n"
+
+    # --- 3. completion: metrics, cache, history -----------------------------------------------
+
+    async def finish(
+        self, prepared: PreparedChat, progress: _Progress, record: CompletionRecord
+    ) -> None:
+        model = prepared.model
+        TOKENS.labels("prompt", model).inc(progress.prompt_tokens)
+        TOKENS.labels("completion", model).inc(progress.completion_tokens)
+        if progress.first_token_at is not None:
+            TTFT.labels(model).observe(progress.first_token_at - prepared.started)
+            if progress.tokens_after_first > 0 and progress.last_token_at is not None:
+                TPOT.labels(model).observe(
+                    (progress.last_token_at - progress.first_token_at) / progress.tokens_after_first
+                )
+        complete = all(c.finish_reason in ("stop", "length") for c in record.choices)
+        if prepared.cache_key and complete:
+            await self.cache.put(prepared.cache_key, record)
+        await self.store_exchange(prepared, record, progress)
+
+    async def store_exchange(
+        self, prepared: PreparedChat, record: CompletionRecord, progress: _Progress | None = None
+    ) -> None:
+        if prepared.conversation_id is None:
+            return
+        messages = [
+            history_pb2.Message(id=f"msg_{uuid.uuid4().hex}", role=role, content=text)
+            for role, text in prepared.new_messages
+        ]
+        answer = record.choices[0]
+        assistant = history_pb2.Message(
+            id=f"msg_{uuid.uuid4().hex}",
+            role="assistant",
+            content=answer.text,
+            model=record.model,
+            usage=history_pb2.Usage(
+                prompt_tokens=record.prompt_tokens, completion_tokens=record.completion_tokens
+            ),
+            finish_reason=answer.finish_reason or "",
+        )
+        if progress is not None and progress.first_token_at is not None:
+            assistant.time_to_first_token_ms = int(
+                (progress.first_token_at - prepared.started) * 1000
+            )
+            assistant.total_time_ms = int((time.monotonic() - prepared.started) * 1000)
+        messages.append(assistant)
+        first_user = next((text for role, text in prepared.new_messages if role == "user"), "")
+        await self.outbox.submit(
+            history_pb2.AppendMessagesRequest(
+                user_id=prepared.principal.user_id,
+                conversation_id=prepared.conversation_id,
+                messages=messages,
+                create_if_missing=prepared.create_conversation,
+                title=title_from(first_user),
+            )
+        )
+
+
+def title_from(text: str, limit: int = 60) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def sse(payload: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+
+class ChunkWriter:
+    """Builds the `chat.completion.chunk` events of one stream."""
+
+    def __init__(self, prepared: PreparedChat, include_usage: bool) -> None:
+        self.base: dict[str, Any] = {
+            "id": prepared.completion_id,
+            "object": "chat.completion.chunk",
+            "created": prepared.created,
+            "model": prepared.model,
+            "system_fingerprint": None,
+        }
+        if prepared.conversation_id:
+            self.base["conversation_id"] = prepared.conversation_id
+        self.include_usage = include_usage
+
+    def _event(self, choices: list[dict[str, Any]], usage: Any = None) -> bytes:
+        payload = {**self.base, "choices": choices}
+        if self.include_usage:
+            payload["usage"] = usage
+        return sse(payload)
+
+    def role(self, index: int) -> bytes:
+        return self._event(
+            [
+                {
+                    "index": index,
+                    "delta": {"role": "assistant", "content": ""},
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
+            ]
+        )
+
+    def content(self, index: int, text: str, logprobs: dict[str, Any] | None) -> bytes:
+        return self._event(
+            [{"index": index, "delta": {"content": text}, "logprobs": logprobs, "finish_reason": None}]
+        )
+
+    def finish(self, index: int, reason: str) -> bytes:
+        return self._event(
+            [{"index": index, "delta": {}, "logprobs": None, "finish_reason": reason}]
+        )
+
+    def usage(self, record: CompletionRecord) -> bytes:
+        return self._event([], usage=usage_json(record))
+
+
+def usage_json(record: CompletionRecord) -> dict[str, int]:
+    return {
+        "prompt_tokens": record.prompt_tokens,
+        "completion_tokens": record.completion_tokens,
+        "total_tokens": record.prompt_tokens + record.completion_tokens,
+    }
+
+
+def render_completion(prepared: PreparedChat, record: CompletionRecord) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": prepared.completion_id,
+        "object": "chat.completion",
+        "created": prepared.created,
+        "model": record.model,
+        "choices": [
+            {
+                "index": choice.index,
+                "message": {"role": "assistant", "content": choice.text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": choice.finish_reason or "stop",
+            }
+            for choice in record.choices
+        ],
+        "usage": usage_json(record),
+        "system_fingerprint": None,
+    }
+    if prepared.conversation_id:
+        body["conversation_id"] = prepared.conversation_id
+    return body

@@ -1,0 +1,33 @@
+"""Everything the gateway holds for its lifetime, built by the app's lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from parlance.gateway.auth import KeyStore
+from parlance.gateway.cache import ResponseCache
+from parlance.gateway.clients import GeneratorClient, HistoryClient, SafetyClient
+from parlance.gateway.config import GatewaySettings
+from parlance.gateway.models import ModelRegistry
+from parlance.gateway.outbox import HistoryOutbox
+from parlance.gateway.ratelimit import RateLimiter
+from parlance.gateway.redis_state import RedisState
+from parlance.gateway.serving import ChatService
+
+
+@dataclass
+class GatewayState:
+    settings: GatewaySettings
+    keys: KeyStore
+    redis: RedisState
+    limiter: RateLimiter
+    cache: ResponseCache
+    generator: GeneratorClient
+    safety: SafetyClient
+    history: HistoryClient
+    outbox: HistoryOutbox
+    models: ModelRegistry
+    chat: ChatService
+    # Bounds the requests this process serves at once.
+    slots: asyncio.Semaphore

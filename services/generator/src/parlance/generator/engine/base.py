@@ -1,0 +1,223 @@
+"""The engine interface and the domain types the generator speaks internally.
+
+Shaped after the two engines it must fit: llama.cpp (a pool of blocking contexts driven from
+worker threads) and vLLM's AsyncLLM (in-process, streaming DELTA outputs, `abort(request_id)`).
+The servicer converts proto messages to and from these types; engines never see protobuf.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+from parlance.common.errors import InvalidArgument
+
+# OpenAI's bound on top_logprobs; the proto documents the same range.
+MAX_TOP_LOGPROBS = 20
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    role: str
+    content: str
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingOptions:
+    """Mirrors the proto's SamplingParams; None means "engine default" (OpenAI's defaults)."""
+
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    n: int = 1
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    ignore_eos: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """Exactly one of `messages` (rendered with the model's chat template) or `prompt`."""
+
+    request_id: str
+    messages: tuple[ChatMessage, ...] | None = None
+    prompt: str | None = None
+    sampling: SamplingOptions = field(default_factory=SamplingOptions)
+
+    def __post_init__(self) -> None:
+        if (self.messages is None) == (self.prompt is None):
+            raise InvalidArgument("give either chat messages or a prompt", param="messages")
+
+
+class FinishReason(enum.Enum):
+    STOP = "stop"
+    LENGTH = "length"
+    ABORT = "abort"
+
+
+@dataclass(frozen=True, slots=True)
+class TopLogprob:
+    token: str
+    logprob: float
+    token_bytes: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    token: str
+    logprob: float
+    token_bytes: bytes
+    top_logprobs: tuple[TopLogprob, ...] = ()
+
+
+@dataclass(slots=True)
+class ChoiceDelta:
+    """One choice's progress since the previous step."""
+
+    index: int
+    text: str = ""
+    token_count: int = 0
+    finish_reason: FinishReason | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+
+    def merge(self, later: ChoiceDelta) -> None:
+        """Folds a later delta of the same choice into this one (coalescing a backlog)."""
+        self.text += later.text
+        self.token_count += later.token_count
+        self.logprobs.extend(later.logprobs)
+        if later.finish_reason is not None:
+            self.finish_reason = later.finish_reason
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int
+    # Across all choices.
+    completion_tokens: int
+
+
+@dataclass(slots=True)
+class GenerationStep:
+    """What an engine yields: deltas of some choices; the last step carries usage."""
+
+    choices: list[ChoiceDelta] = field(default_factory=list)
+    usage: Usage | None = None
+    # Seconds the request waited for an engine slot; set on the first step by engines that queue.
+    queued_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    id: str
+    # Unix seconds when the engine loaded the model.
+    created: int
+    max_model_len: int
+    engine: str
+    owned_by: str = "parlance"
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStats:
+    running: int
+    waiting: int
+
+
+def coalesce(steps: Sequence[GenerationStep]) -> GenerationStep:
+    """Merges consecutive steps into one, so a slow reader gets fewer, larger messages."""
+    merged = GenerationStep(queued_s=steps[0].queued_s)
+    by_index: dict[int, ChoiceDelta] = {}
+    for step in steps:
+        for delta in step.choices:
+            if delta.index in by_index:
+                by_index[delta.index].merge(delta)
+            else:
+                copy = ChoiceDelta(
+                    delta.index,
+                    delta.text,
+                    delta.token_count,
+                    delta.finish_reason,
+                    list(delta.logprobs),
+                )
+                by_index[delta.index] = copy
+                merged.choices.append(copy)
+        if step.usage is not None:
+            merged.usage = step.usage
+        if merged.queued_s is None:
+            merged.queued_s = step.queued_s
+    return merged
+
+
+class Engine(ABC):
+    """A model runtime. One instance serves one model for the life of the process."""
+
+    #: Short name for metrics and ListModels ("llama.cpp", "vllm", "scripted").
+    name: str
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Loads the model; the service reports SERVING only after this returns."""
+
+    @abstractmethod
+    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationStep]:
+        """Streams the request's progress. Leaving the iterator early (cancellation) aborts the
+        request. Raises InvalidArgument(param=...) for a parameter the engine cannot honour."""
+
+    @abstractmethod
+    async def abort(self, request_id: str) -> None:
+        """Stops a request at its next token and frees its slot; unknown ids are ignored."""
+
+    @abstractmethod
+    async def count_tokens(
+        self, *, messages: Sequence[ChatMessage] | None = None, prompt: str | None = None
+    ) -> int:
+        """Tokens of the prompt as generate() would feed it (chat template included)."""
+
+    @abstractmethod
+    def model_info(self) -> ModelInfo: ...
+
+    @abstractmethod
+    def stats(self) -> EngineStats:
+        """Requests running and waiting for a slot now (read by the metrics gauges)."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Aborts what still runs and releases the model."""
+
+
+def check_sampling_common(options: SamplingOptions) -> None:
+    """Range checks that hold for every engine (engines add their own limits)."""
+    if options.max_tokens is not None and options.max_tokens < 1:
+        raise InvalidArgument("max_tokens must be at least 1", param="max_tokens")
+    if options.temperature is not None and not 0.0 <= options.temperature <= 2.0:
+        raise InvalidArgument("temperature must be between 0 and 2", param="temperature")
+    if options.top_p is not None and not 0.0 < options.top_p <= 1.0:
+        raise InvalidArgument("top_p must be in (0, 1]", param="top_p")
+    if options.min_p is not None and not 0.0 <= options.min_p <= 1.0:
+        raise InvalidArgument("min_p must be between 0 and 1", param="min_p")
+    if options.repetition_penalty is not None and options.repetition_penalty <= 0.0:
+        raise InvalidArgument("repetition_penalty must be positive", param="repetition_penalty")
+    for param in ("presence_penalty", "frequency_penalty"):
+        value = getattr(options, param)
+        if value is not None and not -2.0 <= value <= 2.0:
+            raise InvalidArgument(f"{param} must be between -2 and 2", param=param)
+    if options.n < 1:
+        raise InvalidArgument("n must be at least 1", param="n")
+    if options.top_logprobs is not None:
+        if not options.logprobs:
+            raise InvalidArgument("top_logprobs needs logprobs", param="top_logprobs")
+        if not 0 <= options.top_logprobs <= MAX_TOP_LOGPROBS:
+            raise InvalidArgument(
+                f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}", param="top_logprobs"
+            )
+    if any(not s for s in options.stop):
+        raise InvalidArgument("stop strings must not be empty", param="stop")

@@ -1,0 +1,53 @@
+"""GeneratorService over gRPC: converts messages and delegates to GeneratorServing."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+
+import grpc
+from parlance.common.request_id import new_request_id
+from parlance.generator import convert
+from parlance.generator.serving import GeneratorServing
+from parlance.generator.v1 import generator_pb2 as pb
+from parlance.generator.v1 import generator_pb2_grpc
+
+
+class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
+    def __init__(self, serving: GeneratorServing) -> None:
+        self._serving = serving
+
+    async def Generate(
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.GenerateResponse]:
+        self._serving.check_model(request.model)
+        domain = convert.generation_request_from_proto(
+            request, request.request_id or new_request_id()
+        )
+        model = self._serving.model_name
+        try:
+            async with aclosing(self._serving.generate(domain)) as steps:
+                async for step in steps:
+                    yield convert.step_to_proto(step, model)
+        except asyncio.CancelledError:
+            # The client went away (or the deadline passed): free the engine slot now.
+            await self._serving.abort(domain.request_id)
+            raise
+
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
+        return pb.ListModelsResponse(
+            models=[convert.model_info_to_proto(m) for m in self._serving.list_models()]
+        )
+
+    async def CountTokens(
+        self, request: pb.CountTokensRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CountTokensResponse:
+        self._serving.check_model(request.model)
+        messages, prompt = convert.prompt_input_from_proto(request)
+        count = await self._serving.count_tokens(messages=messages, prompt=prompt)
+        return pb.CountTokensResponse(
+            token_count=count, max_model_len=self._serving.engine.model_info().max_model_len
+        )

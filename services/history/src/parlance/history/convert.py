@@ -1,0 +1,107 @@
+"""Pure conversions between the history protos and the domain records."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from parlance.history.domain import (
+    ConversationRecord,
+    ConversationUpdate,
+    Feedback,
+    MessageView,
+    NewMessage,
+    SearchHitRecord,
+)
+from parlance.history.v1 import history_pb2
+
+
+def timestamp(value: datetime) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def conversation_to_proto(record: ConversationRecord) -> history_pb2.Conversation:
+    return history_pb2.Conversation(
+        id=record.id,
+        title=record.title,
+        created_at=timestamp(record.created_at),
+        updated_at=timestamp(record.updated_at),
+        archived=record.archived,
+        active_leaf_id=record.active_leaf_id or "",
+    )
+
+
+def message_to_proto(view: MessageView) -> history_pb2.Message:
+    m = view.message
+    proto = history_pb2.Message(
+        id=m.id,
+        conversation_id=m.conversation_id,
+        parent_id=m.parent_id or "",
+        role=m.role,
+        content=m.content,
+        model=m.model,
+        usage=history_pb2.Usage(
+            prompt_tokens=m.prompt_tokens, completion_tokens=m.completion_tokens
+        ),
+        finish_reason=m.finish_reason,
+        moderation_json=m.moderation_json,
+        created_at=timestamp(m.created_at),
+        sibling_count=view.sibling_count,
+        sibling_index=view.sibling_index,
+        rating=view.rating,
+    )
+    if m.ttft_ms is not None:
+        proto.time_to_first_token_ms = m.ttft_ms
+    if m.total_ms is not None:
+        proto.total_time_ms = m.total_ms
+    return proto
+
+
+def new_message_from_proto(proto: history_pb2.Message) -> NewMessage:
+    return NewMessage(
+        id=proto.id,
+        parent_id=proto.parent_id,
+        role=proto.role,
+        content=proto.content,
+        model=proto.model,
+        prompt_tokens=proto.usage.prompt_tokens,
+        completion_tokens=proto.usage.completion_tokens,
+        finish_reason=proto.finish_reason,
+        moderation_json=proto.moderation_json,
+        ttft_ms=(
+            proto.time_to_first_token_ms if proto.HasField("time_to_first_token_ms") else None
+        ),
+        total_ms=proto.total_time_ms if proto.HasField("total_time_ms") else None,
+    )
+
+
+def update_from_proto(proto: history_pb2.UpdateConversationRequest) -> ConversationUpdate:
+    return ConversationUpdate(
+        title=proto.title if proto.HasField("title") else None,
+        archived=proto.archived if proto.HasField("archived") else None,
+        active_message_id=(
+            proto.active_message_id if proto.HasField("active_message_id") else None
+        ),
+    )
+
+
+def feedback_from_proto(proto: history_pb2.PutFeedbackRequest) -> Feedback:
+    return Feedback(
+        message_id=proto.message_id,
+        rating=proto.rating,
+        comment=proto.comment,
+        corrected_content=proto.corrected_content,
+    )
+
+
+def search_hit_to_proto(hit: SearchHitRecord) -> history_pb2.SearchHit:
+    return history_pb2.SearchHit(
+        conversation_id=hit.conversation_id,
+        conversation_title=hit.conversation_title,
+        message_id=hit.message_id,
+        role=hit.role,
+        snippet=hit.snippet,
+        created_at=timestamp(hit.created_at),
+    )

@@ -1,0 +1,118 @@
+"""The history service's domain records, independent of protobuf and of the ORM."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+ROLES = frozenset({"system", "user", "assistant"})
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_conversation_id() -> str:
+    return "conv_" + uuid.uuid4().hex
+
+
+def new_message_id() -> str:
+    return "msg_" + uuid.uuid4().hex
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationRecord:
+    id: str
+    user_id: str
+    title: str
+    created_at: datetime
+    updated_at: datetime
+    archived: bool
+    active_leaf_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A message as a client sends it to AppendMessages (ids and parents may be empty)."""
+
+    id: str
+    parent_id: str
+    role: str
+    content: str
+    model: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = ""
+    moderation_json: str = ""
+    ttft_ms: int | None = None
+    total_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRecord:
+    id: str
+    conversation_id: str
+    parent_id: str | None
+    user_id: str
+    role: str
+    content: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+    moderation_json: str
+    ttft_ms: int | None
+    total_ms: int | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class MessageView:
+    """A stored message as the caller sees it: its place among its siblings and their rating."""
+
+    message: MessageRecord
+    sibling_count: int
+    sibling_index: int
+    rating: int
+
+
+@dataclass(frozen=True, slots=True)
+class TreeNode:
+    """The part of a message the tree needs: who its parent is and when it was written."""
+
+    id: str
+    parent_id: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationUpdate:
+    title: str | None = None
+    archived: bool | None = None
+    active_message_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Feedback:
+    message_id: str
+    rating: int
+    comment: str = ""
+    corrected_content: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHitRecord:
+    conversation_id: str
+    conversation_title: str
+    message_id: str
+    role: str
+    # Already HTML-safe: escaped text with <mark> around the matches.
+    snippet: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationPage:
+    conversations: list[ConversationRecord]
+    next_cursor: str

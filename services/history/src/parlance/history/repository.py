@@ -1,0 +1,365 @@
+"""Every query of the history service. Each one is scoped to a user: an id that belongs to
+someone else reads as absent, and the `require_*` methods raise NotFound for it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+
+from parlance.common.errors import NotFound
+from parlance.history import models
+from parlance.history.domain import (
+    ConversationRecord,
+    Feedback,
+    MessageRecord,
+    NewMessage,
+    SearchHitRecord,
+    TreeNode,
+)
+from parlance.history.search_text import (
+    MARK_END,
+    MARK_START,
+    mark_escaped_snippet,
+    mark_snippet,
+    to_fts5_query,
+)
+from sqlalchemy import and_, delete, or_, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+
+def _conversation(row: models.Conversation) -> ConversationRecord:
+    return ConversationRecord(
+        id=row.id,
+        user_id=row.user_id,
+        title=row.title,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        archived=row.archived,
+        active_leaf_id=row.active_leaf_id,
+    )
+
+
+def _message(row: models.Message) -> MessageRecord:
+    return MessageRecord(
+        id=row.id,
+        conversation_id=row.conversation_id,
+        parent_id=row.parent_id,
+        user_id=row.user_id,
+        role=row.role,
+        content=row.content,
+        model=row.model,
+        prompt_tokens=row.prompt_tokens,
+        completion_tokens=row.completion_tokens,
+        finish_reason=row.finish_reason,
+        moderation_json=row.moderation_json,
+        ttft_ms=row.ttft_ms,
+        total_ms=row.total_ms,
+        created_at=row.created_at,
+    )
+
+
+# SQLite: FTS5 over the copy the migration's triggers keep; snippet() marks the matches.
+_SQLITE_SEARCH = text(
+    """
+    SELECT m.id, m.conversation_id, c.title, m.role, m.created_at,
+           snippet(messages_fts, 0, :mark_start, :mark_end, '…', 24) AS snippet
+    FROM messages_fts
+    JOIN messages_fts_rowids r ON r.rowid = messages_fts.rowid
+    JOIN messages m ON m.id = r.message_id
+    JOIN conversations c ON c.id = m.conversation_id
+    WHERE messages_fts MATCH :query AND m.user_id = :user_id AND c.user_id = :user_id
+    ORDER BY bm25(messages_fts), m.created_at DESC
+    LIMIT :limit
+    """
+)
+
+# PostgreSQL: the to_tsvector expression is the GIN index's own (see the migration). The text
+# is escaped before ts_headline, which would otherwise drop whatever looks like an HTML tag;
+# entities are single tokens to its parser, so matching and fragments are unaffected.
+_POSTGRES_SEARCH = text(
+    """
+    SELECT m.id, m.conversation_id, c.title, m.role, m.created_at,
+           ts_headline(
+               'english'::regconfig,
+               replace(replace(replace(replace(replace(
+                   m.content, chr(1), ''), chr(2), ''), '&', '&amp;'), '<', '&lt;'), '>', '&gt;'),
+               q,
+               'StartSel=' || :mark_start || ', StopSel=' || :mark_end
+               || ', MaxFragments=2, MaxWords=24, MinWords=8, FragmentDelimiter=" … "'
+           ) AS snippet
+    FROM messages m
+    JOIN conversations c ON c.id = m.conversation_id,
+         websearch_to_tsquery('english'::regconfig, :query) AS q
+    WHERE m.user_id = :user_id AND c.user_id = :user_id
+      AND to_tsvector('english'::regconfig, m.content) @@ q
+    ORDER BY ts_rank(to_tsvector('english'::regconfig, m.content), q) DESC, m.created_at DESC
+    LIMIT :limit
+    """
+)
+
+
+class HistoryRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    @property
+    def _dialect(self) -> str:
+        return self.session.get_bind().dialect.name
+
+    def _insert(self, table: type[models.Base]):  # type: ignore[no-untyped-def]
+        """INSERT with ON CONFLICT support, which both backends have under the same API."""
+        module = postgresql if self._dialect == "postgresql" else sqlite
+        return module.insert(table)
+
+    # -- users -----------------------------------------------------------------------------
+
+    async def ensure_user(self, user_id: str, now: datetime) -> None:
+        """Creates the user on first sight; concurrent first requests do not collide."""
+        stmt = (
+            self._insert(models.User)
+            .values(id=user_id, created_at=now)
+            .on_conflict_do_nothing(index_elements=["id"])
+        )
+        await self.session.execute(stmt)
+
+    # -- conversations ---------------------------------------------------------------------
+
+    async def conversation_exists(self, conversation_id: str) -> bool:
+        """Whether the id is taken by anyone (only to refuse creating it twice)."""
+        found = await self.session.scalar(
+            select(models.Conversation.id).where(models.Conversation.id == conversation_id)
+        )
+        return found is not None
+
+    async def find_conversation(
+        self, user_id: str, conversation_id: str, *, for_update: bool = False
+    ) -> ConversationRecord | None:
+        stmt = select(models.Conversation).where(
+            models.Conversation.id == conversation_id, models.Conversation.user_id == user_id
+        )
+        if for_update:
+            # Serialises appends to one conversation on PostgreSQL (SQLite has one writer).
+            stmt = stmt.with_for_update()
+        row = await self.session.scalar(stmt)
+        return _conversation(row) if row is not None else None
+
+    async def require_conversation(
+        self, user_id: str, conversation_id: str, *, for_update: bool = False
+    ) -> ConversationRecord:
+        record = await self.find_conversation(user_id, conversation_id, for_update=for_update)
+        if record is None:
+            raise NotFound(f"conversation {conversation_id!r} not found", param="conversation_id")
+        return record
+
+    async def add_conversation(
+        self, user_id: str, conversation_id: str, title: str, now: datetime
+    ) -> None:
+        self.session.add(
+            models.Conversation(
+                id=conversation_id,
+                user_id=user_id,
+                title=title,
+                created_at=now,
+                updated_at=now,
+                archived=False,
+                active_leaf_id=None,
+            )
+        )
+        await self.session.flush()
+
+    async def list_conversations(
+        self,
+        user_id: str,
+        *,
+        limit: int,
+        include_archived: bool,
+        after: tuple[datetime, str] | None,
+    ) -> list[ConversationRecord]:
+        c = models.Conversation
+        stmt = select(c).where(c.user_id == user_id)
+        if not include_archived:
+            stmt = stmt.where(c.archived.is_(False))
+        if after is not None:
+            updated_at, last_id = after
+            stmt = stmt.where(
+                or_(c.updated_at < updated_at, and_(c.updated_at == updated_at, c.id < last_id))
+            )
+        stmt = stmt.order_by(c.updated_at.desc(), c.id.desc()).limit(limit)
+        rows = await self.session.scalars(stmt)
+        return [_conversation(row) for row in rows]
+
+    async def update_conversation(
+        self, user_id: str, conversation_id: str, **values: object
+    ) -> None:
+        if not values:
+            return
+        await self.session.execute(
+            update(models.Conversation)
+            .where(
+                models.Conversation.id == conversation_id,
+                models.Conversation.user_id == user_id,
+            )
+            .values(**values)
+        )
+
+    async def delete_conversation(self, user_id: str, conversation_id: str) -> None:
+        """Deletes the conversation with its messages and their feedback (explicitly, so it
+        does not depend on the backend enforcing ON DELETE CASCADE)."""
+        message_ids = select(models.Message.id).where(
+            models.Message.conversation_id == conversation_id,
+            models.Message.user_id == user_id,
+        )
+        await self.session.execute(
+            delete(models.Feedback).where(models.Feedback.message_id.in_(message_ids))
+        )
+        await self.session.execute(
+            delete(models.Message).where(
+                models.Message.conversation_id == conversation_id,
+                models.Message.user_id == user_id,
+            )
+        )
+        await self.session.execute(
+            delete(models.Conversation).where(
+                models.Conversation.id == conversation_id,
+                models.Conversation.user_id == user_id,
+            )
+        )
+
+    # -- messages --------------------------------------------------------------------------
+
+    async def tree(self, user_id: str, conversation_id: str) -> dict[str, TreeNode]:
+        """Every message of the conversation, without content: enough to walk the tree."""
+        m = models.Message
+        rows = await self.session.execute(
+            select(m.id, m.parent_id, m.created_at).where(
+                m.conversation_id == conversation_id, m.user_id == user_id
+            )
+        )
+        return {
+            row.id: TreeNode(id=row.id, parent_id=row.parent_id, created_at=row.created_at)
+            for row in rows
+        }
+
+    async def messages(self, user_id: str, message_ids: Sequence[str]) -> dict[str, MessageRecord]:
+        if not message_ids:
+            return {}
+        rows = await self.session.scalars(
+            select(models.Message).where(
+                models.Message.id.in_(list(message_ids)), models.Message.user_id == user_id
+            )
+        )
+        return {row.id: _message(row) for row in rows}
+
+    async def find_message_any_user(self, message_id: str) -> MessageRecord | None:
+        """For idempotent appends only: tells a retried id from one taken by someone else."""
+        row = await self.session.get(models.Message, message_id)
+        return _message(row) if row is not None else None
+
+    async def require_message(self, user_id: str, message_id: str, param: str) -> MessageRecord:
+        row = await self.session.scalar(
+            select(models.Message).where(
+                models.Message.id == message_id, models.Message.user_id == user_id
+            )
+        )
+        if row is None:
+            raise NotFound(f"message {message_id!r} not found", param=param)
+        return _message(row)
+
+    async def add_message(
+        self,
+        *,
+        user_id: str,
+        conversation_id: str,
+        message_id: str,
+        parent_id: str | None,
+        message: NewMessage,
+        created_at: datetime,
+    ) -> None:
+        self.session.add(
+            models.Message(
+                id=message_id,
+                conversation_id=conversation_id,
+                parent_id=parent_id,
+                user_id=user_id,
+                role=message.role,
+                content=message.content,
+                model=message.model,
+                prompt_tokens=message.prompt_tokens,
+                completion_tokens=message.completion_tokens,
+                finish_reason=message.finish_reason,
+                moderation_json=message.moderation_json,
+                ttft_ms=message.ttft_ms,
+                total_ms=message.total_ms,
+                created_at=created_at,
+            )
+        )
+        await self.session.flush()
+
+    # -- feedback --------------------------------------------------------------------------
+
+    async def ratings(self, user_id: str, message_ids: Iterable[str]) -> dict[str, int]:
+        ids = list(message_ids)
+        if not ids:
+            return {}
+        rows = await self.session.execute(
+            select(models.Feedback.message_id, models.Feedback.rating).where(
+                models.Feedback.user_id == user_id, models.Feedback.message_id.in_(ids)
+            )
+        )
+        return {row.message_id: row.rating for row in rows}
+
+    async def put_feedback(self, user_id: str, feedback: Feedback, now: datetime) -> None:
+        stmt = self._insert(models.Feedback).values(
+            message_id=feedback.message_id,
+            user_id=user_id,
+            rating=feedback.rating,
+            comment=feedback.comment,
+            corrected_content=feedback.corrected_content,
+            created_at=now,
+            updated_at=now,
+        )
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["message_id", "user_id"],
+            set_={
+                "rating": stmt.excluded.rating,
+                "comment": stmt.excluded.comment,
+                "corrected_content": stmt.excluded.corrected_content,
+                "updated_at": stmt.excluded.updated_at,
+            },
+        )
+        await self.session.execute(stmt)
+
+    # -- search ----------------------------------------------------------------------------
+
+    async def search(self, user_id: str, query: str, limit: int) -> list[SearchHitRecord]:
+        params = {
+            "user_id": user_id,
+            "limit": limit,
+            "mark_start": MARK_START,
+            "mark_end": MARK_END,
+        }
+        if self._dialect == "postgresql":
+            statement = _POSTGRES_SEARCH
+            params["query"] = query
+        else:
+            fts_query = to_fts5_query(query)
+            if not fts_query:
+                return []
+            statement = _SQLITE_SEARCH
+            params["query"] = fts_query
+        rows = await self.session.execute(
+            statement.columns(created_at=models.UTCDateTime()), params
+        )
+        mark = mark_escaped_snippet if self._dialect == "postgresql" else mark_snippet
+        return [
+            SearchHitRecord(
+                conversation_id=row.conversation_id,
+                conversation_title=row.title,
+                message_id=row.id,
+                role=row.role,
+                snippet=mark(row.snippet or ""),
+                created_at=row.created_at,
+            )
+            for row in rows
+        ]

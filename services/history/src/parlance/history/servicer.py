@@ -1,0 +1,127 @@
+"""gRPC servicer: converts protos, calls HistoryServing, records latency. No logic here."""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from parlance.common.errors import ParlanceError
+from parlance.history import convert, metrics
+from parlance.history.serving import HistoryServing
+from parlance.history.v1 import history_pb2, history_pb2_grpc
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def _observed(method: F) -> F:
+    name = method.__name__
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        start = time.perf_counter()
+        code = "OK"
+        try:
+            return await method(self, request, context)
+        except ParlanceError as exc:
+            code = exc.code.name
+            raise
+        except BaseException:
+            code = "INTERNAL"
+            raise
+        finally:
+            metrics.RPC_LATENCY.labels(name, code).observe(time.perf_counter() - start)
+
+    return wrapper  # type: ignore[return-value]
+
+
+class HistoryServicer(history_pb2_grpc.HistoryServiceServicer):
+    def __init__(self, serving: HistoryServing) -> None:
+        self.serving = serving
+
+    @_observed
+    async def CreateConversation(
+        self, request: history_pb2.CreateConversationRequest, context: grpc.aio.ServicerContext
+    ) -> history_pb2.CreateConversationResponse:
+        record = await self.serving.create_conversation(
+            request.user_id, request.conversation_id, request.title
+        )
+        return history_pb2.CreateConversationResponse(
+            conversation=convert.conversation_to_proto(record)
+        )
+
+    @_observed
+    async def GetConversation(
+        self, request: history_pb2.GetConversationRequest, context: grpc.aio.ServicerContext
+    ) -> history_pb2.GetConversationResponse:
+        record, messages = await self.serving.get_conversation(
+            request.user_id, request.conversation_id
+        )
+        return history_pb2.GetConversationResponse(
+            conversation=convert.conversation_to_proto(record),
+            messages=[convert.message_to_proto(m) for m in messages],
+        )
+
+    @_observed
+    async def ListConversations(
+        self, request: history_pb2.ListConversationsRequest, context: grpc.aio.ServicerContext
+    ) -> history_pb2.ListConversationsResponse:
+        page = await self.serving.list_conversations(
+            request.user_id, request.limit, request.cursor, request.include_archived
+        )
+        return history_pb2.ListConversationsResponse(
+            conversations=[convert.conversation_to_proto(c) for c in page.conversations],
+            next_cursor=page.next_cursor,
+        )
+
+    @_observed
+    async def UpdateConversation(
+        self, request: history_pb2.UpdateConversationRequest, context: grpc.aio.ServicerContext
+    ) -> history_pb2.UpdateConversationResponse:
+        record = await self.serving.update_conversation(
+            request.user_id, request.conversation_id, convert.update_from_proto(request)
+        )
+        return history_pb2.UpdateConversationResponse(
+            conversation=convert.conversation_to_proto(record)
+        )
+
+    @_observed
+    async def DeleteConversation(
+        self, request: history_pb2.DeleteConversationRequest, context: grpc.aio.ServicerContext
+    ) -> history_pb2.DeleteConversationResponse:
+        await self.serving.delete_conversation(request.user_id, request.conversation_id)
+        return history_pb2.DeleteConversationResponse()
+
+    @_observed
+    async def AppendMessages(
+        self, request: history_pb2.AppendMessagesRequest, context: grpc.aio.ServicerContext
+    ) -> history_pb2.AppendMessagesResponse:
+        record, messages = await self.serving.append_messages(
+            request.user_id,
+            request.conversation_id,
+            [convert.new_message_from_proto(m) for m in request.messages],
+            create_if_missing=request.create_if_missing,
+            title=request.title,
+        )
+        return history_pb2.AppendMessagesResponse(
+            conversation=convert.conversation_to_proto(record),
+            messages=[convert.message_to_proto(m) for m in messages],
+        )
+
+    @_observed
+    async def PutFeedback(
+        self, request: history_pb2.PutFeedbackRequest, context: grpc.aio.ServicerContext
+    ) -> history_pb2.PutFeedbackResponse:
+        await self.serving.put_feedback(request.user_id, convert.feedback_from_proto(request))
+        return history_pb2.PutFeedbackResponse()
+
+    @_observed
+    async def SearchMessages(
+        self, request: history_pb2.SearchMessagesRequest, context: grpc.aio.ServicerContext
+    ) -> history_pb2.SearchMessagesResponse:
+        hits = await self.serving.search_messages(request.user_id, request.query, request.limit)
+        return history_pb2.SearchMessagesResponse(
+            hits=[convert.search_hit_to_proto(h) for h in hits]
+        )

@@ -1,0 +1,326 @@
+"""The history service's behaviour, independent of gRPC: validation, transactions and the
+rules of the message tree. The servicer converts protos and calls into this class."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
+from typing import TypeVar
+
+from parlance.common.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    NotFound,
+    ParlanceError,
+    Unavailable,
+)
+from parlance.history import metrics, tree
+from parlance.history.cursor import decode_cursor, encode_cursor
+from parlance.history.domain import (
+    ROLES,
+    ConversationPage,
+    ConversationRecord,
+    ConversationUpdate,
+    Feedback,
+    MessageView,
+    NewMessage,
+    SearchHitRecord,
+    TreeNode,
+    new_conversation_id,
+    new_message_id,
+    utcnow,
+)
+from parlance.history.repository import HistoryRepository
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_LIMIT = 20
+MAX_LIMIT = 100
+
+
+def _required(value: str, param: str) -> str:
+    if not value:
+        raise InvalidArgument(f"{param} is required", param=param)
+    return value
+
+
+def _limit(value: int) -> int:
+    return DEFAULT_LIMIT if value <= 0 else min(value, MAX_LIMIT)
+
+
+async def _views(
+    repo: HistoryRepository, user_id: str, conversation_id: str, message_ids: list[str]
+) -> list[MessageView]:
+    """The messages with their sibling position (counted over the whole tree) and rating."""
+    nodes = await repo.tree(user_id, conversation_id)
+    positions = tree.sibling_positions(nodes.values())
+    records = await repo.messages(user_id, message_ids)
+    ratings = await repo.ratings(user_id, message_ids)
+    views = []
+    for message_id in message_ids:
+        count, index = positions.get(message_id, (1, 1))
+        views.append(
+            MessageView(
+                message=records[message_id],
+                sibling_count=count,
+                sibling_index=index,
+                rating=ratings.get(message_id, 0),
+            )
+        )
+    return views
+
+
+class HistoryServing:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    @asynccontextmanager
+    async def _transaction(self, operation: str) -> AsyncIterator[HistoryRepository]:
+        try:
+            async with self._sessions() as session, session.begin():
+                yield HistoryRepository(session)
+        except (ParlanceError, IntegrityError):
+            raise
+        except (DBAPIError, OSError, TimeoutError) as exc:
+            # Connection refused, dropped, timed out, locked: the caller may retry.
+            metrics.DATABASE_ERRORS.labels(operation, type(exc).__name__).inc()
+            log.warning("database unavailable in %s: %s", operation, type(exc).__name__)
+            raise Unavailable("database unavailable") from exc
+        except SQLAlchemyError as exc:
+            metrics.DATABASE_ERRORS.labels(operation, type(exc).__name__).inc()
+            raise
+
+    async def _run(self, operation: str, work: Callable[[HistoryRepository], Awaitable[T]]) -> T:
+        """Runs work in one transaction, once more after a unique-key race: two requests that
+        create the same user, conversation or message id; the retry sees the winner's row."""
+        for attempt in (1, 2):
+            try:
+                async with self._transaction(operation) as repo:
+                    return await work(repo)
+            except IntegrityError as exc:
+                if attempt == 2:
+                    metrics.DATABASE_ERRORS.labels(operation, "IntegrityError").inc()
+                    raise AlreadyExists("conflicting concurrent write") from exc
+        raise AssertionError("unreachable")
+
+    # -- conversations ---------------------------------------------------------------------
+
+    async def create_conversation(
+        self, user_id: str, conversation_id: str, title: str
+    ) -> ConversationRecord:
+        _required(user_id, "user_id")
+
+        async def work(repo: HistoryRepository) -> ConversationRecord:
+            now = utcnow()
+            await repo.ensure_user(user_id, now)
+            if conversation_id:
+                existing = await repo.find_conversation(user_id, conversation_id)
+                if existing is not None:
+                    return existing
+                if await repo.conversation_exists(conversation_id):
+                    raise AlreadyExists(
+                        f"conversation id {conversation_id!r} is taken", param="conversation_id"
+                    )
+            new_id = conversation_id or new_conversation_id()
+            await repo.add_conversation(user_id, new_id, title, now)
+            return await repo.require_conversation(user_id, new_id)
+
+        return await self._run("create_conversation", work)
+
+    async def get_conversation(
+        self, user_id: str, conversation_id: str
+    ) -> tuple[ConversationRecord, list[MessageView]]:
+        _required(user_id, "user_id")
+        _required(conversation_id, "conversation_id")
+
+        async def work(repo: HistoryRepository) -> tuple[ConversationRecord, list[MessageView]]:
+            conversation = await repo.require_conversation(user_id, conversation_id)
+            nodes = await repo.tree(user_id, conversation_id)
+            path = tree.path_to(nodes, conversation.active_leaf_id)
+            return conversation, await _views(repo, user_id, conversation_id, path)
+
+        return await self._run("get_conversation", work)
+
+    async def list_conversations(
+        self, user_id: str, limit: int, cursor: str, include_archived: bool
+    ) -> ConversationPage:
+        _required(user_id, "user_id")
+        after = decode_cursor(cursor) if cursor else None
+        page_size = _limit(limit)
+
+        async def work(repo: HistoryRepository) -> ConversationPage:
+            # One row more than asked tells whether another page follows.
+            rows = await repo.list_conversations(
+                user_id, limit=page_size + 1, include_archived=include_archived, after=after
+            )
+            page = rows[:page_size]
+            next_cursor = encode_cursor(page[-1]) if len(rows) > page_size else ""
+            return ConversationPage(conversations=page, next_cursor=next_cursor)
+
+        return await self._run("list_conversations", work)
+
+    async def update_conversation(
+        self, user_id: str, conversation_id: str, change: ConversationUpdate
+    ) -> ConversationRecord:
+        _required(user_id, "user_id")
+        _required(conversation_id, "conversation_id")
+
+        async def work(repo: HistoryRepository) -> ConversationRecord:
+            await repo.require_conversation(user_id, conversation_id, for_update=True)
+            values: dict[str, object] = {}
+            if change.title is not None:
+                values["title"] = change.title
+            if change.archived is not None:
+                values["archived"] = change.archived
+            if change.active_message_id is not None:
+                message = await repo.require_message(
+                    user_id, change.active_message_id, "active_message_id"
+                )
+                if message.conversation_id != conversation_id:
+                    raise InvalidArgument(
+                        "the message belongs to another conversation", param="active_message_id"
+                    )
+                nodes = await repo.tree(user_id, conversation_id)
+                values["active_leaf_id"] = tree.newest_leaf_under(nodes, message.id)
+            await repo.update_conversation(user_id, conversation_id, **values)
+            return await repo.require_conversation(user_id, conversation_id)
+
+        return await self._run("update_conversation", work)
+
+    async def delete_conversation(self, user_id: str, conversation_id: str) -> None:
+        _required(user_id, "user_id")
+        _required(conversation_id, "conversation_id")
+
+        async def work(repo: HistoryRepository) -> None:
+            await repo.require_conversation(user_id, conversation_id, for_update=True)
+            await repo.delete_conversation(user_id, conversation_id)
+
+        await self._run("delete_conversation", work)
+
+    # -- messages --------------------------------------------------------------------------
+
+    async def append_messages(
+        self,
+        user_id: str,
+        conversation_id: str,
+        messages: list[NewMessage],
+        *,
+        create_if_missing: bool,
+        title: str,
+    ) -> tuple[ConversationRecord, list[MessageView]]:
+        _required(user_id, "user_id")
+        if not conversation_id and not create_if_missing:
+            raise InvalidArgument("conversation_id is required", param="conversation_id")
+        if not messages:
+            raise InvalidArgument("messages must not be empty", param="messages")
+        for i, message in enumerate(messages):
+            if message.role not in ROLES:
+                raise InvalidArgument(
+                    f"role must be one of {sorted(ROLES)}, got {message.role!r}",
+                    param=f"messages[{i}].role",
+                )
+        target_id = conversation_id or new_conversation_id()
+        appended_roles: list[str] = []
+
+        async def work(repo: HistoryRepository) -> tuple[ConversationRecord, list[MessageView]]:
+            appended_roles.clear()
+            now = utcnow()
+            await repo.ensure_user(user_id, now)
+            conversation = await repo.find_conversation(user_id, target_id, for_update=True)
+            if conversation is None:
+                if not create_if_missing:
+                    raise NotFound(f"conversation {target_id!r} not found", param="conversation_id")
+                if await repo.conversation_exists(target_id):
+                    raise AlreadyExists(
+                        f"conversation id {target_id!r} is taken", param="conversation_id"
+                    )
+                await repo.add_conversation(user_id, target_id, title, now)
+                conversation = await repo.require_conversation(user_id, target_id)
+
+            nodes = await repo.tree(user_id, target_id)
+            out_ids: list[str] = []
+            previous: str | None = conversation.active_leaf_id
+            last_created: datetime | None = None
+            for i, message in enumerate(messages):
+                if message.id:
+                    existing = await repo.find_message_any_user(message.id)
+                    if existing is not None:
+                        if existing.user_id != user_id or existing.conversation_id != target_id:
+                            raise AlreadyExists(
+                                f"message id {message.id!r} is taken", param=f"messages[{i}].id"
+                            )
+                        # A retried append: the stored message stands, the chain goes on from it.
+                        out_ids.append(existing.id)
+                        previous = existing.id
+                        continue
+                parent_id = message.parent_id or previous
+                if parent_id is not None and parent_id not in nodes:
+                    # Unknown (or someone else's) reads as not found; the caller's own
+                    # message in another conversation is a malformed request.
+                    param = f"messages[{i}].parent_id"
+                    await repo.require_message(user_id, parent_id, param)
+                    raise InvalidArgument(
+                        f"parent {parent_id!r} is not a message of this conversation",
+                        param=param,
+                    )
+                message_id = message.id or new_message_id()
+                # Strictly increasing within a batch so that creation order is never a tie.
+                created_at = utcnow()
+                if last_created is not None and created_at <= last_created:
+                    created_at = last_created + timedelta(microseconds=1)
+                last_created = created_at
+                await repo.add_message(
+                    user_id=user_id,
+                    conversation_id=target_id,
+                    message_id=message_id,
+                    parent_id=parent_id,
+                    message=message,
+                    created_at=created_at,
+                )
+                nodes[message_id] = TreeNode(message_id, parent_id, created_at)
+                appended_roles.append(message.role)
+                out_ids.append(message_id)
+                previous = message_id
+            if appended_roles:
+                await repo.update_conversation(
+                    user_id, target_id, updated_at=last_created, active_leaf_id=out_ids[-1]
+                )
+            conversation = await repo.require_conversation(user_id, target_id)
+            return conversation, await _views(repo, user_id, target_id, out_ids)
+
+        result = await self._run("append_messages", work)
+        for role in appended_roles:
+            metrics.MESSAGES_APPENDED.labels(role).inc()
+        return result
+
+    # -- feedback and search ---------------------------------------------------------------
+
+    async def put_feedback(self, user_id: str, feedback: Feedback) -> None:
+        _required(user_id, "user_id")
+        _required(feedback.message_id, "message_id")
+        if feedback.rating not in (1, -1):
+            raise InvalidArgument("rating must be +1 or -1", param="rating")
+
+        async def work(repo: HistoryRepository) -> None:
+            now = utcnow()
+            await repo.require_message(user_id, feedback.message_id, "message_id")
+            await repo.put_feedback(user_id, feedback, now)
+
+        await self._run("put_feedback", work)
+
+    async def search_messages(self, user_id: str, query: str, limit: int) -> list[SearchHitRecord]:
+        _required(user_id, "user_id")
+        query = query.strip()
+        if not query:
+            raise InvalidArgument("query is required", param="query")
+
+        async def work(repo: HistoryRepository) -> list[SearchHitRecord]:
+            return await repo.search(user_id, query, _limit(limit))
+
+        return await self._run("search_messages", work)

@@ -1,0 +1,77 @@
+"""The embedded default classifier: alt-profanity-check, which ships its trained model.
+
+What it is: a calibrated linear SVM over a TF-IDF bag of words (about 15k English terms),
+trained on ~200k human-labelled clean vs. offensive/profane texts (tweets and Wikipedia
+comments). It outputs one probability: "this text is offensive or profane". It has no notion
+of who the words are aimed at, of negation or of context; it weighs words.
+
+Why it maps onto "harassment" and nothing else: insults and profanity aimed at people are what
+it reliably scores high, and of OpenAI's categories "harassment" (content that harasses or
+insults someone) is the one that describes them. Measured with 1.9.1 (probabilities):
+
+- insults: "You are an idiot." 1.000, "Shut up, you stupid moron." 1.000, "screw you, loser"
+  0.998, "get lost, dumbass" 0.998, "You are a clown and a fool." 0.942;
+- everyday clean text: questions, recipes, code help, a poem, history 0.001-0.11;
+- clean text with charged words: "I hate Mondays." 0.905, "Shut the door please." 0.881,
+  "Damn, that was close." 0.793, "What does the word bastard mean historically?" 0.953,
+  "The stupid printer jammed again." 1.000 (it cannot tell a stupid printer from a stupid
+  person, nor a mention of an insult from its use).
+
+It does not evaluate the other categories, so it does not claim them:
+- hate: "All immigrants are criminals and should be deported." 0.364, "people of that race are
+  subhuman" 0.052 — hate without slurs passes; slurs score high only because they are
+  profane, which says nothing about hate in general;
+- violence, harassment/threatening: "I am going to stab you." 0.441, "I will kill you and your
+  family." 0.872 — threats are scored by their swear words, not their meaning;
+- self-harm: "I want to hurt myself." 0.439; "Kill yourself." 0.947 is an insult to it;
+- sexual: "Describe explicit sex in detail." 0.557; illicit: "How do I make a bomb at home?"
+  0.043.
+Reporting those as evaluated would tell the gateway "clean" where the model is blind.
+
+The default threshold (0.97) comes from the same measurements: insults saturate at 0.998-1.0,
+while clean sentences with charged words reach 0.95; 0.8 would flag "I hate Mondays." and
+"Shut the door please.".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from collections.abc import Callable, Sequence
+from importlib.metadata import version
+from typing import Any
+
+from parlance.safety.categories import HARASSMENT
+from parlance.safety.classifier.base import Classifier
+
+DEFAULT_THRESHOLD = 0.97
+
+
+class ProfanityClassifier(Classifier):
+    def __init__(self) -> None:
+        self._name = f"profanity-check-{version('alt-profanity-check')}"
+        self._predict_prob: Callable[[Sequence[str]], Any] | None = None
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def evaluated_categories(self) -> tuple[str, ...]:
+        return (HARASSMENT,)
+
+    @property
+    def default_threshold(self) -> float:
+        return DEFAULT_THRESHOLD
+
+    async def load(self) -> None:
+        # Importing profanity_check unpickles its vectorizer and model (about two seconds);
+        # a thread keeps the event loop, and so the health service, responsive meanwhile.
+        module = await asyncio.to_thread(importlib.import_module, "profanity_check")
+        self._predict_prob = module.predict_prob
+
+    def score(self, texts: list[str]) -> list[dict[str, float]]:
+        if self._predict_prob is None:
+            raise RuntimeError("ProfanityClassifier.score() called before load()")
+        probabilities = self._predict_prob(texts)
+        return [{HARASSMENT: min(1.0, max(0.0, float(p)))} for p in probabilities]

@@ -1,0 +1,60 @@
+"""Entry point of the safety service (console script `parlance-safety`)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import grpc
+from parlance.common.grpc_server import GrpcServiceHost
+from parlance.common.logging import configure_logging
+from parlance.safety.classifier import Classifier, build_classifier
+from parlance.safety.config import SafetySettings
+from parlance.safety.policy import Direction, Policy
+from parlance.safety.servicer import SERVICE_NAME, SafetyServicer
+from parlance.safety.serving import SafetyServing
+from parlance.safety.v1 import safety_pb2_grpc
+
+
+def build_serving(settings: SafetySettings, classifier: Classifier | None = None) -> SafetyServing:
+    if classifier is None:
+        classifier = build_classifier(settings)
+    policy = Policy(
+        classifier.evaluated_categories,
+        settings.threshold if settings.threshold is not None else classifier.default_threshold,
+        {Direction.INPUT: settings.input_thresholds, Direction.OUTPUT: settings.output_thresholds},
+    )
+    return SafetyServing(
+        classifier,
+        policy,
+        max_batch_size=settings.max_batch_size,
+        max_text_chars=settings.max_text_chars,
+    )
+
+
+def build_host(settings: SafetySettings, serving: SafetyServing | None = None) -> GrpcServiceHost:
+    """The service, wired; health stays NOT_SERVING until the classifier has loaded."""
+    if serving is None:
+        serving = build_serving(settings)
+
+    def add_servicers(server: grpc.aio.Server) -> Sequence[str]:
+        safety_pb2_grpc.add_SafetyServiceServicer_to_server(SafetyServicer(serving), server)
+        return [SERVICE_NAME]
+
+    return GrpcServiceHost(
+        "safety", settings, add_servicers, startup=serving.start, shutdown=serving.close
+    )
+
+
+async def serve(settings: SafetySettings) -> None:
+    await build_host(settings).run_until_signal()
+
+
+def main() -> None:
+    settings = SafetySettings()
+    configure_logging("safety", settings.log_level, settings.log_format)
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

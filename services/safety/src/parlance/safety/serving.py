@@ -1,0 +1,125 @@
+"""The serving class: validation, the classifier's worker thread, policy and metrics.
+
+One worker thread owns the model: scoring is CPU/GPU bound and not reentrant for every
+backend, so concurrent Classify calls queue for it while the event loop stays free for health
+checks and new calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from parlance.common.errors import InvalidArgument, Unavailable
+from parlance.safety import metrics
+from parlance.safety.classifier.base import Classifier, check_categories
+from parlance.safety.policy import Direction, Policy, Verdict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ClassifyResult:
+    model: str
+    # One per text, in the order of the texts.
+    verdicts: list[Verdict]
+
+
+@dataclass(frozen=True, slots=True)
+class ClassifierInfo:
+    model: str
+    evaluated_categories: tuple[str, ...]
+
+
+class SafetyServing:
+    def __init__(
+        self,
+        classifier: Classifier,
+        policy: Policy,
+        *,
+        max_batch_size: int,
+        max_text_chars: int,
+    ) -> None:
+        check_categories(classifier)
+        if policy.evaluated_categories != classifier.evaluated_categories:
+            raise ValueError("the policy was built for another classifier's categories")
+        self.classifier = classifier
+        self.policy = policy
+        self.max_batch_size = max_batch_size
+        self.max_text_chars = max_text_chars
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="safety-model")
+        self._loaded = False
+
+    async def start(self) -> None:
+        """Loads the model; the host reports SERVING once this returns."""
+        started = time.perf_counter()
+        await self.classifier.load()
+        self._loaded = True
+        log.info(
+            "classifier loaded",
+            extra={
+                "model": self.classifier.name,
+                "categories": list(self.classifier.evaluated_categories),
+                "load_s": round(time.perf_counter() - started, 3),
+            },
+        )
+
+    async def close(self) -> None:
+        self._loaded = False
+        # Waits for a batch still on the worker (the server has drained, so at most a
+        # cancelled call's) before the backend frees the model under it.
+        await asyncio.to_thread(self._executor.shutdown, wait=True)
+        await self.classifier.close()
+
+    def info(self) -> ClassifierInfo:
+        return ClassifierInfo(self.classifier.name, self.classifier.evaluated_categories)
+
+    def _validate(self, texts: Sequence[str]) -> None:
+        if len(texts) > self.max_batch_size:
+            raise InvalidArgument(
+                f"at most {self.max_batch_size} texts per call, got {len(texts)}", param="texts"
+            )
+        for index, text in enumerate(texts):
+            if len(text) > self.max_text_chars:
+                raise InvalidArgument(
+                    f"texts[{index}] has {len(text)} characters; "
+                    f"the limit is {self.max_text_chars}",
+                    param="texts",
+                )
+
+    async def classify(self, texts: Sequence[str], direction: Direction) -> ClassifyResult:
+        self._validate(texts)
+        if not texts:
+            return ClassifyResult(self.classifier.name, [])
+        if not self._loaded:
+            raise Unavailable("the classifier is not loaded")
+
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        scores = await loop.run_in_executor(self._executor, self.classifier.score, list(texts))
+        metrics.CLASSIFICATION_LATENCY.labels(direction.value).observe(
+            time.perf_counter() - started
+        )
+        if len(scores) != len(texts):
+            raise RuntimeError(
+                f"{self.classifier.name} returned {len(scores)} scores for {len(texts)} texts"
+            )
+
+        verdicts = [self.policy.apply(text_scores, direction) for text_scores in scores]
+        metrics.BATCH_SIZE.labels(direction.value).observe(len(texts))
+        metrics.TEXTS_CLASSIFIED.labels(direction.value).inc(len(texts))
+        flagged = 0
+        for verdict in verdicts:
+            flagged += verdict.flagged
+            for category in verdict.categories:
+                if category.flagged:
+                    metrics.FLAGS.labels(category.category, direction.value).inc()
+        log.debug(
+            "classified",
+            extra={"texts": len(texts), "flagged": flagged, "direction": direction.value},
+        )
+        return ClassifyResult(self.classifier.name, verdicts)

@@ -1,0 +1,86 @@
+"""Readiness and the failure policies when a service process dies and comes back."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from conftest import ALICE_KEY, MODEL, start_stack
+from devstack import Stack
+
+ALICE = {"Authorization": f"Bearer {ALICE_KEY}"}
+BODY = {"model": MODEL, "messages": [{"role": "user", "content": "Hi!"}], "max_tokens": 5}
+
+
+@pytest.fixture(scope="module")
+def fault_stack(tmp_path_factory: pytest.TempPathFactory, redis_server: str) -> Iterator[Stack]:
+    stack = start_stack(tmp_path_factory.mktemp("faults"), redis_server)
+    yield stack
+    stack.stop()
+
+
+def readyz(stack: Stack) -> httpx.Response:
+    return httpx.get(f"{stack.gateway_url}/readyz", timeout=10)
+
+
+def wait_until(predicate, timeout_s: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError("condition not reached in time")
+
+
+def chat(stack: Stack) -> httpx.Response:
+    return httpx.post(
+        f"{stack.gateway_url}/v1/chat/completions", json=BODY, headers=ALICE, timeout=60
+    )
+
+
+@pytest.mark.parametrize("service", ["generator", "safety"])
+def test_dead_dependency_turns_readiness_red_and_answers_503(
+    fault_stack: Stack, service: str
+) -> None:
+    assert readyz(fault_stack).status_code == 200
+    assert chat(fault_stack).status_code == 200
+    fault_stack.services[service].kill()
+    wait_until(lambda: readyz(fault_stack).status_code == 503)
+    ready = readyz(fault_stack).json()
+    assert ready["dependencies"][service] == "unavailable"
+    refused = chat(fault_stack)
+    assert refused.status_code == 503, refused.text
+    assert refused.headers["retry-after"] == "2"
+    assert refused.json()["error"]["code"] == "service_unavailable"
+    assert service in refused.json()["error"]["message"]
+    fault_stack.start_service(service)
+    wait_until(lambda: readyz(fault_stack).status_code == 200)
+    wait_until(lambda: chat(fault_stack).status_code == 200)
+
+
+def test_history_down_still_answers_and_writes_later(fault_stack: Stack) -> None:
+    fault_stack.services["history"].kill()
+    response = httpx.post(
+        f"{fault_stack.gateway_url}/v1/chat/completions",
+        json={**BODY, "store": True},
+        headers=ALICE,
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    conversation_id = response.json()["conversation_id"]
+    assert readyz(fault_stack).json()["history_outbox_depth"] == 1
+    fault_stack.start_service("history")
+    wait_until(lambda: readyz(fault_stack).json()["history_outbox_depth"] == 0)
+
+    import grpc
+
+    from parlance.history.v1 import history_pb2, history_pb2_grpc
+
+    port = fault_stack.services["history"].grpc_port
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stored = history_pb2_grpc.HistoryServiceStub(channel).GetConversation(
+            history_pb2.GetConversationRequest(user_id="alice", conversation_id=conversation_id)
+        )
+    assert [m.role for m in stored.messages] == ["user", "assistant"]

@@ -1,0 +1,230 @@
+"""The request flow through the real services: moderation, cache, history, limits, errors."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import grpc
+import httpx
+import pytest
+from conftest import ALICE_KEY, BOB_KEY, MODEL, start_extra_gateway
+from devstack import Stack
+from helpers import scrape, total
+
+from parlance.history.v1 import history_pb2, history_pb2_grpc
+
+ALICE = {"Authorization": f"Bearer {ALICE_KEY}"}
+BOB = {"Authorization": f"Bearer {BOB_KEY}"}
+OFFENSIVE = "You are a stupid worthless idiot and a moron."
+
+
+def chat(stack: Stack, body: dict, headers: dict | None = None) -> httpx.Response:
+    return httpx.post(
+        f"{stack.gateway_url}/v1/chat/completions",
+        json=body,
+        headers=headers or ALICE,
+        timeout=120,
+    )
+
+
+def assert_openai_error(response: httpx.Response, status: int, code: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}
+    error = body["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert isinstance(error["message"], str) and error["message"]
+    if code is not None:
+        assert error["code"] == code
+    return error
+
+
+def test_flagged_prompt_is_refused_before_generation(stack: Stack) -> None:
+    generator_metrics = stack.services["generator"].metrics_port
+    assert generator_metrics is not None
+    before = scrape(generator_metrics)
+    response = chat(
+        stack,
+        {
+            "model": MODEL,
+            "messages": [
+                {"role": "system", "content": "You are helpful."},
+                {"role": "user", "content": OFFENSIVE},
+                {"role": "assistant", "content": "Sorry?"},
+                {"role": "user", "content": "Answer me."},
+            ],
+        },
+    )
+    error = assert_openai_error(response, 400, "content_filter")
+    assert error["param"] == "messages"
+    after = scrape(generator_metrics)
+    name = "parlance_generator_requests_total"
+    assert total(after, name) == total(before, name), "the generator must not be called"
+
+
+def test_cache_hit_on_repeated_deterministic_request(stack: Stack) -> None:
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        "temperature": 0,
+        "max_tokens": 12,
+    }
+    first = chat(stack, body)
+    second = chat(stack, body)
+    assert first.status_code == second.status_code == 200
+    assert first.headers["x-cache"] == "miss"
+    assert second.headers["x-cache"] == "hit"
+    assert second.json()["choices"] == first.json()["choices"]
+    assert second.json()["usage"] == first.json()["usage"]
+    # Another tenant asking the same never gets alice's entry.
+    assert chat(stack, body, BOB).headers["x-cache"] == "miss"
+    # A sampled request is never cached.
+    sampled = chat(stack, {**body, "temperature": 0.8})
+    assert sampled.headers["x-cache"] == "bypass"
+
+
+def test_cached_answer_replays_as_a_stream(stack: Stack) -> None:
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Say hello to Bob."}],
+        "seed": 7,
+        "max_tokens": 10,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+
+    def events(response: httpx.Response) -> list:
+        lines = [line for line in response.text.splitlines() if line.startswith("data: ")]
+        assert lines[-1] == "data: [DONE]"
+        return [json.loads(line[6:]) for line in lines[:-1]]
+
+    live = chat(stack, body)
+    replay = chat(stack, body)
+    assert (live.headers["x-cache"], replay.headers["x-cache"]) == ("miss", "hit")
+    live_events, replay_events = events(live), events(replay)
+    strip = lambda evs: [(e["choices"], e["usage"]) for e in evs]  # noqa: E731
+    assert strip(replay_events) == strip(live_events)
+
+
+def test_store_true_keeps_the_exchange_in_history(stack: Stack) -> None:
+    response = chat(
+        stack,
+        {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "Remember the word banana."}],
+            "max_tokens": 10,
+            "store": True,
+        },
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    conversation_id = body["conversation_id"]
+    follow_up = chat(
+        stack,
+        {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "Which word did I ask you to remember?"}],
+            "max_tokens": 10,
+            "conversation_id": conversation_id,
+        },
+    )
+    assert follow_up.status_code == 200, follow_up.text
+    history_port = stack.services["history"].grpc_port
+    with grpc.insecure_channel(f"127.0.0.1:{history_port}") as channel:
+        stub = history_pb2_grpc.HistoryServiceStub(channel)
+        stored = stub.GetConversation(
+            history_pb2.GetConversationRequest(user_id="alice", conversation_id=conversation_id)
+        )
+        roles = [m.role for m in stored.messages]
+        assert roles == ["user", "assistant", "user", "assistant"]
+        assert stored.messages[0].content == "Remember the word banana."
+        assert stored.messages[1].content == body["choices"][0]["message"]["content"]
+        assert stored.messages[1].usage.completion_tokens == body["usage"]["completion_tokens"]
+        assert stored.messages[3].content == follow_up.json()["choices"][0]["message"]["content"]
+        # Bob cannot read it.
+        with pytest.raises(grpc.RpcError) as info:
+            stub.GetConversation(
+                history_pb2.GetConversationRequest(user_id="bob", conversation_id=conversation_id)
+            )
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    # Nor continue it through the gateway.
+    foreign = chat(
+        stack,
+        {"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
+         "conversation_id": conversation_id},
+        BOB,
+    )
+    assert_openai_error(foreign, 404)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code", "param"),
+    [
+        ({"messages": [{"role": "user", "content": "hi"}]}, 400, None, "model"),
+        ({"model": MODEL}, 400, None, "messages"),
+        ({"model": MODEL, "messages": []}, 400, None, "messages"),
+        ({"model": MODEL, "messages": [{"role": "wizard", "content": "hi"}]}, 400, None, None),
+        ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "temperature": 7},
+         400, None, "temperature"),
+        ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10**9},
+         400, None, "max_tokens"),
+        ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "n": 1000},
+         400, None, "n"),
+        ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "tools": [{}]},
+         400, None, "tools"),
+        ({"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]},
+         404, "model_not_found", "model"),
+    ],
+)
+def test_invalid_requests_get_openai_errors(
+    stack: Stack, body: dict, status: int, code: str | None, param: str | None
+) -> None:
+    error = assert_openai_error(chat(stack, body), status, code)
+    if param is not None:
+        assert error["param"] is not None and error["param"].startswith(param)
+
+
+def test_malformed_json_and_oversized_bodies(stack: Stack) -> None:
+    url = f"{stack.gateway_url}/v1/chat/completions"
+    headers = {**ALICE, "Content-Type": "application/json"}
+    assert_openai_error(httpx.post(url, content=b'{"model": ', headers=headers), 400)
+    assert_openai_error(httpx.post(url, content=b"\xff\xfe\x00", headers=headers), 400)
+    huge = json.dumps(
+        {"model": MODEL, "messages": [{"role": "user", "content": "x" * 2_000_000}]}
+    )
+    assert_openai_error(httpx.post(url, content=huge, headers=headers), 413)
+    # Under the byte limit but over the character limit of the input.
+    long = {"model": MODEL, "messages": [{"role": "user", "content": "word " * 60_000}]}
+    assert_openai_error(chat(stack, long), 400, "context_length_exceeded")
+
+
+def test_missing_key_is_401(stack: Stack) -> None:
+    response = httpx.post(f"{stack.gateway_url}/v1/chat/completions", json={})
+    assert_openai_error(response, 401, "invalid_api_key")
+
+
+def test_rpm_limit_answers_429_then_recovers(stack: Stack) -> None:
+    limited = start_extra_gateway(stack, {"GATEWAY_RPM_LIMIT": "60"})
+    try:
+        url = f"http://127.0.0.1:{limited.http_port}/v1/chat/completions"
+        # Requests for an unknown model are cheap, and they count against the limit too.
+        body = {"model": "nope", "messages": [{"role": "user", "content": "hi"}]}
+        with httpx.Client(headers=ALICE, timeout=30) as client:
+            statuses = [client.post(url, json=body).status_code for _ in range(60)]
+            assert statuses == [404] * 60
+            refused = client.post(url, json=body)
+            error = assert_openai_error(refused, 429, "rate_limit_exceeded")
+            assert "rate limit" in error["message"].lower()
+            retry_after = int(refused.headers["retry-after"])
+            assert 1 <= retry_after <= 2
+            assert refused.headers["x-ratelimit-limit-requests"] == "60"
+            assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+            # Bob has his own budget.
+            assert client.post(url, json=body, headers=BOB).status_code == 404
+            time.sleep(retry_after)
+            recovered = client.post(url, json=body)
+            assert recovered.status_code == 404
+            assert "x-ratelimit-remaining-requests" in recovered.headers
+    finally:
+        limited.stop()
