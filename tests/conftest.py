@@ -12,14 +12,10 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
+# The tests import their helpers (and, through them, scripts/devstack.py) as plain modules.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from devstack import ServiceProcess, Stack, free_port, redis_answers  # noqa: E402
-
-MODEL = "SmolLM2-135M-Instruct"
-ALICE_KEY = "sk-test-alice-0123456789"
-BOB_KEY = "sk-test-bob-0123456789"
+from helpers import Stack, free_port, redis_answers, start_stack  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -43,47 +39,8 @@ def redis_server() -> Iterator[str]:
     process.wait(5)
 
 
-def start_stack(tmp: Path, redis_url: str, gateway_env: dict[str, str] | None = None) -> Stack:
-    stack = Stack(
-        data_dir=tmp,
-        fixed_ports=False,
-        api_key=ALICE_KEY,
-        redis_url=redis_url,
-        extra_env={
-            "gateway": {
-                "GATEWAY_API_KEYS": f"alice:{ALICE_KEY},bob:{BOB_KEY}",
-                "GATEWAY_RETRY_AFTER_S": "2",
-                **(gateway_env or {}),
-            },
-        },
-    )
-    try:
-        stack.start()
-    except Exception:
-        stack.stop()
-        raise
-    return stack
-
-
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory, redis_server: str) -> Iterator[Stack]:
     stack = start_stack(tmp_path_factory.mktemp("stack"), redis_server)
     yield stack
     stack.stop()
-
-
-def start_extra_gateway(stack: Stack, env: dict[str, str]) -> ServiceProcess:
-    """A second gateway process on the same services, with other settings."""
-    base = stack.services["gateway"]
-    port = free_port()
-    gateway = ServiceProcess(
-        name="gateway-extra",
-        command=base.command,
-        env={**base.env, "GATEWAY_PORT": str(port), **env},
-        log_path=base.log_path.with_name(f"gateway-{port}.log"),
-        http_port=port,
-    )
-    gateway.start()
-    stack.services[f"gateway-{port}"] = gateway
-    stack.wait_ready(f"gateway-{port}")
-    return gateway

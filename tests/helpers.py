@@ -1,10 +1,60 @@
-"""Small helpers shared by the cross-service tests."""
+"""Helpers shared by the cross-service tests: the stack as processes, metrics scraping."""
 
 from __future__ import annotations
 
+import sys
 import urllib.request
+from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from devstack import ServiceProcess, Stack, free_port, redis_answers  # noqa: E402, F401
+
+MODEL = "SmolLM2-135M-Instruct"
+ALICE_KEY = "sk-test-alice-0123456789"
+BOB_KEY = "sk-test-bob-0123456789"
+
+
+def start_stack(tmp: Path, redis_url: str, gateway_env: dict[str, str] | None = None) -> Stack:
+    stack = Stack(
+        data_dir=tmp,
+        fixed_ports=False,
+        api_key=ALICE_KEY,
+        redis_url=redis_url,
+        extra_env={
+            "gateway": {
+                "GATEWAY_API_KEYS": f"alice:{ALICE_KEY},bob:{BOB_KEY}",
+                "GATEWAY_RETRY_AFTER_S": "2",
+                **(gateway_env or {}),
+            },
+        },
+    )
+    try:
+        stack.start()
+    except Exception:
+        stack.stop()
+        raise
+    return stack
+
+
+def start_extra_gateway(stack: Stack, env: dict[str, str]) -> ServiceProcess:
+    """A second gateway process on the same services, with other settings."""
+    base = stack.services["gateway"]
+    port = free_port()
+    gateway = ServiceProcess(
+        name="gateway-extra",
+        command=base.command,
+        env={**base.env, "GATEWAY_PORT": str(port), **env},
+        log_path=base.log_path.with_name(f"gateway-{port}.log"),
+        http_port=port,
+    )
+    gateway.start()
+    stack.services[f"gateway-{port}"] = gateway
+    stack.wait_ready(f"gateway-{port}")
+    return gateway
 
 
 def scrape(port: int) -> dict[str, float]:

@@ -7,8 +7,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from conftest import ALICE_KEY, MODEL, start_stack
-from devstack import Stack
+from helpers import ALICE_KEY, MODEL, Stack, start_stack
 
 ALICE = {"Authorization": f"Bearer {ALICE_KEY}"}
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "Hi!"}], "max_tokens": 5}
@@ -75,7 +74,6 @@ def test_history_down_still_answers_and_writes_later(fault_stack: Stack) -> None
     wait_until(lambda: readyz(fault_stack).json()["history_outbox_depth"] == 0)
 
     import grpc
-
     from parlance.history.v1 import history_pb2, history_pb2_grpc
 
     port = fault_stack.services["history"].grpc_port

@@ -8,10 +8,7 @@ import time
 import grpc
 import httpx
 import pytest
-from conftest import ALICE_KEY, BOB_KEY, MODEL, start_extra_gateway
-from devstack import Stack
-from helpers import scrape, total
-
+from helpers import ALICE_KEY, BOB_KEY, MODEL, Stack, scrape, start_extra_gateway, total
 from parlance.history.v1 import history_pb2, history_pb2_grpc
 
 ALICE = {"Authorization": f"Bearer {ALICE_KEY}"}
@@ -151,8 +148,11 @@ def test_store_true_keeps_the_exchange_in_history(stack: Stack) -> None:
     # Nor continue it through the gateway.
     foreign = chat(
         stack,
-        {"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
-         "conversation_id": conversation_id},
+        {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "hi"}],
+            "conversation_id": conversation_id,
+        },
         BOB,
     )
     assert_openai_error(foreign, 404)
@@ -165,16 +165,36 @@ def test_store_true_keeps_the_exchange_in_history(stack: Stack) -> None:
         ({"model": MODEL}, 400, None, "messages"),
         ({"model": MODEL, "messages": []}, 400, None, "messages"),
         ({"model": MODEL, "messages": [{"role": "wizard", "content": "hi"}]}, 400, None, None),
-        ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "temperature": 7},
-         400, None, "temperature"),
-        ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10**9},
-         400, None, "max_tokens"),
-        ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "n": 1000},
-         400, None, "n"),
-        ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "tools": [{}]},
-         400, None, "tools"),
-        ({"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]},
-         404, "model_not_found", "model"),
+        (
+            {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "temperature": 7},
+            400,
+            None,
+            "temperature",
+        ),
+        (
+            {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10**9},
+            400,
+            None,
+            "max_tokens",
+        ),
+        (
+            {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "n": 1000},
+            400,
+            None,
+            "n",
+        ),
+        (
+            {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "tools": [{}]},
+            400,
+            None,
+            "tools",
+        ),
+        (
+            {"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]},
+            404,
+            "model_not_found",
+            "model",
+        ),
     ],
 )
 def test_invalid_requests_get_openai_errors(
@@ -190,9 +210,7 @@ def test_malformed_json_and_oversized_bodies(stack: Stack) -> None:
     headers = {**ALICE, "Content-Type": "application/json"}
     assert_openai_error(httpx.post(url, content=b'{"model": ', headers=headers), 400)
     assert_openai_error(httpx.post(url, content=b"\xff\xfe\x00", headers=headers), 400)
-    huge = json.dumps(
-        {"model": MODEL, "messages": [{"role": "user", "content": "x" * 2_000_000}]}
-    )
+    huge = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x" * 2_000_000}]})
     assert_openai_error(httpx.post(url, content=huge, headers=headers), 413)
     # Under the byte limit but over the character limit of the input.
     long = {"model": MODEL, "messages": [{"role": "user", "content": "word " * 60_000}]}

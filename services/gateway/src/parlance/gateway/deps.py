@@ -43,3 +43,26 @@ async def authenticate(request: Request, state: State) -> Principal:
 
 
 Caller = Annotated[Principal, Depends(authenticate)]
+
+
+async def rate_limit(request: Request, caller: Caller, state: State) -> Principal:
+    """Authenticates, then takes the key's requests-per-minute decision. The x-ratelimit-*
+    headers go on every response of the request, errors included (the error handlers read
+    `request.state.response_headers`)."""
+    limit = state.settings.rpm_limit
+    if limit <= 0:
+        return caller
+    decision = await state.limiter.check("rpm", caller.key_id, limit)
+    headers = decision.headers("requests")
+    request.state.response_headers = headers
+    if not decision.allowed:
+        raise errors.rate_limited(
+            f"Rate limit reached for requests on key {caller.key_id}: limit {decision.limit} "
+            f"per minute. Please try again in {decision.retry_after_s:.1f}s.",
+            decision.retry_after_s,
+            headers,
+        )
+    return caller
+
+
+LimitedCaller = Annotated[Principal, Depends(rate_limit)]

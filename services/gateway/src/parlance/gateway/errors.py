@@ -46,8 +46,11 @@ class APIError(Exception):
             }
         }
 
-    def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+    def response(self, request: Request | None = None) -> JSONResponse:
+        # Headers decided earlier in the request (x-ratelimit-*) go on errors too.
+        headers = dict(getattr(request.state, "response_headers", {})) if request else {}
+        headers.update(self.headers)
+        return JSONResponse(self.body(), status_code=self.status, headers=headers)
 
 
 def invalid_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
@@ -114,17 +117,19 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
-    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
-        return exc.response()
+    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+        return exc.response(request)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = _validation_message(exc)
-        return invalid_request(message, param=param).response()
+        return invalid_request(message, param=param).response(request)
 
     @app.exception_handler(json.JSONDecodeError)
-    async def _json(_: Request, exc: json.JSONDecodeError) -> JSONResponse:
-        return invalid_request("We could not parse the JSON body of your request.").response()
+    async def _json(request: Request, exc: json.JSONDecodeError) -> JSONResponse:
+        return invalid_request("We could not parse the JSON body of your request.").response(
+            request
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

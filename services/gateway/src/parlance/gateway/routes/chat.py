@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.responses import Response
 
 from parlance.gateway import errors
-from parlance.gateway.deps import Caller, State
+from parlance.gateway.deps import LimitedCaller, State
 from parlance.gateway.metrics import IN_FLIGHT
 from parlance.gateway.protocol import ChatCompletionRequest
 from parlance.gateway.serving import render_completion
@@ -24,23 +24,12 @@ SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 @router.post("/v1/chat/completions", response_model=None)
 async def create_chat_completion(
-    body: ChatCompletionRequest, request: Request, caller: Caller, state: State
+    body: ChatCompletionRequest, request: Request, caller: LimitedCaller, state: State
 ) -> Response:
     if body.model_extra:
         log.info("ignoring unknown request fields", extra={"fields": sorted(body.model_extra)})
     settings = state.settings
-    headers: dict[str, str] = {}
-    if settings.rpm_limit > 0:
-        decision = await state.limiter.check("rpm", caller.key_id, settings.rpm_limit)
-        headers.update(decision.headers("requests"))
-        if not decision.allowed:
-            raise errors.rate_limited(
-                f"Rate limit reached for requests on key {caller.key_id}: limit "
-                f"{decision.limit} per minute. Please try again in "
-                f"{decision.retry_after_s:.1f}s.",
-                decision.retry_after_s,
-                headers,
-            )
+    headers: dict[str, str] = dict(getattr(request.state, "response_headers", {}))
     if state.slots.locked():
         raise errors.service_unavailable(
             "The server is at its concurrency limit; retry shortly.", settings.retry_after_s
