@@ -9,7 +9,7 @@ PIP := $(BIN)/python -m pip
 STAMP := $(VENV)/.parlance-installed
 SERVICES := common generator safety history gateway
 
-.PHONY: up test install lint protos clean help
+.PHONY: up test install system-deps lint protos clean help
 
 help:
 	@echo "make up      set up and run the stack (gateway on http://127.0.0.1:8000)"
@@ -38,7 +38,11 @@ install: $(STAMP)
 up: install
 	@$(BIN)/python scripts/devstack.py
 
-test: install
+# Debian packages the tests use (docker-compose, promtool); a no-op when not root.
+system-deps:
+	@scripts/install-system-deps.sh
+
+test: install system-deps
 	$(BIN)/python -m pytest
 
 lint: install

@@ -164,8 +164,17 @@ class Stack:
         if server:
             port = free_port()
             self._redis = subprocess.Popen(
-                [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-                 "no"],
+                [
+                    server,
+                    "--port",
+                    str(port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ],
                 stdout=subprocess.DEVNULL,
                 start_new_session=True,
             )
@@ -176,7 +185,9 @@ class Stack:
                     return url
                 time.sleep(0.1)
         _say("WARNING: no Redis answers and redis-server is not installed.")
-        _say("WARNING: the gateway runs WITHOUT Redis: response cache off, rate limits per process.")
+        _say(
+            "WARNING: the gateway runs WITHOUT Redis: response cache off, rate limits per process."
+        )
         return ""
 
     def build(self) -> None:
@@ -216,6 +227,8 @@ class Stack:
             "GATEWAY_SAFETY_URL": f"127.0.0.1:{self.services['safety'].grpc_port}",
             "GATEWAY_HISTORY_URL": f"127.0.0.1:{self.services['history'].grpc_port}",
             "GATEWAY_REDIS_URL": redis_url,
+            "GATEWAY_DATABASE_URL": os.environ.get("GATEWAY_DATABASE_URL")
+            or f"sqlite+aiosqlite:///{self.data_dir / 'gateway.db'}",
             "GATEWAY_API_KEYS": os.environ.get("GATEWAY_API_KEYS") or f"dev:{self.api_key}",
             **self.extra_env.get("gateway", {}),
         }
@@ -303,7 +316,7 @@ def main() -> None:
     key = stack.api_key
     print(
         f"""
-Parlance is up: {url}   (logs in {data_dir / 'run'})
+Parlance is up: {url}   (logs in {data_dir / "run"})
 API key: {key}
 
   curl {url}/v1/chat/completions \\

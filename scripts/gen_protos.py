@@ -42,8 +42,11 @@ def generate(out_dir: Path) -> list[Path]:
         init.write_text('"""Generated from proto/ by scripts/gen_protos.py; do not edit."""\n')
         written.append(init)
         stem = proto.stem
-        written += [package_dir / f"{stem}_pb2.py", package_dir / f"{stem}_pb2.pyi",
-                    package_dir / f"{stem}_pb2_grpc.py"]
+        written += [
+            package_dir / f"{stem}_pb2.py",
+            package_dir / f"{stem}_pb2.pyi",
+            package_dir / f"{stem}_pb2_grpc.py",
+        ]
     return written
 
 

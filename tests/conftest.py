@@ -15,7 +15,7 @@ import pytest
 # The tests import their helpers (and, through them, scripts/devstack.py) as plain modules.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from helpers import Stack, free_port, redis_answers, start_stack  # noqa: E402
+from helpers import Stack, free_port, redis_answers, start_stack
 
 
 @pytest.fixture(scope="session")

@@ -18,19 +18,26 @@ ALICE_KEY = "sk-test-alice-0123456789"
 BOB_KEY = "sk-test-bob-0123456789"
 
 
-def start_stack(tmp: Path, redis_url: str, gateway_env: dict[str, str] | None = None) -> Stack:
+def start_stack(
+    tmp: Path,
+    redis_url: str,
+    gateway_env: dict[str, str] | None = None,
+    env: dict[str, dict[str, str]] | None = None,
+) -> Stack:
+    """The stack as processes; `env` adds settings per service ("generator": {...})."""
+    extra_env = {name: dict(values) for name, values in (env or {}).items()}
+    extra_env["gateway"] = {
+        "GATEWAY_API_KEYS": f"alice:{ALICE_KEY},bob:{BOB_KEY}",
+        "GATEWAY_RETRY_AFTER_S": "2",
+        **extra_env.get("gateway", {}),
+        **(gateway_env or {}),
+    }
     stack = Stack(
         data_dir=tmp,
         fixed_ports=False,
         api_key=ALICE_KEY,
         redis_url=redis_url,
-        extra_env={
-            "gateway": {
-                "GATEWAY_API_KEYS": f"alice:{ALICE_KEY},bob:{BOB_KEY}",
-                "GATEWAY_RETRY_AFTER_S": "2",
-                **(gateway_env or {}),
-            },
-        },
+        extra_env=extra_env,
     )
     try:
         stack.start()

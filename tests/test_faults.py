@@ -74,6 +74,7 @@ def test_history_down_still_answers_and_writes_later(fault_stack: Stack) -> None
     wait_until(lambda: readyz(fault_stack).json()["history_outbox_depth"] == 0)
 
     import grpc
+
     from parlance.history.v1 import history_pb2, history_pb2_grpc
 
     port = fault_stack.services["history"].grpc_port

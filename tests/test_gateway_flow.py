@@ -9,6 +9,7 @@ import grpc
 import httpx
 import pytest
 from helpers import ALICE_KEY, BOB_KEY, MODEL, Stack, scrape, start_extra_gateway, total
+
 from parlance.history.v1 import history_pb2, history_pb2_grpc
 
 ALICE = {"Authorization": f"Bearer {ALICE_KEY}"}

@@ -23,14 +23,14 @@ class EchoSafety(safety_pb2_grpc.SafetyServiceServicer):
     """A minimal servicer to exercise the bootstrap (the real safety service has its own
     tests); it reports the request id it saw and raises a domain error on demand."""
 
-    async def Classify(self, request, context):  # noqa: N802
+    async def Classify(self, request, context):
         if not request.texts:
             raise InvalidArgument("no texts", param="texts")
         if request.texts[0] == "slow":
             await asyncio.sleep(0.5)
         return safety_pb2.ClassifyResponse(model=get_request_id() or "")
 
-    async def GetClassifierInfo(self, request, context):  # noqa: N802
+    async def GetClassifierInfo(self, request, context):
         raise RuntimeError("boom")
 
 

@@ -69,3 +69,13 @@ def test_cursor_round_trip_and_garbage() -> None:
     for garbage in ("!!!", "bm90IGpzb24", encode_cursor(record)[:-3]):
         with pytest.raises(InvalidArgument):
             decode_cursor(garbage)
+
+
+def test_flag_detection_in_moderation_json() -> None:
+    from parlance.history.export import is_flagged
+
+    assert not is_flagged("")
+    assert not is_flagged('{"flagged": false, "categories": {"toxicity": false}}')
+    assert is_flagged('{"flagged": true}')
+    assert is_flagged('{"input": {"flagged": false}, "output": [{"flagged": true}]}')
+    assert is_flagged("not json")  # unreadable verdicts never vouch for the text

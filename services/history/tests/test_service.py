@@ -19,8 +19,12 @@ def _user() -> str:
     return f"user_{uuid.uuid4().hex[:8]}"
 
 
-def _msg(role: str, content: str, *, id: str = "", parent_id: str = "") -> pb.Message:
-    return pb.Message(id=id, role=role, content=content, parent_id=parent_id)
+def _msg(role: str, content: str, *, id: str = "", parent_id: str | None = None) -> pb.Message:
+    """parent_id None leaves it unset (after the previous message); "" asks for a new root."""
+    message = pb.Message(id=id, role=role, content=content)
+    if parent_id is not None:
+        message.parent_id = parent_id
+    return message
 
 
 async def _code(call) -> grpc.StatusCode:  # type: ignore[no-untyped-def]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -13,6 +15,9 @@ from parlance.common.grpc_server import GrpcServiceHost
 from parlance.safety.config import SafetySettings
 from parlance.safety.main import build_host
 from parlance.safety.v1 import safety_pb2_grpc
+
+# The tests import detoxify_checkpoint (the small Detoxify checkpoint builder) as a plain module.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 @dataclass

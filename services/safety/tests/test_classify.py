@@ -103,7 +103,7 @@ async def test_classifier_info_lists_exactly_the_evaluated_categories(safety) ->
 @pytest.mark.parametrize(
     ("overrides", "texts", "direction"),
     [
-        pytest.param({"max_batch_size": 3}, CLEAN, INPUT, id="too-many-texts"),
+        pytest.param({"max_texts_per_call": 3}, CLEAN, INPUT, id="too-many-texts"),
         pytest.param({"max_text_chars": 20}, ["short", "x" * 21], INPUT, id="text-too-long"),
         pytest.param({}, CLEAN, safety_pb2.DIRECTION_UNSPECIFIED, id="no-direction"),
     ],
@@ -117,6 +117,6 @@ async def test_invalid_requests_are_rejected(safety_server, overrides, texts, di
 
 async def test_limits_are_inclusive(safety_server) -> None:
     longest = max(len(text) for text in CLEAN[:3])
-    async with safety_server(max_batch_size=4, max_text_chars=longest) as safety:
+    async with safety_server(max_texts_per_call=4, max_text_chars=longest) as safety:
         response = await safety.stub.Classify(request([*CLEAN[:3], "y" * longest]))
     assert len(response.results) == 4

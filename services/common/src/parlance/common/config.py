@@ -24,4 +24,3 @@ class ServiceSettings(BaseSettings):
     log_format: Literal["json", "text"] = "text"
     # Seconds that in-flight calls get to finish after SIGTERM.
     shutdown_grace_s: float = 10.0
-

@@ -87,7 +87,9 @@ class GrpcServiceHost:
         self.port = self.server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
         await self.server.start()
         if self.settings.metrics_port >= 0:
-            metrics_server, _ = start_http_server(self.settings.metrics_port, addr=self.settings.host)
+            metrics_server, _ = start_http_server(
+                self.settings.metrics_port, addr=self.settings.host
+            )
             self.metrics_port = metrics_server.server_port
         log.info(
             "%s listening",

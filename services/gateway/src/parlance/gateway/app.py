@@ -14,12 +14,14 @@ from parlance.gateway.cache import ResponseCache
 from parlance.gateway.clients import GeneratorClient, HistoryClient, SafetyClient
 from parlance.gateway.config import GatewaySettings
 from parlance.gateway.errors import install_error_handlers
+from parlance.gateway.keystore import CombinedKeyStore, SqlKeyStore
+from parlance.gateway.leases import ConcurrencyLeases
 from parlance.gateway.middleware import GatewayMiddleware
 from parlance.gateway.models import ModelRegistry
 from parlance.gateway.outbox import HistoryOutbox
 from parlance.gateway.ratelimit import RateLimiter
 from parlance.gateway.redis_state import RedisState
-from parlance.gateway.routes import chat, health, models
+from parlance.gateway.routes import admin_keys, chat, conversations, health, models, moderations
 from parlance.gateway.serving import ChatService
 from parlance.gateway.state import GatewayState
 
@@ -37,11 +39,15 @@ def create_app(settings: GatewaySettings, keys: KeyStore | None = None) -> FastA
         outbox = HistoryOutbox(history)
         cache = ResponseCache(redis_state, s.cache_ttl_s, s.cache_max_bytes)
         registry = ModelRegistry(generator)
+        key_store = SqlKeyStore(s.database_url, s.key_cache_ttl_s)
+        await key_store.create_schema()
         state = GatewayState(
             settings=s,
-            keys=keys or StaticKeyStore(s.api_keys),
+            keys=keys or CombinedKeyStore(StaticKeyStore(s.api_keys), key_store),
+            key_store=key_store,
             redis=redis_state,
-            limiter=RateLimiter(redis_state),
+            limiter=RateLimiter(redis_state, s.ratelimit_on_redis_down),
+            leases=ConcurrencyLeases(redis_state, s.lease_ttl_s, s.leases_on_redis_down),
             cache=cache,
             generator=generator,
             safety=safety,
@@ -62,6 +68,7 @@ def create_app(settings: GatewaySettings, keys: KeyStore | None = None) -> FastA
             for client in (generator, safety, history):
                 await client.close()
             await redis_state.close()
+            await key_store.close()
 
     app = FastAPI(
         title="Parlance",
@@ -73,5 +80,8 @@ def create_app(settings: GatewaySettings, keys: KeyStore | None = None) -> FastA
     app.add_middleware(GatewayMiddleware, max_body_bytes=settings.max_request_bytes)
     app.include_router(chat.router)
     app.include_router(models.router)
+    app.include_router(conversations.router)
+    app.include_router(moderations.router)
+    app.include_router(admin_keys.router)
     app.include_router(health.router)
     return app

@@ -1,8 +1,8 @@
 """API-key authentication.
 
 Keys are kept only as SHA-256 digests: a lookup hashes the presented key and compares digests,
-so neither memory dumps nor logs hold a usable key. This first key source is static (from the
-GATEWAY_API_KEYS setting); the managed, durable key store plugs in behind `KeyStore`.
+so neither memory dumps nor logs hold a usable key. Two sources: static keys from the GATEWAY_API_KEYS
+setting (bootstrap and development) and the managed, durable store in keystore.py.
 """
 
 from __future__ import annotations
@@ -10,18 +10,29 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class KeyLimits:
+    """Per-key limits; None means the gateway's default setting."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+    max_concurrent: int | None = None
+    max_tokens: int | None = None
+
+
+@dataclass(frozen=True)
 class Principal:
-    """Who is calling: the user that owns the key, and the key's own id (for limits)."""
+    """Who is calling: the user that owns the key, the key's id (for limits) and its limits."""
 
     user_id: str
     key_id: str
+    limits: KeyLimits = field(default_factory=KeyLimits)
 
 
 def digest(key: str) -> str:

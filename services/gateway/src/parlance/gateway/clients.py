@@ -74,9 +74,16 @@ def to_api_error(exc: grpc.aio.AioRpcError, dependency: str, retry_after_s: int)
         return errors.invalid_request(message, param=param)
     if code == grpc.StatusCode.NOT_FOUND:
         return errors.not_found(message, param=param)
+    if code == grpc.StatusCode.ALREADY_EXISTS:
+        return errors.APIError(409, message, param=param, code="conflict")
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return errors.APIError(429, message, type="requests", code="rate_limit_exceeded",
-                               headers={"Retry-After": str(retry_after_s)})
+        return errors.APIError(
+            429,
+            message,
+            type="requests",
+            code="rate_limit_exceeded",
+            headers={"Retry-After": str(retry_after_s)},
+        )
     if code == grpc.StatusCode.CANCELLED:
         return errors.service_unavailable(f"The {dependency} call was cancelled.", retry_after_s)
     log.error("%s call failed: %s %s", dependency, code.name, exc.details())
@@ -171,9 +178,7 @@ class SafetyClient(_Client):
         )
 
     async def info(self) -> safety_pb2.GetClassifierInfoResponse:
-        return await self._unary(
-            self.stub.GetClassifierInfo, safety_pb2.GetClassifierInfoRequest()
-        )
+        return await self._unary(self.stub.GetClassifierInfo, safety_pb2.GetClassifierInfoRequest())
 
 
 class HistoryClient(_Client):
@@ -189,6 +194,22 @@ class HistoryClient(_Client):
     async def call(self, method_name: str, request: Any) -> Any:
         """Calls any HistoryService RPC by name (the REST routes map onto them one to one)."""
         return await self._unary(getattr(self.stub, method_name), request)
+
+    async def export_training_data(
+        self, request: history_pb2.ExportTrainingDataRequest, timeout_s: float
+    ) -> AsyncIterator[history_pb2.ExportTrainingDataResponse]:
+        """Streams the export; closing the iterator cancels the call."""
+        call = self.stub.ExportTrainingData(
+            request, timeout=timeout_s, metadata=outgoing_metadata()
+        )
+        try:
+            async for response in call:
+                yield response
+        except grpc.aio.AioRpcError as exc:
+            DEPENDENCY_ERRORS.labels(self.dependency, exc.code().name).inc()
+            raise to_api_error(exc, self.dependency, self.retry_after_s) from exc
+        finally:
+            call.cancel()
 
     async def get_conversation(
         self, user_id: str, conversation_id: str

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -27,11 +29,16 @@ class GatewaySettings(BaseSettings):
     # API keys: comma-separated "user_id:key" pairs. Only their SHA-256 digests are kept in
     # memory; the durable, managed key store replaces this source.
     api_keys: str = ""
+    # The admin key (GATEWAY_ADMIN_KEY) for admin routes such as the training-data export;
+    # empty switches them off. It is not a user key and gives no access to users' routes.
+    admin_key: str = ""
 
     # Deadlines (seconds) for gRPC calls; generation has its own, longer one.
     safety_timeout_s: float = 5.0
     history_timeout_s: float = 5.0
     generator_timeout_s: float = 600.0
+    # A training-data export streams for as long as it takes, within this deadline.
+    history_export_timeout_s: float = 3600.0
     # Seconds a client should wait before retrying after a 503.
     retry_after_s: int = 5
 
@@ -42,8 +49,27 @@ class GatewaySettings(BaseSettings):
     max_tokens_limit: int = 4096
     max_n: int = 8
 
-    # Requests per minute per key (0: unlimited).
+    # Defaults of the per-key limits (a managed key may set its own). 0: unlimited.
+    # Requests per minute per key.
     rpm_limit: int = 600
+    # Tokens per minute per key: prompt + completion, reserved from an estimate before
+    # generation (completion estimated as max_tokens, or the value below when unset) and
+    # reconciled with the real usage afterwards.
+    tpm_limit: int = 200_000
+    tpm_completion_estimate: int = 256
+    # In-flight requests per key, held as leases in Redis (expire after lease_ttl_s without
+    # a heartbeat, e.g. when a gateway crashes).
+    max_concurrent_per_key: int = 16
+    lease_ttl_s: float = 30.0
+    # When Redis is unreachable: "local" (per-process limits), "open" (no limit) or "closed"
+    # (503). The cache is simply off.
+    ratelimit_on_redis_down: Literal["local", "open", "closed"] = "local"
+    leases_on_redis_down: Literal["local", "open", "closed"] = "local"
+
+    # The managed API-key store (SQL, shared by all replicas) and its lookup cache, which
+    # bounds how long a revoked key keeps working on other replicas.
+    database_url: str = "sqlite+aiosqlite:///.data/gateway.db"
+    key_cache_ttl_s: float = 5.0
     # In-flight requests per gateway process (protects the process, not fairness).
     max_concurrent_requests: int = 256
 
@@ -52,7 +78,13 @@ class GatewaySettings(BaseSettings):
     cache_ttl_s: int = 3600
     cache_max_bytes: int = 1_000_000
 
-    # Moderation: check input before generation (fail closed when safety is down).
+    # Moderation: check input before generation and output while it streams (both fail
+    # closed when safety is down).
     moderate_input: bool = True
+    moderate_output: bool = True
+    # Output is held back in windows that close at a sentence end past `min` characters, or
+    # at `max` characters; each is classified before it is released.
+    moderation_window_min_chars: int = 24
+    moderation_window_max_chars: int = 160
     # Log message text (debugging only).
     log_content: bool = False

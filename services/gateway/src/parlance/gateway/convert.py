@@ -21,6 +21,7 @@ def sampling_params(request: ChatCompletionRequest) -> generator_pb2.SamplingPar
         stop=request.stop_list(),
         n=request.n or 1,
         logprobs=bool(request.logprobs),
+        ignore_eos=bool(request.ignore_eos),
     )
     max_tokens = request.requested_max_tokens()
     if max_tokens is not None:
@@ -80,7 +81,6 @@ def cache_material(
     return {
         "model": model,
         "messages": [[m.role, m.content] for m in context],
-        "sampling": {
-            field.name: value for field, value in sampling.ListFields()
-        } | {"stop": list(sampling.stop)},
+        "sampling": {field.name: value for field, value in sampling.ListFields()}
+        | {"stop": list(sampling.stop)},
     }

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hmac
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from parlance.gateway import errors
-from parlance.gateway.auth import Principal
+from parlance.gateway.auth import Principal, digest
 from parlance.gateway.serving import ChatService
 from parlance.gateway.state import GatewayState
 
@@ -49,7 +50,7 @@ async def rate_limit(request: Request, caller: Caller, state: State) -> Principa
     """Authenticates, then takes the key's requests-per-minute decision. The x-ratelimit-*
     headers go on every response of the request, errors included (the error handlers read
     `request.state.response_headers`)."""
-    limit = state.settings.rpm_limit
+    limit = caller.limits.rpm or state.settings.rpm_limit
     if limit <= 0:
         return caller
     decision = await state.limiter.check("rpm", caller.key_id, limit)
@@ -66,3 +67,27 @@ async def rate_limit(request: Request, caller: Caller, state: State) -> Principa
 
 
 LimitedCaller = Annotated[Principal, Depends(rate_limit)]
+
+
+async def authenticate_admin(request: Request, state: State) -> None:
+    """Admin routes: the bearer must be GATEWAY_ADMIN_KEY (compared in constant time, as
+    digests so that the length does not leak either). A user's valid key gets 403, anything
+    else 401; with no admin key configured, admin routes are closed to everyone."""
+    scheme, _, key = request.headers.get("authorization", "").partition(" ")
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key:
+        raise errors.unauthorized("This route needs the admin key as a Bearer token.")
+    admin_key = state.settings.admin_key
+    if admin_key and hmac.compare_digest(digest(key), digest(admin_key)):
+        return
+    if await state.keys.authenticate(key) is not None:
+        raise errors.APIError(
+            403,
+            "This route needs the admin key; user keys are not admitted.",
+            type="invalid_request_error",
+            code="permission_denied",
+        )
+    raise errors.unauthorized()
+
+
+Admin = Annotated[None, Depends(authenticate_admin)]

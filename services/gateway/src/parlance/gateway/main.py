@@ -1,26 +1,92 @@
-"""`parlance-gateway`: runs the HTTP gateway with uvicorn."""
+"""`parlance-gateway`: runs the HTTP gateway; `parlance-gateway keys ...` manages API keys.
+
+parlance-gateway                                  # serve
+parlance-gateway keys create --user alice [--name laptop] [--rpm 60] [--tpm 100000]
+parlance-gateway keys list [--user alice] [--all]
+parlance-gateway keys revoke key_0123abcd
+"""
 
 from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
 
 import uvicorn
 
 from parlance.common.logging import configure_logging
 from parlance.gateway.app import create_app
+from parlance.gateway.auth import KeyLimits
 from parlance.gateway.config import GatewaySettings
+from parlance.gateway.keystore import SqlKeyStore
+from parlance.gateway.routes.admin_keys import key_json
 
 
-def main() -> None:
-    settings = GatewaySettings()
+def serve(settings: GatewaySettings) -> None:
     configure_logging("gateway", settings.log_level, settings.log_format)
-    app = create_app(settings)
     uvicorn.run(
-        app,
+        create_app(settings),
         host=settings.host,
         port=settings.port,
         log_config=None,  # keep our structured logging
         access_log=False,  # requests are counted in metrics; access logs would duplicate them
         timeout_graceful_shutdown=30,
     )
+
+
+async def keys_command(settings: GatewaySettings, args: argparse.Namespace) -> int:
+    store = SqlKeyStore(settings.database_url)
+    try:
+        await store.create_schema()
+        if args.action == "create":
+            key, record = await store.create(
+                args.user,
+                args.name,
+                KeyLimits(
+                    rpm=args.rpm,
+                    tpm=args.tpm,
+                    max_concurrent=args.concurrent,
+                    max_tokens=args.max_tokens,
+                ),
+            )
+            print(json.dumps({**key_json(record), "key": key}, indent=2))
+            print("Store the key now: it is not shown again.", file=sys.stderr)
+        elif args.action == "list":
+            for record in await store.list(args.user, args.all):
+                print(json.dumps(key_json(record)))
+        elif args.action == "revoke":
+            if not await store.revoke(args.key_id):
+                print(f"no active key {args.key_id}", file=sys.stderr)
+                return 1
+            print(f"revoked {args.key_id}")
+        return 0
+    finally:
+        await store.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="parlance-gateway")
+    sub = parser.add_subparsers(dest="command")
+    keys = sub.add_parser("keys", help="manage API keys in the gateway's key store")
+    actions = keys.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create")
+    create.add_argument("--user", required=True)
+    create.add_argument("--name", default="")
+    create.add_argument("--rpm", type=int)
+    create.add_argument("--tpm", type=int)
+    create.add_argument("--concurrent", type=int)
+    create.add_argument("--max-tokens", type=int)
+    listing = actions.add_parser("list")
+    listing.add_argument("--user")
+    listing.add_argument("--all", action="store_true", help="include revoked keys")
+    revoke = actions.add_parser("revoke")
+    revoke.add_argument("key_id")
+    args = parser.parse_args()
+    settings = GatewaySettings()
+    if args.command == "keys":
+        sys.exit(asyncio.run(keys_command(settings, args)))
+    serve(settings)
 
 
 if __name__ == "__main__":

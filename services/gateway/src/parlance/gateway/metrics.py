@@ -45,10 +45,30 @@ RATE_LIMIT = Counter(
     "Rate-limit decisions by limit and outcome (allowed, rejected).",
     ["limit", "outcome"],
 )
+LEASES_HELD = Gauge(
+    "parlance_gateway_leases_held", "Concurrency leases this gateway process holds now."
+)
+REDIS_LATENCY = Histogram(
+    "parlance_gateway_redis_duration_seconds",
+    "Latency of Redis operations (limits, leases, cache).",
+    buckets=FAST_BUCKETS_S,
+)
+REDIS_ERRORS = Counter(
+    "parlance_gateway_redis_errors_total", "Redis operations that failed (connection, timeout)."
+)
 MODERATION_FLAGS = Counter(
     "parlance_gateway_moderation_flags_total",
     "Texts flagged by moderation, by direction and category.",
     ["direction", "category"],
+)
+MODERATION_WINDOWS = Counter(
+    "parlance_gateway_moderation_windows_total",
+    "Windows of generated text held back and sent to output moderation.",
+)
+MODERATION_HOLDBACK = Histogram(
+    "parlance_gateway_moderation_holdback_seconds",
+    "Time generated text was held back before release (classification wait included).",
+    buckets=FAST_BUCKETS_S,
 )
 DEPENDENCY_LATENCY = Histogram(
     "parlance_gateway_dependency_duration_seconds",

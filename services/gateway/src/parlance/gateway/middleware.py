@@ -18,7 +18,14 @@ from parlance.gateway.metrics import HTTP_LATENCY, HTTP_REQUESTS
 
 def _error_body(status: int, message: str, code: str) -> bytes:
     return json.dumps(
-        {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
+        {
+            "error": {
+                "message": message,
+                "type": "invalid_request_error",
+                "param": None,
+                "code": code,
+            }
+        }
     ).encode()
 
 
@@ -79,15 +86,18 @@ class GatewayMiddleware:
 
     async def _reject_too_large(self, send: Send) -> None:
         body = _error_body(
-            413, f"Request body too large: the limit is {self.max_body_bytes} bytes.",
+            413,
+            f"Request body too large: the limit is {self.max_body_bytes} bytes.",
             "request_too_large",
         )
         await send(
             {
                 "type": "http.response.start",
                 "status": 413,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())],
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
             }
         )
         await send({"type": "http.response.body", "body": body})
@@ -99,5 +109,3 @@ class _BodyTooLarge(HTTPException):
 
     def __init__(self, limit: int) -> None:
         super().__init__(413, f"Request body too large: the limit is {limit} bytes.")
-
-

@@ -81,10 +81,13 @@ class ChatCompletionRequest(BaseModel):
     # Continue a stored conversation: its active branch becomes the context, and the new user
     # message and the answer are appended to it.
     conversation_id: str | None = Field(default=None, max_length=128)
+    parent_message_id: str | None = Field(default=None, max_length=128)
     # vLLM's sampling extensions.
     top_k: int | None = Field(default=None, ge=-1)
     min_p: FiniteFloat | None = Field(default=None, ge=0.0, le=1.0)
     repetition_penalty: FiniteFloat | None = Field(default=None, gt=0.0, le=10.0)
+    # vLLM's benchmark extension: keep generating past end-of-sequence up to max_tokens.
+    ignore_eos: bool | None = None
 
     @field_validator("messages")
     @classmethod

@@ -42,6 +42,24 @@ return {1, math.floor((period - ahead) / interval), math.ceil(ahead), 0}
 """
 
 
+# Charges (delta > 0) or refunds (delta < 0) tokens after the fact, without a decision: TPM
+# reconciles its estimate with the real usage this way. KEYS[1]; ARGV: period_ms, limit, delta.
+ADJUST_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local interval = tonumber(ARGV[1]) / tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+tat = tat + interval * tonumber(ARGV[3])
+if tat <= now then
+  redis.call('DEL', KEYS[1])
+  return 0
+end
+redis.call('SET', KEYS[1], tostring(tat), 'PX', math.ceil(tat - now) + 1)
+return math.ceil(tat - now)
+"""
+
+
 @dataclass(frozen=True)
 class Decision:
     allowed: bool
@@ -73,7 +91,9 @@ class LocalGCRA:
     def __init__(self) -> None:
         self._tat: dict[str, float] = {}
 
-    def decide(self, key: str, period_ms: float, limit: int, cost: int) -> tuple[int, int, int, int]:
+    def decide(
+        self, key: str, period_ms: float, limit: int, cost: int
+    ) -> tuple[int, int, int, int]:
         now = time.monotonic() * 1000
         interval = period_ms / limit
         tat = max(self._tat.get(key, now), now)
@@ -83,20 +103,34 @@ class LocalGCRA:
             remaining = max(0, int((period_ms - (tat - now)) // interval))
             return 0, remaining, int(tat - now), int(ahead - period_ms) + 1
         self._tat[key] = new_tat
+        self._prune(now)
+        return 1, int((period_ms - ahead) // interval), int(ahead), 0
+
+    def adjust(self, key: str, period_ms: float, limit: int, delta: int) -> None:
+        now = time.monotonic() * 1000
+        tat = max(self._tat.get(key, now), now) + period_ms / limit * delta
+        self._tat[key] = max(tat, now)
+
+    def _prune(self, now: float) -> None:
         if len(self._tat) > 100_000:
             # Drop replenished entries so idle keys do not grow memory without bound.
             self._tat = {k: v for k, v in self._tat.items() if v > now}
-        return 1, int((period_ms - ahead) // interval), int(ahead), 0
 
 
 class RateLimiter:
-    def __init__(self, redis_state: RedisState, prefix: str = "parlance:rl:") -> None:
+    """GCRA decisions in Redis; `on_redis_down` is "local" (per-process GCRA), "open" (allow)
+    or "closed" (refuse: the caller answers 503)."""
+
+    def __init__(
+        self, redis_state: RedisState, on_redis_down: str = "local", prefix: str = "parlance:rl:"
+    ) -> None:
         self.redis = redis_state
         self.prefix = prefix
+        self.on_redis_down = on_redis_down
         self.local = LocalGCRA()
-        self._script = (
-            redis_state.client.register_script(GCRA_LUA) if redis_state.client is not None else None
-        )
+        client = redis_state.client
+        self._script = client.register_script(GCRA_LUA) if client is not None else None
+        self._adjust = client.register_script(ADJUST_LUA) if client is not None else None
 
     async def check(
         self, name: str, subject: str, limit: int, period_s: float = 60.0, cost: int = 1
@@ -112,7 +146,14 @@ class RateLimiter:
             )
             allowed, remaining, reset_ms, retry_ms = (int(x) for x in raw)
         except RedisUnavailable:
-            allowed, remaining, reset_ms, retry_ms = self.local.decide(key, period_ms, limit, cost)
+            if self.on_redis_down == "closed":
+                raise
+            if self.on_redis_down == "open":
+                allowed, remaining, reset_ms, retry_ms = 1, limit, 0, 0
+            else:
+                allowed, remaining, reset_ms, retry_ms = self.local.decide(
+                    key, period_ms, limit, cost
+                )
         RATE_LIMIT.labels(name, "allowed" if allowed else "rejected").inc()
         return Decision(
             allowed=bool(allowed),
@@ -121,3 +162,19 @@ class RateLimiter:
             reset_s=reset_ms / 1000,
             retry_after_s=retry_ms / 1000,
         )
+
+    async def adjust(
+        self, name: str, subject: str, limit: int, delta: int, period_s: float = 60.0
+    ) -> None:
+        """Charges or refunds `delta` units (TPM reconciliation)."""
+        if delta == 0 or limit <= 0:
+            return
+        key = f"{self.prefix}{name}:{subject}"
+        period_ms = int(period_s * 1000)
+        script = self._adjust
+        try:
+            if script is None:
+                raise RedisUnavailable()
+            await self.redis.run(lambda _: script(keys=[key], args=[period_ms, limit, delta]))
+        except RedisUnavailable:
+            self.local.adjust(key, period_ms, limit, delta)

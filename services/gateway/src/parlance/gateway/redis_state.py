@@ -16,7 +16,7 @@ import redis.asyncio as redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from parlance.gateway.metrics import REDIS_FALLBACK
+from parlance.gateway.metrics import REDIS_ERRORS, REDIS_FALLBACK, REDIS_LATENCY
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +58,18 @@ class RedisState:
         """Runs `op` against Redis; raises RedisUnavailable (and enters fallback) on failure."""
         if self.client is None or not self.usable:
             raise RedisUnavailable()
+        started = time.perf_counter()
         try:
             result = await op(self.client)
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            REDIS_ERRORS.inc()
             self._down_until = time.monotonic() + RETRY_AFTER_FAILURE_S
             REDIS_FALLBACK.set(1)
             if not self._fallback_logged:
                 log.warning("Redis unreachable (%s): using per-process fallbacks", exc)
                 self._fallback_logged = True
             raise RedisUnavailable() from exc
+        REDIS_LATENCY.observe(time.perf_counter() - started)
         if self._fallback_logged:
             log.warning("Redis reachable again: fallbacks off")
             self._fallback_logged = False

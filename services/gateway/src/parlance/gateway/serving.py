@@ -16,18 +16,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from parlance.common.request_id import get_request_id, new_request_id
-from parlance.gateway import convert, errors
+from parlance.gateway import convert, errors, moderation
 from parlance.gateway.auth import Principal
 from parlance.gateway.cache import CachedChoice, CompletionRecord, ResponseCache, cache_key
 from parlance.gateway.clients import GeneratorClient, HistoryClient, SafetyClient
 from parlance.gateway.config import GatewaySettings
-from parlance.gateway.metrics import MODERATION_FLAGS, TOKENS, TPOT, TTFT
+from parlance.gateway.metrics import TOKENS, TPOT, TTFT
 from parlance.gateway.models import ModelRegistry
 from parlance.gateway.outbox import HistoryOutbox
 from parlance.gateway.protocol import ChatCompletionRequest
 from parlance.generator.v1 import generator_pb2
 from parlance.history.v1 import history_pb2
-from parlance.safety.v1 import safety_pb2
 
 log = logging.getLogger(__name__)
 
@@ -52,43 +51,67 @@ class PreparedChat:
     conversation_id: str | None = None
     create_conversation: bool = False
     cache_key: str | None = None
+    # Token accounting for TPM reconciliation, filled in as the generation goes.
+    generation_started: bool = False
+    cached: bool = False
+    prompt_tokens: int | None = None
+    generated_tokens: int = 0
 
     @property
     def n(self) -> int:
         return self.request.n or 1
 
+    def mark_cached(self) -> None:
+        self.cached = True
+
+    def tokens_used(self) -> int | None:
+        """Tokens this request really cost (None: nothing was generated, refund it all).
+        A stream cut by the client has no usage from the engine: its prompt is estimated
+        and every token the engine produced until the cut is counted."""
+        if self.cached:
+            return 0
+        if not self.generation_started:
+            return None
+        prompt = self.prompt_tokens
+        if prompt is None:
+            prompt = max(1, sum(len(m.content) for m in self.context) // 4)
+        return prompt + self.generated_tokens
+
 
 @dataclass
 class _Progress:
-    """What a generation produced so far (for usage, caching, history and metrics)."""
+    """What a generation released so far (for usage, caching, history and metrics)."""
 
     choices: dict[int, CachedChoice] = field(default_factory=dict)
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
     first_token_at: float | None = None
     last_token_at: float | None = None
     tokens_after_first: int = 0
 
-    def add(self, delta: generator_pb2.ChoiceDelta, now: float) -> None:
-        choice = self.choices.setdefault(delta.index, CachedChoice(index=delta.index))
-        if delta.text:
-            choice.deltas.append(delta.text)
-        if delta.token_count:
+    def add_text(self, event: moderation.TextEvent, now: float) -> None:
+        choice = self.choices.setdefault(event.index, CachedChoice(index=event.index))
+        if event.text:
+            choice.deltas.append(event.text)
+        if event.token_count:
             if self.first_token_at is None:
                 self.first_token_at = now
-                self.tokens_after_first += delta.token_count - 1
+                self.tokens_after_first += event.token_count - 1
             else:
-                self.tokens_after_first += delta.token_count
+                self.tokens_after_first += event.token_count
             self.last_token_at = now
-        if delta.finish_reason:
-            choice.finish_reason = convert.FINISH_REASONS.get(delta.finish_reason)
+
+    def finish(self, event: moderation.FinishEvent) -> None:
+        self.choices.setdefault(
+            event.index, CachedChoice(index=event.index)
+        ).finish_reason = event.reason
 
     def record(self, model: str, n: int) -> CompletionRecord:
         return CompletionRecord(
             model=model,
             choices=[self.choices.get(i, CachedChoice(index=i)) for i in range(n)],
-            prompt_tokens=self.prompt_tokens,
-            completion_tokens=self.completion_tokens,
+            prompt_tokens=self.prompt_tokens or 0,
+            completion_tokens=self.completion_tokens or 0,
         )
 
 
@@ -113,8 +136,9 @@ class ChatService:
 
     # --- 1. validation, moderation, context -------------------------------------------------
 
-    def validate(self, request: ChatCompletionRequest) -> None:
+    def validate(self, request: ChatCompletionRequest, principal: Principal) -> None:
         s = self.settings
+        max_tokens_limit = principal.limits.max_tokens or s.max_tokens_limit
         for name, message in _UNSUPPORTED.items():
             if getattr(request, name):
                 raise errors.invalid_request(message, param=name)
@@ -148,10 +172,10 @@ class ChatService:
                 code="context_length_exceeded",
             )
         max_tokens = request.requested_max_tokens()
-        if max_tokens is not None and max_tokens > s.max_tokens_limit:
+        if max_tokens is not None and max_tokens > max_tokens_limit:
             raise errors.invalid_request(
-                f"max_tokens is too large: {max_tokens}. This server allows at most "
-                f"{s.max_tokens_limit}.",
+                f"max_tokens is too large: {max_tokens}. This key allows at most "
+                f"{max_tokens_limit}.",
                 param="max_completion_tokens" if request.max_completion_tokens else "max_tokens",
             )
         if (request.n or 1) > s.max_n:
@@ -166,7 +190,7 @@ class ChatService:
             )
 
     async def prepare(self, request: ChatCompletionRequest, principal: Principal) -> PreparedChat:
-        self.validate(request)
+        """Builds the context (call validate() first)."""
         model = await self.models.resolve(request.model)
         new_messages = [(m.role, m.text()) for m in request.messages]
         context: list[generator_pb2.ChatMessage] = []
@@ -195,23 +219,10 @@ class ChatService:
         """Refuses the request when any message of it is flagged (fail closed: safety down is
         a 503, never an unmoderated generation). Messages loaded from history passed
         moderation when they were stored."""
-        if not self.settings.moderate_input:
-            return
-        texts = [text for _, text in prepared.new_messages if text.strip()]
-        if not texts:
-            return
-        verdicts = await self.safety.classify(texts, safety_pb2.DIRECTION_INPUT)
-        flagged = [v for v in verdicts.results if v.flagged]
-        if not flagged:
-            return
-        categories = sorted({c.category for v in flagged for c in v.categories if c.flagged})
-        for category in categories:
-            MODERATION_FLAGS.labels("input", category).inc()
-        log.info("input refused by moderation", extra={"categories": categories})
-        raise errors.content_filtered(
-            "The response was filtered due to the prompt triggering the content management "
-            f"policy ({', '.join(categories) or 'flagged'}). Please modify your prompt and retry."
-        )
+        if self.settings.moderate_input:
+            await moderation.moderate_input(
+                self.safety, [text for _, text in prepared.new_messages]
+            )
 
     # --- 2. generation ----------------------------------------------------------------------
 
@@ -246,27 +257,51 @@ class ChatService:
 
         return chained()
 
-    def _check_finish(self, delta: generator_pb2.ChoiceDelta) -> None:
-        if delta.finish_reason == generator_pb2.FINISH_REASON_ABORT:
-            raise errors.service_unavailable(
-                "The generation was aborted by the engine.", self.settings.retry_after_s
+    async def _events(
+        self,
+        prepared: PreparedChat,
+        stream: AsyncIterator[generator_pb2.GenerateResponse],
+        progress: _Progress,
+    ) -> AsyncIterator[moderation.Event]:
+        """The generation after output moderation, recorded into `progress` as it goes."""
+        moderator = moderation.StreamModerator(self.safety, self.settings, prepared.n)
+        prepared.generation_started = True
+        async for event in moderator.events(stream):
+            prepared.generated_tokens = moderator.generated_tokens
+            if isinstance(event, moderation.TextEvent):
+                progress.add_text(event, time.monotonic())
+            elif isinstance(event, moderation.FinishEvent):
+                progress.finish(event)
+            else:
+                progress.prompt_tokens = prepared.prompt_tokens = event.prompt_tokens
+                progress.completion_tokens = event.completion_tokens
+            yield event
+        prepared.generated_tokens = moderator.generated_tokens
+        if progress.completion_tokens is None:
+            # Cut short by moderation: the engine's own usage never came. Count what it
+            # generated (held-back tokens included) and the prompt, so usage stays exact.
+            progress.completion_tokens = moderator.generated_tokens
+            progress.prompt_tokens = prepared.prompt_tokens = await self._count_prompt_tokens(
+                prepared
             )
 
+    async def _count_prompt_tokens(self, prepared: PreparedChat) -> int:
+        reply = await self.generator.count_tokens(
+            generator_pb2.CountTokensRequest(
+                model=prepared.model, chat=generator_pb2.ChatInput(messages=prepared.context)
+            )
+        )
+        return int(reply.token_count)
+
     async def complete(self, prepared: PreparedChat) -> dict[str, Any]:
-        """Non-streaming: runs the whole generation and returns the OpenAI body."""
+        """Non-streaming: runs the whole generation and returns the OpenAI body. A moderated
+        answer keeps the text released before the flagged window."""
         progress = _Progress()
         logprobs: dict[int, list[Any]] = {}
         stream = await self.open_stream(prepared)
-        async for response in stream:
-            now = time.monotonic()
-            for delta in response.choices:
-                self._check_finish(delta)
-                progress.add(delta, now)
-                if delta.logprobs:
-                    logprobs.setdefault(delta.index, []).extend(delta.logprobs)
-            if response.HasField("usage"):
-                progress.prompt_tokens = response.usage.prompt_tokens
-                progress.completion_tokens = response.usage.completion_tokens
+        async for event in self._events(prepared, stream, progress):
+            if isinstance(event, moderation.TextEvent) and event.logprobs:
+                logprobs.setdefault(event.index, []).extend(event.logprobs)
         record = progress.record(prepared.model, prepared.n)
         await self.finish(prepared, progress, record)
         body = render_completion(prepared, record)
@@ -286,22 +321,14 @@ class ChatService:
         for index in range(prepared.n):
             yield chunk.role(index)
         try:
-            async for response in stream:
-                now = time.monotonic()
-                for delta in response.choices:
-                    self._check_finish(delta)
-                    progress.add(delta, now)
-                    if delta.text or delta.logprobs:
+            async for event in self._events(prepared, stream, progress):
+                if isinstance(event, moderation.TextEvent):
+                    if event.text or event.logprobs:
                         yield chunk.content(
-                            delta.index, delta.text, convert.logprobs_json(delta.logprobs)
+                            event.index, event.text, convert.logprobs_json(event.logprobs)
                         )
-                    if delta.finish_reason:
-                        yield chunk.finish(
-                            delta.index, convert.FINISH_REASONS.get(delta.finish_reason, "stop")
-                        )
-                if response.HasField("usage"):
-                    progress.prompt_tokens = response.usage.prompt_tokens
-                    progress.completion_tokens = response.usage.completion_tokens
+                elif isinstance(event, moderation.FinishEvent):
+                    yield chunk.finish(event.index, event.reason)
         except errors.APIError as exc:
             # Headers are gone: the error travels as an SSE event, as OpenAI's API does.
             log.warning("stream failed: %s", exc.message)
@@ -314,7 +341,9 @@ class ChatService:
             yield chunk.usage(record)
         yield b"data: [DONE]\n\n"
 
-    async def replay(self, prepared: PreparedChat, record: CompletionRecord) -> AsyncIterator[bytes]:
+    async def replay(
+        self, prepared: PreparedChat, record: CompletionRecord
+    ) -> AsyncIterator[bytes]:
         """A cached completion as a stream with the chunk shape of a live one."""
         include_usage = bool(
             prepared.request.stream_options and prepared.request.stream_options.include_usage
@@ -337,8 +366,8 @@ class ChatService:
         self, prepared: PreparedChat, progress: _Progress, record: CompletionRecord
     ) -> None:
         model = prepared.model
-        TOKENS.labels("prompt", model).inc(progress.prompt_tokens)
-        TOKENS.labels("completion", model).inc(progress.completion_tokens)
+        TOKENS.labels("prompt", model).inc(record.prompt_tokens)
+        TOKENS.labels("completion", model).inc(record.completion_tokens)
         if progress.first_token_at is not None:
             TTFT.labels(model).observe(progress.first_token_at - prepared.started)
             if progress.tokens_after_first > 0 and progress.last_token_at is not None:
@@ -432,7 +461,14 @@ class ChunkWriter:
 
     def content(self, index: int, text: str, logprobs: dict[str, Any] | None) -> bytes:
         return self._event(
-            [{"index": index, "delta": {"content": text}, "logprobs": logprobs, "finish_reason": None}]
+            [
+                {
+                    "index": index,
+                    "delta": {"content": text},
+                    "logprobs": logprobs,
+                    "finish_reason": None,
+                }
+            ]
         )
 
     def finish(self, index: int, reason: str) -> bytes:

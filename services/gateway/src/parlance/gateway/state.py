@@ -9,6 +9,8 @@ from parlance.gateway.auth import KeyStore
 from parlance.gateway.cache import ResponseCache
 from parlance.gateway.clients import GeneratorClient, HistoryClient, SafetyClient
 from parlance.gateway.config import GatewaySettings
+from parlance.gateway.keystore import SqlKeyStore
+from parlance.gateway.leases import ConcurrencyLeases
 from parlance.gateway.models import ModelRegistry
 from parlance.gateway.outbox import HistoryOutbox
 from parlance.gateway.ratelimit import RateLimiter
@@ -20,8 +22,10 @@ from parlance.gateway.serving import ChatService
 class GatewayState:
     settings: GatewaySettings
     keys: KeyStore
+    key_store: SqlKeyStore
     redis: RedisState
     limiter: RateLimiter
+    leases: ConcurrencyLeases
     cache: ResponseCache
     generator: GeneratorClient
     safety: SafetyClient

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from parlance.common.config import ServiceSettings
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 
@@ -28,6 +29,23 @@ class GeneratorSettings(ServiceSettings):
     # CPU threads per llama.cpp context; unset lets llama.cpp choose (half the cores).
     n_threads: int | None = None
     n_batch: int = 512
+
+    # vLLM (GENERATOR_ENGINE=vllm). The model: a Hugging Face model id or a local folder in HF
+    # layout; the default is the HF release of the model the CPU engine serves as GGUF.
+    model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    # Tokenizer id or folder; unset uses the model's.
+    tokenizer: str | None = None
+    # Weights and activations: "auto" (bf16 for bf16/fp32 checkpoints), "bfloat16", "float16"...
+    dtype: str = "auto"
+    # Context window (prompt + completion); unset takes the model's own.
+    max_model_len: int | None = None
+    # Share of the GPU's memory vLLM may take (weights, activations, KV cache).
+    gpu_memory_utilization: float = Field(default=0.9, gt=0.0, le=1.0)
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    # vLLM's quantization method ("awq", "gptq", "fp8", ...); unset detects it from the model.
+    quantization: str | None = None
+    # True skips CUDA graphs and torch.compile: faster start-up, slower decoding.
+    enforce_eager: bool = False
 
     # ScriptedEngine: the reply (unset: echo the last user message) and its pace.
     scripted_text: str | None = None

@@ -68,6 +68,11 @@ def create_host(
     host = GrpcServiceHost(
         "generator", settings, add_servicers, startup=serving.start, shutdown=serving.close
     )
+    # An engine that can die under the service (vLLM's engine core process) says so, and health
+    # turns NOT_SERVING so that the gateway answers 503 and orchestrators restart the service.
+    on_dead = getattr(serving.engine, "on_dead", None)
+    if on_dead is not None:
+        on_dead(lambda: host.set_serving(False))
     return host, serving
 
 

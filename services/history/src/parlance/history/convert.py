@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from parlance.history.domain import (
     ConversationRecord,
     ConversationUpdate,
+    ExportFilter,
     Feedback,
     MessageView,
     NewMessage,
@@ -38,7 +39,6 @@ def message_to_proto(view: MessageView) -> history_pb2.Message:
     proto = history_pb2.Message(
         id=m.id,
         conversation_id=m.conversation_id,
-        parent_id=m.parent_id or "",
         role=m.role,
         content=m.content,
         model=m.model,
@@ -52,6 +52,17 @@ def message_to_proto(view: MessageView) -> history_pb2.Message:
         sibling_index=view.sibling_index,
         rating=view.rating,
     )
+    if m.parent_id is not None:
+        proto.parent_id = m.parent_id
+    if view.feedback is not None:
+        proto.feedback.CopyFrom(
+            history_pb2.MessageFeedback(
+                rating=view.feedback.rating,
+                comment=view.feedback.comment,
+                corrected_content=view.feedback.corrected_content,
+                updated_at=timestamp(view.feedback.updated_at),
+            )
+        )
     if m.ttft_ms is not None:
         proto.time_to_first_token_ms = m.ttft_ms
     if m.total_ms is not None:
@@ -62,7 +73,7 @@ def message_to_proto(view: MessageView) -> history_pb2.Message:
 def new_message_from_proto(proto: history_pb2.Message) -> NewMessage:
     return NewMessage(
         id=proto.id,
-        parent_id=proto.parent_id,
+        parent_id=proto.parent_id if proto.HasField("parent_id") else None,
         role=proto.role,
         content=proto.content,
         model=proto.model,
@@ -93,6 +104,23 @@ def feedback_from_proto(proto: history_pb2.PutFeedbackRequest) -> Feedback:
         rating=proto.rating,
         comment=proto.comment,
         corrected_content=proto.corrected_content,
+        conversation_id=proto.conversation_id if proto.HasField("conversation_id") else None,
+    )
+
+
+_KINDS = {
+    history_pb2.EXPORT_KIND_UNSPECIFIED: "all",
+    history_pb2.EXPORT_KIND_SFT: "sft",
+    history_pb2.EXPORT_KIND_PREFERENCE: "preference",
+}
+
+
+def export_filter_from_proto(proto: history_pb2.ExportTrainingDataRequest) -> ExportFilter:
+    return ExportFilter(
+        kind=_KINDS.get(proto.kind, "all"),
+        since=proto.since.ToDatetime(tzinfo=UTC) if proto.HasField("since") else None,
+        until=proto.until.ToDatetime(tzinfo=UTC) if proto.HasField("until") else None,
+        model=proto.model,
     )
 
 

@@ -37,7 +37,8 @@ class NewMessage:
     """A message as a client sends it to AppendMessages (ids and parents may be empty)."""
 
     id: str
-    parent_id: str
+    # None: after the previous message of the batch (or the active leaf); "": a new root.
+    parent_id: str | None
     role: str
     content: str
     model: str = ""
@@ -68,6 +69,14 @@ class MessageRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class FeedbackRecord:
+    rating: int
+    comment: str
+    corrected_content: str
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class MessageView:
     """A stored message as the caller sees it: its place among its siblings and their rating."""
 
@@ -75,6 +84,7 @@ class MessageView:
     sibling_count: int
     sibling_index: int
     rating: int
+    feedback: FeedbackRecord | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +109,8 @@ class Feedback:
     rating: int
     comment: str = ""
     corrected_content: str = ""
+    # When set, the message must belong to this conversation.
+    conversation_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,3 +128,29 @@ class SearchHitRecord:
 class ConversationPage:
     conversations: list[ConversationRecord]
     next_cursor: str
+
+
+EXPORT_KINDS = frozenset({"all", "sft", "preference"})
+
+
+@dataclass(frozen=True, slots=True)
+class ExportFilter:
+    kind: str = "all"
+    since: datetime | None = None
+    until: datetime | None = None
+    model: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ExportMessage:
+    """A message as the export reads it, with its owner's feedback (if any)."""
+
+    id: str
+    parent_id: str | None
+    role: str
+    content: str
+    model: str
+    moderation_json: str
+    created_at: datetime
+    rating: int = 0
+    corrected_content: str = ""

@@ -21,3 +21,7 @@ MESSAGES_APPENDED = Counter(
     "Messages written by AppendMessages (idempotent replays not counted), by role.",
     ["role"],
 )
+EXPORT_RECORDS = Counter(
+    "parlance_history_export_records_total",
+    "Training records (SFT and preference) streamed by ExportTrainingData.",
+)

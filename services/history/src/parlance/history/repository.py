@@ -10,7 +10,10 @@ from parlance.common.errors import NotFound
 from parlance.history import models
 from parlance.history.domain import (
     ConversationRecord,
+    ExportFilter,
+    ExportMessage,
     Feedback,
+    FeedbackRecord,
     MessageRecord,
     NewMessage,
     SearchHitRecord,
@@ -298,16 +301,25 @@ class HistoryRepository:
 
     # -- feedback --------------------------------------------------------------------------
 
-    async def ratings(self, user_id: str, message_ids: Iterable[str]) -> dict[str, int]:
+    async def feedback(self, user_id: str, message_ids: Iterable[str]) -> dict[str, FeedbackRecord]:
         ids = list(message_ids)
         if not ids:
             return {}
+        f = models.Feedback
         rows = await self.session.execute(
-            select(models.Feedback.message_id, models.Feedback.rating).where(
-                models.Feedback.user_id == user_id, models.Feedback.message_id.in_(ids)
+            select(f.message_id, f.rating, f.comment, f.corrected_content, f.updated_at).where(
+                f.user_id == user_id, f.message_id.in_(ids)
             )
         )
-        return {row.message_id: row.rating for row in rows}
+        return {
+            row.message_id: FeedbackRecord(
+                rating=row.rating,
+                comment=row.comment,
+                corrected_content=row.corrected_content,
+                updated_at=row.updated_at,
+            )
+            for row in rows
+        }
 
     async def put_feedback(self, user_id: str, feedback: Feedback, now: datetime) -> None:
         stmt = self._insert(models.Feedback).values(
@@ -363,3 +375,63 @@ class HistoryRepository:
             )
             for row in rows
         ]
+
+    # -- export (admin: across users, each message read with its owner's feedback) ---------
+
+    async def export_conversation_ids(
+        self, flt: ExportFilter, after_id: str, limit: int
+    ) -> list[str]:
+        """Conversations with feedback on an answer that matches the filter, in id order."""
+        m, f = models.Message, models.Feedback
+        stmt = (
+            select(m.conversation_id)
+            .join(f, and_(f.message_id == m.id, f.user_id == m.user_id))
+            .where(m.role == "assistant", m.conversation_id > after_id)
+        )
+        if flt.since is not None:
+            stmt = stmt.where(m.created_at >= flt.since)
+        if flt.until is not None:
+            stmt = stmt.where(m.created_at < flt.until)
+        if flt.model:
+            stmt = stmt.where(m.model == flt.model)
+        stmt = stmt.distinct().order_by(m.conversation_id).limit(limit)
+        return list(await self.session.scalars(stmt))
+
+    async def export_messages(
+        self, conversation_ids: Sequence[str]
+    ) -> dict[str, list[ExportMessage]]:
+        if not conversation_ids:
+            return {}
+        m, f = models.Message, models.Feedback
+        rows = await self.session.execute(
+            select(
+                m.id,
+                m.conversation_id,
+                m.parent_id,
+                m.role,
+                m.content,
+                m.model,
+                m.moderation_json,
+                m.created_at,
+                f.rating,
+                f.corrected_content,
+            )
+            .outerjoin(f, and_(f.message_id == m.id, f.user_id == m.user_id))
+            .where(m.conversation_id.in_(list(conversation_ids)))
+        )
+        out: dict[str, list[ExportMessage]] = {cid: [] for cid in conversation_ids}
+        for row in rows:
+            out[row.conversation_id].append(
+                ExportMessage(
+                    id=row.id,
+                    parent_id=row.parent_id,
+                    role=row.role,
+                    content=row.content,
+                    model=row.model,
+                    moderation_json=row.moderation_json,
+                    created_at=row.created_at,
+                    rating=row.rating or 0,
+                    corrected_content=row.corrected_content or "",
+                )
+            )
+        return out

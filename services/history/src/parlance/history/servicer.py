@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -57,7 +57,9 @@ class HistoryServicer(history_pb2_grpc.HistoryServiceServicer):
         self, request: history_pb2.GetConversationRequest, context: grpc.aio.ServicerContext
     ) -> history_pb2.GetConversationResponse:
         record, messages = await self.serving.get_conversation(
-            request.user_id, request.conversation_id
+            request.user_id,
+            request.conversation_id,
+            request.message_id if request.HasField("message_id") else None,
         )
         return history_pb2.GetConversationResponse(
             conversation=convert.conversation_to_proto(record),
@@ -125,3 +127,25 @@ class HistoryServicer(history_pb2_grpc.HistoryServiceServicer):
         return history_pb2.SearchMessagesResponse(
             hits=[convert.search_hit_to_proto(h) for h in hits]
         )
+
+    async def ExportTrainingData(
+        self, request: history_pb2.ExportTrainingDataRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[history_pb2.ExportTrainingDataResponse]:
+        # A stream: _observed times awaitables, so this records its own latency and code.
+        start = time.perf_counter()
+        code = "OK"
+        try:
+            async for lines in self.serving.export_training_data(
+                convert.export_filter_from_proto(request)
+            ):
+                yield history_pb2.ExportTrainingDataResponse(records=lines)
+        except ParlanceError as exc:
+            code = exc.code.name
+            raise
+        except BaseException:
+            code = "CANCELLED_OR_INTERNAL"
+            raise
+        finally:
+            metrics.RPC_LATENCY.labels("ExportTrainingData", code).observe(
+                time.perf_counter() - start
+            )

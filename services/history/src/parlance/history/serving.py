@@ -3,6 +3,7 @@ rules of the message tree. The servicer converts protos and calls into this clas
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -16,13 +17,15 @@ from parlance.common.errors import (
     ParlanceError,
     Unavailable,
 )
-from parlance.history import metrics, tree
+from parlance.history import export, metrics, tree
 from parlance.history.cursor import decode_cursor, encode_cursor
 from parlance.history.domain import (
     ROLES,
     ConversationPage,
     ConversationRecord,
     ConversationUpdate,
+    ExportFilter,
+    ExportMessage,
     Feedback,
     MessageView,
     NewMessage,
@@ -42,6 +45,8 @@ T = TypeVar("T")
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
+# Conversations read per export transaction: bounds memory and transaction length.
+EXPORT_BATCH = 200
 
 
 def _required(value: str, param: str) -> str:
@@ -61,7 +66,7 @@ async def _views(
     nodes = await repo.tree(user_id, conversation_id)
     positions = tree.sibling_positions(nodes.values())
     records = await repo.messages(user_id, message_ids)
-    ratings = await repo.ratings(user_id, message_ids)
+    feedback = await repo.feedback(user_id, message_ids)
     views = []
     for message_id in message_ids:
         count, index = positions.get(message_id, (1, 1))
@@ -70,7 +75,8 @@ async def _views(
                 message=records[message_id],
                 sibling_count=count,
                 sibling_index=index,
-                rating=ratings.get(message_id, 0),
+                rating=feedback[message_id].rating if message_id in feedback else 0,
+                feedback=feedback.get(message_id),
             )
         )
     return views
@@ -134,15 +140,24 @@ class HistoryServing:
         return await self._run("create_conversation", work)
 
     async def get_conversation(
-        self, user_id: str, conversation_id: str
+        self, user_id: str, conversation_id: str, message_id: str | None = None
     ) -> tuple[ConversationRecord, list[MessageView]]:
+        """The active branch, or with message_id the path from the root down to it."""
         _required(user_id, "user_id")
         _required(conversation_id, "conversation_id")
 
         async def work(repo: HistoryRepository) -> tuple[ConversationRecord, list[MessageView]]:
             conversation = await repo.require_conversation(user_id, conversation_id)
             nodes = await repo.tree(user_id, conversation_id)
-            path = tree.path_to(nodes, conversation.active_leaf_id)
+            leaf = conversation.active_leaf_id
+            if message_id is not None:
+                if message_id not in nodes:
+                    await repo.require_message(user_id, message_id, "message_id")
+                    raise InvalidArgument(
+                        "the message belongs to another conversation", param="message_id"
+                    )
+                leaf = message_id
+            path = tree.path_to(nodes, leaf)
             return conversation, await _views(repo, user_id, conversation_id, path)
 
         return await self._run("get_conversation", work)
@@ -259,7 +274,11 @@ class HistoryServing:
                         out_ids.append(existing.id)
                         previous = existing.id
                         continue
-                parent_id = message.parent_id or previous
+                # Unset: after the previous message; "": a new root; an id: a branch below it.
+                if message.parent_id is None:
+                    parent_id = previous
+                else:
+                    parent_id = message.parent_id or None
                 if parent_id is not None and parent_id not in nodes:
                     # Unknown (or someone else's) reads as not found; the caller's own
                     # message in another conversation is a malformed request.
@@ -309,7 +328,12 @@ class HistoryServing:
 
         async def work(repo: HistoryRepository) -> None:
             now = utcnow()
-            await repo.require_message(user_id, feedback.message_id, "message_id")
+            message = await repo.require_message(user_id, feedback.message_id, "message_id")
+            if (
+                feedback.conversation_id is not None
+                and message.conversation_id != feedback.conversation_id
+            ):
+                raise NotFound(f"message {feedback.message_id!r} not found", param="message_id")
             await repo.put_feedback(user_id, feedback, now)
 
         await self._run("put_feedback", work)
@@ -324,3 +348,30 @@ class HistoryServing:
             return await repo.search(user_id, query, _limit(limit))
 
         return await self._run("search_messages", work)
+
+    # -- export ----------------------------------------------------------------------------
+
+    async def export_training_data(self, flt: ExportFilter) -> AsyncIterator[list[str]]:
+        """JSON records, a batch of conversations at a time, each batch its own transaction
+        (a long export never holds one open)."""
+        after = ""
+        while True:
+
+            async def work(
+                repo: HistoryRepository, after: str = after
+            ) -> tuple[list[str], dict[str, list[ExportMessage]]]:
+                ids = await repo.export_conversation_ids(flt, after, EXPORT_BATCH)
+                return ids, await repo.export_messages(ids)
+
+            ids, by_conversation = await self._run("export_training_data", work)
+            lines = [
+                json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+                for conversation_id in ids
+                for record in export.records(by_conversation[conversation_id], flt)
+            ]
+            if lines:
+                metrics.EXPORT_RECORDS.inc(len(lines))
+                yield lines
+            if len(ids) < EXPORT_BATCH:
+                return
+            after = ids[-1]

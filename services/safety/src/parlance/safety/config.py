@@ -13,7 +13,8 @@ class SafetySettings(ServiceSettings):
 
     port: int = 50052
     metrics_port: int = 9102
-    # Which backend runs: "profanity" (embedded, ships its model); "detoxify" comes next.
+    # Which backend runs: "profanity" (embedded, ships its model) or "detoxify" (needs the
+    # `detoxify` extra: torch + transformers).
     classifier: str = "profanity"
     # Threshold for every category and direction; None takes the classifier's measured default.
     # A score >= threshold flags; a threshold above 1 switches a category off.
@@ -23,8 +24,25 @@ class SafetySettings(ServiceSettings):
     input_thresholds: dict[str, float] = Field(default_factory=dict)
     output_thresholds: dict[str, float] = Field(default_factory=dict)
     # Request limits; the gateway's own input caps sit well below these.
-    max_batch_size: int = Field(default=256, ge=1)
+    max_texts_per_call: int = Field(default=256, ge=1)
     max_text_chars: int = Field(default=32_768, ge=1)
+
+    # Micro-batching: texts of concurrent Classify calls are gathered for one model call of at
+    # most max_batch_size texts (Detoxify: at most max_batch_size 512-token windows per forward
+    # pass), waiting at most max_wait_ms after the first text for others to arrive. While the
+    # model is busy, texts gather anyway, so the wait only matters when it is idle.
+    max_batch_size: int = Field(default=32, ge=1)
+    max_wait_ms: float = Field(default=2.0, ge=0.0)
+
+    # Detoxify backend. model_type: original, unbiased, multilingual, original-small,
+    # unbiased-small. With no checkpoint, Detoxify downloads the released one on first start
+    # (real deployments; the image bakes it in). Offline: a local checkpoint file plus the
+    # folder with the model's Hugging Face config and tokenizer files.
+    detoxify_model_type: str = "original"
+    detoxify_checkpoint: str | None = None
+    detoxify_hf_config_path: str | None = None
+    # "cpu", "cuda", "cuda:1", ...
+    device: str = "cpu"
 
     @field_validator("input_thresholds", "output_thresholds")
     @classmethod

@@ -27,8 +27,10 @@ def build_serving(settings: SafetySettings, classifier: Classifier | None = None
     return SafetyServing(
         classifier,
         policy,
-        max_batch_size=settings.max_batch_size,
+        max_texts_per_call=settings.max_texts_per_call,
         max_text_chars=settings.max_text_chars,
+        max_batch_size=settings.max_batch_size,
+        max_wait_s=settings.max_wait_ms / 1000,
     )
 
 

@@ -1,21 +1,21 @@
-"""The serving class: validation, the classifier's worker thread, policy and metrics.
+"""The serving class: validation, the micro-batcher in front of the classifier, policy and
+metrics.
 
-One worker thread owns the model: scoring is CPU/GPU bound and not reentrant for every
-backend, so concurrent Classify calls queue for it while the event loop stays free for health
-checks and new calls.
+One inference worker thread (the batcher's) owns the model: scoring is CPU/GPU bound and not
+reentrant for every backend, so concurrent Classify calls queue for it, and are scored together,
+while the event loop stays free for health checks and new calls.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from parlance.common.errors import InvalidArgument, Unavailable
 from parlance.safety import metrics
+from parlance.safety.batcher import MicroBatcher
 from parlance.safety.classifier.base import Classifier, check_categories
 from parlance.safety.policy import Direction, Policy, Verdict
 
@@ -41,23 +41,28 @@ class SafetyServing:
         classifier: Classifier,
         policy: Policy,
         *,
-        max_batch_size: int,
+        max_texts_per_call: int,
         max_text_chars: int,
+        max_batch_size: int = 32,
+        max_wait_s: float = 0.002,
     ) -> None:
         check_categories(classifier)
         if policy.evaluated_categories != classifier.evaluated_categories:
             raise ValueError("the policy was built for another classifier's categories")
         self.classifier = classifier
         self.policy = policy
-        self.max_batch_size = max_batch_size
+        self.max_texts_per_call = max_texts_per_call
         self.max_text_chars = max_text_chars
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="safety-model")
+        self.batcher = MicroBatcher(
+            classifier.score, max_batch_size=max_batch_size, max_wait_s=max_wait_s
+        )
         self._loaded = False
 
     async def start(self) -> None:
         """Loads the model; the host reports SERVING once this returns."""
         started = time.perf_counter()
         await self.classifier.load()
+        self.batcher.start()
         self._loaded = True
         log.info(
             "classifier loaded",
@@ -70,18 +75,19 @@ class SafetyServing:
 
     async def close(self) -> None:
         self._loaded = False
-        # Waits for a batch still on the worker (the server has drained, so at most a
-        # cancelled call's) before the backend frees the model under it.
-        await asyncio.to_thread(self._executor.shutdown, wait=True)
+        # Waits for the batches still queued or on the worker (the server has drained, so at
+        # most cancelled calls') before the backend frees the model under it.
+        await self.batcher.close()
         await self.classifier.close()
 
     def info(self) -> ClassifierInfo:
         return ClassifierInfo(self.classifier.name, self.classifier.evaluated_categories)
 
     def _validate(self, texts: Sequence[str]) -> None:
-        if len(texts) > self.max_batch_size:
+        if len(texts) > self.max_texts_per_call:
             raise InvalidArgument(
-                f"at most {self.max_batch_size} texts per call, got {len(texts)}", param="texts"
+                f"at most {self.max_texts_per_call} texts per call, got {len(texts)}",
+                param="texts",
             )
         for index, text in enumerate(texts):
             if len(text) > self.max_text_chars:
@@ -98,16 +104,11 @@ class SafetyServing:
         if not self._loaded:
             raise Unavailable("the classifier is not loaded")
 
-        loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        scores = await loop.run_in_executor(self._executor, self.classifier.score, list(texts))
+        scores = await self.batcher.score(list(texts))
         metrics.CLASSIFICATION_LATENCY.labels(direction.value).observe(
             time.perf_counter() - started
         )
-        if len(scores) != len(texts):
-            raise RuntimeError(
-                f"{self.classifier.name} returned {len(scores)} scores for {len(texts)} texts"
-            )
 
         verdicts = [self.policy.apply(text_scores, direction) for text_scores in scores]
         metrics.BATCH_SIZE.labels(direction.value).observe(len(texts))

@@ -2,12 +2,22 @@ import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class ExportKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EXPORT_KIND_UNSPECIFIED: _ClassVar[ExportKind]
+    EXPORT_KIND_SFT: _ClassVar[ExportKind]
+    EXPORT_KIND_PREFERENCE: _ClassVar[ExportKind]
+EXPORT_KIND_UNSPECIFIED: ExportKind
+EXPORT_KIND_SFT: ExportKind
+EXPORT_KIND_PREFERENCE: ExportKind
 
 class Usage(_message.Message):
     __slots__ = ("prompt_tokens", "completion_tokens")
@@ -18,7 +28,7 @@ class Usage(_message.Message):
     def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
 
 class Message(_message.Message):
-    __slots__ = ("id", "conversation_id", "parent_id", "role", "content", "model", "usage", "finish_reason", "moderation_json", "time_to_first_token_ms", "total_time_ms", "created_at", "sibling_count", "sibling_index", "rating")
+    __slots__ = ("id", "conversation_id", "parent_id", "role", "content", "model", "usage", "finish_reason", "moderation_json", "time_to_first_token_ms", "total_time_ms", "created_at", "sibling_count", "sibling_index", "rating", "feedback")
     ID_FIELD_NUMBER: _ClassVar[int]
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
     PARENT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -34,6 +44,7 @@ class Message(_message.Message):
     SIBLING_COUNT_FIELD_NUMBER: _ClassVar[int]
     SIBLING_INDEX_FIELD_NUMBER: _ClassVar[int]
     RATING_FIELD_NUMBER: _ClassVar[int]
+    FEEDBACK_FIELD_NUMBER: _ClassVar[int]
     id: str
     conversation_id: str
     parent_id: str
@@ -49,7 +60,20 @@ class Message(_message.Message):
     sibling_count: int
     sibling_index: int
     rating: int
-    def __init__(self, id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., parent_id: _Optional[str] = ..., role: _Optional[str] = ..., content: _Optional[str] = ..., model: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., finish_reason: _Optional[str] = ..., moderation_json: _Optional[str] = ..., time_to_first_token_ms: _Optional[int] = ..., total_time_ms: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sibling_count: _Optional[int] = ..., sibling_index: _Optional[int] = ..., rating: _Optional[int] = ...) -> None: ...
+    feedback: MessageFeedback
+    def __init__(self, id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., parent_id: _Optional[str] = ..., role: _Optional[str] = ..., content: _Optional[str] = ..., model: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., finish_reason: _Optional[str] = ..., moderation_json: _Optional[str] = ..., time_to_first_token_ms: _Optional[int] = ..., total_time_ms: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sibling_count: _Optional[int] = ..., sibling_index: _Optional[int] = ..., rating: _Optional[int] = ..., feedback: _Optional[_Union[MessageFeedback, _Mapping]] = ...) -> None: ...
+
+class MessageFeedback(_message.Message):
+    __slots__ = ("rating", "comment", "corrected_content", "updated_at")
+    RATING_FIELD_NUMBER: _ClassVar[int]
+    COMMENT_FIELD_NUMBER: _ClassVar[int]
+    CORRECTED_CONTENT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    rating: int
+    comment: str
+    corrected_content: str
+    updated_at: _timestamp_pb2.Timestamp
+    def __init__(self, rating: _Optional[int] = ..., comment: _Optional[str] = ..., corrected_content: _Optional[str] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Conversation(_message.Message):
     __slots__ = ("id", "title", "created_at", "updated_at", "archived", "active_leaf_id")
@@ -84,12 +108,14 @@ class CreateConversationResponse(_message.Message):
     def __init__(self, conversation: _Optional[_Union[Conversation, _Mapping]] = ...) -> None: ...
 
 class GetConversationRequest(_message.Message):
-    __slots__ = ("user_id", "conversation_id")
+    __slots__ = ("user_id", "conversation_id", "message_id")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     conversation_id: str
-    def __init__(self, user_id: _Optional[str] = ..., conversation_id: _Optional[str] = ...) -> None: ...
+    message_id: str
+    def __init__(self, user_id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., message_id: _Optional[str] = ...) -> None: ...
 
 class GetConversationResponse(_message.Message):
     __slots__ = ("conversation", "messages")
@@ -174,18 +200,20 @@ class AppendMessagesResponse(_message.Message):
     def __init__(self, conversation: _Optional[_Union[Conversation, _Mapping]] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ...) -> None: ...
 
 class PutFeedbackRequest(_message.Message):
-    __slots__ = ("user_id", "message_id", "rating", "comment", "corrected_content")
+    __slots__ = ("user_id", "message_id", "rating", "comment", "corrected_content", "conversation_id")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     RATING_FIELD_NUMBER: _ClassVar[int]
     COMMENT_FIELD_NUMBER: _ClassVar[int]
     CORRECTED_CONTENT_FIELD_NUMBER: _ClassVar[int]
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     message_id: str
     rating: int
     comment: str
     corrected_content: str
-    def __init__(self, user_id: _Optional[str] = ..., message_id: _Optional[str] = ..., rating: _Optional[int] = ..., comment: _Optional[str] = ..., corrected_content: _Optional[str] = ...) -> None: ...
+    conversation_id: str
+    def __init__(self, user_id: _Optional[str] = ..., message_id: _Optional[str] = ..., rating: _Optional[int] = ..., comment: _Optional[str] = ..., corrected_content: _Optional[str] = ..., conversation_id: _Optional[str] = ...) -> None: ...
 
 class PutFeedbackResponse(_message.Message):
     __slots__ = ()
@@ -222,3 +250,21 @@ class SearchMessagesResponse(_message.Message):
     HITS_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[SearchHit]
     def __init__(self, hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ...) -> None: ...
+
+class ExportTrainingDataRequest(_message.Message):
+    __slots__ = ("kind", "since", "until", "model")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    kind: ExportKind
+    since: _timestamp_pb2.Timestamp
+    until: _timestamp_pb2.Timestamp
+    model: str
+    def __init__(self, kind: _Optional[_Union[ExportKind, str]] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model: _Optional[str] = ...) -> None: ...
+
+class ExportTrainingDataResponse(_message.Message):
+    __slots__ = ("records",)
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, records: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -74,6 +74,11 @@ class HistoryServiceStub:
                 request_serializer=parlance_dot_history_dot_v1_dot_history__pb2.SearchMessagesRequest.SerializeToString,
                 response_deserializer=parlance_dot_history_dot_v1_dot_history__pb2.SearchMessagesResponse.FromString,
                 _registered_method=True)
+        self.ExportTrainingData = channel.unary_stream(
+                '/parlance.history.v1.HistoryService/ExportTrainingData',
+                request_serializer=parlance_dot_history_dot_v1_dot_history__pb2.ExportTrainingDataRequest.SerializeToString,
+                response_deserializer=parlance_dot_history_dot_v1_dot_history__pb2.ExportTrainingDataResponse.FromString,
+                _registered_method=True)
 
 
 class HistoryServiceServicer:
@@ -137,6 +142,15 @@ class HistoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportTrainingData(self, request, context):
+        """Admin only (the caller checks the admin key; no user scope): the users' feedback as
+        training data, streamed in batches of JSON records (TRL's conversational SFT and DPO
+        formats). Conversations with any flagged message are left out entirely.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HistoryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -179,6 +193,11 @@ def add_HistoryServiceServicer_to_server(servicer, server):
                     servicer.SearchMessages,
                     request_deserializer=parlance_dot_history_dot_v1_dot_history__pb2.SearchMessagesRequest.FromString,
                     response_serializer=parlance_dot_history_dot_v1_dot_history__pb2.SearchMessagesResponse.SerializeToString,
+            ),
+            'ExportTrainingData': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportTrainingData,
+                    request_deserializer=parlance_dot_history_dot_v1_dot_history__pb2.ExportTrainingDataRequest.FromString,
+                    response_serializer=parlance_dot_history_dot_v1_dot_history__pb2.ExportTrainingDataResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -397,6 +416,33 @@ class HistoryService:
             '/parlance.history.v1.HistoryService/SearchMessages',
             parlance_dot_history_dot_v1_dot_history__pb2.SearchMessagesRequest.SerializeToString,
             parlance_dot_history_dot_v1_dot_history__pb2.SearchMessagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportTrainingData(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/parlance.history.v1.HistoryService/ExportTrainingData',
+            parlance_dot_history_dot_v1_dot_history__pb2.ExportTrainingDataRequest.SerializeToString,
+            parlance_dot_history_dot_v1_dot_history__pb2.ExportTrainingDataResponse.FromString,
             options,
             channel_credentials,
             insecure,

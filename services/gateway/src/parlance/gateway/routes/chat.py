@@ -1,25 +1,112 @@
-"""POST /v1/chat/completions."""
+"""POST /v1/chat/completions: limits around the request flow of serving.py."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.responses import Response
 
 from parlance.gateway import errors
+from parlance.gateway.auth import Principal
 from parlance.gateway.deps import LimitedCaller, State
+from parlance.gateway.leases import Lease
 from parlance.gateway.metrics import IN_FLIGHT
 from parlance.gateway.protocol import ChatCompletionRequest
-from parlance.gateway.serving import render_completion
+from parlance.gateway.redis_state import RedisUnavailable
+from parlance.gateway.serving import PreparedChat, render_completion
+from parlance.gateway.state import GatewayState
 
 log = logging.getLogger(__name__)
 
 router = APIRouter()
 
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+def estimate_tokens(body: ChatCompletionRequest, settings_estimate: int) -> int:
+    """What the TPM limit reserves before generating: ~4 characters a token for the prompt
+    (reconciled with the real count afterwards) plus the completion budget of every choice."""
+    prompt_chars = sum(len(m.text()) + 8 for m in body.messages)
+    completion = body.requested_max_tokens() or settings_estimate
+    return max(1, prompt_chars // 4) + completion * (body.n or 1)
+
+
+class RequestLimits:
+    """The TPM reservation and the concurrency lease of one request, and their settlement."""
+
+    def __init__(self, state: GatewayState, caller: Principal, estimate: int) -> None:
+        self.state = state
+        self.caller = caller
+        self.estimate = estimate
+        self.tpm = caller.limits.tpm or state.settings.tpm_limit
+        self.lease: Lease | None = None
+        self.prepared: PreparedChat | None = None
+        self._settled = False
+
+    async def take(self, headers: dict[str, str]) -> None:
+        state, caller = self.state, self.caller
+        if self.tpm > 0:
+            decision = await state.limiter.check("tpm", caller.key_id, self.tpm, cost=self.estimate)
+            headers.update(decision.headers("tokens"))
+            if not decision.allowed:
+                too_large = self.estimate > self.tpm
+                raise errors.rate_limited(
+                    f"Request too large for key {caller.key_id}: {self.estimate} tokens "
+                    f"requested, limit {self.tpm} tokens per minute. Reduce max_tokens."
+                    if too_large
+                    else f"Rate limit reached for tokens on key {caller.key_id}: limit "
+                    f"{self.tpm} per minute. Please try again in {decision.retry_after_s:.1f}s.",
+                    decision.retry_after_s,
+                    headers,
+                )
+        limit = caller.limits.max_concurrent or state.settings.max_concurrent_per_key
+        if limit > 0:
+            self.lease = await state.leases.acquire(caller.key_id, limit)
+            if self.lease is None:
+                await self._refund_all()
+                raise errors.rate_limited(
+                    f"Too many concurrent requests on key {caller.key_id}: at most {limit} at "
+                    "a time. Wait for one to finish.",
+                    1.0,
+                    headers,
+                )
+
+    async def _refund_all(self) -> None:
+        if self.tpm > 0:
+            await self.state.limiter.adjust("tpm", self.caller.key_id, self.tpm, -self.estimate)
+
+    def settle(self) -> None:
+        """Releases the lease and reconciles TPM with the real usage, once, in a task of its
+        own: it also runs when the request was cancelled (client gone), where awaiting in the
+        cancelled task is no longer possible."""
+        if self._settled:
+            return
+        self._settled = True
+        task = asyncio.create_task(self._settle())
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+    async def _settle(self) -> None:
+        try:
+            if self.lease is not None:
+                await self.state.leases.release(self.lease)
+            if self.tpm > 0:
+                used = self.prepared.tokens_used() if self.prepared else None
+                if used is None:
+                    await self._refund_all()
+                else:
+                    await self.state.limiter.adjust(
+                        "tpm", self.caller.key_id, self.tpm, used - self.estimate
+                    )
+        except Exception:
+            log.exception("settling request limits failed")
+
+
+_background: set[asyncio.Task[None]] = set()
 
 
 @router.post("/v1/chat/completions", response_model=None)
@@ -34,6 +121,15 @@ async def create_chat_completion(
         raise errors.service_unavailable(
             "The server is at its concurrency limit; retry shortly.", settings.retry_after_s
         )
+    # Validation first: a request refused as invalid reserves nothing.
+    state.chat.validate(body, caller)
+    limits = RequestLimits(state, caller, estimate_tokens(body, settings.tpm_completion_estimate))
+    try:
+        await limits.take(headers)
+    except RedisUnavailable:
+        raise errors.service_unavailable(
+            "Rate limiting is unavailable (Redis); retry shortly.", settings.retry_after_s
+        ) from None
     await state.slots.acquire()
     IN_FLIGHT.inc()
     released = False
@@ -44,24 +140,33 @@ async def create_chat_completion(
             released = True
             state.slots.release()
             IN_FLIGHT.dec()
+            limits.settle()
 
     try:
-        return await _serve(body, request, state, headers, release)
+        return await _serve(body, request, state, headers, limits, release)
     except BaseException:
         release()
         raise
 
 
 async def _serve(
-    body: ChatCompletionRequest, request: Request, state: State, headers: dict[str, str], release
+    body: ChatCompletionRequest,
+    request: Request,
+    state: GatewayState,
+    headers: dict[str, str],
+    limits: RequestLimits,
+    release: Callable[[], None],
 ) -> Response:
     chat = state.chat
     prepared = await chat.prepare(body, request.state.principal)
+    limits.prepared = prepared
     bypass = "no-cache" in request.headers.get("cache-control", "").lower()
     if prepared.cache_key and not bypass:
         record = await state.cache.get(prepared.cache_key)
         if record is not None:
             headers["x-cache"] = "hit"
+            # A cached answer costs no generation: its tokens are not charged to TPM.
+            prepared.mark_cached()
             if body.stream:
                 return StreamingResponse(
                     _released(chat.replay(prepared, record), release),
@@ -87,8 +192,11 @@ async def _serve(
     return JSONResponse(result, headers=headers)
 
 
-async def _released(events: AsyncIterator[bytes], release) -> AsyncIterator[bytes]:
-    """Releases the request's slot when the stream ends, fails or the client goes away."""
+async def _released(
+    events: AsyncIterator[bytes], release: Callable[[], None]
+) -> AsyncIterator[bytes]:
+    """Releases the request's slot and lease when the stream ends, fails or the client goes
+    away."""
     try:
         async for event in events:
             yield event

@@ -17,10 +17,23 @@ def _profanity(settings: SafetySettings) -> Classifier:
     return ProfanityClassifier()
 
 
+def _detoxify(settings: SafetySettings) -> Classifier:
+    from parlance.safety.classifier.detoxify import DetoxifyClassifier
+
+    return DetoxifyClassifier(
+        settings.detoxify_model_type,
+        checkpoint=settings.detoxify_checkpoint,
+        huggingface_config_path=settings.detoxify_hf_config_path,
+        device=settings.device,
+        max_batch_size=settings.max_batch_size,
+    )
+
+
 # Backends are imported lazily so that one's heavy dependencies (torch) are needed only when
 # it is chosen.
 CLASSIFIERS: dict[str, Callable[[SafetySettings], Classifier]] = {
     "profanity": _profanity,
+    "detoxify": _detoxify,
 }
 
 

@@ -1,0 +1,148 @@
+#!/bin/bash
+# `vllm serve` directly (a) against the whole Parlance path (b), same model, same GPU, one call.
+#
+# On the GPU machine, from the project root, after the kit's install.sh (../shared/gpu/README.md):
+#   source /tmp/stage/env.sh && REDIS_SERVER=.gpu/redis/redis-server bash bench/vllm_vs_parlance.sh
+#
+# (a) vllm serve $SMOLLM2_HF_DIR --max-model-len 2048 --gpu-memory-utilization 0.5
+# (b) gateway (Redis limits on, set high enough never to bind: RPM, TPM, per-key leases; input moderation on, history off) -> safety (profanity)
+#     -> generator (GENERATOR_ENGINE=vllm, same model and engine settings)
+# Both measured with `vllm bench serve --backend openai-chat --dataset-name random
+# --random-input-len 256 --random-output-len 128 --ignore-eos --seed 0` at max concurrency
+# 1 (50 prompts), 64 (1000) and 256 (1000). Raw results: $RESULT_DIR/{a,b}_c<C>.json; the table
+# of (b)/(a) ratios: $RESULT_DIR/vllm_vs_parlance.md (copy it to bench/results/).
+# Environment: RESULT_DIR (default $OUT/vllm_vs_parlance if $OUT is set, else
+# bench/results/raw), REDIS_SERVER (redis-server binary; see bench/fetch_redis.sh), RUNS
+# ("1:50 64:1000 256:1000"), PHASES ("a b").
+set -uo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+: "${SMOLLM2_HF_DIR:?source /tmp/stage/env.sh first}"
+MODEL="$SMOLLM2_HF_DIR"
+RESULT_DIR="${RESULT_DIR:-${OUT:+$OUT/vllm_vs_parlance}}"
+RESULT_DIR="${RESULT_DIR:-bench/results/raw}"
+RUNS="${RUNS:-1:50 64:1000 256:1000}"
+PHASES="${PHASES:-a b}"
+LOGS="$RESULT_DIR/logs"
+mkdir -p "$RESULT_DIR" "$LOGS"
+VLLM_PORT=8100
+GATEWAY_PORT=8000
+GEN_PORT=50051
+SAFETY_PORT=50052
+REDIS_PORT=6390
+API_KEY="bench-$(date +%s)"
+BEGAN=$(date +%s)
+PIDS=()
+
+say() { echo "[bench +$(($(date +%s) - BEGAN))s] $*"; }
+
+stop_all() {
+  # Our own children only, by pid: TERM, then KILL whatever is left after 20 s.
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
+  for _ in $(seq 1 40); do
+    alive=0
+    for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ "$alive" = 0 ] && break
+    sleep 0.5
+  done
+  for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null; done
+  PIDS=()
+}
+trap stop_all EXIT
+
+wait_http() {  # url timeout_s
+  local deadline=$(($(date +%s) + $2))
+  while [ "$(date +%s)" -lt "$deadline" ]; do
+    curl -sf -o /dev/null "$1" && return 0
+    sleep 1
+  done
+  return 1
+}
+
+bench() {  # phase base_url
+  local phase=$1 base=$2
+  for run in $RUNS; do
+    local c=${run%%:*} p=${run##*:}
+    say "($phase) vllm bench serve: concurrency $c, $p prompts"
+    timeout 150 vllm bench serve --backend openai-chat --base-url "$base" \
+      --endpoint /v1/chat/completions --model "$MODEL" --tokenizer "$MODEL" \
+      --dataset-name random --random-input-len 256 --random-output-len 128 --ignore-eos \
+      --seed 0 --max-concurrency "$c" --num-prompts "$p" \
+      --percentile-metrics ttft,tpot,itl,e2el --metric-percentiles 50,99 \
+      --save-result --result-dir "$RESULT_DIR" --result-filename "${phase}_c${c}.json" \
+      --disable-tqdm > "$LOGS/bench_${phase}_c${c}.txt" 2>&1
+    local rc=$?
+    grep -E "Successful requests|Failed requests|Output token throughput|Median TTFT|P99 TTFT|Median TPOT|P99 TPOT" \
+      "$LOGS/bench_${phase}_c${c}.txt" | sed 's/^/    /'
+    [ $rc = 0 ] || { say "($phase) bench at concurrency $c failed (rc $rc):"; tail -20 "$LOGS/bench_${phase}_c${c}.txt"; }
+  done
+}
+
+nvidia-smi --query-gpu=name --format=csv,noheader | head -1 > "$RESULT_DIR/card.txt"
+say "card: $(cat "$RESULT_DIR/card.txt")"
+
+# -- (a) vllm serve ---------------------------------------------------------------------------
+if [[ " $PHASES " == *" a "* ]]; then
+  say "(a) starting vllm serve"
+  vllm serve "$MODEL" --max-model-len 2048 --gpu-memory-utilization 0.5 \
+    --host 127.0.0.1 --port $VLLM_PORT > "$LOGS/vllm_serve.txt" 2>&1 &
+  PIDS+=($!)
+  if wait_http "http://127.0.0.1:$VLLM_PORT/health" 240; then
+    say "(a) vllm serve ready"
+    bench a "http://127.0.0.1:$VLLM_PORT"
+  else
+    say "(a) vllm serve did not become ready"; tail -40 "$LOGS/vllm_serve.txt"
+  fi
+  stop_all
+fi
+
+# -- (b) the Parlance stack -----------------------------------------------------------------
+if [[ " $PHASES " == *" b "* ]]; then
+  export PYTHONPATH="$ROOT/services/common/src:$ROOT/services/generator/src:$ROOT/services/safety/src:$ROOT/services/gateway/src${PYTHONPATH:+:$PYTHONPATH}"
+  export PYTHONUNBUFFERED=1
+  REDIS_URL=""
+  if [ -n "${REDIS_SERVER:-}" ] && [ -x "$REDIS_SERVER" ]; then
+    LD_LIBRARY_PATH="$(dirname "$REDIS_SERVER")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
+      "$REDIS_SERVER" --port $REDIS_PORT --bind 127.0.0.1 --save "" --appendonly no \
+      > "$LOGS/redis.txt" 2>&1 &
+    PIDS+=($!)
+    REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
+    say "(b) redis-server on port $REDIS_PORT"
+  else
+    say "(b) WARNING: no REDIS_SERVER: the gateway runs without Redis (per-process limits)"
+  fi
+  echo "${REDIS_URL:-none}" > "$RESULT_DIR/redis.txt"
+
+  GENERATOR_ENGINE=vllm GENERATOR_MODEL="$MODEL" GENERATOR_SERVED_MODEL_NAME="$MODEL" \
+    GENERATOR_MAX_MODEL_LEN=2048 GENERATOR_GPU_MEMORY_UTILIZATION=0.5 \
+    GENERATOR_HOST=127.0.0.1 GENERATOR_PORT=$GEN_PORT GENERATOR_METRICS_PORT=9101 \
+    python3 -m parlance.generator.main > "$LOGS/generator.txt" 2>&1 &
+  PIDS+=($!)
+  SAFETY_CLASSIFIER=profanity SAFETY_HOST=127.0.0.1 SAFETY_PORT=$SAFETY_PORT \
+    SAFETY_METRICS_PORT=9102 python3 -m parlance.safety.main > "$LOGS/safety.txt" 2>&1 &
+  PIDS+=($!)
+  # History is off: nothing is stored (no `store`, no conversation_id), and its URL answers
+  # nothing. Cache on as in production: the benchmark's sampled requests are never cached.
+  GATEWAY_HOST=127.0.0.1 GATEWAY_PORT=$GATEWAY_PORT GATEWAY_GENERATOR_URL=127.0.0.1:$GEN_PORT \
+    GATEWAY_SAFETY_URL=127.0.0.1:$SAFETY_PORT GATEWAY_HISTORY_URL=127.0.0.1:1 \
+    GATEWAY_REDIS_URL="$REDIS_URL" GATEWAY_API_KEYS="bench:$API_KEY" \
+    GATEWAY_RPM_LIMIT=10000000 GATEWAY_TPM_LIMIT=1000000000 GATEWAY_MAX_CONCURRENT_PER_KEY=4096 \
+    GATEWAY_MAX_CONCURRENT_REQUESTS=4096 GATEWAY_MODERATE_INPUT=true \
+    GATEWAY_DATABASE_URL="sqlite+aiosqlite:////tmp/parlance-bench-keys.db" \
+    python3 -m parlance.gateway.main > "$LOGS/gateway.txt" 2>&1 &
+  PIDS+=($!)
+  if wait_http "http://127.0.0.1:$GATEWAY_PORT/readyz" 300; then
+    say "(b) Parlance ready"
+    OPENAI_API_KEY="$API_KEY" bench b "http://127.0.0.1:$GATEWAY_PORT"
+    curl -s "http://127.0.0.1:9101/metrics" > "$LOGS/generator_metrics.txt" || true
+  else
+    say "(b) the stack did not become ready"
+    curl -s "http://127.0.0.1:$GATEWAY_PORT/readyz"; echo
+    for f in generator safety gateway; do echo "== $f"; tail -30 "$LOGS/$f.txt"; done
+  fi
+  stop_all
+fi
+
+python3 "$ROOT/bench/summarize_vllm.py" --result-dir "$RESULT_DIR" \
+  --out "$RESULT_DIR/vllm_vs_parlance.md" && cat "$RESULT_DIR/vllm_vs_parlance.md"
+say "done"

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# System tools the deployment tests use, for Debian/Ubuntu machines, run as root:
+#   docker-compose  Debian's v1 package: `docker-compose config` validates docker-compose.yml
+#   promtool        from Debian's `prometheus` package: checks deploy/prometheus/*.yml
+# Idempotent: installs only what is missing and runs `apt-get update` at most once, only when
+# something is missing. Elsewhere (not root, no apt-get) it says what to install and exits 0,
+# so that `make test` still runs (tests/test_deploy.py skips the checks whose tool is absent).
+set -euo pipefail
+
+# command -> Debian package that provides it
+declare -A PACKAGES=(
+    [docker-compose]=docker-compose
+    [promtool]=prometheus
+)
+
+missing=()
+for cmd in "${!PACKAGES[@]}"; do
+    if ! command -v "$cmd" >/dev/null 2>&1; then
+        missing+=("${PACKAGES[$cmd]}")
+    fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+    echo "[parlance] system dependencies present: ${!PACKAGES[*]}"
+    exit 0
+fi
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "[parlance] not root: skipping system packages; install them yourself for the" \
+        "deployment tests: ${missing[*]}"
+    exit 0
+fi
+if ! command -v apt-get >/dev/null 2>&1; then
+    echo "[parlance] no apt-get: skipping system packages; install them yourself for the" \
+        "deployment tests: ${missing[*]}"
+    exit 0
+fi
+
+echo "[parlance] installing system packages: ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+# Only promtool is wanted from `prometheus`: --no-install-recommends keeps node-exporter and
+# friends out, and a policy-rc.d (when the host has none) keeps the package's daemon from
+# starting on :9090, where the compose stack publishes its own Prometheus. The service stays
+# installed but stopped; `systemctl start prometheus` if you do want it.
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+fi
+apt-get install -y -q --no-install-recommends "${missing[@]}"
+echo "[parlance] system dependencies installed: ${missing[*]}"

@@ -1,0 +1,199 @@
+"""The /v1/conversations REST schema (Parlance's own API, in OpenAI's style: objects carry
+"object", times are Unix seconds, lists are {"object": "list", "data": [...]}), and the pure
+conversions from the history protos."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from pydantic import BaseModel, Field
+
+from parlance.history.v1 import history_pb2
+
+# --- requests -------------------------------------------------------------------------------
+
+
+class CreateConversationBody(BaseModel):
+    title: str = Field(default="", max_length=512)
+
+
+class UpdateConversationBody(BaseModel):
+    title: str | None = Field(default=None, max_length=512)
+    archived: bool | None = None
+    # Any message of the conversation: the active branch becomes the path to it, continued to
+    # the newest leaf below it.
+    active_message_id: str | None = Field(default=None, min_length=1, max_length=128)
+
+
+class FeedbackBody(BaseModel):
+    rating: Literal[1, -1]
+    comment: str = Field(default="", max_length=10_000)
+    # A better answer written by the user: exported as the chosen side of a preference pair.
+    corrected_content: str = Field(default="", max_length=100_000)
+
+
+# --- responses ------------------------------------------------------------------------------
+
+
+class Conversation(BaseModel):
+    id: str
+    object: Literal["conversation"] = "conversation"
+    title: str
+    created_at: int
+    updated_at: int
+    archived: bool
+    # The leaf of the active branch; null for an empty conversation.
+    active_message_id: str | None
+
+
+class ConversationList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Conversation]
+    has_more: bool
+    # Pass as `after` to read the next page; null on the last one.
+    next_cursor: str | None
+
+
+class MessageUsage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class MessageFeedback(BaseModel):
+    object: Literal["conversation.message.feedback"] = "conversation.message.feedback"
+    message_id: str
+    rating: int
+    comment: str
+    corrected_content: str
+    updated_at: int | None = None
+
+
+class ConversationMessage(BaseModel):
+    id: str
+    object: Literal["conversation.message"] = "conversation.message"
+    conversation_id: str
+    parent_id: str | None
+    role: str
+    content: str
+    model: str | None
+    usage: MessageUsage | None
+    finish_reason: str | None
+    moderation: Any = None
+    time_to_first_token_ms: int | None
+    total_time_ms: int | None
+    created_at: int
+    # The "‹ 2/3 ›" of a chat page: how many answers or edits share this message's parent.
+    sibling_count: int
+    sibling_index: int
+    # The caller's rating (+1/-1), null when unrated; the full feedback beside it.
+    rating: int | None
+    feedback: MessageFeedback | None
+
+
+class ConversationWithMessages(Conversation):
+    # The active branch, root first.
+    messages: list[ConversationMessage]
+
+
+class ConversationDeleted(BaseModel):
+    id: str
+    object: Literal["conversation.deleted"] = "conversation.deleted"
+    deleted: bool = True
+
+
+class SearchHit(BaseModel):
+    object: Literal["conversation.search_hit"] = "conversation.search_hit"
+    conversation_id: str
+    conversation_title: str
+    message_id: str
+    role: str
+    # HTML-safe: escaped text with the matches between <mark> and </mark>.
+    snippet: str
+    created_at: int
+
+
+class SearchResults(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[SearchHit]
+
+
+# --- conversions ----------------------------------------------------------------------------
+
+
+def _seconds(ts: Timestamp) -> int:
+    return int(ts.seconds)
+
+
+def conversation(proto: history_pb2.Conversation) -> Conversation:
+    return Conversation(
+        id=proto.id,
+        title=proto.title,
+        created_at=_seconds(proto.created_at),
+        updated_at=_seconds(proto.updated_at),
+        archived=proto.archived,
+        active_message_id=proto.active_leaf_id or None,
+    )
+
+
+def _moderation(text: str) -> Any:
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def message(proto: history_pb2.Message) -> ConversationMessage:
+    assistant = proto.role == "assistant"
+    feedback = None
+    if proto.HasField("feedback"):
+        feedback = MessageFeedback(
+            message_id=proto.id,
+            rating=proto.feedback.rating,
+            comment=proto.feedback.comment,
+            corrected_content=proto.feedback.corrected_content,
+            updated_at=_seconds(proto.feedback.updated_at),
+        )
+    return ConversationMessage(
+        id=proto.id,
+        conversation_id=proto.conversation_id,
+        parent_id=proto.parent_id or None,
+        role=proto.role,
+        content=proto.content,
+        model=proto.model or None,
+        usage=(
+            MessageUsage(
+                prompt_tokens=proto.usage.prompt_tokens,
+                completion_tokens=proto.usage.completion_tokens,
+                total_tokens=proto.usage.prompt_tokens + proto.usage.completion_tokens,
+            )
+            if assistant
+            else None
+        ),
+        finish_reason=proto.finish_reason or None,
+        moderation=_moderation(proto.moderation_json),
+        time_to_first_token_ms=(
+            proto.time_to_first_token_ms if proto.HasField("time_to_first_token_ms") else None
+        ),
+        total_time_ms=proto.total_time_ms if proto.HasField("total_time_ms") else None,
+        created_at=_seconds(proto.created_at),
+        sibling_count=proto.sibling_count,
+        sibling_index=proto.sibling_index,
+        rating=proto.rating or None,
+        feedback=feedback,
+    )
+
+
+def search_hit(proto: history_pb2.SearchHit) -> SearchHit:
+    return SearchHit(
+        conversation_id=proto.conversation_id,
+        conversation_title=proto.conversation_title,
+        message_id=proto.message_id,
+        role=proto.role,
+        snippet=proto.snippet,
+        created_at=_seconds(proto.created_at),
+    )

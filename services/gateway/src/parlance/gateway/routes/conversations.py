@@ -1,0 +1,212 @@
+"""/v1/conversations: the chat sidebar's data (list, create, get, rename, archive, switch
+branch, delete), search, feedback, and the admin training-data export. Every route maps onto
+one history RPC, scoped to the caller's user: another user's id answers 404."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+from fastapi.responses import StreamingResponse
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from parlance.gateway import conversations_protocol as cp
+from parlance.gateway import errors
+from parlance.gateway.deps import Admin, Caller, State
+from parlance.history.v1 import history_pb2
+
+log = logging.getLogger(__name__)
+
+router = APIRouter()
+
+
+@router.get("/v1/conversations")
+async def list_conversations(
+    caller: Caller,
+    state: State,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    after: Annotated[str | None, Query(max_length=512)] = None,
+    include_archived: bool = False,
+) -> cp.ConversationList:
+    page = await state.history.call(
+        "ListConversations",
+        history_pb2.ListConversationsRequest(
+            user_id=caller.user_id,
+            limit=limit,
+            cursor=after or "",
+            include_archived=include_archived,
+        ),
+    )
+    return cp.ConversationList(
+        data=[cp.conversation(c) for c in page.conversations],
+        has_more=bool(page.next_cursor),
+        next_cursor=page.next_cursor or None,
+    )
+
+
+@router.post("/v1/conversations")
+async def create_conversation(
+    body: cp.CreateConversationBody, caller: Caller, state: State
+) -> cp.Conversation:
+    created = await state.history.call(
+        "CreateConversation",
+        history_pb2.CreateConversationRequest(user_id=caller.user_id, title=body.title),
+    )
+    return cp.conversation(created.conversation)
+
+
+# Declared before /{conversation_id} so that "search" is not read as an id.
+@router.get("/v1/conversations/search")
+async def search_conversations(
+    caller: Caller,
+    state: State,
+    q: Annotated[str, Query(min_length=1, max_length=1000)],
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> cp.SearchResults:
+    found = await state.history.call(
+        "SearchMessages",
+        history_pb2.SearchMessagesRequest(user_id=caller.user_id, query=q, limit=limit),
+    )
+    return cp.SearchResults(data=[cp.search_hit(h) for h in found.hits])
+
+
+@router.get("/v1/conversations/{conversation_id}")
+async def get_conversation(
+    conversation_id: str, caller: Caller, state: State
+) -> cp.ConversationWithMessages:
+    got = await state.history.call(
+        "GetConversation",
+        history_pb2.GetConversationRequest(user_id=caller.user_id, conversation_id=conversation_id),
+    )
+    return cp.ConversationWithMessages(
+        **cp.conversation(got.conversation).model_dump(),
+        messages=[cp.message(m) for m in got.messages],
+    )
+
+
+@router.patch("/v1/conversations/{conversation_id}")
+async def update_conversation(
+    conversation_id: str, body: cp.UpdateConversationBody, caller: Caller, state: State
+) -> cp.Conversation:
+    request = history_pb2.UpdateConversationRequest(
+        user_id=caller.user_id, conversation_id=conversation_id
+    )
+    if body.title is not None:
+        request.title = body.title
+    if body.archived is not None:
+        request.archived = body.archived
+    if body.active_message_id is not None:
+        request.active_message_id = body.active_message_id
+    updated = await state.history.call("UpdateConversation", request)
+    return cp.conversation(updated.conversation)
+
+
+@router.delete("/v1/conversations/{conversation_id}")
+async def delete_conversation(
+    conversation_id: str, caller: Caller, state: State
+) -> cp.ConversationDeleted:
+    await state.history.call(
+        "DeleteConversation",
+        history_pb2.DeleteConversationRequest(
+            user_id=caller.user_id, conversation_id=conversation_id
+        ),
+    )
+    return cp.ConversationDeleted(id=conversation_id)
+
+
+# PUT semantics under either verb: the new feedback replaces the caller's earlier one.
+@router.api_route(
+    "/v1/conversations/{conversation_id}/messages/{message_id}/feedback", methods=["POST", "PUT"]
+)
+async def put_feedback(
+    conversation_id: str, message_id: str, body: cp.FeedbackBody, caller: Caller, state: State
+) -> cp.MessageFeedback:
+    await state.history.call(
+        "PutFeedback",
+        history_pb2.PutFeedbackRequest(
+            user_id=caller.user_id,
+            conversation_id=conversation_id,
+            message_id=message_id,
+            rating=body.rating,
+            comment=body.comment,
+            corrected_content=body.corrected_content,
+        ),
+    )
+    return cp.MessageFeedback(
+        message_id=message_id,
+        rating=body.rating,
+        comment=body.comment,
+        corrected_content=body.corrected_content,
+    )
+
+
+# --- admin ----------------------------------------------------------------------------------
+
+_KINDS = {
+    "all": history_pb2.EXPORT_KIND_UNSPECIFIED,
+    "sft": history_pb2.EXPORT_KIND_SFT,
+    "preference": history_pb2.EXPORT_KIND_PREFERENCE,
+}
+
+
+def _instant(value: str, param: str) -> Timestamp:
+    """Unix seconds or ISO 8601 (naive means UTC)."""
+    try:
+        when = (
+            datetime.fromtimestamp(float(value), UTC)
+            if value.replace(".", "", 1).isdigit()
+            else datetime.fromisoformat(value.replace("Z", "+00:00"))
+        )
+    except (ValueError, OverflowError, OSError) as exc:
+        raise errors.invalid_request(
+            f"Invalid value for '{param}': expected Unix seconds or an ISO 8601 time.", param
+        ) from exc
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    ts = Timestamp()
+    ts.FromDatetime(when)
+    return ts
+
+
+@router.get("/v1/admin/export")
+async def export_training_data(
+    _: Admin,
+    state: State,
+    kind: Literal["all", "sft", "preference"] = "all",
+    since: Annotated[str | None, Query(max_length=64)] = None,
+    until: Annotated[str | None, Query(max_length=64)] = None,
+    model: Annotated[str, Query(max_length=256)] = "",
+) -> StreamingResponse:
+    request = history_pb2.ExportTrainingDataRequest(kind=_KINDS[kind], model=model)
+    if since:
+        request.since.CopyFrom(_instant(since, "since"))
+    if until:
+        request.until.CopyFrom(_instant(until, "until"))
+    stream = state.history.export_training_data(request, state.settings.history_export_timeout_s)
+    # The first batch is awaited here: history down or a bad request is still an HTTP error,
+    # not a 200 with a broken body.
+    try:
+        first: history_pb2.ExportTrainingDataResponse | None = await anext(stream)
+    except StopAsyncIteration:
+        first = None
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            if first is not None:
+                yield "".join(line + "\n" for line in first.records).encode()
+            async for batch in stream:
+                yield "".join(line + "\n" for line in batch.records).encode()
+        except errors.APIError as exc:
+            # Headers are sent: the stream ends short; the log says why.
+            log.error("training-data export ended early: %s", exc.message)
+        finally:
+            await stream.aclose()
+
+    return StreamingResponse(
+        body(),
+        media_type="application/x-ndjson",
+        headers={"Content-Disposition": f'attachment; filename="parlance-{kind}.jsonl"'},
+    )

@@ -1,0 +1,85 @@
+"""POST /v1/moderations, in OpenAI's request and response format, served by safety."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field
+
+from parlance.gateway import errors
+from parlance.gateway.deps import LimitedCaller, State
+from parlance.safety.v1 import safety_pb2
+
+router = APIRouter()
+
+# OpenAI's moderation categories. Those the running classifier does not evaluate are reported
+# false with score 0, and listed in the response's `evaluated_categories` extension so that a
+# client can tell "not flagged" from "not checked".
+OPENAI_CATEGORIES = (
+    "harassment",
+    "harassment/threatening",
+    "hate",
+    "hate/threatening",
+    "illicit",
+    "illicit/violent",
+    "self-harm",
+    "self-harm/intent",
+    "self-harm/instructions",
+    "sexual",
+    "sexual/minors",
+    "violence",
+    "violence/graphic",
+)
+
+MAX_INPUTS = 256
+
+
+class ModerationRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    input: str | list[str] = Field(...)
+    model: str | None = None
+
+
+@router.post("/v1/moderations")
+async def create_moderation(
+    body: ModerationRequest, caller: LimitedCaller, state: State
+) -> dict[str, Any]:
+    texts = [body.input] if isinstance(body.input, str) else list(body.input)
+    if not texts:
+        raise errors.invalid_request("input must not be empty.", param="input")
+    if len(texts) > MAX_INPUTS:
+        raise errors.invalid_request(f"At most {MAX_INPUTS} inputs per request.", param="input")
+    if sum(len(t) for t in texts) > state.settings.max_input_chars:
+        raise errors.invalid_request(
+            f"The input is longer than {state.settings.max_input_chars} characters.",
+            param="input",
+        )
+    reply = await state.safety.classify(texts, safety_pb2.DIRECTION_INPUT)
+    info = await state.safety.info()
+    evaluated = list(info.evaluated_categories)
+    results = []
+    for verdict in reply.results:
+        scores = {c: 0.0 for c in OPENAI_CATEGORIES}
+        flags = {c: False for c in OPENAI_CATEGORIES}
+        for category in verdict.categories:
+            scores[category.category] = round(float(category.score), 6)
+            flags[category.category] = bool(category.flagged)
+        results.append(
+            {
+                "flagged": bool(verdict.flagged),
+                "categories": flags,
+                "category_scores": scores,
+                "category_applied_input_types": {
+                    c: (["text"] if c in evaluated else []) for c in OPENAI_CATEGORIES
+                },
+            }
+        )
+    return {
+        "id": f"modr-{uuid.uuid4().hex}",
+        "model": reply.model,
+        "results": results,
+        "evaluated_categories": evaluated,
+    }

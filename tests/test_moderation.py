@@ -1,0 +1,125 @@
+"""Moderation through the stack: /v1/moderations, and streamed output moderation that never
+sends a flagged character. The generator here is the scripted test engine, which emits a
+given text (the real model cannot be made to say something toxic on demand)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+from helpers import ALICE_KEY, MODEL, Stack, scrape, start_stack, total
+
+ALICE = {"Authorization": f"Bearer {ALICE_KEY}"}
+CLEAN = "Hello there, this is a friendly answer."
+TOXIC = " You are a stupid worthless idiot and a moron."
+SCRIPT = CLEAN + TOXIC + " Have a nice day."
+TOXIC_WORDS = ("stupid", "worthless", "idiot", "moron")
+
+
+@pytest.fixture(scope="module")
+def scripted_stack(tmp_path_factory: pytest.TempPathFactory, redis_server: str) -> Iterator[Stack]:
+    stack = start_stack(
+        tmp_path_factory.mktemp("moderation"),
+        redis_server,
+        env={
+            "generator": {
+                "GENERATOR_ENGINE": "scripted",
+                "GENERATOR_SCRIPTED_TEXT": SCRIPT,
+                "GENERATOR_SCRIPTED_TOKENS_PER_S": "200",
+                "GENERATOR_SERVED_MODEL_NAME": MODEL,
+            }
+        },
+    )
+    yield stack
+    stack.stop()
+
+
+def body(**extra: object) -> dict:
+    return {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Say something."}],
+        "max_tokens": 100,
+        **extra,
+    }
+
+
+def test_streamed_answer_stops_before_the_toxic_sentence(scripted_stack: Stack) -> None:
+    generator_metrics = scripted_stack.services["generator"].metrics_port
+    assert generator_metrics is not None
+    sent = b""
+    events = []
+    with httpx.stream(
+        "POST",
+        f"{scripted_stack.gateway_url}/v1/chat/completions",
+        json=body(stream=True, stream_options={"include_usage": True}),
+        headers=ALICE,
+        timeout=60,
+    ) as response:
+        assert response.status_code == 200
+        for raw in response.iter_raw():
+            sent += raw
+    for line in sent.decode().splitlines():
+        if line.startswith("data: ") and line != "data: [DONE]":
+            events.append(json.loads(line[6:]))
+    # No character of the flagged sentence ever reached the client, in any form.
+    for word in TOXIC_WORDS:
+        assert word not in sent.decode()
+    text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"])
+    assert text == CLEAN
+    finishes = [e["choices"][0]["finish_reason"] for e in events if e["choices"]]
+    assert finishes[-1] == "content_filter"
+    usage = events[-1]["usage"]
+    assert usage["completion_tokens"] >= len(CLEAN.split())
+    assert usage["prompt_tokens"] > 0
+    assert sent.endswith(b"data: [DONE]\n\n")
+    # The generation was cancelled, not run to the end.
+    samples = scrape(generator_metrics)
+    assert samples.get('parlance_generator_requests_total{engine="scripted",finish_reason="cancelled"}')
+
+
+def test_plain_answer_is_cut_before_the_flagged_window(scripted_stack: Stack) -> None:
+    client = openai.OpenAI(
+        base_url=f"{scripted_stack.gateway_url}/v1", api_key=ALICE_KEY, max_retries=0
+    )
+    completion = client.chat.completions.create(**body())
+    assert completion.choices[0].finish_reason == "content_filter"
+    assert completion.choices[0].message.content == CLEAN
+
+
+def test_flagged_answers_are_not_cached(scripted_stack: Stack) -> None:
+    url = f"{scripted_stack.gateway_url}/v1/chat/completions"
+    first = httpx.post(url, json=body(temperature=0), headers=ALICE, timeout=60)
+    second = httpx.post(url, json=body(temperature=0), headers=ALICE, timeout=60)
+    assert first.headers["x-cache"] == second.headers["x-cache"] == "miss"
+
+
+def test_moderations_endpoint_in_openai_shape(scripted_stack: Stack) -> None:
+    client = openai.OpenAI(
+        base_url=f"{scripted_stack.gateway_url}/v1", api_key=ALICE_KEY, max_retries=0
+    )
+    reply = client.moderations.create(input=["Have a lovely day!", TOXIC.strip()])
+    assert reply.id.startswith("modr-")
+    assert [r.flagged for r in reply.results] == [False, True]
+    toxic = reply.results[1]
+    assert toxic.categories.harassment is True
+    assert toxic.category_scores.harassment > 0.9
+    assert toxic.categories.violence is False
+    single = client.moderations.create(input="Nice weather.")
+    assert len(single.results) == 1 and not single.results[0].flagged
+    raw = httpx.post(
+        f"{scripted_stack.gateway_url}/v1/moderations",
+        json={"input": "hello"},
+        headers=ALICE,
+    ).json()
+    assert raw["evaluated_categories"] == ["harassment"]
+    assert raw["results"][0]["category_applied_input_types"]["hate"] == []
+
+
+def test_moderation_counts_flags_in_metrics(scripted_stack: Stack) -> None:
+    port = scripted_stack.services["gateway"].http_port
+    samples = scrape(port)
+    assert total(samples, "parlance_gateway_moderation_flags_total") >= 1
+    assert total(samples, "parlance_gateway_moderation_windows_total") >= 2
