@@ -81,6 +81,41 @@ bench() {  # phase base_url
 nvidia-smi --query-gpu=name --format=csv,noheader | head -1 > "$RESULT_DIR/card.txt"
 say "card: $(cat "$RESULT_DIR/card.txt")"
 
+breakdown() {
+  # Where a lone request's time to first token goes: the gateway's Server-Timing header of
+  # 20 sequential streamed requests (auth, limits, context, cache, moderation, generator).
+  local prompt
+  prompt=$(python3 -c "import random; random.seed(0); print(' '.join(random.choice(['alpha','beta','gamma','delta','omega','sigma']) for _ in range(250)))")
+  for i in $(seq 1 20); do
+    curl -s -D - -o /dev/null "http://127.0.0.1:$GATEWAY_PORT/v1/chat/completions" \
+      -H "Authorization: Bearer $API_KEY" -H "Content-Type: application/json" \
+      -d "{\"model\": \"$MODEL\", \"stream\": true, \"max_tokens\": 8, \"temperature\": 1.0, \"messages\": [{\"role\": \"user\", \"content\": \"$prompt $i\"}]}" \
+      | grep -i '^server-timing' >> "$RESULT_DIR/server_timing.txt"
+  done
+  python3 - "$RESULT_DIR/server_timing.txt" <<'PY' | tee "$RESULT_DIR/server_timing_summary.txt"
+import re, statistics, sys
+parts = {}
+for line in open(sys.argv[1]):
+    for name, ms in re.findall(r"(\w+);dur=([\d.]+)", line):
+        parts.setdefault(name, []).append(float(ms))
+for name, values in parts.items():
+    print(f"{name:12s} median {statistics.median(values):7.2f} ms  (n={len(values)})")
+PY
+}
+
+profile() {
+  # py-spy on the gateway workers and the generator while concurrency 64 runs (after c=1).
+  sleep 22
+  local targets="generator:$GENERATOR_PID"
+  for pid in $(pgrep -P "$GATEWAY_PID" | head -2); do targets="$targets gateway:$pid"; done
+  for target in $targets; do
+    "$PYSPY" record --pid "${target#*:}" --duration 20 --rate 100 --format speedscope \
+      --output "$RESULT_DIR/pyspy_${target%%:*}_${target#*:}.json" --nonblocking \
+      > "$LOGS/pyspy_${target#*:}.txt" 2>&1 &
+  done
+  wait
+}
+
 # -- (a) vllm serve ---------------------------------------------------------------------------
 if [[ " $PHASES " == *" a "* ]]; then
   say "(a) starting vllm serve"
@@ -117,6 +152,7 @@ if [[ " $PHASES " == *" b "* ]]; then
     GENERATOR_MAX_MODEL_LEN=2048 GENERATOR_GPU_MEMORY_UTILIZATION=0.5 \
     GENERATOR_HOST=127.0.0.1 GENERATOR_PORT=$GEN_PORT GENERATOR_METRICS_PORT=9101 \
     python3 -m parlance.generator.main > "$LOGS/generator.txt" 2>&1 &
+  GENERATOR_PID=$!
   PIDS+=($!)
   SAFETY_CLASSIFIER=profanity SAFETY_HOST=127.0.0.1 SAFETY_PORT=$SAFETY_PORT \
     SAFETY_METRICS_PORT=9102 python3 -m parlance.safety.main > "$LOGS/safety.txt" 2>&1 &
@@ -127,13 +163,17 @@ if [[ " $PHASES " == *" b "* ]]; then
     GATEWAY_SAFETY_URL=127.0.0.1:$SAFETY_PORT GATEWAY_HISTORY_URL=127.0.0.1:1 \
     GATEWAY_REDIS_URL="$REDIS_URL" GATEWAY_API_KEYS="bench:$API_KEY" \
     GATEWAY_RPM_LIMIT=10000000 GATEWAY_TPM_LIMIT=1000000000 GATEWAY_MAX_CONCURRENT_PER_KEY=4096 \
-    GATEWAY_MAX_CONCURRENT_REQUESTS=4096 GATEWAY_MODERATE_INPUT=true \
+    GATEWAY_MAX_CONCURRENT_REQUESTS=4096 GATEWAY_MODERATE_INPUT=true GATEWAY_MODERATE_OUTPUT=false GATEWAY_WORKERS=${GATEWAY_WORKERS:-4} \
     GATEWAY_DATABASE_URL="sqlite+aiosqlite:////tmp/parlance-bench-keys.db" \
     python3 -m parlance.gateway.main > "$LOGS/gateway.txt" 2>&1 &
+  GATEWAY_PID=$!
   PIDS+=($!)
   if wait_http "http://127.0.0.1:$GATEWAY_PORT/readyz" 300; then
     say "(b) Parlance ready"
+    breakdown
+    if [ -n "${PYSPY:-}" ] && [ -x "$PYSPY" ]; then profile & PROFILER=$!; fi
     OPENAI_API_KEY="$API_KEY" bench b "http://127.0.0.1:$GATEWAY_PORT"
+    [ -n "${PROFILER:-}" ] && wait "$PROFILER"
     curl -s "http://127.0.0.1:9101/metrics" > "$LOGS/generator_metrics.txt" || true
   else
     say "(b) the stack did not become ready"

@@ -408,21 +408,36 @@ async def test_two_choices_stream_with_their_indices(served: Served) -> None:
 
 @on_gpu
 async def test_logprobs_and_top_logprobs(served: Served) -> None:
+    # No penalties (the model's generation config may set some): greedy then takes the
+    # token with the highest raw logprob, which is what vLLM reports.
     responses = await served.generate(
-        "Say hello.", temperature=0.0, max_tokens=8, logprobs=True, top_logprobs=3
+        "Say hello.",
+        temperature=0.0,
+        max_tokens=8,
+        logprobs=True,
+        top_logprobs=3,
+        repetition_penalty=1.0,
+        presence_penalty=0.0,
+        frequency_penalty=0.0,
     )
     deltas = [d for r in responses for d in r.choices]
     assert sum(len(d.logprobs) for d in deltas) == tokens(responses)
     for delta in deltas:
         assert len(delta.logprobs) == delta.token_count
+        # Each entry belongs to the token at its position in this delta.
+        assert "".join(e.token for e in delta.logprobs) == delta.text
         for entry in delta.logprobs:
             assert entry.logprob <= 0.0
             assert len(entry.top_logprobs) == 3
             ranked = [t.logprob for t in entry.top_logprobs]
             assert ranked == sorted(ranked, reverse=True)
-            # Greedy: the sampled token is the most likely one.
-            assert entry.token == entry.top_logprobs[0].token
-            assert entry.logprob == pytest.approx(entry.top_logprobs[0].logprob, abs=1e-4)
+            # Greedy: the sampled token is the most likely one, up to near-ties: vLLM reports
+            # logprobs of the raw logits in float32 while sampling compares bf16 logits (seen on
+            # an H200: "!" sampled while " there" was reported as the most likely).
+            assert entry.logprob >= entry.top_logprobs[0].logprob - 0.1
+            for top in entry.top_logprobs:
+                if top.token == entry.token:
+                    assert top.logprob == pytest.approx(entry.logprob, abs=1e-4)
 
 
 @on_gpu

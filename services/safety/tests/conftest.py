@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 import pytest
+
 from parlance.common.grpc_server import GrpcServiceHost
 from parlance.safety.config import SafetySettings
 from parlance.safety.main import build_host

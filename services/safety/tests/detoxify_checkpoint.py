@@ -15,11 +15,12 @@ at any length:
 
 How: the embedding of a marker is large in its own dimension (0 or 1) and every other word's
 embedding is small and zero there, and everything added to the residual stream is zero-mean
-outside those dimensions, so that LayerNorm keeps them exactly zero for clean text. In each layer the query is a constant and the key reads
-dimensions 0 and 1, so every position attends almost only to the markers when there is one
-(attention logit ~40 against ~0: a marker outweighs 511 other tokens), and the value/output
-projections copy the markers' dimensions into the [CLS] position. The pooler and classifier
-then read those two dimensions. Everything else keeps BERT's usual random initialisation.
+outside those dimensions, so that LayerNorm keeps them exactly zero for clean text. In each
+layer the query is a constant and the key reads dimensions 0 and 1, so every position attends
+almost only to the markers when there is one (attention logit ~14 against 0: a marker outweighs
+511 other tokens), and the value/output projections copy the markers' dimensions into the [CLS]
+position. The pooler and classifier then read those two dimensions. Everything else keeps
+BERT's random initialisation (scaled), which makes clean texts score a little differently.
 """
 
 from __future__ import annotations
@@ -157,7 +158,24 @@ def build_small_checkpoint(folder: Path, *, seed: int = 1234) -> SmallCheckpoint
     hf_dir = folder / "hf"
     hf_dir.mkdir(parents=True, exist_ok=True)
     vocab_size = _write_tokenizer_files(hf_dir)
-    model = _small_bert(vocab_size, seed)
+    return _save(folder, hf_dir, _small_bert(vocab_size, seed))
+
+
+def build_base_sized_checkpoint(folder: Path, *, seed: int = 1234) -> SmallCheckpoint:
+    """A BERT of bert-base-uncased's size (12 layers, hidden 768) with random weights, in the
+    same format: its scores mean nothing, its compute is the real model's (for bench/)."""
+    hf_dir = folder / "hf"
+    hf_dir.mkdir(parents=True, exist_ok=True)
+    vocab_size = _write_tokenizer_files(hf_dir)
+    torch.manual_seed(seed)
+    config = transformers.BertConfig(vocab_size=vocab_size, num_labels=len(ORIGINAL_CLASSES))
+    model = transformers.BertForSequenceClassification(config)
+    return _save(folder, hf_dir, model.eval())
+
+
+def _save(
+    folder: Path, hf_dir: Path, model: transformers.BertForSequenceClassification
+) -> SmallCheckpoint:
     model.config.save_pretrained(str(hf_dir))
     checkpoint = folder / "toxic_small.ckpt"
     torch.save(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
+
 from parlance.safety.v1 import safety_pb2
 
 INPUT = safety_pb2.DIRECTION_INPUT

@@ -13,13 +13,14 @@ from typing import Any
 import grpc
 import pytest
 from detoxify_checkpoint import THREAT_MARKER, TOXIC_MARKER, SmallCheckpoint, build_small_checkpoint
+from prometheus_client import REGISTRY
+
 from parlance.safety.classifier import build_classifier
 from parlance.safety.classifier.detoxify import DetoxifyClassifier
 from parlance.safety.config import SafetySettings
 from parlance.safety.main import build_host, build_serving
 from parlance.safety.serving import SafetyServing
 from parlance.safety.v1 import safety_pb2, safety_pb2_grpc
-from prometheus_client import REGISTRY
 
 INPUT = safety_pb2.DIRECTION_INPUT
 OUTPUT = safety_pb2.DIRECTION_OUTPUT
@@ -74,7 +75,9 @@ async def running_detoxify(
     await host.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{host.port}")
     try:
-        yield RunningDetoxify(serving, serving.classifier, safety_pb2_grpc.SafetyServiceStub(channel))
+        yield RunningDetoxify(
+            serving, serving.classifier, safety_pb2_grpc.SafetyServiceStub(channel)
+        )
     finally:
         await channel.close()
         await host.stop()
@@ -92,6 +95,10 @@ def request(texts: list[str], direction: int = INPUT) -> safety_pb2.ClassifyRequ
 
 def scores(result: safety_pb2.Classification) -> dict[str, float]:
     return {c.category: c.score for c in result.categories}
+
+
+def windows_counted() -> float:
+    return REGISTRY.get_sample_value("parlance_safety_windows_per_text_sum") or 0.0
 
 
 def flagged(result: safety_pb2.Classification) -> set[str]:
@@ -139,14 +146,16 @@ async def test_toxic_tail_beyond_512_tokens_is_flagged(detox) -> None:
     long_toxic = filler + TOXIC
     tokens = len(tokenizer(long_toxic, verbose=False)["input_ids"])
     assert tokens > 2 * 512
-    windows_before = REGISTRY.get_sample_value("parlance_safety_windows_per_text_sum") or 0.0
+    windows_before = windows_counted()
 
     response = await detox.stub.Classify(request([filler, long_toxic], OUTPUT))
     clean_long, toxic_long = response.results
     assert not clean_long.flagged
     assert toxic_long.flagged
     assert flagged(toxic_long) == {"harassment", "hate"}
-    windows = (REGISTRY.get_sample_value("parlance_safety_windows_per_text_sum") or 0) - windows_before
+    windows = (
+        REGISTRY.get_sample_value("parlance_safety_windows_per_text_sum") or 0
+    ) - windows_before
     assert windows >= 6
 
     # Detoxify's own predict() truncates at 512 tokens and misses the tail: the windows are
@@ -174,9 +183,7 @@ async def test_concurrent_calls_share_forward_passes(small_checkpoint) -> None:
         batches_before = detox.serving.batcher.batches
         metric_before = REGISTRY.get_sample_value("parlance_safety_forward_passes_total") or 0.0
 
-        concurrent = await asyncio.gather(
-            *(detox.stub.Classify(request([text])) for text in texts)
-        )
+        concurrent = await asyncio.gather(*(detox.stub.Classify(request([text])) for text in texts))
 
         passes = detox.classifier.forward_passes - passes_before
         batches = detox.serving.batcher.batches - batches_before

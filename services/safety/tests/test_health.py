@@ -7,6 +7,7 @@ import asyncio
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from parlance.safety.classifier.profanity import ProfanityClassifier
 from parlance.safety.config import SafetySettings
 from parlance.safety.main import build_host, build_serving

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import urllib.request
 
-from parlance.safety.v1 import safety_pb2
 from prometheus_client import REGISTRY
+
+from parlance.safety.v1 import safety_pb2
 
 
 def sample(name: str, **labels: str) -> float:

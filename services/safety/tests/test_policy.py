@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
+
 from parlance.safety.categories import OPENAI_CATEGORIES
 from parlance.safety.config import SafetySettings
 from parlance.safety.policy import Direction, Policy
-from pydantic import ValidationError
 
 
 def test_flagged_when_any_category_reaches_its_threshold() -> None:

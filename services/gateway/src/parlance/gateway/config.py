@@ -13,6 +13,8 @@ class GatewaySettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8000
+    # Worker processes (each with its own event loop) behind the one port.
+    workers: int = 1
     log_level: str = "INFO"
     log_format: str = "text"
 

@@ -14,6 +14,7 @@ import json
 import sys
 
 import uvicorn
+from fastapi import FastAPI
 
 from parlance.common.logging import configure_logging
 from parlance.gateway.app import create_app
@@ -23,10 +24,24 @@ from parlance.gateway.keystore import SqlKeyStore
 from parlance.gateway.routes.admin_keys import key_json
 
 
+def app_from_env() -> FastAPI:
+    """The app of one worker process when GATEWAY_WORKERS > 1 (each builds its own)."""
+    settings = GatewaySettings()
+    configure_logging("gateway", settings.log_level, settings.log_format)
+    return create_app(settings)
+
+
 def serve(settings: GatewaySettings) -> None:
     configure_logging("gateway", settings.log_level, settings.log_format)
+    # Several worker processes share the port: the gateway is CPU-bound (JSON, SSE, gRPC)
+    # at high concurrency, and limits, leases and cache live in Redis, not in the process.
+    app: FastAPI | str = (
+        create_app(settings) if settings.workers <= 1 else "parlance.gateway.main:app_from_env"
+    )
     uvicorn.run(
-        create_app(settings),
+        app,
+        factory=settings.workers > 1,
+        workers=settings.workers if settings.workers > 1 else None,
         host=settings.host,
         port=settings.port,
         log_config=None,  # keep our structured logging

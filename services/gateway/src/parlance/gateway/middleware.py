@@ -42,6 +42,8 @@ class GatewayMiddleware:
         request_id = (headers.get("x-request-id") or "")[:128] or new_request_id()
         token = set_request_id(request_id)
         started = time.perf_counter()
+        # Handlers read it for the Server-Timing header (request.state.started).
+        scope.setdefault("state", {})["started"] = started
         status = {"code": 500}
 
         async def send_wrapper(message: Message) -> None:

@@ -8,8 +8,9 @@ all of them (up to max_batch_size texts). When the worker is idle, it waits at m
 after the first call for others, so a lone call pays at most that much.
 
 A call is never split across batches: its texts stay together, so that its scores come from
-one model call. A call larger than max_batch_size is a batch of its own (the backend splits its
-forward passes further).
+one model call. A call that does not fit the batch being gathered waits for the next one, which
+it leads (so it waits one batch at most); a call larger than max_batch_size is a batch of its
+own (the backend splits its forward passes further).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -66,8 +68,10 @@ class MicroBatcher:
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._closed = False
-        # A call too big to join the batch being gathered: it leads the next one.
-        self._carry: _Pending | None = None
+        # Calls too big to join the batch being gathered, in arrival order: they lead the next.
+        self._deferred: deque[_Pending] = deque()
+        # Set by the worker once it has read the stop signal.
+        self._stopping = False
         # Model calls made, for tests and the benchmark (the metrics are process-wide).
         self.batches = 0
 
@@ -103,53 +107,53 @@ class MicroBatcher:
         self._queue.put(pending)
         return await pending.future
 
-    def _collect(self, first: _Pending) -> tuple[list[_Pending], bool]:
-        """The first call plus whatever joins it within max_wait, up to max_batch_size texts.
-        Returns the batch and whether the worker was asked to stop."""
-        batch = [first]
-        size = len(first.texts)
-        deadline = time.perf_counter() + self.max_wait_s
+    def _collect(self) -> list[_Pending]:
+        """The next batch: deferred calls first, then queued ones, waiting at most max_wait after
+        the first; up to max_batch_size texts. Empty only once stopping with nothing queued."""
+        batch: list[_Pending] = []
+        size = 0
+        deferred, self._deferred = self._deferred, deque()
+        while deferred:
+            item = deferred.popleft()
+            if batch and size + len(item.texts) > self.max_batch_size:
+                self._deferred.append(item)
+            else:
+                batch.append(item)
+                size += len(item.texts)
+        deadline = None
         while size < self.max_batch_size:
-            remaining = deadline - time.perf_counter()
+            queued: _Pending | None
             try:
-                item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                if not batch and not self._stopping:
+                    queued = self._queue.get()
+                else:
+                    if deadline is None:
+                        deadline = time.perf_counter() + self.max_wait_s
+                    remaining = deadline - time.perf_counter()
+                    if remaining > 0 and not self._stopping:
+                        queued = self._queue.get(timeout=remaining)
+                    else:
+                        queued = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if item is None:
-                return batch, True
-            if size + len(item.texts) > self.max_batch_size:
-                self._carry = item
-                break
-            batch.append(item)
-            size += len(item.texts)
-        return batch, False
+            if queued is None:
+                # Stop: what is queued still gets scored, without waiting for more.
+                self._stopping = True
+                continue
+            if batch and size + len(queued.texts) > self.max_batch_size:
+                self._deferred.append(queued)
+                continue
+            batch.append(queued)
+            size += len(queued.texts)
+        return batch
 
     def _run(self) -> None:
-        stopping = False
         while True:
-            if self._carry is not None:
-                first, self._carry = self._carry, None
-            elif stopping:
-                first = self._drain_one()
-                if first is None:
-                    return
-            else:
-                item = self._queue.get()
-                if item is None:
-                    stopping = True
-                    continue
-                first = item
-            batch, stop = self._collect(first)
-            stopping = stopping or stop
-            self._run_batch(batch)
-
-    def _drain_one(self) -> _Pending | None:
-        # After the stop signal: what is still queued is scored, without waiting for more.
-        try:
-            item = self._queue.get_nowait()
-        except queue.Empty:
-            return None
-        return item if item is not None else self._drain_one()
+            batch = self._collect()
+            if batch:
+                self._run_batch(batch)
+            elif self._stopping and not self._deferred:
+                return
 
     def _run_batch(self, batch: list[_Pending]) -> None:
         # Calls cancelled while queued (client gone, deadline passed) are not scored.
@@ -166,7 +170,9 @@ class MicroBatcher:
         try:
             scores = self._score(texts)
             if len(scores) != len(texts):
-                raise RuntimeError(f"the classifier returned {len(scores)} scores for {len(texts)} texts")
+                raise RuntimeError(
+                    f"the classifier returned {len(scores)} scores for {len(texts)} texts"
+                )
         except Exception as exc:  # handed to every caller of the batch
             log.exception("classification failed", extra={"texts": len(texts)})
             for p in live:

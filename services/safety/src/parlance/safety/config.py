@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from parlance.common.config import ServiceSettings
-from parlance.safety.categories import OPENAI_CATEGORIES
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
+
+from parlance.common.config import ServiceSettings
+from parlance.safety.categories import OPENAI_CATEGORIES
 
 
 class SafetySettings(ServiceSettings):
@@ -30,9 +31,11 @@ class SafetySettings(ServiceSettings):
     # Micro-batching: texts of concurrent Classify calls are gathered for one model call of at
     # most max_batch_size texts (Detoxify: at most max_batch_size 512-token windows per forward
     # pass), waiting at most max_wait_ms after the first text for others to arrive. While the
-    # model is busy, texts gather anyway, so the wait only matters when it is idle.
+    # model is busy, texts gather anyway, so the wait only matters when it is idle. The default
+    # 0 never delays a lone call (it costs every request's time to first token at low load);
+    # under load, calls that arrive during a forward pass form the next batch.
     max_batch_size: int = Field(default=32, ge=1)
-    max_wait_ms: float = Field(default=2.0, ge=0.0)
+    max_wait_ms: float = Field(default=0.0, ge=0.0)
 
     # Detoxify backend. model_type: original, unbiased, multilingual, original-small,
     # unbiased-small. With no checkpoint, Detoxify downloads the released one on first start

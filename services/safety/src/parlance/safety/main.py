@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Sequence
 
 import grpc
+
 from parlance.common.grpc_server import GrpcServiceHost
 from parlance.common.logging import configure_logging
 from parlance.safety.classifier import Classifier, build_classifier

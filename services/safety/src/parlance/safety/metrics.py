@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from parlance.common.metrics import FAST_BUCKETS_S
 from prometheus_client import Counter, Histogram
+
+from parlance.common.metrics import FAST_BUCKETS_S
 
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 

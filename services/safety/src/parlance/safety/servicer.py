@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+
 from parlance.common.errors import InvalidArgument
 from parlance.safety.policy import Direction, Verdict
 from parlance.safety.serving import ClassifierInfo, ClassifyResult, SafetyServing

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 
 from fastapi import APIRouter, Request
@@ -109,6 +110,24 @@ class RequestLimits:
 _background: set[asyncio.Task[None]] = set()
 
 
+class ServerTiming:
+    """Where a request's time went, as a Server-Timing header (auth, limits, context, cache,
+    moderation, generator): visible in browser dev tools and curl -v, and what the benchmark
+    reads to attribute time to first token."""
+
+    def __init__(self, started: float) -> None:
+        self.last = started
+        self.parts: list[tuple[str, float]] = []
+
+    def mark(self, name: str) -> None:
+        now = time.perf_counter()
+        self.parts.append((name, (now - self.last) * 1000))
+        self.last = now
+
+    def header(self) -> str:
+        return ", ".join(f"{name};dur={ms:.2f}" for name, ms in self.parts)
+
+
 @router.post("/v1/chat/completions", response_model=None)
 async def create_chat_completion(
     body: ChatCompletionRequest, request: Request, caller: LimitedCaller, state: State
@@ -117,6 +136,8 @@ async def create_chat_completion(
         log.info("ignoring unknown request fields", extra={"fields": sorted(body.model_extra)})
     settings = state.settings
     headers: dict[str, str] = dict(getattr(request.state, "response_headers", {}))
+    timing = ServerTiming(getattr(request.state, "started", time.perf_counter()))
+    timing.mark("auth")
     if state.slots.locked():
         raise errors.service_unavailable(
             "The server is at its concurrency limit; retry shortly.", settings.retry_after_s
@@ -130,6 +151,7 @@ async def create_chat_completion(
         raise errors.service_unavailable(
             "Rate limiting is unavailable (Redis); retry shortly.", settings.retry_after_s
         ) from None
+    timing.mark("limits")
     await state.slots.acquire()
     IN_FLIGHT.inc()
     released = False
@@ -143,7 +165,7 @@ async def create_chat_completion(
             limits.settle()
 
     try:
-        return await _serve(body, request, state, headers, limits, release)
+        return await _serve(body, request, state, headers, limits, release, timing)
     except BaseException:
         release()
         raise
@@ -156,14 +178,18 @@ async def _serve(
     headers: dict[str, str],
     limits: RequestLimits,
     release: Callable[[], None],
+    timing: ServerTiming,
 ) -> Response:
     chat = state.chat
     prepared = await chat.prepare(body, request.state.principal)
     limits.prepared = prepared
+    timing.mark("context")
     bypass = "no-cache" in request.headers.get("cache-control", "").lower()
     if prepared.cache_key and not bypass:
         record = await state.cache.get(prepared.cache_key)
+        timing.mark("cache")
         if record is not None:
+            headers["server-timing"] = timing.header()
             headers["x-cache"] = "hit"
             # A cached answer costs no generation: its tokens are not charged to TPM.
             prepared.mark_cached()
@@ -180,14 +206,19 @@ async def _serve(
     else:
         headers["x-cache"] = "bypass"
     await chat.moderate_input(prepared)
+    timing.mark("moderation")
     if body.stream:
         stream = await chat.open_stream(prepared)
+        timing.mark("generator")  # until the generator's first message
+        headers["server-timing"] = timing.header()
         return StreamingResponse(
             _released(chat.stream(prepared, stream), release),
             media_type="text/event-stream",
             headers={**headers, **SSE_HEADERS},
         )
     result = await chat.complete(prepared)
+    timing.mark("generation")
+    headers["server-timing"] = timing.header()
     release()
     return JSONResponse(result, headers=headers)
 

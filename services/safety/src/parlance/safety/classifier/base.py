@@ -1,10 +1,10 @@
 """The interface every classifier backend implements.
 
 A backend owns one model. The serving class calls `load()` once before the service reports
-SERVING, then calls `score()` from a single worker thread, so a backend needs no locking and
-may keep per-thread state (a torch model, a tokenizer). A backend that batches internally
-(Detoxify: micro-batches, 512-token windows) does so inside `score()`; the serving class
-hands it whole request batches.
+SERVING, then calls `score()` from a single worker thread (the micro-batcher's), so a backend
+needs no locking and may keep per-thread state (a torch model, a tokenizer). `score()` gets the
+texts of several concurrent calls at once (batcher.py); a backend that splits them further
+(Detoxify: 512-token windows, forward passes of bounded size) does so inside `score()`.
 """
 
 from __future__ import annotations

@@ -12,16 +12,24 @@ a phrase cut by a window boundary is still seen whole in one of them.
 Detoxify's labels mapped onto OpenAI's moderation categories (a category scores the maximum of
 its labels). Label definitions are the Jigsaw annotators' ones.
 
-| Detoxify label    | OpenAI category                  | why |
-|-------------------|----------------------------------|-----|
-| toxicity          | harassment                       | "rude, disrespectful or unreasonable comment likely to make people leave a discussion": abuse aimed at the people in the conversation, which is OpenAI's harassment |
-| severe_toxicity   | harassment                       | the same, "very hateful, aggressive, disrespectful" |
-| insult            | harassment                       | "insulting, inflammatory or negative comment towards a person": harassment by definition |
-| threat            | harassment/threatening, violence | "describes an intention to inflict pain, injury or violence against an individual or group": OpenAI's threatening harassment, and content promoting violence |
-| identity_attack   | hate                             | "negative or hateful comment targeting someone because of their identity" (race, religion, gender, ...): OpenAI's hate ("identity_hate" in the original model, renamed by Detoxify) |
-| sexual_explicit   | sexual                           | "references to sexual acts, body parts or other lewd content" (unbiased, multilingual) |
-| obscene           | (none)                           | "swear words, curse words, obscene or profane language": vulgarity, not sexual content and not aimed at anyone; profanity aimed at someone already scores on toxicity/insult |
-| identity labels   | (none)                           | unbiased's male, female, christian, ... say which identity a text mentions, not whether it is harmful |
+Detoxify label -> OpenAI category, and why:
+- toxicity -> harassment: "a rude, disrespectful or unreasonable comment likely to make people
+  leave a discussion", abuse aimed at the people in the conversation.
+- severe_toxicity -> harassment: the same, "very hateful, aggressive, disrespectful".
+- insult -> harassment: "an insulting, inflammatory or negative comment towards a person".
+- threat -> harassment/threatening and violence: "describes an intention to inflict pain,
+  injury or violence against an individual or group": threatening harassment, and content that
+  promotes violence.
+- identity_attack -> hate: "a negative or hateful comment targeting someone because of their
+  identity" (race, religion, gender, ...). The original model calls it identity_hate; Detoxify
+  renames it.
+- sexual_explicit -> sexual: "references to sexual acts, body parts or other lewd content"
+  (unbiased and multilingual only).
+- obscene -> nothing: "swear words, curse words, or other obscene or profane language" is
+  vulgarity, neither sexual content nor aimed at anyone; profanity aimed at someone already
+  scores on toxicity and insult.
+- unbiased's identity labels (male, female, christian, ...) -> nothing: they say which identity
+  a text mentions, not whether it is harmful.
 
 Not evaluated by any Detoxify model, so never claimed: hate/threatening (no label for a threat
 aimed at a group: threat and identity_attack both high can come from two separate sentences),
@@ -110,7 +118,8 @@ class DetoxifyClassifier(Classifier):
     ) -> None:
         if model_type not in MODEL_TYPE_LABELS:
             raise ValueError(
-                f"unknown Detoxify model type {model_type!r}; choose one of {sorted(MODEL_TYPE_LABELS)}"
+                f"unknown Detoxify model type {model_type!r}; "
+                f"choose one of {sorted(MODEL_TYPE_LABELS)}"
             )
         self.model_type = model_type
         self.checkpoint = checkpoint
@@ -158,7 +167,9 @@ class DetoxifyClassifier(Classifier):
             huggingface_config_path=self.huggingface_config_path,
         )
         model, tokenizer, class_names = loaded.model, loaded.tokenizer, list(loaded.class_names)
-        missing = [label for label in MODEL_TYPE_LABELS[self.model_type] if label not in class_names]
+        missing = [
+            label for label in MODEL_TYPE_LABELS[self.model_type] if label not in class_names
+        ]
         if missing:
             raise ValueError(
                 f"the checkpoint's classes {class_names} lack {missing}, which model type "
