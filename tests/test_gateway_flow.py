@@ -247,3 +247,58 @@ def test_rpm_limit_answers_429_then_recovers(stack: Stack) -> None:
             assert "x-ratelimit-remaining-requests" in recovered.headers
     finally:
         limited.stop()
+
+
+def test_regenerate_and_edit_branch_the_conversation(stack: Stack) -> None:
+    url = f"{stack.gateway_url}/v1/conversations"
+    first = chat(
+        stack,
+        {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "Name a fruit."}],
+            "max_tokens": 6,
+            "store": True,
+        },
+    )
+    conversation_id = first.json()["conversation_id"]
+    path = httpx.get(f"{url}/{conversation_id}", headers=ALICE).json()["messages"]
+    user_message, answer = path
+    # Regenerate: no new messages, a second answer below the same user message.
+    again = chat(
+        stack,
+        {
+            "model": MODEL,
+            "messages": [],
+            "max_tokens": 6,
+            "temperature": 1.0,
+            "conversation_id": conversation_id,
+            "parent_message_id": user_message["id"],
+        },
+    )
+    assert again.status_code == 200, again.text
+    path = httpx.get(f"{url}/{conversation_id}", headers=ALICE).json()["messages"]
+    assert [m["role"] for m in path] == ["user", "assistant"]
+    assert path[1]["id"] != answer["id"]
+    assert (path[1]["sibling_index"], path[1]["sibling_count"]) == (2, 2)
+    assert path[1]["content"] == again.json()["choices"][0]["message"]["content"]
+    # Edit: a new first user message (a new root) with its own answer.
+    edited = chat(
+        stack,
+        {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "Name a vegetable."}],
+            "max_tokens": 6,
+            "conversation_id": conversation_id,
+            "parent_message_id": "",
+        },
+    )
+    assert edited.status_code == 200, edited.text
+    path = httpx.get(f"{url}/{conversation_id}", headers=ALICE).json()["messages"]
+    assert path[0]["content"] == "Name a vegetable."
+    assert (path[0]["sibling_index"], path[0]["sibling_count"]) == (2, 2)
+    # Without a conversation, parent_message_id means nothing: refused.
+    refused = chat(
+        stack,
+        {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "parent_message_id": "m"},
+    )
+    assert_openai_error(refused, 400)

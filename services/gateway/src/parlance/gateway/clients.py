@@ -212,12 +212,15 @@ class HistoryClient(_Client):
             call.cancel()
 
     async def get_conversation(
-        self, user_id: str, conversation_id: str
+        self, user_id: str, conversation_id: str, message_id: str | None = None
     ) -> history_pb2.GetConversationResponse:
-        return await self.call(
-            "GetConversation",
-            history_pb2.GetConversationRequest(user_id=user_id, conversation_id=conversation_id),
+        """The active branch, or with message_id the path from the root to that message."""
+        request = history_pb2.GetConversationRequest(
+            user_id=user_id, conversation_id=conversation_id
         )
+        if message_id:
+            request.message_id = message_id
+        return await self.call("GetConversation", request)
 
     async def append_messages(
         self, request: history_pb2.AppendMessagesRequest

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
@@ -81,6 +81,10 @@ class ChatCompletionRequest(BaseModel):
     # Continue a stored conversation: its active branch becomes the context, and the new user
     # message and the answer are appended to it.
     conversation_id: str | None = Field(default=None, max_length=128)
+    # With conversation_id: branch the conversation instead of continuing its active branch.
+    # The answer (and the request's messages, if any) go below this message: regenerate =
+    # the id of the user message to answer again, with no messages; edit = the edited
+    # message's parent ("" for a new root), with the new user message.
     parent_message_id: str | None = Field(default=None, max_length=128)
     # vLLM's sampling extensions.
     top_k: int | None = Field(default=None, ge=-1)
@@ -89,12 +93,13 @@ class ChatCompletionRequest(BaseModel):
     # vLLM's benchmark extension: keep generating past end-of-sequence up to max_tokens.
     ignore_eos: bool | None = None
 
-    @field_validator("messages")
-    @classmethod
-    def _non_empty(cls, messages: list[ChatMessage]) -> list[ChatMessage]:
-        if not messages:
+    @model_validator(mode="after")
+    def _messages_or_regenerate(self) -> ChatCompletionRequest:
+        # An empty list is a regenerate: answer again below parent_message_id.
+        regenerate = self.conversation_id is not None and self.parent_message_id is not None
+        if not self.messages and not regenerate:
             raise ValueError("messages must contain at least one message")
-        return messages
+        return self
 
     @field_validator("stop")
     @classmethod

@@ -49,6 +49,8 @@ class PreparedChat:
     created: int = field(default_factory=lambda: int(time.time()))
     started: float = field(default_factory=time.monotonic)
     conversation_id: str | None = None
+    # Set: the stored messages go below this message (a new branch); "" is a new root.
+    parent_message_id: str | None = None
     create_conversation: bool = False
     cache_key: str | None = None
     # Token accounting for TPM reconciliation, filled in as the generation goes.
@@ -201,10 +203,18 @@ class ChatService:
             context=context,
             new_messages=new_messages,
         )
+        if request.parent_message_id is not None and not request.conversation_id:
+            raise errors.invalid_request(
+                "parent_message_id needs conversation_id.", param="parent_message_id"
+            )
         if request.conversation_id:
-            stored = await self.history.get_conversation(principal.user_id, request.conversation_id)
-            context.extend(convert.chat_message(m.role, m.content) for m in stored.messages)
             prepared.conversation_id = request.conversation_id
+            prepared.parent_message_id = request.parent_message_id
+            if request.parent_message_id != "":  # "" branches from a new root: no context
+                stored = await self.history.get_conversation(
+                    principal.user_id, request.conversation_id, request.parent_message_id
+                )
+                context.extend(convert.chat_message(m.role, m.content) for m in stored.messages)
         elif request.store:
             prepared.conversation_id = f"conv_{uuid.uuid4().hex}"
             prepared.create_conversation = True
@@ -405,6 +415,9 @@ class ChatService:
             )
             assistant.total_time_ms = int((time.monotonic() - prepared.started) * 1000)
         messages.append(assistant)
+        if prepared.parent_message_id is not None:
+            # Only the first message names its parent; the others chain below it.
+            messages[0].parent_id = prepared.parent_message_id
         first_user = next((text for role, text in prepared.new_messages if role == "user"), "")
         await self.outbox.submit(
             history_pb2.AppendMessagesRequest(
