@@ -104,10 +104,11 @@ PY
 }
 
 profile() {
-  # py-spy on the gateway workers and the generator while concurrency 64 runs (after c=1).
-  sleep 22
+  # py-spy on the gateway workers and the generator during the first run (PROFILE_DELAY_S
+  # after it starts: past the benchmark client's own start-up).
+  sleep "${PROFILE_DELAY_S:-15}"
   local targets="generator:$GENERATOR_PID"
-  for pid in $(pgrep -P "$GATEWAY_PID" | head -2); do targets="$targets gateway:$pid"; done
+  for pid in $(pgrep -P "$GATEWAY_PID"); do targets="$targets gateway:$pid"; done
   for target in $targets; do
     "$PYSPY" record --pid "${target#*:}" --duration 20 --rate 100 --format speedscope \
       --output "$RESULT_DIR/pyspy_${target%%:*}_${target#*:}.json" --nonblocking \

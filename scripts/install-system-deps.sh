@@ -2,6 +2,7 @@
 # System tools the deployment tests use, for Debian/Ubuntu machines, run as root:
 #   docker-compose  Debian's v1 package: `docker-compose config` validates docker-compose.yml
 #   promtool        from Debian's `prometheus` package: checks deploy/prometheus/*.yml
+#   chromium        Debian's browser, driven headless by Playwright in tests/test_web_ui.py
 # Idempotent: installs only what is missing and runs `apt-get update` at most once, only when
 # something is missing. Elsewhere (not root, no apt-get) it says what to install and exits 0,
 # so that `make test` still runs (tests/test_deploy.py skips the checks whose tool is absent).
@@ -11,6 +12,7 @@ set -euo pipefail
 declare -A PACKAGES=(
     [docker-compose]=docker-compose
     [promtool]=prometheus
+    [chromium]=chromium
 )
 
 missing=()
@@ -27,12 +29,12 @@ fi
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "[parlance] not root: skipping system packages; install them yourself for the" \
-        "deployment tests: ${missing[*]}"
+        "deployment and browser tests: ${missing[*]}"
     exit 0
 fi
 if ! command -v apt-get >/dev/null 2>&1; then
     echo "[parlance] no apt-get: skipping system packages; install them yourself for the" \
-        "deployment tests: ${missing[*]}"
+        "deployment and browser tests: ${missing[*]}"
     exit 0
 fi
 

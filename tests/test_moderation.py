@@ -5,6 +5,7 @@ given text (the real model cannot be made to say something toxic on demand)."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -75,9 +76,13 @@ def test_streamed_answer_stops_before_the_toxic_sentence(scripted_stack: Stack) 
     assert usage["completion_tokens"] >= len(CLEAN.split())
     assert usage["prompt_tokens"] > 0
     assert sent.endswith(b"data: [DONE]\n\n")
-    # The generation was cancelled, not run to the end.
-    samples = scrape(generator_metrics)
-    assert samples.get('parlance_generator_requests_total{engine="scripted",finish_reason="cancelled"}')
+    # The generation was cancelled, not run to the end (the generator counts it once the
+    # cancellation has reached it, just after the client's stream ended).
+    cancelled = 'parlance_generator_requests_total{engine="scripted",finish_reason="cancelled"}'
+    deadline = time.monotonic() + 10
+    while not scrape(generator_metrics).get(cancelled) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert scrape(generator_metrics).get(cancelled)
 
 
 def test_plain_answer_is_cut_before_the_flagged_window(scripted_stack: Stack) -> None:

@@ -21,7 +21,15 @@ from parlance.gateway.models import ModelRegistry
 from parlance.gateway.outbox import HistoryOutbox
 from parlance.gateway.ratelimit import RateLimiter
 from parlance.gateway.redis_state import RedisState
-from parlance.gateway.routes import admin_keys, chat, conversations, health, models, moderations
+from parlance.gateway.routes import (
+    admin_keys,
+    chat,
+    conversations,
+    health,
+    models,
+    moderations,
+    ui,
+)
 from parlance.gateway.serving import ChatService
 from parlance.gateway.state import GatewayState
 
@@ -64,6 +72,7 @@ def create_app(settings: GatewaySettings, keys: KeyStore | None = None) -> FastA
         try:
             yield
         finally:
+            await state.chat.titles.close()
             await outbox.close()
             for client in (generator, safety, history):
                 await client.close()
@@ -84,4 +93,5 @@ def create_app(settings: GatewaySettings, keys: KeyStore | None = None) -> FastA
     app.include_router(moderations.router)
     app.include_router(admin_keys.router)
     app.include_router(health.router)
+    app.include_router(ui.router)
     return app

@@ -80,6 +80,13 @@ class GatewaySettings(BaseSettings):
     cache_ttl_s: int = 3600
     cache_max_bytes: int = 1_000_000
 
+    # Stored conversations are trimmed (oldest messages first) to fit the model's window,
+    # leaving max_tokens for the answer, or this many tokens (at most a quarter of the window)
+    # when the request sets none.
+    context_completion_reserve: int = 512
+    # A short title written by the model for conversations created by `store: true`.
+    generate_titles: bool = True
+
     # Moderation: check input before generation and output while it streams (both fail
     # closed when safety is down).
     moderate_input: bool = True

@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 
 from parlance.gateway import errors
 from parlance.gateway.auth import Principal, digest
+from parlance.gateway.redis_state import RedisUnavailable
 from parlance.gateway.serving import ChatService
 from parlance.gateway.state import GatewayState
 
@@ -53,10 +54,17 @@ async def rate_limit(request: Request, caller: Caller, state: State) -> Principa
     limit = caller.limits.rpm or state.settings.rpm_limit
     if limit <= 0:
         return caller
-    decision = await state.limiter.check("rpm", caller.key_id, limit)
+    try:
+        decision = await state.limiter.check("rpm", caller.key_id, limit)
+    except RedisUnavailable:
+        # The "closed" policy while Redis is down.
+        raise errors.service_unavailable(
+            "Rate limiting is unavailable (Redis); retry shortly.", state.settings.retry_after_s
+        ) from None
     headers = decision.headers("requests")
     request.state.response_headers = headers
     if not decision.allowed:
+        headers.update(await tokens_headers(state, caller))
         raise errors.rate_limited(
             f"Rate limit reached for requests on key {caller.key_id}: limit {decision.limit} "
             f"per minute. Please try again in {decision.retry_after_s:.1f}s.",
@@ -67,6 +75,16 @@ async def rate_limit(request: Request, caller: Caller, state: State) -> Principa
 
 
 LimitedCaller = Annotated[Principal, Depends(rate_limit)]
+
+
+async def tokens_headers(state: GatewayState, caller: Principal) -> dict[str, str]:
+    """The x-ratelimit-*-tokens headers of a request refused before its TPM decision (every
+    response carries them, as OpenAI's do)."""
+    limit = caller.limits.tpm or state.settings.tpm_limit
+    if limit <= 0:
+        return {}
+    decision = await state.limiter.peek("tpm", caller.key_id, limit)
+    return decision.headers("tokens") if decision is not None else {}
 
 
 async def authenticate_admin(request: Request, state: State) -> None:

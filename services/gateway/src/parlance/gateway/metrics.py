@@ -88,3 +88,14 @@ REDIS_FALLBACK = Gauge(
 HISTORY_OUTBOX_DEPTH = Gauge(
     "parlance_gateway_history_outbox_depth", "Exchanges waiting to be written to history."
 )
+CONTEXT_TRIMMED = Counter(
+    "parlance_gateway_context_trimmed_messages_total",
+    "Stored conversation messages left out of the context to fit the model's window.",
+    ["model"],
+)
+TITLES = Counter(
+    "parlance_gateway_titles_total",
+    "Background conversation titles by outcome (set, renamed: the user's title kept, flagged, "
+    "empty, failed, cancelled).",
+    ["outcome"],
+)

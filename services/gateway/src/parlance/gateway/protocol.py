@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
@@ -92,14 +92,6 @@ class ChatCompletionRequest(BaseModel):
     repetition_penalty: FiniteFloat | None = Field(default=None, gt=0.0, le=10.0)
     # vLLM's benchmark extension: keep generating past end-of-sequence up to max_tokens.
     ignore_eos: bool | None = None
-
-    @model_validator(mode="after")
-    def _messages_or_regenerate(self) -> ChatCompletionRequest:
-        # An empty list is a regenerate: answer again below parent_message_id.
-        regenerate = self.conversation_id is not None and self.parent_message_id is not None
-        if not self.messages and not regenerate:
-            raise ValueError("messages must contain at least one message")
-        return self
 
     @field_validator("stop")
     @classmethod

@@ -28,17 +28,21 @@ local period = tonumber(ARGV[1])
 local limit = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
 local interval = period / limit
+-- Float sums of period / limit drift by a few ulps: without this tolerance the N-th request
+-- of a burst within one millisecond could be refused and `remaining` read one too low.
+local eps = 1e-6
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
 local new_tat = tat + interval * cost
 local ahead = new_tat - now
-if ahead > period then
-  local remaining = math.floor((period - (tat - now)) / interval)
+if ahead > period + eps then
+  local remaining = math.floor((period - (tat - now)) / interval + eps)
   if remaining < 0 then remaining = 0 end
   return {0, remaining, math.ceil(tat - now), math.ceil(ahead - period)}
 end
-redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil(ahead) + 1)
-return {1, math.floor((period - ahead) / interval), math.ceil(ahead), 0}
+-- %.17g: Lua's tostring keeps 14 digits, i.e. 0.1 ms at today's epoch, which adds up.
+redis.call('SET', KEYS[1], string.format('%.17g', new_tat), 'PX', math.ceil(ahead) + 1)
+return {1, math.floor((period - ahead) / interval + eps), math.ceil(ahead), 0}
 """
 
 
@@ -55,7 +59,7 @@ if tat <= now then
   redis.call('DEL', KEYS[1])
   return 0
 end
-redis.call('SET', KEYS[1], tostring(tat), 'PX', math.ceil(tat - now) + 1)
+redis.call('SET', KEYS[1], string.format('%.17g', tat), 'PX', math.ceil(tat - now) + 1)
 return math.ceil(tat - now)
 """
 
@@ -85,6 +89,10 @@ def format_duration(seconds: float) -> str:
     return f"{minutes}m{secs}s" if minutes else f"{secs}s"
 
 
+# Tolerance (ms, or intervals) for float drift; see GCRA_LUA.
+_EPS = 1e-6
+
+
 class LocalGCRA:
     """The same algorithm in process memory (the Redis-outage fallback)."""
 
@@ -99,12 +107,12 @@ class LocalGCRA:
         tat = max(self._tat.get(key, now), now)
         new_tat = tat + interval * cost
         ahead = new_tat - now
-        if ahead > period_ms:
-            remaining = max(0, int((period_ms - (tat - now)) // interval))
+        if ahead > period_ms + _EPS:
+            remaining = max(0, int((period_ms - (tat - now)) / interval + _EPS))
             return 0, remaining, int(tat - now), int(ahead - period_ms) + 1
         self._tat[key] = new_tat
         self._prune(now)
-        return 1, int((period_ms - ahead) // interval), int(ahead), 0
+        return 1, int((period_ms - ahead) / interval + _EPS), int(ahead), 0
 
     def adjust(self, key: str, period_ms: float, limit: int, delta: int) -> None:
         now = time.monotonic() * 1000
@@ -162,6 +170,31 @@ class RateLimiter:
             reset_s=reset_ms / 1000,
             retry_after_s=retry_ms / 1000,
         )
+
+    async def peek(
+        self, name: str, subject: str, limit: int, period_s: float = 60.0
+    ) -> Decision | None:
+        """The limit's state without a decision (cost 0, not counted in the metrics), for the
+        x-ratelimit-* headers of a request refused before it reached this limit; None when
+        Redis is down and the policy is "closed"."""
+        key = f"{self.prefix}{name}:{subject}"
+        period_ms = period_s * 1000
+        script = self._script
+        try:
+            if script is None:
+                raise RedisUnavailable()
+            raw = await self.redis.run(
+                lambda _: script(keys=[key], args=[int(period_ms), limit, 0])
+            )
+            _, remaining, reset_ms, _ = (int(x) for x in raw)
+        except RedisUnavailable:
+            if self.on_redis_down == "closed":
+                return None
+            if self.on_redis_down == "open":
+                remaining, reset_ms = limit, 0
+            else:
+                _, remaining, reset_ms, _ = self.local.decide(key, period_ms, limit, 0)
+        return Decision(True, limit, max(0, remaining), reset_ms / 1000, 0.0)
 
     async def adjust(
         self, name: str, subject: str, limit: int, delta: int, period_s: float = 60.0

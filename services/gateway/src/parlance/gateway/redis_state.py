@@ -24,6 +24,8 @@ T = TypeVar("T")
 
 # How long to skip Redis after a failure before trying it again.
 RETRY_AFTER_FAILURE_S = 2.0
+# Connections to Redis per gateway process (each carries one command at a time).
+MAX_CONNECTIONS = 32
 
 
 class RedisUnavailable(Exception):
@@ -33,13 +35,21 @@ class RedisUnavailable(Exception):
 class RedisState:
     def __init__(self, url: str) -> None:
         self.url = url
+        # A bounded pool that callers wait on: an unbounded one opens a connection per
+        # concurrent caller, and a burst of a hundred connects on a busy event loop overran
+        # the connect timeout, which tripped the fallback (and, with "local" limits, let
+        # more requests through than the limit) while Redis was perfectly healthy.
         self.client: redis.Redis | None = (
-            redis.Redis.from_url(
-                url,
-                socket_connect_timeout=0.5,
-                socket_timeout=1.0,
-                health_check_interval=15,
-                decode_responses=False,
+            redis.Redis.from_pool(  # from_pool: aclose() closes the pool too
+                redis.BlockingConnectionPool.from_url(
+                    url,
+                    max_connections=MAX_CONNECTIONS,
+                    timeout=1.0,
+                    socket_connect_timeout=0.5,
+                    socket_timeout=1.0,
+                    health_check_interval=15,
+                    decode_responses=False,
+                )
             )
             if url
             else None

@@ -21,10 +21,12 @@ from parlance.gateway.auth import Principal
 from parlance.gateway.cache import CachedChoice, CompletionRecord, ResponseCache, cache_key
 from parlance.gateway.clients import GeneratorClient, HistoryClient, SafetyClient
 from parlance.gateway.config import GatewaySettings
-from parlance.gateway.metrics import TOKENS, TPOT, TTFT
+from parlance.gateway.context import ContextParts, fit_context, prompt_budget
+from parlance.gateway.metrics import CONTEXT_TRIMMED, TOKENS, TPOT, TTFT
 from parlance.gateway.models import ModelRegistry
 from parlance.gateway.outbox import HistoryOutbox
 from parlance.gateway.protocol import ChatCompletionRequest
+from parlance.gateway.titles import TitleWriter, provisional_title
 from parlance.generator.v1 import generator_pb2
 from parlance.history.v1 import history_pb2
 
@@ -135,6 +137,7 @@ class ChatService:
         self.outbox = outbox
         self.cache = cache
         self.models = models
+        self.titles = TitleWriter(generator, safety, history, settings.generate_titles)
 
     # --- 1. validation, moderation, context -------------------------------------------------
 
@@ -147,6 +150,12 @@ class ChatService:
         if request.response_format and request.response_format.type != "text":
             raise errors.invalid_request(
                 "Only response_format type 'text' is supported.", param="response_format.type"
+            )
+        # An empty list is only a regenerate: answer again below parent_message_id.
+        regenerate = request.conversation_id is not None and request.parent_message_id is not None
+        if not request.messages and not regenerate:
+            raise errors.invalid_request(
+                "messages must contain at least one message.", param="messages"
             )
         if len(request.messages) > s.max_messages:
             raise errors.invalid_request(
@@ -196,6 +205,7 @@ class ChatService:
         model = await self.models.resolve(request.model)
         new_messages = [(m.role, m.text()) for m in request.messages]
         context: list[generator_pb2.ChatMessage] = []
+        stored_context: list[generator_pb2.ChatMessage] = []
         prepared = PreparedChat(
             request=request,
             principal=principal,
@@ -214,16 +224,65 @@ class ChatService:
                 stored = await self.history.get_conversation(
                     principal.user_id, request.conversation_id, request.parent_message_id
                 )
-                context.extend(convert.chat_message(m.role, m.content) for m in stored.messages)
+                stored_context = [convert.chat_message(m.role, m.content) for m in stored.messages]
         elif request.store:
             prepared.conversation_id = f"conv_{uuid.uuid4().hex}"
             prepared.create_conversation = True
-        context.extend(convert.chat_message(role, text) for role, text in new_messages)
+        new_context = [convert.chat_message(role, text) for role, text in new_messages]
+        if stored_context:
+            context.extend(await self._fit_context(prepared, stored_context, new_context))
+        else:
+            context.extend(new_context)
         if self.settings.cache_enabled and request.is_deterministic():
             prepared.cache_key = cache_key(
                 principal.user_id, convert.cache_material(request, model, context)
             )
         return prepared
+
+    async def _fit_context(
+        self,
+        prepared: PreparedChat,
+        stored: list[generator_pb2.ChatMessage],
+        new: list[generator_pb2.ChatMessage],
+    ) -> list[generator_pb2.ChatMessage]:
+        """The stored conversation trimmed, oldest messages first, so that it and the request's
+        messages fit the model's window with room for the answer. Messages the request sends
+        itself are never dropped: when they alone do not fit, the generator says so (400)."""
+        window = next(
+            (m.max_model_len for m in await self.models.list() if m.id == prepared.model), 0
+        )
+        parts = ContextParts.split(stored, new)
+        if not window:  # the engine did not say: send everything, the generator decides
+            return parts.assemble(0)
+        budget = prompt_budget(
+            window,
+            prepared.request.requested_max_tokens(),
+            self.settings.context_completion_reserve,
+        )
+
+        async def count(messages: list[generator_pb2.ChatMessage]) -> int:
+            reply = await self.generator.count_tokens(
+                generator_pb2.CountTokensRequest(
+                    model=prepared.model, chat=generator_pb2.ChatInput(messages=messages)
+                )
+            )
+            return int(reply.token_count)
+
+        fitted = await fit_context(parts, budget, count)
+        if fitted.dropped:
+            CONTEXT_TRIMMED.labels(prepared.model).inc(fitted.dropped)
+            log.info(
+                "context trimmed to fit the model's window",
+                extra={
+                    "conversation_id": prepared.conversation_id,
+                    "dropped_messages": fitted.dropped,
+                    "kept_messages": len(fitted.messages),
+                    "prompt_tokens": fitted.prompt_tokens,
+                    "budget": budget,
+                    "count_calls": fitted.count_calls,
+                },
+            )
+        return fitted.messages
 
     async def moderate_input(self, prepared: PreparedChat) -> None:
         """Refuses the request when any message of it is flagged (fail closed: safety down is
@@ -419,20 +478,26 @@ class ChatService:
             # Only the first message names its parent; the others chain below it.
             messages[0].parent_id = prepared.parent_message_id
         first_user = next((text for role, text in prepared.new_messages if role == "user"), "")
-        await self.outbox.submit(
+        written = await self.outbox.submit(
             history_pb2.AppendMessagesRequest(
                 user_id=prepared.principal.user_id,
                 conversation_id=prepared.conversation_id,
                 messages=messages,
                 create_if_missing=prepared.create_conversation,
-                title=title_from(first_user),
+                title=provisional_title(first_user),
             )
         )
-
-
-def title_from(text: str, limit: int = 60) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+        # The first exchange of a new conversation gets the model's title, in the background.
+        # An exchange left in the outbox (history down) keeps its provisional title: the
+        # conversation the title would go to does not exist yet.
+        if written and prepared.create_conversation:
+            self.titles.schedule(
+                prepared.principal.user_id,
+                prepared.conversation_id,
+                prepared.model,
+                first_user,
+                answer.text,
+            )
 
 
 def sse(payload: dict[str, Any]) -> bytes:

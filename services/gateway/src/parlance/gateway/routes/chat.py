@@ -13,7 +13,7 @@ from starlette.responses import Response
 
 from parlance.gateway import errors
 from parlance.gateway.auth import Principal
-from parlance.gateway.deps import LimitedCaller, State
+from parlance.gateway.deps import LimitedCaller, State, tokens_headers
 from parlance.gateway.leases import Lease
 from parlance.gateway.metrics import IN_FLIGHT
 from parlance.gateway.protocol import ChatCompletionRequest
@@ -142,8 +142,14 @@ async def create_chat_completion(
         raise errors.service_unavailable(
             "The server is at its concurrency limit; retry shortly.", settings.retry_after_s
         )
+    # Errors from here on carry the -tokens headers that limits.take adds to this dict.
+    request.state.response_headers = headers
     # Validation first: a request refused as invalid reserves nothing.
-    state.chat.validate(body, caller)
+    try:
+        state.chat.validate(body, caller)
+    except errors.APIError:
+        headers.update(await tokens_headers(state, caller))
+        raise
     limits = RequestLimits(state, caller, estimate_tokens(body, settings.tpm_completion_estimate))
     try:
         await limits.take(headers)

@@ -1,0 +1,502 @@
+"""API keys, rate limits, concurrency leases and the response cache under load, with the stack
+as processes (the scripted engine, so streams are long and cheap), a real redis-server of the
+tests' own and, where Redis must go away mid-test, one more redis-server on its own port."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from helpers import (
+    ALICE_KEY,
+    BOB_KEY,
+    MODEL,
+    ServiceProcess,
+    Stack,
+    free_port,
+    redis_answers,
+    scrape,
+    start_extra_gateway,
+    start_stack,
+    total,
+)
+
+ADMIN_KEY = "sk-admin-test-limits-0123456789"
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+BOB = {"Authorization": f"Bearer {BOB_KEY}"}
+ALICE = {"Authorization": f"Bearer {ALICE_KEY}"}
+# The scripted engine echoes the last user message, one word a token, at 50 tokens/s.
+LONG = " ".join(f"word{i}" for i in range(80))
+
+
+def static_key_id(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def body(content: str = "Hi there", max_tokens: int = 1, **extra: object) -> dict:
+    return {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": max_tokens,
+        **extra,
+    }
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"not reached within {timeout_s}s: {what}")
+
+
+class RedisProcess:
+    """A redis-server on its own port that a test stops and starts again."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        server = shutil.which("redis-server")
+        assert server is not None, "redis-server is not installed"
+        self.process = subprocess.Popen(
+            [server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""],
+            stdout=subprocess.DEVNULL,
+        )
+        wait_until(lambda: redis_answers(self.url), 10, "redis-server answers")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(5)
+            self.process = None
+
+
+@pytest.fixture(scope="module")
+def limits_stack(tmp_path_factory: pytest.TempPathFactory, redis_server: str) -> Iterator[Stack]:
+    stack = start_stack(
+        tmp_path_factory.mktemp("limits"),
+        redis_server,
+        gateway_env={
+            "GATEWAY_ADMIN_KEY": ADMIN_KEY,
+            "GATEWAY_KEY_CACHE_TTL_S": "1",
+            "GATEWAY_MAX_CONCURRENT_PER_KEY": "256",
+            "GATEWAY_RPM_LIMIT": "100000",
+        },
+        env={
+            "generator": {
+                "GENERATOR_ENGINE": "scripted",
+                "GENERATOR_SCRIPTED_TOKENS_PER_S": "50",
+                "GENERATOR_SERVED_MODEL_NAME": MODEL,
+            }
+        },
+    )
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture(scope="module")
+def rdb(redis_server: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_server)
+    yield client
+    client.close()
+
+
+def url(stack: Stack | ServiceProcess, path: str = "/v1/chat/completions") -> str:
+    port = stack.http_port if isinstance(stack, ServiceProcess) else None
+    base = f"http://127.0.0.1:{port}" if port else stack.gateway_url  # type: ignore[union-attr]
+    return base + path
+
+
+def create_key(stack: Stack, user_id: str, **limits: int) -> dict:
+    response = httpx.post(
+        url(stack, "/v1/admin/keys"), json={"user_id": user_id, **limits}, headers=ADMIN
+    )
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def post(target: Stack | ServiceProcess, payload: dict, headers: dict) -> httpx.Response:
+    return httpx.post(url(target), json=payload, headers=headers, timeout=60)
+
+
+def lease_count(rdb: redis.Redis, key_id: str) -> int:
+    return int(rdb.zcard(f"parlance:lease:{key_id}"))
+
+
+# --- rate limits ------------------------------------------------------------------------------
+
+
+def test_100_concurrent_clients_against_a_limit_of_n_get_exactly_n(limits_stack: Stack) -> None:
+    key = create_key(limits_stack, "crowd", rpm_limit=17)
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(
+            timeout=60, limits=httpx.Limits(max_connections=100)
+        ) as client:
+            return await asyncio.gather(
+                *(
+                    client.post(url(limits_stack), json=body(), headers=bearer(key["key"]))
+                    for _ in range(100)
+                )
+            )
+
+    responses = asyncio.run(burst())
+    statuses = [r.status_code for r in responses]
+    assert statuses.count(200) == 17, statuses
+    assert statuses.count(429) == 83
+    refused = next(r for r in responses if r.status_code == 429)
+    assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+    assert float(refused.headers["retry-after"]) > 0
+    assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+
+
+def test_per_key_limits_from_the_admin_api_apply(limits_stack: Stack) -> None:
+    key = create_key(limits_stack, "carol", rpm_limit=2, max_tokens=5)
+    headers = bearer(key["key"])
+    too_long = post(limits_stack, body(max_tokens=6), headers)
+    assert too_long.status_code == 400, too_long.text
+    assert too_long.json()["error"]["param"] == "max_tokens"
+    # The refused request still counted for RPM (it reached the limiter): one more is allowed.
+    assert post(limits_stack, body(max_tokens=5), headers).status_code == 200
+    third = post(limits_stack, body(max_tokens=5), headers)
+    assert third.status_code == 429, third.text
+    assert third.json()["error"]["code"] == "rate_limit_exceeded"
+    assert third.headers["x-ratelimit-limit-requests"] == "2"
+    assert int(third.headers["retry-after"]) >= 1
+
+
+def test_every_response_carries_the_ratelimit_headers(limits_stack: Stack) -> None:
+    key = create_key(limits_stack, "dave", rpm_limit=4, tpm_limit=1000)
+    headers = bearer(key["key"])
+    ok = post(limits_stack, body(max_tokens=3), headers)
+    with httpx.stream(
+        "POST", url(limits_stack), json=body(max_tokens=3, stream=True), headers=headers
+    ) as streamed:
+        streamed.read()
+    too_many_tokens = post(limits_stack, body(max_tokens=2000), headers)
+    assert too_many_tokens.status_code == 429
+    assert "Request too large" in too_many_tokens.json()["error"]["message"]
+    invalid = post(limits_stack, body(max_tokens=3, n=100), headers)
+    assert invalid.status_code == 400
+    too_many_requests = post(limits_stack, body(max_tokens=3), headers)
+    assert too_many_requests.status_code == 429
+    for response in (ok, streamed, too_many_tokens, invalid, too_many_requests):
+        for kind in ("requests", "tokens"):
+            for field in ("limit", "remaining", "reset"):
+                assert f"x-ratelimit-{field}-{kind}" in response.headers, (
+                    response.status_code,
+                    dict(response.headers),
+                )
+    assert ok.headers["x-ratelimit-limit-tokens"] == "1000"
+    assert int(ok.headers["x-ratelimit-remaining-tokens"]) < 1000
+
+
+def test_tpm_reconciles_after_a_stream_cut_short(limits_stack: Stack, rdb: redis.Redis) -> None:
+    # 600 tokens a minute come back at 10 a second: a reservation that was not reconciled
+    # would stay visible for most of a minute.
+    key = create_key(limits_stack, "erin", tpm_limit=600)
+    headers = bearer(key["key"])
+    prompt = " ".join(f"w{i}" for i in range(150))  # ~600 characters: ~150 tokens estimated
+    with httpx.stream(
+        "POST", url(limits_stack), json=body(prompt, max_tokens=400, stream=True), headers=headers
+    ) as response:
+        assert response.status_code == 200
+        reserved = 600 - int(response.headers["x-ratelimit-remaining-tokens"])
+        assert reserved >= 500
+        chunks = 0
+        for line in response.iter_lines():
+            if line.startswith("data: ") and '"content"' in line:
+                chunks += 1
+                if chunks == 3:
+                    break  # the client goes away mid-stream
+
+    tpm_key = f"parlance:rl:tpm:{key['id']}"
+
+    def outstanding() -> float:
+        seconds, micros = rdb.time()
+        tat = rdb.get(tpm_key)
+        now_ms = seconds * 1000 + micros / 1000
+        return max(0.0, float(tat) - now_ms) / (60_000 / 600) if tat else 0.0
+
+    wait_until(lambda: outstanding() < 300, 8, "the unused reservation is refunded")
+    # What the cut stream really cost (its prompt and the tokens generated) stays charged.
+    assert outstanding() > 50
+    following = post(limits_stack, body(max_tokens=1), headers)
+    assert following.status_code == 200
+    assert int(following.headers["x-ratelimit-remaining-tokens"]) > 600 - 300
+
+
+# --- concurrency leases -----------------------------------------------------------------------
+
+
+def test_200_streams_cancelled_at_random_points_leave_no_lease(
+    limits_stack: Stack, rdb: redis.Redis
+) -> None:
+    rng = random.Random(5)
+    plan = [rng.choice(["before-headers", "mid-stream", "mid-stream", "end"]) for _ in range(200)]
+    limit = asyncio.Semaphore(40)
+
+    async def one(client: httpx.AsyncClient, how: str) -> None:
+        payload = body(LONG, max_tokens=60, stream=True)
+        async with limit:
+            if how == "before-headers":
+                try:
+                    await asyncio.wait_for(
+                        client.post(url(limits_stack), json=payload, headers=BOB),
+                        rng.uniform(0.0, 0.3),
+                    )
+                except TimeoutError:
+                    pass
+                return
+            stop_after = rng.randint(0, 40) if how == "mid-stream" else 10_000
+            async with client.stream(
+                "POST", url(limits_stack), json=payload, headers=BOB
+            ) as response:
+                assert response.status_code == 200, await response.aread()
+                seen = 0
+                async for _ in response.aiter_lines():
+                    seen += 1
+                    if seen > stop_after:
+                        break
+
+    async def run() -> None:
+        async with httpx.AsyncClient(
+            timeout=60, limits=httpx.Limits(max_connections=200)
+        ) as client:
+            await asyncio.gather(*(one(client, how) for how in plan))
+
+    asyncio.run(run())
+    key_id = static_key_id(BOB_KEY)
+    port = limits_stack.services["gateway"].http_port
+    assert port is not None
+    wait_until(
+        lambda: (
+            lease_count(rdb, key_id) == 0
+            and total(scrape(port), "parlance_gateway_leases_held") == 0
+            and total(scrape(port), "parlance_gateway_requests_in_flight") == 0
+        ),
+        15,
+        "every lease released",
+    )
+
+
+def test_a_killed_gateways_leases_expire(limits_stack: Stack, rdb: redis.Redis) -> None:
+    key = create_key(limits_stack, "frank", max_concurrent=1)
+    headers = bearer(key["key"])
+    gateway = start_extra_gateway(limits_stack, {"GATEWAY_LEASE_TTL_S": "1.5"})
+    name = f"gateway-{gateway.http_port}"
+    try:
+        with httpx.stream(
+            "POST", url(gateway), json=body(LONG, max_tokens=80, stream=True), headers=headers
+        ) as response:
+            assert response.status_code == 200
+            lines = response.iter_lines()  # kept: dropping it would close the connection
+            next(lines)
+            assert lease_count(rdb, key["id"]) == 1
+            # The one slot is taken: another request on any gateway is refused.
+            assert post(limits_stack, body(), headers).status_code == 429
+            gateway.kill()  # SIGKILL: no release, no more heartbeats
+        assert lease_count(rdb, key["id"]) == 1
+        gateway.start()
+        limits_stack.wait_ready(name)
+        # The restarted gateway does not know the lease; it expires by its TTL in Redis.
+        wait_until(lambda: lease_count(rdb, key["id"]) == 0, 10, "the dead gateway's lease expired")
+        assert post(gateway, body(), headers).status_code == 200
+        assert post(limits_stack, body(), headers).status_code == 200
+    finally:
+        gateway.stop()
+        limits_stack.services.pop(name, None)
+
+
+# --- Redis outage -----------------------------------------------------------------------------
+
+
+def test_redis_stopped_mid_test_follows_the_policy_and_recovers(limits_stack: Stack) -> None:
+    private = RedisProcess()
+    private.start()
+    gateways: dict[str, ServiceProcess] = {}
+    try:
+        for policy in ("local", "open", "closed"):
+            gateways[policy] = start_extra_gateway(
+                limits_stack,
+                {
+                    "GATEWAY_REDIS_URL": private.url,
+                    "GATEWAY_RPM_LIMIT": "3",
+                    "GATEWAY_RATELIMIT_ON_REDIS_DOWN": policy,
+                    "GATEWAY_LEASES_ON_REDIS_DOWN": policy,
+                },
+            )
+        # Redis up: the limit is shared through Redis, so all gateways together allow 3.
+        statuses = [post(gateways[p], body(), ALICE).status_code for p in ("local", "open")]
+        statuses += [post(gateways["closed"], body(), ALICE).status_code for _ in range(2)]
+        assert statuses == [200, 200, 200, 429]
+        private.stop()
+
+        def outcomes(policy: str, count: int = 5) -> list[int]:
+            return [post(gateways[policy], body(), ALICE).status_code for _ in range(count)]
+
+        # local: each gateway keeps the limit on its own; open: no limit; closed: 503.
+        assert outcomes("local") == [200, 200, 200, 429, 429]
+        assert outcomes("open") == [200] * 5
+        refused = post(gateways["closed"], body(), ALICE)
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"]["code"] == "service_unavailable"
+        for gateway in gateways.values():
+            assert gateway.http_port is not None
+            samples = scrape(gateway.http_port)
+            assert total(samples, "parlance_gateway_redis_fallback_active") == 1
+            assert total(samples, "parlance_gateway_redis_errors_total") >= 1
+
+        private.start()
+
+        def back_on_redis(gateway: ServiceProcess) -> bool:
+            # A request that reached Redis switches the fallback gauge off again.
+            post(gateway, body(), ALICE)
+            assert gateway.http_port is not None
+            return total(scrape(gateway.http_port), "parlance_gateway_redis_fallback_active") == 0
+
+        for policy, gateway in gateways.items():
+            wait_until(lambda g=gateway: back_on_redis(g), 10, f"{policy} gateway on Redis")
+        client = redis.Redis.from_url(private.url)
+        try:
+            assert client.exists(f"parlance:rl:rpm:{static_key_id(ALICE_KEY)}") == 1
+            client.flushall()  # the limit starts afresh
+        finally:
+            client.close()
+        # Shared again: three gateways, one limit of 3.
+        statuses = [post(gateways[p], body(), ALICE).status_code for p in gateways]
+        statuses.append(post(gateways["open"], body(), ALICE).status_code)
+        assert statuses == [200, 200, 200, 429]
+    finally:
+        for gateway in gateways.values():
+            gateway.stop()
+            limits_stack.services.pop(f"gateway-{gateway.http_port}", None)
+        private.stop()
+
+
+# --- response cache ---------------------------------------------------------------------------
+
+
+def test_one_tenant_never_receives_another_tenants_cached_answer(
+    limits_stack: Stack, rdb: redis.Redis
+) -> None:
+    question = body("Tell me a secret number 4711", max_tokens=8, temperature=0)
+    before = set(rdb.scan_iter("parlance:cache:*"))
+    assert post(limits_stack, question, ALICE).headers["x-cache"] == "miss"
+    assert post(limits_stack, question, ALICE).headers["x-cache"] == "hit"
+    # Same request, another tenant: generated afresh, then served from bob's own entry.
+    assert post(limits_stack, question, BOB).headers["x-cache"] == "miss"
+    assert post(limits_stack, question, BOB).headers["x-cache"] == "hit"
+    assert len(set(rdb.scan_iter("parlance:cache:*")) - before) == 2
+    # The tenant is the user, not the key: alice's new key shares her cache, a new user not.
+    alice_key = create_key(limits_stack, "alice")
+    assert post(limits_stack, question, bearer(alice_key["key"])).headers["x-cache"] == "hit"
+    other_key = create_key(limits_stack, "mallory")
+    assert post(limits_stack, question, bearer(other_key["key"])).headers["x-cache"] == "miss"
+    bypass = httpx.post(
+        url(limits_stack),
+        json=question,
+        headers={**ALICE, "Cache-Control": "no-cache"},
+        timeout=60,
+    )
+    assert bypass.headers["x-cache"] == "bypass"
+
+
+# --- API keys ---------------------------------------------------------------------------------
+
+
+def test_revoked_keys_stop_working_on_every_replica(limits_stack: Stack) -> None:
+    key = create_key(limits_stack, "grace")
+    headers = bearer(key["key"])
+    other = start_extra_gateway(limits_stack, {"GATEWAY_KEY_CACHE_TTL_S": "1"})
+    try:
+        assert post(limits_stack, body(), headers).status_code == 200
+        assert post(other, body(), headers).status_code == 200  # cached on that replica now
+        revoked = httpx.delete(url(limits_stack, f"/v1/admin/keys/{key['id']}"), headers=ADMIN)
+        assert revoked.status_code == 200, revoked.text
+        refused = post(limits_stack, body(), headers)
+        assert refused.status_code == 401
+        assert refused.json()["error"]["code"] == "invalid_api_key"
+        wait_until(lambda: post(other, body(), headers).status_code == 401, 4, "revoked there")
+        listed = httpx.get(
+            url(limits_stack, "/v1/admin/keys"),
+            params={"user_id": "grace", "include_revoked": "true"},
+            headers=ADMIN,
+        ).json()["data"]
+        assert [k["id"] for k in listed] == [key["id"]] and listed[0]["revoked_at"]
+        assert "key" not in listed[0]
+    finally:
+        other.stop()
+        limits_stack.services.pop(f"gateway-{other.http_port}", None)
+
+
+def test_admin_routes_need_the_admin_key(limits_stack: Stack) -> None:
+    assert httpx.get(url(limits_stack, "/v1/admin/keys")).status_code == 401
+    assert httpx.get(url(limits_stack, "/v1/admin/keys"), headers=ALICE).status_code == 403
+    wrong = {"Authorization": "Bearer sk-admin-wrong"}
+    assert httpx.get(url(limits_stack, "/v1/admin/keys"), headers=wrong).status_code == 401
+
+
+def test_keys_are_stored_only_as_digests(limits_stack: Stack) -> None:
+    key = create_key(limits_stack, "heidi")
+    secret = key["key"]
+    assert secret.startswith("sk-parlance-") and secret not in json.dumps(key["hint"])
+    database = Path(limits_stack.data_dir) / "gateway.db"
+    stored = b"".join(p.read_bytes() for p in database.parent.glob("gateway.db*"))
+    assert stored, "the key store file is missing"
+    assert secret.encode() not in stored
+    assert secret[len("sk-parlance-") :].encode() not in stored
+    assert hashlib.sha256(secret.encode()).hexdigest().encode() in stored
+
+
+def test_the_cli_creates_lists_and_revokes(limits_stack: Stack) -> None:
+    gateway_env = limits_stack.services["gateway"].env
+    env = {**os.environ, "GATEWAY_DATABASE_URL": gateway_env["GATEWAY_DATABASE_URL"]}
+    cli = [str(Path(sys.executable).parent / "parlance-gateway"), "keys"]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*cli, *args], env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+
+    created = run("create", "--user", "ivan", "--name", "laptop", "--rpm", "7")
+    assert created.returncode == 0, created.stderr
+    record = json.loads(created.stdout)
+    assert record["user_id"] == "ivan" and record["rpm_limit"] == 7
+    assert "not shown again" in created.stderr
+    ok = post(limits_stack, body(), bearer(record["key"]))
+    assert ok.status_code == 200, ok.text
+    assert ok.headers["x-ratelimit-limit-requests"] == "7"
+    listed = [json.loads(line) for line in run("list", "--user", "ivan").stdout.splitlines()]
+    assert [k["id"] for k in listed] == [record["id"]]
+    assert all("key" not in k for k in listed)
+    revoked = run("revoke", record["id"])
+    assert revoked.returncode == 0, revoked.stderr
+    assert run("list", "--user", "ivan").stdout.strip() == ""
+    assert run("revoke", record["id"]).returncode == 1
+    # Another process revoked it: the gateway notices within its key cache TTL (1 s here).
+    wait_until(
+        lambda: post(limits_stack, body(), bearer(record["key"])).status_code == 401,
+        4,
+        "revocation seen by the gateway",
+    )
