@@ -34,8 +34,8 @@ TPOT = Histogram(
 )
 TOKENS = Counter(
     "parlance_gateway_tokens_total",
-    "Tokens by direction (prompt, completion) and model.",
-    ["direction", "model"],
+    "Tokens by direction (prompt, completion), model and API key id (never the key).",
+    ["direction", "model", "key_id"],
 )
 CACHE = Counter(
     "parlance_gateway_cache_requests_total", "Response cache lookups by result.", ["result"]

@@ -435,8 +435,21 @@ class ChatService:
         self, prepared: PreparedChat, progress: _Progress, record: CompletionRecord
     ) -> None:
         model = prepared.model
-        TOKENS.labels("prompt", model).inc(record.prompt_tokens)
-        TOKENS.labels("completion", model).inc(record.completion_tokens)
+        key_id = prepared.principal.key_id
+        TOKENS.labels("prompt", model, key_id).inc(record.prompt_tokens)
+        TOKENS.labels("completion", model, key_id).inc(record.completion_tokens)
+        # One line per completed request: ids, sizes and timings, never the text.
+        log.info(
+            "chat completion",
+            extra={
+                "model": model,
+                "key_id": key_id,
+                "prompt_tokens": record.prompt_tokens,
+                "completion_tokens": record.completion_tokens,
+                "finish_reasons": [c.finish_reason for c in record.choices],
+                "duration_ms": round((time.monotonic() - prepared.started) * 1000, 1),
+            },
+        )
         if progress.first_token_at is not None:
             TTFT.labels(model).observe(progress.first_token_at - prepared.started)
             if progress.tokens_after_first > 0 and progress.last_token_at is not None:

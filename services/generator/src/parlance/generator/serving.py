@@ -4,6 +4,7 @@ making sure a request that ends early is aborted in the engine."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
@@ -17,6 +18,9 @@ from parlance.generator.engine.base import (
     GenerationStep,
     ModelInfo,
 )
+
+
+log = logging.getLogger(__name__)
 
 
 class GeneratorServing:
@@ -92,6 +96,16 @@ class GeneratorServing:
             outcome = "error"
             raise
         finally:
+            # One line per call: sizes and timings, never the text.
+            log.info(
+                "generate finished",
+                extra={
+                    "engine": engine,
+                    "outcome": outcome,
+                    "generated_tokens": generated,
+                    "duration_ms": round((time.monotonic() - arrived) * 1000, 1),
+                },
+            )
             metrics.REQUESTS.labels(engine, outcome).inc()
             metrics.GENERATION_TOKENS.labels(engine).inc(generated)
             metrics.REQUEST_DURATION.labels(engine).observe(time.monotonic() - arrived)

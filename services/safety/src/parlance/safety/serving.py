@@ -119,7 +119,7 @@ class SafetyServing:
             for category in verdict.categories:
                 if category.flagged:
                     metrics.FLAGS.labels(category.category, direction.value).inc()
-        log.debug(
+        log.info(
             "classified",
             extra={"texts": len(texts), "flagged": flagged, "direction": direction.value},
         )
