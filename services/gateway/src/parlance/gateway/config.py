@@ -91,9 +91,11 @@ class GatewaySettings(BaseSettings):
     # closed when safety is down).
     moderate_input: bool = True
     moderate_output: bool = True
-    # Output is held back in windows that close at a sentence end past `min` characters, or
-    # at `max` characters; each is classified before it is released.
-    moderation_window_min_chars: int = 24
+    # Output is held back in windows, each classified (with the window before it, for
+    # context) before it is released: the first closes at a word boundary past `first`
+    # characters, the others at a sentence end past `min` characters, or at `max` characters.
+    moderation_first_window_chars: int = 16
+    moderation_window_min_chars: int = 8
     moderation_window_max_chars: int = 160
     # Log message text (debugging only).
     log_content: bool = False

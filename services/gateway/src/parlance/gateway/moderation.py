@@ -1,7 +1,8 @@
 """Moderation of the input (before generation) and of the output (while it streams).
 
-Output moderation holds back generated text in windows: a window closes at a sentence end once
-it has `min` characters, or at `max` characters. Each closed window is sent to safety at once,
+Output moderation holds back generated text in windows: the first closes at a word boundary
+past `first` characters (time to first token), the others at a sentence end once they have
+`min` characters, or at `max` characters. Each closed window is sent to safety at once,
 while generation goes on, and its text is released to the client only after it passed. On a
 flag the choice ends with `finish_reason: "content_filter"`, none of the flagged window is
 sent, and the generation is cancelled once no choice is left to serve. Classification runs
@@ -110,6 +111,7 @@ class StreamModerator:
     def __init__(self, safety: SafetyClient, settings: GatewaySettings, n: int) -> None:
         self.safety = safety
         self.enabled = settings.moderate_output
+        self.first_chars = settings.moderation_first_window_chars
         self.min_chars = settings.moderation_window_min_chars
         self.max_chars = settings.moderation_window_max_chars
         self.n = n
@@ -124,6 +126,13 @@ class StreamModerator:
             return None
         if final or not self.enabled:
             return text
+        if not buffer.previous_window and len(text) >= self.first_chars:
+            # The first window is short and closes at a word boundary, not a sentence end:
+            # what the client waits for before the first token is this window's generation
+            # plus one classification.
+            space = text.rfind(" ", self.first_chars // 2)
+            if space > 0:
+                return text[: space + 1]
         if len(text) >= self.max_chars:
             # Cut at the last space inside the limit, so words are classified whole.
             space = text.rfind(" ", self.min_chars, self.max_chars)
