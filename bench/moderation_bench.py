@@ -36,6 +36,8 @@ from pathlib import Path
 
 import httpx
 
+from parlance.gateway.config import GatewaySettings
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from helpers import (  # noqa: E402
@@ -178,10 +180,14 @@ def report(sides: list[Side], args: argparse.Namespace, command: str) -> str:
         )
     tokens = int(summary(off.sequential)["tokens"])
     seq_off, seq_on = summary(off.sequential), summary(on.sequential)
-    # The first window closes at the first sentence end past 24 characters: it cannot be
-    # released before it has been generated, whatever the classifier costs.
-    first_sentence = TEXT.split(". ", 1)[0] + "."
-    first_window_ms = len(first_sentence.split()) / args.tokens_per_s * 1000
+    # The first window closes at the first word boundary past GATEWAY_MODERATION_FIRST_WINDOW
+    # _CHARS characters: it cannot be released before it has been generated, whatever the
+    # classifier costs.
+    first_chars = GatewaySettings().moderation_first_window_chars
+    first_window = TEXT[: TEXT.index(" ", first_chars // 2) + 1]
+    while len(first_window) < first_chars:
+        first_window = TEXT[: TEXT.index(" ", len(first_window)) + 1]
+    first_window_ms = len(first_window.split()) / args.tokens_per_s * 1000
     return "\n".join(
         [
             "# Streaming output moderation: cost in TTFT and TPOT",
@@ -192,8 +198,8 @@ def report(sides: list[Side], args: argparse.Namespace, command: str) -> str:
             f"- Command: `{command}`",
             f"- Engine: scripted, {args.tokens_per_s:g} tokens/s, a clean text of 6 sentences "
             f"({tokens} tokens); safety: the default light classifier; input moderation on for "
-            "both sides; windows: the gateway's defaults (close at a sentence end past 24 "
-            "characters, or at 160).",
+            "both sides; windows: the gateway's defaults (GATEWAY_MODERATION_*: the first "
+            "closes at a word boundary, then one sentence each).",
             "- off: a gateway with GATEWAY_MODERATE_OUTPUT=false; on: a second gateway with "
             "it true, on the same services; requests interleaved off, on, off, on.",
             "",
@@ -211,7 +217,8 @@ def report(sides: list[Side], args: argparse.Namespace, command: str) -> str:
             *ratios,
             "",
             f"Sequential TTFT p50 grows by {seq_on['ttft_p50'] - seq_off['ttft_p50']:.0f} ms. "
-            f"Of that, the first window ({len(first_sentence.split())} tokens, one sentence) "
+            f"Of that, the first window ({len(first_window.split())} tokens, "
+            f"{first_window.strip()!r}) "
             f"takes {first_window_ms:.0f} ms to generate at this rate before it can be sent to "
             "safety; the rest is its classification and the hand-over. Later windows are "
             "classified while generation goes on, so TPOT does not grow (client TPOT even "

@@ -83,3 +83,40 @@ def test_history_down_still_answers_and_writes_later(fault_stack: Stack) -> None
             history_pb2.GetConversationRequest(user_id="alice", conversation_id=conversation_id)
         )
     assert [m.role for m in stored.messages] == ["user", "assistant"]
+
+
+def test_history_killed_during_a_streamed_answer_keeps_the_exchange(
+    fault_stack: Stack,
+) -> None:
+    """History dies while an answer streams; the exchange reaches it once it is back."""
+    import json
+
+    import grpc
+
+    from parlance.history.v1 import history_pb2, history_pb2_grpc
+
+    conversation_id = None
+    with httpx.stream(
+        "POST",
+        f"{fault_stack.gateway_url}/v1/chat/completions",
+        json={**BODY, "max_tokens": 24, "store": True, "stream": True},
+        headers=ALICE,
+        timeout=60,
+    ) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("data: {") and conversation_id is None:
+                conversation_id = json.loads(line[6:])["conversation_id"]
+                # Mid-stream: the first chunk is out, the answer is still being generated.
+                fault_stack.services["history"].kill()
+    assert conversation_id is not None
+    wait_until(lambda: readyz(fault_stack).json()["history_outbox_depth"] >= 1)
+    fault_stack.start_service("history")
+    wait_until(lambda: readyz(fault_stack).json()["history_outbox_depth"] == 0)
+    port = fault_stack.services["history"].grpc_port
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stored = history_pb2_grpc.HistoryServiceStub(channel).GetConversation(
+            history_pb2.GetConversationRequest(user_id="alice", conversation_id=conversation_id)
+        )
+    assert [m.role for m in stored.messages] == ["user", "assistant"]
+    assert stored.messages[1].finish_reason in ("stop", "length")
