@@ -7,6 +7,7 @@ short back-off so that recovery needs no restart.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -35,25 +36,24 @@ class RedisUnavailable(Exception):
 class RedisState:
     def __init__(self, url: str) -> None:
         self.url = url
-        # A bounded pool that callers wait on: an unbounded one opens a connection per
-        # concurrent caller, and a burst of a hundred connects on a busy event loop overran
-        # the connect timeout, which tripped the fallback (and, with "local" limits, let
-        # more requests through than the limit) while Redis was perfectly healthy.
         self.client: redis.Redis | None = (
-            redis.Redis.from_pool(  # from_pool: aclose() closes the pool too
-                redis.BlockingConnectionPool.from_url(
-                    url,
-                    max_connections=MAX_CONNECTIONS,
-                    timeout=1.0,
-                    socket_connect_timeout=0.5,
-                    socket_timeout=1.0,
-                    health_check_interval=15,
-                    decode_responses=False,
-                )
+            redis.Redis.from_url(
+                url,
+                socket_connect_timeout=0.5,
+                socket_timeout=1.0,
+                health_check_interval=15,
+                decode_responses=False,
             )
             if url
             else None
         )
+        # Bounds the commands in flight, hence the pool's connections. Unbounded, a burst of
+        # a hundred callers opened a hundred connections at once; on a busy event loop those
+        # connects overran the connect timeout and tripped the fallback (with "local" limits
+        # letting more requests through than the limit) while Redis was healthy. A semaphore
+        # rather than a BlockingConnectionPool: its waiters are served in order, the pool's
+        # can starve behind callers that arrive later and then fail after its timeout.
+        self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
         self._down_until = 0.0
         self._fallback_logged = False
         if self.client is None:
@@ -68,9 +68,15 @@ class RedisState:
         """Runs `op` against Redis; raises RedisUnavailable (and enters fallback) on failure."""
         if self.client is None or not self.usable:
             raise RedisUnavailable()
+        async with self._slots:
+            if not self.usable:  # it failed while this caller waited
+                raise RedisUnavailable()
+            return await self._run(self.client, op)
+
+    async def _run(self, client: redis.Redis, op: Callable[[redis.Redis], Awaitable[T]]) -> T:
         started = time.perf_counter()
         try:
-            result = await op(self.client)
+            result = await op(client)
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             REDIS_ERRORS.inc()
             self._down_until = time.monotonic() + RETRY_AFTER_FAILURE_S
