@@ -142,6 +142,22 @@ def test_branches_switch_and_feedback(stack: Stack) -> None:
         (u1c, 2, 2),
         (a1c, 1, 1),
     ]
+    # Each message lists its siblings (itself included, in creation order): the ids a client
+    # needs to switch to a branch it never read.
+    assert [m["sibling_ids"] for m in got["messages"]] == [[u1, u1c], [a1c]]
+    first_question = got["messages"][0]["sibling_ids"][0]
+    switched = _req(
+        stack,
+        "PATCH",
+        f"/v1/conversations/{conv}",
+        ALICE,
+        json={"active_message_id": first_question},
+    )
+    # The path to it, continued to its newest leaf (the regenerated answer).
+    assert switched.json()["active_message_id"] == a1b
+    got = _req(stack, "GET", f"/v1/conversations/{conv}", ALICE).json()
+    assert [m["id"] for m in got["messages"]] == [u1, a1b]
+    assert got["messages"][1]["sibling_ids"] == [a1, a1b]
     switched = _req(
         stack, "PATCH", f"/v1/conversations/{conv}", ALICE, json={"active_message_id": a1}
     )
@@ -149,6 +165,7 @@ def test_branches_switch_and_feedback(stack: Stack) -> None:
     got = _req(stack, "GET", f"/v1/conversations/{conv}", ALICE).json()
     assert [m["id"] for m in got["messages"]] == [u1, a1]
     assert (got["messages"][1]["sibling_count"], got["messages"][1]["sibling_index"]) == (2, 1)
+    assert got["messages"][1]["sibling_ids"] == [a1, a1b]
     assert got["messages"][1]["usage"] == {
         "prompt_tokens": 0,
         "completion_tokens": 0,

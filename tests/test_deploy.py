@@ -244,14 +244,19 @@ def test_dockerfile_conventions(dockerfile: Path) -> None:
     instructions = dockerfile_instructions(dockerfile)
     keywords = [keyword for keyword, _ in instructions]
 
+    stages: list[str] = []
     for keyword, rest in instructions:
         if keyword == "FROM":
-            image = rest.split()[0]
-            if image.startswith("--platform"):
-                image = rest.split()[1]
-            name = image.rsplit("/", 1)[-1]
-            assert ":" in name or "@sha256:" in image, f"FROM {image} has no tag"
-            assert not name.endswith(":latest"), f"FROM {image} is not pinned"
+            words = [w for w in rest.split() if not w.startswith("--platform")]
+            image = words[0]
+            # An earlier stage, by name or chosen by a build argument (FROM runtime-${ARG}).
+            pattern = r"[\w.-]+".join(map(re.escape, re.split(r"\$\{\w+\}", image)))
+            if not any(re.fullmatch(pattern, earlier) for earlier in stages):
+                name = image.rsplit("/", 1)[-1]
+                assert ":" in name or "@sha256:" in image, f"FROM {image} has no tag"
+                assert not name.endswith(":latest"), f"FROM {image} is not pinned"
+            if len(words) == 3 and words[1].upper() == "AS":
+                stages.append(words[2])
 
     users = [rest for keyword, rest in instructions if keyword == "USER"]
     assert users, "no USER: the container would run as root"

@@ -236,7 +236,8 @@ def test_answer_streams_in_pieces(chat: Chat) -> None:
     assert all(text.startswith(p) for p in partials)
 
 
-def test_stop_aborts_the_generation(chat: Chat, echo_stack: Stack) -> None:
+def test_stop_aborts_the_generation_and_keeps_the_answer(chat: Chat, echo_stack: Stack) -> None:
+    page = chat.page
     metrics_port = echo_stack.services["generator"].metrics_port
     assert metrics_port is not None
     cancelled_before = scrape(metrics_port).get(CANCELLED, 0.0)
@@ -244,9 +245,13 @@ def test_stop_aborts_the_generation(chat: Chat, echo_stack: Stack) -> None:
     chat.send(LONG)
     answer = chat.last_answer()
     expect(answer.locator(".bubble")).to_contain_text("word3 ")
-    chat.page.get_by_role("button", name="Stop generating").click()
+    page.get_by_role("button", name="Stop generating").click()
+    expect(page.locator("#send")).to_be_visible()
+    # The stopped exchange is read back from history: the answer gets its id and tools.
+    answer = page.locator('li.message.assistant[data-stopped="true"][data-id]')
     expect(answer.locator(".notice")).to_contain_text("Stopped")
-    expect(chat.page.locator("#send")).to_be_visible()
+    expect(answer.locator(".notice")).to_contain_text("saved")
+    expect(answer.get_by_role("button", name="Regenerate")).to_be_visible()
     shown = answer.locator(".bubble").inner_text()
     assert shown.startswith("word0 word1") and "word399" not in shown
     # The generator really stopped: it counts a cancelled request.
@@ -254,11 +259,28 @@ def test_stop_aborts_the_generation(chat: Chat, echo_stack: Stack) -> None:
     while scrape(metrics_port).get(CANCELLED, 0.0) <= cancelled_before:
         assert time.monotonic() < deadline, "the generation was not cancelled"
         time.sleep(0.2)
-    # The page stays usable: the next message is answered.
+    conversation_id = chat.conversation_id()
+    stored = api(echo_stack, "GET", f"/v1/conversations/{conversation_id}")["messages"]
+    assert [(m["role"], m["finish_reason"]) for m in stored] == [
+        ("user", None),
+        ("assistant", "cancelled"),
+    ]
+    assert stored[0]["content"] == LONG
+    assert stored[1]["content"].strip() == shown.strip()
+
+    # The page stays usable: the next message is answered, below the stopped answer.
     chat.send("after the stop")
     chat.wait_idle()
     expect(chat.last_answer().locator(".bubble")).to_have_text("after the stop")
-    expect(chat.page.locator("li.message")).to_have_count(2)
+    expect(page.locator("li.message")).to_have_count(4)
+    stored = api(echo_stack, "GET", f"/v1/conversations/{conversation_id}")["messages"]
+    assert [m["content"] for m in stored[2:]] == ["after the stop", "after the stop"]
+    assert stored[2]["parent_id"] == stored[1]["id"]
+
+    # Reopened, the stopped answer still says so.
+    page.reload()
+    expect(page.locator("li.message")).to_have_count(4)
+    expect(page.locator("li.message.assistant").first.locator(".notice")).to_contain_text("Stopped")
 
 
 def test_regenerate_edit_and_switch_branches(chat: Chat, echo_stack: Stack) -> None:
@@ -298,6 +320,56 @@ def test_regenerate_edit_and_switch_branches(chat: Chat, echo_stack: Stack) -> N
     expect(page.locator("li.message.user .bubble")).to_have_text("first question")
     # Back on the first question's branch, with its latest answer.
     expect(chat.last_answer().locator(".branch-label")).to_have_text("2/2")
+
+
+def test_switch_to_a_branch_made_elsewhere(chat: Chat, echo_stack: Stack) -> None:
+    """The switcher reaches a branch this browser never showed: GET lists the siblings' ids."""
+    page = chat.page
+    chat.sign_in(ALICE_KEY)
+    chat.send("asked here")
+    chat.wait_idle()
+    conversation_id = chat.conversation_id()
+    here = api(echo_stack, "GET", f"/v1/conversations/{conversation_id}")["messages"]
+    # Another client edits the question (a new root with its own answer), then switches the
+    # conversation back to this browser's branch.
+    elsewhere = api(
+        echo_stack,
+        "POST",
+        "/v1/chat/completions",
+        json={
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "asked elsewhere"}],
+            "conversation_id": conversation_id,
+            "parent_message_id": "",
+        },
+    )
+    assert elsewhere["choices"][0]["message"]["content"] == "asked elsewhere"
+    api(
+        echo_stack,
+        "PATCH",
+        f"/v1/conversations/{conversation_id}",
+        json={"active_message_id": here[1]["id"]},
+    )
+
+    page.reload()
+    user = page.locator("li.message.user")
+    expect(user.locator(".bubble")).to_have_text("asked here")
+    expect(user.locator(".branch-label")).to_have_text("1/2")
+    next_version = user.get_by_role("button", name="Next version")
+    expect(next_version).to_be_enabled()
+    next_version.click()
+    expect(user.locator(".bubble")).to_have_text("asked elsewhere")
+    expect(user.locator(".branch-label")).to_have_text("2/2")
+    expect(chat.last_answer().locator(".bubble")).to_have_text("asked elsewhere")
+    stored = api(echo_stack, "GET", f"/v1/conversations/{conversation_id}")
+    assert stored["messages"][0]["content"] == "asked elsewhere"
+    # The page keeps no sibling ids of its own any more.
+    assert (
+        page.evaluate("Object.keys(localStorage).filter((k) => k.startsWith('parlance.siblings.'))")
+        == []
+    )
+    user.get_by_role("button", name="Previous version").click()
+    expect(user.locator(".bubble")).to_have_text("asked here")
 
 
 def test_rate_an_answer_with_a_comment(chat: Chat, echo_stack: Stack) -> None:

@@ -9,7 +9,7 @@ from parlance.common.errors import InvalidArgument
 from parlance.history.cursor import decode_cursor, encode_cursor
 from parlance.history.domain import ConversationRecord, TreeNode
 from parlance.history.search_text import mark_escaped_snippet, mark_snippet, to_fts5_query
-from parlance.history.tree import newest_leaf_under, path_to, sibling_positions
+from parlance.history.tree import newest_leaf_under, path_to, siblings
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
@@ -29,10 +29,10 @@ def test_tree_paths_siblings_and_newest_leaf() -> None:
     )
     assert path_to(nodes, "a2") == ["u1", "a1", "u2", "a2"]
     assert path_to(nodes, None) == []
-    positions = sibling_positions(nodes.values())
-    assert positions["a1"] == (2, 1)
-    assert positions["a1b"] == (2, 2)
-    assert positions["u1"] == (1, 1)
+    groups = siblings(nodes.values())
+    assert groups["a1"] == groups["a1b"] == ("a1", "a1b")
+    assert groups["a2"] == groups["a2b"] == ("a2", "a2b")
+    assert groups["u1"] == ("u1",)
     assert newest_leaf_under(nodes, "u1") == "a2b"
     assert newest_leaf_under(nodes, "a1") == "a2b"
     assert newest_leaf_under(nodes, "a1b") == "a1b"

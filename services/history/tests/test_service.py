@@ -264,6 +264,7 @@ async def test_regenerate_and_edit_make_siblings(stub: Stub) -> None:
     )
     a2b = regen.messages[0].id
     assert (regen.messages[0].sibling_count, regen.messages[0].sibling_index) == (2, 2)
+    assert list(regen.messages[0].sibling_ids) == [a2, a2b]
     got = await stub.GetConversation(pb.GetConversationRequest(user_id=user, conversation_id=conv))
     assert [m.id for m in got.messages] == [u1, a1, u2, a2b]
     assert [(m.sibling_count, m.sibling_index) for m in got.messages] == [
@@ -286,6 +287,9 @@ async def test_regenerate_and_edit_make_siblings(stub: Stub) -> None:
     assert [m.id for m in got.messages] == [u1, a1, u2b, a2c]
     assert (got.messages[2].sibling_count, got.messages[2].sibling_index) == (2, 2)
     assert got.conversation.active_leaf_id == a2c
+    # Every message names its siblings in creation order, itself included: enough to switch
+    # to a branch the caller has never read.
+    assert [list(m.sibling_ids) for m in got.messages] == [[u1], [a1], [u2, u2b], [a2c]]
 
     # Back to the first version of q2: the path continues to its newest leaf (the regenerated
     # answer), and its first answer can be chosen explicitly.
@@ -302,12 +306,23 @@ async def test_regenerate_and_edit_make_siblings(stub: Stub) -> None:
     got = await stub.GetConversation(pb.GetConversationRequest(user_id=user, conversation_id=conv))
     assert [m.id for m in got.messages] == [u1, a1, u2, a2]
     assert (got.messages[3].sibling_count, got.messages[3].sibling_index) == (2, 1)
+    assert list(got.messages[3].sibling_ids) == [a2, a2b]
 
     # Appending without a parent continues the branch now active.
     cont = await stub.AppendMessages(
         pb.AppendMessagesRequest(user_id=user, conversation_id=conv, messages=[_msg("user", "q3")])
     )
     assert cont.messages[0].parent_id == a2
+
+    # Editing the first message: roots are siblings of each other too.
+    root = await stub.AppendMessages(
+        pb.AppendMessagesRequest(
+            user_id=user, conversation_id=conv, messages=[_msg("user", "q1 edited", parent_id="")]
+        )
+    )
+    u1b = root.messages[0].id
+    assert list(root.messages[0].sibling_ids) == [u1, u1b]
+    assert root.messages[0].sibling_index == 2
 
     unknown = stub.UpdateConversation(
         pb.UpdateConversationRequest(

@@ -13,7 +13,7 @@ from parlance.gateway.auth import KeyStore, StaticKeyStore
 from parlance.gateway.cache import ResponseCache
 from parlance.gateway.clients import GeneratorClient, HistoryClient, SafetyClient
 from parlance.gateway.config import GatewaySettings
-from parlance.gateway.errors import install_error_handlers
+from parlance.gateway.errors import document_errors, install_error_handlers
 from parlance.gateway.keystore import CombinedKeyStore, SqlKeyStore
 from parlance.gateway.leases import ConcurrencyLeases
 from parlance.gateway.middleware import GatewayMiddleware
@@ -72,7 +72,7 @@ def create_app(settings: GatewaySettings, keys: KeyStore | None = None) -> FastA
         try:
             yield
         finally:
-            await state.chat.titles.close()
+            await state.chat.close()
             await outbox.close()
             for client in (generator, safety, history):
                 await client.close()
@@ -86,6 +86,7 @@ def create_app(settings: GatewaySettings, keys: KeyStore | None = None) -> FastA
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    document_errors(app)
     app.add_middleware(GatewayMiddleware, max_body_bytes=settings.max_request_bytes)
     app.include_router(chat.router)
     app.include_router(models.router)

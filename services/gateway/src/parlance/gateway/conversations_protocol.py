@@ -85,9 +85,12 @@ class ConversationMessage(BaseModel):
     time_to_first_token_ms: int | None
     total_time_ms: int | None
     created_at: int
-    # The "‹ 2/3 ›" of a chat page: how many answers or edits share this message's parent.
+    # The "‹ 2/3 ›" of a chat page: how many answers or edits share this message's parent,
+    # and their ids in creation order (itself included, at sibling_index - 1): switching to
+    # one is PATCH /v1/conversations/{id} with active_message_id.
     sibling_count: int
     sibling_index: int
+    sibling_ids: list[str]
     # The caller's rating (+1/-1), null when unrated; the full feedback beside it.
     rating: int | None
     feedback: MessageFeedback | None
@@ -183,6 +186,7 @@ def message(proto: history_pb2.Message) -> ConversationMessage:
         created_at=_seconds(proto.created_at),
         sibling_count=proto.sibling_count,
         sibling_index=proto.sibling_index,
+        sibling_ids=list(proto.sibling_ids),
         rating=proto.rating or None,
         feedback=feedback,
     )

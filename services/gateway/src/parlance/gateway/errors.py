@@ -9,8 +9,10 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +120,81 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     return f"Invalid value for '{param}': {msg}", param
 
 
+_ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "param", "code"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+        }
+    },
+}
+_ERROR_STATUSES = {
+    "400": "Invalid request",
+    "401": "Missing or incorrect API key",
+    "403": "Not allowed for this key",
+    "404": "Not found (or another user's)",
+    "413": "Request body too large",
+    "429": "Rate or concurrency limit reached",
+    "503": "A dependency is unavailable; retry after Retry-After",
+}
+
+
+def document_errors(app: FastAPI) -> None:
+    """The OpenAPI document shows the errors the gateway really answers: OpenAI-shaped, with
+    OpenAI's status codes, instead of FastAPI's 422 (validation errors are 400 here), so that
+    clients and schema-driven tests (schemathesis) see the truth."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            schema.setdefault("components", {}).setdefault("schemas", {})["Error"] = _ERROR_SCHEMA
+            ref = {"$ref": "#/components/schemas/Error"}
+            for path in schema.get("paths", {}).values():
+                for operation in path.values():
+                    responses = operation.setdefault("responses", {})
+                    responses.pop("422", None)
+                    for status, description in _ERROR_STATUSES.items():
+                        responses.setdefault(
+                            status,
+                            {
+                                "description": description,
+                                "content": {"application/json": {"schema": ref}},
+                            },
+                        )
+            for unused in ("HTTPValidationError", "ValidationError"):
+                schema["components"]["schemas"].pop(unused, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method of every route on this path: Starlette's 405 names only the first route's
+    (so `GET, POST /v1/conversations`, two routes, answered `Allow: GET`)."""
+    matching = [r for r in request.app.router.routes if r.matches(request.scope)[0] != Match.NONE]
+    # A literal path (/v1/conversations/search) is its own resource, not an id of the
+    # templated one beside it.
+    literal = [r for r in matching if "{" not in getattr(r, "path", "{")]
+    methods: set[str] = set()
+    for route in literal or matching:
+        methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
@@ -134,15 +211,22 @@ def install_error_handlers(app: FastAPI) -> None:
             request
         )
 
+    @app.exception_handler(UnicodeEncodeError)
+    async def _unicode(request: Request, exc: UnicodeEncodeError) -> JSONResponse:
+        # JSON may escape a lone surrogate ("\ud800"): valid JSON, but no text that UTF-8 (and
+        # so protobuf) can carry. It surfaces where the request's text becomes a gRPC message.
+        return invalid_request(
+            "The request contains text that is not valid Unicode (an unpaired surrogate)."
+        ).response(request)
+
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kinds = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
-        err = APIError(
-            exc.status_code,
-            str(exc.detail),
-            code=kinds.get(exc.status_code),
-            headers=dict(exc.headers or {}),
-        )
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = _allowed_methods(request)
+        err = APIError(exc.status_code, str(exc.detail), code=kinds.get(exc.status_code))
+        err.headers = headers
         return err.response()
 
     @app.exception_handler(Exception)

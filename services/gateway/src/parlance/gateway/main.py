@@ -16,6 +16,7 @@ import sys
 import uvicorn
 from fastapi import FastAPI
 
+from parlance.common import tracing
 from parlance.common.logging import configure_logging
 from parlance.gateway.app import create_app
 from parlance.gateway.auth import KeyLimits
@@ -28,11 +29,14 @@ def app_from_env() -> FastAPI:
     """The app of one worker process when GATEWAY_WORKERS > 1 (each builds its own)."""
     settings = GatewaySettings()
     configure_logging("gateway", settings.log_level, settings.log_format)
+    tracing.setup("gateway")
     return create_app(settings)
 
 
 def serve(settings: GatewaySettings) -> None:
     configure_logging("gateway", settings.log_level, settings.log_format)
+    if settings.workers <= 1:  # else each worker process sets up its own (app_from_env)
+        tracing.setup("gateway")
     # Several worker processes share the port: the gateway is CPU-bound (JSON, SSE, gRPC)
     # at high concurrency, and limits, leases and cache live in Redis, not in the process.
     app: FastAPI | str = (

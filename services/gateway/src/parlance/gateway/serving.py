@@ -3,15 +3,18 @@
 `ChatService.prepare` validates, moderates the input and builds the context (loading the
 stored conversation when asked); `complete` and `stream` run the generation and produce the
 OpenAI response or its SSE stream; both finish by storing the exchange and caching the answer.
+A stream the client stops (disconnects) still stores its exchange: the question and the text
+the client was sent, with finish_reason "cancelled"; it is never cached.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,6 +122,41 @@ class _Progress:
         )
 
 
+# finish_reason of a stored answer whose stream the client stopped.
+CANCELLED = "cancelled"
+
+
+@dataclass
+class _Sent:
+    """What a stream has handed to the client: per choice, the text of the chunks whose send
+    completed (always released text: held-back text is never in a chunk), and the finish
+    reasons sent. A stopped stream stores exactly this."""
+
+    deltas: dict[int, list[str]] = field(default_factory=dict)
+    finish_reasons: dict[int, str] = field(default_factory=dict)
+
+    def text(self, index: int, text: str) -> None:
+        if text:
+            self.deltas.setdefault(index, []).append(text)
+
+    def record(self, prepared: PreparedChat, progress: _Progress) -> CompletionRecord:
+        return CompletionRecord(
+            model=prepared.model,
+            choices=[
+                CachedChoice(
+                    index=i,
+                    deltas=list(self.deltas.get(i, [])),
+                    finish_reason=self.finish_reasons.get(i, CANCELLED),
+                )
+                for i in range(prepared.n)
+            ],
+            prompt_tokens=progress.prompt_tokens or 0,
+            # Every token the engine produced until the cut (held-back ones included): what
+            # the answer cost, as TPM counts it.
+            completion_tokens=prepared.generated_tokens,
+        )
+
+
 class ChatService:
     def __init__(
         self,
@@ -138,6 +176,9 @@ class ChatService:
         self.cache = cache
         self.models = models
         self.titles = TitleWriter(generator, safety, history, settings.generate_titles)
+        # Stores of stopped streams and completions finishing after their client left: the
+        # event loop keeps only weak references to tasks.
+        self._background: set[asyncio.Task[None]] = set()
 
     # --- 1. validation, moderation, context -------------------------------------------------
 
@@ -383,32 +424,87 @@ class ChatService:
     ) -> AsyncIterator[bytes]:
         """Streaming: the SSE events of an OpenAI chat completion stream."""
         progress = _Progress()
+        sent = _Sent()
         include_usage = bool(
             prepared.request.stream_options and prepared.request.stream_options.include_usage
         )
         chunk = ChunkWriter(prepared, include_usage)
-        for index in range(prepared.n):
-            yield chunk.role(index)
         try:
+            for index in range(prepared.n):
+                yield chunk.role(index)
             async for event in self._events(prepared, stream, progress):
                 if isinstance(event, moderation.TextEvent):
                     if event.text or event.logprobs:
                         yield chunk.content(
                             event.index, event.text, convert.logprobs_json(event.logprobs)
                         )
+                        # Resumed: the chunk's send completed, so the client was sent it.
+                        sent.text(event.index, event.text)
                 elif isinstance(event, moderation.FinishEvent):
                     yield chunk.finish(event.index, event.reason)
+                    sent.finish_reasons[event.index] = event.reason
         except errors.APIError as exc:
             # Headers are gone: the error travels as an SSE event, as OpenAI's API does.
             log.warning("stream failed: %s", exc.message)
             yield sse(exc.body())
             yield b"data: [DONE]\n\n"
             return
+        except (asyncio.CancelledError, GeneratorExit):
+            # Stopped by the client: Starlette cancels this generator (or it is closed at a
+            # yield), so nothing may be awaited here; the store runs in a task of its own.
+            self._store_stopped(prepared, progress, sent)
+            raise
         record = progress.record(prepared.model, prepared.n)
-        await self.finish(prepared, progress, record)
+        # The answer is complete: a client leaving now must not lose its metrics, cache entry
+        # or history write (nor write it twice), so they finish in a task the cancellation of
+        # this stream does not reach.
+        await self._shielded(self.finish(prepared, progress, record))
         if include_usage:
             yield chunk.usage(record)
         yield b"data: [DONE]\n\n"
+
+    def _store_stopped(self, prepared: PreparedChat, progress: _Progress, sent: _Sent) -> None:
+        if prepared.conversation_id is None:
+            return
+        log.info(
+            "chat completion stopped by the client",
+            extra={
+                "model": prepared.model,
+                "key_id": prepared.principal.key_id,
+                "completion_tokens": prepared.generated_tokens,
+                "duration_ms": round((time.monotonic() - prepared.started) * 1000, 1),
+            },
+        )
+        self._spawn(self._store_stopped_now(prepared, progress, sent))
+
+    async def _store_stopped_now(
+        self, prepared: PreparedChat, progress: _Progress, sent: _Sent
+    ) -> None:
+        try:
+            if progress.prompt_tokens is None and prepared.generation_started:
+                try:
+                    progress.prompt_tokens = await self._count_prompt_tokens(prepared)
+                except errors.APIError:
+                    pass  # usage is not worth losing the exchange over
+            # Never cached: the answer is incomplete.
+            await self.store_exchange(prepared, sent.record(prepared, progress), progress)
+        except Exception:
+            log.exception("storing a stopped exchange failed")
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    async def _shielded(self, work: Coroutine[Any, Any, None]) -> None:
+        await asyncio.shield(self._spawn(work))
+
+    async def close(self, timeout_s: float = 5.0) -> None:
+        """Lets background stores reach the outbox (which flushes on its own close)."""
+        if self._background:
+            await asyncio.wait(list(self._background), timeout=timeout_s)
+        await self.titles.close()
 
     async def replay(
         self, prepared: PreparedChat, record: CompletionRecord
@@ -418,13 +514,21 @@ class ChatService:
             prepared.request.stream_options and prepared.request.stream_options.include_usage
         )
         chunk = ChunkWriter(prepared, include_usage)
-        for choice in record.choices:
-            yield chunk.role(choice.index)
-        for choice in record.choices:
-            for text in choice.deltas:
-                yield chunk.content(choice.index, text, None)
-            yield chunk.finish(choice.index, choice.finish_reason or "stop")
-        await self.store_exchange(prepared, record)
+        sent = _Sent()
+        try:
+            for choice in record.choices:
+                yield chunk.role(choice.index)
+            for choice in record.choices:
+                for text in choice.deltas:
+                    yield chunk.content(choice.index, text, None)
+                    sent.text(choice.index, text)
+                yield chunk.finish(choice.index, choice.finish_reason or "stop")
+                sent.finish_reasons[choice.index] = choice.finish_reason or "stop"
+        except (asyncio.CancelledError, GeneratorExit):
+            progress = _Progress(prompt_tokens=record.prompt_tokens)
+            self._store_stopped(prepared, progress, sent)
+            raise
+        await self._shielded(self.store_exchange(prepared, record))
         if include_usage:
             yield chunk.usage(record)
         yield b"data: [DONE]\n\n"

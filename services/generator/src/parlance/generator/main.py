@@ -6,6 +6,8 @@ import asyncio
 import logging
 
 import grpc
+
+from parlance.common import tracing
 from parlance.common.grpc_server import GrpcServiceHost
 from parlance.common.logging import configure_logging
 from parlance.generator.config import GeneratorSettings
@@ -85,6 +87,7 @@ async def serve(settings: GeneratorSettings) -> None:
 def main() -> None:
     settings = GeneratorSettings()
     configure_logging("generator", settings.log_level, settings.log_format)
+    tracing.setup("generator")
     asyncio.run(serve(settings))
 
 

@@ -50,6 +50,7 @@ def message_to_proto(view: MessageView) -> history_pb2.Message:
         created_at=timestamp(m.created_at),
         sibling_count=view.sibling_count,
         sibling_index=view.sibling_index,
+        sibling_ids=view.sibling_ids,
         rating=view.rating,
     )
     if m.parent_id is not None:

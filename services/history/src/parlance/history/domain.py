@@ -81,10 +81,19 @@ class MessageView:
     """A stored message as the caller sees it: its place among its siblings and their rating."""
 
     message: MessageRecord
-    sibling_count: int
-    sibling_index: int
+    # The messages sharing its parent (itself included), in creation order.
+    sibling_ids: tuple[str, ...]
     rating: int
     feedback: FeedbackRecord | None = None
+
+    @property
+    def sibling_count(self) -> int:
+        return len(self.sibling_ids)
+
+    @property
+    def sibling_index(self) -> int:
+        """1-based place among its siblings."""
+        return self.sibling_ids.index(self.message.id) + 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,8 @@ import logging
 from collections.abc import Sequence
 
 import grpc
+
+from parlance.common import tracing
 from parlance.common.grpc_server import GrpcServiceHost
 from parlance.common.logging import configure_logging
 from parlance.history.config import HistorySettings
@@ -72,6 +74,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         asyncio.run(migrate(settings))
         log.info("database schema at head")
         return
+    tracing.setup("history")
     asyncio.run(serve(settings))
 
 

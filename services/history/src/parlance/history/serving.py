@@ -62,19 +62,18 @@ def _limit(value: int) -> int:
 async def _views(
     repo: HistoryRepository, user_id: str, conversation_id: str, message_ids: list[str]
 ) -> list[MessageView]:
-    """The messages with their sibling position (counted over the whole tree) and rating."""
+    """The messages with their siblings (counted over the whole tree) and rating."""
     nodes = await repo.tree(user_id, conversation_id)
-    positions = tree.sibling_positions(nodes.values())
+    sibling_ids = tree.siblings(nodes.values())
     records = await repo.messages(user_id, message_ids)
     feedback = await repo.feedback(user_id, message_ids)
     views = []
     for message_id in message_ids:
-        count, index = positions.get(message_id, (1, 1))
+        ids = sibling_ids.get(message_id, (message_id,))
         views.append(
             MessageView(
                 message=records[message_id],
-                sibling_count=count,
-                sibling_index=index,
+                sibling_ids=ids,
                 rating=feedback[message_id].rating if message_id in feedback else 0,
                 feedback=feedback.get(message_id),
             )

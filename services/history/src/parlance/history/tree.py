@@ -26,17 +26,19 @@ def path_to(nodes: dict[str, TreeNode], leaf_id: str | None) -> list[str]:
     return path
 
 
-def sibling_positions(nodes: Iterable[TreeNode]) -> dict[str, tuple[int, int]]:
-    """For every message: (how many share its parent, its 1-based place in creation order)."""
+def siblings(nodes: Iterable[TreeNode]) -> dict[str, tuple[str, ...]]:
+    """For every message: the ids of the messages sharing its parent (itself included), in
+    creation order. Its 1-based place among them is the "2" of a page's "‹ 2/3 ›"."""
     groups: dict[str | None, list[TreeNode]] = defaultdict(list)
     for node in nodes:
         groups[node.parent_id].append(node)
-    positions: dict[str, tuple[int, int]] = {}
+    result: dict[str, tuple[str, ...]] = {}
     for group in groups.values():
         group.sort(key=_order_key)
-        for index, node in enumerate(group, start=1):
-            positions[node.id] = (len(group), index)
-    return positions
+        ids = tuple(node.id for node in group)
+        for node in group:
+            result[node.id] = ids
+    return result
 
 
 def newest_leaf_under(nodes: dict[str, TreeNode], start_id: str) -> str:

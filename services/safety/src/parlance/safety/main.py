@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import grpc
 
+from parlance.common import tracing
 from parlance.common.grpc_server import GrpcServiceHost
 from parlance.common.logging import configure_logging
 from parlance.safety.classifier import Classifier, build_classifier
@@ -56,6 +57,7 @@ async def serve(settings: SafetySettings) -> None:
 def main() -> None:
     settings = SafetySettings()
     configure_logging("safety", settings.log_level, settings.log_format)
+    tracing.setup("safety")
     asyncio.run(serve(settings))
 
 

@@ -28,7 +28,7 @@ class Usage(_message.Message):
     def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
 
 class Message(_message.Message):
-    __slots__ = ("id", "conversation_id", "parent_id", "role", "content", "model", "usage", "finish_reason", "moderation_json", "time_to_first_token_ms", "total_time_ms", "created_at", "sibling_count", "sibling_index", "rating", "feedback")
+    __slots__ = ("id", "conversation_id", "parent_id", "role", "content", "model", "usage", "finish_reason", "moderation_json", "time_to_first_token_ms", "total_time_ms", "created_at", "sibling_count", "sibling_index", "rating", "feedback", "sibling_ids")
     ID_FIELD_NUMBER: _ClassVar[int]
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
     PARENT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -45,6 +45,7 @@ class Message(_message.Message):
     SIBLING_INDEX_FIELD_NUMBER: _ClassVar[int]
     RATING_FIELD_NUMBER: _ClassVar[int]
     FEEDBACK_FIELD_NUMBER: _ClassVar[int]
+    SIBLING_IDS_FIELD_NUMBER: _ClassVar[int]
     id: str
     conversation_id: str
     parent_id: str
@@ -61,7 +62,8 @@ class Message(_message.Message):
     sibling_index: int
     rating: int
     feedback: MessageFeedback
-    def __init__(self, id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., parent_id: _Optional[str] = ..., role: _Optional[str] = ..., content: _Optional[str] = ..., model: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., finish_reason: _Optional[str] = ..., moderation_json: _Optional[str] = ..., time_to_first_token_ms: _Optional[int] = ..., total_time_ms: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sibling_count: _Optional[int] = ..., sibling_index: _Optional[int] = ..., rating: _Optional[int] = ..., feedback: _Optional[_Union[MessageFeedback, _Mapping]] = ...) -> None: ...
+    sibling_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., parent_id: _Optional[str] = ..., role: _Optional[str] = ..., content: _Optional[str] = ..., model: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., finish_reason: _Optional[str] = ..., moderation_json: _Optional[str] = ..., time_to_first_token_ms: _Optional[int] = ..., total_time_ms: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sibling_count: _Optional[int] = ..., sibling_index: _Optional[int] = ..., rating: _Optional[int] = ..., feedback: _Optional[_Union[MessageFeedback, _Mapping]] = ..., sibling_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class MessageFeedback(_message.Message):
     __slots__ = ("rating", "comment", "corrected_content", "updated_at")

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.responses import Response
 
+from parlance.common import tracing
 from parlance.gateway import errors
 from parlance.gateway.auth import Principal
 from parlance.gateway.deps import LimitedCaller, State, tokens_headers
@@ -122,6 +123,7 @@ class ServerTiming:
     def mark(self, name: str) -> None:
         now = time.perf_counter()
         self.parts.append((name, (now - self.last) * 1000))
+        tracing.record_stage(name, now - self.last)
         self.last = now
 
     def header(self) -> str:
@@ -129,6 +131,7 @@ class ServerTiming:
 
 
 @router.post("/v1/chat/completions", response_model=None)
+@tracing.traced("POST /v1/chat/completions")
 async def create_chat_completion(
     body: ChatCompletionRequest, request: Request, caller: LimitedCaller, state: State
 ) -> Response:

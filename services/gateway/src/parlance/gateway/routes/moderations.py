@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
@@ -39,7 +39,8 @@ MAX_INPUTS = 256
 class ModerationRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    input: str | list[str] = Field(...)
+    # The bounds are in the schema so that the OpenAPI document states them.
+    input: str | Annotated[list[str], Field(min_length=1, max_length=MAX_INPUTS)] = Field(...)
     model: str | None = None
 
 

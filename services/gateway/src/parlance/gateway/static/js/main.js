@@ -4,7 +4,6 @@
 import { Api, ApiError, describeError } from "./api.js";
 import { $, h } from "./dom.js";
 import { decorate } from "./icons.js";
-import { SiblingBook } from "./siblings.js";
 import { Sidebar } from "./sidebar.js";
 import {
   NOTICES,
@@ -44,9 +43,11 @@ const state = {
   sidebar: null,
   // The open conversation: {id, title, messages, ...} as GET returns it; null for a new chat.
   conversation: null,
-  siblings: null,
   // The completion in flight: {controller}; null when idle.
   streaming: null,
+  // Reading back a stopped exchange (the gateway stores it just after the stop): a promise;
+  // null when idle. Sending waits for it, so the next question goes below the stopped answer.
+  settling: null,
   bannerTimer: null,
 };
 
@@ -230,7 +231,6 @@ function setUrl(id) {
 function newChat() {
   if (state.streaming) stop();
   state.conversation = null;
-  state.siblings = null;
   els.title.textContent = "New chat";
   els.messages.replaceChildren();
   els.empty.hidden = false;
@@ -271,8 +271,6 @@ async function openConversation(id, { highlight } = {}) {
 /** Shows a conversation as GET returned it (the active branch). */
 function showConversation(conversation) {
   state.conversation = conversation;
-  state.siblings = new SiblingBook(conversation.id);
-  state.siblings.record(conversation.messages);
   els.title.textContent = conversation.title || "New chat";
   setUrl(conversation.id);
   state.sidebar?.setActive(conversation.id);
@@ -280,11 +278,11 @@ function showConversation(conversation) {
 }
 
 const messageActions = {
-  busy: () => state.streaming !== null,
+  busy: () => state.streaming !== null || state.settling !== null,
   edit: (message, text) => editAndResend(message, text),
   regenerate: (message) => regenerate(message),
   rate: (message, rating, comment) => rate(message, rating, comment),
-  canSwitch: (message, index) => Boolean(state.siblings?.sibling(message, index)),
+  canSwitch: (message, index) => Boolean(siblingAt(message, index)),
   switchTo: (message, index) => switchBranch(message, index),
 };
 
@@ -410,8 +408,18 @@ async function complete({ kind, text = "", parentId = null }) {
   if (outcome === "stopped") {
     answer.li.append(notice(NOTICES.stopped));
     answer.li.dataset.stopped = "true";
-    // A new conversation stopped before its first answer was stored does not exist.
-    if (!state.conversation) setUrl(null);
+    if (conversationId) {
+      state.settling = readBackStopped(conversationId, conversation?.active_message_id ?? null);
+      try {
+        await state.settling;
+      } finally {
+        state.settling = null;
+      }
+      if (!conversation) watchTitle(conversationId);
+    } else if (!state.conversation) {
+      // Stopped before the gateway named the new conversation: nothing to go back to.
+      setUrl(null);
+    }
   } else if (finishReason === "content_filter") {
     answer.li.append(notice(NOTICES.outputModerated));
   }
@@ -445,6 +453,36 @@ async function refresh(id) {
 }
 
 /**
+ * The gateway stores a stopped exchange (the question and the answer as far as it was sent)
+ * in the background once the stream is cut, so it lands a moment after the stop: a few reads
+ * until the conversation's active message moves past `previousLeaf`, then the stored thread
+ * replaces the one on screen (ids, branch switcher, the stopped notice from finish_reason).
+ */
+async function readBackStopped(id, previousLeaf, tries = 10) {
+  for (let i = 0; i < tries; i += 1) {
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    // The reader went to another conversation meanwhile: leave that view alone.
+    if (conversationFromUrl() !== id) return;
+    let conversation;
+    try {
+      conversation = await state.api.getConversation(id);
+    } catch (error) {
+      // 404: a new conversation whose first exchange is not stored yet.
+      if (error instanceof ApiError && error.status === 404) continue;
+      return;
+    }
+    if (conversation.active_message_id && conversation.active_message_id !== previousLeaf) {
+      if (conversationFromUrl() !== id) return;
+      showConversation(conversation);
+      state.sidebar?.upsertTop(conversation);
+      return;
+    }
+  }
+  // History is slow or down (the write waits in the gateway's outbox): the answer stays as
+  // shown, and the next read of the conversation catches up.
+}
+
+/**
  * A new conversation starts with its first question as a provisional title; the gateway asks
  * the model for a better one in the background. A few reads pick it up when it lands.
  */
@@ -471,14 +509,15 @@ async function watchTitle(id, tries = 6) {
 
 async function sendFromComposer() {
   const text = els.prompt.value.trim();
-  if (!text || state.streaming) return;
+  if (!text || state.streaming || state.settling) return;
   if (!els.model.value) {
     showBanner("No model is available yet. Try again shortly.");
     return;
   }
   els.prompt.value = "";
   autosize();
-  // A stopped (unsaved) answer is not part of the stored conversation: it leaves the screen.
+  // Attempts that are not (or not yet) in the stored conversation leave the screen: a blocked
+  // question, or a stopped answer history has not taken yet.
   for (const li of els.messages.querySelectorAll("li.pending, li.blocked")) li.remove();
   await complete({ kind: "send", text });
 }
@@ -493,8 +532,13 @@ function editAndResend(message, text) {
   return complete({ kind: "edit", text, parentId: message.parent_id ?? "" });
 }
 
+/** The id of `message`'s sibling at 1-based `index` (GET lists them all, itself included). */
+function siblingAt(message, index) {
+  return message.sibling_ids?.[index - 1];
+}
+
 async function switchBranch(message, index) {
-  const target = state.siblings?.sibling(message, index);
+  const target = siblingAt(message, index);
   if (!target || !state.conversation) return;
   try {
     await state.api.updateConversation(state.conversation.id, { active_message_id: target });

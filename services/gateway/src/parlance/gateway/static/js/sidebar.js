@@ -4,7 +4,6 @@
 import { describeError } from "./api.js";
 import { $, h, relativeTime, setSnippet } from "./dom.js";
 import { icon } from "./icons.js";
-import { SiblingBook } from "./siblings.js";
 
 const PAGE = 20;
 
@@ -212,7 +211,6 @@ export class Sidebar {
     try {
       await this.api.deleteConversation(conversation.id);
       li.remove();
-      SiblingBook.forget(conversation.id);
       this.callbacks.deleted(conversation.id);
     } catch (error) {
       this.callbacks.error(describeError(error), error);

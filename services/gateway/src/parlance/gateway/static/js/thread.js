@@ -10,7 +10,7 @@ export const NOTICES = {
     "This answer was stopped by moderation: the rest of it was withheld (content_filter).",
   inputModerated:
     "This message was not sent: moderation flagged it (content_filter). Rephrase it and try again.",
-  stopped: "Stopped. A stopped answer is not saved to the conversation.",
+  stopped: "Stopped. The answer so far is saved to the conversation.",
 };
 
 /** Fills an assistant bubble with rendered Markdown and gives each code block a copy button. */
@@ -43,6 +43,10 @@ export function messageElement(message, actions) {
   li.append(bubble);
   if (message.role === "assistant" && message.finish_reason === "content_filter") {
     li.append(notice(NOTICES.outputModerated));
+  }
+  if (message.role === "assistant" && message.finish_reason === "cancelled") {
+    li.append(notice(NOTICES.stopped));
+    li.dataset.stopped = "true";
   }
   li.append(tools(li, bubble, message, actions));
   return li;
@@ -98,11 +102,7 @@ function branchSwitcher(message, actions) {
       {
         type: "button",
         "aria-label": label,
-        title: known
-          ? label
-          : target >= 1 && target <= count
-            ? `${label}: not available in this browser (made elsewhere)`
-            : label,
+        title: label,
         disabled: !known,
         onclick: () => {
           if (!actions.busy()) actions.switchTo(message, target);
