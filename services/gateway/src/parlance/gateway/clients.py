@@ -30,6 +30,9 @@ _MAX_MESSAGE = 32 * 1024 * 1024
 def _retry_config(services: list[str]) -> str:
     return json.dumps(
         {
+            # Spread calls over every address the target resolves to (dns:///generator:50051
+            # with several generator replicas); gRPC's default would pin one address.
+            "loadBalancingConfig": [{"round_robin": {}}],
             "methodConfig": [
                 {
                     "name": [{"service": s} for s in services],

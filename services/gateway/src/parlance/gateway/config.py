@@ -17,6 +17,8 @@ class GatewaySettings(BaseSettings):
     workers: int = 1
     log_level: str = "INFO"
     log_format: str = "text"
+    # On SIGTERM: stop accepting, let requests in flight (streams too) finish for this long.
+    shutdown_grace_s: float = 30.0
 
     # gRPC targets of the other services.
     generator_url: str = "127.0.0.1:50051"

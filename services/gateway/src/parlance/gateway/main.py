@@ -11,7 +11,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import shutil
+import signal
 import sys
+import tempfile
 
 import uvicorn
 from fastapi import FastAPI
@@ -39,9 +43,18 @@ def serve(settings: GatewaySettings) -> None:
         tracing.setup("gateway")
     # Several worker processes share the port: the gateway is CPU-bound (JSON, SSE, gRPC)
     # at high concurrency, and limits, leases and cache live in Redis, not in the process.
+    metrics_dir = None
+    if settings.workers > 1:
+        # The workers' metrics go to files in this folder, which /metrics sums up; set before
+        # the workers start, so that they import prometheus-client in multiprocess mode.
+        metrics_dir = tempfile.mkdtemp(prefix="parlance-gateway-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     app: FastAPI | str = (
         create_app(settings) if settings.workers <= 1 else "parlance.gateway.main:app_from_env"
     )
+    # After draining on SIGTERM, uvicorn raises the signal again under the handler found at
+    # start, so that the process would die of it (status 143); a completed drain is a clean exit.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     uvicorn.run(
         app,
         factory=settings.workers > 1,
@@ -50,8 +63,10 @@ def serve(settings: GatewaySettings) -> None:
         port=settings.port,
         log_config=None,  # keep our structured logging
         access_log=False,  # requests are counted in metrics; access logs would duplicate them
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s),
     )
+    if metrics_dir is not None:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 async def keys_command(settings: GatewaySettings, args: argparse.Namespace) -> int:

@@ -17,8 +17,12 @@ HTTP_LATENCY = Histogram(
     ["route"],
     buckets=LATENCY_BUCKETS_S,
 )
+# Gauges say how to combine worker processes when GATEWAY_WORKERS > 1 (prometheus-client's
+# multiprocess mode; ignored with one process).
 IN_FLIGHT = Gauge(
-    "parlance_gateway_requests_in_flight", "Chat completion requests being served now."
+    "parlance_gateway_requests_in_flight",
+    "Chat completion requests being served now.",
+    multiprocess_mode="livesum",
 )
 TTFT = Histogram(
     "parlance_gateway_time_to_first_token_seconds",
@@ -46,7 +50,9 @@ RATE_LIMIT = Counter(
     ["limit", "outcome"],
 )
 LEASES_HELD = Gauge(
-    "parlance_gateway_leases_held", "Concurrency leases this gateway process holds now."
+    "parlance_gateway_leases_held",
+    "Concurrency leases this gateway holds now.",
+    multiprocess_mode="livesum",
 )
 REDIS_LATENCY = Histogram(
     "parlance_gateway_redis_duration_seconds",
@@ -84,9 +90,12 @@ DEPENDENCY_ERRORS = Counter(
 REDIS_FALLBACK = Gauge(
     "parlance_gateway_redis_fallback_active",
     "1 while Redis is unreachable and per-process fallbacks are in use.",
+    multiprocess_mode="livemax",
 )
 HISTORY_OUTBOX_DEPTH = Gauge(
-    "parlance_gateway_history_outbox_depth", "Exchanges waiting to be written to history."
+    "parlance_gateway_history_outbox_depth",
+    "Exchanges waiting to be written to history.",
+    multiprocess_mode="livesum",
 )
 CONTEXT_TRIMMED = Counter(
     "parlance_gateway_context_trimmed_messages_total",
