@@ -21,7 +21,7 @@ async def test_upgrade_from_empty_database_is_repeatable(settings: HistorySettin
             tables = set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
             assert {"users", "conversations", "messages", "feedback", "alembic_version"} <= tables
             version = await conn.scalar(text("SELECT version_num FROM alembic_version"))
-            assert version == "0001"
+            assert version == "0002"
             indexes = {
                 ix["name"]
                 for ix in await conn.run_sync(lambda c: inspect(c).get_indexes("messages"))
@@ -34,7 +34,7 @@ async def test_upgrade_from_empty_database_is_repeatable(settings: HistorySettin
                 )
                 assert {"messages_fts_insert", "messages_fts_delete"} <= triggers
             else:
-                assert "ix_messages_content_fts" in indexes
+                assert "ix_messages_content_tsv" in indexes
     finally:
         await engine.dispose()
 
@@ -53,4 +53,4 @@ def test_migrate_subcommand_with_database_url_alias(tmp_path: Path) -> None:
     import sqlite3
 
     with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("0001",)
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("0002",)

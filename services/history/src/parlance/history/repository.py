@@ -77,27 +77,35 @@ _SQLITE_SEARCH = text(
     """
 )
 
-# PostgreSQL: the to_tsvector expression is the GIN index's own (see the migration). The text
-# is escaped before ts_headline, which would otherwise drop whatever looks like an HTML tag;
-# entities are single tokens to its parser, so matching and fragments are unaffected.
+# PostgreSQL: rank on the stored tsvector column (migration 0002: parsed once, on write), keep
+# the top rows, and only then build their snippets: ts_headline re-parses the text, so it runs
+# for `limit` rows, not for every match. The text is escaped before ts_headline, which would
+# otherwise drop whatever looks like an HTML tag; entities are single tokens to its parser, so
+# matching and fragments are unaffected.
 _POSTGRES_SEARCH = text(
     """
+    WITH q AS (SELECT websearch_to_tsquery('english'::regconfig, :query) AS q),
+    top AS (
+        SELECT m.id, ts_rank(m.content_tsv, q.q) AS rank
+        FROM messages m
+        JOIN conversations c ON c.id = m.conversation_id, q
+        WHERE m.user_id = :user_id AND c.user_id = :user_id AND m.content_tsv @@ q.q
+        ORDER BY rank DESC, m.created_at DESC
+        LIMIT :limit
+    )
     SELECT m.id, m.conversation_id, c.title, m.role, m.created_at,
            ts_headline(
                'english'::regconfig,
                replace(replace(replace(replace(replace(
                    m.content, chr(1), ''), chr(2), ''), '&', '&amp;'), '<', '&lt;'), '>', '&gt;'),
-               q,
+               q.q,
                'StartSel=' || :mark_start || ', StopSel=' || :mark_end
                || ', MaxFragments=2, MaxWords=24, MinWords=8, FragmentDelimiter=" … "'
            ) AS snippet
-    FROM messages m
-    JOIN conversations c ON c.id = m.conversation_id,
-         websearch_to_tsquery('english'::regconfig, :query) AS q
-    WHERE m.user_id = :user_id AND c.user_id = :user_id
-      AND to_tsvector('english'::regconfig, m.content) @@ q
-    ORDER BY ts_rank(to_tsvector('english'::regconfig, m.content), q) DESC, m.created_at DESC
-    LIMIT :limit
+    FROM top
+    JOIN messages m ON m.id = top.id
+    JOIN conversations c ON c.id = m.conversation_id, q
+    ORDER BY top.rank DESC, m.created_at DESC
     """
 )
 
