@@ -185,7 +185,16 @@ def state_after(stack: Stack, redis_url: str) -> dict[str, float]:
     lease_keys = [k for k in client.scan_iter(count=1000) if b"lease" in k]
     leases_in_redis = sum(client.zcard(k) for k in lease_keys)
     client.close()
+    # The outbox holds exchanges history could not take yet; nothing is lost if it drains.
+    drain_started = time.perf_counter()
+    depth = float(ready.get("history_outbox_depth", 0))
+    while depth > 0 and time.perf_counter() - drain_started < 60:
+        time.sleep(0.5)
+        with urllib.request.urlopen(f"{stack.gateway_url}/readyz", timeout=10) as reply:
+            depth = float(json.loads(reply.read()).get("history_outbox_depth", 0))
+    drained_s = time.perf_counter() - drain_started if depth == 0 else float("inf")
     return {
+        "outbox drained after (s)": round(drained_s, 1),
         "gateway leases held": gateway.get("parlance_gateway_leases_held", float("nan")),
         "gateway requests in flight": gateway.get(
             "parlance_gateway_requests_in_flight", float("nan")
