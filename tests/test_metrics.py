@@ -18,7 +18,6 @@ Last, history is killed: a stored chat still answers and its write waits in the 
 from __future__ import annotations
 
 import hashlib
-
 import json
 import time
 from collections.abc import Callable, Iterator

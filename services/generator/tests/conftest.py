@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import grpc
 import pytest
 import pytest_asyncio
+
 from parlance.common.grpc_server import GrpcServiceHost
 from parlance.generator.config import GeneratorSettings
 from parlance.generator.engine.base import Engine

@@ -6,6 +6,7 @@ import asyncio
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from parlance.generator.engine.llamacpp import LlamaCppEngine
 from parlance.generator.main import SERVICE_NAME, create_host
 from parlance.generator.v1 import generator_pb2 as pb

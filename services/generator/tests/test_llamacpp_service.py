@@ -6,8 +6,9 @@ import asyncio
 
 import grpc
 import pytest
-from parlance.generator.v1 import generator_pb2 as pb
 from prometheus_client import REGISTRY
+
+from parlance.generator.v1 import generator_pb2 as pb
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -48,6 +49,7 @@ async def test_matches_llama_cpp_python_chat_completion(llama) -> None:  # type:
     """Greedy output and usage equal llama-cpp-python's own chat completion on the same GGUF:
     the chat template, tokenization and token loop are the model's, not an approximation."""
     from llama_cpp import Llama
+
     from parlance.generator.engine.llamacpp import default_model_path
 
     reference = Llama(model_path=str(default_model_path()), n_ctx=2048, n_threads=1, verbose=False)

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 import pytest_asyncio
+
 from parlance.generator.engine.base import GenerationRequest, SamplingOptions
 from parlance.generator.engine.scripted import ScriptedEngine, split_tokens
 from parlance.generator.v1 import generator_pb2 as pb

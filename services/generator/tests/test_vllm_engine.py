@@ -21,6 +21,7 @@ import grpc
 import pytest
 import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from parlance.common.errors import InvalidArgument, ParlanceError
 from parlance.generator.config import GeneratorSettings
 from parlance.generator.engine.base import FinishReason, SamplingOptions

@@ -11,9 +11,10 @@ from pathlib import Path
 import asyncpg
 import grpc
 import pytest
+from sqlalchemy.engine import make_url
+
 from parlance.history.main import HistorySettings, build_host
 from parlance.history.v1 import history_pb2_grpc
-from sqlalchemy.engine import make_url
 
 POSTGRES_URL = os.environ.get(
     "PARLANCE_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"

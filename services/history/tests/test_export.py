@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
+
 from parlance.history.v1 import history_pb2 as pb
 from parlance.history.v1.history_pb2_grpc import HistoryServiceStub as Stub
 

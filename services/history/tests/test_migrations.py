@@ -7,9 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from sqlalchemy import inspect, text
+
 from parlance.history.database import create_engine
 from parlance.history.main import HistorySettings, migrate
-from sqlalchemy import inspect, text
 
 
 async def test_upgrade_from_empty_database_is_repeatable(settings: HistorySettings) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+
 from parlance.common.errors import InvalidArgument
 from parlance.history.cursor import decode_cursor, encode_cursor
 from parlance.history.domain import ConversationRecord, TreeNode

@@ -8,11 +8,12 @@ import uuid
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy import text
+
 from parlance.history.database import create_engine
 from parlance.history.main import HistorySettings
 from parlance.history.v1 import history_pb2 as pb
 from parlance.history.v1.history_pb2_grpc import HistoryServiceStub as Stub
-from sqlalchemy import text
 
 
 def _user() -> str:

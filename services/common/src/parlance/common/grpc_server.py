@@ -38,6 +38,11 @@ SERVER_OPTIONS = [
 Hook = Callable[[], Awaitable[None]]
 
 
+def _write_file(path: Path, content: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(content)
+
+
 class GrpcServiceHost:
     """Owns one service's grpc.aio server, health state and metrics endpoint.
 
@@ -97,9 +102,8 @@ class GrpcServiceHost:
             extra={"grpc_port": self.port, "metrics_port": self.metrics_port},
         )
         if self.settings.port_file:
-            path = Path(self.settings.port_file)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"grpc": self.port, "metrics": self.metrics_port}))
+            ports = json.dumps({"grpc": self.port, "metrics": self.metrics_port})
+            await asyncio.to_thread(_write_file, Path(self.settings.port_file), ports)
         if self._startup is not None:
             await self._startup()
         await self.set_serving(True)

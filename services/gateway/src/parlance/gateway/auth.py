@@ -1,8 +1,9 @@
 """API-key authentication.
 
 Keys are kept only as SHA-256 digests: a lookup hashes the presented key and compares digests,
-so neither memory dumps nor logs hold a usable key. Two sources: static keys from the GATEWAY_API_KEYS
-setting (bootstrap and development) and the managed, durable store in keystore.py.
+so neither memory dumps nor logs hold a usable key. Two sources: static keys from the
+GATEWAY_API_KEYS setting (bootstrap and development) and the managed, durable store in
+keystore.py.
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ def _retry_config(services: list[str]) -> str:
                         "retryableStatusCodes": ["UNAVAILABLE"],
                     },
                 }
-            ]
+            ],
         }
     )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 
 from parlance.gateway.clients import HistoryClient
@@ -26,6 +27,9 @@ class HistoryOutbox:
         self.max_items = max_items
         self._queue: collections.deque[history_pb2.AppendMessagesRequest] = collections.deque()
         self._wake = asyncio.Event()
+        # Set whenever the queue is empty (close() waits on it to flush).
+        self._drained = asyncio.Event()
+        self._drained.set()
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -55,12 +59,14 @@ class HistoryOutbox:
             self._queue.popleft()
         self._queue.append(request)
         HISTORY_OUTBOX_DEPTH.set(len(self._queue))
+        self._drained.clear()
         self._wake.set()
 
     async def _drain_forever(self) -> None:
         backoff = 0.5
         while True:
             if not self._queue:
+                self._drained.set()
                 self._wake.clear()
                 await self._wake.wait()
             request = self._queue[0]
@@ -80,9 +86,8 @@ class HistoryOutbox:
         if self._task is None:
             return
         if self._queue:
-            deadline = asyncio.get_running_loop().time() + flush_timeout_s
-            while self._queue and asyncio.get_running_loop().time() < deadline:
-                await asyncio.sleep(0.1)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), flush_timeout_s)
         self._task.cancel()
         try:
             await self._task

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from parlance.common.config import ServiceSettings
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
+
+from parlance.common.config import ServiceSettings
 
 
 class GeneratorSettings(ServiceSettings):

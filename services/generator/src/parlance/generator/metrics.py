@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from parlance.common.metrics import LATENCY_BUCKETS_S, TOKEN_LATENCY_BUCKETS_S
 from prometheus_client import Counter, Gauge, Histogram
+
+from parlance.common.metrics import LATENCY_BUCKETS_S, TOKEN_LATENCY_BUCKETS_S
 
 REQUESTS = Counter(
     "parlance_generator_requests",

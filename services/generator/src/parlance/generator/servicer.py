@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 import grpc
+
 from parlance.common.request_id import new_request_id
 from parlance.generator import convert
 from parlance.generator.serving import GeneratorServing

@@ -19,7 +19,6 @@ from parlance.generator.engine.base import (
     ModelInfo,
 )
 
-
 log = logging.getLogger(__name__)
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from parlance.common.config import ServiceSettings
 from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
+
+from parlance.common.config import ServiceSettings
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///.data/history.db"
 

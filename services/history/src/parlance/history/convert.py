@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
+
 from parlance.history.domain import (
     ConversationRecord,
     ConversationUpdate,

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from parlance.common.metrics import FAST_BUCKETS_S
 from prometheus_client import Counter, Histogram
+
+from parlance.common.metrics import FAST_BUCKETS_S
 
 RPC_LATENCY = Histogram(
     "parlance_history_rpc_duration_seconds",

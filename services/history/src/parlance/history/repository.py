@@ -6,6 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
+from sqlalchemy import and_, delete, or_, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from parlance.common.errors import NotFound
 from parlance.history import models
 from parlance.history.domain import (
@@ -26,9 +30,6 @@ from parlance.history.search_text import (
     mark_snippet,
     to_fts5_query,
 )
-from sqlalchemy import and_, delete, or_, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
 
 
 def _conversation(row: models.Conversation) -> ConversationRecord:

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+
 from parlance.common.errors import ParlanceError
 from parlance.history import convert, metrics
 from parlance.history.serving import HistoryServing

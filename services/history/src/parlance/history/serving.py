@@ -10,6 +10,9 @@ from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import TypeVar
 
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
 from parlance.common.errors import (
     AlreadyExists,
     InvalidArgument,
@@ -36,8 +39,6 @@ from parlance.history.domain import (
     utcnow,
 )
 from parlance.history.repository import HistoryRepository
-from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 log = logging.getLogger(__name__)
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from parlance.common.errors import AlreadyExists, InvalidArgument, Unavailable
 from parlance.generator.engine.base import (
     ChatMessage,

@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
-from parlance.history.models import Base
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
+
+from parlance.history.models import Base
 
 config = context.config
 target_metadata = Base.metadata
