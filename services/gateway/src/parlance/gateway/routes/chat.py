@@ -19,7 +19,8 @@ from parlance.gateway.leases import Lease
 from parlance.gateway.metrics import IN_FLIGHT
 from parlance.gateway.protocol import ChatCompletionRequest
 from parlance.gateway.redis_state import RedisUnavailable
-from parlance.gateway.serving import PreparedChat, render_completion
+from parlance.gateway.rendering import render_completion
+from parlance.gateway.serving import PreparedChat
 from parlance.gateway.state import GatewayState
 
 log = logging.getLogger(__name__)
