@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from contextlib import aclosing
+from typing import Any
 
 from parlance.common.errors import NotFound, ParlanceError
 from parlance.generator import metrics
@@ -26,6 +27,7 @@ class GeneratorServing:
     def __init__(self, engine: Engine, served_model_name: str) -> None:
         self.engine = engine
         self.model_name = served_model_name
+        self._background: set[asyncio.Task[None]] = set()
         labels = {"engine": engine.name}
         metrics.RUNNING.labels(**labels).set_function(lambda: engine.stats().running)
         metrics.WAITING.labels(**labels).set_function(lambda: engine.stats().waiting)
@@ -52,6 +54,19 @@ class GeneratorServing:
     ) -> int:
         return await self.engine.count_tokens(messages=messages, prompt=prompt)
 
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _count_prompt(self, request: GenerationRequest) -> None:
+        try:
+            count = await self.engine.count_tokens(messages=request.messages, prompt=request.prompt)
+        except Exception:  # a metric is not worth an error: the engine may be stopping
+            log.debug("could not count the prompt of a cancelled call", exc_info=True)
+            return
+        metrics.PROMPT_TOKENS.labels(self.engine.name).inc(count)
+
     async def abort(self, request_id: str) -> None:
         await self.engine.abort(request_id)
 
@@ -63,6 +78,7 @@ class GeneratorServing:
         generated = 0
         # Stays "cancelled" when the caller leaves before the end (GeneratorExit).
         outcome = "cancelled"
+        usage_seen = False
         try:
             async with aclosing(self.engine.generate(request)) as steps:
                 async for step in steps:
@@ -78,6 +94,7 @@ class GeneratorServing:
                             )
                         generated += new_tokens
                     if step.usage is not None:
+                        usage_seen = True
                         metrics.PROMPT_TOKENS.labels(engine).inc(step.usage.prompt_tokens)
                     reasons = [d.finish_reason for d in step.choices if d.finish_reason]
                     if reasons and outcome == "cancelled":
@@ -106,6 +123,10 @@ class GeneratorServing:
                 },
             )
             metrics.REQUESTS.labels(engine, outcome).inc()
+            if not usage_seen and outcome in ("cancelled", "abort"):
+                # The engine's usage never came: count the prompt in a task of its own (this
+                # one is being cancelled), so the prompt-token counter misses no call.
+                self._spawn(self._count_prompt(request))
             metrics.GENERATION_TOKENS.labels(engine).inc(generated)
             metrics.REQUEST_DURATION.labels(engine).observe(time.monotonic() - arrived)
             if first_token_at is not None and generated > 1:
