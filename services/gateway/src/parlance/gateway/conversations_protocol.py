@@ -8,18 +8,24 @@ import json
 from typing import Any, Literal
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from parlance.history.v1 import history_pb2
 
 # --- requests -------------------------------------------------------------------------------
+# Strict: the values must have the JSON types the schema documents (no `"archived": 0.0`
+# taken for false).
 
 
 class CreateConversationBody(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     title: str = Field(default="", max_length=512)
 
 
 class UpdateConversationBody(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     title: str | None = Field(default=None, max_length=512)
     archived: bool | None = None
     # Any message of the conversation: the active branch becomes the path to it, continued to
@@ -28,6 +34,8 @@ class UpdateConversationBody(BaseModel):
 
 
 class FeedbackBody(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     rating: Literal[1, -1]
     comment: str = Field(default="", max_length=10_000)
     # A better answer written by the user: exported as the chosen side of a preference pair.

@@ -37,7 +37,7 @@ MAX_INPUTS = 256
 
 
 class ModerationRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     # The bounds are in the schema so that the OpenAPI document states them.
     input: str | Annotated[list[str], Field(min_length=1, max_length=MAX_INPUTS)] = Field(...)
