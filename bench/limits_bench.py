@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,33 +37,17 @@ from parlance.gateway.redis_state import RedisState
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from helpers import start_redis_server  # noqa: E402
+
 MODEL = "SmolLM2-135M-Instruct"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_redis() -> tuple[subprocess.Popen[bytes], str]:
-    server = shutil.which("redis-server")
-    if server is None:
-        sys.exit("redis-server is not installed")
-    port = free_port()
-    process = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
-        stdout=subprocess.DEVNULL,
-    )
-    for _ in range(200):
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
-                sock.sendall(b"PING\r\n")
-                if sock.recv(16).startswith(b"+PONG"):
-                    break
-        except OSError:
-            time.sleep(0.025)
-    return process, f"redis://127.0.0.1:{port}/0"
+    """A redis-server of the benchmark's own (nothing shared with other users of Redis)."""
+    try:
+        return start_redis_server()
+    except RuntimeError as exc:
+        sys.exit(str(exc))
 
 
 async def rate(total: int, concurrency: int, op: Callable[[int], Awaitable[object]]) -> float:

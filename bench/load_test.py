@@ -46,9 +46,8 @@ from helpers import (  # noqa: E402
     BOB_KEY,
     MODEL,
     Stack,
-    free_port,
-    redis_answers,
     scrape,
+    start_redis_server,
     start_stack,
     total,
 )
@@ -331,20 +330,11 @@ def render(results: list[RunResult], args: argparse.Namespace) -> str:
 
 
 def start_redis() -> tuple[subprocess.Popen[bytes], str]:
-    server = shutil.which("redis-server")
-    if server is None:
-        sys.exit("redis-server is not installed")
-    port = free_port()
-    process = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    for _ in range(100):
-        if redis_answers(url):
-            return process, url
-        time.sleep(0.05)
-    sys.exit("redis-server did not start")
+    """A redis-server of the benchmark's own (nothing shared with other users of Redis)."""
+    try:
+        return start_redis_server()
+    except RuntimeError as exc:
+        sys.exit(str(exc))
 
 
 def main() -> None:

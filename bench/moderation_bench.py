@@ -25,7 +25,6 @@ import asyncio
 import json
 import platform
 import shlex
-import shutil
 import statistics
 import subprocess
 import sys
@@ -44,9 +43,8 @@ from helpers import (  # noqa: E402
     ALICE_KEY,
     MODEL,
     Stack,
-    free_port,
-    redis_answers,
     start_extra_gateway,
+    start_redis_server,
     start_stack,
 )
 
@@ -230,22 +228,11 @@ def report(sides: list[Side], args: argparse.Namespace, command: str) -> str:
 
 
 def start_redis() -> tuple[subprocess.Popen[bytes], str]:
-    """A redis-server of the benchmark's own (leases live there; nothing shared with others)."""
-    server = shutil.which("redis-server")
-    if server is None:
-        sys.exit("redis-server is not installed (apt-get install redis-server)")
-    port = free_port()
-    process = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    for _ in range(100):
-        if redis_answers(url):
-            return process, url
-        time.sleep(0.05)
-    process.kill()
-    sys.exit("redis-server did not start")
+    """A redis-server of the benchmark's own (nothing shared with other users of Redis)."""
+    try:
+        return start_redis_server()
+    except RuntimeError as exc:
+        sys.exit(str(exc))
 
 
 def main() -> None:

@@ -58,6 +58,27 @@ def redis_answers(url: str, timeout_s: float = 0.5) -> bool:
         return False
 
 
+def start_redis_server() -> tuple[subprocess.Popen[bytes], str]:
+    """A redis-server of our own on a free loopback port, keeping nothing on disk; returns the
+    process and its URL. RuntimeError when redis-server is missing or does not answer."""
+    server = shutil.which("redis-server")
+    if server is None:
+        raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+    port = free_port()
+    process = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    for _ in range(100):
+        if redis_answers(url):
+            return process, url
+        time.sleep(0.05)
+    process.kill()
+    raise RuntimeError("redis-server did not answer")
+
+
 @dataclass
 class ServiceProcess:
     name: str
@@ -160,30 +181,12 @@ class Stack:
                 return url
         if self.redis_url == "":
             return ""
-        server = shutil.which("redis-server")
-        if server:
-            port = free_port()
-            self._redis = subprocess.Popen(
-                [
-                    server,
-                    "--port",
-                    str(port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ],
-                stdout=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-            url = f"redis://127.0.0.1:{port}/0"
-            for _ in range(50):
-                if redis_answers(url):
-                    _say(f"Redis: started redis-server on port {port}")
-                    return url
-                time.sleep(0.1)
+        try:
+            self._redis, url = start_redis_server()
+            _say(f"Redis: started redis-server at {url}")
+            return url
+        except RuntimeError:
+            pass
         _say("WARNING: no Redis answers and redis-server is not installed.")
         _say(
             "WARNING: the gateway runs WITHOUT Redis: response cache off, rate limits per process."

@@ -3,10 +3,7 @@ redis-server of their own, the real SmolLM2 model through llama.cpp."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,25 +12,16 @@ import pytest
 # The tests import their helpers (and, through them, scripts/devstack.py) as plain modules.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from helpers import Stack, free_port, redis_answers, start_stack
+from helpers import Stack, start_redis_server, start_stack
 
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[str]:
     """A redis-server of the tests' own, so cached answers never leak between runs."""
-    server = shutil.which("redis-server")
-    if server is None:
-        pytest.fail("redis-server is not installed (apt-get install redis-server)")
-    port = free_port()
-    process = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    for _ in range(100):
-        if redis_answers(url):
-            break
-        time.sleep(0.05)
+    try:
+        process, url = start_redis_server()
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
     yield url
     process.terminate()
     process.wait(5)

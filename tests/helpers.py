@@ -11,7 +11,13 @@ from prometheus_client.parser import text_string_to_metric_families
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from devstack import ServiceProcess, Stack, free_port, redis_answers  # noqa: E402, F401
+from devstack import (  # noqa: E402, F401
+    ServiceProcess,
+    Stack,
+    free_port,
+    redis_answers,
+    start_redis_server,
+)
 
 MODEL = "SmolLM2-135M-Instruct"
 ALICE_KEY = "sk-test-alice-0123456789"
