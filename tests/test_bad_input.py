@@ -89,12 +89,17 @@ def test_schemathesis_finds_no_server_error_and_only_openai_errors(fuzz_stack: S
         f"{fuzz_stack.gateway_url}/openapi.json",
         "--checks",
         "all",
+        # See tests/schemathesis.toml: a 404 for a made-up active_message_id is not a lost
+        # conversation.
+        "--exclude-checks",
+        "ensure_resource_availability",
         "--header",
         f"Authorization: Bearer {ALICE_KEY}",
         "--max-examples",
         str(MAX_EXAMPLES),
+        # One worker: with a fixed seed the run is then the same every time.
         "--workers",
-        "2",
+        "1",
         "--seed",
         "9",
         "--no-color",
