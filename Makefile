@@ -8,6 +8,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 STAMP := $(VENV)/.parlance-installed
 SERVICES := common generator safety history gateway
+LLAMA_WHEELS ?= $(HOME)/.cache/parlance/wheels
 
 .PHONY: up test install system-deps lint protos clean help
 
@@ -23,13 +24,18 @@ $(BIN)/python:
 	$(PIP) install -q --upgrade pip
 
 # Re-run when any service's dependencies change.
-$(STAMP): $(BIN)/python $(foreach s,$(SERVICES),services/$(s)/pyproject.toml) requirements-dev.txt Makefile
+$(STAMP): $(BIN)/python $(foreach s,$(SERVICES),services/$(s)/pyproject.toml) requirements-dev.txt Makefile \
+    scripts/build_llama_wheel.sh
 	@echo "[parlance] installing the services and their dependencies"
 	@echo "[parlance] (the first time, llama-cpp-python compiles llama.cpp: ~6-8 min on 2 cores)"
 	# torch first, on its own: the CPU build (pip finds the file this workplace keeps on disk;
 	# elsewhere use --index-url https://download.pytorch.org/whl/cpu). Asked for through the
 	# detoxify extra alone, pip would pick a multi-GB CUDA build.
 	$(PIP) install torch==2.13.0
+	# llama-cpp-python compiled for any AVX2 CPU, not this one's (see the script), and kept in
+	# a cache of our own; --force-reinstall replaces a CPU-specific build from an older venv.
+	$(PIP) install --no-deps --force-reinstall \
+	    "$$(scripts/build_llama_wheel.sh $(BIN)/python $(LLAMA_WHEELS))"
 	$(PIP) install -e "services/common[tracing]" -e "services/generator[llamacpp]" \
 	    -e "services/safety[detoxify]" -e services/history -e services/gateway \
 	    -r requirements-dev.txt
