@@ -58,13 +58,14 @@ def redis_answers(url: str, timeout_s: float = 0.5) -> bool:
         return False
 
 
-def start_redis_server() -> tuple[subprocess.Popen[bytes], str]:
-    """A redis-server of our own on a free loopback port, keeping nothing on disk; returns the
-    process and its URL. RuntimeError when redis-server is missing or does not answer."""
+def start_redis_server(port: int | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """A redis-server of our own on a loopback port (a free one unless given: fault tests
+    restart it on the same one), keeping nothing on disk; returns the process and its URL.
+    RuntimeError when redis-server is missing or does not answer."""
     server = shutil.which("redis-server")
     if server is None:
         raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
-    port = free_port()
+    port = port or free_port()
     process = subprocess.Popen(
         [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
         stdout=subprocess.DEVNULL,
@@ -123,6 +124,17 @@ class ServiceProcess:
             assert self.process is not None
             self.process.kill()
             self.process.wait(5)
+
+    def pause(self) -> None:
+        """SIGSTOP: the process stops answering but keeps its sockets (a hung dependency)."""
+        if self.running:
+            assert self.process is not None
+            self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.running:
+            assert self.process is not None
+            self.process.send_signal(signal.SIGCONT)
 
     def tail(self, lines: int = 30) -> str:
         try:
@@ -232,6 +244,7 @@ class Stack:
             "GATEWAY_REDIS_URL": redis_url,
             "GATEWAY_DATABASE_URL": os.environ.get("GATEWAY_DATABASE_URL")
             or f"sqlite+aiosqlite:///{self.data_dir / 'gateway.db'}",
+            "GATEWAY_OUTBOX_PATH": str(self.data_dir / "gateway-outbox.db"),
             "GATEWAY_API_KEYS": os.environ.get("GATEWAY_API_KEYS") or f"dev:{self.api_key}",
             **self.extra_env.get("gateway", {}),
         }

@@ -23,8 +23,9 @@ from helpers import ALICE_KEY, MODEL, Stack, start_stack
 TESTS = Path(__file__).resolve().parent
 ALICE = {"Authorization": f"Bearer {ALICE_KEY}"}
 JSON = {**ALICE, "Content-Type": "application/json"}
-# Cases per operation and phase; ~16 operations, 4 phases: some hundreds of requests in all.
-MAX_EXAMPLES = int(os.environ.get("PARLANCE_FUZZ_EXAMPLES", "40"))
+# Cases per operation and phase; ~16 operations, 4 phases: some thousands of requests in all
+# (the count is in the report, tmp/.../schemathesis.txt).
+MAX_EXAMPLES = int(os.environ.get("PARLANCE_FUZZ_EXAMPLES", "100"))
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +112,7 @@ def test_schemathesis_finds_no_server_error_and_only_openai_errors(fuzz_stack: S
         "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
         "SCHEMATHESIS_HOOKS": "openai_error_check",
     }
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=480)
     report.write_text(result.stdout + result.stderr)
     summary = result.stdout[-6000:]
     assert result.returncode == 0, f"schemathesis failed (full report: {report}):\n{summary}"

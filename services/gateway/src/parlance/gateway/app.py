@@ -11,7 +11,7 @@ from fastapi import FastAPI
 
 from parlance.gateway.auth import KeyStore, StaticKeyStore
 from parlance.gateway.cache import ResponseCache
-from parlance.gateway.clients import GeneratorClient, HistoryClient, SafetyClient
+from parlance.gateway.clients import GeneratorClient, HistoryClient, KeepAlive, SafetyClient
 from parlance.gateway.config import GatewaySettings
 from parlance.gateway.errors import document_errors, install_error_handlers
 from parlance.gateway.keystore import CombinedKeyStore, SqlKeyStore
@@ -41,10 +41,17 @@ def create_app(settings: GatewaySettings, keys: KeyStore | None = None) -> FastA
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         s = settings
         redis_state = RedisState(s.redis_url)
-        generator = GeneratorClient(s.generator_url, s.generator_timeout_s, s.retry_after_s)
-        safety = SafetyClient(s.safety_url, s.safety_timeout_s, s.retry_after_s)
-        history = HistoryClient(s.history_url, s.history_timeout_s, s.retry_after_s)
-        outbox = HistoryOutbox(history)
+        keepalive = KeepAlive(s.grpc_keepalive_s, s.grpc_keepalive_timeout_s)
+        generator = GeneratorClient(
+            s.generator_url,
+            s.generator_timeout_s,
+            s.retry_after_s,
+            s.generator_idle_timeout_s,
+            keepalive,
+        )
+        safety = SafetyClient(s.safety_url, s.safety_timeout_s, s.retry_after_s, keepalive)
+        history = HistoryClient(s.history_url, s.history_timeout_s, s.retry_after_s, keepalive)
+        outbox = HistoryOutbox(history, s.outbox_path, s.outbox_max_items, s.outbox_max_bytes)
         cache = ResponseCache(redis_state, s.cache_ttl_s, s.cache_max_bytes)
         registry = ModelRegistry(generator)
         key_store = SqlKeyStore(s.database_url, s.key_cache_ttl_s)

@@ -6,9 +6,11 @@ backoff, on UNAVAILABLE). gRPC failures become OpenAI-shaped errors here, in one
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -27,7 +29,13 @@ log = logging.getLogger(__name__)
 _MAX_MESSAGE = 32 * 1024 * 1024
 
 
-def _retry_config(services: list[str]) -> str:
+def _retry_config(idempotent: list[str]) -> str:
+    """Retry policy for the idempotent methods: "pkg.Service" (all of it) or
+    "pkg.Service/Method"."""
+    names = [
+        {"service": n.split("/")[0], "method": n.split("/")[1]} if "/" in n else {"service": n}
+        for n in idempotent
+    ]
     return json.dumps(
         {
             # Spread calls over every address the target resolves to (dns:///generator:50051
@@ -35,7 +43,7 @@ def _retry_config(services: list[str]) -> str:
             "loadBalancingConfig": [{"round_robin": {}}],
             "methodConfig": [
                 {
-                    "name": [{"service": s} for s in services],
+                    "name": names,
                     "retryPolicy": {
                         "maxAttempts": 3,
                         "initialBackoff": "0.05s",
@@ -49,18 +57,43 @@ def _retry_config(services: list[str]) -> str:
     )
 
 
-def make_channel(target: str, idempotent_services: list[str]) -> grpc.aio.Channel:
+@dataclass(frozen=True)
+class KeepAlive:
+    """HTTP/2 pings during calls: a peer that stops answering them (frozen, partitioned, its
+    host gone) fails the calls in flight with UNAVAILABLE after interval + timeout, instead of
+    leaving them to their deadline (ten minutes for a generation). The services' servers
+    accept pings this often (parlance.common.grpc_server.SERVER_OPTIONS)."""
+
+    interval_s: float = 10.0
+    timeout_s: float = 5.0
+
+
+def make_channel(
+    target: str, idempotent: list[str], keepalive: KeepAlive = KeepAlive()
+) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(
         target,
         options=[
             ("grpc.max_receive_message_length", _MAX_MESSAGE),
             ("grpc.max_send_message_length", _MAX_MESSAGE),
             ("grpc.enable_retries", 1),
-            ("grpc.service_config", _retry_config(idempotent_services)),
-            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.service_config", _retry_config(idempotent)),
+            ("grpc.keepalive_time_ms", int(keepalive.interval_s * 1000)),
+            ("grpc.keepalive_timeout_ms", int(keepalive.timeout_s * 1000)),
+            # Any ping in flight (gRPC's own bandwidth probes too) times out this fast. Without
+            # it, an unanswered bandwidth-probe ping postpones the keepalive ping, and a frozen
+            # peer is noticed only after gRPC's default ping timeout of a minute (measured).
+            ("grpc.http2.ping_timeout_ms", int(keepalive.timeout_s * 1000)),
+            # Keep pinging while a call waits without data (a request queued in the engine);
+            # gRPC's default stops after two such pings, which would blind the check.
+            ("grpc.http2.max_pings_without_data", 0),
             # Reconnect quickly after a dependency restarts (default backoff grows to 120 s).
             ("grpc.initial_reconnect_backoff_ms", 200),
             ("grpc.max_reconnect_backoff_ms", 2_000),
+            # The connect timeout (gRPC's default is 20 s): a frozen peer still accepts TCP
+            # connections in its kernel but never completes the HTTP/2 handshake, and calls
+            # would wait for this long before failing.
+            ("grpc.min_reconnect_backoff_ms", max(1_000, int(keepalive.timeout_s * 1000))),
         ],
     )
 
@@ -130,14 +163,34 @@ class _Client:
 class GeneratorClient(_Client):
     dependency = "generator"
 
-    def __init__(self, target: str, timeout_s: float, retry_after_s: int) -> None:
+    def __init__(
+        self,
+        target: str,
+        timeout_s: float,
+        retry_after_s: int,
+        idle_timeout_s: float = 120.0,
+        keepalive: KeepAlive = KeepAlive(),
+    ) -> None:
         super().__init__(
-            make_channel(target, ["parlance.generator.v1.GeneratorService"]),
+            # Only ListModels and CountTokens are retried. Generate is not: a generator that
+            # failed it (keepalive noticed it frozen, say) would only be asked again to no
+            # avail, and the client is waiting; the 503 tells it when to come back.
+            make_channel(
+                target,
+                [
+                    "parlance.generator.v1.GeneratorService/ListModels",
+                    "parlance.generator.v1.GeneratorService/CountTokens",
+                ],
+                keepalive,
+            ),
             timeout_s,
             retry_after_s,
         )
-        # Only ListModels and CountTokens are idempotent; Generate is a stream and the retry
-        # policy never retries once a response message has arrived.
+        # Longest silence between two messages of a generation once it has started: a live
+        # but stuck engine ends the stream instead of holding the client until the deadline.
+        # (Before the first message a request may wait in the engine's queue; the deadline
+        # and keepalive cover that part.)
+        self.idle_timeout_s = idle_timeout_s
         self.stub = generator_pb2_grpc.GeneratorServiceStub(self.channel)
 
     async def list_models(self) -> generator_pb2.ListModelsResponse:
@@ -155,8 +208,25 @@ class GeneratorClient(_Client):
         cancels the gRPC call, which aborts the engine request."""
         call = self.stub.Generate(request, timeout=self.timeout_s, metadata=outgoing_metadata())
         try:
-            async for response in call:
+            responses = aiter(call)
+            yield await anext(responses)
+            while True:
+                # One timer per stream, moved on at each message (cheaper than wait_for).
+                try:
+                    async with asyncio.timeout(self.idle_timeout_s):
+                        response = await anext(responses)
+                except TimeoutError:
+                    DEPENDENCY_ERRORS.labels(self.dependency, "IDLE_TIMEOUT").inc()
+                    log.warning(
+                        "generator sent nothing for %.1f s: stream ended", self.idle_timeout_s
+                    )
+                    raise errors.service_unavailable(
+                        f"The generator stopped responding for {self.idle_timeout_s:g} s.",
+                        self.retry_after_s,
+                    ) from None
                 yield response
+        except StopAsyncIteration:
+            return
         except grpc.aio.AioRpcError as exc:
             DEPENDENCY_ERRORS.labels(self.dependency, exc.code().name).inc()
             raise to_api_error(exc, self.dependency, self.retry_after_s) from exc
@@ -167,9 +237,13 @@ class GeneratorClient(_Client):
 class SafetyClient(_Client):
     dependency = "safety"
 
-    def __init__(self, target: str, timeout_s: float, retry_after_s: int) -> None:
+    def __init__(
+        self, target: str, timeout_s: float, retry_after_s: int, keepalive: KeepAlive = KeepAlive()
+    ) -> None:
         super().__init__(
-            make_channel(target, ["parlance.safety.v1.SafetyService"]), timeout_s, retry_after_s
+            make_channel(target, ["parlance.safety.v1.SafetyService"], keepalive),
+            timeout_s,
+            retry_after_s,
         )
         self.stub = safety_pb2_grpc.SafetyServiceStub(self.channel)
 
@@ -187,10 +261,14 @@ class SafetyClient(_Client):
 class HistoryClient(_Client):
     dependency = "history"
 
-    def __init__(self, target: str, timeout_s: float, retry_after_s: int) -> None:
+    def __init__(
+        self, target: str, timeout_s: float, retry_after_s: int, keepalive: KeepAlive = KeepAlive()
+    ) -> None:
         # Every history RPC is idempotent: reads, and writes keyed by client-supplied ids.
         super().__init__(
-            make_channel(target, ["parlance.history.v1.HistoryService"]), timeout_s, retry_after_s
+            make_channel(target, ["parlance.history.v1.HistoryService"], keepalive),
+            timeout_s,
+            retry_after_s,
         )
         self.stub = history_pb2_grpc.HistoryServiceStub(self.channel)
 

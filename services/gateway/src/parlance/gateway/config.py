@@ -37,10 +37,24 @@ class GatewaySettings(BaseSettings):
     # empty switches them off. It is not a user key and gives no access to users' routes.
     admin_key: str = ""
 
+    # Exchanges history cannot take now wait in this SQLite file (shared by the workers; a
+    # volume in compose) and are written once it is back. Past either bound, new requests
+    # that would be stored get 503 until it drains; nothing queued is dropped.
+    outbox_path: str = ".data/gateway-outbox.db"
+    outbox_max_items: int = 10_000
+    outbox_max_bytes: int = 256 * 1024 * 1024
+
     # Deadlines (seconds) for gRPC calls; generation has its own, longer one.
     safety_timeout_s: float = 5.0
     history_timeout_s: float = 5.0
     generator_timeout_s: float = 600.0
+    # Longest silence between two messages of a generation that has started.
+    generator_idle_timeout_s: float = 120.0
+    # HTTP/2 keepalive pings on every gRPC channel while calls are open: a dependency that
+    # stops answering them (frozen, or its host unreachable) fails its calls after
+    # interval + timeout.
+    grpc_keepalive_s: float = 10.0
+    grpc_keepalive_timeout_s: float = 5.0
     # A training-data export streams for as long as it takes, within this deadline.
     history_export_timeout_s: float = 3600.0
     # Seconds a client should wait before retrying after a 503.

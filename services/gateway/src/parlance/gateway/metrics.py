@@ -94,8 +94,12 @@ REDIS_FALLBACK = Gauge(
 )
 HISTORY_OUTBOX_DEPTH = Gauge(
     "parlance_gateway_history_outbox_depth",
-    "Exchanges waiting to be written to history.",
-    multiprocess_mode="livesum",
+    "Exchanges waiting to be written to history (the outbox file is shared by the workers).",
+    multiprocess_mode="livemax",
+)
+HISTORY_OUTBOX_DEAD = Counter(
+    "parlance_gateway_history_outbox_dead_letters_total",
+    "Exchanges history refused as invalid, kept in the outbox's dead-letter table.",
 )
 CONTEXT_TRIMMED = Counter(
     "parlance_gateway_context_trimmed_messages_total",

@@ -1,97 +1,342 @@
-"""Writes exchanges to history, and keeps them in an outbox while history is down.
+"""Writes exchanges to history, and keeps them in a durable outbox while history is down.
 
-Chat must keep answering when history is unreachable (ARCHITECTURE.md), and nothing may be
-lost: a write that fails is queued and retried with back-off until history accepts it. Writes
-are idempotent (client-generated message ids), so a retry after an unclear failure cannot
-duplicate a message. The outbox lives in this process's memory; its depth is a metric.
+Chat must keep answering when history is unreachable, and nothing may be lost
+(ARCHITECTURE.md). So an exchange that cannot be written now is put in the outbox and retried
+with back-off until history accepts it. The outbox is a SQLite file on the gateway's disk
+(GATEWAY_OUTBOX_PATH), not process memory: a gateway killed with exchanges waiting writes them
+when it (or another worker on the same file) comes back.
+
+- Order: within a conversation, exchanges are written oldest first, one at a time (the next
+  exchange names the previous one as its parent, so it must not overtake it), and a new one is
+  queued behind any of its conversation's that wait. Different conversations do not wait for
+  each other: the drainer writes the oldest exchange of up to DRAIN_CONCURRENCY conversations at
+  once, and a slow or failed write of one conversation never queues the others' (one serial
+  queue behind a single timeout fell behind for good under load: measured by
+  bench/load_test.py). One drainer works at a time across the processes that share the file
+  (a lease row elects it).
+- Idempotence: message ids are made by the gateway, so a retry after an unclear failure (the
+  write landed but the answer was lost) cannot duplicate a message.
+- Bound: past GATEWAY_OUTBOX_MAX_ITEMS or _MAX_BYTES the outbox is full. Nothing queued is ever
+  dropped; instead `full` is true and the chat service refuses *new* requests that would be
+  stored with 503 + Retry-After, before generating anything (back-pressure, not loss).
+- Refused writes: an exchange history rejects as invalid (4xx) would be rejected forever; it
+  moves to a dead-letter table for an operator instead of blocking the queue.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
 
 from parlance.gateway.clients import HistoryClient
 from parlance.gateway.errors import APIError
-from parlance.gateway.metrics import HISTORY_OUTBOX_DEPTH
+from parlance.gateway.metrics import HISTORY_OUTBOX_DEAD, HISTORY_OUTBOX_DEPTH
 from parlance.history.v1 import history_pb2
 
 log = logging.getLogger(__name__)
 
+# Statuses that mean "history (or the way to it) is down": keep the exchange and retry. Any
+# other 4xx means history read the exchange and refused it.
+_RETRYABLE = {429, 500, 503, 504}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    conversation_id TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_by_conversation ON outbox (conversation_id, id);
+CREATE TABLE IF NOT EXISTS outbox_dead (
+    id INTEGER PRIMARY KEY,
+    payload BLOB NOT NULL,
+    created_at REAL NOT NULL,
+    failed_at REAL NOT NULL,
+    error TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox_drainer (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    holder TEXT NOT NULL,
+    until REAL NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class OutboxStats:
+    items: int
+    bytes: int
+
+
+class OutboxStore:
+    """The outbox table in a SQLite file, shared by the gateway's worker processes.
+
+    Blocking (sqlite3); OutboxStore's callers run it in a thread. WAL mode with
+    synchronous=NORMAL: a committed row survives the process being killed (not a power cut,
+    which would need FULL, at a cost on every queued write).
+    """
+
+    def __init__(self, path: str) -> None:
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: autocommit; multi-statement changes use explicit BEGIN.
+        self._db = sqlite3.connect(
+            path, timeout=10.0, isolation_level=None, check_same_thread=False
+        )
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def add(self, conversation_id: str, payload: bytes) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO outbox (conversation_id, payload, created_at) VALUES (?, ?, ?)",
+                (conversation_id, payload, time.time()),
+            )
+
+    def waiting(self, conversation_id: str) -> bool:
+        """Whether an exchange of this conversation waits (a new one must queue behind it)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM outbox WHERE conversation_id = ? LIMIT 1", (conversation_id,)
+            ).fetchone()
+        return row is not None
+
+    def heads(self, limit: int) -> list[tuple[int, bytes]]:
+        """The oldest exchange of each conversation, oldest first, at most `limit`."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, payload FROM outbox WHERE id IN"
+                " (SELECT MIN(id) FROM outbox GROUP BY conversation_id) ORDER BY id LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [(int(row[0]), bytes(row[1])) for row in rows]
+
+    def remove(self, item_id: int) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
+
+    def move_to_dead(self, item_id: int, error: str) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO outbox_dead (id, payload, created_at, failed_at, error)"
+                    " SELECT id, payload, created_at, ?, ? FROM outbox WHERE id = ?",
+                    (time.time(), error, item_id),
+                )
+                self._db.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def add_dead(self, payload: bytes, error: str) -> None:
+        now = time.time()
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO outbox_dead (payload, created_at, failed_at, error)"
+                " VALUES (?, ?, ?, ?)",
+                (payload, now, now, error),
+            )
+
+    def stats(self) -> OutboxStats:
+        with self._lock:
+            items, size = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM outbox"
+            ).fetchone()
+        return OutboxStats(int(items), int(size))
+
+    def dead_count(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM outbox_dead").fetchone()[0])
+
+    def lead(self, holder: str, ttl_s: float) -> bool:
+        """Takes or renews the drainer lease; True if `holder` is the drainer now."""
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute("SELECT holder, until FROM outbox_drainer").fetchone()
+                mine = row is None or row[0] == holder or row[1] < now
+                if mine:
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO outbox_drainer (one, holder, until)"
+                        " VALUES (1, ?, ?)",
+                        (holder, now + ttl_s),
+                    )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return mine
+
+    def resign(self, holder: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM outbox_drainer WHERE holder = ?", (holder,))
+
 
 class HistoryOutbox:
-    def __init__(self, client: HistoryClient, max_items: int = 100_000) -> None:
+    """Submits history writes; queues the ones history cannot take now and drains them."""
+
+    # How long a drainer's lease lasts without renewal (a killed drainer hands over after it).
+    LEASE_S = 15.0
+    # How often a process that is not the drainer looks at the outbox (depth, leadership).
+    POLL_S = 1.0
+    # Conversations written at once while draining.
+    DRAIN_CONCURRENCY = 16
+
+    def __init__(
+        self,
+        client: HistoryClient,
+        path: str,
+        max_items: int = 10_000,
+        max_bytes: int = 256 * 1024 * 1024,
+    ) -> None:
         self.client = client
         self.max_items = max_items
-        self._queue: collections.deque[history_pb2.AppendMessagesRequest] = collections.deque()
+        self.max_bytes = max_bytes
+        self.store = OutboxStore(path)
+        self._holder = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._stats = OutboxStats(0, 0)
         self._wake = asyncio.Event()
-        # Set whenever the queue is empty (close() waits on it to flush).
-        self._drained = asyncio.Event()
-        self._drained.set()
+        # Set while the outbox is seen empty (close() waits on it to flush).
+        self._emptied = asyncio.Event()
+        # Set by a write that found history down, cleared by one that succeeded.
+        self._history_down = False
         self._task: asyncio.Task[None] | None = None
 
     @property
     def depth(self) -> int:
-        return len(self._queue)
+        """Exchanges waiting (as last seen: refreshed on every change and every POLL_S)."""
+        return self._stats.items
+
+    @property
+    def full(self) -> bool:
+        return self._stats.items >= self.max_items or self._stats.bytes >= self.max_bytes
 
     def start(self) -> None:
+        self._stats = self.store.stats()
+        HISTORY_OUTBOX_DEPTH.set(self._stats.items)
+        if self._stats.items:
+            log.warning("history outbox holds %d exchanges from before", self._stats.items)
         self._task = asyncio.create_task(self._drain_forever(), name="history-outbox")
 
     async def submit(self, request: history_pb2.AppendMessagesRequest) -> bool:
-        """Writes now if possible (and nothing older is waiting); else queues. True if written."""
-        if not self._queue:
+        """Writes now if possible (and nothing older of its conversation waits); else queues.
+
+        True if history has it now. Returns only once the exchange is in history or durably
+        in the outbox, so a client told "done" can rely on it.
+        """
+        conversation_id = request.conversation_id
+        # While history is known to be down, queue at once: each direct try would hold the
+        # client's answer for up to a deadline. The drainer finds out when it is back.
+        if not self._history_down and not await asyncio.to_thread(
+            self.store.waiting, conversation_id
+        ):
             try:
                 await self.client.append_messages(request)
                 return True
             except APIError as exc:
-                if exc.status != 503:
-                    # A rejected write (bad data) would be rejected forever: log, do not queue.
-                    log.error("history refused an exchange: %s", exc.message)
+                self._history_down = exc.status in _RETRYABLE
+                if exc.status not in _RETRYABLE:
+                    log.error("history refused an exchange (dead-lettered): %s", exc.message)
+                    await asyncio.to_thread(
+                        self.store.add_dead, request.SerializeToString(), exc.message
+                    )
+                    HISTORY_OUTBOX_DEAD.inc()
                     return False
-        self._enqueue(request)
+        await asyncio.to_thread(self.store.add, conversation_id, request.SerializeToString())
+        await self._refresh()
+        self._wake.set()
         return False
 
-    def _enqueue(self, request: history_pb2.AppendMessagesRequest) -> None:
-        if len(self._queue) >= self.max_items:
-            log.error("history outbox full (%d): dropping the oldest exchange", self.max_items)
-            self._queue.popleft()
-        self._queue.append(request)
-        HISTORY_OUTBOX_DEPTH.set(len(self._queue))
-        self._drained.clear()
-        self._wake.set()
+    async def _refresh(self) -> None:
+        self._stats = await asyncio.to_thread(self.store.stats)
+        HISTORY_OUTBOX_DEPTH.set(self._stats.items)
+        if self._stats.items:
+            self._emptied.clear()
+        else:
+            self._emptied.set()
 
     async def _drain_forever(self) -> None:
         backoff = 0.5
         while True:
-            if not self._queue:
-                self._drained.set()
-                self._wake.clear()
-                await self._wake.wait()
-            request = self._queue[0]
             try:
-                await self.client.append_messages(request)
-            except APIError as exc:
-                if exc.status == 503:
+                await self._refresh()
+                if not self._stats.items or not await asyncio.to_thread(
+                    self.store.lead, self._holder, self.LEASE_S
+                ):
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self.POLL_S)
+                    continue
+                if await self._write_heads():
+                    backoff = 0.5
+                else:
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 10.0)
-                    continue
-                log.error("history refused a queued exchange: %s", exc.message)
-            self._queue.popleft()
-            HISTORY_OUTBOX_DEPTH.set(len(self._queue))
-            backoff = 0.5
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # The outbox must outlive any single failure (a locked file, a full disk).
+                log.exception("history outbox: drain step failed")
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    async def _write_heads(self) -> bool:
+        """Writes the oldest exchange of the oldest-waiting conversations; False if history
+        is (still) down for any of them."""
+        heads = await asyncio.to_thread(self.store.heads, self.DRAIN_CONCURRENCY)
+        results = await asyncio.gather(*(self._write(i, payload) for i, payload in heads))
+        return all(results)
+
+    async def _write(self, item_id: int, payload: bytes) -> bool:
+        """Writes one queued exchange; False if history is still down."""
+        request = history_pb2.AppendMessagesRequest.FromString(payload)
+        try:
+            await self.client.append_messages(request)
+        except APIError as exc:
+            if exc.status in _RETRYABLE:
+                self._history_down = True
+                return False
+            log.error("history refused a queued exchange (dead-lettered): %s", exc.message)
+            await asyncio.to_thread(self.store.move_to_dead, item_id, exc.message)
+            HISTORY_OUTBOX_DEAD.inc()
+            return True
+        self._history_down = False
+        await asyncio.to_thread(self.store.remove, item_id)
+        return True
 
     async def close(self, flush_timeout_s: float = 5.0) -> None:
+        """Gives history a last chance to take what waits; what is left stays on disk."""
         if self._task is None:
             return
-        if self._queue:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._drained.wait(), flush_timeout_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._emptied.wait(), flush_timeout_s)
         self._task.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        except asyncio.CancelledError:
-            pass
-        if self._queue:
-            log.error("gateway stopping with %d exchanges not yet in history", len(self._queue))
+        await asyncio.to_thread(self.store.resign, self._holder)
+        self._stats = await asyncio.to_thread(self.store.stats)
+        if self._stats.items:
+            log.warning(
+                "gateway stopping with %d exchanges in the outbox (kept on disk, written"
+                " after the restart)",
+                self._stats.items,
+            )
+        self.store.close()

@@ -258,6 +258,14 @@ class ChatService:
             raise errors.invalid_request(
                 "parent_message_id needs conversation_id.", param="parent_message_id"
             )
+        if (request.conversation_id or request.store) and self.outbox.full:
+            # History has been down long enough to fill the outbox. Refuse before generating:
+            # an answer that could not be kept would break "nothing is lost".
+            raise errors.service_unavailable(
+                f"History is unavailable and {self.outbox.depth} exchanges are waiting to be"
+                " stored; retry later, or send the request without store/conversation_id.",
+                self.settings.retry_after_s,
+            )
         if request.conversation_id:
             prepared.conversation_id = request.conversation_id
             prepared.parent_message_id = request.parent_message_id

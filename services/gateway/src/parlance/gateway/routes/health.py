@@ -43,6 +43,7 @@ async def readyz(state: State) -> JSONResponse:
             "status": "ready" if ready else "not_ready",
             "dependencies": dependencies,
             "history_outbox_depth": state.outbox.depth,
+            "history_outbox_full": state.outbox.full,
         },
         status_code=200 if ready else 503,
         headers={} if ready else {"Retry-After": str(state.settings.retry_after_s)},
