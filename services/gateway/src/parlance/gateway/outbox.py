@@ -199,6 +199,8 @@ class HistoryOutbox:
     POLL_S = 1.0
     # Conversations written at once while draining.
     DRAIN_CONCURRENCY = 16
+    # After a failed write, how long new exchanges queue without trying history first.
+    DIRECT_RETRY_S = 2.0
 
     def __init__(
         self,
@@ -216,8 +218,10 @@ class HistoryOutbox:
         self._wake = asyncio.Event()
         # Set while the outbox is seen empty (close() waits on it to flush).
         self._emptied = asyncio.Event()
-        # Set by a write that found history down, cleared by one that succeeded.
-        self._history_down = False
+        # After a write found history down, new exchanges queue without trying it until
+        # this time (monotonic) or until a write succeeds. A time, not a flag: a worker that
+        # is not the drainer makes no writes that could tell it history is back.
+        self._direct_after = 0.0
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -245,15 +249,17 @@ class HistoryOutbox:
         conversation_id = request.conversation_id
         # While history is known to be down, queue at once: each direct try would hold the
         # client's answer for up to a deadline. The drainer finds out when it is back.
-        if not self._history_down and not await asyncio.to_thread(
+        if time.monotonic() >= self._direct_after and not await asyncio.to_thread(
             self.store.waiting, conversation_id
         ):
             try:
                 await self.client.append_messages(request)
+                self._direct_after = 0.0
                 return True
             except APIError as exc:
-                self._history_down = exc.status in _RETRYABLE
-                if exc.status not in _RETRYABLE:
+                if exc.status in _RETRYABLE:
+                    self._history_seems_down()
+                else:
                     log.error("history refused an exchange (dead-lettered): %s", exc.message)
                     await asyncio.to_thread(
                         self.store.add_dead, request.SerializeToString(), exc.message
@@ -312,15 +318,18 @@ class HistoryOutbox:
             await self.client.append_messages(request)
         except APIError as exc:
             if exc.status in _RETRYABLE:
-                self._history_down = True
+                self._history_seems_down()
                 return False
             log.error("history refused a queued exchange (dead-lettered): %s", exc.message)
             await asyncio.to_thread(self.store.move_to_dead, item_id, exc.message)
             HISTORY_OUTBOX_DEAD.inc()
             return True
-        self._history_down = False
+        self._direct_after = 0.0
         await asyncio.to_thread(self.store.remove, item_id)
         return True
+
+    def _history_seems_down(self) -> None:
+        self._direct_after = time.monotonic() + self.DIRECT_RETRY_S
 
     async def close(self, flush_timeout_s: float = 5.0) -> None:
         """Gives history a last chance to take what waits; what is left stays on disk."""
