@@ -37,14 +37,84 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import logging
 from collections.abc import Callable, Sequence
 from importlib.metadata import version
 from typing import Any
 
+import numpy as np
+
 from parlance.safety.categories import HARASSMENT
 from parlance.safety.classifier.base import Classifier
 
+log = logging.getLogger(__name__)
+
 DEFAULT_THRESHOLD = 0.97
+
+# Texts the fast scorer must score exactly as the library does before it is used.
+PROBE_TEXTS = [
+    "You are an idiot.",
+    "Shut up, you stupid moron.",
+    "I hate Mondays.",
+    "What does the word bastard mean historically?",
+    "Here is a recipe for pancakes: flour, eggs, milk and a pinch of salt.",
+    "",
+]
+
+
+class CalibratedLinearScorer:
+    """The probability of the positive class of a sigmoid-calibrated, binary, linear model
+    (sklearn's CalibratedClassifierCV over LinearSVC, which is what profanity-check ships),
+    computed in one sparse product instead of through sklearn.
+
+    Why: sklearn's predict_proba validates its input and dispatches once per cross-validation
+    fold, ~6 ms of pure overhead per call here, while the arithmetic is a sparse dot product
+    with 5 weight vectors. Safety is called for the input and every output window of every
+    answer, so this overhead was most of its CPU (bench/safety_bench.py). The arithmetic is
+    sklearn's own: for each fold k, p_k = expit(-(a_k * (x . w_k + c_k) + b_k)); p = mean_k p_k.
+    """
+
+    def __init__(self, model: Any) -> None:
+        from scipy.special import expit
+
+        if type(model).__name__ != "CalibratedClassifierCV" or len(model.classes_) != 2:
+            raise ValueError(f"not a binary CalibratedClassifierCV: {type(model).__name__}")
+        folds = model.calibrated_classifiers_
+        for fold in folds:
+            if fold.method != "sigmoid" or len(fold.calibrators) != 1:
+                raise ValueError(f"calibration {fold.method!r} is not a single sigmoid")
+            if not hasattr(fold.estimator, "coef_") or fold.estimator.coef_.shape[0] != 1:
+                raise ValueError(f"{type(fold.estimator).__name__} is not a binary linear model")
+        self._weights = np.column_stack([f.estimator.coef_.ravel() for f in folds])
+        self._intercepts = np.array([float(f.estimator.intercept_[0]) for f in folds])
+        self._a = np.array([float(f.calibrators[0].a_) for f in folds])
+        self._b = np.array([float(f.calibrators[0].b_) for f in folds])
+        self._expit = expit
+
+    def __call__(self, features: Any) -> np.ndarray:
+        decision = np.asarray(features @ self._weights) + self._intercepts
+        return np.asarray(self._expit(-(self._a * decision + self._b)).mean(axis=1))
+
+
+def fast_predict_prob(module: Any) -> Callable[[Sequence[str]], Any] | None:
+    """profanity-check's predict_prob through CalibratedLinearScorer, or None where its model
+    is not of that shape or the two disagree on PROBE_TEXTS (then the library's own is used)."""
+    try:
+        scorer = CalibratedLinearScorer(module.model)
+    except (AttributeError, ValueError) as exc:
+        log.warning("profanity-check model not scored directly (%s): using the library", exc)
+        return None
+    vectorizer = module.vectorizer
+
+    def predict_prob(texts: Sequence[str]) -> Any:
+        return scorer(vectorizer.transform(texts))
+
+    expected = module.predict_prob(PROBE_TEXTS)
+    difference = float(np.max(np.abs(predict_prob(PROBE_TEXTS) - expected)))
+    if difference > 1e-9:
+        log.warning("direct profanity scoring differs by %g: using the library", difference)
+        return None
+    return predict_prob
 
 
 class ProfanityClassifier(Classifier):
@@ -67,8 +137,8 @@ class ProfanityClassifier(Classifier):
     async def load(self) -> None:
         # Importing profanity_check unpickles its vectorizer and model (about two seconds);
         # a thread keeps the event loop, and so the health service, responsive meanwhile.
-        module = await asyncio.to_thread(importlib.import_module, "profanity_check")
-        self._predict_prob = module.predict_prob
+        module = await asyncio.to_thread(importlib.import_module, "profanity_check.profanity_check")
+        self._predict_prob = fast_predict_prob(module) or module.predict_prob
 
     def score(self, texts: list[str]) -> list[dict[str, float]]:
         if self._predict_prob is None:

@@ -1,0 +1,73 @@
+"""profanity-check scored through sklearn vs. directly (classifier/profanity.py), same process.
+
+    .venv/bin/python bench/profanity_scoring_bench.py [--rounds 5] [--calls 300]
+
+Both paths run on the same texts, interleaved round by round so machine noise hits both: the
+library's predict_prob (vectorizer + CalibratedClassifierCV.predict_proba) and the direct
+scorer the safety service uses (the same vectorizer + one sparse product with the five folds'
+weights). Calls of one text (what the gateway sends for an output window) and of 32 texts (a
+micro-batch). Reports ms per call (median of the rounds) and the speed-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from profanity_check import profanity_check
+
+from parlance.safety.classifier.profanity import fast_predict_prob
+
+
+def texts(count: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    words = (
+        "the answer is that your printer needs a new driver and some patience please try "
+        "restarting it you stupid machine hello thanks weather recipe flour eggs milk"
+    ).split()
+    return [" ".join(rng.choices(words, k=rng.randint(8, 40))) for _ in range(count)]
+
+
+def ms_per_call(score: Callable[[Sequence[str]], Any], batches: list[list[str]]) -> float:
+    started = time.perf_counter()
+    for batch in batches:
+        score(batch)
+    return (time.perf_counter() - started) / len(batches) * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--calls", type=int, default=300)
+    args = parser.parse_args()
+    direct = fast_predict_prob(profanity_check)
+    assert direct is not None, "the shipped model did not take the direct path"
+    library = profanity_check.predict_prob
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line),
+        platform.processor(),
+    )
+    print(f"machine: {os.cpu_count()} CPUs, {cpu}, Python {platform.python_version()}")
+    print(f"command: bench/profanity_scoring_bench.py --rounds {args.rounds} --calls {args.calls}")
+    print()
+    print("| call | library (ms) | direct (ms) | speed-up |")
+    print("|---|---|---|---|")
+    for size in (1, 32):
+        calls = args.calls if size == 1 else args.calls // 8
+        batches = [texts(size, seed) for seed in range(calls)]
+        ms: dict[str, list[float]] = {"library": [], "direct": []}
+        for _ in range(args.rounds):
+            ms["library"].append(ms_per_call(library, batches))
+            ms["direct"].append(ms_per_call(direct, batches))
+        lib, fast = statistics.median(ms["library"]), statistics.median(ms["direct"])
+        print(f"| {size} text(s) | {lib:.3f} | {fast:.3f} | {lib / fast:.1f}x |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""The profanity backend scores through CalibratedLinearScorer, and exactly as the library."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from parlance.safety.categories import HARASSMENT
+from parlance.safety.classifier.profanity import (
+    CalibratedLinearScorer,
+    ProfanityClassifier,
+    fast_predict_prob,
+)
+
+WORDS = (
+    "you are an idiot stupid moron loser the printer jammed again recipe pancakes flour "
+    "history bastard hate mondays damn close shut door please kill family hello thanks "
+    "weather python code function error crap hell clown fool great lovely"
+).split()
+
+
+def sentences(count: int, seed: int = 7) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choices(WORDS, k=rng.randint(0, 40))) for _ in range(count)]
+
+
+@pytest.fixture(scope="module")
+def library():  # type: ignore[no-untyped-def]
+    from profanity_check import profanity_check
+
+    return profanity_check
+
+
+def test_direct_scores_equal_the_librarys(library) -> None:  # type: ignore[no-untyped-def]
+    fast = fast_predict_prob(library)
+    assert fast is not None, "the shipped model should take the direct path"
+    texts = sentences(500)
+    assert np.max(np.abs(fast(texts) - library.predict_prob(texts))) < 1e-12
+    # Batches and single texts agree (the gateway sends both).
+    assert fast(texts[:1])[0] == pytest.approx(fast(texts)[0], abs=1e-15)
+
+
+def test_a_model_of_another_shape_falls_back_to_the_library(library) -> None:  # type: ignore[no-untyped-def]
+    class Other:
+        model = object()
+        vectorizer = library.vectorizer
+        predict_prob = library.predict_prob
+
+    assert fast_predict_prob(Other) is None
+    with pytest.raises(ValueError):
+        CalibratedLinearScorer(library.model.calibrated_classifiers_[0].estimator)
+
+
+async def test_classifier_uses_it_and_keeps_its_measured_scores() -> None:
+    classifier = ProfanityClassifier()
+    await classifier.load()
+    scores = classifier.score(["You are an idiot.", "Here is a recipe for pancakes."])
+    assert scores[0][HARASSMENT] > 0.99
+    assert scores[1][HARASSMENT] < 0.2
