@@ -23,6 +23,7 @@ from helpers import ALICE_KEY, MODEL, Stack, start_stack
 TESTS = Path(__file__).resolve().parent
 ALICE = {"Authorization": f"Bearer {ALICE_KEY}"}
 JSON = {**ALICE, "Content-Type": "application/json"}
+ADMIN_KEY = "sk-admin-bad-input-0123456789"
 # Cases per operation and phase; ~16 operations, 4 phases: some thousands of requests in all
 # (the count is in the report, tmp/.../schemathesis.txt).
 MAX_EXAMPLES = int(os.environ.get("PARLANCE_FUZZ_EXAMPLES", "100"))
@@ -36,7 +37,7 @@ def fuzz_stack(tmp_path_factory: pytest.TempPathFactory, redis_server: str) -> I
         gateway_env={
             "GATEWAY_RPM_LIMIT": "0",
             "GATEWAY_TPM_LIMIT": "0",
-            "GATEWAY_ADMIN_KEY": "sk-admin-bad-input-0123456789",
+            "GATEWAY_ADMIN_KEY": ADMIN_KEY,
             "GATEWAY_GENERATE_TITLES": "false",
         },
         env={
@@ -80,8 +81,19 @@ def still_serving(stack: Stack) -> None:
     assert stack.services["gateway"].running
 
 
-def test_schemathesis_finds_no_server_error_and_only_openai_errors(fuzz_stack: Stack) -> None:
-    report = fuzz_stack.data_dir / "schemathesis.txt"
+# The user routes with a user's key, the admin routes with the admin key (with a user's key they
+# only ever answer 401, which tests nothing behind the authentication).
+@pytest.mark.parametrize(
+    ("scope", "key", "selection"),
+    [
+        ("user", ALICE_KEY, ["--exclude-path-regex", "^/v1/admin/"]),
+        ("admin", ADMIN_KEY, ["--include-path-regex", "^/v1/admin/"]),
+    ],
+)
+def test_schemathesis_finds_no_server_error_and_only_openai_errors(
+    fuzz_stack: Stack, scope: str, key: str, selection: list[str]
+) -> None:
+    report = fuzz_stack.data_dir / f"schemathesis-{scope}.txt"
     command = [
         str(Path(sys.executable).parent / "schemathesis"),
         "--config-file",
@@ -94,8 +106,9 @@ def test_schemathesis_finds_no_server_error_and_only_openai_errors(fuzz_stack: S
         # conversation.
         "--exclude-checks",
         "ensure_resource_availability",
+        *selection,
         "--header",
-        f"Authorization: Bearer {ALICE_KEY}",
+        f"Authorization: Bearer {key}",
         "--max-examples",
         str(MAX_EXAMPLES),
         # One worker: with a fixed seed the run is then the same every time.
