@@ -288,9 +288,12 @@ class Stack:
         self.start_service("gateway")
 
     def stop(self) -> None:
-        for name in ("gateway", "generator", "safety", "history"):
-            if name in self.services:
-                self.services[name].stop()
+        # Gateways first (extra ones that tests added too), then what they call.
+        names = [n for n in self.services if n.startswith("gateway")]
+        names += [n for n in ("generator", "safety", "history") if n in self.services]
+        for name in names:
+            self.services[name].resume()  # a paused (SIGSTOP) process could not take SIGTERM
+            self.services[name].stop()
         if self._redis is not None and self._redis.poll() is None:
             self._redis.terminate()
             self._redis.wait(5)

@@ -22,12 +22,27 @@ async def test_upgrade_from_empty_database_is_repeatable(settings: HistorySettin
             tables = set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
             assert {"users", "conversations", "messages", "feedback", "alembic_version"} <= tables
             version = await conn.scalar(text("SELECT version_num FROM alembic_version"))
-            assert version == "0002"
+            assert version == "0003"
             indexes = {
                 ix["name"]
                 for ix in await conn.run_sync(lambda c: inspect(c).get_indexes("messages"))
             }
             assert "ix_messages_parent" in indexes
+            assert "ix_messages_user_conversation" in indexes
+            assert "ix_messages_user" not in indexes
+            if engine.dialect.name == "sqlite":
+                # The tree of one conversation is read through the index on both columns,
+                # not by scanning all of the user's messages.
+                plan = await conn.execute(
+                    text(
+                        "EXPLAIN QUERY PLAN SELECT id, parent_id, created_at FROM messages"
+                        " WHERE conversation_id = 'c' AND user_id = 'u'"
+                    )
+                )
+                details = " ".join(str(row[-1]) for row in plan)
+                assert "ix_messages_user_conversation (user_id=? AND conversation_id=?)" in (
+                    details
+                ), details
             if engine.dialect.name == "sqlite":
                 assert "messages_fts" in tables
                 triggers = set(
@@ -54,4 +69,4 @@ def test_migrate_subcommand_with_database_url_alias(tmp_path: Path) -> None:
     import sqlite3
 
     with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("0002",)
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("0003",)

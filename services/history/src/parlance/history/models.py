@@ -86,7 +86,8 @@ class Message(Base):
     __table_args__ = (
         Index("ix_messages_conversation_created", "conversation_id", "created_at"),
         Index("ix_messages_parent", "parent_id"),
-        Index("ix_messages_user", "user_id"),
+        # Both columns: the tree query filters on both (migration 0003 says why).
+        Index("ix_messages_user_conversation", "user_id", "conversation_id"),
     )
 
     id: Mapped[str] = mapped_column(String(128), primary_key=True)
