@@ -202,8 +202,12 @@ async def test_only_the_waiting_conversation_queues(
     first, answer1 = exchange("conv_waiting")
     assert await down.submit(first) is False  # history down: queued
     await history.start()
-    while not await client.check_health():  # the channel reconnects after its back-off
+    for _ in range(100):  # the channel reconnects after its back-off
+        if await client.check_health():
+            break
         await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("history did not come back")
     # Another process on the same file, history up, its drainer not started yet.
     other = HistoryOutbox(client, path)
     follow_up, _ = exchange("conv_waiting", parent_id=answer1, create=False)
