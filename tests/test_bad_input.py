@@ -401,3 +401,34 @@ def test_bad_credentials_are_401(fuzz_stack: Stack, authorization: str | None) -
     body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "Hi"}]})
     assert_openai_error(post_raw(fuzz_stack, body.encode(), headers), 401)
     still_serving(fuzz_stack)
+
+
+# What the admin-route fuzzing found: a bool taken for a limit, and limits past the 32-bit
+# column answered 500.
+@pytest.mark.parametrize(
+    ("limits", "status"),
+    [
+        ({"rpm_limit": False}, 400),
+        ({"max_concurrent": "5"}, 400),
+        ({"tpm_limit": 2**40}, 400),
+        ({"rpm_limit": 10.5}, 400),
+        ({"max_tokens": 0}, 400),
+        ({"rpm_limit": 10.0, "tpm_limit": 2**31 - 1}, 201),
+    ],
+)
+def test_admin_key_limits_are_json_integers_within_their_column(
+    fuzz_stack: Stack, limits: dict, status: int
+) -> None:
+    response = httpx.post(
+        f"{fuzz_stack.gateway_url}/v1/admin/keys",
+        json={"user_id": "limits-check", **limits},
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        timeout=30,
+    )
+    if status == 201:
+        assert response.status_code == 201, response.text
+        assert response.json()["rpm_limit"] == 10
+        assert response.json()["tpm_limit"] == 2**31 - 1
+    else:
+        error = assert_openai_error(response, status)
+        assert error["param"] == next(iter(limits))

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from parlance.gateway import errors
 from parlance.gateway.auth import KeyLimits
@@ -16,13 +16,33 @@ from parlance.gateway.keystore import KeyRecord
 router = APIRouter()
 
 
+# The limits are stored in 32-bit integer columns (PostgreSQL's INTEGER).
+_MAX_LIMIT = 2**31 - 1
+
+
+def _integral_float_to_int(value: object) -> object:
+    """JSON Schema's "integer" includes 10.0; strict validation alone would refuse it."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# An integer as JSON Schema means it: 10 or 10.0, never true, "10" or 10.5. The bounds sit
+# inside the Annotated so that the OpenAPI schema shows them as minimum/maximum.
+Limit = Annotated[int, Field(ge=0, le=_MAX_LIMIT), BeforeValidator(_integral_float_to_int)]
+PositiveLimit = Annotated[int, Field(ge=1, le=_MAX_LIMIT), BeforeValidator(_integral_float_to_int)]
+
+
 class CreateKeyRequest(BaseModel):
+    # Strict, like the chat request models: `false` is not 0 and `10.0` is not 10.
+    model_config = ConfigDict(strict=True)
+
     user_id: str = Field(min_length=1, max_length=128)
     name: str = Field(default="", max_length=200)
-    rpm_limit: int | None = Field(default=None, ge=0)
-    tpm_limit: int | None = Field(default=None, ge=0)
-    max_concurrent: int | None = Field(default=None, ge=0)
-    max_tokens: int | None = Field(default=None, ge=1)
+    rpm_limit: Limit | None = None
+    tpm_limit: Limit | None = None
+    max_concurrent: Limit | None = None
+    max_tokens: PositiveLimit | None = None
 
 
 def key_json(record: KeyRecord) -> dict[str, Any]:

@@ -171,7 +171,16 @@ def _instant(value: str, param: str) -> Timestamp:
     return ts
 
 
-@router.get("/v1/admin/export")
+@router.get(
+    "/v1/admin/export",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "One JSON record per line (JSONL), streamed.",
+            "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+        }
+    },
+)
 async def export_training_data(
     _: Admin,
     state: State,
