@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import random
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -22,8 +23,16 @@ from dataclasses import dataclass, field
 
 import httpx
 import pytest
-from helpers import ALICE_KEY, BOB_KEY, MODEL, Stack, start_extra_gateway, start_redis_server
-from helpers import start_stack as start_stack_processes
+import redis as redis_client
+from helpers import (
+    ALICE_KEY,
+    BOB_KEY,
+    MODEL,
+    Stack,
+    start_extra_gateway,
+    start_redis_server,
+    start_stack,
+)
 
 ALICE = {"Authorization": f"Bearer {ALICE_KEY}"}
 # 60 plain words: the scripted engine sends them one token each.
@@ -48,13 +57,9 @@ class RedisProcess:
         self.process, _ = start_redis_server(self.port)
 
     def pause(self) -> None:
-        import signal
-
         self.process.send_signal(signal.SIGSTOP)
 
     def resume(self) -> None:
-        import signal
-
         self.process.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
@@ -91,7 +96,7 @@ def redis() -> Iterator[RedisProcess]:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, redis: RedisProcess) -> Iterator[Stack]:
-    stack = start_stack_processes(
+    stack = start_stack(
         tmp_path_factory.mktemp("midstream"),
         redis.url,
         gateway_env={
@@ -243,8 +248,6 @@ def test_redis_killed_mid_stream(stack: Stack, redis: RedisProcess) -> None:
         redis.restart()
     wait_until(lambda: readyz(stack)["dependencies"]["redis"] == "ok")
     # Back on Redis: a lease taken now is visible in Redis while the answer streams.
-    import redis as redis_client
-
     client = redis_client.Redis.from_url(redis.url)
     leases: list[int] = []
 
@@ -477,7 +480,5 @@ def test_every_completed_exchange_survives_a_series_of_faults(
         theirs = httpx.get(url, headers={"Authorization": f"Bearer {other}"}, timeout=10)
         assert theirs.status_code == 404
     # The killed gateway's leases expired (TTL 3 s here); the live one released its own.
-    import redis as redis_client
-
     client = redis_client.Redis.from_url(redis.url)
     wait_until(lambda: sum(client.zcard(k) for k in client.scan_iter("parlance:lease:*")) == 0, 30)

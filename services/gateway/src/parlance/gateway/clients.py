@@ -211,7 +211,8 @@ class GeneratorClient(_Client):
             responses = aiter(call)
             yield await anext(responses)
             while True:
-                # One timer per stream, moved on at each message (cheaper than wait_for).
+                # asyncio.timeout costs a timer handle per message; wait_for would also wrap
+                # every read in a task of its own.
                 try:
                     async with asyncio.timeout(self.idle_timeout_s):
                         response = await anext(responses)
