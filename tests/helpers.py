@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import sys
+import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,3 +90,53 @@ def scrape(port: int) -> dict[str, float]:
 def total(samples: dict[str, float], name: str) -> float:
     """Sum of a metric's samples over all label values."""
     return sum(v for key, v in samples.items() if key.split("{", 1)[0] == name)
+
+
+def wait_until(
+    predicate: Callable[[], object], timeout_s: float = 60.0, what: str = "condition"
+) -> None:
+    """Polls `predicate` until it is true. An HTTP error while polling (a service that is
+    still restarting) counts as "not yet"; the deadline turns it into a test failure."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"not reached within {timeout_s:g} s: {what}")
+
+
+class RedisProcess:
+    """A redis-server of a test's own on a fixed port, which the test can stop, kill -9,
+    freeze (SIGSTOP) and start again on the same port."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process, _ = start_redis_server(self.port)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.resume()
+            self.process.terminate()
+            self.process.wait(5)
+            self.process = None
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(5)
+            self.process = None
+
+    def pause(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGCONT)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
-from helpers import ALICE_KEY, MODEL, Stack, start_stack
+from helpers import ALICE_KEY, MODEL, Stack, start_stack, wait_until
 
 ALICE = {"Authorization": f"Bearer {ALICE_KEY}"}
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "Hi!"}], "max_tokens": 5}
@@ -22,15 +21,6 @@ def fault_stack(tmp_path_factory: pytest.TempPathFactory, redis_server: str) -> 
 
 def readyz(stack: Stack) -> httpx.Response:
     return httpx.get(f"{stack.gateway_url}/readyz", timeout=10)
-
-
-def wait_until(predicate, timeout_s: float = 30.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError("condition not reached in time")
 
 
 def chat(stack: Stack) -> httpx.Response:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import random
-import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -28,10 +27,11 @@ from helpers import (
     ALICE_KEY,
     BOB_KEY,
     MODEL,
+    RedisProcess,
     Stack,
     start_extra_gateway,
-    start_redis_server,
     start_stack,
+    wait_until,
 )
 
 ALICE = {"Authorization": f"Bearer {ALICE_KEY}"}
@@ -40,32 +40,6 @@ SCRIPT = " ".join(["steady"] * 20 + ["answers"] * 20 + ["arrive"] * 20)
 WORDS = len(SCRIPT.split())
 # Long enough for a frozen dependency to be noticed, short enough for CI.
 HANG_BOUND_S = 15.0
-
-
-class RedisProcess:
-    """A redis-server of this module's own that can be killed and restarted on its port."""
-
-    def __init__(self) -> None:
-        self.process, self.url = start_redis_server()
-        self.port = int(self.url.rsplit(":", 1)[1].split("/")[0])
-
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.wait(5)
-
-    def restart(self) -> None:
-        self.process, _ = start_redis_server(self.port)
-
-    def pause(self) -> None:
-        self.process.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        self.process.send_signal(signal.SIGCONT)
-
-    def stop(self) -> None:
-        self.resume()
-        self.process.terminate()
-        self.process.wait(5)
 
 
 @dataclass
@@ -90,6 +64,7 @@ class Stream:
 @pytest.fixture(scope="module")
 def redis() -> Iterator[RedisProcess]:
     server = RedisProcess()
+    server.start()
     yield server
     server.stop()
 
@@ -118,9 +93,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, redis: RedisProcess) -> Iter
         },
     )
     yield stack
-    for service in stack.services.values():
-        service.resume()
-    stack.stop()
+    stack.stop()  # resumes paused services first
 
 
 def body(stream: bool = True, store: bool = True, **extra: object) -> dict:
@@ -196,18 +169,6 @@ def readyz(stack: Stack) -> dict:
     return httpx.get(f"{stack.gateway_url}/readyz", timeout=10).json()
 
 
-def wait_until(predicate, timeout_s: float = 60.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("condition not reached in time")
-
-
 def wait_healthy(stack: Stack) -> None:
     wait_until(lambda: chat(stack.gateway_url, timeout_s=10).status_code == 200)
 
@@ -245,7 +206,7 @@ def test_redis_killed_mid_stream(stack: Stack, redis: RedisProcess) -> None:
         assert chat(stack.gateway_url).status_code == 200
         assert "unavailable" in readyz(stack)["dependencies"]["redis"]
     finally:
-        redis.restart()
+        redis.start()
     wait_until(lambda: readyz(stack)["dependencies"]["redis"] == "ok")
     # Back on Redis: a lease taken now is visible in Redis while the answer streams.
     client = redis_client.Redis.from_url(redis.url)
@@ -437,7 +398,7 @@ def test_every_completed_exchange_survives_a_series_of_faults(
         stack.start_service("history")
         redis.kill()
         time.sleep(3)
-        redis.restart()
+        redis.start()
         stack.services["safety"].pause()
         time.sleep(faults.uniform(1.5, 2.5))
         stack.services["safety"].resume()

@@ -9,11 +9,9 @@ import hashlib
 import json
 import os
 import random
-import shutil
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -23,14 +21,14 @@ from helpers import (
     ALICE_KEY,
     BOB_KEY,
     MODEL,
+    RedisProcess,
     ServiceProcess,
     Stack,
-    free_port,
-    redis_answers,
     scrape,
     start_extra_gateway,
     start_stack,
     total,
+    wait_until,
 )
 
 ADMIN_KEY = "sk-admin-test-limits-0123456789"
@@ -52,39 +50,6 @@ def body(content: str = "Hi there", max_tokens: int = 1, **extra: object) -> dic
         "max_tokens": max_tokens,
         **extra,
     }
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"not reached within {timeout_s}s: {what}")
-
-
-class RedisProcess:
-    """A redis-server on its own port that a test stops and starts again."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        server = shutil.which("redis-server")
-        assert server is not None, "redis-server is not installed"
-        self.process = subprocess.Popen(
-            [server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""],
-            stdout=subprocess.DEVNULL,
-        )
-        wait_until(lambda: redis_answers(self.url), 10, "redis-server answers")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(5)
-            self.process = None
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +35,7 @@ from helpers import (
     start_extra_gateway,
     start_stack,
     total,
+    wait_until,
 )
 
 ALICE = {"Authorization": f"Bearer {ALICE_KEY}"}
@@ -56,15 +56,6 @@ class Session:
     statuses: dict[str, list[int]] = field(default_factory=lambda: {"main": [], "extra": []})
     before_history_down: dict[str, dict[str, float]] = field(default_factory=dict)
     after: dict[str, dict[str, float]] = field(default_factory=dict)
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not reached in time")
 
 
 def body(content: str, **extra: Any) -> dict[str, Any]:
