@@ -34,7 +34,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import shutil
 import signal
 import subprocess
@@ -53,6 +52,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 import grpc  # noqa: E402
+from benchlib import machine  # noqa: E402
 from helpers import (  # noqa: E402
     ALICE_KEY,
     BOB_KEY,
@@ -719,19 +719,6 @@ def machinery_of(running: Running) -> Machinery:
 
 
 # --- the report -------------------------------------------------------------------------------
-
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    kib = int(Path("/proc/meminfo").read_text().split()[1])
-    return (
-        f"{len(os.sched_getaffinity(0))} CPUs (nproc), {cpu}, {kib / 1024 / 1024:.1f} GiB RAM, "
-        f"Python {platform.python_version()}, {platform.system()} {platform.release()}"
-    )
 
 
 def fmt(value: float, digits: int = 1) -> str:

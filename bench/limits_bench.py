@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,17 +36,9 @@ from parlance.gateway.redis_state import RedisState
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from helpers import start_redis_server  # noqa: E402
+from benchlib import start_redis  # noqa: E402
 
 MODEL = "SmolLM2-135M-Instruct"
-
-
-def start_redis() -> tuple[subprocess.Popen[bytes], str]:
-    """A redis-server of the benchmark's own (nothing shared with other users of Redis)."""
-    try:
-        return start_redis_server()
-    except RuntimeError as exc:
-        sys.exit(str(exc))
 
 
 async def rate(total: int, concurrency: int, op: Callable[[int], Awaitable[object]]) -> float:

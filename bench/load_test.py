@@ -33,7 +33,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -49,13 +48,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from benchlib import machine, start_redis  # noqa: E402
 from helpers import (  # noqa: E402
     ALICE_KEY,
     BOB_KEY,
     MODEL,
     Stack,
     scrape,
-    start_redis_server,
     start_stack,
     total,
 )
@@ -561,24 +560,6 @@ def summary_row(result: RunResult) -> dict[str, object]:
     }
 
 
-def machine() -> str:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = ""
-    try:
-        kib = int(Path("/proc/meminfo").read_text().split()[1])
-        mem = f", {kib / 1024 / 1024:.1f} GiB RAM"
-    except (OSError, ValueError, IndexError):
-        pass
-    return f"{os.cpu_count()} CPUs (nproc), {cpu}{mem}, Python {platform.python_version()}"
-
-
 def render(results: list[RunResult], args: argparse.Namespace) -> str:
     title = "Soak" if args.soak else "Load test"
     lines = [
@@ -804,14 +785,6 @@ def profile_table(concurrency: int, profile: Profile, rows: int) -> list[str]:
     if profile.dropped:
         lines += ["", f"Left out (1 MB or more): {', '.join(profile.dropped)}."]
     return lines
-
-
-def start_redis() -> tuple[subprocess.Popen[bytes], str]:
-    """A redis-server of the benchmark's own (nothing shared with other users of Redis)."""
-    try:
-        return start_redis_server()
-    except RuntimeError as exc:
-        sys.exit(str(exc))
 
 
 def main() -> None:

@@ -23,10 +23,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,12 +37,12 @@ from parlance.gateway.config import GatewaySettings
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+from benchlib import machine, start_redis  # noqa: E402
 from helpers import (  # noqa: E402
     ALICE_KEY,
     MODEL,
     Stack,
     start_extra_gateway,
-    start_redis_server,
     start_stack,
 )
 
@@ -146,20 +144,6 @@ def summary(samples: list[Sample]) -> dict[str, float]:
     }
 
 
-def machine() -> str:
-    nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    system = f"{platform.system()} {platform.release()}"
-    return f"{nproc} CPUs ({model}), {system}, Python {platform.python_version()}"
-
-
 def report(sides: list[Side], args: argparse.Namespace, command: str) -> str:
     off, on = sides
     rows = []
@@ -225,14 +209,6 @@ def report(sides: list[Side], args: argparse.Namespace, command: str) -> str:
             "",
         ]
     )
-
-
-def start_redis() -> tuple[subprocess.Popen[bytes], str]:
-    """A redis-server of the benchmark's own (nothing shared with other users of Redis)."""
-    try:
-        return start_redis_server()
-    except RuntimeError as exc:
-        sys.exit(str(exc))
 
 
 def main() -> None:

@@ -12,14 +12,13 @@ micro-batch). Reports ms per call (median of the rounds) and the speed-up.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import random
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from benchlib import machine
 from profanity_check import profanity_check
 
 from parlance.safety.classifier.profanity import fast_predict_prob
@@ -49,11 +48,7 @@ def main() -> None:
     direct = fast_predict_prob(profanity_check)
     assert direct is not None, "the shipped model did not take the direct path"
     library = profanity_check.predict_prob
-    cpu = next(
-        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line),
-        platform.processor(),
-    )
-    print(f"machine: {os.cpu_count()} CPUs, {cpu}, Python {platform.python_version()}")
+    print(f"machine: {machine()}")
     print(f"command: bench/profanity_scoring_bench.py --rounds {args.rounds} --calls {args.calls}")
     print()
     print("| call | library (ms) | direct (ms) | speed-up |")
