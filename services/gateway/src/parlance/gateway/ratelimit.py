@@ -145,14 +145,8 @@ class RateLimiter:
     ) -> Decision:
         key = f"{self.prefix}{name}:{subject}"
         period_ms = period_s * 1000
-        script = self._script
         try:
-            if script is None:
-                raise RedisUnavailable()
-            raw = await self.redis.run(
-                lambda _: script(keys=[key], args=[int(period_ms), limit, cost])
-            )
-            allowed, remaining, reset_ms, retry_ms = (int(x) for x in raw)
+            allowed, remaining, reset_ms, retry_ms = await self._gcra(key, period_ms, limit, cost)
         except RedisUnavailable:
             if self.on_redis_down == "closed":
                 raise
@@ -179,14 +173,8 @@ class RateLimiter:
         Redis is down and the policy is "closed"."""
         key = f"{self.prefix}{name}:{subject}"
         period_ms = period_s * 1000
-        script = self._script
         try:
-            if script is None:
-                raise RedisUnavailable()
-            raw = await self.redis.run(
-                lambda _: script(keys=[key], args=[int(period_ms), limit, 0])
-            )
-            _, remaining, reset_ms, _ = (int(x) for x in raw)
+            _, remaining, reset_ms, _ = await self._gcra(key, period_ms, limit, 0)
         except RedisUnavailable:
             if self.on_redis_down == "closed":
                 return None
@@ -195,6 +183,18 @@ class RateLimiter:
             else:
                 _, remaining, reset_ms, _ = self.local.decide(key, period_ms, limit, 0)
         return Decision(True, limit, max(0, remaining), reset_ms / 1000, 0.0)
+
+    async def _gcra(
+        self, key: str, period_ms: float, limit: int, cost: int
+    ) -> tuple[int, int, int, int]:
+        """(allowed, remaining, reset_ms, retry_ms) from the GCRA script in Redis; cost 0
+        reads the state without changing it. Raises RedisUnavailable."""
+        script = self._script
+        if script is None:
+            raise RedisUnavailable()
+        raw = await self.redis.run(lambda _: script(keys=[key], args=[int(period_ms), limit, cost]))
+        allowed, remaining, reset_ms, retry_ms = (int(x) for x in raw)
+        return allowed, remaining, reset_ms, retry_ms
 
     async def adjust(
         self, name: str, subject: str, limit: int, delta: int, period_s: float = 60.0
