@@ -198,10 +198,14 @@ def test_tpm_reconciles_after_a_stream_cut_short(limits_stack: Stack, rdb: redis
     tpm_key = f"parlance:rl:tpm:{key['id']}"
 
     def outstanding() -> float:
+        """Tokens still charged: the limit's offset ("<written_ms> <ahead_ms>") now."""
         seconds, micros = rdb.time()
-        tat = rdb.get(tpm_key)
-        now_ms = seconds * 1000 + micros / 1000
-        return max(0.0, float(tat) - now_ms) / (60_000 / 600) if tat else 0.0
+        state = rdb.get(tpm_key)
+        if not state:
+            return 0.0
+        written_ms, ahead_ms = state.split()
+        elapsed_ms = seconds * 1000 + micros // 1000 - int(written_ms)
+        return max(0.0, float(ahead_ms) - elapsed_ms) / (60_000 / 600)
 
     wait_until(lambda: outstanding() < 300, 8, "the unused reservation is refunded")
     # What the cut stream really cost (its prompt and the tokens generated) stays charged.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import shutil
 import socket
 import subprocess
@@ -14,7 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from parlance.gateway.leases import ConcurrencyLeases
-from parlance.gateway.ratelimit import RateLimiter
+from parlance.gateway.ratelimit import ADJUST_LUA, CLOCK_LUA, GCRA_LUA, LocalGCRA, RateLimiter
 from parlance.gateway.redis_state import RedisState, RedisUnavailable
 
 
@@ -90,6 +91,91 @@ async def test_concurrent_callers_get_exactly_the_limit(state: RedisState, limit
     refused = [d for d in decisions if not d.allowed]
     assert all(d.remaining == 0 and d.retry_after_s > 0 for d in refused)
     assert sorted(d.remaining for d in decisions if d.allowed) == list(range(limit))
+
+
+# --- the arithmetic, on a frozen clock ------------------------------------------------------
+# A real burst spreads over a few milliseconds, and the clock moving on hides float drift. With
+# the clock frozen at a real epoch (where an absolute TAT's double step is 2.4e-4 ms), every
+# request of a burst lands on the same instant: the worst case, and the same one on every run.
+
+FROZEN_NOW_MS = 1_764_286_461_234  # 2025-11-27
+
+
+class FrozenScript:
+    """GCRA_LUA or ADJUST_LUA on the real Redis with Redis's TIME replaced by a given ms."""
+
+    def __init__(self, client: aioredis.Redis, source: str) -> None:
+        assert source.count(CLOCK_LUA) == 1
+        frozen = source.replace(CLOCK_LUA, "local t = {ARGV[4], ARGV[5]}")
+        self.script = client.register_script(frozen)
+
+    async def __call__(self, key: str, now_ms: int, *args: int) -> list[int]:
+        seconds, millis = divmod(now_ms, 1000)
+        raw = await self.script(keys=[key], args=[*args, seconds, millis * 1000])
+        return [int(x) for x in raw] if isinstance(raw, list) else [int(raw)]
+
+
+@pytest.fixture
+async def raw_client(redis_process: RedisProcess) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_process.url)
+    yield client
+    await client.aclose()
+
+
+@pytest.mark.parametrize("limit", [1, 7, 33, 1000, 12_345])
+async def test_a_burst_in_one_instant_gets_exactly_the_limit_in_redis(
+    raw_client: aioredis.Redis, limit: int
+) -> None:
+    """Before the offset format, limit 33 at this instant counted `remaining` 32, ..., 3, 2, 2,
+    ... (CI saw it) and 12,345 refused requests inside the limit."""
+    check = FrozenScript(raw_client, GCRA_LUA)
+    key = subject()
+    results = [await check(key, FROZEN_NOW_MS, 60_000, limit, 1) for _ in range(limit + 3)]
+    assert [r[0] for r in results] == [1] * limit + [0] * 3
+    assert [r[1] for r in results[:limit]] == list(range(limit - 1, -1, -1))
+    assert all(r[1] == 0 and r[3] > 0 for r in results[limit:])
+
+
+@pytest.mark.parametrize("limit", [1, 7, 33, 1000, 12_345])
+def test_a_burst_in_one_instant_gets_exactly_the_limit_in_process(limit: int) -> None:
+    local = LocalGCRA(clock_ns=lambda: FROZEN_NOW_MS * 1_000_000)
+    results = [local.decide("k", 60_000, limit, 1) for _ in range(limit + 3)]
+    assert [r[0] for r in results] == [1] * limit + [0] * 3
+    assert [r[1] for r in results[:limit]] == list(range(limit - 1, -1, -1))
+
+
+async def test_redis_and_in_process_gcra_agree_step_by_step(raw_client: aioredis.Redis) -> None:
+    """The Lua script and `gcra()` (which LocalGCRA runs) are one algorithm in two languages:
+    the same random walk of costs, refunds and clock steps gives the same answers."""
+    rng = random.Random(9)
+    check = FrozenScript(raw_client, GCRA_LUA)
+    adjust = FrozenScript(raw_client, ADJUST_LUA)
+    now_ms = FROZEN_NOW_MS
+    local = LocalGCRA(clock_ns=lambda: now_ms * 1_000_000)
+    key, period_ms, limit = subject(), 60_000, 997
+    for _ in range(3000):
+        now_ms += rng.choice([0, 0, 0, 1, 7, 60, 900])
+        if rng.random() < 0.1:
+            delta = rng.randint(-400, 50)
+            await adjust(key, now_ms, period_ms, limit, delta)
+            local.adjust("k", period_ms, limit, delta)
+            continue
+        cost = rng.choice([0, 1, 1, 3, 40])
+        in_redis = await check(key, now_ms, period_ms, limit, cost)
+        assert in_redis == list(local.decide("k", period_ms, limit, cost))
+
+
+async def test_a_key_in_the_absolute_format_of_earlier_versions_is_read(
+    raw_client: aioredis.Redis,
+) -> None:
+    check = FrozenScript(raw_client, GCRA_LUA)
+    key, limit = subject(), 10
+    interval_ms = 60_000 / limit
+    await raw_client.set(key, repr(FROZEN_NOW_MS + 3 * interval_ms), px=60_000)
+    allowed, remaining, _, _ = await check(key, FROZEN_NOW_MS, 60_000, limit, 1)
+    assert (allowed, remaining) == (1, limit - 4)
+    written, ahead = (await raw_client.get(key)).split()
+    assert int(written) == FROZEN_NOW_MS and float(ahead) == pytest.approx(4 * interval_ms)
 
 
 async def test_no_double_burst_at_the_window_edge(state: RedisState) -> None:

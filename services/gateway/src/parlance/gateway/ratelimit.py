@@ -11,7 +11,9 @@ runs per process (limits then apply per gateway replica; the metrics say so).
 from __future__ import annotations
 
 import logging
+import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from parlance.gateway.metrics import RATE_LIMIT
@@ -19,49 +21,100 @@ from parlance.gateway.redis_state import RedisState, RedisUnavailable
 
 log = logging.getLogger(__name__)
 
-# KEYS[1]: the limit's key. ARGV: period_ms, limit, cost.
-# Returns {allowed (0/1), remaining, reset_ms (until fully replenished), retry_after_ms}.
-GCRA_LUA = """
-local t = redis.call('TIME')
+# The state of a limit is how far its "theoretical arrival time" (TAT) runs ahead of the clock,
+# stored with the millisecond it was written: "<written_ms> <ahead_ms>". Why not the TAT itself:
+# an absolute TAT is ~1.8e12 ms, where a double's step is 2.4e-4 ms, so adding `period / limit`
+# once per request drifts by that much each time; over a burst the drift passes any small
+# tolerance and the N-th request reads one `remaining` too low, or is refused. Offsets stay
+# below the period (~6e4 ms, step 7e-12 ms) and `now - written_ms` is an exact integer.
+
+# Slack (ms) in every comparison: far above the float error of the offsets (1e-11 ms per
+# request), far below the clock's resolution (1 ms), so a burst of N gets exactly N through.
+TOLERANCE_MS = 0.001
+
+# The clock is read on one line (CLOCK_LUA) so that tests can freeze it.
+CLOCK_LUA = "local t = redis.call('TIME')"
+
+# Reads the stored offset into `ahead` (ms, >= 0) for `now` (integer ms). A bare number is the
+# absolute TAT that versions before the offset format stored; such keys live at most a period.
+_READ_STATE_LUA = (
+    CLOCK_LUA
+    + """
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ahead = 0
+local state = redis.call('GET', KEYS[1])
+if state then
+  local written, stored = string.match(state, '^(%d+) (%S+)$')
+  if written then
+    ahead = tonumber(stored) - (now - tonumber(written))
+  else
+    ahead = tonumber(state) - now
+  end
+  if ahead < 0 then ahead = 0 end
+end
+"""
+)
+
+# Writes `ahead` back, expiring the key when it has fully replenished.
+_WRITE_STATE_LUA = """
+local function write_state(offset)
+  redis.call('SET', KEYS[1], string.format('%d %.17g', now, offset), 'PX', math.ceil(offset) + 1)
+end
+"""
+
+# KEYS[1]: the limit's key. ARGV: period_ms, limit, cost (0 reads without writing).
+# Returns {allowed (0/1), remaining, reset_ms (until fully replenished), retry_after_ms}.
+GCRA_LUA = (
+    _READ_STATE_LUA
+    + _WRITE_STATE_LUA
+    + f"local tol = {TOLERANCE_MS!r}"
+    + """
 local period = tonumber(ARGV[1])
 local limit = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
 local interval = period / limit
--- Float sums of period / limit drift by a few ulps: without this tolerance the N-th request
--- of a burst within one millisecond could be refused and `remaining` read one too low.
-local eps = 1e-6
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-local new_tat = tat + interval * cost
-local ahead = new_tat - now
-if ahead > period + eps then
-  local remaining = math.floor((period - (tat - now)) / interval + eps)
+local new_ahead = ahead + interval * cost
+if new_ahead > period + tol then
+  local remaining = math.floor((period + tol - ahead) / interval)
   if remaining < 0 then remaining = 0 end
-  return {0, remaining, math.ceil(tat - now), math.ceil(ahead - period)}
+  return {0, remaining, math.ceil(ahead), math.ceil(new_ahead - period)}
 end
--- %.17g: Lua's tostring keeps 14 digits, i.e. 0.1 ms at today's epoch, which adds up.
-redis.call('SET', KEYS[1], string.format('%.17g', new_tat), 'PX', math.ceil(ahead) + 1)
-return {1, math.floor((period - ahead) / interval + eps), math.ceil(ahead), 0}
+if cost > 0 then write_state(new_ahead) end
+return {1, math.floor((period + tol - new_ahead) / interval), math.ceil(new_ahead), 0}
 """
+)
 
 
 # Charges (delta > 0) or refunds (delta < 0) tokens after the fact, without a decision: TPM
 # reconciles its estimate with the real usage this way. KEYS[1]; ARGV: period_ms, limit, delta.
-ADJUST_LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local interval = tonumber(ARGV[1]) / tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-tat = tat + interval * tonumber(ARGV[3])
-if tat <= now then
+# Returns the ms until fully replenished.
+ADJUST_LUA = (
+    _READ_STATE_LUA
+    + _WRITE_STATE_LUA
+    + """
+ahead = ahead + tonumber(ARGV[1]) / tonumber(ARGV[2]) * tonumber(ARGV[3])
+if ahead <= 0 then
   redis.call('DEL', KEYS[1])
   return 0
 end
-redis.call('SET', KEYS[1], string.format('%.17g', tat), 'PX', math.ceil(tat - now) + 1)
-return math.ceil(tat - now)
+write_state(ahead)
+return math.ceil(ahead)
 """
+)
+
+
+def gcra(
+    ahead_ms: float, period_ms: float, limit: int, cost: int
+) -> tuple[int, int, int, int, float]:
+    """One GCRA decision from the current offset: (allowed, remaining, reset_ms, retry_ms,
+    the new offset). GCRA_LUA is this function in Lua; tests hold the two to each other."""
+    interval = period_ms / limit
+    new_ahead = ahead_ms + interval * cost
+    if new_ahead > period_ms + TOLERANCE_MS:
+        remaining = max(0, math.floor((period_ms + TOLERANCE_MS - ahead_ms) / interval))
+        return 0, remaining, math.ceil(ahead_ms), math.ceil(new_ahead - period_ms), ahead_ms
+    remaining = math.floor((period_ms + TOLERANCE_MS - new_ahead) / interval)
+    return 1, remaining, math.ceil(new_ahead), 0, new_ahead
 
 
 @dataclass(frozen=True)
@@ -89,40 +142,42 @@ def format_duration(seconds: float) -> str:
     return f"{minutes}m{secs}s" if minutes else f"{secs}s"
 
 
-# Tolerance (ms, or intervals) for float drift; see GCRA_LUA.
-_EPS = 1e-6
-
-
 class LocalGCRA:
-    """The same algorithm in process memory (the Redis-outage fallback)."""
+    """The same algorithm in process memory (the Redis-outage fallback). State per key is the
+    offset and the monotonic nanosecond it was written, for the reason given above GCRA_LUA."""
 
-    def __init__(self) -> None:
-        self._tat: dict[str, float] = {}
+    def __init__(self, clock_ns: Callable[[], int] = time.monotonic_ns) -> None:
+        self._clock_ns = clock_ns
+        self._state: dict[str, tuple[int, float]] = {}
 
     def decide(
         self, key: str, period_ms: float, limit: int, cost: int
     ) -> tuple[int, int, int, int]:
-        now = time.monotonic() * 1000
-        interval = period_ms / limit
-        tat = max(self._tat.get(key, now), now)
-        new_tat = tat + interval * cost
-        ahead = new_tat - now
-        if ahead > period_ms + _EPS:
-            remaining = max(0, int((period_ms - (tat - now)) / interval + _EPS))
-            return 0, remaining, int(tat - now), int(ahead - period_ms) + 1
-        self._tat[key] = new_tat
-        self._prune(now)
-        return 1, int((period_ms - ahead) / interval + _EPS), int(ahead), 0
+        now_ns = self._clock_ns()
+        allowed, remaining, reset_ms, retry_ms, ahead = gcra(
+            self._ahead(key, now_ns), period_ms, limit, cost
+        )
+        if allowed and cost > 0:
+            self._state[key] = (now_ns, ahead)
+            self._prune(now_ns)
+        return allowed, remaining, reset_ms, retry_ms
 
     def adjust(self, key: str, period_ms: float, limit: int, delta: int) -> None:
-        now = time.monotonic() * 1000
-        tat = max(self._tat.get(key, now), now) + period_ms / limit * delta
-        self._tat[key] = max(tat, now)
+        now_ns = self._clock_ns()
+        ahead = self._ahead(key, now_ns) + period_ms / limit * delta
+        if ahead > 0:
+            self._state[key] = (now_ns, ahead)
+        else:
+            self._state.pop(key, None)
 
-    def _prune(self, now: float) -> None:
-        if len(self._tat) > 100_000:
+    def _ahead(self, key: str, now_ns: int) -> float:
+        written_ns, ahead = self._state.get(key, (now_ns, 0.0))
+        return max(0.0, ahead - (now_ns - written_ns) / 1e6)
+
+    def _prune(self, now_ns: int) -> None:
+        if len(self._state) > 100_000:
             # Drop replenished entries so idle keys do not grow memory without bound.
-            self._tat = {k: v for k, v in self._tat.items() if v > now}
+            self._state = {k: v for k, v in self._state.items() if self._ahead(k, now_ns) > 0}
 
 
 class RateLimiter:
