@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 from sqlalchemy import inspect, text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from parlance.common.schema_lock import advisory_lock_key
 from parlance.history.database import create_engine
 from parlance.history.main import HistorySettings, migrate
 
@@ -70,3 +73,58 @@ def test_migrate_subcommand_with_database_url_alias(tmp_path: Path) -> None:
 
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("0003",)
+
+
+async def test_replicas_that_start_together_all_migrate(settings: HistorySettings) -> None:
+    """Four `migrate` processes on one empty database at once, as replicas starting together:
+    every one succeeds and the schema is at head. On PostgreSQL the test holds the migrations'
+    advisory lock until all four wait on it, so that they do run together (Python's start-up
+    would otherwise stagger them) and the test fails if they do not take the lock."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HISTORY_")}
+    env["HISTORY_DATABASE_URL"] = settings.database_url
+    engine = create_engine(settings)
+    try:
+        async with engine.connect() as holder:
+            on_postgres = engine.dialect.name == "postgresql"
+            if on_postgres:
+                await holder.execute(text(f"SELECT pg_advisory_lock({MIGRATIONS_LOCK})"))
+            replicas = [
+                await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "parlance.history.main",
+                    "migrate",
+                    env=env,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.STDOUT,
+                )
+                for _ in range(4)
+            ]
+            if on_postgres:
+                await _wait_for_lock_waiters(holder, 4)
+                await holder.execute(text(f"SELECT pg_advisory_unlock({MIGRATIONS_LOCK})"))
+                await holder.commit()
+            outputs = await asyncio.wait_for(
+                asyncio.gather(*(replica.communicate() for replica in replicas)), 120
+            )
+        assert [replica.returncode for replica in replicas] == [0] * 4, [o for o, _ in outputs]
+        async with engine.connect() as conn:
+            versions = (await conn.execute(text("SELECT version_num FROM alembic_version"))).all()
+            assert [tuple(row) for row in versions] == [("0003",)]
+    finally:
+        await engine.dispose()
+
+
+MIGRATIONS_LOCK = advisory_lock_key("history.migrations")
+
+
+async def _wait_for_lock_waiters(conn: AsyncConnection, count: int) -> None:
+    waiting = 0
+    for _ in range(600):
+        waiting = await conn.scalar(
+            text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+        )
+        if waiting >= count:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{waiting} of {count} migrations waited on the advisory lock")

@@ -20,9 +20,12 @@ import uuid
 from dataclasses import dataclass
 
 from sqlalchemy import DateTime, Integer, String, func, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.schema import CreateIndex, CreateTable
 
+from parlance.common.schema_lock import serialize_schema_changes
 from parlance.gateway.auth import KeyLimits, Principal, digest
 
 log = logging.getLogger(__name__)
@@ -50,6 +53,18 @@ class ApiKeyRow(Base):
         DateTime(timezone=True), server_default=func.now()
     )
     revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+def _create_tables(connection: Connection) -> None:
+    """Creates what is missing, safe when gateways start together (replicas, or
+    GATEWAY_WORKERS > 1): PostgreSQL serializes them on an advisory lock, and on SQLite each
+    IF NOT EXISTS statement is atomic. (create_all checks first and then creates, so the
+    second of two simultaneous starts failed with "already exists".)"""
+    serialize_schema_changes(connection, "gateway.api_keys")
+    for table in Base.metadata.sorted_tables:
+        connection.execute(CreateTable(table, if_not_exists=True))
+        for index in sorted(table.indexes, key=lambda index: str(index.name)):
+            connection.execute(CreateIndex(index, if_not_exists=True))
 
 
 @dataclass(frozen=True)
@@ -93,7 +108,7 @@ class SqlKeyStore:
         # One table that only grows columns; created in place rather than through a migration
         # tool, which the history service (the owner of the product's data) uses.
         async with self.engine.begin() as conn:
-            await conn.run_sync(Base.metadata.create_all)
+            await conn.run_sync(_create_tables)
 
     async def close(self) -> None:
         await self.engine.dispose()

@@ -13,6 +13,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from parlance.common.schema_lock import serialize_schema_changes
 from parlance.history.models import Base
 
 config = context.config
@@ -20,6 +21,9 @@ target_metadata = Base.metadata
 
 
 def _run_with(connection: Connection) -> None:
+    # Replicas that start together would each run the same migrations; on PostgreSQL the
+    # others wait here for the first to commit, then find the schema at head.
+    serialize_schema_changes(connection, "history.migrations")
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
