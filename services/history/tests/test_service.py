@@ -253,6 +253,45 @@ async def test_append_chains_and_is_idempotent(stub: Stub) -> None:
     assert await _path(stub, user, "conv_idem") == ["msg_s", "msg_u", "msg_a", nxt.messages[0].id]
 
 
+async def test_append_answers_what_a_read_returns(stub: Stub, settings: HistorySettings) -> None:
+    """AppendMessages builds its answer from what it inserted, without reading it back: that
+    answer (timestamps, siblings, ratings) equals what GetConversation reads afterwards."""
+    user = _user()
+    conv, (u1, a1) = await _chat(stub, user, "question", "first answer")
+    await stub.PutFeedback(pb.PutFeedbackRequest(user_id=user, message_id=a1, rating=1))
+    # A regenerated answer (a sibling of a1) and a retry of u1 and a1 in one batch, with an
+    # id given twice: stored once, and the retried a1 comes back with its rating.
+    appended = await stub.AppendMessages(
+        pb.AppendMessagesRequest(
+            user_id=user,
+            conversation_id=conv,
+            messages=[
+                _msg("assistant", "second answer", id="msg_regen", parent_id=u1),
+                _msg("assistant", "second answer", id="msg_regen", parent_id=u1),
+            ],
+        )
+    )
+    retried = await stub.AppendMessages(
+        pb.AppendMessagesRequest(
+            user_id=user,
+            conversation_id=conv,
+            messages=[_msg("user", "question", id=u1), _msg("assistant", "x", id=a1)],
+        )
+    )
+    assert [m.id for m in appended.messages] == ["msg_regen", "msg_regen"]
+    assert list(appended.messages[0].sibling_ids) == [a1, "msg_regen"]
+    assert [m.rating for m in retried.messages] == [0, 1]
+    assert await _count(settings, "SELECT count(*) FROM messages WHERE id = 'msg_regen'") == 1
+
+    read = await stub.GetConversation(pb.GetConversationRequest(user_id=user, conversation_id=conv))
+    assert read.conversation == appended.conversation
+    assert read.messages[-1] == appended.messages[0]
+    on_a1 = await stub.GetConversation(
+        pb.GetConversationRequest(user_id=user, conversation_id=conv, message_id=a1)
+    )
+    assert list(on_a1.messages) == list(retried.messages)
+
+
 async def test_regenerate_and_edit_make_siblings(stub: Stub) -> None:
     user = _user()
     conv, (u1, a1, u2, a2) = await _chat(stub, user, "q1", "r1", "q2", "r2")

@@ -4,9 +4,10 @@ someone else reads as absent, and the `require_*` methods raise NotFound for it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import asdict
 from datetime import datetime
 
-from sqlalchemy import and_, delete, or_, select, text, update
+from sqlalchemy import and_, delete, insert, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -19,7 +20,6 @@ from parlance.history.domain import (
     Feedback,
     FeedbackRecord,
     MessageRecord,
-    NewMessage,
     SearchHitRecord,
     TreeNode,
 )
@@ -137,12 +137,17 @@ class HistoryRepository:
 
     # -- conversations ---------------------------------------------------------------------
 
-    async def conversation_exists(self, conversation_id: str) -> bool:
-        """Whether the id is taken by anyone (only to refuse creating it twice)."""
-        found = await self.session.scalar(
-            select(models.Conversation.id).where(models.Conversation.id == conversation_id)
-        )
-        return found is not None
+    async def conversation_by_id(
+        self, conversation_id: str, *, for_update: bool = False
+    ) -> ConversationRecord | None:
+        """The conversation whoever owns it: callers compare user_id themselves, to tell "not
+        yours" (not found) from "yours" in one query, and "taken" when creating it."""
+        stmt = select(models.Conversation).where(models.Conversation.id == conversation_id)
+        if for_update:
+            # Serialises appends to one conversation on PostgreSQL (SQLite has one writer).
+            stmt = stmt.with_for_update()
+        row = await self.session.scalar(stmt)
+        return _conversation(row) if row is not None else None
 
     async def find_conversation(
         self, user_id: str, conversation_id: str, *, for_update: bool = False
@@ -166,19 +171,18 @@ class HistoryRepository:
 
     async def add_conversation(
         self, user_id: str, conversation_id: str, title: str, now: datetime
-    ) -> None:
-        self.session.add(
-            models.Conversation(
-                id=conversation_id,
-                user_id=user_id,
-                title=title,
-                created_at=now,
-                updated_at=now,
-                archived=False,
-                active_leaf_id=None,
-            )
+    ) -> ConversationRecord:
+        record = ConversationRecord(
+            id=conversation_id,
+            user_id=user_id,
+            title=title,
+            created_at=now,
+            updated_at=now,
+            archived=False,
+            active_leaf_id=None,
         )
-        await self.session.flush()
+        await self.session.execute(insert(models.Conversation).values(**asdict(record)))
+        return record
 
     async def list_conversations(
         self,
@@ -263,10 +267,14 @@ class HistoryRepository:
         )
         return {row.id: _message(row) for row in rows}
 
-    async def find_message_any_user(self, message_id: str) -> MessageRecord | None:
+    async def messages_any_user(self, message_ids: Sequence[str]) -> dict[str, MessageRecord]:
         """For idempotent appends only: tells a retried id from one taken by someone else."""
-        row = await self.session.get(models.Message, message_id)
-        return _message(row) if row is not None else None
+        if not message_ids:
+            return {}
+        rows = await self.session.scalars(
+            select(models.Message).where(models.Message.id.in_(list(message_ids)))
+        )
+        return {row.id: _message(row) for row in rows}
 
     async def require_message(self, user_id: str, message_id: str, param: str) -> MessageRecord:
         row = await self.session.scalar(
@@ -278,35 +286,13 @@ class HistoryRepository:
             raise NotFound(f"message {message_id!r} not found", param=param)
         return _message(row)
 
-    async def add_message(
-        self,
-        *,
-        user_id: str,
-        conversation_id: str,
-        message_id: str,
-        parent_id: str | None,
-        message: NewMessage,
-        created_at: datetime,
-    ) -> None:
-        self.session.add(
-            models.Message(
-                id=message_id,
-                conversation_id=conversation_id,
-                parent_id=parent_id,
-                user_id=user_id,
-                role=message.role,
-                content=message.content,
-                model=message.model,
-                prompt_tokens=message.prompt_tokens,
-                completion_tokens=message.completion_tokens,
-                finish_reason=message.finish_reason,
-                moderation_json=message.moderation_json,
-                ttft_ms=message.ttft_ms,
-                total_ms=message.total_ms,
-                created_at=created_at,
+    async def add_messages(self, records: Sequence[MessageRecord]) -> None:
+        """One INSERT for the batch (parents before children: foreign keys are checked at the
+        end of the statement on both backends)."""
+        if records:
+            await self.session.execute(
+                insert(models.Message), [asdict(record) for record in records]
             )
-        )
-        await self.session.flush()
 
     # -- feedback --------------------------------------------------------------------------
 

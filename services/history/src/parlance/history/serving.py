@@ -7,6 +7,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TypeVar
 
@@ -30,6 +31,8 @@ from parlance.history.domain import (
     ExportFilter,
     ExportMessage,
     Feedback,
+    FeedbackRecord,
+    MessageRecord,
     MessageView,
     NewMessage,
     SearchHitRecord,
@@ -61,25 +64,56 @@ def _limit(value: int) -> int:
 
 
 async def _views(
-    repo: HistoryRepository, user_id: str, conversation_id: str, message_ids: list[str]
+    repo: HistoryRepository, user_id: str, nodes: dict[str, TreeNode], message_ids: list[str]
 ) -> list[MessageView]:
-    """The messages with their siblings (counted over the whole tree) and rating."""
-    nodes = await repo.tree(user_id, conversation_id)
-    sibling_ids = tree.siblings(nodes.values())
+    """The messages with their siblings (counted over the whole tree `nodes`) and rating."""
     records = await repo.messages(user_id, message_ids)
     feedback = await repo.feedback(user_id, message_ids)
-    views = []
-    for message_id in message_ids:
-        ids = sibling_ids.get(message_id, (message_id,))
-        views.append(
-            MessageView(
-                message=records[message_id],
-                sibling_ids=ids,
-                rating=feedback[message_id].rating if message_id in feedback else 0,
-                feedback=feedback.get(message_id),
-            )
+    return _assemble_views(nodes, records, feedback, message_ids)
+
+
+def _assemble_views(
+    nodes: dict[str, TreeNode],
+    records: dict[str, MessageRecord],
+    feedback: dict[str, FeedbackRecord],
+    message_ids: list[str],
+) -> list[MessageView]:
+    sibling_ids = tree.siblings(nodes.values())
+    return [
+        MessageView(
+            message=records[message_id],
+            sibling_ids=sibling_ids.get(message_id, (message_id,)),
+            rating=feedback[message_id].rating if message_id in feedback else 0,
+            feedback=feedback.get(message_id),
         )
-    return views
+        for message_id in message_ids
+    ]
+
+
+def _new_record(
+    user_id: str,
+    conversation_id: str,
+    message_id: str,
+    parent_id: str | None,
+    message: NewMessage,
+    created_at: datetime,
+) -> MessageRecord:
+    return MessageRecord(
+        id=message_id,
+        conversation_id=conversation_id,
+        parent_id=parent_id,
+        user_id=user_id,
+        role=message.role,
+        content=message.content,
+        model=message.model,
+        prompt_tokens=message.prompt_tokens,
+        completion_tokens=message.completion_tokens,
+        finish_reason=message.finish_reason,
+        moderation_json=message.moderation_json,
+        ttft_ms=message.ttft_ms,
+        total_ms=message.total_ms,
+        created_at=created_at,
+    )
 
 
 class HistoryServing:
@@ -126,16 +160,16 @@ class HistoryServing:
             now = utcnow()
             await repo.ensure_user(user_id, now)
             if conversation_id:
-                existing = await repo.find_conversation(user_id, conversation_id)
+                existing = await repo.conversation_by_id(conversation_id)
                 if existing is not None:
-                    return existing
-                if await repo.conversation_exists(conversation_id):
+                    if existing.user_id == user_id:
+                        return existing
                     raise AlreadyExists(
                         f"conversation id {conversation_id!r} is taken", param="conversation_id"
                     )
-            new_id = conversation_id or new_conversation_id()
-            await repo.add_conversation(user_id, new_id, title, now)
-            return await repo.require_conversation(user_id, new_id)
+            return await repo.add_conversation(
+                user_id, conversation_id or new_conversation_id(), title, now
+            )
 
         return await self._run("create_conversation", work)
 
@@ -158,7 +192,7 @@ class HistoryServing:
                     )
                 leaf = message_id
             path = tree.path_to(nodes, leaf)
-            return conversation, await _views(repo, user_id, conversation_id, path)
+            return conversation, await _views(repo, user_id, nodes, path)
 
         return await self._run("get_conversation", work)
 
@@ -244,36 +278,48 @@ class HistoryServing:
         appended_roles: list[str] = []
 
         async def work(repo: HistoryRepository) -> tuple[ConversationRecord, list[MessageView]]:
+            # Every statement here runs on each stored exchange, the hottest write path under
+            # load: one read per kind of row, one INSERT for the batch, and no read-back of what
+            # this transaction wrote (the records are built from the values it inserted).
             appended_roles.clear()
             now = utcnow()
-            await repo.ensure_user(user_id, now)
-            conversation = await repo.find_conversation(user_id, target_id, for_update=True)
-            if conversation is None:
-                if not create_if_missing:
-                    raise NotFound(f"conversation {target_id!r} not found", param="conversation_id")
-                if await repo.conversation_exists(target_id):
+            conversation = await repo.conversation_by_id(target_id, for_update=True)
+            if conversation is not None and conversation.user_id != user_id:
+                if create_if_missing:
                     raise AlreadyExists(
                         f"conversation id {target_id!r} is taken", param="conversation_id"
                     )
-                await repo.add_conversation(user_id, target_id, title, now)
-                conversation = await repo.require_conversation(user_id, target_id)
-
-            nodes = await repo.tree(user_id, target_id)
+                conversation = None  # someone else's reads as not found
+            if conversation is None:
+                if not create_if_missing:
+                    raise NotFound(f"conversation {target_id!r} not found", param="conversation_id")
+                # The user exists once it has a conversation (a foreign key says so).
+                await repo.ensure_user(user_id, now)
+                conversation = await repo.add_conversation(user_id, target_id, title, now)
+                nodes: dict[str, TreeNode] = {}
+            else:
+                nodes = await repo.tree(user_id, target_id)
+            existing = await repo.messages_any_user([m.id for m in messages if m.id])
+            records: dict[str, MessageRecord] = {}
+            new_records: list[MessageRecord] = []
             out_ids: list[str] = []
             previous: str | None = conversation.active_leaf_id
             last_created: datetime | None = None
             for i, message in enumerate(messages):
-                if message.id:
-                    existing = await repo.find_message_any_user(message.id)
-                    if existing is not None:
-                        if existing.user_id != user_id or existing.conversation_id != target_id:
-                            raise AlreadyExists(
-                                f"message id {message.id!r} is taken", param=f"messages[{i}].id"
-                            )
-                        # A retried append: the stored message stands, the chain goes on from it.
-                        out_ids.append(existing.id)
-                        previous = existing.id
-                        continue
+                # Retried: stored before, or earlier in this same batch.
+                stored = (
+                    (existing.get(message.id) or records.get(message.id)) if message.id else None
+                )
+                if stored is not None:
+                    if stored.user_id != user_id or stored.conversation_id != target_id:
+                        raise AlreadyExists(
+                            f"message id {message.id!r} is taken", param=f"messages[{i}].id"
+                        )
+                    # A retried append: the stored message stands, the chain goes on from it.
+                    records[stored.id] = stored
+                    out_ids.append(stored.id)
+                    previous = stored.id
+                    continue
                 # Unset: after the previous message; "": a new root; an id: a branch below it.
                 if message.parent_id is None:
                     parent_id = previous
@@ -294,24 +340,24 @@ class HistoryServing:
                 if last_created is not None and created_at <= last_created:
                     created_at = last_created + timedelta(microseconds=1)
                 last_created = created_at
-                await repo.add_message(
-                    user_id=user_id,
-                    conversation_id=target_id,
-                    message_id=message_id,
-                    parent_id=parent_id,
-                    message=message,
-                    created_at=created_at,
-                )
+                record = _new_record(user_id, target_id, message_id, parent_id, message, created_at)
+                new_records.append(record)
+                records[message_id] = record
                 nodes[message_id] = TreeNode(message_id, parent_id, created_at)
                 appended_roles.append(message.role)
                 out_ids.append(message_id)
                 previous = message_id
-            if appended_roles:
+            await repo.add_messages(new_records)
+            if new_records:
                 await repo.update_conversation(
                     user_id, target_id, updated_at=last_created, active_leaf_id=out_ids[-1]
                 )
-            conversation = await repo.require_conversation(user_id, target_id)
-            return conversation, await _views(repo, user_id, target_id, out_ids)
+                conversation = replace(
+                    conversation, updated_at=last_created, active_leaf_id=out_ids[-1]
+                )
+            retried = [message_id for message_id in out_ids if message_id in existing]
+            feedback = await repo.feedback(user_id, retried) if retried else {}
+            return conversation, _assemble_views(nodes, records, feedback, out_ids)
 
         result = await self._run("append_messages", work)
         for role in appended_roles:
