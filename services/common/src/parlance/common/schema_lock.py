@@ -29,7 +29,9 @@ def advisory_lock_key(owner: str) -> int:
 
 def serialize_schema_changes(connection: _SyncConnection, owner: str) -> None:
     """Call first inside the transaction that changes the schema; released at its end. On
-    SQLite it does nothing: there the transaction's write lock serializes writers already."""
+    SQLite it does nothing: callers serialize there with SQLite's own locking (history's
+    migrations run in a BEGIN IMMEDIATE transaction; the key store's IF NOT EXISTS statements
+    are each atomic)."""
     if getattr(connection.dialect, "name", None) != "postgresql":
         return
     connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({advisory_lock_key(owner)})")
