@@ -81,26 +81,16 @@ bench() {  # phase base_url
 nvidia-smi --query-gpu=name --format=csv,noheader | head -1 > "$RESULT_DIR/card.txt"
 say "card: $(cat "$RESULT_DIR/card.txt")"
 
-breakdown() {
-  # Where a lone request's time to first token goes: the gateway's Server-Timing header of
-  # 20 sequential streamed requests (auth, limits, context, cache, moderation, generator).
-  local prompt
-  prompt=$(python3 -c "import random; random.seed(0); print(' '.join(random.choice(['alpha','beta','gamma','delta','omega','sigma']) for _ in range(250)))")
-  for i in $(seq 1 20); do
-    curl -s -D - -o /dev/null "http://127.0.0.1:$GATEWAY_PORT/v1/chat/completions" \
-      -H "Authorization: Bearer $API_KEY" -H "Content-Type: application/json" \
-      -d "{\"model\": \"$MODEL\", \"stream\": true, \"max_tokens\": 8, \"temperature\": 1.0, \"messages\": [{\"role\": \"user\", \"content\": \"$prompt $i\"}]}" \
-      | grep -i '^server-timing' >> "$RESULT_DIR/server_timing.txt"
-  done
-  python3 - "$RESULT_DIR/server_timing.txt" <<'PY' | tee "$RESULT_DIR/server_timing_summary.txt"
-import re, statistics, sys
-parts = {}
-for line in open(sys.argv[1]):
-    for name, ms in re.findall(r"(\w+);dur=([\d.]+)", line):
-        parts.setdefault(name, []).append(float(ms))
-for name, values in parts.items():
-    print(f"{name:12s} median {statistics.median(values):7.2f} ms  (n={len(values)})")
-PY
+probe() {  # phase base_url [api_key]
+  # Where a lone request's time to first token goes, seen from the client (bench/ttft_probe.py:
+  # headers, first event, first content; and the gateway's Server-Timing parts: auth, limits,
+  # context, cache, moderation, generator), 30 sequential streamed requests.
+  python3 "$ROOT/bench/ttft_probe.py" --url "$2" --model "$MODEL" --api-key "${3:-}" \
+    --requests 30 --label "($1) $2, 250-word prompts" 2>&1 | tee "$RESULT_DIR/ttft_probe_$1.txt"
+  # The same with prompts like the benchmark's (256 random token ids, decoded).
+  python3 "$ROOT/bench/ttft_probe.py" --url "$2" --model "$MODEL" --api-key "${3:-}" \
+    --requests 30 --random-tokens 256 --label "($1) $2, random-token prompts" 2>&1 \
+    | tee -a "$RESULT_DIR/ttft_probe_$1.txt"
 }
 
 profile() {
@@ -125,6 +115,7 @@ if [[ " $PHASES " == *" a "* ]]; then
   PIDS+=($!)
   if wait_http "http://127.0.0.1:$VLLM_PORT/health" 240; then
     say "(a) vllm serve ready"
+    probe a "http://127.0.0.1:$VLLM_PORT"
     bench a "http://127.0.0.1:$VLLM_PORT"
   else
     say "(a) vllm serve did not become ready"; tail -40 "$LOGS/vllm_serve.txt"
@@ -171,7 +162,7 @@ if [[ " $PHASES " == *" b "* ]]; then
   PIDS+=($!)
   if wait_http "http://127.0.0.1:$GATEWAY_PORT/readyz" 300; then
     say "(b) Parlance ready"
-    breakdown
+    probe b "http://127.0.0.1:$GATEWAY_PORT" "$API_KEY"
     if [ -n "${PYSPY:-}" ] && [ -x "$PYSPY" ]; then profile & PROFILER=$!; fi
     OPENAI_API_KEY="$API_KEY" bench b "http://127.0.0.1:$GATEWAY_PORT"
     [ -n "${PROFILER:-}" ] && wait "$PROFILER"
