@@ -99,15 +99,20 @@ async def test_concurrent_callers_get_exactly_the_limit(state: RedisState, limit
 # request of a burst lands on the same instant: the worst case, and the same one on every run.
 
 FROZEN_NOW_MS = 1_764_286_461_234  # 2025-11-27
+EXPIRY_LUA = "math.ceil(offset) + 1"  # the PX of write_state in the scripts
 
 
 class FrozenScript:
-    """GCRA_LUA or ADJUST_LUA on the real Redis with Redis's TIME replaced by a given ms."""
+    """GCRA_LUA or ADJUST_LUA on the real Redis with Redis's TIME replaced by a given ms.
+
+    Key expiry runs on Redis's real clock, which a frozen clock does not move: an offset of a
+    fraction of a millisecond would expire between two calls that are one instant apart on
+    the frozen clock. So the keys are kept for an hour here."""
 
     def __init__(self, client: aioredis.Redis, source: str) -> None:
-        assert source.count(CLOCK_LUA) == 1
+        assert source.count(CLOCK_LUA) == 1 and source.count(EXPIRY_LUA) == 1
         frozen = source.replace(CLOCK_LUA, "local t = {ARGV[4], ARGV[5]}")
-        self.script = client.register_script(frozen)
+        self.script = client.register_script(frozen.replace(EXPIRY_LUA, "3600000"))
 
     async def __call__(self, key: str, now_ms: int, *args: int) -> list[int]:
         seconds, millis = divmod(now_ms, 1000)
