@@ -122,7 +122,10 @@ async def _wait_for_lock_waiters(conn: AsyncConnection, count: int) -> None:
     waiting = 0
     for _ in range(600):
         waiting = await conn.scalar(
-            text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+            text(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            )
         )
         if waiting >= count:
             return
