@@ -63,7 +63,7 @@ def _create_tables(connection: Connection) -> None:
     serialize_schema_changes(connection, "gateway.api_keys")
     for table in Base.metadata.sorted_tables:
         connection.execute(CreateTable(table, if_not_exists=True))
-        for index in sorted(table.indexes, key=lambda index: str(index.name)):
+        for index in sorted(table.indexes, key=lambda ix: str(ix.name)):
             connection.execute(CreateIndex(index, if_not_exists=True))
 
 
