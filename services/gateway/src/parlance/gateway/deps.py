@@ -14,7 +14,11 @@ from parlance.gateway.serving import ChatService
 from parlance.gateway.state import GatewayState
 
 
-def get_state(request: Request) -> GatewayState:
+# Dependencies are `async def` even when they do not await: FastAPI runs a plain `def`
+# dependency in a worker thread, a thread hop on every request for an attribute read.
+
+
+async def get_state(request: Request) -> GatewayState:
     state: GatewayState = request.app.state.gateway
     return state
 
@@ -22,7 +26,7 @@ def get_state(request: Request) -> GatewayState:
 State = Annotated[GatewayState, Depends(get_state)]
 
 
-def get_chat_service(state: State) -> ChatService:
+async def get_chat_service(state: State) -> ChatService:
     return state.chat
 
 
