@@ -595,12 +595,25 @@ def render(results: list[RunResult], args: argparse.Namespace) -> str:
     return "\n".join(lines) + "\n"
 
 
+def table_head(*columns: str) -> list[str]:
+    """A markdown table's header row and separator row."""
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+
+
 def summary_table(results: list[RunResult]) -> list[str]:
-    lines = [
-        "| N | requests | ok | errors | req/s | tokens/s | TTFT p50 | TTFT p90 | TTFT p99 "
-        "| latency p50 | latency p99 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    lines = table_head(
+        "N",
+        "requests",
+        "ok",
+        "errors",
+        "req/s",
+        "tokens/s",
+        "TTFT p50",
+        "TTFT p90",
+        "TTFT p99",
+        "latency p50",
+        "latency p99",
+    )
     for result in results:
         row = summary_row(result)
         lines.append(
@@ -617,8 +630,7 @@ def memory_table(results: list[RunResult]) -> list[str]:
     lines = [
         "## Resident memory (MiB) per process: start -> peak -> end of each step",
         "",
-        "| N | " + " | ".join(names) + " |",
-        "|---|" + "---|" * len(names),
+        *table_head("N", *names),
     ]
     for result in results:
         cells = []
@@ -639,8 +651,7 @@ def memory_over_time(result: RunResult) -> list[str]:
     lines = [
         "## Resident memory (MiB) over time",
         "",
-        "| t (s) | " + " | ".join(names) + " |",
-        "|---|" + "---|" * len(names),
+        *table_head("t (s)", *names),
     ]
     for i, (t, _) in enumerate(result.rss[names[0]]):
         cells = [f"{result.rss[name][i][1] / 1024:.1f}" for name in names]
@@ -666,10 +677,16 @@ def minute_table(result: RunResult) -> list[str]:
     lines = [
         "## Per minute of the run (requests by start time)",
         "",
-        "| minute | requests | errors | TTFT p50 | TTFT p99 | latency p99 | CPU cores: "
-        + " / ".join(SERVICES)
-        + " | machine busy |",
-        "|---|---|---|---|---|---|---|---|",
+        *table_head(
+            "minute",
+            "requests",
+            "errors",
+            "TTFT p50",
+            "TTFT p99",
+            "latency p99",
+            "CPU cores: " + " / ".join(SERVICES),
+            "machine busy",
+        ),
     ]
     minutes = max(1, int(-(-result.duration_s // 60)))
     for minute in range(minutes):
@@ -697,8 +714,7 @@ def cpu_table(results: list[RunResult]) -> list[str]:
         "machine and kernel time not charged to a process (loopback networking). `steal` = "
         "time the hypervisor gave to other guests.",
         "",
-        "| N | " + " | ".join(ours) + " | machine busy | rest | steal |",
-        "|---|" + "---|" * (len(ours) + 3),
+        *table_head("N", *ours, "machine busy", "rest", "steal"),
     ]
     for result in results:
         end = result.duration_s + 1e9  # through the sampler's last reading
@@ -720,8 +736,7 @@ def after_table(results: list[RunResult]) -> list[str]:
     lines = [
         "## After the load (2 s after it stopped)",
         "",
-        "| N | " + " | ".join(keys) + " |",
-        "|---|" + "---|" * len(keys),
+        *table_head("N", *keys),
     ]
     for result in results:
         lines.append(
