@@ -152,14 +152,9 @@ class HistoryRepository:
     async def find_conversation(
         self, user_id: str, conversation_id: str, *, for_update: bool = False
     ) -> ConversationRecord | None:
-        stmt = select(models.Conversation).where(
-            models.Conversation.id == conversation_id, models.Conversation.user_id == user_id
-        )
-        if for_update:
-            # Serialises appends to one conversation on PostgreSQL (SQLite has one writer).
-            stmt = stmt.with_for_update()
-        row = await self.session.scalar(stmt)
-        return _conversation(row) if row is not None else None
+        """The user's own conversation; someone else's reads as absent."""
+        record = await self.conversation_by_id(conversation_id, for_update=for_update)
+        return record if record is not None and record.user_id == user_id else None
 
     async def require_conversation(
         self, user_id: str, conversation_id: str, *, for_update: bool = False
