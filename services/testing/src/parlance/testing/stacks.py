@@ -1,0 +1,99 @@
+"""Stacks shared between test modules. Starting the model services is most of a stack's
+start-up, so stacks whose generator (or safety) settings are equal share that process; each
+stack keeps its own history (its own database) and its own gateway, so what one module
+stores or limits never shows in another. Tests that kill, freeze or signal a service ask for
+a private stack (`share=False`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from parlance.testing.keys import ALICE_KEY
+from parlance.testing.processes import ServiceProcess, Stack, stack_env
+
+# History is never shared: every stack's conversations stay its own.
+SHAREABLE = ("generator", "safety")
+BACKENDS = ("generator", "safety", "history")
+
+
+@dataclass
+class SharedStack(Stack):  # type: ignore[misc, valid-type]
+    """A stack whose `shared` services belong to the pool: stop() leaves them running."""
+
+    shared: set[str] = field(default_factory=set)
+
+    def stop(self) -> None:
+        everything = self.services
+        self.services = {n: s for n, s in everything.items() if n not in self.shared}
+        try:
+            super().stop()
+        finally:
+            self.services = everything
+
+
+def _settings_key(name: str, env: dict[str, str]) -> tuple[str, tuple[tuple[str, str], ...]]:
+    return name, tuple(sorted(env.items()))
+
+
+class StackPool:
+    """Starts stacks for a test session and stops the shared services at its end."""
+
+    def __init__(self, tmp: pytest.TempPathFactory, redis_url: str) -> None:
+        self._tmp = tmp
+        self._redis_url = redis_url
+        self._services: dict[tuple[str, tuple[tuple[str, str], ...]], ServiceProcess] = {}
+
+    def start(
+        self,
+        name: str = "stack",
+        gateway_env: dict[str, str] | None = None,
+        env: dict[str, dict[str, str]] | None = None,
+        *,
+        share: bool = True,
+        redis_url: str | None = None,
+    ) -> Stack:
+        """A stack with these settings; with `share`, its generator and safety are the pool's
+        processes of equal settings (started now if there is none yet)."""
+        stack = SharedStack(
+            data_dir=self._tmp.mktemp(name),
+            fixed_ports=False,
+            api_key=ALICE_KEY,
+            redis_url=self._redis_url if redis_url is None else redis_url,
+            extra_env=stack_env(gateway_env, env),
+        )
+        stack.build()
+        if share:
+            self._share(stack)
+        try:
+            for service in BACKENDS:
+                if not stack.services[service].running:
+                    stack.services[service].start()
+            for service in BACKENDS:
+                stack.wait_ready(service)
+            stack.start_service("gateway")
+        except Exception:
+            stack.stop()
+            raise
+        return stack
+
+    def _share(self, stack: SharedStack) -> None:
+        for service in SHAREABLE:
+            key = _settings_key(service, stack.extra_env.get(service, {}))
+            existing = self._services.get(key)
+            if existing is not None and existing.running:
+                stack.services[service] = existing
+            else:
+                self._services[key] = stack.services[service]
+            stack.shared.add(service)
+        gateway = stack.services["gateway"].env
+        for service in SHAREABLE:
+            port = stack.services[service].grpc_port
+            gateway[f"GATEWAY_{service.upper()}_URL"] = f"127.0.0.1:{port}"
+
+    def close(self) -> None:
+        for service in self._services.values():
+            service.resume()
+            service.stop()
+        self._services.clear()
