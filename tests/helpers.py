@@ -6,3 +6,6 @@ from __future__ import annotations
 
 from parlance.testing import *  # noqa: F403
 from parlance.testing import __all__ as __all__
+from parlance.testing.processes import repo_root
+
+ROOT = repo_root()

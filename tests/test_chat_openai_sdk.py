@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import openai
 import pytest
-from helpers import ALICE_KEY, MODEL, Stack
+
+from parlance.testing import ALICE_KEY, MODEL, Stack
 
 NO_CACHE = {"Cache-Control": "no-cache"}
 HELLO = [{"role": "user", "content": "Name three colors."}]

@@ -11,34 +11,23 @@ from collections.abc import Iterator
 import grpc
 import httpx
 import pytest
-from helpers import ALICE_KEY, MODEL, Stack, scrape, start_stack, total
 
 from parlance.gateway.clients import HistoryClient
 from parlance.gateway.titles import apply_title, provisional_title
 from parlance.generator.v1 import generator_pb2, generator_pb2_grpc
 from parlance.history.v1 import history_pb2, history_pb2_grpc
+from parlance.testing import ALICE, MODEL, Stack, StackPool, chat, scrape, total
 
-ALICE = {"Authorization": f"Bearer {ALICE_KEY}"}
 N_CTX = 256
 MAX_TOKENS = 16
 SECRET = "PELICAN"
 
 
 @pytest.fixture(scope="module")
-def small(tmp_path_factory: pytest.TempPathFactory, redis_server: str) -> Iterator[Stack]:
-    stack = start_stack(
-        tmp_path_factory.mktemp("small-ctx"),
-        redis_server,
-        env={"generator": {"GENERATOR_N_CTX": str(N_CTX)}},
-    )
+def small(stacks: StackPool) -> Iterator[Stack]:
+    stack = stacks.start("small-ctx", env={"generator": {"GENERATOR_N_CTX": str(N_CTX)}})
     yield stack
     stack.stop()
-
-
-def _chat(stack: Stack, body: dict) -> httpx.Response:
-    return httpx.post(
-        f"{stack.gateway_url}/v1/chat/completions", json=body, headers=ALICE, timeout=120
-    )
 
 
 def _get(stack: Stack, path: str) -> httpx.Response:
@@ -99,7 +88,7 @@ def test_long_conversation_is_trimmed_oldest_first(small: Stack) -> None:
     assert _count(small, [*stored, new]) >= N_CTX  # the whole conversation cannot be sent
 
     # Sent whole (no stored conversation to trim), the generator refuses it.
-    inline = _chat(
+    inline = chat(
         small,
         {
             "model": MODEL,
@@ -113,7 +102,7 @@ def test_long_conversation_is_trimmed_oldest_first(small: Stack) -> None:
 
     conversation_id = f"conv_{uuid.uuid4().hex}"
     _seed(small, conversation_id, stored)
-    response = _chat(
+    response = chat(
         small,
         {
             "model": MODEL,
@@ -152,7 +141,7 @@ def test_conversation_that_fits_is_sent_whole(small: Stack) -> None:
     new = ("user", "And the number 3?")
     conversation_id = f"conv_{uuid.uuid4().hex}"
     _seed(small, conversation_id, stored)
-    response = _chat(
+    response = chat(
         small,
         {
             "model": MODEL,
@@ -181,7 +170,7 @@ def _wait_for_titles(stack: Stack, count: float, timeout_s: float = 90.0) -> Non
 def test_new_conversation_gets_a_model_title(small: Stack) -> None:
     question = "How do I bake sourdough bread at home?"
     before = _titles_done(small)
-    response = _chat(
+    response = chat(
         small,
         {
             "model": MODEL,
@@ -205,7 +194,7 @@ def test_new_conversation_gets_a_model_title(small: Stack) -> None:
 
 def test_renamed_conversation_keeps_the_users_title(small: Stack) -> None:
     before = _titles_done(small)
-    response = _chat(
+    response = chat(
         small,
         {
             "model": MODEL,

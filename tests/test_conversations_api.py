@@ -10,13 +10,11 @@ from collections.abc import Iterator
 import grpc
 import httpx
 import pytest
-from helpers import ALICE_KEY, BOB_KEY, MODEL, Stack, start_extra_gateway
 
 from parlance.history.v1 import history_pb2 as pb
 from parlance.history.v1 import history_pb2_grpc
+from parlance.testing import ALICE, BOB, MODEL, Stack, assert_openai_error, start_extra_gateway
 
-ALICE = {"Authorization": f"Bearer {ALICE_KEY}"}
-BOB = {"Authorization": f"Bearer {BOB_KEY}"}
 ADMIN_KEY = "sk-test-admin-" + uuid.uuid4().hex
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
@@ -27,13 +25,6 @@ def _url(stack: Stack, path: str) -> str:
 
 def _req(stack: Stack, method: str, path: str, headers: dict, **kw: object) -> httpx.Response:
     return httpx.request(method, _url(stack, path), headers=headers, timeout=60, **kw)  # type: ignore[arg-type]
-
-
-def _error(response: httpx.Response, status: int) -> dict:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
-    return body["error"]
 
 
 def _msg(role: str, content: str, parent_id: str | None = None, **fields: object) -> pb.Message:
@@ -121,11 +112,16 @@ def test_crud_pagination_rename_archive_delete(stack: Stack) -> None:
 
     deleted = _req(stack, "DELETE", f"/v1/conversations/{ids[3]}", ALICE).json()
     assert deleted == {"id": ids[3], "object": "conversation.deleted", "deleted": True}
-    _error(_req(stack, "GET", f"/v1/conversations/{ids[3]}", ALICE), 404)
+    assert_openai_error(_req(stack, "GET", f"/v1/conversations/{ids[3]}", ALICE), 404)
 
-    _error(_req(stack, "GET", "/v1/conversations", ALICE, params={"after": "garbage!"}), 400)
-    _error(_req(stack, "GET", "/v1/conversations", ALICE, params={"limit": 0}), 400)
-    assert _error(_req(stack, "GET", "/v1/conversations", {}), 401)["code"] == "invalid_api_key"
+    assert_openai_error(
+        _req(stack, "GET", "/v1/conversations", ALICE, params={"after": "garbage!"}), 400
+    )
+    assert_openai_error(_req(stack, "GET", "/v1/conversations", ALICE, params={"limit": 0}), 400)
+    assert (
+        assert_openai_error(_req(stack, "GET", "/v1/conversations", {}), 401)["code"]
+        == "invalid_api_key"
+    )
 
 
 def test_branches_switch_and_feedback(stack: Stack) -> None:
@@ -186,10 +182,10 @@ def test_branches_switch_and_feedback(stack: Stack) -> None:
     assert answer["feedback"]["corrected_content"] == "R1!"
     assert answer["feedback"]["rating"] == -1
 
-    _error(_req(stack, "POST", path, ALICE, json={"rating": 5}), 400)
+    assert_openai_error(_req(stack, "POST", path, ALICE, json={"rating": 5}), 400)
     # The message must belong to the conversation in the path.
     other = _create(stack, "other")["id"]
-    _error(
+    assert_openai_error(
         _req(
             stack,
             "POST",
@@ -199,7 +195,7 @@ def test_branches_switch_and_feedback(stack: Stack) -> None:
         ),
         404,
     )
-    _error(
+    assert_openai_error(
         _req(stack, "PATCH", f"/v1/conversations/{other}", ALICE, json={"active_message_id": a1b}),
         400,
     )
@@ -240,7 +236,7 @@ def test_search_highlights_only_own_messages(stack: Stack) -> None:
     assert "<b>" not in hit["snippet"] and "&lt;b&gt;" in hit["snippet"]
     bob_hits = _req(stack, "GET", "/v1/conversations/search", BOB, params={"q": word}).json()
     assert [h["conversation_id"] for h in bob_hits["data"]] == [other]
-    _error(_req(stack, "GET", "/v1/conversations/search", ALICE), 400)
+    assert_openai_error(_req(stack, "GET", "/v1/conversations/search", ALICE), 400)
 
 
 def test_bob_gets_404_for_every_alice_id(stack: Stack) -> None:
@@ -265,7 +261,7 @@ def test_bob_gets_404_for_every_alice_id(stack: Stack) -> None:
         response = (
             _req(stack, method, path, BOB, json=body) if body else _req(stack, method, path, BOB)
         )
-        error = _error(response, 404)
+        error = assert_openai_error(response, 404)
         assert "secret" not in response.text, (method, path)
         assert error["code"] == "not_found", (method, path)
     # Nothing changed for alice.
@@ -359,8 +355,10 @@ def test_admin_export_sft_and_preferences(stack: Stack, admin_gateway: str) -> N
 
     # Only the admin key opens it: a user key is forbidden, anything else unauthorized, and
     # the main gateway (no admin key configured) admits no one.
-    _error(httpx.get(f"{admin_gateway}/v1/admin/export", headers=ALICE, timeout=30), 403)
-    _error(
+    assert_openai_error(
+        httpx.get(f"{admin_gateway}/v1/admin/export", headers=ALICE, timeout=30), 403
+    )
+    assert_openai_error(
         httpx.get(
             f"{admin_gateway}/v1/admin/export",
             headers={"Authorization": "Bearer sk-wrong"},
@@ -368,15 +366,17 @@ def test_admin_export_sft_and_preferences(stack: Stack, admin_gateway: str) -> N
         ),
         401,
     )
-    _error(httpx.get(f"{admin_gateway}/v1/admin/export", timeout=30), 401)
-    _error(httpx.get(f"{stack.gateway_url}/v1/admin/export", headers=ADMIN, timeout=30), 401)
-    _error(
+    assert_openai_error(httpx.get(f"{admin_gateway}/v1/admin/export", timeout=30), 401)
+    assert_openai_error(
+        httpx.get(f"{stack.gateway_url}/v1/admin/export", headers=ADMIN, timeout=30), 401
+    )
+    assert_openai_error(
         httpx.get(
             f"{admin_gateway}/v1/admin/export", headers=ADMIN, params={"kind": "x"}, timeout=30
         ),
         400,
     )
-    _error(
+    assert_openai_error(
         httpx.get(
             f"{admin_gateway}/v1/admin/export",
             headers=ADMIN,
@@ -386,4 +386,6 @@ def test_admin_export_sft_and_preferences(stack: Stack, admin_gateway: str) -> N
         400,
     )
     # The admin key is not a user key.
-    _error(httpx.get(f"{admin_gateway}/v1/conversations", headers=ADMIN, timeout=30), 401)
+    assert_openai_error(
+        httpx.get(f"{admin_gateway}/v1/conversations", headers=ADMIN, timeout=30), 401
+    )

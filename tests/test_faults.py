@@ -6,15 +6,16 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from helpers import ALICE_KEY, MODEL, Stack, start_stack, wait_until
 
-ALICE = {"Authorization": f"Bearer {ALICE_KEY}"}
-BODY = {"model": MODEL, "messages": [{"role": "user", "content": "Hi!"}], "max_tokens": 5}
+from parlance.testing import ALICE, Stack, StackPool, chat, chat_body, iter_events, wait_until
+
+BODY = chat_body(max_tokens=5)
 
 
 @pytest.fixture(scope="module")
-def fault_stack(tmp_path_factory: pytest.TempPathFactory, redis_server: str) -> Iterator[Stack]:
-    stack = start_stack(tmp_path_factory.mktemp("faults"), redis_server)
+def fault_stack(stacks: StackPool) -> Iterator[Stack]:
+    # Its own processes: these tests kill them.
+    stack = stacks.start("faults", share=False)
     yield stack
     stack.stop()
 
@@ -23,40 +24,29 @@ def readyz(stack: Stack) -> httpx.Response:
     return httpx.get(f"{stack.gateway_url}/readyz", timeout=10)
 
 
-def chat(stack: Stack) -> httpx.Response:
-    return httpx.post(
-        f"{stack.gateway_url}/v1/chat/completions", json=BODY, headers=ALICE, timeout=60
-    )
-
-
 @pytest.mark.parametrize("service", ["generator", "safety"])
 def test_dead_dependency_turns_readiness_red_and_answers_503(
     fault_stack: Stack, service: str
 ) -> None:
     assert readyz(fault_stack).status_code == 200
-    assert chat(fault_stack).status_code == 200
+    assert chat(fault_stack, BODY).status_code == 200
     fault_stack.services[service].kill()
     wait_until(lambda: readyz(fault_stack).status_code == 503)
     ready = readyz(fault_stack).json()
     assert ready["dependencies"][service] == "unavailable"
-    refused = chat(fault_stack)
+    refused = chat(fault_stack, BODY)
     assert refused.status_code == 503, refused.text
     assert refused.headers["retry-after"] == "2"
     assert refused.json()["error"]["code"] == "service_unavailable"
     assert service in refused.json()["error"]["message"]
     fault_stack.start_service(service)
     wait_until(lambda: readyz(fault_stack).status_code == 200)
-    wait_until(lambda: chat(fault_stack).status_code == 200)
+    wait_until(lambda: chat(fault_stack, BODY).status_code == 200)
 
 
 def test_history_down_still_answers_and_writes_later(fault_stack: Stack) -> None:
     fault_stack.services["history"].kill()
-    response = httpx.post(
-        f"{fault_stack.gateway_url}/v1/chat/completions",
-        json={**BODY, "store": True},
-        headers=ALICE,
-        timeout=60,
-    )
+    response = chat(fault_stack, {**BODY, "store": True})
     assert response.status_code == 200, response.text
     conversation_id = response.json()["conversation_id"]
     assert readyz(fault_stack).json()["history_outbox_depth"] == 1
@@ -79,8 +69,6 @@ def test_history_killed_during_a_streamed_answer_keeps_the_exchange(
     fault_stack: Stack,
 ) -> None:
     """History dies while an answer streams; the exchange reaches it once it is back."""
-    import json
-
     import grpc
 
     from parlance.history.v1 import history_pb2, history_pb2_grpc
@@ -94,9 +82,9 @@ def test_history_killed_during_a_streamed_answer_keeps_the_exchange(
         timeout=60,
     ) as response:
         assert response.status_code == 200
-        for line in response.iter_lines():
-            if line.startswith("data: {") and conversation_id is None:
-                conversation_id = json.loads(line[6:])["conversation_id"]
+        for event in iter_events(response):
+            if conversation_id is None:
+                conversation_id = event["conversation_id"]
                 # Mid-stream: the first chunk is out, the answer is still being generated.
                 fault_stack.services["history"].kill()
     assert conversation_id is not None

@@ -13,156 +13,98 @@ tests wait seconds, not the production defaults.
 
 from __future__ import annotations
 
-import json
 import random
+import sqlite3
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import httpx
 import pytest
 import redis as redis_client
-from helpers import (
+
+from parlance.gateway.moderation import WindowCutter
+from parlance.testing import (
+    ALICE,
     ALICE_KEY,
     BOB_KEY,
-    MODEL,
     RedisProcess,
     Stack,
+    StackPool,
+    StreamResult,
+    bearer,
+    chat,
+    chat_body,
+    scrape,
+    scripted_generator,
     start_extra_gateway,
-    start_stack,
+    stream_chat,
     wait_until,
 )
 
-ALICE = {"Authorization": f"Bearer {ALICE_KEY}"}
 # 60 plain words: the scripted engine sends them one token each.
 SCRIPT = " ".join(["steady"] * 20 + ["answers"] * 20 + ["arrive"] * 20)
 WORDS = len(SCRIPT.split())
 # Long enough for a frozen dependency to be noticed, short enough for CI.
 HANG_BOUND_S = 15.0
+IDLE_TIMEOUT_S = 2.0
+# The gateway's output moderation windows with its default settings (first 16 characters,
+# then 8 to 160); the scripted engine's tokens are words with their leading space.
+WINDOWS = WindowCutter(first_chars=16, min_chars=8, max_chars=160).windows(
+    [f" {w}" if i else w for i, w in enumerate(SCRIPT.split())]
+)
 
-
-@dataclass
-class Stream:
-    """What a client saw of one streamed answer."""
-
-    status: int = 0
-    conversation_id: str | None = None
-    text: str = ""
-    finish_reason: str | None = None
-    error: dict | None = None
-    done: bool = False
-    broken: bool = False
-    elapsed_s: float = 0.0
-    events: list[dict] = field(default_factory=list)
-
-    @property
-    def completed(self) -> bool:
-        return self.done and self.finish_reason in ("stop", "length") and self.error is None
+Stream = StreamResult
 
 
 @pytest.fixture(scope="module")
-def redis() -> Iterator[RedisProcess]:
-    server = RedisProcess()
-    server.start()
-    yield server
-    server.stop()
+def redis(redis_process: RedisProcess) -> RedisProcess:
+    return redis_process
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, redis: RedisProcess) -> Iterator[Stack]:
-    stack = start_stack(
-        tmp_path_factory.mktemp("midstream"),
-        redis.url,
+def stack(stacks: StackPool, redis: RedisProcess) -> Iterator[Stack]:
+    # Its own processes and Redis: every test here kills or freezes them.
+    stack = stacks.start(
+        "midstream",
         gateway_env={
             "GATEWAY_SAFETY_TIMEOUT_S": "1",
             "GATEWAY_HISTORY_TIMEOUT_S": "1",
-            "GATEWAY_GENERATOR_IDLE_TIMEOUT_S": "2",
+            "GATEWAY_GENERATOR_IDLE_TIMEOUT_S": f"{IDLE_TIMEOUT_S:g}",
             "GATEWAY_GRPC_KEEPALIVE_S": "1",
             "GATEWAY_GRPC_KEEPALIVE_TIMEOUT_S": "1",
             "GATEWAY_LEASE_TTL_S": "3",
             "GATEWAY_SHUTDOWN_GRACE_S": "2",
             "GATEWAY_GENERATE_TITLES": "false",
         },
-        env={
-            "generator": {
-                "GENERATOR_ENGINE": "scripted",
-                "GENERATOR_SCRIPTED_TEXT": SCRIPT,
-                "GENERATOR_SCRIPTED_TOKENS_PER_S": "20",
-            }
-        },
+        env={"generator": scripted_generator(SCRIPT, 20)},
+        share=False,
+        redis_url=redis.url,
     )
     yield stack
     stack.stop()  # resumes paused services first
 
 
 def body(stream: bool = True, store: bool = True, **extra: object) -> dict:
-    return {
-        "model": MODEL,
-        "messages": [{"role": "user", "content": "Tell me something."}],
-        "stream": stream,
-        "store": store,
-        **extra,
-    }
+    return chat_body("Tell me something.", stream=stream, store=store, **extra)
 
 
 def stream_answer(
     url: str,
     key: str = ALICE_KEY,
-    on_first_text=None,  # type: ignore[no-untyped-def]
+    on_first_text: Callable[[], object] | None = None,
     timeout_s: float = 60.0,
     **extra: object,
 ) -> Stream:
-    """Streams one answer and records what arrived; `on_first_text` runs once, mid-stream."""
-    seen = Stream()
-    started = time.monotonic()
-    try:
-        with httpx.stream(
-            "POST",
-            f"{url}/v1/chat/completions",
-            json=body(**extra),
-            headers={"Authorization": f"Bearer {key}"},
-            timeout=timeout_s,
-        ) as response:
-            seen.status = response.status_code
-            if response.status_code != 200:
-                response.read()
-                seen.error = response.json().get("error")
-                return seen
-            for line in response.iter_lines():
-                if line == "data: [DONE]":
-                    seen.done = True
-                    continue
-                if not line.startswith("data: "):
-                    continue
-                event = json.loads(line[6:])
-                seen.events.append(event)
-                if "error" in event:
-                    seen.error = event["error"]
-                    continue
-                seen.conversation_id = seen.conversation_id or event.get("conversation_id")
-                for choice in event.get("choices", []):
-                    content = choice.get("delta", {}).get("content")
-                    if content:
-                        if not seen.text and on_first_text is not None:
-                            on_first_text()
-                        seen.text += content
-                    if choice.get("finish_reason"):
-                        seen.finish_reason = choice["finish_reason"]
-    except (httpx.RemoteProtocolError, httpx.ReadError, httpx.ConnectError):
-        seen.broken = True
-    finally:
-        seen.elapsed_s = time.monotonic() - started
-    return seen
+    """Streams one stored answer; `on_first_text` runs once, mid-stream. The whole stream is
+    bounded in time: one still open after `timeout_s` is `hung`."""
+    return stream_chat(url, body(**extra), key, on_first_text=on_first_text, timeout_s=timeout_s)
 
 
-def chat(url: str, store: bool = False, timeout_s: float = 60.0) -> httpx.Response:
-    return httpx.post(
-        f"{url}/v1/chat/completions",
-        json=body(stream=False, store=store),
-        headers=ALICE,
-        timeout=timeout_s,
-    )
+def plain(url: str, store: bool = False, timeout_s: float = 60.0) -> httpx.Response:
+    return chat(url, body(stream=False, store=store), timeout_s=timeout_s)
 
 
 def readyz(stack: Stack) -> dict:
@@ -170,7 +112,7 @@ def readyz(stack: Stack) -> dict:
 
 
 def wait_healthy(stack: Stack) -> None:
-    wait_until(lambda: chat(stack.gateway_url, timeout_s=10).status_code == 200)
+    wait_until(lambda: plain(stack.gateway_url, timeout_s=10).status_code == 200)
 
 
 def stored_answer(stack: Stack, conversation_id: str) -> str | None:
@@ -186,12 +128,36 @@ def stored_answer(stack: Stack, conversation_id: str) -> str | None:
 
 def assert_ended_with_503(seen: Stream) -> None:
     """Headers were out: the failure arrives as an OpenAI error event, then [DONE]."""
-    assert not seen.broken, seen
+    assert not seen.broken and not seen.hung, seen
     assert seen.error is not None, seen
     assert seen.error["code"] == "service_unavailable", seen.error
     assert seen.done, "the stream must still end with [DONE]"
     assert seen.finish_reason is None
     assert seen.elapsed_s < HANG_BOUND_S, f"took {seen.elapsed_s:.1f} s"
+
+
+def safety_verdicts(stack: Stack) -> float:
+    """Calls to safety that the gateway got an answer for (all calls less the failed ones)."""
+    port = stack.services["gateway"].http_port
+    assert port is not None
+    samples = scrape(port)
+    calls = samples.get('parlance_gateway_dependency_duration_seconds_count{dependency="safety"}')
+    failed = sum(
+        value
+        for key, value in samples.items()
+        if key.startswith("parlance_gateway_dependency_errors_total{")
+        and 'dependency="safety"' in key
+    )
+    return (calls or 0.0) - failed
+
+
+def assert_released_only_judged_windows(seen: Stream, verdicts: float) -> None:
+    """Fail-closed after the headers, exactly: the text released is whole moderation windows,
+    one for each output verdict that arrived (the input verdict is the first), and nothing
+    after them."""
+    output_verdicts = int(verdicts) - 1
+    assert output_verdicts >= 1, "the first window was judged before the fault"
+    assert seen.text == "".join(WINDOWS[:output_verdicts]), (seen.text, output_verdicts)
 
 
 # --- killed (-9) mid-stream ----------------------------------------------------------------
@@ -203,7 +169,7 @@ def test_redis_killed_mid_stream(stack: Stack, redis: RedisProcess) -> None:
     assert seen.completed, seen
     assert len(seen.text.split()) == WORDS
     try:
-        assert chat(stack.gateway_url).status_code == 200
+        assert plain(stack.gateway_url).status_code == 200
         assert "unavailable" in readyz(stack)["dependencies"]["redis"]
     finally:
         redis.start()
@@ -226,12 +192,15 @@ def test_model_service_killed_mid_stream(stack: Stack, service: str) -> None:
     """The stream ends with an error event at once; 503 + Retry-After while the service is
     down; it serves again once restarted."""
     process = stack.services[service]
+    verdicts = safety_verdicts(stack)
     seen = stream_answer(stack.gateway_url, on_first_text=process.kill)
     try:
         assert_ended_with_503(seen)
-        # Safety fails closed: nothing after the kill was released unmoderated.
         assert len(seen.text.split()) < WORDS
-        refused = chat(stack.gateway_url)
+        if service == "safety":
+            # Safety fails closed: nothing after the kill was released unmoderated.
+            assert_released_only_judged_windows(seen, safety_verdicts(stack) - verdicts)
+        refused = plain(stack.gateway_url)
         assert refused.status_code == 503, refused.text
         assert refused.headers["retry-after"] == "2"
         assert service in refused.json()["error"]["message"]
@@ -279,15 +248,16 @@ def test_frozen_safety_fails_closed_within_its_deadline(stack: Stack) -> None:
     safety.pause()
     try:
         started = time.monotonic()
-        refused = chat(stack.gateway_url)
+        refused = plain(stack.gateway_url)
         assert refused.status_code == 503, refused.text
         assert refused.headers["retry-after"] == "2"
         assert time.monotonic() - started < HANG_BOUND_S
         # Mid-stream: output moderation cannot classify, so the stream ends, fail-closed.
         safety.resume()
+        verdicts = safety_verdicts(stack)
         seen = stream_answer(stack.gateway_url, on_first_text=safety.pause)
         assert_ended_with_503(seen)
-        assert len(seen.text.split()) < WORDS
+        assert_released_only_judged_windows(seen, safety_verdicts(stack) - verdicts)
     finally:
         safety.resume()
     wait_healthy(stack)
@@ -313,12 +283,43 @@ def test_frozen_generator_mid_stream_ends_the_stream(stack: Stack) -> None:
         assert_ended_with_503(seen)
         # Before any byte is sent, a frozen generator is a plain 503 (keepalive notices it).
         started = time.monotonic()
-        refused = chat(stack.gateway_url, timeout_s=60)
+        refused = plain(stack.gateway_url, timeout_s=60)
         assert refused.status_code == 503, refused.text
         assert refused.headers["retry-after"] == "2"
         assert time.monotonic() - started < HANG_BOUND_S
     finally:
         generator.resume()
+    wait_healthy(stack)
+
+
+def test_generator_silent_mid_stream_ends_at_the_idle_timeout(stack: Stack) -> None:
+    """A generator that stops sending mid-stream without closing the call: the gateway ends
+    the stream at its idle timeout. This gateway's keepalive is slower than the test's bound
+    (30 s), so only the idle timeout can be what ended it."""
+    gateway = start_extra_gateway(
+        stack, {"GATEWAY_GRPC_KEEPALIVE_S": "30", "GATEWAY_GRPC_KEEPALIVE_TIMEOUT_S": "20"}
+    )
+    generator = stack.services["generator"]
+    assert gateway.http_port is not None
+    idle = 'parlance_gateway_dependency_errors_total{code="IDLE_TIMEOUT",dependency="generator"}'
+    before = scrape(gateway.http_port).get(idle, 0.0)
+    silent_since: list[float] = []
+
+    def go_silent() -> None:
+        generator.pause()
+        silent_since.append(time.monotonic())
+
+    try:
+        seen = stream_chat(gateway, body(), on_first_text=go_silent, timeout_s=HANG_BOUND_S)
+        assert_ended_with_503(seen)
+        assert "stopped responding" in seen.error["message"], seen.error  # type: ignore[index]
+        assert scrape(gateway.http_port).get(idle, 0.0) == before + 1
+        # Not before the idle timeout: text may arrive until the generator was paused.
+        assert seen.ended_s - silent_since[0] >= IDLE_TIMEOUT_S * 0.9
+    finally:
+        generator.resume()
+        gateway.stop()
+        stack.services.pop(f"gateway-{gateway.http_port}", None)
     wait_healthy(stack)
 
 
@@ -351,94 +352,217 @@ def test_full_outbox_refuses_new_stored_requests_and_loses_nothing(
     try:
         accepted = [stream_answer(url), stream_answer(url)]
         assert all(a.completed for a in accepted), accepted
-        refused = chat(url, store=True)
+        refused = plain(url, store=True)
         assert refused.status_code == 503, refused.text
         assert refused.headers["retry-after"] == "2"
         assert "store" in refused.json()["error"]["message"]
-        assert chat(url, store=False).status_code == 200
+        assert plain(url, store=False).status_code == 200
     finally:
         stack.start_service("history")
-    wait_until(lambda: chat(url, store=True).status_code == 200)
+    wait_until(lambda: plain(url, store=True).status_code == 200)
     for answer in accepted:
         assert stored_answer(stack, answer.conversation_id or "") == answer.text
     gateway.stop()
 
 
+def test_history_killed_during_its_writes_keeps_exactly_one_copy(stack: Stack) -> None:
+    """History is killed while it is writing: first frozen with stored exchanges sent to it
+    (the gateway's calls time out, so it will retry them), then let run and killed -9 while
+    it works through that backlog, twice. Whatever it had written or not, every exchange ends
+    up in history exactly once: the retries are idempotent."""
+    history = stack.services["history"]
+    rng = random.Random(14)
+    marker = uuid.uuid4().hex[:10]
+    prompts = [f"exchange {marker} number {i}" for i in range(12)]
+    answers: dict[str, str] = {}
+    for kill in range(2):
+        history.pause()
+        try:
+            batch = prompts[kill * 6 : kill * 6 + 6]
+            for prompt in batch:
+                response = chat(stack, chat_body(prompt, max_tokens=3, store=True))
+                assert response.status_code == 200, response.text
+                answers[prompt] = response.json()["conversation_id"]
+            # Past the history deadline (1 s): the writes are sent and unanswered.
+            time.sleep(1.5)
+        finally:
+            history.resume()
+        time.sleep(rng.uniform(0.02, 0.3))  # history works through what it received
+        history.kill()
+        stack.start_service("history")
+    wait_until(lambda: readyz(stack)["history_outbox_depth"] == 0, 60, "the outbox drained")
+    database = stack.data_dir / "history.db"
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
+        for prompt, conversation_id in answers.items():
+            copies = db.execute(
+                "SELECT conversation_id, role FROM messages WHERE content = ?", (prompt,)
+            ).fetchall()
+            assert copies == [(conversation_id, "user")], (prompt, copies)
+            roles = db.execute(
+                "SELECT role FROM messages WHERE conversation_id = ?", (conversation_id,)
+            ).fetchall()
+            assert sorted(roles) == [("assistant",), ("user",)], (conversation_id, roles)
+            conversations = db.execute(
+                "SELECT COUNT(*) FROM conversations WHERE id = ?", (conversation_id,)
+            ).fetchone()
+            assert conversations == (1,)
+
+
 # --- everything at once ------------------------------------------------------------------------
+
+
+@dataclass
+class Fault:
+    """One injected fault: what was done to which part, from when until it was back."""
+
+    part: str
+    how: str
+    start_s: float
+    end_s: float = float("inf")
+
+    def overlaps(self, seen: Stream, grace_s: float) -> bool:
+        return seen.started_s <= self.end_s + grace_s and self.start_s <= seen.ended_s
+
+    def explains(self, seen: Stream) -> bool:
+        """A failure this fault can cause: a dropped connection (or none at all) only from the
+        gateway itself; a 503 or an error event from the model services it needs."""
+        if seen.broken:
+            return self.part == "gateway"
+        unavailable = seen.status == 503 or (seen.error or {}).get("code") == "service_unavailable"
+        return unavailable and self.part in ("gateway", "generator", "safety")
+
+
+class FaultSeries:
+    """Injects faults one after another and checks, before each, that nothing else is down:
+    a service found dead that was not the fault injected fails the test."""
+
+    PARTS = ("generator", "safety", "history", "gateway")
+
+    def __init__(self, stack: Stack, redis: RedisProcess) -> None:
+        self.stack = stack
+        self.redis = redis
+        self.faults: list[Fault] = []
+
+    def assert_all_up(self) -> None:
+        down = [name for name in self.PARTS if not self.stack.services[name].running]
+        if self.redis.process is None or self.redis.process.poll() is not None:
+            down.append("redis")
+        assert not down, f"down without a fault injected: {down}: " + "\n".join(
+            self.stack.services[name].tail() for name in down if name in self.PARTS
+        )
+
+    def kill(self, part: str) -> Fault:
+        self.assert_all_up()
+        fault = Fault(part, "kill", time.monotonic())
+        self.faults.append(fault)
+        if part == "redis":
+            self.redis.kill()
+        else:
+            self.stack.services[part].kill()
+        return fault
+
+    def restart(self, fault: Fault) -> None:
+        if fault.part == "redis":
+            self.redis.start()
+        else:
+            self.stack.start_service(fault.part)
+        fault.end_s = time.monotonic()
+
+    def freeze(self, part: str, seconds: float) -> None:
+        self.assert_all_up()
+        fault = Fault(part, "freeze", time.monotonic())
+        self.faults.append(fault)
+        self.stack.services[part].pause()
+        time.sleep(seconds)
+        self.stack.services[part].resume()
+        fault.end_s = time.monotonic()
+
+    def explained(self, seen: Stream, grace_s: float) -> bool:
+        return any(f.overlaps(seen, grace_s) and f.explains(seen) for f in self.faults)
 
 
 def test_every_completed_exchange_survives_a_series_of_faults(
     stack: Stack, redis: RedisProcess
 ) -> None:
     """Four clients stream stored answers without pause while history, Redis, the generator,
-    safety and the gateway are killed or frozen in turn. Afterwards every answer a client saw
-    complete is in history, word for word, and no lease is left behind."""
+    safety and the gateway are killed or frozen in turn. Every client thread lives to the end;
+    every stream ends within its bound; a stream that did not complete is accepted only when
+    a fault injected while it ran explains it (a dropped connection only by the gateway's own
+    kill, a 503 only by a model service's or the gateway's fault); no service is found dead
+    that was not killed on purpose. Afterwards every answer a client saw complete is in
+    history, word for word, and no lease is left behind."""
     stop = threading.Event()
     results: list[tuple[str, Stream]] = []
+    crashes: list[BaseException] = []
     lock = threading.Lock()
+    # A stream takes ~3 s; a fault holds it up at most a deadline (1 s) or a restart.
+    stream_bound_s = 25.0
 
     def client(key: str) -> None:
-        while not stop.is_set():
-            seen = stream_answer(stack.gateway_url, key=key, timeout_s=30)
+        try:
+            while not stop.is_set():
+                seen = stream_answer(stack.gateway_url, key=key, timeout_s=stream_bound_s)
+                with lock:
+                    results.append((key, seen))
+                if not seen.completed:
+                    time.sleep(0.2)
+        except BaseException as exc:  # the test fails on it below
             with lock:
-                results.append((key, seen))
-            if not seen.completed:
-                time.sleep(0.2)
+                crashes.append(exc)
 
     keys = [ALICE_KEY, BOB_KEY, ALICE_KEY, BOB_KEY]
     threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in keys]
     for thread in threads:
         thread.start()
 
+    series = FaultSeries(stack, redis)
     faults = random.Random(9)
     try:
         time.sleep(2)
-        stack.services["history"].kill()
+        history = series.kill("history")
         time.sleep(4)
-        stack.start_service("history")
-        redis.kill()
+        series.restart(history)
+        redis_down = series.kill("redis")
         time.sleep(3)
-        redis.start()
-        stack.services["safety"].pause()
-        time.sleep(faults.uniform(1.5, 2.5))
-        stack.services["safety"].resume()
-        stack.services["history"].kill()
+        series.restart(redis_down)
+        series.freeze("safety", faults.uniform(1.5, 2.5))
+        history = series.kill("history")
         time.sleep(3)
-        stack.services["gateway"].kill()
-        stack.start_service("gateway")
-        stack.start_service("history")
-        stack.services["generator"].kill()
+        gateway = series.kill("gateway")
+        series.restart(gateway)
+        series.restart(history)
+        generator = series.kill("generator")
         time.sleep(1)
-        stack.start_service("generator")
+        series.restart(generator)
         time.sleep(4)
+        series.assert_all_up()
     finally:
         stop.set()
         for thread in threads:
-            thread.join(60)
-        for name in ("generator", "safety", "history", "gateway"):
+            thread.join(stream_bound_s + 5)
+        for name in FaultSeries.PARTS:
             stack.services[name].resume()
-            if not stack.services[name].running:
-                stack.start_service(name)
 
+    assert not crashes, f"client threads died: {crashes!r}"
+    assert not any(thread.is_alive() for thread in threads), "a client thread hangs"
+    hung = [r for _, r in results if r.hung]
+    assert not hung, f"streams still open after {stream_bound_s:g} s: {hung}"
     completed = [(k, r) for k, r in results if r.completed]
     failed = [r for _, r in results if not r.completed]
     assert len(completed) >= 8, f"{len(completed)} completed, {len(failed)} not"
-    # Every failure was one of the policies' answers, never a hang or a 500.
-    for seen in failed:
-        assert (
-            seen.broken
-            or seen.status == 503
-            or (seen.error or {}).get("code") == ("service_unavailable")
-        ), seen
+    # Every failure was a policy's answer to a fault injected while it ran (or while the
+    # part was coming back: a restarted service is reconnected to within a few seconds).
+    unexplained = [r for r in failed if not series.explained(r, grace_s=5.0)]
+    assert not unexplained, (unexplained, series.faults)
     wait_until(lambda: readyz(stack)["history_outbox_depth"] == 0)
     for key, seen in completed:
         other = BOB_KEY if key == ALICE_KEY else ALICE_KEY
         url = f"{stack.gateway_url}/v1/conversations/{seen.conversation_id}"
-        mine = httpx.get(url, headers={"Authorization": f"Bearer {key}"}, timeout=10)
+        mine = httpx.get(url, headers=bearer(key), timeout=10)
         assert mine.status_code == 200, (seen, mine.text)
         answers = [m["content"] for m in mine.json()["messages"] if m["role"] == "assistant"]
         assert answers == [seen.text]
-        theirs = httpx.get(url, headers={"Authorization": f"Bearer {other}"}, timeout=10)
+        theirs = httpx.get(url, headers=bearer(other), timeout=10)
         assert theirs.status_code == 404
     # The killed gateway's leases expired (TTL 3 s here); the live one released its own.
     client = redis_client.Redis.from_url(redis.url)

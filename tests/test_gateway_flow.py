@@ -8,34 +8,22 @@ import time
 import grpc
 import httpx
 import pytest
-from helpers import ALICE_KEY, BOB_KEY, MODEL, Stack, scrape, start_extra_gateway, total
 
 from parlance.history.v1 import history_pb2, history_pb2_grpc
+from parlance.testing import (
+    ALICE,
+    BOB,
+    MODEL,
+    Stack,
+    assert_openai_error,
+    chat,
+    read_events,
+    scrape,
+    start_extra_gateway,
+    total,
+)
 
-ALICE = {"Authorization": f"Bearer {ALICE_KEY}"}
-BOB = {"Authorization": f"Bearer {BOB_KEY}"}
 OFFENSIVE = "You are a stupid worthless idiot and a moron."
-
-
-def chat(stack: Stack, body: dict, headers: dict | None = None) -> httpx.Response:
-    return httpx.post(
-        f"{stack.gateway_url}/v1/chat/completions",
-        json=body,
-        headers=headers or ALICE,
-        timeout=120,
-    )
-
-
-def assert_openai_error(response: httpx.Response, status: int, code: str | None = None) -> dict:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"}
-    error = body["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert isinstance(error["message"], str) and error["message"]
-    if code is not None:
-        assert error["code"] == code
-    return error
 
 
 def test_flagged_prompt_is_refused_before_generation(stack: Stack) -> None:
@@ -54,7 +42,7 @@ def test_flagged_prompt_is_refused_before_generation(stack: Stack) -> None:
             ],
         },
     )
-    error = assert_openai_error(response, 400, "content_filter")
+    error = assert_openai_error(response, 400, code="content_filter")
     assert error["param"] == "messages"
     after = scrape(generator_metrics)
     name = "parlance_generator_requests_total"
@@ -92,15 +80,10 @@ def test_cached_answer_replays_as_a_stream(stack: Stack) -> None:
         "stream_options": {"include_usage": True},
     }
 
-    def events(response: httpx.Response) -> list:
-        lines = [line for line in response.text.splitlines() if line.startswith("data: ")]
-        assert lines[-1] == "data: [DONE]"
-        return [json.loads(line[6:]) for line in lines[:-1]]
-
     live = chat(stack, body)
     replay = chat(stack, body)
     assert (live.headers["x-cache"], replay.headers["x-cache"]) == ("miss", "hit")
-    live_events, replay_events = events(live), events(replay)
+    live_events, replay_events = read_events(live), read_events(replay)
     strip = lambda evs: [(e["choices"], e["usage"]) for e in evs]  # noqa: E731
     assert strip(replay_events) == strip(live_events)
 
@@ -201,7 +184,7 @@ def test_store_true_keeps_the_exchange_in_history(stack: Stack) -> None:
 def test_invalid_requests_get_openai_errors(
     stack: Stack, body: dict, status: int, code: str | None, param: str | None
 ) -> None:
-    error = assert_openai_error(chat(stack, body), status, code)
+    error = assert_openai_error(chat(stack, body), status, code=code)
     if param is not None:
         assert error["param"] is not None and error["param"].startswith(param)
 
@@ -215,12 +198,12 @@ def test_malformed_json_and_oversized_bodies(stack: Stack) -> None:
     assert_openai_error(httpx.post(url, content=huge, headers=headers), 413)
     # Under the byte limit but over the character limit of the input.
     long = {"model": MODEL, "messages": [{"role": "user", "content": "word " * 60_000}]}
-    assert_openai_error(chat(stack, long), 400, "context_length_exceeded")
+    assert_openai_error(chat(stack, long), 400, code="context_length_exceeded")
 
 
 def test_missing_key_is_401(stack: Stack) -> None:
     response = httpx.post(f"{stack.gateway_url}/v1/chat/completions", json={})
-    assert_openai_error(response, 401, "invalid_api_key")
+    assert_openai_error(response, 401, code="invalid_api_key")
 
 
 def test_rpm_limit_answers_429_then_recovers(stack: Stack) -> None:
@@ -233,7 +216,7 @@ def test_rpm_limit_answers_429_then_recovers(stack: Stack) -> None:
             statuses = [client.post(url, json=body).status_code for _ in range(60)]
             assert statuses == [404] * 60
             refused = client.post(url, json=body)
-            error = assert_openai_error(refused, 429, "rate_limit_exceeded")
+            error = assert_openai_error(refused, 429, code="rate_limit_exceeded")
             assert "rate limit" in error["message"].lower()
             retry_after = int(refused.headers["retry-after"])
             assert 1 <= retry_after <= 2

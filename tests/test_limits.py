@@ -17,24 +17,30 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-from helpers import (
+
+from parlance.testing import (
+    ALICE,
     ALICE_KEY,
+    BOB,
     BOB_KEY,
     MODEL,
     RedisProcess,
     ServiceProcess,
     Stack,
+    StackPool,
+    base_url,
+    bearer,
+    chat,
+    iter_events,
     scrape,
+    scripted_generator,
     start_extra_gateway,
-    start_stack,
     total,
     wait_until,
 )
 
 ADMIN_KEY = "sk-admin-test-limits-0123456789"
-ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
-BOB = {"Authorization": f"Bearer {BOB_KEY}"}
-ALICE = {"Authorization": f"Bearer {ALICE_KEY}"}
+ADMIN = bearer(ADMIN_KEY)
 # The scripted engine echoes the last user message, one word a token, at 50 tokens/s.
 LONG = " ".join(f"word{i}" for i in range(80))
 
@@ -53,23 +59,16 @@ def body(content: str = "Hi there", max_tokens: int = 1, **extra: object) -> dic
 
 
 @pytest.fixture(scope="module")
-def limits_stack(tmp_path_factory: pytest.TempPathFactory, redis_server: str) -> Iterator[Stack]:
-    stack = start_stack(
-        tmp_path_factory.mktemp("limits"),
-        redis_server,
+def limits_stack(stacks: StackPool) -> Iterator[Stack]:
+    stack = stacks.start(
+        "limits",
         gateway_env={
             "GATEWAY_ADMIN_KEY": ADMIN_KEY,
             "GATEWAY_KEY_CACHE_TTL_S": "1",
             "GATEWAY_MAX_CONCURRENT_PER_KEY": "256",
             "GATEWAY_RPM_LIMIT": "100000",
         },
-        env={
-            "generator": {
-                "GENERATOR_ENGINE": "scripted",
-                "GENERATOR_SCRIPTED_TOKENS_PER_S": "50",
-                "GENERATOR_SERVED_MODEL_NAME": MODEL,
-            }
-        },
+        env={"generator": scripted_generator(tokens_per_s=50)},
     )
     yield stack
     stack.stop()
@@ -82,10 +81,8 @@ def rdb(redis_server: str) -> Iterator[redis.Redis]:
     client.close()
 
 
-def url(stack: Stack | ServiceProcess, path: str = "/v1/chat/completions") -> str:
-    port = stack.http_port if isinstance(stack, ServiceProcess) else None
-    base = f"http://127.0.0.1:{port}" if port else stack.gateway_url  # type: ignore[union-attr]
-    return base + path
+def url(target: Stack | ServiceProcess, path: str = "/v1/chat/completions") -> str:
+    return base_url(target) + path
 
 
 def create_key(stack: Stack, user_id: str, **limits: int) -> dict:
@@ -94,14 +91,6 @@ def create_key(stack: Stack, user_id: str, **limits: int) -> dict:
     )
     assert response.status_code == 201, response.text
     return response.json()
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
-def post(target: Stack | ServiceProcess, payload: dict, headers: dict) -> httpx.Response:
-    return httpx.post(url(target), json=payload, headers=headers, timeout=60)
 
 
 def lease_count(rdb: redis.Redis, key_id: str) -> int:
@@ -135,15 +124,42 @@ def test_100_concurrent_clients_against_a_limit_of_n_get_exactly_n(limits_stack:
     assert refused.headers["x-ratelimit-remaining-requests"] == "0"
 
 
+def test_two_gateways_sharing_redis_allow_exactly_the_limit_together(limits_stack: Stack) -> None:
+    """One key's limit holds across replicas: 100 concurrent requests spread evenly over two
+    gateways on the same Redis get exactly N answers between them, not N from each."""
+    key = create_key(limits_stack, "crowd-of-two", rpm_limit=17)
+    other = start_extra_gateway(limits_stack, {})
+    try:
+
+        async def burst() -> list[httpx.Response]:
+            targets = [url(limits_stack), url(other)]
+            async with httpx.AsyncClient(
+                timeout=60, limits=httpx.Limits(max_connections=100)
+            ) as client:
+                return await asyncio.gather(
+                    *(
+                        client.post(targets[i % 2], json=body(), headers=bearer(key["key"]))
+                        for i in range(100)
+                    )
+                )
+
+        statuses = [r.status_code for r in asyncio.run(burst())]
+    finally:
+        other.stop()
+        limits_stack.services.pop(f"gateway-{other.http_port}", None)
+    assert statuses.count(200) == 17, statuses
+    assert statuses.count(429) == 83, statuses
+
+
 def test_per_key_limits_from_the_admin_api_apply(limits_stack: Stack) -> None:
     key = create_key(limits_stack, "carol", rpm_limit=2, max_tokens=5)
     headers = bearer(key["key"])
-    too_long = post(limits_stack, body(max_tokens=6), headers)
+    too_long = chat(limits_stack, body(max_tokens=6), headers)
     assert too_long.status_code == 400, too_long.text
     assert too_long.json()["error"]["param"] == "max_tokens"
     # The refused request still counted for RPM (it reached the limiter): one more is allowed.
-    assert post(limits_stack, body(max_tokens=5), headers).status_code == 200
-    third = post(limits_stack, body(max_tokens=5), headers)
+    assert chat(limits_stack, body(max_tokens=5), headers).status_code == 200
+    third = chat(limits_stack, body(max_tokens=5), headers)
     assert third.status_code == 429, third.text
     assert third.json()["error"]["code"] == "rate_limit_exceeded"
     assert third.headers["x-ratelimit-limit-requests"] == "2"
@@ -153,17 +169,17 @@ def test_per_key_limits_from_the_admin_api_apply(limits_stack: Stack) -> None:
 def test_every_response_carries_the_ratelimit_headers(limits_stack: Stack) -> None:
     key = create_key(limits_stack, "dave", rpm_limit=4, tpm_limit=1000)
     headers = bearer(key["key"])
-    ok = post(limits_stack, body(max_tokens=3), headers)
+    ok = chat(limits_stack, body(max_tokens=3), headers)
     with httpx.stream(
         "POST", url(limits_stack), json=body(max_tokens=3, stream=True), headers=headers
     ) as streamed:
         streamed.read()
-    too_many_tokens = post(limits_stack, body(max_tokens=2000), headers)
+    too_many_tokens = chat(limits_stack, body(max_tokens=2000), headers)
     assert too_many_tokens.status_code == 429
     assert "Request too large" in too_many_tokens.json()["error"]["message"]
-    invalid = post(limits_stack, body(max_tokens=3, n=100), headers)
+    invalid = chat(limits_stack, body(max_tokens=3, n=100), headers)
     assert invalid.status_code == 400
-    too_many_requests = post(limits_stack, body(max_tokens=3), headers)
+    too_many_requests = chat(limits_stack, body(max_tokens=3), headers)
     assert too_many_requests.status_code == 429
     for response in (ok, streamed, too_many_tokens, invalid, too_many_requests):
         for kind in ("requests", "tokens"):
@@ -189,8 +205,8 @@ def test_tpm_reconciles_after_a_stream_cut_short(limits_stack: Stack, rdb: redis
         reserved = 600 - int(response.headers["x-ratelimit-remaining-tokens"])
         assert reserved >= 500
         chunks = 0
-        for line in response.iter_lines():
-            if line.startswith("data: ") and '"content"' in line:
+        for event in iter_events(response):
+            if any("content" in choice["delta"] for choice in event["choices"]):
                 chunks += 1
                 if chunks == 3:
                     break  # the client goes away mid-stream
@@ -210,7 +226,7 @@ def test_tpm_reconciles_after_a_stream_cut_short(limits_stack: Stack, rdb: redis
     wait_until(lambda: outstanding() < 300, 8, "the unused reservation is refunded")
     # What the cut stream really cost (its prompt and the tokens generated) stays charged.
     assert outstanding() > 50
-    following = post(limits_stack, body(max_tokens=1), headers)
+    following = chat(limits_stack, body(max_tokens=1), headers)
     assert following.status_code == 200
     assert int(following.headers["x-ratelimit-remaining-tokens"]) > 600 - 300
 
@@ -283,15 +299,15 @@ def test_a_killed_gateways_leases_expire(limits_stack: Stack, rdb: redis.Redis) 
             next(lines)
             assert lease_count(rdb, key["id"]) == 1
             # The one slot is taken: another request on any gateway is refused.
-            assert post(limits_stack, body(), headers).status_code == 429
+            assert chat(limits_stack, body(), headers).status_code == 429
             gateway.kill()  # SIGKILL: no release, no more heartbeats
         assert lease_count(rdb, key["id"]) == 1
         gateway.start()
         limits_stack.wait_ready(name)
         # The restarted gateway does not know the lease; it expires by its TTL in Redis.
         wait_until(lambda: lease_count(rdb, key["id"]) == 0, 10, "the dead gateway's lease expired")
-        assert post(gateway, body(), headers).status_code == 200
-        assert post(limits_stack, body(), headers).status_code == 200
+        assert chat(gateway, body(), headers).status_code == 200
+        assert chat(limits_stack, body(), headers).status_code == 200
     finally:
         gateway.stop()
         limits_stack.services.pop(name, None)
@@ -316,18 +332,18 @@ def test_redis_stopped_mid_test_follows_the_policy_and_recovers(limits_stack: St
                 },
             )
         # Redis up: the limit is shared through Redis, so all gateways together allow 3.
-        statuses = [post(gateways[p], body(), ALICE).status_code for p in ("local", "open")]
-        statuses += [post(gateways["closed"], body(), ALICE).status_code for _ in range(2)]
+        statuses = [chat(gateways[p], body(), ALICE).status_code for p in ("local", "open")]
+        statuses += [chat(gateways["closed"], body(), ALICE).status_code for _ in range(2)]
         assert statuses == [200, 200, 200, 429]
         private.stop()
 
         def outcomes(policy: str, count: int = 5) -> list[int]:
-            return [post(gateways[policy], body(), ALICE).status_code for _ in range(count)]
+            return [chat(gateways[policy], body(), ALICE).status_code for _ in range(count)]
 
         # local: each gateway keeps the limit on its own; open: no limit; closed: 503.
         assert outcomes("local") == [200, 200, 200, 429, 429]
         assert outcomes("open") == [200] * 5
-        refused = post(gateways["closed"], body(), ALICE)
+        refused = chat(gateways["closed"], body(), ALICE)
         assert refused.status_code == 503, refused.text
         assert refused.json()["error"]["code"] == "service_unavailable"
         for gateway in gateways.values():
@@ -340,7 +356,7 @@ def test_redis_stopped_mid_test_follows_the_policy_and_recovers(limits_stack: St
 
         def back_on_redis(gateway: ServiceProcess) -> bool:
             # A request that reached Redis switches the fallback gauge off again.
-            post(gateway, body(), ALICE)
+            chat(gateway, body(), ALICE)
             assert gateway.http_port is not None
             return total(scrape(gateway.http_port), "parlance_gateway_redis_fallback_active") == 0
 
@@ -353,8 +369,8 @@ def test_redis_stopped_mid_test_follows_the_policy_and_recovers(limits_stack: St
         finally:
             client.close()
         # Shared again: three gateways, one limit of 3.
-        statuses = [post(gateways[p], body(), ALICE).status_code for p in gateways]
-        statuses.append(post(gateways["open"], body(), ALICE).status_code)
+        statuses = [chat(gateways[p], body(), ALICE).status_code for p in gateways]
+        statuses.append(chat(gateways["open"], body(), ALICE).status_code)
         assert statuses == [200, 200, 200, 429]
     finally:
         for gateway in gateways.values():
@@ -371,17 +387,17 @@ def test_one_tenant_never_receives_another_tenants_cached_answer(
 ) -> None:
     question = body("Tell me a secret number 4711", max_tokens=8, temperature=0)
     before = set(rdb.scan_iter("parlance:cache:*"))
-    assert post(limits_stack, question, ALICE).headers["x-cache"] == "miss"
-    assert post(limits_stack, question, ALICE).headers["x-cache"] == "hit"
+    assert chat(limits_stack, question, ALICE).headers["x-cache"] == "miss"
+    assert chat(limits_stack, question, ALICE).headers["x-cache"] == "hit"
     # Same request, another tenant: generated afresh, then served from bob's own entry.
-    assert post(limits_stack, question, BOB).headers["x-cache"] == "miss"
-    assert post(limits_stack, question, BOB).headers["x-cache"] == "hit"
+    assert chat(limits_stack, question, BOB).headers["x-cache"] == "miss"
+    assert chat(limits_stack, question, BOB).headers["x-cache"] == "hit"
     assert len(set(rdb.scan_iter("parlance:cache:*")) - before) == 2
     # The tenant is the user, not the key: alice's new key shares her cache, a new user not.
     alice_key = create_key(limits_stack, "alice")
-    assert post(limits_stack, question, bearer(alice_key["key"])).headers["x-cache"] == "hit"
+    assert chat(limits_stack, question, bearer(alice_key["key"])).headers["x-cache"] == "hit"
     other_key = create_key(limits_stack, "mallory")
-    assert post(limits_stack, question, bearer(other_key["key"])).headers["x-cache"] == "miss"
+    assert chat(limits_stack, question, bearer(other_key["key"])).headers["x-cache"] == "miss"
     bypass = httpx.post(
         url(limits_stack),
         json=question,
@@ -399,14 +415,14 @@ def test_revoked_keys_stop_working_on_every_replica(limits_stack: Stack) -> None
     headers = bearer(key["key"])
     other = start_extra_gateway(limits_stack, {"GATEWAY_KEY_CACHE_TTL_S": "1"})
     try:
-        assert post(limits_stack, body(), headers).status_code == 200
-        assert post(other, body(), headers).status_code == 200  # cached on that replica now
+        assert chat(limits_stack, body(), headers).status_code == 200
+        assert chat(other, body(), headers).status_code == 200  # cached on that replica now
         revoked = httpx.delete(url(limits_stack, f"/v1/admin/keys/{key['id']}"), headers=ADMIN)
         assert revoked.status_code == 200, revoked.text
-        refused = post(limits_stack, body(), headers)
+        refused = chat(limits_stack, body(), headers)
         assert refused.status_code == 401
         assert refused.json()["error"]["code"] == "invalid_api_key"
-        wait_until(lambda: post(other, body(), headers).status_code == 401, 4, "revoked there")
+        wait_until(lambda: chat(other, body(), headers).status_code == 401, 4, "revoked there")
         listed = httpx.get(
             url(limits_stack, "/v1/admin/keys"),
             params={"user_id": "grace", "include_revoked": "true"},
@@ -453,7 +469,7 @@ def test_the_cli_creates_lists_and_revokes(limits_stack: Stack) -> None:
     record = json.loads(created.stdout)
     assert record["user_id"] == "ivan" and record["rpm_limit"] == 7
     assert "not shown again" in created.stderr
-    ok = post(limits_stack, body(), bearer(record["key"]))
+    ok = chat(limits_stack, body(), bearer(record["key"]))
     assert ok.status_code == 200, ok.text
     assert ok.headers["x-ratelimit-limit-requests"] == "7"
     listed = [json.loads(line) for line in run("list", "--user", "ivan").stdout.splitlines()]
@@ -465,7 +481,7 @@ def test_the_cli_creates_lists_and_revokes(limits_stack: Stack) -> None:
     assert run("revoke", record["id"]).returncode == 1
     # Another process revoked it: the gateway notices within its key cache TTL (1 s here).
     wait_until(
-        lambda: post(limits_stack, body(), bearer(record["key"])).status_code == 401,
+        lambda: chat(limits_stack, body(), bearer(record["key"])).status_code == 401,
         4,
         "revocation seen by the gateway",
     )

@@ -25,21 +25,26 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import (
+
+from parlance.testing import (
+    ALICE,
     ALICE_KEY,
-    BOB_KEY,
+    BOB,
+    DONE,
     MODEL,
     ServiceProcess,
     Stack,
+    StackPool,
+    chat_body,
+    iter_data,
+    read_events,
     scrape,
+    scripted_generator,
     start_extra_gateway,
-    start_stack,
     total,
     wait_until,
 )
 
-ALICE = {"Authorization": f"Bearer {ALICE_KEY}"}
-BOB = {"Authorization": f"Bearer {BOB_KEY}"}
 CLEAN = "Tell me three things about the weather in spring."
 TOXIC = "Hello there, this is a friendly answer. You are a stupid worthless idiot and a moron."
 LONG = " ".join(["The quick brown fox jumps over the lazy dog."] * 30)  # 270 words: ~1.4 s
@@ -58,18 +63,13 @@ class Session:
     after: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
-def body(content: str, **extra: Any) -> dict[str, Any]:
-    return {"model": MODEL, "messages": [{"role": "user", "content": content}], **extra}
+body = chat_body
 
 
 def stream_events(url: str, payload: dict[str, Any], headers: dict[str, str]) -> list[dict]:
-    events = []
     with httpx.stream("POST", url, json=payload, headers=headers, timeout=60) as response:
         assert response.status_code == 200, response.read()
-        for line in response.iter_lines():
-            if line.startswith("data: ") and line != "data: [DONE]":
-                events.append(json.loads(line[6:]))
-    return events
+        return read_events(response)
 
 
 def scrape_all(session: Session) -> dict[str, dict[str, float]]:
@@ -131,14 +131,14 @@ def run_session(stack: Stack, extra: ServiceProcess) -> Session:
     long_payload = {**body(LONG), "stream": True, "stream_options": {"include_usage": True}}
     with httpx.stream("POST", other, json=long_payload, headers=BOB, timeout=60) as holding:
         assert holding.status_code == 200
-        lines = holding.iter_lines()
-        next(lines)  # the stream is open: bob's only lease is held
+        data = iter_data(holding)
+        next(data)  # the stream is open: bob's only lease is held
         busy = post(other, "extra", body(CLEAN), BOB)
         assert busy.status_code == 429, busy.text
         assert "concurrent" in busy.json()["error"]["message"]
-        data = [line[6:] for line in lines if line.startswith("data: {")]
+        rest = [d for d in data if d != DONE]
     session.statuses["extra"].append(200)
-    session.usage["extra"].append(json.loads(data[-1])["usage"])
+    session.usage["extra"].append(json.loads(rest[-1])["usage"])
     # The lease is released in a task of its own just after the stream's end.
     wait_until(lambda: scrape(extra.http_port)["parlance_gateway_leases_held{}"] == 0)
     assert post(other, "extra", body(CLEAN), BOB).status_code == 200
@@ -154,19 +154,14 @@ def run_session(stack: Stack, extra: ServiceProcess) -> Session:
 
 
 @pytest.fixture(scope="module")
-def session(tmp_path_factory: pytest.TempPathFactory, redis_server: str) -> Iterator[Session]:
-    stack = start_stack(
-        tmp_path_factory.mktemp("metrics"),
-        redis_server,
+def session(stacks: StackPool) -> Iterator[Session]:
+    # Its own processes (counts are absolute, and the session kills history).
+    stack = stacks.start(
+        "metrics",
         # Background title generations would add generator calls of the gateway's own.
         gateway_env={"GATEWAY_GENERATE_TITLES": "false"},
-        env={
-            "generator": {
-                "GENERATOR_ENGINE": "scripted",
-                "GENERATOR_SCRIPTED_TOKENS_PER_S": "200",
-                "GENERATOR_SERVED_MODEL_NAME": MODEL,
-            }
-        },
+        env={"generator": scripted_generator(tokens_per_s=200)},
+        share=False,
     )
     try:
         extra = start_extra_gateway(

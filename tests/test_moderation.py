@@ -4,16 +4,26 @@ given text (the real model cannot be made to say something toxic on demand)."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 
 import httpx
 import openai
 import pytest
-from helpers import ALICE_KEY, MODEL, Stack, scrape, start_stack, total
 
-ALICE = {"Authorization": f"Bearer {ALICE_KEY}"}
+from parlance.testing import (
+    ALICE,
+    ALICE_KEY,
+    DONE,
+    MODEL,
+    Stack,
+    StackPool,
+    read_events,
+    scrape,
+    scripted_generator,
+    total,
+)
+
 CLEAN = "Hello there, this is a friendly answer."
 TOXIC = " You are a stupid worthless idiot and a moron."
 SCRIPT = CLEAN + TOXIC + " Have a nice day."
@@ -21,19 +31,8 @@ TOXIC_WORDS = ("stupid", "worthless", "idiot", "moron")
 
 
 @pytest.fixture(scope="module")
-def scripted_stack(tmp_path_factory: pytest.TempPathFactory, redis_server: str) -> Iterator[Stack]:
-    stack = start_stack(
-        tmp_path_factory.mktemp("moderation"),
-        redis_server,
-        env={
-            "generator": {
-                "GENERATOR_ENGINE": "scripted",
-                "GENERATOR_SCRIPTED_TEXT": SCRIPT,
-                "GENERATOR_SCRIPTED_TOKENS_PER_S": "200",
-                "GENERATOR_SERVED_MODEL_NAME": MODEL,
-            }
-        },
-    )
+def scripted_stack(stacks: StackPool) -> Iterator[Stack]:
+    stack = stacks.start("moderation", env={"generator": scripted_generator(SCRIPT, 200)})
     yield stack
     stack.stop()
 
@@ -51,7 +50,6 @@ def test_streamed_answer_stops_before_the_toxic_sentence(scripted_stack: Stack) 
     generator_metrics = scripted_stack.services["generator"].metrics_port
     assert generator_metrics is not None
     sent = b""
-    events = []
     with httpx.stream(
         "POST",
         f"{scripted_stack.gateway_url}/v1/chat/completions",
@@ -62,9 +60,8 @@ def test_streamed_answer_stops_before_the_toxic_sentence(scripted_stack: Stack) 
         assert response.status_code == 200
         for raw in response.iter_raw():
             sent += raw
-    for line in sent.decode().splitlines():
-        if line.startswith("data: ") and line != "data: [DONE]":
-            events.append(json.loads(line[6:]))
+    content_type = {"content-type": response.headers["content-type"]}
+    events = read_events(httpx.Response(200, headers=content_type, content=sent))
     # No character of the flagged sentence ever reached the client, in any form.
     for word in TOXIC_WORDS:
         assert word not in sent.decode()
@@ -75,7 +72,7 @@ def test_streamed_answer_stops_before_the_toxic_sentence(scripted_stack: Stack) 
     usage = events[-1]["usage"]
     assert usage["completion_tokens"] >= len(CLEAN.split())
     assert usage["prompt_tokens"] > 0
-    assert sent.endswith(b"data: [DONE]\n\n")
+    assert sent.endswith(f"data: {DONE}\n\n".encode())
     # The generation was cancelled, not run to the end (the generator counts it once the
     # cancellation has reached it, just after the client's stream ended).
     cancelled = 'parlance_generator_requests_total{engine="scripted",finish_reason="cancelled"}'

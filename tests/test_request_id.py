@@ -17,17 +17,19 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import (
+
+from parlance.testing import (
+    ALICE,
     ALICE_KEY,
     BOB_KEY,
     MODEL,
     ServiceProcess,
     Stack,
+    StackPool,
+    scripted_generator,
     start_extra_gateway,
-    start_stack,
 )
 
-ALICE = {"Authorization": f"Bearer {ALICE_KEY}"}
 # Distinctive strings: found in a log only if message text leaked into it.
 PROMPT = "Please describe the marmalade zebra quantum lighthouse."
 TOXIC = "Hello there, friend. You are a stupid worthless idiot and a moron, marmalade zebra."
@@ -56,20 +58,16 @@ class RidStack:
 
 
 @pytest.fixture(scope="module")
-def rid_stack(tmp_path_factory: pytest.TempPathFactory, redis_server: str) -> Iterator[RidStack]:
-    stack = start_stack(
-        tmp_path_factory.mktemp("request-id"),
-        redis_server,
+def rid_stack(stacks: StackPool) -> Iterator[RidStack]:
+    # Its own processes: the tests read every log line of the session.
+    stack = stacks.start(
+        "request-id",
         gateway_env={"GATEWAY_LOG_LEVEL": "DEBUG"},
         env={
-            "generator": {
-                "GENERATOR_ENGINE": "scripted",
-                "GENERATOR_SCRIPTED_TOKENS_PER_S": "200",
-                "GENERATOR_SERVED_MODEL_NAME": MODEL,
-                "GENERATOR_LOG_LEVEL": "DEBUG",
-            },
+            "generator": {**scripted_generator(tokens_per_s=200), "GENERATOR_LOG_LEVEL": "DEBUG"},
             "safety": {"SAFETY_LOG_LEVEL": "DEBUG"},
         },
+        share=False,
     )
     try:
         extra = start_extra_gateway(stack, {"GATEWAY_MODERATE_INPUT": "false"})

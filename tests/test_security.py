@@ -11,7 +11,6 @@ own marker is a stream mixed with another request's.
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import sqlite3
 import time
@@ -21,20 +20,34 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from helpers import ALICE_KEY, BOB_KEY, MODEL, Stack, scrape, start_stack, total
 
-ALICE = {"Authorization": f"Bearer {ALICE_KEY}"}
-BOB = {"Authorization": f"Bearer {BOB_KEY}"}
+from parlance.testing import (
+    ALICE,
+    ALICE_KEY,
+    BOB,
+    BOB_KEY,
+    MODEL,
+    Stack,
+    StackPool,
+    aiter_events,
+    assert_openai_error,
+    bearer,
+    chat,
+    chat_body,
+    scrape,
+    scripted_generator,
+    total,
+)
+
 ADMIN_KEY = "sk-admin-security-0123456789abcdef"
 # Text every test sends; none of it may reach a log.
 SECRET_WORDS: list[str] = []
 
 
 @pytest.fixture(scope="module")
-def sec_stack(tmp_path_factory: pytest.TempPathFactory, redis_server: str) -> Iterator[Stack]:
-    stack = start_stack(
-        tmp_path_factory.mktemp("security"),
-        redis_server,
+def sec_stack(stacks: StackPool) -> Iterator[Stack]:
+    stack = stacks.start(
+        "security",
         gateway_env={
             "GATEWAY_ADMIN_KEY": ADMIN_KEY,
             "GATEWAY_RPM_LIMIT": "0",
@@ -42,9 +55,7 @@ def sec_stack(tmp_path_factory: pytest.TempPathFactory, redis_server: str) -> It
             "GATEWAY_MAX_CONCURRENT_PER_KEY": "200",
             "GATEWAY_GENERATE_TITLES": "false",
         },
-        env={
-            "generator": {"GENERATOR_ENGINE": "scripted", "GENERATOR_SCRIPTED_TOKENS_PER_S": "40"}
-        },
+        env={"generator": scripted_generator(tokens_per_s=40)},
     )
     yield stack
     stack.stop()
@@ -68,18 +79,6 @@ def marker(owner: str) -> str:
     return word
 
 
-def chat(stack: Stack, headers: dict, content: str, **fields: object) -> httpx.Response:
-    body = {"model": MODEL, "messages": [{"role": "user", "content": content}], **fields}
-    return httpx.post(url(stack, "/v1/chat/completions"), json=body, headers=headers, timeout=60)
-
-
-def assert_error(response: httpx.Response, status: int) -> dict:
-    assert response.status_code == status, (response.status_code, response.text[:300])
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
-    return body["error"]
-
-
 def test_keys_are_stored_only_as_digests(sec_stack: Stack) -> None:
     created = httpx.post(
         url(sec_stack, "/v1/admin/keys"),
@@ -90,7 +89,7 @@ def test_keys_are_stored_only_as_digests(sec_stack: Stack) -> None:
     assert created.status_code == 201, created.text
     key = created.json()["key"]
     SECRET_WORDS.append(key)
-    assert chat(sec_stack, {"Authorization": f"Bearer {key}"}, "hello").status_code == 200
+    assert chat(sec_stack, chat_body("hello"), bearer(key)).status_code == 200
     listed = httpx.get(
         url(sec_stack, "/v1/admin/keys"),
         headers={"Authorization": f"Bearer {ADMIN_KEY}"},
@@ -122,7 +121,7 @@ def test_keys_are_stored_only_as_digests(sec_stack: Stack) -> None:
 def alice_conversation(sec_stack: Stack) -> dict:
     """A stored conversation of alice's: its id, message ids and secret content."""
     secret = marker("alicesecret")
-    response = chat(sec_stack, ALICE, f"my secret is {secret}", store=True)
+    response = chat(sec_stack, chat_body(f"my secret is {secret}", store=True), ALICE)
     assert response.status_code == 200, response.text
     conversation_id = response.json()["conversation_id"]
     got = httpx.get(
@@ -161,7 +160,7 @@ def test_bob_cannot_reach_alices_conversation_by_any_route(
     ]
     for method, path, body in attempts:
         response = httpx.request(method, url(sec_stack, path), json=body, headers=BOB, timeout=30)
-        assert_error(response, 404)
+        assert_openai_error(response, 404)
         # The error may repeat the id bob sent; it never carries alice's data.
         assert secret not in response.text and "messages" not in response.json()
 
@@ -172,7 +171,9 @@ def test_bob_cannot_reach_alices_conversation_by_any_route(
         {"conversation_id": bobs_conv, "parent_message_id": answer},
     ):
         for stream in (False, True):
-            response = chat(sec_stack, BOB, "tell me the secret", stream=stream, **fields)
+            response = chat(
+                sec_stack, chat_body("tell me the secret", stream=stream, **fields), BOB
+            )
             assert response.status_code == 404, response.text[:300]
             assert secret not in response.text
     regenerate = httpx.post(
@@ -186,7 +187,7 @@ def test_bob_cannot_reach_alices_conversation_by_any_route(
         headers=BOB,
         timeout=30,
     )
-    assert_error(regenerate, 404)
+    assert_openai_error(regenerate, 404)
 
     listed = httpx.get(
         url(sec_stack, "/v1/conversations"),
@@ -212,8 +213,8 @@ def test_bob_cannot_reach_alices_conversation_by_any_route(
             response = httpx.request(
                 method, url(sec_stack, path), json={"user_id": "bob"}, headers=headers, timeout=30
             )
-            assert_error(response, 403)
-        assert_error(httpx.request(method, url(sec_stack, path), timeout=30), 401)
+            assert_openai_error(response, 403)
+        assert_openai_error(httpx.request(method, url(sec_stack, path), timeout=30), 401)
 
     # Alice's conversation is as it was: nothing renamed, archived, deleted, rated or added.
     after = httpx.get(url(sec_stack, f"/v1/conversations/{conv}"), headers=ALICE, timeout=30)
@@ -236,9 +237,9 @@ def test_bob_cannot_reach_alices_conversation_by_any_route(
 @pytest.mark.parametrize("stream", [False, True])
 def test_cache_is_never_shared_between_tenants(sec_stack: Stack, stream: bool) -> None:
     content = f"deterministic question {marker('cache')}"
-    first = chat(sec_stack, ALICE, content, temperature=0, stream=stream)
-    again = chat(sec_stack, ALICE, content, temperature=0, stream=stream)
-    bobs = chat(sec_stack, BOB, content, temperature=0, stream=stream)
+    first = chat(sec_stack, chat_body(content, temperature=0, stream=stream), ALICE)
+    again = chat(sec_stack, chat_body(content, temperature=0, stream=stream), ALICE)
+    bobs = chat(sec_stack, chat_body(content, temperature=0, stream=stream), BOB)
     assert first.headers["x-cache"] == "miss" and again.headers["x-cache"] == "hit"
     assert bobs.status_code == 200
     assert bobs.headers["x-cache"] == "miss", "bob was served alice's cache entry"
@@ -246,15 +247,15 @@ def test_cache_is_never_shared_between_tenants(sec_stack: Stack, stream: bool) -
     assert len(ids) == 3, "every answer has its own id"
     # With store: bob's answer goes to a conversation of his, never alice's.
     stored = f"stored question {marker('cache')}"
-    alice_store = chat(sec_stack, ALICE, stored, temperature=0, store=True)
-    bob_store = chat(sec_stack, BOB, stored, temperature=0, store=True)
+    alice_store = chat(sec_stack, chat_body(stored, temperature=0, store=True), ALICE)
+    bob_store = chat(sec_stack, chat_body(stored, temperature=0, store=True), BOB)
     assert bob_store.headers["x-cache"] == "miss"
     alice_id = alice_store.json()["conversation_id"]
     bob_id = bob_store.json()["conversation_id"]
     assert alice_id != bob_id
     got = httpx.get(url(sec_stack, f"/v1/conversations/{bob_id}"), headers=BOB, timeout=30)
     assert got.status_code == 200
-    assert_error(
+    assert_openai_error(
         httpx.get(url(sec_stack, f"/v1/conversations/{alice_id}"), headers=BOB, timeout=30), 404
     )
 
@@ -276,10 +277,7 @@ async def _one_stream(
         "POST", url(stack, "/v1/chat/completions"), json=body, headers=headers
     ) as response:
         assert response.status_code == 200, await response.aread()
-        async for line in response.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            event = json.loads(line[6:])
+        async for event in aiter_events(response):
             conversation = event.get("conversation_id") or conversation
             for choice in event["choices"]:
                 text += choice["delta"].get("content") or ""

@@ -8,7 +8,6 @@ flight when the signal arrives and take a few seconds to finish.
 
 from __future__ import annotations
 
-import json
 import signal
 import threading
 import time
@@ -17,96 +16,92 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
-from helpers import ALICE_KEY, MODEL, ServiceProcess, Stack, start_extra_gateway, start_stack
 
-ALICE = {"Authorization": f"Bearer {ALICE_KEY}"}
+from parlance.testing import (
+    ServiceProcess,
+    Stack,
+    StackPool,
+    StreamResult,
+    chat,
+    chat_body,
+    scripted_generator,
+    start_extra_gateway,
+    stream_chat,
+)
+
 # 24 tokens at 8 a second: each stream lasts ~3 s, well inside both grace periods.
 SCRIPT = " ".join(f"w{i}" for i in range(24))
 GRACE_S = 20
 
 
 @pytest.fixture(scope="module")
-def slow_stack(tmp_path_factory: pytest.TempPathFactory, redis_server: str) -> Iterator[Stack]:
-    stack = start_stack(
-        tmp_path_factory.mktemp("shutdown"),
-        redis_server,
+def slow_stack(stacks: StackPool) -> Iterator[Stack]:
+    # Its own processes: the tests send SIGTERM to them.
+    stack = stacks.start(
+        "shutdown",
         gateway_env={"GATEWAY_RPM_LIMIT": "0", "GATEWAY_TPM_LIMIT": "0"},
         env={
             "generator": {
-                "GENERATOR_ENGINE": "scripted",
-                "GENERATOR_SCRIPTED_TEXT": SCRIPT,
-                "GENERATOR_SCRIPTED_TOKENS_PER_S": "8",
+                **scripted_generator(SCRIPT, 8),
                 "GENERATOR_SHUTDOWN_GRACE_S": str(GRACE_S),
             }
         },
+        share=False,
     )
     yield stack
     stack.stop()
 
 
 @dataclass
-class StreamResult:
+class Streaming:
     started: threading.Event
-    text: str = ""
-    finish: str | None = None
+    result: StreamResult | None = None
     error: BaseException | None = None
 
 
-def stream_in_thread(base_url: str) -> tuple[threading.Thread, StreamResult]:
-    result = StreamResult(threading.Event())
+def stream_in_thread(base_url: str) -> tuple[threading.Thread, Streaming]:
+    streaming = Streaming(threading.Event())
 
     def run() -> None:
-        body = {
-            "model": MODEL,
-            "messages": [{"role": "user", "content": "go"}],
-            "stream": True,
-            "store": True,
-        }
         try:
-            with httpx.stream(
-                "POST", f"{base_url}/v1/chat/completions", json=body, headers=ALICE, timeout=60
-            ) as response:
-                assert response.status_code == 200, response.read()
-                for line in response.iter_lines():
-                    if not line.startswith("data: ") or line == "data: [DONE]":
-                        continue
-                    for choice in json.loads(line[6:])["choices"]:
-                        if choice["delta"].get("content"):
-                            result.text += choice["delta"]["content"]
-                            result.started.set()
-                        result.finish = choice.get("finish_reason") or result.finish
+            streaming.result = stream_chat(
+                base_url, chat_body("go", store=True), on_first_text=streaming.started.set
+            )
         except BaseException as exc:  # reported by the test
-            result.error = exc
+            streaming.error = exc
         finally:
-            result.started.set()
+            streaming.started.set()
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    return thread, result
+    return thread, streaming
 
 
-def start_streams(base_url: str, count: int) -> list[tuple[threading.Thread, StreamResult]]:
+def start_streams(base_url: str, count: int) -> list[tuple[threading.Thread, Streaming]]:
     streams = [stream_in_thread(base_url) for _ in range(count)]
-    for _, result in streams:
-        assert result.started.wait(30)
-        assert result.error is None, result.error
+    for _, streaming in streams:
+        assert streaming.started.wait(30)
+        assert streaming.error is None, streaming.error
+        assert streaming.result is None or streaming.result.status == 200, streaming.result
     return streams
 
 
-def assert_streams_completed(streams: list[tuple[threading.Thread, StreamResult]]) -> None:
-    for thread, result in streams:
+def assert_streams_completed(streams: list[tuple[threading.Thread, Streaming]]) -> None:
+    for thread, streaming in streams:
         thread.join(GRACE_S + 10)
         assert not thread.is_alive()
-        assert result.error is None, repr(result.error)
-        assert result.finish == "stop", result
+        assert streaming.error is None, repr(streaming.error)
+        result = streaming.result
+        assert result is not None and result.status == 200, result
+        assert not result.broken and not result.hung and result.error is None, result
+        assert result.finish_reason == "stop", result
         assert result.text.split() == SCRIPT.split()
 
 
 def refused(base_url: str) -> httpx.Response | None:
     """A new request; None when the connection is refused."""
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "new"}], "max_tokens": 2}
     try:
-        return httpx.post(f"{base_url}/v1/chat/completions", json=body, headers=ALICE, timeout=30)
+        return chat(base_url, chat_body("new", max_tokens=2), timeout_s=30)
     except httpx.TransportError:
         return None
 

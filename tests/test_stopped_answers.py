@@ -11,33 +11,21 @@ beginning of the scripted reply and never the whole of it.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-from helpers import ALICE_KEY, MODEL, Stack, start_stack
 
-ALICE = {"Authorization": f"Bearer {ALICE_KEY}"}
+from parlance.testing import ALICE, MODEL, Stack, StackPool, iter_events, scripted_generator
+
 SCRIPT = " ".join(f"word{i}" for i in range(400))
 
 
 @pytest.fixture(scope="module")
-def slow_stack(tmp_path_factory: pytest.TempPathFactory, redis_server: str) -> Iterator[Stack]:
-    stack = start_stack(
-        tmp_path_factory.mktemp("stopped"),
-        redis_server,
-        env={
-            "generator": {
-                "GENERATOR_ENGINE": "scripted",
-                "GENERATOR_SCRIPTED_TEXT": SCRIPT,
-                "GENERATOR_SCRIPTED_TOKENS_PER_S": "20",
-                "GENERATOR_SERVED_MODEL_NAME": MODEL,
-            }
-        },
-    )
+def slow_stack(stacks: StackPool) -> Iterator[Stack]:
+    stack = stacks.start("stopped", env={"generator": scripted_generator(SCRIPT, 20)})
     yield stack
     stack.stop()
 
@@ -55,10 +43,7 @@ def _stream_then_stop(stack: Stack, body: dict[str, Any], min_chars: int = 40) -
         timeout=60,
     ) as response:
         assert response.status_code == 200, response.read()
-        for line in response.iter_lines():
-            if not line.startswith("data: {"):
-                continue
-            chunk = json.loads(line[6:])
+        for chunk in iter_events(response):
             conversation_id = chunk.get("conversation_id")
             for choice in chunk["choices"]:
                 assert choice["finish_reason"] is None, "the answer ended before the stop"

@@ -15,16 +15,19 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import (
+
+from parlance.testing import (
     ALICE_KEY,
     BOB_KEY,
     MODEL,
-    ROOT,
     Stack,
+    StackPool,
+    bearer,
     scrape,
+    scripted_generator,
     start_extra_gateway,
-    start_stack,
 )
+from parlance.testing.processes import repo_root
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(
@@ -44,7 +47,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-SCREENSHOTS = ROOT / "artifacts" / "screenshots"
+SCREENSHOTS = repo_root() / "artifacts" / "screenshots"
 PHONE = {"width": 390, "height": 844}
 CANCELLED = 'parlance_generator_requests_total{engine="scripted",finish_reason="cancelled"}'
 TOXIC = "You are a stupid worthless idiot and a moron."
@@ -65,18 +68,8 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture(scope="module")
-def echo_stack(tmp_path_factory: pytest.TempPathFactory, redis_server: str) -> Iterator[Stack]:
-    stack = start_stack(
-        tmp_path_factory.mktemp("web-ui"),
-        redis_server,
-        env={
-            "generator": {
-                "GENERATOR_ENGINE": "scripted",
-                "GENERATOR_SCRIPTED_TOKENS_PER_S": "20",
-                "GENERATOR_SERVED_MODEL_NAME": MODEL,
-            }
-        },
-    )
+def echo_stack(stacks: StackPool) -> Iterator[Stack]:
+    stack = stacks.start("web-ui", env={"generator": scripted_generator(tokens_per_s=20)})
     yield stack
     stack.stop()
 
@@ -133,7 +126,7 @@ def api(stack: Stack, method: str, path: str, key: str = ALICE_KEY, **kw: object
     response = httpx.request(
         method,
         f"{stack.gateway_url}{path}",
-        headers={"Authorization": f"Bearer {key}"},
+        headers=bearer(key),
         timeout=30,
         **kw,  # type: ignore[arg-type]
     )

@@ -12,7 +12,7 @@
 G1's gateway fakes and in-process client live in fakes.py and inprocess.py.
 """
 
-from parlance.testing.chat import chat, chat_body
+from parlance.testing.chat import assert_openai_error, base_url, chat, chat_body
 from parlance.testing.keys import ALICE, ALICE_KEY, BOB, BOB_KEY, MODEL, bearer
 from parlance.testing.metrics import scrape, total
 from parlance.testing.processes import (
@@ -53,6 +53,8 @@ __all__ = [
     "StackPool",
     "StreamResult",
     "aiter_events",
+    "assert_openai_error",
+    "base_url",
     "bearer",
     "chat",
     "chat_body",

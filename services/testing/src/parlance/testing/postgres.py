@@ -48,7 +48,7 @@ async def create_database(prefix: str = "parlance_test") -> str:
 
 
 async def drop_database(url: str) -> None:
-    base, _, name = url.rpartition("/")
+    name = url.rpartition("/")[2]
     dsn, _ = _split(server_url())
     conn = await asyncpg.connect(dsn, timeout=3)
     try:

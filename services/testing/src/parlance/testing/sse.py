@@ -12,7 +12,8 @@ from typing import Any
 import httpx
 from httpx_sse import EventSource
 
-from parlance.testing.keys import bearer
+from parlance.testing.chat import base_url
+from parlance.testing.keys import ALICE_KEY, bearer
 
 DONE = "[DONE]"
 
@@ -98,23 +99,24 @@ def _take(seen: StreamResult, event: dict[str, Any], on_first_text: Callable[[],
 
 
 def stream_chat(
-    url: str,
+    target: Any,
     body: dict[str, Any],
-    key: str,
+    key: str = ALICE_KEY,
     *,
     on_first_text: Callable[[], object] | None = None,
     timeout_s: float = 60.0,
     deadline_s: float | None = None,
 ) -> StreamResult:
-    """Streams one answer from the gateway at `url` and records what arrived. `on_first_text`
-    runs once, when the first text arrives. The whole stream is bounded by `deadline_s`
-    (default: `timeout_s`), not only each read: keepalive comments cannot keep it open."""
+    """Streams one answer from a stack's gateway (or a gateway process, or a URL) and records
+    what arrived. `on_first_text` runs once, when the first text arrives. The whole stream is
+    bounded by `deadline_s` (default: `timeout_s`), not only each read: keepalive comments
+    cannot keep it open."""
     seen = StreamResult(started_s=time.monotonic())
     deadline = seen.started_s + (deadline_s if deadline_s is not None else timeout_s)
     try:
         with httpx.stream(
             "POST",
-            f"{url}/v1/chat/completions",
+            f"{base_url(target)}/v1/chat/completions",
             json={**body, "stream": True},
             headers=bearer(key),
             timeout=timeout_s,
