@@ -2,7 +2,7 @@
 version against a baseline, on the same machine in the same run.
 
     .venv/bin/python bench/history_append_bench.py --baseline-src /tmp/base \
-        [--rounds 4] [--exchanges 600] [--concurrency 8] [--out bench/results/FILE.md]
+        [--rounds 4] [--exchanges 600] [--concurrency 8] [--out FILE]
 
 `--baseline-src` is another checkout of this repository (e.g. `git worktree add /tmp/base
 <commit>`); its services/{common,history}/src go first on the history server's PYTHONPATH.
@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import os
 import random
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,26 +33,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from benchlib import machine
+from lib.procs import ProcessSampler
+from lib.report import ROOT, Report, out_argument, table
+from lib.stack import free_port
+from lib.stats import percentile
 
 from parlance.history.v1 import history_pb2 as pb
 from parlance.history.v1.history_pb2_grpc import HistoryServiceStub
-
-ROOT = Path(__file__).resolve().parent.parent
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -64,7 +50,7 @@ class Variant:
 
 
 def _start_server(variant: Variant) -> tuple[subprocess.Popen[bytes], int]:
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("HISTORY_")}
     env.update(
         PYTHONPATH=f"{variant.src}/services/history/src:{variant.src}/services/common/src",
@@ -142,7 +128,8 @@ async def _run_phase(
             # Warm-up: imports, statement caches, the connection pool.
             await asyncio.gather(*(_exchange(stub, rng, own) for _ in range(concurrency * 4)))
             queue = list(range(exchanges))
-            cpu_before, started = _cpu_seconds(server.pid), time.perf_counter()
+            sampler = ProcessSampler({"history": server.pid})
+            cpu_before, started = sampler.cpu_seconds()["history"], time.perf_counter()
 
             async def worker() -> None:
                 while queue:
@@ -151,7 +138,7 @@ async def _run_phase(
 
             await asyncio.gather(*(worker() for _ in range(concurrency)))
             wall = time.perf_counter() - started
-            cpu = _cpu_seconds(server.pid) - cpu_before
+            cpu = sampler.cpu_seconds()["history"] - cpu_before
             return cpu / exchanges * 1000, exchanges / wall
     finally:
         server.terminate()
@@ -164,7 +151,7 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--exchanges", type=int, default=600)
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--out", type=Path)
+    out_argument(parser, "history_append.md")
     args = parser.parse_args()
 
     def commit(src: Path) -> str:
@@ -198,33 +185,24 @@ async def main() -> None:
     base, current = results["baseline"], results["this tree"]
     cpu_ratios = [c[0] / b[0] for b, c in zip(base, current, strict=True)]
     rate_ratios = [c[1] / b[1] for b, c in zip(base, current, strict=True)]
-    lines = [
-        "# History write path: CPU per stored exchange, this tree against a baseline",
-        "",
-        f"Machine: {machine()}.",
-        "",
-        f"`{' '.join(['python', *sys.argv])}`: baseline {commit(args.baseline_src)}, this tree "
-        f"{commit(ROOT)} (plus uncommitted changes, if any); {args.rounds} rounds of "
-        f"{args.exchanges} exchanges at concurrency {args.concurrency}, SQLite.",
-        "",
-        "| round | CPU ms/exchange: baseline | this tree | ratio "
-        "| exchanges/s: baseline | this tree | ratio |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    rows = []
     for i, (b, c) in enumerate(zip(base, current, strict=True)):
-        lines.append(
-            f"| {i + 1} | {b[0]:.2f} | {c[0]:.2f} | {c[0] / b[0]:.2f} | {b[1]:.0f} | {c[1]:.0f} "
-            f"| {c[1] / b[1]:.2f} |"
-        )
-    lines += [
-        "",
-        f"Median ratio: CPU per exchange {statistics.median(cpu_ratios):.2f}×, "
-        f"exchanges per second {statistics.median(rate_ratios):.2f}×.",
-    ]
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.out:
-        args.out.write_text(report)
+        cpu = [f"{v:.2f}" for v in (b[0], c[0], c[0] / b[0])]
+        rows.append([i + 1, *cpu, f"{b[1]:.0f}", f"{c[1]:.0f}", f"{c[1] / b[1]:.2f}"])
+    report = Report(
+        "History write path: CPU per stored exchange, this tree against a baseline",
+        f"Baseline {commit(args.baseline_src)}, this tree {commit(ROOT)} (plus uncommitted "
+        f"changes, if any); {args.rounds} rounds of {args.exchanges} exchanges at concurrency "
+        f"{args.concurrency}, SQLite.",
+    )
+    columns = ["round", "CPU ms/exchange: baseline", "this tree", "ratio"]
+    columns += ["exchanges/s: baseline", "this tree", "ratio"]
+    report.add("", *table(columns, rows), "")
+    report.add(
+        f"Median (p50) ratio: CPU per exchange {percentile(cpu_ratios, 50):.2f}×, "
+        f"exchanges per second {percentile(rate_ratios, 50):.2f}×."
+    )
+    report.write(args.out)
 
 
 if __name__ == "__main__":

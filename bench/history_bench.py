@@ -3,7 +3,7 @@ code under the gRPC servicer): message append latency, listing one user's 10k co
 and full-text search over 100k messages.
 
     .venv/bin/python bench/history_bench.py [--backend sqlite|postgres|both]
-        [--conversations 10000] [--messages-per-conversation 10] [--appends 200]
+        [--conversations 10000] [--messages-per-conversation 10] [--appends 200] [--out FILE]
 
 Seeding uses bulk INSERTs (executemany), so the SQLite FTS triggers and the PostgreSQL GIN
 index are maintained as in production. PostgreSQL runs in a fresh database, dropped after.
@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import statistics
 import tempfile
 import time
 import uuid
@@ -24,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from lib.report import Report, out_argument, table
+from lib.stats import fmt, percentile
 from sqlalchemy import insert
 from sqlalchemy.engine import make_url
 
@@ -128,18 +129,12 @@ async def _timed(n: int, op: Callable[[int], Awaitable[object]]) -> list[float]:
     return out
 
 
-def _summary(name: str, samples_ms: list[float]) -> str:
-    samples = sorted(samples_ms)
-    p95 = samples[min(len(samples) - 1, int(len(samples) * 0.95))]
-    return (
-        f"  {name:<44} n={len(samples):<4} p50={statistics.median(samples):8.2f} ms"
-        f"  p95={p95:8.2f} ms  mean={statistics.fmean(samples):8.2f} ms"
-    )
+Timings = dict[str, list[float]]  # operation -> samples (ms)
 
 
 async def run_backend(
     label: str, url: str, conversations: int, per_conversation: int, appends: int
-) -> None:
+) -> Timings:
     settings = HistorySettings(database_url=url)
     await migrate(settings)
     t = time.perf_counter()
@@ -151,6 +146,7 @@ async def run_backend(
     )
     engine = create_engine(settings)
     serving = HistoryServing(create_sessionmaker(engine))
+    timings: Timings = {}
     try:
         # Append: one exchange (user + assistant) to an existing conversation, as chat does.
         async def append(i: int) -> None:
@@ -177,12 +173,12 @@ async def run_backend(
                 title="",
             )
 
-        print(_summary("append exchange (2 messages)", await _timed(appends, append)))
+        timings["append one exchange (2 messages)"] = await _timed(appends, append)
 
         async def first_page(_: int) -> None:
             await serving.list_conversations(USER, 20, "", False)
 
-        print(_summary("list first page (limit 20, of 10k)", await _timed(100, first_page)))
+        timings[f"list first page (20 of {conversations})"] = await _timed(100, first_page)
 
         pages: list[float] = []
         cursor = ""
@@ -194,8 +190,8 @@ async def run_backend(
             cursor = page.next_cursor
             if not cursor:
                 break
-        print(_summary("list every page (limit 100, cursor walk)", pages))
-        print(f"  {'full walk of the list':<44} {(time.perf_counter() - walk) * 1000:.0f} ms")
+        timings["list page via cursor (limit 100)"] = pages
+        timings["full walk of the list (one sample)"] = [(time.perf_counter() - walk) * 1000]
 
         queries = {
             "search rare word (~0.1% of messages)": lambda i: RARE[i % len(RARE)],
@@ -207,9 +203,10 @@ async def run_backend(
             async def search(i: int, make: Callable[[int], str] = make) -> None:
                 await serving.search_messages(USER, make(i), 20)
 
-            print(_summary(f"{name}, {total // 1000}k msgs", await _timed(30, search)))
+            timings[f"{name}, {total:,} messages"] = await _timed(30, search)
     finally:
         await engine.dispose()
+    return timings
 
 
 def _asyncpg_dsn(url: str) -> str:
@@ -223,12 +220,14 @@ async def main() -> None:
     parser.add_argument("--messages-per-conversation", type=int, default=10)
     parser.add_argument("--appends", type=int, default=200)
     parser.add_argument("--postgres-url", default=POSTGRES_URL)
+    out_argument(parser, "history_bench.md")
     args = parser.parse_args()
     sizes = (args.conversations, args.messages_per_conversation, args.appends)
+    results: dict[str, Timings] = {}
     if args.backend in ("sqlite", "both"):
         with tempfile.TemporaryDirectory() as tmp:
             url = f"sqlite+aiosqlite:///{Path(tmp) / 'bench.db'}"
-            await run_backend("SQLite", url, *sizes)
+            results["SQLite"] = await run_backend("SQLite", url, *sizes)
     if args.backend in ("postgres", "both"):
         name = f"parlance_history_bench_{uuid.uuid4().hex[:8]}"
         admin = await asyncpg.connect(_asyncpg_dsn(args.postgres_url))
@@ -237,10 +236,27 @@ async def main() -> None:
             url = (
                 make_url(args.postgres_url).set(database=name).render_as_string(hide_password=False)
             )
-            await run_backend("PostgreSQL", url, *sizes)
+            results["PostgreSQL"] = await run_backend("PostgreSQL", url, *sizes)
         finally:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             await admin.close()
+    report = Report(
+        "History through the serving layer, SQLite and PostgreSQL (bench/history_bench.py)",
+        f"{args.conversations} conversations of {args.messages_per_conversation} messages for "
+        "one user, seeded in bulk (FTS triggers and GIN index maintained), ANALYZE after "
+        "seeding; PostgreSQL on the same machine. Times in ms, sequential calls.",
+    )
+    columns = ["operation"] + [f"{b} {q}" for b in results for q in ("p50", "p95", "n")]
+    operations = list(dict.fromkeys(op for timings in results.values() for op in timings))
+    rows = []
+    for op in operations:
+        cells = [op]
+        for timings in results.values():
+            samples = timings.get(op, [])
+            p50, p95 = percentile(samples, 50), percentile(samples, 95)
+            cells += [fmt(p50, 2), fmt(p95, 2), str(len(samples))]
+        rows.append(cells)
+    report.add("", *table(columns, rows)).write(args.out)
 
 
 if __name__ == "__main__":

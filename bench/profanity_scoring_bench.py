@@ -1,6 +1,6 @@
 """profanity-check scored through sklearn vs. directly (classifier/profanity.py), same process.
 
-    .venv/bin/python bench/profanity_scoring_bench.py [--rounds 5] [--calls 300]
+    .venv/bin/python bench/profanity_scoring_bench.py [--rounds 5] [--calls 300] [--out FILE]
 
 Both paths run on the same texts, interleaved round by round so machine noise hits both: the
 library's predict_prob (vectorizer + CalibratedClassifierCV.predict_proba) and the direct
@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 import random
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from benchlib import machine
+from lib.report import Report, out_argument, table
+from lib.stats import percentile
 from profanity_check import profanity_check
 
 from parlance.safety.classifier.profanity import fast_predict_prob
@@ -44,15 +44,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--calls", type=int, default=300)
+    out_argument(parser, "profanity_scoring.md")
     args = parser.parse_args()
     direct = fast_predict_prob(profanity_check)
     assert direct is not None, "the shipped model did not take the direct path"
     library = profanity_check.predict_prob
-    print(f"machine: {machine()}")
-    print(f"command: bench/profanity_scoring_bench.py --rounds {args.rounds} --calls {args.calls}")
-    print()
-    print("| call | library (ms) | direct (ms) | speed-up |")
-    print("|---|---|---|---|")
+    rows = []
     for size in (1, 32):
         calls = args.calls if size == 1 else args.calls // 8
         batches = [texts(size, seed) for seed in range(calls)]
@@ -60,8 +57,14 @@ def main() -> None:
         for _ in range(args.rounds):
             ms["library"].append(ms_per_call(library, batches))
             ms["direct"].append(ms_per_call(direct, batches))
-        lib, fast = statistics.median(ms["library"]), statistics.median(ms["direct"])
-        print(f"| {size} text(s) | {lib:.3f} | {fast:.3f} | {lib / fast:.1f}x |")
+        lib, fast = percentile(ms["library"], 50), percentile(ms["direct"], 50)
+        rows.append([f"{size} text(s)", f"{lib:.3f}", f"{fast:.3f}", f"{lib / fast:.1f}x"])
+    report = Report(
+        "profanity-check scoring: library vs. direct (bench/profanity_scoring_bench.py)",
+        f"ms per call, median (p50) of {args.rounds} rounds of the same calls.",
+    )
+    report.add("", *table(["call", "library (ms)", "direct (ms)", "speed-up"], rows))
+    report.write(args.out)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Safety classification throughput: texts/s one by one vs. micro-batched at 32 concurrent callers.
 
     .venv/bin/python bench/safety_bench.py [--texts 256] [--callers 32] [--base-texts 96]
-        [--no-base]
+        [--no-base] [--out FILE]
 
 Each row starts a real safety gRPC server in this process (port 0) and a client that sends
 Classify calls of one text each:
@@ -26,32 +26,23 @@ import random
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
+from lib.report import ROOT, Report, out_argument, table
 
 from parlance.safety.config import SafetySettings
 from parlance.safety.main import build_host
 from parlance.safety.v1 import safety_pb2, safety_pb2_grpc
 
 # The checkpoint builders live with the tests that use them.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "services" / "safety" / "tests"))
+sys.path.insert(0, str(ROOT / "services" / "safety" / "tests"))
 from detoxify_checkpoint import (
     WORDS,
     build_base_sized_checkpoint,
     build_small_checkpoint,
 )
-
-
-@dataclass
-class Row:
-    backend: str
-    texts: int
-    one_by_one: float
-    concurrent_unbatched: float
-    concurrent_batched: float
 
 
 def make_texts(count: int, seed: int = 7) -> list[str]:
@@ -88,7 +79,7 @@ async def _throughput(settings: SafetySettings, texts: list[str], callers: int) 
         await host.stop()
 
 
-async def bench(name: str, base: dict[str, Any], texts: list[str], callers: int) -> Row:
+async def bench(name: str, base: dict[str, Any], texts: list[str], callers: int) -> list[str]:
     def settings(**overrides: Any) -> SafetySettings:
         values = {"host": "127.0.0.1", "port": 0, "metrics_port": -1, **base, **overrides}
         return SafetySettings(**values)
@@ -96,21 +87,8 @@ async def bench(name: str, base: dict[str, Any], texts: list[str], callers: int)
     one = await _throughput(settings(max_batch_size=callers), texts, 1)
     unbatched = await _throughput(settings(max_batch_size=1), texts, callers)
     batched = await _throughput(settings(max_batch_size=callers), texts, callers)
-    return Row(name, len(texts), one, unbatched, batched)
-
-
-def print_table(rows: list[Row], callers: int) -> None:
-    header = (
-        f"{'backend':<34} {'texts':>5} {'1 by 1 t/s':>11} "
-        f"{f'{callers} unbatched':>13} {f'{callers} batched':>11} {'ratio':>6}"
-    )
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        print(
-            f"{r.backend:<34} {r.texts:>5} {r.one_by_one:>11.1f} {r.concurrent_unbatched:>13.1f} "
-            f"{r.concurrent_batched:>11.1f} {r.concurrent_batched / r.one_by_one:>5.2f}x"
-        )
+    cells = (one, unbatched, batched)
+    return [name, str(len(texts)), *(f"{v:.1f}" for v in cells), f"{batched / one:.2f}x"]
 
 
 async def main() -> None:
@@ -119,6 +97,7 @@ async def main() -> None:
     parser.add_argument("--base-texts", type=int, default=96)
     parser.add_argument("--callers", type=int, default=32)
     parser.add_argument("--no-base", action="store_true", help="skip the bert-base-sized row")
+    out_argument(parser, "safety_bench.md")
     args = parser.parse_args()
 
     texts = make_texts(args.texts)
@@ -136,7 +115,14 @@ async def main() -> None:
             }
             count = args.texts if "small" in name else args.base_texts
             rows.append(await bench(name, detoxify, texts[:count], args.callers))
-    print_table(rows, args.callers)
+    c = args.callers
+    report = Report(
+        "Safety classification: one by one vs micro-batched (bench/safety_bench.py)",
+        "Texts per second, one text per Classify call; ratio = micro-batched at "
+        f"{c} callers / one by one. Client and server share the machine's cores.",
+    )
+    columns = ["backend", "texts", "1 by 1 t/s", f"{c} unbatched", f"{c} batched", "ratio"]
+    report.add("", *table(columns, rows)).write(args.out)
 
 
 if __name__ == "__main__":
