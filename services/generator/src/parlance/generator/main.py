@@ -11,9 +11,10 @@ from parlance.common import tracing
 from parlance.common.grpc_server import GrpcServiceHost
 from parlance.common.logging import configure_logging
 from parlance.generator.config import GeneratorSettings
-from parlance.generator.engine.base import Engine
+from parlance.generator.engine.base import EmbeddingEngine, Engine
+from parlance.generator.models import model_specs, settings_for
 from parlance.generator.servicer import GeneratorServicer
-from parlance.generator.serving import GeneratorServing
+from parlance.generator.serving import AnyEngine, GeneratorServing
 from parlance.generator.v1 import generator_pb2, generator_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -21,7 +22,24 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = generator_pb2.DESCRIPTOR.services_by_name["GeneratorService"].full_name
 
 
+def build_embedding_engine(settings: GeneratorSettings) -> EmbeddingEngine:
+    # Imported lazily: torch and transformers take seconds to import, and a chat-only
+    # generator never needs them.
+    from parlance.generator.engine.transformers_embed import TransformersEmbeddingEngine
+
+    return TransformersEmbeddingEngine(
+        served_model_name=settings.served_model_name,
+        model_path=settings.model_path,
+        max_model_len=settings.max_model_len,
+        max_batch_size=settings.embed_max_batch_size,
+        max_wait_s=settings.embed_max_wait_ms / 1000,
+        max_inputs=settings.embed_max_inputs,
+        n_threads=settings.n_threads,
+    )
+
+
 def build_engine(settings: GeneratorSettings) -> Engine:
+    """The chat engine of one model's settings."""
     if settings.engine == "llamacpp":
         from parlance.generator.engine.llamacpp import LlamaCppEngine
 
@@ -55,11 +73,30 @@ def build_engine(settings: GeneratorSettings) -> Engine:
     return engine
 
 
+def build_models(settings: GeneratorSettings) -> list[tuple[str, AnyEngine]]:
+    """Every model of GENERATOR_MODELS (or the one of the short form) with its engine."""
+    models: list[tuple[str, AnyEngine]] = []
+    for spec in model_specs(settings):
+        own = settings_for(spec, settings)
+        engine: AnyEngine = (
+            build_embedding_engine(own) if spec.task == "embed" else build_engine(own)
+        )
+        models.append((spec.id, engine))
+    return models
+
+
 def create_host(
-    settings: GeneratorSettings, engine: Engine | None = None
+    settings: GeneratorSettings,
+    engine: Engine | None = None,
+    models: list[tuple[str, AnyEngine]] | None = None,
 ) -> tuple[GrpcServiceHost, GeneratorServing]:
-    """The gRPC host around an engine (built from settings unless given, as tests do)."""
-    serving = GeneratorServing(engine or build_engine(settings), settings.served_model_name)
+    """The gRPC host around the models of the settings, or around given engines, as tests do
+    (`engine`: one chat model named by settings.served_model_name; `models`: several)."""
+    if models is None:
+        models = (
+            [(settings.served_model_name, engine)] if engine is not None else build_models(settings)
+        )
+    serving = GeneratorServing(models)
 
     def add_servicers(server: grpc.aio.Server) -> list[str]:
         generator_pb2_grpc.add_GeneratorServiceServicer_to_server(
@@ -72,9 +109,10 @@ def create_host(
     )
     # An engine that can die under the service (vLLM's engine core process) says so, and health
     # turns NOT_SERVING so that the gateway answers 503 and orchestrators restart the service.
-    on_dead = getattr(serving.engine, "on_dead", None)
-    if on_dead is not None:
-        on_dead(lambda: host.set_serving(False))
+    for hosted in serving.models.values():
+        on_dead = getattr(hosted, "on_dead", None)
+        if on_dead is not None:
+            on_dead(lambda: host.set_serving(False))
     return host, serving
 
 

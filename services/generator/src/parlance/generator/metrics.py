@@ -47,3 +47,38 @@ PROMPT_TOKENS = Counter(
 GENERATION_TOKENS = Counter(
     "parlance_generator_generation_tokens", "Tokens generated, across choices.", ["engine"]
 )
+EMBED_REQUESTS = Counter(
+    "parlance_generator_embed_requests",
+    "Embed calls by model and outcome: ok, rejected (bad input), error.",
+    ["model", "outcome"],
+)
+EMBED_INPUTS = Counter(
+    "parlance_generator_embed_inputs", "Inputs embedded (texts or token arrays).", ["model"]
+)
+EMBED_TOKENS = Counter(
+    "parlance_generator_embed_tokens", "Tokens of the inputs embedded.", ["model"]
+)
+EMBED_DURATION = Histogram(
+    "parlance_generator_embed_duration_seconds",
+    "Embed calls from arrival to their answer, batching wait included.",
+    ["model"],
+    buckets=LATENCY_BUCKETS_S,
+)
+EMBED_QUEUE_TIME = Histogram(
+    "parlance_generator_embed_queue_time_seconds",
+    "Time an Embed call waited for its micro-batch to start.",
+    ["model"],
+    buckets=LATENCY_BUCKETS_S,
+)
+EMBED_BATCH_INPUTS = Histogram(
+    "parlance_generator_embed_batch_inputs",
+    "Inputs per micro-batch (forward passes are split further at the batch size).",
+    ["model"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048),
+)
+EMBED_BATCH_CALLS = Histogram(
+    "parlance_generator_embed_batch_calls",
+    "Embed calls sharing one micro-batch.",
+    ["model"],
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+)

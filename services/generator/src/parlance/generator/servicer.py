@@ -22,13 +22,12 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateResponse]:
-        self._serving.check_model(request.model)
+        model = self._serving.chat_engine(request.model)[0]
         domain = convert.generation_request_from_proto(
             request, request.request_id or new_request_id()
         )
-        model = self._serving.model_name
         try:
-            async with aclosing(self._serving.generate(domain)) as steps:
+            async with aclosing(self._serving.generate(domain, model)) as steps:
                 async for step in steps:
                     yield convert.step_to_proto(step, model)
         except asyncio.CancelledError:
@@ -46,9 +45,18 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
     async def CountTokens(
         self, request: pb.CountTokensRequest, context: grpc.aio.ServicerContext
     ) -> pb.CountTokensResponse:
-        self._serving.check_model(request.model)
+        model, engine = self._serving.chat_engine(request.model)
         messages, prompt = convert.prompt_input_from_proto(request)
-        count = await self._serving.count_tokens(messages=messages, prompt=prompt)
+        count = await self._serving.count_tokens(messages=messages, prompt=prompt, model=model)
         return pb.CountTokensResponse(
-            token_count=count, max_model_len=self._serving.engine.model_info().max_model_len
+            token_count=count, max_model_len=engine.model_info().max_model_len
         )
+
+    async def Embed(
+        self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext
+    ) -> pb.EmbedResponse:
+        domain = convert.embedding_request_from_proto(
+            request, request.request_id or new_request_id()
+        )
+        model, result = await self._serving.embed(request.model, domain)
+        return convert.embedding_result_to_proto(result, model)

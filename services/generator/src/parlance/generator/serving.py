@@ -1,5 +1,5 @@
-"""The serving layer between the gRPC servicer and the engine: model resolution, metrics, and
-making sure a request that ends early is aborted in the engine."""
+"""The serving layer between the gRPC servicer and the engines: model resolution by id and
+task, metrics, and making sure a request that ends early is aborted in the engine."""
 
 from __future__ import annotations
 
@@ -10,68 +10,150 @@ from collections.abc import AsyncIterator, Coroutine, Sequence
 from contextlib import aclosing
 from typing import Any
 
-from parlance.common.errors import NotFound, ParlanceError
+from parlance.common.errors import InvalidArgument, NotFound, ParlanceError
 from parlance.generator import metrics
 from parlance.generator.engine.base import (
     ChatMessage,
+    EmbeddingEngine,
+    EmbeddingRequest,
+    EmbeddingResult,
     Engine,
     GenerationRequest,
     GenerationStep,
     ModelInfo,
+    ModelTask,
 )
 
 log = logging.getLogger(__name__)
 
+AnyEngine = Engine | EmbeddingEngine
+
 
 class GeneratorServing:
-    def __init__(self, engine: Engine, served_model_name: str) -> None:
-        self.engine = engine
-        self.model_name = served_model_name
+    """The models of this process by id, each with its engine. Calls that name no model go to
+    the first model of the task they need."""
+
+    def __init__(self, models: Sequence[tuple[str, AnyEngine]]) -> None:
+        if not models:
+            raise ValueError("a generator serves at least one model")
+        self.models: dict[str, AnyEngine] = dict(models)
         self._background: set[asyncio.Task[None]] = set()
-        labels = {"engine": engine.name}
-        metrics.RUNNING.labels(**labels).set_function(lambda: engine.stats().running)
-        metrics.WAITING.labels(**labels).set_function(lambda: engine.stats().waiting)
+        for engine in self.models.values():
+            labels = {"engine": engine.name}
+            metrics.RUNNING.labels(**labels).set_function(lambda e=engine: e.stats().running)
+            metrics.WAITING.labels(**labels).set_function(lambda e=engine: e.stats().waiting)
+
+    @property
+    def engine(self) -> Engine:
+        """The default chat engine (tests of one-model generators read it)."""
+        return self.chat_engine("")[1]
+
+    @property
+    def model_name(self) -> str:
+        return self.chat_engine("")[0]
 
     async def start(self) -> None:
-        await self.engine.start()
+        # One at a time: loading two models at once only makes both slower on a small host.
+        for engine in self.models.values():
+            await engine.start()
 
     async def close(self) -> None:
-        await self.engine.close()
+        for engine in self.models.values():
+            try:
+                await engine.close()
+            except Exception:
+                log.exception("closing an engine failed", extra={"engine": engine.name})
 
-    def check_model(self, model: str) -> None:
-        """Empty means the default (the only) model."""
-        if model and model != self.model_name:
-            raise NotFound(
-                f"model {model!r} is not served here; this generator serves {self.model_name!r}",
+    def _resolve(self, model: str, task: ModelTask) -> tuple[str, AnyEngine]:
+        if not model:
+            for name, engine in self.models.items():
+                if engine.task is task:
+                    return name, engine
+            raise InvalidArgument(
+                f"this generator serves no {task.value} model (it serves {', '.join(self.models)})",
                 param="model",
             )
+        engine = self.models.get(model)
+        if engine is None:
+            raise NotFound(
+                f"model {model!r} is not served here; this generator serves "
+                f"{', '.join(repr(m) for m in self.models)}",
+                param="model",
+            )
+        if engine.task is not task:
+            raise InvalidArgument(
+                f"model {model!r} serves the {engine.task.value} task; it cannot serve "
+                f"{task.value} requests",
+                param="model",
+            )
+        return model, engine
+
+    def chat_engine(self, model: str) -> tuple[str, Engine]:
+        """(id, engine) of a chat model; empty means the first one. NotFound for an id not
+        served here, InvalidArgument for a model of another task."""
+        name, engine = self._resolve(model, ModelTask.CHAT)
+        assert isinstance(engine, Engine)
+        return name, engine
+
+    def embed_engine(self, model: str) -> tuple[str, EmbeddingEngine]:
+        name, engine = self._resolve(model, ModelTask.EMBED)
+        assert isinstance(engine, EmbeddingEngine)
+        return name, engine
+
+    def check_model(self, model: str) -> None:
+        """A chat model by that id (empty: the default) is served here."""
+        self.chat_engine(model)
 
     def list_models(self) -> list[ModelInfo]:
-        return [self.engine.model_info()]
+        return [engine.model_info() for engine in self.models.values()]
 
     async def count_tokens(
-        self, *, messages: Sequence[ChatMessage] | None, prompt: str | None
+        self, *, messages: Sequence[ChatMessage] | None, prompt: str | None, model: str = ""
     ) -> int:
-        return await self.engine.count_tokens(messages=messages, prompt=prompt)
+        return await self.chat_engine(model)[1].count_tokens(messages=messages, prompt=prompt)
+
+    async def embed(self, model: str, request: EmbeddingRequest) -> tuple[str, EmbeddingResult]:
+        """(served model id, vectors) for an Embed call."""
+        name, engine = self.embed_engine(model)
+        arrived = time.monotonic()
+        outcome = "error"
+        try:
+            result = await engine.embed(request)
+            outcome = "ok"
+        except ParlanceError:
+            outcome = "rejected"
+            raise
+        finally:
+            metrics.EMBED_REQUESTS.labels(name, outcome).inc()
+            metrics.EMBED_DURATION.labels(name).observe(time.monotonic() - arrived)
+        metrics.EMBED_INPUTS.labels(name).inc(len(request.inputs))
+        metrics.EMBED_TOKENS.labels(name).inc(sum(result.token_counts))
+        return name, result
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _count_prompt(self, request: GenerationRequest) -> None:
+    async def _count_prompt(self, engine: Engine, request: GenerationRequest) -> None:
         try:
-            count = await self.engine.count_tokens(messages=request.messages, prompt=request.prompt)
+            count = await engine.count_tokens(messages=request.messages, prompt=request.prompt)
         except Exception:  # a metric is not worth an error: the engine may be stopping
             log.debug("could not count the prompt of a cancelled call", exc_info=True)
             return
-        metrics.PROMPT_TOKENS.labels(self.engine.name).inc(count)
+        metrics.PROMPT_TOKENS.labels(engine.name).inc(count)
 
     async def abort(self, request_id: str) -> None:
-        await self.engine.abort(request_id)
+        """Aborts the request in whichever chat engine runs it (the others ignore the id)."""
+        for engine in self.models.values():
+            if isinstance(engine, Engine):
+                await engine.abort(request_id)
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationStep]:
-        engine = self.engine.name
+    async def generate(
+        self, request: GenerationRequest, model: str = ""
+    ) -> AsyncIterator[GenerationStep]:
+        chat = self.chat_engine(model)[1]
+        engine = chat.name
         arrived = time.monotonic()
         first_token_at: float | None = None
         last_token_at = arrived
@@ -80,7 +162,7 @@ class GeneratorServing:
         outcome = "cancelled"
         usage_seen = False
         try:
-            async with aclosing(self.engine.generate(request)) as steps:
+            async with aclosing(chat.generate(request)) as steps:
                 async for step in steps:
                     if step.queued_s is not None:
                         metrics.QUEUE_TIME.labels(engine).observe(step.queued_s)
@@ -103,7 +185,7 @@ class GeneratorServing:
             if outcome == "cancelled":  # ended without a finish reason: engine-side abort
                 outcome = "abort"
         except asyncio.CancelledError:
-            await self.engine.abort(request.request_id)
+            await chat.abort(request.request_id)
             raise
         except ParlanceError:
             outcome = "rejected"
@@ -126,7 +208,7 @@ class GeneratorServing:
             if not usage_seen and outcome in ("cancelled", "abort"):
                 # The engine's usage never came: count the prompt in a task of its own (this
                 # one is being cancelled), so the prompt-token counter misses no call.
-                self._spawn(self._count_prompt(request))
+                self._spawn(self._count_prompt(chat, request))
             metrics.GENERATION_TOKENS.labels(engine).inc(generated)
             metrics.REQUEST_DURATION.labels(engine).observe(time.monotonic() - arrived)
             if first_token_at is not None and generated > 1:

@@ -49,6 +49,11 @@ class GeneratorServiceStub:
                 request_serializer=parlance_dot_generator_dot_v1_dot_generator__pb2.CountTokensRequest.SerializeToString,
                 response_deserializer=parlance_dot_generator_dot_v1_dot_generator__pb2.CountTokensResponse.FromString,
                 _registered_method=True)
+        self.Embed = channel.unary_unary(
+                '/parlance.generator.v1.GeneratorService/Embed',
+                request_serializer=parlance_dot_generator_dot_v1_dot_generator__pb2.EmbedRequest.SerializeToString,
+                response_deserializer=parlance_dot_generator_dot_v1_dot_generator__pb2.EmbedResponse.FromString,
+                _registered_method=True)
 
 
 class GeneratorServiceServicer:
@@ -64,7 +69,7 @@ class GeneratorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListModels(self, request, context):
-        """The models this generator serves (one per engine today).
+        """The models this generator serves, each with its task; the gateway routes by model id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -73,6 +78,16 @@ class GeneratorServiceServicer:
     def CountTokens(self, request, context):
         """Tokenizes messages (through the chat template) or text and returns the count, so that the
         gateway can estimate token budgets and trim context without a tokenizer of its own.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Embed(self, request, context):
+        """Embeds a batch of inputs with an embed model (one vector per input, in order). Concurrent
+        calls are batched together in the engine. An input longer than the model's max_model_len
+        is INVALID_ARGUMENT unless `truncate` is set. Calling it on a chat model (or Generate on
+        an embed model) is INVALID_ARGUMENT naming the model's task.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -95,6 +110,11 @@ def add_GeneratorServiceServicer_to_server(servicer, server):
                     servicer.CountTokens,
                     request_deserializer=parlance_dot_generator_dot_v1_dot_generator__pb2.CountTokensRequest.FromString,
                     response_serializer=parlance_dot_generator_dot_v1_dot_generator__pb2.CountTokensResponse.SerializeToString,
+            ),
+            'Embed': grpc.unary_unary_rpc_method_handler(
+                    servicer.Embed,
+                    request_deserializer=parlance_dot_generator_dot_v1_dot_generator__pb2.EmbedRequest.FromString,
+                    response_serializer=parlance_dot_generator_dot_v1_dot_generator__pb2.EmbedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +198,33 @@ class GeneratorService:
             '/parlance.generator.v1.GeneratorService/CountTokens',
             parlance_dot_generator_dot_v1_dot_generator__pb2.CountTokensRequest.SerializeToString,
             parlance_dot_generator_dot_v1_dot_generator__pb2.CountTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Embed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parlance.generator.v1.GeneratorService/Embed',
+            parlance_dot_generator_dot_v1_dot_generator__pb2.EmbedRequest.SerializeToString,
+            parlance_dot_generator_dot_v1_dot_generator__pb2.EmbedResponse.FromString,
             options,
             channel_credentials,
             insecure,

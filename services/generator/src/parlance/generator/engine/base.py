@@ -1,8 +1,10 @@
-"""The engine interface and the domain types the generator speaks internally.
+"""The engine interfaces and the domain types the generator speaks internally.
 
-Shaped after the two engines it must fit: llama.cpp (a pool of blocking contexts driven from
-worker threads) and vLLM's AsyncLLM (in-process, streaming DELTA outputs, `abort(request_id)`).
-The servicer converts proto messages to and from these types; engines never see protobuf.
+Chat engines (`Engine`) are shaped after the two engines they must fit: llama.cpp (a pool of
+blocking contexts driven from worker threads) and vLLM's AsyncLLM (in-process, streaming DELTA
+outputs, `abort(request_id)`). Embedding engines (`EmbeddingEngine`) answer a batch of inputs
+with one unit vector each. The servicer converts proto messages to and from these types;
+engines never see protobuf.
 """
 
 from __future__ import annotations
@@ -116,14 +118,25 @@ class GenerationStep:
     queued_s: float | None = None
 
 
+class ModelTask(enum.Enum):
+    """What a model does: chat models generate, embed models turn texts into vectors."""
+
+    CHAT = "chat"
+    EMBED = "embed"
+
+
 @dataclass(frozen=True, slots=True)
 class ModelInfo:
     id: str
     # Unix seconds when the engine loaded the model.
     created: int
+    # Chat: the context window (prompt + completion). Embed: the longest input in tokens.
     max_model_len: int
     engine: str
     owned_by: str = "parlance"
+    task: ModelTask = ModelTask.CHAT
+    # Embed models: the length of their vectors.
+    dimensions: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +171,9 @@ def coalesce(steps: Sequence[GenerationStep]) -> GenerationStep:
 
 
 class Engine(ABC):
-    """A model runtime. One instance serves one model for the life of the process."""
+    """A chat model runtime. One instance serves one model for the life of the process."""
+
+    task = ModelTask.CHAT
 
     #: Short name for metrics and ListModels ("llama.cpp", "vllm", "scripted").
     name: str
@@ -221,3 +236,58 @@ def check_sampling_common(options: SamplingOptions) -> None:
             )
     if any(not s for s in options.stop):
         raise InvalidArgument("stop strings must not be empty", param="stop")
+
+
+# An input to embed: text, or token ids of the model's own vocabulary (special tokens excluded).
+EmbeddingInput = str | tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingRequest:
+    request_id: str
+    inputs: tuple[EmbeddingInput, ...]
+    # Length of the vectors; None: the model's own.
+    dimensions: int | None = None
+    # Inputs longer than the model's max_model_len: cut to it (True) or refused (False).
+    truncate: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.inputs:
+            raise InvalidArgument("input must not be empty", param="input")
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingResult:
+    # One L2-normalized vector per input, in order.
+    vectors: list[list[float]]
+    # Tokens each input took (special tokens included, after truncation).
+    token_counts: list[int]
+
+
+class EmbeddingEngine(ABC):
+    """An embedding model runtime. One instance serves one model for the life of the process."""
+
+    task = ModelTask.EMBED
+    #: Short name for metrics and ListModels ("transformers", ...).
+    name: str
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Loads the model; the service reports SERVING only after this returns."""
+
+    @abstractmethod
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
+        """The request's vectors. Raises InvalidArgument(param=...) for an input the model
+        cannot take (too long without truncate, an unknown token id) or a `dimensions` it
+        cannot produce."""
+
+    @abstractmethod
+    def model_info(self) -> ModelInfo: ...
+
+    @abstractmethod
+    def stats(self) -> EngineStats:
+        """Calls being embedded and waiting for the next batch now."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Finishes what is queued and releases the model."""

