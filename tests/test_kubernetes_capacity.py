@@ -99,3 +99,17 @@ def test_a_missing_figure_is_named(
     assert plan.main(["--out", str(tmp_path / "plan.md")]) == 2
     err = capsys.readouterr().err
     assert f"bench/results/{name}" in err and message in err, err
+
+
+def test_history_figures_read_the_report_writers_layout(plan: ModuleType) -> None:
+    """bench/history_bench.py's report writer (bench/lib/report.py) puts p50/p95/n columns per
+    database; the plan reads that layout as well as the older hand-written one."""
+    (plan.RESULTS / "history_bench.md").write_text(
+        "# History\n\n"
+        "| operation | SQLite p50 | SQLite p95 | SQLite n | PostgreSQL p50 | PostgreSQL p95 "
+        "| PostgreSQL n |\n|---|---|---|---|---|---|---|\n"
+        "| append one exchange (2 messages) | 11.50 | 20.00 | 200 | 13.25 | 25.00 | 200 |\n"
+    )
+    figures = plan.history_bench()
+    assert figures["sqlite_ms"].value == 11.5
+    assert figures["postgres_ms"].value == 13.25
