@@ -316,8 +316,8 @@ def manifests() -> dict[str, Any]:
         return {
             "gateway_max": docs[("HorizontalPodAutoscaler", "gateway")]["spec"]["maxReplicas"],
             "generator_max": docs[("ScaledObject", "generator")]["spec"]["maxReplicaCount"],
-            "safety": docs[("Deployment", "safety")]["spec"]["replicas"],
-            "history": docs[("Deployment", "history")]["spec"]["replicas"],
+            "safety_max": docs[("HorizontalPodAutoscaler", "safety")]["spec"]["maxReplicas"],
+            "history_max": docs[("HorizontalPodAutoscaler", "history")]["spec"]["maxReplicas"],
             "pg_volume": postgres["spec"]["resources"]["requests"]["storage"],
         }
     except KeyError as exc:
@@ -436,14 +436,14 @@ def headroom(p: dict, a: Assumptions, m: dict, limits: dict) -> list[tuple[str, 
             "raise maxReplicas; GATEWAY_WORKERS=2 with 2-core pods",
         ),
         (
-            f"safety ({limits['safety']} replicas, 1 core each)",
-            limits["safety"] / p["safety_cores"],
-            "more replicas (an HPA on CPU like the gateway's)",
+            f"safety (HPA maxReplicas {limits['safety_max']}, 1 core each)",
+            limits["safety_max"] / p["safety_cores"],
+            "raise maxReplicas",
         ),
         (
-            f"history ({limits['history']} replicas, 1 core each)",
-            limits["history"] / p["history_cores"],
-            "more replicas; they share one PostgreSQL primary",
+            f"history (HPA maxReplicas {limits['history_max']}, 1 core each)",
+            limits["history_max"] / p["history_cores"],
+            "raise maxReplicas; every replica writes to the one PostgreSQL primary",
         ),
     ]
     return sorted(rows, key=lambda row: row[1])
@@ -585,8 +585,9 @@ def _limits(p: dict, a: Assumptions, rows: list, limits: dict[str, Any]) -> list
     out = [
         "## Where the deployment's defaults stop",
         "",
-        "Capacity of each scaled component at the bounds set in `deploy/kubernetes/base/`, "
-        "over the peak demand (below 1.0: too small for this peak):",
+        "Capacity of each scaled component at the bounds set in `deploy/kubernetes/base/` "
+        "(replicas at the autoscaler's target utilisation), over the peak demand (below 1.0: "
+        "too small for this peak):",
         "",
         "| component | capacity / peak | what removes the limit |",
         "|---|---|---|",

@@ -551,9 +551,11 @@ def test_pod_monitors_scrape_every_service_as_its_compose_job(
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_autoscalers(rendered: dict[str, list[Doc]], overlay: str) -> None:
     docs = rendered[overlay]
-    hpa = one(docs, "HorizontalPodAutoscaler", "gateway")
-    assert hpa["spec"]["scaleTargetRef"]["name"] == "gateway"
-    assert [m["resource"]["name"] for m in hpa["spec"]["metrics"]] == ["cpu"]
+    for name in ("gateway", "safety", "history"):
+        hpa = one(docs, "HorizontalPodAutoscaler", name)
+        assert hpa["spec"]["scaleTargetRef"]["name"] == name
+        assert [m["resource"]["name"] for m in hpa["spec"]["metrics"]] == ["cpu"]
+        assert hpa["spec"]["minReplicas"] >= 2, f"{name}: one replica has no PDB headroom"
     scaled = one(docs, "ScaledObject", "generator")
     assert scaled["spec"]["scaleTargetRef"]["name"] == "generator"
     (trigger,) = scaled["spec"]["triggers"]
@@ -562,7 +564,7 @@ def test_autoscalers(rendered: dict[str, list[Doc]], overlay: str) -> None:
     assert metric in trigger["metadata"]["query"]
     assert f'"{metric}"' in GENERATOR_METRICS.read_text(), "the generator no longer exports it"
     # An autoscaled Deployment leaves `replicas` to its autoscaler (apply would reset it).
-    for name in ("gateway", "generator"):
+    for name in PARLANCE:
         assert "replicas" not in one(docs, "Deployment", name)["spec"], name
 
 
