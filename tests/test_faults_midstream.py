@@ -211,6 +211,27 @@ def test_model_service_killed_mid_stream(stack: Stack, service: str) -> None:
     wait_healthy(stack)
 
 
+def test_failed_answers_are_never_cached(stack: Stack) -> None:
+    """An answer that ended with an error event (its generator died mid-stream) is not a
+    cache entry: the same deterministic request afterwards is generated afresh, and only its
+    complete answer is then served from the cache."""
+    question = chat_body(f"Cache check {uuid.uuid4().hex[:8]}", temperature=0, store=False)
+    generator = stack.services["generator"]
+    failed = stream_chat(stack, question, on_first_text=generator.kill)
+    try:
+        assert_ended_with_503(failed)
+        assert failed.headers["x-cache"] == "miss"
+    finally:
+        stack.start_service("generator")
+    wait_healthy(stack)
+    again = stream_chat(stack, question)
+    assert again.completed, again
+    assert again.headers["x-cache"] == "miss", "a failed answer was cached"
+    # The request is cacheable: its complete answer is.
+    third = stream_chat(stack, question)
+    assert third.headers["x-cache"] == "hit" and third.text == again.text
+
+
 def test_history_killed_mid_stream_then_gateway_killed_with_the_outbox_full(
     stack: Stack,
 ) -> None:

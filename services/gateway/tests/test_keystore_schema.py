@@ -4,28 +4,13 @@ gateways at once (replicas, or GATEWAY_WORKERS > 1, all start together)."""
 from __future__ import annotations
 
 import asyncio
-import os
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import asyncpg
 import pytest
-from sqlalchemy.engine import make_url
 
 from parlance.gateway.keystore import SqlKeyStore
-
-POSTGRES_URL = os.environ.get(
-    "PARLANCE_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
-)
-
-
-async def _admin_connection() -> asyncpg.Connection:
-    dsn = make_url(POSTGRES_URL).set(drivername="postgresql")
-    try:
-        return await asyncpg.connect(dsn.render_as_string(hide_password=False), timeout=3)
-    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        pytest.skip(f"PostgreSQL unreachable at PARLANCE_TEST_POSTGRES_URL ({exc!r})")
+from parlance.testing.postgres import create_database, drop_database
 
 
 @pytest.fixture(
@@ -38,14 +23,12 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'keys.db'}"
         return
-    name = f"parlance_keys_test_{uuid.uuid4().hex[:12]}"
-    admin = await _admin_connection()
+    # A missing PostgreSQL fails this test with the reason; it never skips it.
+    url = await create_database("parlance_keys_test")
     try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+        yield url
     finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        await drop_database(url)
 
 
 async def test_gateways_that_start_together_all_create_the_schema(database_url: str) -> None:

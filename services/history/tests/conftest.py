@@ -1,50 +1,17 @@
-"""Fixtures: a real database (a SQLite file, or a fresh PostgreSQL database per test) and a
-real history gRPC server on a free port."""
+"""Fixtures: a real database (a SQLite file, or a fresh PostgreSQL database per test, from
+parlance.testing) and a real history gRPC server on a free port."""
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import asyncpg
 import grpc
 import pytest
-from sqlalchemy.engine import make_url
 
 from parlance.history.main import HistorySettings, build_host
 from parlance.history.v1 import history_pb2_grpc
-
-POSTGRES_URL = os.environ.get(
-    "PARLANCE_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
-)
-
-
-def _asyncpg_dsn(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-async def _fresh_postgres_database() -> tuple[str, str]:
-    """Creates a uniquely named database, so that parallel or aborted runs never collide."""
-    try:
-        conn = await asyncpg.connect(_asyncpg_dsn(POSTGRES_URL), timeout=3)
-    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        pytest.skip(f"PostgreSQL unreachable at PARLANCE_TEST_POSTGRES_URL ({exc!r})")
-    name = f"parlance_history_test_{uuid.uuid4().hex[:12]}"
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return name, make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
-
-
-async def _drop_postgres_database(name: str) -> None:
-    conn = await asyncpg.connect(_asyncpg_dsn(POSTGRES_URL), timeout=3)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+from parlance.testing.postgres import create_database, drop_database
 
 
 @pytest.fixture(
@@ -57,11 +24,12 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'data' / 'history.db'}"
         return
-    name, url = await _fresh_postgres_database()
+    # A missing PostgreSQL fails these tests with the reason; it never skips them.
+    url = await create_database("parlance_history_test")
     try:
         yield url
     finally:
-        await _drop_postgres_database(name)
+        await drop_database(url)
 
 
 @pytest.fixture

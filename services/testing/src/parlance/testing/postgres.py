@@ -33,9 +33,13 @@ async def create_database(prefix: str = "parlance_test") -> str:
     try:
         conn = await asyncpg.connect(dsn, timeout=3)
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        unreachable = repr(exc)
+    else:
+        unreachable = ""
+    if unreachable:
         pytest.fail(
-            f"PostgreSQL is not reachable at {url} ({exc!r}). These tests need it: start "
-            "PostgreSQL (or set PARLANCE_TEST_POSTGRES_URL), or deselect them with "
+            f"PostgreSQL is not reachable at {url} ({unreachable}). These tests need it: "
+            "start PostgreSQL (or set PARLANCE_TEST_POSTGRES_URL), or deselect them with "
             '-m "not postgres".',
             pytrace=False,
         )
