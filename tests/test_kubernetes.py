@@ -414,6 +414,10 @@ def test_network_policy_isolates_all_but_the_gateway(
     stranger = pod("debug-shell", "default")
 
     assert allowed(docs, "gateway", "http", outside)
+    if any(p["name"] == "metrics" for p in container(docs, "gateway")["ports"]):
+        # The gateway's internal metrics port: Prometheus only.
+        assert allowed(docs, "gateway", "metrics", monitoring)
+        assert not allowed(docs, "gateway", "metrics", outside)
     for name in GRPC_SERVICES:
         assert allowed(docs, name, "grpc", pod("gateway")), f"gateway -> {name}"
         assert allowed(docs, name, "metrics", monitoring), f"monitoring -> {name} metrics"
@@ -603,3 +607,29 @@ def test_external_datastores_are_dns_aliases(rendered: dict[str, list[Doc]]) -> 
         assert "clusterIP" not in service["spec"]
     policies = {d["metadata"]["name"] for d in docs if d["kind"] == "NetworkPolicy"}
     assert not policies & {"postgres", "redis"}
+
+
+def gateway_metrics_port() -> int:
+    """Where the gateway serves /metrics: GATEWAY_METRICS_PORT (its image's, else its
+    settings' default) when it has one, else its HTTP port."""
+    from parlance.gateway.config import GatewaySettings
+
+    dockerfile = (ROOT / "services" / "gateway" / "Dockerfile").read_text()
+    for name in ("METRICS_PORT", "PORT"):
+        image = re.search(rf"GATEWAY_{name}=(\d+)", dockerfile)
+        if image:
+            return int(image.group(1))
+        field = GatewaySettings.model_fields.get(name.lower())
+        if field is not None:
+            return int(field.default)
+    raise AssertionError("the gateway has no port setting")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_gateway_is_scraped_where_it_serves_metrics(
+    rendered: dict[str, list[Doc]], overlay: str
+) -> None:
+    docs = rendered[overlay]
+    (endpoint,) = one(docs, "PodMonitor", "gateway")["spec"]["podMetricsEndpoints"]
+    ports = {p["name"]: p["containerPort"] for p in container(docs, "gateway")["ports"]}
+    assert ports[endpoint["port"]] == gateway_metrics_port()
