@@ -13,7 +13,9 @@ tests wait seconds, not the production defaults.
 
 from __future__ import annotations
 
+import contextlib
 import random
+import socket
 import sqlite3
 import threading
 import time
@@ -388,50 +390,135 @@ def test_full_outbox_refuses_new_stored_requests_and_loses_nothing(
     gateway.stop()
 
 
-def test_history_killed_during_its_writes_keeps_exactly_one_copy(stack: Stack) -> None:
-    """History is killed while it is writing: first frozen with stored exchanges sent to it
-    (the gateway's calls time out, so it will retry them), then let run and killed -9 while
-    it works through that backlog, twice. Whatever it had written or not, every exchange ends
-    up in history exactly once: the retries are idempotent."""
-    history = stack.services["history"]
-    rng = random.Random(14)
-    marker = uuid.uuid4().hex[:10]
-    prompts = [f"exchange {marker} number {i}" for i in range(12)]
-    answers: dict[str, str] = {}
-    for kill in range(2):
-        history.pause()
+class HoldingProxy:
+    """A TCP proxy in front of a service that can hold back everything the service sends: its
+    answers (and pings) never arrive, as over a network that lost them. Releasing ends the
+    connections that held something back; new ones are forwarded whole."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        self.holding = threading.Event()
+        self.connections: list[socket.socket] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self.lock:
+                self.connections += [client, upstream]
+            threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, answers: bool) -> None:
         try:
-            batch = prompts[kill * 6 : kill * 6 + 6]
-            for prompt in batch:
-                response = chat(stack, chat_body(prompt, max_tokens=3, store=True))
-                assert response.status_code == 200, response.text
-                answers[prompt] = response.json()["conversation_id"]
-            # Past the history deadline (1 s): the writes are sent and unanswered.
-            time.sleep(1.5)
+            while data := source.recv(65536):
+                if not (answers and self.holding.is_set()):
+                    sink.sendall(data)
+        except OSError:
+            pass
         finally:
-            history.resume()
-        time.sleep(rng.uniform(0.02, 0.3))  # history works through what it received
-        history.kill()
-        stack.start_service("history")
-    wait_until(lambda: readyz(stack)["history_outbox_depth"] == 0, 60, "the outbox drained")
+            for end in (source, sink):
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+                end.close()
+
+    def hold(self) -> None:
+        self.holding.set()
+
+    def release(self) -> None:
+        with self.lock:
+            held, self.connections = self.connections, []
+        self.holding.clear()
+        for connection in held:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.listener.close()
+        self.release()
+
+
+def test_history_killed_during_its_writes_keeps_exactly_one_copy(
+    stack: Stack, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """History writes exchanges whose acknowledgements never reach the gateway (a proxy holds
+    history's answers back on the open connection), and is killed -9 with those writes
+    unacknowledged. The gateway retries them once history is back; history must keep exactly
+    one copy of every exchange: the retries are idempotent."""
+    history = stack.services["history"]
+    assert history.grpc_port is not None
+    proxy = HoldingProxy(history.grpc_port)
+    outbox = tmp_path_factory.mktemp("unacked") / "outbox.db"
+    gateway = start_extra_gateway(
+        stack,
+        {
+            "GATEWAY_HISTORY_URL": f"127.0.0.1:{proxy.port}",
+            "GATEWAY_OUTBOX_PATH": str(outbox),
+            # Pings unanswered would close the connection: none within this test.
+            "GATEWAY_GRPC_KEEPALIVE_S": "60",
+        },
+    )
+    assert gateway.http_port is not None
+    readyz_url = f"http://127.0.0.1:{gateway.http_port}/readyz"
     database = stack.data_dir / "history.db"
-    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
-        for prompt, conversation_id in answers.items():
-            copies = db.execute(
+    marker = uuid.uuid4().hex[:10]
+    prompts = [f"exchange {marker} number {i}" for i in range(6)]
+
+    def stored(prompt: str) -> list[tuple[str, str]]:
+        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+            return db.execute(
                 "SELECT conversation_id, role FROM messages WHERE content = ?", (prompt,)
             ).fetchall()
-            assert copies == [(conversation_id, "user")], (prompt, copies)
+
+    def outbox_empty() -> bool:
+        return bool(httpx.get(readyz_url, timeout=10).json()["history_outbox_depth"] == 0)
+
+    answers: dict[str, str] = {}
+
+    def ask(prompt: str) -> None:
+        response = chat(gateway, chat_body(prompt, max_tokens=3, store=True))
+        assert response.status_code == 200, response.text
+        answers[prompt] = response.json()["conversation_id"]
+
+    try:
+        # The first exchange goes through whole: the connection to history is open.
+        ask(prompts[0])
+        wait_until(outbox_empty, 30, "the first write acknowledged")
+        proxy.hold()
+        for prompt in prompts[1:]:
+            ask(prompt)
+        # History wrote what it was sent; the gateway has not heard so, and will retry.
+        wait_until(lambda: stored(prompts[1]), 30, "history wrote an unacknowledged exchange")
+        assert not outbox_empty()
+        history.kill()
+        proxy.release()
+        stack.start_service("history")
+        wait_until(outbox_empty, 60, "the retried writes acknowledged")
+    finally:
+        proxy.close()
+        gateway.stop()
+        stack.services.pop(f"gateway-{gateway.http_port}", None)
+    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+        for prompt, conversation_id in answers.items():
+            assert stored(prompt) == [(conversation_id, "user")], prompt
             roles = db.execute(
                 "SELECT role FROM messages WHERE conversation_id = ?", (conversation_id,)
             ).fetchall()
             assert sorted(roles) == [("assistant",), ("user",)], (conversation_id, roles)
-            conversations = db.execute(
-                "SELECT COUNT(*) FROM conversations WHERE id = ?", (conversation_id,)
-            ).fetchone()
-            assert conversations == (1,)
-
-
-# --- everything at once ------------------------------------------------------------------------
+            query = "SELECT COUNT(*) FROM conversations WHERE id = ?"
+            assert db.execute(query, (conversation_id,)).fetchone() == (1,)
 
 
 @dataclass
