@@ -12,33 +12,27 @@
    hits, sequential, non-streamed and streamed.
 
     .venv/bin/python bench/limits_bench.py [--decisions 20000] [--concurrency 64]
-        [--requests 100] [--tokens-per-s 0] [--skip-http]
+        [--requests 100] [--tokens-per-s 0] [--skip-http] [--out FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
-import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
-import httpx
+from lib.client import ChatClient, chat_body
+from lib.report import Report, out_argument, table
+from lib.stack import ALICE_KEY, LIMITS_OFF, MODEL, BenchStack, scripted, start_redis_server
+from lib.stats import percentile
 
 from parlance.gateway.leases import ConcurrencyLeases
 from parlance.gateway.ratelimit import RateLimiter
 from parlance.gateway.redis_state import RedisState
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from benchlib import start_redis  # noqa: E402
-
-MODEL = "SmolLM2-135M-Instruct"
+WORDS = "the quick brown fox jumps over the lazy dog again and again"
 
 
 async def rate(total: int, concurrency: int, op: Callable[[int], Awaitable[object]]) -> float:
@@ -54,7 +48,7 @@ async def rate(total: int, concurrency: int, op: Callable[[int], Awaitable[objec
     return per_caller * concurrency / (time.perf_counter() - started)
 
 
-async def bench_limiter(url: str, total: int, concurrency: int) -> None:
+async def bench_limiter(url: str, total: int, concurrency: int) -> list[str]:
     state = RedisState(url)
     limiter = RateLimiter(state)
     leases = ConcurrencyLeases(state, ttl_s=30)
@@ -80,78 +74,45 @@ async def bench_limiter(url: str, total: int, concurrency: int) -> None:
         runs["incr"].append(await rate(total, concurrency, incr))
         runs["gcra"].append(await rate(total, concurrency, decide))
         runs["lease"].append(await rate(total // 2, concurrency, lease))
-    best = {name: max(values) for name, values in runs.items()}
-    print(f"\n## Limiter ({total} calls, {concurrency} concurrent asyncio callers, best of 3)")
-    print(f"plain INCR round trip       {best['incr']:>9,.0f} ops/s")
-    print(f"GCRA decision (Lua)         {best['gcra']:>9,.0f} decisions/s")
-    print(f"lease acquire + release     {best['lease']:>9,.0f} leases/s")
-    print(f"GCRA / INCR                 {best['gcra'] / best['incr']:>9.2f}")
     await state.close()
+    best = {name: max(values) for name, values in runs.items()}
+    rows = [
+        ["plain INCR round trip", f"{best['incr']:,.0f} ops/s"],
+        ["GCRA decision (Lua)", f"{best['gcra']:,.0f} decisions/s"],
+        ["lease acquire + release", f"{best['lease']:,.0f} leases/s"],
+        ["GCRA / INCR", f"{best['gcra'] / best['incr']:.2f}"],
+    ]
+    return table(["operation", "best of 3"], rows)
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+async def timed(client: ChatClient, content: str, stream: bool, expect: str) -> float:
+    body = chat_body(content, MODEL, max_tokens=16, temperature=0)
+    result = await (client.stream(body) if stream else client.complete(body))
+    assert result.ok, result.error
+    assert result.headers.get("x-cache") == expect, result.headers
+    return result.total_s * 1000
 
 
-def bench_cache(url: str, requests: int, tokens_per_s: float) -> None:
-    from helpers import ALICE_KEY, start_stack
-
-    headers = {"Authorization": f"Bearer {ALICE_KEY}"}
-    with tempfile.TemporaryDirectory() as tmp:
-        stack = start_stack(
-            Path(tmp),
-            url,
-            gateway_env={"GATEWAY_RPM_LIMIT": "0", "GATEWAY_TPM_LIMIT": "0"},
-            env={
-                "generator": {
-                    "GENERATOR_ENGINE": "scripted",
-                    "GENERATOR_SCRIPTED_TOKENS_PER_S": str(tokens_per_s),
-                    "GENERATOR_SERVED_MODEL_NAME": MODEL,
-                }
-            },
-        )
-        try:
-            endpoint = f"{stack.gateway_url}/v1/chat/completions"
-            with httpx.Client(timeout=60, headers=headers) as client:
-
-                def timed(content: str, stream: bool, expect: str) -> float:
-                    payload = {
-                        "model": MODEL,
-                        "messages": [{"role": "user", "content": content}],
-                        "max_tokens": 16,
-                        "temperature": 0,
-                        "stream": stream,
-                    }
-                    started = time.perf_counter()
-                    with client.stream("POST", endpoint, json=payload) as response:
-                        response.read()
-                    elapsed = time.perf_counter() - started
-                    assert response.status_code == 200, response.text
-                    assert response.headers["x-cache"] == expect, response.headers
-                    return elapsed * 1000
-
-                words = "the quick brown fox jumps over the lazy dog again and again"
-                for stream in (False, True):
-                    for i in range(10):  # warm-up
-                        timed(f"warm {stream} {i} {words}", stream, "miss")
-                    repeated = f"repeated {stream} {words}"
-                    timed(repeated, stream, "miss")
-                    misses, hits = [], []
-                    for _ in range(requests):  # interleaved
-                        misses.append(timed(f"{uuid.uuid4().hex} {words}", stream, "miss"))
-                        hits.append(timed(repeated, stream, "hit"))
-                    kind = "streamed" if stream else "non-streamed"
-                    miss_p50, hit_p50 = statistics.median(misses), statistics.median(hits)
-                    print(
-                        f"\n## Cache, {kind} ({requests} each, 16 tokens, scripted engine at "
-                        f"{tokens_per_s or 'unpaced'} tokens/s)"
-                    )
-                    print(f"miss  p50 {miss_p50:7.2f} ms   p90 {percentile(misses, 0.9):7.2f} ms")
-                    print(f"hit   p50 {hit_p50:7.2f} ms   p90 {percentile(hits, 0.9):7.2f} ms")
-                    print(f"miss / hit (p50)  {miss_p50 / hit_p50:.1f}x")
-        finally:
-            stack.stop()
+async def bench_cache(url: str, requests: int) -> list[str]:
+    rows = []
+    async with ChatClient(url, ALICE_KEY) as client:
+        for stream in (False, True):
+            for i in range(10):  # warm-up
+                await timed(client, f"warm {stream} {i} {WORDS}", stream, "miss")
+            repeated = f"repeated {stream} {WORDS}"
+            await timed(client, repeated, stream, "miss")
+            misses, hits = [], []
+            for _ in range(requests):  # interleaved
+                misses.append(await timed(client, f"{uuid.uuid4().hex} {WORDS}", stream, "miss"))
+                hits.append(await timed(client, repeated, stream, "hit"))
+            miss_p50, hit_p50 = percentile(misses, 50), percentile(hits, 50)
+            rows.append(
+                ["streamed" if stream else "non-streamed", requests]
+                + [f"{percentile(v, q):.2f}" for v in (misses, hits) for q in (50, 90)]
+                + [f"{miss_p50 / hit_p50:.1f}x"]
+            )
+    columns = ["request", "each", "miss p50", "miss p90", "hit p50", "hit p90", "miss / hit p50"]
+    return table(columns, rows)
 
 
 def main() -> None:
@@ -161,15 +122,33 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=100)
     parser.add_argument("--tokens-per-s", type=float, default=0.0)
     parser.add_argument("--skip-http", action="store_true")
+    out_argument(parser, "limits_bench.md")
     args = parser.parse_args()
-    process, url = start_redis()
+    report = Report(
+        "Limits and cache (bench/limits_bench.py)",
+        "A redis-server of the benchmark's own; the machine's other users share its cores.",
+    )
+    process, url = start_redis_server()
     try:
-        asyncio.run(bench_limiter(url, args.decisions, args.concurrency))
-        if not args.skip_http:
-            bench_cache(url, args.requests, args.tokens_per_s)
+        limiter = asyncio.run(bench_limiter(url, args.decisions, args.concurrency))
     finally:
         process.terminate()
         process.wait(5)
+    report.section(
+        f"Limiter ({args.decisions} calls, {args.concurrency} concurrent asyncio callers, "
+        "best of 3 interleaved runs)",
+        *limiter,
+    )
+    if not args.skip_http:
+        pace = f"{args.tokens_per_s:g} tokens/s" if args.tokens_per_s else "unpaced"
+        with BenchStack(LIMITS_OFF, {"generator": scripted(tokens_per_s=args.tokens_per_s)}) as s:
+            cache = asyncio.run(bench_cache(s.gateway_url, args.requests))
+        report.section(
+            f"Cache hit vs miss through the gateway (ms, sequential, 16 tokens, scripted engine "
+            f"{pace})",
+            *cache,
+        )
+    report.write(args.out)
 
 
 if __name__ == "__main__":

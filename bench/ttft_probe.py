@@ -2,29 +2,31 @@
 
     python bench/ttft_probe.py --url http://127.0.0.1:8000 --model MODEL [--api-key KEY]
         [--requests 30] [--prompt-words 250 | --random-tokens 256 --tokenizer DIR]
-        [--max-tokens 16]
+        [--max-tokens 16] [--out FILE]
 
 Sends requests one at a time, as `vllm bench serve --backend openai-chat` does (streamed, with
 usage in the stream), and times for each: the response headers, the first SSE event (the
 role chunk), and the first event with content. Where the server sends a Server-Timing header
-(the Parlance gateway does), its parts are printed beside, so the time before the headers
+(the Parlance gateway does), its parts are shown beside, so the time before the headers
 splits into auth, limits, moderation, the generator's first message, and what is left over
 is the HTTP server and the network. Runs against `vllm serve` as well, as the reference.
-Only the standard library and httpx.
+Needs httpx and httpx-sse (bench/gpu-requirements.txt on the GPU host); the report goes to
+stdout, and to --out when given (vllm_vs_parlance.sh keeps it with the run's raw results).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import functools
-import json
 import random
 import re
-import statistics
-import time
+from pathlib import Path
 from typing import Any
 
-import httpx
+from lib.client import ChatClient, chat_body
+from lib.report import Report, table
+from lib.stats import percentile
 
 
 @functools.cache
@@ -48,33 +50,34 @@ def prompt_text(args: argparse.Namespace, i: int) -> str:
     return " ".join(words) + f" {i}"
 
 
-def probe(client: httpx.Client, args: argparse.Namespace, i: int) -> dict[str, float]:
-    body = {
-        "model": args.model,
-        "messages": [{"role": "user", "content": prompt_text(args, i)}],
-        "max_tokens": args.max_tokens,
-        "temperature": 1.0,
-        "stream": True,
-        "stream_options": {"include_usage": True},
+async def probe(client: ChatClient, args: argparse.Namespace, i: int) -> dict[str, float]:
+    body = chat_body(
+        prompt_text(args, i),
+        args.model,
+        max_tokens=args.max_tokens,
+        temperature=1.0,
+        stream_options={"include_usage": True},
+    )
+    result = await client.stream(body)
+    if result.error:
+        raise SystemExit(f"request {i}: {result.error}")
+    moments = {
+        "headers": result.headers_s,
+        "first event": result.first_event_s,
+        "first content": result.ttft_s,
+        "end": result.total_s,
     }
-    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
-    times: dict[str, float] = {}
-    started = time.perf_counter()
-    with client.stream("POST", f"{args.url}/v1/chat/completions", json=body, headers=headers) as r:
-        times["headers"] = (time.perf_counter() - started) * 1000
-        r.raise_for_status()
-        for part, ms in re.findall(r"(\w+);dur=([\d.]+)", r.headers.get("server-timing", "")):
-            times[f"server {part}"] = float(ms)
-        for line in r.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            now = (time.perf_counter() - started) * 1000
-            times.setdefault("first event", now)
-            choices = json.loads(line[6:]).get("choices") or []
-            if choices and choices[0].get("delta", {}).get("content"):
-                times.setdefault("first content", now)
-        times["end"] = (time.perf_counter() - started) * 1000
+    times = {name: s * 1000 for name, s in moments.items() if s is not None}
+    timing = result.headers.get("server-timing", "")
+    for part, ms in re.findall(r"(\w+);dur=([\d.]+)", timing):
+        times[f"server {part}"] = float(ms)
     return times
+
+
+async def run(args: argparse.Namespace) -> list[dict[str, float]]:
+    async with ChatClient(args.url, args.api_key or None) as client:
+        await probe(client, args, -1)  # warm-up: connection, caches
+        return [await probe(client, args, i) for i in range(args.requests)]
 
 
 def main() -> None:
@@ -88,18 +91,19 @@ def main() -> None:
     parser.add_argument("--random-tokens", type=int, default=0, help="random-token prompts")
     parser.add_argument("--tokenizer", default="", help="for --random-tokens (default: --model)")
     parser.add_argument("--label", default="")
+    parser.add_argument("--out", type=Path, help="also write the report here")
     args = parser.parse_args()
-    samples: list[dict[str, float]] = []
-    with httpx.Client(timeout=60) as client:
-        probe(client, args, -1)  # warm-up: connection, caches
-        for i in range(args.requests):
-            samples.append(probe(client, args, i))
+    samples = asyncio.run(run(args))
     names = list(dict.fromkeys(name for sample in samples for name in sample))
-    print(f"# {args.label or args.url}: medians of {len(samples)} lone requests (ms from send)")
+    rows = []
     for name in names:
-        values = sorted(s[name] for s in samples if name in s)
-        p90 = values[max(0, int(len(values) * 0.9) - 1)]
-        print(f"{name:22s} {statistics.median(values):8.2f}  (p90 {p90:.2f})")
+        values = [s[name] for s in samples if name in s]
+        rows.append([name, f"{percentile(values, 50):.2f}", f"{percentile(values, 90):.2f}"])
+    report = Report(
+        f"TTFT probe: {args.label or args.url}",
+        f"{len(samples)} lone streamed requests, max_tokens {args.max_tokens}; ms from the send.",
+    )
+    report.add("", *table(["moment", "p50 (ms)", "p90 (ms)"], rows)).write(args.out)
 
 
 if __name__ == "__main__":

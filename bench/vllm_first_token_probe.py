@@ -18,9 +18,11 @@ import argparse
 import asyncio
 import os
 import random
-import statistics
 import time
 import uuid
+
+from lib.report import Report, table
+from lib.stats import percentile
 
 from parlance.generator.engine.base import ChatMessage
 from parlance.generator.engine.vllm import VllmEngine, engine_args_kwargs
@@ -94,10 +96,14 @@ async def main() -> None:
                 ("prompt tokens", float(len(ids))),
             ):
                 results[kind].setdefault(name, []).append(value)
+    report = Report(
+        "vLLM in process: where the first token's time goes (bench/vllm_first_token_probe.py)",
+        f"Medians (p50) of {args.requests} calls per prompt kind, ms (prompt tokens: a count).",
+    )
     for kind, parts in results.items():
-        print(f"# {kind}: medians of {args.requests}")
-        for name, values in parts.items():
-            print(f"  {name:30s} {statistics.median(values):8.2f}")
+        rows = [[name, f"{percentile(values, 50):.2f}"] for name, values in parts.items()]
+        report.section(kind, *table(["step", "p50"], rows))
+    report.write(None)
     await engine.close()
     llm.shutdown()
 

@@ -1,7 +1,9 @@
 #!/bin/bash
 # `vllm serve` directly (a) against the whole Parlance path (b), same model, same GPU, one call.
 #
-# On the GPU machine, from the project root, after the kit's install.sh (../shared/gpu/README.md):
+# On the GPU machine, from the project root, after the kit's install.sh (../shared/gpu/README.md;
+# stage it with `prepare.sh bench/gpu-requirements.txt`: bench/ttft_probe.py reads SSE with
+# httpx-sse, which the image lacks):
 #   source /tmp/stage/env.sh && REDIS_SERVER=.gpu/redis/redis-server bash bench/vllm_vs_parlance.sh
 #
 # (a) vllm serve $SMOLLM2_HF_DIR --max-model-len 2048 --gpu-memory-utilization 0.5

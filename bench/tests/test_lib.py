@@ -111,7 +111,7 @@ async def serve(server: Server) -> AsyncIterator[str]:
 async def stream_from(server: Server, times: int = 1) -> list[ChatResult]:
     results: list[ChatResult] = []
     async for url in serve(server):
-        async with ChatClient(url, "sk-x", connections=1, timeout_s=5) as client:
+        async with ChatClient(url, "sk-x", timeout_s=5) as client:
             for _ in range(times):
                 results.append(await client.stream(chat_body("hi", "m")))
     return results
