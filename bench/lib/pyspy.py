@@ -1,7 +1,7 @@
 """Sampling profiles of the services under load: one `py-spy record` per service over a
 window of a load step (needs ptrace: root, or CAP_SYS_PTRACE), summarised into top frames by
-self and inclusive time, with the collapsed stacks and a speedscope file kept beside the
-report when they are small enough to commit."""
+self and inclusive time, with py-spy's speedscope file kept beside the report when it is small
+enough to commit."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lib.procs import ProcessSampler
 
@@ -65,11 +66,11 @@ class Profiler:
             if binary is None:
                 self.failed[service] = "py-spy is not installed (pip install py-spy)"
                 continue
-            raw = self.out_dir / f"{self.label}-{service}.collapsed.txt"
+            recording = self.out_dir / f"{self.label}-{service}.speedscope.json"
             log = self.out_dir / f"{self.label}-{service}.py-spy.log"
             command = [
                 binary, "record", "--pid", str(pid), "--rate", str(PROFILE_RATE_HZ),
-                "--duration", str(seconds), "--format", "raw", "--output", str(raw),
+                "--duration", str(seconds), "--format", "speedscope", "--output", str(recording),
                 "--full-filenames",  # short names drop the package of our editable installs
                 "--nonblocking",
             ]  # fmt: skip
@@ -82,7 +83,7 @@ class Profiler:
                 self.failed[service] = f"{type(exc).__name__}: {exc}"
                 continue
             self.sampler.add("py-spy", process.pid)
-            self.running[service] = (process, raw, log)
+            self.running[service] = (process, recording, log)
 
     def finish(self) -> list[Profile]:
         profiles = [Profile(s, self.seconds, error=e) for s, e in self.failed.items()]
@@ -106,25 +107,28 @@ class Profiler:
             tail = (errors or message.splitlines()[-1:] or ["no output"])[0]
             profile.error = f"py-spy exited {process.returncode}: {tail}"
             return profile
-        profile.stacks = parse_collapsed(raw.read_text(errors="replace"))
-        speedscope = raw.with_name(raw.name.replace(".collapsed.txt", ".speedscope.json"))
-        speedscope.write_text(json.dumps(to_speedscope(profile.stacks, f"{self.label} {service}")))
-        for path in (raw, speedscope):
-            if path.stat().st_size >= MAX_ARTIFACT_BYTES:
-                profile.dropped.append(f"{path.name} ({path.stat().st_size / 1e6:.1f} MB)")
-                path.unlink()
-            else:
-                profile.files.append(path)
+        profile.stacks = parse_speedscope(json.loads(raw.read_text()))
+        if raw.stat().st_size >= MAX_ARTIFACT_BYTES:
+            profile.dropped.append(f"{raw.name} ({raw.stat().st_size / 1e6:.1f} MB)")
+            raw.unlink()
+        else:
+            profile.files.append(raw)
         return profile
 
 
-def parse_collapsed(text: str) -> Counter[str]:
-    """Brendan Gregg's collapsed stacks (`root;...;leaf count`) as {stack: samples}."""
+def parse_speedscope(document: dict[str, Any]) -> Counter[str]:
+    """py-spy's speedscope file (open it at https://www.speedscope.app) as {stack: samples},
+    each stack `root;...;leaf` of `function (file:line)` frames, all threads together."""
+    frames = [
+        f"{f['name']} ({f.get('file', '?')}:{f.get('line', 0)})"
+        for f in document["shared"]["frames"]
+    ]
     stacks: Counter[str] = Counter()
-    for line in text.splitlines():
-        stack, _, count = line.rstrip().rpartition(" ")
-        if stack and count.isdigit():
-            stacks[stack] += int(count)
+    for thread in document["profiles"]:
+        # py-spy weighs each sample by its duration in seconds: 1 / rate.
+        per_sample = 1 / PROFILE_RATE_HZ if thread.get("unit") == "seconds" else 1
+        for sample, weight in zip(thread["samples"], thread["weights"], strict=True):
+            stacks[";".join(frames[i] for i in sample)] += round(weight / per_sample)
     return stacks
 
 
@@ -182,52 +186,13 @@ def top_frames(stacks: Counter[str], count: int) -> tuple[list[tuple[str, int]],
     return own.most_common(count), inclusive.most_common(count), packages.most_common(count)
 
 
-def to_speedscope(stacks: Counter[str], name: str) -> dict[str, object]:
-    """The same samples in speedscope's file format (open at https://www.speedscope.app)."""
-    index: dict[str, int] = {}
-    frames: list[dict[str, object]] = []
-    samples: list[list[int]] = []
-    weights: list[int] = []
-    for stack, count in stacks.items():
-        row = []
-        for frame in stack.split(";"):
-            if frame not in index:
-                index[frame] = len(frames)
-                match = FRAME.match(frame)
-                frames.append(
-                    {"name": match["function"], "file": match["file"], "line": int(match["line"])}
-                    if match and match["line"]
-                    else {"name": frame}
-                )
-            row.append(index[frame])
-        samples.append(row)
-        weights.append(count)
-    return {
-        "$schema": "https://www.speedscope.app/file-format-schema.json",
-        "exporter": "parlance bench/lib/pyspy.py (from py-spy --format raw)",
-        "name": name,
-        "activeProfileIndex": 0,
-        "shared": {"frames": frames},
-        "profiles": [
-            {
-                "type": "sampled",
-                "name": name,
-                "unit": "none",
-                "startValue": 0,
-                "endValue": sum(weights),
-                "samples": samples,
-                "weights": weights,
-            }
-        ],
-    }
-
-
 def profile_section(steps: list[tuple[int, list[Profile]]], rows: int = 8) -> list[str]:
     lines = [
         "## Profiles (py-spy)",
         "",
-        f"`py-spy record --rate {PROFILE_RATE_HZ} --nonblocking --format raw --full-filenames` "
-        "on each service during the middle half of each step; idle threads are not sampled, so "
+        f"`py-spy record --rate {PROFILE_RATE_HZ} --nonblocking --format speedscope "
+        "--full-filenames` on each service during the middle half of each step; idle threads "
+        "are not sampled, so "
         f"`active` = samples / ({PROFILE_RATE_HZ} Hz x seconds) is roughly the share of one "
         "core the process's Python threads were running (above 100 % with several busy "
         "threads). Time in C extensions (grpc's Cython core, the classifier, SQLite) shows as "
