@@ -38,11 +38,13 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import grpc
 from lib.client import ChatClient, ChatResult, chat_body
+from lib.loop import closed_loop
 from lib.procs import MACHINE_BUSY, STEAL, ProcessSampler, children, load_average
 from lib.report import Report, out_argument, table
 from lib.stack import KEYS, LIMITS_HIGH, MODEL, BenchStack, ServiceProcess, scripted
@@ -101,18 +103,6 @@ class PathStats:
     def added_ms(self, base: PathStats, times: str) -> float:
         """p50 of `times` ("ttft_ms" or "total_ms") here minus the same at `base`."""
         return percentile(getattr(self, times)(), 50) - percentile(getattr(base, times)(), 50)
-
-
-def parse_server_timing(header: str) -> dict[str, float]:
-    """'auth;dur=0.10, limits;dur=1.20' -> {'auth': 0.1, 'limits': 1.2} (ms)."""
-    parts: dict[str, float] = {}
-    for item in header.split(","):
-        name, _, rest = item.strip().partition(";dur=")
-        try:
-            parts[name] = float(rest)
-        except ValueError:
-            continue
-    return parts
 
 
 # --- targets ----------------------------------------------------------------------------------
@@ -180,53 +170,12 @@ class HttpTarget:
         await self.client.aclose()
 
 
-# --- the closed loop --------------------------------------------------------------------------
+def requests(target: Target, max_tokens: int) -> Callable[[int, int], Awaitable[ChatResult]]:
+    def request(worker: int, index: int) -> Awaitable[ChatResult]:
+        prompt = f"worker {worker} request {index}: tell me a short story."
+        return target.request(worker, prompt, max_tokens)
 
-
-@dataclass
-class Block:
-    samples: list[ChatResult]
-    # The measured window: from the end of the ramp (or the start) to the deadline.
-    measured_from: float
-    deadline: float
-
-
-async def closed_loop(
-    target: Target,
-    concurrency: int,
-    max_tokens: int,
-    count: int | None,
-    duration_s: float,
-    ramp: bool = False,
-) -> Block:
-    """`concurrency` workers, each sending its next request when the last one ended, until
-    `count` requests were sent or `duration_s` passed (whichever first). With `ramp`, the
-    `duration_s` starts once as many requests completed as there are workers (at most
-    RAMP_MAX_S after the start): a closed loop reaches its steady state only after its first
-    wave, which takes one latency, long at high concurrency."""
-    samples: list[ChatResult] = []
-    sent = 0
-    block = Block(samples, time.perf_counter(), 0.0)
-    block.deadline = block.measured_from + duration_s + (RAMP_MAX_S if ramp else 0.0)
-    ramping = ramp
-
-    async def worker(index: int) -> None:
-        nonlocal sent, ramping
-        turn = 0
-        while time.perf_counter() < block.deadline and (count is None or sent < count):
-            sent += 1
-            turn += 1
-            prompt = f"worker {index} turn {turn}: tell me a short story."
-            samples.append(await target.request(index, prompt, max_tokens))
-            if ramping and len(samples) >= concurrency:
-                ramping = False
-                block.measured_from = time.perf_counter()
-                block.deadline = block.measured_from + duration_s
-
-    await asyncio.gather(*(worker(i) for i in range(concurrency)))
-    if ramping:  # the first wave never completed: measure the whole run
-        block.deadline = min(block.deadline, time.perf_counter())
-    return block
+    return request
 
 
 # --- phases -----------------------------------------------------------------------------------
@@ -255,17 +204,18 @@ async def latency_phase(
     max_tokens = len(SCRIPT.split())
     for name in paths:  # warm-up: connections open, code paths hot; not counted
         warm = max(concurrency, min(per_path // 10, 50))
-        await closed_loop(targets[name], concurrency, max_tokens, warm, 60.0)
+        await closed_loop(requests(targets[name], max_tokens), concurrency, warm, 60.0)
     phase_started = time.perf_counter()
     rounds = -(-per_path // block)
     for round_index in range(rounds):
         size = min(block, per_path - round_index * block)
         for name in paths:
             before = sampler.cpu_seconds()
-            result = await closed_loop(targets[name], concurrency, max_tokens, size, 120.0)
+            loop = requests(targets[name], max_tokens)
+            result = await closed_loop(loop, concurrency, size, 120.0)
             after = sampler.cpu_seconds()
             used = {n: after[n] - before[n] for n in after if n not in (MACHINE_BUSY, STEAL)}
-            phase.stats[name].samples.extend(result.samples)
+            phase.stats[name].samples.extend(result.results)
             phase.stats[name].cpu_s.update(used)
             phase.machine_busy_s += after[MACHINE_BUSY] - before[MACHINE_BUSY]
             phase.ours_busy_s += sum(used.values())
@@ -296,15 +246,14 @@ class RateCell:
 async def measure_rate(
     target: Target, level: int, duration_s: float, max_tokens: int, cell: RateCell
 ) -> None:
-    result = await closed_loop(target, level, max_tokens, None, duration_s, ramp=True)
-    window_s = result.deadline - result.measured_from
+    result = await closed_loop(requests(target, max_tokens), level, None, duration_s, RAMP_MAX_S)
     counted = [
-        s for s in result.samples if s.ok and result.measured_from < s.ended_at <= result.deadline
+        s for s in result.results if s.ok and result.measured_from < s.ended_at <= result.deadline
     ]
-    cell.rounds.append(len(counted) / window_s if window_s > 0 else float("nan"))
+    cell.rounds.append(len(counted) / result.window_s if result.window_s > 0 else float("nan"))
     ttft = [s.ttft_s * 1000 for s in counted if s.ttft_s is not None]
     cell.ttft_p50_ms.append(percentile(ttft, 50))
-    cell.errors.update(s.error for s in result.samples if s.error)
+    cell.errors.update(s.error for s in result.results if s.error)
 
 
 async def rate_phase(
@@ -361,7 +310,7 @@ def timing_table(phases: list[LatencyPhase]) -> list[str]:
     rows: list[tuple[int, str, dict[str, float]]] = []
     for phase in phases:
         for name, stats in phase.stats.items():
-            parsed = [parse_server_timing(s.headers.get("server-timing", "")) for s in stats.ok]
+            parsed = [s.server_timing() for s in stats.ok]
             stages = list(dict.fromkeys(n for parts in parsed for n in parts))
             medians = {n: percentile([p[n] for p in parsed if n in p], 50) for n in stages}
             if medians:

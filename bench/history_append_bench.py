@@ -27,12 +27,12 @@ import random
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from lib.loop import closed_loop
 from lib.procs import ProcessSampler
 from lib.report import ROOT, Report, out_argument, table
 from lib.stack import free_port
@@ -127,19 +127,11 @@ async def _run_phase(
             own: list[str] = []
             # Warm-up: imports, statement caches, the connection pool.
             await asyncio.gather(*(_exchange(stub, rng, own) for _ in range(concurrency * 4)))
-            queue = list(range(exchanges))
             sampler = ProcessSampler({"history": server.pid})
-            cpu_before, started = sampler.cpu_seconds()["history"], time.perf_counter()
-
-            async def worker() -> None:
-                while queue:
-                    queue.pop()
-                    await _exchange(stub, rng, own)
-
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
-            wall = time.perf_counter() - started
+            cpu_before = sampler.cpu_seconds()["history"]
+            block = await closed_loop(lambda *_: _exchange(stub, rng, own), concurrency, exchanges)
             cpu = sampler.cpu_seconds()["history"] - cpu_before
-            return cpu / exchanges * 1000, exchanges / wall
+            return cpu / exchanges * 1000, exchanges / block.window_s
     finally:
         server.terminate()
         server.wait(10)

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 
 from lib.client import ChatClient, chat_body
+from lib.loop import closed_loop
 from lib.report import Report, out_argument, table
 from lib.stack import ALICE_KEY, LIMITS_OFF, MODEL, BenchStack, scripted, start_redis_server
 from lib.stats import percentile
@@ -36,16 +36,9 @@ WORDS = "the quick brown fox jumps over the lazy dog again and again"
 
 
 async def rate(total: int, concurrency: int, op: Callable[[int], Awaitable[object]]) -> float:
-    """Operations per second of `op`, `total` calls spread over `concurrency` callers."""
-    per_caller = total // concurrency
-
-    async def caller(index: int) -> None:
-        for i in range(per_caller):
-            await op(index * per_caller + i)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(caller(c) for c in range(concurrency)))
-    return per_caller * concurrency / (time.perf_counter() - started)
+    """Operations per second of `op`, `total` calls from `concurrency` callers."""
+    block = await closed_loop(lambda _, i: op(i), concurrency, count=total)
+    return total / block.window_s
 
 
 async def bench_limiter(url: str, total: int, concurrency: int) -> list[str]:

@@ -38,10 +38,12 @@ import threading
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lib.client import ChatClient, ChatResult, chat_body
+from lib.loop import closed_loop
 from lib.procs import MACHINE_BUSY, STEAL, ProcessSampler
 from lib.pyspy import Profile, Profiler, profile_section
 from lib.report import RESULTS, Report, table
@@ -73,20 +75,17 @@ class RunResult:
         return self.sampler.t0
 
 
-async def client_loop(
-    client: ChatClient, index: int, deadline: float, store: bool, samples: list[ChatResult]
-) -> None:
-    auth = {"Authorization": f"Bearer {KEYS[index % len(KEYS)]}"}
-    turn = 0
-    while time.perf_counter() < deadline:
-        turn += 1
-        body = chat_body(
-            f"client {index} turn {turn}: hello",
-            MODEL,
-            stream_options={"include_usage": True},
-            store=store,
-        )
-        samples.append(await client.stream(body, auth, lane=index))
+async def conversations(url: str, users: int, duration_s: float, store: bool) -> list[ChatResult]:
+    """`users` closed-loop users, keys alice and bob alternating, for `duration_s`."""
+    async with ChatClient(url) as client:
+
+        def request(user: int, index: int) -> Awaitable[ChatResult]:
+            auth = {"Authorization": f"Bearer {KEYS[user % len(KEYS)]}"}
+            prompt = f"user {user} request {index}: hello"
+            body = chat_body(prompt, MODEL, stream_options={"include_usage": True}, store=store)
+            return client.stream(body, auth, lane=user)
+
+        return (await closed_loop(request, users, duration_s=duration_s)).results
 
 
 def metric_sums(url: str) -> dict[str, float]:
@@ -156,19 +155,10 @@ def run_once(stack: BenchStack, concurrency: int, args: argparse.Namespace) -> R
         timer = threading.Timer(args.duration * 0.25, profiler.start, args=(seconds,))
     sampler.start()
     result = RunResult(concurrency, args.duration, sampler)
-
-    async def main() -> None:
-        deadline = result.t0 + args.duration
-        async with ChatClient(stack.gateway_url) as client:
-            loops = (
-                client_loop(client, i, deadline, args.store, result.samples)
-                for i in range(concurrency)
-            )
-            await asyncio.gather(*loops)
-
     if timer is not None:
         timer.start()
-    asyncio.run(main())
+    load = conversations(stack.gateway_url, concurrency, args.duration, args.store)
+    result.samples = asyncio.run(load)
     sampler.stop()
     if timer is not None:
         timer.join()

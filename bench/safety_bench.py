@@ -25,11 +25,11 @@ import asyncio
 import random
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import grpc
+from lib.loop import closed_loop
 from lib.report import ROOT, Report, out_argument, table
 
 from parlance.safety.config import SafetySettings
@@ -65,15 +65,8 @@ async def _throughput(settings: SafetySettings, texts: list[str], callers: int) 
 
         for text in texts[:8]:  # warm-up: first calls pay for lazy initialisation
             await classify(text)
-        queue = list(reversed(texts))
-
-        async def caller() -> None:
-            while queue:
-                await classify(queue.pop())
-
-        started = time.perf_counter()
-        await asyncio.gather(*(caller() for _ in range(callers)))
-        return len(texts) / (time.perf_counter() - started)
+        block = await closed_loop(lambda _, i: classify(texts[i]), callers, count=len(texts))
+        return len(texts) / block.window_s
     finally:
         await channel.close()
         await host.stop()

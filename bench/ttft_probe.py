@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import functools
 import random
-import re
 from pathlib import Path
 from typing import Any
 
@@ -68,9 +67,7 @@ async def probe(client: ChatClient, args: argparse.Namespace, i: int) -> dict[st
         "end": result.total_s,
     }
     times = {name: s * 1000 for name, s in moments.items() if s is not None}
-    timing = result.headers.get("server-timing", "")
-    for part, ms in re.findall(r"(\w+);dur=([\d.]+)", timing):
-        times[f"server {part}"] = float(ms)
+    times |= {f"server {part}": ms for part, ms in result.server_timing().items()}
     return times
 
 

@@ -67,6 +67,18 @@ class ChatResult:
             return None
         return (self.last_content_s - self.ttft_s) / (self.completion_tokens - 1)
 
+    def server_timing(self) -> dict[str, float]:
+        """The Server-Timing header's parts in ms: 'auth;dur=0.10, limits;dur=1.20' ->
+        {'auth': 0.1, 'limits': 1.2} (the Parlance gateway sends one; others may not)."""
+        parts: dict[str, float] = {}
+        for item in self.headers.get("server-timing", "").split(","):
+            name, _, duration = item.strip().partition(";dur=")
+            try:
+                parts[name] = float(duration)
+            except ValueError:
+                continue
+        return parts
+
     def since_start(self) -> float:
         return time.perf_counter() - self.started
 

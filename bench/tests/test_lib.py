@@ -1,6 +1,6 @@
-"""bench/lib: the percentile definition and the SSE reader (through the client, against a
-real HTTP/1.1 server on a loopback port that sends chunked event streams byte by byte as
-they are written)."""
+"""bench/lib: the percentile definition, the closed loop, and the SSE reader (through the
+client, against a real HTTP/1.1 server on a loopback port that sends chunked event streams in
+small pieces)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from lib.client import ChatClient, ChatResult, chat_body
+from lib.loop import closed_loop
 from lib.stats import PERCENTILE_DEFINITION, percentile
 
 
@@ -41,6 +42,20 @@ def test_percentile_is_numpys_default_definition() -> None:
 def test_percentile_rejects_q_outside_0_to_100() -> None:
     with pytest.raises(ValueError):
         percentile([1.0], 101)
+
+
+async def test_closed_loop_sends_count_requests_from_its_workers() -> None:
+    seen: list[tuple[int, int]] = []
+
+    async def request(worker: int, index: int) -> int:
+        seen.append((worker, index))
+        await asyncio.sleep(0.001 * (worker + 1))  # workers of unequal speed
+        return index
+
+    block = await closed_loop(request, workers=3, count=10)
+    assert sorted(block.results) == list(range(10))
+    assert {worker for worker, _ in seen} == {0, 1, 2}
+    assert 0 < block.window_s < 5
 
 
 def chunk(content: str | None = None, finish: str | None = None, **extra: object) -> str:
@@ -125,7 +140,7 @@ async def test_stream_reads_chunks_to_done_and_reuses_the_connection() -> None:
         assert result.status == 200
         assert result.completion_tokens == 2
         assert result.finish_reason == "stop"
-        assert result.headers["server-timing"] == "auth;dur=1.5"
+        assert result.server_timing() == {"auth": 1.5}
         moments = [result.first_event_s, result.ttft_s, result.last_content_s, result.total_s]
         assert None not in moments and moments == sorted(moments)  # type: ignore[type-var]
     # Read to its end after [DONE], the body frees the connection for the next request.
