@@ -7,6 +7,7 @@ not sent.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -90,7 +91,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
-        if handler.unary_stream:
+        # Only handlers that are async generators: the health service's Watch writes its
+        # messages with context.write() from a coroutine, and passes through as it is.
+        if handler.unary_stream and inspect.isasyncgenfunction(handler.unary_stream):
             inner_us = handler.unary_stream
 
             async def unary_stream(

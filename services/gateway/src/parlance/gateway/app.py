@@ -48,12 +48,13 @@ def create_app(settings: GatewaySettings, keys: KeyStore | None = None) -> FastA
             s.retry_after_s,
             s.generator_idle_timeout_s,
             keepalive,
+            s.generator_refresh_s,
         )
         safety = SafetyClient(s.safety_url, s.safety_timeout_s, s.retry_after_s, keepalive)
         history = HistoryClient(s.history_url, s.history_timeout_s, s.retry_after_s, keepalive)
         outbox = HistoryOutbox(history, s.outbox_path, s.outbox_max_items, s.outbox_max_bytes)
         cache = ResponseCache(redis_state, s.cache_ttl_s, s.cache_max_bytes)
-        registry = ModelRegistry(generator)
+        registry = ModelRegistry(generator, s.model_aliases)
         key_store = SqlKeyStore(s.database_url, s.key_cache_ttl_s)
         await key_store.create_schema()
         state = GatewayState(

@@ -19,7 +19,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from parlance.common.errors import split_details
 from parlance.common.request_id import outgoing_metadata
 from parlance.gateway import errors
-from parlance.gateway.metrics import DEPENDENCY_ERRORS, DEPENDENCY_LATENCY
+from parlance.gateway.metrics import (
+    DEPENDENCY_ERRORS,
+    DEPENDENCY_LATENCY,
+    GENERATOR_CALLS,
+    GENERATOR_TARGET_UP,
+)
+from parlance.gateway.routing import RoutingTable, Target
 from parlance.generator.v1 import generator_pb2, generator_pb2_grpc
 from parlance.history.v1 import history_pb2, history_pb2_grpc
 from parlance.safety.v1 import safety_pb2, safety_pb2_grpc
@@ -160,7 +166,10 @@ class _Client:
         await self.channel.close()
 
 
-class GeneratorClient(_Client):
+class GeneratorTargetClient(_Client):
+    """One generator target (an address, or a DNS name gRPC balances over). The gateway holds
+    one per target, behind GeneratorClient."""
+
     dependency = "generator"
 
     def __init__(
@@ -172,14 +181,15 @@ class GeneratorClient(_Client):
         keepalive: KeepAlive = KeepAlive(),
     ) -> None:
         super().__init__(
-            # Only ListModels and CountTokens are retried. Generate is not: a generator that
-            # failed it (keepalive noticed it frozen, say) would only be asked again to no
+            # Only ListModels, CountTokens and Embed are retried. Generate is not: a generator
+            # that failed it (keepalive noticed it frozen, say) would only be asked again to no
             # avail, and the client is waiting; the 503 tells it when to come back.
             make_channel(
                 target,
                 [
                     "parlance.generator.v1.GeneratorService/ListModels",
                     "parlance.generator.v1.GeneratorService/CountTokens",
+                    "parlance.generator.v1.GeneratorService/Embed",
                 ],
                 keepalive,
             ),
@@ -200,6 +210,19 @@ class GeneratorClient(_Client):
         self, request: generator_pb2.CountTokensRequest
     ) -> generator_pb2.CountTokensResponse:
         return await self._unary(self.stub.CountTokens, request, 10.0)
+
+    async def embed(self, request: generator_pb2.EmbedRequest) -> generator_pb2.EmbedResponse:
+        return await self._unary(self.stub.Embed, request, 60.0)
+
+    async def watch_health(self) -> AsyncIterator[bool]:
+        """SERVING or not, each time the target's health changes (the first answer at once).
+        Ends with AioRpcError when the connection goes (the target died or is unreachable)."""
+        call = self._health.Watch(health_pb2.HealthCheckRequest(service=""))
+        try:
+            async for reply in call:
+                yield reply.status == health_pb2.HealthCheckResponse.SERVING
+        finally:
+            call.cancel()
 
     async def generate(
         self, request: generator_pb2.GenerateRequest
@@ -233,6 +256,246 @@ class GeneratorClient(_Client):
             raise to_api_error(exc, self.dependency, self.retry_after_s) from exc
         finally:
             call.cancel()
+
+
+def parse_targets(value: str) -> list[str]:
+    """GATEWAY_GENERATOR_URL: one target, or several separated by commas (or a JSON list)."""
+    text = value.strip()
+    if text.startswith("["):
+        items = json.loads(text)
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            raise ValueError("GATEWAY_GENERATOR_URL as JSON must be a list of strings")
+    else:
+        items = text.split(",")
+    targets = [t.strip() for t in items if t.strip()]
+    if not targets:
+        raise ValueError("GATEWAY_GENERATOR_URL names no generator target")
+    return targets
+
+
+def _target_gone(exc: errors.APIError) -> bool:
+    """The call failed because its target is unreachable or not serving (nothing ran there),
+    so another target may take it."""
+    cause = exc.__cause__
+    return isinstance(cause, grpc.aio.AioRpcError) and cause.code() == grpc.StatusCode.UNAVAILABLE
+
+
+class GeneratorClient:
+    """Every generator target behind one client, routed by model id (routing.py): `generate`,
+    `count_tokens` and `embed` go to a target serving `request.model`, and a call none of
+    whose work started there (the target died, or is loading or stopping) is tried on the
+    next one. A stream that has started and then fails ends with an error, as before.
+
+    The routing table follows each target's health (a Watch stream per target: a dead or
+    stopping target leaves it at once) and its ListModels (re-read when it turns SERVING and
+    every `refresh_s`). Background work starts with the first call, in the caller's loop.
+    """
+
+    dependency = "generator"
+
+    def __init__(
+        self,
+        targets: str | list[str],
+        timeout_s: float,
+        retry_after_s: int,
+        idle_timeout_s: float = 120.0,
+        keepalive: KeepAlive = KeepAlive(),
+        refresh_s: float = 30.0,
+    ) -> None:
+        urls = parse_targets(targets) if isinstance(targets, str) else list(targets)
+        self.retry_after_s = retry_after_s
+        self.refresh_s = refresh_s
+        self.table = RoutingTable(
+            Target(
+                url,
+                GeneratorTargetClient(url, timeout_s, retry_after_s, idle_timeout_s, keepalive),
+            )
+            for url in urls
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+        self._listed = asyncio.Event()
+        self._refreshed_at = 0.0
+
+    @property
+    def targets(self) -> list[Target]:
+        return self.table.targets
+
+    # --- the routing table ----------------------------------------------------------------
+
+    def _ensure_started(self) -> None:
+        if self._tasks:
+            return
+        for target in self.targets:
+            self._tasks.append(asyncio.create_task(self._watch(target)))
+        self._tasks.append(asyncio.create_task(self._refresh_periodically()))
+
+    async def _list(self, target: Target) -> bool:
+        try:
+            reply = await target.client.list_models()
+        except errors.APIError:
+            return False
+        models = {m.id: m for m in reply.models}
+        if models != target.models:
+            log.info(
+                "generator target lists models",
+                extra={"target": target.url, "models": list(models)},
+            )
+        target.models = models
+        return True
+
+    async def _set_serving(self, target: Target, serving: bool) -> None:
+        # A target joins the table only once its models are known.
+        if serving and not await self._list(target):
+            serving = False
+        if serving != target.serving:
+            log.log(
+                logging.INFO if serving else logging.WARNING,
+                "generator target %s",
+                "serving" if serving else "not serving",
+                extra={"target": target.url, "models": list(target.models)},
+            )
+        target.serving = serving
+        GENERATOR_TARGET_UP.labels(target.url).set(1 if serving else 0)
+        if serving:
+            self._listed.set()
+
+    async def _watch(self, target: Target) -> None:
+        backoff_s = 0.2
+        while True:
+            try:
+                async for serving in target.client.watch_health():
+                    await self._set_serving(target, serving)
+                    backoff_s = 0.2
+            except grpc.aio.AioRpcError:
+                pass
+            except Exception:  # the watch must outlive any surprise; the table stays right
+                log.exception("watching a generator target failed", extra={"target": target.url})
+            await self._set_serving(target, False)
+            await asyncio.sleep(backoff_s)
+            backoff_s = min(backoff_s * 2, 2.0)
+
+    async def _refresh_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_s)
+            await self.refresh()
+
+    async def refresh(self) -> None:
+        """Re-reads the models of every serving target now (a model was asked for that no
+        target listed: a generator may have gained it)."""
+        self._ensure_started()
+        self._refreshed_at = asyncio.get_running_loop().time()
+        await asyncio.gather(*(self._list(t) for t in self.targets if t.serving))
+
+    async def wait_listed(self, timeout_s: float) -> None:
+        """Until some target has been listed (start-up), at most timeout_s."""
+        self._ensure_started()
+        if not self._listed.is_set():
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await self._listed.wait()
+            except TimeoutError:
+                pass
+
+    def seconds_since_refresh(self) -> float:
+        return asyncio.get_running_loop().time() - self._refreshed_at
+
+    def _pick(self, model: str, tried: list[Target]) -> Target:
+        target = self.table.pick(model, tried)
+        if target is None:
+            what = f"model {model!r}" if model else "the default model"
+            raise errors.service_unavailable(
+                f"No generator serving {what} is available; retry later.", self.retry_after_s
+            )
+        return target
+
+    # --- the calls ------------------------------------------------------------------------
+
+    async def _unary(self, method: str, request: Any) -> Any:
+        self._ensure_started()
+        tried: list[Target] = []
+        while True:
+            target = self._pick(request.model, tried)
+            tried.append(target)
+            target.in_flight += 1
+            try:
+                reply = await getattr(target.client, method)(request)
+            except errors.APIError as exc:
+                if _target_gone(exc) and self.table.pick(request.model, tried) is not None:
+                    log.warning(
+                        "generator target unavailable: %s goes to another",
+                        method,
+                        extra={"target": target.url},
+                    )
+                    continue
+                raise
+            finally:
+                target.in_flight -= 1
+            GENERATOR_CALLS.labels(target.url, method).inc()
+            return reply
+
+    async def list_models(self) -> generator_pb2.ListModelsResponse:
+        """The union of the targets' models (each id once)."""
+        await self.wait_listed(5.0)
+        return generator_pb2.ListModelsResponse(models=self.table.models())
+
+    async def count_tokens(
+        self, request: generator_pb2.CountTokensRequest
+    ) -> generator_pb2.CountTokensResponse:
+        return await self._unary("count_tokens", request)
+
+    async def embed(self, request: generator_pb2.EmbedRequest) -> generator_pb2.EmbedResponse:
+        return await self._unary("embed", request)
+
+    async def generate(
+        self, request: generator_pb2.GenerateRequest
+    ) -> AsyncIterator[generator_pb2.GenerateResponse]:
+        """Streams the generation from a target serving request.model. Closing the iterator
+        (or cancelling the consuming task) cancels the gRPC call, which aborts the engine
+        request. A target that fails before the first message is replaced by another."""
+        self._ensure_started()
+        tried: list[Target] = []
+        while True:
+            target = self._pick(request.model, tried)
+            tried.append(target)
+            target.in_flight += 1
+            stream = target.client.generate(request)
+            try:
+                try:
+                    first = await anext(stream)
+                except StopAsyncIteration:
+                    return
+                except errors.APIError as exc:
+                    if _target_gone(exc) and self.table.pick(request.model, tried) is not None:
+                        log.warning(
+                            "generator target unavailable: the call goes to another",
+                            extra={"target": target.url},
+                        )
+                        continue
+                    raise
+                GENERATOR_CALLS.labels(target.url, "generate").inc()
+                yield first
+                async for response in stream:
+                    yield response
+                return
+            finally:
+                await stream.aclose()
+                target.in_flight -= 1
+
+    async def check_health(self, timeout_s: float = 1.0) -> bool:
+        """Some target is SERVING."""
+        await self.wait_listed(timeout_s)
+        return any(t.serving for t in self.targets)
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        return self.table.status()
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        for target in self.targets:
+            await target.client.close()
 
 
 class SafetyClient(_Client):

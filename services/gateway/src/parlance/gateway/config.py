@@ -20,7 +20,9 @@ class GatewaySettings(BaseSettings):
     # On SIGTERM: stop accepting, let requests in flight (streams too) finish for this long.
     shutdown_grace_s: float = 30.0
 
-    # gRPC targets of the other services.
+    # gRPC targets of the other services. The generator: one target or several, separated by
+    # commas (or a JSON list); each one's models join the routing table, and targets serving
+    # the same model share its calls (README, "Several models and replicas").
     generator_url: str = "127.0.0.1:50051"
     safety_url: str = "127.0.0.1:50052"
     history_url: str = "127.0.0.1:50053"
@@ -90,6 +92,20 @@ class GatewaySettings(BaseSettings):
     key_cache_ttl_s: float = 5.0
     # In-flight requests per gateway process (protects the process, not fairness).
     max_concurrent_requests: int = 256
+
+    # The generator targets' model listings are re-read this often (and whenever a target's
+    # health turns SERVING).
+    generator_refresh_s: float = Field(default=30.0, gt=0)
+    # Other names for models, as a JSON object: {"default": "SmolLM2-135M-Instruct"}. Listed
+    # by /v1/models before the models. Without an entry for it, "default" still names the
+    # first chat model (for chat) or embedding model (for embeddings) the targets list.
+    model_aliases: dict[str, str] = Field(default_factory=dict)
+
+    # /v1/embeddings: inputs per request, and characters per input and per request (the
+    # token limit per input is the model's, checked by the generator).
+    embeddings_max_inputs: int = Field(default=2048, ge=1)
+    embeddings_max_input_chars: int = Field(default=50_000, ge=1)
+    embeddings_max_total_chars: int = Field(default=1_000_000, ge=1)
 
     # Exact-match response cache for deterministic requests.
     cache_enabled: bool = True

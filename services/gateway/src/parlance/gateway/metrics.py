@@ -112,3 +112,19 @@ TITLES = Counter(
     "empty, failed, cancelled).",
     ["outcome"],
 )
+GENERATOR_CALLS = Counter(
+    "parlance_gateway_generator_calls_total",
+    "Calls routed to each generator target, by method (generate, count_tokens, embed).",
+    ["target", "method"],
+)
+GENERATOR_TARGET_UP = Gauge(
+    "parlance_gateway_generator_target_up",
+    "1 while a generator target is SERVING and in the routing table.",
+    ["target"],
+    multiprocess_mode="livemax",
+)
+EMBEDDINGS = Counter(
+    "parlance_gateway_embeddings_inputs_total",
+    "Inputs embedded through /v1/embeddings, by model and whether the cache answered.",
+    ["model", "cache"],
+)

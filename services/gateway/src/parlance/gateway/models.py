@@ -1,37 +1,122 @@
-"""The models the generator serves, cached briefly so each request does not ask for them."""
+"""The models behind the gateway: the union of what the generator targets serve, aliases, and
+the resolution of a request's `model` (id, alias, or a case variant) for a task.
+
+Resolution order: an exact model id, an exact alias, then the same without regard to case
+("smollm2-135m-instruct"), the way users type names. `default`, unless GATEWAY_MODEL_ALIASES
+defines it, is the first chat model the targets list. Unknown: 404 model_not_found; a model
+of another task (an embedding model asked to chat): 400 naming its task.
+"""
 
 from __future__ import annotations
 
-import time
+from typing import Any
 
 from parlance.gateway import errors
 from parlance.gateway.clients import GeneratorClient
+from parlance.gateway.routing import task_of
 from parlance.generator.v1 import generator_pb2
 
-CACHE_S = 30.0
+# The endpoint each task serves, for error messages.
+TASK_ENDPOINTS = {"chat": "/v1/chat/completions", "embed": "/v1/embeddings"}
+TASK_NOUNS = {"chat": "a chat model", "embed": "an embedding model"}
+# An unknown model makes the registry re-read the targets' listings, at most this often.
+REFRESH_ON_MISS_S = 2.0
+DEFAULT_ALIAS = "default"
 
 
 class ModelRegistry:
-    def __init__(self, generator: GeneratorClient) -> None:
+    def __init__(self, generator: GeneratorClient, aliases: dict[str, str] | None = None) -> None:
         self.generator = generator
-        self._models: list[generator_pb2.ModelInfo] = []
-        self._fetched_at = 0.0
+        self.aliases = dict(aliases or {})
 
     async def list(self) -> list[generator_pb2.ModelInfo]:
-        if not self._models or time.monotonic() - self._fetched_at > CACHE_S:
-            reply = await self.generator.list_models()
-            self._models = list(reply.models)
-            self._fetched_at = time.monotonic()
-        return self._models
+        """Every model some generator target lists (each id once)."""
+        return list((await self.generator.list_models()).models)
 
-    async def resolve(self, requested: str) -> str:
-        """The served model id for `requested`; 404 model_not_found when nothing serves it."""
+    async def get(self, model_id: str) -> generator_pb2.ModelInfo | None:
+        return next((m for m in await self.list() if m.id == model_id), None)
+
+    def _lookup(
+        self, models: list[generator_pb2.ModelInfo], requested: str, task: str
+    ) -> str | None:
+        ids = [m.id for m in models]
+        if requested in ids:
+            return requested
+        if requested in self.aliases:
+            return self.aliases[requested]
+        lowered = requested.lower()
+        for model_id in ids:
+            if model_id.lower() == lowered:
+                return model_id
+        for alias, target in self.aliases.items():
+            if alias.lower() == lowered:
+                return target
+        if lowered == DEFAULT_ALIAS:
+            return next((m.id for m in models if task_of(m) == task), None)
+        return None
+
+    async def resolve(self, requested: str, task: str = "chat") -> str:
+        """The served model id for `requested`, checked to serve `task` ("chat", "embed").
+        404 model_not_found when nothing serves it; 400 when it is a model of another task."""
         models = await self.list()
-        for model in models:
-            if model.id == requested:
-                return model.id
-        # Accept case differences ("smollm2-135m-instruct") the way users type names.
-        for model in models:
-            if model.id.lower() == requested.lower():
-                return model.id
-        raise errors.model_not_found(requested)
+        model_id = self._lookup(models, requested, task)
+        if (model_id is None or model_id not in {m.id for m in models}) and (
+            self.generator.seconds_since_refresh() > REFRESH_ON_MISS_S
+        ):
+            # A generator may have gained the model since the last listing.
+            await self.generator.refresh()
+            models = await self.list()
+            model_id = self._lookup(models, requested, task)
+        info = next((m for m in models if m.id == model_id), None)
+        if info is None:
+            if model_id is not None and model_id != requested:
+                raise errors.APIError(
+                    404,
+                    f"The model '{requested}' is an alias of '{model_id}', which no generator "
+                    "serves.",
+                    param="model",
+                    code="model_not_found",
+                )
+            raise errors.model_not_found(requested)
+        served_task = task_of(info)
+        if served_task != task:
+            raise errors.invalid_request(
+                f"The model '{info.id}' is {TASK_NOUNS.get(served_task, served_task)} (task "
+                f"'{served_task}'); it cannot serve {task} requests. Use "
+                f"{TASK_ENDPOINTS.get(served_task, 'another endpoint')} with it, or "
+                f"{TASK_NOUNS.get(task, task)} here.",
+                param="model",
+                code="model_task_mismatch",
+            )
+        return info.id
+
+    async def cards(self) -> list[dict[str, Any]]:
+        """/v1/models entries: aliases first (each with `alias_for`, the task and window of
+        its model; only configured aliases are listed), then every model."""
+        models = await self.list()
+        by_id = {m.id: m for m in models}
+        cards = []
+        for alias, target in self.aliases.items():
+            info = by_id.get(target)
+            if info is not None:
+                cards.append({**_card(info), "id": alias, "alias_for": info.id})
+        return cards + [_card(m) for m in models]
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """Per model: task and how many of the targets listing it serve it now (readiness)."""
+        return self.generator.status()
+
+
+def _card(info: generator_pb2.ModelInfo) -> dict[str, Any]:
+    card: dict[str, Any] = {
+        "id": info.id,
+        "object": "model",
+        "created": info.created,
+        "owned_by": info.owned_by or "parlance",
+        "task": task_of(info),
+        "max_model_len": info.max_model_len or None,
+        "engine": info.engine or None,
+    }
+    if info.dimensions:
+        card["dimensions"] = info.dimensions
+    return card

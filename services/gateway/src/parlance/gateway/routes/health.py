@@ -23,8 +23,9 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", include_in_schema=False)
 async def readyz(state: State) -> JSONResponse:
-    """Readiness: ready when the generator and safety (which every chat needs) are SERVING.
-    History and Redis are reported but degrade gracefully (outbox; per-process limits)."""
+    """Readiness: ready when a generator target and safety (which every chat needs) are
+    SERVING. History and Redis are reported but degrade gracefully (outbox; per-process
+    limits); `models` says which models are servable now."""
     generator, safety, history, redis_ok = await asyncio.gather(
         state.generator.check_health(),
         state.safety.check_health(),
@@ -44,6 +45,15 @@ async def readyz(state: State) -> JSONResponse:
             "dependencies": dependencies,
             "history_outbox_depth": state.outbox.depth,
             "history_outbox_full": state.outbox.full,
+            # Per model: servable now ("ok") or not, its task, and its replicas serving.
+            "models": {
+                model: {
+                    "status": "ok" if entry["serving"] else "unavailable",
+                    "task": entry["task"],
+                    "replicas": f"{entry['serving']}/{entry['targets']}",
+                }
+                for model, entry in state.models.status().items()
+            },
         },
         status_code=200 if ready else 503,
         headers={} if ready else {"Retry-After": str(state.settings.retry_after_s)},
