@@ -84,7 +84,9 @@ def exchange(
 
 
 async def stored_contents(client: HistoryClient, conversation_id: str) -> list[str]:
-    reply = await client.get_conversation("alice", conversation_id, None)
+    reply = await client.get_conversation(
+        history_pb2.GetConversationRequest(user_id="alice", conversation_id=conversation_id)
+    )
     return [m.content for m in reply.messages]
 
 
@@ -132,7 +134,9 @@ async def test_survives_a_restart_and_keeps_order(
     assert second.depth == 2
     await history.start()
     await wait_for(lambda: second.depth == 0)
-    conversation = await client.get_conversation("alice", "conv_down", None)
+    conversation = await client.get_conversation(
+        history_pb2.GetConversationRequest(user_id="alice", conversation_id="conv_down")
+    )
     assert [m.content for m in conversation.messages] == ["hello", "hi there"] * 2
     assert conversation.messages[2].parent_id == answer1
     await second.close()

@@ -536,9 +536,48 @@ class HistoryClient(_Client):
         )
         self.stub = history_pb2_grpc.HistoryServiceStub(self.channel)
 
-    async def call(self, method_name: str, request: Any) -> Any:
-        """Calls any HistoryService RPC by name (the REST routes map onto them one to one)."""
-        return await self._unary(getattr(self.stub, method_name), request)
+    # One method per HistoryService RPC, typed by its request and response messages.
+
+    async def create_conversation(
+        self, request: history_pb2.CreateConversationRequest
+    ) -> history_pb2.CreateConversationResponse:
+        return await self._unary(self.stub.CreateConversation, request)
+
+    async def get_conversation(
+        self, request: history_pb2.GetConversationRequest
+    ) -> history_pb2.GetConversationResponse:
+        """The active branch, or with message_id the path from the root to that message."""
+        return await self._unary(self.stub.GetConversation, request)
+
+    async def list_conversations(
+        self, request: history_pb2.ListConversationsRequest
+    ) -> history_pb2.ListConversationsResponse:
+        return await self._unary(self.stub.ListConversations, request)
+
+    async def update_conversation(
+        self, request: history_pb2.UpdateConversationRequest
+    ) -> history_pb2.UpdateConversationResponse:
+        return await self._unary(self.stub.UpdateConversation, request)
+
+    async def delete_conversation(
+        self, request: history_pb2.DeleteConversationRequest
+    ) -> history_pb2.DeleteConversationResponse:
+        return await self._unary(self.stub.DeleteConversation, request)
+
+    async def append_messages(
+        self, request: history_pb2.AppendMessagesRequest
+    ) -> history_pb2.AppendMessagesResponse:
+        return await self._unary(self.stub.AppendMessages, request)
+
+    async def put_feedback(
+        self, request: history_pb2.PutFeedbackRequest
+    ) -> history_pb2.PutFeedbackResponse:
+        return await self._unary(self.stub.PutFeedback, request)
+
+    async def search_messages(
+        self, request: history_pb2.SearchMessagesRequest
+    ) -> history_pb2.SearchMessagesResponse:
+        return await self._unary(self.stub.SearchMessages, request)
 
     async def export_training_data(
         self, request: history_pb2.ExportTrainingDataRequest, timeout_s: float
@@ -555,19 +594,3 @@ class HistoryClient(_Client):
             raise to_api_error(exc, self.dependency, self.retry_after_s) from exc
         finally:
             call.cancel()
-
-    async def get_conversation(
-        self, user_id: str, conversation_id: str, message_id: str | None = None
-    ) -> history_pb2.GetConversationResponse:
-        """The active branch, or with message_id the path from the root to that message."""
-        request = history_pb2.GetConversationRequest(
-            user_id=user_id, conversation_id=conversation_id
-        )
-        if message_id:
-            request.message_id = message_id
-        return await self.call("GetConversation", request)
-
-    async def append_messages(
-        self, request: history_pb2.AppendMessagesRequest
-    ) -> history_pb2.AppendMessagesResponse:
-        return await self.call("AppendMessages", request)

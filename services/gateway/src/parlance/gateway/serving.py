@@ -270,9 +270,12 @@ class ChatService:
             prepared.conversation_id = request.conversation_id
             prepared.parent_message_id = request.parent_message_id
             if request.parent_message_id != "":  # "" branches from a new root: no context
-                stored = await self.history.get_conversation(
-                    principal.user_id, request.conversation_id, request.parent_message_id
+                query = history_pb2.GetConversationRequest(
+                    user_id=principal.user_id, conversation_id=request.conversation_id
                 )
+                if request.parent_message_id:
+                    query.message_id = request.parent_message_id
+                stored = await self.history.get_conversation(query)
                 stored_context = [convert.chat_message(m.role, m.content) for m in stored.messages]
         elif request.store:
             prepared.conversation_id = f"conv_{uuid.uuid4().hex}"

@@ -76,14 +76,12 @@ async def apply_title(
     """Sets `title` unless the conversation's title is no longer the provisional one (the user
     renamed it). True when set. A rename between the read and the write is not seen: the
     history contract has no conditional update, and the window is one RPC long."""
-    reply = await history.call(
-        "GetConversation",
+    reply = await history.get_conversation(
         history_pb2.GetConversationRequest(user_id=user_id, conversation_id=conversation_id),
     )
     if reply.conversation.title != provisional:
         return False
-    await history.call(
-        "UpdateConversation",
+    await history.update_conversation(
         history_pb2.UpdateConversationRequest(
             user_id=user_id, conversation_id=conversation_id, title=title
         ),

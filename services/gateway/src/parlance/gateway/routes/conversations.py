@@ -31,8 +31,7 @@ async def list_conversations(
     after: Annotated[str | None, Query(max_length=512)] = None,
     include_archived: bool = False,
 ) -> cp.ConversationList:
-    page = await state.history.call(
-        "ListConversations",
+    page = await state.history.list_conversations(
         history_pb2.ListConversationsRequest(
             user_id=caller.user_id,
             limit=limit,
@@ -51,8 +50,7 @@ async def list_conversations(
 async def create_conversation(
     body: cp.CreateConversationBody, caller: Caller, state: State
 ) -> cp.Conversation:
-    created = await state.history.call(
-        "CreateConversation",
+    created = await state.history.create_conversation(
         history_pb2.CreateConversationRequest(user_id=caller.user_id, title=body.title),
     )
     return cp.conversation(created.conversation)
@@ -66,8 +64,7 @@ async def search_conversations(
     q: Annotated[str, Query(min_length=1, max_length=1000)],
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> cp.SearchResults:
-    found = await state.history.call(
-        "SearchMessages",
+    found = await state.history.search_messages(
         history_pb2.SearchMessagesRequest(user_id=caller.user_id, query=q, limit=limit),
     )
     return cp.SearchResults(data=[cp.search_hit(h) for h in found.hits])
@@ -77,8 +74,7 @@ async def search_conversations(
 async def get_conversation(
     conversation_id: str, caller: Caller, state: State
 ) -> cp.ConversationWithMessages:
-    got = await state.history.call(
-        "GetConversation",
+    got = await state.history.get_conversation(
         history_pb2.GetConversationRequest(user_id=caller.user_id, conversation_id=conversation_id),
     )
     return cp.ConversationWithMessages(
@@ -100,7 +96,7 @@ async def update_conversation(
         request.archived = body.archived
     if body.active_message_id is not None:
         request.active_message_id = body.active_message_id
-    updated = await state.history.call("UpdateConversation", request)
+    updated = await state.history.update_conversation(request)
     return cp.conversation(updated.conversation)
 
 
@@ -108,8 +104,7 @@ async def update_conversation(
 async def delete_conversation(
     conversation_id: str, caller: Caller, state: State
 ) -> cp.ConversationDeleted:
-    await state.history.call(
-        "DeleteConversation",
+    await state.history.delete_conversation(
         history_pb2.DeleteConversationRequest(
             user_id=caller.user_id, conversation_id=conversation_id
         ),
@@ -124,8 +119,7 @@ async def delete_conversation(
 async def put_feedback(
     conversation_id: str, message_id: str, body: cp.FeedbackBody, caller: Caller, state: State
 ) -> cp.MessageFeedback:
-    await state.history.call(
-        "PutFeedback",
+    await state.history.put_feedback(
         history_pb2.PutFeedbackRequest(
             user_id=caller.user_id,
             conversation_id=conversation_id,
