@@ -13,6 +13,7 @@ stops every process, gracefully first.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import secrets
 import shutil
@@ -311,12 +312,33 @@ def load_or_create_api_key(data_dir: Path) -> str:
     return key
 
 
+# `make up` serves the embedding model next to the chat model, in the same generator, and
+# names the chat model "default" (README, "Several models and replicas"). GENERATOR_MODELS or
+# GATEWAY_MODEL_ALIASES in the environment replace these. The test stacks start without them.
+MAKE_UP_MODELS = [
+    {"id": "SmolLM2-135M-Instruct", "engine": "llamacpp"},
+    {"id": "all-MiniLM-L6-v2", "engine": "transformers", "task": "embed"},
+]
+MAKE_UP_ALIASES = {"default": "SmolLM2-135M-Instruct"}
+
+
+def make_up_env() -> dict[str, dict[str, str]]:
+    env: dict[str, dict[str, str]] = {"generator": {}, "gateway": {}}
+    if "GENERATOR_MODELS" not in os.environ:
+        env["generator"]["GENERATOR_MODELS"] = json.dumps(MAKE_UP_MODELS)
+    if "GATEWAY_MODEL_ALIASES" not in os.environ:
+        env["gateway"]["GATEWAY_MODEL_ALIASES"] = json.dumps(MAKE_UP_ALIASES)
+    return env
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", default=str(ROOT / ".data"))
     args = parser.parse_args()
     data_dir = Path(args.data_dir)
-    stack = Stack(data_dir=data_dir, api_key=load_or_create_api_key(data_dir))
+    stack = Stack(
+        data_dir=data_dir, api_key=load_or_create_api_key(data_dir), extra_env=make_up_env()
+    )
     stopping = False
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -341,6 +363,10 @@ API key: {key}
   curl {url}/v1/chat/completions \\
     -H "Authorization: Bearer {key}" -H "Content-Type: application/json" \\
     -d '{{"model": "SmolLM2-135M-Instruct", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
+
+  curl {url}/v1/embeddings \
+    -H "Authorization: Bearer {key}" -H "Content-Type: application/json" \
+    -d '{{"model": "all-MiniLM-L6-v2", "input": ["Hello!", "Hi there"]}}'
 
 Press Ctrl-C to stop.
 """,
