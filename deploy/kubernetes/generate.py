@@ -233,7 +233,8 @@ def header(sources: str) -> str:
 
 def env_file(w: Workload) -> str:
     lines = [header("docker-compose.yml and .env.example").rstrip("\n")]
-    lines += [f"{key}={value}" for key, value in w.settings.items()]
+    # An env file holds one line per setting; multi-line values go to `literals` (component).
+    lines += [f"{key}={value}" for key, value in w.settings.items() if "\n" not in value]
     for key, (value, why) in KUBERNETES_ONLY.get(w.name, {}).items():
         lines += [f"# Kubernetes only: {why}.", f"{key}={value}"]
     return "\n".join(lines) + "\n"
@@ -294,16 +295,20 @@ def images(ws: list[Workload]) -> list[dict[str, str]]:
     return result
 
 
+def config_map(w: Workload) -> dict[str, Any]:
+    generator: dict[str, Any] = {"name": f"parlance-{w.name}", "envs": [f"{w.name}.env"]}
+    literals = [f"{key}={value}" for key, value in w.settings.items() if "\n" in value]
+    if literals:
+        generator["literals"] = literals
+    return generator
+
+
 def component(profile: str, ws: list[Workload]) -> dict[str, Any]:
     return {
         "apiVersion": "kustomize.config.k8s.io/v1alpha1",
         "kind": "Component",
         "images": images(ws),
-        "configMapGenerator": [
-            {"name": f"parlance-{w.name}", "envs": [f"{w.name}.env"]}
-            for w in ws
-            if w.name in PARLANCE
-        ],
+        "configMapGenerator": [config_map(w) for w in ws if w.name in PARLANCE],
         "patches": [{"path": "compose-patch.yaml"}],
     }
 
