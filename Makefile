@@ -8,7 +8,6 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 STAMP := $(VENV)/.parlance-installed
-SERVICES := common generator safety history gateway testing
 LLAMA_WHEELS ?= $(HOME)/.cache/parlance/wheels
 # Where torch's CPU build comes from when pip's own indexes lack it (they have it on this
 # workplace's machines: a file on disk). For a CUDA torch, see README, "Development".
@@ -38,7 +37,7 @@ $(BIN)/python:
 # Re-run when the lock, a service's metadata or the llama.cpp build changes. Everything is
 # installed at the version requirements.lock pins; what is installed is requirements.in.
 $(STAMP): $(BIN)/python requirements.lock requirements.in requirements-dev.txt Makefile \
-    $(foreach s,$(SERVICES),services/$(s)/pyproject.toml) scripts/build_llama_wheel.sh
+    $(wildcard services/*/pyproject.toml) scripts/build_llama_wheel.sh
 	@echo "[parlance] installing the services and their dependencies (requirements.lock)"
 	@echo "[parlance] (the first time, llama-cpp-python compiles llama.cpp: ~3 min on 2 idle cores)"
 	# torch first, on its own, the CPU build the lock pins: left to the resolver with PyPI alone,
