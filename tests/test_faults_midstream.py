@@ -1,7 +1,7 @@
 """Faults in the middle of answers: each service and Redis killed (-9) or frozen (SIGSTOP, a
 dependency slower than its deadline) while a stream is open, then brought back.
 
-The policies under test (ARCHITECTURE.md): the stream never hangs (an error event ends it when
+The policies under test (docs/ARCHITECTURE.md): the stream never hangs (an error event ends it when
 headers are gone, 503 + Retry-After before they are), safety fails closed, history writes wait
 in the gateway's outbox and land later, Redis falls back to per-process limits; everything
 recovers on its own; every exchange completed with `store: true` ends up in history.

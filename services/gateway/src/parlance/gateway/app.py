@@ -6,11 +6,14 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 from fastapi import FastAPI
 
 from parlance.gateway.auth import KeyStore, StaticKeyStore
 from parlance.gateway.cache import ResponseCache
+from parlance.gateway.chat import api_router as chat
+from parlance.gateway.chat.serving import ChatService
 from parlance.gateway.clients import GeneratorClient, HistoryClient, KeepAlive, SafetyClient
 from parlance.gateway.config import GatewaySettings
 from parlance.gateway.errors import document_errors, install_error_handlers
@@ -23,35 +26,53 @@ from parlance.gateway.ratelimit import RateLimiter
 from parlance.gateway.redis_state import RedisState
 from parlance.gateway.routes import (
     admin_keys,
-    chat,
     conversations,
     health,
     models,
     moderations,
     ui,
 )
-from parlance.gateway.serving import ChatService
 from parlance.gateway.state import GatewayState
 
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: GatewaySettings, keys: KeyStore | None = None) -> FastAPI:
+@dataclass(frozen=True)
+class Clients:
+    """The gateway's clients of the three gRPC services."""
+
+    generator: GeneratorClient
+    safety: SafetyClient
+    history: HistoryClient
+
+
+def connect_clients(s: GatewaySettings) -> Clients:
+    keepalive = KeepAlive(s.grpc_keepalive_s, s.grpc_keepalive_timeout_s)
+    generator = GeneratorClient(
+        s.generator_url,
+        s.generator_timeout_s,
+        s.retry_after_s,
+        s.generator_idle_timeout_s,
+        keepalive,
+        s.generator_refresh_s,
+    )
+    safety = SafetyClient(s.safety_url, s.safety_timeout_s, s.retry_after_s, keepalive)
+    history = HistoryClient(s.history_url, s.history_timeout_s, s.retry_after_s, keepalive)
+    return Clients(generator=generator, safety=safety, history=history)
+
+
+def create_app(
+    settings: GatewaySettings, keys: KeyStore | None = None, clients: Clients | None = None
+) -> FastAPI:
+    """The app; `clients` replaces the gRPC clients built from the settings (the in-process
+    tests pass fakes of them)."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         s = settings
         redis_state = RedisState(s.redis_url)
-        keepalive = KeepAlive(s.grpc_keepalive_s, s.grpc_keepalive_timeout_s)
-        generator = GeneratorClient(
-            s.generator_url,
-            s.generator_timeout_s,
-            s.retry_after_s,
-            s.generator_idle_timeout_s,
-            keepalive,
-            s.generator_refresh_s,
-        )
-        safety = SafetyClient(s.safety_url, s.safety_timeout_s, s.retry_after_s, keepalive)
-        history = HistoryClient(s.history_url, s.history_timeout_s, s.retry_after_s, keepalive)
+        connected = clients or connect_clients(s)
+        generator, safety, history = connected.generator, connected.safety, connected.history
         outbox = HistoryOutbox(history, s.outbox_path, s.outbox_max_items, s.outbox_max_bytes)
         cache = ResponseCache(redis_state, s.cache_ttl_s, s.cache_max_bytes)
         registry = ModelRegistry(generator, s.model_aliases)
@@ -95,6 +116,7 @@ def create_app(settings: GatewaySettings, keys: KeyStore | None = None) -> FastA
     )
     install_error_handlers(app)
     document_errors(app)
+    chat.document_stream(app)
     app.add_middleware(GatewayMiddleware, max_body_bytes=settings.max_request_bytes)
     app.include_router(chat.router)
     app.include_router(models.router)

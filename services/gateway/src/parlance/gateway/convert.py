@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from parlance.gateway.protocol import ChatCompletionRequest
+from parlance.gateway.chat.protocol import (
+    ChatCompletionRequest,
+    ChoiceLogprobs,
+    TokenLogprob,
+    TopLogprob,
+)
 from parlance.generator.v1 import generator_pb2
 
 FINISH_REASONS = {
@@ -48,29 +53,29 @@ def chat_message(role: str, content: str) -> generator_pb2.ChatMessage:
     return generator_pb2.ChatMessage(role=_ROLE_FOR_MODEL.get(role, role), content=content)
 
 
-def logprobs_json(items: Any) -> dict[str, Any] | None:
+def logprobs(items: Any) -> ChoiceLogprobs | None:
     """OpenAI's `logprobs` object of a choice from the generator's TokenLogprob list."""
     if not items:
         return None
-    return {
-        "content": [
-            {
-                "token": lp.token,
-                "logprob": lp.logprob,
-                "bytes": list(lp.token_bytes) if lp.token_bytes else None,
-                "top_logprobs": [
-                    {
-                        "token": top.token,
-                        "logprob": top.logprob,
-                        "bytes": list(top.token_bytes) if top.token_bytes else None,
-                    }
+    return ChoiceLogprobs(
+        content=[
+            TokenLogprob(
+                token=lp.token,
+                logprob=lp.logprob,
+                bytes=list(lp.token_bytes) if lp.token_bytes else None,
+                top_logprobs=[
+                    TopLogprob(
+                        token=top.token,
+                        logprob=top.logprob,
+                        bytes=list(top.token_bytes) if top.token_bytes else None,
+                    )
                     for top in lp.top_logprobs
                 ],
-            }
+            )
             for lp in items
         ],
-        "refusal": None,
-    }
+        refusal=None,
+    )
 
 
 def cache_material(

@@ -9,10 +9,10 @@ from fastapi import Depends, Request
 
 from parlance.gateway import errors
 from parlance.gateway.auth import Principal, digest
+from parlance.gateway.chat.serving import ChatService
+from parlance.gateway.headers import ResponseHeaders
 from parlance.gateway.redis_state import RedisUnavailable
-from parlance.gateway.serving import ChatService
 from parlance.gateway.state import GatewayState
-
 
 # Dependencies are `async def` even when they do not await: FastAPI runs a plain `def`
 # dependency in a worker thread, a thread hop on every request for an attribute read.
@@ -53,8 +53,8 @@ Caller = Annotated[Principal, Depends(authenticate)]
 
 async def rate_limit(request: Request, caller: Caller, state: State) -> Principal:
     """Authenticates, then takes the key's requests-per-minute decision. The x-ratelimit-*
-    headers go on every response of the request, errors included (the error handlers read
-    `request.state.response_headers`)."""
+    headers go on every response of the request, errors included (the request's
+    ResponseHeaders, which the error handlers send too)."""
     limit = caller.limits.rpm or state.settings.rpm_limit
     if limit <= 0:
         return caller
@@ -65,8 +65,8 @@ async def rate_limit(request: Request, caller: Caller, state: State) -> Principa
         raise errors.service_unavailable(
             "Rate limiting is unavailable (Redis); retry shortly.", state.settings.retry_after_s
         ) from None
-    headers = decision.headers("requests")
-    request.state.response_headers = headers
+    headers = ResponseHeaders.of(request)
+    headers.update(decision.headers("requests"))
     if not decision.allowed:
         headers.update(await tokens_headers(state, caller))
         raise errors.rate_limited(

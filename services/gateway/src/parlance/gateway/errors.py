@@ -14,6 +14,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from parlance.gateway.headers import ResponseHeaders
+
 log = logging.getLogger(__name__)
 
 
@@ -50,7 +52,7 @@ class APIError(Exception):
 
     def response(self, request: Request | None = None) -> JSONResponse:
         # Headers decided earlier in the request (x-ratelimit-*) go on errors too.
-        headers = dict(getattr(request.state, "response_headers", {})) if request else {}
+        headers = dict(ResponseHeaders.of(request)) if request else {}
         headers.update(self.headers)
         return JSONResponse(self.body(), status_code=self.status, headers=headers)
 

@@ -105,28 +105,33 @@ class _ChoiceBuffer:
 _END = object()
 
 
-class StreamModerator:
-    """Turns the generator's responses into released events (see the module docstring)."""
+@dataclass(frozen=True)
+class WindowCutter:
+    """Where output moderation closes its windows (see the module docstring): pure, so that
+    the windows a text makes can be checked without a safety service."""
 
-    def __init__(self, safety: SafetyClient, settings: GatewaySettings, n: int) -> None:
-        self.safety = safety
-        self.enabled = settings.moderate_output
-        self.first_chars = settings.moderation_first_window_chars
-        self.min_chars = settings.moderation_window_min_chars
-        self.max_chars = settings.moderation_window_max_chars
-        self.n = n
-        self.retry_after_s = settings.retry_after_s
-        # Every token the engine produced, released or not (for usage when a stream is cut).
-        self.generated_tokens = 0
+    first_chars: int
+    min_chars: int
+    max_chars: int
+    enabled: bool = True
 
-    def _cut(self, buffer: _ChoiceBuffer, final: bool) -> str | None:
-        """The text of the window to close now, if any."""
-        text = buffer.text
+    @classmethod
+    def from_settings(cls, settings: GatewaySettings) -> WindowCutter:
+        return cls(
+            first_chars=settings.moderation_first_window_chars,
+            min_chars=settings.moderation_window_min_chars,
+            max_chars=settings.moderation_window_max_chars,
+            enabled=settings.moderate_output,
+        )
+
+    def cut(self, text: str, first: bool, final: bool) -> str | None:
+        """The window to close now at the start of the held-back `text`, if any. `first`: no
+        window of this choice closed yet; `final`: the choice's generation ended."""
         if not text:
             return None
         if final or not self.enabled:
             return text
-        if not buffer.previous_window and len(text) >= self.first_chars:
+        if first and len(text) >= self.first_chars:
             # The first window is short and closes at a word boundary, not a sentence end:
             # what the client waits for before the first token is this window's generation
             # plus one classification.
@@ -142,6 +147,35 @@ class StreamModerator:
             if last_end >= self.min_chars - 1:
                 return text[: last_end + 1]
         return None
+
+    def windows(self, deltas: list[str]) -> list[str]:
+        """The windows a choice's text makes when it arrives as `deltas`, in order."""
+        closed: list[str] = []
+        held = ""
+        for i, delta in enumerate(deltas):
+            held += delta
+            final = i == len(deltas) - 1
+            while (window := self.cut(held, not closed, final)) is not None:
+                closed.append(window)
+                held = held[len(window) :]
+        return closed
+
+
+class StreamModerator:
+    """Turns the generator's responses into released events (see the module docstring)."""
+
+    def __init__(self, safety: SafetyClient, settings: GatewaySettings, n: int) -> None:
+        self.safety = safety
+        self.cutter = WindowCutter.from_settings(settings)
+        self.enabled = settings.moderate_output
+        self.n = n
+        self.retry_after_s = settings.retry_after_s
+        # Every token the engine produced, released or not (for usage when a stream is cut).
+        self.generated_tokens = 0
+
+    def _cut(self, buffer: _ChoiceBuffer, final: bool) -> str | None:
+        """The text of the window to close now, if any."""
+        return self.cutter.cut(buffer.text, not buffer.previous_window, final)
 
     def _close(self, buffer: _ChoiceBuffer, index: int, window_text: str) -> _Window:
         # Token counts and logprobs go with the window in which the text was held.
@@ -176,27 +210,7 @@ class StreamModerator:
         try:
             async for response in stream:
                 for delta in response.choices:
-                    if delta.finish_reason == generator_pb2.FINISH_REASON_ABORT:
-                        raise errors.service_unavailable(
-                            "The generation was aborted by the engine.", self.retry_after_s
-                        )
-                    buffer = buffers.setdefault(delta.index, _ChoiceBuffer())
-                    if not buffer.text:
-                        buffer.held_since = time.monotonic()
-                    buffer.text += delta.text
-                    buffer.token_count += delta.token_count
-                    self.generated_tokens += delta.token_count
-                    buffer.logprobs.extend(delta.logprobs)
-                    final = bool(delta.finish_reason)
-                    while (cut := self._cut(buffer, final)) is not None:
-                        await queue.put(self._close(buffer, delta.index, cut))
-                    if buffer.token_count and final:
-                        # Tokens that produced no text (end of sequence) still count.
-                        await queue.put(_Window(delta.index, "", buffer.token_count, [], 0.0, None))
-                        buffer.token_count = 0
-                    if final:
-                        reason = convert.FINISH_REASONS.get(delta.finish_reason, "stop")
-                        await queue.put(FinishEvent(delta.index, reason))
+                    await self._take(buffers, delta, queue)
                 if response.HasField("usage"):
                     await queue.put(
                         UsageEvent(response.usage.prompt_tokens, response.usage.completion_tokens)
@@ -206,47 +220,52 @@ class StreamModerator:
         finally:
             await queue.put(_END)
 
+    async def _take(
+        self,
+        buffers: dict[int, _ChoiceBuffer],
+        delta: generator_pb2.ChoiceDelta,
+        queue: asyncio.Queue[Any],
+    ) -> None:
+        """Holds back one choice's delta; queues the windows it closes and its finish."""
+        if delta.finish_reason == generator_pb2.FINISH_REASON_ABORT:
+            raise errors.service_unavailable(
+                "The generation was aborted by the engine.", self.retry_after_s
+            )
+        buffer = buffers.setdefault(delta.index, _ChoiceBuffer())
+        if not buffer.text:
+            buffer.held_since = time.monotonic()
+        buffer.text += delta.text
+        buffer.token_count += delta.token_count
+        self.generated_tokens += delta.token_count
+        buffer.logprobs.extend(delta.logprobs)
+        final = bool(delta.finish_reason)
+        while (cut := self._cut(buffer, final)) is not None:
+            await queue.put(self._close(buffer, delta.index, cut))
+        if not final:
+            return
+        if buffer.token_count:
+            # Tokens that produced no text (end of sequence) still count.
+            await queue.put(_Window(delta.index, "", buffer.token_count, [], 0.0, None))
+            buffer.token_count = 0
+        reason = convert.FINISH_REASONS.get(delta.finish_reason, "stop")
+        await queue.put(FinishEvent(delta.index, reason))
+
     async def events(
         self, stream: AsyncIterator[generator_pb2.GenerateResponse]
     ) -> AsyncIterator[Event]:
         queue: asyncio.Queue[Any] = asyncio.Queue()
         reader = asyncio.create_task(self._read(stream, queue))
-        flagged: set[int] = set()
-        finished: set[int] = set()
+        served = _Served(self.n)
         try:
-            while True:
-                item = await queue.get()
-                if item is _END:
-                    break
+            while (item := await queue.get()) is not _END:
                 if isinstance(item, Exception):
                     raise item
-                if isinstance(item, _Window):
-                    if item.index in flagged:
-                        if item.verdict is not None:
-                            item.verdict.cancel()
-                        continue
-                    if item.verdict is not None:
-                        verdict = await item.verdict
-                        result = verdict.results[0]
-                        MODERATION_HOLDBACK.observe(time.monotonic() - item.held_since)
-                        if result.flagged:
-                            for category in flagged_categories(result) or ["flagged"]:
-                                MODERATION_FLAGS.labels("output", category).inc()
-                            log.info("output stopped by moderation", extra={"choice": item.index})
-                            flagged.add(item.index)
-                            yield FinishEvent(item.index, "content_filter")
-                            if len(flagged | finished) >= self.n:
-                                # Nothing left to serve: stop generating.
-                                reader.cancel()
-                                break
-                            continue
-                    yield TextEvent(item.index, item.text, item.token_count, item.logprobs)
-                elif isinstance(item, FinishEvent):
-                    if item.index not in flagged:
-                        finished.add(item.index)
-                        yield item
-                else:
-                    yield item
+                event = await self._release(item, served)
+                if event is not None:
+                    yield event
+                if served.nothing_left:
+                    # Every choice was flagged or had finished: stop generating.
+                    break
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -257,3 +276,47 @@ class StreamModerator:
                     left.verdict.cancel()
             with contextlib.suppress(Exception):
                 await stream.aclose()  # type: ignore[attr-defined]
+
+    async def _release(self, item: Any, served: _Served) -> Event | None:
+        """The event to hand on for a queued item (None: nothing, its choice was stopped)."""
+        if isinstance(item, _Window):
+            return await self._judge(item, served)
+        if isinstance(item, FinishEvent):
+            if item.index in served.flagged:
+                return None
+            served.finished.add(item.index)
+        return item  # type: ignore[no-any-return]
+
+    async def _judge(self, window: _Window, served: _Served) -> Event | None:
+        """The window's text once safety passed it; a flag ends its choice instead."""
+        if window.index in served.flagged:
+            if window.verdict is not None:
+                window.verdict.cancel()
+            return None
+        if window.verdict is None:
+            return TextEvent(window.index, window.text, window.token_count, window.logprobs)
+        result = (await window.verdict).results[0]
+        MODERATION_HOLDBACK.observe(time.monotonic() - window.held_since)
+        if not result.flagged:
+            return TextEvent(window.index, window.text, window.token_count, window.logprobs)
+        for category in flagged_categories(result) or ["flagged"]:
+            MODERATION_FLAGS.labels("output", category).inc()
+        log.info("output stopped by moderation", extra={"choice": window.index})
+        served.flag(window.index)
+        return FinishEvent(window.index, "content_filter")
+
+
+@dataclass
+class _Served:
+    """Which choices of a generation are done: flagged by moderation, or finished."""
+
+    n: int
+    flagged: set[int] = field(default_factory=set)
+    finished: set[int] = field(default_factory=set)
+    # Set by a flag that leaves no choice to serve (a normal finish does not stop the
+    # stream: the engine's usage comes after the last finish).
+    nothing_left: bool = False
+
+    def flag(self, index: int) -> None:
+        self.flagged.add(index)
+        self.nothing_left = len(self.flagged | self.finished) >= self.n

@@ -1,7 +1,7 @@
 """Writes exchanges to history, and keeps them in a durable outbox while history is down.
 
 Chat must keep answering when history is unreachable, and nothing may be lost
-(ARCHITECTURE.md). So an exchange that cannot be written now is put in the outbox and retried
+(docs/ARCHITECTURE.md). So an exchange that cannot be written now is put in the outbox and retried
 with back-off until history accepts it. The outbox is a SQLite file on the gateway's disk
 (GATEWAY_OUTBOX_PATH), not process memory: a gateway killed with exchanges waiting writes them
 when it (or another worker on the same file) comes back.

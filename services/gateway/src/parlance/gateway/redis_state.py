@@ -1,4 +1,4 @@
-"""The gateway's Redis connection, with the outage policy of ARCHITECTURE.md.
+"""The gateway's Redis connection, with the outage policy of docs/ARCHITECTURE.md.
 
 When Redis does not answer, features fall back (cache off, per-process limits) instead of
 failing requests; the fallback is logged once, shown by a gauge, and Redis is retried after a

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from parlance.gateway.auth import KeyStore
 from parlance.gateway.cache import ResponseCache
+from parlance.gateway.chat.serving import ChatService
 from parlance.gateway.clients import GeneratorClient, HistoryClient, SafetyClient
 from parlance.gateway.config import GatewaySettings
 from parlance.gateway.keystore import SqlKeyStore
@@ -15,7 +16,6 @@ from parlance.gateway.models import ModelRegistry
 from parlance.gateway.outbox import HistoryOutbox
 from parlance.gateway.ratelimit import RateLimiter
 from parlance.gateway.redis_state import RedisState
-from parlance.gateway.serving import ChatService
 
 
 @dataclass

@@ -1,9 +1,15 @@
-"""The OpenAI API schema the gateway speaks (chat completions, models, errors).
+"""The OpenAI schema of chat completions: the request, the response and the stream's chunks.
 
 Fields follow the order of OpenAI's API reference; Parlance's extensions sit in a marked block.
-Unknown fields are tolerated (clients send fields from newer API versions) and logged by the
-route; fields that would change the output but that Parlance cannot honour (tools, logit_bias,
-non-text response formats, audio) are rejected with a 400 rather than silently ignored.
+Unknown request fields are tolerated (clients send fields from newer API versions) and logged
+by the router; fields that would change the output but that Parlance cannot honour (tools,
+logit_bias, non-text response formats, audio) are rejected with a 400 rather than silently
+ignored.
+
+The response models are what the gateway renders: every field is set explicitly and
+serialized with `model_dump_json(exclude_unset=True)`, so a field left unset (usage on a chunk
+of a stream without `include_usage`, conversation_id outside a stored conversation) is absent
+from the JSON, and one set to None is a JSON null, as in OpenAI's answers.
 """
 
 from __future__ import annotations
@@ -139,6 +145,7 @@ class TokenLogprob(TopLogprob):
 
 class ChoiceLogprobs(BaseModel):
     content: list[TokenLogprob] | None
+    refusal: list[TokenLogprob] | None = None
 
 
 class ResponseMessage(BaseModel):
@@ -187,18 +194,3 @@ class ChatCompletionChunk(BaseModel):
     system_fingerprint: str | None = None
     usage: Usage | None = None
     conversation_id: str | None = None
-
-
-class Model(BaseModel):
-    id: str
-    object: Literal["model"] = "model"
-    created: int
-    owned_by: str
-    # Parlance extensions.
-    max_model_len: int | None = None
-    engine: str | None = None
-
-
-class ModelList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[Model]

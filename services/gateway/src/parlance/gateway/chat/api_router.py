@@ -1,0 +1,185 @@
+"""POST /v1/chat/completions: admission (auth, rate limits, validation, TPM, concurrency) as
+dependencies, then the flow of chat/serving.py, then the answer as JSON or as SSE."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import StreamingResponse
+from starlette.responses import Response
+
+from parlance.common import tracing
+from parlance.gateway import errors
+from parlance.gateway.auth import Principal
+from parlance.gateway.chat.limits import RequestLimits, estimate_tokens
+from parlance.gateway.chat.protocol import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+)
+from parlance.gateway.chat.render import dump
+from parlance.gateway.chat.timing import ServerTiming
+from parlance.gateway.deps import LimitedCaller, State, tokens_headers
+from parlance.gateway.headers import ResponseHeaders, response_headers
+from parlance.gateway.metrics import IN_FLIGHT
+from parlance.gateway.redis_state import RedisUnavailable
+
+log = logging.getLogger(__name__)
+
+router = APIRouter()
+
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+Headers = Annotated[ResponseHeaders, Depends(response_headers)]
+
+
+class Admission:
+    """An admitted request: its limits, its slot in this process, its timing. `release()`
+    gives back the slot and settles the limits, once."""
+
+    def __init__(
+        self,
+        body: ChatCompletionRequest,
+        caller: Principal,
+        limits: RequestLimits,
+        slots: asyncio.Semaphore,
+        timing: ServerTiming,
+    ) -> None:
+        self.body = body
+        self.caller = caller
+        self.limits = limits
+        self.slots = slots
+        self.timing = timing
+        # A stream releases when it ends (the response outlives the route).
+        self.streaming = False
+        self._released = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self.slots.release()
+            IN_FLIGHT.dec()
+            self.limits.settle()
+
+    def released(self, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """`events`, then release: when the stream ends, fails or the client goes away."""
+        self.streaming = True
+        return self._release_after(events)
+
+    async def _release_after(self, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        try:
+            async for event in events:
+                yield event
+        finally:
+            self.release()
+
+
+async def admit(
+    body: ChatCompletionRequest,
+    request: Request,
+    caller: LimitedCaller,
+    state: State,
+    headers: Headers,
+) -> AsyncIterator[Admission]:
+    """Validates the request, then reserves its tokens, takes a concurrency lease and a slot
+    of this process. Errors from here on carry the -tokens headers."""
+    if body.model_extra:
+        log.info("ignoring unknown request fields", extra={"fields": sorted(body.model_extra)})
+    settings = state.settings
+    timing = ServerTiming(getattr(request.state, "started", time.perf_counter()))
+    timing.mark("auth")
+    if state.slots.locked():
+        raise errors.service_unavailable(
+            "The server is at its concurrency limit; retry shortly.", settings.retry_after_s
+        )
+    # Validation first: a request refused as invalid reserves nothing.
+    try:
+        state.chat.validate(body, caller)
+    except errors.APIError:
+        headers.update(await tokens_headers(state, caller))
+        raise
+    limits = RequestLimits(
+        settings,
+        state.limiter,
+        state.leases,
+        state.chat.background,
+        caller,
+        estimate_tokens(body, settings.tpm_completion_estimate),
+    )
+    try:
+        await limits.take(headers)
+    except RedisUnavailable:
+        raise errors.service_unavailable(
+            "Rate limiting is unavailable (Redis); retry shortly.", settings.retry_after_s
+        ) from None
+    timing.mark("limits")
+    await state.slots.acquire()
+    IN_FLIGHT.inc()
+    admission = Admission(body, caller, limits, state.slots, timing)
+    try:
+        yield admission
+    finally:
+        # Whatever the route did not hand to a stream (an error, a cancelled request).
+        if not admission.streaming:
+            admission.release()
+
+
+Admitted = Annotated[Admission, Depends(admit)]
+
+# The schema of a stream's events (added to the document's components by document_stream).
+_CHUNK_REF = "#/components/schemas/ChatCompletionChunk"
+
+
+@router.post(
+    "/v1/chat/completions",
+    response_model=ChatCompletion,
+    responses={
+        200: {
+            "description": "The completion (JSON), or with `stream: true` its server-sent "
+            "events: each `data:` a ChatCompletionChunk, then `data: [DONE]`.",
+            "content": {"text/event-stream": {"schema": {"$ref": _CHUNK_REF}}},
+        }
+    },
+)
+@tracing.traced("POST /v1/chat/completions")
+async def create_chat_completion(
+    admitted: Admitted, state: State, headers: Headers, request: Request
+) -> Response:
+    prepared = await state.chat.prepare(admitted.body, admitted.caller)
+    admitted.limits.prepared = prepared
+    admitted.timing.mark("context")
+    use_cache = "no-cache" not in request.headers.get("cache-control", "").lower()
+    answer = await state.chat.respond(prepared, headers, admitted.timing, use_cache)
+    if isinstance(answer, ChatCompletion):
+        admitted.release()
+        return Response(dump(answer), media_type="application/json", headers=headers)
+    return StreamingResponse(
+        admitted.released(answer),
+        media_type="text/event-stream",
+        headers={**headers, **SSE_HEADERS},
+    )
+
+
+def document_stream(app: FastAPI) -> None:
+    """Puts ChatCompletionChunk (the schema of a stream's events) in the OpenAPI document's
+    components, where the route's text/event-stream response refers to it."""
+    produce = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = produce()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        if "ChatCompletionChunk" not in components:
+            chunk = ChatCompletionChunk.model_json_schema(
+                ref_template="#/components/schemas/{model}", mode="serialization"
+            )
+            for name, definition in chunk.pop("$defs", {}).items():
+                components.setdefault(name, definition)
+            components["ChatCompletionChunk"] = chunk
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

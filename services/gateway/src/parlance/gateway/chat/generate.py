@@ -1,0 +1,98 @@
+"""Stage 2 of a chat completion: the generation, through output moderation, recorded as it
+goes (the streaming side is in chat/stream.py)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+from parlance.common.request_id import get_request_id, new_request_id
+from parlance.gateway import convert, errors, moderation
+from parlance.gateway.cache import CompletionRecord
+from parlance.gateway.chat.prepare import count_tokens
+from parlance.gateway.chat.prepared import PreparedChat, Progress
+from parlance.gateway.chat.protocol import ChoiceLogprobs
+from parlance.gateway.clients import GeneratorClient, SafetyClient
+from parlance.gateway.config import GatewaySettings
+from parlance.generator.v1 import generator_pb2
+
+Responses = AsyncIterator[generator_pb2.GenerateResponse]
+
+
+class Generation:
+    def __init__(
+        self, settings: GatewaySettings, generator: GeneratorClient, safety: SafetyClient
+    ) -> None:
+        self.settings = settings
+        self.generator = generator
+        self.safety = safety
+
+    def generate_request(self, prepared: PreparedChat) -> generator_pb2.GenerateRequest:
+        return generator_pb2.GenerateRequest(
+            request_id=get_request_id() or new_request_id(),
+            model=prepared.model,
+            chat=generator_pb2.ChatInput(messages=prepared.context),
+            sampling=convert.sampling_params(prepared.request),
+        )
+
+    async def open_stream(self, prepared: PreparedChat) -> Responses:
+        """Starts generating and waits for the first message, so that a generator that is down
+        or refuses the request answers with an HTTP error before any byte is sent."""
+        stream = self.generator.generate(self.generate_request(prepared))
+        try:
+            first = await anext(stream)
+        except StopAsyncIteration:
+            raise errors.service_unavailable(
+                "The generator ended the stream early.", self.settings.retry_after_s
+            ) from None
+
+        async def chained() -> Responses:
+            try:
+                yield first
+                async for item in stream:
+                    yield item
+            finally:
+                await stream.aclose()
+
+        return chained()
+
+    async def events(
+        self, prepared: PreparedChat, stream: Responses, progress: Progress
+    ) -> AsyncIterator[moderation.Event]:
+        """The generation after output moderation, recorded into `progress` as it goes."""
+        moderator = moderation.StreamModerator(self.safety, self.settings, prepared.n)
+        prepared.generation_started = True
+        async for event in moderator.events(stream):
+            prepared.generated_tokens = moderator.generated_tokens
+            if isinstance(event, moderation.TextEvent):
+                progress.add_text(event, time.monotonic())
+            elif isinstance(event, moderation.FinishEvent):
+                progress.finish(event)
+            else:
+                progress.prompt_tokens = prepared.prompt_tokens = event.prompt_tokens
+                progress.completion_tokens = event.completion_tokens
+            yield event
+        prepared.generated_tokens = moderator.generated_tokens
+        if progress.completion_tokens is None:
+            # Cut short by moderation: the engine's own usage never came. Count what it
+            # generated (held-back tokens included) and the prompt, so usage stays exact.
+            progress.completion_tokens = moderator.generated_tokens
+            progress.prompt_tokens = prepared.prompt_tokens = await self.count_prompt_tokens(
+                prepared
+            )
+
+    async def count_prompt_tokens(self, prepared: PreparedChat) -> int:
+        return await count_tokens(self.generator, prepared.model, prepared.context)
+
+    async def run(
+        self, prepared: PreparedChat, progress: Progress
+    ) -> tuple[CompletionRecord, dict[int, ChoiceLogprobs | None]]:
+        """Non-streaming: the whole generation, and each choice's logprobs. A moderated
+        answer keeps the text released before the flagged window."""
+        tokens: dict[int, list[generator_pb2.TokenLogprob]] = {}
+        stream = await self.open_stream(prepared)
+        async for event in self.events(prepared, stream, progress):
+            if isinstance(event, moderation.TextEvent) and event.logprobs:
+                tokens.setdefault(event.index, []).extend(event.logprobs)
+        logprobs = {index: convert.logprobs(items) for index, items in tokens.items()}
+        return progress.record(prepared.model, prepared.n), logprobs

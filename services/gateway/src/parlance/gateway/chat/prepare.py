@@ -1,0 +1,157 @@
+"""Stage 1 of a chat completion: the context (the stored conversation fitted to the model's
+window, then the request's messages), the cache key, and input moderation."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from parlance.gateway import convert, errors, moderation
+from parlance.gateway.auth import Principal
+from parlance.gateway.cache import cache_key
+from parlance.gateway.chat.prepared import PreparedChat
+from parlance.gateway.chat.protocol import ChatCompletionRequest
+from parlance.gateway.clients import GeneratorClient, HistoryClient, SafetyClient
+from parlance.gateway.config import GatewaySettings
+from parlance.gateway.context import ContextParts, fit_context, prompt_budget
+from parlance.gateway.metrics import CONTEXT_TRIMMED
+from parlance.gateway.models import ModelRegistry
+from parlance.gateway.outbox import HistoryOutbox
+from parlance.generator.v1 import generator_pb2
+from parlance.history.v1 import history_pb2
+
+log = logging.getLogger(__name__)
+
+Messages = list[generator_pb2.ChatMessage]
+
+
+class Preparer:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        generator: GeneratorClient,
+        safety: SafetyClient,
+        history: HistoryClient,
+        outbox: HistoryOutbox,
+        models: ModelRegistry,
+    ) -> None:
+        self.settings = settings
+        self.generator = generator
+        self.safety = safety
+        self.history = history
+        self.outbox = outbox
+        self.models = models
+
+    async def prepare(self, request: ChatCompletionRequest, principal: Principal) -> PreparedChat:
+        """Builds the context of a validated request."""
+        model = await self.models.resolve(request.model)
+        new_messages = [(m.role, m.text()) for m in request.messages]
+        prepared = PreparedChat(
+            request=request,
+            principal=principal,
+            model=model,
+            context=[],
+            new_messages=new_messages,
+        )
+        self._check_storable(request)
+        stored_context = await self._load_conversation(prepared)
+        new_context = [convert.chat_message(role, text) for role, text in new_messages]
+        if stored_context:
+            prepared.context.extend(await self._fit_context(prepared, stored_context, new_context))
+        else:
+            prepared.context.extend(new_context)
+        if self.settings.cache_enabled and request.is_deterministic():
+            prepared.cache_key = cache_key(
+                principal.user_id, convert.cache_material(request, model, prepared.context)
+            )
+        return prepared
+
+    def _check_storable(self, request: ChatCompletionRequest) -> None:
+        if request.parent_message_id is not None and not request.conversation_id:
+            raise errors.invalid_request(
+                "parent_message_id needs conversation_id.", param="parent_message_id"
+            )
+        if (request.conversation_id or request.store) and self.outbox.full:
+            # History has been down long enough to fill the outbox. Refuse before generating:
+            # an answer that could not be kept would break "nothing is lost".
+            raise errors.service_unavailable(
+                f"History is unavailable and {self.outbox.depth} exchanges are waiting to be"
+                " stored; retry later, or send the request without store/conversation_id.",
+                self.settings.retry_after_s,
+            )
+
+    async def _load_conversation(self, prepared: PreparedChat) -> Messages:
+        """Where the exchange will be stored, and the stored messages it continues."""
+        request = prepared.request
+        if not request.conversation_id:
+            if request.store:
+                prepared.conversation_id = f"conv_{uuid.uuid4().hex}"
+                prepared.create_conversation = True
+            return []
+        prepared.conversation_id = request.conversation_id
+        prepared.parent_message_id = request.parent_message_id
+        if request.parent_message_id == "":  # "" branches from a new root: no context
+            return []
+        query = history_pb2.GetConversationRequest(
+            user_id=prepared.principal.user_id, conversation_id=request.conversation_id
+        )
+        if request.parent_message_id:
+            query.message_id = request.parent_message_id
+        stored = await self.history.get_conversation(query)
+        return [convert.chat_message(m.role, m.content) for m in stored.messages]
+
+    async def _fit_context(
+        self, prepared: PreparedChat, stored: Messages, new: Messages
+    ) -> Messages:
+        """The stored conversation trimmed, oldest messages first, so that it and the request's
+        messages fit the model's window with room for the answer. Messages the request sends
+        itself are never dropped: when they alone do not fit, the generator says so (400)."""
+        window = next(
+            (m.max_model_len for m in await self.models.list() if m.id == prepared.model), 0
+        )
+        parts = ContextParts.split(stored, new)
+        if not window:  # the engine did not say: send everything, the generator decides
+            return parts.assemble(0)
+        budget = prompt_budget(
+            window,
+            prepared.request.requested_max_tokens(),
+            self.settings.context_completion_reserve,
+        )
+
+        async def count(messages: Messages) -> int:
+            return await count_tokens(self.generator, prepared.model, messages)
+
+        fitted = await fit_context(parts, budget, count)
+        if fitted.dropped:
+            CONTEXT_TRIMMED.labels(prepared.model).inc(fitted.dropped)
+            log.info(
+                "context trimmed to fit the model's window",
+                extra={
+                    "conversation_id": prepared.conversation_id,
+                    "dropped_messages": fitted.dropped,
+                    "kept_messages": len(fitted.messages),
+                    "prompt_tokens": fitted.prompt_tokens,
+                    "budget": budget,
+                    "count_calls": fitted.count_calls,
+                },
+            )
+        return fitted.messages
+
+    async def moderate_input(self, prepared: PreparedChat) -> None:
+        """Refuses the request when any message of it is flagged (fail closed: safety down is
+        a 503, never an unmoderated generation). Messages loaded from history passed
+        moderation when they were stored."""
+        if self.settings.moderate_input:
+            await moderation.moderate_input(
+                self.safety, [text for _, text in prepared.new_messages]
+            )
+
+
+async def count_tokens(generator: GeneratorClient, model: str, messages: Messages) -> int:
+    """The prompt tokens of `messages` as the generator's tokenizer and chat template see them."""
+    reply = await generator.count_tokens(
+        generator_pb2.CountTokensRequest(
+            model=model, chat=generator_pb2.ChatInput(messages=messages)
+        )
+    )
+    return int(reply.token_count)

@@ -1,0 +1,133 @@
+"""What the stages of one chat completion hand each other: the prepared request, what the
+generation released so far, and what a stream has sent."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from parlance.gateway import moderation
+from parlance.gateway.auth import Principal
+from parlance.gateway.cache import CachedChoice, CompletionRecord
+from parlance.gateway.chat.protocol import ChatCompletionRequest
+from parlance.generator.v1 import generator_pb2
+
+# finish_reason of a stored answer whose stream the client stopped.
+CANCELLED = "cancelled"
+
+
+@dataclass
+class PreparedChat:
+    request: ChatCompletionRequest
+    principal: Principal
+    model: str
+    context: list[generator_pb2.ChatMessage]
+    # Messages of this request, to be stored before the answer.
+    new_messages: list[tuple[str, str]]
+    completion_id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
+    created: int = field(default_factory=lambda: int(time.time()))
+    started: float = field(default_factory=time.monotonic)
+    conversation_id: str | None = None
+    # Set: the stored messages go below this message (a new branch); "" is a new root.
+    parent_message_id: str | None = None
+    create_conversation: bool = False
+    cache_key: str | None = None
+    # Token accounting for TPM reconciliation, filled in as the generation goes.
+    generation_started: bool = False
+    cached: bool = False
+    prompt_tokens: int | None = None
+    generated_tokens: int = 0
+
+    @property
+    def n(self) -> int:
+        return self.request.n or 1
+
+    @property
+    def include_usage(self) -> bool:
+        options = self.request.stream_options
+        return bool(options and options.include_usage)
+
+    def mark_cached(self) -> None:
+        self.cached = True
+
+    def tokens_used(self) -> int | None:
+        """Tokens this request really cost (None: nothing was generated, refund it all).
+        A stream cut by the client has no usage from the engine: its prompt is estimated
+        and every token the engine produced until the cut is counted."""
+        if self.cached:
+            return 0
+        if not self.generation_started:
+            return None
+        prompt = self.prompt_tokens
+        if prompt is None:
+            prompt = max(1, sum(len(m.content) for m in self.context) // 4)
+        return prompt + self.generated_tokens
+
+
+@dataclass
+class Progress:
+    """What a generation released so far (for usage, caching, history and metrics)."""
+
+    choices: dict[int, CachedChoice] = field(default_factory=dict)
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    first_token_at: float | None = None
+    last_token_at: float | None = None
+    tokens_after_first: int = 0
+
+    def add_text(self, event: moderation.TextEvent, now: float) -> None:
+        choice = self.choices.setdefault(event.index, CachedChoice(index=event.index))
+        if event.text:
+            choice.deltas.append(event.text)
+        if event.token_count:
+            if self.first_token_at is None:
+                self.first_token_at = now
+                self.tokens_after_first += event.token_count - 1
+            else:
+                self.tokens_after_first += event.token_count
+            self.last_token_at = now
+
+    def finish(self, event: moderation.FinishEvent) -> None:
+        self.choices.setdefault(
+            event.index, CachedChoice(index=event.index)
+        ).finish_reason = event.reason
+
+    def record(self, model: str, n: int) -> CompletionRecord:
+        return CompletionRecord(
+            model=model,
+            choices=[self.choices.get(i, CachedChoice(index=i)) for i in range(n)],
+            prompt_tokens=self.prompt_tokens or 0,
+            completion_tokens=self.completion_tokens or 0,
+        )
+
+
+@dataclass
+class Sent:
+    """What a stream has handed to the client: per choice, the text of the chunks whose send
+    completed (always released text: held-back text is never in a chunk), and the finish
+    reasons sent. A stopped stream stores exactly this."""
+
+    deltas: dict[int, list[str]] = field(default_factory=dict)
+    finish_reasons: dict[int, str] = field(default_factory=dict)
+
+    def text(self, index: int, text: str) -> None:
+        if text:
+            self.deltas.setdefault(index, []).append(text)
+
+    def record(self, prepared: PreparedChat, progress: Progress) -> CompletionRecord:
+        return CompletionRecord(
+            model=prepared.model,
+            choices=[
+                CachedChoice(
+                    index=i,
+                    deltas=list(self.deltas.get(i, [])),
+                    finish_reason=self.finish_reasons.get(i, CANCELLED),
+                )
+                for i in range(prepared.n)
+            ],
+            prompt_tokens=progress.prompt_tokens or 0,
+            # Every token the engine produced until the cut (held-back ones included): what
+            # the answer cost, as TPM counts it.
+            completion_tokens=prepared.generated_tokens,
+        )

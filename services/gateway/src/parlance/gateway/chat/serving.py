@@ -1,0 +1,117 @@
+"""The chat completion request flow, stage by stage.
+
+`ChatService` holds the stages and runs them in order for one admitted request: validation
+(chat/validation.py), preparation (chat/prepare.py: context, cache key, input moderation), the
+cache lookup, the generation (chat/generate.py, or chat/stream.py for SSE), and completion
+(chat/complete.py: metrics, cache write, history write, title). Auth and limits are the
+router's dependencies (chat/api_router.py, chat/limits.py); the request flow is described in
+docs/ARCHITECTURE.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from parlance.gateway.auth import Principal
+from parlance.gateway.cache import CompletionRecord, ResponseCache
+from parlance.gateway.chat import validation
+from parlance.gateway.chat.background import Background
+from parlance.gateway.chat.complete import Completion
+from parlance.gateway.chat.generate import Generation
+from parlance.gateway.chat.prepare import Preparer
+from parlance.gateway.chat.prepared import PreparedChat, Progress
+from parlance.gateway.chat.protocol import ChatCompletion, ChatCompletionRequest
+from parlance.gateway.chat.render import completion
+from parlance.gateway.chat.stream import Streamer
+from parlance.gateway.chat.timing import ServerTiming
+from parlance.gateway.clients import GeneratorClient, HistoryClient, SafetyClient
+from parlance.gateway.config import GatewaySettings
+from parlance.gateway.headers import ResponseHeaders
+from parlance.gateway.models import ModelRegistry
+from parlance.gateway.outbox import HistoryOutbox
+from parlance.gateway.titles import TitleWriter
+
+# What the flow answers: a complete body, or the events of a stream.
+Answer = ChatCompletion | AsyncIterator[bytes]
+
+
+class ChatService:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        generator: GeneratorClient,
+        safety: SafetyClient,
+        history: HistoryClient,
+        outbox: HistoryOutbox,
+        cache: ResponseCache,
+        models: ModelRegistry,
+    ) -> None:
+        self.settings = settings
+        self.cache = cache
+        self.titles = TitleWriter(generator, safety, history, settings.generate_titles)
+        # Stores of stopped streams, completions finishing after their client left, and the
+        # settlement of request limits.
+        self.background = Background()
+        self.preparer = Preparer(settings, generator, safety, history, outbox, models)
+        self.generation = Generation(settings, generator, safety)
+        self.completion = Completion(cache, outbox, self.titles)
+        self.streamer = Streamer(self.generation, self.completion, self.background)
+
+    def validate(self, request: ChatCompletionRequest, principal: Principal) -> None:
+        validation.validate(request, principal, self.settings)
+
+    async def prepare(self, request: ChatCompletionRequest, principal: Principal) -> PreparedChat:
+        """Builds the context (call validate() first)."""
+        return await self.preparer.prepare(request, principal)
+
+    async def respond(
+        self,
+        prepared: PreparedChat,
+        headers: ResponseHeaders,
+        timing: ServerTiming,
+        use_cache: bool = True,
+    ) -> Answer:
+        """The answer to a prepared request: from the cache when it has one, else generated
+        (input moderation first). Adds the x-cache and Server-Timing headers."""
+        if prepared.cache_key and use_cache:
+            record = await self.cache.get(prepared.cache_key)
+            timing.mark("cache")
+            if record is not None:
+                headers["server-timing"] = timing.header()
+                headers["x-cache"] = "hit"
+                return await self.cached(prepared, record)
+            headers["x-cache"] = "miss"
+        else:
+            headers["x-cache"] = "bypass"
+        await self.preparer.moderate_input(prepared)
+        timing.mark("moderation")
+        if prepared.request.stream:
+            stream = await self.generation.open_stream(prepared)
+            timing.mark("generator")  # until the generator's first message
+            headers["server-timing"] = timing.header()
+            return self.streamer.stream(prepared, stream)
+        body = await self.complete(prepared)
+        timing.mark("generation")
+        headers["server-timing"] = timing.header()
+        return body
+
+    async def cached(self, prepared: PreparedChat, record: CompletionRecord) -> Answer:
+        # A cached answer costs no generation: its tokens are not charged to TPM.
+        prepared.mark_cached()
+        if prepared.request.stream:
+            return self.streamer.replay(prepared, record)
+        await self.completion.store_exchange(prepared, record)
+        return completion(prepared, record)
+
+    async def complete(self, prepared: PreparedChat) -> ChatCompletion:
+        """Non-streaming: runs the whole generation, then finishes it (metrics, cache,
+        history)."""
+        progress = Progress()
+        record, logprobs = await self.generation.run(prepared, progress)
+        await self.completion.finish(prepared, progress, record)
+        return completion(prepared, record, logprobs)
+
+    async def close(self, timeout_s: float = 5.0) -> None:
+        """Lets background stores reach the outbox (which flushes on its own close)."""
+        await self.background.close(timeout_s)
+        await self.titles.close()

@@ -1,0 +1,97 @@
+"""The checks a chat request passes before anything is reserved or generated (400 otherwise).
+
+The schema (chat/protocol.py) checks types and ranges; these are the rules that depend on the
+settings, the key's limits, or several fields at once.
+"""
+
+from __future__ import annotations
+
+from parlance.gateway import errors
+from parlance.gateway.auth import Principal
+from parlance.gateway.chat.protocol import ChatCompletionRequest, ChatMessage
+from parlance.gateway.config import GatewaySettings
+
+_UNSUPPORTED = {
+    "tools": "Tool calling is not supported by this server.",
+    "tool_choice": "Tool calling is not supported by this server.",
+    "logit_bias": "logit_bias is not supported by this server.",
+}
+
+
+def validate(
+    request: ChatCompletionRequest, principal: Principal, settings: GatewaySettings
+) -> None:
+    """Raises the 400 of the first rule the request breaks."""
+    _check_supported(request)
+    _check_messages(request, settings)
+    _check_options(request, principal, settings)
+
+
+def _check_supported(request: ChatCompletionRequest) -> None:
+    for name, message in _UNSUPPORTED.items():
+        if getattr(request, name):
+            raise errors.invalid_request(message, param=name)
+    if request.response_format and request.response_format.type != "text":
+        raise errors.invalid_request(
+            "Only response_format type 'text' is supported.", param="response_format.type"
+        )
+
+
+def _check_messages(request: ChatCompletionRequest, settings: GatewaySettings) -> None:
+    # An empty list is only a regenerate: answer again below parent_message_id.
+    regenerate = request.conversation_id is not None and request.parent_message_id is not None
+    if not request.messages and not regenerate:
+        raise errors.invalid_request(
+            "messages must contain at least one message.", param="messages"
+        )
+    if len(request.messages) > settings.max_messages:
+        raise errors.invalid_request(
+            f"Too many messages: at most {settings.max_messages}.", param="messages"
+        )
+    total = 0
+    for i, message in enumerate(request.messages):
+        _check_message(i, message)
+        total += len(message.text())
+    if total > settings.max_input_chars:
+        raise errors.invalid_request(
+            f"The messages total {total} characters; the limit is {settings.max_input_chars}.",
+            param="messages",
+            code="context_length_exceeded",
+        )
+
+
+def _check_message(i: int, message: ChatMessage) -> None:
+    if message.role in ("tool", "function"):
+        raise errors.invalid_request(
+            f"Role '{message.role}' is not supported (no tool calling).",
+            param=f"messages.{i}.role",
+        )
+    if isinstance(message.content, list):
+        for part in message.content:
+            if part.type != "text":
+                raise errors.invalid_request(
+                    f"Content part type '{part.type}' is not supported; send text.",
+                    param=f"messages.{i}.content",
+                )
+
+
+def _check_options(
+    request: ChatCompletionRequest, principal: Principal, settings: GatewaySettings
+) -> None:
+    max_tokens_limit = principal.limits.max_tokens or settings.max_tokens_limit
+    max_tokens = request.requested_max_tokens()
+    if max_tokens is not None and max_tokens > max_tokens_limit:
+        raise errors.invalid_request(
+            f"max_tokens is too large: {max_tokens}. This key allows at most {max_tokens_limit}.",
+            param="max_completion_tokens" if request.max_completion_tokens else "max_tokens",
+        )
+    if (request.n or 1) > settings.max_n:
+        raise errors.invalid_request(f"n must be at most {settings.max_n}.", param="n")
+    if request.top_logprobs and not request.logprobs:
+        raise errors.invalid_request(
+            "top_logprobs requires logprobs to be true.", param="top_logprobs"
+        )
+    if request.stream_options is not None and not request.stream:
+        raise errors.invalid_request(
+            "stream_options is only allowed when stream is true.", param="stream_options"
+        )
