@@ -1,0 +1,125 @@
+"""Every 400 the chat route gives, in OpenAI's error shape, before anything is generated."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from parlance.testing.inprocess import InProcessGateway, inprocess_gateway
+
+USER = {"role": "user", "content": "Hi"}
+
+
+def assert_error(response: Any, status: int, param: str | None, code: str | None = None) -> str:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == param
+    assert error["code"] == code
+    assert error["message"]
+    return str(error["message"])
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"tool_choice": "auto"}, "tool_choice"),
+        ({"logit_bias": {"50256": -100}}, "logit_bias"),
+        ({"response_format": {"type": "json_object"}}, "response_format.type"),
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, "messages.0.role"),
+        ({"messages": [USER, {"role": "function", "content": "x"}]}, "messages.1.role"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+            "messages.0.content",
+        ),
+        ({"max_tokens": 5000}, "max_tokens"),
+        ({"max_completion_tokens": 5000}, "max_completion_tokens"),
+        ({"n": 9}, "n"),
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"stream_options": {"include_usage": True}}, "stream_options"),
+        ({"parent_message_id": "msg_1"}, "parent_message_id"),
+    ],
+)
+async def test_rules_of_the_flow(gw: InProcessGateway, fields: dict[str, Any], param: str) -> None:
+    response = await gw.chat(gw.body(**{"messages": [USER]} | fields))
+    assert_error(response, 400, param)
+    assert gw.generator.requests == []
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"stream": 0}, "stream"),
+        ({"n": 1.5}, "n"),
+        ({"temperature": 3}, "temperature"),
+        ({"top_p": -0.1}, "top_p"),
+        ({"messages": [{"role": "robot", "content": "x"}]}, "messages.0.role"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"conversation_id": "c" * 129}, "conversation_id"),
+    ],
+)
+async def test_schema_rules(gw: InProcessGateway, fields: dict[str, Any], param: str) -> None:
+    message = assert_error(await gw.chat(gw.body() | fields), 400, param)
+    assert message.startswith(f"Invalid value for '{param}'")
+
+
+async def test_missing_model_names_the_parameter(gw: InProcessGateway) -> None:
+    response = await gw.chat({"messages": [USER]})
+    assert assert_error(response, 400, "model") == "Missing required parameter: 'model'."
+
+
+async def test_a_body_that_is_not_json(gw: InProcessGateway) -> None:
+    response = await gw.client.post(
+        "/v1/chat/completions",
+        content=b"{not json",
+        headers=gw.alice.headers | {"content-type": "application/json"},
+    )
+    assert "could not parse the JSON body" in assert_error(response, 400, None)
+
+
+async def test_unknown_model_is_404_model_not_found(gw: InProcessGateway) -> None:
+    response = await gw.chat(model="no-such-model")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "model_not_found"
+    assert response.json()["error"]["param"] == "model"
+
+
+async def test_model_names_match_case_insensitively(gw: InProcessGateway) -> None:
+    response = await gw.chat(model="FAKE-MODEL")
+    assert response.status_code == 200
+    assert response.json()["model"] == "fake-model"
+
+
+async def test_unknown_fields_are_tolerated(gw: InProcessGateway) -> None:
+    assert (await gw.chat(gw.body(some_future_field={"x": 1}))).status_code == 200
+
+
+async def test_limits_from_the_settings(tmp_path: Path) -> None:
+    async with inprocess_gateway(tmp_path, max_messages=2, max_input_chars=10) as gw:
+        too_many = await gw.chat(gw.body(messages=[USER] * 3))
+        assert "at most 2" in assert_error(too_many, 400, "messages")
+        too_long = await gw.chat(gw.body("x" * 11))
+        assert_error(too_long, 400, "messages", "context_length_exceeded")
+
+
+async def test_a_key_max_tokens_limit(gw: InProcessGateway) -> None:
+    caller = await gw.create_key(max_tokens=5)
+    response = await gw.chat(gw.body(max_tokens=6), caller=caller)
+    assert "at most 5" in assert_error(response, 400, "max_tokens")
+    assert (await gw.chat(gw.body(max_tokens=5), caller=caller)).status_code == 200
+
+
+async def test_a_regenerate_may_send_no_messages(gw: InProcessGateway) -> None:
+    conversation = gw.history.create(gw.alice.user_id)
+    first = await gw.chat(gw.body(conversation_id=conversation))
+    assert first.status_code == 200
+    question = gw.history.stored(conversation)[0].id
+    again = await gw.chat(
+        gw.body(messages=[], conversation_id=conversation, parent_message_id=question)
+    )
+    assert again.status_code == 200, again.text

@@ -1,0 +1,335 @@
+"""Test doubles of the gateway's three gRPC clients, for the in-process gateway tests.
+
+They stand in for GeneratorClient, SafetyClient and HistoryClient (same method names and
+message types) where a test is about the gateway's own behaviour: validation, error shapes,
+headers, SSE chunk shapes, limits, moderation windows, cache replay, stopped streams, history
+writes. The real services are tested as processes in tests/. Each fake records what it was
+asked, and fails like the real client does (an OpenAI-shaped APIError) when told to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from parlance.gateway import errors
+from parlance.generator.v1 import generator_pb2
+from parlance.history.v1 import history_pb2
+from parlance.safety.v1 import safety_pb2
+
+FAKE_MODEL = "fake-model"
+
+
+def _unavailable(dependency: str) -> errors.APIError:
+    return errors.service_unavailable(f"The {dependency} service is unavailable; retry later.", 5)
+
+
+@dataclass
+class Script:
+    """What FakeGenerator answers to one Generate call: `deltas` for every choice, each one
+    token; then the finish reason; usage on the last message. `fail_after`: raise `error`
+    after that many deltas; `hang_after`: wait forever after that many deltas (a stream the
+    client then stops)."""
+
+    deltas: list[str] = field(default_factory=lambda: ["Hello", " there", ", friend."])
+    finish_reason: generator_pb2.FinishReason.ValueType = generator_pb2.FINISH_REASON_STOP
+    fail_after: int | None = None
+    hang_after: int | None = None
+    error: errors.APIError = field(default_factory=lambda: _unavailable("generator"))
+    logprobs: bool = False
+
+
+class FakeGenerator:
+    """A GeneratorClient double: answers every Generate with its `script` (or with
+    `scripts[i]` for the i-th call) and counts prompt tokens as characters / 4."""
+
+    def __init__(self, max_model_len: int = 2048) -> None:
+        self.max_model_len = max_model_len
+        self.script = Script()
+        # Per-call scripts, taken in order before falling back to `script`.
+        self.scripts: list[Script] = []
+        self.requests: list[generator_pb2.GenerateRequest] = []
+        self.count_requests: list[generator_pb2.CountTokensRequest] = []
+        self.down = False
+        # Set while a generation is between its messages (a stopped stream can wait for it).
+        self.in_flight = 0
+        self.cancelled = 0
+
+    async def list_models(self) -> generator_pb2.ListModelsResponse:
+        if self.down:
+            raise _unavailable("generator")
+        return generator_pb2.ListModelsResponse(
+            models=[
+                generator_pb2.ModelInfo(
+                    id=FAKE_MODEL,
+                    created=1_700_000_000,
+                    owned_by="parlance",
+                    max_model_len=self.max_model_len,
+                    engine="fake",
+                    task=generator_pb2.MODEL_TASK_CHAT,
+                )
+            ]
+        )
+
+    async def count_tokens(
+        self, request: generator_pb2.CountTokensRequest
+    ) -> generator_pb2.CountTokensResponse:
+        self.count_requests.append(request)
+        if self.down:
+            raise _unavailable("generator")
+        chars = sum(len(m.content) + 4 for m in request.chat.messages)
+        return generator_pb2.CountTokensResponse(
+            token_count=max(1, chars // 4), max_model_len=self.max_model_len
+        )
+
+    async def generate(
+        self, request: generator_pb2.GenerateRequest
+    ) -> AsyncIterator[generator_pb2.GenerateResponse]:
+        self.requests.append(request)
+        if self.down:
+            raise _unavailable("generator")
+        script = self.scripts.pop(0) if self.scripts else self.script
+        n = request.sampling.n or 1
+        self.in_flight += 1
+        try:
+            for i, text in enumerate(script.deltas):
+                if script.fail_after is not None and i >= script.fail_after:
+                    raise script.error
+                if script.hang_after is not None and i >= script.hang_after:
+                    await asyncio.Event().wait()
+                yield generator_pb2.GenerateResponse(
+                    choices=[self._delta(c, text, script, request) for c in range(n)],
+                    model=request.model,
+                )
+            if script.fail_after is not None and script.fail_after >= len(script.deltas):
+                raise script.error
+            prompt = sum(len(m.content) + 4 for m in request.chat.messages) // 4
+            yield generator_pb2.GenerateResponse(
+                choices=[
+                    generator_pb2.ChoiceDelta(index=c, finish_reason=script.finish_reason)
+                    for c in range(n)
+                ],
+                usage=generator_pb2.Usage(
+                    prompt_tokens=max(1, prompt), completion_tokens=len(script.deltas) * n
+                ),
+                model=request.model,
+            )
+        except (asyncio.CancelledError, GeneratorExit):
+            self.cancelled += 1
+            raise
+        finally:
+            self.in_flight -= 1
+
+    @staticmethod
+    def _delta(
+        index: int, text: str, script: Script, request: generator_pb2.GenerateRequest
+    ) -> generator_pb2.ChoiceDelta:
+        delta = generator_pb2.ChoiceDelta(index=index, text=text, token_count=1)
+        if script.logprobs and request.sampling.logprobs:
+            delta.logprobs.append(
+                generator_pb2.TokenLogprob(
+                    token=text, logprob=-0.5, token_bytes=text.encode(), top_logprobs=[]
+                )
+            )
+        return delta
+
+    # The routing side of the real (pooled) client: one target that always lists FAKE_MODEL.
+
+    def seconds_since_refresh(self) -> float:
+        return 0.0
+
+    async def refresh(self) -> None:
+        pass
+
+    def status(self) -> dict[str, dict[str, object]]:
+        return {FAKE_MODEL: {"task": "chat", "serving": 0 if self.down else 1, "replicas": 1}}
+
+    async def check_health(self, timeout_s: float = 1.0) -> bool:
+        return not self.down
+
+    async def close(self) -> None:
+        pass
+
+
+class FakeSafety:
+    """A SafetyClient double: flags any text that contains one of `flag_words` (in the
+    "harassment" category); `down` makes every call fail as an unreachable service does."""
+
+    def __init__(self, flag_words: tuple[str, ...] = ("badword",)) -> None:
+        self.flag_words = flag_words
+        self.calls: list[tuple[list[str], safety_pb2.Direction.ValueType]] = []
+        self.down = False
+        # Seconds each classification takes (to hold windows back).
+        self.delay_s = 0.0
+
+    def _verdict(self, text: str) -> safety_pb2.Classification:
+        flagged = any(word in text.lower() for word in self.flag_words)
+        return safety_pb2.Classification(
+            flagged=flagged,
+            categories=[
+                safety_pb2.CategoryResult(
+                    category="harassment", score=0.99 if flagged else 0.01, flagged=flagged
+                )
+            ],
+        )
+
+    async def classify(
+        self, texts: list[str], direction: safety_pb2.Direction.ValueType
+    ) -> safety_pb2.ClassifyResponse:
+        self.calls.append((list(texts), direction))
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if self.down:
+            raise _unavailable("safety")
+        return safety_pb2.ClassifyResponse(
+            results=[self._verdict(t) for t in texts], model="fake-safety"
+        )
+
+    async def info(self) -> safety_pb2.GetClassifierInfoResponse:
+        return safety_pb2.GetClassifierInfoResponse(
+            model="fake-safety", evaluated_categories=["harassment"]
+        )
+
+    def texts(self, direction: safety_pb2.Direction.ValueType) -> list[str]:
+        """Every text classified in `direction`, in order."""
+        return [t for texts, d in self.calls if d == direction for t in texts]
+
+    async def check_health(self, timeout_s: float = 1.0) -> bool:
+        return not self.down
+
+    async def close(self) -> None:
+        pass
+
+
+@dataclass
+class _Conversation:
+    user_id: str
+    conversation: history_pb2.Conversation
+    messages: dict[str, history_pb2.Message] = field(default_factory=dict)
+
+
+class FakeHistory:
+    """A HistoryClient double: conversations as message trees in memory, owned by a user (any
+    other user gets NOT_FOUND, as from history). The active branch ends at the newest message.
+    `down` fails every call as an unreachable service does."""
+
+    def __init__(self) -> None:
+        self.conversations: dict[str, _Conversation] = {}
+        self.appends: list[history_pb2.AppendMessagesRequest] = []
+        self.down = False
+
+    def _owned(self, user_id: str, conversation_id: str) -> _Conversation:
+        if self.down:
+            raise _unavailable("history")
+        found = self.conversations.get(conversation_id)
+        if found is None or found.user_id != user_id:
+            raise errors.not_found(f"Conversation {conversation_id} not found.")
+        return found
+
+    def create(self, user_id: str, conversation_id: str = "", title: str = "") -> str:
+        conversation_id = conversation_id or f"conv_{uuid.uuid4().hex}"
+        self.conversations[conversation_id] = _Conversation(
+            user_id, history_pb2.Conversation(id=conversation_id, title=title)
+        )
+        return conversation_id
+
+    def _path(self, conv: _Conversation, leaf_id: str) -> list[history_pb2.Message]:
+        path: list[history_pb2.Message] = []
+        current: str | None = leaf_id
+        while current:
+            message = conv.messages[current]
+            path.append(message)
+            current = message.parent_id if message.HasField("parent_id") else None
+        return path[::-1]
+
+    async def get_conversation(
+        self, request: history_pb2.GetConversationRequest
+    ) -> history_pb2.GetConversationResponse:
+        conv = self._owned(request.user_id, request.conversation_id)
+        leaf = request.message_id if request.HasField("message_id") else None
+        if leaf is not None and leaf not in conv.messages:
+            raise errors.not_found(f"Message {leaf} not found.", param="message_id")
+        leaf = leaf or conv.conversation.active_leaf_id
+        messages = self._path(conv, leaf) if leaf else []
+        return history_pb2.GetConversationResponse(
+            conversation=conv.conversation, messages=messages
+        )
+
+    async def append_messages(
+        self, request: history_pb2.AppendMessagesRequest
+    ) -> history_pb2.AppendMessagesResponse:
+        if self.down:
+            raise _unavailable("history")
+        if request.conversation_id not in self.conversations and request.create_if_missing:
+            self.create(request.user_id, request.conversation_id, request.title)
+        conv = self._owned(request.user_id, request.conversation_id)
+        self.appends.append(request)
+        parent: str | None = conv.conversation.active_leaf_id or None
+        stored = []
+        for i, message in enumerate(request.messages):
+            copy = history_pb2.Message()
+            copy.CopyFrom(message)
+            copy.conversation_id = request.conversation_id
+            if i == 0 and message.HasField("parent_id"):
+                parent = message.parent_id or None
+            if parent:
+                copy.parent_id = parent
+            else:
+                copy.ClearField("parent_id")
+            conv.messages[copy.id] = copy
+            parent = copy.id
+            stored.append(copy)
+        if parent:
+            conv.conversation.active_leaf_id = parent
+        return history_pb2.AppendMessagesResponse(conversation=conv.conversation, messages=stored)
+
+    async def update_conversation(
+        self, request: history_pb2.UpdateConversationRequest
+    ) -> history_pb2.UpdateConversationResponse:
+        conv = self._owned(request.user_id, request.conversation_id)
+        if request.HasField("title"):
+            conv.conversation.title = request.title
+        if request.HasField("archived"):
+            conv.conversation.archived = request.archived
+        return history_pb2.UpdateConversationResponse(conversation=conv.conversation)
+
+    async def create_conversation(
+        self, request: history_pb2.CreateConversationRequest
+    ) -> history_pb2.CreateConversationResponse:
+        if self.down:
+            raise _unavailable("history")
+        conversation_id = self.create(request.user_id, request.conversation_id, request.title)
+        return history_pb2.CreateConversationResponse(
+            conversation=self.conversations[conversation_id].conversation
+        )
+
+    async def delete_conversation(
+        self, request: history_pb2.DeleteConversationRequest
+    ) -> history_pb2.DeleteConversationResponse:
+        self._owned(request.user_id, request.conversation_id)
+        del self.conversations[request.conversation_id]
+        return history_pb2.DeleteConversationResponse()
+
+    def stored(self, conversation_id: str) -> list[history_pb2.Message]:
+        """The conversation's active branch, root first."""
+        conv = self.conversations[conversation_id]
+        leaf = conv.conversation.active_leaf_id
+        return self._path(conv, leaf) if leaf else []
+
+    async def check_health(self, timeout_s: float = 1.0) -> bool:
+        return not self.down
+
+    async def close(self) -> None:
+        pass
+
+
+async def wait_for(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    """Waits (on the event loop) until `condition()` holds; fails after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.005)
