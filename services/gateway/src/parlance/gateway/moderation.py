@@ -285,7 +285,8 @@ class StreamModerator:
             if item.index in served.flagged:
                 return None
             served.finished.add(item.index)
-        return item  # type: ignore[no-any-return]
+        event: Event = item
+        return event
 
     async def _judge(self, window: _Window, served: _Served) -> Event | None:
         """The window's text once safety passed it; a flag ends its choice instead."""

@@ -35,7 +35,7 @@ class Script:
     client then stops)."""
 
     deltas: list[str] = field(default_factory=lambda: ["Hello", " there", ", friend."])
-    finish_reason: generator_pb2.FinishReason.ValueType = generator_pb2.FINISH_REASON_STOP
+    finish_reason: generator_pb2.FinishReason = generator_pb2.FINISH_REASON_STOP
     fail_after: int | None = None
     hang_after: int | None = None
     error: errors.APIError = field(default_factory=lambda: _unavailable("generator"))
@@ -160,7 +160,7 @@ class FakeSafety:
 
     def __init__(self, flag_words: tuple[str, ...] = ("badword",)) -> None:
         self.flag_words = flag_words
-        self.calls: list[tuple[list[str], safety_pb2.Direction.ValueType]] = []
+        self.calls: list[tuple[list[str], int]] = []
         self.down = False
         # Seconds each classification takes (to hold windows back).
         self.delay_s = 0.0
@@ -176,9 +176,7 @@ class FakeSafety:
             ],
         )
 
-    async def classify(
-        self, texts: list[str], direction: safety_pb2.Direction.ValueType
-    ) -> safety_pb2.ClassifyResponse:
+    async def classify(self, texts: list[str], direction: int) -> safety_pb2.ClassifyResponse:
         self.calls.append((list(texts), direction))
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
@@ -193,7 +191,7 @@ class FakeSafety:
             model="fake-safety", evaluated_categories=["harassment"]
         )
 
-    def texts(self, direction: safety_pb2.Direction.ValueType) -> list[str]:
+    def texts(self, direction: int) -> list[str]:
         """Every text classified in `direction`, in order."""
         return [t for texts, d in self.calls if d == direction for t in texts]
 

@@ -19,6 +19,14 @@ from parlance.generator.v1 import generator_pb2
 Responses = AsyncIterator[generator_pb2.GenerateResponse]
 
 
+async def aclose(stream: Responses) -> None:
+    """Closes a generation (cancels its gRPC call): the client's generate() is an async
+    generator, typed as the AsyncIterator it is used as."""
+    close = getattr(stream, "aclose", None)
+    if close is not None:
+        await close()
+
+
 class Generation:
     def __init__(
         self, settings: GatewaySettings, generator: GeneratorClient, safety: SafetyClient
@@ -52,7 +60,7 @@ class Generation:
                 async for item in stream:
                     yield item
             finally:
-                await stream.aclose()
+                await aclose(stream)
 
         return chained()
 

@@ -45,7 +45,7 @@ class Preparer:
     async def prepare(self, request: ChatCompletionRequest, principal: Principal) -> PreparedChat:
         """Builds the context of a validated request."""
         model = await self.models.resolve(request.model)
-        new_messages = [(m.role, m.text()) for m in request.messages]
+        new_messages: list[tuple[str, str]] = [(m.role, m.text()) for m in request.messages]
         prepared = PreparedChat(
             request=request,
             principal=principal,
