@@ -15,7 +15,12 @@
 # of (b)/(a) ratios: $RESULT_DIR/vllm_vs_parlance.md (copy it to bench/results/).
 # Environment: RESULT_DIR (default $OUT/vllm_vs_parlance if $OUT is set, else
 # bench/results/raw), REDIS_SERVER (redis-server binary; see bench/fetch_redis.sh), RUNS
-# ("1:50 64:1000 256:1000"), PHASES ("a b").
+# ("1:50 64:1000 256:1000"), PHASES ("a b"), GPUS (1): with GPUS=N, (a) is `vllm serve
+# --data-parallel-size N` and (b) runs N generator replicas, one per GPU, behind the one gateway
+# (GATEWAY_GENERATOR_URL lists them all; the gateway spreads calls by least in flight);
+# SPLIT_CLIENT (unset): also run the highest concurrency of RUNS as two clients of half the
+# concurrency and prompts each, to show whether one `vllm bench serve` is the limit.
+# bench/summarize_scaleout.py compares a GPUS=1 and a GPUS=2 result folder.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -25,6 +30,7 @@ RESULT_DIR="${RESULT_DIR:-${OUT:+$OUT/vllm_vs_parlance}}"
 RESULT_DIR="${RESULT_DIR:-bench/results/raw}"
 RUNS="${RUNS:-1:50 64:1000 256:1000}"
 PHASES="${PHASES:-a b}"
+GPUS="${GPUS:-1}"
 LOGS="$RESULT_DIR/logs"
 mkdir -p "$RESULT_DIR" "$LOGS"
 VLLM_PORT=8100
@@ -61,6 +67,27 @@ wait_http() {  # url timeout_s
   return 1
 }
 
+wait_serving() {  # comma-separated gRPC targets, timeout_s: each one's health says SERVING
+  python3 - "$1" "$2" <<'PY'
+import sys, time
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+deadline = time.monotonic() + float(sys.argv[2])
+for target in sys.argv[1].split(","):
+    stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(target))
+    while True:
+        try:
+            status = stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status
+            if status == health_pb2.HealthCheckResponse.SERVING:
+                break
+        except grpc.RpcError:
+            pass
+        if time.monotonic() > deadline:
+            sys.exit(f"{target} is not SERVING")
+        time.sleep(1)
+PY
+}
+
 bench() {  # phase base_url
   local phase=$1 base=$2
   for run in $RUNS; do
@@ -80,7 +107,25 @@ bench() {  # phase base_url
   done
 }
 
+split_client() {  # phase base_url: the top concurrency of RUNS as two clients at once
+  [ -n "${SPLIT_CLIENT:-}" ] || return 0
+  local phase=$1 base=$2 top=${RUNS##* } half c p
+  c=${top%%:*}; p=${top##*:}; half=$((c / 2))
+  say "($phase) client check: two clients at concurrency $half, $((p / 2)) prompts each"
+  for k in 1 2; do
+    timeout 150 vllm bench serve --backend openai-chat --base-url "$base" \
+      --endpoint /v1/chat/completions --model "$MODEL" --tokenizer "$MODEL" \
+      --dataset-name random --random-input-len 256 --random-output-len 128 --ignore-eos \
+      --seed "$k" --max-concurrency "$half" --num-prompts "$((p / 2))" \
+      --save-result --result-dir "$RESULT_DIR" --result-filename "split_${phase}_c${c}_${k}.json" \
+      --disable-tqdm > "$LOGS/split_${phase}_c${c}_${k}.txt" 2>&1 &
+  done
+  wait
+  grep -h "Output token throughput" "$LOGS"/split_"${phase}"_c"${c}"_*.txt | sed 's/^/    /'
+}
+
 nvidia-smi --query-gpu=name --format=csv,noheader | head -1 > "$RESULT_DIR/card.txt"
+echo "$GPUS" > "$RESULT_DIR/gpus.txt"
 say "card: $(cat "$RESULT_DIR/card.txt")"
 
 probe() {  # phase base_url [api_key]
@@ -111,14 +156,16 @@ profile() {
 
 # -- (a) vllm serve ---------------------------------------------------------------------------
 if [[ " $PHASES " == *" a "* ]]; then
-  say "(a) starting vllm serve"
+  say "(a) starting vllm serve on $GPUS GPU(s)"
   vllm serve "$MODEL" --max-model-len 2048 --gpu-memory-utilization 0.5 \
+    --data-parallel-size "$GPUS" \
     --host 127.0.0.1 --port $VLLM_PORT > "$LOGS/vllm_serve.txt" 2>&1 &
   PIDS+=($!)
   if wait_http "http://127.0.0.1:$VLLM_PORT/health" 240; then
     say "(a) vllm serve ready"
     probe a "http://127.0.0.1:$VLLM_PORT"
     bench a "http://127.0.0.1:$VLLM_PORT"
+    split_client a "http://127.0.0.1:$VLLM_PORT"
   else
     say "(a) vllm serve did not become ready"; tail -40 "$LOGS/vllm_serve.txt"
   fi
@@ -142,37 +189,50 @@ if [[ " $PHASES " == *" b "* ]]; then
   fi
   echo "${REDIS_URL:-none}" > "$RESULT_DIR/redis.txt"
 
-  GENERATOR_ENGINE=vllm GENERATOR_MODEL="$MODEL" GENERATOR_SERVED_MODEL_NAME="$MODEL" \
-    GENERATOR_MAX_MODEL_LEN=2048 GENERATOR_GPU_MEMORY_UTILIZATION=0.5 \
-    GENERATOR_HOST=127.0.0.1 GENERATOR_PORT=$GEN_PORT GENERATOR_METRICS_PORT=9101 \
-    python3 -m parlance.generator.main > "$LOGS/generator.txt" 2>&1 &
-  GENERATOR_PID=$!
-  PIDS+=($!)
+  # One generator per GPU, each on its own port pair (gRPC 50051 + 10 i, metrics 9101 + 10 i).
+  GENERATOR_URLS=""
+  for ((i = 0; i < GPUS; i++)); do
+    CUDA_VISIBLE_DEVICES=$i GENERATOR_ENGINE=vllm GENERATOR_MODEL="$MODEL" \
+      GENERATOR_SERVED_MODEL_NAME="$MODEL" GENERATOR_MAX_MODEL_LEN=2048 \
+      GENERATOR_GPU_MEMORY_UTILIZATION=0.5 GENERATOR_HOST=127.0.0.1 \
+      GENERATOR_PORT=$((GEN_PORT + 10 * i)) GENERATOR_METRICS_PORT=$((9101 + 10 * i)) \
+      python3 -m parlance.generator.main > "$LOGS/generator$i.txt" 2>&1 &
+    PIDS+=($!)
+    [ "$i" = 0 ] && GENERATOR_PID=$!
+    GENERATOR_URLS="${GENERATOR_URLS:+$GENERATOR_URLS,}127.0.0.1:$((GEN_PORT + 10 * i))"
+  done
   SAFETY_CLASSIFIER=profanity SAFETY_HOST=127.0.0.1 SAFETY_PORT=$SAFETY_PORT \
     SAFETY_METRICS_PORT=9102 python3 -m parlance.safety.main > "$LOGS/safety.txt" 2>&1 &
   PIDS+=($!)
   # History is off: nothing is stored (no `store`, no conversation_id), and its URL answers
   # nothing. Cache on as in production: the benchmark's sampled requests are never cached.
-  GATEWAY_HOST=127.0.0.1 GATEWAY_PORT=$GATEWAY_PORT GATEWAY_GENERATOR_URL=127.0.0.1:$GEN_PORT \
+  GATEWAY_HOST=127.0.0.1 GATEWAY_PORT=$GATEWAY_PORT GATEWAY_GENERATOR_URL="$GENERATOR_URLS" \
     GATEWAY_SAFETY_URL=127.0.0.1:$SAFETY_PORT GATEWAY_HISTORY_URL=127.0.0.1:1 \
     GATEWAY_REDIS_URL="$REDIS_URL" GATEWAY_API_KEYS="bench:$API_KEY" \
     GATEWAY_RPM_LIMIT=10000000 GATEWAY_TPM_LIMIT=1000000000 GATEWAY_MAX_CONCURRENT_PER_KEY=4096 \
-    GATEWAY_MAX_CONCURRENT_REQUESTS=4096 GATEWAY_MODERATE_INPUT=true GATEWAY_MODERATE_OUTPUT=false GATEWAY_WORKERS=${GATEWAY_WORKERS:-4} \
+    GATEWAY_MAX_CONCURRENT_REQUESTS=4096 GATEWAY_MODERATE_INPUT=true GATEWAY_MODERATE_OUTPUT=false GATEWAY_WORKERS=${GATEWAY_WORKERS:-$((4 * GPUS))} \
     GATEWAY_DATABASE_URL="sqlite+aiosqlite:////tmp/parlance-bench-keys.db" \
     python3 -m parlance.gateway.main > "$LOGS/gateway.txt" 2>&1 &
   GATEWAY_PID=$!
   PIDS+=($!)
-  if wait_http "http://127.0.0.1:$GATEWAY_PORT/readyz" 300; then
+  # /readyz turns 200 once one replica serves the model: wait for every replica's health too.
+  if wait_http "http://127.0.0.1:$GATEWAY_PORT/readyz" 300 && wait_serving "$GENERATOR_URLS" 300; then
     say "(b) Parlance ready"
     probe b "http://127.0.0.1:$GATEWAY_PORT" "$API_KEY"
     if [ -n "${PYSPY:-}" ] && [ -x "$PYSPY" ]; then profile & PROFILER=$!; fi
     OPENAI_API_KEY="$API_KEY" bench b "http://127.0.0.1:$GATEWAY_PORT"
+    OPENAI_API_KEY="$API_KEY" split_client b "http://127.0.0.1:$GATEWAY_PORT"
     [ -n "${PROFILER:-}" ] && wait "$PROFILER"
-    curl -s "http://127.0.0.1:9101/metrics" > "$LOGS/generator_metrics.txt" || true
+    # Each replica's own count of finished calls: both must have served (summarize_scaleout.py).
+    for ((i = 0; i < GPUS; i++)); do
+      curl -s "http://127.0.0.1:$((9101 + 10 * i))/metrics" > "$RESULT_DIR/generator${i}_metrics.txt" || true
+    done
   else
     say "(b) the stack did not become ready"
     curl -s "http://127.0.0.1:$GATEWAY_PORT/readyz"; echo
-    for f in generator safety gateway; do echo "== $f"; tail -30 "$LOGS/$f.txt"; done
+    for f in "$LOGS"/generator*.txt "$LOGS/safety.txt" "$LOGS/gateway.txt"; do
+      echo "== $f"; tail -30 "$f"
+    done
   fi
   stop_all
 fi
