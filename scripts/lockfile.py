@@ -7,7 +7,8 @@
     scripts/lockfile.py finish LOCK            after pip-compile (`make lock`): drop the services'
                                               own editable lines, refuse CUDA wheels in the lock
     scripts/lockfile.py check                  every requirement of requirements.in's inputs has a
-                                              pin in the lock that satisfies it (`make lint`)
+                                              pin in the lock that satisfies it, and the models
+                                              of requirements-models.txt agree with it (`make lint`)
 
 `deps` runs in the Docker build stages with the standard library alone; `check` needs
 `packaging` (in the lock, through pip-tools).
@@ -24,19 +25,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 LOCK = ROOT / "requirements.lock"
 LOCK_INPUT = ROOT / "requirements.in"
+# Model carriers, installed with --no-deps beside the lock; where the lock pins one too (a
+# service depends on it), the two versions must agree.
+MODELS = ROOT / "requirements-models.txt"
 # Distributions that only a CUDA build of torch (or vLLM) brings: a CPU install never needs them.
 CUDA_ONLY = re.compile(r"^(nvidia-|triton==|cuda-)", re.IGNORECASE)
 # "services/generator[llamacpp,vllm]" -> directory, extras.
 SERVICE_SPEC = re.compile(r"^(?P<dir>[^\[\]]+?)(?:\[(?P<extras>[^\]]*)\])?$")
 
 
-def service_requirements(spec: str) -> list[str]:
-    """The requirements of one service's pyproject.toml (with the extras named), less the
-    other Parlance distributions, which install from the tree."""
+def service_requirements(spec: str, root: Path = ROOT) -> list[str]:
+    """The requirements of one service's pyproject.toml (with the extras named; the folder
+    relative to root), less the other Parlance distributions, which install from the tree."""
     match = SERVICE_SPEC.match(spec.strip())
     if match is None:
         raise SystemExit(f"not a service: {spec!r} (DIR or DIR[extra,...])")
-    with open(ROOT / match["dir"] / "pyproject.toml", "rb") as f:
+    with open(root / match["dir"] / "pyproject.toml", "rb") as f:
         project = tomllib.load(f)["project"]
     extras = [e.strip() for e in (match["extras"] or "").split(",") if e.strip()]
     optional = project.get("optional-dependencies", {})
@@ -59,7 +63,7 @@ def requirement_lines(path: Path) -> Iterator[tuple[str, str]]:
             yield from requirement_lines(path.parent / line.split(None, 1)[1])
         elif line.startswith(("-e ", "--editable ")):
             spec = line.split(None, 1)[1]
-            for requirement in service_requirements(spec):
+            for requirement in service_requirements(spec, path.parent):
                 yield requirement, f"{spec}/pyproject.toml"
         elif not line.startswith("-"):
             yield line, path.name
@@ -80,13 +84,13 @@ def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower().split("[", 1)[0].strip()
 
 
-def check() -> int:
+def check(lock: Path = LOCK, lock_input: Path = LOCK_INPUT, models: Path = MODELS) -> int:
     from packaging.requirements import Requirement
     from packaging.version import Version
 
-    pins = lock_pins()
+    pins = lock_pins(lock)
     problems = []
-    for line, where in requirement_lines(LOCK_INPUT):
+    for line, where in requirement_lines(lock_input):
         requirement = Requirement(line)
         if requirement.marker is not None and not requirement.marker.evaluate():
             continue
@@ -94,6 +98,11 @@ def check() -> int:
         if pinned is None:
             problems.append(f"{where}: {line} is not in requirements.lock")
         elif not requirement.specifier.contains(Version(pinned), prereleases=True):
+            problems.append(f"{where}: {line}, but requirements.lock pins {pinned}")
+    for line, where in requirement_lines(models):
+        name, _, version = line.partition("==")
+        pinned = pins.get(canonical(name))
+        if pinned is not None and pinned != version.strip():
             problems.append(f"{where}: {line}, but requirements.lock pins {pinned}")
     for problem in problems:
         print(problem, file=sys.stderr)
