@@ -20,7 +20,7 @@
 # (GATEWAY_GENERATOR_URL lists them all; the gateway spreads calls by least in flight);
 # SPLIT_CLIENT (unset): also run the highest concurrency of RUNS as two clients of half the
 # concurrency and prompts each, to show whether one `vllm bench serve` is the limit.
-# bench/summarize_scaleout.py compares a GPUS=1 and a GPUS=2 result folder.
+# PROBE=0 skips the TTFT probes. bench/summarize_scaleout.py compares a GPUS=1 and a GPUS=2 result folder.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -163,7 +163,7 @@ if [[ " $PHASES " == *" a "* ]]; then
   PIDS+=($!)
   if wait_http "http://127.0.0.1:$VLLM_PORT/health" 240; then
     say "(a) vllm serve ready"
-    probe a "http://127.0.0.1:$VLLM_PORT"
+    [ "${PROBE:-1}" = 1 ] && probe a "http://127.0.0.1:$VLLM_PORT"
     bench a "http://127.0.0.1:$VLLM_PORT"
     split_client a "http://127.0.0.1:$VLLM_PORT"
   else
@@ -218,7 +218,7 @@ if [[ " $PHASES " == *" b "* ]]; then
   # /readyz turns 200 once one replica serves the model: wait for every replica's health too.
   if wait_http "http://127.0.0.1:$GATEWAY_PORT/readyz" 300 && wait_serving "$GENERATOR_URLS" 300; then
     say "(b) Parlance ready"
-    probe b "http://127.0.0.1:$GATEWAY_PORT" "$API_KEY"
+    [ "${PROBE:-1}" = 1 ] && probe b "http://127.0.0.1:$GATEWAY_PORT" "$API_KEY"
     if [ -n "${PYSPY:-}" ] && [ -x "$PYSPY" ]; then profile & PROFILER=$!; fi
     OPENAI_API_KEY="$API_KEY" bench b "http://127.0.0.1:$GATEWAY_PORT"
     OPENAI_API_KEY="$API_KEY" split_client b "http://127.0.0.1:$GATEWAY_PORT"
