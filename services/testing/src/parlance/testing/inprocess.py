@@ -70,11 +70,15 @@ class InProcessGateway:
         headers: dict[str, str] | None = None,
         **fields: Any,
     ) -> httpx.Response:
-        """POST /v1/chat/completions (the whole response, streams included)."""
+        """POST /v1/chat/completions (the whole response, streams included). The body is
+        JSON with non-ASCII escaped, so that any Python string can be sent (an unpaired
+        surrogate as the JSON escape a client would send)."""
         return await self.client.post(
             "/v1/chat/completions",
-            json=body if body is not None else self.body(**fields),
-            headers=(caller or self.alice).headers | (headers or {}),
+            content=json.dumps(body if body is not None else self.body(**fields)).encode(),
+            headers={"content-type": "application/json"}
+            | (caller or self.alice).headers
+            | (headers or {}),
         )
 
     async def events(self, body: dict[str, Any], caller: Caller | None = None) -> list[Any]:

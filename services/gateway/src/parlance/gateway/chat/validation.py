@@ -6,10 +6,23 @@ settings, the key's limits, or several fields at once.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
+
 from parlance.gateway import errors
 from parlance.gateway.auth import Principal
 from parlance.gateway.chat.protocol import ChatCompletionRequest, ChatMessage
 from parlance.gateway.config import GatewaySettings
+
+# Text no store can keep: PostgreSQL refuses NUL in text, and UTF-8 (so protobuf) has no
+# encoding for a surrogate code point on its own.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+# OpenAI's bounds of metadata; stop and user have none there, these are generous.
+MAX_STOP_CHARS = 256
+MAX_METADATA_PAIRS = 16
+MAX_METADATA_KEY_CHARS = 64
+MAX_METADATA_VALUE_CHARS = 512
+MAX_USER_CHARS = 256
 
 _UNSUPPORTED = {
     "tools": "Tool calling is not supported by this server.",
@@ -22,9 +35,68 @@ def validate(
     request: ChatCompletionRequest, principal: Principal, settings: GatewaySettings
 ) -> None:
     """Raises the 400 of the first rule the request breaks."""
+    for param, text in _texts(request):
+        if text and _UNSTORABLE.search(text):
+            raise errors.invalid_request(
+                f"Invalid value for '{param}': text must not contain NUL (U+0000) or unpaired "
+                "surrogates (U+D800 to U+DFFF).",
+                param=param,
+            )
+    _check_bounds(request)
     _check_supported(request)
     _check_messages(request, settings)
     _check_options(request, principal, settings)
+
+
+def _texts(request: ChatCompletionRequest) -> Iterator[tuple[str, str | None]]:
+    """Every text field of the request with its param name."""
+    yield "model", request.model
+    for i, message in enumerate(request.messages):
+        if isinstance(message.content, list):
+            for j, part in enumerate(message.content):
+                yield f"messages.{i}.content.{j}.text", part.text
+        else:
+            yield f"messages.{i}.content", message.content
+        yield f"messages.{i}.name", message.name
+    yield from _stops(request)
+    yield "user", request.user
+    for key, value in (request.metadata or {}).items():
+        yield "metadata", key
+        yield f"metadata.{key}", value
+    yield "conversation_id", request.conversation_id
+    yield "parent_message_id", request.parent_message_id
+
+
+def _stops(request: ChatCompletionRequest) -> Iterator[tuple[str, str]]:
+    if isinstance(request.stop, str):
+        yield "stop", request.stop
+    for i, stop in enumerate(request.stop if isinstance(request.stop, list) else []):
+        yield f"stop.{i}", stop
+
+
+def _check_bounds(request: ChatCompletionRequest) -> None:
+    for param, stop in _stops(request):
+        if len(stop) > MAX_STOP_CHARS:
+            raise errors.invalid_request(
+                f"A stop sequence is at most {MAX_STOP_CHARS} characters.", param=param
+            )
+    if request.user is not None and len(request.user) > MAX_USER_CHARS:
+        raise errors.invalid_request(f"user is at most {MAX_USER_CHARS} characters.", "user")
+    metadata = request.metadata or {}
+    if len(metadata) > MAX_METADATA_PAIRS:
+        raise errors.invalid_request(
+            f"metadata has at most {MAX_METADATA_PAIRS} key-value pairs.", param="metadata"
+        )
+    for key, value in metadata.items():
+        if len(key) > MAX_METADATA_KEY_CHARS:
+            raise errors.invalid_request(
+                f"metadata keys are at most {MAX_METADATA_KEY_CHARS} characters.", "metadata"
+            )
+        if len(value) > MAX_METADATA_VALUE_CHARS:
+            raise errors.invalid_request(
+                f"metadata values are at most {MAX_METADATA_VALUE_CHARS} characters.",
+                param=f"metadata.{key}",
+            )
 
 
 def _check_supported(request: ChatCompletionRequest) -> None:
