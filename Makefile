@@ -71,10 +71,13 @@ test: install system-deps
 	$(BIN)/python -m pytest
 
 # The tree is formatted with `ruff format` (line length 100); format only the files you change.
+# All three run, so that one run reports everything; lint fails if any of them failed.
 lint: install
-	$(BIN)/ruff check $(LINT_PATHS)
-	$(BIN)/ruff format --check $(LINT_PATHS)
-	$(BIN)/python scripts/lockfile.py check
+	@status=0; \
+	  echo "[parlance] ruff check"; $(BIN)/ruff check $(LINT_PATHS) || status=1; \
+	  echo "[parlance] ruff format --check"; $(BIN)/ruff format --check $(LINT_PATHS) || status=1; \
+	  echo "[parlance] lock"; $(BIN)/python scripts/lockfile.py check || status=1; \
+	  exit $$status
 
 # Settings: [tool.mypy] in pyproject.toml.
 typecheck: install
