@@ -48,6 +48,15 @@ async def _export(stub: Stub, **fields: object) -> list[dict]:
     return records
 
 
+CLEAN = '{"corrected_content": {"flagged": false}}'
+
+
+def _answer(content: str, **fields: object) -> pb.Message:
+    """An answer as the gateway stores one it generated."""
+    fields.setdefault("finish_reason", "stop")
+    return _msg("assistant", content, generated=True, **fields)
+
+
 def _ts(value: datetime) -> Timestamp:
     ts = Timestamp()
     ts.FromDatetime(value)
@@ -111,21 +120,19 @@ async def test_export_sft_and_preference_pairs(stub: Stub) -> None:
         conv,
         _msg("system", "Be brief."),
         _msg("user", "Capital of France?"),
-        _msg("assistant", "Paris.", model="smol", moderation_json='{"flagged": false}'),
+        _answer("Paris.", model="smol", moderation_json='{"flagged": false}'),
     )
-    (a1b,) = await _append(
-        stub, alice, conv, _msg("assistant", "Lyon, I think.", parent_id=u1, model="big")
-    )
+    (a1b,) = await _append(stub, alice, conv, _answer("Lyon, I think.", parent_id=u1, model="big"))
     _, a2 = await _append(
         stub,
         alice,
         conv,
         _msg("user", "And of Italy?", parent_id=a1),
-        _msg("assistant", "Milan.", model="smol"),
+        _answer("Milan.", model="smol"),
     )
     await _rate(stub, alice, a1, 1)
     await _rate(stub, alice, a1b, -1)
-    await _rate(stub, alice, a2, -1, corrected_content="Rome.")
+    await _rate(stub, alice, a2, -1, corrected_content="Rome.", moderation_json=CLEAN)
     # Bob: a positively rated answer in a conversation with a flagged message is left out.
     flagged = f"conv_{uuid.uuid4().hex}"
     _, b1 = await _append(
@@ -133,7 +140,7 @@ async def test_export_sft_and_preference_pairs(stub: Stub) -> None:
         bob,
         flagged,
         _msg("user", "something nasty", moderation_json='{"input": {"flagged": true}}'),
-        _msg("assistant", "No.", model="smol"),
+        _answer("No.", model="smol"),
     )
     await _rate(stub, bob, b1, 1)
     # Bob: an unrated conversation yields nothing.
@@ -184,3 +191,71 @@ async def test_export_sft_and_preference_pairs(stub: Stub) -> None:
     # The removed conversation disappears from the export with its feedback.
     await stub.DeleteConversation(pb.DeleteConversationRequest(user_id=alice, conversation_id=conv))
     assert await _export(stub) == []
+
+
+async def test_export_takes_only_generated_complete_unflagged_answers(stub: Stub) -> None:
+    """Issue 14, finding 2: client-written "assistant" text, cut answers (content_filter,
+    cancelled), flagged or unclassified corrections and flagged feedback never reach the
+    training data."""
+    user = _user()
+    prompt = [_msg("user", "Capital of France?")]
+
+    async def exchange(answer: pb.Message) -> str:
+        *_, answer_id = await _append(stub, user, f"conv_{uuid.uuid4().hex}", *prompt, answer)
+        return answer_id
+
+    # Each of these is rated +1 and would be an SFT record if it were a generated answer.
+    written_by_client = await exchange(
+        _msg("assistant", "Paris (client text).", finish_reason="stop")
+    )
+    filtered = await exchange(_answer("Paris, you", finish_reason="content_filter"))
+    cancelled = await exchange(_answer("Par", finish_reason="cancelled"))
+    flagged_answer = await exchange(_answer("Paris.", moderation_json='{"flagged": true}'))
+    for answer_id in (written_by_client, filtered, cancelled, flagged_answer):
+        await _rate(stub, user, answer_id, 1)
+    # A good answer rated +1 with a flagged comment: the feedback is void.
+    flagged_comment = await exchange(_answer("Paris."))
+    await _rate(
+        stub,
+        user,
+        flagged_comment,
+        1,
+        comment="x",
+        moderation_json='{"comment": {"flagged": true}}',
+    )
+    # Corrections: flagged, and never classified, are never the chosen answer.
+    flagged_fix = await exchange(_answer("Lyon."))
+    await _rate(
+        stub,
+        user,
+        flagged_fix,
+        -1,
+        corrected_content="profane correction",
+        moderation_json='{"corrected_content": {"flagged": true}}',
+    )
+    unclassified_fix = await exchange(_answer("Marseille."))
+    await _rate(stub, user, unclassified_fix, -1, corrected_content="unvetted correction")
+    # An SFT record whose earlier assistant turn a client wrote: a trainer would learn from it.
+    conv = f"conv_{uuid.uuid4().hex}"
+    _, _, _, mixed = await _append(
+        stub,
+        user,
+        conv,
+        _msg("user", "hi"),
+        _msg("assistant", "client-written turn", finish_reason="stop"),
+        _msg("user", "and?"),
+        _answer("generated turn"),
+    )
+    await _rate(stub, user, mixed, 1)
+    assert await _export(stub) == []
+
+    # The control: a generated, complete answer with a clean correction is exported.
+    good = await exchange(_answer("Lyon."))
+    await _rate(stub, user, good, -1, corrected_content="Paris.", moderation_json=CLEAN)
+    assert await _export(stub) == [
+        {
+            "prompt": [{"role": "user", "content": "Capital of France?"}],
+            "chosen": [{"role": "assistant", "content": "Paris."}],
+            "rejected": [{"role": "assistant", "content": "Lyon."}],
+        }
+    ]

@@ -25,7 +25,7 @@ async def test_upgrade_from_empty_database_is_repeatable(settings: HistorySettin
             tables = set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
             assert {"users", "conversations", "messages", "feedback", "alembic_version"} <= tables
             version = await conn.scalar(text("SELECT version_num FROM alembic_version"))
-            assert version == "0003"
+            assert version == "0004"
             indexes = {
                 ix["name"]
                 for ix in await conn.run_sync(lambda c: inspect(c).get_indexes("messages"))
@@ -72,7 +72,7 @@ def test_migrate_subcommand_with_database_url_alias(tmp_path: Path) -> None:
     import sqlite3
 
     with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("0003",)
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("0004",)
 
 
 async def test_replicas_that_start_together_all_migrate(settings: HistorySettings) -> None:
@@ -110,7 +110,7 @@ async def test_replicas_that_start_together_all_migrate(settings: HistorySetting
         assert [replica.returncode for replica in replicas] == [0] * 4, [o for o, _ in outputs]
         async with engine.connect() as conn:
             versions = (await conn.execute(text("SELECT version_num FROM alembic_version"))).all()
-            assert [tuple(row) for row in versions] == [("0003",)]
+            assert [tuple(row) for row in versions] == [("0004",)]
     finally:
         await engine.dispose()
 

@@ -53,6 +53,7 @@ def message_to_proto(view: MessageView) -> history_pb2.Message:
         sibling_index=view.sibling_index,
         sibling_ids=view.sibling_ids,
         rating=view.rating,
+        generated=m.generated,
     )
     if m.parent_id is not None:
         proto.parent_id = m.parent_id
@@ -87,6 +88,7 @@ def new_message_from_proto(proto: history_pb2.Message) -> NewMessage:
             proto.time_to_first_token_ms if proto.HasField("time_to_first_token_ms") else None
         ),
         total_ms=proto.total_time_ms if proto.HasField("total_time_ms") else None,
+        generated=proto.generated,
     )
 
 
@@ -107,6 +109,7 @@ def feedback_from_proto(proto: history_pb2.PutFeedbackRequest) -> Feedback:
         comment=proto.comment,
         corrected_content=proto.corrected_content,
         conversation_id=proto.conversation_id if proto.HasField("conversation_id") else None,
+        moderation_json=proto.moderation_json,
     )
 
 

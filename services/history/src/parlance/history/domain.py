@@ -48,6 +48,9 @@ class NewMessage:
     moderation_json: str = ""
     ttft_ms: int | None = None
     total_ms: int | None = None
+    # An assistant message the gateway generated (not text a client wrote as "assistant"):
+    # only these are training targets.
+    generated: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +69,7 @@ class MessageRecord:
     ttft_ms: int | None
     total_ms: int | None
     created_at: datetime
+    generated: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +124,9 @@ class Feedback:
     corrected_content: str = ""
     # When set, the message must belong to this conversation.
     conversation_id: str | None = None
+    # The moderation verdicts of comment and corrected_content (JSON), classified by the
+    # gateway on submission.
+    moderation_json: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,3 +170,7 @@ class ExportMessage:
     created_at: datetime
     rating: int = 0
     corrected_content: str = ""
+    finish_reason: str = ""
+    generated: bool = False
+    # The verdicts of the owner's feedback text (comment, corrected_content).
+    feedback_moderation_json: str = ""

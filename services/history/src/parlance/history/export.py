@@ -4,6 +4,13 @@ SFT (SFTTrainer, conversational): {"messages": [...the path from the root to a p
 rated answer, that answer included]}. Preference (DPOTrainer, conversational, explicit prompt):
 {"prompt": [...], "chosen": [answer], "rejected": [answer]}, from sibling answers rated +1 and
 -1, or from an answer the user corrected (the correction chosen, the original rejected).
+
+Only text that can vouch for itself is exported: a conversation with any flagged message is
+left out; targets, chosen and rejected answers are assistant messages the gateway generated
+(`generated`) that ended normally ("stop", "length": not filtered, cancelled or stopped); an
+SFT record's earlier assistant turns must be generated too (a trainer learns from every
+assistant turn); a correction is chosen only when its verdict was stored and is not flagged,
+and flagged feedback text voids that feedback's rating.
 """
 
 from __future__ import annotations
@@ -38,6 +45,35 @@ def is_flagged(moderation_json: str) -> bool:
     return False
 
 
+# Finish reasons of complete answers; anything else (content_filter, cancelled, error) was cut.
+EXPORTABLE_FINISH_REASONS = frozenset({"stop", "length"})
+
+
+def _answer_ok(message: ExportMessage) -> bool:
+    """Whether the message may be a training target or either side of a pair."""
+    return (
+        message.role == "assistant"
+        and message.generated
+        and message.finish_reason in EXPORTABLE_FINISH_REASONS
+        and not is_flagged(message.moderation_json)
+    )
+
+
+def _rating(message: ExportMessage) -> int:
+    """The owner's rating, void when the feedback's own text was flagged."""
+    return 0 if is_flagged(message.feedback_moderation_json) else message.rating
+
+
+def _correction(message: ExportMessage) -> str:
+    """The owner's correction when it may be a chosen answer: classified and not flagged."""
+    corrected = message.corrected_content.strip()
+    if not corrected or corrected == message.content.strip():
+        return ""
+    if not message.feedback_moderation_json or is_flagged(message.feedback_moderation_json):
+        return ""
+    return message.corrected_content
+
+
 def _turn(role: str, content: str) -> dict[str, str]:
     return {"role": role, "content": content}
 
@@ -49,18 +85,25 @@ class _Conversation:
         for m in sorted(self.nodes.values(), key=lambda m: (m.created_at, m.id)):
             self.children[m.parent_id].append(m)
 
-    def path(self, message_id: str | None) -> list[dict[str, str]]:
+    def nodes_to(self, message_id: str | None) -> list[ExportMessage]:
         """Root first, down to message_id included ([] for None)."""
-        turns: list[dict[str, str]] = []
+        out: list[ExportMessage] = []
         seen: set[str] = set()
         current = message_id
         while current is not None and current in self.nodes and current not in seen:
             seen.add(current)
             node = self.nodes[current]
-            turns.append(_turn(node.role, node.content))
+            out.append(node)
             current = node.parent_id
-        turns.reverse()
-        return turns
+        out.reverse()
+        return out
+
+    def path(self, message_id: str | None) -> list[dict[str, str]]:
+        return [_turn(node.role, node.content) for node in self.nodes_to(message_id)]
+
+    def all_generated(self, message_id: str) -> bool:
+        """Whether every assistant turn on the path to message_id was generated."""
+        return all(n.generated for n in self.nodes_to(message_id) if n.role == "assistant")
 
 
 def _in_window(message: ExportMessage, flt: ExportFilter) -> bool:
@@ -79,32 +122,42 @@ def records(messages: Iterable[ExportMessage], flt: ExportFilter) -> list[dict[s
     if any(is_flagged(m.moderation_json) for m in messages):
         return []
     conv = _Conversation(messages)
-    answers = [m for group in conv.children.values() for m in group if m.role == "assistant"]
+    answers = [m for group in conv.children.values() for m in group if _answer_ok(m)]
     answers.sort(key=lambda m: (m.created_at, m.id))
     out: list[dict[str, Any]] = []
     if flt.kind in ("all", "sft"):
         for answer in answers:
-            if answer.rating == 1 and _in_window(answer, flt) and _model_ok(flt, answer):
+            if (
+                _rating(answer) == 1
+                and conv.all_generated(answer.id)
+                and _in_window(answer, flt)
+                and _model_ok(flt, answer)
+            ):
                 out.append({"messages": conv.path(answer.id)})
     if flt.kind in ("all", "preference"):
-        for parent_id, group in conv.children.items():
-            prompt = conv.path(parent_id)
-            rated = [m for m in group if m.role == "assistant"]
-            chosen = [m for m in rated if m.rating == 1]
-            rejected = [m for m in rated if m.rating == -1]
-            if not prompt:
-                continue
-            for good in chosen:
-                for bad in rejected:
-                    # A pair dates from its newer answer.
-                    newer = max(good, bad, key=lambda m: (m.created_at, m.id))
-                    if _in_window(newer, flt) and _model_ok(flt, good, bad):
-                        out.append(_pair(prompt, good.content, bad.content))
-            for answer in rated:
-                corrected = answer.corrected_content.strip()
-                if corrected and corrected != answer.content.strip():
-                    if _in_window(answer, flt) and _model_ok(flt, answer):
-                        out.append(_pair(prompt, answer.corrected_content, answer.content))
+        out.extend(_pairs(conv, flt))
+    return out
+
+
+def _pairs(conv: _Conversation, flt: ExportFilter) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for parent_id, group in conv.children.items():
+        prompt = conv.path(parent_id)
+        rated = [m for m in group if _answer_ok(m)]
+        chosen = [m for m in rated if _rating(m) == 1]
+        rejected = [m for m in rated if _rating(m) == -1]
+        if not prompt:
+            continue
+        for good in chosen:
+            for bad in rejected:
+                # A pair dates from its newer answer.
+                newer = max(good, bad, key=lambda m: (m.created_at, m.id))
+                if _in_window(newer, flt) and _model_ok(flt, good, bad):
+                    out.append(_pair(prompt, good.content, bad.content))
+        for answer in rated:
+            corrected = _correction(answer)
+            if corrected and _in_window(answer, flt) and _model_ok(flt, answer):
+                out.append(_pair(prompt, corrected, answer.content))
     return out
 
 

@@ -110,6 +110,8 @@ class Message(Base):
     ttft_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
     total_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    # Written by the gateway's own generation (migration 0004): the export's only targets.
+    generated: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
 
 
 class Feedback(Base):
@@ -126,5 +128,7 @@ class Feedback(Base):
     rating: Mapped[int] = mapped_column(Integer, nullable=False)
     comment: Mapped[str] = mapped_column(Text, nullable=False, default="")
     corrected_content: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    # The moderation verdicts of comment and corrected_content (migration 0004).
+    moderation_json: Mapped[str] = mapped_column(Text, nullable=False, default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)

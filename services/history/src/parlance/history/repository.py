@@ -60,6 +60,7 @@ def _message(row: models.Message) -> MessageRecord:
         ttft_ms=row.ttft_ms,
         total_ms=row.total_ms,
         created_at=row.created_at,
+        generated=row.generated,
     )
 
 
@@ -318,6 +319,7 @@ class HistoryRepository:
             rating=feedback.rating,
             comment=feedback.comment,
             corrected_content=feedback.corrected_content,
+            moderation_json=feedback.moderation_json,
             created_at=now,
             updated_at=now,
         )
@@ -327,6 +329,7 @@ class HistoryRepository:
                 "rating": stmt.excluded.rating,
                 "comment": stmt.excluded.comment,
                 "corrected_content": stmt.excluded.corrected_content,
+                "moderation_json": stmt.excluded.moderation_json,
                 "updated_at": stmt.excluded.updated_at,
             },
         )
@@ -403,8 +406,11 @@ class HistoryRepository:
                 m.model,
                 m.moderation_json,
                 m.created_at,
+                m.finish_reason,
+                m.generated,
                 f.rating,
                 f.corrected_content,
+                f.moderation_json.label("feedback_moderation_json"),
             )
             .outerjoin(f, and_(f.message_id == m.id, f.user_id == m.user_id))
             .where(m.conversation_id.in_(list(conversation_ids)))
@@ -422,6 +428,9 @@ class HistoryRepository:
                     created_at=row.created_at,
                     rating=row.rating or 0,
                     corrected_content=row.corrected_content or "",
+                    finish_reason=row.finish_reason,
+                    generated=bool(row.generated),
+                    feedback_moderation_json=row.feedback_moderation_json or "",
                 )
             )
         return out

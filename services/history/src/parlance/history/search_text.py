@@ -72,3 +72,12 @@ def mark_escaped_snippet(escaped: str) -> str:
 
 def _marks(escaped: str) -> str:
     return escaped.replace(MARK_START, "<mark>").replace(MARK_END, "</mark>")
+
+
+# Terms (words, phrases, exclusions, OR) a search may hold.
+MAX_QUERY_TERMS = 32
+
+
+def count_terms(query: str) -> int:
+    """How many terms the query holds, as to_fts5_query and websearch_to_tsquery split it."""
+    return sum(1 for _ in _TERM.finditer(query))

@@ -11,7 +11,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TypeVar
 
-from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from parlance.common.errors import (
@@ -42,6 +42,8 @@ from parlance.history.domain import (
     utcnow,
 )
 from parlance.history.repository import HistoryRepository
+from parlance.history.search_text import MAX_QUERY_TERMS, count_terms
+from parlance.history.text_checks import check_text
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,65 @@ def _required(value: str, param: str) -> str:
     if not value:
         raise InvalidArgument(f"{param} is required", param=param)
     return value
+
+
+# SQLSTATE classes of errors that the request's values caused (data exception, integrity
+# constraint violation, program limit exceeded): retrying the same request cannot succeed.
+_INVALID_SQLSTATE_CLASSES = ("22", "23", "54")
+
+
+def _sqlstate(exc: DBAPIError) -> str:
+    """The PostgreSQL SQLSTATE behind a driver error ("" when there is none, as on SQLite).
+    asyncpg's errors reach SQLAlchemy wrapped in its adapter's generic Error class, so the
+    code is read from the adapter or from the asyncpg exception it wraps."""
+    for candidate in (exc.orig, getattr(exc.orig, "__cause__", None)):
+        code = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
+        if isinstance(code, str):
+            return code
+    return ""
+
+
+def _caused_by_values(exc: DBAPIError) -> bool:
+    # asyncpg refuses some values before sending them (an integer out of the column's range)
+    # with its DataError, a ValueError, which carries no SQLSTATE.
+    return (
+        isinstance(exc, DataError)
+        or isinstance(getattr(exc.orig, "__cause__", None), ValueError)
+        or _sqlstate(exc).startswith(_INVALID_SQLSTATE_CLASSES)
+    )
+
+
+def _check_message(message: NewMessage, i: int) -> None:
+    for name in ("id", "parent_id", "role", "content", "model", "finish_reason", "moderation_json"):
+        check_text(getattr(message, name), f"messages[{i}].{name}")
+
+
+def _check_append(
+    user_id: str,
+    conversation_id: str,
+    messages: list[NewMessage],
+    create_if_missing: bool,
+    title: str,
+) -> None:
+    _required(user_id, "user_id")
+    if not conversation_id and not create_if_missing:
+        raise InvalidArgument("conversation_id is required", param="conversation_id")
+    if not messages:
+        raise InvalidArgument("messages must not be empty", param="messages")
+    _check_texts(user_id=user_id, conversation_id=conversation_id, title=title)
+    for i, message in enumerate(messages):
+        _check_message(message, i)
+        if message.role not in ROLES:
+            raise InvalidArgument(
+                f"role must be one of {sorted(ROLES)}, got {message.role!r}",
+                param=f"messages[{i}].role",
+            )
+
+
+def _check_texts(**fields: str | None) -> None:
+    """Every text field of a request, ids included (see text_checks)."""
+    for param, value in fields.items():
+        check_text(value, param)
 
 
 def _limit(value: int) -> int:
@@ -113,7 +174,48 @@ def _new_record(
         ttft_ms=message.ttft_ms,
         total_ms=message.total_ms,
         created_at=created_at,
+        generated=message.generated and message.role == "assistant",
     )
+
+
+async def _append_target(
+    repo: HistoryRepository, user_id: str, target_id: str, create_if_missing: bool, title: str
+) -> tuple[ConversationRecord, dict[str, TreeNode]]:
+    """The conversation an append writes to (created when asked) and its tree."""
+    conversation = await repo.conversation_by_id(target_id, for_update=True)
+    if conversation is not None and conversation.user_id != user_id:
+        if create_if_missing:
+            raise AlreadyExists(f"conversation id {target_id!r} is taken", param="conversation_id")
+        conversation = None  # someone else's reads as not found
+    if conversation is not None:
+        return conversation, await repo.tree(user_id, target_id)
+    if not create_if_missing:
+        raise NotFound(f"conversation {target_id!r} not found", param="conversation_id")
+    now = utcnow()
+    # The user exists once it has a conversation (a foreign key says so).
+    await repo.ensure_user(user_id, now)
+    return await repo.add_conversation(user_id, target_id, title, now), {}
+
+
+async def _parent_of(
+    repo: HistoryRepository,
+    user_id: str,
+    message: NewMessage,
+    previous: str | None,
+    nodes: dict[str, TreeNode],
+    i: int,
+) -> str | None:
+    """Unset: after the previous message; "": a new root; an id: a branch below it."""
+    parent_id = previous if message.parent_id is None else (message.parent_id or None)
+    if parent_id is not None and parent_id not in nodes:
+        # Unknown (or someone else's) reads as not found; the caller's own message in another
+        # conversation is a malformed request.
+        param = f"messages[{i}].parent_id"
+        await repo.require_message(user_id, parent_id, param)
+        raise InvalidArgument(
+            f"parent {parent_id!r} is not a message of this conversation", param=param
+        )
+    return parent_id
 
 
 class HistoryServing:
@@ -127,7 +229,17 @@ class HistoryServing:
                 yield HistoryRepository(session)
         except (ParlanceError, IntegrityError):
             raise
-        except (DBAPIError, OSError, TimeoutError) as exc:
+        except DBAPIError as exc:
+            if _caused_by_values(exc):
+                # The request's own values (text the database cannot store, a number out of
+                # range): the same request would fail forever, so it is neither "unavailable"
+                # nor a database error.
+                log.warning("database refused a value in %s: %s", operation, _sqlstate(exc))
+                raise InvalidArgument("the database cannot store a value of this request") from exc
+            metrics.DATABASE_ERRORS.labels(operation, type(exc).__name__).inc()
+            log.warning("database unavailable in %s: %s", operation, type(exc).__name__)
+            raise Unavailable("database unavailable") from exc
+        except (OSError, TimeoutError) as exc:
             # Connection refused, dropped, timed out, locked: the caller may retry.
             metrics.DATABASE_ERRORS.labels(operation, type(exc).__name__).inc()
             log.warning("database unavailable in %s: %s", operation, type(exc).__name__)
@@ -145,8 +257,10 @@ class HistoryServing:
                     return await work(repo)
             except IntegrityError as exc:
                 if attempt == 2:
+                    # Not a race (the retry saw the winner's row and still conflicts): the
+                    # request contradicts stored data, and retrying it cannot help.
                     metrics.DATABASE_ERRORS.labels(operation, "IntegrityError").inc()
-                    raise AlreadyExists("conflicting concurrent write") from exc
+                    raise InvalidArgument("the write conflicts with stored data") from exc
         raise AssertionError("unreachable")
 
     # -- conversations ---------------------------------------------------------------------
@@ -155,6 +269,8 @@ class HistoryServing:
         self, user_id: str, conversation_id: str, title: str
     ) -> ConversationRecord:
         _required(user_id, "user_id")
+        _check_texts(user_id=user_id, conversation_id=conversation_id)
+        check_text(title, "title")
 
         async def work(repo: HistoryRepository) -> ConversationRecord:
             now = utcnow()
@@ -179,6 +295,7 @@ class HistoryServing:
         """The active branch, or with message_id the path from the root down to it."""
         _required(user_id, "user_id")
         _required(conversation_id, "conversation_id")
+        _check_texts(user_id=user_id, conversation_id=conversation_id, message_id=message_id)
 
         async def work(repo: HistoryRepository) -> tuple[ConversationRecord, list[MessageView]]:
             conversation = await repo.require_conversation(user_id, conversation_id)
@@ -200,6 +317,7 @@ class HistoryServing:
         self, user_id: str, limit: int, cursor: str, include_archived: bool
     ) -> ConversationPage:
         _required(user_id, "user_id")
+        _check_texts(user_id=user_id, cursor=cursor)
         after = decode_cursor(cursor) if cursor else None
         page_size = _limit(limit)
 
@@ -219,6 +337,12 @@ class HistoryServing:
     ) -> ConversationRecord:
         _required(user_id, "user_id")
         _required(conversation_id, "conversation_id")
+        _check_texts(
+            user_id=user_id,
+            conversation_id=conversation_id,
+            title=change.title,
+            active_message_id=change.active_message_id,
+        )
 
         async def work(repo: HistoryRepository) -> ConversationRecord:
             await repo.require_conversation(user_id, conversation_id, for_update=True)
@@ -245,6 +369,7 @@ class HistoryServing:
     async def delete_conversation(self, user_id: str, conversation_id: str) -> None:
         _required(user_id, "user_id")
         _required(conversation_id, "conversation_id")
+        _check_texts(user_id=user_id, conversation_id=conversation_id)
 
         async def work(repo: HistoryRepository) -> None:
             await repo.require_conversation(user_id, conversation_id, for_update=True)
@@ -263,17 +388,7 @@ class HistoryServing:
         create_if_missing: bool,
         title: str,
     ) -> tuple[ConversationRecord, list[MessageView]]:
-        _required(user_id, "user_id")
-        if not conversation_id and not create_if_missing:
-            raise InvalidArgument("conversation_id is required", param="conversation_id")
-        if not messages:
-            raise InvalidArgument("messages must not be empty", param="messages")
-        for i, message in enumerate(messages):
-            if message.role not in ROLES:
-                raise InvalidArgument(
-                    f"role must be one of {sorted(ROLES)}, got {message.role!r}",
-                    param=f"messages[{i}].role",
-                )
+        _check_append(user_id, conversation_id, messages, create_if_missing, title)
         target_id = conversation_id or new_conversation_id()
         appended_roles: list[str] = []
 
@@ -282,23 +397,9 @@ class HistoryServing:
             # load: one read per kind of row, one INSERT for the batch, and no read-back of what
             # this transaction wrote (the records are built from the values it inserted).
             appended_roles.clear()
-            now = utcnow()
-            conversation = await repo.conversation_by_id(target_id, for_update=True)
-            if conversation is not None and conversation.user_id != user_id:
-                if create_if_missing:
-                    raise AlreadyExists(
-                        f"conversation id {target_id!r} is taken", param="conversation_id"
-                    )
-                conversation = None  # someone else's reads as not found
-            if conversation is None:
-                if not create_if_missing:
-                    raise NotFound(f"conversation {target_id!r} not found", param="conversation_id")
-                # The user exists once it has a conversation (a foreign key says so).
-                await repo.ensure_user(user_id, now)
-                conversation = await repo.add_conversation(user_id, target_id, title, now)
-                nodes: dict[str, TreeNode] = {}
-            else:
-                nodes = await repo.tree(user_id, target_id)
+            conversation, nodes = await _append_target(
+                repo, user_id, target_id, create_if_missing, title
+            )
             existing = await repo.messages_any_user([m.id for m in messages if m.id])
             records: dict[str, MessageRecord] = {}
             new_records: list[MessageRecord] = []
@@ -320,20 +421,7 @@ class HistoryServing:
                     out_ids.append(stored.id)
                     previous = stored.id
                     continue
-                # Unset: after the previous message; "": a new root; an id: a branch below it.
-                if message.parent_id is None:
-                    parent_id = previous
-                else:
-                    parent_id = message.parent_id or None
-                if parent_id is not None and parent_id not in nodes:
-                    # Unknown (or someone else's) reads as not found; the caller's own
-                    # message in another conversation is a malformed request.
-                    param = f"messages[{i}].parent_id"
-                    await repo.require_message(user_id, parent_id, param)
-                    raise InvalidArgument(
-                        f"parent {parent_id!r} is not a message of this conversation",
-                        param=param,
-                    )
+                parent_id = await _parent_of(repo, user_id, message, previous, nodes, i)
                 message_id = message.id or new_message_id()
                 # Strictly increasing within a batch so that creation order is never a tie.
                 created_at = utcnow()
@@ -371,6 +459,14 @@ class HistoryServing:
         _required(feedback.message_id, "message_id")
         if feedback.rating not in (1, -1):
             raise InvalidArgument("rating must be +1 or -1", param="rating")
+        _check_texts(
+            user_id=user_id,
+            message_id=feedback.message_id,
+            conversation_id=feedback.conversation_id,
+            comment=feedback.comment,
+            corrected_content=feedback.corrected_content,
+            moderation_json=feedback.moderation_json,
+        )
 
         async def work(repo: HistoryRepository) -> None:
             now = utcnow()
@@ -386,9 +482,14 @@ class HistoryServing:
 
     async def search_messages(self, user_id: str, query: str, limit: int) -> list[SearchHitRecord]:
         _required(user_id, "user_id")
+        _check_texts(user_id=user_id, query=query)
         query = query.strip()
         if not query:
             raise InvalidArgument("query is required", param="query")
+        if count_terms(query) > MAX_QUERY_TERMS:
+            # Each term is a node of the database's query tree; past a bound the databases
+            # fail (SQLite's expression depth, PostgreSQL's stack) instead of answering.
+            raise InvalidArgument(f"the query has more than {MAX_QUERY_TERMS} terms", param="query")
 
         async def work(repo: HistoryRepository) -> list[SearchHitRecord]:
             return await repo.search(user_id, query, _limit(limit))

@@ -28,7 +28,7 @@ class Usage(_message.Message):
     def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
 
 class Message(_message.Message):
-    __slots__ = ("id", "conversation_id", "parent_id", "role", "content", "model", "usage", "finish_reason", "moderation_json", "time_to_first_token_ms", "total_time_ms", "created_at", "sibling_count", "sibling_index", "rating", "feedback", "sibling_ids")
+    __slots__ = ("id", "conversation_id", "parent_id", "role", "content", "model", "usage", "finish_reason", "moderation_json", "time_to_first_token_ms", "total_time_ms", "created_at", "sibling_count", "sibling_index", "rating", "feedback", "sibling_ids", "generated")
     ID_FIELD_NUMBER: _ClassVar[int]
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
     PARENT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +46,7 @@ class Message(_message.Message):
     RATING_FIELD_NUMBER: _ClassVar[int]
     FEEDBACK_FIELD_NUMBER: _ClassVar[int]
     SIBLING_IDS_FIELD_NUMBER: _ClassVar[int]
+    GENERATED_FIELD_NUMBER: _ClassVar[int]
     id: str
     conversation_id: str
     parent_id: str
@@ -63,7 +64,8 @@ class Message(_message.Message):
     rating: int
     feedback: MessageFeedback
     sibling_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., parent_id: _Optional[str] = ..., role: _Optional[str] = ..., content: _Optional[str] = ..., model: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., finish_reason: _Optional[str] = ..., moderation_json: _Optional[str] = ..., time_to_first_token_ms: _Optional[int] = ..., total_time_ms: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sibling_count: _Optional[int] = ..., sibling_index: _Optional[int] = ..., rating: _Optional[int] = ..., feedback: _Optional[_Union[MessageFeedback, _Mapping]] = ..., sibling_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    generated: bool
+    def __init__(self, id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., parent_id: _Optional[str] = ..., role: _Optional[str] = ..., content: _Optional[str] = ..., model: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., finish_reason: _Optional[str] = ..., moderation_json: _Optional[str] = ..., time_to_first_token_ms: _Optional[int] = ..., total_time_ms: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sibling_count: _Optional[int] = ..., sibling_index: _Optional[int] = ..., rating: _Optional[int] = ..., feedback: _Optional[_Union[MessageFeedback, _Mapping]] = ..., sibling_ids: _Optional[_Iterable[str]] = ..., generated: _Optional[bool] = ...) -> None: ...
 
 class MessageFeedback(_message.Message):
     __slots__ = ("rating", "comment", "corrected_content", "updated_at")
@@ -202,20 +204,22 @@ class AppendMessagesResponse(_message.Message):
     def __init__(self, conversation: _Optional[_Union[Conversation, _Mapping]] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ...) -> None: ...
 
 class PutFeedbackRequest(_message.Message):
-    __slots__ = ("user_id", "message_id", "rating", "comment", "corrected_content", "conversation_id")
+    __slots__ = ("user_id", "message_id", "rating", "comment", "corrected_content", "conversation_id", "moderation_json")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     RATING_FIELD_NUMBER: _ClassVar[int]
     COMMENT_FIELD_NUMBER: _ClassVar[int]
     CORRECTED_CONTENT_FIELD_NUMBER: _ClassVar[int]
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    MODERATION_JSON_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     message_id: str
     rating: int
     comment: str
     corrected_content: str
     conversation_id: str
-    def __init__(self, user_id: _Optional[str] = ..., message_id: _Optional[str] = ..., rating: _Optional[int] = ..., comment: _Optional[str] = ..., corrected_content: _Optional[str] = ..., conversation_id: _Optional[str] = ...) -> None: ...
+    moderation_json: str
+    def __init__(self, user_id: _Optional[str] = ..., message_id: _Optional[str] = ..., rating: _Optional[int] = ..., comment: _Optional[str] = ..., corrected_content: _Optional[str] = ..., conversation_id: _Optional[str] = ..., moderation_json: _Optional[str] = ...) -> None: ...
 
 class PutFeedbackResponse(_message.Message):
     __slots__ = ()

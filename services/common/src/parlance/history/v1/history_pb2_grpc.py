@@ -145,7 +145,9 @@ class HistoryServiceServicer:
     def ExportTrainingData(self, request, context):
         """Admin only (the caller checks the admin key; no user scope): the users' feedback as
         training data, streamed in batches of JSON records (TRL's conversational SFT and DPO
-        formats). Conversations with any flagged message are left out entirely.
+        formats). Conversations with any flagged message are left out entirely; targets and
+        chosen or rejected answers are only generated answers that ended with "stop" or
+        "length", and a correction only when its verdict is present and not flagged.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
