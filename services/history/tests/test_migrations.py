@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ from sqlalchemy import inspect, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from parlance.common.schema_lock import advisory_lock_key
-from parlance.history.database import create_engine
+from parlance.history.database import create_engine, ensure_sqlite_folder
 from parlance.history.main import HistorySettings, migrate
 
 
@@ -131,3 +132,12 @@ async def _wait_for_lock_waiters(conn: AsyncConnection, count: int) -> None:
             return
         await asyncio.sleep(0.1)
     raise AssertionError(f"{waiting} of {count} migrations waited on the advisory lock")
+
+
+def test_a_new_sqlite_database_is_private(tmp_path: Path) -> None:
+    """Issue 14 (low): the database holds every user's conversations; it and its folder are
+    created readable by the service's user only."""
+    folder = tmp_path / "data"
+    ensure_sqlite_folder(f"sqlite+aiosqlite:///{folder / 'history.db'}")
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert stat.S_IMODE((folder / "history.db").stat().st_mode) == 0o600

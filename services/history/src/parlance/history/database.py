@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +24,17 @@ def is_sqlite(url: str | URL) -> bool:
 
 
 def ensure_sqlite_folder(url: str | URL) -> None:
-    """SQLite creates the file but not its folder (.data/ on a fresh checkout)."""
+    """SQLite creates the file but not its folder (.data/ on a fresh checkout). Both are
+    created readable by this user only (the file holds every user's conversations); SQLite
+    gives its -wal and -shm files the main file's permissions."""
     parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return
+    path = Path(parsed.database).expanduser()
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
