@@ -68,6 +68,9 @@ class GatewaySettings(BaseSettings):
     max_input_chars: int = 200_000
     max_tokens_limit: int = 4096
     max_n: int = 8
+    # Users (comma-separated ids) whose keys may send ignore_eos (vLLM's benchmark extension,
+    # which makes every answer max_tokens long): benchmark users; nobody by default.
+    ignore_eos_users: str = ""
 
     # Defaults of the per-key limits (a managed key may set its own). 0: unlimited.
     # Requests per minute per key.

@@ -21,16 +21,18 @@ FINISH_REASONS = {
 _ROLE_FOR_MODEL = {"developer": "system"}
 
 
-def sampling_params(request: ChatCompletionRequest) -> generator_pb2.SamplingParams:
+def sampling_params(
+    request: ChatCompletionRequest, max_tokens: int
+) -> generator_pb2.SamplingParams:
+    """The request's sampling; `max_tokens` is the effective limit (the request's, or the
+    key's when the request sets none)."""
     params = generator_pb2.SamplingParams(
         stop=request.stop_list(),
         n=request.n or 1,
         logprobs=bool(request.logprobs),
         ignore_eos=bool(request.ignore_eos),
+        max_tokens=max_tokens,
     )
-    max_tokens = request.requested_max_tokens()
-    if max_tokens is not None:
-        params.max_tokens = max_tokens
     for name in (
         "temperature",
         "top_p",
@@ -79,10 +81,13 @@ def logprobs(items: Any) -> ChoiceLogprobs | None:
 
 
 def cache_material(
-    request: ChatCompletionRequest, model: str, context: list[generator_pb2.ChatMessage]
+    request: ChatCompletionRequest,
+    model: str,
+    context: list[generator_pb2.ChatMessage],
+    max_tokens: int,
 ) -> dict[str, Any]:
     """Everything that changes the output, for the cache key."""
-    sampling = sampling_params(request)
+    sampling = sampling_params(request, max_tokens)
     return {
         "model": model,
         "messages": [[m.role, m.content] for m in context],

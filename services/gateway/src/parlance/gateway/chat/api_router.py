@@ -24,6 +24,7 @@ from parlance.gateway.chat.protocol import (
 )
 from parlance.gateway.chat.render import dump
 from parlance.gateway.chat.timing import ServerTiming
+from parlance.gateway.chat.validation import max_tokens_limit
 from parlance.gateway.deps import LimitedCaller, State, tokens_headers
 from parlance.gateway.headers import ResponseHeaders, response_headers
 from parlance.gateway.metrics import IN_FLIGHT
@@ -109,7 +110,7 @@ async def admit(
         state.leases,
         state.chat.background,
         caller,
-        estimate_tokens(body, settings.tpm_completion_estimate),
+        estimate_tokens(body, settings.tpm_completion_estimate, max_tokens_limit(caller, settings)),
     )
     try:
         await limits.take(headers)

@@ -40,7 +40,7 @@ class Generation:
             request_id=get_request_id() or new_request_id(),
             model=prepared.model,
             chat=generator_pb2.ChatInput(messages=prepared.context),
-            sampling=convert.sampling_params(prepared.request),
+            sampling=convert.sampling_params(prepared.request, prepared.max_tokens),
         )
 
     async def open_stream(self, prepared: PreparedChat) -> Responses:

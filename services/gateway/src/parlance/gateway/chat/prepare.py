@@ -11,6 +11,7 @@ from parlance.gateway.auth import Principal
 from parlance.gateway.cache import cache_key
 from parlance.gateway.chat.prepared import PreparedChat
 from parlance.gateway.chat.protocol import ChatCompletionRequest
+from parlance.gateway.chat.validation import effective_max_tokens
 from parlance.gateway.clients import GeneratorClient, HistoryClient, SafetyClient
 from parlance.gateway.config import GatewaySettings
 from parlance.gateway.context import ContextParts, fit_context, prompt_budget
@@ -52,6 +53,7 @@ class Preparer:
             model=model,
             context=[],
             new_messages=new_messages,
+            max_tokens=effective_max_tokens(request, principal, self.settings),
         )
         self._check_storable(request)
         stored_context = await self._load_conversation(prepared)
@@ -62,7 +64,8 @@ class Preparer:
             prepared.context.extend(new_context)
         if self.settings.cache_enabled and request.is_deterministic():
             prepared.cache_key = cache_key(
-                principal.user_id, convert.cache_material(request, model, prepared.context)
+                principal.user_id,
+                convert.cache_material(request, model, prepared.context, prepared.max_tokens),
             )
         return prepared
 

@@ -25,6 +25,8 @@ class PreparedChat:
     context: list[generator_pb2.ChatMessage]
     # Messages of this request, to be stored before the answer.
     new_messages: list[tuple[str, str]]
+    # The completion tokens asked of the generator per choice (see effective_max_tokens).
+    max_tokens: int
     completion_id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
     created: int = field(default_factory=lambda: int(time.time()))
     started: float = field(default_factory=time.monotonic)

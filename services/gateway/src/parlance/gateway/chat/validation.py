@@ -147,14 +147,38 @@ def _check_message(i: int, message: ChatMessage) -> None:
                 )
 
 
+def max_tokens_limit(principal: Principal, settings: GatewaySettings) -> int:
+    """The most completion tokens a choice of this key may get: the key's limit, else the
+    gateway's."""
+    return principal.limits.max_tokens or settings.max_tokens_limit
+
+
+def effective_max_tokens(
+    request: ChatCompletionRequest, principal: Principal, settings: GatewaySettings
+) -> int:
+    """What the generator is asked for: the request's max_tokens (validated to be within the
+    limit), or the limit itself when the request sets none, so that leaving it out never
+    lifts the limit."""
+    return request.requested_max_tokens() or max_tokens_limit(principal, settings)
+
+
+def ignore_eos_allowed(principal: Principal, settings: GatewaySettings) -> bool:
+    """ignore_eos (vLLM's benchmark extension) makes every answer as long as max_tokens: only
+    for the users GATEWAY_IGNORE_EOS_USERS names (benchmarks)."""
+    allowed = {u.strip() for u in settings.ignore_eos_users.split(",") if u.strip()}
+    return principal.user_id in allowed
+
+
 def _check_options(
     request: ChatCompletionRequest, principal: Principal, settings: GatewaySettings
 ) -> None:
-    max_tokens_limit = principal.limits.max_tokens or settings.max_tokens_limit
+    if request.ignore_eos and not ignore_eos_allowed(principal, settings):
+        raise errors.invalid_request("ignore_eos is not allowed for this key.", "ignore_eos")
+    limit = max_tokens_limit(principal, settings)
     max_tokens = request.requested_max_tokens()
-    if max_tokens is not None and max_tokens > max_tokens_limit:
+    if max_tokens is not None and max_tokens > limit:
         raise errors.invalid_request(
-            f"max_tokens is too large: {max_tokens}. This key allows at most {max_tokens_limit}.",
+            f"max_tokens is too large: {max_tokens}. This key allows at most {limit}.",
             param="max_completion_tokens" if request.max_completion_tokens else "max_tokens",
         )
     if (request.n or 1) > settings.max_n:
