@@ -27,6 +27,7 @@ from parlance.gateway.redis_state import RedisState
 from parlance.gateway.routes import (
     admin_keys,
     conversations,
+    embeddings,
     health,
     models,
     moderations,
@@ -120,6 +121,7 @@ def create_app(
     app.add_middleware(GatewayMiddleware, max_body_bytes=settings.max_request_bytes)
     app.include_router(chat.router)
     app.include_router(models.router)
+    app.include_router(embeddings.router)
     app.include_router(conversations.router)
     app.include_router(moderations.router)
     app.include_router(admin_keys.router)

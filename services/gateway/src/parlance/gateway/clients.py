@@ -313,7 +313,8 @@ class GeneratorClient:
             for url in urls
         )
         self._tasks: list[asyncio.Task[None]] = []
-        self._listed = asyncio.Event()
+        # Set once every target's health has been seen (start-up).
+        self._settled = asyncio.Event()
         self._refreshed_at = 0.0
 
     @property
@@ -355,9 +356,10 @@ class GeneratorClient:
                 extra={"target": target.url, "models": list(target.models)},
             )
         target.serving = serving
+        target.seen = True
         GENERATOR_TARGET_UP.labels(target.url).set(1 if serving else 0)
-        if serving:
-            self._listed.set()
+        if all(t.seen for t in self.targets):
+            self._settled.set()
 
     async def _watch(self, target: Target) -> None:
         backoff_s = 0.2
@@ -387,12 +389,12 @@ class GeneratorClient:
         await asyncio.gather(*(self._list(t) for t in self.targets if t.serving))
 
     async def wait_listed(self, timeout_s: float) -> None:
-        """Until some target has been listed (start-up), at most timeout_s."""
+        """Until every target's health has been seen once (start-up), at most timeout_s."""
         self._ensure_started()
-        if not self._listed.is_set():
+        if not self._settled.is_set():
             try:
                 async with asyncio.timeout(timeout_s):
-                    await self._listed.wait()
+                    await self._settled.wait()
             except TimeoutError:
                 pass
 
@@ -434,9 +436,15 @@ class GeneratorClient:
             return reply
 
     async def list_models(self) -> generator_pb2.ListModelsResponse:
-        """The union of the targets' models (each id once)."""
+        """The union of the targets' models (each id once); 503 while no target has ever
+        listed any (all of them down since the gateway started)."""
         await self.wait_listed(5.0)
-        return generator_pb2.ListModelsResponse(models=self.table.models())
+        models = self.table.models()
+        if not models:
+            raise errors.service_unavailable(
+                "The generator service is unavailable; retry later.", self.retry_after_s
+            )
+        return generator_pb2.ListModelsResponse(models=models)
 
     async def count_tokens(
         self, request: generator_pb2.CountTokensRequest

@@ -41,6 +41,8 @@ class Target:
     models: dict[str, generator_pb2.ModelInfo] = field(default_factory=dict)
     # Calls from this gateway running on it now.
     in_flight: int = 0
+    # Its health has been seen at least once (an answer, or a failed connection).
+    seen: bool = False
 
 
 class RoutingTable:

@@ -68,3 +68,9 @@ class GeneratorSettings(ServiceSettings):
     embed_max_wait_ms: float = Field(default=2.0, ge=0.0)
     # Inputs one Embed call may carry.
     embed_max_inputs: int = Field(default=2048, ge=1)
+    # torch's threads for the embedding engine's forward passes (process-wide). 1 by default: it
+    # shares the CPUs with llama.cpp's threads and the gateway, and torch's OpenMP threads
+    # spin-wait, which collapses under oversubscription (measured on the loaded 2-core dev
+    # machine: 1.2 texts/s at batch 1 with 2 threads against 27 with 1). Raise it on a host
+    # with cores to spare for embeddings.
+    embed_n_threads: int = Field(default=1, ge=1)

@@ -34,7 +34,7 @@ def build_embedding_engine(settings: GeneratorSettings) -> EmbeddingEngine:
         max_batch_size=settings.embed_max_batch_size,
         max_wait_s=settings.embed_max_wait_ms / 1000,
         max_inputs=settings.embed_max_inputs,
-        n_threads=settings.n_threads,
+        n_threads=settings.embed_n_threads,
     )
 
 

@@ -153,65 +153,80 @@ class GeneratorServing:
         self, request: GenerationRequest, model: str = ""
     ) -> AsyncIterator[GenerationStep]:
         chat = self.chat_engine(model)[1]
-        engine = chat.name
-        arrived = time.monotonic()
-        first_token_at: float | None = None
-        last_token_at = arrived
-        generated = 0
-        # Stays "cancelled" when the caller leaves before the end (GeneratorExit).
-        outcome = "cancelled"
-        usage_seen = False
+        call = _CallMetrics(chat.name)
         try:
             async with aclosing(chat.generate(request)) as steps:
                 async for step in steps:
-                    if step.queued_s is not None:
-                        metrics.QUEUE_TIME.labels(engine).observe(step.queued_s)
-                    new_tokens = sum(d.token_count for d in step.choices)
-                    if new_tokens:
-                        last_token_at = time.monotonic()
-                        if first_token_at is None:
-                            first_token_at = last_token_at
-                            metrics.TIME_TO_FIRST_TOKEN.labels(engine).observe(
-                                first_token_at - arrived
-                            )
-                        generated += new_tokens
-                    if step.usage is not None:
-                        usage_seen = True
-                        metrics.PROMPT_TOKENS.labels(engine).inc(step.usage.prompt_tokens)
-                    reasons = [d.finish_reason for d in step.choices if d.finish_reason]
-                    if reasons and outcome == "cancelled":
-                        outcome = reasons[0].value
+                    call.observe(step)
                     yield step
-            if outcome == "cancelled":  # ended without a finish reason: engine-side abort
-                outcome = "abort"
+            if call.outcome == "cancelled":  # ended without a finish reason: engine-side abort
+                call.outcome = "abort"
         except asyncio.CancelledError:
             await chat.abort(request.request_id)
             raise
         except ParlanceError:
-            outcome = "rejected"
+            call.outcome = "rejected"
             raise
         except Exception:
-            outcome = "error"
+            call.outcome = "error"
             raise
         finally:
-            # One line per call: sizes and timings, never the text.
-            log.info(
-                "generate finished",
-                extra={
-                    "engine": engine,
-                    "outcome": outcome,
-                    "generated_tokens": generated,
-                    "duration_ms": round((time.monotonic() - arrived) * 1000, 1),
-                },
-            )
-            metrics.REQUESTS.labels(engine, outcome).inc()
-            if not usage_seen and outcome in ("cancelled", "abort"):
+            call.finish()
+            if not call.usage_seen and call.outcome in ("cancelled", "abort"):
                 # The engine's usage never came: count the prompt in a task of its own (this
                 # one is being cancelled), so the prompt-token counter misses no call.
                 self._spawn(self._count_prompt(chat, request))
-            metrics.GENERATION_TOKENS.labels(engine).inc(generated)
-            metrics.REQUEST_DURATION.labels(engine).observe(time.monotonic() - arrived)
-            if first_token_at is not None and generated > 1:
-                metrics.TIME_PER_OUTPUT_TOKEN.labels(engine).observe(
-                    (last_token_at - first_token_at) / (generated - 1)
+
+
+class _CallMetrics:
+    """The metrics and the log line of one Generate call, fed step by step."""
+
+    def __init__(self, engine: str) -> None:
+        self.engine = engine
+        self.arrived = time.monotonic()
+        self.first_token_at: float | None = None
+        self.last_token_at = self.arrived
+        self.generated = 0
+        # Stays "cancelled" when the caller leaves before the end (GeneratorExit).
+        self.outcome = "cancelled"
+        self.usage_seen = False
+
+    def observe(self, step: GenerationStep) -> None:
+        engine = self.engine
+        if step.queued_s is not None:
+            metrics.QUEUE_TIME.labels(engine).observe(step.queued_s)
+        new_tokens = sum(d.token_count for d in step.choices)
+        if new_tokens:
+            self.last_token_at = time.monotonic()
+            if self.first_token_at is None:
+                self.first_token_at = self.last_token_at
+                metrics.TIME_TO_FIRST_TOKEN.labels(engine).observe(
+                    self.first_token_at - self.arrived
                 )
+            self.generated += new_tokens
+        if step.usage is not None:
+            self.usage_seen = True
+            metrics.PROMPT_TOKENS.labels(engine).inc(step.usage.prompt_tokens)
+        reasons = [d.finish_reason for d in step.choices if d.finish_reason]
+        if reasons and self.outcome == "cancelled":
+            self.outcome = reasons[0].value
+
+    def finish(self) -> None:
+        engine = self.engine
+        # One line per call: sizes and timings, never the text.
+        log.info(
+            "generate finished",
+            extra={
+                "engine": engine,
+                "outcome": self.outcome,
+                "generated_tokens": self.generated,
+                "duration_ms": round((time.monotonic() - self.arrived) * 1000, 1),
+            },
+        )
+        metrics.REQUESTS.labels(engine, self.outcome).inc()
+        metrics.GENERATION_TOKENS.labels(engine).inc(self.generated)
+        metrics.REQUEST_DURATION.labels(engine).observe(time.monotonic() - self.arrived)
+        if self.first_token_at is not None and self.generated > 1:
+            metrics.TIME_PER_OUTPUT_TOKEN.labels(engine).observe(
+                (self.last_token_at - self.first_token_at) / (self.generated - 1)
+            )

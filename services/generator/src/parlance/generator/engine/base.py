@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from parlance.common.errors import InvalidArgument
@@ -209,24 +209,25 @@ class Engine(ABC):
         """Aborts what still runs and releases the model."""
 
 
+# Per sampling field: the values every engine accepts, and the message for the others.
+_RANGE_CHECKS: tuple[tuple[str, Callable[[float], bool], str], ...] = (
+    ("max_tokens", lambda v: v >= 1, "max_tokens must be at least 1"),
+    ("temperature", lambda v: 0.0 <= v <= 2.0, "temperature must be between 0 and 2"),
+    ("top_p", lambda v: 0.0 < v <= 1.0, "top_p must be in (0, 1]"),
+    ("min_p", lambda v: 0.0 <= v <= 1.0, "min_p must be between 0 and 1"),
+    ("repetition_penalty", lambda v: v > 0.0, "repetition_penalty must be positive"),
+    ("presence_penalty", lambda v: -2.0 <= v <= 2.0, "presence_penalty must be between -2 and 2"),
+    ("frequency_penalty", lambda v: -2.0 <= v <= 2.0, "frequency_penalty must be between -2 and 2"),
+    ("n", lambda v: v >= 1, "n must be at least 1"),
+)
+
+
 def check_sampling_common(options: SamplingOptions) -> None:
     """Range checks that hold for every engine (engines add their own limits)."""
-    if options.max_tokens is not None and options.max_tokens < 1:
-        raise InvalidArgument("max_tokens must be at least 1", param="max_tokens")
-    if options.temperature is not None and not 0.0 <= options.temperature <= 2.0:
-        raise InvalidArgument("temperature must be between 0 and 2", param="temperature")
-    if options.top_p is not None and not 0.0 < options.top_p <= 1.0:
-        raise InvalidArgument("top_p must be in (0, 1]", param="top_p")
-    if options.min_p is not None and not 0.0 <= options.min_p <= 1.0:
-        raise InvalidArgument("min_p must be between 0 and 1", param="min_p")
-    if options.repetition_penalty is not None and options.repetition_penalty <= 0.0:
-        raise InvalidArgument("repetition_penalty must be positive", param="repetition_penalty")
-    for param in ("presence_penalty", "frequency_penalty"):
+    for param, valid, message in _RANGE_CHECKS:
         value = getattr(options, param)
-        if value is not None and not -2.0 <= value <= 2.0:
-            raise InvalidArgument(f"{param} must be between -2 and 2", param=param)
-    if options.n < 1:
-        raise InvalidArgument("n must be at least 1", param="n")
+        if value is not None and not valid(value):
+            raise InvalidArgument(message, param=param)
     if options.top_logprobs is not None:
         if not options.logprobs:
             raise InvalidArgument("top_logprobs needs logprobs", param="top_logprobs")

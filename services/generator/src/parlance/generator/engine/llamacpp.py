@@ -274,7 +274,8 @@ class LlamaCppEngine(Engine):
         if job is not None:
             job.cancel.set()
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationStep]:
+    def _admit(self, request: GenerationRequest) -> tuple[list[int], int]:
+        """The prompt's tokens and the room left for the answer; InvalidArgument otherwise."""
         self._require_started()
         options = request.sampling
         check_sampling_common(options)
@@ -290,7 +291,30 @@ class LlamaCppEngine(Engine):
             )
         if request.request_id in self._jobs:
             raise AlreadyExists("a request with this id is in flight", param="request_id")
+        return prompt_tokens, budget
 
+    @staticmethod
+    async def _next_steps(queue: asyncio.Queue[object]) -> tuple[list[GenerationStep], bool]:
+        """Everything the worker thread has emitted since the last read (at least one item):
+        its steps, and whether it is done. Re-raises an error it reported."""
+        items = [await queue.get()]
+        while not queue.empty():
+            items.append(queue.get_nowait())
+        steps: list[GenerationStep] = []
+        done = False
+        for item in items:
+            if item is _DONE:
+                done = True
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                assert isinstance(item, GenerationStep)
+                steps.append(item)
+        return steps, done
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationStep]:
+        options = request.sampling
+        prompt_tokens, budget = self._admit(request)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()
 
@@ -329,19 +353,7 @@ class LlamaCppEngine(Engine):
             future.add_done_callback(functools.partial(self._release, free, instance, job))
             first = True
             while True:
-                items = [await queue.get()]
-                while not queue.empty():
-                    items.append(queue.get_nowait())
-                steps: list[GenerationStep] = []
-                done = False
-                for item in items:
-                    if item is _DONE:
-                        done = True
-                    elif isinstance(item, BaseException):
-                        raise item
-                    else:
-                        assert isinstance(item, GenerationStep)
-                        steps.append(item)
+                steps, done = await self._next_steps(queue)
                 if steps:
                     step = coalesce(steps)
                     if first:

@@ -244,6 +244,24 @@ class _SchedulerStatsLogger:
         pass
 
 
+def step_from_vllm(output: Any, logprobs: bool, n_top: int) -> GenerationStep:
+    """One DELTA RequestOutput as a step: each completion's new text and tokens."""
+    step = GenerationStep()
+    for completion in output.outputs:
+        step.choices.append(
+            ChoiceDelta(
+                index=completion.index,
+                text=completion.text,
+                token_count=len(completion.token_ids),
+                finish_reason=finish_reason_from_vllm(completion.finish_reason),
+                logprobs=logprobs_from_vllm(completion.token_ids, completion.logprobs, n_top)
+                if logprobs
+                else [],
+            )
+        )
+    return step
+
+
 class VllmEngine(Engine):
     name = ENGINE_NAME
 
@@ -421,15 +439,11 @@ class VllmEngine(Engine):
         if self._llm is not None and request_id in self._inflight and not self._llm.errored:
             await self._llm.abort(request_id)
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationStep]:
+    def _sampling_params(self, options: SamplingOptions, prompt_ids: list[int]) -> Any:
+        """vLLM's SamplingParams for the request; InvalidArgument for what it cannot take."""
         from vllm import SamplingParams
-        from vllm.inputs import tokens_input
         from vllm.sampling_params import RequestOutputKind
-        from vllm.v1.engine.exceptions import EngineDeadError
 
-        llm = self._require_started()
-        options = request.sampling
-        prompt_ids = await self._tokenize_off_loop(request.messages, request.prompt)
         if not prompt_ids:
             raise InvalidArgument("the prompt is empty", param="messages")
         budget = self._max_model_len - len(prompt_ids)
@@ -441,9 +455,18 @@ class VllmEngine(Engine):
             )
         kwargs = sampling_kwargs(options, budget=budget, defaults=self._defaults)
         try:
-            params = SamplingParams(**kwargs, output_kind=RequestOutputKind.DELTA)
+            return SamplingParams(**kwargs, output_kind=RequestOutputKind.DELTA)
         except ValueError as exc:  # vLLM's own checks (VLLMValidationError names the field)
             raise InvalidArgument(str(exc), param=getattr(exc, "parameter", None)) from exc
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationStep]:
+        from vllm.inputs import tokens_input
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        llm = self._require_started()
+        options = request.sampling
+        prompt_ids = await self._tokenize_off_loop(request.messages, request.prompt)
+        params = self._sampling_params(options, prompt_ids)
         request_id = request.request_id
         if request_id in self._inflight:
             raise AlreadyExists("a request with this id is in flight", param="request_id")
@@ -458,23 +481,8 @@ class VllmEngine(Engine):
                 llm.generate(tokens_input(prompt_ids), params, request_id)
             ) as outputs:
                 async for output in outputs:
-                    step = GenerationStep()
-                    for completion in output.outputs:
-                        count = len(completion.token_ids)
-                        completion_tokens += count
-                        step.choices.append(
-                            ChoiceDelta(
-                                index=completion.index,
-                                text=completion.text,
-                                token_count=count,
-                                finish_reason=finish_reason_from_vllm(completion.finish_reason),
-                                logprobs=logprobs_from_vllm(
-                                    completion.token_ids, completion.logprobs, n_top
-                                )
-                                if options.logprobs
-                                else [],
-                            )
-                        )
+                    step = step_from_vllm(output, options.logprobs, n_top)
+                    completion_tokens += sum(d.token_count for d in step.choices)
                     if first:
                         step.queued_s = queued_seconds(output.metrics)
                         first = False
