@@ -52,7 +52,12 @@ def sampling_params(
 
 
 def chat_message(role: str, content: str) -> generator_pb2.ChatMessage:
-    return generator_pb2.ChatMessage(role=_ROLE_FOR_MODEL.get(role, role), content=content)
+    return generator_pb2.ChatMessage(role=stored_role(role), content=content)
+
+
+def stored_role(role: str) -> str:
+    """The role as the model and history know it (history keeps system, user, assistant)."""
+    return _ROLE_FOR_MODEL.get(role, role)
 
 
 def logprobs(items: Any) -> ChoiceLogprobs | None:

@@ -7,6 +7,7 @@ import logging
 import time
 import uuid
 
+from parlance.gateway import convert
 from parlance.gateway.cache import CompletionRecord, ResponseCache
 from parlance.gateway.chat.prepared import PreparedChat, Progress
 from parlance.gateway.metrics import TOKENS, TPOT, TTFT
@@ -93,7 +94,9 @@ def exchange_messages(
 ) -> list[history_pb2.Message]:
     """The request's messages and the (first choice's) answer, as history stores them."""
     messages = [
-        history_pb2.Message(id=f"msg_{uuid.uuid4().hex}", role=role, content=text)
+        history_pb2.Message(
+            id=f"msg_{uuid.uuid4().hex}", role=convert.stored_role(role), content=text
+        )
         for role, text in prepared.new_messages
     ]
     answer = record.choices[0]

@@ -93,14 +93,16 @@ class Preparer:
             return []
         prepared.conversation_id = request.conversation_id
         prepared.parent_message_id = request.parent_message_id
-        if request.parent_message_id == "":  # "" branches from a new root: no context
-            return []
         query = history_pb2.GetConversationRequest(
             user_id=prepared.principal.user_id, conversation_id=request.conversation_id
         )
         if request.parent_message_id:
             query.message_id = request.parent_message_id
+        # Read even for a new root (""), which takes no context: the read is the owner check
+        # (another user's or an unknown conversation is a 404 before anything is generated).
         stored = await self.history.get_conversation(query)
+        if request.parent_message_id == "":
+            return []
         return [convert.chat_message(m.role, m.content) for m in stored.messages]
 
     async def _fit_context(
