@@ -23,7 +23,7 @@ from parlance.gateway.middleware import GatewayMiddleware
 from parlance.gateway.models import ModelRegistry
 from parlance.gateway.outbox import HistoryOutbox
 from parlance.gateway.ratelimit import RateLimiter
-from parlance.gateway.redis_state import RedisState
+from parlance.gateway.redis_state import RedisState, redacted_url
 from parlance.gateway.routes import (
     admin_keys,
     conversations,
@@ -74,7 +74,16 @@ def create_app(
         redis_state = RedisState(s.redis_url)
         connected = clients or connect_clients(s)
         generator, safety, history = connected.generator, connected.safety, connected.history
-        outbox = HistoryOutbox(history, s.outbox_path, s.outbox_max_items, s.outbox_max_bytes)
+        outbox = HistoryOutbox(
+            history,
+            s.outbox_path,
+            s.outbox_max_items,
+            s.outbox_max_bytes,
+            max_items_per_user=s.outbox_max_items_per_user,
+            max_attempts=s.outbox_max_attempts,
+            max_age_s=s.outbox_max_age_s,
+            max_dead=s.outbox_max_dead,
+        )
         cache = ResponseCache(redis_state, s.cache_ttl_s, s.cache_max_bytes)
         registry = ModelRegistry(generator, s.model_aliases)
         key_store = SqlKeyStore(s.database_url, s.key_cache_ttl_s)
@@ -98,7 +107,9 @@ def create_app(
         app.state.gateway = state
         outbox.start()
         if not await redis_state.ping() and s.redis_url:
-            log.warning("Redis at %s does not answer: per-process fallbacks", s.redis_url)
+            log.warning(
+                "Redis at %s does not answer: per-process fallbacks", redacted_url(s.redis_url)
+            )
         try:
             yield
         finally:
@@ -113,6 +124,10 @@ def create_app(
         title="Parlance",
         version="0.1.0",
         description="OpenAI-compatible chat API with moderation, limits, cache and history.",
+        # The interactive docs load scripts from a CDN on the origin that holds the API key:
+        # off unless GATEWAY_API_DOCS is set (the OpenAPI document stays at /openapi.json).
+        docs_url="/docs" if settings.api_docs else None,
+        redoc_url="/redoc" if settings.api_docs else None,
         lifespan=lifespan,
     )
     install_error_handlers(app)

@@ -45,6 +45,14 @@ class GatewaySettings(BaseSettings):
     outbox_path: str = ".data/gateway-outbox.db"
     outbox_max_items: int = 10_000
     outbox_max_bytes: int = 256 * 1024 * 1024
+    # One user's waiting exchanges past this refuse only that user's stored requests (503).
+    outbox_max_items_per_user: int = 1_000
+    # An exchange is dead-lettered (kept for an operator, never retried) after this many
+    # failed writes while history took others, or once it waited this long.
+    outbox_max_attempts: int = 20
+    outbox_max_age_s: float = 7 * 24 * 3600.0
+    # Dead letters kept (the oldest go first); a user's are deleted with the conversation.
+    outbox_max_dead: int = 10_000
 
     # Deadlines (seconds) for gRPC calls; generation has its own, longer one.
     safety_timeout_s: float = 5.0
@@ -62,8 +70,15 @@ class GatewaySettings(BaseSettings):
     # Seconds a client should wait before retrying after a 503.
     retry_after_s: int = 5
 
-    # Input limits.
+    # Input limits. The body limit of chat and moderation requests; the conversation routes
+    # (a title, feedback) and the admin routes (small JSON) have smaller ones.
     max_request_bytes: int = 1_000_000
+    max_conversation_request_bytes: int = 512 * 1024
+    max_admin_request_bytes: int = 64 * 1024
+    # Failed authentications per client address and minute before it gets 429 (0: no limit).
+    auth_failures_per_minute: int = 30
+    # Requests per minute per key to the /v1/conversations routes (0: unlimited).
+    conversations_rpm_limit: int = 600
     max_messages: int = 512
     max_input_chars: int = 200_000
     max_tokens_limit: int = 4096
@@ -134,3 +149,15 @@ class GatewaySettings(BaseSettings):
     moderation_window_max_chars: int = 160
     # Log message text (debugging only).
     log_content: bool = False
+
+    # /docs and /redoc (Swagger UI and ReDoc load their scripts from a CDN, on the origin where
+    # the web page keeps the API key): off by default; /openapi.json is always served.
+    api_docs: bool = False
+    # Prometheus /metrics on its own port (like the gRPC services' 9101-9103), never on the
+    # public one: it shows every key id with its token usage. -1 switches it off.
+    metrics_port: int = 9100
+    # The secret that makes static keys' ids (in logs and metrics) opaque: HMAC-SHA256 of the
+    # key under it. Empty: a random secret kept in secret_file (0600), shared by the workers
+    # on one host; set it (the same on every replica) so that ids agree across hosts.
+    key_id_secret: str = ""
+    secret_file: str = ".data/gateway-secret"

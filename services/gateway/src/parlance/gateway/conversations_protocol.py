@@ -5,10 +5,11 @@ conversions from the history protos."""
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from parlance.history.v1 import history_pb2
 
@@ -16,30 +17,45 @@ from parlance.history.v1 import history_pb2
 # Strict: the values must have the JSON types the schema documents (no `"archived": 0.0`
 # taken for false).
 
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable(value: str) -> str:
+    """Refuses U+0000 (PostgreSQL cannot store it) and lone surrogates (JSON can escape one,
+    UTF-8 cannot carry it): a 400 naming the field, before anything reaches history."""
+    if _UNSTORABLE.search(value):
+        raise ValueError("must not contain U+0000 or an unpaired surrogate")
+    return value
+
+
+# Text the user writes that history keeps.
+StoredText = Annotated[str, AfterValidator(storable)]
+
 
 class CreateConversationBody(BaseModel):
     model_config = ConfigDict(strict=True)
 
-    title: str = Field(default="", max_length=512)
+    title: StoredText = Field(default="", max_length=512)
 
 
 class UpdateConversationBody(BaseModel):
     model_config = ConfigDict(strict=True)
 
-    title: str | None = Field(default=None, max_length=512)
+    title: StoredText | None = Field(default=None, max_length=512)
     archived: bool | None = None
     # Any message of the conversation: the active branch becomes the path to it, continued to
     # the newest leaf below it.
-    active_message_id: str | None = Field(default=None, min_length=1, max_length=128)
+    active_message_id: StoredText | None = Field(default=None, min_length=1, max_length=128)
 
 
 class FeedbackBody(BaseModel):
     model_config = ConfigDict(strict=True)
 
     rating: Literal[1, -1]
-    comment: str = Field(default="", max_length=10_000)
-    # A better answer written by the user: exported as the chosen side of a preference pair.
-    corrected_content: str = Field(default="", max_length=100_000)
+    comment: StoredText = Field(default="", max_length=10_000)
+    # A better answer written by the user: exported as the chosen side of a preference pair
+    # (when safety did not flag it).
+    corrected_content: StoredText = Field(default="", max_length=100_000)
 
 
 # --- responses ------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 
 from parlance.common.schema_lock import serialize_schema_changes
 from parlance.gateway.auth import KeyLimits, Principal, digest
+from parlance.gateway.files import create_private_sqlite
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,7 @@ def _record(row: ApiKeyRow) -> KeyRecord:
 
 class SqlKeyStore:
     def __init__(self, database_url: str, cache_ttl_s: float = 5.0) -> None:
+        create_private_sqlite(database_url)
         self.engine: AsyncEngine = create_async_engine(database_url, pool_pre_ping=True)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self.cache_ttl_s = cache_ttl_s

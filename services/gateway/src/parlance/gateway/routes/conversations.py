@@ -1,6 +1,10 @@
 """/v1/conversations: the chat sidebar's data (list, create, get, rename, archive, switch
 branch, delete), search, feedback, and the admin training-data export. Every route maps onto
-one history RPC, scoped to the caller's user: another user's id answers 404."""
+one history RPC, scoped to the caller's user: another user's id answers 404.
+
+Every route but the export is rate-limited per key (GATEWAY_CONVERSATIONS_RPM_LIMIT, a budget
+of its own beside chat's); feedback text is classified on submission and the export re-checks
+each record through safety (training data is the product's next model)."""
 
 from __future__ import annotations
 
@@ -9,18 +13,49 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from parlance.gateway import conversations_protocol as cp
-from parlance.gateway import errors
-from parlance.gateway.deps import Admin, Caller, State
+from parlance.gateway import errors, verdicts
+from parlance.gateway.auth import Principal
+from parlance.gateway.deps import Admin, State, authenticate
+from parlance.gateway.headers import ResponseHeaders
+from parlance.gateway.redis_state import RedisUnavailable
 from parlance.history.v1 import history_pb2
 
 log = logging.getLogger(__name__)
 
 router = APIRouter()
+
+
+async def conversations_rate_limit(
+    request: Request, caller: Annotated[Principal, Depends(authenticate)], state: State
+) -> Principal:
+    """The key's requests-per-minute budget for these routes (0: unlimited)."""
+    limit = state.settings.conversations_rpm_limit
+    if limit <= 0:
+        return caller
+    try:
+        decision = await state.limiter.check("conversations_rpm", caller.key_id, limit)
+    except RedisUnavailable:
+        raise errors.service_unavailable(
+            "Rate limiting is unavailable (Redis); retry shortly.", state.settings.retry_after_s
+        ) from None
+    headers = ResponseHeaders.of(request)
+    headers.update(decision.headers("requests"))
+    if not decision.allowed:
+        raise errors.rate_limited(
+            f"Rate limit reached for conversation requests on key {caller.key_id}: limit "
+            f"{decision.limit} per minute. Please try again in {decision.retry_after_s:.1f}s.",
+            decision.retry_after_s,
+            dict(headers),
+        )
+    return caller
+
+
+Caller = Annotated[Principal, Depends(conversations_rate_limit)]
 
 
 @router.get("/v1/conversations")
@@ -104,6 +139,9 @@ async def update_conversation(
 async def delete_conversation(
     conversation_id: str, caller: Caller, state: State
 ) -> cp.ConversationDeleted:
+    # Exchanges of it still queued or dead-lettered in the outbox go first (their text with
+    # them), so that none re-creates the conversation after history deleted it.
+    await state.outbox.forget_conversation(caller.user_id, conversation_id)
     await state.history.delete_conversation(
         history_pb2.DeleteConversationRequest(
             user_id=caller.user_id, conversation_id=conversation_id
@@ -119,6 +157,11 @@ async def delete_conversation(
 async def put_feedback(
     conversation_id: str, message_id: str, body: cp.FeedbackBody, caller: Caller, state: State
 ) -> cp.MessageFeedback:
+    # Classified before it is stored (safety down: 503, as for chat): a flagged correction is
+    # never exported as a chosen answer, flagged feedback never counts.
+    moderation_json = await verdicts.feedback_verdicts(
+        state.safety, body.comment, body.corrected_content
+    )
     await state.history.put_feedback(
         history_pb2.PutFeedbackRequest(
             user_id=caller.user_id,
@@ -127,6 +170,7 @@ async def put_feedback(
             rating=body.rating,
             comment=body.comment,
             corrected_content=body.corrected_content,
+            moderation_json=moderation_json,
         ),
     )
     return cp.MessageFeedback(
@@ -196,12 +240,20 @@ async def export_training_data(
     except StopAsyncIteration:
         first = None
 
+    # Each record is classified again before it leaves (verdicts.recheck_records); the first
+    # batch here too, so that safety down is a 503, not a 200 with a broken body.
+    try:
+        first_lines = await verdicts.recheck_records(state.safety, first.records) if first else []
+    except BaseException:
+        await stream.aclose()
+        raise
+
     async def body() -> AsyncIterator[bytes]:
         try:
-            if first is not None:
-                yield "".join(line + "\n" for line in first.records).encode()
+            yield "".join(line + "\n" for line in first_lines).encode()
             async for batch in stream:
-                yield "".join(line + "\n" for line in batch.records).encode()
+                lines = await verdicts.recheck_records(state.safety, batch.records)
+                yield "".join(line + "\n" for line in lines).encode()
         except errors.APIError as exc:
             # Headers are sent: the stream ends short; the log says why.
             log.error("training-data export ended early: %s", exc.message)
