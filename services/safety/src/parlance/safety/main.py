@@ -14,7 +14,7 @@ from parlance.safety.classifier import Classifier, build_classifier
 from parlance.safety.config import SafetySettings
 from parlance.safety.policy import Direction, Policy
 from parlance.safety.servicer import SERVICE_NAME, SafetyServicer
-from parlance.safety.serving import SafetyServing
+from parlance.safety.serving import ClassifierLoadError, SafetyServing
 from parlance.safety.v1 import safety_pb2_grpc
 
 
@@ -45,13 +45,27 @@ def build_host(settings: SafetySettings, serving: SafetyServing | None = None) -
         safety_pb2_grpc.add_SafetyServiceServicer_to_server(SafetyServicer(serving), server)
         return [SERVICE_NAME]
 
-    return GrpcServiceHost(
-        "safety", settings, add_servicers, startup=serving.start, shutdown=serving.close
+    async def startup() -> None:
+        try:
+            await serving.start()
+        except ClassifierLoadError:
+            # Stays up NOT_SERVING (health says so, Classify is UNAVAILABLE, the gateway fails
+            # closed) rather than crash-looping, until it is stopped; then start() fails.
+            await host.wait_for_stop()
+            raise
+
+    host = GrpcServiceHost(
+        "safety", settings, add_servicers, startup=startup, shutdown=serving.close
     )
+    return host
 
 
 async def serve(settings: SafetySettings) -> None:
-    await build_host(settings).run_until_signal()
+    try:
+        await build_host(settings).run_until_signal()
+    except ClassifierLoadError:
+        # Already logged, with the cause; exit non-zero without a second traceback.
+        raise SystemExit(1) from None
 
 
 def main() -> None:

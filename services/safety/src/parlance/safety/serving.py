@@ -35,6 +35,10 @@ class ClassifierInfo:
     evaluated_categories: tuple[str, ...]
 
 
+class ClassifierLoadError(RuntimeError):
+    """The classifier could not load its model; the service cannot serve."""
+
+
 class SafetyServing:
     def __init__(
         self,
@@ -61,7 +65,18 @@ class SafetyServing:
     async def start(self) -> None:
         """Loads the model; the host reports SERVING once this returns."""
         started = time.perf_counter()
-        await self.classifier.load()
+        try:
+            await self.classifier.load()
+        except Exception as exc:
+            # One line that says what failed and what it means; the traceback follows it.
+            log.error(
+                "classifier %s failed to load (%s: %s); safety stays NOT_SERVING",
+                self.classifier.name,
+                type(exc).__name__,
+                exc,
+                exc_info=True,
+            )
+            raise ClassifierLoadError(f"classifier {self.classifier.name} failed to load") from exc
         self.batcher.start()
         self._loaded = True
         log.info(

@@ -17,6 +17,17 @@ def _profanity(settings: SafetySettings) -> Classifier:
     return ProfanityClassifier()
 
 
+def _minilm(settings: SafetySettings) -> Classifier:
+    from parlance.safety.classifier.minilm import MiniLMClassifier
+
+    return MiniLMClassifier(
+        model_path=settings.minilm_model_path,
+        head_path=settings.minilm_head_path,
+        device=settings.device,
+        max_batch_size=settings.max_batch_size,
+    )
+
+
 def _detoxify(settings: SafetySettings) -> Classifier:
     from parlance.safety.classifier.detoxify import DetoxifyClassifier
 
@@ -32,6 +43,7 @@ def _detoxify(settings: SafetySettings) -> Classifier:
 # Backends are imported lazily so that one's heavy dependencies (torch) are needed only when
 # it is chosen.
 CLASSIFIERS: dict[str, Callable[[SafetySettings], Classifier]] = {
+    "minilm": _minilm,
     "profanity": _profanity,
     "detoxify": _detoxify,
 }
