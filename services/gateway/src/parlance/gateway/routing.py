@@ -23,6 +23,7 @@ TASKS = {
     generator_pb2.MODEL_TASK_UNSPECIFIED: "chat",
     generator_pb2.MODEL_TASK_CHAT: "chat",
     generator_pb2.MODEL_TASK_EMBED: "embed",
+    generator_pb2.MODEL_TASK_REWARD: "reward",
 }
 
 

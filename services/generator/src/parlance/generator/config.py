@@ -18,7 +18,8 @@ class GeneratorSettings(ServiceSettings):
 
     # Several models in one process (README, "Several models and replicas"): a JSON list, or
     # the path of a JSON file holding one. Each entry: {"id", "engine", "task", "path",
-    # "settings": {any setting below, for this model only}}. Unset: one model, described by
+    # "settings": {any setting below, for this model only}}. Task "reward" (engine transformers)
+    # needs "path": a folder written by parlance-train reward. Unset: one model, described by
     # the settings below (the short form).
     models: str | None = None
 
@@ -68,6 +69,18 @@ class GeneratorSettings(ServiceSettings):
     embed_max_wait_ms: float = Field(default=2.0, ge=0.0)
     # Inputs one Embed call may carry.
     embed_max_inputs: int = Field(default=2048, ge=1)
+
+    # transformers (reward): concurrent Score calls share forward passes of up to this many
+    # sequences (one per candidate); an idle engine waits this long for others to join.
+    reward_max_batch_size: int = Field(default=16, ge=1)
+    reward_max_wait_ms: float = Field(default=2.0, ge=0.0)
+    # Candidates one Score call may carry, and characters (conversation + candidates).
+    reward_max_candidates: int = Field(default=16, ge=1)
+    reward_max_chars: int = Field(default=100_000, ge=1)
+
+    # LoadModel/UnloadModel (a newly trained reward model served without a restart): the folder
+    # models may be loaded from at run time. Unset: LoadModel is refused (FAILED_PRECONDITION).
+    load_root: str | None = None
     # torch's threads for the embedding engine's forward passes (process-wide). 1 by default: it
     # shares the CPUs with llama.cpp's threads and the gateway, and torch's OpenMP threads
     # spin-wait, which collapses under oversubscription (measured on the loaded 2-core dev

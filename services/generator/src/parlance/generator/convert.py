@@ -15,6 +15,8 @@ from parlance.generator.engine.base import (
     ModelInfo,
     ModelTask,
     SamplingOptions,
+    ScoreRequest,
+    ScoreResult,
     TokenLogprob,
 )
 from parlance.generator.v1 import generator_pb2 as pb
@@ -122,7 +124,20 @@ def step_to_proto(step: GenerationStep, model: str) -> pb.GenerateResponse:
     return response
 
 
-_TASKS = {ModelTask.CHAT: pb.MODEL_TASK_CHAT, ModelTask.EMBED: pb.MODEL_TASK_EMBED}
+_TASKS = {
+    ModelTask.CHAT: pb.MODEL_TASK_CHAT,
+    ModelTask.EMBED: pb.MODEL_TASK_EMBED,
+    ModelTask.REWARD: pb.MODEL_TASK_REWARD,
+}
+_TASKS_FROM_PROTO = {v: k for k, v in _TASKS.items()}
+
+
+def task_from_proto(task: int) -> ModelTask:
+    if task not in _TASKS_FROM_PROTO:
+        raise InvalidArgument(
+            "task must be given (MODEL_TASK_EMBED or MODEL_TASK_REWARD)", param="task"
+        )
+    return _TASKS_FROM_PROTO[task]
 
 
 def model_info_to_proto(info: ModelInfo) -> pb.ModelInfo:
@@ -163,6 +178,24 @@ def embedding_result_to_proto(result: EmbeddingResult, model: str) -> pb.EmbedRe
             pb.Embedding(values=vector, token_count=count)
             for vector, count in zip(result.vectors, result.token_counts, strict=True)
         ],
+        usage=pb.Usage(prompt_tokens=sum(result.token_counts)),
+        model=model,
+    )
+
+
+def score_request_from_proto(request: pb.ScoreRequest, request_id: str) -> ScoreRequest:
+    return ScoreRequest(
+        request_id=request_id,
+        messages=messages_from_proto(pb.ChatInput(messages=request.messages)),
+        candidates=tuple(request.candidates),
+    )
+
+
+def score_result_to_proto(result: ScoreResult, model: str) -> pb.ScoreResponse:
+    return pb.ScoreResponse(
+        scores=result.scores,
+        token_counts=result.token_counts,
+        truncated=result.truncated,
         usage=pb.Usage(prompt_tokens=sum(result.token_counts)),
         model=model,
     )

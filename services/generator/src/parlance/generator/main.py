@@ -11,10 +11,10 @@ from parlance.common import tracing
 from parlance.common.grpc_server import GrpcServiceHost
 from parlance.common.logging import configure_logging
 from parlance.generator.config import GeneratorSettings
-from parlance.generator.engine.base import EmbeddingEngine, Engine
-from parlance.generator.models import model_specs, settings_for
+from parlance.generator.engine.base import EmbeddingEngine, Engine, RewardEngine
+from parlance.generator.models import ModelsConfigError, ModelSpec, model_specs, settings_for
 from parlance.generator.servicer import GeneratorServicer
-from parlance.generator.serving import AnyEngine, GeneratorServing
+from parlance.generator.serving import AnyEngine, EngineBuilder, GeneratorServing
 from parlance.generator.v1 import generator_pb2, generator_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,24 @@ def build_embedding_engine(settings: GeneratorSettings) -> EmbeddingEngine:
         max_batch_size=settings.embed_max_batch_size,
         max_wait_s=settings.embed_max_wait_ms / 1000,
         max_inputs=settings.embed_max_inputs,
+        n_threads=settings.embed_n_threads,
+    )
+
+
+def build_reward_engine(settings: GeneratorSettings) -> RewardEngine:
+    from parlance.generator.engine.reward import TransformersRewardEngine
+
+    if not settings.model_path:
+        raise ModelsConfigError(f"reward model {settings.served_model_name!r} needs its path")
+    return TransformersRewardEngine(
+        served_model_name=settings.served_model_name,
+        model_path=settings.model_path,
+        max_model_len=settings.max_model_len,
+        max_batch_size=settings.reward_max_batch_size,
+        max_wait_s=settings.reward_max_wait_ms / 1000,
+        max_candidates=settings.reward_max_candidates,
+        max_chars=settings.reward_max_chars,
+        # torch's threads are per process: the embedding engine's setting holds for both.
         n_threads=settings.embed_n_threads,
     )
 
@@ -75,14 +93,36 @@ def build_engine(settings: GeneratorSettings) -> Engine:
 
 def build_models(settings: GeneratorSettings) -> list[tuple[str, AnyEngine]]:
     """Every model of GENERATOR_MODELS (or the one of the short form) with its engine."""
-    models: list[tuple[str, AnyEngine]] = []
-    for spec in model_specs(settings):
-        own = settings_for(spec, settings)
-        engine: AnyEngine = (
-            build_embedding_engine(own) if spec.task == "embed" else build_engine(own)
+    return [(spec.id, build_model(spec, settings)) for spec in model_specs(settings)]
+
+
+def build_model(spec: ModelSpec, settings: GeneratorSettings) -> AnyEngine:
+    """The engine (not started) of one model of the list."""
+    own = settings_for(spec, settings)
+    if spec.task == "embed":
+        return build_embedding_engine(own)
+    if spec.task == "reward":
+        return build_reward_engine(own)
+    return build_engine(own)
+
+
+def runtime_builder(settings: GeneratorSettings) -> EngineBuilder:
+    """What LoadModel builds engines with: a GENERATOR_MODELS entry on the service's settings.
+    ValueError (ModelsConfigError, pydantic's) for an entry that does not validate."""
+
+    def build(model_id: str, task: str, path: str, values: dict[str, str]) -> AnyEngine:
+        spec = ModelSpec.model_validate(
+            {
+                "id": model_id,
+                "engine": "transformers",
+                "task": task,
+                "path": path,
+                "settings": values,
+            }
         )
-        models.append((spec.id, engine))
-    return models
+        return build_model(spec, settings)
+
+    return build
 
 
 def create_host(
@@ -96,7 +136,9 @@ def create_host(
         models = (
             [(settings.served_model_name, engine)] if engine is not None else build_models(settings)
         )
-    serving = GeneratorServing(models)
+    serving = GeneratorServing(
+        models, build=runtime_builder(settings), load_root=settings.load_root
+    )
 
     def add_servicers(server: grpc.aio.Server) -> list[str]:
         generator_pb2_grpc.add_GeneratorServiceServicer_to_server(

@@ -82,3 +82,50 @@ EMBED_BATCH_CALLS = Histogram(
     ["model"],
     buckets=(1, 2, 4, 8, 16, 32, 64),
 )
+REWARD_REQUESTS = Counter(
+    "parlance_generator_score_requests",
+    "Score calls by model and outcome: ok, rejected (bad input), error.",
+    ["model", "outcome"],
+)
+REWARD_CANDIDATES = Counter(
+    "parlance_generator_score_candidates", "Candidate answers scored.", ["model"]
+)
+REWARD_TOKENS = Counter(
+    "parlance_generator_score_tokens",
+    "Tokens of the scored sequences (conversation + candidate, after truncation).",
+    ["model"],
+)
+REWARD_TRUNCATED = Counter(
+    "parlance_generator_score_truncated",
+    "Scored sequences that lost the start of their conversation to the model's window.",
+    ["model"],
+)
+REWARD_SCORES = Histogram(
+    "parlance_generator_reward_score",
+    "Scores given to candidates (each model has its own scale).",
+    ["model"],
+    buckets=(-8, -4, -2, -1, -0.5, 0, 0.5, 1, 2, 4, 8),
+)
+REWARD_DURATION = Histogram(
+    "parlance_generator_score_duration_seconds",
+    "Score calls from arrival to their answer, batching wait included.",
+    ["model"],
+    buckets=LATENCY_BUCKETS_S,
+)
+REWARD_QUEUE_TIME = Histogram(
+    "parlance_generator_score_queue_time_seconds",
+    "Time a Score call waited for its micro-batch to start.",
+    ["model"],
+    buckets=LATENCY_BUCKETS_S,
+)
+REWARD_BATCH_SEQUENCES = Histogram(
+    "parlance_generator_score_batch_sequences",
+    "Sequences (candidates) per micro-batch (forward passes are split further at the batch size).",
+    ["model"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+MODEL_LOADS = Counter(
+    "parlance_generator_model_loads",
+    "LoadModel and UnloadModel calls by action and outcome (ok, rejected, error).",
+    ["action", "outcome"],
+)

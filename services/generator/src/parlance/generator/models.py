@@ -3,7 +3,9 @@ file holding one), or the single-model settings (the short form).
 
     GENERATOR_MODELS='[
       {"id": "SmolLM2-135M-Instruct", "engine": "llamacpp", "settings": {"pool_size": 2}},
-      {"id": "all-MiniLM-L6-v2", "engine": "transformers", "task": "embed"}
+      {"id": "all-MiniLM-L6-v2", "engine": "transformers", "task": "embed"},
+      {"id": "reward-x@1a2b3c4d", "engine": "transformers", "task": "reward",
+       "path": "/models/reward-x@1a2b3c4d"}
     ]'
 
 Each entry becomes the service's settings with the entry's own on top, so every engine is
@@ -21,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from parlance.generator.config import GeneratorSettings
 
 EngineName = Literal["llamacpp", "scripted", "vllm", "transformers"]
-TaskName = Literal["chat", "embed"]
+TaskName = Literal["chat", "embed", "reward"]
 
 # The tasks each engine can serve (the first is its default). vLLM's pooling runner (embed on
 # GPU) is not wired yet.
@@ -29,7 +31,7 @@ ENGINE_TASKS: dict[str, tuple[str, ...]] = {
     "llamacpp": ("chat",),
     "scripted": ("chat",),
     "vllm": ("chat",),
-    "transformers": ("embed",),
+    "transformers": ("embed", "reward"),
 }
 
 # The id of the default embedding model (the short form with engine "transformers").
@@ -47,6 +49,7 @@ _PROCESS_SETTINGS = {
     "models",
     "engine",
     "served_model_name",
+    "load_root",
 }
 
 
@@ -72,6 +75,11 @@ class ModelSpec(BaseModel):
             raise ValueError(
                 f"engine {self.engine!r} cannot serve task {self.task!r} (it serves "
                 f"{', '.join(tasks)})"
+            )
+        if self.task == "reward" and not self.path:
+            raise ValueError(
+                f"model {self.id!r}: a reward model needs its folder as path (parlance-train's "
+                "output)"
             )
         unknown = sorted(
             k for k in self.settings if k not in GeneratorSettings.model_fields

@@ -60,3 +60,27 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
         )
         model, result = await self._serving.embed(request.model, domain)
         return convert.embedding_result_to_proto(result, model)
+
+    async def Score(
+        self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ScoreResponse:
+        domain = convert.score_request_from_proto(request, request.request_id or new_request_id())
+        model, result = await self._serving.score(request.model, domain)
+        return convert.score_result_to_proto(result, model)
+
+    async def LoadModel(
+        self, request: pb.LoadModelRequest, context: grpc.aio.ServicerContext
+    ) -> pb.LoadModelResponse:
+        info = await self._serving.load_model(
+            request.id,
+            convert.task_from_proto(request.task),
+            request.path,
+            dict(request.settings),
+        )
+        return pb.LoadModelResponse(model=convert.model_info_to_proto(info))
+
+    async def UnloadModel(
+        self, request: pb.UnloadModelRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UnloadModelResponse:
+        await self._serving.unload_model(request.id)
+        return pb.UnloadModelResponse()

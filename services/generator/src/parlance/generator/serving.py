@@ -1,16 +1,20 @@
 """The serving layer between the gRPC servicer and the engines: model resolution by id and
-task, metrics, and making sure a request that ends early is aborted in the engine."""
+task, metrics, making sure a request that ends early is aborted in the engine, and models
+loaded and unloaded at run time (LoadModel/UnloadModel)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import aclosing
+from pathlib import Path
 from typing import Any
 
-from parlance.common.errors import InvalidArgument, NotFound, ParlanceError
+import grpc
+
+from parlance.common.errors import AlreadyExists, InvalidArgument, NotFound, ParlanceError
 from parlance.generator import metrics
 from parlance.generator.engine.base import (
     ChatMessage,
@@ -22,26 +26,52 @@ from parlance.generator.engine.base import (
     GenerationStep,
     ModelInfo,
     ModelTask,
+    RewardEngine,
+    ScoreRequest,
+    ScoreResult,
 )
 
 log = logging.getLogger(__name__)
 
-AnyEngine = Engine | EmbeddingEngine
+AnyEngine = Engine | EmbeddingEngine | RewardEngine
+# Builds the engine of a model loaded at run time: (id, task, path, settings) -> engine, not
+# started. ValueError for settings that do not validate.
+EngineBuilder = Callable[[str, str, str, dict[str, str]], AnyEngine]
+# Tasks LoadModel takes: engines that load in seconds and hold no GPU memory pool.
+RUNTIME_TASKS = (ModelTask.EMBED, ModelTask.REWARD)
+
+
+class LoadingDisabled(ParlanceError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
 
 
 class GeneratorServing:
     """The models of this process by id, each with its engine. Calls that name no model go to
     the first model of the task they need."""
 
-    def __init__(self, models: Sequence[tuple[str, AnyEngine]]) -> None:
+    def __init__(
+        self,
+        models: Sequence[tuple[str, AnyEngine]],
+        *,
+        build: EngineBuilder | None = None,
+        load_root: str | None = None,
+    ) -> None:
         if not models:
             raise ValueError("a generator serves at least one model")
         self.models: dict[str, AnyEngine] = dict(models)
         self._background: set[asyncio.Task[None]] = set()
+        self._build = build
+        self._load_root = Path(load_root).resolve() if load_root else None
+        # One LoadModel/UnloadModel at a time: an id is checked and taken atomically.
+        self._loading = asyncio.Lock()
         for engine in self.models.values():
-            labels = {"engine": engine.name}
-            metrics.RUNNING.labels(**labels).set_function(lambda e=engine: e.stats().running)
-            metrics.WAITING.labels(**labels).set_function(lambda e=engine: e.stats().waiting)
+            self._gauge(engine)
+
+    @staticmethod
+    def _gauge(engine: AnyEngine) -> None:
+        labels = {"engine": engine.name}
+        metrics.RUNNING.labels(**labels).set_function(lambda e=engine: e.stats().running)
+        metrics.WAITING.labels(**labels).set_function(lambda e=engine: e.stats().waiting)
 
     @property
     def engine(self) -> Engine:
@@ -54,11 +84,11 @@ class GeneratorServing:
 
     async def start(self) -> None:
         # One at a time: loading two models at once only makes both slower on a small host.
-        for engine in self.models.values():
+        for engine in list(self.models.values()):
             await engine.start()
 
     async def close(self) -> None:
-        for engine in self.models.values():
+        for engine in list(self.models.values()):
             try:
                 await engine.close()
             except Exception:
@@ -100,6 +130,11 @@ class GeneratorServing:
         assert isinstance(engine, EmbeddingEngine)
         return name, engine
 
+    def reward_engine(self, model: str) -> tuple[str, RewardEngine]:
+        name, engine = self._resolve(model, ModelTask.REWARD)
+        assert isinstance(engine, RewardEngine)
+        return name, engine
+
     def check_model(self, model: str) -> None:
         """A chat model by that id (empty: the default) is served here."""
         self.chat_engine(model)
@@ -130,6 +165,103 @@ class GeneratorServing:
         metrics.EMBED_TOKENS.labels(name).inc(sum(result.token_counts))
         return name, result
 
+    async def score(self, model: str, request: ScoreRequest) -> tuple[str, ScoreResult]:
+        """(served model id, one score per candidate) for a Score call."""
+        name, engine = self.reward_engine(model)
+        arrived = time.monotonic()
+        outcome = "error"
+        try:
+            result = await engine.score(request)
+            outcome = "ok"
+        except ParlanceError:
+            outcome = "rejected"
+            raise
+        finally:
+            metrics.REWARD_REQUESTS.labels(name, outcome).inc()
+            metrics.REWARD_DURATION.labels(name).observe(time.monotonic() - arrived)
+        metrics.REWARD_CANDIDATES.labels(name).inc(len(request.candidates))
+        metrics.REWARD_TOKENS.labels(name).inc(sum(result.token_counts))
+        metrics.REWARD_TRUNCATED.labels(name).inc(result.truncated)
+        for value in result.scores:
+            metrics.REWARD_SCORES.labels(name).observe(value)
+        return name, result
+
+    def _loadable_path(self, path: str) -> str:
+        if self._build is None or self._load_root is None:
+            raise LoadingDisabled(
+                "this generator does not load models at run time (set GENERATOR_LOAD_ROOT to "
+                "the folder trained models are written to)"
+            )
+        resolved = Path(path).resolve()
+        if not path or not resolved.is_relative_to(self._load_root):
+            raise InvalidArgument(
+                f"path {path!r} is not inside GENERATOR_LOAD_ROOT ({self._load_root})",
+                param="path",
+            )
+        if not resolved.is_dir():
+            raise InvalidArgument(f"path {path!r} is not a folder", param="path")
+        return str(resolved)
+
+    async def load_model(
+        self, model_id: str, task: ModelTask, path: str, settings: dict[str, str]
+    ) -> ModelInfo:
+        """Builds, starts and serves a model while the process runs; its ModelInfo."""
+        async with self._loading:
+            outcome = "rejected"
+            try:
+                folder = self._loadable_path(path)
+                if task not in RUNTIME_TASKS:
+                    raise InvalidArgument(
+                        f"models of task {task.value!r} cannot be loaded at run time (only "
+                        f"{', '.join(t.value for t in RUNTIME_TASKS)})",
+                        param="task",
+                    )
+                if not model_id or model_id in self.models:
+                    raise AlreadyExists(f"model {model_id!r} is served already", param="id")
+                assert self._build is not None
+                try:
+                    engine = self._build(model_id, task.value, folder, settings)
+                except ValueError as exc:
+                    raise InvalidArgument(str(exc), param="settings") from None
+                try:
+                    await engine.start()
+                except (OSError, ValueError) as exc:
+                    await engine.close()
+                    raise InvalidArgument(
+                        f"cannot load {folder} as a {task.value} model: {exc}", param="path"
+                    ) from None
+                self.models[model_id] = engine
+                self._gauge(engine)
+                outcome = "ok"
+            except ParlanceError:
+                raise
+            except Exception:
+                outcome = "error"
+                raise
+            finally:
+                metrics.MODEL_LOADS.labels("load", outcome).inc()
+        log.info("model loaded at run time", extra={"model": model_id, "task": task.value})
+        return engine.model_info()
+
+    async def unload_model(self, model_id: str) -> None:
+        """Stops serving a model: new calls get NOT_FOUND, queued ones are answered first."""
+        async with self._loading:
+            engine = self.models.get(model_id)
+            if engine is None:
+                metrics.MODEL_LOADS.labels("unload", "rejected").inc()
+                raise NotFound(f"model {model_id!r} is not served here", param="id")
+            if engine.task not in RUNTIME_TASKS:
+                metrics.MODEL_LOADS.labels("unload", "rejected").inc()
+                raise InvalidArgument(
+                    f"model {model_id!r} serves the {engine.task.value} task; only embed and "
+                    "reward models are unloaded at run time",
+                    param="id",
+                )
+            del self.models[model_id]
+        await engine.close()
+        metrics.MODEL_LOADS.labels("unload", "ok").inc()
+        log.info("model unloaded", extra={"model": model_id})
+
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
         self._background.add(task)
@@ -145,7 +277,7 @@ class GeneratorServing:
 
     async def abort(self, request_id: str) -> None:
         """Aborts the request in whichever chat engine runs it (the others ignore the id)."""
-        for engine in self.models.values():
+        for engine in list(self.models.values()):
             if isinstance(engine, Engine):
                 await engine.abort(request_id)
 

@@ -54,6 +54,21 @@ class GeneratorServiceStub:
                 request_serializer=parlance_dot_generator_dot_v1_dot_generator__pb2.EmbedRequest.SerializeToString,
                 response_deserializer=parlance_dot_generator_dot_v1_dot_generator__pb2.EmbedResponse.FromString,
                 _registered_method=True)
+        self.Score = channel.unary_unary(
+                '/parlance.generator.v1.GeneratorService/Score',
+                request_serializer=parlance_dot_generator_dot_v1_dot_generator__pb2.ScoreRequest.SerializeToString,
+                response_deserializer=parlance_dot_generator_dot_v1_dot_generator__pb2.ScoreResponse.FromString,
+                _registered_method=True)
+        self.LoadModel = channel.unary_unary(
+                '/parlance.generator.v1.GeneratorService/LoadModel',
+                request_serializer=parlance_dot_generator_dot_v1_dot_generator__pb2.LoadModelRequest.SerializeToString,
+                response_deserializer=parlance_dot_generator_dot_v1_dot_generator__pb2.LoadModelResponse.FromString,
+                _registered_method=True)
+        self.UnloadModel = channel.unary_unary(
+                '/parlance.generator.v1.GeneratorService/UnloadModel',
+                request_serializer=parlance_dot_generator_dot_v1_dot_generator__pb2.UnloadModelRequest.SerializeToString,
+                response_deserializer=parlance_dot_generator_dot_v1_dot_generator__pb2.UnloadModelResponse.FromString,
+                _registered_method=True)
 
 
 class GeneratorServiceServicer:
@@ -93,6 +108,34 @@ class GeneratorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Score(self, request, context):
+        """Scores candidate answers to one conversation with a reward model: one score per candidate,
+        higher is better (the scale is the model's own: compare scores of one model only).
+        Concurrent calls are batched together in the engine. Calling it on a model of another task
+        is INVALID_ARGUMENT naming the model's task.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LoadModel(self, request, context):
+        """Loads a model from a folder while the generator runs (a newly trained reward model, an
+        embedding model), so it is listed and served without a restart. Only where the generator
+        allows it (GENERATOR_LOAD_ROOT set; the folder must be inside it), else FAILED_PRECONDITION;
+        tasks embed and reward only. An id already served is ALREADY_EXISTS.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnloadModel(self, request, context):
+        """Stops serving a model loaded by LoadModel or listed in GENERATOR_MODELS (embed and reward
+        models only): calls already queued are answered first. Unknown id: NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GeneratorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -115,6 +158,21 @@ def add_GeneratorServiceServicer_to_server(servicer, server):
                     servicer.Embed,
                     request_deserializer=parlance_dot_generator_dot_v1_dot_generator__pb2.EmbedRequest.FromString,
                     response_serializer=parlance_dot_generator_dot_v1_dot_generator__pb2.EmbedResponse.SerializeToString,
+            ),
+            'Score': grpc.unary_unary_rpc_method_handler(
+                    servicer.Score,
+                    request_deserializer=parlance_dot_generator_dot_v1_dot_generator__pb2.ScoreRequest.FromString,
+                    response_serializer=parlance_dot_generator_dot_v1_dot_generator__pb2.ScoreResponse.SerializeToString,
+            ),
+            'LoadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadModel,
+                    request_deserializer=parlance_dot_generator_dot_v1_dot_generator__pb2.LoadModelRequest.FromString,
+                    response_serializer=parlance_dot_generator_dot_v1_dot_generator__pb2.LoadModelResponse.SerializeToString,
+            ),
+            'UnloadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnloadModel,
+                    request_deserializer=parlance_dot_generator_dot_v1_dot_generator__pb2.UnloadModelRequest.FromString,
+                    response_serializer=parlance_dot_generator_dot_v1_dot_generator__pb2.UnloadModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -225,6 +283,87 @@ class GeneratorService:
             '/parlance.generator.v1.GeneratorService/Embed',
             parlance_dot_generator_dot_v1_dot_generator__pb2.EmbedRequest.SerializeToString,
             parlance_dot_generator_dot_v1_dot_generator__pb2.EmbedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Score(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parlance.generator.v1.GeneratorService/Score',
+            parlance_dot_generator_dot_v1_dot_generator__pb2.ScoreRequest.SerializeToString,
+            parlance_dot_generator_dot_v1_dot_generator__pb2.ScoreResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parlance.generator.v1.GeneratorService/LoadModel',
+            parlance_dot_generator_dot_v1_dot_generator__pb2.LoadModelRequest.SerializeToString,
+            parlance_dot_generator_dot_v1_dot_generator__pb2.LoadModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnloadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parlance.generator.v1.GeneratorService/UnloadModel',
+            parlance_dot_generator_dot_v1_dot_generator__pb2.UnloadModelRequest.SerializeToString,
+            parlance_dot_generator_dot_v1_dot_generator__pb2.UnloadModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -119,10 +119,12 @@ class GenerationStep:
 
 
 class ModelTask(enum.Enum):
-    """What a model does: chat models generate, embed models turn texts into vectors."""
+    """What a model does: chat models generate, embed models turn texts into vectors, reward
+    models score answers to a conversation."""
 
     CHAT = "chat"
     EMBED = "embed"
+    REWARD = "reward"
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +290,59 @@ class EmbeddingEngine(ABC):
     @abstractmethod
     def stats(self) -> EngineStats:
         """Calls being embedded and waiting for the next batch now."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Finishes what is queued and releases the model."""
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreRequest:
+    """Candidate answers to one conversation, each to be scored after it."""
+
+    request_id: str
+    messages: tuple[ChatMessage, ...]
+    candidates: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not self.candidates:
+            raise InvalidArgument("candidates must not be empty", param="candidates")
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreResult:
+    # One per candidate, in order; higher is preferred (the model's own scale).
+    scores: list[float]
+    # Tokens of each scored sequence (conversation + candidate, after truncation).
+    token_counts: list[int]
+    # Sequences that lost the start of their conversation to fit the model's window.
+    truncated: int = 0
+
+
+class RewardEngine(ABC):
+    """A reward model runtime (engine/reward.py). One instance serves one model until it is
+    unloaded."""
+
+    task = ModelTask.REWARD
+    #: Short name for metrics and ListModels ("transformers", ...).
+    name: str
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Loads the model; raises ValueError or OSError for a folder that is not a reward
+        model (LoadModel reports it as INVALID_ARGUMENT)."""
+
+    @abstractmethod
+    async def score(self, request: ScoreRequest) -> ScoreResult:
+        """One score per candidate. Raises InvalidArgument(param=...) for a call over the
+        engine's caps (candidates, characters)."""
+
+    @abstractmethod
+    def model_info(self) -> ModelInfo: ...
+
+    @abstractmethod
+    def stats(self) -> EngineStats:
+        """Calls being scored and waiting for the next batch now."""
 
     @abstractmethod
     async def close(self) -> None:
