@@ -109,7 +109,8 @@ def state_after(stack: BenchStack) -> dict[str, float]:
     import redis
 
     time.sleep(2)
-    gateway = metric_sums(f"{stack.gateway_url}/metrics")
+    gateway_port = stack.services["gateway"].metrics_port  # its internal metrics port
+    gateway = metric_sums(f"http://127.0.0.1:{gateway_port}/metrics")
     generator_port = stack.services["generator"].metrics_port
     generator = metric_sums(f"http://127.0.0.1:{generator_port}/metrics") if generator_port else {}
     depth_at_start = outbox_depth(stack.gateway_url)

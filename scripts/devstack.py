@@ -236,9 +236,13 @@ class Stack:
                 metrics_port=mport,
             )
         http = self._port(8000)
+        # The gateway's /metrics is on its own, internal port (never the public one).
+        gateway_metrics = self._port(9100)
         gateway_env = {
             **common,
             "GATEWAY_PORT": str(http),
+            "GATEWAY_METRICS_PORT": str(gateway_metrics),
+            "GATEWAY_KEY_ID_FILE": str(self.data_dir / "gateway-key-id-secret"),
             "GATEWAY_GENERATOR_URL": f"127.0.0.1:{self.services['generator'].grpc_port}",
             "GATEWAY_SAFETY_URL": f"127.0.0.1:{self.services['safety'].grpc_port}",
             "GATEWAY_HISTORY_URL": f"127.0.0.1:{self.services['history'].grpc_port}",
@@ -255,6 +259,7 @@ class Stack:
             env=gateway_env,
             log_path=run_dir / "gateway.log",
             http_port=http,
+            metrics_port=gateway_metrics,
         )
 
     def start_service(self, name: str, timeout_s: float = 180.0) -> None:

@@ -156,7 +156,7 @@ def test_conversation_that_fits_is_sent_whole(small: Stack) -> None:
 
 
 def _titles_done(stack: Stack) -> float:
-    samples = scrape(stack.services["gateway"].http_port)
+    samples = scrape(stack.services["gateway"].metrics_port)
     return total(samples, "parlance_gateway_titles_total")
 
 
@@ -188,7 +188,7 @@ def test_new_conversation_gets_a_model_title(small: Stack) -> None:
     assert len(got["title"]) <= 60 and "\n" not in got["title"]
     # The title request is not part of the conversation.
     assert [m["role"] for m in got["messages"]] == ["user", "assistant"]
-    samples = scrape(small.services["gateway"].http_port)
+    samples = scrape(small.services["gateway"].metrics_port)
     assert samples.get('parlance_gateway_titles_total{outcome="set"}', 0) >= 1
 
 

@@ -329,7 +329,7 @@ def test_prometheus_scrapes_every_service() -> None:
         for sc in job["static_configs"]
         for target in sc["targets"]
     }
-    assert {"gateway:8000", "generator:9101", "safety:9102", "history:9103"} <= targets
+    assert {"gateway:9100", "generator:9101", "safety:9102", "history:9103"} <= targets
 
 
 def test_alerts_cover_the_operational_risks() -> None:

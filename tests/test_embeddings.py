@@ -186,14 +186,14 @@ def test_cache_per_tenant(stack: Stack) -> None:
 
 def test_limits_and_metrics(stack: Stack, tmp_path: Path) -> None:
     before = total(
-        scrape(stack.services["gateway"].http_port), "parlance_gateway_embeddings_inputs_total"
+        scrape(stack.services["gateway"].metrics_port), "parlance_gateway_embeddings_inputs_total"
     )
     response = post(stack, {"model": EMBED, "input": ["one", "two", "three"]}, **NO_CACHE)
     assert response.status_code == 200
     assert "x-ratelimit-remaining-requests" in response.headers
     assert "x-ratelimit-remaining-tokens" in response.headers
     after = total(
-        scrape(stack.services["gateway"].http_port), "parlance_gateway_embeddings_inputs_total"
+        scrape(stack.services["gateway"].metrics_port), "parlance_gateway_embeddings_inputs_total"
     )
     assert after - before == 3
     # A gateway whose keys may spend 40 tokens a minute: the estimate of a big request is

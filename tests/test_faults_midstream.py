@@ -134,7 +134,7 @@ def assert_ended_with_503(seen: Stream) -> None:
 
 def safety_verdicts(stack: Stack) -> float:
     """Calls to safety that the gateway got an answer for (all calls less the failed ones)."""
-    port = stack.services["gateway"].http_port
+    port = stack.services["gateway"].metrics_port
     assert port is not None
     samples = scrape(port)
     calls = samples.get('parlance_gateway_dependency_duration_seconds_count{dependency="safety"}')
@@ -327,7 +327,7 @@ def test_generator_silent_mid_stream_ends_at_the_idle_timeout(stack: Stack) -> N
     generator = stack.services["generator"]
     assert gateway.http_port is not None
     idle = 'parlance_gateway_dependency_errors_total{code="IDLE_TIMEOUT",dependency="generator"}'
-    before = scrape(gateway.http_port).get(idle, 0.0)
+    before = scrape(gateway.metrics_port).get(idle, 0.0)
     silent_since: list[float] = []
 
     def go_silent() -> None:
@@ -338,7 +338,7 @@ def test_generator_silent_mid_stream_ends_at_the_idle_timeout(stack: Stack) -> N
         seen = stream_chat(gateway, body(), on_first_text=go_silent, timeout_s=HANG_BOUND_S)
         assert_ended_with_503(seen)
         assert "stopped responding" in seen.error["message"], seen.error  # type: ignore[index]
-        assert scrape(gateway.http_port).get(idle, 0.0) == before + 1
+        assert scrape(gateway.metrics_port).get(idle, 0.0) == before + 1
         # Not before the idle timeout: text may arrive until the generator was paused.
         assert seen.ended_s - silent_since[0] >= IDLE_TIMEOUT_S * 0.9
     finally:

@@ -35,6 +35,7 @@ from parlance.testing import (
     scrape,
     scripted_generator,
     start_extra_gateway,
+    static_key_id,
     total,
     wait_until,
 )
@@ -43,10 +44,6 @@ ADMIN_KEY = "sk-admin-test-limits-0123456789"
 ADMIN = bearer(ADMIN_KEY)
 # The scripted engine echoes the last user message, one word a token, at 50 tokens/s.
 LONG = " ".join(f"word{i}" for i in range(80))
-
-
-def static_key_id(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
 def body(content: str = "Hi there", max_tokens: int = 1, **extra: object) -> dict:
@@ -272,7 +269,7 @@ def test_200_streams_cancelled_at_random_points_leave_no_lease(
 
     asyncio.run(run())
     key_id = static_key_id(BOB_KEY)
-    port = limits_stack.services["gateway"].http_port
+    port = limits_stack.services["gateway"].metrics_port
     assert port is not None
     wait_until(
         lambda: (
@@ -348,7 +345,7 @@ def test_redis_stopped_mid_test_follows_the_policy_and_recovers(limits_stack: St
         assert refused.json()["error"]["code"] == "service_unavailable"
         for gateway in gateways.values():
             assert gateway.http_port is not None
-            samples = scrape(gateway.http_port)
+            samples = scrape(gateway.metrics_port)
             assert total(samples, "parlance_gateway_redis_fallback_active") == 1
             assert total(samples, "parlance_gateway_redis_errors_total") >= 1
 
@@ -358,7 +355,8 @@ def test_redis_stopped_mid_test_follows_the_policy_and_recovers(limits_stack: St
             # A request that reached Redis switches the fallback gauge off again.
             chat(gateway, body(), ALICE)
             assert gateway.http_port is not None
-            return total(scrape(gateway.http_port), "parlance_gateway_redis_fallback_active") == 0
+            samples = scrape(gateway.metrics_port)
+            return total(samples, "parlance_gateway_redis_fallback_active") == 0
 
         for policy, gateway in gateways.items():
             wait_until(lambda g=gateway: back_on_redis(g), 10, f"{policy} gateway on Redis")

@@ -17,7 +17,6 @@ Last, history is killed: a stored chat still answers and its write waits in the 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from parlance.testing import (
     scrape,
     scripted_generator,
     start_extra_gateway,
+    static_key_id,
     total,
     wait_until,
 )
@@ -75,8 +75,8 @@ def stream_events(url: str, payload: dict[str, Any], headers: dict[str, str]) ->
 def scrape_all(session: Session) -> dict[str, dict[str, float]]:
     services = session.stack.services
     ports = {
-        "gateway": services["gateway"].http_port,
-        "extra": session.extra.http_port,
+        "gateway": services["gateway"].metrics_port,
+        "extra": session.extra.metrics_port,
         "generator": services["generator"].metrics_port,
         "safety": services["safety"].metrics_port,
         "history": services["history"].metrics_port,
@@ -140,7 +140,7 @@ def run_session(stack: Stack, extra: ServiceProcess) -> Session:
     session.statuses["extra"].append(200)
     session.usage["extra"].append(json.loads(rest[-1])["usage"])
     # The lease is released in a task of its own just after the stream's end.
-    wait_until(lambda: scrape(extra.http_port)["parlance_gateway_leases_held{}"] == 0)
+    wait_until(lambda: scrape(extra.metrics_port)["parlance_gateway_leases_held{}"] == 0)
     assert post(other, "extra", body(CLEAN), BOB).status_code == 200
     limited = post(other, "extra", body(CLEAN), BOB)
     assert limited.status_code == 429 and "Rate limit" in limited.json()["error"]["message"]
@@ -249,9 +249,9 @@ def test_generator_counts_prompt_tokens_of_cancelled_calls(session: Session) -> 
 
 
 def test_tokens_by_key(session: Session) -> None:
-    # A static key's id is the first 12 hex digits of its SHA-256 digest, never the key.
+    # A static key's id is an HMAC of it under the server's secret, never the key.
     samples = session.after["gateway"]
-    alice = hashlib.sha256(ALICE_KEY.encode()).hexdigest()[:12]
+    alice = static_key_id(ALICE_KEY)
     assert count(samples, "parlance_gateway_tokens_total", key_id=alice) > 0
 
 

@@ -161,7 +161,7 @@ def test_routes_by_model_id_and_alias(stack: Stack) -> None:
 def test_replicas_share_a_models_calls(stack: Stack) -> None:
     served = {answer(stack, SMALL).split()[0] for _ in range(8)}
     assert served == {"one", "two"}
-    routed = scrape(stack.services["gateway"].http_port)
+    routed = scrape(stack.services["gateway"].metrics_port)
     per_target = {
         key: value
         for key, value in routed.items()
@@ -238,5 +238,6 @@ def test_killed_replica_traffic_continues(stack: Stack) -> None:
     gone = chat(stack, LARGE)
     assert gone.status_code == 503
     assert "Retry-After" in gone.headers or "retry-after" in gone.headers
-    up = total(scrape(stack.services["gateway"].http_port), "parlance_gateway_generator_target_up")
+    samples = scrape(stack.services["gateway"].metrics_port)
+    up = total(samples, "parlance_gateway_generator_target_up")
     assert up == 1

@@ -121,7 +121,7 @@ def test_moderations_endpoint_in_openai_shape(scripted_stack: Stack) -> None:
 
 
 def test_moderation_counts_flags_in_metrics(scripted_stack: Stack) -> None:
-    port = scripted_stack.services["gateway"].http_port
+    port = scripted_stack.services["gateway"].metrics_port
     samples = scrape(port)
     assert total(samples, "parlance_gateway_moderation_flags_total") >= 1
     assert total(samples, "parlance_gateway_moderation_windows_total") >= 2

@@ -68,7 +68,8 @@ def url(stack: Stack, path: str) -> str:
 def scrape_gateway(stack: Stack) -> dict[str, float]:
     from prometheus_client.parser import text_string_to_metric_families
 
-    with urllib.request.urlopen(url(stack, "/metrics"), timeout=5) as reply:
+    port = stack.services["gateway"].metrics_port  # internal port: not on the public one
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
         text = reply.read().decode()
     return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from fastapi import FastAPI
 
-from parlance.gateway.auth import KeyStore, StaticKeyStore
+from parlance.gateway.auth import KeyStore, StaticKeyStore, load_secret
 from parlance.gateway.cache import ResponseCache
 from parlance.gateway.chat import api_router as chat
 from parlance.gateway.chat.serving import ChatService
@@ -90,7 +90,11 @@ def create_app(
         await key_store.create_schema()
         state = GatewayState(
             settings=s,
-            keys=keys or CombinedKeyStore(StaticKeyStore(s.api_keys), key_store),
+            keys=keys
+            or CombinedKeyStore(
+                StaticKeyStore(s.api_keys, load_secret(s.key_id_secret, s.key_id_file)),
+                key_store,
+            ),
             key_store=key_store,
             redis=redis_state,
             limiter=RateLimiter(redis_state, s.ratelimit_on_redis_down),

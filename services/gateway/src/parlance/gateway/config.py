@@ -157,7 +157,7 @@ class GatewaySettings(BaseSettings):
     # public one: it shows every key id with its token usage. -1 switches it off.
     metrics_port: int = 9100
     # The secret that makes static keys' ids (in logs and metrics) opaque: HMAC-SHA256 of the
-    # key under it. Empty: a random secret kept in secret_file (0600), shared by the workers
+    # key under it. Empty: a random secret kept in key_id_file (0600), shared by the workers
     # on one host; set it (the same on every replica) so that ids agree across hosts.
     key_id_secret: str = ""
-    secret_file: str = ".data/gateway-secret"
+    key_id_file: str = ".data/gateway-key-id-secret"

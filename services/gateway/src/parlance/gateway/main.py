@@ -19,6 +19,7 @@ import tempfile
 
 import uvicorn
 from fastapi import FastAPI
+from prometheus_client import REGISTRY, CollectorRegistry, multiprocess, start_http_server
 
 from parlance.common import tracing
 from parlance.common.logging import configure_logging
@@ -37,6 +38,19 @@ def app_from_env() -> FastAPI:
     return create_app(settings)
 
 
+def start_metrics_server(settings: GatewaySettings) -> None:
+    """Prometheus /metrics on GATEWAY_METRICS_PORT, an internal port like the gRPC services'
+    (the public port does not serve it: it shows every key id with its usage). With several
+    workers this process serves the sum over all of them, from the files they write."""
+    if settings.metrics_port < 0:
+        return
+    registry = REGISTRY
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    start_http_server(settings.metrics_port, addr=settings.host, registry=registry)
+
+
 def serve(settings: GatewaySettings) -> None:
     configure_logging("gateway", settings.log_level, settings.log_format)
     if settings.workers <= 1:  # else each worker process sets up its own (app_from_env)
@@ -49,6 +63,7 @@ def serve(settings: GatewaySettings) -> None:
         # the workers start, so that they import prometheus-client in multiprocess mode.
         metrics_dir = tempfile.mkdtemp(prefix="parlance-gateway-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    start_metrics_server(settings)
     app: FastAPI | str = (
         create_app(settings) if settings.workers <= 1 else "parlance.gateway.main:app_from_env"
     )

@@ -128,3 +128,9 @@ EMBEDDINGS = Counter(
     "Inputs embedded through /v1/embeddings, by model and whether the cache answered.",
     ["model", "cache"],
 )
+AUTH_FAILURES = Counter(
+    "parlance_gateway_auth_failures_total",
+    "API requests refused before their body was read: rejected (401: no or unknown key) or "
+    "throttled (429: too many failures from the client's address).",
+    ["outcome"],
+)

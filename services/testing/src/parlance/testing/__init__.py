@@ -13,7 +13,16 @@ G1's gateway fakes and in-process client live in fakes.py and inprocess.py.
 """
 
 from parlance.testing.chat import assert_openai_error, base_url, chat, chat_body
-from parlance.testing.keys import ALICE, ALICE_KEY, BOB, BOB_KEY, MODEL, bearer
+from parlance.testing.keys import (
+    ALICE,
+    ALICE_KEY,
+    BOB,
+    BOB_KEY,
+    KEY_ID_SECRET,
+    MODEL,
+    bearer,
+    static_key_id,
+)
 from parlance.testing.metrics import scrape, total
 from parlance.testing.processes import (
     RedisProcess,
@@ -46,6 +55,7 @@ __all__ = [
     "BOB",
     "BOB_KEY",
     "DONE",
+    "KEY_ID_SECRET",
     "MODEL",
     "RedisProcess",
     "ServiceProcess",
@@ -69,6 +79,7 @@ __all__ = [
     "start_extra_gateway",
     "start_redis_server",
     "start_stack",
+    "static_key_id",
     "stream_chat",
     "text_of",
     "total",

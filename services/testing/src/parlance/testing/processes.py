@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from parlance.testing.keys import ALICE_KEY, BOB_KEY
+from parlance.testing.keys import ALICE_KEY, BOB_KEY, KEY_ID_SECRET
 
 
 def repo_root() -> Path:
@@ -56,6 +56,11 @@ def stack_env(
     extra_env["gateway"] = {
         "GATEWAY_API_KEYS": TEST_KEYS,
         "GATEWAY_RETRY_AFTER_S": "2",
+        # Static key ids are HMACs under this secret (keys.static_key_id computes them).
+        "GATEWAY_KEY_ID_SECRET": KEY_ID_SECRET,
+        # The suites send bad keys on purpose from one address; test_security_auth.py
+        # checks the throttle with a limit of its own.
+        "GATEWAY_AUTH_FAILURES_PER_MINUTE": "0",
         **extra_env.get("gateway", {}),
         **(gateway_env or {}),
     }
@@ -87,13 +92,19 @@ def start_stack(
 def start_extra_gateway(stack: Stack, env: dict[str, str]) -> ServiceProcess:
     """A second gateway process on the same services, with other settings."""
     base = stack.services["gateway"]
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     gateway = ServiceProcess(
         name="gateway-extra",
         command=base.command,
-        env={**base.env, "GATEWAY_PORT": str(port), **env},
+        env={
+            **base.env,
+            "GATEWAY_PORT": str(port),
+            "GATEWAY_METRICS_PORT": str(metrics_port),
+            **env,
+        },
         log_path=base.log_path.with_name(f"gateway-{port}.log"),
         http_port=port,
+        metrics_port=metrics_port,
     )
     gateway.start()
     stack.services[f"gateway-{port}"] = gateway

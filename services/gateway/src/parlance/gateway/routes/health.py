@@ -1,14 +1,12 @@
-"""Liveness, readiness and Prometheus metrics."""
+"""Liveness and readiness. Prometheus metrics are served on their own port (main.py), not
+here: they show every key id with its token usage, which the public port must not."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
-from starlette.responses import Response
 
 from parlance.gateway.deps import State
 
@@ -58,14 +56,3 @@ async def readyz(state: State) -> JSONResponse:
         status_code=200 if ready else 503,
         headers={} if ready else {"Retry-After": str(state.settings.retry_after_s)},
     )
-
-
-@router.get("/metrics", include_in_schema=False)
-async def metrics() -> Response:
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        # Several worker processes (GATEWAY_WORKERS > 1): whichever answers the scrape
-        # reports the sum over all of them, from the files they write.
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
