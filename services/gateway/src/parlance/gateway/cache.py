@@ -27,6 +27,8 @@ class CachedChoice:
     index: int
     deltas: list[str] = field(default_factory=list)
     finish_reason: str | None = None
+    # Output moderation's verdict of the answer, as history stores it ("" when unmoderated).
+    moderation_json: str = ""
 
     @property
     def text(self) -> str:

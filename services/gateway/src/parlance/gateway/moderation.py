@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,15 +40,39 @@ def flagged_categories(result: safety_pb2.Classification) -> list[str]:
     return sorted({c.category for c in result.categories if c.flagged})
 
 
-async def moderate_input(safety: SafetyClient, texts: list[str]) -> None:
-    """Raises 400 content_filter when any text is flagged (safety down: 503, fail closed)."""
-    texts = [t for t in texts if t.strip()]
-    if not texts:
-        return
-    verdicts = await safety.classify(texts, safety_pb2.DIRECTION_INPUT)
+def verdict_json(key: str, results: Sequence[safety_pb2.Classification], model: str) -> str:
+    """A message's moderation_json as history stores it: {key: verdict}, key "input" (a
+    message of the request) or "output" (an answer: flagged when any of its windows was, each
+    category's highest score). "" when nothing was classified."""
+    if not results:
+        return ""
+    scores: dict[str, float] = {}
+    for result in results:
+        for category in result.categories:
+            scores[category.category] = max(scores.get(category.category, 0.0), category.score)
+    verdict = {
+        "flagged": any(r.flagged for r in results),
+        "categories": {name: round(score, 6) for name, score in sorted(scores.items())},
+        "flagged_categories": sorted({c for r in results for c in flagged_categories(r)}),
+        "model": model,
+    }
+    return json.dumps({key: verdict}, separators=(",", ":"), sort_keys=True)
+
+
+async def moderate_input(safety: SafetyClient, texts: list[str]) -> list[str]:
+    """Each text's moderation_json ("" for a blank text, which is not classified); raises 400
+    content_filter when any text is flagged (safety down: 503, fail closed)."""
+    classified = [i for i, t in enumerate(texts) if t.strip()]
+    if not classified:
+        return [""] * len(texts)
+    verdicts = await safety.classify([texts[i] for i in classified], safety_pb2.DIRECTION_INPUT)
     categories = sorted({c for v in verdicts.results if v.flagged for c in flagged_categories(v)})
     if not any(v.flagged for v in verdicts.results):
-        return
+        found = dict(zip(classified, verdicts.results, strict=True))
+        return [
+            verdict_json("input", [found[i]], verdicts.model) if i in found else ""
+            for i in range(len(texts))
+        ]
     for category in categories or ["flagged"]:
         MODERATION_FLAGS.labels("input", category).inc()
     log.info("input refused by moderation", extra={"categories": categories})
@@ -172,6 +197,13 @@ class StreamModerator:
         self.retry_after_s = settings.retry_after_s
         # Every token the engine produced, released or not (for usage when a stream is cut).
         self.generated_tokens = 0
+        # Per choice, the classifications of its windows that were judged (the stored verdict).
+        self.results: dict[int, list[safety_pb2.Classification]] = {}
+        self.classifier = ""
+
+    def verdict_json(self, index: int) -> str:
+        """The choice's output verdict as history stores it ("" when nothing was classified)."""
+        return verdict_json("output", self.results.get(index, []), self.classifier)
 
     def _cut(self, buffer: _ChoiceBuffer, final: bool) -> str | None:
         """The text of the window to close now, if any."""
@@ -296,7 +328,10 @@ class StreamModerator:
             return None
         if window.verdict is None:
             return TextEvent(window.index, window.text, window.token_count, window.logprobs)
-        result = (await window.verdict).results[0]
+        response = await window.verdict
+        result = response.results[0]
+        self.classifier = response.model
+        self.results.setdefault(window.index, []).append(result)
         MODERATION_HOLDBACK.observe(time.monotonic() - window.held_since)
         if not result.flagged:
             return TextEvent(window.index, window.text, window.token_count, window.logprobs)

@@ -93,11 +93,15 @@ def exchange_messages(
     prepared: PreparedChat, record: CompletionRecord, progress: Progress | None
 ) -> list[history_pb2.Message]:
     """The request's messages and the (first choice's) answer, as history stores them."""
+    verdicts = prepared.input_verdicts or [""] * len(prepared.new_messages)
     messages = [
         history_pb2.Message(
-            id=f"msg_{uuid.uuid4().hex}", role=convert.stored_role(role), content=text
+            id=f"msg_{uuid.uuid4().hex}",
+            role=convert.stored_role(role),
+            content=text,
+            moderation_json=verdict,
         )
-        for role, text in prepared.new_messages
+        for (role, text), verdict in zip(prepared.new_messages, verdicts, strict=True)
     ]
     answer = record.choices[0]
     assistant = history_pb2.Message(
@@ -109,6 +113,10 @@ def exchange_messages(
             prompt_tokens=record.prompt_tokens, completion_tokens=record.completion_tokens
         ),
         finish_reason=answer.finish_reason or "",
+        moderation_json=answer.moderation_json,
+        # The model's answer, never text a client sent as "assistant": only such answers are
+        # training targets.
+        generated=True,
     )
     if progress is not None and progress.first_token_at is not None:
         assistant.time_to_first_token_ms = int((progress.first_token_at - prepared.started) * 1000)

@@ -74,8 +74,10 @@ class Generation:
             prepared.generated_tokens = moderator.generated_tokens
             if isinstance(event, moderation.TextEvent):
                 progress.add_text(event, time.monotonic())
+                progress.verdicts[event.index] = moderator.verdict_json(event.index)
             elif isinstance(event, moderation.FinishEvent):
                 progress.finish(event)
+                progress.verdicts[event.index] = moderator.verdict_json(event.index)
             else:
                 progress.prompt_tokens = prepared.prompt_tokens = event.prompt_tokens
                 progress.completion_tokens = event.completion_tokens

@@ -147,7 +147,7 @@ class Preparer:
         a 503, never an unmoderated generation). Messages loaded from history passed
         moderation when they were stored."""
         if self.settings.moderate_input:
-            await moderation.moderate_input(
+            prepared.input_verdicts = await moderation.moderate_input(
                 self.safety, [text for _, text in prepared.new_messages]
             )
 

@@ -27,6 +27,8 @@ class PreparedChat:
     new_messages: list[tuple[str, str]]
     # The completion tokens asked of the generator per choice (see effective_max_tokens).
     max_tokens: int
+    # Input moderation's verdict of each of new_messages ("" when not classified).
+    input_verdicts: list[str] = field(default_factory=list)
     completion_id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
     created: int = field(default_factory=lambda: int(time.time()))
     started: float = field(default_factory=time.monotonic)
@@ -77,6 +79,8 @@ class Progress:
     first_token_at: float | None = None
     last_token_at: float | None = None
     tokens_after_first: int = 0
+    # Per choice, output moderation's verdict of what was released (moderation_json).
+    verdicts: dict[int, str] = field(default_factory=dict)
 
     def add_text(self, event: moderation.TextEvent, now: float) -> None:
         choice = self.choices.setdefault(event.index, CachedChoice(index=event.index))
@@ -98,10 +102,15 @@ class Progress:
     def record(self, model: str, n: int) -> CompletionRecord:
         return CompletionRecord(
             model=model,
-            choices=[self.choices.get(i, CachedChoice(index=i)) for i in range(n)],
+            choices=[self._choice(i) for i in range(n)],
             prompt_tokens=self.prompt_tokens or 0,
             completion_tokens=self.completion_tokens or 0,
         )
+
+    def _choice(self, index: int) -> CachedChoice:
+        choice = self.choices.get(index, CachedChoice(index=index))
+        choice.moderation_json = self.verdicts.get(index, "")
+        return choice
 
 
 @dataclass
@@ -125,6 +134,7 @@ class Sent:
                     index=i,
                     deltas=list(self.deltas.get(i, [])),
                     finish_reason=self.finish_reasons.get(i, CANCELLED),
+                    moderation_json=progress.verdicts.get(i, ""),
                 )
                 for i in range(prepared.n)
             ],
