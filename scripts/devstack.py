@@ -311,9 +311,10 @@ def load_or_create_api_key(data_dir: Path) -> str:
     if path.exists():
         return path.read_text().strip()
     key = "sk-parlance-" + secrets.token_urlsafe(24)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(key + "\n")
-    path.chmod(0o600)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # Created 0600 from the start (a chmod after writing leaves a moment it is readable).
+    with os.fdopen(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600), "w") as out:
+        out.write(key + "\n")
     return key
 
 
