@@ -38,9 +38,18 @@ SECRET_KEYS = ("POSTGRES_PASSWORD", "GATEWAY_API_KEYS", "GATEWAY_ADMIN_KEY", "HF
 # Parlance service; here each gets only its own). POSTGRES_PASSWORD reaches whoever's compose
 # `environment` interpolates it.
 SECRET_READERS = {
+    "GATEWAY_KEY_ID_SECRET": "gateway",
     "GATEWAY_API_KEYS": "gateway",
     "GATEWAY_ADMIN_KEY": "gateway",
     "HF_TOKEN": "generator",
+}
+# Secrets only Kubernetes needs, with the reason (written into secrets.env.example).
+KUBERNETES_SECRETS = {
+    "GATEWAY_KEY_ID_SECRET": (
+        "the secret behind static keys' opaque ids in logs and\n"
+        "# metrics (openssl rand -hex 32), the same on every gateway pod so that ids agree\n"
+        "# (compose's one host keeps it in a file on its volume; empty, each pod makes its own)"
+    )
 }
 # Secrets that may stay empty (an empty admin key closes the admin routes; no HF token means
 # public models only).
@@ -334,6 +343,8 @@ def secrets_example() -> str:
         "# POSTGRES_PASSWORD: hex only (openssl rand -hex 24), it is embedded in database URLs.",
     ]
     lines += [f"{key}=" for key in SECRET_KEYS]
+    for key, why in KUBERNETES_SECRETS.items():
+        lines += [f"# Kubernetes only: {why}.", f"{key}="]
     return "\n".join(lines) + "\n"
 
 
