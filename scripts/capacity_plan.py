@@ -637,6 +637,10 @@ def _unmeasured(a: Assumptions, gpu: dict[str, Figure]) -> list[str]:
         "- Scaling from one GPU to two (issue 21's two-GPU run) is not measured yet: the plan "
         "assumes GPUs add linearly, with round-robin balancing (conversation affinity, which "
         "would raise the prefix-cache hit rate of multi-turn chats, is not built yet).",
+        "- Safety is sized with the profanity classifier, the one the load test ran. The "
+        "default is now minilm (all-MiniLM-L6-v2 on every text window), whose CPU per request "
+        f"is not in `bench/results/{SAFETY_BENCH}` yet: expect far more than profanity's; "
+        "size safety from its measured figure before relying on the safety line above.",
         "- Storage was measured without moderation verdicts stored with the messages, and "
         "before autovacuum's long-run bloat.",
         "- Redis and PostgreSQL at their limits; the network between the services.",
