@@ -28,6 +28,10 @@ def _req(stack: Stack, method: str, path: str, headers: dict, **kw: object) -> h
 
 
 def _msg(role: str, content: str, parent_id: str | None = None, **fields: object) -> pb.Message:
+    if role == "assistant":
+        # As the chat flow stores an answer its model generated and finished (the export
+        # takes only such answers: issue 14, finding 2).
+        fields = {"generated": True, "finish_reason": "stop", **fields}
     message = pb.Message(id=f"msg_{uuid.uuid4().hex}", role=role, content=content, **fields)  # type: ignore[arg-type]
     if parent_id is not None:
         message.parent_id = parent_id
