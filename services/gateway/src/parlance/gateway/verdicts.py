@@ -51,7 +51,7 @@ def to_json(**verdicts: dict[str, Any]) -> str:
 
 
 async def classify(
-    safety: SafetyClient, texts: Sequence[str], direction: safety_pb2.Direction.ValueType
+    safety: SafetyClient, texts: Sequence[str], direction: safety_pb2.Direction
 ) -> list[safety_pb2.Classification]:
     """Each text's classification, in order (in chunks; safety down raises its 503)."""
     out: list[safety_pb2.Classification] = []
@@ -83,7 +83,7 @@ def _record_texts(record: dict[str, Any]) -> Iterable[tuple[str, str]]:
                 yield str(turn.get("role", "")), str(turn.get("content", ""))
 
 
-def _direction(role: str) -> safety_pb2.Direction.ValueType:
+def _direction(role: str) -> safety_pb2.Direction:
     return safety_pb2.DIRECTION_OUTPUT if role == "assistant" else safety_pb2.DIRECTION_INPUT
 
 
@@ -93,12 +93,12 @@ async def recheck_records(safety: SafetyClient, lines: Sequence[str]) -> list[st
     record is classified again at export time, assistant turns as output, the rest as input.
     Safety down raises (fail closed: nothing unchecked is exported)."""
     records = [json.loads(line) for line in lines]
-    wanted: dict[tuple[safety_pb2.Direction.ValueType, str], None] = {}
+    wanted: dict[tuple[safety_pb2.Direction, str], None] = {}
     for record in records:
         for role, content in _record_texts(record):
             if content.strip():
                 wanted[(_direction(role), content)] = None
-    flagged: set[tuple[safety_pb2.Direction.ValueType, str]] = set()
+    flagged: set[tuple[safety_pb2.Direction, str]] = set()
     for direction in (safety_pb2.DIRECTION_INPUT, safety_pb2.DIRECTION_OUTPUT):
         texts = [text for d, text in wanted if d == direction]
         results = await classify(safety, texts, direction)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import and_, delete, insert, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -120,7 +121,7 @@ class HistoryRepository:
     def _dialect(self) -> str:
         return self.session.get_bind().dialect.name
 
-    def _insert(self, table: type[models.Base]):  # type: ignore[no-untyped-def]
+    def _insert(self, table: type[models.Base]) -> Any:
         """INSERT with ON CONFLICT support, which both backends have under the same API."""
         module = postgresql if self._dialect == "postgresql" else sqlite
         return module.insert(table)

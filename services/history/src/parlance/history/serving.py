@@ -437,6 +437,7 @@ class HistoryServing:
                 previous = message_id
             await repo.add_messages(new_records)
             if new_records:
+                assert last_created is not None  # set with the first new record
                 await repo.update_conversation(
                     user_id, target_id, updated_at=last_created, active_leaf_id=out_ids[-1]
                 )

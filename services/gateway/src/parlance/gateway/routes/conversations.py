@@ -245,7 +245,7 @@ async def export_training_data(
     try:
         first_lines = await verdicts.recheck_records(state.safety, first.records) if first else []
     except BaseException:
-        await stream.aclose()
+        await stream.aclose()  # type: ignore[attr-defined]
         raise
 
     async def body() -> AsyncIterator[bytes]:
@@ -258,7 +258,7 @@ async def export_training_data(
             # Headers are sent: the stream ends short; the log says why.
             log.error("training-data export ended early: %s", exc.message)
         finally:
-            await stream.aclose()
+            await stream.aclose()  # type: ignore[attr-defined]
 
     return StreamingResponse(
         body(),
