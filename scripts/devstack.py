@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _without_password(url: str) -> str:
+    """A Redis URL as it may be printed: its password replaced (REDIS_URL may carry one)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    host = f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 def redis_answers(url: str, timeout_s: float = 0.5) -> bool:
@@ -190,7 +200,7 @@ class Stack:
         candidates += [os.environ.get("REDIS_URL", ""), "redis://127.0.0.1:6379/0"]
         for url in filter(None, candidates):
             if redis_answers(url):
-                _say(f"Redis: using {url}")
+                _say(f"Redis: using {_without_password(url)}")
                 return url
         if self.redis_url == "":
             return ""

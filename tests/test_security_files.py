@@ -46,3 +46,13 @@ def test_static_key_ids_are_opaque() -> None:
     one, other = opaque_key_id(key, b"secret-one"), opaque_key_id(key, b"secret-two")
     assert one != other and one == opaque_key_id(key, b"secret-one")
     assert hashlib.sha256(key.encode()).hexdigest()[:12] not in one
+
+
+def test_redis_urls_are_logged_without_their_password() -> None:
+    from parlance.gateway.redis_state import redacted_url
+
+    devstack = _load_devstack()
+    for redact in (redacted_url, devstack._without_password):
+        assert redact("redis://:hunter2@redis:6379/0") == "redis://:***@redis:6379/0"
+        assert redact("rediss://app:hunter2@cache.example/1") == "rediss://app:***@cache.example/1"
+        assert redact("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
