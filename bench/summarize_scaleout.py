@@ -88,10 +88,15 @@ def split_lines(result_dir: Path, runs: Runs) -> list[str]:
 
 
 def replica_lines(result_dir: Path) -> list[str]:
+    """Calls each replica finished: from its metrics scrape, else from its log."""
     lines = []
     for path in sorted(result_dir.glob("generator*_metrics.txt")):
         calls = sum(float(v) for v in _REQUESTS.findall(path.read_text()))
         lines.append(f"- {path.stem.removesuffix('_metrics')}: {calls:,.0f} Generate calls served.")
+    if not lines:
+        for path in sorted((result_dir / "logs").glob("generator*.txt")):
+            calls = path.read_text().count("generate finished")
+            lines.append(f"- {path.stem}: {calls:,} Generate calls finished (its log).")
     return lines
 
 

@@ -112,6 +112,7 @@ split_client() {  # phase base_url: the top concurrency of RUNS as two clients a
   local phase=$1 base=$2 top=${RUNS##* } half c p
   c=${top%%:*}; p=${top##*:}; half=$((c / 2))
   say "($phase) client check: two clients at concurrency $half, $((p / 2)) prompts each"
+  local clients=()
   for k in 1 2; do
     timeout 150 vllm bench serve --backend openai-chat --base-url "$base" \
       --endpoint /v1/chat/completions --model "$MODEL" --tokenizer "$MODEL" \
@@ -119,8 +120,9 @@ split_client() {  # phase base_url: the top concurrency of RUNS as two clients a
       --seed "$k" --max-concurrency "$half" --num-prompts "$((p / 2))" \
       --save-result --result-dir "$RESULT_DIR" --result-filename "split_${phase}_c${c}_${k}.json" \
       --disable-tqdm > "$LOGS/split_${phase}_c${c}_${k}.txt" 2>&1 &
+    clients+=($!)
   done
-  wait
+  wait "${clients[@]}"  # the clients only: a bare `wait` would wait for the servers too
   grep -h "Output token throughput" "$LOGS"/split_"${phase}"_c"${c}"_*.txt | sed 's/^/    /'
 }
 
