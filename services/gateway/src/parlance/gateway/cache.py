@@ -29,6 +29,16 @@ class CachedChoice:
     finish_reason: str | None = None
     # Output moderation's verdict of the answer, as history stores it ("" when unmoderated).
     moderation_json: str = ""
+    # With logprobs: per delta, its tokens' logprobs (OpenAI's token objects); else empty.
+    logprobs: list[list[dict[str, Any]]] = field(default_factory=list)
+
+    def add(self, text: str, logprobs: list[dict[str, Any]]) -> None:
+        """One released delta (and its tokens' logprobs, kept aligned with the deltas)."""
+        if logprobs and len(self.logprobs) < len(self.deltas):
+            self.logprobs.extend([] for _ in range(len(self.deltas) - len(self.logprobs)))
+        self.deltas.append(text)
+        if logprobs or self.logprobs:
+            self.logprobs.append(logprobs)
 
     @property
     def text(self) -> str:
@@ -46,7 +56,7 @@ class CompletionRecord:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
 
     @classmethod
-    def from_json(cls, raw: bytes) -> CompletionRecord:
+    def from_json(cls, raw: bytes | str) -> CompletionRecord:
         data = json.loads(raw)
         return cls(
             model=data["model"],

@@ -51,8 +51,9 @@ class Completion:
         )
         # The first exchange of a new conversation gets the model's title, in the background.
         # An exchange left in the outbox (history down) keeps its provisional title: the
-        # conversation the title would go to does not exist yet.
-        if written and prepared.create_conversation:
+        # conversation the title would go to does not exist yet. A cache hit gets none: the
+        # answer cost no generation, and neither may its title (nobody pays for it).
+        if written and prepared.create_conversation and not prepared.cached:
             self.titles.schedule(
                 prepared.principal.user_id,
                 prepared.conversation_id,
@@ -74,6 +75,7 @@ def observe(prepared: PreparedChat, progress: Progress, record: CompletionRecord
         extra={
             "model": model,
             "key_id": key_id,
+            "completion_id": prepared.completion_id,
             "prompt_tokens": record.prompt_tokens,
             "completion_tokens": record.completion_tokens,
             "finish_reasons": [c.finish_reason for c in record.choices],

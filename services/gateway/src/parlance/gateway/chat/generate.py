@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 
-from parlance.common.request_id import get_request_id, new_request_id
 from parlance.gateway import convert, errors, moderation
 from parlance.gateway.cache import CompletionRecord
 from parlance.gateway.chat.prepare import count_tokens
@@ -37,7 +36,11 @@ class Generation:
 
     def generate_request(self, prepared: PreparedChat) -> generator_pb2.GenerateRequest:
         return generator_pb2.GenerateRequest(
-            request_id=get_request_id() or new_request_id(),
+            # The engine's request id is the gateway's own (the completion id the client is
+            # given), never the client's X-Request-ID: two clients may send the same one, and
+            # the engine refuses a request id already in flight. The client's id still travels
+            # in the call's metadata, for the logs.
+            request_id=prepared.completion_id,
             model=prepared.model,
             chat=generator_pb2.ChatInput(messages=prepared.context),
             sampling=convert.sampling_params(prepared.request, prepared.max_tokens),

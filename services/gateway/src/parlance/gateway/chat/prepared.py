@@ -7,7 +7,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from parlance.gateway import moderation
+from parlance.gateway import convert, moderation
 from parlance.gateway.auth import Principal
 from parlance.gateway.cache import CachedChoice, CompletionRecord
 from parlance.gateway.chat.protocol import ChatCompletionRequest
@@ -84,8 +84,11 @@ class Progress:
 
     def add_text(self, event: moderation.TextEvent, now: float) -> None:
         choice = self.choices.setdefault(event.index, CachedChoice(index=event.index))
-        if event.text:
-            choice.deltas.append(event.text)
+        if event.logprobs:
+            tokens = convert.logprobs(event.logprobs)
+            choice.add(event.text, tokens.model_dump()["content"] if tokens else [])
+        elif event.text:
+            choice.add(event.text, [])
         if event.token_count:
             if self.first_token_at is None:
                 self.first_token_at = now

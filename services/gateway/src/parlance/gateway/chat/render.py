@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from parlance.gateway.cache import CompletionRecord
+from parlance.gateway.cache import CachedChoice, CompletionRecord
 from parlance.gateway.chat.prepared import PreparedChat
 from parlance.gateway.chat.protocol import (
     ChatCompletion,
@@ -109,6 +109,24 @@ class ChunkWriter:
 
 # Where a frame's choices go: the serialized frame has no choices.
 _EMPTY_CHOICES = b'"choices":[]'
+
+
+def delta_logprobs(choice: CachedChoice, delta: int) -> ChoiceLogprobs | None:
+    """The logprobs of one cached delta (None when the answer has none)."""
+    tokens = choice.logprobs[delta] if delta < len(choice.logprobs) else []
+    return ChoiceLogprobs.model_validate({"content": tokens, "refusal": None}) if tokens else None
+
+
+def cached_logprobs(record: CompletionRecord) -> dict[int, ChoiceLogprobs | None]:
+    """Each cached choice's logprobs, as a complete answer carries them."""
+    return {
+        choice.index: ChoiceLogprobs.model_validate(
+            {"content": [t for tokens in choice.logprobs for t in tokens], "refusal": None}
+        )
+        if choice.logprobs
+        else None
+        for choice in record.choices
+    }
 
 
 def completion(

@@ -21,7 +21,7 @@ from parlance.gateway.chat.generate import Generation
 from parlance.gateway.chat.prepare import Preparer
 from parlance.gateway.chat.prepared import PreparedChat, Progress
 from parlance.gateway.chat.protocol import ChatCompletion, ChatCompletionRequest
-from parlance.gateway.chat.render import completion
+from parlance.gateway.chat.render import cached_logprobs, completion
 from parlance.gateway.chat.stream import Streamer
 from parlance.gateway.chat.timing import ServerTiming
 from parlance.gateway.clients import GeneratorClient, HistoryClient, SafetyClient
@@ -101,7 +101,7 @@ class ChatService:
         if prepared.request.stream:
             return self.streamer.replay(prepared, record)
         await self.completion.store_exchange(prepared, record)
-        return completion(prepared, record)
+        return completion(prepared, record, cached_logprobs(record))
 
     async def complete(self, prepared: PreparedChat) -> ChatCompletion:
         """Non-streaming: runs the whole generation, then finishes it (metrics, cache,

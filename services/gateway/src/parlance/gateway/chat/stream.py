@@ -19,7 +19,7 @@ from parlance.gateway.chat.background import Background
 from parlance.gateway.chat.complete import Completion
 from parlance.gateway.chat.generate import Generation, Responses
 from parlance.gateway.chat.prepared import PreparedChat, Progress, Sent
-from parlance.gateway.chat.render import DONE, ChunkWriter, sse
+from parlance.gateway.chat.render import DONE, ChunkWriter, delta_logprobs, sse
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +76,8 @@ class Streamer:
             for choice in record.choices:
                 yield chunk.role(choice.index)
             for choice in record.choices:
-                for text in choice.deltas:
-                    yield chunk.content(choice.index, text, None)
+                for i, text in enumerate(choice.deltas):
+                    yield chunk.content(choice.index, text, delta_logprobs(choice, i))
                     sent.text(choice.index, text)
                 yield chunk.finish(choice.index, choice.finish_reason or "stop")
                 sent.finish_reasons[choice.index] = choice.finish_reason or "stop"
