@@ -150,10 +150,13 @@ async def delete_conversation(
     return cp.ConversationDeleted(id=conversation_id)
 
 
-# PUT semantics under either verb: the new feedback replaces the caller's earlier one.
-@router.api_route(
-    "/v1/conversations/{conversation_id}/messages/{message_id}/feedback", methods=["POST", "PUT"]
-)
+# PUT semantics under either verb: the new feedback replaces the caller's earlier one. Two
+# routes, so that each verb has an operation id of its own in the OpenAPI document.
+_FEEDBACK = "/v1/conversations/{conversation_id}/messages/{message_id}/feedback"
+
+
+@router.post(_FEEDBACK, operation_id="post_feedback")
+@router.put(_FEEDBACK, operation_id="put_feedback")
 async def put_feedback(
     conversation_id: str, message_id: str, body: cp.FeedbackBody, caller: Caller, state: State
 ) -> cp.MessageFeedback:
