@@ -4,6 +4,7 @@
 import { Api, ApiError, describeError } from "./api.js";
 import { $, h } from "./dom.js";
 import { decorate } from "./icons.js";
+import { chatModelOptions, conversationModel, lastModel, rememberModel } from "./models.js";
 import { Sidebar } from "./sidebar.js";
 import {
   NOTICES,
@@ -17,7 +18,6 @@ import {
 decorate();
 
 const KEY_STORAGE = "parlance.apiKey";
-const MODEL_STORAGE = "parlance.model";
 const THEME_STORAGE = "parlance.theme";
 
 const els = {
@@ -197,14 +197,20 @@ async function start(api, models) {
 }
 
 function fillModels(models) {
-  const ids = models ? models.data.map((m) => m.id) : [];
-  const saved = localStorage.getItem(MODEL_STORAGE);
-  els.model.replaceChildren(...ids.map((id) => h("option", { value: id }, id)));
-  if (saved && ids.includes(saved)) els.model.value = saved;
-  els.model.disabled = ids.length === 0;
+  const options = chatModelOptions(models);
+  els.model.replaceChildren(...options.map((o) => h("option", { value: o.value }, o.label)));
+  selectModel(lastModel());
+  els.model.disabled = options.length === 0;
 }
 
-els.model.addEventListener("change", () => localStorage.setItem(MODEL_STORAGE, els.model.value));
+/** Selects `model` when the picker offers it (else leaves the selection as it is). */
+function selectModel(model) {
+  if (model && [...els.model.options].some((o) => o.value === model)) els.model.value = model;
+}
+
+els.model.addEventListener("change", () =>
+  rememberModel(els.model.value, state.conversation?.id ?? null),
+);
 
 // --- phone layout ---------------------------------------------------------------------------
 
@@ -231,6 +237,7 @@ function setUrl(id) {
 function newChat() {
   if (state.streaming) stop();
   state.conversation = null;
+  selectModel(lastModel());
   els.title.textContent = "New chat";
   els.messages.replaceChildren();
   els.empty.hidden = false;
@@ -271,6 +278,7 @@ async function openConversation(id, { highlight } = {}) {
 /** Shows a conversation as GET returned it (the active branch). */
 function showConversation(conversation) {
   state.conversation = conversation;
+  selectModel(conversationModel(conversation));
   els.title.textContent = conversation.title || "New chat";
   setUrl(conversation.id);
   state.sidebar?.setActive(conversation.id);
@@ -367,6 +375,7 @@ async function complete({ kind, text = "", parentId = null }) {
       onChunk: (chunk) => {
         if (chunk.conversation_id && !conversationId) {
           conversationId = chunk.conversation_id;
+          rememberModel(body.model, conversationId);
           setUrl(conversationId);
         }
         const choice = chunk.choices?.[0];
