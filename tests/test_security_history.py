@@ -11,6 +11,7 @@ and the export, whatever the chat flow stores.
 from __future__ import annotations
 
 import json
+import sqlite3
 import uuid
 from collections.abc import Iterator
 
@@ -18,6 +19,7 @@ import grpc
 import httpx
 import pytest
 
+from parlance.gateway.outbox import OutboxStore
 from parlance.history.v1 import history_pb2 as pb
 from parlance.history.v1.history_pb2_grpc import HistoryServiceStub
 from parlance.testing import (
@@ -205,3 +207,30 @@ def test_feedback_is_classified_and_the_export_rechecks_every_record(
             [{"role": "assistant", "content": "Marseille is the capital of France."}],
         )
     ]
+
+
+def test_deleting_a_conversation_deletes_its_dead_letters(history_stack: Stack) -> None:
+    """Issue 14, finding 6: dead letters kept the text of conversations their user deleted.
+    One is seeded into the gateway's outbox file (an exchange history refused earlier)."""
+    created = chat(history_stack, chat_body("remember me", store=True))
+    assert created.status_code == 200, created.text
+    conversation = created.json()["conversation_id"]
+    outbox = history_stack.data_dir / "gateway-outbox.db"
+    store = OutboxStore(str(outbox))
+    try:
+        refused = pb.AppendMessagesRequest(
+            user_id="alice",
+            conversation_id=conversation,
+            messages=[pb.Message(role="user", content="secret words of a refused exchange")],
+        )
+        store.add_dead(refused.SerializeToString(), "refused", "alice", conversation)
+        store.add_dead(refused.SerializeToString(), "refused", "bob", conversation)
+        deleted = api(history_stack, "DELETE", f"/v1/conversations/{conversation}")
+        assert deleted.status_code == 200, deleted.text
+        with sqlite3.connect(outbox) as db:
+            left = db.execute(
+                "SELECT user_id FROM outbox_dead WHERE conversation_id = ?", (conversation,)
+            ).fetchall()
+        assert left == [("bob",)]  # another user's are not the caller's to delete
+    finally:
+        store.close()
