@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from parlance.gateway.config import GatewaySettings
-from parlance.gateway.moderation import StreamModerator, _ChoiceBuffer
+from parlance.gateway.stream_moderation import StreamModerator, _ChoiceBuffer
 
 
 def windows(text: str, step: int = 3) -> list[str]:

@@ -13,6 +13,7 @@ from parlance.gateway.chat.prepared import PreparedChat, Progress
 from parlance.gateway.chat.protocol import ChoiceLogprobs
 from parlance.gateway.clients import GeneratorClient, SafetyClient
 from parlance.gateway.config import GatewaySettings
+from parlance.gateway.stream_moderation import StreamModerator
 from parlance.generator.v1 import generator_pb2
 
 Responses = AsyncIterator[generator_pb2.GenerateResponse]
@@ -71,7 +72,7 @@ class Generation:
         self, prepared: PreparedChat, stream: Responses, progress: Progress
     ) -> AsyncIterator[moderation.Event]:
         """The generation after output moderation, recorded into `progress` as it goes."""
-        moderator = moderation.StreamModerator(self.safety, self.settings, prepared.n)
+        moderator = StreamModerator(self.safety, self.settings, prepared.n)
         prepared.generation_started = True
         async for event in moderator.events(stream):
             prepared.generated_tokens = moderator.generated_tokens

@@ -1,0 +1,226 @@
+"""Output moderation while a generation streams: StreamModerator holds back each choice's text
+in the windows WindowCutter closes (moderation.py, which also says why), has each classified
+while generation goes on, and releases a window's text only once it passed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from parlance.gateway import convert, errors
+from parlance.gateway.clients import SafetyClient
+from parlance.gateway.config import GatewaySettings
+from parlance.gateway.metrics import MODERATION_FLAGS, MODERATION_HOLDBACK, MODERATION_WINDOWS
+from parlance.gateway.moderation import (
+    Event,
+    FinishEvent,
+    TextEvent,
+    UsageEvent,
+    WindowCutter,
+    flagged_categories,
+    verdict_json,
+)
+from parlance.generator.v1 import generator_pb2
+from parlance.safety.v1 import safety_pb2
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Window:
+    index: int
+    text: str
+    token_count: int
+    logprobs: list[Any]
+    held_since: float
+    verdict: asyncio.Task[safety_pb2.ClassifyResponse] | None
+
+
+@dataclass
+class _ChoiceBuffer:
+    text: str = ""
+    token_count: int = 0
+    logprobs: list[Any] = field(default_factory=list)
+    held_since: float = 0.0
+    previous_window: str = ""
+
+
+_END = object()
+
+
+class StreamModerator:
+    """Turns the generator's responses into released events (see the module docstring)."""
+
+    def __init__(self, safety: SafetyClient, settings: GatewaySettings, n: int) -> None:
+        self.safety = safety
+        self.cutter = WindowCutter.from_settings(settings)
+        self.enabled = settings.moderate_output
+        self.n = n
+        self.retry_after_s = settings.retry_after_s
+        # Every token the engine produced, released or not (for usage when a stream is cut).
+        self.generated_tokens = 0
+        # Per choice, the classifications of its windows that were judged (the stored verdict).
+        self.results: dict[int, list[safety_pb2.Classification]] = {}
+        self.classifier = ""
+
+    def verdict_json(self, index: int) -> str:
+        """The choice's output verdict as history stores it ("" when nothing was classified)."""
+        return verdict_json("output", self.results.get(index, []), self.classifier)
+
+    def _cut(self, buffer: _ChoiceBuffer, final: bool) -> str | None:
+        """The text of the window to close now, if any."""
+        return self.cutter.cut(buffer.text, not buffer.previous_window, final)
+
+    def _close(self, buffer: _ChoiceBuffer, index: int, window_text: str) -> _Window:
+        # Token counts and logprobs go with the window in which the text was held.
+        window = _Window(
+            index=index,
+            text=window_text,
+            token_count=buffer.token_count,
+            logprobs=buffer.logprobs,
+            held_since=buffer.held_since,
+            verdict=None,
+        )
+        if self.enabled and window_text.strip():
+            MODERATION_WINDOWS.inc()
+            window.verdict = asyncio.create_task(
+                self.safety.classify(
+                    [buffer.previous_window + window_text], safety_pb2.DIRECTION_OUTPUT
+                )
+            )
+        buffer.previous_window = window_text
+        buffer.text = buffer.text[len(window_text) :]
+        buffer.token_count = 0
+        buffer.logprobs = []
+        buffer.held_since = time.monotonic()
+        return window
+
+    async def _read(
+        self,
+        stream: AsyncIterator[generator_pb2.GenerateResponse],
+        queue: asyncio.Queue[Any],
+    ) -> None:
+        buffers = {i: _ChoiceBuffer(held_since=time.monotonic()) for i in range(self.n)}
+        try:
+            async for response in stream:
+                for delta in response.choices:
+                    await self._take(buffers, delta, queue)
+                if response.HasField("usage"):
+                    await queue.put(
+                        UsageEvent(response.usage.prompt_tokens, response.usage.completion_tokens)
+                    )
+        except Exception as exc:  # handed to the consumer, which re-raises it
+            await queue.put(exc)
+        finally:
+            await queue.put(_END)
+
+    async def _take(
+        self,
+        buffers: dict[int, _ChoiceBuffer],
+        delta: generator_pb2.ChoiceDelta,
+        queue: asyncio.Queue[Any],
+    ) -> None:
+        """Holds back one choice's delta; queues the windows it closes and its finish."""
+        if delta.finish_reason == generator_pb2.FINISH_REASON_ABORT:
+            raise errors.service_unavailable(
+                "The generation was aborted by the engine.", self.retry_after_s
+            )
+        buffer = buffers.setdefault(delta.index, _ChoiceBuffer())
+        if not buffer.text:
+            buffer.held_since = time.monotonic()
+        buffer.text += delta.text
+        buffer.token_count += delta.token_count
+        self.generated_tokens += delta.token_count
+        buffer.logprobs.extend(delta.logprobs)
+        final = bool(delta.finish_reason)
+        while (cut := self._cut(buffer, final)) is not None:
+            await queue.put(self._close(buffer, delta.index, cut))
+        if not final:
+            return
+        if buffer.token_count:
+            # Tokens that produced no text (end of sequence) still count.
+            await queue.put(_Window(delta.index, "", buffer.token_count, [], 0.0, None))
+            buffer.token_count = 0
+        reason = convert.FINISH_REASONS.get(delta.finish_reason, "stop")
+        await queue.put(FinishEvent(delta.index, reason))
+
+    async def events(
+        self, stream: AsyncIterator[generator_pb2.GenerateResponse]
+    ) -> AsyncIterator[Event]:
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        reader = asyncio.create_task(self._read(stream, queue))
+        served = _Served(self.n)
+        try:
+            while (item := await queue.get()) is not _END:
+                if isinstance(item, Exception):
+                    raise item
+                event = await self._release(item, served)
+                if event is not None:
+                    yield event
+                if served.nothing_left:
+                    # Every choice was flagged or had finished: stop generating.
+                    break
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+            while not queue.empty():
+                left = queue.get_nowait()
+                if isinstance(left, _Window) and left.verdict is not None:
+                    left.verdict.cancel()
+            with contextlib.suppress(Exception):
+                await stream.aclose()  # type: ignore[attr-defined]
+
+    async def _release(self, item: Any, served: _Served) -> Event | None:
+        """The event to hand on for a queued item (None: nothing, its choice was stopped)."""
+        if isinstance(item, _Window):
+            return await self._judge(item, served)
+        if isinstance(item, FinishEvent):
+            if item.index in served.flagged:
+                return None
+            served.finished.add(item.index)
+        event: Event = item
+        return event
+
+    async def _judge(self, window: _Window, served: _Served) -> Event | None:
+        """The window's text once safety passed it; a flag ends its choice instead."""
+        if window.index in served.flagged:
+            if window.verdict is not None:
+                window.verdict.cancel()
+            return None
+        if window.verdict is None:
+            return TextEvent(window.index, window.text, window.token_count, window.logprobs)
+        response = await window.verdict
+        result = response.results[0]
+        self.classifier = response.model
+        self.results.setdefault(window.index, []).append(result)
+        MODERATION_HOLDBACK.observe(time.monotonic() - window.held_since)
+        if not result.flagged:
+            return TextEvent(window.index, window.text, window.token_count, window.logprobs)
+        for category in flagged_categories(result) or ["flagged"]:
+            MODERATION_FLAGS.labels("output", category).inc()
+        log.info("output stopped by moderation", extra={"choice": window.index})
+        served.flag(window.index)
+        return FinishEvent(window.index, "content_filter")
+
+
+@dataclass
+class _Served:
+    """Which choices of a generation are done: flagged by moderation, or finished."""
+
+    n: int
+    flagged: set[int] = field(default_factory=set)
+    finished: set[int] = field(default_factory=set)
+    # Set by a flag that leaves no choice to serve (a normal finish does not stop the
+    # stream: the engine's usage comes after the last finish).
+    nothing_left: bool = False
+
+    def flag(self, index: int) -> None:
+        self.flagged.add(index)
+        self.nothing_left = len(self.flagged | self.finished) >= self.n
