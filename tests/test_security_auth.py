@@ -5,12 +5,15 @@ plain tokens replaced, and no CDN-loading docs pages on the API's origin."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
+from parlance.gateway.ratelimit import FailedAuthThrottle
+from parlance.gateway.redis_state import RedisState
 from parlance.testing import (
     ALICE,
     Stack,
@@ -158,3 +161,16 @@ def test_metrics_are_on_the_internal_port_only(auth_stack: Stack) -> None:
     port = auth_stack.services["gateway"].metrics_port
     assert port is not None
     assert total(scrape(port), "parlance_gateway_http_requests_total") > 0
+
+
+def test_the_failed_auth_throttle_works_without_redis() -> None:
+    """Redis down (here: none configured): the throttle runs per process, same limit."""
+
+    async def run() -> list[float]:
+        throttle = FailedAuthThrottle(RedisState(""), limit=3)
+        waits = [await throttle.failed("10.0.0.1") for _ in range(4)]
+        assert throttle.blocked_for("10.0.0.1") > 0 and throttle.blocked_for("10.0.0.2") == 0
+        return waits
+
+    waits = asyncio.run(run())
+    assert waits[:3] == [0.0, 0.0, 0.0] and waits[3] >= 1.0
