@@ -46,7 +46,7 @@ def input_items(body: EmbeddingRequest, settings: GatewaySettings) -> list[Item]
     if isinstance(raw, str):
         items: list[Item] = [raw]
     elif raw and isinstance(raw[0], int):
-        items = [list(raw)]  # type: ignore[arg-type]
+        items = [list(raw)]
     else:
         items = list(raw)  # type: ignore[arg-type]
     if not items:
@@ -266,7 +266,9 @@ class EmbeddingsService:
             CACHE.labels("unavailable").inc()
             return None
         CACHE.labels("miss" if raw is None else "hit").inc()
-        return EmbeddingsRecord.from_json(raw) if raw is not None else None
+        if raw is None:
+            return None
+        return EmbeddingsRecord.from_json(raw.encode() if isinstance(raw, str) else raw)
 
     async def _store(self, key: str, record: EmbeddingsRecord) -> None:
         payload = record.to_json()

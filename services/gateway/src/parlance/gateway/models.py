@@ -9,6 +9,7 @@ of another task (an embedding model asked to chat): 400 naming its task.
 
 from __future__ import annotations
 
+import builtins
 from typing import Any
 
 from parlance.gateway import errors
@@ -37,7 +38,7 @@ class ModelRegistry:
         return next((m for m in await self.list() if m.id == model_id), None)
 
     def _lookup(
-        self, models: list[generator_pb2.ModelInfo], requested: str, task: str
+        self, models: builtins.list[generator_pb2.ModelInfo], requested: str, task: str
     ) -> str | None:
         ids = [m.id for m in models]
         if requested in ids:
@@ -90,7 +91,7 @@ class ModelRegistry:
             )
         return info.id
 
-    async def cards(self) -> list[dict[str, Any]]:
+    async def cards(self) -> builtins.list[dict[str, Any]]:
         """/v1/models entries: aliases first (each with `alias_for`, the task and window of
         its model; only configured aliases are listed), then every model."""
         models = await self.list()

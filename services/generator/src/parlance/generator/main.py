@@ -81,7 +81,7 @@ def build_engine(settings: GeneratorSettings) -> Engine:
     # vLLM is imported lazily: it is an optional extra of the GPU image and slow to import.
     # Hook: parlance.generator.engine.vllm.VllmEngine.from_settings(settings) -> Engine.
     try:
-        from parlance.generator.engine.vllm import VllmEngine  # type: ignore[import-not-found]
+        from parlance.generator.engine.vllm import VllmEngine
     except ImportError as exc:
         raise RuntimeError(
             "GENERATOR_ENGINE=vllm needs parlance.generator.engine.vllm and the `vllm` extra "

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
 from contextlib import aclosing
 from pathlib import Path
 from typing import Any
@@ -283,7 +283,7 @@ class GeneratorServing:
 
     async def generate(
         self, request: GenerationRequest, model: str = ""
-    ) -> AsyncIterator[GenerationStep]:
+    ) -> AsyncGenerator[GenerationStep, None]:
         chat = self.chat_engine(model)[1]
         call = _CallMetrics(chat.name)
         try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from parlance.common.errors import InvalidArgument
@@ -185,7 +185,7 @@ class Engine(ABC):
         """Loads the model; the service reports SERVING only after this returns."""
 
     @abstractmethod
-    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationStep]:
+    def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationStep, None]:
         """Streams the request's progress. Leaving the iterator early (cancellation) aborts the
         request. Raises InvalidArgument(param=...) for a parameter the engine cannot honour."""
 

