@@ -1,5 +1,5 @@
 # Parlance: two commands do all set-up on a fresh machine.
-#   make up     install everything (first time ~5 min on 2 idle cores, llama.cpp compiling) and run the stack
+#   make up     install everything (first time ~6 min on 2 idle cores, llama.cpp compiling) and run the stack
 #   make test   install everything the tests need and run them
 # Development: make lint, make typecheck, make lock (README, "Development").
 SHELL := /bin/bash
