@@ -147,6 +147,13 @@ class GatewaySettings(BaseSettings):
     moderation_first_window_chars: int = 16
     moderation_window_min_chars: int = 8
     moderation_window_max_chars: int = 160
+    # Intent routing (README, "Intent routing"): the route file (YAML or JSON; empty: off),
+    # checked for changes at most this often and reloaded when it changed (a bad new file
+    # is refused with a log line and the previous routes stay), and the embedding model that
+    # classifies ("" or "default": the first embedding model the generators list).
+    intent_routes: str = ""
+    intent_reload_check_s: float = Field(default=2.0, ge=0)
+    intent_embed_model: str = ""
     # Log message text (debugging only).
     log_content: bool = False
 

@@ -134,3 +134,24 @@ AUTH_FAILURES = Counter(
     "throttled (429: too many failures from the client's address).",
     ["outcome"],
 )
+# Intent routing (intents/): the route each classified message took, fallbacks to the default
+# route, and what classification costs (the embedding call and the match).
+INTENT_REQUESTS = Counter(
+    "parlance_gateway_intent_requests_total",
+    "Classified user messages by intent and the model its route sends them to ('' = none).",
+    ["intent", "model"],
+)
+INTENT_FALLBACKS = Counter(
+    "parlance_gateway_intent_fallbacks_total",
+    "Messages that matched no intent above the threshold and took the default route.",
+)
+INTENT_LATENCY = Histogram(
+    "parlance_gateway_intent_classification_seconds",
+    "Time to classify one message: embedding the message (and its context) and matching.",
+    buckets=FAST_BUCKETS_S,
+)
+INTENT_RELOADS = Counter(
+    "parlance_gateway_intent_route_reloads_total",
+    "Route file reloads by outcome (ok, error: the previous routes stay in force).",
+    ["outcome"],
+)

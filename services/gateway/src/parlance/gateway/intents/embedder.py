@@ -1,0 +1,39 @@
+"""The embedding model the gateway classifies with: the generator's Embed RPC, through the
+gateway's GeneratorClient (so replicas and failover apply), for the model resolved once."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+
+from parlance.common.request_id import get_request_id, new_request_id
+from parlance.gateway.clients import GeneratorClient
+from parlance.generator.v1 import generator_pb2
+
+
+class GeneratorEmbedder:
+    """`resolve` is the model registry's (ModelRegistry.resolve): the configured model, or
+    "default" (the first embedding model the generators list), resolved for task "embed"."""
+
+    def __init__(
+        self,
+        generator: GeneratorClient,
+        resolve: Callable[..., Awaitable[str]],
+        model: str = "",
+    ) -> None:
+        self.generator = generator
+        self._resolve = resolve
+        self.requested = model or "default"
+        self.model = ""
+
+    async def embed(self, texts: list[str]) -> list[Sequence[float]]:
+        if not self.model:
+            self.model = await self._resolve(self.requested, task="embed")
+        request = generator_pb2.EmbedRequest(
+            request_id=get_request_id() or new_request_id(),
+            model=self.model,
+            inputs=[generator_pb2.EmbedInput(text=t) for t in texts],
+            # A long message is classified by its start rather than refused.
+            truncate=True,
+        )
+        reply = await self.generator.embed(request)
+        return [list(e.values) for e in reply.embeddings]
