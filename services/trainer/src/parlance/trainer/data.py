@@ -91,7 +91,7 @@ def parse_line(line_no: int, raw: str) -> Pair:
     """One JSONL line as a Pair; _LineError says what is wrong with it."""
     try:
         record = json.loads(raw)
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         raise _LineError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
     if not isinstance(record, dict):
         raise _LineError("expected a JSON object with 'prompt', 'chosen' and 'rejected'")

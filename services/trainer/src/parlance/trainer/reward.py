@@ -127,7 +127,7 @@ def _train(job: RewardJob, base: base_model.Base, train: Encoded) -> dict[str, A
     _accept_use_cache(base.model)
     dataset = Dataset.from_dict({"chosen_ids": train.chosen, "rejected_ids": train.rejected})
 
-    class CountingTrainer(RewardTrainer):  # type: ignore[misc]
+    class CountingTrainer(RewardTrainer):
         """Counts the pairs trained on (the loader prefetches a batch ahead: count here)."""
 
         pairs_seen = 0
