@@ -3,6 +3,8 @@ a stream (live or replayed from the cache), built as the typed models of chat/pr
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel
 
 from parlance.gateway.cache import CachedChoice, CompletionRecord
@@ -10,11 +12,9 @@ from parlance.gateway.chat.prepared import PreparedChat
 from parlance.gateway.chat.protocol import (
     ChatCompletion,
     ChatCompletionChunk,
-    Choice,
     ChoiceLogprobs,
     ChunkChoice,
     DeltaMessage,
-    ResponseMessage,
     Usage,
 )
 
@@ -134,24 +134,30 @@ def completion(
     record: CompletionRecord,
     logprobs: dict[int, ChoiceLogprobs | None] | None = None,
 ) -> ChatCompletion:
-    """The `chat.completion` body of a finished (or cached) answer."""
-    # Set only in a stored conversation: absent from the JSON otherwise.
-    stored = {"conversation_id": prepared.conversation_id} if prepared.conversation_id else {}
-    return ChatCompletion(
-        id=prepared.completion_id,
-        object="chat.completion",
-        created=prepared.created,
-        model=record.model,
-        choices=[
-            Choice(
-                index=choice.index,
-                message=ResponseMessage(role="assistant", content=choice.text, refusal=None),
-                logprobs=(logprobs or {}).get(choice.index),
-                finish_reason=choice.finish_reason or "stop",
-            )
+    """The `chat.completion` body of a finished (or cached) answer, validated as a
+    ChatCompletion in one call (pydantic-core builds the nested models: faster than building
+    each in Python, and than the json.dumps of a dict this replaced)."""
+    body: dict[str, Any] = {
+        "id": prepared.completion_id,
+        "object": "chat.completion",
+        "created": prepared.created,
+        "model": record.model,
+        "choices": [
+            {
+                "index": choice.index,
+                "message": {"role": "assistant", "content": choice.text, "refusal": None},
+                "logprobs": (logprobs or {}).get(choice.index),
+                "finish_reason": choice.finish_reason or "stop",
+            }
             for choice in record.choices
         ],
-        usage=usage_of(record),
-        system_fingerprint=None,
-        **stored,
-    )
+        "usage": {
+            "prompt_tokens": record.prompt_tokens,
+            "completion_tokens": record.completion_tokens,
+            "total_tokens": record.prompt_tokens + record.completion_tokens,
+        },
+        "system_fingerprint": None,
+    }
+    if prepared.conversation_id:  # set only in a stored conversation: absent otherwise
+        body["conversation_id"] = prepared.conversation_id
+    return ChatCompletion.model_validate(body)
