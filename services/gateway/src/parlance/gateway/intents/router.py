@@ -95,18 +95,22 @@ class _Index:
                 owners.append(index)
         self.examples = np.vstack(rows).astype(np.float32)
         self.owners = np.array(owners)
+        self.groups = [np.flatnonzero(self.owners == i) for i in range(len(self.names))]
         centroids = np.vstack(
             [self.examples[self.owners == i].mean(axis=0) for i in range(len(self.names))]
         )
         self.centroids = centroids / np.linalg.norm(centroids, axis=1, keepdims=True)
 
-    def scores(self, vector: np.ndarray, method: str) -> np.ndarray:
+    def scores(self, vector: np.ndarray, method: str, k: int) -> np.ndarray:
         """One score per intent, in the file's order."""
         if method == "centroid":
             return self.centroids @ vector
         similarities = self.examples @ vector
-        best = np.full(len(self.names), -1.0, dtype=np.float32)
-        np.maximum.at(best, self.owners, similarities)
+        best = np.empty(len(self.names), dtype=np.float32)
+        for intent, columns in enumerate(self.groups):
+            values = similarities[columns]
+            top = min(k, len(values))
+            best[intent] = np.partition(values, len(values) - top)[len(values) - top :].mean()
         return best
 
 
@@ -143,7 +147,7 @@ class IntentRouter:
 
     def with_settings(self, **update: Any) -> IntentRouter:
         """A router over the same routes and example vectors with other file-level settings
-        (threshold, method, context_turns, context_weight): what calibration compares."""
+        (threshold, method, k, context_turns, context_weight): what calibration compares."""
         spec = RouteFile.model_validate({**self.routes.spec.model_dump(), **update})
         routes = dataclasses.replace(self.routes, spec=spec)
         return IntentRouter(
@@ -210,14 +214,14 @@ class IntentRouter:
 
     def scores(self, vector: np.ndarray) -> dict[str, float]:
         """Each intent's score for a query vector."""
-        values = self._index.scores(vector, self.routes.spec.method)
+        values = self._index.scores(vector, self.routes.spec.method, self.routes.spec.k)
         return {name: float(v) for name, v in zip(self._index.names, values, strict=True)}
 
     def match(self, vector: np.ndarray | None, threshold: float | None = None) -> IntentMatch:
         """The route for a query vector (the file's threshold unless one is given)."""
         if vector is None:
             return IntentMatch(DEFAULT_ROUTE, 0.0, 0.0, fallback=True)
-        values = self._index.scores(vector, self.routes.spec.method)
+        values = self._index.scores(vector, self.routes.spec.method, self.routes.spec.k)
         order = np.argsort(values)[::-1]
         best = float(values[order[0]])
         margin = best - float(values[order[1]]) if len(order) > 1 else best

@@ -5,6 +5,7 @@ from YAML or JSON and checked, each problem named with the route and its line.
     context_turns: 0        # previous user turns mixed into the query (0: newest only)
     context_weight: 0.5     # their weight beside the newest message
     method: nearest         # or centroid
+    k: 2                    # nearest: mean similarity of an intent's k closest examples
     default:                # actions for messages that match nothing (name: "default")
       model: default
     routes:
@@ -112,9 +113,11 @@ class RouteFile(BaseModel):
 
     version: int = 1
     threshold: float = Field(default=0.5, ge=-1, le=1)
-    # nearest: an intent's score is its closest example's similarity; centroid: the
-    # similarity to the mean of its examples.
+    # nearest: an intent's score is the similarity of its closest example(s) (see k);
+    # centroid: the similarity to the mean of its examples.
     method: Literal["nearest", "centroid"] = "nearest"
+    # nearest: the mean similarity of an intent's k closest examples (1: the closest alone).
+    k: int = Field(default=1, ge=1, le=MAX_EXAMPLES)
     context_turns: int = Field(default=0, ge=0, le=8)
     context_weight: float = Field(default=0.5, ge=0, le=1)
     default: Actions = Field(default_factory=Actions)
