@@ -395,6 +395,42 @@ SEX_ED = [
     "What are the symptoms of menopause?",
 ]
 
+# Short safe fragments: the gateway classifies a streamed answer in short windows (a clause or a
+# sentence), so the head must not flag a text for being short. Assistant-style openers and
+# closers, written for this file; train_head.py adds word chunks of every safe text too.
+ASSISTANT_BITS = [
+    "Sure, here you go.",
+    "Of course!",
+    "I'd be happy to help with that.",
+    "Here is a short summary:",
+    "Let me know if you need anything else.",
+    "Great question.",
+    "In short,",
+    "First, preheat the oven.",
+    "Step 2:",
+    "Hope this helps!",
+    "Have a great day.",
+    "You're welcome.",
+    "Certainly.",
+    "Here's an example:",
+    "That's a good point.",
+    "Good luck with your project!",
+    "Thanks for asking.",
+    "As an example,",
+    "To sum up,",
+    "Enjoy your meal!",
+    "Take care and good night.",
+    "Happy to help.",
+    "No problem at all.",
+    "Let's get started.",
+    "Feel free to ask more questions.",
+    "See you soon!",
+    "Welcome back!",
+    "Nice to hear from you.",
+    "Have fun!",
+    "Cheers!",
+]
+
 TEMPLATES: list[tuple[str, str, dict[str, list[str]]]] = [
     (H, "You are a {a} {n}.", {"a": INSULT_ADJ, "n": INSULT_NOUN}),
     (H, "Shut up, you {a} {n}.", {"a": INSULT_ADJ, "n": INSULT_NOUN}),
@@ -448,6 +484,7 @@ TEMPLATES: list[tuple[str, str, dict[str, list[str]]]] = [
     (SAFE, "What is the history of {g} in Europe?", {"g": GROUPS}),
     (SAFE, "{s} {p}.", {"s": IDIOM_SUBJECT, "p": IDIOM_PRED}),
     (SAFE, "{f}", {"f": IDIOMS + NEWS + FICTION + CHITCHAT + SEX_ED}),
+    (SAFE, "{f}", {"f": ASSISTANT_BITS}),
     (SAFE, "{f}", {"f": [frame.replace("{d}", d) for frame in MED_FRAMES for d in DRUGS]}),
     (SAFE, "{f}", {"f": [frame.replace("{c}", c) for frame in HELP_FRAMES for c in CONDITIONS]}),
     (SAFE, "{f}", {"f": [frame.replace("{q}", q) for frame in QUOTE_FRAMES for q in QUOTES]}),

@@ -50,8 +50,11 @@ CATEGORIES = (
     "sexual",
 )
 PER_TEMPLATE = 64
+# Safe word chunks added (fragments()).
+FRAGMENTS = 600
+SAFE_LABEL = ""
 SEED = 20261128
-L2 = 1e-3
+L2 = 1e-4
 # Per category, the share of safe training texts (out of fold) allowed to flag (the
 # operating point: lower flags fewer hard negatives and misses more; see MODELS.md).
 SAFE_FLAG_BUDGET = 0.02
@@ -72,6 +75,7 @@ def expand() -> list[tuple[str, str, int]]:
             text = template.format(**dict(zip(names, combo, strict=True)))
             text = " ".join(text.split()).replace(" .", ".")
             examples.append((labels, text, len(train_data.SENTENCES) + number))
+    examples += fragments(examples, rng)
     seen: set[str] = set()
     unique = []
     for labels, text, group in examples:
@@ -79,6 +83,25 @@ def expand() -> list[tuple[str, str, int]]:
             seen.add(text.lower())
             unique.append((labels, text, group))
     return unique
+
+
+def fragments(
+    examples: list[tuple[str, str, int]], rng: random.Random
+) -> list[tuple[str, str, int]]:
+    """Word chunks (2 to 6 words) of the safe texts, as safe texts: streamed answers are
+    classified a clause at a time, and a fragment of a safe text is safe. (Fragments of harmful
+    texts are not added: "you are a" is not harassment.) Each chunk keeps its text's group."""
+    chunks = []
+    for labels, text, group in examples:
+        if labels:
+            continue
+        words = text.split()
+        start = 0
+        while start < len(words) - 1:
+            size = rng.randint(2, 6)
+            chunks.append((SAFE_LABEL, " ".join(words[start : start + size]), group))
+            start += size
+    return rng.sample(chunks, min(len(chunks), FRAGMENTS))
 
 
 def eval_texts() -> set[str]:
