@@ -24,7 +24,12 @@ from parlance.generator.serving import GeneratorServing
 from parlance.generator.v1 import generator_pb2 as pb
 from parlance.generator.v1 import generator_pb2_grpc
 
-pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
+# The first test's setup trains the model (~30 s of CPU; minutes of wall time on a busy machine).
+pytestmark = [
+    pytest.mark.asyncio(loop_scope="module"),
+    pytest.mark.slow,
+    pytest.mark.timeout(900),
+]
 
 CHAT = "scripted-chat"
 REWARD = "reward-bullets"

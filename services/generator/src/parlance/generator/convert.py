@@ -129,7 +129,7 @@ _TASKS = {
     ModelTask.EMBED: pb.MODEL_TASK_EMBED,
     ModelTask.REWARD: pb.MODEL_TASK_REWARD,
 }
-_TASKS_FROM_PROTO = {v: k for k, v in _TASKS.items()}
+_TASKS_FROM_PROTO: dict[int, ModelTask] = {int(v): k for k, v in _TASKS.items()}
 
 
 def task_from_proto(task: int) -> ModelTask:

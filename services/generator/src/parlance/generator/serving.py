@@ -69,9 +69,14 @@ class GeneratorServing:
 
     @staticmethod
     def _gauge(engine: AnyEngine) -> None:
-        labels = {"engine": engine.name}
-        metrics.RUNNING.labels(**labels).set_function(lambda e=engine: e.stats().running)
-        metrics.WAITING.labels(**labels).set_function(lambda e=engine: e.stats().waiting)
+        def running() -> int:
+            return engine.stats().running
+
+        def waiting() -> int:
+            return engine.stats().waiting
+
+        metrics.RUNNING.labels(engine=engine.name).set_function(running)
+        metrics.WAITING.labels(engine=engine.name).set_function(waiting)
 
     @property
     def engine(self) -> Engine:

@@ -196,11 +196,9 @@ class TransformersRewardEngine(RewardEngine):
         for request in requests:
             try:
                 encoded.append(self._encode(request))
-            except (InvalidArgument, ValueError) as exc:
+            except Exception as exc:  # the chat template refused this call's turns: it fails alone
                 encoded.append(
-                    exc
-                    if isinstance(exc, InvalidArgument)
-                    else InvalidArgument(f"cannot render the conversation: {exc}", param="messages")
+                    InvalidArgument(f"cannot render the conversation: {exc}", param="messages")
                 )
         sequences = [ids for item in encoded if not isinstance(item, Exception) for ids in item[0]]
         scores = self._forward(sequences) if sequences else []
