@@ -30,7 +30,7 @@ from parlance.testing import (
 )
 
 VENV_BIN = Path(sys.executable).parent
-SMALL, LARGE, EMBED = "chat-small", "chat-large", "all-MiniLM-L6-v2"
+SMALL, LARGE, SLOW, EMBED = "chat-small", "chat-large", "chat-slow", "all-MiniLM-L6-v2"
 ALIASES = {"default": LARGE, "fast": SMALL}
 
 
@@ -42,10 +42,19 @@ def scripted(model_id: str, text: str, tokens_per_s: float = 0) -> dict[str, obj
     }
 
 
-# Replica one: chat-small and the embedding model. Replica two: chat-small and chat-large.
-# chat-small streams slowly, so that a stream can still be running when its replica dies.
-GENERATOR_ONE = [scripted(SMALL, "one " * 20, 40), {"id": EMBED, "engine": "transformers"}]
-GENERATOR_TWO = [scripted(SMALL, "two " * 20, 40), scripted(LARGE, "large")]
+# Replica one: chat-small, chat-slow and the embedding model. Replica two: chat-small,
+# chat-slow and chat-large. chat-slow streams for 5 s, so that its streams are still running
+# when a replica dies.
+GENERATOR_ONE = [
+    scripted(SMALL, "one " * 20, 40),
+    scripted(SLOW, "one " * 200, 40),
+    {"id": EMBED, "engine": "transformers"},
+]
+GENERATOR_TWO = [
+    scripted(SMALL, "two " * 20, 40),
+    scripted(SLOW, "two " * 200, 40),
+    scripted(LARGE, "large"),
+]
 
 
 def generator_process(name: str, run_dir: Path, models: list[dict[str, object]]) -> ServiceProcess:
@@ -126,13 +135,14 @@ def answer(stack: Stack, model: str) -> str:
 
 def test_models_lists_every_model_with_its_task(stack: Stack, client: openai.OpenAI) -> None:
     models = client.models.list().data
-    assert [m.id for m in models] == ["default", "fast", SMALL, EMBED, LARGE]
+    assert [m.id for m in models] == ["default", "fast", SMALL, SLOW, EMBED, LARGE]
     by_id = {m.id: m.model_dump() for m in models}
     assert by_id["default"]["alias_for"] == LARGE and by_id["fast"]["alias_for"] == SMALL
     assert {i: by_id[i]["task"] for i in by_id} == {
         "default": "chat",
         "fast": "chat",
         SMALL: "chat",
+        SLOW: "chat",
         EMBED: "embed",
         LARGE: "chat",
     }
@@ -197,7 +207,7 @@ def test_killed_replica_traffic_continues(stack: Stack) -> None:
         with httpx.stream(
             "POST",
             f"{stack.gateway_url}/v1/chat/completions",
-            json={"model": SMALL, "stream": True, "messages": [{"role": "user", "content": "x"}]},
+            json={"model": SLOW, "stream": True, "messages": [{"role": "user", "content": "x"}]},
             headers={"Authorization": f"Bearer {ALICE_KEY}"},
             timeout=60,
         ) as response:
