@@ -1,0 +1,350 @@
+"""Intent routing on the labelled evaluation set: accuracy, macro-F1, fallback rate, confusions,
+with and without a context window, and the threshold calibration.
+
+    .venv/bin/python bench/intent_eval.py [--out bench/results/intent_eval.md]
+        [--routes services/gateway/src/parlance/gateway/intents/default_routes.yaml]
+        [--threads 2]
+
+The set is bench/data/intents/messages.tsv (README.md there: how it was written). Each message
+is classified by the gateway's IntentRouter with the served model, all-MiniLM-L6-v2, loaded in
+this process through the generator's own engine class (TransformersEmbeddingEngine), so the
+vectors are the ones the Embed RPC returns. Labels: one of the route file's intents, "default"
+(matches none: correct only when the router falls back) or "mixed" (two intents in one
+message: left out of every figure, listed at the end).
+
+- accuracy: routed to the labelled route (default included) / labelled messages;
+- macro-F1: the mean F1 over the intents and default;
+- fallback rate: messages routed to default / labelled messages; false fallbacks: in-scope
+  messages routed to default / in-scope messages.
+
+Calibration: accuracy for each threshold from 0.00 to 0.80; the best one is reported with a
+2-fold check (threshold chosen on one half, accuracy measured on the other), because the best
+threshold on the whole set is optimistic about that set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import statistics
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "bench" / "data" / "intents" / "messages.tsv"
+ROUTES = ROOT / "services/gateway/src/parlance/gateway/intents/default_routes.yaml"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from lib.report import Report, out_argument, table  # noqa: E402
+
+from parlance.gateway.intents import DEFAULT_ROUTE, IntentRouter  # noqa: E402
+
+EMBED = "all-MiniLM-L6-v2"
+THRESHOLDS = [round(0.01 * i, 2) for i in range(0, 81)]
+
+
+@dataclass
+class Item:
+    intent: str
+    context: str
+    text: str
+
+    def messages(self) -> list[dict[str, str]]:
+        turns = [{"role": "user", "content": self.context}] if self.context else []
+        if self.context:
+            turns.append({"role": "assistant", "content": "(answer)"})
+        return [*turns, {"role": "user", "content": self.text}]
+
+
+@dataclass
+class Scored:
+    item: Item
+    nearest: str
+    score: float
+    margin: float
+
+    def routed(self, threshold: float) -> str:
+        return self.nearest if self.score >= threshold else DEFAULT_ROUTE
+
+
+class EngineEmbedder:
+    """The IntentRouter's Embedder over the generator's engine, in process."""
+
+    def __init__(self, engine: object) -> None:
+        self.engine = engine
+
+    async def embed(self, texts: list[str]) -> list[Sequence[float]]:
+        from parlance.generator.engine.base import EmbeddingRequest
+
+        request = EmbeddingRequest(request_id=uuid.uuid4().hex, inputs=tuple(texts), truncate=True)
+        result = await self.engine.embed(request)  # type: ignore[attr-defined]
+        return list(result.vectors)
+
+
+def read_items(path: Path) -> list[Item]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        rows = csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+        return [Item(r["intent"], r["context"] or "", r["text"]) for r in rows]
+
+
+def check_apart(items: list[Item], router: IntentRouter) -> None:
+    """The set must not contain the route file's examples (the figures would be inflated)."""
+    examples = {e.casefold() for r in router.routes.spec.routes for e in r.examples}
+    shared = [i.text for i in items if i.text.casefold() in examples]
+    if shared:
+        raise SystemExit(f"evaluation messages that are route examples: {shared}")
+
+
+async def score_all(router: IntentRouter, items: list[Item]) -> list[Scored]:
+    vectors = await asyncio.gather(*(router.query_vector(i.messages()) for i in items))
+    scored = []
+    for item, vector in zip(items, vectors, strict=True):
+        match = router.match(vector, threshold=-2.0)
+        scored.append(Scored(item, match.nearest, match.score, match.margin))
+    return scored
+
+
+def accuracy(scored: list[Scored], threshold: float) -> float:
+    return sum(s.routed(threshold) == s.item.intent for s in scored) / len(scored)
+
+
+def macro_f1(scored: list[Scored], threshold: float, labels: list[str]) -> float:
+    f1s = []
+    for label in labels:
+        tp = sum(s.routed(threshold) == label == s.item.intent for s in scored)
+        predicted = sum(s.routed(threshold) == label for s in scored)
+        actual = sum(s.item.intent == label for s in scored)
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / actual if actual else 0.0
+        f1s.append(2 * precision * recall / (precision + recall) if precision + recall else 0.0)
+    return statistics.fmean(f1s)
+
+
+def best_threshold(scored: list[Scored]) -> float:
+    """The threshold with the highest accuracy (the middle of a plateau of equals)."""
+    values = [accuracy(scored, t) for t in THRESHOLDS]
+    top = max(values)
+    ties = [t for t, v in zip(THRESHOLDS, values, strict=True) if v == top]
+    return ties[len(ties) // 2]
+
+
+def two_fold(scored: list[Scored]) -> float:
+    halves = [scored[0::2], scored[1::2]]
+    right = 0
+    for train, test in (halves, halves[::-1]):
+        threshold = best_threshold(train)
+        right += sum(s.routed(threshold) == s.item.intent for s in test)
+    return right / len(scored)
+
+
+@dataclass
+class Config:
+    label: str
+    method: str
+    k: int
+    context_turns: int
+    context_weight: float
+
+
+CONFIGS = [
+    Config("newest message, nearest example (k 1)", "nearest", 1, 0, 0.0),
+    Config("newest message, 2 nearest examples (k 2)", "nearest", 2, 0, 0.0),
+    Config("newest message, 3 nearest examples (k 3)", "nearest", 3, 0, 0.0),
+    Config("newest message, centroid", "centroid", 1, 0, 0.0),
+    Config("k 2, +1 earlier user turn (weight 0.3)", "nearest", 2, 1, 0.3),
+    Config("k 2, +1 earlier user turn (weight 0.6)", "nearest", 2, 1, 0.6),
+]
+
+
+def summary_row(config: Config, scored: list[Scored], threshold: float, labels: list[str]):
+    with_context = [s for s in scored if s.item.context]
+    in_scope = [s for s in scored if s.item.intent != DEFAULT_ROUTE]
+    fallbacks = sum(s.routed(threshold) == DEFAULT_ROUTE for s in scored)
+    false_fallbacks = sum(s.routed(threshold) == DEFAULT_ROUTE for s in in_scope)
+    return [
+        config.label,
+        f"{threshold:.2f}",
+        f"{accuracy(scored, threshold):.3f}",
+        f"{macro_f1(scored, threshold, labels):.3f}",
+        f"{fallbacks / len(scored):.3f}",
+        f"{false_fallbacks / len(in_scope):.3f}",
+        f"{accuracy(with_context, threshold):.3f} ({len(with_context)})",
+        f"{best_threshold(scored):.2f} / {accuracy(scored, best_threshold(scored)):.3f}",
+        f"{two_fold(scored):.3f}",
+    ]
+
+
+def confusion_section(report: Report, scored: list[Scored], threshold: float, labels: list[str]):
+    rows = []
+    for label in labels:
+        mine = [s for s in scored if s.item.intent == label]
+        wrong = Counter(s.routed(threshold) for s in mine if s.routed(threshold) != label)
+        rows.append(
+            [
+                label,
+                len(mine),
+                sum(s.routed(threshold) == label for s in mine),
+                ", ".join(f"{k} {v}" for k, v in wrong.most_common()) or "-",
+            ]
+        )
+    report.section(
+        "Confusions (shipped settings)",
+        "Per labelled route: messages, routed right, and where the others went.",
+        "",
+        *table(["label", "messages", "right", "routed instead to"], rows),
+    )
+    lines = []
+    for label in labels:
+        routed = [s for s in scored if s.routed(threshold) == label]
+        wrong = [s for s in routed if s.item.intent != label]
+        # Up to 5 per route, mistakes first: they say more.
+        sample = (wrong + [s for s in routed if s.item.intent == label])[:5]
+        lines += ["", f"**{label}** ({len(routed)} routed here, {len(wrong)} wrongly):", ""]
+        for s in sample:
+            mark = "ok" if s.item.intent == label else f"WRONG, labelled {s.item.intent}"
+            context = f" [after: {s.item.context!r}]" if s.item.context else ""
+            lines.append(
+                f"- {s.item.text!r}{context}: score {s.score:.2f}, margin {s.margin:.2f} ({mark})"
+            )
+    report.section("Five examples per route (shipped settings)", *lines)
+
+
+async def classify_cost(router: IntentRouter, items: list[Item], rounds: int) -> list[float]:
+    """Seconds per classify() of one message at a time (embedding and match), in process."""
+    times = []
+    for item in items[:rounds]:
+        started = time.perf_counter()
+        await router.classify(item.messages())
+        times.append(time.perf_counter() - started)
+    return times
+
+
+async def run(args: argparse.Namespace) -> Report:
+    from parlance.generator.engine.transformers_embed import TransformersEmbeddingEngine
+
+    engine = TransformersEmbeddingEngine(served_model_name=EMBED, n_threads=args.threads)
+    await engine.start()
+    try:
+        router = await IntentRouter.load(str(args.routes), EngineEmbedder(engine))
+        every = read_items(args.data)
+        check_apart(every, router)
+        items = [i for i in every if i.intent != "mixed"]
+        mixed = [i for i in every if i.intent == "mixed"]
+        names = [r.name for r in router.routes.spec.routes]
+        unknown = {i.intent for i in items} - {*names, DEFAULT_ROUTE}
+        if unknown:
+            raise SystemExit(f"labels that are no route of {args.routes}: {sorted(unknown)}")
+        labels = [*names, DEFAULT_ROUTE]
+        spec = router.routes.spec
+        none = sum(i.intent == DEFAULT_ROUTE for i in items)
+        report = Report(
+            "Intent routing: the labelled evaluation set",
+            f"Route file: `{args.routes.relative_to(ROOT)}` ({len(names)} intents, "
+            f"{sum(len(r.examples) for r in spec.routes)} examples; threshold {spec.threshold}, "
+            f"method {spec.method}, k {spec.k}, context_turns {spec.context_turns}).",
+            f"Set: `{args.data.relative_to(ROOT)}`: {len(items)} labelled messages "
+            f"({len(items) - none} in scope over "
+            f"{len(names)} intents, {none} matching none), "
+            f"{sum(bool(i.context) for i in items)} of them follow-ups with an earlier user turn; "
+            f"{len(mixed)} mixed-intent messages left out of the figures.",
+            f"Model: {EMBED} in process (the generator's TransformersEmbeddingEngine, "
+            f"{args.threads} threads).",
+        )
+        rows = []
+        shipped: list[Scored] = []
+        for config in CONFIGS:
+            variant = router.with_settings(
+                method=config.method,
+                k=config.k,
+                context_turns=config.context_turns,
+                context_weight=config.context_weight,
+            )
+            scored = await score_all(variant, items)
+            rows.append(summary_row(config, scored, spec.threshold, labels))
+            settings = (config.method, config.k, config.context_turns)
+            if settings == (spec.method, spec.k, spec.context_turns):
+                shipped = shipped or scored
+        report.section(
+            "Figures",
+            f"At the route file's threshold ({spec.threshold:.2f}) unless the column says "
+            "otherwise. 'follow-ups': accuracy on the messages that have an earlier user turn "
+            "(their count). 'best threshold': the threshold with the highest accuracy on the "
+            "whole set, and that accuracy; '2-fold': accuracy with the threshold chosen on the "
+            "other half of the set.",
+            "",
+            *table(
+                [
+                    "configuration",
+                    "threshold",
+                    "accuracy",
+                    "macro-F1",
+                    "fallback rate",
+                    "false fallbacks",
+                    "follow-ups",
+                    "best threshold / accuracy",
+                    "2-fold",
+                ],
+                rows,
+            ),
+        )
+        curve = []
+        for threshold in THRESHOLDS[::5]:
+            fallbacks = sum(s.routed(threshold) == DEFAULT_ROUTE for s in shipped)
+            curve.append(
+                [
+                    f"{threshold:.2f}",
+                    f"{accuracy(shipped, threshold):.3f}",
+                    f"{macro_f1(shipped, threshold, labels):.3f}",
+                    f"{fallbacks / len(shipped):.3f}",
+                ]
+            )
+        report.section(
+            "Threshold calibration (shipped method and context)",
+            *table(["threshold", "accuracy", "macro-F1", "fallback rate"], curve),
+        )
+        confusion_section(report, shipped, spec.threshold, labels)
+        mixed_scored = await score_all(router, mixed)
+        report.section(
+            "Mixed-intent messages (not in the figures)",
+            *[
+                f"- {s.item.text!r}: {s.routed(spec.threshold)} (nearest {s.nearest}, "
+                f"score {s.score:.2f}, margin {s.margin:.2f})"
+                for s in mixed_scored
+            ],
+        )
+        times = await classify_cost(router, items, args.cost_rounds)
+        times.sort()
+        report.section(
+            "Cost",
+            f"classify() of one message at a time in process (one embedding call of one input "
+            f"and the match; no gRPC hop): p50 {1000 * times[len(times) // 2]:.1f} ms, "
+            f"p90 {1000 * times[int(len(times) * 0.9)]:.1f} ms over {len(times)} messages, "
+            f"{args.threads} threads, on a shared machine.",
+        )
+        return report
+    finally:
+        await engine.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    out_argument(parser, "intent_eval.md")
+    parser.add_argument("--routes", type=Path, default=ROUTES)
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cost-rounds", type=int, default=30)
+    args = parser.parse_args()
+    args.routes = args.routes.resolve()
+    args.data = args.data.resolve()
+    report = asyncio.run(run(args))
+    report.write(args.out)
+
+
+if __name__ == "__main__":
+    main()
