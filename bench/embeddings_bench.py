@@ -275,32 +275,48 @@ async def measure_replicas(engine: str, workers: int, args: argparse.Namespace) 
         assert stack.stack is not None
         run_dir = stack.services["gateway"].log_path.parent
         second = extra_generator("generator-2", run_dir, env)
-        stack.services["generator-2"] = second
+        # Stack.stop() stops the gateways and its own three backends only: this replica is
+        # stopped here, on every way out.
         second.start()
-        stack.stack.wait_ready("generator-2")
-        one = stack.services["generator"].grpc_port
-        # A metrics port of its own (where the gateway has the setting; ignored elsewhere).
-        metrics_port = free_port()
-        both = stack.extra_gateway(
-            {
-                "GATEWAY_GENERATOR_URL": f"127.0.0.1:{one},127.0.0.1:{second.grpc_port}",
-                "GATEWAY_METRICS_PORT": str(metrics_port),
-            }
-        )
-        urls = {"one": stack.gateway_url, "two": f"http://127.0.0.1:{both.http_port}"}
-        for url in urls.values():
-            await chat_rate(url, workers, 2, body)  # warm-up
-        before = calls_per_target(metrics_port, both.http_port)
-        rates: dict[str, list[float]] = {"one": [], "two": []}
-        failures = 0
-        for round_ in range(args.rounds):
-            for name, url in urls.items():
-                rate, failed = await chat_rate(url, workers, args.seconds, body)
-                rates[name].append(rate)
-                failures += failed
-            print(f"[bench] {engine}: round {round_ + 1}/{args.rounds} done", flush=True)
-        after = calls_per_target(metrics_port, both.http_port)
-        second.stop()
+        try:
+            return await _measure_replicas(stack, second, engine, workers, body, args)
+        finally:
+            second.stop()
+
+
+async def _measure_replicas(
+    stack: BenchStack,
+    second: ServiceProcess,
+    engine: str,
+    workers: int,
+    body: dict[str, Any],
+    args: argparse.Namespace,
+) -> ReplicaRun:
+    assert stack.stack is not None
+    stack.services["generator-2"] = second
+    stack.stack.wait_ready("generator-2")
+    one = stack.services["generator"].grpc_port
+    # A metrics port of its own (where the gateway has the setting; ignored elsewhere).
+    metrics_port = free_port()
+    both = stack.extra_gateway(
+        {
+            "GATEWAY_GENERATOR_URL": f"127.0.0.1:{one},127.0.0.1:{second.grpc_port}",
+            "GATEWAY_METRICS_PORT": str(metrics_port),
+        }
+    )
+    urls = {"one": stack.gateway_url, "two": f"http://127.0.0.1:{both.http_port}"}
+    for url in urls.values():
+        await chat_rate(url, workers, 2, body)  # warm-up
+    before = calls_per_target(metrics_port, both.http_port)
+    rates: dict[str, list[float]] = {"one": [], "two": []}
+    failures = 0
+    for round_ in range(args.rounds):
+        for name, url in urls.items():
+            rate, failed = await chat_rate(url, workers, args.seconds, body)
+            rates[name].append(rate)
+            failures += failed
+        print(f"[bench] {engine}: round {round_ + 1}/{args.rounds} done", flush=True)
+    after = calls_per_target(metrics_port, both.http_port)
     shares = {t: after.get(t, 0) - before.get(t, 0) for t in after}
     return ReplicaRun(engine, workers, rates, failures, shares)
 
