@@ -162,7 +162,9 @@ CONFIGS = [
 ]
 
 
-def summary_row(config: Config, scored: list[Scored], threshold: float, labels: list[str]):
+def summary_row(
+    config: Config, scored: list[Scored], threshold: float, labels: list[str]
+) -> list[str]:
     with_context = [s for s in scored if s.item.context]
     in_scope = [s for s in scored if s.item.intent != DEFAULT_ROUTE]
     fallbacks = sum(s.routed(threshold) == DEFAULT_ROUTE for s in scored)
@@ -180,8 +182,10 @@ def summary_row(config: Config, scored: list[Scored], threshold: float, labels: 
     ]
 
 
-def confusion_section(report: Report, scored: list[Scored], threshold: float, labels: list[str]):
-    rows = []
+def confusion_section(
+    report: Report, scored: list[Scored], threshold: float, labels: list[str]
+) -> None:
+    rows: list[list[object]] = []
     for label in labels:
         mine = [s for s in scored if s.item.intent == label]
         wrong = Counter(s.routed(threshold) for s in mine if s.routed(threshold) != label)
@@ -202,10 +206,10 @@ def confusion_section(report: Report, scored: list[Scored], threshold: float, la
     lines = []
     for label in labels:
         routed = [s for s in scored if s.routed(threshold) == label]
-        wrong = [s for s in routed if s.item.intent != label]
+        misrouted = [s for s in routed if s.item.intent != label]
         # Up to 5 per route, mistakes first: they say more.
-        sample = (wrong + [s for s in routed if s.item.intent == label])[:5]
-        lines += ["", f"**{label}** ({len(routed)} routed here, {len(wrong)} wrongly):", ""]
+        sample = (misrouted + [s for s in routed if s.item.intent == label])[:5]
+        lines += ["", f"**{label}** ({len(routed)} routed here, {len(misrouted)} wrongly):", ""]
         for s in sample:
             mark = "ok" if s.item.intent == label else f"WRONG, labelled {s.item.intent}"
             context = f" [after: {s.item.context!r}]" if s.item.context else ""

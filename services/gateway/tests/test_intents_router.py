@@ -11,6 +11,7 @@ import textwrap
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -120,7 +121,7 @@ async def test_messages_go_to_the_intent_they_mean(generator: Generator, tmp_pat
 
 async def test_only_the_newest_user_message_counts(generator: Generator, tmp_path: Path) -> None:
     router = await router_for(generator, write(tmp_path / "routes.yaml", ROUTES))
-    messages = [
+    messages: list[dict[str, Any]] = [
         {"role": "system", "content": "You are terse."},
         {"role": "user", "content": "how do I boil pasta properly"},
         {"role": "assistant", "content": "In salted water."},
