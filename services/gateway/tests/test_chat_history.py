@@ -128,3 +128,19 @@ async def test_titles_are_written_for_new_conversations(tmp_path: Path) -> None:
             lambda: gw.history.conversations[conversation].conversation.title == "Greeting chat"
         )
         assert gw.generator.requests[-1].request_id.startswith("title-")
+
+
+async def test_one_users_backlog_refuses_only_that_users_stored_chats(tmp_path: Path) -> None:
+    # History is down and alice's exchanges fill her share of the outbox: her next stored chat
+    # is refused before anything is generated, bob's still goes through (issue 14, finding 1).
+    async with inprocess_gateway(tmp_path, outbox_max_items_per_user=2) as gw:
+        gw.history.down = True
+        for _ in range(2):
+            assert (await gw.chat(store=True)).status_code == 200
+        generated = len(gw.generator.requests)
+        refused = await gw.chat(store=True)
+        assert refused.status_code == 503, refused.text
+        assert len(gw.generator.requests) == generated
+        assert (await gw.chat(store=True, caller=gw.bob)).status_code == 200
+        # Without store nothing waits in the outbox: alice is still served.
+        assert (await gw.chat()).status_code == 200

@@ -55,7 +55,7 @@ class Preparer:
             new_messages=new_messages,
             max_tokens=effective_max_tokens(request, principal, self.settings),
         )
-        self._check_storable(request)
+        self._check_storable(request, principal.user_id)
         stored_context = await self._load_conversation(prepared)
         new_context = [convert.chat_message(role, text) for role, text in new_messages]
         if stored_context:
@@ -69,14 +69,15 @@ class Preparer:
             )
         return prepared
 
-    def _check_storable(self, request: ChatCompletionRequest) -> None:
+    def _check_storable(self, request: ChatCompletionRequest, user_id: str) -> None:
         if request.parent_message_id is not None and not request.conversation_id:
             raise errors.invalid_request(
                 "parent_message_id needs conversation_id.", param="parent_message_id"
             )
-        if (request.conversation_id or request.store) and self.outbox.full:
-            # History has been down long enough to fill the outbox. Refuse before generating:
-            # an answer that could not be kept would break "nothing is lost".
+        if (request.conversation_id or request.store) and self.outbox.full_for(user_id):
+            # History has been down long enough to fill the outbox, or this user's share of it.
+            # Refuse before generating: an answer that could not be kept would break "nothing
+            # is lost", and one user's backlog must not refuse everyone's stored chats.
             raise errors.service_unavailable(
                 f"History is unavailable and {self.outbox.depth} exchanges are waiting to be"
                 " stored; retry later, or send the request without store/conversation_id.",
