@@ -66,7 +66,8 @@ def stack(stacks: StackPool, redis: RedisProcess) -> Iterator[Stack]:
     stack = stacks.start(
         "midstream",
         gateway_env={
-            "GATEWAY_SAFETY_TIMEOUT_S": "1",
+            # Above what a loaded 2-core machine takes to classify, far under HANG_BOUND_S.
+            "GATEWAY_SAFETY_TIMEOUT_S": "2",
             "GATEWAY_HISTORY_TIMEOUT_S": "1",
             "GATEWAY_GENERATOR_IDLE_TIMEOUT_S": f"{IDLE_TIMEOUT_S:g}",
             "GATEWAY_GRPC_KEEPALIVE_S": "1",
@@ -149,9 +150,10 @@ def safety_verdicts(stack: Stack) -> float:
 
 def assert_released_only_judged_windows(seen: Stream, verdicts: float) -> None:
     """Fail-closed after the headers, exactly: output moderation releases each window it holds
-    back as one chunk once safety passed it, so the chunks of text that arrived are exactly
-    one per output verdict that arrived (the input's verdict is the first), in order, and
-    nothing after them."""
+    back as one chunk once safety passed it, so the chunks of text that arrived are at most one
+    per output verdict that arrived (the input's verdict is the first), in order, and nothing
+    after them. (A verdict call cancelled by the stream's end counts as arrived here: the bound
+    errs on the lenient side, never the strict one.)"""
     chunks = [
         choice["delta"]["content"]
         for event in seen.events
@@ -159,8 +161,8 @@ def assert_released_only_judged_windows(seen: Stream, verdicts: float) -> None:
         if (choice.get("delta") or {}).get("content")
     ]
     output_verdicts = int(verdicts) - 1
-    assert output_verdicts >= 1, "the first window was judged before the fault"
-    assert len(chunks) == output_verdicts, (chunks, output_verdicts)
+    assert chunks, "the first window was judged and released before the fault"
+    assert len(chunks) <= output_verdicts, (chunks, output_verdicts)
     assert SCRIPT.startswith(seen.text) and len(seen.text) < len(SCRIPT), seen.text
 
 
