@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from parlance.gateway.auth import KeyStore, StaticKeyStore, load_secret
 from parlance.gateway.cache import ResponseCache
 from parlance.gateway.chat import api_router as chat
+from parlance.gateway.chat.intent import load_router
 from parlance.gateway.chat.serving import ChatService
 from parlance.gateway.clients import GeneratorClient, HistoryClient, KeepAlive, SafetyClient
 from parlance.gateway.config import GatewaySettings
@@ -86,6 +87,8 @@ def create_app(
         )
         cache = ResponseCache(redis_state, s.cache_ttl_s, s.cache_max_bytes)
         registry = ModelRegistry(generator, s.model_aliases)
+        # Intent routing (README, "Intent routing"): None without a route file.
+        intents = await load_router(s, generator, registry)
         key_store = SqlKeyStore(s.database_url, s.key_cache_ttl_s)
         await key_store.create_schema()
         state = GatewayState(
@@ -105,7 +108,8 @@ def create_app(
             history=history,
             outbox=outbox,
             models=registry,
-            chat=ChatService(s, generator, safety, history, outbox, cache, registry),
+            chat=ChatService(s, generator, safety, history, outbox, cache, registry, intents),
+            intents=intents,
             slots=asyncio.Semaphore(s.max_concurrent_requests),
         )
         app.state.gateway = state

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,20 +58,62 @@ def verdict_json(key: str, results: Sequence[safety_pb2.Classification], model: 
     return json.dumps({key: verdict}, separators=(",", ":"), sort_keys=True)
 
 
-async def moderate_input(safety: SafetyClient, texts: list[str]) -> list[str]:
+async def moderate_input(
+    safety: SafetyClient, texts: list[str], thresholds: Mapping[str, float] | None = None
+) -> list[str]:
     """Each text's moderation_json ("" for a blank text, which is not classified); raises 400
     content_filter when any text is flagged (safety down: 503, fail closed)."""
-    classified = [i for i, t in enumerate(texts) if t.strip()]
+    return judge_input(texts, await classify_input(safety, texts), thresholds)
+
+
+async def classify_input(
+    safety: SafetyClient, texts: list[str]
+) -> safety_pb2.ClassifyResponse | None:
+    """Safety's verdicts of the non-blank texts, in order (None when all are blank): the call
+    a chat can start before it knows its intent route's thresholds (judge_input applies them)."""
+    classified = [t for t in texts if t.strip()]
     if not classified:
+        return None
+    return await safety.classify(classified, safety_pb2.DIRECTION_INPUT)
+
+
+def input_flags(
+    result: safety_pb2.Classification, thresholds: Mapping[str, float] | None
+) -> list[str]:
+    """The flagged categories of one verdict: safety's own flags, except for the categories
+    an intent route sets a threshold for (flagged when their score reaches it)."""
+    if not thresholds:
+        return flagged_categories(result)
+    return sorted(
+        {
+            c.category
+            for c in result.categories
+            if (c.score >= thresholds[c.category] if c.category in thresholds else c.flagged)
+        }
+    )
+
+
+def judge_input(
+    texts: list[str],
+    verdicts: safety_pb2.ClassifyResponse | None,
+    thresholds: Mapping[str, float] | None = None,
+) -> list[str]:
+    """moderate_input's answer from classify_input's verdicts (see moderate_input)."""
+    if verdicts is None:
         return [""] * len(texts)
-    verdicts = await safety.classify([texts[i] for i in classified], safety_pb2.DIRECTION_INPUT)
-    categories = sorted({c for v in verdicts.results if v.flagged for c in flagged_categories(v)})
-    if not any(v.flagged for v in verdicts.results):
+    classified = [i for i, t in enumerate(texts) if t.strip()]
+    flags = [input_flags(v, thresholds) for v in verdicts.results]
+    flagged = [
+        v.flagged if not thresholds else bool(f)
+        for v, f in zip(verdicts.results, flags, strict=True)
+    ]
+    if not any(flagged):
         found = dict(zip(classified, verdicts.results, strict=True))
         return [
             verdict_json("input", [found[i]], verdicts.model) if i in found else ""
             for i in range(len(texts))
         ]
+    categories = sorted({c for f in flags for c in f})
     for category in categories or ["flagged"]:
         MODERATION_FLAGS.labels("input", category).inc()
     log.info("input refused by moderation", extra={"categories": categories})

@@ -10,6 +10,7 @@ from parlance.gateway.cache import ResponseCache
 from parlance.gateway.chat.serving import ChatService
 from parlance.gateway.clients import GeneratorClient, HistoryClient, SafetyClient
 from parlance.gateway.config import GatewaySettings
+from parlance.gateway.intents import IntentRouter
 from parlance.gateway.keystore import SqlKeyStore
 from parlance.gateway.leases import ConcurrencyLeases
 from parlance.gateway.models import ModelRegistry
@@ -35,3 +36,5 @@ class GatewayState:
     chat: ChatService
     # Bounds the requests this process serves at once.
     slots: asyncio.Semaphore
+    # Intent routing (None: no route file configured).
+    intents: IntentRouter | None = None

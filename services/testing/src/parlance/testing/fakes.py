@@ -10,8 +10,11 @@ asked, and fails like the real client does (an OpenAI-shaped APIError) when told
 from __future__ import annotations
 
 import asyncio
+import math
+import re
 import time
 import uuid
+import zlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -21,6 +24,9 @@ from parlance.history.v1 import history_pb2
 from parlance.safety.v1 import safety_pb2
 
 FAKE_MODEL = "fake-model"
+# FakeGenerator's embedding model (listed only when a test turns embedding on).
+FAKE_EMBED_MODEL = "fake-embed"
+FAKE_EMBED_DIM = 256
 
 
 def _unavailable(dependency: str) -> errors.APIError:
@@ -57,22 +63,53 @@ class FakeGenerator:
         # Set while a generation is between its messages (a stopped stream can wait for it).
         self.in_flight = 0
         self.cancelled = 0
+        # Chat models listed besides FAKE_MODEL (a test of routing between models adds some).
+        self.extra_chat_models: list[str] = []
+        # Lists FAKE_EMBED_MODEL and answers Embed (bag-of-words vectors); embed_down makes
+        # Embed alone fail (the embedding model down while chat works).
+        self.embedding = False
+        self.embed_down = False
+        self.embed_requests: list[generator_pb2.EmbedRequest] = []
+
+    def _info(self, model_id: str, task: generator_pb2.ModelTask) -> generator_pb2.ModelInfo:
+        return generator_pb2.ModelInfo(
+            id=model_id,
+            created=1_700_000_000,
+            owned_by="parlance",
+            max_model_len=self.max_model_len,
+            engine="fake",
+            task=task,
+        )
 
     async def list_models(self) -> generator_pb2.ListModelsResponse:
         if self.down:
             raise _unavailable("generator")
-        return generator_pb2.ListModelsResponse(
-            models=[
-                generator_pb2.ModelInfo(
-                    id=FAKE_MODEL,
-                    created=1_700_000_000,
-                    owned_by="parlance",
-                    max_model_len=self.max_model_len,
-                    engine="fake",
-                    task=generator_pb2.MODEL_TASK_CHAT,
+        chat = [FAKE_MODEL, *self.extra_chat_models]
+        models = [self._info(m, generator_pb2.MODEL_TASK_CHAT) for m in chat]
+        if self.embedding:
+            models.append(self._info(FAKE_EMBED_MODEL, generator_pb2.MODEL_TASK_EMBED))
+        return generator_pb2.ListModelsResponse(models=models)
+
+    async def embed(self, request: generator_pb2.EmbedRequest) -> generator_pb2.EmbedResponse:
+        """Deterministic bag-of-words vectors (each lower-cased word hashed with CRC-32 to
+        one of FAKE_EMBED_DIM dimensions, unit length): texts that share words are similar.
+        A stand-in for the embedding model, not a model of meaning."""
+        self.embed_requests.append(request)
+        if self.down or self.embed_down or not self.embedding:
+            raise _unavailable("generator")
+        embeddings = []
+        for item in request.inputs:
+            vector = [0.0] * FAKE_EMBED_DIM
+            words = re.findall(r"[a-z0-9]+", item.text.lower())
+            for word in words:
+                vector[zlib.crc32(word.encode()) % FAKE_EMBED_DIM] += 1.0
+            norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+            embeddings.append(
+                generator_pb2.Embedding(
+                    values=[v / norm for v in vector], token_count=max(1, len(words))
                 )
-            ]
-        )
+            )
+        return generator_pb2.EmbedResponse(embeddings=embeddings)
 
     async def count_tokens(
         self, request: generator_pb2.CountTokensRequest
@@ -145,7 +182,14 @@ class FakeGenerator:
         pass
 
     def status(self) -> dict[str, dict[str, object]]:
-        return {FAKE_MODEL: {"task": "chat", "serving": 0 if self.down else 1, "replicas": 1}}
+        serving = 0 if self.down else 1
+        status: dict[str, dict[str, object]] = {
+            m: {"task": "chat", "serving": serving, "replicas": 1}
+            for m in [FAKE_MODEL, *self.extra_chat_models]
+        }
+        if self.embedding:
+            status[FAKE_EMBED_MODEL] = {"task": "embed", "serving": serving, "replicas": 1}
+        return status
 
     async def check_health(self, timeout_s: float = 1.0) -> bool:
         return not self.down

@@ -27,12 +27,16 @@ from parlance.gateway.chat.timing import ServerTiming
 from parlance.gateway.chat.validation import max_tokens_limit
 from parlance.gateway.deps import LimitedCaller, State, tokens_headers
 from parlance.gateway.headers import ResponseHeaders, response_headers
+from parlance.gateway.intents import SERVER_TIMING_STAGE
 from parlance.gateway.metrics import IN_FLIGHT
 from parlance.gateway.redis_state import RedisUnavailable
 
 log = logging.getLogger(__name__)
 
 router = APIRouter()
+
+# The intent route a request took (with intent routing on).
+INTENT_HEADER = "x-parlance-intent"
 
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
@@ -154,6 +158,9 @@ async def create_chat_completion(
     prepared = await state.chat.prepare(admitted.body, admitted.caller)
     admitted.limits.prepared = prepared
     admitted.timing.mark("context")
+    if prepared.intent is not None:
+        headers[INTENT_HEADER] = prepared.intent.name
+        admitted.timing.add(SERVER_TIMING_STAGE, prepared.intent.duration_s)
     use_cache = "no-cache" not in request.headers.get("cache-control", "").lower()
     answer = await state.chat.respond(prepared, headers, admitted.timing, use_cache)
     if isinstance(answer, ChatCompletion):

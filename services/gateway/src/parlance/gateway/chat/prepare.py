@@ -3,12 +3,14 @@ window, then the request's messages), the cache key, and input moderation."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 
 from parlance.gateway import convert, errors, moderation
 from parlance.gateway.auth import Principal
 from parlance.gateway.cache import cache_key
+from parlance.gateway.chat.intent import IntentStep
 from parlance.gateway.chat.prepared import PreparedChat
 from parlance.gateway.chat.protocol import ChatCompletionRequest
 from parlance.gateway.chat.validation import effective_max_tokens
@@ -20,6 +22,7 @@ from parlance.gateway.models import ModelRegistry
 from parlance.gateway.outbox import HistoryOutbox
 from parlance.generator.v1 import generator_pb2
 from parlance.history.v1 import history_pb2
+from parlance.safety.v1 import safety_pb2
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +38,10 @@ class Preparer:
         history: HistoryClient,
         outbox: HistoryOutbox,
         models: ModelRegistry,
+        intents: IntentStep | None = None,
     ) -> None:
         self.settings = settings
+        self.intents = intents
         self.generator = generator
         self.safety = safety
         self.history = history
@@ -44,7 +49,47 @@ class Preparer:
         self.models = models
 
     async def prepare(self, request: ChatCompletionRequest, principal: Principal) -> PreparedChat:
-        """Builds the context of a validated request."""
+        """Builds the context of a validated request. With intent routing, the newest user
+        message is classified while input moderation of the request's messages runs, and
+        the route's actions apply before the model is resolved."""
+        if self.intents is None:
+            return await self._build(request, principal)
+        checking = self._start_moderation(request)
+        try:
+            routed = await self.intents.route(request)
+            prepared = await self._build(routed.request, principal, routed.system_prompt)
+        except BaseException:
+            if checking is not None:
+                checking.cancel()
+            raise
+        prepared.intent = routed.match
+        prepared.safety_thresholds = routed.safety
+        prepared.input_moderation = checking
+        return prepared
+
+    def _start_moderation(
+        self, request: ChatCompletionRequest
+    ) -> asyncio.Task[safety_pb2.ClassifyResponse | None] | None:
+        if not self.settings.moderate_input:
+            return None
+        task = asyncio.create_task(
+            moderation.classify_input(self.safety, [m.text() for m in request.messages])
+        )
+        # A task nobody awaits (a cache hit, a failed request) must not log its error.
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return task
+
+    def discard_moderation(self, prepared: PreparedChat) -> None:
+        """Input moderation is not needed (a cached answer): stops a started one."""
+        if prepared.input_moderation is not None:
+            prepared.input_moderation.cancel()
+
+    async def _build(
+        self,
+        request: ChatCompletionRequest,
+        principal: Principal,
+        system_prompt: str | None = None,
+    ) -> PreparedChat:
         model = await self.models.resolve(request.model)
         new_messages: list[tuple[str, str]] = [(m.role, m.text()) for m in request.messages]
         prepared = PreparedChat(
@@ -62,6 +107,8 @@ class Preparer:
             prepared.context.extend(await self._fit_context(prepared, stored_context, new_context))
         else:
             prepared.context.extend(new_context)
+        if system_prompt:  # an intent route's: first in the whole context, never stored
+            prepared.context.insert(0, convert.chat_message("system", system_prompt))
         if self.settings.cache_enabled and request.is_deterministic():
             prepared.cache_key = cache_key(
                 principal.user_id,
@@ -147,9 +194,15 @@ class Preparer:
         """Refuses the request when any message of it is flagged (fail closed: safety down is
         a 503, never an unmoderated generation). Messages loaded from history passed
         moderation when they were stored."""
-        if self.settings.moderate_input:
+        texts = [text for _, text in prepared.new_messages]
+        if prepared.input_moderation is not None:
+            verdicts = await prepared.input_moderation
+            prepared.input_verdicts = moderation.judge_input(
+                texts, verdicts, prepared.safety_thresholds
+            )
+        elif self.settings.moderate_input:
             prepared.input_verdicts = await moderation.moderate_input(
-                self.safety, [text for _, text in prepared.new_messages]
+                self.safety, texts, prepared.safety_thresholds
             )
 
 

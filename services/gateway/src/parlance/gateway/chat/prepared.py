@@ -3,6 +3,7 @@ generation released so far, and what a stream has sent."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -11,7 +12,9 @@ from parlance.gateway import convert, moderation
 from parlance.gateway.auth import Principal
 from parlance.gateway.cache import CachedChoice, CompletionRecord
 from parlance.gateway.chat.protocol import ChatCompletionRequest
+from parlance.gateway.intents import IntentMatch
 from parlance.generator.v1 import generator_pb2
+from parlance.safety.v1 import safety_pb2
 
 # finish_reason of a stored answer whose stream the client stopped.
 CANCELLED = "cancelled"
@@ -42,6 +45,11 @@ class PreparedChat:
     cached: bool = False
     prompt_tokens: int | None = None
     generated_tokens: int = 0
+    # Intent routing (chat/intent.py): the route taken (None: routing is off), its per-category
+    # input thresholds, and input moderation started beside the classification.
+    intent: IntentMatch | None = None
+    safety_thresholds: dict[str, float] = field(default_factory=dict)
+    input_moderation: asyncio.Task[safety_pb2.ClassifyResponse | None] | None = None
 
     @property
     def n(self) -> int:

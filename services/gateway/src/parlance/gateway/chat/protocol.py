@@ -161,6 +161,23 @@ class Choice(BaseModel):
     finish_reason: str | None
 
 
+class IntentInfo(BaseModel):
+    """The intent route a request took (README, "Intent routing")."""
+
+    name: str
+    # Similarity of the best intent (cosine); 0.0 when nothing was classified.
+    score: float
+    # True when no intent reached the threshold (or classification failed): the default route.
+    fallback: bool
+
+
+class ParlanceExtension(BaseModel):
+    """Parlance's additions to a response, under one key ("parlance") that OpenAI clients
+    ignore (their response models keep unknown fields)."""
+
+    intent: IntentInfo | None = None
+
+
 class ChatCompletion(BaseModel):
     id: str
     object: Literal["chat.completion"] = "chat.completion"
@@ -171,6 +188,8 @@ class ChatCompletion(BaseModel):
     system_fingerprint: str | None = None
     # Parlance extension: the stored conversation this exchange was appended to.
     conversation_id: str | None = None
+    # Parlance extension object: set only when intent routing is on.
+    parlance: ParlanceExtension | None = None
 
 
 class DeltaMessage(BaseModel):
@@ -194,3 +213,5 @@ class ChatCompletionChunk(BaseModel):
     system_fingerprint: str | None = None
     usage: Usage | None = None
     conversation_id: str | None = None
+    # Parlance extension object: on the first chunk of a stream, when intent routing is on.
+    parlance: ParlanceExtension | None = None

@@ -15,6 +15,8 @@ from parlance.gateway.chat.protocol import (
     ChoiceLogprobs,
     ChunkChoice,
     DeltaMessage,
+    IntentInfo,
+    ParlanceExtension,
     Usage,
 )
 
@@ -51,6 +53,8 @@ class ChunkWriter:
 
     def __init__(self, prepared: PreparedChat) -> None:
         self.prepared = prepared
+        # The extension object goes on the stream's first chunk only.
+        self._extension = extension(prepared)
         frame = self._chunk([])
         if prepared.include_usage:
             frame.usage = None
@@ -76,14 +80,19 @@ class ChunkWriter:
         return self._head + dump(choice) + self._tail
 
     def role(self, index: int) -> bytes:
-        return self._event(
-            ChunkChoice(
-                index=index,
-                delta=DeltaMessage(role="assistant", content=""),
-                logprobs=None,
-                finish_reason=None,
-            )
+        choice = ChunkChoice(
+            index=index,
+            delta=DeltaMessage(role="assistant", content=""),
+            logprobs=None,
+            finish_reason=None,
         )
+        if self._extension is None:
+            return self._event(choice)
+        chunk = self._chunk([choice])
+        if self.prepared.include_usage:
+            chunk.usage = None
+        chunk.parlance, self._extension = self._extension, None
+        return sse(dump(chunk))
 
     def content(self, index: int, text: str, logprobs: ChoiceLogprobs | None) -> bytes:
         return self._event(
@@ -109,6 +118,16 @@ class ChunkWriter:
 
 # Where a frame's choices go: the serialized frame has no choices.
 _EMPTY_CHOICES = b'"choices":[]'
+
+
+def extension(prepared: PreparedChat) -> ParlanceExtension | None:
+    """The response's Parlance extension object (None: nothing to add)."""
+    match = prepared.intent
+    if match is None:
+        return None
+    return ParlanceExtension(
+        intent=IntentInfo(name=match.name, score=round(match.score, 4), fallback=match.fallback)
+    )
 
 
 def delta_logprobs(choice: CachedChoice, delta: int) -> ChoiceLogprobs | None:
@@ -160,4 +179,7 @@ def completion(
     }
     if prepared.conversation_id:  # set only in a stored conversation: absent otherwise
         body["conversation_id"] = prepared.conversation_id
+    added = extension(prepared)
+    if added is not None:
+        body["parlance"] = added.model_dump(exclude_none=True)
     return ChatCompletion.model_validate(body)

@@ -18,6 +18,7 @@ from parlance.gateway.chat import validation
 from parlance.gateway.chat.background import Background
 from parlance.gateway.chat.complete import Completion
 from parlance.gateway.chat.generate import Generation
+from parlance.gateway.chat.intent import IntentStep
 from parlance.gateway.chat.prepare import Preparer
 from parlance.gateway.chat.prepared import PreparedChat, Progress
 from parlance.gateway.chat.protocol import ChatCompletion, ChatCompletionRequest
@@ -27,6 +28,7 @@ from parlance.gateway.chat.timing import ServerTiming
 from parlance.gateway.clients import GeneratorClient, HistoryClient, SafetyClient
 from parlance.gateway.config import GatewaySettings
 from parlance.gateway.headers import ResponseHeaders
+from parlance.gateway.intents import IntentRouter
 from parlance.gateway.models import ModelRegistry
 from parlance.gateway.outbox import HistoryOutbox
 from parlance.gateway.titles import TitleWriter
@@ -45,6 +47,7 @@ class ChatService:
         outbox: HistoryOutbox,
         cache: ResponseCache,
         models: ModelRegistry,
+        intents: IntentRouter | None = None,
     ) -> None:
         self.settings = settings
         self.cache = cache
@@ -52,7 +55,9 @@ class ChatService:
         # Stores of stopped streams, completions finishing after their client left, and the
         # settlement of request limits.
         self.background = Background()
-        self.preparer = Preparer(settings, generator, safety, history, outbox, models)
+        # Intent routing (chat/intent.py) when a route file is configured.
+        step = IntentStep(intents, models) if intents is not None else None
+        self.preparer = Preparer(settings, generator, safety, history, outbox, models, step)
         self.generation = Generation(settings, generator, safety)
         self.completion = Completion(cache, outbox, self.titles)
         self.streamer = Streamer(self.generation, self.completion, self.background)
@@ -77,6 +82,7 @@ class ChatService:
             record = await self.cache.get(prepared.cache_key)
             timing.mark("cache")
             if record is not None:
+                self.preparer.discard_moderation(prepared)
                 headers["server-timing"] = timing.header()
                 headers["x-cache"] = "hit"
                 return await self.cached(prepared, record)

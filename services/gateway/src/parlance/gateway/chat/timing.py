@@ -22,5 +22,11 @@ class ServerTiming:
         tracing.record_stage(name, now - self.last)
         self.last = now
 
+    def add(self, name: str, seconds: float) -> None:
+        """A part that ran beside the others (intent classification runs during input
+        moderation and inside "context"): reported, without moving the clock."""
+        self.parts.append((name, seconds * 1000))
+        tracing.record_stage(name, seconds)
+
     def header(self) -> str:
         return ", ".join(f"{name};dur={ms:.2f}" for name, ms in self.parts)

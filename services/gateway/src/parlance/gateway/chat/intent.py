@@ -1,0 +1,105 @@
+"""Intent routing of a chat completion (README, "Intent routing"): the newest user message
+classified by the IntentRouter, then the route's actions applied to the request with the
+request's own choices first (intents/apply.py states the precedence).
+
+A classification that fails (the embedding model down or refusing) never fails the chat: the
+request takes the default route and a warning is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from parlance.gateway.chat.protocol import ChatCompletionRequest
+from parlance.gateway.clients import GeneratorClient
+from parlance.gateway.config import GatewaySettings
+from parlance.gateway.intents import (
+    DEFAULT_ROUTE,
+    GeneratorEmbedder,
+    IntentMatch,
+    IntentRouter,
+    RouteFileError,
+    apply_actions,
+)
+from parlance.gateway.metrics import INTENT_FALLBACKS
+from parlance.gateway.models import DEFAULT_ALIAS, ModelRegistry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Routed:
+    """A request after its route's actions: the request to serve (the caller's messages, the
+    route's model, sampling and store where the caller left them), the system prompt to put
+    first in the context, and the route's input safety thresholds."""
+
+    request: ChatCompletionRequest
+    match: IntentMatch
+    system_prompt: str | None
+    safety: dict[str, float]
+
+
+class IntentStep:
+    def __init__(self, router: IntentRouter, models: ModelRegistry) -> None:
+        self.router = router
+        self.models = models
+
+    def is_alias(self, model: str) -> bool:
+        """A name the route may replace: a configured alias or "default"."""
+        lowered = model.lower()
+        return lowered == DEFAULT_ALIAS or lowered in {a.lower() for a in self.models.aliases}
+
+    async def classify(self, request: ChatCompletionRequest) -> IntentMatch:
+        messages = [{"role": m.role, "content": m.text()} for m in request.messages]
+        try:
+            return await self.router.classify(messages)
+        except Exception as exc:
+            INTENT_FALLBACKS.inc()
+            log.warning(
+                "intent classification failed; the default route is taken",
+                extra={"error": getattr(exc, "message", None) or repr(exc)},
+            )
+            return IntentMatch(DEFAULT_ROUTE, 0.0, 0.0, fallback=True)
+
+    async def route(self, request: ChatCompletionRequest) -> Routed:
+        match = await self.classify(request)
+        actions = self.router.actions_for(match)
+        # The messages are left out (not copied): the route changes only top-level fields here.
+        body: dict[str, Any] = request.model_dump(exclude_unset=True, exclude={"messages"})
+        # The system prompt goes first in the whole context (before a stored conversation),
+        # so it is kept apart from the request's messages, which are stored as sent.
+        routed = apply_actions(
+            body, actions.model_copy(update={"system_prompt": None}), self.is_alias
+        )
+        changes = {k: v for k, v in routed.items() if body.get(k) != v}
+        return Routed(
+            request=request.model_copy(update=changes) if changes else request,
+            match=match,
+            system_prompt=actions.system_prompt,
+            safety=dict(actions.safety),
+        )
+
+
+async def load_router(
+    settings: GatewaySettings, generator: GeneratorClient, models: ModelRegistry
+) -> IntentRouter | None:
+    """The IntentRouter of settings.intent_routes (None when unset), its examples embedded
+    and its models checked against the routing table; a route file that cannot be used
+    stops the start-up with the reason (file, route and line)."""
+    if not settings.intent_routes:
+        return None
+    embedder = GeneratorEmbedder(generator, models.resolve, settings.intent_embed_model)
+    try:
+        router = await IntentRouter.load(
+            settings.intent_routes, embedder, reload_check_s=settings.intent_reload_check_s
+        )
+        await router.check_models(models.resolve)
+    except RouteFileError as exc:
+        raise RuntimeError(f"GATEWAY_INTENT_ROUTES cannot be used: {exc}") from None
+    log.info(
+        "intent routing on",
+        extra={"routes": len(router.routes.spec.routes), "file": settings.intent_routes},
+    )
+    return router
