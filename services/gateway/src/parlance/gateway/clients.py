@@ -520,7 +520,7 @@ class SafetyClient(_Client):
         self.stub = safety_pb2_grpc.SafetyServiceStub(self.channel)
 
     async def classify(
-        self, texts: list[str], direction: safety_pb2.Direction.ValueType
+        self, texts: list[str], direction: safety_pb2.Direction
     ) -> safety_pb2.ClassifyResponse:
         return await self._unary(
             self.stub.Classify, safety_pb2.ClassifyRequest(texts=texts, direction=direction)

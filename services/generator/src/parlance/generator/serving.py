@@ -108,20 +108,20 @@ class GeneratorServing:
                 f"this generator serves no {task.value} model (it serves {', '.join(self.models)})",
                 param="model",
             )
-        engine = self.models.get(model)
-        if engine is None:
+        found = self.models.get(model)
+        if found is None:
             raise NotFound(
                 f"model {model!r} is not served here; this generator serves "
                 f"{', '.join(repr(m) for m in self.models)}",
                 param="model",
             )
-        if engine.task is not task:
+        if found.task is not task:
             raise InvalidArgument(
-                f"model {model!r} serves the {engine.task.value} task; it cannot serve "
+                f"model {model!r} serves the {found.task.value} task; it cannot serve "
                 f"{task.value} requests",
                 param="model",
             )
-        return model, engine
+        return model, found
 
     def chat_engine(self, model: str) -> tuple[str, Engine]:
         """(id, engine) of a chat model; empty means the first one. NotFound for an id not

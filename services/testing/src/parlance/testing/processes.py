@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from parlance.testing.keys import ALICE_KEY, BOB_KEY, KEY_ID_SECRET
 
@@ -38,8 +39,13 @@ def _load_devstack() -> ModuleType:
 
 
 _devstack = _load_devstack()
-ServiceProcess = _devstack.ServiceProcess
-Stack = _devstack.Stack
+if TYPE_CHECKING:
+    # mypy cannot follow a module loaded by path: the classes are Any to it.
+    ServiceProcess = Any
+    Stack = Any
+else:
+    ServiceProcess = _devstack.ServiceProcess
+    Stack = _devstack.Stack
 free_port = _devstack.free_port
 redis_answers = _devstack.redis_answers
 start_redis_server = _devstack.start_redis_server

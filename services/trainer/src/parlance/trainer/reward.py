@@ -254,7 +254,7 @@ def run(job: RewardJob, loaded: Loaded) -> Path:
             "versions": _versions(),
             "model_digest": output.model_digest(staging),
         }
-        digest8 = card["model_digest"].removeprefix("sha256:")[:8]
+        digest8 = str(card["model_digest"]).removeprefix("sha256:")[:8]
         card["id"] = f"{name}@{digest8}"
         output.write_card(staging, card)
         target = output.publish(staging, job.out, name)
