@@ -336,6 +336,9 @@ MAKE_UP_MODELS = [
     {"id": "all-MiniLM-L6-v2", "engine": "transformers", "task": "embed"},
 ]
 MAKE_UP_ALIASES = {"default": "SmolLM2-135M-Instruct"}
+# `make up` routes chats by intent with the shipped route file (README, "Intent routing"): its
+# routes target "default" only. GATEWAY_INTENT_ROUTES in the environment replaces it ("" : off).
+MAKE_UP_INTENT_ROUTES = ROOT / "services/gateway/src/parlance/gateway/intents/default_routes.yaml"
 
 
 def make_up_env() -> dict[str, dict[str, str]]:
@@ -344,6 +347,8 @@ def make_up_env() -> dict[str, dict[str, str]]:
         env["generator"]["GENERATOR_MODELS"] = json.dumps(MAKE_UP_MODELS)
     if "GATEWAY_MODEL_ALIASES" not in os.environ:
         env["gateway"]["GATEWAY_MODEL_ALIASES"] = json.dumps(MAKE_UP_ALIASES)
+    if "GATEWAY_INTENT_ROUTES" not in os.environ:
+        env["gateway"]["GATEWAY_INTENT_ROUTES"] = str(MAKE_UP_INTENT_ROUTES)
     return env
 
 

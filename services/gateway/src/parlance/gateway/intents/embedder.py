@@ -7,12 +7,15 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from parlance.common.request_id import get_request_id, new_request_id
 from parlance.gateway.clients import GeneratorClient
+from parlance.gateway.models import DEFAULT_ALIAS
+from parlance.gateway.routing import task_of
 from parlance.generator.v1 import generator_pb2
 
 
 class GeneratorEmbedder:
-    """`resolve` is the model registry's (ModelRegistry.resolve): the configured model, or
-    "default" (the first embedding model the generators list), resolved for task "embed"."""
+    """`resolve` is the model registry's (ModelRegistry.resolve): the configured model resolved
+    for task "embed"; "" or "default" is the first embedding model the generators list (not
+    the registry's "default", which an alias may give to a chat model, as `make up` does)."""
 
     def __init__(
         self,
@@ -22,12 +25,21 @@ class GeneratorEmbedder:
     ) -> None:
         self.generator = generator
         self._resolve = resolve
-        self.requested = model or "default"
+        self.requested = "" if model.lower() in ("", DEFAULT_ALIAS) else model
         self.model = ""
+
+    async def _pick(self) -> str:
+        if self.requested:
+            return await self._resolve(self.requested, task="embed")
+        listed = await self.generator.list_models()
+        first = next((m.id for m in listed.models if task_of(m) == "embed"), None)
+        if first is None:
+            raise RuntimeError("no generator lists an embedding model (task 'embed')")
+        return first
 
     async def embed(self, texts: list[str]) -> list[Sequence[float]]:
         if not self.model:
-            self.model = await self._resolve(self.requested, task="embed")
+            self.model = await self._pick()
         request = generator_pb2.EmbedRequest(
             request_id=get_request_id() or new_request_id(),
             model=self.model,
