@@ -32,7 +32,10 @@ TOXIC_WORDS = ("stupid", "worthless", "idiot", "moron")
 
 @pytest.fixture(scope="module")
 def scripted_stack(stacks: StackPool) -> Iterator[Stack]:
-    stack = stacks.start("moderation", env={"generator": scripted_generator(SCRIPT, 200)})
+    # 10 tokens/s: the generation must still run when the toxic window has been classified
+    # (the cancellation test below); the default classifier, a transformer, takes tens of ms
+    # per window on a busy 2-core machine, so at 200 tokens/s the script had already ended.
+    stack = stacks.start("moderation", env={"generator": scripted_generator(SCRIPT, 10)})
     yield stack
     stack.stop()
 
