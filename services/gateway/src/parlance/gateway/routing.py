@@ -5,7 +5,7 @@ balances itself). The table holds, per target, whether its health service says S
 models its last ListModels reported. A call for a model goes to a serving target that lists
 it: the one with the fewest calls from this gateway in flight, ties broken round-robin, so
 replicas share the traffic and a slow one gets less of it. Pure bookkeeping: the I/O (health
-watches, listings, the calls) is GeneratorClient's, in clients.py.
+watches, listings, the calls) is GeneratorClient's, in clients/pool.py.
 """
 
 from __future__ import annotations

@@ -1,0 +1,116 @@
+"""The client of one generator target (GeneratorClient, in pool.py, holds one per target)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+from grpc_health.v1 import health_pb2
+
+from parlance.common.request_id import outgoing_metadata
+from parlance.gateway import errors
+from parlance.gateway.clients.channel import (
+    DEFAULT_KEEPALIVE,
+    BaseClient,
+    KeepAlive,
+    make_channel,
+    to_api_error,
+)
+from parlance.gateway.metrics import DEPENDENCY_ERRORS
+from parlance.generator.v1 import generator_pb2, generator_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+
+class GeneratorTargetClient(BaseClient):
+    """One generator target (an address, or a DNS name gRPC balances over). The gateway holds
+    one per target, behind GeneratorClient."""
+
+    dependency = "generator"
+
+    def __init__(
+        self,
+        target: str,
+        timeout_s: float,
+        retry_after_s: int,
+        idle_timeout_s: float = 120.0,
+        keepalive: KeepAlive = DEFAULT_KEEPALIVE,
+    ) -> None:
+        super().__init__(
+            # Only ListModels, CountTokens and Embed are retried. Generate is not: a generator
+            # that failed it (keepalive noticed it frozen, say) would only be asked again to no
+            # avail, and the client is waiting; the 503 tells it when to come back.
+            make_channel(
+                target,
+                [
+                    "parlance.generator.v1.GeneratorService/ListModels",
+                    "parlance.generator.v1.GeneratorService/CountTokens",
+                    "parlance.generator.v1.GeneratorService/Embed",
+                ],
+                keepalive,
+            ),
+            timeout_s,
+            retry_after_s,
+        )
+        # Longest silence between two messages of a generation once it has started: a live
+        # but stuck engine ends the stream instead of holding the client until the deadline.
+        # (Before the first message a request may wait in the engine's queue; the deadline
+        # and keepalive cover that part.)
+        self.idle_timeout_s = idle_timeout_s
+        self.stub = generator_pb2_grpc.GeneratorServiceStub(self.channel)
+
+    async def list_models(self) -> generator_pb2.ListModelsResponse:
+        return await self._unary(self.stub.ListModels, generator_pb2.ListModelsRequest(), 5.0)
+
+    async def count_tokens(
+        self, request: generator_pb2.CountTokensRequest
+    ) -> generator_pb2.CountTokensResponse:
+        return await self._unary(self.stub.CountTokens, request, 10.0)
+
+    async def embed(self, request: generator_pb2.EmbedRequest) -> generator_pb2.EmbedResponse:
+        return await self._unary(self.stub.Embed, request, 60.0)
+
+    async def watch_health(self) -> AsyncIterator[bool]:
+        """SERVING or not, each time the target's health changes (the first answer at once).
+        Ends with AioRpcError when the connection goes (the target died or is unreachable)."""
+        call = self._health.Watch(health_pb2.HealthCheckRequest(service=""))
+        try:
+            async for reply in call:
+                yield reply.status == health_pb2.HealthCheckResponse.SERVING
+        finally:
+            call.cancel()
+
+    async def generate(
+        self, request: generator_pb2.GenerateRequest
+    ) -> AsyncIterator[generator_pb2.GenerateResponse]:
+        """Streams the generation. Closing the iterator (or cancelling the consuming task)
+        cancels the gRPC call, which aborts the engine request."""
+        call = self.stub.Generate(request, timeout=self.timeout_s, metadata=outgoing_metadata())
+        try:
+            responses = aiter(call)
+            yield await anext(responses)
+            while True:
+                # asyncio.timeout costs a timer handle per message; wait_for would also wrap
+                # every read in a task of its own.
+                try:
+                    async with asyncio.timeout(self.idle_timeout_s):
+                        response = await anext(responses)
+                except TimeoutError:
+                    DEPENDENCY_ERRORS.labels(self.dependency, "IDLE_TIMEOUT").inc()
+                    log.warning(
+                        "generator sent nothing for %.1f s: stream ended", self.idle_timeout_s
+                    )
+                    raise errors.service_unavailable(
+                        f"The generator stopped responding for {self.idle_timeout_s:g} s.",
+                        self.retry_after_s,
+                    ) from None
+                yield response
+        except StopAsyncIteration:
+            return
+        except grpc.aio.AioRpcError as exc:
+            DEPENDENCY_ERRORS.labels(self.dependency, exc.code().name).inc()
+            raise to_api_error(exc, self.dependency, self.retry_after_s) from exc
+        finally:
+            call.cancel()

@@ -1,0 +1,96 @@
+"""The client of the history service: one method per HistoryService RPC."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+
+from parlance.common.request_id import outgoing_metadata
+from parlance.gateway.clients.channel import (
+    DEFAULT_KEEPALIVE,
+    BaseClient,
+    KeepAlive,
+    make_channel,
+    to_api_error,
+)
+from parlance.gateway.metrics import DEPENDENCY_ERRORS
+from parlance.history.v1 import history_pb2, history_pb2_grpc
+
+
+class HistoryClient(BaseClient):
+    dependency = "history"
+
+    def __init__(
+        self,
+        target: str,
+        timeout_s: float,
+        retry_after_s: int,
+        keepalive: KeepAlive = DEFAULT_KEEPALIVE,
+    ) -> None:
+        # Every history RPC is idempotent: reads, and writes keyed by client-supplied ids.
+        super().__init__(
+            make_channel(target, ["parlance.history.v1.HistoryService"], keepalive),
+            timeout_s,
+            retry_after_s,
+        )
+        self.stub = history_pb2_grpc.HistoryServiceStub(self.channel)
+
+    # One method per HistoryService RPC, typed by its request and response messages.
+
+    async def create_conversation(
+        self, request: history_pb2.CreateConversationRequest
+    ) -> history_pb2.CreateConversationResponse:
+        return await self._unary(self.stub.CreateConversation, request)
+
+    async def get_conversation(
+        self, request: history_pb2.GetConversationRequest
+    ) -> history_pb2.GetConversationResponse:
+        """The active branch, or with message_id the path from the root to that message."""
+        return await self._unary(self.stub.GetConversation, request)
+
+    async def list_conversations(
+        self, request: history_pb2.ListConversationsRequest
+    ) -> history_pb2.ListConversationsResponse:
+        return await self._unary(self.stub.ListConversations, request)
+
+    async def update_conversation(
+        self, request: history_pb2.UpdateConversationRequest
+    ) -> history_pb2.UpdateConversationResponse:
+        return await self._unary(self.stub.UpdateConversation, request)
+
+    async def delete_conversation(
+        self, request: history_pb2.DeleteConversationRequest
+    ) -> history_pb2.DeleteConversationResponse:
+        return await self._unary(self.stub.DeleteConversation, request)
+
+    async def append_messages(
+        self, request: history_pb2.AppendMessagesRequest
+    ) -> history_pb2.AppendMessagesResponse:
+        return await self._unary(self.stub.AppendMessages, request)
+
+    async def put_feedback(
+        self, request: history_pb2.PutFeedbackRequest
+    ) -> history_pb2.PutFeedbackResponse:
+        return await self._unary(self.stub.PutFeedback, request)
+
+    async def search_messages(
+        self, request: history_pb2.SearchMessagesRequest
+    ) -> history_pb2.SearchMessagesResponse:
+        return await self._unary(self.stub.SearchMessages, request)
+
+    async def export_training_data(
+        self, request: history_pb2.ExportTrainingDataRequest, timeout_s: float
+    ) -> AsyncIterator[history_pb2.ExportTrainingDataResponse]:
+        """Streams the export; closing the iterator cancels the call."""
+        call = self.stub.ExportTrainingData(
+            request, timeout=timeout_s, metadata=outgoing_metadata()
+        )
+        try:
+            async for response in call:
+                yield response
+        except grpc.aio.AioRpcError as exc:
+            DEPENDENCY_ERRORS.labels(self.dependency, exc.code().name).inc()
+            raise to_api_error(exc, self.dependency, self.retry_after_s) from exc
+        finally:
+            call.cancel()
