@@ -201,3 +201,19 @@ async def test_a_route_to_an_unknown_model_stops_the_start_up(tmp_path: Path) ->
             tmp_path, generator=routing_generator(), intent_routes=str(routes)
         ):
             pass
+
+
+async def test_a_route_max_tokens_stays_within_the_key_limit(tmp_path: Path) -> None:
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(ROUTES.replace("{temperature: 0.2}", "{temperature: 0.2, max_tokens: 100}"))
+    async with inprocess_gateway(
+        tmp_path, generator=routing_generator(), intent_routes=str(routes)
+    ) as gw:
+        limited = await gw.create_key(max_tokens=64)
+        response = await gw.chat(gw.body(CODING_QUESTION), caller=limited)
+        assert response.status_code == 200, response.text
+        assert response.headers["x-parlance-intent"] == "coding"
+        assert gw.generator.requests[-1].sampling.max_tokens == 64
+        # Within the limit, the route's default applies.
+        await gw.chat(gw.body(CODING_QUESTION))
+        assert gw.generator.requests[-1].sampling.max_tokens == 100

@@ -158,8 +158,9 @@ def effective_max_tokens(
 ) -> int:
     """What the generator is asked for: the request's max_tokens (validated to be within the
     limit), or the limit itself when the request sets none, so that leaving it out never
-    lifts the limit."""
-    return request.requested_max_tokens() or max_tokens_limit(principal, settings)
+    lifts the limit. The min() holds for an intent route's max_tokens, set after validation."""
+    limit = max_tokens_limit(principal, settings)
+    return min(request.requested_max_tokens() or limit, limit)
 
 
 def ignore_eos_allowed(principal: Principal, settings: GatewaySettings) -> bool:
