@@ -59,6 +59,16 @@ def request_id_from(value: str | None) -> str:
     return new_request_id()
 
 
+def first_headers(scope: Scope) -> dict[str, str]:
+    """The request's headers, the first of each name: what Starlette's `request.headers.get`
+    (and so every route) reads. Taking the last instead would let a request carry a valid key
+    for this check and a guessed one for the route's, past the failed-auth throttle."""
+    headers: dict[str, str] = {}
+    for name, value in scope["headers"]:
+        headers.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+    return headers
+
+
 class GatewayMiddleware:
     def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
         self.app = app
@@ -70,7 +80,7 @@ class GatewayMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        headers = first_headers(scope)
         request_id = request_id_from(headers.get("x-request-id"))
         token = set_request_id(request_id)
         started = time.perf_counter()
