@@ -166,9 +166,9 @@ async def test_a_refused_exchange_is_dead_lettered_and_does_not_block_the_queue(
 ) -> None:
     outbox = HistoryOutbox(client, str(tmp_path / "outbox.db"))
     outbox.start()
-    # Appending to a conversation that does not exist (and may not be created): history will
-    # refuse it with NOT_FOUND once it is up.
-    orphan, _ = exchange("conv_missing", create=False)
+    # Text history cannot store (U+0000): it refuses it with INVALID_ARGUMENT once it is up.
+    # (A conversation deleted meanwhile, NOT_FOUND, is dropped instead: see below.)
+    orphan = nul_exchange("conv_refused")
     good, _ = exchange("conv_good")
     assert await outbox.submit(orphan) is False
     assert await outbox.submit(good) is False
@@ -346,16 +346,46 @@ async def test_history_down_counts_no_attempts_but_age_is_bounded(
     tmp_path: Path, history: HistoryServer, client: HistoryClient
 ) -> None:
     """A real outage dead-letters nothing however often the drainer tries; an exchange older
-    than max_age_s is dead-lettered on its next try."""
+    than max_age_s is dead-lettered when a try fails."""
     outbox = HistoryOutbox(client, str(tmp_path / "outbox.db"), max_attempts=1)
     outbox.start()
     assert await outbox.submit(exchange("conv_wait")[0]) is False
     await asyncio.sleep(2.0)  # several drain attempts against a history that is down
     assert outbox.depth == 1 and outbox.store.dead_count() == 0
     outbox.max_age_s = 0.0
-    await history.start()
-    await wait_for(lambda: outbox.depth == 0)
+    await wait_for(lambda: outbox.depth == 0)  # history still down: the next try ages it out
     assert outbox.store.dead_count() == 1
+    await outbox.close()
+
+
+async def test_an_old_exchange_is_written_once_history_is_back(
+    tmp_path: Path, history: HistoryServer, client: HistoryClient
+) -> None:
+    """Age bounds an exchange only when a try fails: a gateway restarted on an old outbox (or
+    a history back from a long outage) writes what it holds instead of dead-lettering it."""
+    outbox = HistoryOutbox(client, str(tmp_path / "outbox.db"), max_age_s=0.0)
+    assert await outbox.submit(exchange("conv_old")[0]) is False  # history is down
+    await history.start()
+    outbox.start()
+    await wait_for(lambda: outbox.depth == 0)
+    assert outbox.store.dead_count() == 0
+    assert await stored_contents(client, "conv_old") == ["hello", "hi there"]
+    await outbox.close()
+
+
+async def test_an_exchange_of_a_deleted_conversation_is_dropped_not_kept(
+    tmp_path: Path, history: HistoryServer, client: HistoryClient
+) -> None:
+    """The user deleted the conversation while its next exchange was on its way: that text
+    must not outlive the conversation, not even as a dead letter."""
+    await history.start()
+    outbox = HistoryOutbox(client, str(tmp_path / "outbox.db"))
+    assert await outbox.submit(exchange("conv_gone")[0]) is True
+    await client.delete_conversation(
+        history_pb2.DeleteConversationRequest(user_id="alice", conversation_id="conv_gone")
+    )
+    assert await outbox.submit(exchange("conv_gone", create=False)[0]) is False
+    assert outbox.depth == 0 and outbox.store.dead_count() == 0
     await outbox.close()
 
 

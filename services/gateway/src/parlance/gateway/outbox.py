@@ -24,10 +24,12 @@ this module is the drainer and its policies.
 - Refused writes: an exchange history rejects as invalid (4xx) would be rejected forever; it
   moves to a dead-letter table at once instead of blocking its conversation. So does one that
   keeps failing while history takes other writes (_MAX_ATTEMPTS, counted only then: a real
-  outage counts none) or that waited longer than _MAX_AGE_S: no exchange blocks its
-  conversation forever, whatever history answers.
+  outage counts none) or that is older than _MAX_AGE_S when a try fails (never before a try:
+  a gateway restarted on an old outbox still writes it): no exchange blocks its conversation
+  forever, whatever history answers.
 - Dead letters are bounded (_MAX_DEAD, the oldest go first) and hold users' text: deleting a
-  conversation deletes its queued and dead exchanges (`forget_conversation`).
+  conversation deletes its queued and dead exchanges (`forget_conversation`), and an exchange
+  that reaches history after its conversation was deleted is dropped, not dead-lettered.
 """
 
 from __future__ import annotations
@@ -53,6 +55,14 @@ log = logging.getLogger(__name__)
 # Statuses that mean "history (or the way to it) is down": keep the exchange and retry. Any
 # other 4xx means history read the exchange and refused it.
 _RETRYABLE = {429, 500, 503, 504}
+
+
+def _conversation_gone(exc: APIError) -> bool:
+    """History's answer when the conversation is gone: the user deleted it while this
+    exchange was on its way (the chat flow checks ownership before generating, so it existed
+    then). A missing parent message is not this: that exchange is dead-lettered."""
+    return exc.status == 404 and exc.param == "conversation_id"
+
 
 # A write that fails while another write succeeded this recently counts as an attempt: history
 # works, so the failure is the exchange's own.
@@ -152,6 +162,9 @@ class HistoryOutbox:
                 self._written()
                 return True
             except APIError as exc:
+                if _conversation_gone(exc):
+                    log.info("history: the exchange's conversation was deleted; not stored")
+                    return False
                 if exc.status in _RETRYABLE:
                     self._history_seems_down()
                 else:
@@ -223,16 +236,21 @@ class HistoryOutbox:
         if request is None:
             await self._dead(item, "unreadable payload")
             return True
-        if time.time() - item.created_at > self.max_age_s:
-            await self._dead(item, f"not written within {self.max_age_s:g} s")
-            return True
         try:
             await self.client.append_messages(request)
         except APIError as exc:
+            if _conversation_gone(exc):
+                await self._drop(item, exc.message)
+                return True
             if exc.status not in _RETRYABLE:
                 await self._dead(item, exc.message)
                 return True
             self._history_seems_down()
+            # Aged out only after a failed try: a gateway restarted on an old outbox, or a
+            # history back from a long outage, still gets every exchange written.
+            if time.time() - item.created_at > self.max_age_s:
+                await self._dead(item, f"not written within {self.max_age_s:g} s")
+                return True
             if time.monotonic() - self._last_success < _RECENT_SUCCESS_S:
                 # History took other writes just now: this failure is the exchange's own.
                 if item.attempts + 1 >= self.max_attempts:
@@ -243,6 +261,12 @@ class HistoryOutbox:
         self._written()
         await asyncio.to_thread(self.store.remove, item.id)
         return True
+
+    async def _drop(self, item: QueuedItem, error: str) -> None:
+        # The user deleted the conversation meanwhile: its text must not outlive it, not even
+        # as a dead letter.
+        log.info("history outbox: dropped an exchange of a deleted conversation: %s", error)
+        await asyncio.to_thread(self.store.remove, item.id)
 
     async def _dead(self, item: QueuedItem, error: str) -> None:
         log.error("history outbox: an exchange was dead-lettered: %s", error)
