@@ -1,4 +1,4 @@
-"""The default classifier (MiniLM encoder + the trained head) with its real weights, through the
+"""The opt-in classifier (MiniLM encoder + the trained head) with its real weights, through the
 real gRPC service: each category it claims, hard negatives, long texts, and a model that fails
 to load. The model loads once per session (a few seconds); each test gets its own server.
 
@@ -128,8 +128,8 @@ def flagged_categories(result: Any) -> set[str]:
     return {c.category for c in result.categories if c.flagged}
 
 
-def test_default_settings_choose_minilm() -> None:
-    classifier = build_classifier(SafetySettings())
+def test_minilm_is_chosen_by_its_setting() -> None:
+    classifier = build_classifier(SafetySettings(classifier="minilm"))
     assert isinstance(classifier, MiniLMClassifier)
     assert list(classifier.evaluated_categories) == CLAIMED
 

@@ -7,11 +7,29 @@ excluded: the model adds them). Unknown fields are tolerated, as for chat.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
-EmbeddingInputs = str | list[str] | list[int] | list[list[int]]
+# The schema says every input has at least one character or token and a list at least one
+# input (as OpenAI's does), so clients and fuzzers know before sending. Validation itself
+# stays the plain union: the flow refuses an empty input with a message naming which one
+# (embeddings.py), where pydantic's union errors would name a member of the union.
+_TEXT = {"type": "string", "minLength": 1}
+_IDS = {"type": "array", "items": {"type": "integer"}, "minItems": 1}
+EmbeddingInputs = Annotated[
+    str | list[str] | list[int] | list[list[int]],
+    WithJsonSchema(
+        {
+            "anyOf": [
+                _TEXT,
+                {"type": "array", "items": _TEXT, "minItems": 1},
+                _IDS,
+                {"type": "array", "items": _IDS, "minItems": 1},
+            ]
+        }
+    ),
+]
 
 _INPUT_SHAPES = (
     "input must be a string, an array of strings, an array of token ids (integers) or an "
