@@ -1,0 +1,63 @@
+"""How often each embedded safety classifier flags ordinary chat requests.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/safety_everyday.py [--out FILE]
+
+bench/data/safety_eval/everyday_prompts.txt holds 49 prompts a chat product sees every day
+(written for this project; none is in the classifiers' training texts or in the labelled set
+of bench/safety_eval.py). A classifier that refuses them refuses real users: this is the check
+that keeps `minilm` from being the default (README, "Safety").
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+
+from lib.report import Report, out_argument, table
+
+from parlance.safety.classifier import CLASSIFIERS
+from parlance.safety.config import SafetySettings
+
+PROMPTS = Path(__file__).parent / "data" / "safety_eval" / "everyday_prompts.txt"
+
+
+def flagged(backend: str, prompts: list[str]) -> list[tuple[str, str, float]]:
+    """(prompt, category, score) of every prompt the backend flags at its default threshold."""
+    classifier = CLASSIFIERS[backend](SafetySettings(classifier=backend))
+    asyncio.run(classifier.load())
+    threshold = classifier.default_threshold
+    out = []
+    for prompt, scores in zip(prompts, classifier.score(prompts), strict=True):
+        category, score = max(dict(scores).items(), key=lambda kv: kv[1])
+        if score >= threshold:
+            out.append((prompt, category, float(score)))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--backends", default="profanity,minilm")
+    out_argument(parser, "safety_everyday.md")
+    args = parser.parse_args()
+    prompts = [line for line in PROMPTS.read_text().splitlines() if line.strip()]
+    report = Report(
+        "Everyday chat prompts flagged by the embedded safety classifiers",
+        f"Prompts: {len(prompts)} ({PROMPTS.relative_to(PROMPTS.parents[3])}).",
+        "Each backend at its default threshold (no SAFETY_*THRESHOLD* set).",
+    )
+    rows = []
+    for backend in args.backends.split(","):
+        hits = flagged(backend, prompts)
+        rows.append([backend, f"{len(hits)} of {len(prompts)}", f"{len(hits) / len(prompts):.2f}"])
+        if hits:
+            report.section(
+                f"Flagged by {backend}",
+                *table(["prompt", "category", "score"], [[p, c, f"{s:.2f}"] for p, c, s in hits]),
+            )
+    report.section("Summary", *table(["backend", "flagged", "rate"], rows))
+    report.write(args.out)
+
+
+if __name__ == "__main__":
+    main()
