@@ -10,6 +10,7 @@ from pathlib import Path
 import openai.types.chat
 import pytest
 
+from parlance.gateway.moderation import input_flags
 from parlance.generator.v1 import generator_pb2
 from parlance.safety.v1 import safety_pb2
 from parlance.testing.fakes import FAKE_MODEL, FakeGenerator
@@ -217,3 +218,18 @@ async def test_a_route_max_tokens_stays_within_the_key_limit(tmp_path: Path) -> 
         # Within the limit, the route's default applies.
         await gw.chat(gw.body(CODING_QUESTION))
         assert gw.generator.requests[-1].sampling.max_tokens == 100
+
+
+def test_a_route_threshold_never_loosens_what_safety_flagged() -> None:
+    # The user's own words choose the route: a route that set a category's threshold above
+    # safety's flag must not let flagged input through.
+    verdict = safety_pb2.Classification(
+        flagged=True,
+        categories=[safety_pb2.CategoryResult(category="violence", score=0.6, flagged=True)],
+    )
+    assert input_flags(verdict, {"violence": 0.99}) == ["violence"]
+    clean = safety_pb2.Classification(
+        categories=[safety_pb2.CategoryResult(category="violence", score=0.3, flagged=False)]
+    )
+    assert input_flags(clean, {"violence": 0.2}) == ["violence"]
+    assert input_flags(clean, {"violence": 0.5}) == []

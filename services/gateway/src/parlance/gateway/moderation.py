@@ -80,15 +80,16 @@ async def classify_input(
 def input_flags(
     result: safety_pb2.Classification, thresholds: Mapping[str, float] | None
 ) -> list[str]:
-    """The flagged categories of one verdict: safety's own flags, except for the categories
-    an intent route sets a threshold for (flagged when their score reaches it)."""
+    """The flagged categories of one verdict: safety's own flags, and the categories whose
+    score reaches the threshold an intent route sets. A route only tightens: the user's own
+    words choose the route, so a looser one would let them talk their way past moderation."""
     if not thresholds:
         return flagged_categories(result)
     return sorted(
         {
             c.category
             for c in result.categories
-            if (c.score >= thresholds[c.category] if c.category in thresholds else c.flagged)
+            if c.flagged or (c.category in thresholds and c.score >= thresholds[c.category])
         }
     )
 

@@ -14,7 +14,7 @@ from YAML or JSON and checked, each problem named with the route and its line.
         model: default      # a model id or alias (checked against the routing table)
         system_prompt: "You are a careful programming assistant."
         sampling: {temperature: 0.2}
-        safety: {violence: 0.9}   # per-category thresholds for this route's moderation
+        safety: {violence: 0.2}   # stricter input thresholds (a route only tightens)
         store: true
 """
 
