@@ -11,7 +11,8 @@ from parlance.safety.v1 import safety_pb2, safety_pb2_grpc
 
 SERVICE_NAME = safety_pb2.DESCRIPTOR.services_by_name["SafetyService"].full_name
 
-_DIRECTIONS = {
+# Keyed by the enum's int value: a request's field arrives as a plain int.
+_DIRECTIONS: dict[int, Direction] = {
     safety_pb2.DIRECTION_INPUT: Direction.INPUT,
     safety_pb2.DIRECTION_OUTPUT: Direction.OUTPUT,
 }
