@@ -50,12 +50,14 @@ def map_case(context: Any, case: Any) -> Any:
     model = os.environ.get("PARLANCE_FUZZ_MODEL")
     negative = case.meta is not None and case.meta.generation.mode.is_negative
     body = case.body
-    if (
-        not model
-        or negative
-        or case.operation.path != "/v1/chat/completions"
-        or not isinstance(body, dict)
-    ):
+    if not model or negative or not isinstance(body, dict):
+        return case
+    if case.operation.path == "/v1/embeddings":
+        # Valid embedding requests name the served embedding model.
+        if isinstance(body.get("model"), str):
+            body["model"] = os.environ.get("PARLANCE_FUZZ_EMBED_MODEL", model)
+        return case
+    if case.operation.path != "/v1/chat/completions":
         return case
     if isinstance(body.get("model"), str):
         body["model"] = model

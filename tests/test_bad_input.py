@@ -49,6 +49,9 @@ FUZZ_SEED = int(os.environ.get("PARLANCE_FUZZ_SEED", "9"))
 GENERATION_SHARE = 0.1
 
 
+EMBED_MODEL = "all-MiniLM-L6-v2"
+
+
 @pytest.fixture(scope="module")
 def fuzz_stack(stacks: StackPool) -> Iterator[Stack]:
     stack = stacks.start(
@@ -60,7 +63,19 @@ def fuzz_stack(stacks: StackPool) -> Iterator[Stack]:
             "GATEWAY_ADMIN_KEY": ADMIN_KEY,
             "GATEWAY_GENERATE_TITLES": "false",
         },
-        env={"generator": scripted_generator("A short scripted answer.", 2000)},
+        env={
+            "generator": scripted_generator("A short scripted answer.", 2000)
+            # The embedding model beside the chat model, so that valid generated embedding
+            # requests reach the engine (tests/schemathesis_hooks.py names it).
+            | {
+                "GENERATOR_MODELS": json.dumps(
+                    [
+                        {"id": MODEL, "engine": "scripted"},
+                        {"id": EMBED_MODEL, "engine": "transformers", "task": "embed"},
+                    ]
+                )
+            }
+        },
     )
     yield stack
     stack.stop()
@@ -128,6 +143,7 @@ def fuzz_targets(stack: Stack) -> dict[str, str]:
     return {
         "PARLANCE_FUZZ_KEY_ID": key.json()["id"],
         "PARLANCE_FUZZ_MODEL": MODEL,
+        "PARLANCE_FUZZ_EMBED_MODEL": EMBED_MODEL,
         "PARLANCE_FUZZ_CONVERSATION": conversation,
         "PARLANCE_FUZZ_MESSAGE": messages[-1]["id"],
     }

@@ -10,7 +10,9 @@ async def test_chat_route_documents_its_responses(gw: InProcessGateway) -> None:
     operation = document["paths"]["/v1/chat/completions"]["post"]
     ok = operation["responses"]["200"]["content"]
     assert ok["application/json"]["schema"] == {"$ref": "#/components/schemas/ChatCompletion"}
-    assert ok["text/event-stream"]["schema"] == {"$ref": "#/components/schemas/ChatCompletionChunk"}
+    chunk, done = ok["text/event-stream"]["schema"]["properties"]["data"]["anyOf"]
+    assert chunk["contentSchema"] == {"$ref": "#/components/schemas/ChatCompletionChunk"}
+    assert done == {"const": "[DONE]"}
     for status in ("400", "401", "404", "429", "503"):
         assert status in operation["responses"]
     assert "422" not in operation["responses"]

@@ -138,6 +138,25 @@ Admitted = Annotated[Admission, Depends(admit)]
 
 # The schema of a stream's events (added to the document's components by document_stream).
 _CHUNK_REF = "#/components/schemas/ChatCompletionChunk"
+# One server-sent event as OpenAPI 3.2 describes a stream's items (and schemathesis checks
+# them): its `data` is JSON, a ChatCompletionChunk, until the final `[DONE]`.
+_SSE_EVENT = {
+    "type": "object",
+    "properties": {
+        "event": {"type": "string"},
+        "data": {
+            "anyOf": [
+                {
+                    "type": "string",
+                    "contentMediaType": "application/json",
+                    "contentSchema": {"$ref": _CHUNK_REF},
+                },
+                {"const": "[DONE]"},
+            ]
+        },
+    },
+    "required": ["data"],
+}
 
 
 @router.post(
@@ -147,7 +166,7 @@ _CHUNK_REF = "#/components/schemas/ChatCompletionChunk"
         200: {
             "description": "The completion (JSON), or with `stream: true` its server-sent "
             "events: each `data:` a ChatCompletionChunk, then `data: [DONE]`.",
-            "content": {"text/event-stream": {"schema": {"$ref": _CHUNK_REF}}},
+            "content": {"text/event-stream": {"schema": _SSE_EVENT}},
         }
     },
 )

@@ -97,7 +97,8 @@ class ChatCompletionRequest(BaseModel):
     # message's parent ("" for a new root), with the new user message.
     parent_message_id: str | None = Field(default=None, max_length=128)
     # vLLM's sampling extensions.
-    top_k: int | None = Field(default=None, ge=-1)
+    # The generator's contract carries it as an int32.
+    top_k: int | None = Field(default=None, ge=-1, le=2**31 - 1)
     min_p: FiniteFloat | None = Field(default=None, ge=0.0, le=1.0)
     repetition_penalty: FiniteFloat | None = Field(default=None, gt=0.0, le=10.0)
     # vLLM's benchmark extension: keep generating past end-of-sequence up to max_tokens.
