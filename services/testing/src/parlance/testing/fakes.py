@@ -261,6 +261,8 @@ class FakeHistory:
     def __init__(self) -> None:
         self.conversations: dict[str, _Conversation] = {}
         self.appends: list[history_pb2.AppendMessagesRequest] = []
+        self.comparisons: dict[frozenset[str], history_pb2.Comparison] = {}
+        self.implicit_feedback: list[history_pb2.PutImplicitFeedbackRequest] = []
         self.down = False
 
     def _owned(self, user_id: str, conversation_id: str) -> _Conversation:
@@ -354,6 +356,72 @@ class FakeHistory:
         self._owned(request.user_id, request.conversation_id)
         del self.conversations[request.conversation_id]
         return history_pb2.DeleteConversationResponse()
+
+    async def record_comparison(
+        self, request: history_pb2.RecordComparisonRequest
+    ) -> history_pb2.RecordComparisonResponse:
+        """As history: two different generated sibling answers of the caller's conversation;
+        the latest pick of a pair wins; the chosen answer's branch becomes active."""
+        conv = self._owned(request.user_id, request.conversation_id)
+        sides = []
+        for param in ("chosen_message_id", "rejected_message_id"):
+            message = conv.messages.get(getattr(request, param))
+            if message is None:
+                raise errors.not_found(f"Message {getattr(request, param)} not found.", param)
+            if message.role != "assistant" or not message.generated:
+                raise errors.invalid_request("Only generated answers can be compared.", param)
+            sides.append(message)
+        chosen, rejected = sides
+        if chosen.id == rejected.id or chosen.parent_id != rejected.parent_id:
+            raise errors.invalid_request(
+                "The two answers must be different siblings.", "rejected_message_id"
+            )
+        comparison = history_pb2.Comparison(
+            conversation_id=request.conversation_id,
+            parent_id=chosen.parent_id,
+            chosen_message_id=chosen.id,
+            rejected_message_id=rejected.id,
+            chosen_model=chosen.model,
+            rejected_model=rejected.model,
+        )
+        self.comparisons[frozenset((chosen.id, rejected.id))] = comparison
+        conv.conversation.active_leaf_id = chosen.id
+        return history_pb2.RecordComparisonResponse(
+            comparison=comparison, conversation=conv.conversation
+        )
+
+    async def put_implicit_feedback(
+        self, request: history_pb2.PutImplicitFeedbackRequest
+    ) -> history_pb2.PutImplicitFeedbackResponse:
+        if self.down:
+            raise _unavailable("history")
+        self.implicit_feedback.append(request)
+        return history_pb2.PutImplicitFeedbackResponse()
+
+    async def get_model_report(
+        self, request: history_pb2.GetModelReportRequest
+    ) -> history_pb2.GetModelReportResponse:
+        """Answers per model and comparison outcomes (no ratings: the fake keeps none)."""
+        if self.down:
+            raise _unavailable("history")
+        answers: dict[str, int] = {}
+        for conv in self.conversations.values():
+            for message in conv.messages.values():
+                if message.role == "assistant" and message.generated:
+                    answers[message.model] = answers.get(message.model, 0) + 1
+        outcomes: dict[tuple[str, str], int] = {}
+        for c in self.comparisons.values():
+            key = (c.chosen_model, c.rejected_model)
+            outcomes[key] = outcomes.get(key, 0) + 1
+        return history_pb2.GetModelReportResponse(
+            models=[
+                history_pb2.ModelReportRow(model=m, answers=n) for m, n in sorted(answers.items())
+            ],
+            comparisons=[
+                history_pb2.ComparisonOutcome(chosen_model=a, rejected_model=b, count=n)
+                for (a, b), n in sorted(outcomes.items())
+            ],
+        )
 
     def stored(self, conversation_id: str) -> list[history_pb2.Message]:
         """The conversation's active branch, root first."""

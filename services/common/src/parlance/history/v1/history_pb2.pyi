@@ -28,7 +28,7 @@ class Usage(_message.Message):
     def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
 
 class Message(_message.Message):
-    __slots__ = ("id", "conversation_id", "parent_id", "role", "content", "model", "usage", "finish_reason", "moderation_json", "time_to_first_token_ms", "total_time_ms", "created_at", "sibling_count", "sibling_index", "rating", "feedback", "sibling_ids", "generated")
+    __slots__ = ("id", "conversation_id", "parent_id", "role", "content", "model", "usage", "finish_reason", "moderation_json", "time_to_first_token_ms", "total_time_ms", "created_at", "sibling_count", "sibling_index", "rating", "feedback", "sibling_ids", "generated", "intent", "comparison")
     ID_FIELD_NUMBER: _ClassVar[int]
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
     PARENT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +47,8 @@ class Message(_message.Message):
     FEEDBACK_FIELD_NUMBER: _ClassVar[int]
     SIBLING_IDS_FIELD_NUMBER: _ClassVar[int]
     GENERATED_FIELD_NUMBER: _ClassVar[int]
+    INTENT_FIELD_NUMBER: _ClassVar[int]
+    COMPARISON_FIELD_NUMBER: _ClassVar[int]
     id: str
     conversation_id: str
     parent_id: str
@@ -65,7 +67,19 @@ class Message(_message.Message):
     feedback: MessageFeedback
     sibling_ids: _containers.RepeatedScalarFieldContainer[str]
     generated: bool
-    def __init__(self, id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., parent_id: _Optional[str] = ..., role: _Optional[str] = ..., content: _Optional[str] = ..., model: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., finish_reason: _Optional[str] = ..., moderation_json: _Optional[str] = ..., time_to_first_token_ms: _Optional[int] = ..., total_time_ms: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sibling_count: _Optional[int] = ..., sibling_index: _Optional[int] = ..., rating: _Optional[int] = ..., feedback: _Optional[_Union[MessageFeedback, _Mapping]] = ..., sibling_ids: _Optional[_Iterable[str]] = ..., generated: _Optional[bool] = ...) -> None: ...
+    intent: str
+    comparison: MessageComparison
+    def __init__(self, id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., parent_id: _Optional[str] = ..., role: _Optional[str] = ..., content: _Optional[str] = ..., model: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., finish_reason: _Optional[str] = ..., moderation_json: _Optional[str] = ..., time_to_first_token_ms: _Optional[int] = ..., total_time_ms: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sibling_count: _Optional[int] = ..., sibling_index: _Optional[int] = ..., rating: _Optional[int] = ..., feedback: _Optional[_Union[MessageFeedback, _Mapping]] = ..., sibling_ids: _Optional[_Iterable[str]] = ..., generated: _Optional[bool] = ..., intent: _Optional[str] = ..., comparison: _Optional[_Union[MessageComparison, _Mapping]] = ...) -> None: ...
+
+class MessageComparison(_message.Message):
+    __slots__ = ("chosen", "peer_id", "decided_at")
+    CHOSEN_FIELD_NUMBER: _ClassVar[int]
+    PEER_ID_FIELD_NUMBER: _ClassVar[int]
+    DECIDED_AT_FIELD_NUMBER: _ClassVar[int]
+    chosen: bool
+    peer_id: str
+    decided_at: _timestamp_pb2.Timestamp
+    def __init__(self, chosen: _Optional[bool] = ..., peer_id: _Optional[str] = ..., decided_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class MessageFeedback(_message.Message):
     __slots__ = ("rating", "comment", "corrected_content", "updated_at")
@@ -80,20 +94,22 @@ class MessageFeedback(_message.Message):
     def __init__(self, rating: _Optional[int] = ..., comment: _Optional[str] = ..., corrected_content: _Optional[str] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Conversation(_message.Message):
-    __slots__ = ("id", "title", "created_at", "updated_at", "archived", "active_leaf_id")
+    __slots__ = ("id", "title", "created_at", "updated_at", "archived", "active_leaf_id", "intents")
     ID_FIELD_NUMBER: _ClassVar[int]
     TITLE_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     ARCHIVED_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_LEAF_ID_FIELD_NUMBER: _ClassVar[int]
+    INTENTS_FIELD_NUMBER: _ClassVar[int]
     id: str
     title: str
     created_at: _timestamp_pb2.Timestamp
     updated_at: _timestamp_pb2.Timestamp
     archived: bool
     active_leaf_id: str
-    def __init__(self, id: _Optional[str] = ..., title: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., archived: _Optional[bool] = ..., active_leaf_id: _Optional[str] = ...) -> None: ...
+    intents: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., title: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., archived: _Optional[bool] = ..., active_leaf_id: _Optional[str] = ..., intents: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CreateConversationRequest(_message.Message):
     __slots__ = ("user_id", "conversation_id", "title")
@@ -130,16 +146,18 @@ class GetConversationResponse(_message.Message):
     def __init__(self, conversation: _Optional[_Union[Conversation, _Mapping]] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ...) -> None: ...
 
 class ListConversationsRequest(_message.Message):
-    __slots__ = ("user_id", "limit", "cursor", "include_archived")
+    __slots__ = ("user_id", "limit", "cursor", "include_archived", "intent")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     CURSOR_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_ARCHIVED_FIELD_NUMBER: _ClassVar[int]
+    INTENT_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     limit: int
     cursor: str
     include_archived: bool
-    def __init__(self, user_id: _Optional[str] = ..., limit: _Optional[int] = ..., cursor: _Optional[str] = ..., include_archived: _Optional[bool] = ...) -> None: ...
+    intent: str
+    def __init__(self, user_id: _Optional[str] = ..., limit: _Optional[int] = ..., cursor: _Optional[str] = ..., include_archived: _Optional[bool] = ..., intent: _Optional[str] = ...) -> None: ...
 
 class ListConversationsResponse(_message.Message):
     __slots__ = ("conversations", "next_cursor")
@@ -258,19 +276,127 @@ class SearchMessagesResponse(_message.Message):
     def __init__(self, hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ...) -> None: ...
 
 class ExportTrainingDataRequest(_message.Message):
-    __slots__ = ("kind", "since", "until", "model")
+    __slots__ = ("kind", "since", "until", "model", "intent", "include_implicit")
     KIND_FIELD_NUMBER: _ClassVar[int]
     SINCE_FIELD_NUMBER: _ClassVar[int]
     UNTIL_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    INTENT_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_IMPLICIT_FIELD_NUMBER: _ClassVar[int]
     kind: ExportKind
     since: _timestamp_pb2.Timestamp
     until: _timestamp_pb2.Timestamp
     model: str
-    def __init__(self, kind: _Optional[_Union[ExportKind, str]] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model: _Optional[str] = ...) -> None: ...
+    intent: str
+    include_implicit: bool
+    def __init__(self, kind: _Optional[_Union[ExportKind, str]] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model: _Optional[str] = ..., intent: _Optional[str] = ..., include_implicit: _Optional[bool] = ...) -> None: ...
 
 class ExportTrainingDataResponse(_message.Message):
     __slots__ = ("records",)
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     records: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, records: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RecordComparisonRequest(_message.Message):
+    __slots__ = ("user_id", "conversation_id", "chosen_message_id", "rejected_message_id")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    CHOSEN_MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    conversation_id: str
+    chosen_message_id: str
+    rejected_message_id: str
+    def __init__(self, user_id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., chosen_message_id: _Optional[str] = ..., rejected_message_id: _Optional[str] = ...) -> None: ...
+
+class Comparison(_message.Message):
+    __slots__ = ("conversation_id", "parent_id", "chosen_message_id", "rejected_message_id", "chosen_model", "rejected_model", "created_at", "decided_at")
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    PARENT_ID_FIELD_NUMBER: _ClassVar[int]
+    CHOSEN_MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    CHOSEN_MODEL_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_MODEL_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    DECIDED_AT_FIELD_NUMBER: _ClassVar[int]
+    conversation_id: str
+    parent_id: str
+    chosen_message_id: str
+    rejected_message_id: str
+    chosen_model: str
+    rejected_model: str
+    created_at: _timestamp_pb2.Timestamp
+    decided_at: _timestamp_pb2.Timestamp
+    def __init__(self, conversation_id: _Optional[str] = ..., parent_id: _Optional[str] = ..., chosen_message_id: _Optional[str] = ..., rejected_message_id: _Optional[str] = ..., chosen_model: _Optional[str] = ..., rejected_model: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., decided_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class RecordComparisonResponse(_message.Message):
+    __slots__ = ("comparison", "conversation")
+    COMPARISON_FIELD_NUMBER: _ClassVar[int]
+    CONVERSATION_FIELD_NUMBER: _ClassVar[int]
+    comparison: Comparison
+    conversation: Conversation
+    def __init__(self, comparison: _Optional[_Union[Comparison, _Mapping]] = ..., conversation: _Optional[_Union[Conversation, _Mapping]] = ...) -> None: ...
+
+class PutImplicitFeedbackRequest(_message.Message):
+    __slots__ = ("user_id", "message_id", "kind", "score", "conversation_id")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    message_id: str
+    kind: str
+    score: float
+    conversation_id: str
+    def __init__(self, user_id: _Optional[str] = ..., message_id: _Optional[str] = ..., kind: _Optional[str] = ..., score: _Optional[float] = ..., conversation_id: _Optional[str] = ...) -> None: ...
+
+class PutImplicitFeedbackResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetModelReportRequest(_message.Message):
+    __slots__ = ("since", "until", "intent")
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    INTENT_FIELD_NUMBER: _ClassVar[int]
+    since: _timestamp_pb2.Timestamp
+    until: _timestamp_pb2.Timestamp
+    intent: str
+    def __init__(self, since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., intent: _Optional[str] = ...) -> None: ...
+
+class ModelReportRow(_message.Message):
+    __slots__ = ("model", "answers", "rated_answers", "thumbs_up", "thumbs_down", "flagged_answers", "reasked_answers")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    ANSWERS_FIELD_NUMBER: _ClassVar[int]
+    RATED_ANSWERS_FIELD_NUMBER: _ClassVar[int]
+    THUMBS_UP_FIELD_NUMBER: _ClassVar[int]
+    THUMBS_DOWN_FIELD_NUMBER: _ClassVar[int]
+    FLAGGED_ANSWERS_FIELD_NUMBER: _ClassVar[int]
+    REASKED_ANSWERS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    answers: int
+    rated_answers: int
+    thumbs_up: int
+    thumbs_down: int
+    flagged_answers: int
+    reasked_answers: int
+    def __init__(self, model: _Optional[str] = ..., answers: _Optional[int] = ..., rated_answers: _Optional[int] = ..., thumbs_up: _Optional[int] = ..., thumbs_down: _Optional[int] = ..., flagged_answers: _Optional[int] = ..., reasked_answers: _Optional[int] = ...) -> None: ...
+
+class ComparisonOutcome(_message.Message):
+    __slots__ = ("chosen_model", "rejected_model", "count")
+    CHOSEN_MODEL_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_MODEL_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    chosen_model: str
+    rejected_model: str
+    count: int
+    def __init__(self, chosen_model: _Optional[str] = ..., rejected_model: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
+
+class GetModelReportResponse(_message.Message):
+    __slots__ = ("models", "comparisons")
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    COMPARISONS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelReportRow]
+    comparisons: _containers.RepeatedCompositeFieldContainer[ComparisonOutcome]
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelReportRow, _Mapping]]] = ..., comparisons: _Optional[_Iterable[_Union[ComparisonOutcome, _Mapping]]] = ...) -> None: ...

@@ -79,6 +79,21 @@ class HistoryServiceStub:
                 request_serializer=parlance_dot_history_dot_v1_dot_history__pb2.ExportTrainingDataRequest.SerializeToString,
                 response_deserializer=parlance_dot_history_dot_v1_dot_history__pb2.ExportTrainingDataResponse.FromString,
                 _registered_method=True)
+        self.RecordComparison = channel.unary_unary(
+                '/parlance.history.v1.HistoryService/RecordComparison',
+                request_serializer=parlance_dot_history_dot_v1_dot_history__pb2.RecordComparisonRequest.SerializeToString,
+                response_deserializer=parlance_dot_history_dot_v1_dot_history__pb2.RecordComparisonResponse.FromString,
+                _registered_method=True)
+        self.PutImplicitFeedback = channel.unary_unary(
+                '/parlance.history.v1.HistoryService/PutImplicitFeedback',
+                request_serializer=parlance_dot_history_dot_v1_dot_history__pb2.PutImplicitFeedbackRequest.SerializeToString,
+                response_deserializer=parlance_dot_history_dot_v1_dot_history__pb2.PutImplicitFeedbackResponse.FromString,
+                _registered_method=True)
+        self.GetModelReport = channel.unary_unary(
+                '/parlance.history.v1.HistoryService/GetModelReport',
+                request_serializer=parlance_dot_history_dot_v1_dot_history__pb2.GetModelReportRequest.SerializeToString,
+                response_deserializer=parlance_dot_history_dot_v1_dot_history__pb2.GetModelReportResponse.FromString,
+                _registered_method=True)
 
 
 class HistoryServiceServicer:
@@ -153,6 +168,34 @@ class HistoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordComparison(self, request, context):
+        """The user's pick between two answers to one question ("Which response do you prefer?"):
+        both must be generated assistant messages of the conversation, owned by the user, siblings
+        (same parent) and different, else INVALID_ARGUMENT (NOT_FOUND for an unknown or another
+        user's id). The latest pick for a pair replaces the earlier one (idempotent); the chosen
+        answer becomes the active branch. Exported as a preference pair.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutImplicitFeedback(self, request, context):
+        """A weak, implicit signal on an answer (kind "reask": the user re-asked right after it),
+        kept apart from ratings; replaces the user's earlier signal of that kind on that message.
+        Exported only when the export asks for it (include_implicit).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetModelReport(self, request, context):
+        """Admin only (no user scope): per model id, counts of generated answers and their feedback,
+        and comparison outcomes by pair of models. Counts only; statistics are the caller's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HistoryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -200,6 +243,21 @@ def add_HistoryServiceServicer_to_server(servicer, server):
                     servicer.ExportTrainingData,
                     request_deserializer=parlance_dot_history_dot_v1_dot_history__pb2.ExportTrainingDataRequest.FromString,
                     response_serializer=parlance_dot_history_dot_v1_dot_history__pb2.ExportTrainingDataResponse.SerializeToString,
+            ),
+            'RecordComparison': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordComparison,
+                    request_deserializer=parlance_dot_history_dot_v1_dot_history__pb2.RecordComparisonRequest.FromString,
+                    response_serializer=parlance_dot_history_dot_v1_dot_history__pb2.RecordComparisonResponse.SerializeToString,
+            ),
+            'PutImplicitFeedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutImplicitFeedback,
+                    request_deserializer=parlance_dot_history_dot_v1_dot_history__pb2.PutImplicitFeedbackRequest.FromString,
+                    response_serializer=parlance_dot_history_dot_v1_dot_history__pb2.PutImplicitFeedbackResponse.SerializeToString,
+            ),
+            'GetModelReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetModelReport,
+                    request_deserializer=parlance_dot_history_dot_v1_dot_history__pb2.GetModelReportRequest.FromString,
+                    response_serializer=parlance_dot_history_dot_v1_dot_history__pb2.GetModelReportResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -445,6 +503,87 @@ class HistoryService:
             '/parlance.history.v1.HistoryService/ExportTrainingData',
             parlance_dot_history_dot_v1_dot_history__pb2.ExportTrainingDataRequest.SerializeToString,
             parlance_dot_history_dot_v1_dot_history__pb2.ExportTrainingDataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordComparison(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parlance.history.v1.HistoryService/RecordComparison',
+            parlance_dot_history_dot_v1_dot_history__pb2.RecordComparisonRequest.SerializeToString,
+            parlance_dot_history_dot_v1_dot_history__pb2.RecordComparisonResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutImplicitFeedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parlance.history.v1.HistoryService/PutImplicitFeedback',
+            parlance_dot_history_dot_v1_dot_history__pb2.PutImplicitFeedbackRequest.SerializeToString,
+            parlance_dot_history_dot_v1_dot_history__pb2.PutImplicitFeedbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetModelReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parlance.history.v1.HistoryService/GetModelReport',
+            parlance_dot_history_dot_v1_dot_history__pb2.GetModelReportRequest.SerializeToString,
+            parlance_dot_history_dot_v1_dot_history__pb2.GetModelReportResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -79,6 +79,24 @@ class HistoryClient(BaseClient):
     ) -> history_pb2.SearchMessagesResponse:
         return await self._unary(self.stub.SearchMessages, request)
 
+    async def record_comparison(
+        self, request: history_pb2.RecordComparisonRequest
+    ) -> history_pb2.RecordComparisonResponse:
+        """The user's pick between two sibling answers; the chosen one's branch becomes active."""
+        return await self._unary(self.stub.RecordComparison, request)
+
+    async def put_implicit_feedback(
+        self, request: history_pb2.PutImplicitFeedbackRequest
+    ) -> history_pb2.PutImplicitFeedbackResponse:
+        """A weak signal on an answer (kind "reask"), kept apart from the user's ratings."""
+        return await self._unary(self.stub.PutImplicitFeedback, request)
+
+    async def get_model_report(
+        self, request: history_pb2.GetModelReportRequest
+    ) -> history_pb2.GetModelReportResponse:
+        """Admin: per model id, answers and feedback counts, and comparison outcomes."""
+        return await self._unary(self.stub.GetModelReport, request)
+
     async def export_training_data(
         self, request: history_pb2.ExportTrainingDataRequest, timeout_s: float
     ) -> AsyncIterator[history_pb2.ExportTrainingDataResponse]:
