@@ -120,9 +120,11 @@ class GeneratorServiceServicer:
 
     def LoadModel(self, request, context):
         """Loads a model from a folder while the generator runs (a newly trained reward model, an
-        embedding model), so it is listed and served without a restart. Only where the generator
-        allows it (GENERATOR_LOAD_ROOT set; the folder must be inside it), else FAILED_PRECONDITION;
-        tasks embed and reward only. An id already served is ALREADY_EXISTS.
+        embedding model, a LoRA adapter of a chat model), so it is listed and served without a
+        restart. Only where the generator allows it (GENERATOR_LOAD_ROOT set; the folder must be
+        inside it), else FAILED_PRECONDITION. Tasks embed and reward; task chat only with a
+        `parent` (a LoRA adapter: see LoadModelRequest). An id already served is ALREADY_EXISTS.
+        A failed load leaves nothing behind: the model is listed and served only once it answers.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -130,7 +132,10 @@ class GeneratorServiceServicer:
 
     def UnloadModel(self, request, context):
         """Stops serving a model loaded by LoadModel or listed in GENERATOR_MODELS (embed and reward
-        models only): calls already queued are answered first. Unknown id: NOT_FOUND.
+        models, LoRA adapters; never a base chat model): calls already queued are answered first.
+        A LoRA adapter stops being listed and routable when this returns (new calls: NOT_FOUND);
+        the calls it is running finish with it, and its memory is freed after the last one.
+        Unknown id: NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
