@@ -86,6 +86,10 @@ class GatewaySettings(BaseSettings):
     # Users (comma-separated ids) whose keys may send ignore_eos (vLLM's benchmark extension,
     # which makes every answer max_tokens long): benchmark users; nobody by default.
     ignore_eos_users: str = ""
+    # The share (0 to 1) of the requests that offer a comparison (the web page sends
+    # "parlance": {"compare": "offer"}) that get two answers side by side (chat/compare.py).
+    # API clients that do not offer one never get one.
+    compare_share: float = Field(default=0.1, ge=0.0, le=1.0)
 
     # Defaults of the per-key limits (a managed key may set its own). 0: unlimited.
     # Requests per minute per key.

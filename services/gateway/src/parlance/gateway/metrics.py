@@ -155,3 +155,19 @@ INTENT_RELOADS = Counter(
     "Route file reloads by outcome (ok, error: the previous routes stay in force).",
     ["outcome"],
 )
+# Comparisons (chat/compare.py): two answers shown side by side, and the user's picks.
+COMPARISONS_SHOWN = Counter(
+    "parlance_gateway_comparisons_shown_total",
+    "Comparisons whose two answers were both shown to the end, by why the request got one "
+    "(asked: the user did; share: GATEWAY_COMPARE_SHARE).",
+    ["reason"],
+)
+COMPARISONS_WITHHELD = Counter(
+    "parlance_gateway_comparison_candidates_withheld_total",
+    "Comparison answers withheld because output moderation flagged them (the other answer "
+    "was shown alone).",
+)
+COMPARISONS_ANSWERED = Counter(
+    "parlance_gateway_comparisons_answered_total",
+    "Comparisons the user answered (POST /v1/conversations/{id}/comparisons).",
+)

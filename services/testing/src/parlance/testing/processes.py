@@ -67,6 +67,9 @@ def stack_env(
         # The suites send bad keys on purpose from one address; test_security_auth.py
         # checks the throttle with a limit of its own.
         "GATEWAY_AUTH_FAILURES_PER_MINUTE": "0",
+        # The page offers a comparison with every question: no random two-answer replies in
+        # the page's tests (test_web_compare.py asks for them, or sets a share of its own).
+        "GATEWAY_COMPARE_SHARE": "0",
         **extra_env.get("gateway", {}),
         **(gateway_env or {}),
     }

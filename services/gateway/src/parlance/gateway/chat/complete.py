@@ -8,7 +8,8 @@ import time
 import uuid
 
 from parlance.gateway import convert
-from parlance.gateway.cache import CompletionRecord, ResponseCache
+from parlance.gateway.cache import CachedChoice, CompletionRecord, ResponseCache
+from parlance.gateway.chat import compare
 from parlance.gateway.chat.prepared import PreparedChat, Progress
 from parlance.gateway.metrics import TOKENS, TPOT, TTFT
 from parlance.gateway.outbox import HistoryOutbox
@@ -29,6 +30,7 @@ class Completion:
     ) -> None:
         """Everything a complete answer leaves behind: metrics, cache entry, stored exchange."""
         observe(prepared, progress, record)
+        compare.observe(prepared, record)
         complete = all(c.finish_reason in ("stop", "length") for c in record.choices)
         if prepared.cache_key and complete:
             await self.cache.put(prepared.cache_key, record)
@@ -94,7 +96,8 @@ def observe(prepared: PreparedChat, progress: Progress, record: CompletionRecord
 def exchange_messages(
     prepared: PreparedChat, record: CompletionRecord, progress: Progress | None
 ) -> list[history_pb2.Message]:
-    """The request's messages and the (first choice's) answer, as history stores them."""
+    """The request's messages and the (first choice's) answer, as history stores them; in a
+    comparison both candidates, as sibling answers (chat/compare.py)."""
     verdicts = prepared.input_verdicts or [""] * len(prepared.new_messages)
     messages = [
         history_pb2.Message(
@@ -105,9 +108,29 @@ def exchange_messages(
         )
         for (role, text), verdict in zip(prepared.new_messages, verdicts, strict=True)
     ]
-    answer = record.choices[0]
+    first_answer = len(messages)
+    for answer, message_id in compare.stored_answers(prepared, record):
+        assistant = _answer_message(prepared, record, answer, message_id, progress)
+        if len(messages) > first_answer:
+            # A comparison's second answer: the generation's usage is on the first one.
+            assistant.ClearField("usage")
+        messages.append(assistant)
+    if prepared.parent_message_id is not None:
+        # Only the first message names its parent; the others chain below it.
+        messages[0].parent_id = prepared.parent_message_id
+    compare.branch_siblings(messages, first_answer)
+    return messages
+
+
+def _answer_message(
+    prepared: PreparedChat,
+    record: CompletionRecord,
+    answer: CachedChoice,
+    message_id: str,
+    progress: Progress | None,
+) -> history_pb2.Message:
     assistant = history_pb2.Message(
-        id=f"msg_{uuid.uuid4().hex}",
+        id=message_id,
         role="assistant",
         content=answer.text,
         model=record.model,
@@ -123,8 +146,4 @@ def exchange_messages(
     if progress is not None and progress.first_token_at is not None:
         assistant.time_to_first_token_ms = int((progress.first_token_at - prepared.started) * 1000)
         assistant.total_time_ms = int((time.monotonic() - prepared.started) * 1000)
-    messages.append(assistant)
-    if prepared.parent_message_id is not None:
-        # Only the first message names its parent; the others chain below it.
-        messages[0].parent_id = prepared.parent_message_id
-    return messages
+    return assistant

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from parlance.gateway import convert, moderation
 from parlance.gateway.auth import Principal
 from parlance.gateway.cache import CachedChoice, CompletionRecord
+from parlance.gateway.chat.compare import Comparison
 from parlance.gateway.chat.protocol import ChatCompletionRequest
 from parlance.gateway.intents import IntentMatch
 from parlance.generator.v1 import generator_pb2
@@ -50,6 +51,8 @@ class PreparedChat:
     intent: IntentMatch | None = None
     safety_thresholds: dict[str, float] = field(default_factory=dict)
     input_moderation: asyncio.Task[safety_pb2.ClassifyResponse | None] | None = None
+    # Answered with two candidates side by side (chat/compare.py); the request then has n=2.
+    comparison: Comparison | None = None
 
     @property
     def n(self) -> int:

@@ -61,6 +61,18 @@ class ResponseFormat(BaseModel):
     type: str
 
 
+class ParlanceOptions(BaseModel):
+    """The request's Parlance extension object ("parlance"; README, "Comparisons")."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    # Two answers side by side, stored as sibling branches for the user to pick from:
+    # "always" (or true): the user asked for a comparison; "offer": the client can show one
+    # (the web page), the gateway compares a share of such requests (GATEWAY_COMPARE_SHARE);
+    # "never" (or false, or absent): one answer, as OpenAI's API gives.
+    compare: bool | Literal["always", "offer", "never"] | None = None
+
+
 class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
 
@@ -103,6 +115,8 @@ class ChatCompletionRequest(BaseModel):
     repetition_penalty: FiniteFloat | None = Field(default=None, gt=0.0, le=10.0)
     # vLLM's benchmark extension: keep generating past end-of-sequence up to max_tokens.
     ignore_eos: bool | None = None
+    # Parlance's options object (comparisons: chat/compare.py).
+    parlance: ParlanceOptions | None = None
 
     @field_validator("stop")
     @classmethod
@@ -172,11 +186,21 @@ class IntentInfo(BaseModel):
     fallback: bool
 
 
+class ComparisonInfo(BaseModel):
+    """Two answers to compare (README, "Comparisons"): choice i is stored as message_ids[i]
+    (a sibling branch each), the ids the pick names."""
+
+    message_ids: list[str]
+    # "asked" (the request's compare was "always") or "share" (GATEWAY_COMPARE_SHARE chose it).
+    reason: Literal["asked", "share"]
+
+
 class ParlanceExtension(BaseModel):
     """Parlance's additions to a response, under one key ("parlance") that OpenAI clients
     ignore (their response models keep unknown fields)."""
 
     intent: IntentInfo | None = None
+    comparison: ComparisonInfo | None = None
 
 
 class ChatCompletion(BaseModel):

@@ -123,11 +123,17 @@ _EMPTY_CHOICES = b'"choices":[]'
 def extension(prepared: PreparedChat) -> ParlanceExtension | None:
     """The response's Parlance extension object (None: nothing to add)."""
     match = prepared.intent
-    if match is None:
+    comparison = prepared.comparison
+    if match is None and comparison is None:
         return None
-    return ParlanceExtension(
-        intent=IntentInfo(name=match.name, score=round(match.score, 4), fallback=match.fallback)
-    )
+    added = ParlanceExtension()
+    if match is not None:
+        added.intent = IntentInfo(
+            name=match.name, score=round(match.score, 4), fallback=match.fallback
+        )
+    if comparison is not None:
+        added.comparison = comparison.info()
+    return added
 
 
 def delta_logprobs(choice: CachedChoice, delta: int) -> ChoiceLogprobs | None:

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 
 from parlance.gateway.auth import Principal
 from parlance.gateway.cache import CompletionRecord, ResponseCache
-from parlance.gateway.chat import validation
+from parlance.gateway.chat import compare, validation
 from parlance.gateway.chat.background import Background
 from parlance.gateway.chat.complete import Completion
 from parlance.gateway.chat.generate import Generation
@@ -61,13 +61,19 @@ class ChatService:
         self.generation = Generation(settings, generator, safety)
         self.completion = Completion(cache, outbox, self.titles)
         self.streamer = Streamer(self.generation, self.completion, self.background)
+        # Side-by-side comparisons (chat/compare.py).
+        self.comparer = compare.Comparer(settings)
 
     def validate(self, request: ChatCompletionRequest, principal: Principal) -> None:
         validation.validate(request, principal, self.settings)
+        compare.validate(request, self.settings)
 
     async def prepare(self, request: ChatCompletionRequest, principal: Principal) -> PreparedChat:
-        """Builds the context (call validate() first)."""
-        return await self.preparer.prepare(request, principal)
+        """Builds the context (call validate() first), and makes it a comparison when it
+        asked for one or the share draws it."""
+        prepared = await self.preparer.prepare(request, principal)
+        self.comparer.apply(prepared)
+        return prepared
 
     async def respond(
         self,
