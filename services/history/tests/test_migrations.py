@@ -7,14 +7,18 @@ import os
 import stat
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
+from alembic import command
 from sqlalchemy import inspect, text
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from parlance.common.schema_lock import advisory_lock_key
 from parlance.history.database import create_engine, ensure_sqlite_folder
 from parlance.history.main import HistorySettings, migrate
+from parlance.history.migrate import alembic_config
 
 
 async def test_upgrade_from_empty_database_is_repeatable(settings: HistorySettings) -> None:
@@ -26,7 +30,7 @@ async def test_upgrade_from_empty_database_is_repeatable(settings: HistorySettin
             tables = set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
             assert {"users", "conversations", "messages", "feedback", "alembic_version"} <= tables
             version = await conn.scalar(text("SELECT version_num FROM alembic_version"))
-            assert version == "0004"
+            assert version == "0005"
             indexes = {
                 ix["name"]
                 for ix in await conn.run_sync(lambda c: inspect(c).get_indexes("messages"))
@@ -59,6 +63,78 @@ async def test_upgrade_from_empty_database_is_repeatable(settings: HistorySettin
         await engine.dispose()
 
 
+async def test_upgrade_from_0004_backfills_flagged_and_adds_the_new_schema(
+    settings: HistorySettings,
+) -> None:
+    """Migration 0005 on a database with data: messages.flagged is filled from the stored
+    verdicts, intents start empty, and the comparison, implicit-feedback and report indexes
+    exist."""
+    engine = create_engine(settings)
+
+    def upgrade(connection: Connection, revision: str) -> None:
+        config = alembic_config()
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)
+
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(upgrade, "0004")
+            now = datetime.now(UTC)
+            await conn.execute(
+                text("INSERT INTO users (id, created_at) VALUES ('u', :now)"), {"now": now}
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO conversations (id, user_id, title, created_at, updated_at,"
+                    " archived) VALUES ('c', 'u', '', :now, :now, false)"
+                ),
+                {"now": now},
+            )
+            for message_id, verdicts in [
+                ("m_flagged", '{"output": {"flagged": true}}'),
+                ("m_clean", '{"output": {"flagged": false}}'),
+                ("m_none", ""),
+                ("m_unreadable", "{not json"),
+            ]:
+                await conn.execute(
+                    text(
+                        "INSERT INTO messages (id, conversation_id, user_id, role, content,"
+                        " model, prompt_tokens, completion_tokens, finish_reason,"
+                        " moderation_json, created_at, generated) VALUES (:id, 'c', 'u',"
+                        " 'assistant', 'x', 'm', 0, 0, 'stop', :verdicts, :now, true)"
+                    ),
+                    {"id": message_id, "verdicts": verdicts, "now": now},
+                )
+        async with engine.begin() as conn:
+            await conn.run_sync(upgrade, "head")
+            rows = await conn.execute(text("SELECT id, flagged, intent FROM messages ORDER BY id"))
+            assert [(r.id, bool(r.flagged), r.intent) for r in rows] == [
+                ("m_clean", False, ""),
+                ("m_flagged", True, ""),
+                ("m_none", False, ""),
+                ("m_unreadable", True, ""),
+            ]
+            tables = set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
+            assert {"comparisons", "implicit_feedback"} <= tables
+            indexes = {
+                ix["name"]
+                for ix in await conn.run_sync(lambda c: inspect(c).get_indexes("messages"))
+            }
+            assert {"ix_messages_user_intent", "ix_messages_created"} <= indexes
+            if engine.dialect.name == "sqlite":
+                # The intent filter of the conversation list reads through its index.
+                plan = await conn.execute(
+                    text(
+                        "EXPLAIN QUERY PLAN SELECT conversation_id FROM messages"
+                        " WHERE user_id = 'u' AND intent = 'geo' AND role = 'user'"
+                    )
+                )
+                details = " ".join(str(row[-1]) for row in plan)
+                assert "ix_messages_user_intent" in details, details
+    finally:
+        await engine.dispose()
+
+
 def test_migrate_subcommand_with_database_url_alias(tmp_path: Path) -> None:
     db = tmp_path / "nested" / "history.db"
     env = {k: v for k, v in os.environ.items() if not k.startswith("HISTORY_")}
@@ -73,7 +149,7 @@ def test_migrate_subcommand_with_database_url_alias(tmp_path: Path) -> None:
     import sqlite3
 
     with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("0004",)
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("0005",)
 
 
 async def test_replicas_that_start_together_all_migrate(settings: HistorySettings) -> None:
@@ -111,7 +187,7 @@ async def test_replicas_that_start_together_all_migrate(settings: HistorySetting
         assert [replica.returncode for replica in replicas] == [0] * 4, [o for o, _ in outputs]
         async with engine.connect() as conn:
             versions = (await conn.execute(text("SELECT version_num FROM alembic_version"))).all()
-            assert [tuple(row) for row in versions] == [("0004",)]
+            assert [tuple(row) for row in versions] == [("0005",)]
     finally:
         await engine.dispose()
 

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from parlance.history.domain import (
+    ComparisonRecord,
     ConversationRecord,
     ConversationUpdate,
     ExportFilter,
     Feedback,
+    ImplicitFeedback,
     MessageView,
+    ModelReport,
     NewMessage,
+    ReportFilter,
     SearchHitRecord,
 )
 from parlance.history.v1 import history_pb2
@@ -24,7 +30,13 @@ def timestamp(value: datetime) -> Timestamp:
     return ts
 
 
-def conversation_to_proto(record: ConversationRecord) -> history_pb2.Conversation:
+def _optional_time(proto: Any, field: str) -> datetime | None:
+    return getattr(proto, field).ToDatetime(tzinfo=UTC) if proto.HasField(field) else None
+
+
+def conversation_to_proto(
+    record: ConversationRecord, intents: Sequence[str] = ()
+) -> history_pb2.Conversation:
     return history_pb2.Conversation(
         id=record.id,
         title=record.title,
@@ -32,6 +44,7 @@ def conversation_to_proto(record: ConversationRecord) -> history_pb2.Conversatio
         updated_at=timestamp(record.updated_at),
         archived=record.archived,
         active_leaf_id=record.active_leaf_id or "",
+        intents=intents,
     )
 
 
@@ -54,7 +67,16 @@ def message_to_proto(view: MessageView) -> history_pb2.Message:
         sibling_ids=view.sibling_ids,
         rating=view.rating,
         generated=m.generated,
+        intent=m.intent,
     )
+    if view.comparison is not None:
+        proto.comparison.CopyFrom(
+            history_pb2.MessageComparison(
+                chosen=view.comparison.chosen_message_id == m.id,
+                peer_id=view.comparison.peer_of(m.id),
+                decided_at=timestamp(view.comparison.updated_at),
+            )
+        )
     if m.parent_id is not None:
         proto.parent_id = m.parent_id
     if view.feedback is not None:
@@ -89,6 +111,7 @@ def new_message_from_proto(proto: history_pb2.Message) -> NewMessage:
         ),
         total_ms=proto.total_time_ms if proto.HasField("total_time_ms") else None,
         generated=proto.generated,
+        intent=proto.intent,
     )
 
 
@@ -123,9 +146,11 @@ _KINDS = {
 def export_filter_from_proto(proto: history_pb2.ExportTrainingDataRequest) -> ExportFilter:
     return ExportFilter(
         kind=_KINDS.get(proto.kind, "all"),
-        since=proto.since.ToDatetime(tzinfo=UTC) if proto.HasField("since") else None,
-        until=proto.until.ToDatetime(tzinfo=UTC) if proto.HasField("until") else None,
+        since=_optional_time(proto, "since"),
+        until=_optional_time(proto, "until"),
         model=proto.model,
+        intent=proto.intent,
+        include_implicit=proto.include_implicit,
     )
 
 
@@ -137,4 +162,57 @@ def search_hit_to_proto(hit: SearchHitRecord) -> history_pb2.SearchHit:
         role=hit.role,
         snippet=hit.snippet,
         created_at=timestamp(hit.created_at),
+    )
+
+
+def comparison_to_proto(record: ComparisonRecord) -> history_pb2.Comparison:
+    return history_pb2.Comparison(
+        conversation_id=record.conversation_id,
+        parent_id=record.parent_id,
+        chosen_message_id=record.chosen_message_id,
+        rejected_message_id=record.rejected_message_id,
+        chosen_model=record.chosen_model,
+        rejected_model=record.rejected_model,
+        created_at=timestamp(record.created_at),
+        decided_at=timestamp(record.updated_at),
+    )
+
+
+def implicit_feedback_from_proto(proto: history_pb2.PutImplicitFeedbackRequest) -> ImplicitFeedback:
+    return ImplicitFeedback(
+        message_id=proto.message_id,
+        kind=proto.kind,
+        score=proto.score,
+        conversation_id=proto.conversation_id if proto.HasField("conversation_id") else None,
+    )
+
+
+def report_filter_from_proto(proto: history_pb2.GetModelReportRequest) -> ReportFilter:
+    return ReportFilter(
+        since=_optional_time(proto, "since"),
+        until=_optional_time(proto, "until"),
+        intent=proto.intent,
+    )
+
+
+def report_to_proto(report: ModelReport) -> history_pb2.GetModelReportResponse:
+    return history_pb2.GetModelReportResponse(
+        models=[
+            history_pb2.ModelReportRow(
+                model=row.model,
+                answers=row.answers,
+                rated_answers=row.rated_answers,
+                thumbs_up=row.thumbs_up,
+                thumbs_down=row.thumbs_down,
+                flagged_answers=row.flagged_answers,
+                reasked_answers=row.reasked_answers,
+            )
+            for row in report.models
+        ],
+        comparisons=[
+            history_pb2.ComparisonOutcome(
+                chosen_model=row.chosen_model, rejected_model=row.rejected_model, count=row.count
+            )
+            for row in report.comparisons
+        ],
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 ROLES = frozenset({"system", "user", "assistant"})
@@ -51,6 +51,8 @@ class NewMessage:
     # An assistant message the gateway generated (not text a client wrote as "assistant"):
     # only these are training targets.
     generated: bool = False
+    # User messages: the intent the gateway classified them as ("" unknown).
+    intent: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +72,9 @@ class MessageRecord:
     total_ms: int | None
     created_at: datetime
     generated: bool = False
+    intent: str = ""
+    # Whether any of its moderation verdicts is flagged (kept for the model report).
+    flagged: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +94,8 @@ class MessageView:
     sibling_ids: tuple[str, ...]
     rating: int
     feedback: FeedbackRecord | None = None
+    # The caller's latest comparison this answer was a side of.
+    comparison: ComparisonRecord | None = None
 
     @property
     def sibling_count(self) -> int:
@@ -144,6 +151,8 @@ class SearchHitRecord:
 class ConversationPage:
     conversations: list[ConversationRecord]
     next_cursor: str
+    # The distinct intents of each listed conversation's user messages.
+    intents: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 EXPORT_KINDS = frozenset({"all", "sft", "preference"})
@@ -155,6 +164,10 @@ class ExportFilter:
     since: datetime | None = None
     until: datetime | None = None
     model: str = ""
+    # Only records whose prompt's last user message has this intent ("" every intent).
+    intent: str = ""
+    # Also the implicit feedback, as weak-negative rows.
+    include_implicit: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,3 +187,72 @@ class ExportMessage:
     generated: bool = False
     # The verdicts of the owner's feedback text (comment, corrected_content).
     feedback_moderation_json: str = ""
+    intent: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ComparisonRecord:
+    """The latest pick between two sibling answers."""
+
+    conversation_id: str
+    parent_id: str
+    chosen_message_id: str
+    rejected_message_id: str
+    chosen_model: str
+    rejected_model: str
+    created_at: datetime
+    updated_at: datetime
+
+    def peer_of(self, message_id: str) -> str:
+        if message_id == self.chosen_message_id:
+            return self.rejected_message_id
+        return self.chosen_message_id
+
+
+@dataclass(frozen=True, slots=True)
+class ImplicitFeedback:
+    message_id: str
+    kind: str
+    score: float
+    # When set, the message must belong to this conversation.
+    conversation_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ImplicitSignal:
+    """Implicit feedback as the export reads it."""
+
+    message_id: str
+    kind: str
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class ReportFilter:
+    since: datetime | None = None
+    until: datetime | None = None
+    intent: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCounts:
+    model: str
+    answers: int
+    rated_answers: int
+    thumbs_up: int
+    thumbs_down: int
+    flagged_answers: int
+    reasked_answers: int
+
+
+@dataclass(frozen=True, slots=True)
+class ComparisonCount:
+    chosen_model: str
+    rejected_model: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class ModelReport:
+    models: list[ModelCounts]
+    comparisons: list[ComparisonCount]

@@ -26,3 +26,7 @@ EXPORT_RECORDS = Counter(
     "parlance_history_export_records_total",
     "Training records (SFT and preference) streamed by ExportTrainingData.",
 )
+COMPARISONS_RECORDED = Counter(
+    "parlance_history_comparisons_recorded_total",
+    "Picks stored by RecordComparison (a changed or repeated pick of a pair counts again).",
+)

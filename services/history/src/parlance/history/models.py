@@ -12,6 +12,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -88,6 +89,10 @@ class Message(Base):
         Index("ix_messages_parent", "parent_id"),
         # Both columns: the tree query filters on both (migration 0003 says why).
         Index("ix_messages_user_conversation", "user_id", "conversation_id"),
+        # The intent filter of the conversation list (migration 0005).
+        Index("ix_messages_user_intent", "user_id", "intent"),
+        # The model report's time window over all answers (migration 0005).
+        Index("ix_messages_created", "created_at"),
     )
 
     id: Mapped[str] = mapped_column(String(128), primary_key=True)
@@ -112,6 +117,11 @@ class Message(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
     # Written by the gateway's own generation (migration 0004): the export's only targets.
     generated: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    # User messages: the intent the gateway classified them as ("" unknown; migration 0005).
+    intent: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    # Whether any verdict in moderation_json is flagged, kept on write so that the model
+    # report counts flagged answers in SQL (migration 0005).
+    flagged: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
 
 
 class Feedback(Base):
@@ -130,5 +140,66 @@ class Feedback(Base):
     corrected_content: Mapped[str] = mapped_column(Text, nullable=False, default="")
     # The moderation verdicts of comment and corrected_content (migration 0004).
     moderation_json: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+
+
+class Comparison(Base):
+    """A user's pick between two sibling answers (migration 0005). One row per pair of
+    answers (first_message_id < second_message_id): a later pick replaces the earlier one."""
+
+    __tablename__ = "comparisons"
+    __table_args__ = (
+        UniqueConstraint("first_message_id", "second_message_id", name="uq_comparisons_pair"),
+        # Reading a conversation's comparisons (its page, the export, deleting it).
+        Index("ix_comparisons_conversation", "conversation_id"),
+        # The model report's time window.
+        Index("ix_comparisons_updated", "updated_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(
+        String(128), ForeignKey("users.id", ondelete="CASCADE"), nullable=False
+    )
+    conversation_id: Mapped[str] = mapped_column(
+        String(128), ForeignKey("conversations.id", ondelete="CASCADE"), nullable=False
+    )
+    # The answers' common parent (the question).
+    parent_id: Mapped[str] = mapped_column(
+        String(128), ForeignKey("messages.id", ondelete="CASCADE"), nullable=False
+    )
+    first_message_id: Mapped[str] = mapped_column(
+        String(128), ForeignKey("messages.id", ondelete="CASCADE"), nullable=False
+    )
+    second_message_id: Mapped[str] = mapped_column(
+        String(128), ForeignKey("messages.id", ondelete="CASCADE"), nullable=False
+    )
+    chosen_message_id: Mapped[str] = mapped_column(String(128), nullable=False)
+    rejected_message_id: Mapped[str] = mapped_column(String(128), nullable=False)
+    chosen_model: Mapped[str] = mapped_column(String(256), nullable=False, default="")
+    rejected_model: Mapped[str] = mapped_column(String(256), nullable=False, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    # When the latest pick was made.
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+
+
+class ImplicitFeedback(Base):
+    """A weak signal on an answer, apart from ratings (migration 0005): kind "reask" when the
+    user re-asked right after it, score the similarity of the two questions."""
+
+    __tablename__ = "implicit_feedback"
+    __table_args__ = (
+        UniqueConstraint("message_id", "user_id", "kind", name="uq_implicit_feedback_message"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    message_id: Mapped[str] = mapped_column(
+        String(128), ForeignKey("messages.id", ondelete="CASCADE"), nullable=False
+    )
+    user_id: Mapped[str] = mapped_column(
+        String(128), ForeignKey("users.id", ondelete="CASCADE"), nullable=False
+    )
+    kind: Mapped[str] = mapped_column(String(64), nullable=False)
+    score: Mapped[float] = mapped_column(Float, nullable=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)

@@ -8,7 +8,7 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, insert, or_, select, text, update
+from sqlalchemy import and_, delete, insert, or_, select, text, union, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -62,6 +62,8 @@ def _message(row: models.Message) -> MessageRecord:
         total_ms=row.total_ms,
         created_at=row.created_at,
         generated=row.generated,
+        intent=row.intent,
+        flagged=row.flagged,
     )
 
 
@@ -121,7 +123,7 @@ class HistoryRepository:
     def _dialect(self) -> str:
         return self.session.get_bind().dialect.name
 
-    def _insert(self, table: type[models.Base]) -> Any:
+    def insert_with_conflicts(self, table: type[models.Base]) -> Any:
         """INSERT with ON CONFLICT support, which both backends have under the same API."""
         module = postgresql if self._dialect == "postgresql" else sqlite
         return module.insert(table)
@@ -131,7 +133,7 @@ class HistoryRepository:
     async def ensure_user(self, user_id: str, now: datetime) -> None:
         """Creates the user on first sight; concurrent first requests do not collide."""
         stmt = (
-            self._insert(models.User)
+            self.insert_with_conflicts(models.User)
             .values(id=user_id, created_at=now)
             .on_conflict_do_nothing(index_elements=["id"])
         )
@@ -188,11 +190,21 @@ class HistoryRepository:
         limit: int,
         include_archived: bool,
         after: tuple[datetime, str] | None,
+        intent: str = "",
     ) -> list[ConversationRecord]:
-        c = models.Conversation
+        c, m = models.Conversation, models.Message
         stmt = select(c).where(c.user_id == user_id)
         if not include_archived:
             stmt = stmt.where(c.archived.is_(False))
+        if intent:
+            # Served by ix_messages_user_intent (user_id, intent).
+            stmt = stmt.where(
+                c.id.in_(
+                    select(m.conversation_id).where(
+                        m.user_id == user_id, m.intent == intent, m.role == "user"
+                    )
+                )
+            )
         if after is not None:
             updated_at, last_id = after
             stmt = stmt.where(
@@ -201,6 +213,28 @@ class HistoryRepository:
         stmt = stmt.order_by(c.updated_at.desc(), c.id.desc()).limit(limit)
         rows = await self.session.scalars(stmt)
         return [_conversation(row) for row in rows]
+
+    async def conversation_intents(
+        self, user_id: str, conversation_ids: Sequence[str]
+    ) -> dict[str, tuple[str, ...]]:
+        """The distinct intents of each conversation's user messages, sorted."""
+        if not conversation_ids:
+            return {}
+        m = models.Message
+        rows = await self.session.execute(
+            select(m.conversation_id, m.intent)
+            .where(
+                m.user_id == user_id,
+                m.conversation_id.in_(list(conversation_ids)),
+                m.role == "user",
+                m.intent != "",
+            )
+            .distinct()
+        )
+        found: dict[str, list[str]] = {}
+        for row in rows:
+            found.setdefault(row.conversation_id, []).append(row.intent)
+        return {cid: tuple(sorted(intents)) for cid, intents in found.items()}
 
     async def update_conversation(
         self, user_id: str, conversation_id: str, **values: object
@@ -225,6 +259,17 @@ class HistoryRepository:
         )
         await self.session.execute(
             delete(models.Feedback).where(models.Feedback.message_id.in_(message_ids))
+        )
+        await self.session.execute(
+            delete(models.ImplicitFeedback).where(
+                models.ImplicitFeedback.message_id.in_(message_ids)
+            )
+        )
+        await self.session.execute(
+            delete(models.Comparison).where(
+                models.Comparison.conversation_id == conversation_id,
+                models.Comparison.user_id == user_id,
+            )
         )
         await self.session.execute(
             delete(models.Message).where(
@@ -314,7 +359,7 @@ class HistoryRepository:
         }
 
     async def put_feedback(self, user_id: str, feedback: Feedback, now: datetime) -> None:
-        stmt = self._insert(models.Feedback).values(
+        stmt = self.insert_with_conflicts(models.Feedback).values(
             message_id=feedback.message_id,
             user_id=user_id,
             rating=feedback.rating,
@@ -375,21 +420,47 @@ class HistoryRepository:
     async def export_conversation_ids(
         self, flt: ExportFilter, after_id: str, limit: int
     ) -> list[str]:
-        """Conversations with feedback on an answer that matches the filter, in id order."""
-        m, f = models.Message, models.Feedback
-        stmt = (
-            select(m.conversation_id)
-            .join(f, and_(f.message_id == m.id, f.user_id == m.user_id))
-            .where(m.role == "assistant", m.conversation_id > after_id)
+        """Conversations with feedback, a comparison or (when asked) implicit feedback on an
+        answer that matches the filter, in id order. A superset: export.records applies the
+        filter exactly."""
+        m, f, i = models.Message, models.Feedback, models.ImplicitFeedback
+        rated = select(m.conversation_id).join(
+            f, and_(f.message_id == m.id, f.user_id == m.user_id)
         )
+        sources = [rated]
+        if flt.include_implicit:
+            sources.append(
+                select(m.conversation_id).join(
+                    i, and_(i.message_id == m.id, i.user_id == m.user_id)
+                )
+            )
+        candidates = [self._export_answer_filter(stmt, flt, after_id) for stmt in sources] + [
+            self._export_comparison_filter(flt, after_id)
+        ]
+        found = union(*candidates).subquery()
+        stmt = select(found.c.conversation_id).order_by(found.c.conversation_id).limit(limit)
+        return list(await self.session.scalars(stmt))
+
+    @staticmethod
+    def _export_answer_filter(stmt: Any, flt: ExportFilter, after_id: str) -> Any:
+        m = models.Message
+        stmt = stmt.where(m.role == "assistant", m.conversation_id > after_id)
         if flt.since is not None:
             stmt = stmt.where(m.created_at >= flt.since)
         if flt.until is not None:
             stmt = stmt.where(m.created_at < flt.until)
         if flt.model:
             stmt = stmt.where(m.model == flt.model)
-        stmt = stmt.distinct().order_by(m.conversation_id).limit(limit)
-        return list(await self.session.scalars(stmt))
+        return stmt
+
+    @staticmethod
+    def _export_comparison_filter(flt: ExportFilter, after_id: str) -> Any:
+        # The window applies to the pair's newer answer, which export.records checks.
+        c = models.Comparison
+        stmt = select(c.conversation_id).where(c.conversation_id > after_id)
+        if flt.model:
+            stmt = stmt.where(or_(c.chosen_model == flt.model, c.rejected_model == flt.model))
+        return stmt
 
     async def export_messages(
         self, conversation_ids: Sequence[str]
@@ -409,6 +480,7 @@ class HistoryRepository:
                 m.created_at,
                 m.finish_reason,
                 m.generated,
+                m.intent,
                 f.rating,
                 f.corrected_content,
                 f.moderation_json.label("feedback_moderation_json"),
@@ -432,6 +504,7 @@ class HistoryRepository:
                     finish_reason=row.finish_reason,
                     generated=bool(row.generated),
                     feedback_moderation_json=row.feedback_moderation_json or "",
+                    intent=row.intent,
                 )
             )
         return out

@@ -57,13 +57,13 @@ class HistoryServicer(history_pb2_grpc.HistoryServiceServicer):
     async def GetConversation(
         self, request: history_pb2.GetConversationRequest, context: grpc.aio.ServicerContext
     ) -> history_pb2.GetConversationResponse:
-        record, messages = await self.serving.get_conversation(
+        record, messages, intents = await self.serving.get_conversation(
             request.user_id,
             request.conversation_id,
             request.message_id if request.HasField("message_id") else None,
         )
         return history_pb2.GetConversationResponse(
-            conversation=convert.conversation_to_proto(record),
+            conversation=convert.conversation_to_proto(record, intents),
             messages=[convert.message_to_proto(m) for m in messages],
         )
 
@@ -72,10 +72,17 @@ class HistoryServicer(history_pb2_grpc.HistoryServiceServicer):
         self, request: history_pb2.ListConversationsRequest, context: grpc.aio.ServicerContext
     ) -> history_pb2.ListConversationsResponse:
         page = await self.serving.list_conversations(
-            request.user_id, request.limit, request.cursor, request.include_archived
+            request.user_id,
+            request.limit,
+            request.cursor,
+            request.include_archived,
+            request.intent,
         )
         return history_pb2.ListConversationsResponse(
-            conversations=[convert.conversation_to_proto(c) for c in page.conversations],
+            conversations=[
+                convert.conversation_to_proto(c, page.intents.get(c.id, ()))
+                for c in page.conversations
+            ],
             next_cursor=page.next_cursor,
         )
 
@@ -128,6 +135,37 @@ class HistoryServicer(history_pb2_grpc.HistoryServiceServicer):
         return history_pb2.SearchMessagesResponse(
             hits=[convert.search_hit_to_proto(h) for h in hits]
         )
+
+    @_observed
+    async def RecordComparison(
+        self, request: history_pb2.RecordComparisonRequest, context: grpc.aio.ServicerContext
+    ) -> history_pb2.RecordComparisonResponse:
+        comparison, conversation = await self.serving.record_comparison(
+            request.user_id,
+            request.conversation_id,
+            request.chosen_message_id,
+            request.rejected_message_id,
+        )
+        return history_pb2.RecordComparisonResponse(
+            comparison=convert.comparison_to_proto(comparison),
+            conversation=convert.conversation_to_proto(conversation),
+        )
+
+    @_observed
+    async def PutImplicitFeedback(
+        self, request: history_pb2.PutImplicitFeedbackRequest, context: grpc.aio.ServicerContext
+    ) -> history_pb2.PutImplicitFeedbackResponse:
+        await self.serving.put_implicit_feedback(
+            request.user_id, convert.implicit_feedback_from_proto(request)
+        )
+        return history_pb2.PutImplicitFeedbackResponse()
+
+    @_observed
+    async def GetModelReport(
+        self, request: history_pb2.GetModelReportRequest, context: grpc.aio.ServicerContext
+    ) -> history_pb2.GetModelReportResponse:
+        found = await self.serving.model_report(convert.report_filter_from_proto(request))
+        return convert.report_to_proto(found)
 
     async def ExportTrainingData(
         self, request: history_pb2.ExportTrainingDataRequest, context: grpc.aio.ServicerContext

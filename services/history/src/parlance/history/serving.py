@@ -7,7 +7,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TypeVar
 
@@ -21,10 +21,11 @@ from parlance.common.errors import (
     ParlanceError,
     Unavailable,
 )
-from parlance.history import export, metrics, tree
+from parlance.history import comparisons, export, metrics, report, tree
 from parlance.history.cursor import decode_cursor, encode_cursor
 from parlance.history.domain import (
     ROLES,
+    ComparisonRecord,
     ConversationPage,
     ConversationRecord,
     ConversationUpdate,
@@ -32,9 +33,13 @@ from parlance.history.domain import (
     ExportMessage,
     Feedback,
     FeedbackRecord,
+    ImplicitFeedback,
+    ImplicitSignal,
     MessageRecord,
     MessageView,
+    ModelReport,
     NewMessage,
+    ReportFilter,
     SearchHitRecord,
     TreeNode,
     new_conversation_id,
@@ -43,7 +48,7 @@ from parlance.history.domain import (
 )
 from parlance.history.repository import HistoryRepository
 from parlance.history.search_text import MAX_QUERY_TERMS, count_terms
-from parlance.history.text_checks import check_text
+from parlance.history.text_checks import check_text, check_token
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +95,11 @@ def _caused_by_values(exc: DBAPIError) -> bool:
 def _check_message(message: NewMessage, i: int) -> None:
     for name in ("id", "parent_id", "role", "content", "model", "finish_reason", "moderation_json"):
         check_text(getattr(message, name), f"messages[{i}].{name}")
+    check_token(message.intent, f"messages[{i}].intent")
+    if message.intent and message.role != "user":
+        raise InvalidArgument(
+            "intent is only stored on user messages", param=f"messages[{i}].intent"
+        )
 
 
 def _check_append(
@@ -127,10 +137,12 @@ def _limit(value: int) -> int:
 async def _views(
     repo: HistoryRepository, user_id: str, nodes: dict[str, TreeNode], message_ids: list[str]
 ) -> list[MessageView]:
-    """The messages with their siblings (counted over the whole tree `nodes`) and rating."""
+    """The messages with their siblings (counted over the whole tree `nodes`), rating and
+    comparison."""
     records = await repo.messages(user_id, message_ids)
     feedback = await repo.feedback(user_id, message_ids)
-    return _assemble_views(nodes, records, feedback, message_ids)
+    compared = await comparisons.latest_comparisons(repo, user_id, message_ids)
+    return _assemble_views(nodes, records, feedback, message_ids, compared)
 
 
 def _assemble_views(
@@ -138,14 +150,17 @@ def _assemble_views(
     records: dict[str, MessageRecord],
     feedback: dict[str, FeedbackRecord],
     message_ids: list[str],
+    compared: dict[str, ComparisonRecord] | None = None,
 ) -> list[MessageView]:
     sibling_ids = tree.siblings(nodes.values())
+    compared = compared or {}
     return [
         MessageView(
             message=records[message_id],
             sibling_ids=sibling_ids.get(message_id, (message_id,)),
             rating=feedback[message_id].rating if message_id in feedback else 0,
             feedback=feedback.get(message_id),
+            comparison=compared.get(message_id),
         )
         for message_id in message_ids
     ]
@@ -175,6 +190,8 @@ def _new_record(
         total_ms=message.total_ms,
         created_at=created_at,
         generated=message.generated and message.role == "assistant",
+        intent=message.intent,
+        flagged=export.is_flagged(message.moderation_json),
     )
 
 
@@ -216,6 +233,16 @@ async def _parent_of(
             f"parent {parent_id!r} is not a message of this conversation", param=param
         )
     return parent_id
+
+
+@dataclass(frozen=True, slots=True)
+class _ExportBatch:
+    """One export transaction's read: conversation ids and, by conversation, their rows."""
+
+    ids: list[str]
+    messages: dict[str, list[ExportMessage]]
+    comparisons: dict[str, list[ComparisonRecord]]
+    implicit: dict[str, list[ImplicitSignal]]
 
 
 class HistoryServing:
@@ -291,13 +318,15 @@ class HistoryServing:
 
     async def get_conversation(
         self, user_id: str, conversation_id: str, message_id: str | None = None
-    ) -> tuple[ConversationRecord, list[MessageView]]:
+    ) -> tuple[ConversationRecord, list[MessageView], tuple[str, ...]]:
         """The active branch, or with message_id the path from the root down to it."""
         _required(user_id, "user_id")
         _required(conversation_id, "conversation_id")
         _check_texts(user_id=user_id, conversation_id=conversation_id, message_id=message_id)
 
-        async def work(repo: HistoryRepository) -> tuple[ConversationRecord, list[MessageView]]:
+        async def work(
+            repo: HistoryRepository,
+        ) -> tuple[ConversationRecord, list[MessageView], tuple[str, ...]]:
             conversation = await repo.require_conversation(user_id, conversation_id)
             nodes = await repo.tree(user_id, conversation_id)
             leaf = conversation.active_leaf_id
@@ -309,26 +338,37 @@ class HistoryServing:
                     )
                 leaf = message_id
             path = tree.path_to(nodes, leaf)
-            return conversation, await _views(repo, user_id, nodes, path)
+            intents = await repo.conversation_intents(user_id, [conversation_id])
+            return (
+                conversation,
+                await _views(repo, user_id, nodes, path),
+                intents.get(conversation_id, ()),
+            )
 
         return await self._run("get_conversation", work)
 
     async def list_conversations(
-        self, user_id: str, limit: int, cursor: str, include_archived: bool
+        self, user_id: str, limit: int, cursor: str, include_archived: bool, intent: str = ""
     ) -> ConversationPage:
         _required(user_id, "user_id")
         _check_texts(user_id=user_id, cursor=cursor)
+        check_token(intent, "intent")
         after = decode_cursor(cursor) if cursor else None
         page_size = _limit(limit)
 
         async def work(repo: HistoryRepository) -> ConversationPage:
             # One row more than asked tells whether another page follows.
             rows = await repo.list_conversations(
-                user_id, limit=page_size + 1, include_archived=include_archived, after=after
+                user_id,
+                limit=page_size + 1,
+                include_archived=include_archived,
+                after=after,
+                intent=intent,
             )
             page = rows[:page_size]
             next_cursor = encode_cursor(page[-1]) if len(rows) > page_size else ""
-            return ConversationPage(conversations=page, next_cursor=next_cursor)
+            intents = await repo.conversation_intents(user_id, [c.id for c in page])
+            return ConversationPage(conversations=page, next_cursor=next_cursor, intents=intents)
 
         return await self._run("list_conversations", work)
 
@@ -497,25 +537,77 @@ class HistoryServing:
 
         return await self._run("search_messages", work)
 
+    # -- comparisons, implicit feedback and the model report ---------------------------------
+
+    async def record_comparison(
+        self, user_id: str, conversation_id: str, chosen_id: str, rejected_id: str
+    ) -> tuple[ComparisonRecord, ConversationRecord]:
+        _required(user_id, "user_id")
+        _required(conversation_id, "conversation_id")
+        _check_texts(user_id=user_id, conversation_id=conversation_id)
+        comparisons.check_comparison_ids(chosen_id, rejected_id)
+
+        async def work(repo: HistoryRepository) -> tuple[ComparisonRecord, ConversationRecord]:
+            return await comparisons.record(
+                repo, user_id, conversation_id, chosen_id, rejected_id, utcnow()
+            )
+
+        result = await self._run("record_comparison", work)
+        metrics.COMPARISONS_RECORDED.inc()
+        return result
+
+    async def put_implicit_feedback(self, user_id: str, feedback: ImplicitFeedback) -> None:
+        _required(user_id, "user_id")
+        _check_texts(user_id=user_id)
+        comparisons.check_implicit(feedback)
+
+        async def work(repo: HistoryRepository) -> None:
+            await comparisons.put_implicit(repo, user_id, feedback, utcnow())
+
+        await self._run("put_implicit_feedback", work)
+
+    async def model_report(self, flt: ReportFilter) -> ModelReport:
+        check_token(flt.intent, "intent")
+
+        async def work(repo: HistoryRepository) -> ModelReport:
+            return await report.model_report(repo, flt)
+
+        return await self._run("model_report", work)
+
     # -- export ----------------------------------------------------------------------------
 
     async def export_training_data(self, flt: ExportFilter) -> AsyncIterator[list[str]]:
         """JSON records, a batch of conversations at a time, each batch its own transaction
         (a long export never holds one open)."""
+        check_token(flt.intent, "intent")
         after = ""
         while True:
 
-            async def work(
-                repo: HistoryRepository, after: str = after
-            ) -> tuple[list[str], dict[str, list[ExportMessage]]]:
+            async def work(repo: HistoryRepository, after: str = after) -> _ExportBatch:
                 ids = await repo.export_conversation_ids(flt, after, EXPORT_BATCH)
-                return ids, await repo.export_messages(ids)
+                implicit = (
+                    await comparisons.conversation_implicit(repo, ids)
+                    if flt.include_implicit
+                    else {}
+                )
+                return _ExportBatch(
+                    ids,
+                    await repo.export_messages(ids),
+                    await comparisons.conversation_comparisons(repo, ids),
+                    implicit,
+                )
 
-            ids, by_conversation = await self._run("export_training_data", work)
+            batch = await self._run("export_training_data", work)
+            ids = batch.ids
             lines = [
                 json.dumps(record, ensure_ascii=False, separators=(",", ":"))
                 for conversation_id in ids
-                for record in export.records(by_conversation[conversation_id], flt)
+                for record in export.records(
+                    batch.messages[conversation_id],
+                    flt,
+                    batch.comparisons.get(conversation_id, ()),
+                    batch.implicit.get(conversation_id, ()),
+                )
             ]
             if lines:
                 metrics.EXPORT_RECORDS.inc(len(lines))
