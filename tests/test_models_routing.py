@@ -194,6 +194,45 @@ def test_unknown_model_and_wrong_task(stack: Stack, client: openai.OpenAI) -> No
     assert "is a chat model" in reverse.value.body["message"]
 
 
+async def test_conversation_affinity_keeps_each_conversation_on_one_replica(stack: Stack) -> None:
+    """GATEWAY_GENERATOR_ROUTING=affinity, through the gateway's own generator client against
+    this module's two real generator processes: every turn of a conversation is served by one
+    replica (the scripted text says which), and the conversations use both replicas. Runs
+    before the replica-killing test below, which leaves one replica."""
+    from parlance.gateway.clients.pool import GeneratorClient
+    from parlance.generator.v1 import generator_pb2
+
+    one = stack.services["generator"].grpc_port
+    two = stack.services["generator-two"].grpc_port
+    pool = GeneratorClient(f"127.0.0.1:{one},127.0.0.1:{two}", 30.0, 1, affinity=True)
+    try:
+        await pool.wait_listed(10.0)
+        served: dict[int, set[str]] = {}
+        # 16 conversations: the chance that a fair hash puts them all on one replica is 2^-15.
+        for conversation in range(16):
+            history = [generator_pb2.ChatMessage(role="user", content=f"topic {conversation}")]
+            for turn in range(2):
+                request = generator_pb2.GenerateRequest(
+                    request_id=f"affinity-{conversation}-{turn}",
+                    model=SMALL,
+                    chat=generator_pb2.ChatInput(messages=history),
+                    sampling=generator_pb2.SamplingParams(max_tokens=2),
+                )
+                text = "".join(
+                    [c.text async for reply in pool.generate(request) for c in reply.choices]
+                )
+                served.setdefault(conversation, set()).add(text.split()[0])
+                history = [
+                    *history,
+                    generator_pb2.ChatMessage(role="assistant", content=text),
+                    generator_pb2.ChatMessage(role="user", content=f"and turn {turn + 1}?"),
+                ]
+        assert all(len(replicas) == 1 for replicas in served.values()), served
+        assert set().union(*served.values()) == {"one", "two"}
+    finally:
+        await pool.close()
+
+
 def test_killed_replica_traffic_continues(stack: Stack) -> None:
     """Runs last: it kills replica two while streams run on both replicas. The streams on
     replica two end with an error event (a started stream fails, as it always did); those on

@@ -32,6 +32,7 @@ def test_model_list_configuration(tmp_path, test_settings_factory) -> None:  # t
         "/no/such/file.json": "neither a JSON list nor a readable file",
         json.dumps([MODELS[0], MODELS[0]]): "more than once",
         json.dumps([{"id": "x", "engine": "llamacpp", "task": "embed"}]): "cannot serve task",
+        json.dumps([{"id": "x", "engine": "vllm", "task": "embed"}]): "needs its HF id or folder",
         json.dumps([{"id": "x", "engine": "scripted", "settings": {"port": 1}}]): "per-model",
         json.dumps([{"id": "x", "engine": "gpt"}]): r"GENERATOR_MODELS\[0\]: engine",
     }

@@ -24,6 +24,12 @@ class GatewaySettings(BaseSettings):
     # commas (or a JSON list); each one's models join the routing table, and targets serving
     # the same model share its calls (README, "Several models and replicas").
     generator_url: str = "127.0.0.1:50051"
+    # How a chat call picks among the replicas serving its model: "least_in_flight" (fewest
+    # calls in flight, ties in turn) or "affinity" (the turns of one conversation on one
+    # replica, for its prefix cache, unless that replica is over its share of the load by more
+    # than generator_affinity_load_factor; routing.py explains the rule).
+    generator_routing: Literal["least_in_flight", "affinity"] = "least_in_flight"
+    generator_affinity_load_factor: float = Field(default=0.25, ge=0.0, le=10.0)
     safety_url: str = "127.0.0.1:50052"
     history_url: str = "127.0.0.1:50053"
     # Empty string: no Redis (per-process limits, cache off), with a warning.

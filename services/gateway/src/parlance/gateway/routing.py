@@ -6,16 +6,32 @@ models its last ListModels reported. A call for a model goes to a serving target
 it: the one with the fewest calls from this gateway in flight, ties broken round-robin, so
 replicas share the traffic and a slow one gets less of it. Pure bookkeeping: the I/O (health
 watches, listings, the calls) is GeneratorClient's, in clients/pool.py.
+
+Conversation affinity (GATEWAY_GENERATOR_ROUTING=affinity) keeps the turns of one conversation
+on one replica, whose prefix cache still holds their shared history: a call with an affinity
+key goes to the target that rendezvous hashing ranks first for that key (every gateway worker
+and every gateway ranks alike, with no shared state, and a target leaving moves only its own
+conversations), unless that target is over its share of the calls in flight: then to the next
+in the key's ranking that is not ("consistent hashing with bounded loads", Mirrokni, Thorup and
+Zadimoghaddam, 2018). The bound is ceil((1 + load_factor) * (calls in flight + 1) / targets)
+plus AFFINITY_SLACK calls, so no replica carries much more than its share, whatever the keys;
+the slack keeps light loads from scattering conversations (a replica batches many calls at
+once, so a few more in flight cost it little, while a lost prefix cache costs a prefill).
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from parlance.generator.v1 import generator_pb2
+
+# Calls a replica may carry beyond its bounded-load share before a conversation leaves it.
+AFFINITY_SLACK = 4
 
 # The task names of the API (the proto's enum without its prefix). A generator that predates
 # tasks reports UNSPECIFIED: it serves chat models.
@@ -46,10 +62,21 @@ class Target:
     seen: bool = False
 
 
+def rendezvous_rank(key: str, targets: Iterable[Target]) -> list[Target]:
+    """The targets in the key's order of preference (highest random weight first): a stable
+    hash of (key, target), so every process ranks them alike."""
+
+    def weight(target: Target) -> bytes:
+        return hashlib.blake2b(f"{key}\x00{target.url}".encode(), digest_size=8).digest()
+
+    return sorted(targets, key=weight, reverse=True)
+
+
 class RoutingTable:
-    def __init__(self, targets: Iterable[Target]) -> None:
+    def __init__(self, targets: Iterable[Target], *, affinity_load_factor: float = 0.25) -> None:
         self.targets = list(targets)
         self._turns: dict[str, itertools.count[int]] = {}
+        self.affinity_load_factor = affinity_load_factor
 
     def models(self) -> list[generator_pb2.ModelInfo]:
         """Every model some target lists (serving or not), first listing first."""
@@ -69,17 +96,31 @@ class RoutingTable:
     def _default_chat(target: Target) -> bool:
         return any(task_of(info) == "chat" for info in target.models.values())
 
-    def pick(self, model: str, exclude: Iterable[Target] = ()) -> Target | None:
-        """The target for the next call of `model`, None when no serving target is left."""
+    def pick(
+        self, model: str, exclude: Iterable[Target] = (), affinity: str | None = None
+    ) -> Target | None:
+        """The target for the next call of `model`, None when no serving target is left;
+        with an affinity key, the key's own target while it is within its bounded load."""
         excluded = set(exclude)
         candidates = [t for t in self.serving(model) if t not in excluded]
         if not candidates:
             return None
+        if affinity is not None and len(candidates) > 1:
+            return self._pick_by_affinity(affinity, candidates)
         turn = next(self._turns.setdefault(model, itertools.count()))
         start = turn % len(candidates)
         rotated = candidates[start:] + candidates[:start]
         # min keeps the first of equals: the rotation shares ties out in turn.
         return min(rotated, key=lambda t: t.in_flight)
+
+    def _pick_by_affinity(self, key: str, candidates: list[Target]) -> Target:
+        in_flight = sum(t.in_flight for t in candidates)
+        share = (1 + self.affinity_load_factor) * (in_flight + 1) / len(candidates)
+        bound = math.ceil(share) + AFFINITY_SLACK
+        ranked = rendezvous_rank(key, candidates)
+        # Some target is always under the bound (the bound is above the mean), so the
+        # fallback is only for safety.
+        return next((t for t in ranked if t.in_flight + 1 <= bound), ranked[0])
 
     def status(self) -> dict[str, dict[str, Any]]:
         """Per model: its task and the targets serving it now out of those listing it."""

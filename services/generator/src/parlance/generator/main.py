@@ -23,6 +23,11 @@ SERVICE_NAME = generator_pb2.DESCRIPTOR.services_by_name["GeneratorService"].ful
 
 
 def build_embedding_engine(settings: GeneratorSettings) -> EmbeddingEngine:
+    if settings.engine == "vllm":
+        # The GPU path: vLLM's pooling runner (imported lazily, like the chat engine).
+        from parlance.generator.engine.vllm_embed import VllmEmbeddingEngine
+
+        return VllmEmbeddingEngine.from_settings(settings)
     # Imported lazily: torch and transformers take seconds to import, and a chat-only
     # generator never needs them.
     from parlance.generator.engine.transformers_embed import TransformersEmbeddingEngine

@@ -47,6 +47,18 @@ PROMPT_TOKENS = Counter(
 GENERATION_TOKENS = Counter(
     "parlance_generator_generation_tokens", "Tokens generated, across choices.", ["engine"]
 )
+# vLLM's prefix cache, from its scheduler stats (hits / queries is the hit rate, in tokens):
+# what conversation affinity in the gateway is for.
+PREFIX_CACHE_QUERIES = Counter(
+    "parlance_generator_prefix_cache_queries",
+    "Prompt tokens looked up in the engine's prefix cache (vLLM).",
+    ["engine"],
+)
+PREFIX_CACHE_HITS = Counter(
+    "parlance_generator_prefix_cache_hits",
+    "Prompt tokens found in the engine's prefix cache (vLLM).",
+    ["engine"],
+)
 EMBED_REQUESTS = Counter(
     "parlance_generator_embed_requests",
     "Embed calls by model and outcome: ok, rejected (bad input), error.",

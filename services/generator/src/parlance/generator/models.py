@@ -25,12 +25,12 @@ from parlance.generator.config import GeneratorSettings
 EngineName = Literal["llamacpp", "scripted", "vllm", "transformers"]
 TaskName = Literal["chat", "embed", "reward"]
 
-# The tasks each engine can serve (the first is its default). vLLM's pooling runner (embed on
-# GPU) is not wired yet.
+# The tasks each engine can serve (the first is its default). vLLM embeds through its pooling
+# runner (engine/vllm_embed.py).
 ENGINE_TASKS: dict[str, tuple[str, ...]] = {
     "llamacpp": ("chat",),
     "scripted": ("chat",),
-    "vllm": ("chat",),
+    "vllm": ("chat", "embed"),
     "transformers": ("embed", "reward"),
 }
 
@@ -75,6 +75,10 @@ class ModelSpec(BaseModel):
             raise ValueError(
                 f"engine {self.engine!r} cannot serve task {self.task!r} (it serves "
                 f"{', '.join(tasks)})"
+            )
+        if self.task == "embed" and self.engine == "vllm" and not self.path:
+            raise ValueError(
+                f"model {self.id!r}: a vLLM embedding model needs its HF id or folder as path"
             )
         if self.task == "reward" and not self.path:
             raise ValueError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -35,6 +36,19 @@ def parse_targets(value: str) -> list[str]:
     return targets
 
 
+def conversation_key(request: generator_pb2.GenerateRequest) -> str:
+    """What the turns of one conversation share: the model and the messages up to the first
+    user message (the system prompt and the opening question), which every later turn resends
+    unchanged. A digest of it, so that clients need no conversation id and no text is kept."""
+    opening = []
+    for message in request.chat.messages:
+        opening.append(f"{message.role}\x00{message.content}")
+        if message.role == "user":
+            break
+    text = "\x01".join([request.model, *opening])
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
 def _target_gone(exc: errors.APIError) -> bool:
     """The call failed because its target is unreachable or not serving (nothing ran there),
     so another target may take it."""
@@ -63,16 +77,23 @@ class GeneratorClient:
         idle_timeout_s: float = 120.0,
         keepalive: KeepAlive = DEFAULT_KEEPALIVE,
         refresh_s: float = 30.0,
+        *,
+        affinity: bool = False,
+        affinity_load_factor: float = 0.25,
     ) -> None:
         urls = parse_targets(targets) if isinstance(targets, str) else list(targets)
         self.retry_after_s = retry_after_s
         self.refresh_s = refresh_s
+        self.affinity = affinity
         self.table = RoutingTable(
-            Target(
-                url,
-                GeneratorTargetClient(url, timeout_s, retry_after_s, idle_timeout_s, keepalive),
-            )
-            for url in urls
+            (
+                Target(
+                    url,
+                    GeneratorTargetClient(url, timeout_s, retry_after_s, idle_timeout_s, keepalive),
+                )
+                for url in urls
+            ),
+            affinity_load_factor=affinity_load_factor,
         )
         self._tasks: list[asyncio.Task[None]] = []
         # Set once every target's health has been seen (start-up).
@@ -163,8 +184,8 @@ class GeneratorClient:
     def seconds_since_refresh(self) -> float:
         return asyncio.get_running_loop().time() - self._refreshed_at
 
-    def _pick(self, model: str, tried: list[Target]) -> Target:
-        target = self.table.pick(model, tried)
+    def _pick(self, model: str, tried: list[Target], affinity: str | None = None) -> Target:
+        target = self.table.pick(model, tried, affinity)
         if target is None:
             what = f"model {model!r}" if model else "the default model"
             raise errors.service_unavailable(
@@ -228,6 +249,7 @@ class GeneratorClient:
             target = self._pick(request.model, tried)
             tried.append(target)
             target.in_flight += 1
+        key = conversation_key(request) if self.affinity else None
             stream = target.client.generate(request)
             try:
                 try:

@@ -32,6 +32,11 @@ from parlance.generator.engine.base import (
     ModelTask,
 )
 from parlance.generator.engine.batcher import BatchStats, MicroBatcher
+from parlance.generator.engine.embed_inputs import (
+    check_dimensions,
+    check_input_count,
+    encode_inputs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -154,18 +159,8 @@ class TransformersEmbeddingEngine(EmbeddingEngine):
     # --- embedding ------------------------------------------------------------------------
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
-        if len(request.inputs) > self._max_inputs:
-            raise InvalidArgument(
-                f"{len(request.inputs)} inputs in one call; the limit is {self._max_inputs}",
-                param="input",
-            )
-        if request.dimensions is not None and request.dimensions != self._dimensions:
-            raise InvalidArgument(
-                f"model {self._served_model_name!r} makes {self._dimensions}-dimensional vectors "
-                "and cannot shorten them (it was not trained for it): leave dimensions unset "
-                f"or set it to {self._dimensions}",
-                param="dimensions",
-            )
+        check_input_count(len(request.inputs), self._max_inputs)
+        check_dimensions(request.dimensions, self._dimensions, self._served_model_name)
         return await self._batcher.submit(request, len(request.inputs))
 
     def _observe(self, stats: BatchStats) -> None:
@@ -202,38 +197,14 @@ class TransformersEmbeddingEngine(EmbeddingEngine):
 
     def _encode(self, request: EmbeddingRequest) -> list[list[int]]:
         """Token ids per input, special tokens included; too long: cut or refused."""
-        texts = [x for x in request.inputs if isinstance(x, str)]
-        tokenized = iter(
-            self._tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)[
-                "input_ids"
-            ]
-            if texts
-            else []
+        return encode_inputs(
+            self._tokenizer,
+            request.inputs,
+            max_len=self._max_len,
+            vocab_size=self._vocab_size,
+            truncate=request.truncate,
+            model=self._served_model_name,
         )
-        room = self._max_len - self._tokenizer.num_special_tokens_to_add(pair=False)
-        sequences = []
-        for index, item in enumerate(request.inputs):
-            if isinstance(item, str):
-                ids = list(next(tokenized))
-            else:
-                ids = list(item)
-                if any(not 0 <= i < self._vocab_size for i in ids):
-                    raise InvalidArgument(
-                        f"input {index} has token ids outside the model's vocabulary "
-                        f"(0-{self._vocab_size - 1})",
-                        param="input",
-                    )
-            if len(ids) > room:
-                if not request.truncate:
-                    raise InvalidArgument(
-                        f"input {index} is {len(ids) + self._max_len - room} tokens long; model "
-                        f"{self._served_model_name!r} takes at most {self._max_len} per input. "
-                        "Shorten it, or ask for truncation.",
-                        param="input",
-                    )
-                ids = ids[:room]
-            sequences.append(self._tokenizer.build_inputs_with_special_tokens(ids))
-        return sequences
 
     def _forward(self, sequences: list[list[int]]) -> list[list[float]]:
         torch = self._torch

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from parlance.common.errors import AlreadyExists, InvalidArgument, ParlanceError, Unavailable
+from parlance.generator import metrics
 from parlance.generator.engine.base import (
     ChatMessage,
     ChoiceDelta,
@@ -233,6 +234,10 @@ class _SchedulerStatsLogger:
         if scheduler_stats is not None:
             self._gauges.running = scheduler_stats.num_running_reqs
             self._gauges.waiting = scheduler_stats.num_waiting_reqs
+            cache = getattr(scheduler_stats, "prefix_cache_stats", None)
+            if cache is not None and cache.queries:
+                metrics.PREFIX_CACHE_QUERIES.labels(ENGINE_NAME).inc(cache.queries)
+                metrics.PREFIX_CACHE_HITS.labels(ENGINE_NAME).inc(cache.hits)
 
     def log_engine_initialized(self) -> None:
         pass

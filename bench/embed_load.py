@@ -1,0 +1,124 @@
+"""A closed-loop load of POST /v1/embeddings against any OpenAI-compatible server (Parlance's
+gateway or `vllm serve --runner pooling`), for bench/vllm_embed_vs_parlance.sh:
+
+    python bench/embed_load.py --url http://127.0.0.1:8000 --model M --batch 32 \\
+        --concurrency 4 --requests 200 --json out.json [--api-key K] [--vectors vectors.json]
+
+Each request embeds `--batch` distinct sentences (~15-20 tokens; never the same text twice in a
+run, so no cache answers). Reports texts/s, request latency p50/p99 (percentile definition in
+lib/stats.py) and the client's own CPU seconds (so that a saturated client shows). With
+--vectors it first embeds a fixed set of 64 sentences and writes their vectors, so that two
+servers' outputs can be compared (cosine agreement).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import httpx
+from lib.stats import PERCENTILE_DEFINITION, percentile
+
+SUBJECTS = ["The weather", "My account", "This recipe", "The train", "Our team", "The report"]
+VERBS = ["looks", "seems", "turned out", "became", "stays", "felt"]
+ENDINGS = [
+    "much better than it did yesterday morning",
+    "hard to understand without a few examples",
+    "ready for the meeting with the new customers",
+    "slower than anyone expected after the update",
+    "surprisingly good for such a small amount of work",
+    "worth another look before we decide anything",
+]
+
+
+def sentence(i: int) -> str:
+    return f"{SUBJECTS[i % 6]} {VERBS[(i // 6) % 6]} {ENDINGS[(i // 36) % 6]} (note {i})."
+
+
+async def embed(client: httpx.AsyncClient, model: str, texts: list[str]) -> list[list[float]]:
+    response = await client.post("/v1/embeddings", json={"model": model, "input": texts})
+    response.raise_for_status()
+    return [item["embedding"] for item in response.json()["data"]]
+
+
+async def run(args: argparse.Namespace) -> dict[str, object]:
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    # Deterministic requests must compute: ask the gateway's cache to stand aside.
+    headers["Cache-Control"] = "no-cache"
+    limits = httpx.Limits(max_connections=args.concurrency)
+    async with httpx.AsyncClient(
+        base_url=args.url, headers=headers, timeout=120, limits=limits
+    ) as client:
+        vectors = await embed(client, args.model, [sentence(i) for i in range(64)])
+        # Warm-up: connections and the server's first batches.
+        await asyncio.gather(
+            *(embed(client, args.model, [sentence(10_000 + i)]) for i in range(args.concurrency))
+        )
+        latencies: list[float] = []
+        errors = 0
+        next_request = 0
+        offset = 100_000
+
+        async def worker() -> None:
+            nonlocal next_request, errors
+            while next_request < args.requests:
+                index = next_request
+                next_request += 1
+                texts = [sentence(offset + index * args.batch + k) for k in range(args.batch)]
+                sent = time.perf_counter()
+                try:
+                    await embed(client, args.model, texts)
+                except httpx.HTTPError:
+                    errors += 1
+                    continue
+                latencies.append(time.perf_counter() - sent)
+
+        cpu0, began = time.process_time(), time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+        wall = time.perf_counter() - began
+        cpu = time.process_time() - cpu0
+    return {
+        "vectors": vectors,
+        "url": args.url,
+        "model": args.model,
+        "batch": args.batch,
+        "concurrency": args.concurrency,
+        "requests": len(latencies),
+        "errors": errors,
+        "texts_per_s": len(latencies) * args.batch / wall,
+        "latency_p50_ms": percentile(latencies, 50) * 1000,
+        "latency_p99_ms": percentile(latencies, 99) * 1000,
+        "client_cpu_s": cpu,
+        "wall_s": wall,
+        "percentiles": PERCENTILE_DEFINITION,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--api-key", default="")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--requests", type=int, default=500)
+    parser.add_argument("--json", help="write the result here")
+    parser.add_argument("--vectors", help="write the vectors of 64 fixed sentences here")
+    args = parser.parse_args()
+    result = asyncio.run(run(args))
+    vectors = result.pop("vectors")
+    if args.vectors:
+        Path(args.vectors).write_text(json.dumps(vectors))
+    print(json.dumps(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

