@@ -57,12 +57,12 @@ def connect_clients(s: GatewaySettings) -> Clients:
         s.generator_idle_timeout_s,
         keepalive,
         s.generator_refresh_s,
+        affinity=s.generator_routing == "affinity",
+        affinity_load_factor=s.generator_affinity_load_factor,
     )
     safety = SafetyClient(s.safety_url, s.safety_timeout_s, s.retry_after_s, keepalive)
     history = HistoryClient(s.history_url, s.history_timeout_s, s.retry_after_s, keepalive)
     return Clients(generator=generator, safety=safety, history=history)
-        affinity=s.generator_routing == "affinity",
-        affinity_load_factor=s.generator_affinity_load_factor,
 
 
 def create_app(

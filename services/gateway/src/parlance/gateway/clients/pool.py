@@ -245,11 +245,11 @@ class GeneratorClient:
         request. A target that fails before the first message is replaced by another."""
         self._ensure_started()
         tried: list[Target] = []
+        key = conversation_key(request) if self.affinity else None
         while True:
-            target = self._pick(request.model, tried)
+            target = self._pick(request.model, tried, key)
             tried.append(target)
             target.in_flight += 1
-        key = conversation_key(request) if self.affinity else None
             stream = target.client.generate(request)
             try:
                 try:
