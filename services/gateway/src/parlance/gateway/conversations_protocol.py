@@ -31,6 +31,20 @@ def storable(value: str) -> str:
 # Text the user writes that history keeps.
 StoredText = Annotated[str, AfterValidator(storable)]
 
+# An intent name as history stores it (the route names of the intent file): a short token,
+# safe in a URL, a metric label and a log line.
+INTENT_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+INTENT_RULE = "1-64 characters from [A-Za-z0-9_.:-], starting with a letter or digit"
+
+
+def valid_intent(value: str | None) -> str:
+    """The intent filter of a request ("" for none); a ValueError names the rule."""
+    if not value:
+        return ""
+    if INTENT_PATTERN.fullmatch(value) is None:
+        raise ValueError(f"an intent is {INTENT_RULE}")
+    return value
+
 
 class CreateConversationBody(BaseModel):
     model_config = ConfigDict(strict=True)
@@ -58,6 +72,15 @@ class FeedbackBody(BaseModel):
     corrected_content: StoredText = Field(default="", max_length=100_000)
 
 
+class ComparisonBody(BaseModel):
+    """The user's pick between two answers to one question (sibling assistant messages)."""
+
+    model_config = ConfigDict(strict=True)
+
+    chosen_message_id: StoredText = Field(min_length=1, max_length=128)
+    rejected_message_id: StoredText = Field(min_length=1, max_length=128)
+
+
 # --- responses ------------------------------------------------------------------------------
 
 
@@ -70,6 +93,8 @@ class Conversation(BaseModel):
     archived: bool
     # The leaf of the active branch; null for an empty conversation.
     active_message_id: str | None
+    # The distinct intents of its user messages, sorted (the sidebar's filter and labels).
+    intents: list[str] = Field(default_factory=list)
 
 
 class ConversationList(BaseModel):
@@ -95,6 +120,13 @@ class MessageFeedback(BaseModel):
     updated_at: int | None = None
 
 
+class MessageComparison(BaseModel):
+    # Whether this answer was the one picked, and the other answer of the comparison.
+    chosen: bool
+    peer_id: str
+    decided_at: int
+
+
 class ConversationMessage(BaseModel):
     id: str
     object: Literal["conversation.message"] = "conversation.message"
@@ -118,6 +150,10 @@ class ConversationMessage(BaseModel):
     # The caller's rating (+1/-1), null when unrated; the full feedback beside it.
     rating: int | None
     feedback: MessageFeedback | None
+    # User messages: the intent the gateway classified it as (null: unknown).
+    intent: str | None = None
+    # Answers: the caller's latest comparison it was a side of (null: never compared).
+    comparison: MessageComparison | None = None
 
 
 class ConversationWithMessages(Conversation):
@@ -129,6 +165,21 @@ class ConversationDeleted(BaseModel):
     id: str
     object: Literal["conversation.deleted"] = "conversation.deleted"
     deleted: bool = True
+
+
+class ComparisonRecorded(BaseModel):
+    object: Literal["conversation.comparison"] = "conversation.comparison"
+    conversation_id: str
+    # The question both answers reply to.
+    parent_id: str
+    chosen_message_id: str
+    rejected_message_id: str
+    chosen_model: str
+    rejected_model: str
+    created_at: int
+    decided_at: int
+    # The chosen answer's branch is now the conversation's active one.
+    active_message_id: str | None
 
 
 class SearchHit(BaseModel):
@@ -162,6 +213,7 @@ def conversation(proto: history_pb2.Conversation) -> Conversation:
         updated_at=_seconds(proto.updated_at),
         archived=proto.archived,
         active_message_id=proto.active_leaf_id or None,
+        intents=list(proto.intents),
     )
 
 
@@ -213,6 +265,16 @@ def message(proto: history_pb2.Message) -> ConversationMessage:
         sibling_ids=list(proto.sibling_ids),
         rating=proto.rating or None,
         feedback=feedback,
+        intent=proto.intent or None,
+        comparison=(
+            MessageComparison(
+                chosen=proto.comparison.chosen,
+                peer_id=proto.comparison.peer_id,
+                decided_at=_seconds(proto.comparison.decided_at),
+            )
+            if proto.HasField("comparison")
+            else None
+        ),
     )
 
 
@@ -224,4 +286,19 @@ def search_hit(proto: history_pb2.SearchHit) -> SearchHit:
         role=proto.role,
         snippet=proto.snippet,
         created_at=_seconds(proto.created_at),
+    )
+
+
+def comparison_recorded(proto: history_pb2.RecordComparisonResponse) -> ComparisonRecorded:
+    c = proto.comparison
+    return ComparisonRecorded(
+        conversation_id=c.conversation_id,
+        parent_id=c.parent_id,
+        chosen_message_id=c.chosen_message_id,
+        rejected_message_id=c.rejected_message_id,
+        chosen_model=c.chosen_model,
+        rejected_model=c.rejected_model,
+        created_at=_seconds(c.created_at),
+        decided_at=_seconds(c.decided_at),
+        active_message_id=proto.conversation.active_leaf_id or None,
     )

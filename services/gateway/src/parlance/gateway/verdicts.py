@@ -76,8 +76,9 @@ async def feedback_verdicts(safety: SafetyClient, comment: str, corrected_conten
 
 
 def _record_texts(record: dict[str, Any]) -> Iterable[tuple[str, str]]:
-    """(role, content) of every turn of a training record (SFT or preference)."""
-    for key in ("messages", "prompt", "chosen", "rejected"):
+    """(role, content) of every turn of a training record (SFT, preference, or an implicit
+    weak negative's completion)."""
+    for key in ("messages", "prompt", "chosen", "rejected", "completion"):
         for turn in record.get(key) or ():
             if isinstance(turn, dict):
                 yield str(turn.get("role", "")), str(turn.get("content", ""))

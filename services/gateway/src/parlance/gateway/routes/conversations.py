@@ -1,6 +1,7 @@
-"""/v1/conversations: the chat sidebar's data (list, create, get, rename, archive, switch
-branch, delete), search, feedback, and the admin training-data export. Every route maps onto
-one history RPC, scoped to the caller's user: another user's id answers 404.
+"""/v1/conversations: the chat sidebar's data (list, filtered by intent; create, get, rename,
+archive, switch branch, delete), search, feedback and comparisons; the admin training-data
+export (routes/admin_export.py) is included in this router. Every route maps onto one history
+RPC, scoped to the caller's user: another user's id answers 404.
 
 Every route but the export is rate-limited per key (GATEWAY_CONVERSATIONS_RPM_LIMIT, a budget
 of its own beside chat's); feedback text is classified on submission and the export re-checks
@@ -8,26 +9,21 @@ each record through safety (training data is the product's next model)."""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import StreamingResponse
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from parlance.gateway import conversations_protocol as cp
 from parlance.gateway import errors, verdicts
 from parlance.gateway.auth import Principal
-from parlance.gateway.deps import Admin, State, authenticate
+from parlance.gateway.deps import State, authenticate
 from parlance.gateway.headers import ResponseHeaders
 from parlance.gateway.redis_state import RedisUnavailable
+from parlance.gateway.routes import admin_export
 from parlance.history.v1 import history_pb2
 
-log = logging.getLogger(__name__)
-
 router = APIRouter()
+router.include_router(admin_export.router)
 
 
 async def conversations_rate_limit(
@@ -65,6 +61,7 @@ async def list_conversations(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: Annotated[str | None, Query(max_length=512)] = None,
     include_archived: bool = False,
+    intent: Annotated[str, Query(max_length=64)] = "",
 ) -> cp.ConversationList:
     page = await state.history.list_conversations(
         history_pb2.ListConversationsRequest(
@@ -72,6 +69,7 @@ async def list_conversations(
             limit=limit,
             cursor=after or "",
             include_archived=include_archived,
+            intent=admin_export.intent_filter(intent),
         ),
     )
     return cp.ConversationList(
@@ -184,87 +182,18 @@ async def put_feedback(
     )
 
 
-# --- admin ----------------------------------------------------------------------------------
-
-_KINDS = {
-    "all": history_pb2.EXPORT_KIND_UNSPECIFIED,
-    "sft": history_pb2.EXPORT_KIND_SFT,
-    "preference": history_pb2.EXPORT_KIND_PREFERENCE,
-}
-
-
-def _instant(value: str, param: str) -> Timestamp:
-    """Unix seconds or ISO 8601 (naive means UTC)."""
-    try:
-        when = (
-            datetime.fromtimestamp(float(value), UTC)
-            if value.replace(".", "", 1).isdigit()
-            else datetime.fromisoformat(value.replace("Z", "+00:00"))
-        )
-    except (ValueError, OverflowError, OSError) as exc:
-        raise errors.invalid_request(
-            f"Invalid value for '{param}': expected Unix seconds or an ISO 8601 time.", param
-        ) from exc
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    ts = Timestamp()
-    ts.FromDatetime(when)
-    return ts
-
-
-@router.get(
-    "/v1/admin/export",
-    response_class=StreamingResponse,
-    responses={
-        200: {
-            "description": "One JSON record per line (JSONL), streamed.",
-            "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
-        }
-    },
-)
-async def export_training_data(
-    _: Admin,
-    state: State,
-    kind: Literal["all", "sft", "preference"] = "all",
-    since: Annotated[str | None, Query(max_length=64)] = None,
-    until: Annotated[str | None, Query(max_length=64)] = None,
-    model: Annotated[str, Query(max_length=256)] = "",
-) -> StreamingResponse:
-    request = history_pb2.ExportTrainingDataRequest(kind=_KINDS[kind], model=model)
-    if since:
-        request.since.CopyFrom(_instant(since, "since"))
-    if until:
-        request.until.CopyFrom(_instant(until, "until"))
-    stream = state.history.export_training_data(request, state.settings.history_export_timeout_s)
-    # The first batch is awaited here: history down or a bad request is still an HTTP error,
-    # not a 200 with a broken body.
-    try:
-        first: history_pb2.ExportTrainingDataResponse | None = await anext(stream)
-    except StopAsyncIteration:
-        first = None
-
-    # Each record is classified again before it leaves (verdicts.recheck_records); the first
-    # batch here too, so that safety down is a 503, not a 200 with a broken body.
-    try:
-        first_lines = await verdicts.recheck_records(state.safety, first.records) if first else []
-    except BaseException:
-        await stream.aclose()  # type: ignore[attr-defined]
-        raise
-
-    async def body() -> AsyncIterator[bytes]:
-        try:
-            yield "".join(line + "\n" for line in first_lines).encode()
-            async for batch in stream:
-                lines = await verdicts.recheck_records(state.safety, batch.records)
-                yield "".join(line + "\n" for line in lines).encode()
-        except errors.APIError as exc:
-            # Headers are sent: the stream ends short; the log says why.
-            log.error("training-data export ended early: %s", exc.message)
-        finally:
-            await stream.aclose()  # type: ignore[attr-defined]
-
-    return StreamingResponse(
-        body(),
-        media_type="application/x-ndjson",
-        headers={"Content-Disposition": f'attachment; filename="parlance-{kind}.jsonl"'},
+@router.post("/v1/conversations/{conversation_id}/comparisons")
+async def record_comparison(
+    conversation_id: str, body: cp.ComparisonBody, caller: Caller, state: State
+) -> cp.ComparisonRecorded:
+    """The user's pick between two sibling answers ("Which response do you prefer?"). Picking
+    again replaces the earlier pick of that pair; the chosen answer's branch becomes active."""
+    recorded = await state.history.record_comparison(
+        history_pb2.RecordComparisonRequest(
+            user_id=caller.user_id,
+            conversation_id=conversation_id,
+            chosen_message_id=body.chosen_message_id,
+            rejected_message_id=body.rejected_message_id,
+        ),
     )
+    return cp.comparison_recorded(recorded)
