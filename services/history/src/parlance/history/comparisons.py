@@ -130,9 +130,10 @@ async def upsert_comparison(
 
 
 async def latest_comparisons(
-    repo: HistoryRepository, user_id: str, message_ids: Sequence[str]
+    repo: HistoryRepository, user_id: str, conversation_id: str, message_ids: Sequence[str]
 ) -> dict[str, ComparisonRecord]:
-    """For each message, the latest comparison it was a side of (absent: never compared)."""
+    """For each message of the conversation, the latest comparison it was a side of (absent:
+    never compared). Read through ix_comparisons_conversation."""
     ids = list(message_ids)
     if not ids:
         return {}
@@ -140,6 +141,7 @@ async def latest_comparisons(
     rows = await repo.session.scalars(
         select(c)
         .where(
+            c.conversation_id == conversation_id,
             c.user_id == user_id,
             or_(c.chosen_message_id.in_(ids), c.rejected_message_id.in_(ids)),
         )

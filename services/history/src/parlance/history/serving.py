@@ -135,13 +135,17 @@ def _limit(value: int) -> int:
 
 
 async def _views(
-    repo: HistoryRepository, user_id: str, nodes: dict[str, TreeNode], message_ids: list[str]
+    repo: HistoryRepository,
+    user_id: str,
+    conversation_id: str,
+    nodes: dict[str, TreeNode],
+    message_ids: list[str],
 ) -> list[MessageView]:
     """The messages with their siblings (counted over the whole tree `nodes`), rating and
     comparison."""
     records = await repo.messages(user_id, message_ids)
     feedback = await repo.feedback(user_id, message_ids)
-    compared = await comparisons.latest_comparisons(repo, user_id, message_ids)
+    compared = await comparisons.latest_comparisons(repo, user_id, conversation_id, message_ids)
     return _assemble_views(nodes, records, feedback, message_ids, compared)
 
 
@@ -341,7 +345,7 @@ class HistoryServing:
             intents = await repo.conversation_intents(user_id, [conversation_id])
             return (
                 conversation,
-                await _views(repo, user_id, nodes, path),
+                await _views(repo, user_id, conversation_id, nodes, path),
                 intents.get(conversation_id, ()),
             )
 
