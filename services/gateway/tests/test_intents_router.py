@@ -234,3 +234,24 @@ async def test_a_bad_file_fails_the_load(generator: Generator, tmp_path: Path) -
     path = write(tmp_path / "routes.yaml", ROUTES.replace("- name: cooking", "- name: coding"))
     with pytest.raises(RouteFileError, match="route name 'coding' \\(line 14\\) is used twice"):
         await router_for(generator, path)
+
+
+async def test_out_of_scope_examples_and_centring(generator: Generator, tmp_path: Path) -> None:
+    # No threshold: without out-of-scope examples every message takes an intent.
+    router = await router_for(
+        generator, write(tmp_path / "routes.yaml", ROUTES.replace("0.35", "-1.0"))
+    )
+    sports = user("which team won the basketball final yesterday")
+    assert (await router.classify(sports)).fallback is False
+    text = ROUTES.replace("0.35", "-1.0").replace(
+        "default:\n",
+        "center: true\ndefault:\n  examples: [who won the football match, the tennis results"
+        " of today]\n",
+    )
+    scoped = await router_for(generator, write(tmp_path / "scoped.yaml", text))
+    match = await scoped.classify(sports)
+    assert (match.name, match.fallback) == ("default", True)
+    assert match.nearest in {"coding", "cooking"}
+    # In-scope messages still take their intent (the scores are of centred vectors).
+    coding = await scoped.classify(user("TypeError: undefined is not a function in my JS code"))
+    assert (coding.name, coding.fallback) == ("coding", False)

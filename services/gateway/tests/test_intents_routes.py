@@ -224,3 +224,10 @@ def test_an_alias_is_replaced_but_an_explicit_model_wins() -> None:
 def test_a_route_without_actions_changes_nothing() -> None:
     body = {"model": "default", "messages": [{"role": "user", "content": "hi"}]}
     assert apply_actions(body, Actions(), is_alias) == body
+
+
+def test_out_of_scope_examples_are_checked() -> None:
+    text = GOOD.replace("default:\n", "default:\n  examples: ['']\n", 1)
+    assert "default.examples" in refused(text) and "an example is empty" in refused(text)
+    shared = GOOD.replace("default:\n", "default:\n  examples: [recipe for pancakes]\n", 1)
+    assert "'recipe for pancakes' is listed under both 'cooking' and 'default'" in refused(shared)

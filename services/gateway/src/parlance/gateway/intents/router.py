@@ -84,34 +84,55 @@ def user_turns(messages: Sequence[Mapping[str, Any]], window: int) -> tuple[str,
 
 
 class _Index:
-    """The examples' vectors and each intent's centroid, for one loaded route file."""
+    """The examples' vectors and each intent's centroid, for one loaded route file (centred
+    on the mean example vector when the file says `center`), and the default route's
+    out-of-scope examples."""
 
     def __init__(self, routes: LoadedRoutes, vectors: Mapping[str, np.ndarray]) -> None:
-        self.names = [r.name for r in routes.spec.routes]
+        spec = routes.spec
+        self.names = [r.name for r in spec.routes]
         rows, owners = [], []
-        for index, route in enumerate(routes.spec.routes):
+        for index, route in enumerate(spec.routes):
             for example in route.examples:
                 rows.append(vectors[example])
                 owners.append(index)
-        self.examples = np.vstack(rows).astype(np.float32)
+        # The default route's examples are one more group, after the intents.
+        for example in spec.default.examples:
+            rows.append(vectors[example])
+            owners.append(len(self.names))
+        examples = np.vstack(rows).astype(np.float32)
+        self.center = examples.mean(axis=0) if spec.center else None
+        self.examples = self._centred(examples)
         self.owners = np.array(owners)
-        self.groups = [np.flatnonzero(self.owners == i) for i in range(len(self.names))]
-        centroids = np.vstack(
-            [self.examples[self.owners == i].mean(axis=0) for i in range(len(self.names))]
-        )
+        self.has_default = bool(spec.default.examples)
+        groups = len(self.names) + int(self.has_default)
+        self.groups = [np.flatnonzero(self.owners == i) for i in range(groups)]
+        centroids = np.vstack([self.examples[g].mean(axis=0) for g in self.groups])
         self.centroids = centroids / np.linalg.norm(centroids, axis=1, keepdims=True)
 
-    def scores(self, vector: np.ndarray, method: str, k: int) -> np.ndarray:
-        """One score per intent, in the file's order."""
+    def _centred(self, rows: np.ndarray) -> np.ndarray:
+        if self.center is None:
+            return rows
+        rows = rows - self.center
+        return rows / np.maximum(np.linalg.norm(rows, axis=-1, keepdims=True), 1e-12)
+
+    def scores(self, vector: np.ndarray, method: str, k: int) -> tuple[np.ndarray, float | None]:
+        """One score per intent, in the file's order, and the default examples' score (None
+        without them)."""
+        vector = self._centred(vector)
         if method == "centroid":
-            return self.centroids @ vector
-        similarities = self.examples @ vector
-        best = np.empty(len(self.names), dtype=np.float32)
-        for intent, columns in enumerate(self.groups):
-            values = similarities[columns]
-            top = min(k, len(values))
-            best[intent] = np.partition(values, len(values) - top)[len(values) - top :].mean()
-        return best
+            values = self.centroids @ vector
+        else:
+            similarities = self.examples @ vector
+            values = np.empty(len(self.groups), dtype=np.float32)
+            for group, columns in enumerate(self.groups):
+                group_values = similarities[columns]
+                top = min(k, len(group_values))
+                cut = len(group_values) - top
+                values[group] = np.partition(group_values, cut)[cut:].mean()
+        if self.has_default:
+            return values[:-1], float(values[-1])
+        return values, None
 
 
 class IntentRouter:
@@ -214,20 +235,22 @@ class IntentRouter:
 
     def scores(self, vector: np.ndarray) -> dict[str, float]:
         """Each intent's score for a query vector."""
-        values = self._index.scores(vector, self.routes.spec.method, self.routes.spec.k)
+        values, _ = self._index.scores(vector, self.routes.spec.method, self.routes.spec.k)
         return {name: float(v) for name, v in zip(self._index.names, values, strict=True)}
 
     def match(self, vector: np.ndarray | None, threshold: float | None = None) -> IntentMatch:
         """The route for a query vector (the file's threshold unless one is given)."""
         if vector is None:
             return IntentMatch(DEFAULT_ROUTE, 0.0, 0.0, fallback=True)
-        values = self._index.scores(vector, self.routes.spec.method, self.routes.spec.k)
+        values, out_of_scope = self._index.scores(
+            vector, self.routes.spec.method, self.routes.spec.k
+        )
         order = np.argsort(values)[::-1]
         best = float(values[order[0]])
         margin = best - float(values[order[1]]) if len(order) > 1 else best
         nearest = self._index.names[order[0]]
         limit = self.routes.spec.threshold if threshold is None else threshold
-        if best < limit:
+        if best < limit or (out_of_scope is not None and out_of_scope > best):
             return IntentMatch(DEFAULT_ROUTE, best, margin, fallback=True, nearest=nearest)
         return IntentMatch(nearest, best, margin, fallback=False, nearest=nearest)
 
@@ -256,7 +279,7 @@ class IntentRouter:
         the file after a reload)."""
         route = self._by_name.get(match.name)
         if route is None:
-            return self.routes.spec.default
+            return Actions.model_validate(self.routes.spec.default.model_dump(exclude={"examples"}))
         return Actions.model_validate(route.model_dump(exclude={"name", "examples"}))
 
 
@@ -272,6 +295,7 @@ async def _embed_examples(
 ) -> dict[str, np.ndarray]:
     """Every example's vector: those already known reused, the others in one call."""
     wanted = [e for r in routes.spec.routes for e in r.examples]
+    wanted += routes.spec.default.examples
     missing = list(dict.fromkeys(e for e in wanted if e not in known))
     vectors = {e: known[e] for e in wanted if e in known}
     if missing:

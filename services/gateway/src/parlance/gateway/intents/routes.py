@@ -6,8 +6,10 @@ from YAML or JSON and checked, each problem named with the route and its line.
     context_weight: 0.5     # their weight beside the newest message
     method: nearest         # or centroid
     k: 2                    # nearest: mean similarity of an intent's k closest examples
+    center: true            # compare vectors after removing the examples' mean
     default:                # actions for messages that match nothing (name: "default")
       model: default
+      examples: ["what's the capital of australia"]   # optional, 0-20: out of scope
     routes:
       - name: coding
         examples: ["why does my python loop never end", ...]   # 3-20
@@ -93,6 +95,15 @@ class Actions(BaseModel):
         return value
 
 
+def _clean_examples(value: list[str]) -> list[str]:
+    cleaned = [e.strip() for e in value]
+    if any(not e for e in cleaned):
+        raise ValueError("an example is empty")
+    if len(set(cleaned)) != len(cleaned):
+        raise ValueError("an example is listed twice")
+    return cleaned
+
+
 class Route(Actions):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     examples: list[str] = Field(min_length=MIN_EXAMPLES, max_length=MAX_EXAMPLES)
@@ -100,12 +111,20 @@ class Route(Actions):
     @field_validator("examples")
     @classmethod
     def _real_examples(cls, value: list[str]) -> list[str]:
-        cleaned = [e.strip() for e in value]
-        if any(not e for e in cleaned):
-            raise ValueError("an example is empty")
-        if len(set(cleaned)) != len(cleaned):
-            raise ValueError("an example is listed twice")
-        return cleaned
+        return _clean_examples(value)
+
+
+class DefaultRoute(Actions):
+    """The default route's actions, and optional examples of messages that are out of scope
+    (a message closer to them than to every intent takes the default route whatever its
+    score: measured to help, bench/results/intent_eval.md)."""
+
+    examples: list[str] = Field(default_factory=list, max_length=MAX_EXAMPLES)
+
+    @field_validator("examples")
+    @classmethod
+    def _real_examples(cls, value: list[str]) -> list[str]:
+        return _clean_examples(value)
 
 
 class RouteFile(BaseModel):
@@ -120,7 +139,10 @@ class RouteFile(BaseModel):
     k: int = Field(default=1, ge=1, le=MAX_EXAMPLES)
     context_turns: int = Field(default=0, ge=0, le=8)
     context_weight: float = Field(default=0.5, ge=0, le=1)
-    default: Actions = Field(default_factory=Actions)
+    # Similarities after subtracting the mean of every example vector (the direction all
+    # chat messages share), re-normalised: scores spread more between intents.
+    center: bool = False
+    default: DefaultRoute = Field(default_factory=DefaultRoute)
     routes: list[Route] = Field(min_length=1)
 
 
@@ -234,15 +256,15 @@ def parse_routes(text: str, path: str = "<routes>") -> LoadedRoutes:
 def _check_shared_examples(path: str, spec: RouteFile) -> None:
     """One utterance under two intents makes both ambiguous: refused."""
     owner: dict[str, str] = {}
-    for route in spec.routes:
-        for example in route.examples:
+    named = [(r.name, r.examples) for r in spec.routes]
+    for name, examples in [*named, (DEFAULT_ROUTE, spec.default.examples)]:
+        for example in examples:
             key = example.casefold()
-            if key in owner and owner[key] != route.name:
+            if key in owner and owner[key] != name:
                 raise RouteFileError(
-                    f"{path}: example {example!r} is listed under both {owner[key]!r} and "
-                    f"{route.name!r}"
+                    f"{path}: example {example!r} is listed under both {owner[key]!r} and {name!r}"
                 )
-            owner[key] = route.name
+            owner[key] = name
 
 
 def load_routes(path: str | Path) -> LoadedRoutes:
