@@ -33,8 +33,8 @@ StoredText = Annotated[str, AfterValidator(storable)]
 
 # An intent name as history stores it (the route names of the intent file): a short token,
 # safe in a URL, a metric label and a log line.
-INTENT_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
-INTENT_RULE = "1-64 characters from [A-Za-z0-9_.:-], starting with a letter or digit"
+INTENT_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+INTENT_RULE = "1-64 characters from [A-Za-z0-9_.:-]"
 
 
 def valid_intent(value: str | None) -> str:

@@ -31,15 +31,14 @@ def check_text(value: str | None, param: str) -> None:
 
 # Intents and implicit-feedback kinds: short tokens that are safe in a URL, a metric label and
 # a log line.
-_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+_TOKEN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
 def check_token(value: str, param: str) -> None:
     """Raises InvalidArgument unless `value` is empty or a token (1-64 characters from
-    [A-Za-z0-9_.:-], starting with a letter or digit)."""
+    [A-Za-z0-9_.:-]: every intent route name the gateway accepts is one)."""
     if value and _TOKEN.fullmatch(value) is None:
         raise InvalidArgument(
-            f"{param} must be 1-64 characters from [A-Za-z0-9_.:-], starting with a letter "
-            "or digit",
+            f"{param} must be 1-64 characters from [A-Za-z0-9_.:-]",
             param=param,
         )
