@@ -115,6 +115,15 @@ export class Api {
     return this.request("POST", path, { rating, comment });
   }
 
+  /** The user's pick between two compared answers (siblings); the chosen one becomes active. */
+  compare(conversationId, chosenId, rejectedId) {
+    const path = `/v1/conversations/${encodeURIComponent(conversationId)}/comparisons`;
+    return this.request("POST", path, {
+      chosen_message_id: chosenId,
+      rejected_message_id: rejectedId,
+    });
+  }
+
   /**
    * Streams a chat completion. `handlers.onChunk(chunk)` gets every parsed event; resolves when
    * the stream ends ([DONE] or the connection closes). Aborting `signal` closes the

@@ -2,6 +2,7 @@
 // streamed completions (send, stop, regenerate, edit, branch switching, feedback).
 
 import { Api, ApiError, describeError } from "./api.js";
+import { ComparisonView, compareOption, setUpToggle } from "./compare.js";
 import { $, h } from "./dom.js";
 import { decorate } from "./icons.js";
 import { chatModelOptions, conversationModel, lastModel, rememberModel } from "./models.js";
@@ -16,6 +17,8 @@ import {
 } from "./thread.js";
 
 decorate();
+// Pressed: every question gets two answers side by side (compare.js).
+const compareAsked = setUpToggle($("#compare-toggle"));
 
 const KEY_STORAGE = "parlance.apiKey";
 const THEME_STORAGE = "parlance.theme";
@@ -341,7 +344,8 @@ els.stop.addEventListener("click", stop);
 async function complete({ kind, text = "", parentId = null }) {
   hideBanner();
   const conversation = state.conversation;
-  const body = { model: els.model.value, messages: [] };
+  // The page can show a comparison: it offers one always, and asks for one with the toggle.
+  const body = { model: els.model.value, messages: [], parlance: compareOption(compareAsked()) };
   if (text) body.messages.push({ role: "user", content: text });
   if (conversation) {
     body.conversation_id = conversation.id;
@@ -363,6 +367,8 @@ async function complete({ kind, text = "", parentId = null }) {
   let finishReason = null;
   let conversationId = conversation?.id ?? null;
   let frame = 0;
+  // Set when the gateway answers with two candidates (the stream's first chunk says so).
+  let comparison = null;
   const paint = () => {
     frame = 0;
     renderAssistant(answer.bubble, content);
@@ -378,8 +384,16 @@ async function complete({ kind, text = "", parentId = null }) {
           rememberModel(body.model, conversationId);
           setUrl(conversationId);
         }
+        if (chunk.parlance?.comparison && !comparison) {
+          comparison = new ComparisonView(answer, chunk.parlance.comparison);
+        }
         const choice = chunk.choices?.[0];
         if (!choice) return;
+        if (comparison) {
+          comparison.take(choice);
+          scrollToBottom();
+          return;
+        }
         if (choice.delta?.content) {
           content += choice.delta.content;
           if (!frame) frame = requestAnimationFrame(paint);
@@ -403,6 +417,7 @@ async function complete({ kind, text = "", parentId = null }) {
   renderAssistant(answer.bubble, content);
   answer.bubble.classList.remove("cursor");
   answer.li.removeAttribute("aria-busy");
+  comparison?.end();
 
   if (outcome === "blocked") {
     answer.li.remove();
@@ -436,6 +451,9 @@ async function complete({ kind, text = "", parentId = null }) {
     // The exchange is stored before the stream ends: reading it back gives the new messages'
     // ids, sibling counts and the conversation's title.
     await refresh(conversationId);
+    comparison?.offer(els.messages, (chosen, rejected) =>
+      pickComparison(conversationId, chosen, rejected),
+    );
     if (!conversation) watchTitle(conversationId);
   } else if (outcome === "failed") {
     // Nothing was stored: the attempt leaves the screen and a sent text returns to the
@@ -556,6 +574,18 @@ async function switchBranch(message, index) {
   } catch (error) {
     showError(error);
   }
+}
+
+/** Stores the pick of a comparison; the chosen answer's branch is then the one shown. */
+async function pickComparison(conversationId, chosenId, rejectedId) {
+  try {
+    await state.api.compare(conversationId, chosenId, rejectedId);
+  } catch (error) {
+    showError(error);
+    return false;
+  }
+  if (conversationFromUrl() === conversationId) await refresh(conversationId);
+  return true;
 }
 
 async function rate(message, rating, comment) {

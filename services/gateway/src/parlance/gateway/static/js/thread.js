@@ -11,6 +11,8 @@ export const NOTICES = {
   inputModerated:
     "This message was not sent: moderation flagged it (content_filter). Rephrase it and try again.",
   stopped: "Stopped. The answer so far is saved to the conversation.",
+  preferred: "You preferred this response in a comparison.",
+  notPreferred: "You preferred the other response in a comparison.",
 };
 
 /** Fills an assistant bubble with rendered Markdown and gives each code block a copy button. */
@@ -48,8 +50,21 @@ export function messageElement(message, actions) {
     li.append(notice(NOTICES.stopped));
     li.dataset.stopped = "true";
   }
+  if (message.role === "assistant" && message.comparison) {
+    li.append(comparisonMarker(message.comparison));
+  }
   li.append(tools(li, bubble, message, actions));
   return li;
+}
+
+/** The stored outcome of a comparison this answer was a side of (compare.js asks for it). */
+function comparisonMarker(comparison) {
+  const chosen = Boolean(comparison.chosen);
+  return h(
+    "p",
+    { class: `compare-marker small${chosen ? " chosen" : ""}` },
+    chosen ? NOTICES.preferred : NOTICES.notPreferred,
+  );
 }
 
 function tools(li, bubble, message, actions) {
