@@ -262,8 +262,11 @@ async def test_intents_listed_filtered_and_validated(stub: Stub) -> None:
     bad = grpc.StatusCode.INVALID_ARGUMENT
     assert await _code(listed("x" * 65)) == bad
     assert await _code(listed("a/b")) == bad
-    # Only user messages carry an intent.
-    assert await _code(_append(stub, user, geo, _answer("x", intent="geo"))) == bad
+    # Only user messages carry an intent (an answer's is not stored); a malformed one is refused.
+    (answer,) = await _append(stub, user, none, _answer("x", intent="geo"))
+    got = await stub.GetConversation(pb.GetConversationRequest(user_id=user, conversation_id=none))
+    assert got.messages[-1].id == answer and got.messages[-1].intent == ""
+    assert list(got.conversation.intents) == []
     assert await _code(_append(stub, user, geo, _msg("user", "x", intent="a b"))) == bad
 
 

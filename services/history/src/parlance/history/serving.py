@@ -96,10 +96,6 @@ def _check_message(message: NewMessage, i: int) -> None:
     for name in ("id", "parent_id", "role", "content", "model", "finish_reason", "moderation_json"):
         check_text(getattr(message, name), f"messages[{i}].{name}")
     check_token(message.intent, f"messages[{i}].intent")
-    if message.intent and message.role != "user":
-        raise InvalidArgument(
-            "intent is only stored on user messages", param=f"messages[{i}].intent"
-        )
 
 
 def _check_append(
@@ -194,7 +190,8 @@ def _new_record(
         total_ms=message.total_ms,
         created_at=created_at,
         generated=message.generated and message.role == "assistant",
-        intent=message.intent,
+        # Only a user message has an intent (dropped elsewhere, like `generated`).
+        intent=message.intent if message.role == "user" else "",
         flagged=export.is_flagged(message.moderation_json),
     )
 
