@@ -135,7 +135,9 @@ _TASKS_FROM_PROTO: dict[int, ModelTask] = {int(v): k for k, v in _TASKS.items()}
 def task_from_proto(task: int) -> ModelTask:
     if task not in _TASKS_FROM_PROTO:
         raise InvalidArgument(
-            "task must be given (MODEL_TASK_EMBED or MODEL_TASK_REWARD)", param="task"
+            "task must be given (MODEL_TASK_EMBED, MODEL_TASK_REWARD, or MODEL_TASK_CHAT with a "
+            "parent for a LoRA adapter)",
+            param="task",
         )
     return _TASKS_FROM_PROTO[task]
 
@@ -149,6 +151,7 @@ def model_info_to_proto(info: ModelInfo) -> pb.ModelInfo:
         engine=info.engine,
         task=_TASKS[info.task],
         dimensions=info.dimensions,
+        parent=info.parent,
     )
 
 

@@ -76,6 +76,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
             convert.task_from_proto(request.task),
             request.path,
             dict(request.settings),
+            parent=request.parent,
         )
         return pb.LoadModelResponse(model=convert.model_info_to_proto(info))
 

@@ -16,6 +16,7 @@ import grpc
 
 from parlance.common.errors import AlreadyExists, InvalidArgument, NotFound, ParlanceError
 from parlance.generator import metrics
+from parlance.generator.adapters import AdapterModel, AdapterRegistry
 from parlance.generator.engine.base import (
     ChatMessage,
     EmbeddingEngine,
@@ -64,6 +65,7 @@ class GeneratorServing:
         self._load_root = Path(load_root).resolve() if load_root else None
         # One LoadModel/UnloadModel at a time: an id is checked and taken atomically.
         self._loading = asyncio.Lock()
+        self._adapters = AdapterRegistry()
         for engine in self.models.values():
             self._gauge(engine)
 
@@ -94,6 +96,8 @@ class GeneratorServing:
 
     async def close(self) -> None:
         for engine in list(self.models.values()):
+            if isinstance(engine, AdapterModel):
+                continue  # its parent frees it when it closes
             try:
                 await engine.close()
             except Exception:
@@ -208,35 +212,30 @@ class GeneratorServing:
         return str(resolved)
 
     async def load_model(
-        self, model_id: str, task: ModelTask, path: str, settings: dict[str, str]
+        self,
+        model_id: str,
+        task: ModelTask,
+        path: str,
+        settings: dict[str, str],
+        parent: str = "",
     ) -> ModelInfo:
-        """Builds, starts and serves a model while the process runs; its ModelInfo."""
+        """Builds, starts and serves a model while the process runs (with a parent: a LoRA
+        adapter of that chat model); its ModelInfo. Nothing is served after an error."""
         async with self._loading:
             outcome = "rejected"
             try:
                 folder = self._loadable_path(path)
-                if task not in RUNTIME_TASKS:
-                    raise InvalidArgument(
-                        f"models of task {task.value!r} cannot be loaded at run time (only "
-                        f"{', '.join(t.value for t in RUNTIME_TASKS)})",
-                        param="task",
+                if not model_id:
+                    raise InvalidArgument("id must not be empty", param="id")
+                if task is ModelTask.CHAT or parent:
+                    engine: AnyEngine = await self._load_adapter(
+                        model_id, task, folder, settings, parent
                     )
-                if not model_id or model_id in self.models:
-                    raise AlreadyExists(f"model {model_id!r} is served already", param="id")
-                assert self._build is not None
-                try:
-                    engine = self._build(model_id, task.value, folder, settings)
-                except ValueError as exc:
-                    raise InvalidArgument(str(exc), param="settings") from None
-                try:
-                    await engine.start()
-                except (OSError, ValueError) as exc:
-                    await engine.close()
-                    raise InvalidArgument(
-                        f"cannot load {folder} as a {task.value} model: {exc}", param="path"
-                    ) from None
+                else:
+                    engine = await self._load_engine(model_id, task, folder, settings)
                 self.models[model_id] = engine
-                self._gauge(engine)
+                if not isinstance(engine, AdapterModel):
+                    self._gauge(engine)
                 outcome = "ok"
             except ParlanceError:
                 raise
@@ -245,8 +244,52 @@ class GeneratorServing:
                 raise
             finally:
                 metrics.MODEL_LOADS.labels("load", outcome).inc()
-        log.info("model loaded at run time", extra={"model": model_id, "task": task.value})
+        log.info(
+            "model loaded at run time",
+            extra={"model": model_id, "task": task.value, "parent": parent or None},
+        )
         return engine.model_info()
+
+    async def _load_engine(
+        self, model_id: str, task: ModelTask, folder: str, settings: dict[str, str]
+    ) -> AnyEngine:
+        if task not in RUNTIME_TASKS:
+            raise InvalidArgument(
+                f"models of task {task.value!r} cannot be loaded at run time (only "
+                f"{', '.join(t.value for t in RUNTIME_TASKS)}, and chat LoRA adapters)",
+                param="task",
+            )
+        if model_id in self.models:
+            raise AlreadyExists(f"model {model_id!r} is served already", param="id")
+        assert self._build is not None
+        try:
+            engine = self._build(model_id, task.value, folder, settings)
+        except ValueError as exc:
+            raise InvalidArgument(str(exc), param="settings") from None
+        try:
+            await engine.start()
+        except (OSError, ValueError) as exc:
+            await engine.close()
+            raise InvalidArgument(
+                f"cannot load {folder} as a {task.value} model: {exc}", param="path"
+            ) from None
+        return engine
+
+    async def _load_adapter(
+        self, model_id: str, task: ModelTask, folder: str, settings: dict[str, str], parent: str
+    ) -> AdapterModel:
+        if task is not ModelTask.CHAT:
+            raise InvalidArgument(
+                f"a parent is given only for LoRA adapters, whose task is chat (not {task.value})",
+                param="parent",
+            )
+        if not parent:
+            raise InvalidArgument(
+                "chat models cannot be loaded at run time except as LoRA adapters: give the "
+                "parent (the id of the base chat model the adapter was trained on)",
+                param="parent",
+            )
+        return await self._adapters.load(self.models, model_id, parent, Path(folder), settings)
 
     async def unload_model(self, model_id: str) -> None:
         """Stops serving a model: new calls get NOT_FOUND, queued ones are answered first."""
@@ -255,11 +298,11 @@ class GeneratorServing:
             if engine is None:
                 metrics.MODEL_LOADS.labels("unload", "rejected").inc()
                 raise NotFound(f"model {model_id!r} is not served here", param="id")
-            if engine.task not in RUNTIME_TASKS:
+            if engine.task not in RUNTIME_TASKS and not isinstance(engine, AdapterModel):
                 metrics.MODEL_LOADS.labels("unload", "rejected").inc()
                 raise InvalidArgument(
                     f"model {model_id!r} serves the {engine.task.value} task; only embed and "
-                    "reward models are unloaded at run time",
+                    "reward models and LoRA adapters are unloaded at run time",
                     param="id",
                 )
             del self.models[model_id]
@@ -283,7 +326,8 @@ class GeneratorServing:
     async def abort(self, request_id: str) -> None:
         """Aborts the request in whichever chat engine runs it (the others ignore the id)."""
         for engine in list(self.models.values()):
-            if isinstance(engine, Engine):
+            # An adapter's requests run in its parent, which is aborted here too.
+            if isinstance(engine, Engine) and not isinstance(engine, AdapterModel):
                 await engine.abort(request_id)
 
     async def generate(

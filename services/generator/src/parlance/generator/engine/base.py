@@ -13,8 +13,11 @@ import enum
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from parlance.common.errors import InvalidArgument
+import grpc
+
+from parlance.common.errors import InvalidArgument, ParlanceError
 
 # OpenAI's bound on top_logprobs; the proto documents the same range.
 MAX_TOP_LOGPROBS = 20
@@ -139,6 +142,8 @@ class ModelInfo:
     task: ModelTask = ModelTask.CHAT
     # Embed models: the length of their vectors.
     dimensions: int = 0
+    # LoRA adapters: the id of the base chat model they apply to ("" for base models).
+    parent: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,8 +177,33 @@ def coalesce(steps: Sequence[GenerationStep]) -> GenerationStep:
     return merged
 
 
+class AdaptersUnsupported(ParlanceError):
+    """The engine cannot serve LoRA adapters (or was started without them)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+@dataclass(slots=True, eq=False)
+class AdapterHandle:
+    """A LoRA adapter an engine has loaded (engines subclass it with what they hold). `users`
+    counts the requests using it until the engine has really finished with them (a cancelled
+    llama.cpp request runs to its next token); `retired` is set when it is unloaded, and the
+    engine frees it once `users` is 0."""
+
+    adapter_id: str
+    # The file or folder the engine loaded, and the sha256 of its weights file.
+    source: str
+    digest: str
+    users: int = 0
+    retired: bool = False
+
+
 class Engine(ABC):
-    """A chat model runtime. One instance serves one model for the life of the process."""
+    """A chat model runtime. One instance serves one model for the life of the process.
+
+    Engines that serve LoRA adapters (llama.cpp, vLLM) override the three adapter methods; an
+    adapter is then served as a model of its own (serving.AdapterModel) whose requests run on
+    this engine with the adapter applied to them only."""
 
     task = ModelTask.CHAT
 
@@ -208,7 +238,31 @@ class Engine(ABC):
 
     @abstractmethod
     async def close(self) -> None:
-        """Aborts what still runs and releases the model."""
+        """Aborts what still runs and releases the model (and its adapters)."""
+
+    async def load_adapter(self, adapter_id: str, folder: Path) -> AdapterHandle:
+        """Loads the LoRA adapter of a parlance-train adapter folder for this model. Raises
+        lora.AdapterError (a ValueError) for an adapter that is missing, corrupt or trained on
+        another base; AdaptersUnsupported where the engine cannot serve adapters. Leaves the
+        engine unchanged when it raises."""
+        raise AdaptersUnsupported(
+            f"the {self.name} engine does not serve LoRA adapters", param="parent"
+        )
+
+    def generate_with_adapter(
+        self, request: GenerationRequest, adapter: AdapterHandle
+    ) -> AsyncGenerator[GenerationStep, None]:
+        """generate() with the adapter applied to this request only."""
+        raise AdaptersUnsupported(
+            f"the {self.name} engine does not serve LoRA adapters", param="parent"
+        )
+
+    async def unload_adapter(self, adapter: AdapterHandle) -> None:
+        """Retires the adapter: new requests with it are refused, and it is freed as soon as
+        the requests using it have finished (now, when none do)."""
+        raise AdaptersUnsupported(
+            f"the {self.name} engine does not serve LoRA adapters", param="parent"
+        )
 
 
 # Per sampling field: the values every engine accepts, and the message for the others.

@@ -6,6 +6,14 @@ FIFO order. The token loop runs in the worker thread and hands each token's delt
 loop with `call_soon_threadsafe`; it checks a per-request threading.Event between tokens so a
 cancelled call stops at the next token and frees its instance.
 
+LoRA adapters (LoadModel with a parent): each is loaded once per pooled instance (each instance
+holds its own llama_model; llama.cpp ties an adapter to one) and applied per request with
+`llama_set_adapters_lora` on the context by the worker thread, for that request only: it is
+set before the request and cleared after it, and the instance's KV cache is reset both times,
+so a prefix cached under the base weights is never reused under the adapter or the other way
+round (base requests keep reusing each other's prefixes). An adapter is freed when it has been
+unloaded and the last request using it has finished on its thread.
+
 We run our own loop over `Llama.generate` rather than `create_chat_completion(stream=True)`
 because the latter reports no usage while streaming and merges tokens into chunks, and the
 contract wants exact per-delta token counts and usage.
@@ -15,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import ctypes
 import functools
 import importlib.util
 import logging
@@ -28,8 +37,9 @@ from typing import Any
 
 import numpy as np
 
-from parlance.common.errors import AlreadyExists, InvalidArgument, Unavailable
+from parlance.common.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
 from parlance.generator.engine.base import (
+    AdapterHandle,
     ChatMessage,
     ChoiceDelta,
     Engine,
@@ -44,6 +54,14 @@ from parlance.generator.engine.base import (
     Usage,
     check_sampling_common,
     coalesce,
+)
+from parlance.generator.engine.lora import (
+    AdapterError,
+    GgufHeader,
+    check_gguf_lora,
+    find_gguf_lora,
+    read_gguf_header,
+    sha256_file,
 )
 from parlance.generator.engine.stops import StopStringFilter
 
@@ -93,6 +111,12 @@ def resolve_model_path(model_path: str | None) -> Path:
 _DONE = object()
 
 
+@dataclass(slots=True, eq=False)
+class _LlamaAdapter(AdapterHandle):
+    # id(Llama instance) -> the llama_adapter_lora loaded against that instance's model.
+    pointers: dict[int, Any] = field(default_factory=dict)
+
+
 @dataclass(slots=True)
 class _Job:
     request_id: str
@@ -101,6 +125,7 @@ class _Job:
     max_tokens: int
     emit: Callable[[object], None]
     cancel: threading.Event = field(default_factory=threading.Event)
+    adapter: _LlamaAdapter | None = None
 
 
 class LlamaCppEngine(Engine):
@@ -131,6 +156,10 @@ class LlamaCppEngine(Engine):
         self._formatter: Any = None
         self._eog_ids: frozenset[int] = frozenset()
         self._jobs: dict[str, _Job] = {}
+        self._path: Path | None = None
+        self._base_header: GgufHeader | None = None
+        # Adapters loaded and not yet freed (unloaded ones stay until their last request ends).
+        self._adapters: set[_LlamaAdapter] = set()
         self._running = 0
         self._waiting = 0
         self._created = 0
@@ -139,6 +168,7 @@ class LlamaCppEngine(Engine):
 
     async def start(self) -> None:
         path = resolve_model_path(self._model_path)
+        self._path = path
         log.info("loading model", extra={"model_path": str(path), "pool_size": self._pool_size})
         self._executor = ThreadPoolExecutor(
             max_workers=self._pool_size, thread_name_prefix="llama-worker"
@@ -218,6 +248,9 @@ class LlamaCppEngine(Engine):
         if self._executor is not None:
             await asyncio.to_thread(self._executor.shutdown, wait=True)
             self._executor = None
+        # Every worker has finished: no context uses an adapter now.
+        for adapter in list(self._adapters):
+            self._free_adapter(adapter)
         for instance in [*self._instances, self._tokenizer]:
             if instance is not None:
                 instance.close()
@@ -267,6 +300,69 @@ class LlamaCppEngine(Engine):
             )
         )
 
+    # -- LoRA adapters -------------------------------------------------------------------------
+
+    async def load_adapter(self, adapter_id: str, folder: Path) -> AdapterHandle:
+        self._require_started()
+        path = find_gguf_lora(folder)
+        header = await asyncio.to_thread(read_gguf_header, path)
+        if self._base_header is None:
+            assert self._path is not None
+            self._base_header = await asyncio.to_thread(read_gguf_header, self._path)
+        check_gguf_lora(header, self._base_header, where=path.name)
+        digest = await asyncio.to_thread(sha256_file, path)
+        pointers = await asyncio.to_thread(self._init_adapter, path)
+        adapter = _LlamaAdapter(adapter_id, str(path), digest, pointers=pointers)
+        self._adapters.add(adapter)
+        log.info("LoRA adapter loaded", extra={"adapter": adapter_id, "path": str(path)})
+        return adapter
+
+    def _init_adapter(self, path: Path) -> dict[int, Any]:
+        """The adapter loaded against each instance's model; nothing stays loaded on error."""
+        import llama_cpp
+
+        pointers: dict[int, Any] = {}
+        for instance in self._instances:
+            pointer = llama_cpp.llama_adapter_lora_init(instance.model, str(path).encode())
+            if not pointer:
+                for loaded in pointers.values():
+                    llama_cpp.llama_adapter_lora_free(loaded)
+                raise AdapterError(
+                    f"llama.cpp could not load {path.name} (a corrupt or truncated GGUF LoRA)"
+                )
+            pointers[id(instance)] = pointer
+        return pointers
+
+    async def unload_adapter(self, adapter: AdapterHandle) -> None:
+        assert isinstance(adapter, _LlamaAdapter)
+        adapter.retired = True
+        if adapter.users == 0:
+            self._free_adapter(adapter)
+
+    def _free_adapter(self, adapter: _LlamaAdapter) -> None:
+        """Frees the adapter's llama.cpp state; only when no context has it set."""
+        import llama_cpp
+
+        for pointer in adapter.pointers.values():
+            llama_cpp.llama_adapter_lora_free(pointer)
+        adapter.pointers.clear()
+        self._adapters.discard(adapter)
+        log.info("LoRA adapter freed", extra={"adapter": adapter.adapter_id})
+
+    @staticmethod
+    def _apply_adapter(llama: Any, adapter: _LlamaAdapter | None) -> None:
+        """Sets (or clears) the context's adapter; worker thread only. The KV cache computed
+        under the other weights is dropped (reset), so no prefix of it is reused."""
+        import llama_cpp
+
+        if adapter is None:
+            llama_cpp.llama_set_adapters_lora(llama.ctx, None, 0, None)
+        else:
+            adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(adapter.pointers[id(llama)])
+            scales = (ctypes.c_float * 1)(1.0)
+            llama_cpp.llama_set_adapters_lora(llama.ctx, adapters, 1, scales)
+        llama.reset()
+
     # -- generation ----------------------------------------------------------------------------
 
     async def abort(self, request_id: str) -> None:
@@ -312,8 +408,21 @@ class LlamaCppEngine(Engine):
                 steps.append(item)
         return steps, done
 
-    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationStep, None]:
+    def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationStep, None]:
+        return self._generate(request, None)
+
+    def generate_with_adapter(
+        self, request: GenerationRequest, adapter: AdapterHandle
+    ) -> AsyncGenerator[GenerationStep, None]:
+        assert isinstance(adapter, _LlamaAdapter)
+        return self._generate(request, adapter)
+
+    async def _generate(
+        self, request: GenerationRequest, adapter: _LlamaAdapter | None
+    ) -> AsyncGenerator[GenerationStep, None]:
         options = request.sampling
+        if adapter is not None and adapter.retired:
+            raise NotFound(f"model {adapter.adapter_id!r} was unloaded", param="model")
         prompt_tokens, budget = self._admit(request)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()
@@ -331,8 +440,12 @@ class LlamaCppEngine(Engine):
             # Clamped so prompt + completion always fit the context window.
             max_tokens=min(options.max_tokens or budget, budget),
             emit=emit,
+            adapter=adapter,
         )
         self._jobs[job.request_id] = job
+        if adapter is not None:
+            # Held until the worker thread is done with it (_release), not until this exits.
+            adapter.users += 1
         started = False
         try:
             enqueued = time.monotonic()
@@ -365,6 +478,7 @@ class LlamaCppEngine(Engine):
             job.cancel.set()
             if not started:
                 self._jobs.pop(job.request_id, None)
+                self._drop_user(job)
 
     def _release(
         self, free: asyncio.Queue[Any], instance: Any, job: _Job, future: Future[None]
@@ -373,15 +487,30 @@ class LlamaCppEngine(Engine):
         self._running -= 1
         if self._jobs.get(job.request_id) is job:
             del self._jobs[job.request_id]
+        self._drop_user(job)
         free.put_nowait(instance)
+
+    def _drop_user(self, job: _Job) -> None:
+        adapter = job.adapter
+        if adapter is None:
+            return
+        adapter.users -= 1
+        if adapter.retired and adapter.users == 0 and adapter.pointers:
+            self._free_adapter(adapter)
 
     # -- the worker thread ---------------------------------------------------------------------
 
     def _run(self, llama: Any, job: _Job) -> None:
         try:
-            completion_tokens = 0
-            for index in range(job.options.n):
-                completion_tokens += self._run_choice(llama, job, index)
+            if job.adapter is not None:
+                self._apply_adapter(llama, job.adapter)
+            try:
+                completion_tokens = 0
+                for index in range(job.options.n):
+                    completion_tokens += self._run_choice(llama, job, index)
+            finally:
+                if job.adapter is not None:
+                    self._apply_adapter(llama, None)
             job.emit(GenerationStep(usage=Usage(len(job.prompt_tokens), completion_tokens)))
         except BaseException as exc:
             log.exception("generation failed")
