@@ -155,6 +155,13 @@ INTENT_RELOADS = Counter(
     "Route file reloads by outcome (ok, error: the previous routes stay in force).",
     ["outcome"],
 )
+INTENT_REASKS = Counter(
+    "parlance_gateway_intent_reasks_total",
+    "Stored user messages compared with the previous user message of their conversation, by "
+    "outcome (reask: recorded as implicit feedback on the answer between them; not_reask; "
+    "error: the comparison or the write failed).",
+    ["outcome"],
+)
 # Comparisons (chat/compare.py): two answers shown side by side, and the user's picks.
 COMPARISONS_SHOWN = Counter(
     "parlance_gateway_comparisons_shown_total",

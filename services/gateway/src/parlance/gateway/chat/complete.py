@@ -108,6 +108,11 @@ def exchange_messages(
         )
         for (role, text), verdict in zip(prepared.new_messages, verdicts, strict=True)
     ]
+    if prepared.intent is not None:
+        # The classified message is the request's newest user message (chat/intent.py).
+        newest = next((m for m in reversed(messages) if m.role == "user"), None)
+        if newest is not None:
+            newest.intent = prepared.intent.name
     first_answer = len(messages)
     for answer, message_id in compare.stored_answers(prepared, record):
         assistant = _answer_message(prepared, record, answer, message_id, progress)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from parlance.gateway.chat.protocol import ChatCompletionRequest
 from parlance.gateway.clients import GeneratorClient
@@ -20,11 +20,15 @@ from parlance.gateway.intents import (
     GeneratorEmbedder,
     IntentMatch,
     IntentRouter,
+    ReaskSignal,
     RouteFileError,
     apply_actions,
 )
 from parlance.gateway.metrics import INTENT_FALLBACKS
 from parlance.gateway.models import DEFAULT_ALIAS, ModelRegistry
+
+if TYPE_CHECKING:
+    from parlance.gateway.chat.prepared import PreparedChat
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +46,22 @@ class Routed:
 
 
 class IntentStep:
-    def __init__(self, router: IntentRouter, models: ModelRegistry) -> None:
+    def __init__(
+        self, router: IntentRouter, models: ModelRegistry, reask: ReaskSignal | None = None
+    ) -> None:
         self.router = router
         self.models = models
+        self.reask = reask
+
+    def note_reask(self, prepared: PreparedChat) -> None:
+        """The re-ask signal of a stored conversation's new message, in the background."""
+        if self.reask is not None:
+            self.reask.schedule(
+                prepared.principal.user_id,
+                prepared.conversation_id,
+                prepared.intent,
+                prepared.previous_turn,
+            )
 
     def is_alias(self, model: str) -> bool:
         """A name the route may replace: a configured alias or "default"."""

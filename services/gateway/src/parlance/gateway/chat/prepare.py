@@ -17,6 +17,7 @@ from parlance.gateway.chat.validation import effective_max_tokens
 from parlance.gateway.clients import GeneratorClient, HistoryClient, SafetyClient
 from parlance.gateway.config import GatewaySettings
 from parlance.gateway.context import ContextParts, fit_context, prompt_budget
+from parlance.gateway.intents import previous_turn
 from parlance.gateway.metrics import CONTEXT_TRIMMED
 from parlance.gateway.models import ModelRegistry
 from parlance.gateway.outbox import HistoryOutbox
@@ -65,6 +66,7 @@ class Preparer:
         prepared.intent = routed.match
         prepared.safety_thresholds = routed.safety
         prepared.input_moderation = checking
+        self.intents.note_reask(prepared)
         return prepared
 
     def _start_moderation(
@@ -151,6 +153,7 @@ class Preparer:
         stored = await self.history.get_conversation(query)
         if request.parent_message_id == "":
             return []
+        prepared.previous_turn = previous_turn(stored.messages)
         return [convert.chat_message(m.role, m.content) for m in stored.messages]
 
     async def _fit_context(

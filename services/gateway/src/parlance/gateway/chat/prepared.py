@@ -13,7 +13,7 @@ from parlance.gateway.auth import Principal
 from parlance.gateway.cache import CachedChoice, CompletionRecord
 from parlance.gateway.chat.compare import Comparison
 from parlance.gateway.chat.protocol import ChatCompletionRequest
-from parlance.gateway.intents import IntentMatch
+from parlance.gateway.intents import IntentMatch, PreviousTurn
 from parlance.generator.v1 import generator_pb2
 from parlance.safety.v1 import safety_pb2
 
@@ -51,6 +51,8 @@ class PreparedChat:
     intent: IntentMatch | None = None
     safety_thresholds: dict[str, float] = field(default_factory=dict)
     input_moderation: asyncio.Task[safety_pb2.ClassifyResponse | None] | None = None
+    # The stored answer this request follows and its question (the re-ask signal's input).
+    previous_turn: PreviousTurn | None = None
     # Answered with two candidates side by side (chat/compare.py); the request then has n=2.
     comparison: Comparison | None = None
 

@@ -28,7 +28,7 @@ from parlance.gateway.chat.timing import ServerTiming
 from parlance.gateway.clients import GeneratorClient, HistoryClient, SafetyClient
 from parlance.gateway.config import GatewaySettings
 from parlance.gateway.headers import ResponseHeaders
-from parlance.gateway.intents import IntentRouter
+from parlance.gateway.intents import IntentRouter, ReaskSignal
 from parlance.gateway.models import ModelRegistry
 from parlance.gateway.outbox import HistoryOutbox
 from parlance.gateway.titles import TitleWriter
@@ -56,7 +56,9 @@ class ChatService:
         # settlement of request limits.
         self.background = Background()
         # Intent routing (chat/intent.py) when a route file is configured.
-        step = IntentStep(intents, models) if intents is not None else None
+        step = None
+        if intents is not None:
+            step = IntentStep(intents, models, ReaskSignal(intents, history, self.background))
         self.preparer = Preparer(settings, generator, safety, history, outbox, models, step)
         self.generation = Generation(settings, generator, safety)
         self.completion = Completion(cache, outbox, self.titles)

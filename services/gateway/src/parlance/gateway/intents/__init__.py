@@ -3,6 +3,7 @@ the newest user message classified by the embedding model, the route's actions a
 
 from parlance.gateway.intents.apply import apply_actions
 from parlance.gateway.intents.embedder import GeneratorEmbedder
+from parlance.gateway.intents.reask import PreviousTurn, ReaskSignal, previous_turn
 from parlance.gateway.intents.router import (
     SERVER_TIMING_STAGE,
     Embedder,
@@ -29,10 +30,13 @@ __all__ = [
     "IntentMatch",
     "IntentRouter",
     "LoadedRoutes",
+    "PreviousTurn",
+    "ReaskSignal",
     "Route",
     "RouteFile",
     "RouteFileError",
     "apply_actions",
     "load_routes",
     "parse_routes",
+    "previous_turn",
 ]

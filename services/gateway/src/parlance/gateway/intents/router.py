@@ -16,11 +16,12 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
+from parlance.gateway.intents.index import ExampleIndex
 from parlance.gateway.intents.routes import (
     DEFAULT_ROUTE,
     Actions,
@@ -61,6 +62,9 @@ class IntentMatch:
     # The best intent even when it fell short (for logs and calibration).
     nearest: str = ""
     duration_s: float = 0.0
+    # The newest user message's own vector (no context mixed in): the re-ask signal compares
+    # it with the previous user message's (intents/reask.py).
+    newest: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 def message_text(message: Mapping[str, Any]) -> str:
@@ -83,58 +87,6 @@ def user_turns(messages: Sequence[Mapping[str, Any]], window: int) -> tuple[str,
     return texts[-1], list(reversed(texts[:-1]))[:window]
 
 
-class _Index:
-    """The examples' vectors and each intent's centroid, for one loaded route file (centred
-    on the mean example vector when the file says `center`), and the default route's
-    out-of-scope examples."""
-
-    def __init__(self, routes: LoadedRoutes, vectors: Mapping[str, np.ndarray]) -> None:
-        spec = routes.spec
-        self.names = [r.name for r in spec.routes]
-        rows, owners = [], []
-        for index, route in enumerate(spec.routes):
-            for example in route.examples:
-                rows.append(vectors[example])
-                owners.append(index)
-        # The default route's examples are one more group, after the intents.
-        for example in spec.default.examples:
-            rows.append(vectors[example])
-            owners.append(len(self.names))
-        examples = np.vstack(rows).astype(np.float32)
-        self.center = examples.mean(axis=0) if spec.center else None
-        self.examples = self._centred(examples)
-        self.owners = np.array(owners)
-        self.has_default = bool(spec.default.examples)
-        groups = len(self.names) + int(self.has_default)
-        self.groups = [np.flatnonzero(self.owners == i) for i in range(groups)]
-        centroids = np.vstack([self.examples[g].mean(axis=0) for g in self.groups])
-        self.centroids = centroids / np.linalg.norm(centroids, axis=1, keepdims=True)
-
-    def _centred(self, rows: np.ndarray) -> np.ndarray:
-        if self.center is None:
-            return rows
-        rows = rows - self.center
-        return rows / np.maximum(np.linalg.norm(rows, axis=-1, keepdims=True), 1e-12)
-
-    def scores(self, vector: np.ndarray, method: str, k: int) -> tuple[np.ndarray, float | None]:
-        """One score per intent, in the file's order, and the default examples' score (None
-        without them)."""
-        vector = self._centred(vector)
-        if method == "centroid":
-            values = self.centroids @ vector
-        else:
-            similarities = self.examples @ vector
-            values = np.empty(len(self.groups), dtype=np.float32)
-            for group, columns in enumerate(self.groups):
-                group_values = similarities[columns]
-                top = min(k, len(group_values))
-                cut = len(group_values) - top
-                values[group] = np.partition(group_values, cut)[cut:].mean()
-        if self.has_default:
-            return values[:-1], float(values[-1])
-        return values, None
-
-
 class IntentRouter:
     def __init__(
         self,
@@ -148,7 +100,7 @@ class IntentRouter:
         self.embedder = embedder
         self.reload_check_s = reload_check_s
         self._vectors = vectors
-        self._index = _Index(routes, vectors)
+        self._index = ExampleIndex(routes, vectors)
         self._by_name = {r.name: r for r in routes.spec.routes}
         self._mtime = _mtime(routes.path)
         self._checked_at = time.monotonic()
@@ -200,7 +152,7 @@ class IntentRouter:
                 return False
             self.routes = routes
             self._vectors = vectors
-            self._index = _Index(routes, vectors)
+            self._index = ExampleIndex(routes, vectors)
             self._by_name = {r.name: r for r in routes.spec.routes}
             self._mtime = mtime
             INTENT_RELOADS.labels("ok").inc()
@@ -222,6 +174,13 @@ class IntentRouter:
     async def query_vector(self, messages: Sequence[Mapping[str, Any]]) -> np.ndarray | None:
         """The vector classified for these messages: the newest user message, mixed with the
         mean of up to context_turns earlier user turns at context_weight; None without one."""
+        vectors = await self._embed_turns(messages)
+        return None if vectors is None else vectors[1]
+
+    async def _embed_turns(
+        self, messages: Sequence[Mapping[str, Any]]
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """The newest user message's vector and the query vector (see query_vector)."""
         spec = self.routes.spec
         newest, earlier = user_turns(messages, spec.context_turns)
         if not newest:
@@ -231,7 +190,7 @@ class IntentRouter:
         if len(rows) > 1 and spec.context_weight > 0:
             vector = vector + spec.context_weight * rows[1:].mean(axis=0)
             vector = vector / np.linalg.norm(vector)
-        return vector
+        return rows[0], vector
 
     def scores(self, vector: np.ndarray) -> dict[str, float]:
         """Each intent's score for a query vector."""
@@ -259,7 +218,8 @@ class IntentRouter:
         the caller decides whether a request goes on without a route)."""
         await self.maybe_reload()
         started = time.perf_counter()
-        match = self.match(await self.query_vector(messages))
+        vectors = await self._embed_turns(messages)
+        match = self.match(None if vectors is None else vectors[1])
         duration = time.perf_counter() - started
         INTENT_LATENCY.observe(duration)
         if match.fallback:
@@ -272,6 +232,7 @@ class IntentRouter:
             match.fallback,
             nearest=match.nearest,
             duration_s=duration,
+            newest=None if vectors is None else vectors[0],
         )
 
     def actions_for(self, match: IntentMatch) -> Actions:
@@ -279,7 +240,8 @@ class IntentRouter:
         the file after a reload)."""
         route = self._by_name.get(match.name)
         if route is None:
-            return Actions.model_validate(self.routes.spec.default.model_dump(exclude={"examples"}))
+            default = self.routes.spec.default
+            return Actions.model_validate(default.model_dump(exclude={"examples"}))
         return Actions.model_validate(route.model_dump(exclude={"name", "examples"}))
 
 

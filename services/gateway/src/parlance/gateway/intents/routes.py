@@ -7,6 +7,7 @@ from YAML or JSON and checked, each problem named with the route and its line.
     method: nearest         # or centroid
     k: 2                    # nearest: mean similarity of an intent's k closest examples
     center: true            # compare vectors after removing the examples' mean
+    reask_threshold: 0.75   # a message this similar to the previous user message re-asks it
     default:                # actions for messages that match nothing (name: "default")
       model: default
       examples: ["what's the capital of australia"]   # optional, 0-20: out of scope
@@ -105,7 +106,8 @@ def _clean_examples(value: list[str]) -> list[str]:
 
 
 class Route(Actions):
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    # Starts with a letter or digit: history stores it as a message's intent token.
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     examples: list[str] = Field(min_length=MIN_EXAMPLES, max_length=MAX_EXAMPLES)
 
     @field_validator("examples")
@@ -142,6 +144,10 @@ class RouteFile(BaseModel):
     # Similarities after subtracting the mean of every example vector (the direction all
     # chat messages share), re-normalised: scores spread more between intents.
     center: bool = False
+    # A stored user message this similar (cosine) to the previous user message of its
+    # conversation re-asks it: a weak negative on the answer between them (intents/reask.py).
+    # Unset: no re-ask signal.
+    reask_threshold: float | None = Field(default=None, ge=0, le=1)
     default: DefaultRoute = Field(default_factory=DefaultRoute)
     routes: list[Route] = Field(min_length=1)
 

@@ -1,0 +1,150 @@
+"""Intent routing's history wiring, in process (issue 18): the classified intent stored on the
+user message it classified, and the re-ask signal (a stored message that re-asks the previous
+one is recorded as implicit feedback on the answer between them, in the background). The
+FakeGenerator's bag-of-words embedding stands in for the embedding model (the real
+all-MiniLM-L6-v2 runs in tests/test_intents_stack.py); the history is the fake's."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from prometheus_client import REGISTRY
+
+from parlance.testing.fakes import FakeGenerator
+from parlance.testing.inprocess import InProcessGateway, inprocess_gateway
+
+ROUTES = """
+version: 1
+threshold: 0.4
+reask_threshold: 0.8
+routes:
+  - name: coding
+    system_prompt: You are a careful programming assistant.
+    examples:
+      - python function raises keyerror
+      - javascript code compile error
+      - debug python code stack trace
+  - name: cooking
+    examples:
+      - recipe for tomato soup
+      - how long to bake bread
+      - cook rice in a pot
+"""
+
+QUESTION = "my python code raises keyerror, how do I debug it"
+REASKED = "my python code raises a keyerror, how do I debug it?"
+NEW_TOPIC = "how long to bake bread with rice"
+
+
+def generator() -> FakeGenerator:
+    fake = FakeGenerator()
+    fake.embedding = True
+    return fake
+
+
+@pytest.fixture
+async def gw(tmp_path: Path) -> AsyncIterator[InProcessGateway]:
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(ROUTES)
+    async with inprocess_gateway(
+        tmp_path, generator=generator(), intent_routes=str(routes)
+    ) as gateway:
+        yield gateway
+
+
+def reasks(outcome: str) -> float:
+    return (
+        REGISTRY.get_sample_value("parlance_gateway_intent_reasks_total", {"outcome": outcome})
+        or 0.0
+    )
+
+
+async def eventually(condition: object, timeout_s: float = 5.0) -> None:
+    """The re-ask signal is written in the background: wait for it (bounded)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not condition():  # type: ignore[operator]
+        assert loop.time() < deadline, "the background write did not happen"
+        await asyncio.sleep(0.02)
+
+
+async def test_the_intent_is_stored_on_the_classified_user_message(gw: InProcessGateway) -> None:
+    first = await gw.chat(gw.body(QUESTION, store=True))
+    assert first.status_code == 200, first.text
+    conversation = first.json()["conversation_id"]
+    second = await gw.chat(gw.body(NEW_TOPIC, conversation_id=conversation))
+    assert second.headers["x-parlance-intent"] == "cooking"
+    stored = gw.history.stored(conversation)
+    assert [(m.role, m.intent) for m in stored] == [
+        ("user", "coding"),
+        ("assistant", ""),
+        ("user", "cooking"),
+        ("assistant", ""),
+    ]
+    # Only the newest user message of a request is classified: earlier ones sent with it are
+    # stored without an intent.
+    sent = gw.body(QUESTION, store=True)
+    sent["messages"] = [
+        {"role": "user", "content": NEW_TOPIC},
+        {"role": "assistant", "content": "About an hour."},
+        {"role": "user", "content": QUESTION},
+    ]
+    many = await gw.chat(sent)
+    assert [m.intent for m in gw.history.stored(many.json()["conversation_id"])] == [
+        "",
+        "",
+        "coding",
+        "",
+    ]
+
+
+async def test_a_reasked_question_is_implicit_feedback_on_the_answer_before(
+    gw: InProcessGateway,
+) -> None:
+    first = await gw.chat(gw.body(QUESTION, store=True))
+    conversation = first.json()["conversation_id"]
+    answer = gw.history.stored(conversation)[-1]
+    assert answer.role == "assistant"
+
+    not_before = reasks("not_reask")
+    other = await gw.chat(gw.body(NEW_TOPIC, conversation_id=conversation))
+    assert other.status_code == 200
+    await eventually(lambda: reasks("not_reask") == not_before + 1)
+    assert gw.history.implicit_feedback == []
+
+    # The re-ask follows the cooking answer now: that answer gets the weak negative.
+    cooking_answer = gw.history.stored(conversation)[-1]
+    again = await gw.chat(
+        gw.body("how long to bake bread with rice?", conversation_id=conversation)
+    )
+    assert again.status_code == 200
+    await eventually(lambda: len(gw.history.implicit_feedback) == 1)
+    feedback = gw.history.implicit_feedback[0]
+    assert feedback.message_id == cooking_answer.id != answer.id
+    owner = gw.history.conversations[conversation].user_id
+    assert (feedback.kind, feedback.conversation_id, feedback.user_id) == (
+        "reask",
+        conversation,
+        owner,
+    )
+    assert 0.8 <= feedback.score <= 1.0
+
+
+async def test_no_reask_signal_without_a_threshold_or_a_stored_conversation(
+    tmp_path: Path,
+) -> None:
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(ROUTES.replace("reask_threshold: 0.8\n", ""))
+    async with inprocess_gateway(tmp_path, generator=generator(), intent_routes=str(routes)) as gw:
+        first = await gw.chat(gw.body(QUESTION, store=True))
+        conversation = first.json()["conversation_id"]
+        await gw.chat(gw.body(QUESTION, conversation_id=conversation))
+        # A stateless request that repeats itself: no stored answer to put feedback on.
+        await gw.chat(gw.body(QUESTION))
+        embeds = len(gw.generator.embed_requests)
+        await asyncio.sleep(0.1)
+        assert gw.history.implicit_feedback == []
+        assert len(gw.generator.embed_requests) == embeds
