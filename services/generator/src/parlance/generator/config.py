@@ -58,6 +58,14 @@ class GeneratorSettings(ServiceSettings):
     quantization: str | None = None
     # True skips CUDA graphs and torch.compile: faster start-up, slower decoding.
     enforce_eager: bool = False
+    # LoRA adapters of this model (LoadModel with it as parent). llama.cpp always serves them;
+    # vLLM only when started with enable_lora (it reserves memory and runs LoRA kernels for it):
+    # up to max_loras adapters in one batch, ranks up to max_lora_rank (one of vLLM's sizes:
+    # 8, 16, 32, 64, ...), max_cpu_loras kept loaded in host memory (unset: max_loras).
+    enable_lora: bool = False
+    max_loras: int = Field(default=4, ge=1)
+    max_lora_rank: int = Field(default=16, ge=1)
+    max_cpu_loras: int | None = Field(default=None, ge=1)
 
     # ScriptedEngine: the reply (unset: echo the last user message) and its pace.
     scripted_text: str | None = None

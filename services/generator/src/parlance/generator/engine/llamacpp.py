@@ -60,6 +60,7 @@ from parlance.generator.engine.lora import (
     GgufHeader,
     check_gguf_lora,
     find_gguf_lora,
+    manifest_base_gguf_digest,
     read_gguf_header,
     sha256_file,
 )
@@ -158,6 +159,7 @@ class LlamaCppEngine(Engine):
         self._jobs: dict[str, _Job] = {}
         self._path: Path | None = None
         self._base_header: GgufHeader | None = None
+        self._base_digest: str | None = None
         # Adapters loaded and not yet freed (unloaded ones stay until their last request ends).
         self._adapters: set[_LlamaAdapter] = set()
         self._running = 0
@@ -310,12 +312,30 @@ class LlamaCppEngine(Engine):
             assert self._path is not None
             self._base_header = await asyncio.to_thread(read_gguf_header, self._path)
         check_gguf_lora(header, self._base_header, where=path.name)
+        await self._check_trained_base(folder)
         digest = await asyncio.to_thread(sha256_file, path)
         pointers = await asyncio.to_thread(self._init_adapter, path)
         adapter = _LlamaAdapter(adapter_id, str(path), digest, pointers=pointers)
         self._adapters.add(adapter)
         log.info("LoRA adapter loaded", extra={"adapter": adapter_id, "path": str(path)})
         return adapter
+
+    async def _check_trained_base(self, folder: Path) -> None:
+        """An adapter whose parlance-train manifest names the GGUF it was trained against is
+        served only on that GGUF (the same shapes do not make the same base: SmolLM2's base
+        and instruct models share them)."""
+        wanted = await asyncio.to_thread(manifest_base_gguf_digest, folder)
+        if wanted is None:
+            return
+        if self._base_digest is None:
+            assert self._path is not None
+            self._base_digest = "sha256:" + await asyncio.to_thread(sha256_file, self._path)
+        if wanted != self._base_digest:
+            raise AdapterError(
+                f"the adapter was trained on another base: its manifest's base GGUF is "
+                f"{wanted[:19]}..., the parent serves {self._base_digest[:19]}... "
+                f"({self._path.name if self._path else '?'})"
+            )
 
     def _init_adapter(self, path: Path) -> dict[int, Any]:
         """The adapter loaded against each instance's model; nothing stays loaded on error."""

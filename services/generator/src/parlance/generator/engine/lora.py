@@ -68,6 +68,25 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+# parlance-train's manifest beside the adapter: base.gguf_digest is the sha256 of the GGUF the
+# adapter was trained against (dequantized), for an adapter of a GGUF base.
+MANIFEST = "manifest.json"
+
+
+def manifest_base_gguf_digest(folder: Path) -> str | None:
+    """The base GGUF digest ("sha256:<hex>") the adapter folder's manifest records, if any."""
+    path = folder / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise AdapterError(f"{path} is not readable JSON: {exc}") from None
+    base = manifest.get("base") if isinstance(manifest, dict) else None
+    digest = base.get("gguf_digest") if isinstance(base, dict) else None
+    return digest if isinstance(digest, str) and digest else None
+
+
 # -- GGUF headers ----------------------------------------------------------------------------
 
 # GGUF value types: struct formats of the scalars; 8 = string, 9 = array.

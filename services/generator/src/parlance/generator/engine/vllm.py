@@ -8,7 +8,9 @@ carries only the tokens and text new since the last one), which map one to one o
 Written against vLLM 0.25.1 (the version the `vllm` extra pins); the names used are:
 `AsyncEngineArgs`, `AsyncLLM.from_engine_args(..., stat_loggers=...)`, `AsyncLLM.generate`,
 `AsyncLLM.abort`, `AsyncLLM.errored`, `AsyncLLM.get_tokenizer`, `vllm.inputs.tokens_input`,
-`SamplingParams`, `RequestOutputKind.DELTA`, `EngineDeadError`, and the stat-logger hook.
+`SamplingParams`, `RequestOutputKind.DELTA`, `EngineDeadError`, and the stat-logger hook; for
+LoRA adapters (engine/vllm_lora.py) `AsyncLLM.add_lora`, `remove_lora`, `generate(...,
+lora_request=...)` and `LoRARequest`.
 
 vLLM is imported only inside methods, so this module (and its pure mapping functions, which the
 CPU test suite checks) imports where vLLM is not installed.
@@ -24,11 +26,13 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from parlance.common.errors import AlreadyExists, InvalidArgument, ParlanceError, Unavailable
 from parlance.generator import metrics
 from parlance.generator.engine.base import (
+    AdapterHandle,
     ChatMessage,
     ChoiceDelta,
     Engine,
@@ -43,6 +47,7 @@ from parlance.generator.engine.base import (
     Usage,
     check_sampling_common,
 )
+from parlance.generator.engine.vllm_lora import VllmAdapter, VllmLoras, lora_engine_kwargs
 
 if TYPE_CHECKING:
     from parlance.generator.config import GeneratorSettings
@@ -80,8 +85,10 @@ def engine_args_kwargs(
     tensor_parallel_size: int = 1,
     quantization: str | None = None,
     enforce_eager: bool = False,
+    lora: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Keyword arguments of vLLM's AsyncEngineArgs; unset values keep vLLM's defaults."""
+    """Keyword arguments of vLLM's AsyncEngineArgs; unset values keep vLLM's defaults. `lora`:
+    vllm_lora.lora_engine_kwargs (empty: LoRA off)."""
     kwargs: dict[str, Any] = {
         "model": model,
         "served_model_name": served_model_name,
@@ -100,6 +107,7 @@ def engine_args_kwargs(
         kwargs["max_model_len"] = max_model_len
     if quantization:
         kwargs["quantization"] = quantization
+    kwargs.update(lora or {})
     return kwargs
 
 
@@ -286,6 +294,12 @@ class VllmEngine(Engine):
         self._dead = False
         self._dead_listeners: list[DeadListener] = []
         self._watchdog: asyncio.Task[None] | None = None
+        self._loras = VllmLoras(
+            max_rank=engine_kwargs.get("max_lora_rank")
+            if engine_kwargs.get("enable_lora")
+            else None,
+            served_model=str(engine_kwargs.get("model", "")),
+        )
 
     @classmethod
     def from_settings(cls, settings: GeneratorSettings) -> VllmEngine:
@@ -301,6 +315,12 @@ class VllmEngine(Engine):
                 tensor_parallel_size=settings.tensor_parallel_size,
                 quantization=settings.quantization,
                 enforce_eager=settings.enforce_eager,
+                lora=lora_engine_kwargs(
+                    enable_lora=settings.enable_lora,
+                    max_loras=settings.max_loras,
+                    max_lora_rank=settings.max_lora_rank,
+                    max_cpu_loras=settings.max_cpu_loras,
+                ),
             ),
         )
 
@@ -464,7 +484,48 @@ class VllmEngine(Engine):
         except ValueError as exc:  # vLLM's own checks (VLLMValidationError names the field)
             raise InvalidArgument(str(exc), param=getattr(exc, "parameter", None)) from exc
 
-    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationStep, None]:
+    # -- LoRA adapters ----------------------------------------------------------------------------
+
+    async def load_adapter(self, adapter_id: str, folder: Path) -> AdapterHandle:
+        llm = self._require_started()
+        try:
+            return await self._loras.load(llm, adapter_id, folder)
+        except Exception:
+            if llm.errored:
+                await self._mark_dead()
+                raise Unavailable(
+                    "the engine has failed; the generator must be restarted"
+                ) from None
+            raise
+
+    async def unload_adapter(self, adapter: AdapterHandle) -> None:
+        assert isinstance(adapter, VllmAdapter)
+        await self._loras.unload(self._llm, adapter)
+
+    def generate_with_adapter(
+        self, request: GenerationRequest, adapter: AdapterHandle
+    ) -> AsyncGenerator[GenerationStep, None]:
+        assert isinstance(adapter, VllmAdapter)
+        return self._generate_with_adapter(request, adapter)
+
+    async def _generate_with_adapter(
+        self, request: GenerationRequest, adapter: VllmAdapter
+    ) -> AsyncGenerator[GenerationStep, None]:
+        lora_request = self._loras.begin(adapter)
+        try:
+            async with aclosing(self._generate(request, lora_request)) as steps:
+                async for step in steps:
+                    yield step
+        finally:
+            # After _generate's own finally: the request has left vLLM (finished or aborted).
+            await self._loras.end(self._llm, adapter)
+
+    def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationStep, None]:
+        return self._generate(request, None)
+
+    async def _generate(
+        self, request: GenerationRequest, lora_request: Any
+    ) -> AsyncGenerator[GenerationStep, None]:
         from vllm.inputs import tokens_input
         from vllm.v1.engine.exceptions import EngineDeadError
 
@@ -482,8 +543,10 @@ class VllmEngine(Engine):
         finished = False
         first = True
         try:
+            # lora_request only when set: a base request is called exactly as before LoRA.
+            lora = {"lora_request": lora_request} if lora_request is not None else {}
             async with aclosing(
-                llm.generate(tokens_input(prompt_ids), params, request_id)
+                llm.generate(tokens_input(prompt_ids), params, request_id, **lora)
             ) as outputs:
                 async for output in outputs:
                     step = step_from_vllm(output, options.logprobs, n_top)
