@@ -89,6 +89,11 @@ class GatewaySettings(BaseSettings):
     max_input_chars: int = 200_000
     max_tokens_limit: int = 4096
     max_n: int = 8
+    # best_of (chat/best_of.py): the most candidates one request may ask for (below 2: off),
+    # and the reward model that scores them (an id the generators list; empty: the newest
+    # model with task reward that a generator serves).
+    max_best_of: int = Field(default=4, ge=0)
+    reward_model: str = ""
     # Users (comma-separated ids) whose keys may send ignore_eos (vLLM's benchmark extension,
     # which makes every answer max_tokens long): benchmark users; nobody by default.
     ignore_eos_users: str = ""

@@ -178,3 +178,17 @@ COMPARISONS_ANSWERED = Counter(
     "parlance_gateway_comparisons_answered_total",
     "Comparisons the user answered (POST /v1/conversations/{id}/comparisons).",
 )
+# Best-of-n (chat/best_of.py): the chosen candidate's reward score and index.
+REWARD_SCORE = Histogram(
+    "parlance_gateway_reward_score",
+    "Reward score of the candidate a best_of request returned, by reward model (the scale is "
+    "the model's own: compare scores of one model only).",
+    ["reward_model"],
+    buckets=(-8.0, -4.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 4.0, 8.0),
+)
+BEST_OF_CHOSEN = Counter(
+    "parlance_gateway_best_of_chosen_total",
+    "best_of requests by candidates generated (n) and the index of the one returned "
+    "(index 'none': every candidate was flagged by output moderation).",
+    ["n", "index"],
+)

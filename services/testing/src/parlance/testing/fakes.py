@@ -27,6 +27,14 @@ FAKE_MODEL = "fake-model"
 # FakeGenerator's embedding model (listed only when a test turns embedding on).
 FAKE_EMBED_MODEL = "fake-embed"
 FAKE_EMBED_DIM = 256
+# FakeGenerator's reward model (listed only when a test turns reward on).
+FAKE_REWARD_MODEL = "fake-reward"
+
+
+def fake_reward(text: str) -> float:
+    """FakeGenerator's default reward: the candidate's word count (a stand-in for a reward
+    model that tests can predict, not a model of preference)."""
+    return float(len(text.split()))
 
 
 def _unavailable(dependency: str) -> errors.APIError:
@@ -46,6 +54,14 @@ class Script:
     hang_after: int | None = None
     error: errors.APIError = field(default_factory=lambda: _unavailable("generator"))
     logprobs: bool = False
+    # Per choice index, its own deltas instead of `deltas` (choices beyond the list use
+    # `deltas`): candidates that differ, for best_of and comparisons.
+    choices: list[list[str]] | None = None
+
+    def deltas_of(self, index: int) -> list[str]:
+        if self.choices is not None and index < len(self.choices):
+            return self.choices[index]
+        return self.deltas
 
 
 class FakeGenerator:
@@ -70,6 +86,10 @@ class FakeGenerator:
         self.embedding = False
         self.embed_down = False
         self.embed_requests: list[generator_pb2.EmbedRequest] = []
+        # Lists FAKE_REWARD_MODEL and answers Score with `score_fn` of each candidate.
+        self.reward = False
+        self.score_fn: Callable[[str], float] = fake_reward
+        self.score_requests: list[generator_pb2.ScoreRequest] = []
 
     def _info(self, model_id: str, task: generator_pb2.ModelTask) -> generator_pb2.ModelInfo:
         return generator_pb2.ModelInfo(
@@ -88,7 +108,17 @@ class FakeGenerator:
         models = [self._info(m, generator_pb2.MODEL_TASK_CHAT) for m in chat]
         if self.embedding:
             models.append(self._info(FAKE_EMBED_MODEL, generator_pb2.MODEL_TASK_EMBED))
+        if self.reward:
+            models.append(self._info(FAKE_REWARD_MODEL, generator_pb2.MODEL_TASK_REWARD))
         return generator_pb2.ListModelsResponse(models=models)
+
+    async def score(self, request: generator_pb2.ScoreRequest) -> generator_pb2.ScoreResponse:
+        self.score_requests.append(request)
+        if self.down or not self.reward:
+            raise _unavailable("generator")
+        return generator_pb2.ScoreResponse(
+            scores=[self.score_fn(c) for c in request.candidates], model=request.model
+        )
 
     async def embed(self, request: generator_pb2.EmbedRequest) -> generator_pb2.EmbedResponse:
         """Deterministic bag-of-words vectors (each lower-cased word hashed with CRC-32 to
@@ -131,17 +161,23 @@ class FakeGenerator:
         script = self.scripts.pop(0) if self.scripts else self.script
         n = request.sampling.n or 1
         self.in_flight += 1
+        texts = [script.deltas_of(c) for c in range(n)]
+        steps = max(len(t) for t in texts)
         try:
-            for i, text in enumerate(script.deltas):
+            for i in range(steps):
                 if script.fail_after is not None and i >= script.fail_after:
                     raise script.error
                 if script.hang_after is not None and i >= script.hang_after:
                     await asyncio.Event().wait()
                 yield generator_pb2.GenerateResponse(
-                    choices=[self._delta(c, text, script, request) for c in range(n)],
+                    choices=[
+                        self._delta(c, t[i], script, request)
+                        for c, t in enumerate(texts)
+                        if i < len(t)
+                    ],
                     model=request.model,
                 )
-            if script.fail_after is not None and script.fail_after >= len(script.deltas):
+            if script.fail_after is not None and script.fail_after >= steps:
                 raise script.error
             prompt = sum(len(m.content) + 4 for m in request.chat.messages) // 4
             yield generator_pb2.GenerateResponse(
@@ -150,7 +186,7 @@ class FakeGenerator:
                     for c in range(n)
                 ],
                 usage=generator_pb2.Usage(
-                    prompt_tokens=max(1, prompt), completion_tokens=len(script.deltas) * n
+                    prompt_tokens=max(1, prompt), completion_tokens=sum(len(t) for t in texts)
                 ),
                 model=request.model,
             )
@@ -189,6 +225,8 @@ class FakeGenerator:
         }
         if self.embedding:
             status[FAKE_EMBED_MODEL] = {"task": "embed", "serving": serving, "replicas": 1}
+        if self.reward:
+            status[FAKE_REWARD_MODEL] = {"task": "reward", "serving": serving, "replicas": 1}
         return status
 
     async def check_health(self, timeout_s: float = 1.0) -> bool:

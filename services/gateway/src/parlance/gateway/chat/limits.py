@@ -22,12 +22,13 @@ def estimate_tokens(body: ChatCompletionRequest, settings_estimate: int, limit: 
     """What the TPM limit reserves before generating: ~4 characters a token for the prompt
     (reconciled with the real count afterwards) plus the completion budget of every choice:
     max_tokens, or when the request sets none the settings' estimate, never more than the
-    key's `limit` (the most a choice can get)."""
+    key's `limit` (the most a choice can get). best_of generates k candidates: each counts as a
+    choice (chat/best_of.py)."""
     prompt_chars = sum(len(m.text()) + 8 for m in body.messages)
     completion = body.requested_max_tokens() or (
         min(settings_estimate, limit) if limit else settings_estimate
     )
-    return max(1, prompt_chars // 4) + completion * (body.n or 1)
+    return max(1, prompt_chars // 4) + completion * (body.n or 1) * (body.best_of or 1)
 
 
 class RequestLimits:

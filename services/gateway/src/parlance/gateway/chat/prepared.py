@@ -12,7 +12,7 @@ from parlance.gateway import convert, moderation
 from parlance.gateway.auth import Principal
 from parlance.gateway.cache import CachedChoice, CompletionRecord
 from parlance.gateway.chat.compare import Comparison
-from parlance.gateway.chat.protocol import ChatCompletionRequest
+from parlance.gateway.chat.protocol import BestOfInfo, ChatCompletionRequest
 from parlance.gateway.intents import IntentMatch, PreviousTurn
 from parlance.generator.v1 import generator_pb2
 from parlance.safety.v1 import safety_pb2
@@ -55,6 +55,8 @@ class PreparedChat:
     previous_turn: PreviousTurn | None = None
     # Answered with two candidates side by side (chat/compare.py); the request then has n=2.
     comparison: Comparison | None = None
+    # Answered with the best of k candidates (chat/best_of.py): how it was chosen.
+    best_of: BestOfInfo | None = None
 
     @property
     def n(self) -> int:

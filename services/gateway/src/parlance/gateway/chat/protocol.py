@@ -117,6 +117,9 @@ class ChatCompletionRequest(BaseModel):
     ignore_eos: bool | None = None
     # Parlance's options object (comparisons: chat/compare.py).
     parlance: ParlanceOptions | None = None
+    # Best-of-n (chat/best_of.py): k candidates, scored by the reward model, the best one
+    # returned. OpenAI SDKs send it with extra_body={"best_of": k}; 1 is the plain answer.
+    best_of: int | None = Field(default=None, ge=1, le=128)
 
     @field_validator("stop")
     @classmethod
@@ -195,12 +198,28 @@ class ComparisonInfo(BaseModel):
     reason: Literal["asked", "share"]
 
 
+class BestOfInfo(BaseModel):
+    """How a best_of answer was chosen (README, "Best-of-n")."""
+
+    # Candidates generated (the request's best_of).
+    n: int
+    # The returned candidate's index among the n (its choice in the response is index 0).
+    chosen_index: int
+    # Its reward score (absent when every candidate was flagged: nothing was scored).
+    score: float | None = None
+    # Every candidate's score, by index; null for a candidate output moderation flagged.
+    scores: list[float | None]
+    # The reward model that scored them.
+    reward_model: str
+
+
 class ParlanceExtension(BaseModel):
     """Parlance's additions to a response, under one key ("parlance") that OpenAI clients
     ignore (their response models keep unknown fields)."""
 
     intent: IntentInfo | None = None
     comparison: ComparisonInfo | None = None
+    best_of: BestOfInfo | None = None
 
 
 class ChatCompletion(BaseModel):

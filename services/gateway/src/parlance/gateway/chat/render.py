@@ -124,7 +124,7 @@ def extension(prepared: PreparedChat) -> ParlanceExtension | None:
     """The response's Parlance extension object (None: nothing to add)."""
     match = prepared.intent
     comparison = prepared.comparison
-    if match is None and comparison is None:
+    if match is None and comparison is None and prepared.best_of is None:
         return None
     added = ParlanceExtension()
     if match is not None:
@@ -133,6 +133,8 @@ def extension(prepared: PreparedChat) -> ParlanceExtension | None:
         )
     if comparison is not None:
         added.comparison = comparison.info()
+    if prepared.best_of is not None:
+        added.best_of = prepared.best_of
     return added
 
 

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 
 from parlance.gateway.auth import Principal
 from parlance.gateway.cache import CompletionRecord, ResponseCache
-from parlance.gateway.chat import compare, validation
+from parlance.gateway.chat import best_of, compare, validation
 from parlance.gateway.chat.background import Background
 from parlance.gateway.chat.complete import Completion
 from parlance.gateway.chat.generate import Generation
@@ -65,10 +65,21 @@ class ChatService:
         self.streamer = Streamer(self.generation, self.completion, self.background)
         # Side-by-side comparisons (chat/compare.py).
         self.comparer = compare.Comparer(settings)
+        # best_of: k candidates, the reward model's best returned (chat/best_of.py).
+        self.best_of = best_of.BestOf(
+            settings,
+            generator,
+            models,
+            self.preparer,
+            self.generation,
+            self.completion,
+            self.streamer,
+        )
 
     def validate(self, request: ChatCompletionRequest, principal: Principal) -> None:
         validation.validate(request, principal, self.settings)
         compare.validate(request, self.settings)
+        best_of.validate(request, self.settings)
 
     async def prepare(self, request: ChatCompletionRequest, principal: Principal) -> PreparedChat:
         """Builds the context (call validate() first), and makes it a comparison when it
@@ -86,6 +97,8 @@ class ChatService:
     ) -> Answer:
         """The answer to a prepared request: from the cache when it has one, else generated
         (input moderation first). Adds the x-cache and Server-Timing headers."""
+        if best_of.candidates(prepared.request) > 1:
+            return await self.best_of.respond(prepared, headers, timing)
         if prepared.cache_key and use_cache:
             record = await self.cache.get(prepared.cache_key)
             timing.mark("cache")

@@ -39,15 +39,16 @@ class GeneratorTargetClient(BaseClient):
         keepalive: KeepAlive = DEFAULT_KEEPALIVE,
     ) -> None:
         super().__init__(
-            # Only ListModels, CountTokens and Embed are retried. Generate is not: a generator
-            # that failed it (keepalive noticed it frozen, say) would only be asked again to no
-            # avail, and the client is waiting; the 503 tells it when to come back.
+            # Only ListModels, CountTokens, Embed and Score are retried. Generate is not: a
+            # generator that failed it (keepalive noticed it frozen, say) would only be asked
+            # again to no avail, and the client is waiting; the 503 tells it when to come back.
             make_channel(
                 target,
                 [
                     "parlance.generator.v1.GeneratorService/ListModels",
                     "parlance.generator.v1.GeneratorService/CountTokens",
                     "parlance.generator.v1.GeneratorService/Embed",
+                    "parlance.generator.v1.GeneratorService/Score",
                 ],
                 keepalive,
             ),
@@ -71,6 +72,9 @@ class GeneratorTargetClient(BaseClient):
 
     async def embed(self, request: generator_pb2.EmbedRequest) -> generator_pb2.EmbedResponse:
         return await self._unary(self.stub.Embed, request, 60.0)
+
+    async def score(self, request: generator_pb2.ScoreRequest) -> generator_pb2.ScoreResponse:
+        return await self._unary(self.stub.Score, request, 60.0)
 
     async def watch_health(self) -> AsyncIterator[bool]:
         """SERVING or not, each time the target's health changes (the first answer at once).

@@ -237,6 +237,10 @@ class GeneratorClient:
     async def embed(self, request: generator_pb2.EmbedRequest) -> generator_pb2.EmbedResponse:
         return await self._unary("embed", request)
 
+    async def score(self, request: generator_pb2.ScoreRequest) -> generator_pb2.ScoreResponse:
+        """Scores candidate answers with the reward model request.model (best_of)."""
+        return await self._unary("score", request)
+
     async def generate(
         self, request: generator_pb2.GenerateRequest
     ) -> AsyncIterator[generator_pb2.GenerateResponse]:
