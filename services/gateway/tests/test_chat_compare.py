@@ -16,6 +16,7 @@ from parlance.testing.inprocess import InProcessGateway, inprocess_gateway
 
 SHOWN = "parlance_gateway_comparisons_shown_total"
 WITHHELD = "parlance_gateway_comparison_candidates_withheld_total"
+ANSWERED = "parlance_gateway_comparisons_answered_total"
 ASKED = {"compare": "always"}
 OFFERED = {"compare": "offer"}
 
@@ -183,3 +184,19 @@ async def test_a_malformed_extension_object_is_a_400(
     response = await gw.chat(store=True, parlance=parlance)
     assert response.status_code == 400
     assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+async def test_the_pick_is_stored_and_counted(gw: InProcessGateway) -> None:
+    answered = _metric(ANSWERED)
+    body = (await gw.chat(store=True, parlance=ASKED)).json()
+    conversation = body["conversation_id"]
+    first, second = body["parlance"]["comparison"]["message_ids"]
+    response = await gw.client.post(
+        f"/v1/conversations/{conversation}/comparisons",
+        json={"chosen_message_id": first, "rejected_message_id": second},
+        headers=gw.alice.headers,
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["active_message_id"] == first
+    assert gw.history.stored(conversation)[-1].id == first
+    assert _metric(ANSWERED) == answered + 1

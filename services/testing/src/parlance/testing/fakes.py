@@ -351,11 +351,13 @@ class FakeHistory:
         self.appends.append(request)
         parent: str | None = conv.conversation.active_leaf_id or None
         stored = []
-        for i, message in enumerate(request.messages):
+        for message in request.messages:
             copy = history_pb2.Message()
             copy.CopyFrom(message)
             copy.conversation_id = request.conversation_id
-            if i == 0 and message.HasField("parent_id"):
+            # As history: any message may name its parent (a comparison's second answer
+            # names the question, beside the first).
+            if message.HasField("parent_id"):
                 parent = message.parent_id or None
             if parent:
                 copy.parent_id = parent

@@ -18,6 +18,7 @@ from parlance.gateway import errors, verdicts
 from parlance.gateway.auth import Principal
 from parlance.gateway.deps import State, authenticate
 from parlance.gateway.headers import ResponseHeaders
+from parlance.gateway.metrics import COMPARISONS_ANSWERED
 from parlance.gateway.redis_state import RedisUnavailable
 from parlance.gateway.routes import admin_export
 from parlance.history.v1 import history_pb2
@@ -196,4 +197,5 @@ async def record_comparison(
             rejected_message_id=body.rejected_message_id,
         ),
     )
+    COMPARISONS_ANSWERED.inc()
     return cp.comparison_recorded(recorded)
