@@ -1,12 +1,18 @@
 """Intent routing through the real stack as `make up` configures it (scripts/devstack.py: the
 shipped route file, SmolLM2 and all-MiniLM-L6-v2 in one generator, the "default" alias): a
 coding question classified by the real embedding model takes the coding route (its system
-prompt reaches the model), and the answer names the intent."""
+prompt reaches the model), and the answer names the intent; the intent is stored on the user
+message and filters the conversation list; a re-asked question is exported as implicit feedback
+on the answer before it."""
 
 from __future__ import annotations
 
+import json
 import sys
+import time
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import openai
@@ -18,13 +24,18 @@ from parlance.testing import ALICE_KEY, Stack, gateway_url, start_extra_gateway,
 make_up_env = sys.modules[Stack.__module__].make_up_env
 
 CODING_QUESTION = "my python script crashes with a KeyError when I read the config dict, why?"
+REASKED = "why does my python script crash with a KeyError when reading the config dict?"
 NO_CACHE = {"Cache-Control": "no-cache"}
+CHROMIUM = Path("/usr/bin/chromium")
+ALICE = {"Authorization": f"Bearer {ALICE_KEY}"}
+ADMIN_KEY = "sk-test-admin-" + uuid.uuid4().hex
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, redis_server: str) -> Iterator[Stack]:
     env = make_up_env()
     assert env["gateway"].get("GATEWAY_INTENT_ROUTES"), "make up routes by intent"
+    env["gateway"]["GATEWAY_ADMIN_KEY"] = ADMIN_KEY
     stack = start_stack(tmp_path_factory.mktemp("intents"), redis_server, env=env)
     yield stack
     stack.stop()
@@ -93,3 +104,94 @@ def test_a_coding_question_takes_the_coding_route(stack: Stack) -> None:
     chunks = list(stream)
     assert chunks[0].model_extra is not None
     assert chunks[0].model_extra["parlance"]["intent"]["name"] == "coding"
+
+
+def listed(url: str, intent: str) -> list[dict[str, object]]:
+    response = httpx.get(
+        f"{url}/v1/conversations", params={"intent": intent, "limit": 100}, headers=ALICE
+    )
+    assert response.status_code == 200, response.text
+    return response.json()["data"]
+
+
+def reask_records(url: str) -> list[dict[str, object]]:
+    with httpx.stream(
+        "GET",
+        f"{url}/v1/admin/export",
+        params={"include_implicit": "true", "intent": "coding"},
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        timeout=60,
+    ) as response:
+        assert response.status_code == 200, response.read()
+        records = [json.loads(line) for line in response.iter_lines() if line]
+    return [r for r in records if r.get("source") == "reask"]
+
+
+def test_the_intent_is_stored_filterable_and_a_reask_recorded(stack: Stack) -> None:
+    url = stack.gateway_url
+    first = chat(url, store=True)
+    assert first.status_code == 200, first.text
+    conversation = first.json()["conversation_id"]
+    coding = [c for c in listed(url, "coding") if c["id"] == conversation]
+    assert coding and coding[0]["intents"] == ["coding"]
+    assert conversation not in [c["id"] for c in listed(url, "math")]
+    got = httpx.get(f"{url}/v1/conversations/{conversation}", headers=ALICE).json()
+    assert [(m["role"], m["intent"]) for m in got["messages"]] == [
+        ("user", "coding"),
+        ("assistant", None),
+    ]
+
+    # Without a re-ask, the export has no implicit record; the same question in other words,
+    # in the same conversation, is one (written in the background: waited for, bounded).
+    assert reask_records(url) == []
+    again = chat(url, conversation_id=conversation, messages=[{"role": "user", "content": REASKED}])
+    assert again.status_code == 200, again.text
+    deadline = time.monotonic() + 30
+    while not (records := reask_records(url)):
+        assert time.monotonic() < deadline, "no re-ask recorded"
+        time.sleep(0.2)
+    assert len(records) == 1
+    record = records[0]
+    assert record["label"] is False and 0.75 <= float(record["score"]) <= 1.0  # type: ignore[arg-type]
+    completion = record["completion"]
+    assert (
+        isinstance(completion, list) and completion[0]["content"] == got["messages"][1]["content"]
+    )
+
+
+MATH_QUESTION = "what is the integral of x squared from 0 to 3"
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="no Chromium at /usr/bin/chromium")
+def test_the_sidebar_filters_by_intent_and_shows_it(stack: Stack) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    url = stack.gateway_url
+    ids = {}
+    for name, question in (("coding", CODING_QUESTION), ("math", MATH_QUESTION)):
+        response = chat(url, store=True, messages=[{"role": "user", "content": question}])
+        assert response.headers["x-parlance-intent"] == name, response.headers
+        ids[name] = response.json()["conversation_id"]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox", "--disable-gpu"]
+        )
+        try:
+            page = browser.new_page(base_url=url)
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto("/")
+            page.fill("#signin-key", ALICE_KEY)
+            page.click("#signin-submit")
+            item = page.locator(f'li.conversation-item[data-id="{ids["math"]}"]')
+            expect(item).to_contain_text("math", timeout=30_000)
+            expect(page.locator("#intent-filter")).to_be_visible()
+            page.select_option("#intent-filter", "coding")
+            coding = page.locator(f'li.conversation-item[data-id="{ids["coding"]}"]')
+            expect(coding).to_contain_text("coding", timeout=30_000)
+            expect(item).to_have_count(0)
+            page.select_option("#intent-filter", "")
+            expect(item).to_have_count(1, timeout=30_000)
+            assert not errors, errors
+        finally:
+            browser.close()

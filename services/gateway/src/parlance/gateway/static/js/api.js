@@ -84,10 +84,11 @@ export class Api {
     return this.request("GET", "/v1/models");
   }
 
-  listConversations({ after, limit = 20, includeArchived = false } = {}) {
+  listConversations({ after, limit = 20, includeArchived = false, intent = "" } = {}) {
     const query = new URLSearchParams({ limit: String(limit) });
     if (after) query.set("after", after);
     if (includeArchived) query.set("include_archived", "true");
+    if (intent) query.set("intent", intent);
     return this.request("GET", `/v1/conversations?${query}`);
   }
 

@@ -1,5 +1,7 @@
 // The sidebar: the user's conversations newest first, loaded a page at a time as the list
-// scrolls (cursor pagination), search with highlighted snippets, rename, archive, delete.
+// scrolls (cursor pagination), search with highlighted snippets, rename, archive, delete, and a
+// filter by intent (the intents the gateway's routing classified the user's messages as; each
+// conversation shows its own).
 
 import { describeError } from "./api.js";
 import { $, h, relativeTime, setSnippet } from "./dom.js";
@@ -45,6 +47,30 @@ export class Sidebar {
       }
     });
     this.archived.addEventListener("change", () => this.reload());
+    // The intent filter: its choices are the intents of the conversations seen so far (the
+    // page has no list of routes; a user's own conversations say which ones matter to them).
+    this.intents = new Set();
+    this.intentFilter = h(
+      "select",
+      { id: "intent-filter", class: "intent-filter", "aria-label": "Filter by intent" },
+      h("option", { value: "" }, "All intents"),
+    );
+    // Hidden until a conversation has an intent (routing off: nothing to filter by).
+    this.intentFilter.hidden = true;
+    this.intentFilter.addEventListener("change", () => this.reload());
+    this.archived.closest("label").after(this.intentFilter);
+  }
+
+  /** Adds a conversation's intents to the filter's choices (sorted, each once). */
+  noteIntents(conversation) {
+    const fresh = (conversation.intents || []).filter((name) => !this.intents.has(name));
+    if (!fresh.length) return;
+    for (const name of fresh) this.intents.add(name);
+    const chosen = this.intentFilter.value;
+    const options = [...this.intents].sort().map((name) => h("option", { value: name }, name));
+    this.intentFilter.replaceChildren(h("option", { value: "" }, "All intents"), ...options);
+    this.intentFilter.value = chosen;
+    this.intentFilter.hidden = false;
   }
 
   /** Reads the list again from the first page (after a new conversation, a rename...). */
@@ -68,6 +94,7 @@ export class Sidebar {
           after: this.cursor,
           limit: PAGE,
           includeArchived: this.archived.checked,
+          intent: this.intentFilter.value,
         });
         if (generation !== this.generation) return;
         for (const conversation of page.data) this.list.append(this.item(conversation));
@@ -107,15 +134,22 @@ export class Sidebar {
 
   fill(li, conversation) {
     const title = conversation.title || "New chat";
+    const intents = conversation.intents || [];
+    this.noteIntents(conversation);
     const link = h(
       "button",
       {
         type: "button",
         class: "conversation-link",
-        title: `${title} · ${relativeTime(conversation.updated_at)}`,
+        title: `${title} · ${relativeTime(conversation.updated_at)}`
+          + (intents.length ? ` · ${intents.join(", ")}` : ""),
         onclick: () => this.callbacks.open(conversation.id),
       },
       title,
+      // The conversation's intents, after its title (text only: route names from the server).
+      ...(intents.length
+        ? [h("span", { class: "intent-tags muted small" }, ` · ${intents.join(", ")}`)]
+        : []),
     );
     const actions = h(
       "span",
