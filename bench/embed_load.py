@@ -6,7 +6,9 @@ gateway or `vllm serve --runner pooling`), for bench/vllm_embed_vs_parlance.sh:
 
 Each request embeds `--batch` distinct sentences (~15-20 tokens; never the same text twice in a
 run, so no cache answers). Reports texts/s, request latency p50/p99 (percentile definition in
-lib/stats.py) and the client's own CPU seconds (so that a saturated client shows). With
+lib/stats.py) and the client's own CPU seconds (so that a saturated client shows: one Python
+client process tops out near 300 small requests/s; `--processes N` splits the concurrency and
+the requests over N client processes started together, and merges their figures). With
 --vectors it first embeds a fixed set of 64 sentences and writes their vectors, so that two
 servers' outputs can be compared (cosine agreement).
 """
@@ -16,7 +18,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -63,7 +67,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         latencies: list[float] = []
         errors = 0
         next_request = 0
-        offset = 100_000
+        offset = args.offset
 
         async def worker() -> None:
             nonlocal next_request, errors
@@ -97,6 +101,44 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "client_cpu_s": cpu,
         "wall_s": wall,
         "percentiles": PERCENTILE_DEFINITION,
+        "latencies": latencies,
+    }
+
+
+def run_processes(args: argparse.Namespace) -> dict[str, object]:
+    """`args.processes` copies of this script, each with its share of the concurrency and the
+    requests and its own range of sentences, started together; their figures merged."""
+    with tempfile.TemporaryDirectory() as folder:
+        children = []
+        for k in range(args.processes):
+            out = Path(folder) / f"{k}.json"
+            command = [
+                sys.executable, __file__, "--url", args.url, "--model", args.model,
+                "--api-key", args.api_key, "--batch", str(args.batch),
+                "--concurrency", str(max(1, args.concurrency // args.processes)),
+                "--requests", str(args.requests // args.processes),
+                "--offset", str(args.offset + (k + 1) * 10_000_000), "--json", str(out),
+                "--keep-latencies",
+            ]  # fmt: skip
+            children.append((subprocess.Popen(command, stdout=subprocess.DEVNULL), out))
+        parts = []
+        for child, out in children:
+            child.wait()
+            parts.append(json.loads(out.read_text()))
+    latencies = [x for part in parts for x in part["latencies"]]
+    wall = max(part["wall_s"] for part in parts)
+    return {
+        **{k: parts[0][k] for k in ("url", "model", "batch", "percentiles")},
+        "concurrency": sum(part["concurrency"] for part in parts),
+        "processes": args.processes,
+        "requests": len(latencies),
+        "errors": sum(part["errors"] for part in parts),
+        "texts_per_s": len(latencies) * args.batch / wall,
+        "latency_p50_ms": percentile(latencies, 50) * 1000,
+        "latency_p99_ms": percentile(latencies, 99) * 1000,
+        "client_cpu_s": sum(part["client_cpu_s"] for part in parts),
+        "wall_s": wall,
+        "vectors": None,
     }
 
 
@@ -110,10 +152,15 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--json", help="write the result here")
     parser.add_argument("--vectors", help="write the vectors of 64 fixed sentences here")
+    parser.add_argument("--processes", type=int, default=1, help="client processes")
+    parser.add_argument("--offset", type=int, default=100_000, help=argparse.SUPPRESS)
+    parser.add_argument("--keep-latencies", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    result = asyncio.run(run(args))
+    result = run_processes(args) if args.processes > 1 else asyncio.run(run(args))
     vectors = result.pop("vectors")
-    if args.vectors:
+    if not args.keep_latencies:
+        result.pop("latencies", None)
+    if args.vectors and vectors:
         Path(args.vectors).write_text(json.dumps(vectors))
     print(json.dumps(result))
     if args.json:

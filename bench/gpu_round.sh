@@ -77,12 +77,13 @@ stop_pid() {  # pid: TERM and wait (the gateway between routing runs)
 }
 
 embed_loads() {  # label url [api_key]
-  for shape in "1:32:2000" "32:4:300"; do
-    IFS=: read -r batch conc requests <<< "$shape"
-    say "(embed $1) batch $batch, concurrency $conc, $requests requests"
+  # Batch 1 from 4 client processes: one Python client tops out near 300 requests/s.
+  for shape in "1:32:4000:4" "32:4:300:1"; do
+    IFS=: read -r batch conc requests procs <<< "$shape"
+    say "(embed $1) batch $batch, concurrency $conc, $requests requests, $procs client(s)"
     python3 bench/embed_load.py --url "$2" --model minilm --api-key "${3:-}" --batch "$batch" \
-      --concurrency "$conc" --requests "$requests" --json "$RESULT_DIR/embed_$1_b$batch.json" \
-      --vectors "$RESULT_DIR/vectors_$1.json" 2>&1 | tail -1
+      --concurrency "$conc" --requests "$requests" --processes "$procs" \
+      --json "$RESULT_DIR/embed_$1_b$batch.json" --vectors "$RESULT_DIR/vectors_$1.json" 2>&1 | tail -1
   done
 }
 
@@ -105,7 +106,7 @@ phase_embed() {
   if wait_http http://127.0.0.1:8000/readyz 300 && wait_serving 127.0.0.1:50051 300; then
     embed_loads b http://127.0.0.1:8000 "$API_KEY"
   else
-    say "(embed b) the stack did not start"; tail -40 "$LOGS/generator0_embed.txt" "$LOGS/gateway_embed.txt"
+    say "(embed b) the stack did not start"; tail -n 40 "$LOGS/generator0_embed.txt" "$LOGS/gateway_embed.txt"
   fi
   curl -s http://127.0.0.1:9101/metrics > "$RESULT_DIR/embed_generator_metrics.txt" || true
   stop_all
@@ -125,7 +126,7 @@ phase_multiturn() {
   start_generator 0 0 "$chat"
   start_generator 1 1 "$chat"
   if ! wait_serving 127.0.0.1:50051,127.0.0.1:50061 300; then
-    say "(multiturn) generators did not start"; tail -30 "$LOGS"/generator*_multiturn.txt; stop_all; return
+    say "(multiturn) generators did not start"; tail -n 30 "$LOGS"/generator*_multiturn.txt; stop_all; return
   fi
   local round=0
   for routing in least_in_flight affinity least_in_flight affinity; do

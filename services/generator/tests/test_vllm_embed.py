@@ -20,7 +20,7 @@ import torch
 
 from parlance.common.errors import InvalidArgument
 from parlance.generator.engine.base import EmbeddingRequest
-from parlance.generator.engine.embed_inputs import encode_inputs
+from parlance.generator.engine.embed_inputs import encode_inputs, special_tokens
 from parlance.generator.engine.transformers_embed import default_model_path
 from parlance.generator.engine.vllm_embed import VllmEmbeddingEngine
 
@@ -123,6 +123,7 @@ async def test_inputs_are_cut_and_counted_as_on_the_cpu_engine(fake_vllm: FakeVl
     expected = encode_inputs(
         fake_vllm.tokenizer,
         inputs,
+        specials=special_tokens(fake_vllm.tokenizer),
         max_len=256,
         vocab_size=len(fake_vllm.tokenizer),
         truncate=True,

@@ -36,6 +36,7 @@ from parlance.generator.engine.embed_inputs import (
     check_dimensions,
     check_input_count,
     encode_inputs,
+    special_tokens,
 )
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,7 @@ class TransformersEmbeddingEngine(EmbeddingEngine):
             on_batch=self._observe,
         )
         self._tokenizer: Any = None
+        self._specials: tuple[list[int], list[int]] = ([], [])
         self._model: Any = None
         self._torch: Any = None
         self._dimensions = 0
@@ -117,6 +119,7 @@ class TransformersEmbeddingEngine(EmbeddingEngine):
             torch.set_num_threads(self._n_threads)
         started = time.perf_counter()
         self._tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        self._specials = special_tokens(self._tokenizer)
         self._model = AutoModel.from_pretrained(folder, local_files_only=True).eval()
         self._torch = torch
         config = self._model.config
@@ -200,6 +203,7 @@ class TransformersEmbeddingEngine(EmbeddingEngine):
         return encode_inputs(
             self._tokenizer,
             request.inputs,
+            specials=self._specials,
             max_len=self._max_len,
             vocab_size=self._vocab_size,
             truncate=request.truncate,

@@ -34,6 +34,7 @@ from parlance.generator.engine.embed_inputs import (
     check_dimensions,
     check_input_count,
     encode_inputs,
+    special_tokens,
 )
 from parlance.generator.engine.vllm import engine_args_kwargs
 
@@ -69,6 +70,7 @@ class VllmEmbeddingEngine(EmbeddingEngine):
         self._max_inputs = max_inputs
         self._llm: Any = None
         self._tokenizer: Any = None
+        self._specials: tuple[list[int], list[int]] = ([], [])
         self._dimensions = 0
         self._max_len = 0
         self._vocab_size = 0
@@ -115,7 +117,8 @@ class VllmEmbeddingEngine(EmbeddingEngine):
         self._vocab_size = len(self._tokenizer)
         # The vector length is whatever the pooler makes (a sentence-transformers Dense layer
         # can change it): one probe says it.
-        probe = self._tokenizer.build_inputs_with_special_tokens([])
+        self._specials = special_tokens(self._tokenizer)
+        probe = [*self._specials[0], *self._specials[1]]
         self._dimensions = len(await self._embed_ids(probe, "parlance-probe"))
         self._created = int(time.time())
         log.info(
@@ -160,6 +163,7 @@ class VllmEmbeddingEngine(EmbeddingEngine):
             encode_inputs,
             self._tokenizer,
             request.inputs,
+            specials=self._specials,
             max_len=self._max_len,
             vocab_size=self._vocab_size,
             truncate=request.truncate,
