@@ -73,12 +73,12 @@ def api(stack: Stack, method: str, path: str, **kw: object) -> dict:
     return response.json()
 
 
-def shot(page: Page, name: str) -> None:
+def shot(page: Page, name: str, note: bool = True) -> None:
     """A screenshot; never fails the test (it is documentation, not a check)."""
     with contextlib.suppress(Exception):
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
-        if NOTE_SCREENSHOT.parent.is_dir():
+        if note and NOTE_SCREENSHOT.parent.is_dir():
             page.screenshot(path=str(NOTE_SCREENSHOT))
 
 
@@ -117,6 +117,15 @@ def test_compare_two_answers_pick_one_and_reload(browser: Browser, echo_stack: S
     expect(pick).to_be_enabled()
     expect(comparison.get_by_role("button", name="I prefer response 1")).to_be_enabled()
     shot(page, "compare")
+    # Side by side on a wide screen, stacked on a phone.
+    first, second = (panes.nth(i).bounding_box() for i in range(2))
+    assert first and second and second["x"] > first["x"] and second["y"] == first["y"]
+    page.set_viewport_size({"width": 390, "height": 844})
+    expect(page.locator("#sidebar")).not_to_be_in_viewport()
+    first, second = (panes.nth(i).bounding_box() for i in range(2))
+    assert first and second and second["y"] > first["y"] and second["x"] == first["x"]
+    shot(page, "compare-phone", note=False)
+    page.set_viewport_size({"width": 1280, "height": 860})
 
     conversation_id = page.evaluate("location.hash")[len("#/c/") :]
     before = api(echo_stack, "GET", f"/v1/conversations/{conversation_id}")["messages"]

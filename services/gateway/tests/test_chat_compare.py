@@ -3,6 +3,7 @@ stored, and that a candidate output moderation flags is never offered."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -200,3 +201,22 @@ async def test_the_pick_is_stored_and_counted(gw: InProcessGateway) -> None:
     assert response.json()["active_message_id"] == first
     assert gw.history.stored(conversation)[-1].id == first
     assert _metric(ANSWERED) == answered + 1
+
+
+async def test_a_stopped_comparison_keeps_its_first_answer_only(gw: InProcessGateway) -> None:
+    # Two moderation windows of each candidate are sent, then the engine hangs and the client
+    # leaves: two half answers are no comparison.
+    gw.generator.script = Script(
+        deltas=["Hello there, this ", "is a test. ", "And more."], hang_after=2
+    )
+    body = gw.body(stream=True, store=True, parlance=ASKED)
+    received = await gw.stream_until_disconnect(body, 6)
+    ids = json.loads(received[0].split(b"data: ", 1)[1].split(b"\n\n", 1)[0])["parlance"][
+        "comparison"
+    ]["message_ids"]
+    await wait_for(lambda: len(gw.history.appends) == 1)
+    question, answer = gw.history.appends[0].messages
+    assert question.role == "user"
+    assert (answer.id, answer.finish_reason) == (ids[0], "cancelled")
+    # Exactly what the client was sent of it: the windows moderation released.
+    assert answer.content == "Hello there, this is a test."
