@@ -9,6 +9,7 @@ reply says which one served it); the embedding model is the real all-MiniLM-L6-v
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import threading
@@ -229,6 +230,66 @@ async def test_conversation_affinity_keeps_each_conversation_on_one_replica(stac
                 ]
         assert all(len(replicas) == 1 for replicas in served.values()), served
         assert set().union(*served.values()) == {"one", "two"}
+    finally:
+        await pool.close()
+
+
+async def test_dns_discovery_follows_the_replicas_a_name_resolves_to(stack: Stack) -> None:
+    """GATEWAY_GENERATOR_DISCOVERY=dns, through the gateway's own generator client against this
+    module's two real generator processes: the name resolves (a test double of DNS) to one
+    replica, then to both, then to the second only; calls follow, and the replica that left
+    DNS is out of the routing table."""
+    from parlance.gateway.clients.pool import GeneratorClient
+    from parlance.gateway.clients.targets import Discovery
+    from parlance.generator.v1 import generator_pb2
+
+    one = f"127.0.0.1:{stack.services['generator'].grpc_port}"
+    two = f"127.0.0.1:{stack.services['generator-two'].grpc_port}"
+    answer = [one]
+
+    async def resolver(entry: str) -> list[str]:
+        return list(answer)
+
+    discovery = Discovery(["dns:///generators.test:50051"], resolver)
+    pool = GeneratorClient(
+        "dns:///generators.test:50051", 30.0, 1, 120.0, refresh_s=0.2, discovery=discovery
+    )
+
+    async def served(calls: int) -> set[str]:
+        texts = set()
+        for i in range(calls):
+            request = generator_pb2.GenerateRequest(
+                request_id=f"discovery-{i}-{len(answer)}-{answer[0]}",
+                model=SMALL,
+                chat=generator_pb2.ChatInput(
+                    messages=[generator_pb2.ChatMessage(role="user", content="hi")]
+                ),
+                sampling=generator_pb2.SamplingParams(max_tokens=1),
+            )
+            text = "".join(
+                [c.text async for reply in pool.generate(request) for c in reply.choices]
+            )
+            texts.add(text.split()[0])
+        return texts
+
+    async def until_serving(urls: set[str]) -> None:
+        for _ in range(100):
+            if {t.url for t in pool.targets if t.serving} == urls:
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError([(t.url, t.serving) for t in pool.targets])
+
+    try:
+        await pool.wait_listed(10.0)
+        await until_serving({one})
+        assert await served(4) == {"one"}
+        answer[:] = [one, two]
+        await until_serving({one, two})
+        assert await served(8) == {"one", "two"}
+        answer[:] = [two]
+        await until_serving({two})
+        assert [t.url for t in pool.targets] == [two]
+        assert await served(4) == {"two"}
     finally:
         await pool.close()
 

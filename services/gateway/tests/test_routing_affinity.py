@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from parlance.gateway.clients.pool import conversation_key
-from parlance.gateway.routing import RoutingTable, Target, rendezvous_rank
+from parlance.gateway.routing import RoutingTable, Target, conversation_key, rendezvous_rank
 from parlance.generator.v1 import generator_pb2
 
 MODEL = "chat"

@@ -16,6 +16,7 @@ from parlance.gateway.chat import api_router as chat
 from parlance.gateway.chat.intent import load_router
 from parlance.gateway.chat.serving import ChatService
 from parlance.gateway.clients import GeneratorClient, HistoryClient, KeepAlive, SafetyClient
+from parlance.gateway.clients.targets import Discovery, parse_targets
 from parlance.gateway.config import GatewaySettings
 from parlance.gateway.errors import document_errors, install_error_handlers
 from parlance.gateway.keystore import CombinedKeyStore, SqlKeyStore
@@ -59,6 +60,9 @@ def connect_clients(s: GatewaySettings) -> Clients:
         s.generator_refresh_s,
         affinity=s.generator_routing == "affinity",
         affinity_load_factor=s.generator_affinity_load_factor,
+        discovery=Discovery(parse_targets(s.generator_url))
+        if s.generator_discovery == "dns"
+        else None,
     )
     safety = SafetyClient(s.safety_url, s.safety_timeout_s, s.retry_after_s, keepalive)
     history = HistoryClient(s.history_url, s.history_timeout_s, s.retry_after_s, keepalive)

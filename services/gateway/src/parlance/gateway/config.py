@@ -30,6 +30,11 @@ class GatewaySettings(BaseSettings):
     # than generator_affinity_load_factor; routing.py explains the rule).
     generator_routing: Literal["least_in_flight", "affinity"] = "least_in_flight"
     generator_affinity_load_factor: float = Field(default=0.25, ge=0.0, le=10.0)
+    # "grpc": each entry of generator_url is one target (gRPC balances the addresses of a
+    # dns:/// name on its own); "dns": the gateway resolves each entry every
+    # generator_refresh_s and every address is a target of its own (clients/targets.py), so
+    # that affinity and least-in-flight see each replica (a Kubernetes headless Service).
+    generator_discovery: Literal["grpc", "dns"] = "grpc"
     safety_url: str = "127.0.0.1:50052"
     history_url: str = "127.0.0.1:50053"
     # Empty string: no Redis (per-process limits, cache off), with a warning.

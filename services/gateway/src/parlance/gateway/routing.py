@@ -62,6 +62,19 @@ class Target:
     seen: bool = False
 
 
+def conversation_key(request: generator_pb2.GenerateRequest) -> str:
+    """What the turns of one conversation share: the model and the messages up to the first
+    user message (the system prompt and the opening question), which every later turn resends
+    unchanged. A digest of it, so that clients need no conversation id and no text is kept."""
+    opening = []
+    for message in request.chat.messages:
+        opening.append(f"{message.role}\x00{message.content}")
+        if message.role == "user":
+            break
+    text = "\x01".join([request.model, *opening])
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
 def rendezvous_rank(key: str, targets: Iterable[Target]) -> list[Target]:
     """The targets in the key's order of preference (highest random weight first): a stable
     hash of (key, target), so every process ranks them alike."""

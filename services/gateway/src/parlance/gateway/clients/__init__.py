@@ -12,8 +12,9 @@ backoff, on UNAVAILABLE). gRPC failures become OpenAI-shaped errors in one place
 from parlance.gateway.clients.channel import KeepAlive, make_channel, to_api_error
 from parlance.gateway.clients.generator import GeneratorTargetClient
 from parlance.gateway.clients.history import HistoryClient
-from parlance.gateway.clients.pool import GeneratorClient, parse_targets
+from parlance.gateway.clients.pool import GeneratorClient
 from parlance.gateway.clients.safety import SafetyClient
+from parlance.gateway.clients.targets import parse_targets
 
 __all__ = [
     "GeneratorClient",

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,39 +12,12 @@ import grpc
 from parlance.gateway import errors
 from parlance.gateway.clients.channel import DEFAULT_KEEPALIVE, KeepAlive
 from parlance.gateway.clients.generator import GeneratorTargetClient
+from parlance.gateway.clients.targets import Discovery, parse_targets
 from parlance.gateway.metrics import GENERATOR_CALLS, GENERATOR_TARGET_UP
-from parlance.gateway.routing import RoutingTable, Target
+from parlance.gateway.routing import RoutingTable, Target, conversation_key
 from parlance.generator.v1 import generator_pb2
 
 log = logging.getLogger(__name__)
-
-
-def parse_targets(value: str) -> list[str]:
-    """GATEWAY_GENERATOR_URL: one target, or several separated by commas (or a JSON list)."""
-    text = value.strip()
-    if text.startswith("["):
-        items = json.loads(text)
-        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
-            raise ValueError("GATEWAY_GENERATOR_URL as JSON must be a list of strings")
-    else:
-        items = text.split(",")
-    targets = [t.strip() for t in items if t.strip()]
-    if not targets:
-        raise ValueError("GATEWAY_GENERATOR_URL names no generator target")
-    return targets
-
-
-def conversation_key(request: generator_pb2.GenerateRequest) -> str:
-    """What the turns of one conversation share: the model and the messages up to the first
-    user message (the system prompt and the opening question), which every later turn resends
-    unchanged. A digest of it, so that clients need no conversation id and no text is kept."""
-    opening = []
-    for message in request.chat.messages:
-        opening.append(f"{message.role}\x00{message.content}")
-        if message.role == "user":
-            break
-    text = "\x01".join([request.model, *opening])
-    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
 def _target_gone(exc: errors.APIError) -> bool:
@@ -80,21 +51,21 @@ class GeneratorClient:
         *,
         affinity: bool = False,
         affinity_load_factor: float = 0.25,
+        discovery: Discovery | None = None,
     ) -> None:
         urls = parse_targets(targets) if isinstance(targets, str) else list(targets)
         self.retry_after_s = retry_after_s
         self.refresh_s = refresh_s
         self.affinity = affinity
+        self._client_args = (timeout_s, retry_after_s, idle_timeout_s, keepalive)
+        # With DNS discovery the targets are the addresses found, added and removed as DNS
+        # changes (targets.py); without it, one target per entry.
+        self._discovery = discovery
         self.table = RoutingTable(
-            (
-                Target(
-                    url,
-                    GeneratorTargetClient(url, timeout_s, retry_after_s, idle_timeout_s, keepalive),
-                )
-                for url in urls
-            ),
+            (self._new_target(url) for url in ([] if discovery else urls)),
             affinity_load_factor=affinity_load_factor,
         )
+        self._watches: dict[str, asyncio.Task[None]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         # Set once every target's health has been seen (start-up).
         self._settled = asyncio.Event()
@@ -106,12 +77,50 @@ class GeneratorClient:
 
     # --- the routing table ----------------------------------------------------------------
 
+    def _new_target(self, url: str) -> Target:
+        return Target(url, GeneratorTargetClient(url, *self._client_args))
+
     def _ensure_started(self) -> None:
         if self._tasks:
             return
         for target in self.targets:
-            self._tasks.append(asyncio.create_task(self._watch(target)))
+            self._watches[target.url] = asyncio.create_task(self._watch(target))
         self._tasks.append(asyncio.create_task(self._refresh_periodically()))
+        if self._discovery is not None:
+            self._tasks.append(asyncio.create_task(self._discover_periodically()))
+
+    async def _discover_periodically(self) -> None:
+        assert self._discovery is not None
+        while True:
+            wanted, failed = await self._discovery.addresses()
+            for entry in failed:
+                log.warning(
+                    "generator lookup failed; its last addresses stay", extra={"target": entry}
+                )
+            known = {t.url: t for t in self.targets}
+            for url in wanted:
+                if url not in known:
+                    log.info("generator replica found", extra={"target": url})
+                    target = self._new_target(url)
+                    self.table.targets.append(target)
+                    self._watches[url] = asyncio.create_task(self._watch(target))
+            for url, target in known.items():
+                if url not in wanted:
+                    log.info("generator replica gone from DNS", extra={"target": url})
+                    self.table.targets.remove(target)
+                    self._watches.pop(url).cancel()
+                    self._tasks.append(asyncio.create_task(self._retire(target)))
+            if not self.targets:
+                self._settled.set()  # nothing to wait for: calls get 503 until DNS has some
+            await asyncio.sleep(self.refresh_s)
+
+    async def _retire(self, target: Target) -> None:
+        """Closes a removed target's channel once the calls still on it have finished (polled:
+        calls do not signal their end, and a removal is rare)."""
+        while target.in_flight:  # noqa: ASYNC110
+            await asyncio.sleep(0.5)
+        GENERATOR_TARGET_UP.labels(target.url).set(0)
+        await target.client.close()
 
     async def _list(self, target: Target) -> bool:
         try:
@@ -286,9 +295,11 @@ class GeneratorClient:
         return self.table.status()
 
     async def close(self) -> None:
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._watches.values()]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
+        self._watches.clear()
         for target in self.targets:
             await target.client.close()
