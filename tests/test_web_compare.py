@@ -173,3 +173,63 @@ def test_compare_two_answers_pick_one_and_reload(browser: Browser, echo_stack: S
     )
     assert not errors, f"errors on the page: {errors}"
     context.close()
+
+
+def _event(index: int, delta: dict, finish: str | None = None, **extra: object) -> str:
+    chunk = {
+        "id": "chatcmpl-test",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": index, "delta": delta, "finish_reason": finish}],
+        # Unknown to history: reading it back is a 404, and the page keeps what it streamed.
+        "conversation_id": "conv_test_double",
+        **extra,
+    }
+    return f"data: {json.dumps(chunk)}\n\n"
+
+
+def test_a_flagged_candidate_leaves_the_screen(browser: Browser, echo_stack: Stack) -> None:
+    """The page's side of a flagged candidate. The gateway's (never stored, never offered) is
+    in services/gateway/tests/test_chat_compare.py; here the chat call is answered by a test
+    double at the HTTP boundary (Playwright's route): a comparison stream whose second
+    candidate ends with content_filter."""
+    ids = ["msg_test_first", "msg_test_second"]
+    stream = "".join(
+        [
+            _event(
+                0,
+                {"role": "assistant", "content": ""},
+                parlance={"comparison": {"message_ids": ids, "reason": "asked"}},
+            ),
+            _event(1, {"role": "assistant", "content": ""}),
+            _event(0, {"content": "A clean answer."}),
+            _event(1, {"content": "Half of"}),
+            _event(1, {}, "content_filter"),
+            _event(0, {}, "stop"),
+            "data: [DONE]\n\n",
+        ]
+    )
+    context = browser.new_context(base_url=echo_stack.gateway_url)
+    page = context.new_page()
+    page.route(
+        "**/v1/chat/completions",
+        lambda route: route.fulfill(
+            status=200, headers={"content-type": "text/event-stream"}, body=stream
+        ),
+    )
+    page.goto("/")
+    page.fill("#signin-key", ALICE_KEY)
+    page.click("#signin-submit")
+    expect(page.locator("#model option")).not_to_have_count(0)
+    page.fill("#prompt", "a question")
+    page.press("#prompt", "Enter")
+    comparison = page.locator("li.message.comparison")
+    expect(comparison.locator(".notice")).to_have_text(
+        "One of the two answers was withheld by moderation (content_filter); this is the other one."
+    )
+    expect(comparison.locator(".compare-pane")).to_have_count(1)
+    expect(comparison.locator(".bubble")).to_have_text("A clean answer.")
+    expect(page.get_by_text("Half of")).to_have_count(0)
+    expect(page.get_by_text("Which response do you prefer?")).to_have_count(0)
+    context.close()

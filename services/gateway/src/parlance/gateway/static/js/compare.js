@@ -112,7 +112,10 @@ export class ComparisonView {
       .map((id) => list.querySelector(`li[data-id="${CSS.escape(id)}"]`))
       .find(Boolean);
     if (!this.complete) {
-      if (this.withheld === 1 && stored) stored.append(h("div", { class: "notice", role: "status" }, COMPARE_NOTICES.withheld));
+      // The stored answer (or, when history has not got it yet, the one streamed) says so.
+      if (this.withheld === 1) {
+        (stored || this.li).append(h("div", { class: "notice", role: "status" }, COMPARE_NOTICES.withheld));
+      }
       return;
     }
     if (stored) stored.replaceWith(this.li);
