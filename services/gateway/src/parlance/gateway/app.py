@@ -22,12 +22,16 @@ from parlance.gateway.errors import document_errors, install_error_handlers
 from parlance.gateway.keystore import CombinedKeyStore, SqlKeyStore
 from parlance.gateway.leases import ConcurrencyLeases
 from parlance.gateway.middleware import GatewayMiddleware
+from parlance.gateway.model_registry import RuntimeModels
 from parlance.gateway.models import ModelRegistry
 from parlance.gateway.outbox import HistoryOutbox
 from parlance.gateway.ratelimit import RateLimiter
 from parlance.gateway.redis_state import RedisState, redacted_url
+from parlance.gateway.registrations import RegistryStore
+from parlance.gateway.rollback import SplitRollback
 from parlance.gateway.routes import (
     admin_keys,
+    admin_models,
     conversations,
     embeddings,
     health,
@@ -93,6 +97,24 @@ def create_app(
         )
         cache = ResponseCache(redis_state, s.cache_ttl_s, s.cache_max_bytes)
         registry = ModelRegistry(generator, s.model_aliases)
+        # Before intent routing checks its route models: run-time aliases are read here.
+        runtime_models = RuntimeModels(
+            generator,
+            registry,
+            RegistryStore(redis_state, s.registry_redis_prefix),
+            s.registry_sync_s,
+            s.retry_after_s,
+        )
+        await runtime_models.start()
+        rollback = SplitRollback(
+            runtime_models,
+            history,
+            s.rollback_check_s,
+            s.rollback_window_days,
+            s.rollback_min_rated,
+            s.rollback_margin,
+        )
+        rollback.start()
         # Intent routing (README, "Intent routing"): None without a route file.
         intents = await load_router(s, generator, registry)
         key_store = SqlKeyStore(s.database_url, s.key_cache_ttl_s)
@@ -114,6 +136,7 @@ def create_app(
             history=history,
             outbox=outbox,
             models=registry,
+            runtime_models=runtime_models,
             chat=ChatService(s, generator, safety, history, outbox, cache, registry, intents),
             intents=intents,
             slots=asyncio.Semaphore(s.max_concurrent_requests),
@@ -127,6 +150,8 @@ def create_app(
         try:
             yield
         finally:
+            await rollback.close()
+            await runtime_models.close()
             await state.chat.close()
             await outbox.close()
             for client in (generator, safety, history):
@@ -154,6 +179,7 @@ def create_app(
     app.include_router(conversations.router)
     app.include_router(moderations.router)
     app.include_router(admin_keys.router)
+    app.include_router(admin_models.router)
     app.include_router(health.router)
     app.include_router(ui.router)
     return app

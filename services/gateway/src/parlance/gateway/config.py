@@ -136,8 +136,22 @@ class GatewaySettings(BaseSettings):
     generator_refresh_s: float = Field(default=30.0, gt=0)
     # Other names for models, as a JSON object: {"default": "SmolLM2-135M-Instruct"}. Listed
     # by /v1/models before the models. Without an entry for it, "default" still names the
-    # first chat model (for chat) or embedding model (for embeddings) the targets list.
-    model_aliases: dict[str, str] = Field(default_factory=dict)
+    # first chat model (for chat) or embedding model (for embeddings) the targets list. A
+    # traffic split names several models with weights: {"default": {"base": 90, "tuned": 10}}
+    # (each user always gets the same one: README, "Registering models and splitting traffic").
+    model_aliases: dict[str, str | dict[str, float]] = Field(default_factory=dict)
+    # Models registered and aliases set through the admin API are kept in Redis under this
+    # prefix, and re-read from it this often (so every gateway replica follows them).
+    registry_redis_prefix: str = "parlance:registry"
+    registry_sync_s: float = Field(default=5.0, gt=0)
+    # The rollback rule of split aliases (0: off): checked this often, over this many days of
+    # feedback; an adapter whose thumbs-up rate's upper bound is below its parent's lower
+    # bound by more than the margin, both with at least the minimum of rated answers, gets
+    # weight 0 and its share goes to its parent.
+    rollback_check_s: float = Field(default=0.0, ge=0)
+    rollback_window_days: float = Field(default=7.0, gt=0)
+    rollback_min_rated: int = Field(default=100, ge=1)
+    rollback_margin: float = Field(default=0.0, ge=0, le=1)
 
     # /v1/embeddings: inputs per request, and characters per input and per request (the
     # token limit per input is the model's, checked by the generator).

@@ -178,6 +178,28 @@ COMPARISONS_ANSWERED = Counter(
     "parlance_gateway_comparisons_answered_total",
     "Comparisons the user answered (POST /v1/conversations/{id}/comparisons).",
 )
+# The model registry (model_registry.py): run-time registrations, splits, rollbacks.
+MODEL_REGISTRATIONS = Counter(
+    "parlance_gateway_model_registrations_total",
+    "Admin model registrations by action (register, remove, reapply: loaded again on a "
+    "generator target that lacked it) and outcome (ok, rejected, failed).",
+    ["action", "outcome"],
+)
+MODELS_REGISTERED = Gauge(
+    "parlance_gateway_models_registered",
+    "Models registered through the admin API (as this process last read them from Redis).",
+    multiprocess_mode="livemax",
+)
+SPLIT_CHOICES = Counter(
+    "parlance_gateway_split_choices_total",
+    "Requests for a split alias (several models with weights), by alias and the model chosen.",
+    ["alias", "model"],
+)
+SPLIT_ROLLBACKS = Counter(
+    "parlance_gateway_split_rollbacks_total",
+    "Split aliases whose adapter the rollback rule took out (its weight given to its parent).",
+    ["alias", "model"],
+)
 # Best-of-n (chat/best_of.py): the chosen candidate's reward score and index.
 REWARD_SCORE = Histogram(
     "parlance_gateway_reward_score",

@@ -21,8 +21,13 @@ class ModelCard(BaseModel):
     engine: str | None = None
     # Embed models: the length of their vectors.
     dimensions: int | None = None
-    # Aliases (GATEWAY_MODEL_ALIASES): the model id the alias stands for.
+    # Aliases (GATEWAY_MODEL_ALIASES): the model id the alias stands for (a split's heaviest).
     alias_for: str | None = None
+    # Split aliases: the percent of users each model id gets (README, "Registering models
+    # and splitting traffic").
+    split: dict[str, float] | None = None
+    # LoRA adapters: the base chat model they apply to.
+    parent: str | None = None
 
 
 class ModelCardList(BaseModel):

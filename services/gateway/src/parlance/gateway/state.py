@@ -13,6 +13,7 @@ from parlance.gateway.config import GatewaySettings
 from parlance.gateway.intents import IntentRouter
 from parlance.gateway.keystore import SqlKeyStore
 from parlance.gateway.leases import ConcurrencyLeases
+from parlance.gateway.model_registry import RuntimeModels
 from parlance.gateway.models import ModelRegistry
 from parlance.gateway.outbox import HistoryOutbox
 from parlance.gateway.ratelimit import RateLimiter
@@ -33,6 +34,8 @@ class GatewayState:
     history: HistoryClient
     outbox: HistoryOutbox
     models: ModelRegistry
+    # Models registered and aliases set through the admin API (model_registry.py).
+    runtime_models: RuntimeModels
     chat: ChatService
     # Bounds the requests this process serves at once.
     slots: asyncio.Semaphore

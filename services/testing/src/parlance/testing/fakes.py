@@ -68,6 +68,10 @@ class FakeGenerator:
     """A GeneratorClient double: answers every Generate with its `script` (or with
     `scripts[i]` for the i-th call) and counts prompt tokens as characters / 4."""
 
+    # No generator targets of its own: tests of models loaded at run time use
+    # FakeTargetsGenerator (fake_targets.py).
+    targets: tuple[()] = ()
+
     def __init__(self, max_model_len: int = 2048) -> None:
         self.max_model_len = max_model_len
         self.script = Script()

@@ -92,7 +92,8 @@ class Preparer:
         principal: Principal,
         system_prompt: str | None = None,
     ) -> PreparedChat:
-        model = await self.models.resolve(request.model)
+        # The user's id picks the model of a split alias (one user, one version).
+        model = await self.models.resolve(request.model, user=principal.user_id)
         new_messages: list[tuple[str, str]] = [(m.role, m.text()) for m in request.messages]
         prepared = PreparedChat(
             request=request,

@@ -23,6 +23,9 @@ from parlance.generator.v1 import generator_pb2, generator_pb2_grpc
 
 log = logging.getLogger(__name__)
 
+# LoadModel reads a model folder and starts its engine (seconds on CPU for a reward model).
+LOAD_TIMEOUT_S = 300.0
+
 
 class GeneratorTargetClient(BaseClient):
     """One generator target (an address, or a DNS name gRPC balances over). The gateway holds
@@ -75,6 +78,27 @@ class GeneratorTargetClient(BaseClient):
 
     async def score(self, request: generator_pb2.ScoreRequest) -> generator_pb2.ScoreResponse:
         return await self._unary(self.stub.Score, request, 60.0)
+
+    async def load_model(
+        self, request: generator_pb2.LoadModelRequest
+    ) -> generator_pb2.LoadModelResponse:
+        """LoadModel (never retried: a second try of a load that went through would be
+        ALREADY_EXISTS). A generator that does not load models at run time (no
+        GENERATOR_LOAD_ROOT: FAILED_PRECONDITION) is a 409 with its message, not a 500."""
+        try:
+            return await self.stub.LoadModel(
+                request, timeout=LOAD_TIMEOUT_S, metadata=outgoing_metadata()
+            )
+        except grpc.aio.AioRpcError as exc:
+            DEPENDENCY_ERRORS.labels(self.dependency, exc.code().name).inc()
+            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                raise errors.APIError(
+                    409, exc.details() or "refused", code="generator_refused"
+                ) from exc
+            raise to_api_error(exc, self.dependency, self.retry_after_s) from exc
+
+    async def unload_model(self, model_id: str) -> None:
+        await self._unary(self.stub.UnloadModel, generator_pb2.UnloadModelRequest(id=model_id))
 
     async def watch_health(self) -> AsyncIterator[bool]:
         """SERVING or not, each time the target's health changes (the first answer at once).

@@ -1,0 +1,343 @@
+"""Models registered at run time (README, "Registering models and splitting traffic").
+
+POST /v1/admin/models loads a model folder (a reward or embedding model, a LoRA adapter) on
+the generator targets with LoadModel: every serving target, or for an adapter those serving
+its parent. It is all or nothing: when one target refuses, the others unload it again and the
+generator's error is the answer. Registrations and run-time aliases live in Redis
+(registrations.py); every `sync_s` this process re-reads them and loads a registered model on
+any serving target that should list it and does not (a generator that restarted, a target
+that was down at registration, a registration made by another gateway replica).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from parlance.gateway import errors
+from parlance.gateway.clients import GeneratorClient
+from parlance.gateway.metrics import MODEL_REGISTRATIONS, MODELS_REGISTERED
+from parlance.gateway.models import ModelRegistry
+from parlance.gateway.redis_state import RedisUnavailable
+from parlance.gateway.registrations import Registration, RegistryStore
+from parlance.gateway.routing import Target, task_of
+from parlance.gateway.splits import Weights
+
+log = logging.getLogger(__name__)
+
+
+def _redis_down(retry_after_s: int) -> errors.APIError:
+    return errors.service_unavailable(
+        "The model registry is unavailable (Redis does not answer); retry shortly.", retry_after_s
+    )
+
+
+def _on_target(exc: errors.APIError, target: Target) -> errors.APIError:
+    """The generator's error, naming the target that gave it."""
+    return errors.APIError(
+        exc.status,
+        f"{exc.message} (generator target {target.url})",
+        type=exc.type,
+        param=exc.param,
+        code=exc.code,
+        headers=exc.headers,
+    )
+
+
+class RuntimeModels:
+    def __init__(
+        self,
+        generator: GeneratorClient,
+        models: ModelRegistry,
+        store: RegistryStore,
+        sync_s: float,
+        retry_after_s: int,
+    ) -> None:
+        self.generator = generator
+        self.models = models
+        self.store = store
+        self.sync_s = sync_s
+        self.retry_after_s = retry_after_s
+        # The last registrations read from Redis (in force while Redis is down).
+        self.registrations: dict[str, Registration] = {}
+        self._lock = asyncio.Lock()
+        self._reapplying: set[tuple[str, str]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+
+    # --- lifetime -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.sync()
+        self._loop_task = asyncio.create_task(self._sync_periodically())
+
+    async def close(self) -> None:
+        # The sync loop is stopped between two syncs, not cancelled inside a Redis command
+        # (redis-py's connection pool can hang the shutdown on a command cancelled midway).
+        self._stopping.set()
+        if self._loop_task is not None:
+            await self._loop_task
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _sync_periodically(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await asyncio.wait_for(self._stopping.wait(), self.sync_s)
+                return
+            except TimeoutError:
+                pass
+            try:
+                await self.sync()
+            except Exception:  # the loop must outlive any surprise
+                log.exception("model registry sync failed")
+
+    async def sync(self) -> None:
+        """Re-reads registrations and aliases from Redis, then re-applies what is missing."""
+        try:
+            registrations = await self.store.registrations()
+            aliases = await self.store.aliases()
+        except RedisUnavailable:
+            return
+        self.registrations = {k: r for k, r in registrations.items() if r.state == "ready"}
+        self.models.overrides = aliases
+        MODELS_REGISTERED.set(len(self.registrations))
+        self.reapply()
+
+    # --- where a registration belongs -----------------------------------------------------
+
+    @staticmethod
+    def belongs(registration: Registration, target: Target) -> bool:
+        return not registration.parent or registration.parent in target.models
+
+    def reapply(self) -> None:
+        """Loads each registered model on each serving target that should list it and does
+        not (in the background, one load per model and target at a time)."""
+        for target in self.generator.targets:
+            if not target.serving:
+                continue
+            for registration in self.registrations.values():
+                key = (target.url, registration.id)
+                missing = registration.id not in target.models
+                if missing and self.belongs(registration, target) and key not in self._reapplying:
+                    self._reapplying.add(key)
+                    task = asyncio.create_task(self._reapply_one(target, registration, key))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+
+    async def _reapply_one(
+        self, target: Target, registration: Registration, key: tuple[str, str]
+    ) -> None:
+        try:
+            await target.client.load_model(registration.request())
+            MODEL_REGISTRATIONS.labels("reapply", "ok").inc()
+            log.info(
+                "registered model loaded again",
+                extra={"model": registration.id, "target": target.url},
+            )
+            await self.generator.refresh()
+        except errors.APIError as exc:
+            MODEL_REGISTRATIONS.labels("reapply", "failed").inc()
+            log.warning(
+                "registered model could not be loaded again: %s",
+                exc.message,
+                extra={"model": registration.id, "target": target.url},
+            )
+        finally:
+            self._reapplying.discard(key)
+
+    # --- register and remove --------------------------------------------------------------
+
+    def _served(self) -> dict[str, Any]:
+        return {info.id: info for t in self.generator.targets for info in t.models.values()}
+
+    async def _check_new(self, registration: Registration) -> None:
+        served = self._served()
+        if registration.id in served or registration.id in self.registrations:
+            raise errors.APIError(
+                409,
+                f"A model with the id '{registration.id}' exists already.",
+                param="id",
+                code="model_exists",
+            )
+        if registration.id in self.models.aliases:
+            raise errors.APIError(
+                409,
+                f"'{registration.id}' is an alias; choose another id.",
+                param="id",
+                code="model_exists",
+            )
+        if registration.parent is not None:
+            self._check_parent(registration.parent, served)
+        if await self.store.retired(registration.id):
+            raise errors.APIError(
+                409,
+                f"The adapter id '{registration.id}' was registered before and removed; adapter "
+                "ids are never reused (register the adapter under a new name).",
+                param="id",
+                code="model_exists",
+            )
+
+    @staticmethod
+    def _check_parent(parent: str, served: dict[str, Any]) -> None:
+        info = served.get(parent)
+        if info is None:
+            raise errors.APIError(
+                404,
+                f"The parent model '{parent}' is not served by any generator.",
+                param="parent",
+                code="model_not_found",
+            )
+        if task_of(info) != "chat" or getattr(info, "parent", ""):
+            raise errors.invalid_request(
+                f"The parent '{parent}' must be a base chat model (not an adapter, not a "
+                f"{task_of(info)} model).",
+                param="parent",
+            )
+
+    def _targets_for(self, registration: Registration) -> list[Target]:
+        targets = [t for t in self.generator.targets if t.serving and self.belongs(registration, t)]
+        if not targets:
+            raise errors.service_unavailable(
+                "No generator target that could load the model is serving; retry later.",
+                self.retry_after_s,
+            )
+        return targets
+
+    async def register(self, registration: Registration) -> Registration:
+        async with self._lock:
+            try:
+                await self._check_new(registration)
+                targets = self._targets_for(registration)
+                if not await self.store.reserve(registration):
+                    raise errors.APIError(
+                        409,
+                        f"A model with the id '{registration.id}' is being registered.",
+                        param="id",
+                        code="model_exists",
+                    )
+            except RedisUnavailable:
+                raise _redis_down(self.retry_after_s) from None
+            except errors.APIError:
+                MODEL_REGISTRATIONS.labels("register", "rejected").inc()
+                raise
+            await self._load_everywhere(registration, targets)
+            self.registrations[registration.id] = registration
+            MODELS_REGISTERED.set(len(self.registrations))
+        MODEL_REGISTRATIONS.labels("register", "ok").inc()
+        log.info(
+            "model registered",
+            extra={"model": registration.id, "targets": [t.url for t in targets]},
+        )
+        await self.generator.refresh()
+        return registration
+
+    async def _load_everywhere(self, registration: Registration, targets: list[Target]) -> None:
+        """LoadModel on every target; on any failure, unloads it where it loaded, drops the
+        reservation and raises the first target's error."""
+        request = registration.request()
+        results = await asyncio.gather(
+            *(t.client.load_model(request) for t in targets), return_exceptions=True
+        )
+        failed = [
+            (t, r) for t, r in zip(targets, results, strict=True) if isinstance(r, BaseException)
+        ]
+        if not failed:
+            try:
+                await self.store.save(registration)
+                return
+            except RedisUnavailable:
+                failed = [(targets[0], _redis_down(self.retry_after_s))]
+        loaded = [
+            t for t, r in zip(targets, results, strict=True) if not isinstance(r, BaseException)
+        ]
+        await asyncio.gather(
+            *(t.client.unload_model(registration.id) for t in loaded), return_exceptions=True
+        )
+        try:
+            await self.store.remove(registration.id, retire=False)
+        except RedisUnavailable:
+            log.warning("could not drop a failed registration", extra={"model": registration.id})
+        MODEL_REGISTRATIONS.labels("register", "failed").inc()
+        target, error = failed[0]
+        if isinstance(error, errors.APIError):
+            raise _on_target(error, target)
+        raise error
+
+    async def remove(self, model_id: str) -> list[str]:
+        """Unregisters and unloads a model; the targets it was unloaded from."""
+        async with self._lock:
+            registration = self.registrations.get(model_id)
+            if registration is None:
+                raise errors.not_found(
+                    f"No model '{model_id}' was registered through the admin API (models of "
+                    "GENERATOR_MODELS are changed there).",
+                    param="model_id",
+                )
+            for alias, weights in self.models.aliases.items():
+                if any(m == model_id and w > 0 for m, w in weights):
+                    raise errors.APIError(
+                        409,
+                        f"The alias '{alias}' sends traffic to '{model_id}'; change the alias "
+                        "first (PUT /v1/admin/aliases/{alias}).",
+                        param="model_id",
+                        code="model_in_use",
+                    )
+            try:
+                await self.store.remove(model_id, retire=registration.parent is not None)
+            except RedisUnavailable:
+                raise _redis_down(self.retry_after_s) from None
+            del self.registrations[model_id]
+            MODELS_REGISTERED.set(len(self.registrations))
+            listing = [t for t in self.generator.targets if model_id in t.models]
+            results = await asyncio.gather(
+                *(t.client.unload_model(model_id) for t in listing), return_exceptions=True
+            )
+        for target, result in zip(listing, results, strict=True):
+            if isinstance(result, BaseException):
+                log.warning(
+                    "registered model could not be unloaded: %s",
+                    result,
+                    extra={"model": model_id, "target": target.url},
+                )
+        MODEL_REGISTRATIONS.labels("remove", "ok").inc()
+        await self.generator.refresh()
+        return [t.url for t, r in zip(listing, results, strict=True) if r is None]
+
+    # --- aliases --------------------------------------------------------------------------
+
+    async def set_alias(self, alias: str, weights: Weights) -> None:
+        if alias in self._served():
+            raise errors.invalid_request(
+                f"'{alias}' is a model id; an alias needs a name of its own.", param="alias"
+            )
+        known = set(self._served()) | set(self.registrations)
+        unknown = [m for m, _ in weights if m not in known]
+        if unknown:
+            raise errors.APIError(
+                404,
+                f"No model '{unknown[0]}' is served or registered.",
+                param="weights",
+                code="model_not_found",
+            )
+        try:
+            await self.store.set_alias(alias, weights)
+        except RedisUnavailable:
+            raise _redis_down(self.retry_after_s) from None
+        self.models.overrides = {**self.models.overrides, alias: weights}
+
+    async def delete_alias(self, alias: str) -> None:
+        try:
+            removed = await self.store.delete_alias(alias)
+        except RedisUnavailable:
+            raise _redis_down(self.retry_after_s) from None
+        if not removed:
+            raise errors.not_found(
+                f"No run-time alias '{alias}' (aliases of GATEWAY_MODEL_ALIASES are changed "
+                "there, or replaced with PUT).",
+                param="alias",
+            )
+        self.models.overrides = {a: w for a, w in self.models.overrides.items() if a != alias}

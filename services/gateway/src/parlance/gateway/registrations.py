@@ -1,0 +1,134 @@
+"""Models registered and aliases set through the admin API, kept in Redis.
+
+Why Redis: the gateway already depends on it, every gateway replica reads the same keys (one
+registers, all of them route to it and re-apply it), and it outlives both a gateway restart
+and a generator restart; the generators keep run-time models in memory only, so the gateway
+must remember them. The keys, under GATEWAY_REGISTRY_REDIS_PREFIX:
+
+- `<prefix>:models`: hash, model id → JSON Registration (state "loading" while the first
+  loads run, "ready" after; only ready ones are re-applied, so a replica never races a load).
+- `<prefix>:aliases`: hash, alias → JSON {model id: weight} (replaces a configured alias).
+- `<prefix>:retired`: set of adapter ids that were removed: an adapter id is never registered
+  again (vLLM keys its prefix cache by adapter name; other weights under an old name could be
+  served stale blocks).
+
+Redis keeps them as long as Redis persists its data (the compose service has a volume and
+Redis's default snapshots); when Redis does not answer, the admin routes answer 503 and the
+last registrations read stay in force.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from parlance.gateway.redis_state import RedisState
+from parlance.gateway.splits import Weights
+from parlance.generator.v1 import generator_pb2
+
+TASKS = {
+    "chat": generator_pb2.MODEL_TASK_CHAT,
+    "embed": generator_pb2.MODEL_TASK_EMBED,
+    "reward": generator_pb2.MODEL_TASK_REWARD,
+}
+
+
+@dataclass(frozen=True)
+class Registration:
+    id: str
+    task: str
+    path: str
+    # LoRA adapters: the chat model they apply to (loaded only where it is served).
+    parent: str | None = None
+    settings: dict[str, str] = field(default_factory=dict)
+    created_at: int = field(default_factory=lambda: int(time.time()))
+    state: str = "ready"
+
+    def request(self) -> generator_pb2.LoadModelRequest:
+        request = generator_pb2.LoadModelRequest(
+            id=self.id, task=TASKS[self.task], path=self.path, settings=self.settings
+        )
+        if self.parent:
+            # The field exists from the generator proto that serves adapters on.
+            request.parent = self.parent
+        return request
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Registration:
+        data: dict[str, Any] = json.loads(text)
+        return cls(
+            id=str(data["id"]),
+            task=str(data["task"]),
+            path=str(data["path"]),
+            parent=data.get("parent") or None,
+            settings={str(k): str(v) for k, v in (data.get("settings") or {}).items()},
+            created_at=int(data.get("created_at") or 0),
+            state=str(data.get("state") or "ready"),
+        )
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class RegistryStore:
+    """The Redis keys above. Every method raises RedisUnavailable when Redis does not answer."""
+
+    def __init__(self, redis: RedisState, prefix: str) -> None:
+        self.redis = redis
+        self.models_key = f"{prefix}:models"
+        self.aliases_key = f"{prefix}:aliases"
+        self.retired_key = f"{prefix}:retired"
+
+    async def registrations(self) -> dict[str, Registration]:
+        raw = await self.redis.run(lambda r: r.hgetall(self.models_key))
+        found = (Registration.from_json(value) for value in raw.values())
+        return {reg.id: reg for reg in sorted(found, key=lambda r: (r.created_at, r.id))}
+
+    async def aliases(self) -> dict[str, Weights]:
+        raw = await self.redis.run(lambda r: r.hgetall(self.aliases_key))
+        result: dict[str, Weights] = {}
+        for alias, value in raw.items():
+            pairs = json.loads(value)
+            result[_text(alias)] = tuple((str(m), float(w)) for m, w in pairs)
+        return result
+
+    async def reserve(self, registration: Registration) -> bool:
+        """Takes the id for a registration about to load (False: it is taken)."""
+        loading = Registration(**{**asdict(registration), "state": "loading"})
+        return bool(
+            await self.redis.run(
+                lambda r: r.hsetnx(self.models_key, registration.id, loading.to_json())
+            )
+        )
+
+    async def save(self, registration: Registration) -> None:
+        await self.redis.run(
+            lambda r: r.hset(self.models_key, registration.id, registration.to_json())
+        )
+
+    async def remove(self, model_id: str, retire: bool) -> None:
+        async def op(r: Any) -> None:
+            async with r.pipeline(transaction=True) as pipe:
+                pipe.hdel(self.models_key, model_id)
+                if retire:
+                    pipe.sadd(self.retired_key, model_id)
+                await pipe.execute()
+
+        await self.redis.run(op)
+
+    async def retired(self, model_id: str) -> bool:
+        return bool(await self.redis.run(lambda r: r.sismember(self.retired_key, model_id)))
+
+    async def set_alias(self, alias: str, weights: Weights) -> None:
+        # A list of pairs, not an object: the order of a split is part of it (splits.py).
+        value = json.dumps([[m, w] for m, w in weights])
+        await self.redis.run(lambda r: r.hset(self.aliases_key, alias, value))
+
+    async def delete_alias(self, alias: str) -> bool:
+        return bool(await self.redis.run(lambda r: r.hdel(self.aliases_key, alias)))

@@ -1,0 +1,284 @@
+"""The admin model API in process (model_registry.py, routes/admin_models.py): registering and
+removing run-time models on the generator targets, all or nothing, persisted in the real
+Redis and re-applied; aliases with traffic splits; the model report. The generator targets are
+FakeTargetsGenerator's (a test double of the pool's targets; the real LoadModel is exercised
+through the real stack in tests/test_model_registry.py)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from parlance.gateway import errors
+from parlance.testing.fake_targets import FakeTargetsGenerator
+from parlance.testing.fakes import FAKE_MODEL, wait_for
+from parlance.testing.inprocess import InProcessGateway, inprocess_gateway
+
+ADMIN_KEY = "sk-admin-registry-0123456789"
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+TARGETS = ("generator-a:50051", "generator-b:50051")
+
+
+@asynccontextmanager
+async def admin_gateway(
+    tmp_path: Path, prefix: str, generator: FakeTargetsGenerator | None = None
+) -> AsyncIterator[InProcessGateway]:
+    generator = generator or FakeTargetsGenerator(str(tmp_path), TARGETS)
+    async with inprocess_gateway(
+        tmp_path,
+        generator=generator,
+        admin_key=ADMIN_KEY,
+        registry_redis_prefix=prefix,
+        registry_sync_s=0.05,
+    ) as gateway:
+        yield gateway
+
+
+@pytest.fixture
+async def prefix() -> AsyncIterator[str]:
+    name = f"test-registry-{uuid.uuid4().hex[:8]}"
+    yield name
+    import redis.asyncio as aioredis
+
+    from parlance.testing.inprocess import REDIS_URL
+
+    redis = aioredis.from_url(REDIS_URL)
+    async for key in redis.scan_iter(match=f"{name}:*"):
+        await redis.delete(key)
+    await redis.aclose()
+
+
+@pytest.fixture
+async def gw(tmp_path: Path, prefix: str) -> AsyncIterator[InProcessGateway]:
+    async with admin_gateway(tmp_path, prefix) as gateway:
+        yield gateway
+
+
+def reward_folder(root: Path, name: str = "reward-x@1a2b3c4d") -> dict[str, Any]:
+    folder = root / name
+    folder.mkdir()
+    (folder / "model_card.json").write_text(json.dumps({"id": name, "eval": {"accuracy": 0.9}}))
+    return {"id": name, "task": "reward", "path": str(folder)}
+
+
+def targets_of(gw: InProcessGateway) -> list[Any]:
+    return list(gw.generator.targets)  # type: ignore[attr-defined]
+
+
+async def test_admin_routes_need_the_admin_key(gw: InProcessGateway) -> None:
+    for method, path in [
+        ("GET", "/v1/admin/models"),
+        ("POST", "/v1/admin/models"),
+        ("DELETE", "/v1/admin/models/x"),
+        ("GET", "/v1/admin/models/report"),
+        ("PUT", "/v1/admin/aliases/default"),
+    ]:
+        anonymous = await gw.client.request(method, path)
+        assert anonymous.status_code == 401, (method, path)
+        user = await gw.client.request(method, path, headers=gw.alice.headers)
+        assert user.status_code == 403, (method, path)
+        assert user.json()["error"]["code"] == "permission_denied"
+
+
+async def test_register_list_and_remove_a_reward_model(
+    gw: InProcessGateway, tmp_path: Path
+) -> None:
+    body = reward_folder(tmp_path)
+    created = await gw.client.post("/v1/admin/models", json=body, headers=ADMIN)
+    assert created.status_code == 201, created.text
+    assert [t["status"] for t in created.json()["targets"]] == ["loaded", "loaded"]
+    assert all(body["id"] in t.loaded for t in targets_of(gw))
+
+    models = (await gw.client.get("/v1/models", headers=gw.alice.headers)).json()["data"]
+    assert {"id": body["id"], "task": "reward"}.items() <= {
+        k: v for m in models if m["id"] == body["id"] for k, v in m.items()
+    }.items()
+    listed = (await gw.client.get("/v1/admin/models", headers=ADMIN)).json()["data"]
+    assert [(m["id"], m["task"], m["card"]["eval"]) for m in listed] == [
+        (body["id"], "reward", {"accuracy": 0.9})
+    ]
+
+    again = await gw.client.post("/v1/admin/models", json=body, headers=ADMIN)
+    assert again.status_code == 409 and again.json()["error"]["code"] == "model_exists"
+
+    removed = await gw.client.delete(f"/v1/admin/models/{body['id']}", headers=ADMIN)
+    assert removed.status_code == 200, removed.text
+    assert sorted(removed.json()["unloaded"]) == sorted(TARGETS)
+    assert all(body["id"] not in t.loaded for t in targets_of(gw))
+    gone = await gw.client.delete(f"/v1/admin/models/{body['id']}", headers=ADMIN)
+    assert gone.status_code == 404
+
+
+async def test_a_refusing_target_leaves_nothing_registered(
+    gw: InProcessGateway, tmp_path: Path
+) -> None:
+    a, b = targets_of(gw)
+    b.refuse = errors.invalid_request("cannot load it as a reward model: bad config", "path")
+    body = reward_folder(tmp_path)
+    refused = await gw.client.post("/v1/admin/models", json=body, headers=ADMIN)
+    assert refused.status_code == 400
+    error = refused.json()["error"]
+    assert "bad config" in error["message"] and "generator-b:50051" in error["message"]
+    assert error["param"] == "path"
+    assert body["id"] not in a.loaded and a.unloads == [body["id"]]
+    assert (await gw.client.get("/v1/admin/models", headers=ADMIN)).json()["data"] == []
+    # The id is free again: with the target fixed, the same registration goes through.
+    b.refuse = None
+    assert (await gw.client.post("/v1/admin/models", json=body, headers=ADMIN)).status_code == 201
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "param"),
+    [
+        ({"path": "/etc"}, 400, "path"),
+        ({"id": FAKE_MODEL}, 409, "id"),
+        ({"id": "has space"}, 400, None),
+        ({"task": "chat"}, 400, "parent"),
+        ({"task": "chat", "parent": "no-such-model"}, 404, "parent"),
+        ({"parent": FAKE_MODEL}, 400, "parent"),
+        ({"task": "classify"}, 400, None),
+    ],
+)
+async def test_bad_registrations_are_clear_errors(
+    gw: InProcessGateway, tmp_path: Path, change: dict[str, Any], status: int, param: str | None
+) -> None:
+    body = reward_folder(tmp_path) | change
+    response = await gw.client.post("/v1/admin/models", json=body, headers=ADMIN)
+    assert response.status_code == status, response.text
+    if param is not None:
+        assert response.json()["error"]["param"] == param
+    assert all(not t.loaded for t in targets_of(gw))
+
+
+async def test_adapters_load_where_their_parent_is_and_are_never_reused(
+    tmp_path: Path, prefix: str
+) -> None:
+    generator = FakeTargetsGenerator(str(tmp_path), TARGETS)
+    async with admin_gateway(tmp_path, prefix, generator) as gw:
+        a, b = targets_of(gw)
+        b.serving = False  # its parent is not served there: not a target of the adapter
+        folder = tmp_path / "tuned@00112233"
+        folder.mkdir()
+        body = {"id": folder.name, "task": "chat", "path": str(folder), "parent": FAKE_MODEL}
+        created = await gw.client.post("/v1/admin/models", json=body, headers=ADMIN)
+        assert created.status_code == 201, created.text
+        assert a.load_requests[-1].parent == FAKE_MODEL
+        assert folder.name in a.loaded
+        removed = await gw.client.delete(f"/v1/admin/models/{folder.name}", headers=ADMIN)
+        assert removed.status_code == 200
+        again = await gw.client.post("/v1/admin/models", json=body, headers=ADMIN)
+        assert again.status_code == 409
+        assert "never reused" in again.json()["error"]["message"]
+
+
+async def test_registrations_survive_generator_and_gateway_restarts(
+    tmp_path: Path, prefix: str
+) -> None:
+    body = reward_folder(tmp_path)
+    async with admin_gateway(tmp_path, prefix) as gw:
+        created = await gw.client.post("/v1/admin/models", json=body, headers=ADMIN)
+        assert created.status_code == 201
+        b = targets_of(gw)[1]
+        b.restart()  # a generator restart loses its run-time models
+        await wait_for(lambda: body["id"] in b.loaded)
+    # A new gateway (same Redis) before generators that never saw the model.
+    fresh = FakeTargetsGenerator(str(tmp_path), TARGETS)
+    async with admin_gateway(tmp_path, prefix, fresh) as gw:
+        await wait_for(lambda: all(body["id"] in t.loaded for t in fresh.targets))
+        listed = (await gw.client.get("/v1/admin/models", headers=ADMIN)).json()["data"]
+        assert [m["id"] for m in listed] == [body["id"]]
+
+
+async def test_a_split_alias_sends_each_user_to_one_version(
+    gw: InProcessGateway, tmp_path: Path
+) -> None:
+    gw.generator.extra_chat_models = ["tuned"]
+    split = {"weights": {FAKE_MODEL: 50, "tuned": 50}}
+    put = await gw.client.put("/v1/admin/aliases/default", json=split, headers=ADMIN)
+    assert put.status_code == 200, put.text
+    assert put.json()["percent"] == {FAKE_MODEL: 50.0, "tuned": 50.0}
+    cards = (await gw.client.get("/v1/models", headers=gw.alice.headers)).json()["data"]
+    assert cards[0]["id"] == "default" and cards[0]["split"] == {FAKE_MODEL: 50.0, "tuned": 50.0}
+
+    users = [await gw.create_key() for _ in range(8)]
+    seen: dict[str, set[str]] = {}
+    for _ in range(2):
+        for user in users:
+            response = await gw.chat(gw.body(model="default", store=True), caller=user)
+            assert response.status_code == 200, response.text
+            body = response.json()
+            seen.setdefault(user.user_id, set()).add(body["model"])
+            stored = gw.history.stored(body["conversation_id"])[-1]
+            assert stored.model == body["model"]  # history keeps the exact model id
+    assert all(len(models) == 1 for models in seen.values())
+    assert {m for models in seen.values() for m in models} == {FAKE_MODEL, "tuned"}
+
+    report = await gw.client.get("/v1/admin/models/report", headers=ADMIN)
+    assert report.status_code == 200, report.text
+    answers = {row["model"]: row["answers"] for row in report.json()["data"]}
+    expected: dict[str, int] = {}
+    for models in seen.values():
+        (model,) = models
+        expected[model] = expected.get(model, 0) + 2
+    assert answers == expected
+
+
+async def test_alias_errors(gw: InProcessGateway, tmp_path: Path) -> None:
+    async def put(alias: str, body: dict[str, Any]) -> Any:
+        return await gw.client.put(f"/v1/admin/aliases/{alias}", json=body, headers=ADMIN)
+
+    assert (await put("default", {"weights": {"nope": 1}})).status_code == 404
+    assert (await put(FAKE_MODEL, {"model": FAKE_MODEL})).status_code == 400
+    assert (await put("default", {"weights": {FAKE_MODEL: 0}})).status_code == 400
+    assert (await put("default", {"weights": {FAKE_MODEL: True}})).status_code == 400
+    assert (await put("default", {})).status_code == 400
+    assert (await gw.client.delete("/v1/admin/aliases/default", headers=ADMIN)).status_code == 404
+    # A model an alias sends traffic to is not removed under it.
+    body = reward_folder(tmp_path)
+    assert (await gw.client.post("/v1/admin/models", json=body, headers=ADMIN)).status_code == 201
+    assert (await put("scorer", {"model": body["id"]})).status_code == 200
+    in_use = await gw.client.delete(f"/v1/admin/models/{body['id']}", headers=ADMIN)
+    assert in_use.status_code == 409 and "scorer" in in_use.json()["error"]["message"]
+    assert (await gw.client.delete("/v1/admin/aliases/scorer", headers=ADMIN)).status_code == 200
+    listed = (await gw.client.get("/v1/admin/aliases", headers=ADMIN)).json()["data"]
+    assert listed == []
+
+
+async def test_report_statistics(gw: InProcessGateway) -> None:
+    from parlance.history.v1 import history_pb2
+
+    async def report(request: Any) -> Any:
+        assert request.intent == "coding" and request.since.seconds == 1_700_000_000
+        return history_pb2.GetModelReportResponse(
+            models=[
+                history_pb2.ModelReportRow(
+                    model="base", answers=300, rated_answers=263, thumbs_up=81, flagged_answers=3
+                ),
+                history_pb2.ModelReportRow(model="tuned", answers=10),
+            ],
+            comparisons=[
+                history_pb2.ComparisonOutcome(chosen_model="tuned", rejected_model="base", count=6),
+                history_pb2.ComparisonOutcome(chosen_model="base", rejected_model="tuned", count=2),
+            ],
+        )
+
+    gw.history.get_model_report = report  # type: ignore[method-assign]
+    response = await gw.client.get(
+        "/v1/admin/models/report?since=1700000000&intent=coding", headers=ADMIN
+    )
+    assert response.status_code == 200, response.text
+    base, tuned = response.json()["data"]
+    assert base["thumbs_up_rate_ci95"] == pytest.approx([0.2553, 0.3662], abs=5e-5)
+    assert base["flag_rate"] == pytest.approx(0.01)
+    assert (base["comparisons_won"], base["comparisons_lost"]) == (2, 6)
+    assert tuned["thumbs_up_rate"] is None and tuned["rated_answers"] == 0
+    assert tuned["strength"] > 0 > base["strength"]
+    assert tuned["strength_ci95"][0] <= tuned["strength"] <= tuned["strength_ci95"][1]
+    bad = await gw.client.get("/v1/admin/models/report?since=yesterday", headers=ADMIN)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "since"
