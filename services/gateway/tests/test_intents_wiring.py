@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from parlance.testing.fakes import FakeGenerator
+from parlance.testing.fakes import FakeGenerator, Script
 from parlance.testing.inprocess import InProcessGateway, inprocess_gateway
 
 ROUTES = """
@@ -110,10 +110,13 @@ async def test_a_reasked_question_is_implicit_feedback_on_the_answer_before(
     assert answer.role == "assistant"
 
     not_before = reasks("not_reask")
+    embeds = len(gw.generator.embed_requests)
     other = await gw.chat(gw.body(NEW_TOPIC, conversation_id=conversation))
     assert other.status_code == 200
     await eventually(lambda: reasks("not_reask") == not_before + 1)
     assert gw.history.implicit_feedback == []
+    # One embedding call, the new message's: the previous one's vector was remembered.
+    assert len(gw.generator.embed_requests) == embeds + 1
 
     # The re-ask follows the cooking answer now: that answer gets the weak negative.
     cooking_answer = gw.history.stored(conversation)[-1]
@@ -148,3 +151,51 @@ async def test_no_reask_signal_without_a_threshold_or_a_stored_conversation(
         await asyncio.sleep(0.1)
         assert gw.history.implicit_feedback == []
         assert len(gw.generator.embed_requests) == embeds
+
+
+async def test_the_route_system_prompt_counts_when_the_context_is_fitted(tmp_path: Path) -> None:
+    # A 300-token window, 50 for the answer: the stored exchange and the new question fit
+    # alone (about 40 tokens) but not beside the route's long system prompt (about 225).
+    prompt = "You are a careful programming assistant. " * 22
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(ROUTES.replace("You are a careful programming assistant.", prompt.strip()))
+    fake = FakeGenerator(max_model_len=300)
+    fake.embedding = True
+    async with inprocess_gateway(tmp_path, generator=fake, intent_routes=str(routes)) as gw:
+        first = await gw.chat(gw.body(QUESTION, store=True, max_tokens=50))
+        conversation = first.json()["conversation_id"]
+        second = await gw.chat(gw.body(REASKED, conversation_id=conversation, max_tokens=50))
+        assert second.status_code == 200, second.text
+        sent = gw.generator.requests[-1].chat.messages
+        # The stored exchange was dropped to make room: the system prompt and the question.
+        assert [(m.role, m.content) for m in sent] == [
+            ("system", prompt.strip()),
+            ("user", REASKED),
+        ]
+        assert gw.generator.count_requests[-1].chat.messages[0].content == prompt.strip()
+
+
+async def test_the_tpm_reservation_follows_the_route(tmp_path: Path) -> None:
+    # The route sets max_tokens 900: a request without max_tokens is admitted on the default
+    # estimate (~271 tokens of 1000), then its reservation grows to the route's ~915, so a
+    # second one in the same minute no longer fits while the first is running.
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(
+        ROUTES.replace(
+            "    system_prompt: You are a careful programming assistant.\n",
+            "    system_prompt: You are a careful programming assistant.\n"
+            "    sampling: {max_tokens: 900}\n",
+        )
+    )
+    fake = generator()
+    fake.scripts = [Script(hang_after=1)]
+    async with inprocess_gateway(tmp_path, generator=fake, intent_routes=str(routes)) as gw:
+        caller = await gw.create_key(tpm=1000)
+        first = asyncio.create_task(gw.chat(gw.body(QUESTION), caller=caller))
+        await eventually(lambda: fake.in_flight == 1)
+        second = await gw.chat(gw.body(QUESTION), caller=caller)
+        assert second.status_code == 429, second.text
+        assert "Rate limit reached for tokens" in second.json()["error"]["message"]
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first

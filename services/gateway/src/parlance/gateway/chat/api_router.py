@@ -176,6 +176,19 @@ async def create_chat_completion(
 ) -> Response:
     prepared = await state.chat.prepare(admitted.body, admitted.caller)
     admitted.limits.prepared = prepared
+    intents = state.chat.preparer.intents
+    if prepared.intent is not None and intents is not None:
+        # The TPM reservation was estimated before routing; the route may have set max_tokens
+        # and added a system prompt.
+        settings = state.settings
+        estimate = estimate_tokens(
+            prepared.request,
+            settings.tpm_completion_estimate,
+            max_tokens_limit(admitted.caller, settings),
+        )
+        state.chat.background.spawn(
+            admitted.limits.reestimate(intents.routed_estimate(prepared, estimate))
+        )
     admitted.timing.mark("context")
     if prepared.intent is not None:
         headers[INTENT_HEADER] = prepared.intent.name

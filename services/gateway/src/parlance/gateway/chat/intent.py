@@ -17,6 +17,7 @@ from parlance.gateway.clients import GeneratorClient
 from parlance.gateway.config import GatewaySettings
 from parlance.gateway.intents import (
     DEFAULT_ROUTE,
+    CachedEmbedder,
     GeneratorEmbedder,
     IntentMatch,
     IntentRouter,
@@ -68,6 +69,15 @@ class IntentStep:
         lowered = model.lower()
         return lowered == DEFAULT_ALIAS or lowered in {a.lower() for a in self.models.aliases}
 
+    def routed_estimate(self, prepared: PreparedChat, estimate: int) -> int:
+        """The TPM estimate of a routed request (`estimate`: of its messages and max_tokens)
+        with the route's system prompt, which is not among its messages (~4 characters a
+        token, as chat/limits.py estimates)."""
+        if prepared.intent is None:
+            return estimate
+        prompt = self.router.actions_for(prepared.intent).system_prompt or ""
+        return estimate + ((len(prompt) + 8) // 4 if prompt else 0)
+
     async def classify(self, request: ChatCompletionRequest) -> IntentMatch:
         messages = [{"role": m.role, "content": m.text()} for m in request.messages]
         try:
@@ -107,7 +117,9 @@ async def load_router(
     stops the start-up with the reason (file, route and line)."""
     if not settings.intent_routes:
         return None
-    embedder = GeneratorEmbedder(generator, models.resolve, settings.intent_embed_model)
+    embedder = CachedEmbedder(
+        GeneratorEmbedder(generator, models.resolve, settings.intent_embed_model)
+    )
     try:
         router = await IntentRouter.load(
             settings.intent_routes, embedder, reload_check_s=settings.intent_reload_check_s

@@ -89,6 +89,21 @@ class RequestLimits:
             headers,
         )
 
+    async def reestimate(self, estimate: int) -> None:
+        """A new estimate once intent routing changed the request (a route's max_tokens or
+        system prompt): the reservation moves by the difference, without a second check (the
+        request was admitted). The estimate changes before the await, so that a settlement
+        running meanwhile reconciles against the new one (the sum stays right in any order):
+        it may run in the background, off the way to the first token."""
+        change = estimate - self.estimate
+        self.estimate = estimate
+        if self.tpm <= 0 or change == 0:
+            return
+        try:
+            await self.limiter.adjust("tpm", self.caller.key_id, self.tpm, change)
+        except Exception:
+            log.warning("TPM reservation not adjusted to the intent route", exc_info=True)
+
     async def _refund_all(self) -> None:
         if self.tpm > 0:
             await self.limiter.adjust("tpm", self.caller.key_id, self.tpm, -self.estimate)

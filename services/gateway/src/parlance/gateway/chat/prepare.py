@@ -107,7 +107,9 @@ class Preparer:
         stored_context = await self._load_conversation(prepared)
         new_context = [convert.chat_message(role, text) for role, text in new_messages]
         if stored_context:
-            prepared.context.extend(await self._fit_context(prepared, stored_context, new_context))
+            prepared.context.extend(
+                await self._fit_context(prepared, stored_context, new_context, system_prompt)
+            )
         else:
             prepared.context.extend(new_context)
         if system_prompt:  # an intent route's: first in the whole context, never stored
@@ -158,11 +160,17 @@ class Preparer:
         return [convert.chat_message(m.role, m.content) for m in stored.messages]
 
     async def _fit_context(
-        self, prepared: PreparedChat, stored: Messages, new: Messages
+        self,
+        prepared: PreparedChat,
+        stored: Messages,
+        new: Messages,
+        system_prompt: str | None = None,
     ) -> Messages:
         """The stored conversation trimmed, oldest messages first, so that it and the request's
         messages fit the model's window with room for the answer. Messages the request sends
-        itself are never dropped: when they alone do not fit, the generator says so (400)."""
+        itself are never dropped: when they alone do not fit, the generator says so (400).
+        An intent route's system prompt, put first afterwards, is counted with them."""
+        pinned = [convert.chat_message("system", system_prompt)] if system_prompt else []
         window = next(
             (m.max_model_len for m in await self.models.list() if m.id == prepared.model), 0
         )
@@ -176,7 +184,7 @@ class Preparer:
         )
 
         async def count(messages: Messages) -> int:
-            return await count_tokens(self.generator, prepared.model, messages)
+            return await count_tokens(self.generator, prepared.model, [*pinned, *messages])
 
         fitted = await fit_context(parts, budget, count)
         if fitted.dropped:

@@ -2,7 +2,7 @@
 the newest user message classified by the embedding model, the route's actions applied."""
 
 from parlance.gateway.intents.apply import apply_actions
-from parlance.gateway.intents.embedder import GeneratorEmbedder
+from parlance.gateway.intents.embedder import CachedEmbedder, GeneratorEmbedder
 from parlance.gateway.intents.reask import PreviousTurn, ReaskSignal, previous_turn
 from parlance.gateway.intents.router import (
     SERVER_TIMING_STAGE,
@@ -25,6 +25,7 @@ __all__ = [
     "DEFAULT_ROUTE",
     "SERVER_TIMING_STAGE",
     "Actions",
+    "CachedEmbedder",
     "Embedder",
     "GeneratorEmbedder",
     "IntentMatch",

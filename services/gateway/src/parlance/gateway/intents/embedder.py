@@ -3,7 +3,9 @@ gateway's GeneratorClient (so replicas and failover apply), for the model resolv
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from parlance.common.request_id import get_request_id, new_request_id
 from parlance.gateway.clients import GeneratorClient
@@ -49,3 +51,27 @@ class GeneratorEmbedder:
         )
         reply = await self.generator.embed(request)
         return [list(e.values) for e in reply.embeddings]
+
+
+class CachedEmbedder:
+    """An Embedder that remembers the vectors of the last `size` texts (least recently used
+    out): a message sent again (a regenerated answer, "thanks") is classified without an
+    embedding call, and the re-ask signal finds the previous message's vector here."""
+
+    def __init__(self, inner: Any, size: int = 4096) -> None:
+        self.inner = inner
+        self.size = size
+        self._vectors: OrderedDict[str, Sequence[float]] = OrderedDict()
+
+    async def embed(self, texts: list[str]) -> list[Sequence[float]]:
+        missing = list(dict.fromkeys(t for t in texts if t not in self._vectors))
+        if missing:
+            for text, vector in zip(missing, await self.inner.embed(missing), strict=True):
+                self._vectors[text] = vector
+        found = []
+        for text in texts:
+            self._vectors.move_to_end(text)
+            found.append(self._vectors[text])
+        while len(self._vectors) > self.size:
+            self._vectors.popitem(last=False)
+        return found

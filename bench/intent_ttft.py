@@ -1,0 +1,175 @@
+"""Intent routing's cost in time to first token (issue 18): the same streamed chat requests
+through two gateways on the same services, one with routing on (the shipped route file) and
+one with it off, interleaved in rounds (on, off, on, off, ...) so that the noise of a shared
+machine hits both alike, at concurrency 1 and 32.
+
+The stack runs as processes (bench/lib/stack.py) with a redis-server of its own. The generator
+serves a scripted chat model (a fixed 8-word reply, unpaced: the model's own time out of the
+way, so that what differs is the gateway's work) and all-MiniLM-L6-v2 (the embedding model
+routing classifies with, as `make up` pairs them). Both gateways moderate input and output as
+shipped (profanity classifier), cache off, no history writes (store false), limits too high to
+refuse. Classification runs beside input moderation, so what it adds to the first token is
+about the part of it that outlasts moderation, plus CPU it takes from the rest.
+
+Each request's prompt is a different message of the intent evaluation set (a real mix of
+lengths and intents; a message repeated only after the whole set), so the embedding model does
+real work.
+
+    .venv/bin/python bench/intent_ttft.py          # writes bench/results/intent_ttft.md
+    .venv/bin/python bench/intent_ttft.py --quick --out /tmp/intent_ttft.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import time
+
+from lib.client import ChatClient, ChatResult, chat_body
+from lib.loop import closed_loop
+from lib.procs import load_average
+from lib.report import ROOT, Report, out_argument, table
+from lib.stack import ALICE_KEY, LIMITS_HIGH, MODEL, BenchStack
+from lib.stats import fmt, percentile
+
+EMBED = "all-MiniLM-L6-v2"
+ROUTES = ROOT / "services/gateway/src/parlance/gateway/intents/default_routes.yaml"
+MESSAGES = ROOT / "bench/data/intents/messages.tsv"
+GENERATOR_MODELS = [
+    {
+        "id": MODEL,
+        "engine": "scripted",
+        "settings": {"scripted_tokens_per_s": 0, "scripted_text": "Sure, here is a short answer."},
+    },
+    {"id": EMBED, "engine": "transformers", "task": "embed"},
+]
+GATEWAY_ENV = {
+    **LIMITS_HIGH,
+    "GATEWAY_CACHE_ENABLED": "false",
+    "GATEWAY_MODEL_ALIASES": json.dumps({"default": MODEL}),
+    "GATEWAY_INTENT_ROUTES": str(ROUTES),
+}
+NO_CACHE = {"Cache-Control": "no-cache"}
+
+
+def prompts() -> list[str]:
+    with MESSAGES.open(encoding="utf-8", newline="") as handle:
+        return [r["text"] for r in csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)]
+
+
+async def one_round(
+    client: ChatClient, texts: list[str], offset: int, workers: int, count: int
+) -> list[ChatResult]:
+    async def request(worker: int, index: int) -> ChatResult:
+        text = texts[(offset + index) % len(texts)]
+        body = chat_body(text, "default", max_tokens=8)
+        return await client.stream(body, headers=NO_CACHE, lane=worker)
+
+    block = await closed_loop(request, workers, count=count)
+    return block.results
+
+
+async def measure(
+    urls: dict[str, str], texts: list[str], workers: int, rounds: int, per_round: int
+) -> dict[str, list[ChatResult]]:
+    results: dict[str, list[ChatResult]] = {name: [] for name in urls}
+    clients = {name: ChatClient(url, ALICE_KEY, timeout_s=120) for name, url in urls.items()}
+    try:
+        # Warm-up: connections, the embedding model's first calls, the gateways' caches.
+        for client in clients.values():
+            await one_round(client, texts, 0, workers, workers)
+        offset = 0
+        for _ in range(rounds):
+            for name, client in clients.items():
+                # The same prompts through both gateways in each round.
+                results[name] += await one_round(client, texts, offset, workers, per_round)
+            offset += per_round
+    finally:
+        for client in clients.values():
+            await client.aclose()
+    return results
+
+
+def row(name: str, results: list[ChatResult], base_p50: float | None) -> list[str]:
+    ok = [r for r in results if r.ok and r.ttft_s is not None]
+    ttft = [1000 * r.ttft_s for r in ok if r.ttft_s is not None]
+    stage = [r.server_timing().get("intent", float("nan")) for r in ok]
+    stage = [s for s in stage if s == s]
+    p50 = percentile(ttft, 50)
+    added = "-" if base_p50 is None else fmt(p50 - base_p50, 2)
+    return [
+        name,
+        str(len(ok)),
+        str(len(results) - len(ok)),
+        fmt(p50, 2),
+        fmt(percentile(ttft, 90), 2),
+        fmt(percentile(ttft, 99), 2),
+        added,
+        fmt(percentile(stage, 50), 2) if stage else "-",
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    out_argument(parser, "intent_ttft.md")
+    parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    args = parser.parse_args()
+    texts = prompts()
+    plan = [(1, 4, 15), (32, 3, 64)] if not args.quick else [(1, 2, 5), (32, 1, 32)]
+    env = {"generator": {"GENERATOR_MODELS": json.dumps(GENERATOR_MODELS)}}
+    load_before = load_average()
+    started = time.perf_counter()
+    with BenchStack(gateway_env=GATEWAY_ENV, env=env) as stack:
+        # Its own metrics port (the first gateway holds the configured one).
+        off = stack.extra_gateway({"GATEWAY_INTENT_ROUTES": "", "GATEWAY_METRICS_PORT": "-1"})
+        urls = {"routing on": stack.gateway_url, "routing off": f"http://127.0.0.1:{off.http_port}"}
+        tables = []
+        for workers, rounds, per_round in plan:
+            results = asyncio.run(measure(urls, texts, workers, rounds, per_round))
+            base = [1000 * r.ttft_s for r in results["routing off"] if r.ok and r.ttft_s]
+            base_p50 = percentile(base, 50)
+            rows = [
+                row("routing off", results["routing off"], None),
+                row("routing on", results["routing on"], base_p50),
+            ]
+            tables.append((workers, rounds, per_round, rows))
+    report = Report(
+        "Intent routing: added time to first token",
+        f"Stack: the four services as processes, generator {MODEL} scripted (8-word reply, "
+        f"unpaced) + {EMBED} (transformers engine, CPU) in one process; gateways with input "
+        "and output moderation as shipped, cache off, store false.",
+        f"Routing on: GATEWAY_INTENT_ROUTES={ROUTES.relative_to(ROOT)}; off: ''. Rounds "
+        "interleave the two gateways with the same prompts.",
+        f"Machine load (1, 5, 15 min): before {load_before}, after {load_average()} "
+        f"({time.perf_counter() - started:.0f} s run; several engineers share the machine).",
+        "TTFT: from the send to the first chunk with content, as the client (bench/lib/client.py"
+        ", httpx, one keep-alive connection per worker) saw it; 'intent stage': the gateway's "
+        "Server-Timing 'intent' duration (classification: the embedding call and the match).",
+    )
+    for workers, rounds, per_round, rows in tables:
+        report.section(
+            f"Concurrency {workers}",
+            f"Closed loop of {workers} workers, {rounds} rounds of {per_round} requests per "
+            "gateway after a warm-up. Times in ms.",
+            "",
+            *table(
+                [
+                    "gateway",
+                    "requests",
+                    "errors",
+                    "TTFT p50",
+                    "p90",
+                    "p99",
+                    "added p50 (on - off)",
+                    "intent stage p50",
+                ],
+                rows,
+            ),
+        )
+    report.write(args.out)
+
+
+if __name__ == "__main__":
+    main()
