@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -128,16 +128,28 @@ def to_api_error(exc: grpc.aio.AioRpcError, dependency: str, retry_after_s: int)
 
 
 class BaseClient:
-    """A client of one service over one channel: its health check, and unary calls with a
-    deadline whose gRPC failures become APIError."""
+    """A client of one service over one channel to `target`: its stub, its health check, and
+    unary calls with a deadline whose gRPC failures become APIError. A subclass names its
+    service (dependency), the methods gRPC may retry and its stub class."""
 
-    dependency = ""
+    dependency: ClassVar[str] = ""
+    # The methods gRPC retries on UNAVAILABLE: "pkg.Service" (all of it) or "pkg.Service/Method".
+    idempotent: ClassVar[tuple[str, ...]] = ()
+    stub_class: ClassVar[type[Any]]  # called with the channel
+    stub: Any
 
-    def __init__(self, channel: grpc.aio.Channel, timeout_s: float, retry_after_s: int) -> None:
-        self.channel = channel
+    def __init__(
+        self,
+        target: str,
+        timeout_s: float,
+        retry_after_s: int,
+        keepalive: KeepAlive = DEFAULT_KEEPALIVE,
+    ) -> None:
+        self.channel = make_channel(target, list(self.idempotent), keepalive)
         self.timeout_s = timeout_s
         self.retry_after_s = retry_after_s
-        self._health = health_pb2_grpc.HealthStub(channel)
+        self.stub = type(self).stub_class(self.channel)
+        self._health = health_pb2_grpc.HealthStub(self.channel)
 
     async def check_health(self, timeout_s: float = 1.0) -> bool:
         try:

@@ -15,7 +15,6 @@ from parlance.gateway.clients.channel import (
     DEFAULT_KEEPALIVE,
     BaseClient,
     KeepAlive,
-    make_channel,
     to_api_error,
 )
 from parlance.gateway.metrics import DEPENDENCY_ERRORS
@@ -32,6 +31,17 @@ class GeneratorTargetClient(BaseClient):
     one per target, behind GeneratorClient."""
 
     dependency = "generator"
+    # Only ListModels, CountTokens, Embed and Score are retried. Generate is not: a generator
+    # that failed it (keepalive noticed it frozen, say) would only be asked again to no avail,
+    # and the client is waiting; the 503 tells it when to come back.
+    idempotent = (
+        "parlance.generator.v1.GeneratorService/ListModels",
+        "parlance.generator.v1.GeneratorService/CountTokens",
+        "parlance.generator.v1.GeneratorService/Embed",
+        "parlance.generator.v1.GeneratorService/Score",
+    )
+    stub_class = generator_pb2_grpc.GeneratorServiceStub
+    stub: generator_pb2_grpc.GeneratorServiceStub
 
     def __init__(
         self,
@@ -41,29 +51,12 @@ class GeneratorTargetClient(BaseClient):
         idle_timeout_s: float = 120.0,
         keepalive: KeepAlive = DEFAULT_KEEPALIVE,
     ) -> None:
-        super().__init__(
-            # Only ListModels, CountTokens, Embed and Score are retried. Generate is not: a
-            # generator that failed it (keepalive noticed it frozen, say) would only be asked
-            # again to no avail, and the client is waiting; the 503 tells it when to come back.
-            make_channel(
-                target,
-                [
-                    "parlance.generator.v1.GeneratorService/ListModels",
-                    "parlance.generator.v1.GeneratorService/CountTokens",
-                    "parlance.generator.v1.GeneratorService/Embed",
-                    "parlance.generator.v1.GeneratorService/Score",
-                ],
-                keepalive,
-            ),
-            timeout_s,
-            retry_after_s,
-        )
+        super().__init__(target, timeout_s, retry_after_s, keepalive)
         # Longest silence between two messages of a generation once it has started: a live
         # but stuck engine ends the stream instead of holding the client until the deadline.
         # (Before the first message a request may wait in the engine's queue; the deadline
         # and keepalive cover that part.)
         self.idle_timeout_s = idle_timeout_s
-        self.stub = generator_pb2_grpc.GeneratorServiceStub(self.channel)
 
     async def list_models(self) -> generator_pb2.ListModelsResponse:
         return await self._unary(self.stub.ListModels, generator_pb2.ListModelsRequest(), 5.0)

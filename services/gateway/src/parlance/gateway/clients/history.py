@@ -7,34 +7,17 @@ from collections.abc import AsyncIterator
 import grpc
 
 from parlance.common.request_id import outgoing_metadata
-from parlance.gateway.clients.channel import (
-    DEFAULT_KEEPALIVE,
-    BaseClient,
-    KeepAlive,
-    make_channel,
-    to_api_error,
-)
+from parlance.gateway.clients.channel import BaseClient, to_api_error
 from parlance.gateway.metrics import DEPENDENCY_ERRORS
 from parlance.history.v1 import history_pb2, history_pb2_grpc
 
 
 class HistoryClient(BaseClient):
     dependency = "history"
-
-    def __init__(
-        self,
-        target: str,
-        timeout_s: float,
-        retry_after_s: int,
-        keepalive: KeepAlive = DEFAULT_KEEPALIVE,
-    ) -> None:
-        # Every history RPC is idempotent: reads, and writes keyed by client-supplied ids.
-        super().__init__(
-            make_channel(target, ["parlance.history.v1.HistoryService"], keepalive),
-            timeout_s,
-            retry_after_s,
-        )
-        self.stub = history_pb2_grpc.HistoryServiceStub(self.channel)
+    # Every history RPC is idempotent: reads, and writes keyed by client-supplied ids.
+    idempotent = ("parlance.history.v1.HistoryService",)
+    stub_class = history_pb2_grpc.HistoryServiceStub
+    stub: history_pb2_grpc.HistoryServiceStub
 
     # One method per HistoryService RPC, typed by its request and response messages.
 
