@@ -214,7 +214,7 @@ async def test_a_stopped_comparison_keeps_its_first_answer_only(gw: InProcessGat
     ids = json.loads(received[0].split(b"data: ", 1)[1].split(b"\n\n", 1)[0])["parlance"][
         "comparison"
     ]["message_ids"]
-    await wait_for(lambda: len(gw.history.appends) == 1)
+    await wait_for(lambda: len(gw.history.appends) == 1 and gw.generator.in_flight == 0)
     question, answer = gw.history.appends[0].messages
     assert question.role == "user"
     assert (answer.id, answer.finish_reason) == (ids[0], "cancelled")
