@@ -18,9 +18,8 @@ generation and the window cutter; the streaming side (StreamModerator) is stream
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +27,7 @@ from parlance.gateway import errors
 from parlance.gateway.clients import SafetyClient
 from parlance.gateway.config import GatewaySettings
 from parlance.gateway.metrics import MODERATION_FLAGS
+from parlance.gateway.verdicts import verdict_json
 from parlance.safety.v1 import safety_pb2
 
 log = logging.getLogger(__name__)
@@ -37,25 +37,6 @@ SENTENCE_ENDS = ".!?\n。！？"
 
 def flagged_categories(result: safety_pb2.Classification) -> list[str]:
     return sorted({c.category for c in result.categories if c.flagged})
-
-
-def verdict_json(key: str, results: Sequence[safety_pb2.Classification], model: str) -> str:
-    """A message's moderation_json as history stores it: {key: verdict}, key "input" (a
-    message of the request) or "output" (an answer: flagged when any of its windows was, each
-    category's highest score). "" when nothing was classified."""
-    if not results:
-        return ""
-    scores: dict[str, float] = {}
-    for result in results:
-        for category in result.categories:
-            scores[category.category] = max(scores.get(category.category, 0.0), category.score)
-    verdict = {
-        "flagged": any(r.flagged for r in results),
-        "categories": {name: round(score, 6) for name, score in sorted(scores.items())},
-        "flagged_categories": sorted({c for r in results for c in flagged_categories(r)}),
-        "model": model,
-    }
-    return json.dumps({key: verdict}, separators=(",", ":"), sort_keys=True)
 
 
 async def moderate_input(

@@ -24,8 +24,8 @@ from parlance.gateway.moderation import (
     UsageEvent,
     WindowCutter,
     flagged_categories,
-    verdict_json,
 )
+from parlance.gateway.verdicts import verdict_json
 from parlance.generator.v1 import generator_pb2
 from parlance.safety.v1 import safety_pb2
 

@@ -50,6 +50,12 @@ def to_json(**verdicts: dict[str, Any]) -> str:
     return json.dumps(verdicts, separators=(",", ":"), sort_keys=True)
 
 
+def verdict_json(key: str, results: Sequence[safety_pb2.Classification], model: str) -> str:
+    """A message's moderation_json with its one verdict: key "input" (a message of the
+    request) or "output" (an answer, over its windows). "" when nothing was classified."""
+    return to_json(**{key: verdict(results, model)}) if results else ""
+
+
 async def classify(
     safety: SafetyClient, texts: Sequence[str], direction: safety_pb2.Direction
 ) -> list[safety_pb2.Classification]:
