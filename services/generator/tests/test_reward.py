@@ -1,5 +1,6 @@
-"""Task `reward`: a model trained by `parlance-train reward` (the real trainer, bounded: 12 CPU
-steps on all-MiniLM-L6-v2), served over real gRPC: Score ranks the preferred answer of fresh
+"""Task `reward`: a model trained by `parlance-train reward` (the real trainer, bounded: 10 CPU
+steps on all-MiniLM-L6-v2; the session's one run, parlance.testing's `reward_training`, shared
+with the trainer's test), served over real gRPC: Score ranks the preferred answer of fresh
 prompts higher, concurrent calls share forward passes, caps and bad calls are clear errors,
 and LoadModel/UnloadModel register a newly trained folder without a restart."""
 
@@ -7,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -23,8 +23,10 @@ from parlance.generator.main import create_host
 from parlance.generator.serving import GeneratorServing
 from parlance.generator.v1 import generator_pb2 as pb
 from parlance.generator.v1 import generator_pb2_grpc
+from parlance.testing.reward_model import RewardTraining
 
-# The first test's setup trains the model (~30 s of CPU; minutes of wall time on a busy machine).
+# The first test's setup may train the model (~30 s of CPU; minutes of wall time on a busy
+# machine) when no earlier suite did.
 pytestmark = [
     pytest.mark.asyncio(loop_scope="module"),
     pytest.mark.slow,
@@ -36,24 +38,13 @@ REWARD = "reward-bullets"
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A reward model folder from the real trainer: the simulated users prefer bulleted lists."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from parlance.trainer import reward, synthetic
-    from parlance.trainer.source import Loaded
-
-    records = synthetic.pairs(120, trait="bullets", seed=11)
-    loaded = Loaded(synthetic.jsonl(records).encode(), "synthetic")
-    job = reward.RewardJob(
-        base="all-MiniLM-L6-v2",
-        out=tmp_path_factory.mktemp("models"),
-        name=REWARD,
-        max_steps=12,
-        batch_size=8,
-        eval_fraction=0.2,
-        max_length=128,
-    )
-    return reward.run(job, loaded)
+def trained(reward_training: RewardTraining, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A reward model folder from the real trainer (the simulated users prefer bulleted lists),
+    copied into a load root of this module's own (the tests add folders beside it)."""
+    assert reward_training.exit_code == 0, reward_training.stderr
+    folder = tmp_path_factory.mktemp("models") / reward_training.folder.name
+    shutil.copytree(reward_training.folder, folder)
+    return folder
 
 
 @dataclass

@@ -2,18 +2,17 @@
 prefer answers written as a bulleted list (the same points as prose lose), a few hundred pairs
 over varied prompts, all-MiniLM-L6-v2 with a fresh score head, a fixed seed and 10 steps
 (learning rate 3e-4). The held-out pairs answer prompts no training pair answers; the bar is
-the issue's (>= 0.85). About a minute of CPU on 2 cores (more wall time on a busy machine);
-bench/ holds the longer run and a harder trait."""
+the issue's (>= 0.85). The run is the session's one reward training (parlance.testing's
+`reward_training` fixture, shared with the generator's reward tests): about a minute of CPU on
+2 cores (more wall time on a busy machine); bench/ holds the longer run and a harder trait."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
-from parlance.trainer import synthetic
-from parlance.trainer.cli import main
+from parlance.testing.reward_model import RewardTraining
 from parlance.trainer.output import model_digest
 
 # The project's 300 s default is too tight on a busy machine: with a load of 10 on the 2-core
@@ -21,17 +20,10 @@ from parlance.trainer.output import model_digest
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
-def test_reward_model_learns_the_hidden_preference(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    data = tmp_path / "prefs.jsonl"
-    data.write_text(synthetic.jsonl(synthetic.pairs(200, trait="bullets", seed=7)))
-    out = tmp_path / "models"
-    args = ["reward", "--data", str(data), "--out", str(out), "--name", "reward-bullets"]
-    args += ["--max-steps", "10", "--batch-size", "8", "--learning-rate", "3e-4"]
-    args += ["--eval-fraction", "0.25", "--seed", "0"]
-    assert main(args) == 0, capsys.readouterr().err
-    folder = Path(capsys.readouterr().out.strip().splitlines()[-1])
+def test_reward_model_learns_the_hidden_preference(reward_training: RewardTraining) -> None:
+    assert reward_training.exit_code == 0, reward_training.stderr
+    folder = reward_training.folder
+    out = reward_training.out
     assert folder.parent == out and folder.is_dir()
 
     card = json.loads((folder / "model_card.json").read_text())

@@ -9,6 +9,7 @@ import pytest
 
 from parlance.testing.postgres import create_database_sync, drop_database_sync
 from parlance.testing.processes import RedisProcess, Stack, start_redis_server
+from parlance.testing.reward_model import RewardTraining, train_reward_model
 from parlance.testing.stacks import StackPool
 
 
@@ -70,3 +71,11 @@ def postgres_module_url() -> Iterator[str]:
         yield url
     finally:
         drop_database_sync(url)
+
+
+@pytest.fixture(scope="session")
+def reward_training(tmp_path_factory: pytest.TempPathFactory) -> RewardTraining:
+    """The session's one `parlance-train reward` run (reward_model.py): the trainer's test and
+    the generator's reward tests share it instead of training twice. Treat its folder as
+    read-only; copy it to serve or change it."""
+    return train_reward_model(tmp_path_factory.mktemp("reward-training"))
