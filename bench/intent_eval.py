@@ -3,7 +3,7 @@ with and without a context window, and the threshold calibration.
 
     .venv/bin/python bench/intent_eval.py [--out bench/results/intent_eval.md]
         [--routes services/gateway/src/parlance/gateway/intents/default_routes.yaml]
-        [--threads 2]
+        [--threads 1]
 
 The set is bench/data/intents/messages.tsv (README.md there: how it was written). Each message
 is classified by the gateway's IntentRouter with the served model, all-MiniLM-L6-v2, loaded in
@@ -484,7 +484,8 @@ def main() -> None:
     out_argument(parser, "intent_eval.md")
     parser.add_argument("--routes", type=Path, default=ROUTES)
     parser.add_argument("--data", type=Path, default=DATA)
-    parser.add_argument("--threads", type=int, default=2)
+    # 1: as the generator serves it (GENERATOR_EMBED_N_THREADS); faster on a busy machine.
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cost-rounds", type=int, default=30)
     args = parser.parse_args()
     args.routes = args.routes.resolve()

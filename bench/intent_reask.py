@@ -121,7 +121,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     out_argument(parser, "intent_reask.md")
     parser.add_argument("--data", type=Path, default=DATA)
-    parser.add_argument("--threads", type=int, default=2)
+    # 1: as the generator serves it (GENERATOR_EMBED_N_THREADS); faster on a busy machine.
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     args.data = args.data.resolve()
     run(args).write(args.out)
