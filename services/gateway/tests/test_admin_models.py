@@ -68,7 +68,7 @@ def reward_folder(root: Path, name: str = "reward-x@1a2b3c4d") -> dict[str, Any]
 
 
 def targets_of(gw: InProcessGateway) -> list[Any]:
-    return list(gw.generator.targets)  # type: ignore[attr-defined]
+    return list(gw.generator.targets)
 
 
 async def test_admin_routes_need_the_admin_key(gw: InProcessGateway) -> None:
@@ -133,26 +133,25 @@ async def test_a_refusing_target_leaves_nothing_registered(
     assert (await gw.client.post("/v1/admin/models", json=body, headers=ADMIN)).status_code == 201
 
 
-@pytest.mark.parametrize(
-    ("change", "status", "param"),
-    [
-        ({"path": "/etc"}, 400, "path"),
-        ({"id": FAKE_MODEL}, 409, "id"),
-        ({"id": "has space"}, 400, None),
-        ({"task": "chat"}, 400, "parent"),
-        ({"task": "chat", "parent": "no-such-model"}, 404, "parent"),
-        ({"parent": FAKE_MODEL}, 400, "parent"),
-        ({"task": "classify"}, 400, None),
-    ],
-)
-async def test_bad_registrations_are_clear_errors(
-    gw: InProcessGateway, tmp_path: Path, change: dict[str, Any], status: int, param: str | None
-) -> None:
-    body = reward_folder(tmp_path) | change
-    response = await gw.client.post("/v1/admin/models", json=body, headers=ADMIN)
-    assert response.status_code == status, response.text
-    if param is not None:
-        assert response.json()["error"]["param"] == param
+BAD_REGISTRATIONS: list[tuple[dict[str, Any], int, str | None]] = [
+    ({"path": "/etc"}, 400, "path"),
+    ({"id": FAKE_MODEL}, 409, "id"),
+    ({"id": "has space"}, 400, None),
+    ({"task": "chat"}, 400, "parent"),
+    ({"task": "chat", "parent": "no-such-model"}, 404, "parent"),
+    ({"parent": FAKE_MODEL}, 400, "parent"),
+    ({"task": "classify"}, 400, None),
+    ({"settings": {"batch": 3}}, 400, None),
+]
+
+
+async def test_bad_registrations_are_clear_errors(gw: InProcessGateway, tmp_path: Path) -> None:
+    body = reward_folder(tmp_path)
+    for change, status, param in BAD_REGISTRATIONS:
+        response = await gw.client.post("/v1/admin/models", json=body | change, headers=ADMIN)
+        assert response.status_code == status, (change, response.text)
+        if param is not None:
+            assert response.json()["error"]["param"] == param, change
     assert all(not t.loaded for t in targets_of(gw))
 
 

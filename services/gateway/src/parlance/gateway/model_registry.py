@@ -13,36 +13,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 from parlance.gateway import errors
 from parlance.gateway.clients import GeneratorClient
 from parlance.gateway.metrics import MODEL_REGISTRATIONS, MODELS_REGISTERED
 from parlance.gateway.models import ModelRegistry
 from parlance.gateway.redis_state import RedisUnavailable
-from parlance.gateway.registrations import Registration, RegistryStore
-from parlance.gateway.routing import Target, task_of
+from parlance.gateway.registrations import (
+    Registration,
+    RegistryStore,
+    check_parent,
+    on_target,
+    redis_down,
+)
+from parlance.gateway.routing import Target
 from parlance.gateway.splits import Weights
+from parlance.generator.v1 import generator_pb2
 
 log = logging.getLogger(__name__)
-
-
-def _redis_down(retry_after_s: int) -> errors.APIError:
-    return errors.service_unavailable(
-        "The model registry is unavailable (Redis does not answer); retry shortly.", retry_after_s
-    )
-
-
-def _on_target(exc: errors.APIError, target: Target) -> errors.APIError:
-    """The generator's error, naming the target that gave it."""
-    return errors.APIError(
-        exc.status,
-        f"{exc.message} (generator target {target.url})",
-        type=exc.type,
-        param=exc.param,
-        code=exc.code,
-        headers=exc.headers,
-    )
 
 
 class RuntimeModels:
@@ -151,7 +139,7 @@ class RuntimeModels:
 
     # --- register and remove --------------------------------------------------------------
 
-    def _served(self) -> dict[str, Any]:
+    def _served(self) -> dict[str, generator_pb2.ModelInfo]:
         return {info.id: info for t in self.generator.targets for info in t.models.values()}
 
     async def _check_new(self, registration: Registration) -> None:
@@ -171,7 +159,7 @@ class RuntimeModels:
                 code="model_exists",
             )
         if registration.parent is not None:
-            self._check_parent(registration.parent, served)
+            check_parent(registration.parent, served)
         if await self.store.retired(registration.id):
             raise errors.APIError(
                 409,
@@ -179,23 +167,6 @@ class RuntimeModels:
                 "ids are never reused (register the adapter under a new name).",
                 param="id",
                 code="model_exists",
-            )
-
-    @staticmethod
-    def _check_parent(parent: str, served: dict[str, Any]) -> None:
-        info = served.get(parent)
-        if info is None:
-            raise errors.APIError(
-                404,
-                f"The parent model '{parent}' is not served by any generator.",
-                param="parent",
-                code="model_not_found",
-            )
-        if task_of(info) != "chat" or getattr(info, "parent", ""):
-            raise errors.invalid_request(
-                f"The parent '{parent}' must be a base chat model (not an adapter, not a "
-                f"{task_of(info)} model).",
-                param="parent",
             )
 
     def _targets_for(self, registration: Registration) -> list[Target]:
@@ -220,7 +191,7 @@ class RuntimeModels:
                         code="model_exists",
                     )
             except RedisUnavailable:
-                raise _redis_down(self.retry_after_s) from None
+                raise redis_down(self.retry_after_s) from None
             except errors.APIError:
                 MODEL_REGISTRATIONS.labels("register", "rejected").inc()
                 raise
@@ -250,7 +221,7 @@ class RuntimeModels:
                 await self.store.save(registration)
                 return
             except RedisUnavailable:
-                failed = [(targets[0], _redis_down(self.retry_after_s))]
+                failed = [(targets[0], redis_down(self.retry_after_s))]
         loaded = [
             t for t, r in zip(targets, results, strict=True) if not isinstance(r, BaseException)
         ]
@@ -264,7 +235,7 @@ class RuntimeModels:
         MODEL_REGISTRATIONS.labels("register", "failed").inc()
         target, error = failed[0]
         if isinstance(error, errors.APIError):
-            raise _on_target(error, target)
+            raise on_target(error, target)
         raise error
 
     async def remove(self, model_id: str) -> list[str]:
@@ -289,7 +260,7 @@ class RuntimeModels:
             try:
                 await self.store.remove(model_id, retire=registration.parent is not None)
             except RedisUnavailable:
-                raise _redis_down(self.retry_after_s) from None
+                raise redis_down(self.retry_after_s) from None
             del self.registrations[model_id]
             MODELS_REGISTERED.set(len(self.registrations))
             listing = [t for t in self.generator.targets if model_id in t.models]
@@ -326,14 +297,14 @@ class RuntimeModels:
         try:
             await self.store.set_alias(alias, weights)
         except RedisUnavailable:
-            raise _redis_down(self.retry_after_s) from None
+            raise redis_down(self.retry_after_s) from None
         self.models.overrides = {**self.models.overrides, alias: weights}
 
     async def delete_alias(self, alias: str) -> None:
         try:
             removed = await self.store.delete_alias(alias)
         except RedisUnavailable:
-            raise _redis_down(self.retry_after_s) from None
+            raise redis_down(self.retry_after_s) from None
         if not removed:
             raise errors.not_found(
                 f"No run-time alias '{alias}' (aliases of GATEWAY_MODEL_ALIASES are changed "

@@ -24,7 +24,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from parlance.gateway import errors
 from parlance.gateway.redis_state import RedisState
+from parlance.gateway.routing import Target, task_of
 from parlance.gateway.splits import Weights
 from parlance.generator.v1 import generator_pb2
 
@@ -132,3 +134,38 @@ class RegistryStore:
 
     async def delete_alias(self, alias: str) -> bool:
         return bool(await self.redis.run(lambda r: r.hdel(self.aliases_key, alias)))
+
+
+def redis_down(retry_after_s: int) -> errors.APIError:
+    return errors.service_unavailable(
+        "The model registry is unavailable (Redis does not answer); retry shortly.", retry_after_s
+    )
+
+
+def on_target(exc: errors.APIError, target: Target) -> errors.APIError:
+    """The generator's error, naming the target that gave it."""
+    return errors.APIError(
+        exc.status,
+        f"{exc.message} (generator target {target.url})",
+        type=exc.type,
+        param=exc.param,
+        code=exc.code,
+        headers=exc.headers,
+    )
+
+
+def check_parent(parent: str, served: dict[str, generator_pb2.ModelInfo]) -> None:
+    info = served.get(parent)
+    if info is None:
+        raise errors.APIError(
+            404,
+            f"The parent model '{parent}' is not served by any generator.",
+            param="parent",
+            code="model_not_found",
+        )
+    if task_of(info) != "chat" or info.parent:
+        raise errors.invalid_request(
+            f"The parent '{parent}' must be a base chat model (not an adapter, not a "
+            f"{task_of(info)} model).",
+            param="parent",
+        )

@@ -54,9 +54,8 @@ class FakeTarget:
         info = generator_pb2.ModelInfo(
             id=request.id, created=1_700_000_000, owned_by="parlance", task=request.task
         )
-        parent = getattr(request, "parent", "")
-        if parent:
-            info.parent = parent
+        if request.parent:
+            info.parent = request.parent
         self.loaded[request.id] = info
         return generator_pb2.LoadModelResponse(model=info)
 
@@ -80,7 +79,7 @@ class FakeTargetsGenerator(FakeGenerator):
     ) -> None:
         super().__init__()
         self.load_root = load_root
-        self.targets = [FakeTarget(self, url) for url in urls]
+        self.targets = tuple(FakeTarget(self, url) for url in urls)
 
     def base_models(self) -> list[generator_pb2.ModelInfo]:
         """The chat models every target serves from its start."""

@@ -17,6 +17,7 @@ import uuid
 import zlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from parlance.gateway import errors
 from parlance.generator.v1 import generator_pb2
@@ -70,7 +71,7 @@ class FakeGenerator:
 
     # No generator targets of its own: tests of models loaded at run time use
     # FakeTargetsGenerator (fake_targets.py).
-    targets: tuple[()] = ()
+    targets: tuple[Any, ...] = ()
 
     def __init__(self, max_model_len: int = 2048) -> None:
         self.max_model_len = max_model_len
