@@ -6,14 +6,26 @@
 #              cosine agreement of the two servers' vectors (bench/embed_load.py).
 #   multiturn  two vLLM generator replicas (one per GPU: needs 2) behind one gateway; the
 #              multi-turn workload of bench/multiturn.py with GATEWAY_GENERATOR_ROUTING
-#              least_in_flight and affinity, alternating (rr, affinity, rr, affinity); the
-#              replicas' prefix-cache hit rate per run, from their metrics.
+#              least_in_flight and affinity, alternating (MT_ROUNDS pairs); the replicas'
+#              prefix-cache hit rate per run, from their metrics.
+#   train      on GPU $GPU: a SmolLM2 reward model (bench/reward_train_gpu.py, into
+#              $WORK/reward) and a DPO LoRA adapter with its trait check
+#              (bench/adapter_train_bench.py gpu, the PEFT folder into $WORK/adapter).
+#   lora       the trained adapter served by the vLLM engine next to its base
+#              (bench/gpu_lora_check.py): answers differ, no state leak, throughput base/adapter.
+#   bestof     Parlance with the vLLM chat model and the trained reward model (transformers on
+#              the GPU) on GPU $GPU: best_of k = 1, 2, 4 (bench/best_of_bench.py's GPU mode).
+#
+# Single-GPU phases run on GPU $GPU (default 0) and shift every port by $PORTS (default 0), so
+# that two rounds can run side by side, one per GPU: e.g.
+#   GPU=0 PHASES="embed" bash bench/gpu_round.sh & GPU=1 PORTS=1000 PHASES=train bash ...
 #
 # On the GPU machine, from the project root, after the kit's install.sh (../shared/gpu/README.md;
 # stage it with `prepare.sh services/generator/requirements-gpu.txt bench/gpu-requirements.txt`):
 #   source /tmp/stage/env.sh && REDIS_SERVER=.gpu/redis/redis-server bash bench/gpu_round.sh
 # Environment: RESULT_DIR (default $OUT/gpu_round), PHASES ("embed multiturn"), REDIS_SERVER,
-# MT_CONVERSATIONS (512), MT_TURNS (5), MT_CONCURRENCY (128).
+# GPU (0), PORTS (0), WORK (/tmp/gpu_round: trained models), MT_CONVERSATIONS (512), MT_TURNS
+# (5), MT_CONCURRENCY (128), MT_ROUNDS (2).
 # Summaries: $RESULT_DIR/embed.md and $RESULT_DIR/multiturn.md (bench/summarize_gpu_round.py).
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -24,6 +36,12 @@ PHASES="${PHASES:-embed multiturn}"
 LOGS="$RESULT_DIR/logs"
 mkdir -p "$RESULT_DIR" "$LOGS"
 API_KEY="bench-$(date +%s)"
+GPU="${GPU:-0}"
+PORTS="${PORTS:-0}"
+WORK="${WORK:-/tmp/gpu_round}"
+mkdir -p "$WORK"
+GW_PORT=$((8000 + PORTS))
+SAFETY_PORT=$((50052 + PORTS))
 BEGAN=$(date +%s)
 source "$ROOT/bench/lib/processes.sh"
 trap stop_all EXIT
@@ -36,29 +54,29 @@ say "cards: $(tr '\n' ' ' < "$RESULT_DIR/cards.txt")"
 start_redis() {
   REDIS_URL=""
   if [ -n "${REDIS_SERVER:-}" ] && [ -x "$REDIS_SERVER" ]; then
-    LD_LIBRARY_PATH="$(dirname "$REDIS_SERVER")" "$REDIS_SERVER" --port 6390 --bind 127.0.0.1 \
-      --save "" --appendonly no > "$LOGS/redis.txt" 2>&1 &
+    LD_LIBRARY_PATH="$(dirname "$REDIS_SERVER")" "$REDIS_SERVER" --port $((6390 + PORTS)) \
+      --bind 127.0.0.1 --save "" --appendonly no > "$LOGS/redis_$PHASE.txt" 2>&1 &
     PIDS+=($!)
-    REDIS_URL="redis://127.0.0.1:6390/0"
+    REDIS_URL="redis://127.0.0.1:$((6390 + PORTS))/0"
   fi
 }
 
 start_safety() {
-  SAFETY_CLASSIFIER=profanity SAFETY_HOST=127.0.0.1 SAFETY_PORT=50052 SAFETY_METRICS_PORT=9102 \
-    python3 -m parlance.safety.main > "$LOGS/safety.txt" 2>&1 &
+  SAFETY_CLASSIFIER=profanity SAFETY_HOST=127.0.0.1 SAFETY_PORT=$SAFETY_PORT \
+    SAFETY_METRICS_PORT=$((9102 + PORTS)) python3 -m parlance.safety.main > "$LOGS/safety_$PHASE.txt" 2>&1 &
   PIDS+=($!)
 }
 
 start_generator() {  # index gpu models_json
   CUDA_VISIBLE_DEVICES=$2 GENERATOR_MODELS="$3" GENERATOR_HOST=127.0.0.1 \
-    GENERATOR_PORT=$((50051 + 10 * $1)) GENERATOR_METRICS_PORT=$((9101 + 10 * $1)) \
+    GENERATOR_PORT=$((50051 + PORTS + 10 * $1)) GENERATOR_METRICS_PORT=$((9101 + PORTS + 10 * $1)) \
     python3 -m parlance.generator.main > "$LOGS/generator$1_$PHASE.txt" 2>&1 &
   PIDS+=($!)
 }
 
 start_gateway() {  # generator_urls routing label
-  GATEWAY_HOST=127.0.0.1 GATEWAY_PORT=8000 GATEWAY_GENERATOR_URL="$1" \
-    GATEWAY_GENERATOR_ROUTING="$2" GATEWAY_SAFETY_URL=127.0.0.1:50052 \
+  GATEWAY_HOST=127.0.0.1 GATEWAY_PORT=$GW_PORT GATEWAY_METRICS_PORT=$((9100 + PORTS)) \
+    GATEWAY_GENERATOR_URL="$1" GATEWAY_GENERATOR_ROUTING="$2" GATEWAY_SAFETY_URL=127.0.0.1:$SAFETY_PORT \
     GATEWAY_HISTORY_URL=127.0.0.1:1 GATEWAY_REDIS_URL="$REDIS_URL" \
     GATEWAY_API_KEYS="bench:$API_KEY" GATEWAY_IGNORE_EOS_USERS=bench \
     GATEWAY_RPM_LIMIT=10000000 GATEWAY_TPM_LIMIT=1000000000 GATEWAY_MAX_CONCURRENT_PER_KEY=4096 \
@@ -89,11 +107,12 @@ embed_loads() {  # label url [api_key]
 
 phase_embed() {
   say "(embed a) vllm serve --runner pooling"
-  vllm serve "$MINILM" --runner pooling --served-model-name minilm \
-    --gpu-memory-utilization 0.3 --host 127.0.0.1 --port 8100 > "$LOGS/vllm_serve_embed.txt" 2>&1 &
+  CUDA_VISIBLE_DEVICES=$GPU vllm serve "$MINILM" --runner pooling --served-model-name minilm \
+    --gpu-memory-utilization 0.3 --host 127.0.0.1 --port $((8100 + PORTS)) \
+    > "$LOGS/vllm_serve_embed.txt" 2>&1 &
   PIDS+=($!)
-  if wait_http http://127.0.0.1:8100/health 240; then
-    embed_loads a http://127.0.0.1:8100
+  if wait_http "http://127.0.0.1:$((8100 + PORTS))/health" 240; then
+    embed_loads a "http://127.0.0.1:$((8100 + PORTS))"
   else
     say "(embed a) vllm serve did not start"; tail -30 "$LOGS/vllm_serve_embed.txt"
   fi
@@ -101,20 +120,20 @@ phase_embed() {
   say "(embed b) Parlance: generator (vllm, task embed) + gateway"
   start_redis
   start_safety
-  start_generator 0 0 "[{\"id\": \"minilm\", \"engine\": \"vllm\", \"task\": \"embed\", \"path\": \"$MINILM\", \"settings\": {\"gpu_memory_utilization\": 0.3}}]"
-  start_gateway 127.0.0.1:50051 least_in_flight embed
-  if wait_http http://127.0.0.1:8000/readyz 300 && wait_serving 127.0.0.1:50051 300; then
-    embed_loads b http://127.0.0.1:8000 "$API_KEY"
+  start_generator 0 "$GPU" "[{\"id\": \"minilm\", \"engine\": \"vllm\", \"task\": \"embed\", \"path\": \"$MINILM\", \"settings\": {\"gpu_memory_utilization\": 0.3}}]"
+  start_gateway "127.0.0.1:$((50051 + PORTS))" least_in_flight embed
+  if wait_http "http://127.0.0.1:$GW_PORT/readyz" 300 && wait_serving "127.0.0.1:$((50051 + PORTS))" 300; then
+    embed_loads b "http://127.0.0.1:$GW_PORT" "$API_KEY"
   else
     say "(embed b) the stack did not start"; tail -n 40 "$LOGS/generator0_embed.txt" "$LOGS/gateway_embed.txt"
   fi
-  curl -s http://127.0.0.1:9101/metrics > "$RESULT_DIR/embed_generator_metrics.txt" || true
+  curl -s "http://127.0.0.1:$((9101 + PORTS))/metrics" > "$RESULT_DIR/embed_generator_metrics.txt" || true
   stop_all
 }
 
 scrape_cache() {  # label: both replicas' prefix-cache counters
   for i in 0 1; do
-    curl -s "http://127.0.0.1:$((9101 + 10 * i))/metrics" | grep -E "^parlance_generator_(prefix_cache|requests_total|generation_tokens_total)" \
+    curl -s "http://127.0.0.1:$((9101 + PORTS + 10 * i))/metrics" | grep -E "^parlance_generator_(prefix_cache|requests_total|generation_tokens_total)" \
       > "$RESULT_DIR/multiturn_metrics_$1_gen$i.txt" || true
   done
 }
@@ -125,26 +144,69 @@ phase_multiturn() {
   local chat="[{\"id\": \"smollm2\", \"engine\": \"vllm\", \"path\": \"$SMOLLM2_HF_DIR\", \"settings\": {\"gpu_memory_utilization\": 0.5, \"max_model_len\": 4096}}]"
   start_generator 0 0 "$chat"
   start_generator 1 1 "$chat"
-  if ! wait_serving 127.0.0.1:50051,127.0.0.1:50061 300; then
+  local urls="127.0.0.1:$((50051 + PORTS)),127.0.0.1:$((50061 + PORTS))"
+  if ! wait_serving "$urls" 300; then
     say "(multiturn) generators did not start"; tail -n 30 "$LOGS"/generator*_multiturn.txt; stop_all; return
   fi
   local round=0
-  for routing in least_in_flight affinity least_in_flight affinity; do
+  local order=""
+  for _ in $(seq 1 "${MT_ROUNDS:-2}"); do order="$order least_in_flight affinity"; done
+  for routing in $order; do
     round=$((round + 1))
-    start_gateway 127.0.0.1:50051,127.0.0.1:50061 "$routing" "mt$round"
-    if ! wait_http http://127.0.0.1:8000/readyz 120; then
+    start_gateway "$urls" "$routing" "mt$round"
+    if ! wait_http "http://127.0.0.1:$GW_PORT/readyz" 120; then
       say "(multiturn) gateway did not start"; tail -30 "$LOGS/gateway_mt$round.txt"; break
     fi
     scrape_cache "before$round"
     say "(multiturn $round) routing $routing"
     # Each round its own conversations (--first), so no round finds another's history cached.
-    python3 bench/multiturn.py --url http://127.0.0.1:8000 --model smollm2 --api-key "$API_KEY" \
+    python3 bench/multiturn.py --url "http://127.0.0.1:$GW_PORT" --model smollm2 --api-key "$API_KEY" \
       --conversations "${MT_CONVERSATIONS:-512}" --turns "${MT_TURNS:-5}" \
       --concurrency "${MT_CONCURRENCY:-128}" --first $((round * 100000)) --label "$routing" \
       --json "$RESULT_DIR/multiturn_$round.json" 2>&1 | tail -1
     scrape_cache "after$round"
     stop_pid "$GATEWAY_PID"
   done
+  stop_all
+}
+
+phase_train() {
+  say "(train) reward model on SmolLM2, GPU $GPU"
+  CUDA_VISIBLE_DEVICES=$GPU python3 bench/reward_train_gpu.py --base "$SMOLLM2_HF_DIR" \
+    --out "$WORK/reward" --json "$RESULT_DIR/reward_train_gpu.json" > "$LOGS/reward_train.txt" 2>&1
+  tail -n 2 "$LOGS/reward_train.txt" | cut -c1-400
+  say "(train) DPO adapter, GPU $GPU"
+  CUDA_VISIBLE_DEVICES=$GPU python3 bench/adapter_train_bench.py gpu --base "$SMOLLM2_HF_DIR" \
+    --out "$RESULT_DIR/adapter_dpo_gpu.json" --keep "$WORK/adapter" > "$LOGS/adapter_train.txt" 2>&1
+  tail -n 5 "$LOGS/adapter_train.txt" | cut -c1-400
+}
+
+phase_lora() {
+  local adapter
+  adapter="$(find "$WORK/adapter" -name adapter_config.json -printf '%h\n' | head -n 1)"
+  say "(lora) adapter $adapter on the vLLM engine, GPU $GPU"
+  CUDA_VISIBLE_DEVICES=$GPU python3 bench/gpu_lora_check.py --adapter "$adapter" \
+    --model "$SMOLLM2_HF_DIR" --out "$RESULT_DIR/gpu_lora_check.json" > "$LOGS/lora_check.txt" 2>&1
+  tail -n 15 "$LOGS/lora_check.txt" | cut -c1-300
+}
+
+phase_bestof() {
+  local reward
+  reward="$(find "$WORK/reward" -maxdepth 1 -mindepth 1 -type d -name 'reward-*' | head -n 1)"
+  say "(bestof) chat on vLLM + reward $reward (transformers, cuda), GPU $GPU"
+  start_redis
+  start_safety
+  start_generator 0 "$GPU" "[{\"id\": \"smollm2\", \"engine\": \"vllm\", \"path\": \"$SMOLLM2_HF_DIR\", \"settings\": {\"gpu_memory_utilization\": 0.5, \"max_model_len\": 2048}}, {\"id\": \"reward\", \"engine\": \"transformers\", \"task\": \"reward\", \"path\": \"$reward\", \"settings\": {\"torch_device\": \"cuda\"}}]"
+  export GATEWAY_REWARD_MODEL=reward
+  start_gateway "127.0.0.1:$((50051 + PORTS))" least_in_flight bestof
+  if wait_http "http://127.0.0.1:$GW_PORT/readyz" 300 && wait_serving "127.0.0.1:$((50051 + PORTS))" 300; then
+    python3 bench/best_of_bench.py --base-url "http://127.0.0.1:$GW_PORT" --api-key "$API_KEY" \
+      --model smollm2 --requests 192 --concurrency 32 --max-tokens 128 --ignore-eos \
+      --out "$RESULT_DIR/best_of_gpu.md" > "$LOGS/best_of.txt" 2>&1
+    tail -n 20 "$RESULT_DIR/best_of_gpu.md"
+  else
+    say "(bestof) the stack did not start"; tail -n 40 "$LOGS/generator0_bestof.txt" "$LOGS/gateway_bestof.txt"
+  fi
   stop_all
 }
 
