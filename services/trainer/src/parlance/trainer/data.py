@@ -21,7 +21,7 @@ import hashlib
 import json
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from parlance.trainer.errors import TrainError
 
@@ -152,35 +152,45 @@ def check_enough(pairs: list[Pair], min_pairs: int, source: str) -> None:
         )
 
 
+class Grouped(Protocol):
+    """A training record with a prompt identity (preference pairs, SFT examples)."""
+
+    @property
+    def group(self) -> str: ...
+
+
+G = TypeVar("G", bound=Grouped)
+
+
 @dataclass(frozen=True, slots=True)
-class Split:
-    train: list[Pair]
-    held_out: list[Pair]
+class Split(Generic[G]):
+    train: list[G]
+    held_out: list[G]
 
     @staticmethod
-    def prompts(pairs: list[Pair]) -> int:
+    def prompts(pairs: list[G]) -> int:
         return len({p.group for p in pairs})
 
 
-def split(pairs: list[Pair], eval_fraction: float, seed: int) -> Split:
-    """A held-out part of about eval_fraction of the pairs, whole prompts at a time. The order
-    of prompts is a hash of (seed, prompt), so the split does not depend on the file's order
-    and a prompt stays on its side when more data is added."""
+def split(pairs: list[G], eval_fraction: float, seed: int, noun: str = "pairs") -> Split[G]:
+    """A held-out part of about eval_fraction of the records, whole prompts at a time. The
+    order of prompts is a hash of (seed, prompt), so the split does not depend on the file's
+    order and a prompt stays on its side when more data is added."""
     if not 0.0 < eval_fraction < 1.0:
         raise TrainError(
             f"--eval-fraction must be between 0 and 1 (exclusive), not {eval_fraction}"
         )
-    groups: dict[str, list[Pair]] = defaultdict(list)
+    groups: dict[str, list[G]] = defaultdict(list)
     for pair in pairs:
         groups[pair.group].append(pair)
     if len(groups) < 2:
         raise TrainError(
-            f"all {len(pairs)} pairs answer one prompt: nothing can be held out without that "
-            "prompt being on both sides; add pairs of other prompts"
+            f"all {len(pairs)} {noun} answer one prompt: nothing can be held out without that "
+            f"prompt being on both sides; add {noun} of other prompts"
         )
     order = sorted(groups, key=lambda g: hashlib.sha256(f"{seed}\0{g}".encode()).digest())
     target = max(1, round(eval_fraction * len(pairs)))
-    held_out: list[Pair] = []
+    held_out: list[G] = []
     chosen_groups = set()
     for group in order[:-1]:  # the last prompt always trains
         if len(held_out) >= target:

@@ -58,10 +58,11 @@ def check_name(name: str) -> None:
         raise TrainError(f"--name {name!r}: must be non-empty, without '/', '@' or a leading '.'")
 
 
-def publish(staging: Path, out: Path, name: str) -> Path:
-    """Renames the finished staging folder to `<name>@<hash8>` of its model files. Refuses,
-    and leaves both folders as they are, when that folder exists already."""
-    digest = model_digest(staging)
+def publish(staging: Path, out: Path, name: str, card_files: frozenset[str] = _CARD_FILES) -> Path:
+    """Renames the finished staging folder to `<name>@<hash8>` of its model files (every file
+    but card_files). Refuses, and leaves both folders as they are, when that folder exists
+    already."""
+    digest = folder_digest(staging, skip=card_files)
     target = out / f"{name}@{digest.removeprefix('sha256:')[:8]}"
     if target.exists():
         raise TrainError(

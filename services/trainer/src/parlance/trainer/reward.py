@@ -93,15 +93,15 @@ def pairwise_accuracy(chosen: list[float], rejected: list[float]) -> float:
     return sum(c > r for c, r in zip(chosen, rejected, strict=True)) / len(chosen)
 
 
-def _versions() -> dict[str, str]:
-    versions = {}
-    for dist in ("parlance-trainer", "trl", "transformers", "torch", "peft", "accelerate"):
+def versions() -> dict[str, str]:
+    found = {}
+    for dist in ("parlance-trainer", "trl", "transformers", "torch", "peft", "accelerate", "gguf"):
         try:
-            versions[dist] = metadata.version(dist)
+            found[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
-            versions[dist] = "not installed"
-    versions["python"] = platform.python_version()
-    return versions
+            found[dist] = "not installed"
+    found["python"] = platform.python_version()
+    return found
 
 
 def _accept_use_cache(model: Any) -> None:
@@ -251,7 +251,7 @@ def run(job: RewardJob, loaded: Loaded) -> Path:
                 "truncation": TRUNCATION_RULE,
                 "chat_template": base.chat_template,
             },
-            "versions": _versions(),
+            "versions": versions(),
             "model_digest": output.model_digest(staging),
         }
         digest8 = str(card["model_digest"]).removeprefix("sha256:")[:8]

@@ -1,5 +1,5 @@
-"""Where the preference JSONL comes from: a file, or the gateway's admin export
-(GET /v1/admin/export?kind=preference, the admin key as the bearer)."""
+"""Where the training JSONL comes from: a file, or the gateway's admin export
+(GET /v1/admin/export?kind=preference or kind=sft, the admin key as the bearer)."""
 
 from __future__ import annotations
 
@@ -58,14 +58,16 @@ def fetch_export(
     since: str | None = None,
     until: str | None = None,
     model: str | None = None,
+    kind: str = "preference",
     timeout_s: float = 300.0,
 ) -> Loaded:
-    """The preference pairs of the gateway's admin export, all of it in memory."""
+    """The records of the gateway's admin export (preference pairs, or SFT conversations for
+    kind="sft"), all of it in memory."""
     key = os.environ.get(key_env, "")
     if not key:
         raise TrainError(f"the admin key is not set: export it as ${key_env} (--admin-key-env)")
     url = export_url(gateway)
-    params = {"kind": "preference"}
+    params = {"kind": kind}
     params.update({k: v for k, v in (("since", since), ("until", until), ("model", model)) if v})
     try:
         response = httpx.get(
