@@ -199,3 +199,12 @@ async def test_the_tpm_reservation_follows_the_route(tmp_path: Path) -> None:
         first.cancel()
         with pytest.raises(asyncio.CancelledError):
             await first
+
+
+async def test_a_failed_classification_stores_no_intent(gw: InProcessGateway) -> None:
+    gw.generator.embed_down = True
+    response = await gw.chat(gw.body(QUESTION, store=True))
+    assert response.status_code == 200, response.text
+    assert response.headers["x-parlance-intent"] == "default"
+    stored = gw.history.stored(response.json()["conversation_id"])
+    assert [m.intent for m in stored] == ["", ""]

@@ -108,8 +108,9 @@ def exchange_messages(
         )
         for (role, text), verdict in zip(prepared.new_messages, verdicts, strict=True)
     ]
-    if prepared.intent is not None:
-        # The classified message is the request's newest user message (chat/intent.py).
+    if prepared.intent is not None and prepared.intent.classified:
+        # The classified message is the request's newest user message (chat/intent.py); a
+        # failed classification stores no intent (unknown, not "default").
         newest = next((m for m in reversed(messages) if m.role == "user"), None)
         if newest is not None:
             newest.intent = prepared.intent.name

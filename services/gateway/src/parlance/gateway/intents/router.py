@@ -66,6 +66,12 @@ class IntentMatch:
     # it with the previous user message's (intents/reask.py).
     newest: np.ndarray | None = field(default=None, compare=False, repr=False)
 
+    @property
+    def classified(self) -> bool:
+        """False when nothing was classified (no user text, or the embedding call failed):
+        the default route then says nothing about the message."""
+        return bool(self.nearest)
+
 
 def message_text(message: Mapping[str, Any]) -> str:
     """A chat message's text: the string content, or its text parts joined."""
