@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from parlance.gateway import errors
+from parlance.gateway.rollback import SplitRollback, rolled_back, worse_beyond_doubt
 from parlance.testing.fake_targets import FakeTargetsGenerator
 from parlance.testing.fakes import FAKE_MODEL, wait_for
 from parlance.testing.inprocess import InProcessGateway, inprocess_gateway
@@ -281,3 +282,46 @@ async def test_report_statistics(gw: InProcessGateway) -> None:
     assert tuned["strength_ci95"][0] <= tuned["strength"] <= tuned["strength_ci95"][1]
     bad = await gw.client.get("/v1/admin/models/report?since=yesterday", headers=ADMIN)
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "since"
+
+
+def test_rollback_rule() -> None:
+    # 30/100 against 60/100: intervals (0.22, 0.40) and (0.50, 0.69) do not overlap.
+    assert worse_beyond_doubt((30, 100), (60, 100), min_rated=100, margin=0.0)
+    assert not worse_beyond_doubt((30, 100), (60, 100), min_rated=101, margin=0.0)
+    assert not worse_beyond_doubt((30, 100), (60, 100), min_rated=100, margin=0.15)
+    assert not worse_beyond_doubt((45, 100), (55, 100), min_rated=100, margin=0.0)
+    assert rolled_back((("base", 90.0), ("tuned", 10.0)), "tuned", "base") == (
+        ("base", 100.0),
+        ("tuned", 0.0),
+    )
+
+
+async def test_a_worse_adapter_is_rolled_back(gw: InProcessGateway, tmp_path: Path) -> None:
+    from parlance.history.v1 import history_pb2
+
+    folder = tmp_path / "tuned@44556677"
+    folder.mkdir()
+    body = {"id": folder.name, "task": "chat", "path": str(folder), "parent": FAKE_MODEL}
+    assert (await gw.client.post("/v1/admin/models", json=body, headers=ADMIN)).status_code == 201
+    split = {"weights": {FAKE_MODEL: 80, folder.name: 20}}
+    assert (
+        await gw.client.put("/v1/admin/aliases/default", json=split, headers=ADMIN)
+    ).status_code == 200
+
+    rows = {FAKE_MODEL: (60, 100), folder.name: (30, 100)}
+
+    async def report(request: Any) -> Any:
+        return history_pb2.GetModelReportResponse(
+            models=[
+                history_pb2.ModelReportRow(model=m, rated_answers=n, thumbs_up=up)
+                for m, (up, n) in rows.items()
+            ]
+        )
+
+    gw.history.get_model_report = report  # type: ignore[method-assign]
+    rule = SplitRollback(gw.state.runtime_models, gw.state.history, 60, 7, 100, 0.0)
+    assert await rule.check() == ["default"]
+    assert gw.state.models.aliases["default"] == ((FAKE_MODEL, 100.0), (folder.name, 0.0))
+    # Persisted like any run-time alias, and nothing left to roll back.
+    assert await gw.state.runtime_models.store.aliases() == gw.state.models.overrides
+    assert await rule.check() == []
