@@ -33,6 +33,7 @@ from parlance.generator.engine.base import (
     ScoreResult,
 )
 from parlance.generator.engine.batcher import BatchStats, MicroBatcher
+from parlance.generator.engine.hf_batches import load_local, padded_batches, run_per_call
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +107,6 @@ class TransformersRewardEngine(RewardEngine):
         return min(length, window)
 
     def _load(self) -> None:
-        import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
         if not (self._folder / "config.json").is_file():
             raise ValueError(f"{self._folder} is not a model folder (no config.json)")
         card = read_card(self._folder)
@@ -116,13 +114,13 @@ class TransformersRewardEngine(RewardEngine):
             raise ValueError(
                 f"{self._folder} holds a {card.get('task')!r} model, not a reward model"
             )
-        if self._n_threads:
-            torch.set_num_threads(self._n_threads)
         started = time.perf_counter()
-        tokenizer = AutoTokenizer.from_pretrained(self._folder, local_files_only=True)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            self._folder, local_files_only=True, use_safetensors=True
-        ).eval()
+        torch, tokenizer, model = load_local(
+            self._folder,
+            "AutoModelForSequenceClassification",
+            self._n_threads,
+            use_safetensors=True,
+        )
         if model.config.num_labels != 1:
             raise ValueError(
                 f"{self._folder}: a reward model has one output; this one has "
@@ -200,24 +198,14 @@ class TransformersRewardEngine(RewardEngine):
                 encoded.append(
                     InvalidArgument(f"cannot render the conversation: {exc}", param="messages")
                 )
-        sequences = [ids for item in encoded if not isinstance(item, Exception) for ids in item[0]]
-        scores = self._forward(sequences) if sequences else []
-        results: list[ScoreResult | Exception] = []
-        offset = 0
-        for item in encoded:
-            if isinstance(item, Exception):
-                results.append(item)
-                continue
-            seqs, truncated = item
-            results.append(
-                ScoreResult(
-                    scores=scores[offset : offset + len(seqs)],
-                    token_counts=[len(ids) for ids in seqs],
-                    truncated=truncated,
-                )
-            )
-            offset += len(seqs)
-        return results
+        return run_per_call(
+            encoded,
+            lambda item: item[0],
+            self._forward,
+            lambda item, scores: ScoreResult(
+                scores=scores, token_counts=[len(ids) for ids in item[0]], truncated=item[1]
+            ),
+        )
 
     def _encode(self, request: ScoreRequest) -> tuple[list[list[int]], int]:
         turns = [
@@ -236,18 +224,9 @@ class TransformersRewardEngine(RewardEngine):
     def _forward(self, sequences: list[list[int]]) -> list[float]:
         torch = self._torch
         pad = self._tokenizer.pad_token_id
-        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
         out = [0.0] * len(sequences)
         with torch.inference_mode():
-            for start in range(0, len(order), self._max_batch_size):
-                chunk = order[start : start + self._max_batch_size]
-                width = max(len(sequences[i]) for i in chunk)
-                ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-                mask = torch.zeros((len(chunk), width), dtype=torch.long)
-                for row, i in enumerate(chunk):
-                    n = len(sequences[i])
-                    ids[row, :n] = torch.tensor(sequences[i], dtype=torch.long)
-                    mask[row, :n] = 1
+            for chunk, ids, mask in padded_batches(torch, sequences, pad, self._max_batch_size):
                 logits = self._model(input_ids=ids, attention_mask=mask).logits
                 for row, value in zip(chunk, logits[:, 0].float().tolist(), strict=True):
                     out[row] = value

@@ -38,6 +38,7 @@ from parlance.generator.engine.embed_inputs import (
     encode_inputs,
     special_tokens,
 )
+from parlance.generator.engine.hf_batches import load_local, padded_batches, run_per_call
 
 log = logging.getLogger(__name__)
 
@@ -111,17 +112,10 @@ class TransformersEmbeddingEngine(EmbeddingEngine):
         self._batcher.start()
 
     def _load(self) -> None:
-        import torch
-        from transformers import AutoModel, AutoTokenizer
-
         folder = Path(self._model_path or default_model_path())
-        if self._n_threads:
-            torch.set_num_threads(self._n_threads)
         started = time.perf_counter()
-        self._tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        self._torch, self._tokenizer, self._model = load_local(folder, "AutoModel", self._n_threads)
         self._specials = special_tokens(self._tokenizer)
-        self._model = AutoModel.from_pretrained(folder, local_files_only=True).eval()
-        self._torch = torch
         config = self._model.config
         self._dimensions = int(config.hidden_size)
         self._vocab_size = int(config.vocab_size)
@@ -181,22 +175,14 @@ class TransformersEmbeddingEngine(EmbeddingEngine):
                 encoded.append(self._encode(request))
             except InvalidArgument as exc:
                 encoded.append(exc)
-        sequences = [ids for item in encoded if not isinstance(item, Exception) for ids in item]
-        vectors = self._forward(sequences) if sequences else []
-        results: list[EmbeddingResult | Exception] = []
-        offset = 0
-        for item in encoded:
-            if isinstance(item, Exception):
-                results.append(item)
-                continue
-            results.append(
-                EmbeddingResult(
-                    vectors=vectors[offset : offset + len(item)],
-                    token_counts=[len(ids) for ids in item],
-                )
-            )
-            offset += len(item)
-        return results
+        return run_per_call(
+            encoded,
+            lambda item: item,
+            self._forward,
+            lambda item, vectors: EmbeddingResult(
+                vectors=vectors, token_counts=[len(ids) for ids in item]
+            ),
+        )
 
     def _encode(self, request: EmbeddingRequest) -> list[list[int]]:
         """Token ids per input, special tokens included; too long: cut or refused."""
@@ -213,18 +199,9 @@ class TransformersEmbeddingEngine(EmbeddingEngine):
     def _forward(self, sequences: list[list[int]]) -> list[list[float]]:
         torch = self._torch
         pad = self._tokenizer.pad_token_id or 0
-        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
         out: list[list[float]] = [[] for _ in sequences]
         with torch.inference_mode():
-            for start in range(0, len(order), self._max_batch_size):
-                chunk = order[start : start + self._max_batch_size]
-                width = max(len(sequences[i]) for i in chunk)
-                ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-                mask = torch.zeros((len(chunk), width), dtype=torch.long)
-                for row, i in enumerate(chunk):
-                    n = len(sequences[i])
-                    ids[row, :n] = torch.tensor(sequences[i], dtype=torch.long)
-                    mask[row, :n] = 1
+            for chunk, ids, mask in padded_batches(torch, sequences, pad, self._max_batch_size):
                 hidden = self._model(input_ids=ids, attention_mask=mask).last_hidden_state
                 weights = mask.unsqueeze(-1).to(hidden.dtype)
                 mean = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)

@@ -1,0 +1,72 @@
+"""What the two plain Hugging Face transformers engines (embeddings: transformers_embed.py,
+reward models: reward.py) share: loading a local folder on CPU, and one forward pass over the
+sequences of many micro-batched calls, as length-sorted padded batches, handed back per call."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+Encoded = TypeVar("Encoded")
+Output = TypeVar("Output")
+Result = TypeVar("Result")
+
+
+def load_local(
+    folder: Path, auto_class: str, n_threads: int | None, **model_kwargs: Any
+) -> tuple[Any, Any, Any]:
+    """(torch, tokenizer, model in eval mode) from a local folder: nothing is downloaded.
+    auto_class names the transformers Auto class (AutoModel, AutoModelForSequenceClassification)."""
+    import torch
+    import transformers
+
+    if n_threads:
+        torch.set_num_threads(n_threads)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    model = getattr(transformers, auto_class).from_pretrained(
+        folder, local_files_only=True, **model_kwargs
+    )
+    return torch, tokenizer, model.eval()
+
+
+def padded_batches(
+    torch: Any, sequences: list[list[int]], pad: int, batch_size: int
+) -> Iterator[tuple[list[int], Any, Any]]:
+    """(indices into sequences, input ids, attention mask) per batch of at most batch_size,
+    the sequences sorted by length so that padding stays small."""
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        width = max(len(sequences[i]) for i in chunk)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, i in enumerate(chunk):
+            n = len(sequences[i])
+            ids[row, :n] = torch.tensor(sequences[i], dtype=torch.long)
+            mask[row, :n] = 1
+        yield chunk, ids, mask
+
+
+def run_per_call(
+    encoded: list[Encoded | Exception],
+    sequences_of: Callable[[Encoded], list[list[int]]],
+    forward: Callable[[list[list[int]]], list[Output]],
+    result: Callable[[Encoded, list[Output]], Result],
+) -> list[Result | Exception]:
+    """One forward pass over the sequences of every call that encoded (a call that failed to
+    encode keeps its exception and fails alone), the outputs handed back per call in order."""
+    sequences = [
+        ids for item in encoded if not isinstance(item, Exception) for ids in sequences_of(item)
+    ]
+    outputs = forward(sequences) if sequences else []
+    results: list[Result | Exception] = []
+    offset = 0
+    for item in encoded:
+        if isinstance(item, Exception):
+            results.append(item)
+            continue
+        count = len(sequences_of(item))
+        results.append(result(item, outputs[offset : offset + count]))
+        offset += count
+    return results
