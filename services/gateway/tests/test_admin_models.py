@@ -234,7 +234,7 @@ async def test_alias_errors(gw: InProcessGateway, tmp_path: Path) -> None:
         return await gw.client.put(f"/v1/admin/aliases/{alias}", json=body, headers=ADMIN)
 
     assert (await put("default", {"weights": {"nope": 1}})).status_code == 404
-    assert (await put(FAKE_MODEL, {"model": FAKE_MODEL})).status_code == 400
+    assert (await put(FAKE_MODEL, {"model": FAKE_MODEL})).status_code == 409
     assert (await put("default", {"weights": {FAKE_MODEL: 0}})).status_code == 400
     assert (await put("default", {"weights": {FAKE_MODEL: True}})).status_code == 400
     assert (await put("default", {})).status_code == 400

@@ -282,8 +282,11 @@ class RuntimeModels:
 
     async def set_alias(self, alias: str, weights: Weights) -> None:
         if alias in self._served():
-            raise errors.invalid_request(
-                f"'{alias}' is a model id; an alias needs a name of its own.", param="alias"
+            raise errors.APIError(
+                409,
+                f"'{alias}' is a model id; an alias needs a name of its own.",
+                param="alias",
+                code="model_exists",
             )
         known = set(self._served()) | set(self.registrations)
         unknown = [m for m, _ in weights if m not in known]
