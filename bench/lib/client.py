@@ -17,6 +17,7 @@ import asyncio
 import math
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,7 +141,9 @@ class ChatClient:
     ) -> ChatResult:
         """POST `body` with stream=true and read the stream to [DONE]."""
         result = ChatResult(time.perf_counter())
-        work = self._stream(self.lane(lane), {**body, "stream": True}, headers, result)
+        work = self._post(
+            self.lane(lane), {**body, "stream": True}, headers, result, self._read_stream
+        )
         await self._guarded(work, result)
         return result
 
@@ -149,7 +152,9 @@ class ChatClient:
     ) -> ChatResult:
         """POST `body` without streaming; the answer's JSON lands in `result.body`."""
         result = ChatResult(time.perf_counter())
-        work = self._complete(self.lane(lane), {**body, "stream": False}, headers, result)
+        work = self._post(
+            self.lane(lane), {**body, "stream": False}, headers, result, self._read_json
+        )
         await self._guarded(work, result)
         return result
 
@@ -166,46 +171,42 @@ class ChatClient:
             result.total_s = result.since_start()
 
     @classmethod
-    async def _stream(
+    async def _post(
         cls,
         http: httpx.AsyncClient,
         body: dict[str, Any],
         headers: dict[str, str] | None,
         result: ChatResult,
+        read: Callable[[httpx.Response, ChatResult], Awaitable[None]],
     ) -> None:
+        """POST the chat request; an answer other than 200 is recorded as the error, a 200's
+        body is read by `read` (the stream's chunks, or the JSON answer)."""
         async with http.stream("POST", CHAT_PATH, json=body, headers=headers) as response:
             cls._head(response, result)
             if response.status_code != 200:
                 await cls._http_error(response, result)
                 return
-            async for chunk in chat_chunks(response):
-                now = result.since_start()
-                if result.first_event_s is None:
-                    result.first_event_s = now
-                if content_of(chunk):
-                    if result.ttft_s is None:
-                        result.ttft_s = now
-                    result.last_content_s = now
-                cls._note(chunk, result)
-            result.total_s = result.since_start()
+            await read(response, result)
 
     @classmethod
-    async def _complete(
-        cls,
-        http: httpx.AsyncClient,
-        body: dict[str, Any],
-        headers: dict[str, str] | None,
-        result: ChatResult,
-    ) -> None:
-        async with http.stream("POST", CHAT_PATH, json=body, headers=headers) as response:
-            cls._head(response, result)
-            if response.status_code != 200:
-                await cls._http_error(response, result)
-                return
-            await response.aread()
-            result.total_s = result.since_start()
-            result.body = response.json()
-            cls._note(result.body, result)
+    async def _read_stream(cls, response: httpx.Response, result: ChatResult) -> None:
+        async for chunk in chat_chunks(response):
+            now = result.since_start()
+            if result.first_event_s is None:
+                result.first_event_s = now
+            if content_of(chunk):
+                if result.ttft_s is None:
+                    result.ttft_s = now
+                result.last_content_s = now
+            cls._note(chunk, result)
+        result.total_s = result.since_start()
+
+    @classmethod
+    async def _read_json(cls, response: httpx.Response, result: ChatResult) -> None:
+        await response.aread()
+        result.total_s = result.since_start()
+        result.body = response.json()
+        cls._note(result.body, result)
 
     @staticmethod
     def _head(response: httpx.Response, result: ChatResult) -> None:
