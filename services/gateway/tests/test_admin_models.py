@@ -6,6 +6,7 @@ through the real stack in tests/test_model_registry.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -185,7 +186,16 @@ async def test_registrations_survive_generator_and_gateway_restarts(
         created = await gw.client.post("/v1/admin/models", json=body, headers=ADMIN)
         assert created.status_code == 201
         b = targets_of(gw)[1]
-        b.restart()  # a generator restart loses its run-time models
+        # A generator restart loses its run-time models. One that refuses to load it again is
+        # asked once per backoff, not at every sync (every 0.05 s here).
+        b.refuse = errors.APIError(409, "no GENERATOR_LOAD_ROOT", code="generator_refused")
+        b.restart()
+        await wait_for(lambda: len(b.load_requests) == 2)
+        await asyncio.sleep(0.3)
+        assert len(b.load_requests) == 2 and body["id"] not in b.loaded
+        b.refuse = None
+        gw.state.runtime_models.reapply_backoff_s = 0.0
+        gw.state.runtime_models._retry_at.clear()
         await wait_for(lambda: body["id"] in b.loaded)
     # A new gateway (same Redis) before generators that never saw the model.
     fresh = FakeTargetsGenerator(str(tmp_path), TARGETS)

@@ -17,6 +17,7 @@ import logging
 from parlance.gateway import errors
 from parlance.gateway.clients import GeneratorClient
 from parlance.gateway.metrics import MODEL_REGISTRATIONS, MODELS_REGISTERED
+from parlance.gateway.model_aliases import AliasAdmin
 from parlance.gateway.models import ModelRegistry
 from parlance.gateway.redis_state import RedisUnavailable
 from parlance.gateway.registrations import (
@@ -27,13 +28,16 @@ from parlance.gateway.registrations import (
     redis_down,
 )
 from parlance.gateway.routing import Target
-from parlance.gateway.splits import Weights
 from parlance.generator.v1 import generator_pb2
 
 log = logging.getLogger(__name__)
 
+# A target that refused to load a registered model again is asked again after this long
+# (not at every sync: a generator without GENERATOR_LOAD_ROOT refuses every time).
+REAPPLY_BACKOFF_S = 60.0
 
-class RuntimeModels:
+
+class RuntimeModels(AliasAdmin):
     def __init__(
         self,
         generator: GeneratorClient,
@@ -51,6 +55,9 @@ class RuntimeModels:
         self.registrations: dict[str, Registration] = {}
         self._lock = asyncio.Lock()
         self._reapplying: set[tuple[str, str]] = set()
+        # (target, model) → loop time before which a load that failed there is not retried.
+        self._retry_at: dict[tuple[str, str], float] = {}
+        self.reapply_backoff_s = REAPPLY_BACKOFF_S
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -103,14 +110,17 @@ class RuntimeModels:
 
     def reapply(self) -> None:
         """Loads each registered model on each serving target that should list it and does
-        not (in the background, one load per model and target at a time)."""
+        not (in the background, one load per model and target at a time; after a failure,
+        not again there for reapply_backoff_s)."""
+        now = asyncio.get_running_loop().time()
         for target in self.generator.targets:
             if not target.serving:
                 continue
             for registration in self.registrations.values():
                 key = (target.url, registration.id)
                 missing = registration.id not in target.models
-                if missing and self.belongs(registration, target) and key not in self._reapplying:
+                due = self._retry_at.get(key, 0.0) <= now and key not in self._reapplying
+                if missing and due and self.belongs(registration, target):
                     self._reapplying.add(key)
                     task = asyncio.create_task(self._reapply_one(target, registration, key))
                     self._tasks.add(task)
@@ -121,6 +131,7 @@ class RuntimeModels:
     ) -> None:
         try:
             await target.client.load_model(registration.request())
+            self._retry_at.pop(key, None)
             MODEL_REGISTRATIONS.labels("reapply", "ok").inc()
             log.info(
                 "registered model loaded again",
@@ -128,6 +139,7 @@ class RuntimeModels:
             )
             await self.generator.refresh()
         except errors.APIError as exc:
+            self._retry_at[key] = asyncio.get_running_loop().time() + self.reapply_backoff_s
             MODEL_REGISTRATIONS.labels("reapply", "failed").inc()
             log.warning(
                 "registered model could not be loaded again: %s",
@@ -139,11 +151,11 @@ class RuntimeModels:
 
     # --- register and remove --------------------------------------------------------------
 
-    def _served(self) -> dict[str, generator_pb2.ModelInfo]:
+    def served(self) -> dict[str, generator_pb2.ModelInfo]:
         return {info.id: info for t in self.generator.targets for info in t.models.values()}
 
     async def _check_new(self, registration: Registration) -> None:
-        served = self._served()
+        served = self.served()
         if registration.id in served or registration.id in self.registrations:
             raise errors.APIError(
                 409,
@@ -277,41 +289,3 @@ class RuntimeModels:
         MODEL_REGISTRATIONS.labels("remove", "ok").inc()
         await self.generator.refresh()
         return [t.url for t, r in zip(listing, results, strict=True) if r is None]
-
-    # --- aliases --------------------------------------------------------------------------
-
-    async def set_alias(self, alias: str, weights: Weights) -> None:
-        if alias in self._served():
-            raise errors.APIError(
-                409,
-                f"'{alias}' is a model id; an alias needs a name of its own.",
-                param="alias",
-                code="model_exists",
-            )
-        known = set(self._served()) | set(self.registrations)
-        unknown = [m for m, _ in weights if m not in known]
-        if unknown:
-            raise errors.APIError(
-                404,
-                f"No model '{unknown[0]}' is served or registered.",
-                param="weights",
-                code="model_not_found",
-            )
-        try:
-            await self.store.set_alias(alias, weights)
-        except RedisUnavailable:
-            raise redis_down(self.retry_after_s) from None
-        self.models.overrides = {**self.models.overrides, alias: weights}
-
-    async def delete_alias(self, alias: str) -> None:
-        try:
-            removed = await self.store.delete_alias(alias)
-        except RedisUnavailable:
-            raise redis_down(self.retry_after_s) from None
-        if not removed:
-            raise errors.not_found(
-                f"No run-time alias '{alias}' (aliases of GATEWAY_MODEL_ALIASES are changed "
-                "there, or replaced with PUT).",
-                param="alias",
-            )
-        self.models.overrides = {a: w for a, w in self.models.overrides.items() if a != alias}
