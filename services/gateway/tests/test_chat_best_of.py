@@ -191,3 +191,28 @@ def test_the_newest_reward_model_scores_unless_one_is_configured() -> None:
     assert configured._pick(listed) == "reward-a"
     assert configured._pick(listed[:1]) is None
     assert newest._pick(listed[:1]) is None
+
+
+async def test_the_admin_sees_which_reward_model_scores(tmp_path: Path) -> None:
+    admin = {"Authorization": "Bearer sk-admin-best-of-0123456789"}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    async with inprocess_gateway(
+        tmp_path / "a", generator=rewarded(), admin_key="sk-admin-best-of-0123456789"
+    ) as gw:
+        current = await gw.client.get("/v1/admin/reward-model", headers=admin)
+        assert current.status_code == 200, current.text
+        assert current.json() == {
+            "object": "reward_model",
+            "id": FAKE_REWARD_MODEL,
+            "chosen_by": "newest",
+            # Listed by the generator, not registered here: no card this gateway can read.
+            "registration": None,
+        }
+        assert (
+            await gw.client.get("/v1/admin/reward-model", headers=gw.alice.headers)
+        ).status_code == 403
+    async with inprocess_gateway(tmp_path / "b", admin_key="sk-admin-best-of-0123456789") as gw:
+        missing = await gw.client.get("/v1/admin/reward-model", headers=admin)
+        assert missing.status_code == 404
+        assert missing.json()["error"]["code"] == "reward_model_not_found"

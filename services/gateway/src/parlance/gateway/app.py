@@ -32,6 +32,7 @@ from parlance.gateway.rollback import SplitRollback
 from parlance.gateway.routes import (
     admin_keys,
     admin_models,
+    admin_reward,
     conversations,
     embeddings,
     health,
@@ -180,6 +181,7 @@ def create_app(
     app.include_router(moderations.router)
     app.include_router(admin_keys.router)
     app.include_router(admin_models.router)
+    app.include_router(admin_reward.router)
     app.include_router(health.router)
     app.include_router(ui.router)
     return app
