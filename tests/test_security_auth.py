@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from parlance.gateway.ratelimit import FailedAuthThrottle
+from parlance.gateway.auth_throttle import FailedAuthThrottle
 from parlance.gateway.redis_state import RedisState
 from parlance.testing import (
     ALICE,

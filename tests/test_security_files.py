@@ -11,7 +11,7 @@ from pathlib import Path
 
 from parlance.gateway.auth import load_secret, opaque_key_id
 from parlance.gateway.keystore import SqlKeyStore
-from parlance.gateway.outbox import OutboxStore
+from parlance.gateway.outbox_store import OutboxStore
 from parlance.testing.processes import _load_devstack
 
 

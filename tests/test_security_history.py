@@ -19,7 +19,7 @@ import grpc
 import httpx
 import pytest
 
-from parlance.gateway.outbox import OutboxStore
+from parlance.gateway.outbox_store import OutboxStore
 from parlance.history.v1 import history_pb2 as pb
 from parlance.history.v1.history_pb2_grpc import HistoryServiceStub
 from parlance.testing import (

@@ -17,7 +17,8 @@ import asyncpg
 import pytest
 
 from parlance.gateway.clients import HistoryClient
-from parlance.gateway.outbox import HistoryOutbox, OutboxStore
+from parlance.gateway.outbox import HistoryOutbox
+from parlance.gateway.outbox_store import OutboxStore
 from parlance.history.main import HistorySettings, build_host
 from parlance.history.v1 import history_pb2
 from parlance.testing import free_port

@@ -1,6 +1,7 @@
-"""The request flow of POST /v1/embeddings: validate and size-check the input, resolve the
-model (task "embed"), take the key's TPM reservation and concurrency lease, answer from the
-tenant's cache or the generator, settle the limits with the real token count.
+"""The request flow of POST /v1/embeddings: validate and size-check the input
+(embeddings_input.py), resolve the model (task "embed"), take the key's TPM reservation and
+concurrency lease, answer from the tenant's cache or the generator, settle the limits with the
+real token count.
 
 Embeddings are deterministic, so every answer is cached (unless the cache is off, or the
 request says `Cache-Control: no-cache`): the key covers the tenant, the model, the inputs and
@@ -25,6 +26,7 @@ from parlance.gateway.auth import Principal
 from parlance.gateway.cache import cache_key
 from parlance.gateway.clients import GeneratorClient
 from parlance.gateway.config import GatewaySettings
+from parlance.gateway.embeddings_input import Item, estimate_tokens, input_items
 from parlance.gateway.embeddings_protocol import EmbeddingRequest
 from parlance.gateway.headers import ResponseHeaders
 from parlance.gateway.leases import ConcurrencyLeases, Lease
@@ -35,61 +37,6 @@ from parlance.gateway.redis_state import RedisState, RedisUnavailable
 from parlance.generator.v1 import generator_pb2
 
 log = logging.getLogger(__name__)
-
-Item = str | list[int]
-
-
-def input_items(body: EmbeddingRequest, settings: GatewaySettings) -> list[Item]:
-    """The request's inputs as a list (a string, or one token array, is a list of one),
-    within the size limits. 400 (param "input") otherwise."""
-    raw = body.input
-    if isinstance(raw, str):
-        items: list[Item] = [raw]
-    elif raw and isinstance(raw[0], int):
-        items = [list(raw)]
-    else:
-        items = list(raw)  # type: ignore[arg-type]
-    if not items:
-        raise errors.invalid_request("input must not be empty.", param="input")
-    if len(items) > settings.embeddings_max_inputs:
-        raise errors.invalid_request(
-            f"Too many inputs: {len(items)}; at most {settings.embeddings_max_inputs} per request.",
-            param="input",
-        )
-    total = 0
-    for index, item in enumerate(items):
-        if not item:
-            raise errors.invalid_request(
-                f"input[{index}] is empty; every input needs at least one character or token.",
-                param="input",
-            )
-        if isinstance(item, str):
-            if len(item) > settings.embeddings_max_input_chars:
-                raise errors.invalid_request(
-                    f"input[{index}] is {len(item)} characters long; the limit is "
-                    f"{settings.embeddings_max_input_chars}.",
-                    param="input",
-                    code="context_length_exceeded",
-                )
-            total += len(item)
-        elif any(token < 0 for token in item):
-            raise errors.invalid_request(f"input[{index}] has a negative token id.", param="input")
-        else:
-            total += len(item) * 4
-    if total > settings.embeddings_max_total_chars:
-        raise errors.invalid_request(
-            f"The inputs total {total} characters; the limit is "
-            f"{settings.embeddings_max_total_chars}.",
-            param="input",
-            code="context_length_exceeded",
-        )
-    return items
-
-
-def estimate_tokens(items: list[Item]) -> int:
-    """What TPM reserves before the call: ~4 characters a token plus the special tokens
-    (reconciled with the generator's count afterwards)."""
-    return sum((len(i) // 4 if isinstance(i, str) else len(i)) + 2 for i in items)
 
 
 def pack(vector: list[float] | Any) -> bytes:

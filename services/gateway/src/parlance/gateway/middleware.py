@@ -27,8 +27,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from parlance.common.request_id import new_request_id, reset_request_id, set_request_id
 from parlance.gateway.auth import digest
+from parlance.gateway.auth_throttle import FailedAuthThrottle
 from parlance.gateway.metrics import AUTH_FAILURES, HTTP_LATENCY, HTTP_REQUESTS
-from parlance.gateway.ratelimit import FailedAuthThrottle
 
 if TYPE_CHECKING:
     from parlance.gateway.state import GatewayState

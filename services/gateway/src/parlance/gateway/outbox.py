@@ -21,12 +21,12 @@ this module is the drainer and its policies.
   _MAX_ITEMS_PER_USER it is full *for that user* (`full_for`): the chat service refuses new
   requests that would be stored with 503 + Retry-After, before generating anything
   (back-pressure, not loss), and one user's backlog cannot refuse everyone else's.
-- Refused writes: an exchange history rejects as invalid (4xx) would be rejected forever; it
-  moves to a dead-letter table at once instead of blocking its conversation. So does one that
-  keeps failing while history takes other writes (_MAX_ATTEMPTS, counted only then: a real
-  outage counts none) or that is older than _MAX_AGE_S when a try fails (never before a try:
-  a gateway restarted on an old outbox still writes it): no exchange blocks its conversation
-  forever, whatever history answers.
+- Refused writes (outbox_policy.py): an exchange history rejects as invalid (4xx) would be
+  rejected forever; it moves to a dead-letter table at once instead of blocking its
+  conversation. So does one that keeps failing while history takes other writes
+  (_MAX_ATTEMPTS, counted only then: a real outage counts none) or that is older than
+  _MAX_AGE_S when a try fails (never before a try: a gateway restarted on an old outbox still
+  writes it): no exchange blocks its conversation forever, whatever history answers.
 - Dead letters are bounded (_MAX_DEAD, the oldest go first) and hold users' text: deleting a
   conversation deletes its queued and dead exchanges (`forget_conversation`), and an exchange
   that reaches history after its conversation was deleted is dropped, not dead-lettered.
@@ -44,29 +44,11 @@ import uuid
 from parlance.gateway.clients import HistoryClient
 from parlance.gateway.errors import APIError
 from parlance.gateway.metrics import HISTORY_OUTBOX_DEAD, HISTORY_OUTBOX_DEPTH
+from parlance.gateway.outbox_policy import RECENT_SUCCESS_S, Failure, dead_letter_reason, failure_of
 from parlance.gateway.outbox_store import OutboxStats, OutboxStore, QueuedItem, parse_payload
 from parlance.history.v1 import history_pb2
 
-# The store's names are importable from here too (tests and tools use them).
-__all__ = ["HistoryOutbox", "OutboxStats", "OutboxStore", "QueuedItem"]
-
 log = logging.getLogger(__name__)
-
-# Statuses that mean "history (or the way to it) is down": keep the exchange and retry. Any
-# other 4xx means history read the exchange and refused it.
-_RETRYABLE = {429, 500, 503, 504}
-
-
-def _conversation_gone(exc: APIError) -> bool:
-    """History's answer when the conversation is gone: the user deleted it while this
-    exchange was on its way (the chat flow checks ownership before generating, so it existed
-    then). A missing parent message is not this: that exchange is dead-lettered."""
-    return exc.status == 404 and exc.param == "conversation_id"
-
-
-# A write that fails while another write succeeded this recently counts as an attempt: history
-# works, so the failure is the exchange's own.
-_RECENT_SUCCESS_S = 30.0
 
 
 class HistoryOutbox:
@@ -162,10 +144,11 @@ class HistoryOutbox:
                 self._written()
                 return True
             except APIError as exc:
-                if _conversation_gone(exc):
+                failure = failure_of(exc)
+                if failure is Failure.GONE:
                     log.info("history: the exchange's conversation was deleted; not stored")
                     return False
-                if exc.status in _RETRYABLE:
+                if failure is Failure.DOWN:
                     self._history_seems_down()
                 else:
                     log.error("history refused an exchange (dead-lettered): %s", exc.message)
@@ -239,23 +222,27 @@ class HistoryOutbox:
         try:
             await self.client.append_messages(request)
         except APIError as exc:
-            if _conversation_gone(exc):
+            failure = failure_of(exc)
+            if failure is Failure.GONE:
                 await self._drop(item, exc.message)
                 return True
-            if exc.status not in _RETRYABLE:
+            if failure is Failure.REFUSED:
                 await self._dead(item, exc.message)
                 return True
             self._history_seems_down()
-            # Aged out only after a failed try: a gateway restarted on an old outbox, or a
-            # history back from a long outage, still gets every exchange written.
-            if time.time() - item.created_at > self.max_age_s:
-                await self._dead(item, f"not written within {self.max_age_s:g} s")
+            # History took other writes just now: this failure is the exchange's own.
+            history_works = time.monotonic() - self._last_success < RECENT_SUCCESS_S
+            reason = dead_letter_reason(
+                item,
+                exc.message,
+                max_age_s=self.max_age_s,
+                max_attempts=self.max_attempts,
+                history_works=history_works,
+            )
+            if reason is not None:
+                await self._dead(item, reason)
                 return True
-            if time.monotonic() - self._last_success < _RECENT_SUCCESS_S:
-                # History took other writes just now: this failure is the exchange's own.
-                if item.attempts + 1 >= self.max_attempts:
-                    await self._dead(item, f"{self.max_attempts} attempts: {exc.message}")
-                    return True
+            if history_works:
                 await asyncio.to_thread(self.store.count_attempt, item.id)
             return False
         self._written()
