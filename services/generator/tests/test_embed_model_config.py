@@ -39,3 +39,18 @@ def test_model_list_configuration(tmp_path, test_settings_factory) -> None:  # t
     for raw, message in bad.items():
         with pytest.raises(ModelsConfigError, match=message):
             model_specs(test_settings_factory(models=raw))
+
+
+async def test_a_torch_device_this_host_lacks_is_a_clear_load_error() -> None:
+    """torch_device places the transformers engines on a GPU; on a host whose torch cannot use
+    it (this CPU build), loading fails with a message naming the device, not a traceback."""
+    import torch
+
+    from parlance.generator.engine.transformers_embed import TransformersEmbeddingEngine
+
+    if torch.cuda.is_available():
+        pytest.skip("this host has CUDA: the device exists")
+    engine = TransformersEmbeddingEngine(served_model_name="m", device="cuda")
+    with pytest.raises(ValueError, match="cannot place the model on 'cuda'"):
+        await engine.start()
+    await engine.close()

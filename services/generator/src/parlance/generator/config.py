@@ -95,3 +95,7 @@ class GeneratorSettings(ServiceSettings):
     # machine: 1.2 texts/s at batch 1 with 2 threads against 27 with 1). Raise it on a host
     # with cores to spare for embeddings.
     embed_n_threads: int = Field(default=1, ge=1)
+    # Where the transformers engines (embed and reward models) run: "cpu", or a torch device
+    # such as "cuda" / "cuda:1" on a GPU host (a reward model scoring best_of's candidates next
+    # to a vLLM chat model). vLLM models choose their GPU through CUDA_VISIBLE_DEVICES instead.
+    torch_device: str = "cpu"

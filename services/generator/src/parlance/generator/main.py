@@ -40,6 +40,7 @@ def build_embedding_engine(settings: GeneratorSettings) -> EmbeddingEngine:
         max_wait_s=settings.embed_max_wait_ms / 1000,
         max_inputs=settings.embed_max_inputs,
         n_threads=settings.embed_n_threads,
+        device=settings.torch_device,
     )
 
 
@@ -58,6 +59,7 @@ def build_reward_engine(settings: GeneratorSettings) -> RewardEngine:
         max_chars=settings.reward_max_chars,
         # torch's threads are per process: the embedding engine's setting holds for both.
         n_threads=settings.embed_n_threads,
+        device=settings.torch_device,
     )
 
 

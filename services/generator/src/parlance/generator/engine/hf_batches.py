@@ -1,6 +1,7 @@
 """What the two plain Hugging Face transformers engines (embeddings: transformers_embed.py,
-reward models: reward.py) share: loading a local folder on CPU, and one forward pass over the
-sequences of many micro-batched calls, as length-sorted padded batches, handed back per call."""
+reward models: reward.py) share: loading a local folder (on the CPU, or on a GPU with the
+model setting torch_device), and one forward pass over the sequences of many micro-batched
+calls, as length-sorted padded batches, handed back per call."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ Result = TypeVar("Result")
 
 
 def load_local(
-    folder: Path, auto_class: str, n_threads: int | None, **model_kwargs: Any
+    folder: Path, auto_class: str, n_threads: int | None, device: str = "cpu", **model_kwargs: Any
 ) -> tuple[Any, Any, Any]:
-    """(torch, tokenizer, model in eval mode) from a local folder: nothing is downloaded.
-    auto_class names the transformers Auto class (AutoModel, AutoModelForSequenceClassification)."""
+    """(torch, tokenizer, model in eval mode on `device`) from a local folder: nothing is
+    downloaded. auto_class names the transformers Auto class (AutoModel,
+    AutoModelForSequenceClassification). ValueError for a device torch cannot use."""
     import torch
     import transformers
 
@@ -27,14 +29,19 @@ def load_local(
     model = getattr(transformers, auto_class).from_pretrained(
         folder, local_files_only=True, **model_kwargs
     )
+    if device != "cpu":
+        try:
+            model = model.to(device)
+        except (RuntimeError, AssertionError) as exc:  # no CUDA build, no such GPU
+            raise ValueError(f"cannot place the model on {device!r}: {exc}") from None
     return torch, tokenizer, model.eval()
 
 
 def padded_batches(
-    torch: Any, sequences: list[list[int]], pad: int, batch_size: int
+    torch: Any, sequences: list[list[int]], pad: int, batch_size: int, device: str = "cpu"
 ) -> Iterator[tuple[list[int], Any, Any]]:
-    """(indices into sequences, input ids, attention mask) per batch of at most batch_size,
-    the sequences sorted by length so that padding stays small."""
+    """(indices into sequences, input ids, attention mask on `device`) per batch of at most
+    batch_size, the sequences sorted by length so that padding stays small."""
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
@@ -45,7 +52,7 @@ def padded_batches(
             n = len(sequences[i])
             ids[row, :n] = torch.tensor(sequences[i], dtype=torch.long)
             mask[row, :n] = 1
-        yield chunk, ids, mask
+        yield chunk, ids.to(device), mask.to(device)
 
 
 def run_per_call(

@@ -69,9 +69,11 @@ class TransformersRewardEngine(RewardEngine):
         max_candidates: int = 16,
         max_chars: int = 100_000,
         n_threads: int | None = None,
+        device: str = "cpu",
     ) -> None:
         self._served_model_name = served_model_name
         self._folder = Path(model_path)
+        self._device = device
         self._configured_len = max_model_len
         self._n_threads = n_threads
         self._max_batch_size = max_batch_size
@@ -119,6 +121,7 @@ class TransformersRewardEngine(RewardEngine):
             self._folder,
             "AutoModelForSequenceClassification",
             self._n_threads,
+            self._device,
             use_safetensors=True,
         )
         if model.config.num_labels != 1:
@@ -226,7 +229,8 @@ class TransformersRewardEngine(RewardEngine):
         pad = self._tokenizer.pad_token_id
         out = [0.0] * len(sequences)
         with torch.inference_mode():
-            for chunk, ids, mask in padded_batches(torch, sequences, pad, self._max_batch_size):
+            batches = padded_batches(torch, sequences, pad, self._max_batch_size, self._device)
+            for chunk, ids, mask in batches:
                 logits = self._model(input_ids=ids, attention_mask=mask).logits
                 for row, value in zip(chunk, logits[:, 0].float().tolist(), strict=True):
                     out[row] = value

@@ -82,11 +82,13 @@ class TransformersEmbeddingEngine(EmbeddingEngine):
         max_wait_s: float = 0.002,
         max_inputs: int = 2048,
         n_threads: int | None = None,
+        device: str = "cpu",
     ) -> None:
         self._served_model_name = served_model_name
         self._model_path = model_path
         self._configured_len = max_model_len
         self._n_threads = n_threads
+        self._device = device
         self._max_batch_size = max_batch_size
         self._max_inputs = max_inputs
         self._batcher: MicroBatcher[EmbeddingRequest, EmbeddingResult] = MicroBatcher(
@@ -114,7 +116,9 @@ class TransformersEmbeddingEngine(EmbeddingEngine):
     def _load(self) -> None:
         folder = Path(self._model_path or default_model_path())
         started = time.perf_counter()
-        self._torch, self._tokenizer, self._model = load_local(folder, "AutoModel", self._n_threads)
+        self._torch, self._tokenizer, self._model = load_local(
+            folder, "AutoModel", self._n_threads, self._device
+        )
         self._specials = special_tokens(self._tokenizer)
         config = self._model.config
         self._dimensions = int(config.hidden_size)
@@ -201,7 +205,8 @@ class TransformersEmbeddingEngine(EmbeddingEngine):
         pad = self._tokenizer.pad_token_id or 0
         out: list[list[float]] = [[] for _ in sequences]
         with torch.inference_mode():
-            for chunk, ids, mask in padded_batches(torch, sequences, pad, self._max_batch_size):
+            batches = padded_batches(torch, sequences, pad, self._max_batch_size, self._device)
+            for chunk, ids, mask in batches:
                 hidden = self._model(input_ids=ids, attention_mask=mask).last_hidden_state
                 weights = mask.unsqueeze(-1).to(hidden.dtype)
                 mean = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
