@@ -20,8 +20,8 @@ requests and the lease sets left in Redis.
 
 --profile DIR runs `py-spy record` (needs ptrace: root, or CAP_SYS_PTRACE) on every service
 during the middle half of each step and summarises its speedscope files (lib/pyspy.py) into
-top frames by self and inclusive time. --soak holds one N for --duration seconds and reports memory over
-time and TTFT per minute, so that leaks and drift show.
+top frames by self and inclusive time. --soak holds one N for --duration seconds and reports
+memory over time and TTFT per minute, so that leaks and drift show.
 
 The client is bench/lib's (httpx, one keep-alive connection per simulated user); it shares
 the machine with the stack, and its CPU is in the report.
