@@ -12,7 +12,9 @@ holds its own llama_model; llama.cpp ties an adapter to one) and applied per req
 set before the request and cleared after it, and the instance's KV cache is reset both times,
 so a prefix cached under the base weights is never reused under the adapter or the other way
 round (base requests keep reusing each other's prefixes). An adapter is freed when it has been
-unloaded and the last request using it has finished on its thread.
+unloaded and the last request using it has finished on its thread. Adapters are loaded and
+freed while the engine holds every instance (taken from the queue like a request would), since
+llama.cpp's model keeps its adapters in a set that decoding reads.
 
 We run our own loop over `Llama.generate` rather than `create_chat_completion(stream=True)`
 because the latter reports no usage while streaming and merges tokens into chunks, and the
@@ -23,13 +25,14 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import ctypes
 import functools
 import importlib.util
 import logging
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,6 +165,8 @@ class LlamaCppEngine(Engine):
         self._base_digest: str | None = None
         # Adapters loaded and not yet freed (unloaded ones stay until their last request ends).
         self._adapters: set[_LlamaAdapter] = set()
+        self._freeing: set[asyncio.Task[None]] = set()
+        self._holding = asyncio.Lock()
         self._running = 0
         self._waiting = 0
         self._created = 0
@@ -252,7 +257,9 @@ class LlamaCppEngine(Engine):
             self._executor = None
         # Every worker has finished: no context uses an adapter now.
         for adapter in list(self._adapters):
-            self._free_adapter(adapter)
+            _free_all(list(adapter.pointers.values()))
+            adapter.pointers.clear()
+        self._adapters.clear()
         for instance in [*self._instances, self._tokenizer]:
             if instance is not None:
                 instance.close()
@@ -314,7 +321,7 @@ class LlamaCppEngine(Engine):
         check_gguf_lora(header, self._base_header, where=path.name)
         await self._check_trained_base(folder)
         digest = await asyncio.to_thread(sha256_file, path)
-        pointers = await asyncio.to_thread(self._init_adapter, path)
+        pointers = await self._init_adapter(path)
         adapter = _LlamaAdapter(adapter_id, str(path), digest, pointers=pointers)
         self._adapters.add(adapter)
         log.info("LoRA adapter loaded", extra={"adapter": adapter_id, "path": str(path)})
@@ -337,36 +344,68 @@ class LlamaCppEngine(Engine):
                 f"({self._path.name if self._path else '?'})"
             )
 
-    def _init_adapter(self, path: Path) -> dict[int, Any]:
+    @contextlib.asynccontextmanager
+    async def _holding_every_instance(self) -> AsyncIterator[list[Any]]:
+        """Every pooled instance, taken from the queue as requests release them (so none
+        decodes meanwhile), given back at the end. llama.cpp keeps a model's adapters in a set
+        that its decode reads (graph sizing): an adapter is added to or freed from a model only
+        while no context of that model runs."""
+        free = self._free
+        assert free is not None
+        taken: list[Any] = []
+        # One holder at a time: two, each holding some instances, would wait for each other.
+        async with self._holding:
+            try:
+                while len(taken) < len(self._instances):
+                    taken.append(await free.get())
+                yield taken
+            finally:
+                for instance in taken:
+                    free.put_nowait(instance)
+
+    async def _init_adapter(self, path: Path) -> dict[int, Any]:
         """The adapter loaded against each instance's model; nothing stays loaded on error."""
         import llama_cpp
 
+        loop = asyncio.get_running_loop()
         pointers: dict[int, Any] = {}
-        for instance in self._instances:
-            pointer = llama_cpp.llama_adapter_lora_init(instance.model, str(path).encode())
-            if not pointer:
-                for loaded in pointers.values():
-                    llama_cpp.llama_adapter_lora_free(loaded)
-                raise AdapterError(
-                    f"llama.cpp could not load {path.name} (a corrupt or truncated GGUF LoRA)"
+        async with self._holding_every_instance() as instances:
+            for instance in instances:
+                pointer = await loop.run_in_executor(
+                    self._executor,
+                    llama_cpp.llama_adapter_lora_init,
+                    instance.model,
+                    str(path).encode(),
                 )
-            pointers[id(instance)] = pointer
+                if not pointer:
+                    await loop.run_in_executor(self._executor, _free_all, list(pointers.values()))
+                    raise AdapterError(
+                        f"llama.cpp could not load {path.name} (a corrupt or truncated GGUF LoRA)"
+                    )
+                pointers[id(instance)] = pointer
         return pointers
 
     async def unload_adapter(self, adapter: AdapterHandle) -> None:
         assert isinstance(adapter, _LlamaAdapter)
         adapter.retired = True
         if adapter.users == 0:
-            self._free_adapter(adapter)
+            self._spawn_free(adapter)
 
-    def _free_adapter(self, adapter: _LlamaAdapter) -> None:
-        """Frees the adapter's llama.cpp state; only when no context has it set."""
-        import llama_cpp
+    def _spawn_free(self, adapter: _LlamaAdapter) -> None:
+        task = asyncio.get_running_loop().create_task(self._free_adapter(adapter))
+        self._freeing.add(task)
+        task.add_done_callback(self._freeing.discard)
 
-        for pointer in adapter.pointers.values():
-            llama_cpp.llama_adapter_lora_free(pointer)
-        adapter.pointers.clear()
-        self._adapters.discard(adapter)
+    async def _free_adapter(self, adapter: _LlamaAdapter) -> None:
+        """Frees the adapter's llama.cpp state once no request uses it (none has it set: a
+        request's worker clears it before the request ends)."""
+        if not adapter.pointers or self._free is None:
+            return  # freed already, or the engine closed (close() frees what is left)
+        async with self._holding_every_instance():
+            pointers = list(adapter.pointers.values())
+            adapter.pointers.clear()
+            self._adapters.discard(adapter)
+            await asyncio.get_running_loop().run_in_executor(self._executor, _free_all, pointers)
         log.info("LoRA adapter freed", extra={"adapter": adapter.adapter_id})
 
     @staticmethod
@@ -516,7 +555,7 @@ class LlamaCppEngine(Engine):
             return
         adapter.users -= 1
         if adapter.retired and adapter.users == 0 and adapter.pointers:
-            self._free_adapter(adapter)
+            self._spawn_free(adapter)
 
     # -- the worker thread ---------------------------------------------------------------------
 
@@ -629,6 +668,13 @@ class LlamaCppEngine(Engine):
             top = tuple(TopLogprob(*_with_logprob(piece(int(t)), float(logprobs[t]))) for t in best)
         text, raw = piece(token)
         return TokenLogprob(text, float(logprobs[token]), raw, top)
+
+
+def _free_all(pointers: list[Any]) -> None:
+    import llama_cpp
+
+    for pointer in pointers:
+        llama_cpp.llama_adapter_lora_free(pointer)
 
 
 def _with_logprob(piece: tuple[str, bytes], logprob: float) -> tuple[str, float, bytes]:
