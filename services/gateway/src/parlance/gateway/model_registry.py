@@ -91,16 +91,19 @@ class RuntimeModels(AliasAdmin):
                 log.exception("model registry sync failed")
 
     async def sync(self) -> None:
-        """Re-reads registrations and aliases from Redis, then re-applies what is missing."""
-        try:
-            registrations = await self.store.registrations()
-            aliases = await self.store.aliases()
-        except RedisUnavailable:
-            return
-        self.registrations = {k: r for k, r in registrations.items() if r.state == "ready"}
-        self.models.overrides = aliases
-        MODELS_REGISTERED.set(len(self.registrations))
-        self.reapply()
+        """Re-reads registrations and aliases from Redis, then re-applies what is missing.
+        Under the lock of register and remove: a read from before a removal must not bring
+        the removed model back."""
+        async with self._lock:
+            try:
+                registrations = await self.store.registrations()
+                aliases = await self.store.aliases()
+            except RedisUnavailable:
+                return
+            self.registrations = {k: r for k, r in registrations.items() if r.state == "ready"}
+            self.models.overrides = aliases
+            MODELS_REGISTERED.set(len(self.registrations))
+            self.reapply()
 
     # --- where a registration belongs -----------------------------------------------------
 
@@ -132,6 +135,9 @@ class RuntimeModels(AliasAdmin):
         try:
             await target.client.load_model(registration.request())
             self._retry_at.pop(key, None)
+            if registration.id not in self.registrations:  # removed while it loaded
+                await target.client.unload_model(registration.id)
+                return
             MODEL_REGISTRATIONS.labels("reapply", "ok").inc()
             log.info(
                 "registered model loaded again",
