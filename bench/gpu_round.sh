@@ -138,24 +138,14 @@ scrape_cache() {  # label: both replicas' prefix-cache counters
   done
 }
 
-phase_multiturn() {
-  start_redis
-  start_safety
-  local chat="[{\"id\": \"smollm2\", \"engine\": \"vllm\", \"path\": \"$SMOLLM2_HF_DIR\", \"settings\": {\"gpu_memory_utilization\": 0.5, \"max_model_len\": 4096}}]"
-  start_generator 0 0 "$chat"
-  start_generator 1 1 "$chat"
-  local urls="127.0.0.1:$((50051 + PORTS)),127.0.0.1:$((50061 + PORTS))"
-  if ! wait_serving "$urls" 300; then
-    say "(multiturn) generators did not start"; tail -n 30 "$LOGS"/generator*_multiturn.txt; stop_all; return
-  fi
-  local round=0
-  local order=""
+multiturn_rounds() {  # generator_urls: rr/affinity alternating, MT_ROUNDS pairs
+  local urls=$1 round=0 order=""
   for _ in $(seq 1 "${MT_ROUNDS:-2}"); do order="$order least_in_flight affinity"; done
   for routing in $order; do
     round=$((round + 1))
     start_gateway "$urls" "$routing" "mt$round"
     if ! wait_http "http://127.0.0.1:$GW_PORT/readyz" 120; then
-      say "(multiturn) gateway did not start"; tail -30 "$LOGS/gateway_mt$round.txt"; break
+      say "(multiturn) gateway did not start"; tail -n 30 "$LOGS/gateway_mt$round.txt"; break
     fi
     scrape_cache "before$round"
     say "(multiturn $round) routing $routing"
@@ -167,6 +157,20 @@ phase_multiturn() {
     scrape_cache "after$round"
     stop_pid "$GATEWAY_PID"
   done
+}
+
+phase_multiturn() {
+  start_redis
+  start_safety
+  local chat="[{\"id\": \"smollm2\", \"engine\": \"vllm\", \"path\": \"$SMOLLM2_HF_DIR\", \"settings\": {\"gpu_memory_utilization\": 0.5, \"max_model_len\": 4096}}]"
+  start_generator 0 0 "$chat"
+  start_generator 1 1 "$chat"
+  local urls="127.0.0.1:$((50051 + PORTS)),127.0.0.1:$((50061 + PORTS))"
+  if ! wait_serving "$urls" 300; then
+    say "(multiturn) generators did not start"; tail -n 30 "$LOGS"/generator*_multiturn.txt; stop_all; return
+  fi
+  local round=0
+  multiturn_rounds "$urls"
   stop_all
 }
 
@@ -207,6 +211,68 @@ phase_bestof() {
   else
     say "(bestof) the stack did not start"; tail -n 40 "$LOGS/generator0_bestof.txt" "$LOGS/gateway_bestof.txt"
   fi
+  stop_all
+}
+
+phase_single() {
+  # Everything on one GPU in one call (the lent machine may have only one): training in the
+  # background from the start; vllm serve (MiniLM) and two generator replicas (SmolLM2 chat;
+  # the second also serves MiniLM through the vLLM pooling runner) start together; then
+  # multiturn (rr/affinity alternating: the replicas share the card, which does not change
+  # what affinity is measured for, their prefix caches), embed a and b, and best_of with the
+  # reward model trained here, registered through the admin API (POST /v1/admin/models).
+  PHASE=single
+  ( phase_train > "$LOGS/train_track.txt" 2>&1 ) &
+  local trainer=$!
+  CUDA_VISIBLE_DEVICES=$GPU vllm serve "$MINILM" --runner pooling --served-model-name minilm \
+    --gpu-memory-utilization 0.08 --host 127.0.0.1 --port $((8100 + PORTS)) \
+    > "$LOGS/vllm_serve_embed.txt" 2>&1 &
+  local vllm_serve=$!
+  PIDS+=($vllm_serve)
+  start_redis
+  start_safety
+  local chat="{\"id\": \"smollm2\", \"engine\": \"vllm\", \"path\": \"$SMOLLM2_HF_DIR\", \"settings\": {\"gpu_memory_utilization\": 0.25, \"max_model_len\": 2048}}"
+  local embed="{\"id\": \"minilm\", \"engine\": \"vllm\", \"task\": \"embed\", \"path\": \"$MINILM\", \"settings\": {\"gpu_memory_utilization\": 0.08}}"
+  export GENERATOR_LOAD_ROOT="$WORK"
+  start_generator 0 "$GPU" "[$chat]"
+  start_generator 1 "$GPU" "[$chat, $embed]"
+  local urls="127.0.0.1:$((50051 + PORTS)),127.0.0.1:$((50061 + PORTS))"
+  if ! wait_serving "$urls" 400; then
+    say "(single) generators did not start"; tail -n 30 "$LOGS"/generator*_single.txt; stop_all; return
+  fi
+  say "(single) generators serving"
+  PHASE=multiturn
+  MT_CONVERSATIONS=${MT_CONVERSATIONS:-192} MT_TURNS=${MT_TURNS:-4} MT_CONCURRENCY=${MT_CONCURRENCY:-64} \
+    MT_ROUNDS=${MT_ROUNDS:-2} multiturn_rounds "$urls"
+  PHASE=single
+  say "(single) waiting for the training track"
+  wait "$trainer"
+  tail -n 12 "$LOGS/train_track.txt" | cut -c1-300
+  if wait_http "http://127.0.0.1:$((8100 + PORTS))/health" 60; then
+    embed_loads a "http://127.0.0.1:$((8100 + PORTS))"
+  else
+    say "(embed a) vllm serve did not start"; tail -n 30 "$LOGS/vllm_serve_embed.txt"
+  fi
+  kill -TERM "$vllm_serve" 2>/dev/null
+  export GATEWAY_ADMIN_KEY="admin-$API_KEY" GATEWAY_REWARD_MODEL=reward
+  start_gateway "$urls" least_in_flight single
+  if wait_http "http://127.0.0.1:$GW_PORT/readyz" 120; then
+    embed_loads b "http://127.0.0.1:$GW_PORT" "$API_KEY"
+    local reward
+    reward="$(find "$WORK/reward" -maxdepth 1 -mindepth 1 -type d -name 'reward-*' | head -n 1)"
+    say "(bestof) registering $reward"
+    curl -s -X POST "http://127.0.0.1:$GW_PORT/v1/admin/models" \
+      -H "Authorization: Bearer $GATEWAY_ADMIN_KEY" -H "Content-Type: application/json" \
+      -d "{\"id\": \"reward\", \"task\": \"reward\", \"path\": \"$reward\", \"settings\": {\"torch_device\": \"cuda\"}}" \
+      | tee "$RESULT_DIR/reward_registration.json" | cut -c1-400; echo
+    python3 bench/best_of_bench.py --base-url "http://127.0.0.1:$GW_PORT" --api-key "$API_KEY" \
+      --model smollm2 --requests "${BO_REQUESTS:-96}" --concurrency 16 --max-tokens 128 \
+      --ignore-eos --out "$RESULT_DIR/best_of_gpu.md" > "$LOGS/best_of.txt" 2>&1
+    tail -n 12 "$RESULT_DIR/best_of_gpu.md" "$LOGS/best_of.txt" | cut -c1-300
+  else
+    say "(single) gateway did not start"; tail -n 30 "$LOGS/gateway_single.txt"
+  fi
+  curl -s "http://127.0.0.1:$((9111 + PORTS))/metrics" > "$RESULT_DIR/embed_generator_metrics.txt" || true
   stop_all
 }
 
