@@ -145,6 +145,9 @@ class RuntimeModels(AliasAdmin):
             )
             await self.generator.refresh()
         except errors.APIError as exc:
+            if exc.code == "conflict":  # ALREADY_EXISTS: another worker or replica loaded it
+                await self.generator.refresh()
+                return
             self._retry_at[key] = asyncio.get_running_loop().time() + self.reapply_backoff_s
             MODEL_REGISTRATIONS.labels("reapply", "failed").inc()
             log.warning(
