@@ -20,9 +20,9 @@ from parlance.testing import (
     BOB_KEY,
     MODEL,
     Stack,
+    StackPool,
     scrape,
     start_extra_gateway,
-    start_stack,
     total,
 )
 
@@ -35,12 +35,9 @@ NO_CACHE = {"Cache-Control": "no-cache"}
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, redis_server: str) -> Iterator[Stack]:
-    stack = start_stack(
-        tmp_path_factory.mktemp("embeddings"),
-        redis_server,
-        env=make_up_env(),
-    )
+def stack(stacks: StackPool) -> Iterator[Stack]:
+    # Its own gateway and history; the generator and safety are the pool's for these settings.
+    stack = stacks.start("embeddings", env=make_up_env())
     yield stack
     stack.stop()
 

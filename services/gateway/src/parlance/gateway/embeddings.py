@@ -17,6 +17,7 @@ import json
 import logging
 import struct
 import time
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,11 +29,9 @@ from parlance.gateway.clients import GeneratorClient
 from parlance.gateway.config import GatewaySettings
 from parlance.gateway.embeddings_input import Item, estimate_tokens, input_items
 from parlance.gateway.embeddings_protocol import EmbeddingRequest
-from parlance.gateway.headers import ResponseHeaders
-from parlance.gateway.leases import ConcurrencyLeases, Lease
+from parlance.gateway.key_limits import KeyLimits
 from parlance.gateway.metrics import CACHE, EMBEDDINGS, TOKENS
 from parlance.gateway.models import ModelRegistry
-from parlance.gateway.ratelimit import RateLimiter
 from parlance.gateway.redis_state import RedisState, RedisUnavailable
 from parlance.generator.v1 import generator_pb2
 
@@ -107,52 +106,12 @@ class PreparedEmbeddings:
     started: float = field(default_factory=time.monotonic)
 
 
-class EmbeddingLimits:
+class EmbeddingLimits(KeyLimits):
     """The key's TPM reservation and concurrency lease for one embeddings request."""
 
-    def __init__(
-        self,
-        settings: GatewaySettings,
-        limiter: RateLimiter,
-        leases: ConcurrencyLeases,
-        caller: Principal,
-        estimate: int,
-    ) -> None:
-        self.settings = settings
-        self.limiter = limiter
-        self.leases = leases
-        self.caller = caller
-        self.estimate = estimate
-        self.tpm = caller.limits.tpm or settings.tpm_limit
-        self.lease: Lease | None = None
-
-    async def take(self, headers: ResponseHeaders) -> None:
-        key_id = self.caller.key_id
+    async def take(self, headers: MutableMapping[str, str]) -> None:
         try:
-            if self.tpm > 0:
-                decision = await self.limiter.check("tpm", key_id, self.tpm, cost=self.estimate)
-                headers.update(decision.headers("tokens"))
-                if not decision.allowed:
-                    raise errors.rate_limited(
-                        f"Request too large for key {key_id}: {self.estimate} tokens "
-                        f"estimated, limit {self.tpm} tokens per minute."
-                        if self.estimate > self.tpm
-                        else f"Rate limit reached for tokens on key {key_id}: limit {self.tpm} "
-                        f"per minute. Please try again in {decision.retry_after_s:.1f}s.",
-                        decision.retry_after_s,
-                        dict(headers),
-                    )
-            limit = self.caller.limits.max_concurrent or self.settings.max_concurrent_per_key
-            if limit > 0:
-                self.lease = await self.leases.acquire(key_id, limit)
-                if self.lease is None:
-                    await self.settle(None)
-                    raise errors.rate_limited(
-                        f"Too many concurrent requests on key {key_id}: at most {limit} at a "
-                        "time. Wait for one to finish.",
-                        1.0,
-                        dict(headers),
-                    )
+            await super().take(headers)
         except RedisUnavailable:
             raise errors.service_unavailable(
                 "Rate limiting is unavailable (Redis); retry shortly.", self.settings.retry_after_s
@@ -161,12 +120,7 @@ class EmbeddingLimits:
     async def settle(self, used: int | None) -> None:
         """Releases the lease; charges what the request really used (None: refund it all)."""
         try:
-            if self.lease is not None:
-                await self.leases.release(self.lease)
-                self.lease = None
-            if self.tpm > 0:
-                delta = (used or 0) - self.estimate
-                await self.limiter.adjust("tpm", self.caller.key_id, self.tpm, delta)
+            await self.settle_used(used)
         except Exception:
             log.exception("settling embeddings limits failed")
 

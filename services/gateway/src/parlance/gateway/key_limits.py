@@ -1,0 +1,86 @@
+"""The per-key limits a request takes before it is served and settles afterwards, for chat
+completions (chat/limits.py) and embeddings (embeddings.py): the tokens-per-minute reservation
+of an estimate, reconciled with what the request really used, and the concurrency lease. The
+requests-per-minute decision is taken earlier, for every limited route (deps.rate_limit)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import MutableMapping
+from typing import ClassVar
+
+from parlance.gateway import errors
+from parlance.gateway.auth import Principal
+from parlance.gateway.config import GatewaySettings
+from parlance.gateway.leases import ConcurrencyLeases, Lease
+from parlance.gateway.ratelimit import RateLimiter
+
+log = logging.getLogger(__name__)
+
+
+class KeyLimits:
+    """The TPM reservation and the concurrency lease of one request, and their settlement."""
+
+    # How the 429 of an estimate over the whole TPM limit words it.
+    TOO_LARGE: ClassVar[str] = (
+        "Request too large for key {key_id}: {estimate} tokens estimated, limit {tpm} tokens "
+        "per minute."
+    )
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        limiter: RateLimiter,
+        leases: ConcurrencyLeases,
+        caller: Principal,
+        estimate: int,
+    ) -> None:
+        self.settings = settings
+        self.limiter = limiter
+        self.leases = leases
+        self.caller = caller
+        self.estimate = estimate
+        self.tpm = caller.limits.tpm or settings.tpm_limit
+        self.lease: Lease | None = None
+
+    async def take(self, headers: MutableMapping[str, str]) -> None:
+        """Reserves the estimate from TPM and takes a concurrency lease (429 otherwise); the
+        x-ratelimit-*-tokens headers go into `headers`."""
+        if self.tpm > 0:
+            await self._reserve(headers)
+        limit = self.caller.limits.max_concurrent or self.settings.max_concurrent_per_key
+        if limit > 0:
+            self.lease = await self.leases.acquire(self.caller.key_id, limit)
+            if self.lease is None:
+                await self.settle_used(None)
+                raise errors.rate_limited(
+                    f"Too many concurrent requests on key {self.caller.key_id}: at most "
+                    f"{limit} at a time. Wait for one to finish.",
+                    1.0,
+                    dict(headers),
+                )
+
+    async def _reserve(self, headers: MutableMapping[str, str]) -> None:
+        key_id = self.caller.key_id
+        decision = await self.limiter.check("tpm", key_id, self.tpm, cost=self.estimate)
+        headers.update(decision.headers("tokens"))
+        if decision.allowed:
+            return
+        raise errors.rate_limited(
+            self.TOO_LARGE.format(key_id=key_id, estimate=self.estimate, tpm=self.tpm)
+            if self.estimate > self.tpm
+            else f"Rate limit reached for tokens on key {key_id}: limit {self.tpm} per minute. "
+            f"Please try again in {decision.retry_after_s:.1f}s.",
+            decision.retry_after_s,
+            dict(headers),
+        )
+
+    async def settle_used(self, used: int | None) -> None:
+        """Releases the lease; charges what the request really used (None: refunds it all)."""
+        if self.lease is not None:
+            await self.leases.release(self.lease)
+            self.lease = None
+        if self.tpm > 0:
+            await self.limiter.adjust(
+                "tpm", self.caller.key_id, self.tpm, (used or 0) - self.estimate
+            )
