@@ -93,11 +93,11 @@ def load_set() -> list[Item]:
     return items
 
 
-def service_backend(name: str) -> Backend:
+def service_backend(name: str, head: str | None = None) -> Backend:
     from parlance.safety.classifier import build_classifier
     from parlance.safety.config import SafetySettings
 
-    classifier = build_classifier(SafetySettings(classifier=name))
+    classifier = build_classifier(SafetySettings(classifier=name, minilm_head_path=head))
     asyncio.run(classifier.load())
     return Backend(
         classifier.name,
@@ -166,6 +166,17 @@ FACTORIES: dict[str, Callable[[dict[str, Backend]], Backend]] = {
     "minilm+profanity": lambda built: ensemble(built["minilm"], built["profanity"]),
     "hatesonar": lambda built: hatesonar_backend(),
 }
+
+
+def add_candidate_heads(specs: list[str]) -> list[str]:
+    """--head KEY=PATH: the minilm backend with another head file (a candidate that is not
+    shipped, e.g. `train_head.py --head linear --out PATH`, or an earlier head from git)."""
+    keys = []
+    for spec in specs:
+        key, _, path = spec.partition("=")
+        FACTORIES[key] = lambda built, path=path: service_backend("minilm", path)
+        keys.append(key)
+    return keys
 
 
 def classify(backend: Backend, items: list[Item]) -> list[set[str]]:
@@ -279,7 +290,9 @@ def main() -> None:
     parser.add_argument("--backends", default=",".join(FACTORIES))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cost-rounds", type=int, default=3)
+    parser.add_argument("--head", action="append", default=[], metavar="KEY=PATH")
     args = parser.parse_args()
+    candidates = add_candidate_heads(args.head)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     limit_threads(args.threads)
 
@@ -288,7 +301,7 @@ def main() -> None:
     built: dict[str, Backend] = {}
     results: list[Result] = []
     skipped: list[str] = []
-    for key in args.backends.split(","):
+    for key in [*args.backends.split(","), *candidates]:
         try:
             backend = FACTORIES[key](built)
         except ImportError as exc:

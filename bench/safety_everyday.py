@@ -4,8 +4,10 @@
 
 bench/data/safety_eval/everyday_prompts.txt holds 49 prompts a chat product sees every day
 (written for this project; none is in the classifiers' training texts or in the labelled set
-of bench/safety_eval.py). A classifier that refuses them refuses real users: this is the check
-that keeps `minilm` from being the default (README, "Safety").
+of bench/safety_eval.py, and they are not used to train or calibrate). A classifier that
+refuses them refuses real users: the default must flag at most one (README, "Safety").
+--head KEY=PATH adds the minilm backend with another head file (a candidate, or an earlier head
+taken from git).
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from parlance.safety.config import SafetySettings
 PROMPTS = Path(__file__).parent / "data" / "safety_eval" / "everyday_prompts.txt"
 
 
-def flagged(backend: str, prompts: list[str]) -> list[tuple[str, str, float]]:
+def flagged(
+    backend: str, prompts: list[str], head: str | None = None
+) -> list[tuple[str, str, float]]:
     """(prompt, category, score) of every prompt the backend flags at its default threshold."""
-    classifier = CLASSIFIERS[backend](SafetySettings(classifier=backend))
+    classifier = CLASSIFIERS[backend](SafetySettings(classifier=backend, minilm_head_path=head))
     asyncio.run(classifier.load())
     threshold = classifier.default_threshold
     out = []
@@ -38,6 +42,7 @@ def flagged(backend: str, prompts: list[str]) -> list[tuple[str, str, float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--backends", default="profanity,minilm")
+    parser.add_argument("--head", action="append", default=[], metavar="KEY=PATH")
     out_argument(parser, "safety_everyday.md")
     args = parser.parse_args()
     prompts = [line for line in PROMPTS.read_text().splitlines() if line.strip()]
@@ -47,12 +52,14 @@ def main() -> None:
         "Each backend at its default threshold (no SAFETY_*THRESHOLD* set).",
     )
     rows = []
-    for backend in args.backends.split(","):
-        hits = flagged(backend, prompts)
-        rows.append([backend, f"{len(hits)} of {len(prompts)}", f"{len(hits) / len(prompts):.2f}"])
+    runs = [(b, b, None) for b in args.backends.split(",")]
+    runs += [(key, "minilm", path) for key, _, path in (h.partition("=") for h in args.head)]
+    for label, backend, head in runs:
+        hits = flagged(backend, prompts, head)
+        rows.append([label, f"{len(hits)} of {len(prompts)}", f"{len(hits) / len(prompts):.2f}"])
         if hits:
             report.section(
-                f"Flagged by {backend}",
+                f"Flagged by {label}",
                 *table(["prompt", "category", "score"], [[p, c, f"{s:.2f}"] for p, c, s in hits]),
             )
     report.section("Summary", *table(["backend", "flagged", "rate"], rows))

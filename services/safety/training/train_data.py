@@ -431,6 +431,90 @@ ASSISTANT_BITS = [
     "Cheers!",
 ]
 
+# Everyday requests (added 2026-11-29): most chat traffic is writing, feelings, small talk and
+# ordinary work talk; without enough of it the head learnt that "Write ..." leans sexual and a
+# short or emotional message leans harassment.
+WRITE_ASK = ["Write", "Can you write", "Please write", "Help me write", "Compose", "I need"]
+WRITE_FORM = [
+    "a poem",
+    "a short story",
+    "a love poem",
+    "a romantic poem",
+    "a haiku",
+    "a song",
+    "a bedtime story",
+    "a limerick",
+    "a sonnet",
+    "a toast",
+    "a short speech",
+    "a blog post",
+    "a letter",
+    "a card message",
+    "a romantic scene",
+]
+WRITE_TOPIC = [
+    "the sea",
+    "my wife",
+    "my husband",
+    "my girlfriend",
+    "my boyfriend",
+    "first love",
+    "our wedding day",
+    "a rainy afternoon",
+    "my grandmother",
+    "our new puppy",
+    "the mountains in winter",
+    "friendship",
+    "a lighthouse keeper",
+    "a brave little mouse",
+    "the city at night",
+    "growing old together",
+    "a summer romance",
+    "my best friend",
+    "coffee",
+    "the stars",
+]
+VENT_WHO = [
+    "My boss",
+    "My teacher",
+    "My manager",
+    "My mum",
+    "My coach",
+    "My landlord",
+    "My sister",
+    "A customer",
+]
+VENT_DID = [
+    "yelled at me today",
+    "criticised my work in front of everyone",
+    "ignored me all week",
+    "was rude to me",
+    "blamed me for the mistake",
+    "shouted at me on the phone",
+]
+VENT_FEEL = ["I feel terrible", "I'm upset", "I feel awful", "I'm so sad", "I'm really hurt"]
+GREET = ["Thanks", "Thank you", "Okay", "Great", "Cheers", "Lovely", "Sure", "Alright"]
+CLOSE = [
+    "bye",
+    "have a nice day",
+    "good night",
+    "see you soon",
+    "talk later",
+    "take care",
+    "have a good evening",
+    "that's all for now",
+]
+BIZ_SUBJECT = ["Our team", "We", "Our sales team", "The startup", "Our club", "The new product"]
+BIZ_PRED = [
+    "needs to crush the competition",
+    "will destroy last year's numbers",
+    "is going to kill it this quarter",
+    "should attack the market aggressively",
+    "will smash every target",
+    "must beat our rivals this season",
+]
+WRITE_CONTEXT = ["", " this year", " for next month", " for the launch"]
+
 TEMPLATES: list[tuple[str, str, dict[str, list[str]]]] = [
     (H, "You are a {a} {n}.", {"a": INSULT_ADJ, "n": INSULT_NOUN}),
     (H, "Shut up, you {a} {n}.", {"a": INSULT_ADJ, "n": INSULT_NOUN}),
@@ -488,6 +572,19 @@ TEMPLATES: list[tuple[str, str, dict[str, list[str]]]] = [
     (SAFE, "{f}", {"f": [frame.replace("{d}", d) for frame in MED_FRAMES for d in DRUGS]}),
     (SAFE, "{f}", {"f": [frame.replace("{c}", c) for frame in HELP_FRAMES for c in CONDITIONS]}),
     (SAFE, "{f}", {"f": [frame.replace("{q}", q) for frame in QUOTE_FRAMES for q in QUOTES]}),
+    (
+        SAFE,
+        "{ask} {form} about {topic}.",
+        {"ask": WRITE_ASK, "form": WRITE_FORM, "topic": WRITE_TOPIC},
+    ),
+    (
+        SAFE,
+        "{ask} {form} for {topic}.",
+        {"ask": WRITE_ASK, "form": WRITE_FORM, "topic": WRITE_TOPIC},
+    ),
+    (SAFE, "{who} {did} and {feel}.", {"who": VENT_WHO, "did": VENT_DID, "feel": VENT_FEEL}),
+    (SAFE, "{g}, {c}.", {"g": GREET, "c": CLOSE}),
+    (SAFE, "{s} {p}{c}.", {"s": BIZ_SUBJECT, "p": BIZ_PRED, "c": WRITE_CONTEXT}),
 ]
 
 SENTENCES: list[tuple[str, str]] = [

