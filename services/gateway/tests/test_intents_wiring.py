@@ -208,3 +208,30 @@ async def test_a_failed_classification_stores_no_intent(gw: InProcessGateway) ->
     assert response.headers["x-parlance-intent"] == "default"
     stored = gw.history.stored(response.json()["conversation_id"])
     assert [m.intent for m in stored] == ["", ""]
+
+
+async def test_a_stored_follow_up_is_classified_with_the_earlier_turn(tmp_path: Path) -> None:
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(
+        ROUTES.replace(
+            "threshold: 0.4\n", "threshold: 0.4\ncontext_turns: 1\ncontext_weight: 1.0\n"
+        )
+    )
+    async with inprocess_gateway(tmp_path, generator=generator(), intent_routes=str(routes)) as gw:
+        follow_up = "and with potatoes?"
+        first = await gw.chat(gw.body("recipe for tomato soup please", store=True))
+        assert first.headers["x-parlance-intent"] == "cooking"
+        conversation = first.json()["conversation_id"]
+        embeds = len(gw.generator.embed_requests)
+        again = await gw.chat(gw.body(follow_up, conversation_id=conversation))
+        # The stored earlier turn pulls the follow-up to its intent.
+        assert again.headers["x-parlance-intent"] == "cooking"
+        # One embedding call, the follow-up's, made while the conversation was read: the
+        # earlier turn's vector was remembered from its own request.
+        calls = gw.generator.embed_requests[embeds:]
+        assert [[i.text for i in c.inputs] for c in calls] == [[follow_up]]
+        # Alone (no conversation), or as a new root of the conversation: no context.
+        alone = await gw.chat(gw.body(follow_up))
+        assert alone.headers["x-parlance-intent"] == "default"
+        root = await gw.chat(gw.body(follow_up, conversation_id=conversation, parent_message_id=""))
+        assert root.headers["x-parlance-intent"] == "default"

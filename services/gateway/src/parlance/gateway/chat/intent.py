@@ -8,7 +8,9 @@ request takes the default route and a warning is logged.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -25,8 +27,10 @@ from parlance.gateway.intents import (
     RouteFileError,
     apply_actions,
 )
+from parlance.gateway.intents.router import user_turns
 from parlance.gateway.metrics import INTENT_FALLBACKS
 from parlance.gateway.models import DEFAULT_ALIAS, ModelRegistry
+from parlance.history.v1 import history_pb2
 
 if TYPE_CHECKING:
     from parlance.gateway.chat.prepared import PreparedChat
@@ -78,8 +82,26 @@ class IntentStep:
         prompt = self.router.actions_for(prepared.intent).system_prompt or ""
         return estimate + ((len(prompt) + 8) // 4 if prompt else 0)
 
-    async def classify(self, request: ChatCompletionRequest) -> IntentMatch:
-        messages = [{"role": m.role, "content": m.text()} for m in request.messages]
+    def prefetch(self, request: ChatCompletionRequest) -> asyncio.Task[Any] | None:
+        """Embeds the newest user message now, into the router's vector cache, so that its
+        classification (once the stored conversation is read) finds it there."""
+        if not isinstance(self.router.embedder, CachedEmbedder):
+            return None
+        newest, _ = user_turns([{"role": m.role, "content": m.text()} for m in request.messages], 0)
+        if not newest:
+            return None
+        task = asyncio.create_task(self.router.embedder.embed([newest]))
+        # Its failure is the classification's to report (it embeds again).
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return task
+
+    async def classify(
+        self, request: ChatCompletionRequest, earlier: Sequence[history_pb2.Message] = ()
+    ) -> IntentMatch:
+        """The route of the request's newest user message; `earlier`: the stored messages it
+        continues (their user turns are the context window's)."""
+        messages = [{"role": m.role, "content": m.content} for m in earlier if m.role == "user"]
+        messages += [{"role": m.role, "content": m.text()} for m in request.messages]
         try:
             return await self.router.classify(messages)
         except Exception as exc:
@@ -90,8 +112,10 @@ class IntentStep:
             )
             return IntentMatch(DEFAULT_ROUTE, 0.0, 0.0, fallback=True)
 
-    async def route(self, request: ChatCompletionRequest) -> Routed:
-        match = await self.classify(request)
+    async def route(
+        self, request: ChatCompletionRequest, earlier: Sequence[history_pb2.Message] = ()
+    ) -> Routed:
+        match = await self.classify(request, earlier)
         actions = self.router.actions_for(match)
         # The messages are left out (not copied): the route changes only top-level fields here.
         body: dict[str, Any] = request.model_dump(exclude_unset=True, exclude={"messages"})

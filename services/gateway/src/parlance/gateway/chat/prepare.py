@@ -52,16 +52,24 @@ class Preparer:
     async def prepare(self, request: ChatCompletionRequest, principal: Principal) -> PreparedChat:
         """Builds the context of a validated request. With intent routing, the newest user
         message is classified while input moderation of the request's messages runs, and
-        the route's actions apply before the model is resolved."""
+        the route's actions apply before the model is resolved. In a stored conversation the
+        newest message is embedded while the conversation is read, then classified with the
+        conversation's earlier user turns (the route file's context window)."""
         if self.intents is None:
             return await self._build(request, principal)
         checking = self._start_moderation(request)
+        embedding = self.intents.prefetch(request) if request.conversation_id else None
         try:
-            routed = await self.intents.route(request)
-            prepared = await self._build(routed.request, principal, routed.system_prompt)
+            stored = await self._read_conversation(request, principal.user_id)
+            earlier = stored.messages if stored and request.parent_message_id != "" else []
+            routed = await self.intents.route(request, earlier)
+            prepared = await self._build(
+                routed.request, principal, routed.system_prompt, stored, preloaded=True
+            )
         except BaseException:
-            if checking is not None:
-                checking.cancel()
+            for task in (checking, embedding):
+                if task is not None:
+                    task.cancel()
             raise
         prepared.intent = routed.match
         prepared.safety_thresholds = routed.safety
@@ -91,6 +99,8 @@ class Preparer:
         request: ChatCompletionRequest,
         principal: Principal,
         system_prompt: str | None = None,
+        stored: history_pb2.GetConversationResponse | None = None,
+        preloaded: bool = False,
     ) -> PreparedChat:
         # The user's id picks the model of a split alias (one user, one version).
         model = await self.models.resolve(request.model, user=principal.user_id)
@@ -104,7 +114,9 @@ class Preparer:
             max_tokens=effective_max_tokens(request, principal, self.settings),
         )
         self._check_storable(request, principal.user_id)
-        stored_context = await self._load_conversation(prepared)
+        if not preloaded:
+            stored = await self._read_conversation(request, principal.user_id)
+        stored_context = self._load_conversation(prepared, stored)
         new_context = [convert.chat_message(role, text) for role, text in new_messages]
         if stored_context:
             prepared.context.extend(
@@ -136,7 +148,24 @@ class Preparer:
                 self.settings.retry_after_s,
             )
 
-    async def _load_conversation(self, prepared: PreparedChat) -> Messages:
+    async def _read_conversation(
+        self, request: ChatCompletionRequest, user_id: str
+    ) -> history_pb2.GetConversationResponse | None:
+        """The stored messages the request continues (None without conversation_id)."""
+        if not request.conversation_id:
+            return None
+        query = history_pb2.GetConversationRequest(
+            user_id=user_id, conversation_id=request.conversation_id
+        )
+        if request.parent_message_id:
+            query.message_id = request.parent_message_id
+        # Read even for a new root (""), which takes no context: the read is the owner check
+        # (another user's or an unknown conversation is a 404 before anything is generated).
+        return await self.history.get_conversation(query)
+
+    def _load_conversation(
+        self, prepared: PreparedChat, stored: history_pb2.GetConversationResponse | None
+    ) -> Messages:
         """Where the exchange will be stored, and the stored messages it continues."""
         request = prepared.request
         if not request.conversation_id:
@@ -146,15 +175,7 @@ class Preparer:
             return []
         prepared.conversation_id = request.conversation_id
         prepared.parent_message_id = request.parent_message_id
-        query = history_pb2.GetConversationRequest(
-            user_id=prepared.principal.user_id, conversation_id=request.conversation_id
-        )
-        if request.parent_message_id:
-            query.message_id = request.parent_message_id
-        # Read even for a new root (""), which takes no context: the read is the owner check
-        # (another user's or an unknown conversation is a 404 before anything is generated).
-        stored = await self.history.get_conversation(query)
-        if request.parent_message_id == "":
+        if stored is None or request.parent_message_id == "":
             return []
         prepared.previous_turn = previous_turn(stored.messages)
         return [convert.chat_message(m.role, m.content) for m in stored.messages]

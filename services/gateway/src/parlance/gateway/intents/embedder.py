@@ -3,6 +3,7 @@ gateway's GeneratorClient (so replicas and failover apply), for the model resolv
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -56,18 +57,31 @@ class GeneratorEmbedder:
 class CachedEmbedder:
     """An Embedder that remembers the vectors of the last `size` texts (least recently used
     out): a message sent again (a regenerated answer, "thanks") is classified without an
-    embedding call, and the re-ask signal finds the previous message's vector here."""
+    embedding call, the re-ask signal finds the previous message's vector here, and a text
+    being embedded by one call (the chat flow's prefetch) is awaited, not embedded twice."""
 
     def __init__(self, inner: Any, size: int = 4096) -> None:
         self.inner = inner
         self.size = size
         self._vectors: OrderedDict[str, Sequence[float]] = OrderedDict()
+        # Texts being embedded now, each with a future done when its call ended (either way).
+        self._pending: dict[str, asyncio.Future[None]] = {}
 
     async def embed(self, texts: list[str]) -> list[Sequence[float]]:
-        missing = list(dict.fromkeys(t for t in texts if t not in self._vectors))
-        if missing:
-            for text, vector in zip(missing, await self.inner.embed(missing), strict=True):
-                self._vectors[text] = vector
+        wanted = [t for t in dict.fromkeys(texts) if t not in self._vectors]
+        others = {self._pending[t] for t in wanted if t in self._pending}
+        mine = [t for t in wanted if t not in self._pending]
+        if mine:
+            await self._embed(mine)
+        if others:
+            # Done either way; a text the other call did not get is embedded here.
+            await asyncio.wait(others)
+            missing = [t for t in wanted if t not in self._vectors]
+            if missing:
+                await self._embed(missing)
+        gone = [t for t in dict.fromkeys(texts) if t not in self._vectors]
+        if gone:  # evicted meanwhile by other calls (over `size` texts in between)
+            await self._embed(gone)
         found = []
         for text in texts:
             self._vectors.move_to_end(text)
@@ -75,3 +89,17 @@ class CachedEmbedder:
         while len(self._vectors) > self.size:
             self._vectors.popitem(last=False)
         return found
+
+    async def _embed(self, texts: list[str]) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for text in texts:
+            self._pending[text] = done
+        try:
+            vectors = await self.inner.embed(texts)
+            for text, vector in zip(texts, vectors, strict=True):
+                self._vectors[text] = vector
+        finally:
+            for text in texts:
+                if self._pending.get(text) is done:
+                    del self._pending[text]
+            done.set_result(None)
