@@ -53,3 +53,12 @@ def test_configured_aliases_keep_the_old_syntax() -> None:
         "default": (("m", 1.0),),
         "ab": (("m", 1.0), ("n", 1.0)),
     }
+
+
+def test_a_bad_configured_split_stops_the_settings() -> None:
+    from pydantic import ValidationError
+
+    from parlance.gateway.config import GatewaySettings
+
+    with pytest.raises(ValidationError, match="the weight of 'a' must be 0 or more"):
+        GatewaySettings(model_aliases={"default": {"a": -1.0}})

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from parlance.gateway.splits import SplitError, parse_aliases
 
 
 class GatewaySettings(BaseSettings):
@@ -202,3 +204,15 @@ class GatewaySettings(BaseSettings):
     # on one host; set it (the same on every replica) so that ids agree across hosts.
     key_id_secret: str = ""
     key_id_file: str = ".data/gateway-key-id-secret"
+
+    @field_validator("model_aliases")
+    @classmethod
+    def _check_splits(
+        cls, value: dict[str, str | dict[str, float]]
+    ) -> dict[str, str | dict[str, float]]:
+        # A bad split stops the start-up naming the setting, like any other bad value.
+        try:
+            parse_aliases(value)
+        except SplitError as exc:
+            raise ValueError(str(exc)) from None
+        return value
