@@ -7,6 +7,7 @@ import random
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -58,11 +59,27 @@ class FrozenScript:
     def __init__(self, client: aioredis.Redis, source: str) -> None:
         assert source.count(CLOCK_LUA) == 1 and source.count(EXPIRY_LUA) == 1
         frozen = source.replace(CLOCK_LUA, "local t = {ARGV[4], ARGV[5]}")
+        self.client = client
         self.script = client.register_script(frozen.replace(EXPIRY_LUA, "3600000"))
 
     async def __call__(self, key: str, now_ms: int, *args: int) -> list[int]:
         seconds, millis = divmod(now_ms, 1000)
         raw = await self.script(keys=[key], args=[*args, seconds, millis * 1000])
+        return self._ints(raw)
+
+    async def burst(self, count: int, key: str, now_ms: int, *args: int) -> list[list[int]]:
+        """`count` of the same call, sent in one pipeline: Redis runs them one after another,
+        as `count` awaited calls, without a round trip each (12,348 round trips took minutes
+        on a loaded machine)."""
+        seconds, millis = divmod(now_ms, 1000)
+        async with self.client.pipeline(transaction=False) as pipe:
+            for _ in range(count):
+                await self.script(keys=[key], args=[*args, seconds, millis * 1000], client=pipe)
+            raw = await pipe.execute()
+        return [self._ints(r) for r in raw]
+
+    @staticmethod
+    def _ints(raw: Any) -> list[int]:
         return [int(x) for x in raw] if isinstance(raw, list) else [int(raw)]
 
 
@@ -81,7 +98,7 @@ async def test_a_burst_in_one_instant_gets_exactly_the_limit_in_redis(
     ... (CI saw it) and 12,345 refused requests inside the limit."""
     check = FrozenScript(raw_client, GCRA_LUA)
     key = subject()
-    results = [await check(key, FROZEN_NOW_MS, 60_000, limit, 1) for _ in range(limit + 3)]
+    results = await check.burst(limit + 3, key, FROZEN_NOW_MS, 60_000, limit, 1)
     assert [r[0] for r in results] == [1] * limit + [0] * 3
     assert [r[1] for r in results[:limit]] == list(range(limit - 1, -1, -1))
     assert all(r[1] == 0 and r[3] > 0 for r in results[limit:])
