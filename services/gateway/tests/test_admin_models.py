@@ -292,6 +292,8 @@ async def test_report_statistics(gw: InProcessGateway) -> None:
     assert tuned["strength_ci95"][0] <= tuned["strength"] <= tuned["strength_ci95"][1]
     bad = await gw.client.get("/v1/admin/models/report?since=yesterday", headers=ADMIN)
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "since"
+    bad = await gw.client.get("/v1/admin/models/report?intent=a%20b", headers=ADMIN)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "intent"
 
 
 def test_rollback_rule() -> None:

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from parlance.gateway import errors, model_report, splits
+from parlance.gateway.conversations_protocol import valid_intent
 from parlance.gateway.deps import Admin, State
 from parlance.gateway.registrations import Registration
 from parlance.gateway.routing import Target
@@ -132,6 +133,10 @@ async def model_report_route(
     until: Annotated[str | None, Query(max_length=64)] = None,
     intent: Annotated[str | None, Query(max_length=64)] = None,
 ) -> dict[str, Any]:
+    try:
+        intent = valid_intent(intent) or None
+    except ValueError as exc:
+        raise errors.invalid_request(f"Invalid intent: {exc}.", param="intent") from None
     reply = await model_report.fetch_report(state.history, since, until, intent)
     parents = {r.id: r.parent for r in state.runtime_models.registrations.values() if r.parent}
     query = {"since": since, "until": until, "intent": intent}
