@@ -103,6 +103,9 @@ class RuntimeModels(AliasAdmin):
             self.registrations = {k: r for k, r in registrations.items() if r.state == "ready"}
             self.models.overrides = aliases
             MODELS_REGISTERED.set(len(self.registrations))
+            # Starts the pool's health watches if no call has yet (a gateway restarted with no
+            # traffic must still notice its targets and re-apply to them).
+            await self.generator.check_health(0.0)
             self.reapply()
 
     # --- where a registration belongs -----------------------------------------------------
