@@ -7,9 +7,12 @@ The stack runs as processes (bench/lib/stack.py) with a redis-server of its own.
 serves a scripted chat model (a fixed 8-word reply, unpaced: the model's own time out of the
 way, so that what differs is the gateway's work) and all-MiniLM-L6-v2 (the embedding model
 routing classifies with, as `make up` pairs them). Both gateways moderate input and output as
-shipped (profanity classifier), cache off, no history writes (store false), limits too high to
-refuse. Classification runs beside input moderation, so what it adds to the first token is
-about the part of it that outlasts moderation, plus CPU it takes from the rest.
+shipped (profanity classifier), cache off, limits too high to refuse. Classification runs
+beside input moderation, so what it adds to the first token is about the part of it that
+outlasts moderation, plus CPU it takes from the rest. Two kinds of requests: one message,
+nothing stored (concurrency 1 and 32), and messages that continue a stored conversation, one
+per worker (concurrency 1), where the newest message is embedded while the conversation is
+read and the earlier user turn joins the classification (mostly from the vector cache).
 
 Each request's prompt is a different message of the intent evaluation set (a real mix of
 lengths and intents; a message repeated only after the whole set), so the embedding model does
@@ -26,6 +29,7 @@ import asyncio
 import csv
 import json
 import time
+from collections import Counter
 
 from lib.client import ChatClient, ChatResult, chat_body
 from lib.loop import closed_loop
@@ -60,31 +64,60 @@ def prompts() -> list[str]:
 
 
 async def one_round(
-    client: ChatClient, texts: list[str], offset: int, workers: int, count: int
+    client: ChatClient,
+    texts: list[str],
+    offset: int,
+    workers: int,
+    count: int,
+    conversations: list[str] | None = None,
 ) -> list[ChatResult]:
+    """`conversations`: one per worker, each request continuing its worker's (stored)."""
+
     async def request(worker: int, index: int) -> ChatResult:
         text = texts[(offset + index) % len(texts)]
         body = chat_body(text, "default", max_tokens=8)
+        if conversations is not None:
+            body["conversation_id"] = conversations[worker]
         return await client.stream(body, headers=NO_CACHE, lane=worker)
 
     block = await closed_loop(request, workers, count=count)
     return block.results
 
 
+async def new_conversations(client: ChatClient, workers: int) -> list[str]:
+    ids = []
+    for worker in range(workers):
+        response = await client.lane(worker).post("/v1/conversations", json={"title": "bench"})
+        response.raise_for_status()
+        ids.append(response.json()["id"])
+    return ids
+
+
 async def measure(
-    urls: dict[str, str], texts: list[str], workers: int, rounds: int, per_round: int
+    urls: dict[str, str],
+    texts: list[str],
+    workers: int,
+    rounds: int,
+    per_round: int,
+    stored: bool = False,
 ) -> dict[str, list[ChatResult]]:
     results: dict[str, list[ChatResult]] = {name: [] for name in urls}
     clients = {name: ChatClient(url, ALICE_KEY, timeout_s=120) for name, url in urls.items()}
     try:
+        threads = {
+            name: await new_conversations(client, workers) if stored else None
+            for name, client in clients.items()
+        }
         # Warm-up: connections, the embedding model's first calls, the gateways' caches.
-        for client in clients.values():
-            await one_round(client, texts, 0, workers, workers)
+        for name, client in clients.items():
+            await one_round(client, texts, 0, workers, workers, threads[name])
         offset = 0
         for _ in range(rounds):
             for name, client in clients.items():
                 # The same prompts through both gateways in each round.
-                results[name] += await one_round(client, texts, offset, workers, per_round)
+                results[name] += await one_round(
+                    client, texts, offset, workers, per_round, threads[name]
+                )
             offset += per_round
     finally:
         for client in clients.values():
@@ -99,10 +132,11 @@ def row(name: str, results: list[ChatResult], base_p50: float | None) -> list[st
     stage = [s for s in stage if s == s]
     p50 = percentile(ttft, 50)
     added = "-" if base_p50 is None else fmt(p50 - base_p50, 2)
+    failed = Counter((r.error or "no content")[:60] for r in results if r not in ok)
     return [
         name,
         str(len(ok)),
-        str(len(results) - len(ok)),
+        ", ".join(f"{count} {kind}" for kind, count in failed.most_common()) or "0",
         fmt(p50, 2),
         fmt(percentile(ttft, 90), 2),
         fmt(percentile(ttft, 99), 2),
@@ -117,7 +151,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
     args = parser.parse_args()
     texts = prompts()
-    plan = [(1, 4, 15), (32, 3, 64)] if not args.quick else [(1, 2, 5), (32, 1, 32)]
+    # (workers, rounds, requests per round and gateway, stored conversations)
+    plan = [(1, 4, 15, False), (32, 3, 64, False), (1, 4, 15, True)]
+    if args.quick:
+        plan = [(1, 2, 5, False), (32, 1, 32, False), (1, 2, 5, True)]
     env = {"generator": {"GENERATOR_MODELS": json.dumps(GENERATOR_MODELS)}}
     load_before = load_average()
     started = time.perf_counter()
@@ -126,20 +163,20 @@ def main() -> None:
         off = stack.extra_gateway({"GATEWAY_INTENT_ROUTES": "", "GATEWAY_METRICS_PORT": "-1"})
         urls = {"routing on": stack.gateway_url, "routing off": f"http://127.0.0.1:{off.http_port}"}
         tables = []
-        for workers, rounds, per_round in plan:
-            results = asyncio.run(measure(urls, texts, workers, rounds, per_round))
+        for workers, rounds, per_round, stored in plan:
+            results = asyncio.run(measure(urls, texts, workers, rounds, per_round, stored))
             base = [1000 * r.ttft_s for r in results["routing off"] if r.ok and r.ttft_s]
             base_p50 = percentile(base, 50)
             rows = [
                 row("routing off", results["routing off"], None),
                 row("routing on", results["routing on"], base_p50),
             ]
-            tables.append((workers, rounds, per_round, rows))
+            tables.append((workers, rounds, per_round, stored, rows))
     report = Report(
         "Intent routing: added time to first token",
         f"Stack: the four services as processes, generator {MODEL} scripted (8-word reply, "
         f"unpaced) + {EMBED} (transformers engine, CPU) in one process; gateways with input "
-        "and output moderation as shipped, cache off, store false.",
+        "and output moderation as shipped, cache off.",
         f"Routing on: GATEWAY_INTENT_ROUTES={ROUTES.relative_to(ROOT)}; off: ''. Rounds "
         "interleave the two gateways with the same prompts.",
         f"Machine load (1, 5, 15 min): before {load_before}, after {load_average()} "
@@ -148,9 +185,15 @@ def main() -> None:
         ", httpx, one keep-alive connection per worker) saw it; 'intent stage': the gateway's "
         "Server-Timing 'intent' duration (classification: the embedding call and the match).",
     )
-    for workers, rounds, per_round, rows in tables:
+    for workers, rounds, per_round, stored, rows in tables:
+        kind = (
+            ", stored conversations (each worker continues its own: history read and write, "
+            "the earlier turn in the context window)"
+            if stored
+            else ", one-message requests (nothing stored)"
+        )
         report.section(
-            f"Concurrency {workers}",
+            f"Concurrency {workers}{kind}",
             f"Closed loop of {workers} workers, {rounds} rounds of {per_round} requests per "
             "gateway after a warm-up. Times in ms.",
             "",
