@@ -67,8 +67,8 @@ def test_bradley_terry_three_models_satisfies_the_likelihood_equations() -> None
     # At the MLE every model's wins equal its expected wins: W_i = sum_j n_ij p_i/(p_i+p_j).
     games: dict[tuple[str, str], int] = {}
     for c in rows:
-        key = tuple(sorted((c.winner, c.loser)))
-        games[key] = games.get(key, 0) + c.count  # type: ignore[index]
+        key = (min(c.winner, c.loser), max(c.winner, c.loser))
+        games[key] = games.get(key, 0) + c.count
     for model in p:
         won = sum(c.count for c in rows if c.winner == model)
         expected = sum(
