@@ -37,10 +37,12 @@ from parlance.testing import (
 TESTS = Path(__file__).resolve().parent
 JSON = {**ALICE, "Content-Type": "application/json"}
 ADMIN_KEY = "sk-admin-bad-input-0123456789"
-# Cases per operation and phase (the counts are in the reports, <tmp>/schemathesis-*.txt). A
-# longer run with another seed: PARLANCE_FUZZ_EXAMPLES=1000 PARLANCE_FUZZ_SEED=$RANDOM
+# Cases per operation and phase (the counts are in the reports, <tmp>/schemathesis-*.txt). Every
+# phase and check runs; 100 (was 220) keeps `make test` near its budget: the coverage phase's
+# boundary cases do not depend on it, the fuzzing and stateful phases take ~45% fewer cases.
+# A longer run with another seed: PARLANCE_FUZZ_EXAMPLES=1000 PARLANCE_FUZZ_SEED=$RANDOM
 # .venv/bin/python -m pytest tests/test_bad_input.py -k schemathesis (README, Testing).
-USER_EXAMPLES = int(os.environ.get("PARLANCE_FUZZ_EXAMPLES", "220"))
+USER_EXAMPLES = int(os.environ.get("PARLANCE_FUZZ_EXAMPLES", "100"))
 ADMIN_EXAMPLES = max(1, USER_EXAMPLES * 150 // 220)
 FUZZ_SEED = int(os.environ.get("PARLANCE_FUZZ_SEED", "9"))
 # The least share of generated chat requests that must be generated to their end; the seed-9
@@ -161,10 +163,11 @@ class FuzzScope:
 
 
 # The user routes with a user's key, the admin routes with the admin key (with a user's key they
-# only ever answer 401, which tests nothing behind the authentication). Together: >= 5,000.
+# only ever answer 401, which tests nothing behind the authentication). Together: >= 3,000
+# (seed 9 at 100 examples: 2,385 user and 1,277 admin cases).
 SCOPES = [
-    FuzzScope("user", ALICE_KEY, ["--exclude-path-regex", "^/v1/admin/"], USER_EXAMPLES, 3500),
-    FuzzScope("admin", ADMIN_KEY, ["--include-path-regex", "^/v1/admin/"], ADMIN_EXAMPLES, 1500),
+    FuzzScope("user", ALICE_KEY, ["--exclude-path-regex", "^/v1/admin/"], USER_EXAMPLES, 2000),
+    FuzzScope("admin", ADMIN_KEY, ["--include-path-regex", "^/v1/admin/"], ADMIN_EXAMPLES, 1000),
 ]
 
 
