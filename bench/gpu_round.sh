@@ -245,9 +245,11 @@ phase_single() {
   MT_CONVERSATIONS=${MT_CONVERSATIONS:-192} MT_TURNS=${MT_TURNS:-4} MT_CONCURRENCY=${MT_CONCURRENCY:-64} \
     MT_ROUNDS=${MT_ROUNDS:-2} multiturn_rounds "$urls"
   PHASE=single
-  say "(single) waiting for the training track"
-  wait "$trainer"
-  tail -n 12 "$LOGS/train_track.txt" | cut -c1-300
+  say "(single) waiting for the reward model (the DPO adapter may train on)"
+  for _ in $(seq 1 180); do
+    find "$WORK/reward" -maxdepth 1 -name 'reward-*' -type d 2>/dev/null | grep -q . && break
+    sleep 1
+  done
   if wait_http "http://127.0.0.1:$((8100 + PORTS))/health" 60; then
     embed_loads a "http://127.0.0.1:$((8100 + PORTS))"
   else
@@ -274,6 +276,9 @@ phase_single() {
   fi
   curl -s "http://127.0.0.1:$((9111 + PORTS))/metrics" > "$RESULT_DIR/embed_generator_metrics.txt" || true
   stop_all
+  say "(single) waiting for the training track"
+  wait "$trainer"
+  tail -n 12 "$LOGS/train_track.txt" | cut -c1-300
 }
 
 for PHASE in $PHASES; do
