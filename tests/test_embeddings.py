@@ -131,6 +131,7 @@ def test_bad_inputs_are_clear_400s(stack: Stack) -> None:
         ({"model": EMBED, "input": ""}, "input", "is empty"),
         ({"model": EMBED, "input": ["ok", 3]}, "input", ""),
         ({"model": EMBED, "input": "x", "dimensions": 64}, "dimensions", "cannot shorten"),
+        ({"model": EMBED, "input": "x", "dimensions": 10**35}, "dimensions", ""),
         ({"model": EMBED, "input": "x", "encoding_format": "hex"}, "encoding_format", ""),
         ({"model": EMBED, "input": "word " * 400}, "input", "at most 256"),
         ({"model": EMBED, "input": [[10**7]]}, "input", "vocabulary"),

@@ -48,7 +48,8 @@ class EmbeddingRequest(BaseModel):
 
     input: EmbeddingInputs
     model: str
-    dimensions: int | None = Field(default=None, ge=1)
+    # At most the generator's uint32 field holds (larger was a 500; schemathesis found it).
+    dimensions: int | None = Field(default=None, ge=1, le=2**32 - 1)
     encoding_format: Literal["float", "base64"] | None = None
     user: str | None = None
 
