@@ -4,10 +4,10 @@
 The converter is not on PyPI as a module: it ships in llama-cpp-python's source distribution,
 at the version the generator serves with (the same llama.cpp reads what it wrote). It is taken
 from that sdist once, checked against the digest pinned here, and kept in the cache
-(<cache>/llama-cpp-convert-<version>/, with llama.cpp's MIT licence beside it); nothing of it
-is copied into this repository. It runs in a subprocess of this interpreter with
-NO_LOCAL_GGUF=1, so it uses the locked `gguf` package (the version the sdist vendors) rather
-than the sdist's copy.
+(<cache>/llama-cpp-convert-<version>-2/, with llama.cpp's MIT licence beside it); nothing of it
+is copied into this repository. It runs in a subprocess of this interpreter with the sdist's
+own gguf-py (the script puts it first on its path): PyPI's gguf 0.19.0 lacks what this
+converter uses (gguf.LazyChunkedTensor).
 
 Where the sdist comes from: $PARLANCE_LLAMA_CPP_SDIST (a downloaded file), else
 `pip download --no-deps --no-binary :all: llama-cpp-python==<version>` (PyPI, once).
@@ -39,6 +39,8 @@ _PREFIX = f"llama_cpp_python-{LLAMA_CPP_PYTHON}/vendor/llama.cpp/"
 # What the converter needs from the sdist, relative to llama.cpp's folder.
 _MEMBERS = (SCRIPT, "LICENSE")
 _PACKAGE = "conversion/"
+# The converter's own gguf library (the script imports it from beside itself).
+_GGUF_PY = "gguf-py/gguf/"
 # llama.cpp's converter tail shown in an error (its log says what it refused).
 _ERROR_LINES = 15
 
@@ -82,7 +84,8 @@ def _extract(sdist: Path, target: Path) -> None:
             rel = member.name.removeprefix(_PREFIX)
             if rel == member.name or not member.isfile():
                 continue
-            if rel in _MEMBERS or (rel.startswith(_PACKAGE) and rel.endswith(".py")):
+            wanted = rel.startswith(_PACKAGE) and rel.endswith(".py")
+            if rel in _MEMBERS or wanted or rel.startswith(_GGUF_PY):
                 member.name = rel
                 tar.extract(member, target, filter="data")
 
@@ -90,7 +93,8 @@ def _extract(sdist: Path, target: Path) -> None:
 def converter_dir() -> Path:
     """The folder holding llama.cpp's converter, made on first use (atomically, like
     lm_base.converted_folder)."""
-    target = cache_root() / f"llama-cpp-convert-{LLAMA_CPP_PYTHON}"
+    # "-2": the first layout of this cache lacked gguf-py.
+    target = cache_root() / f"llama-cpp-convert-{LLAMA_CPP_PYTHON}-2"
     if (target / SCRIPT).is_file():
         return target
     sdist, scratch = _sdist()
@@ -119,7 +123,8 @@ def convert(peft_dir: Path, base_folder: Path, outfile: Path) -> None:
     script = converter_dir() / SCRIPT
     command = [sys.executable, str(script), "--base", str(base_folder), "--outtype", "f32"]
     command += ["--outfile", str(outfile), str(peft_dir)]
-    env = dict(os.environ, NO_LOCAL_GGUF="1", HF_HUB_OFFLINE="1")
+    env = {k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"}
+    env["HF_HUB_OFFLINE"] = "1"
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0 or not outfile.is_file():
         tail = "\n  ".join(done.stderr.strip().splitlines()[-_ERROR_LINES:])
