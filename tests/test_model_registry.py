@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from parlance.testing import ALICE_KEY, Stack
+from parlance.testing import ALICE_KEY, Stack, wait_until
 from parlance.testing.reward_model import RewardTraining
 from parlance.testing.stacks import StackPool
 
@@ -104,3 +104,38 @@ def test_register_restart_and_remove(stack: Stack, load_root: Path) -> None:
     assert removed.status_code == 200, removed.text
     assert folder.name not in models(stack)
     assert registered(stack) == []
+
+
+def test_the_report_counts_real_answers_and_ratings(stack: Stack) -> None:
+    """GET /v1/admin/models/report over the real history's GetModelReport: one stored answer
+    of the scripted model, rated thumbs up by its user."""
+    answer = httpx.post(
+        f"{stack.gateway_url}/v1/chat/completions",
+        json={"model": CHAT, "messages": [{"role": "user", "content": "Hi"}], "store": True},
+        headers=USER,
+        timeout=60,
+    )
+    assert answer.status_code == 200, answer.text
+    conversation = f"{stack.gateway_url}/v1/conversations/{answer.json()['conversation_id']}"
+
+    def stored() -> list[dict[str, object]]:
+        response = httpx.get(conversation, headers=USER, timeout=30)
+        messages: list[dict[str, object]] = (
+            response.json()["messages"] if response.status_code == 200 else []
+        )
+        return messages
+
+    wait_until(lambda: len(stored()) == 2, what="the exchange stored")
+    message_id = stored()[-1]["id"]
+    rated = httpx.post(
+        f"{conversation}/messages/{message_id}/feedback", json={"rating": 1}, headers=USER
+    )
+    assert rated.status_code == 200, rated.text
+    report = httpx.get(f"{stack.gateway_url}/v1/admin/models/report", headers=ADMIN, timeout=30)
+    assert report.status_code == 200, report.text
+    row = {r["model"]: r for r in report.json()["data"]}[CHAT]
+    assert (row["answers"], row["rated_answers"], row["thumbs_up"]) == (1, 1, 1)
+    # Wilson for 1 of 1: [1 / (1 + z^2), 1].
+    assert row["thumbs_up_rate_ci95"] == pytest.approx([0.2065, 1.0], abs=1e-4)
+    bad = httpx.get(f"{stack.gateway_url}/v1/admin/models/report?intent=no%20spaces", headers=ADMIN)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "intent"
