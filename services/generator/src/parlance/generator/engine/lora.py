@@ -22,7 +22,8 @@ from typing import Any, BinaryIO
 
 GGUF_MAGIC = b"GGUF"
 PEFT_CONFIG = "adapter_config.json"
-PEFT_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+# safetensors only: its header gives the shapes checked below without loading a pickle.
+PEFT_WEIGHTS = "adapter_model.safetensors"
 
 
 class AdapterError(ValueError):
@@ -266,19 +267,18 @@ def read_peft_adapter(folder: Path) -> PeftAdapter:
             f"{folder}: modules_to_save {config['modules_to_save']} is set; vLLM serves LoRA "
             "weights only (train without modules_to_save)"
         )
-    weights = next((folder / w for w in PEFT_WEIGHTS if (folder / w).is_file()), None)
-    if weights is None:
-        raise AdapterError(f"{folder} has no adapter weights ({' or '.join(PEFT_WEIGHTS)})")
+    weights = folder / PEFT_WEIGHTS
+    if not weights.is_file():
+        raise AdapterError(f"{folder} has no {PEFT_WEIGHTS} (PEFT's safetensors weights)")
     shapes: dict[tuple[str, str], tuple[int, ...]] = {}
-    if weights.suffix == ".safetensors":
-        for name, shape in _safetensors_shapes(weights).items():
-            for part in ("A", "B"):
-                marker = f".lora_{part}.weight"
-                if name.endswith(marker):
-                    module = name[: -len(marker)].removeprefix("base_model.model.")
-                    shapes[(module, part)] = shape
-        if not shapes:
-            raise AdapterError(f"{weights} holds no lora_A/lora_B tensors")
+    for name, shape in _safetensors_shapes(weights).items():
+        for part in ("A", "B"):
+            marker = f".lora_{part}.weight"
+            if name.endswith(marker):
+                module = name[: -len(marker)].removeprefix("base_model.model.")
+                shapes[(module, part)] = shape
+    if not shapes:
+        raise AdapterError(f"{weights} holds no lora_A/lora_B tensors")
     return PeftAdapter(
         folder=folder,
         weights=weights,
