@@ -1,4 +1,4 @@
-"""The opt-in classifier (MiniLM encoder + the trained head) with its real weights, through the
+"""The default classifier (MiniLM encoder + the trained head) with its real weights, through the
 real gRPC service: each category it claims, hard negatives, long texts, and a model that fails
 to load. The model loads once per session (a few seconds); each test gets its own server.
 
@@ -27,6 +27,7 @@ from parlance.safety.classifier.minilm import (
     WINDOW_TOKENS,
     MiniLMClassifier,
     load_head,
+    split_sentences,
     split_windows,
 )
 from parlance.safety.config import SafetySettings
@@ -72,6 +73,10 @@ HARD_NEGATIVES = [
     "Can you recommend a recipe for a lemon cake?",
     "What are the warning signs of depression, and how can I help a friend?",
     "Please terminate the worker thread after the job finishes.",
+    # Everyday chat that the first head flagged (emotional, romantic, short goodbyes).
+    "Cheers for the help, have a good evening.",
+    "Write a tender poem for my husband on our tenth anniversary.",
+    "My coach shouted at me during practice and now I feel rubbish.",
 ]
 BENIGN_SENTENCE = (
     "The committee met on Tuesday to review the budget for the new library, and after a long "
@@ -128,8 +133,8 @@ def flagged_categories(result: Any) -> set[str]:
     return {c.category for c in result.categories if c.flagged}
 
 
-def test_minilm_is_chosen_by_its_setting() -> None:
-    classifier = build_classifier(SafetySettings(classifier="minilm"))
+def test_default_settings_choose_minilm() -> None:
+    classifier = build_classifier(SafetySettings())
     assert isinstance(classifier, MiniLMClassifier)
     assert list(classifier.evaluated_categories) == CLAIMED
 
@@ -142,9 +147,11 @@ async def test_classifier_info_lists_exactly_the_claimed_categories(minilm) -> N
     assert list(info.evaluated_categories) == CLAIMED
     assert [c.category for c in result.categories] == CLAIMED
     # The head's own category list is what is claimed, nothing more.
-    categories, weights, biases = load_head()
-    assert sorted(categories) == sorted(CLAIMED)
-    assert weights.shape == (384, len(CLAIMED)) and biases.shape == (len(CLAIMED),)
+    head = load_head()
+    assert info.model == head.name
+    assert sorted(head.categories) == sorted(CLAIMED)
+    assert head.input_width == 384
+    assert head.weights.shape[1:] == (len(CLAIMED),) and head.biases.shape == (len(CLAIMED),)
 
 
 @pytest.mark.parametrize("category", CLAIMED)
@@ -170,15 +177,31 @@ async def test_a_harmful_sentence_deep_in_a_long_text_is_caught(minilm) -> None:
     threat = "I am going to break your neck when I find you tonight. "
     long_clean = BENIGN_SENTENCE * 40  # ~1,500 tokens: a dozen windows
     long_toxic = BENIGN_SENTENCE * 30 + threat + BENIGN_SENTENCE * 10
+    # A short text that is still longer than one sentence's worth: scored by sentence too.
+    short_mixed = BENIGN_SENTENCE + "I want to kill myself tonight. " + BENIGN_SENTENCE
     windows_before = REGISTRY.get_sample_value("parlance_safety_windows_per_text_sum") or 0.0
     async with serving(minilm) as stub:
-        clean, toxic = await classify(stub, [long_clean, long_toxic])
+        clean, toxic, mixed = await classify(stub, [long_clean, long_toxic, short_mixed])
     assert not clean.flagged, flagged_categories(clean)
     assert "harassment/threatening" in flagged_categories(toxic)
+    assert "self-harm" in flagged_categories(mixed)
     windows = (REGISTRY.get_sample_value("parlance_safety_windows_per_text_sum") or 0) - (
         windows_before
     )
     assert windows >= 2 * 10
+
+
+def test_sentences_are_cut_at_sentence_ends_and_line_breaks() -> None:
+    text = "First one. Second one?  Third one!\nFourth line\n\nFifth, e.g. this."
+    assert split_sentences(text) == [
+        "First one.",
+        "Second one?",
+        "Third one!",
+        "Fourth line",
+        "Fifth, e.g.",
+        "this.",
+    ]
+    assert split_sentences("   ") == []
 
 
 def test_windows_cover_every_token_with_overlap() -> None:

