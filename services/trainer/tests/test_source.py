@@ -91,3 +91,19 @@ def test_unreachable_gateway(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("K", KEY)
     with pytest.raises(TrainError, match=r"cannot fetch the export from http://127\.0\.0\.1:9/"):
         source.fetch_export("http://127.0.0.1:9", "K", timeout_s=5)
+
+
+def test_sft_pulls_the_sft_export(
+    gateway: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("GATEWAY_ADMIN_KEY", KEY)
+    code = main(["sft", "--from-gateway", gateway, "--out", str(tmp_path / "o")])
+    assert code == 1
+    path, query, _ = _StandInGateway.seen[-1]
+    assert path == "/v1/admin/export" and query == {"kind": ["sft"]}
+    # The stand-in answers with a preference pair whatever the kind: refused by name.
+    assert "a preference pair: train it with `parlance-train dpo`" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

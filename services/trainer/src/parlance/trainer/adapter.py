@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -72,11 +73,11 @@ class Rows:
 
 
 def _rows(job: AdapterJob, loaded: Loaded) -> Rows:
-    records: list[Any]
+    records: list[prefs.Grouped]
     if job.method == "sft":
-        records, noun = sft_data.parse_examples(loaded.data, loaded.source), "examples"
+        records, noun = list(sft_data.parse_examples(loaded.data, loaded.source)), "examples"
     else:
-        records, noun = prefs.parse_preferences(loaded.data, loaded.source), "pairs"
+        records, noun = list(prefs.parse_preferences(loaded.data, loaded.source)), "pairs"
     if len(records) < job.min_rows:
         raise TrainError(
             f"{loaded.source} holds {len(records)} {noun}; at least {job.min_rows} are needed "
@@ -107,15 +108,22 @@ def _record(item: Any) -> dict[str, Any]:
     }
 
 
+def token_count(tokenizer: Any, messages: list[dict[str, str]], **kwargs: Any) -> int:
+    """Tokens of a rendered conversation (transformers 5 returns a mapping where 4 returned
+    the ids)."""
+    out = tokenizer.apply_chat_template(messages, tokenize=True, **kwargs)
+    return len(out["input_ids"] if isinstance(out, Mapping) else out)
+
+
 def _lengths(tokenizer: Any, rows: list[dict[str, Any]], max_length: int) -> dict[str, int]:
     """How many records TRL cuts (prompt and answer longer than max_length: the end of the
     answer goes) and drops (the prompt alone fills max_length), counted the way it renders
     them, so the manifest says what was trained on."""
     cut = dropped = 0
     for row in rows:
-        prompt = len(tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True))
+        prompt = token_count(tokenizer, row["prompt"], add_generation_prompt=True)
         answers = [row["completion"]] if "completion" in row else [row["chosen"], row["rejected"]]
-        longest = max(len(tokenizer.apply_chat_template(row["prompt"] + a)) for a in answers)
+        longest = max(token_count(tokenizer, row["prompt"] + a) for a in answers)
         dropped += prompt >= max_length
         cut += prompt < max_length < longest
     return {"truncated_rows": cut, "dropped_rows": dropped}
