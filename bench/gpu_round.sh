@@ -175,6 +175,10 @@ phase_multiturn() {
 }
 
 phase_train() {
+  # TRAINER_SITE: a folder of packages put first on the trainers' path (the GPU image's
+  # transformers 5 differs from the lock's 4.57, which the trainer is pinned to).
+  local PYTHONPATH="${TRAINER_SITE:+$TRAINER_SITE:}$PYTHONPATH"
+  export PYTHONPATH
   say "(train) reward model on SmolLM2, GPU $GPU"
   CUDA_VISIBLE_DEVICES=$GPU python3 bench/reward_train_gpu.py --base "$SMOLLM2_HF_DIR" \
     --out "$WORK/reward" --json "$RESULT_DIR/reward_train_gpu.json" > "$LOGS/reward_train.txt" 2>&1
@@ -277,6 +281,46 @@ phase_single() {
   curl -s "http://127.0.0.1:$((9111 + PORTS))/metrics" > "$RESULT_DIR/embed_generator_metrics.txt" || true
   stop_all
   say "(single) waiting for the training track"
+  wait "$trainer"
+  tail -n 12 "$LOGS/train_track.txt" | cut -c1-300
+}
+
+phase_trainbest() {
+  # The training track (reward model, DPO adapter) beside one chat generator (vLLM, eager:
+  # it starts in seconds) that gets the trained reward model through the admin API for
+  # best_of k = 1, 2, 4.
+  PHASE=trainbest
+  ( phase_train > "$LOGS/train_track.txt" 2>&1 ) &
+  local trainer=$!
+  start_redis
+  start_safety
+  export GENERATOR_LOAD_ROOT="$WORK" GATEWAY_ADMIN_KEY="admin-$API_KEY" GATEWAY_REWARD_MODEL=reward
+  start_generator 0 "$GPU" "[{\"id\": \"smollm2\", \"engine\": \"vllm\", \"path\": \"$SMOLLM2_HF_DIR\", \"settings\": {\"gpu_memory_utilization\": 0.4, \"max_model_len\": 2048, \"enforce_eager\": true}}]"
+  local url="127.0.0.1:$((50051 + PORTS))"
+  start_gateway "$url" least_in_flight trainbest
+  if wait_serving "$url" 200 && wait_http "http://127.0.0.1:$GW_PORT/readyz" 60; then
+    say "(trainbest) serving; waiting for the reward model"
+    for _ in $(seq 1 150); do
+      find "$WORK/reward" -maxdepth 1 -name 'reward-*' -type d 2>/dev/null | grep -q . && break
+      sleep 1
+    done
+    local reward
+    reward="$(find "$WORK/reward" -maxdepth 1 -mindepth 1 -type d -name 'reward-*' | head -n 1)"
+    say "(bestof) registering $reward"
+    curl -s -X POST "http://127.0.0.1:$GW_PORT/v1/admin/models" \
+      -H "Authorization: Bearer $GATEWAY_ADMIN_KEY" -H "Content-Type: application/json" \
+      -d "{\"id\": \"reward\", \"task\": \"reward\", \"path\": \"$reward\", \"settings\": {\"torch_device\": \"cuda\"}}" \
+      > "$RESULT_DIR/reward_registration.json"
+    cut -c1-300 "$RESULT_DIR/reward_registration.json"; echo
+    python3 bench/best_of_bench.py --base-url "http://127.0.0.1:$GW_PORT" --api-key "$API_KEY" \
+      --model smollm2 --requests "${BO_REQUESTS:-96}" --concurrency 16 --max-tokens 128 \
+      --ignore-eos --out "$RESULT_DIR/best_of_gpu.md" > "$LOGS/best_of.txt" 2>&1
+    tail -n 8 "$RESULT_DIR/best_of_gpu.md" | cut -c1-300
+  else
+    say "(trainbest) the stack did not start"; tail -n 30 "$LOGS/generator0_trainbest.txt"
+  fi
+  stop_all
+  say "(trainbest) waiting for the training track"
   wait "$trainer"
   tail -n 12 "$LOGS/train_track.txt" | cut -c1-300
 }

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from parlance.trainer import compat
 from parlance.trainer.errors import TrainError
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ def _common_args(settings: Settings, scratch: str) -> dict[str, Any]:
         "learning_rate": settings.learning_rate,
         "num_train_epochs": settings.epochs,
         "max_steps": settings.max_steps if settings.max_steps is not None else -1,
-        "warmup_ratio": 0.1,
+        **compat.warmup(0.1),
         "seed": settings.seed,
         "data_seed": settings.seed,
         "max_length": settings.max_length,

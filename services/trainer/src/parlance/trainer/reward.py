@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from parlance.trainer import base as base_model
+from parlance.trainer import compat, output
 from parlance.trainer import data as prefs
-from parlance.trainer import output
 from parlance.trainer.source import Loaded
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ def _train(job: RewardJob, base: base_model.Base, train: Encoded) -> dict[str, A
             learning_rate=job.learning_rate,
             num_train_epochs=job.epochs,
             max_steps=job.max_steps if job.max_steps is not None else -1,
-            warmup_ratio=0.1,
+            **compat.warmup(0.1),
             seed=job.seed,
             data_seed=job.seed,
             # TRL's defaults (bf16, gradient checkpointing) make CPU steps many times slower.
