@@ -337,3 +337,15 @@ async def test_a_worse_adapter_is_rolled_back(gw: InProcessGateway, tmp_path: Pa
     # Persisted like any run-time alias, and nothing left to roll back.
     assert await gw.state.runtime_models.store.aliases() == gw.state.models.overrides
     assert await rule.check() == []
+
+
+@pytest.mark.parametrize(
+    "value", ["0001-01-01T00:00:00%2B01:00", "9999-12-31T23:59:59-01:00", "1e999", "%00"]
+)
+async def test_instants_beyond_the_calendar_are_400s(gw: InProcessGateway, value: str) -> None:
+    for path in ("/v1/admin/models/report", "/v1/admin/export"):
+        for param in ("since", "until"):
+            bad = await gw.client.get(f"{path}?{param}={value}", headers=ADMIN)
+            assert bad.status_code == 400, (path, param, bad.text)
+            error = bad.json()["error"]
+            assert error["param"] == param and param in error["message"], error

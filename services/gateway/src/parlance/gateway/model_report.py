@@ -37,21 +37,25 @@ METHOD = {
 
 
 def parse_instant(value: str, param: str) -> Timestamp:
-    """Unix seconds or ISO 8601 (naive means UTC), as the admin export takes them."""
+    """Unix seconds or ISO 8601 (naive means UTC): the admin report's and export's `since` and
+    `until`. A time that is valid but cannot be moved to UTC (0001-01-01T00:00+01:00, the last
+    hours of 9999 west of UTC) overflows in FromDatetime: that is a 400 too."""
     try:
         when = (
             datetime.fromtimestamp(float(value), UTC)
             if value.replace(".", "", 1).isdigit()
             else datetime.fromisoformat(value.replace("Z", "+00:00"))
         )
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        ts = Timestamp()
+        ts.FromDatetime(when)
     except (ValueError, OverflowError, OSError) as exc:
         raise errors.invalid_request(
-            f"Invalid value for '{param}': expected Unix seconds or an ISO 8601 time.", param
+            f"Invalid value for '{param}': expected Unix seconds or an ISO 8601 time "
+            "between years 1 and 9999 (UTC).",
+            param,
         ) from exc
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    ts = Timestamp()
-    ts.FromDatetime(when)
     return ts
 
 

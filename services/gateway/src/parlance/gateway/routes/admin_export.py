@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from parlance.gateway import conversations_protocol as cp
 from parlance.gateway import errors, verdicts
 from parlance.gateway.deps import Admin, State
+from parlance.gateway.model_report import parse_instant
 from parlance.history.v1 import history_pb2
 
 log = logging.getLogger(__name__)
@@ -28,25 +27,6 @@ _KINDS = {
     "sft": history_pb2.EXPORT_KIND_SFT,
     "preference": history_pb2.EXPORT_KIND_PREFERENCE,
 }
-
-
-def instant(value: str, param: str) -> Timestamp:
-    """Unix seconds or ISO 8601 (naive means UTC)."""
-    try:
-        when = (
-            datetime.fromtimestamp(float(value), UTC)
-            if value.replace(".", "", 1).isdigit()
-            else datetime.fromisoformat(value.replace("Z", "+00:00"))
-        )
-    except (ValueError, OverflowError, OSError) as exc:
-        raise errors.invalid_request(
-            f"Invalid value for '{param}': expected Unix seconds or an ISO 8601 time.", param
-        ) from exc
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    ts = Timestamp()
-    ts.FromDatetime(when)
-    return ts
 
 
 def intent_filter(value: str) -> str:
@@ -84,9 +64,9 @@ async def export_training_data(
         include_implicit=include_implicit,
     )
     if since:
-        request.since.CopyFrom(instant(since, "since"))
+        request.since.CopyFrom(parse_instant(since, "since"))
     if until:
-        request.until.CopyFrom(instant(until, "until"))
+        request.until.CopyFrom(parse_instant(until, "until"))
     stream = state.history.export_training_data(request, state.settings.history_export_timeout_s)
     # The first batch is awaited here: history down or a bad request is still an HTTP error,
     # not a 200 with a broken body.
