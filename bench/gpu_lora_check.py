@@ -8,7 +8,8 @@ and checks, on fixed prompts, greedy:
   - the base answers the same after adapter requests (no state leak), and the adapter the same
     the second time;
   - base and adapter requests sent together get the answers they get alone;
-  - UnloadModel: the adapter is no longer listed and a request for it is NOT_FOUND; a reload of
+  - UnloadModel while one of the adapter's requests runs: that request still ends with all its
+    tokens, the adapter is no longer listed, a new request for it is NOT_FOUND, and a reload of
     the same folder under the same id is accepted.
 And a rough throughput figure: output tokens/s of N concurrent requests (ignore_eos, fixed
 length) on the base, then on the adapter (vLLM's LoRA kernels cost something; `vllm bench
@@ -138,9 +139,20 @@ async def throughput(stub: Any, model: str, n: int, tokens: int) -> dict[str, fl
     }
 
 
-async def check_unload(stub: Any, adapter_id: str, load: pb.LoadModelRequest) -> dict[str, Any]:
+async def check_unload(
+    stub: Any, adapter_id: str, load: pb.LoadModelRequest, tokens: int
+) -> dict[str, Any]:
+    """Unloads the adapter while one of its requests runs: that request must finish with all
+    its tokens (drain), then the adapter is gone, and the same folder loads again."""
+    running = stub.Generate(
+        generate_request(PROMPTS[2], adapter_id, max_tokens=tokens, ignore_eos=True)
+    )
+    first = await running.read()
     await stub.UnloadModel(pb.UnloadModelRequest(id=adapter_id))
     listed = [m.id for m in (await stub.ListModels(pb.ListModelsRequest())).models]
+    generated = sum(d.token_count for d in first.choices)
+    while (message := await running.read()) != grpc.aio.EOF:
+        generated += sum(d.token_count for d in message.choices)
     try:
         await greedy(stub, PROMPTS[0], adapter_id, 4)
         code = "OK"
@@ -149,6 +161,8 @@ async def check_unload(stub: Any, adapter_id: str, load: pb.LoadModelRequest) ->
     reloaded = (await stub.LoadModel(load)).model
     return {
         "unlisted": adapter_id not in listed,
+        "running_request_tokens": generated,
+        "running_request_drained": generated == tokens,
         "request_after_unload": code,
         "reloaded_same_weights": reloaded.id == adapter_id,
     }
@@ -256,7 +270,7 @@ async def checks(
     }
     if args.parity_llamacpp and args.engine == "vllm":
         result["parity_llamacpp"] = await parity(stub, args, adapter_id)
-    result["unload"] = await check_unload(stub, adapter_id, load)
+    result["unload"] = await check_unload(stub, adapter_id, load, args.throughput_tokens)
     return result
 
 
@@ -268,7 +282,8 @@ def passed(result: dict[str, Any]) -> dict[str, bool]:
         "base unchanged after adapter requests": result["base_unchanged_after_adapter"],
         "adapter repeatable": result["adapter_repeatable"],
         "concurrent answers match": result["concurrent_match_alone"],
-        "unloaded: unlisted, NOT_FOUND, reloadable": unload["unlisted"]
+        "unloaded while running: drained, unlisted, NOT_FOUND, reloadable": unload["unlisted"]
+        and unload["running_request_drained"]
         and unload["request_after_unload"] == "NOT_FOUND"
         and unload["reloaded_same_weights"],
     }
