@@ -1,18 +1,18 @@
-"""The per-key limits a chat completion takes before it is served and settles afterwards:
-the tokens-per-minute reservation (reconciled with the real usage) and the concurrency lease.
-The requests-per-minute decision is taken earlier, for every limited route (deps.rate_limit)."""
+"""The per-key limits a chat completion takes before it is served and settles afterwards
+(key_limits.py, shared with embeddings): the estimate the tokens-per-minute limit reserves,
+moved when intent routing changes the request, and the settlement in the background."""
 
 from __future__ import annotations
 
 import logging
 
-from parlance.gateway import errors
 from parlance.gateway.auth import Principal
 from parlance.gateway.chat.background import Background
 from parlance.gateway.chat.prepared import PreparedChat
 from parlance.gateway.chat.protocol import ChatCompletionRequest
 from parlance.gateway.config import GatewaySettings
-from parlance.gateway.leases import ConcurrencyLeases, Lease
+from parlance.gateway.key_limits import KeyLimits
+from parlance.gateway.leases import ConcurrencyLeases
 from parlance.gateway.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -31,8 +31,14 @@ def estimate_tokens(body: ChatCompletionRequest, settings_estimate: int, limit: 
     return max(1, prompt_chars // 4) + completion * (body.n or 1) * (body.best_of or 1)
 
 
-class RequestLimits:
-    """The TPM reservation and the concurrency lease of one request, and their settlement."""
+class RequestLimits(KeyLimits):
+    """The TPM reservation and the concurrency lease of one chat request (key_limits.py), and
+    their settlement with what it really used, once, in the background."""
+
+    TOO_LARGE = (
+        "Request too large for key {key_id}: {estimate} tokens requested, limit {tpm} tokens "
+        "per minute. Reduce max_tokens."
+    )
 
     def __init__(
         self,
@@ -43,51 +49,11 @@ class RequestLimits:
         caller: Principal,
         estimate: int,
     ) -> None:
-        self.settings = settings
-        self.limiter = limiter
-        self.leases = leases
+        super().__init__(settings, limiter, leases, caller, estimate)
         self.background = background
-        self.caller = caller
-        self.estimate = estimate
-        self.tpm = caller.limits.tpm or settings.tpm_limit
-        self.lease: Lease | None = None
         # Set once the request is prepared: what it really cost is known from it.
         self.prepared: PreparedChat | None = None
         self._settled = False
-
-    async def take(self, headers: dict[str, str]) -> None:
-        """Reserves the estimate from TPM and takes a concurrency lease (429 otherwise); the
-        x-ratelimit-*-tokens headers go into `headers`."""
-        if self.tpm > 0:
-            await self._reserve(headers)
-        limit = self.caller.limits.max_concurrent or self.settings.max_concurrent_per_key
-        if limit > 0:
-            self.lease = await self.leases.acquire(self.caller.key_id, limit)
-            if self.lease is None:
-                await self._refund_all()
-                raise errors.rate_limited(
-                    f"Too many concurrent requests on key {self.caller.key_id}: at most "
-                    f"{limit} at a time. Wait for one to finish.",
-                    1.0,
-                    headers,
-                )
-
-    async def _reserve(self, headers: dict[str, str]) -> None:
-        key_id = self.caller.key_id
-        decision = await self.limiter.check("tpm", key_id, self.tpm, cost=self.estimate)
-        headers.update(decision.headers("tokens"))
-        if decision.allowed:
-            return
-        too_large = self.estimate > self.tpm
-        raise errors.rate_limited(
-            f"Request too large for key {key_id}: {self.estimate} tokens "
-            f"requested, limit {self.tpm} tokens per minute. Reduce max_tokens."
-            if too_large
-            else f"Rate limit reached for tokens on key {key_id}: limit "
-            f"{self.tpm} per minute. Please try again in {decision.retry_after_s:.1f}s.",
-            decision.retry_after_s,
-            headers,
-        )
 
     async def reestimate(self, estimate: int) -> None:
         """A new estimate once intent routing changed the request (a route's max_tokens or
@@ -104,10 +70,6 @@ class RequestLimits:
         except Exception:
             log.warning("TPM reservation not adjusted to the intent route", exc_info=True)
 
-    async def _refund_all(self) -> None:
-        if self.tpm > 0:
-            await self.limiter.adjust("tpm", self.caller.key_id, self.tpm, -self.estimate)
-
     def settle(self) -> None:
         """Releases the lease and reconciles TPM with the real usage, once, in a task of its
         own: it also runs when the request was cancelled (client gone), where awaiting in the
@@ -119,15 +81,6 @@ class RequestLimits:
 
     async def _settle(self) -> None:
         try:
-            if self.lease is not None:
-                await self.leases.release(self.lease)
-            if self.tpm > 0:
-                used = self.prepared.tokens_used() if self.prepared else None
-                if used is None:
-                    await self._refund_all()
-                else:
-                    await self.limiter.adjust(
-                        "tpm", self.caller.key_id, self.tpm, used - self.estimate
-                    )
+            await self.settle_used(self.prepared.tokens_used() if self.prepared else None)
         except Exception:
             log.exception("settling request limits failed")
