@@ -75,7 +75,12 @@ def test_a_coding_question_takes_the_coding_route(stack: Stack) -> None:
     # template puts its own system prompt where none is given), and the question sent with the
     # coding route's system prompt counts exactly the routed request's: the prompt reached
     # the model, first.
-    plain = gateway_url(start_extra_gateway(stack, {"GATEWAY_INTENT_ROUTES": ""}))
+    # Input moderation off there: it would classify the explicit system prompt, which the
+    # routed request never sends to moderation (the safety default, minilm, flagged this one
+    # as harassment on 2026-11-29); token counts do not depend on it.
+    plain = gateway_url(
+        start_extra_gateway(stack, {"GATEWAY_INTENT_ROUTES": "", "GATEWAY_MODERATE_INPUT": "false"})
+    )
     unrouted = chat(plain)
     assert unrouted.status_code == 200, unrouted.text
     assert "x-parlance-intent" not in unrouted.headers
@@ -90,6 +95,7 @@ def test_a_coding_question_takes_the_coding_route(stack: Stack) -> None:
             {"role": "user", "content": CODING_QUESTION},
         ],
     )
+    assert explicit.status_code == 200, explicit.text
     assert explicit.json()["usage"]["prompt_tokens"] == tokens
 
     # The official SDK reads the stream; its first chunk carries the intent.
