@@ -11,11 +11,13 @@ could be served stale cached blocks).
 from __future__ import annotations
 
 import dataclasses
+import logging
+import struct
 import time
 from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 
-from parlance.common.errors import AlreadyExists, InvalidArgument, NotFound
+from parlance.common.errors import AlreadyExists, InvalidArgument, NotFound, ParlanceError
 from parlance.generator.engine.base import (
     AdapterHandle,
     ChatMessage,
@@ -31,6 +33,20 @@ from parlance.generator.engine.base import (
 from parlance.generator.engine.lora import AdapterError
 
 AnyEngine = Engine | EmbeddingEngine | RewardEngine
+
+log = logging.getLogger(__name__)
+
+# What reading or parsing a malformed adapter can raise besides AdapterError (a reader's own
+# gap): still the caller's bad input, an INVALID_ARGUMENT, not an INTERNAL.
+_READ_ERRORS = (
+    ValueError,
+    TypeError,
+    IndexError,
+    KeyError,
+    RecursionError,
+    OSError,
+    struct.error,
+)
 
 
 class AdapterModel(Engine):
@@ -105,6 +121,15 @@ class AdapterRegistry:
         except AdapterError as exc:
             raise InvalidArgument(
                 f"cannot serve {folder} as a LoRA adapter of {parent_id!r}: {exc}", param="path"
+            ) from None
+        except ParlanceError:
+            raise
+        except _READ_ERRORS as exc:
+            log.warning("adapter %s could not be read", folder, exc_info=True)
+            raise InvalidArgument(
+                f"cannot serve {folder} as a LoRA adapter of {parent_id!r}: it could not be "
+                f"read ({type(exc).__name__}: {exc})",
+                param="path",
             ) from None
         earlier = self._digests.get(adapter_id)
         if earlier is not None and earlier != handle.digest:

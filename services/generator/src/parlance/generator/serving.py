@@ -201,7 +201,14 @@ class GeneratorServing:
                 "this generator does not load models at run time (set GENERATOR_LOAD_ROOT to "
                 "the folder trained models are written to)"
             )
-        resolved = Path(path).resolve()
+        if "\x00" in path:
+            raise InvalidArgument("path must not contain a NUL character", param="path")
+        try:
+            resolved = Path(path).resolve()
+        except (OSError, RuntimeError) as exc:  # a symlink loop (RuntimeError before 3.13)
+            raise InvalidArgument(
+                f"path {path!r} cannot be resolved: {exc}", param="path"
+            ) from None
         if not path or not resolved.is_relative_to(self._load_root):
             raise InvalidArgument(
                 f"path {path!r} is not inside GENERATOR_LOAD_ROOT ({self._load_root})",

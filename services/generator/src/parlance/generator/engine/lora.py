@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -107,6 +108,15 @@ _SCALARS = {
 _STRING, _ARRAY = 8, 9
 # Arrays longer than this (a vocabulary) are skipped, not kept: headers only need scalars.
 _KEEP_ARRAY_MAX = 64
+# Arrays of arrays deeper than this are refused (real GGUF files nest at most one level): the
+# reader recurses once per level.
+_MAX_NESTING = 4
+# The fewest bytes one item of each type takes (a string: its length; an array: type, count),
+# to refuse a count the rest of the file cannot hold before reading any item.
+_ITEM_MIN_BYTES = {kind: struct.calcsize("<" + fmt) for kind, fmt in _SCALARS.items()} | {
+    _STRING: 8,
+    _ARRAY: 12,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +130,7 @@ class _Reader:
     def __init__(self, handle: BinaryIO, path: Path) -> None:
         self._handle = handle
         self._path = path
+        self._size = os.fstat(handle.fileno()).st_size
 
     def take(self, fmt: str) -> Any:
         size = struct.calcsize("<" + fmt)
@@ -137,16 +148,31 @@ class _Reader:
             raise AdapterError(f"{self._path} is truncated (its GGUF header ends early)")
         return raw.decode("utf-8", errors="replace")
 
-    def value(self, kind: int) -> Any:
+    def value(self, kind: int, depth: int = 0) -> Any:
         if kind in _SCALARS:
             return self.take(_SCALARS[kind])
         if kind == _STRING:
             return self.string()
         if kind == _ARRAY:
-            item_kind, count = self.take("I"), self.take("Q")
-            items = [self.value(item_kind) for _ in range(count)]
-            return items if count <= _KEEP_ARRAY_MAX else None
+            return self.array(depth)
         raise AdapterError(f"{self._path} is corrupt (unknown GGUF value type {kind})")
+
+    def array(self, depth: int) -> list[Any] | None:
+        """A short array's items; a long one skipped (None), scalars by seeking past them."""
+        if depth >= _MAX_NESTING:
+            raise AdapterError(f"{self._path} is corrupt (GGUF arrays nested over {depth} deep)")
+        item_kind, count = self.take("I"), self.take("Q")
+        # An unknown item type is refused by value() at the first item.
+        if count * _ITEM_MIN_BYTES.get(item_kind, 1) > self._size - self._handle.tell():
+            raise AdapterError(f"{self._path} is truncated or corrupt (a GGUF array of {count})")
+        if count <= _KEEP_ARRAY_MAX:
+            return [self.value(item_kind, depth + 1) for _ in range(count)]
+        if item_kind in _SCALARS:
+            self._handle.seek(count * _ITEM_MIN_BYTES[item_kind], os.SEEK_CUR)
+        else:
+            for _ in range(count):
+                self.value(item_kind, depth + 1)
+        return None
 
 
 def read_gguf_header(path: Path) -> GgufHeader:
@@ -212,7 +238,9 @@ def check_gguf_lora(adapter: GgufHeader, base: GgufHeader, *, where: str) -> Non
                 f"{where}: LoRA tensor {name!r} has no counterpart in the parent model "
                 "(an adapter trained on another base)"
             )
-        if len(a) < 2 or len(b) < 2 or target[0] != a[0] or target[1] != b[1] or a[1] != b[0]:
+        # 2-D each (a norm or bias target is 1-D), and A/B chained onto the target's shape.
+        fits = min(len(a), len(b), len(target)) >= 2 and target[:2] == (a[0], b[1])
+        if not fits or a[1] != b[0]:
             raise AdapterError(
                 f"{where}: LoRA tensor {name!r} (A {list(a)}, B {list(b)}) does not fit the "
                 f"parent's {list(target)} (an adapter trained on another base)"
@@ -246,11 +274,19 @@ def _safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
         raise AdapterError(f"cannot read {path}: {exc.strerror or exc}") from None
     except ValueError:
         raise AdapterError(f"{path} is corrupt (its safetensors header is not JSON)") from None
-    return {
-        name: tuple(int(d) for d in entry["shape"])
-        for name, entry in header.items()
-        if name != "__metadata__" and isinstance(entry, dict) and "shape" in entry
-    }
+    if not isinstance(header, dict):
+        raise AdapterError(f"{path} is corrupt (its safetensors header is not a JSON object)")
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name, entry in header.items():
+        if name == "__metadata__" or not isinstance(entry, dict) or "shape" not in entry:
+            continue
+        shape = entry["shape"]
+        if not isinstance(shape, list) or not all(
+            type(d) is int and d >= 0 for d in shape
+        ):  # type() is int: a bool is not a dimension
+            raise AdapterError(f"{path} is corrupt (tensor {name!r} has the shape {shape!r})")
+        shapes[name] = tuple(shape)
+    return shapes
 
 
 def read_peft_adapter(folder: Path) -> PeftAdapter:
@@ -279,10 +315,16 @@ def read_peft_adapter(folder: Path) -> PeftAdapter:
                 shapes[(module, part)] = shape
     if not shapes:
         raise AdapterError(f"{weights} holds no lora_A/lora_B tensors")
+    try:
+        rank = int(config.get("r") or 0)
+    except (TypeError, ValueError):
+        raise AdapterError(
+            f"{folder / PEFT_CONFIG}: r must be an integer rank, not {config.get('r')!r}"
+        ) from None
     return PeftAdapter(
         folder=folder,
         weights=weights,
-        rank=int(config.get("r") or 0),
+        rank=rank,
         base_model=str(config.get("base_model_name_or_path") or ""),
         shapes=shapes,
     )
