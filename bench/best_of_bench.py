@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import sys
 import tempfile
@@ -181,7 +182,7 @@ def cpu_mode(args: argparse.Namespace) -> None:
         "direct: TransformersRewardEngine.score in this process, best-of-4 calls in a closed "
         "loop. Score stage: the Server-Timing 'reward' duration of each best_of request (the "
         "Score RPC from the gateway's generator client to the reward model, as the request "
-        "waits for it); its rate = 4 x requests at a time / mean stage time. best_of requests: "
+        "waits for it); one request at a time, its rate is 4 / mean stage time. best_of requests: "
         "POST /v1/chat/completions with best_of=4 (scripted chat model answering at once; "
         "output moderation on as shipped, then off on a second gateway of the same stack), "
         "candidates/s = 4 x requests / wall time: the Score call plus everything around it "
@@ -198,13 +199,15 @@ def _cpu_row(
 ) -> list[Any]:
     rate, results = through
     reward_ms = [r.server_timing().get("reward", float("nan")) for r in results]
-    stage_rate = K * concurrency / (sum(reward_ms) / len(reward_ms) / 1000)
+    # One request at a time, the stage is one Score call: its rate is exact. Above that the
+    # requests are not all in the stage at once, so no rate is derived from it.
+    stage_rate = K / (sum(reward_ms) / len(reward_ms) / 1000) if concurrency == 1 else math.nan
     stage = percentiles(reward_ms)
     latency = percentiles([r.total_s * 1000 for r in results])
     return [
         concurrency,
         f"{direct:.1f}",
-        f"{stage_rate:.1f} ({stage_rate / direct:.2f})",
+        "-" if math.isnan(stage_rate) else f"{stage_rate:.1f} ({stage_rate / direct:.2f})",
         f"{rate:.1f} ({rate / direct:.2f})",
         f"{bare[0]:.1f} ({bare[0] / direct:.2f})",
         f"{fmt(stage[50])} / {fmt(stage[90])}",
