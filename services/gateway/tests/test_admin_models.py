@@ -349,3 +349,37 @@ async def test_instants_beyond_the_calendar_are_400s(gw: InProcessGateway, value
             assert bad.status_code == 400, (path, param, bad.text)
             error = bad.json()["error"]
             assert error["param"] == param and param in error["message"], error
+
+
+async def test_a_failed_unload_is_retried_until_the_target_drops_it(
+    gw: InProcessGateway, tmp_path: Path, prefix: str
+) -> None:
+    import redis.asyncio as aioredis
+
+    from parlance.testing.inprocess import REDIS_URL
+
+    body = reward_folder(tmp_path)
+    assert (await gw.client.post("/v1/admin/models", json=body, headers=ADMIN)).status_code == 201
+    reachable, cut_off = targets_of(gw)
+    cut_off.refuse_unload = errors.service_unavailable("The generator service is unavailable.", 1)
+    removed = await gw.client.delete(f"/v1/admin/models/{body['id']}", headers=ADMIN)
+    assert removed.status_code == 200, removed.text
+    assert (removed.json()["unloaded"], removed.json()["pending"]) == (
+        [reachable.url],
+        [cut_off.url],
+    )
+    # Noted in Redis, where every replica's sync sees it; retried while the target fails.
+    redis = aioredis.from_url(REDIS_URL)
+    try:
+        noted = await redis.smembers(f"{prefix}:unloading")
+        assert [json.loads(m) for m in noted] == [[cut_off.url, body["id"]]]
+        await wait_for(lambda: cut_off.unloads.count(body["id"]) >= 3)
+        assert body["id"] in cut_off.loaded
+        cut_off.refuse_unload = None
+        await wait_for(lambda: body["id"] not in cut_off.loaded)
+        await wait_for(lambda: not gw.app.state.gateway.runtime_models.unloads._running)
+        assert await redis.smembers(f"{prefix}:unloading") == set()
+    finally:
+        await redis.aclose()
+    models = (await gw.client.get("/v1/models", headers=gw.alice.headers)).json()["data"]
+    assert body["id"] not in {m["id"] for m in models}

@@ -6,7 +6,8 @@ its parent. It is all or nothing: when one target refuses, the others unload it 
 generator's error is the answer. Registrations and run-time aliases live in Redis
 (registrations.py); every `sync_s` this process re-reads them and loads a registered model on
 any serving target that should list it and does not (a generator that restarted, a target
-that was down at registration, a registration made by another gateway replica).
+that was down at registration, a registration made by another gateway replica), and retries
+the unloads of removed models that a target could not unload (unloads.py).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from parlance.gateway.registrations import (
     redis_down,
 )
 from parlance.gateway.routing import Target
+from parlance.gateway.unloads import PendingUnloads
 from parlance.generator.v1 import generator_pb2
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,7 @@ class RuntimeModels(AliasAdmin):
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self.unloads = PendingUnloads(store, generator)
 
     # --- lifetime -------------------------------------------------------------------------
 
@@ -77,6 +80,7 @@ class RuntimeModels(AliasAdmin):
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.unloads.close()
 
     async def _sync_periodically(self) -> None:
         while not self._stopping.is_set():
@@ -107,6 +111,10 @@ class RuntimeModels(AliasAdmin):
             # traffic must still notice its targets and re-apply to them).
             await self.generator.check_health(0.0)
             self.reapply()
+            try:
+                await self.unloads.retry(self.registrations)
+            except RedisUnavailable:
+                return
 
     # --- where a registration belongs -----------------------------------------------------
 
@@ -262,8 +270,9 @@ class RuntimeModels(AliasAdmin):
             raise on_target(error, target)
         raise error
 
-    async def remove(self, model_id: str) -> list[str]:
-        """Unregisters and unloads a model; the targets it was unloaded from."""
+    async def remove(self, model_id: str) -> tuple[list[str], list[str]]:
+        """Unregisters and unloads a model; the targets it was unloaded from, and those where
+        the unload failed (retried by sync until they no longer list it)."""
         async with self._lock:
             registration = self.registrations.get(model_id)
             if registration is None:
@@ -291,13 +300,19 @@ class RuntimeModels(AliasAdmin):
             results = await asyncio.gather(
                 *(t.client.unload_model(model_id) for t in listing), return_exceptions=True
             )
-        for target, result in zip(listing, results, strict=True):
-            if isinstance(result, BaseException):
-                log.warning(
-                    "registered model could not be unloaded: %s",
-                    result,
-                    extra={"model": model_id, "target": target.url},
-                )
+            # NOT_FOUND: the target no longer had it (a restart), as wanted.
+            pending = [
+                t.url
+                for t, r in zip(listing, results, strict=True)
+                if isinstance(r, BaseException)
+                and not (isinstance(r, errors.APIError) and r.status == 404)
+            ]
+            await self.unloads.note(model_id, pending)
+        for url in pending:
+            log.warning(
+                "registered model could not be unloaded; retried at each sync",
+                extra={"model": model_id, "target": url},
+            )
         MODEL_REGISTRATIONS.labels("remove", "ok").inc()
         await self.generator.refresh()
-        return [t.url for t, r in zip(listing, results, strict=True) if r is None]
+        return [t.url for t, r in zip(listing, results, strict=True) if r is None], pending

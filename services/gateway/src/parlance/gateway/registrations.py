@@ -11,6 +11,9 @@ must remember them. The keys, under GATEWAY_REGISTRY_REDIS_PREFIX:
 - `<prefix>:retired`: set of adapter ids that were removed: an adapter id is never registered
   again (vLLM keys its prefix cache by adapter name; other weights under an old name could be
   served stale blocks).
+- `<prefix>:unloading`: set of JSON [target url, model id]: removed models whose UnloadModel
+  failed on that target (unreachable, past its deadline). Every replica's sync retries them
+  while the target lists the model; in Redis so that any replica finishes the removal.
 
 Redis keeps them as long as Redis persists its data (the compose service has a volume and
 Redis's default snapshots); when Redis does not answer, the admin routes answer 503 and the
@@ -86,6 +89,7 @@ class RegistryStore:
         self.models_key = f"{prefix}:models"
         self.aliases_key = f"{prefix}:aliases"
         self.retired_key = f"{prefix}:retired"
+        self.unloading_key = f"{prefix}:unloading"
 
     async def registrations(self) -> dict[str, Registration]:
         raw = await self.redis.run(lambda r: r.hgetall(self.models_key))
@@ -126,6 +130,20 @@ class RegistryStore:
 
     async def retired(self, model_id: str) -> bool:
         return bool(await self.redis.run(lambda r: r.sismember(self.retired_key, model_id)))
+
+    async def note_unloads(self, pending: set[tuple[str, str]]) -> None:
+        """(target url, model id) pairs whose UnloadModel is still to succeed."""
+        if pending:
+            members = [json.dumps(list(pair)) for pair in sorted(pending)]
+            await self.redis.run(lambda r: r.sadd(self.unloading_key, *members))
+
+    async def pending_unloads(self) -> set[tuple[str, str]]:
+        raw = await self.redis.run(lambda r: r.smembers(self.unloading_key))
+        pairs = (json.loads(member) for member in raw)
+        return {(str(url), str(model_id)) for url, model_id in pairs}
+
+    async def forget_unload(self, pair: tuple[str, str]) -> None:
+        await self.redis.run(lambda r: r.srem(self.unloading_key, json.dumps(list(pair))))
 
     async def set_alias(self, alias: str, weights: Weights) -> None:
         # A list of pairs, not an object: the order of a split is part of it (splits.py).

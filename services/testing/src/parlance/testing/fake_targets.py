@@ -22,6 +22,8 @@ class FakeTarget:
         self.in_flight = 0
         self.loaded: dict[str, generator_pb2.ModelInfo] = {}
         self.refuse: errors.APIError | None = None
+        # The next UnloadModel calls fail with it (a target that cannot be reached).
+        self.refuse_unload: errors.APIError | None = None
         self.load_requests: list[generator_pb2.LoadModelRequest] = []
         self.unloads: list[str] = []
 
@@ -61,6 +63,8 @@ class FakeTarget:
 
     async def unload_model(self, model_id: str) -> None:
         self.unloads.append(model_id)
+        if self.refuse_unload is not None:
+            raise self.refuse_unload
         if model_id not in self.loaded:
             raise errors.not_found(f"model {model_id!r} is not served here", param="id")
         del self.loaded[model_id]

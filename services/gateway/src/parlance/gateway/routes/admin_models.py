@@ -145,8 +145,15 @@ async def model_report_route(
 
 @router.delete("/v1/admin/models/{model_id:path}")
 async def remove_model(model_id: str, _: Admin, state: State) -> dict[str, Any]:
-    unloaded = await state.runtime_models.remove(model_id)
-    return {"id": model_id, "object": "model.registration", "deleted": True, "unloaded": unloaded}
+    unloaded, pending = await state.runtime_models.remove(model_id)
+    # pending: targets whose UnloadModel failed; the registry's sync retries them.
+    return {
+        "id": model_id,
+        "object": "model.registration",
+        "deleted": True,
+        "unloaded": unloaded,
+        "pending": pending,
+    }
 
 
 def _alias_json(alias: str, weights: splits.Weights, source: str) -> dict[str, Any]:
