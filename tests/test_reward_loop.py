@@ -1,0 +1,332 @@
+"""The reward loop learns (issue 16), through the real stack and the real chat model (SmolLM2
+through llama.cpp): simulated users compare answers, a reward model is trained on their picks
+and registered, and best_of then gives them what they prefer markedly more often.
+
+The users' hidden preference: an answer that gladly takes the request on ("Sure, ...", "Of
+course! ...", "Absolutely, I'd be happy to ...") beats one that opens with an apology, a
+disclaimer or a tangent ("I'm sorry for any confusion, but ...", "As an AI ..."). SmolLM2 at
+temperature 1 (top_p 0.95, top_k 40, min_p 0.05) opens either way about half the time for
+requests phrased as asks for help (measured: 52 of 96 samples), and the opening is decided
+in its first tokens, so 6-token answers carry it and the test stays within minutes on CPU.
+
+The steps are the product's, each through its API:
+1. comparisons: `parlance: {compare: "always"}` (two answers, stored as siblings); the user
+   picks with POST /v1/conversations/{id}/comparisons when exactly one answer has the trait
+   (no clear preference: the user skips, as users skip);
+2. `parlance-train reward --from-gateway` (the admin export's preference pairs, all-MiniLM-L6-v2
+   on CPU, bounded steps);
+3. POST /v1/admin/models registers the folder (no restart); the card it returns has the
+   held-out pairwise accuracy;
+4. on fresh prompts (topics never compared), best_of=4 against best_of=1.
+
+Sizes (LOOP_PROMPTS, LOOP_FRESH, LOOP_STEPS in the environment; the defaults are CI's) and the
+figures are printed; bench/reward_loop.md has a longer run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from parlance.testing import ALICE_KEY, Stack, StackPool, bearer
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
+
+ADMIN_KEY = "sk-admin-reward-loop-0123456789"
+# The opening is decided in the first tokens ("Of course! I'd be", "I'm sorry for any").
+MAX_TOKENS = 6
+# Sampling as chat clients commonly set it (llama.cpp's defaults): temperature 1 with the
+# unlikely tail cut, so that the answers are SmolLM2's own openings rather than noise.
+SAMPLING: dict[str, Any] = {"temperature": 1.0, "top_p": 0.95, "top_k": 40, "min_p": 0.05}
+# What the simulated users like: an opening that gladly takes the request on.
+HELPFUL_OPENING = re.compile(
+    r"^\W*(sure|of course|absolutely|certainly|definitely|delighted|happy to|glad to|"
+    r"i'?d (be )?(happy|glad|delighted|love)|i'?m (happy|glad|delighted))\b",
+    re.IGNORECASE,
+)
+ASKS = [
+    "Can you help me with {t}?",
+    "Could you give me some advice on {t}?",
+    "Would you help me plan {t}?",
+    "Can you give me a tip for {t}?",
+]
+TOPICS = """sourdough bread|a vegetable garden|a home network|a job interview|a road trip|
+a marathon|a small aquarium|a wedding toast|a python project|a chess opening|a compost bin|
+a first apartment|a camping weekend|a book club|a bicycle repair|a houseplant|a budget|
+a podcast|a birthday party|a watercolor painting|a language course|a team meeting|
+a science fair project|a photo album|a kitchen renovation|a morning routine|a study plan|
+a board game night|a winter coat|a moving day|a blog|a rainy holiday|a bird feeder|
+a guitar lesson|a resume|a picnic|a yoga practice|a used car|a fish tank filter|a puppy|
+a dinner party|a garage sale|a hiking trip|a knitting project|a school lunch|a tax return|
+a running shoe|a tree house|a baby shower|a flower bed|a sales pitch|a family reunion|
+a website|a poetry reading|a piano recital|a science essay|a bake sale|a snow day|
+a home office|a charity run|a craft fair|a fishing trip|a cover letter|a spring cleaning|
+a road bike|a herb garden|a karaoke night|a museum visit""".replace("\n", "").split("|")
+# Topics no comparison was about: the fresh prompts of the final check.
+FRESH_TOPICS = """a pottery class|a beach holiday|a salary talk|a camping stove|a reading list|
+a bathroom repair|a dog walk|a city break|a chemistry exam|a coffee machine|a retirement party|
+a vegetable soup|a lighthouse tour|a sewing machine|a museum tour|a balcony garden|a tennis match|
+a bread maker|a farmers market|a wedding speech""".replace("\n", "").split("|")
+
+
+def prefers(text: str) -> bool:
+    return bool(HELPFUL_OPENING.search(text))
+
+
+def _size(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+@dataclass
+class Tally:
+    started: float = field(default_factory=time.perf_counter)
+    comparisons: int = 0
+    answered: int = 0
+    both: int = 0
+    neither: int = 0
+    flagged: int = 0
+    refused: int = 0
+    answers_with_trait: int = 0
+
+
+@dataclass
+class LoopStack:
+    stack: Stack
+    # The generator's GENERATOR_LOAD_ROOT: the trainer writes there, the registry loads from it.
+    models: Path
+
+
+@pytest.fixture(scope="module")
+def loop_stack(stacks: StackPool, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoopStack]:
+    models = tmp_path_factory.mktemp("reward-models")
+    stack = stacks.start(
+        "reward-loop",
+        # No conversation titles: each would be one more generation per comparison.
+        gateway_env={
+            "GATEWAY_ADMIN_KEY": ADMIN_KEY,
+            "GATEWAY_MAX_BEST_OF": "4",
+            "GATEWAY_GENERATE_TITLES": "false",
+            # The export re-checks every text with safety: on a loaded 2-core machine that
+            # takes longer than the default 5 s deadline.
+            "GATEWAY_SAFETY_TIMEOUT_S": "60",
+        },
+        env={"generator": {"GENERATOR_LOAD_ROOT": str(models)}},
+        share=False,
+    )
+    yield LoopStack(stack, models)
+    stack.stop()
+
+
+def _chat_body(prompt: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "model": "default",
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": MAX_TOKENS,
+        **SAMPLING,
+        **fields,
+    }
+
+
+def _refused(response: httpx.Response) -> bool:
+    """Input moderation refused the question (a classifier's false positive on a harmless
+    ask, seen with the embedded classifiers): that user gets no answer to compare."""
+    return response.status_code == 400 and response.json()["error"]["code"] == "content_filter"
+
+
+async def _compare(client: httpx.AsyncClient, prompt: str, tally: Tally) -> None:
+    """One conversation: two answers, and the simulated user's pick (or none)."""
+    response = await client.post(
+        "/v1/chat/completions",
+        json=_chat_body(prompt, store=True, parlance={"compare": "always"}),
+    )
+    if _refused(response):
+        tally.refused += 1
+        return
+    assert response.status_code == 200, response.text
+    body = response.json()
+    tally.comparisons += 1
+    ids = body["parlance"]["comparison"]["message_ids"]
+    if any(c["finish_reason"] == "content_filter" for c in body["choices"]):
+        # A flagged candidate is never offered (nor stored): no comparison to answer.
+        tally.flagged += 1
+        return
+    liked = [prefers(c["message"]["content"]) for c in body["choices"]]
+    tally.answers_with_trait += sum(liked)
+    if liked[0] == liked[1]:
+        tally.both += all(liked)
+        tally.neither += not any(liked)
+        return
+    chosen = liked.index(True)
+    pick = {"chosen_message_id": ids[chosen], "rejected_message_id": ids[1 - chosen]}
+    path = f"/v1/conversations/{body['conversation_id']}/comparisons"
+    for _ in range(30):
+        picked = await client.post(path, json=pick)
+        # On a loaded machine history may take the exchange from the gateway's outbox a
+        # moment after the answer (a direct write that timed out): a user reads first anyway.
+        if picked.status_code != 404:
+            break
+        await asyncio.sleep(1.0)
+    assert picked.status_code == 200, picked.text
+    tally.answered += 1
+
+
+async def _run_all(url: str, calls: list[Any], concurrency: int = 3) -> list[Any]:
+    """Runs `calls` (coroutine functions of a client) a few at a time: the generator works
+    one request at a time, the gateway's own work overlaps it."""
+    gate = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(
+        base_url=url, headers=bearer(ALICE_KEY), timeout=httpx.Timeout(600.0)
+    ) as client:
+
+        async def one(call: Any) -> Any:
+            async with gate:
+                return await call(client)
+
+        return await asyncio.gather(*(one(c) for c in calls))
+
+
+def _train(url: str, out: Path, steps: int) -> Path:
+    command = [
+        str(Path(sys.executable).with_name("parlance-train")),
+        "reward", "--from-gateway", url, "--out", str(out), "--name", "reward-helpful",
+        "--max-steps", str(steps), "--batch-size", "16", "--eval-fraction", "0.2",
+        "--max-length", "64", "--seed", "0",
+    ]  # fmt: skip
+    env = dict(os.environ, GATEWAY_ADMIN_KEY=ADMIN_KEY, HF_HUB_OFFLINE="1")
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return Path(done.stdout.strip().splitlines()[-1])
+
+
+async def _fresh_answers(url: str, prompts: list[str], k: int) -> list[tuple[bool, Any] | None]:
+    """Each prompt answered once through the OpenAI SDK, best_of=k in extra_body (k = 1: a
+    plain request): whether the answer has the trait, and the parlance extension object."""
+    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=ALICE_KEY, max_retries=0)
+    gate = asyncio.Semaphore(3)
+
+    async def one(prompt: str) -> tuple[bool, Any] | None:
+        async with gate:
+            try:
+                answer = await create(prompt)
+            except openai.BadRequestError as exc:
+                if exc.code == "content_filter":
+                    return None  # the question was refused (see _refused)
+                raise
+        extension = (answer.model_extra or {}).get("parlance")
+        return prefers(answer.choices[0].message.content or ""), extension
+
+    async def create(prompt: str) -> Any:
+        return await client.chat.completions.create(
+            model="default",
+            messages=[{"role": "user", "content": prompt}],
+            max_tokens=MAX_TOKENS,
+            temperature=SAMPLING["temperature"],
+            top_p=SAMPLING["top_p"],
+            extra_body={
+                "top_k": SAMPLING["top_k"],
+                "min_p": SAMPLING["min_p"],
+                **({"best_of": k} if k > 1 else {}),
+            },
+            timeout=600,
+        )
+
+    async with client:
+        return await asyncio.gather(*(one(p) for p in prompts))
+
+
+def fisher_greater(a: int, n_a: int, b: int, n_b: int) -> float:
+    """One-sided Fisher exact test: the chance, were both rates equal, that the first sample
+    would hold `a` or more successes given the successes of both together."""
+    total, successes = n_a + n_b, a + b
+    denominator = math.comb(total, successes)
+    return (
+        sum(
+            math.comb(n_a, x) * math.comb(n_b, successes - x)
+            for x in range(a, min(n_a, successes) + 1)
+        )
+        / denominator
+    )
+
+
+def test_best_of_learns_what_the_users_prefer(loop_stack: LoopStack) -> None:
+    url = loop_stack.stack.gateway_url
+    prompts = [ask.format(t=topic) for topic in TOPICS for ask in ASKS]
+    prompts = prompts[: _size("LOOP_PROMPTS", 200)]
+    timings: dict[str, float] = {}
+    tally = Tally()
+
+    # 1. Simulated users compare answers.
+    calls = [lambda c, p=p: _compare(c, p, tally) for p in prompts]
+    asyncio.run(_run_all(url, calls))
+    timings["comparisons"] = time.perf_counter() - tally.started
+
+    # 2. Train a reward model on the export.
+    started = time.perf_counter()
+    folder = _train(url, loop_stack.models, _size("LOOP_STEPS", 16))
+    timings["training"] = time.perf_counter() - started
+
+    # 3. Register it at run time; its card comes back.
+    started = time.perf_counter()
+    registered = httpx.post(
+        f"{url}/v1/admin/models",
+        json={"id": folder.name, "task": "reward", "path": str(folder)},
+        headers=bearer(ADMIN_KEY),
+        timeout=300,
+    )
+    assert registered.status_code == 201, registered.text
+    card = registered.json()["card"] or json.loads((folder / "model_card.json").read_text())
+    timings["registration"] = time.perf_counter() - started
+
+    # 4. Fresh prompts: best_of=4 against one answer.
+    started = time.perf_counter()
+    fresh = [ask.format(t=topic) for topic in FRESH_TOPICS for ask in ASKS]
+    fresh = fresh[: _size("LOOP_FRESH", 32)]
+    best_answers = asyncio.run(_fresh_answers(url, fresh, 4))
+    plain_answers = asyncio.run(_fresh_answers(url, fresh, 1))
+    timings["best_of"] = time.perf_counter() - started
+    # Prompts input moderation refused in either arm are left out of both.
+    kept = [
+        (b, p)
+        for b, p in zip(best_answers, plain_answers, strict=True)
+        if b is not None and p is not None
+    ]
+    best, plain = [b for b, _ in kept], [p for _, p in kept]
+    answered = len(kept)
+    best_hits = sum(hit for hit, _ in best)
+    plain_hits = sum(hit for hit, _ in plain)
+    p_value = fisher_greater(best_hits, answered, plain_hits, answered)
+    accuracy = card["eval"]["held_out_pairwise_accuracy"]
+
+    print(
+        f"\nreward loop: {tally.comparisons} comparisons, {tally.answered} answered "
+        f"({tally.both} both / {tally.neither} neither liked, {tally.flagged} with a flagged "
+        "candidate: skipped), "
+        f"{tally.answers_with_trait} of {2 * (tally.comparisons - tally.flagged)} answers with "
+        "the trait; "
+        f"card: split {json.dumps(card['split'])}, training {json.dumps(card['training'])}, "
+        f"held-out accuracy {accuracy:.3f}; "
+        f"{tally.refused} questions refused by input moderation; fresh prompts: best_of=4 "
+        f"{best_hits}/{answered} vs best_of=1 {plain_hits}/{answered} "
+        f"({len(fresh) - answered} refused; one-sided Fisher p = {p_value:.2e}); "
+        f"seconds: {json.dumps({k: round(v, 1) for k, v in timings.items()})}"
+    )
+    assert {p["best_of"]["reward_model"] for _, p in best} == {folder.name}
+    assert accuracy >= 0.85
+    # Markedly more often, and by a margin chance does not reach: equal rates would give
+    # this split (or a more lopsided one) less than once in a thousand runs.
+    assert best_hits > plain_hits
+    assert p_value < 1e-3
