@@ -383,3 +383,44 @@ async def test_a_failed_unload_is_retried_until_the_target_drops_it(
         await redis.aclose()
     models = (await gw.client.get("/v1/models", headers=gw.alice.headers)).json()["data"]
     assert body["id"] not in {m["id"] for m in models}
+
+
+async def test_a_registration_left_loading_is_taken_over_once_stale(
+    gw: InProcessGateway, tmp_path: Path
+) -> None:
+    from parlance.gateway.redis_state import RedisUnavailable
+
+    runtime = gw.app.state.gateway.runtime_models
+    store = runtime.store
+    saved, removed = store.save, store.remove
+
+    async def redis_drops(*_: object, **__: object) -> None:
+        raise RedisUnavailable("test: Redis stops answering after the loads")
+
+    body = reward_folder(tmp_path)
+
+    async def leave_it_loading() -> None:
+        # save fails, and so does the drop of the reservation: it stays "loading" in Redis.
+        store.save = store.remove = redis_drops
+        try:
+            failed = await gw.client.post("/v1/admin/models", json=body, headers=ADMIN)
+        finally:
+            store.save, store.remove = saved, removed
+        assert failed.status_code == 503, failed.text
+        message = failed.json()["error"]["message"]
+        assert "Redis" in message and "generator target" not in message, message
+        assert not any(body["id"] in t.loaded for t in targets_of(gw))
+
+    await leave_it_loading()
+    fresh = await gw.client.post("/v1/admin/models", json=body, headers=ADMIN)
+    assert fresh.status_code == 409 and "being registered" in fresh.json()["error"]["message"]
+    delete = f"/v1/admin/models/{body['id']}"
+    assert (await gw.client.delete(delete, headers=ADMIN)).status_code == 404
+    runtime.stale_reservation_s = 0.0  # the reservation is now older than the load deadline
+    assert (await gw.client.delete(delete, headers=ADMIN)).status_code == 200
+    await leave_it_loading()
+    taken = await gw.client.post("/v1/admin/models", json=body, headers=ADMIN)
+    assert taken.status_code == 201, taken.text
+    assert all(body["id"] in t.loaded for t in targets_of(gw))
+    listed = (await gw.client.get("/v1/admin/models", headers=ADMIN)).json()["data"]
+    assert [m["id"] for m in listed] == [body["id"]]

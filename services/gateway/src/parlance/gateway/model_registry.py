@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from parlance.gateway import errors
 from parlance.gateway.clients import GeneratorClient
+from parlance.gateway.clients.generator import LOAD_TIMEOUT_S
 from parlance.gateway.metrics import MODEL_REGISTRATIONS, MODELS_REGISTERED
 from parlance.gateway.model_aliases import AliasAdmin
 from parlance.gateway.models import ModelRegistry
@@ -37,6 +39,10 @@ log = logging.getLogger(__name__)
 # A target that refused to load a registered model again is asked again after this long
 # (not at every sync: a generator without GENERATOR_LOAD_ROOT refuses every time).
 REAPPLY_BACKOFF_S = 60.0
+# A "loading" reservation older than this was left by a gateway that stopped mid-load or could
+# not save or drop it: a new registration of the id takes it over, DELETE removes it. The load
+# deadline plus a margin, so a registration still loading is never taken over.
+STALE_RESERVATION_S = LOAD_TIMEOUT_S + 60.0
 
 
 class RuntimeModels(AliasAdmin):
@@ -64,6 +70,7 @@ class RuntimeModels(AliasAdmin):
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self.unloads = PendingUnloads(store, generator)
+        self.stale_reservation_s = STALE_RESERVATION_S
 
     # --- lifetime -------------------------------------------------------------------------
 
@@ -215,7 +222,8 @@ class RuntimeModels(AliasAdmin):
             try:
                 await self._check_new(registration)
                 targets = self._targets_for(registration)
-                if not await self.store.reserve(registration):
+                stale_before = time.time() - self.stale_reservation_s
+                if not await self.store.reserve(registration, stale_before):
                     raise errors.APIError(
                         409,
                         f"A model with the id '{registration.id}' is being registered.",
@@ -248,12 +256,15 @@ class RuntimeModels(AliasAdmin):
         failed = [
             (t, r) for t, r in zip(targets, results, strict=True) if isinstance(r, BaseException)
         ]
+        redis_error: errors.APIError | None = None
         if not failed:
             try:
                 await self.store.save(registration)
                 return
             except RedisUnavailable:
-                failed = [(targets[0], redis_down(self.retry_after_s))]
+                # Raised as the registry's outage, not as a target's error. The reservation
+                # likely stays (Redis is down to drop it too) until it is stale.
+                redis_error = redis_down(self.retry_after_s)
         loaded = [
             t for t, r in zip(targets, results, strict=True) if not isinstance(r, BaseException)
         ]
@@ -265,16 +276,30 @@ class RuntimeModels(AliasAdmin):
         except RedisUnavailable:
             log.warning("could not drop a failed registration", extra={"model": registration.id})
         MODEL_REGISTRATIONS.labels("register", "failed").inc()
+        if redis_error is not None:
+            raise redis_error
         target, error = failed[0]
         if isinstance(error, errors.APIError):
             raise on_target(error, target)
         raise error
 
+    async def _stale(self, model_id: str) -> Registration | None:
+        """A "loading" reservation of the id old enough to be a leftover (see
+        STALE_RESERVATION_S); DELETE removes it as a registration."""
+        try:
+            found = await self.store.registration(model_id)
+        except RedisUnavailable:
+            raise redis_down(self.retry_after_s) from None
+        stale_before = time.time() - self.stale_reservation_s
+        if found is None or found.state != "loading" or found.reserved_at >= stale_before:
+            return None
+        return found
+
     async def remove(self, model_id: str) -> tuple[list[str], list[str]]:
         """Unregisters and unloads a model; the targets it was unloaded from, and those where
         the unload failed (retried by sync until they no longer list it)."""
         async with self._lock:
-            registration = self.registrations.get(model_id)
+            registration = self.registrations.get(model_id) or await self._stale(model_id)
             if registration is None:
                 raise errors.not_found(
                     f"No model '{model_id}' was registered through the admin API (models of "
@@ -294,7 +319,7 @@ class RuntimeModels(AliasAdmin):
                 await self.store.remove(model_id, retire=registration.parent is not None)
             except RedisUnavailable:
                 raise redis_down(self.retry_after_s) from None
-            del self.registrations[model_id]
+            self.registrations.pop(model_id, None)
             MODELS_REGISTERED.set(len(self.registrations))
             listing = [t for t in self.generator.targets if model_id in t.models]
             results = await asyncio.gather(

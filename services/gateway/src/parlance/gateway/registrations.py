@@ -7,6 +7,9 @@ must remember them. The keys, under GATEWAY_REGISTRY_REDIS_PREFIX:
 
 - `<prefix>:models`: hash, model id → JSON Registration (state "loading" while the first
   loads run, "ready" after; only ready ones are re-applied, so a replica never races a load).
+  A "loading" record keeps `reserved_at`: one older than the load deadline plus a margin was
+  left by a gateway that stopped mid-load or could not save or drop it (Redis down), and a new
+  registration of the id takes it over (an atomic check-and-set in Redis).
 - `<prefix>:aliases`: hash, alias → JSON {model id: weight} (replaces a configured alias).
 - `<prefix>:retired`: set of adapter ids that were removed: an adapter id is never registered
   again (vLLM keys its prefix cache by adapter name; other weights under an old name could be
@@ -50,6 +53,8 @@ class Registration:
     settings: dict[str, str] = field(default_factory=dict)
     created_at: int = field(default_factory=lambda: int(time.time()))
     state: str = "ready"
+    # Unix time the id was reserved ("loading" records only).
+    reserved_at: float = 0.0
 
     def request(self) -> generator_pb2.LoadModelRequest:
         request = generator_pb2.LoadModelRequest(
@@ -74,7 +79,25 @@ class Registration:
             settings={str(k): str(v) for k, v in (data.get("settings") or {}).items()},
             created_at=int(data.get("created_at") or 0),
             state=str(data.get("state") or "ready"),
+            reserved_at=float(data.get("reserved_at") or 0.0),
         )
+
+
+# HSET the reservation unless the id is taken: by a ready registration, or by a loading one
+# reserved at or after ARGV[3] (older ones are stale); one script, so two replicas cannot both
+# take over a stale reservation.
+_RESERVE = """
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if current then
+  local ok, record = pcall(cjson.decode, current)
+  if not ok or type(record) ~= 'table' or record.state ~= 'loading'
+      or (tonumber(record.reserved_at) or 0) >= tonumber(ARGV[3]) then
+    return 0
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
 
 
 def _text(value: str | bytes) -> str:
@@ -104,14 +127,22 @@ class RegistryStore:
             result[_text(alias)] = tuple((str(m), float(w)) for m, w in pairs)
         return result
 
-    async def reserve(self, registration: Registration) -> bool:
-        """Takes the id for a registration about to load (False: it is taken)."""
-        loading = Registration(**{**asdict(registration), "state": "loading"})
+    async def reserve(self, registration: Registration, stale_before: float) -> bool:
+        """Takes the id for a registration about to load (False: it is taken); a loading
+        reservation made before `stale_before` (Unix time) is taken over."""
+        fields = {**asdict(registration), "state": "loading", "reserved_at": time.time()}
+        loading = Registration(**fields).to_json()
         return bool(
             await self.redis.run(
-                lambda r: r.hsetnx(self.models_key, registration.id, loading.to_json())
+                lambda r: r.eval(
+                    _RESERVE, 1, self.models_key, registration.id, loading, stale_before
+                )
             )
         )
+
+    async def registration(self, model_id: str) -> Registration | None:
+        raw = await self.redis.run(lambda r: r.hget(self.models_key, model_id))
+        return Registration.from_json(raw) if raw is not None else None
 
     async def save(self, registration: Registration) -> None:
         await self.redis.run(
