@@ -154,6 +154,11 @@ async def test_bad_registrations_are_clear_errors(gw: InProcessGateway, tmp_path
         assert response.status_code == status, (change, response.text)
         if param is not None:
             assert response.json()["error"]["param"] == param, change
+    # A NUL inside the load root: refused by the gateway, before any generator sees it.
+    nul = await gw.client.post(
+        "/v1/admin/models", json=body | {"path": body["path"] + "\x00x"}, headers=ADMIN
+    )
+    assert nul.status_code == 400 and nul.json()["error"]["param"] == "path", nul.text
     assert all(not t.loaded for t in targets_of(gw))
 
 

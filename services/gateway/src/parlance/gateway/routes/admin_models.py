@@ -37,7 +37,8 @@ class RegisterModelRequest(BaseModel):
     id: str = Field(pattern=MODEL_ID_PATTERN)
     task: Literal["reward", "embed", "chat"]
     # The folder as the generators see it (inside their GENERATOR_LOAD_ROOT).
-    path: str = Field(min_length=1, max_length=4096)
+    # No NUL: no file system path holds one (Path() refuses it with a ValueError).
+    path: str = Field(min_length=1, max_length=4096, pattern=r"^[^\x00]*$")
     # LoRA adapters (task chat): the base chat model they apply to.
     parent: str | None = Field(default=None, pattern=MODEL_ID_PATTERN)
     settings: dict[str, str] = Field(default_factory=dict, max_length=64)
