@@ -5,9 +5,13 @@ calls, as length-sorted padded batches, handed back per call."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
+
+from parlance.generator.engine.base import EngineStats
+from parlance.generator.engine.batcher import MicroBatcher
 
 Encoded = TypeVar("Encoded")
 Output = TypeVar("Output")
@@ -35,6 +39,31 @@ def load_local(
         except (RuntimeError, AssertionError) as exc:  # no CUDA build, no such GPU
             raise ValueError(f"cannot place the model on {device!r}: {exc}") from None
     return torch, tokenizer, model.eval()
+
+
+class MicroBatchedEngine:
+    """The life cycle both engines share: load in a worker thread, then serve through their
+    MicroBatcher (its queue is the engine's stats). A subclass sets `_batcher` and `_load`."""
+
+    _batcher: MicroBatcher[Any, Any]
+
+    def _load(self) -> None:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._load)
+        self._batcher.start()
+
+    async def close(self) -> None:
+        await self._batcher.close()
+
+    def stats(self) -> EngineStats:
+        return EngineStats(running=self._batcher.running, waiting=self._batcher.waiting)
+
+    @property
+    def batches(self) -> int:
+        """Forward batches run so far (tests see concurrent calls share one)."""
+        return self._batcher.batches
 
 
 def padded_batches(

@@ -15,7 +15,6 @@ sequences are sorted by length so that padding stays small. Weights load from sa
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -25,7 +24,6 @@ from typing import Any
 from parlance.common.errors import InvalidArgument
 from parlance.generator import metrics
 from parlance.generator.engine.base import (
-    EngineStats,
     ModelInfo,
     ModelTask,
     RewardEngine,
@@ -33,7 +31,12 @@ from parlance.generator.engine.base import (
     ScoreResult,
 )
 from parlance.generator.engine.batcher import BatchStats, MicroBatcher
-from parlance.generator.engine.hf_batches import load_local, padded_batches, run_per_call
+from parlance.generator.engine.hf_batches import (
+    MicroBatchedEngine,
+    load_local,
+    padded_batches,
+    run_per_call,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +58,7 @@ def read_card(folder: Path) -> dict[str, Any]:
     return card if isinstance(card, dict) else {}
 
 
-class TransformersRewardEngine(RewardEngine):
+class TransformersRewardEngine(MicroBatchedEngine, RewardEngine):
     name = ENGINE_NAME
 
     def __init__(
@@ -93,10 +96,6 @@ class TransformersRewardEngine(RewardEngine):
         self._created = 0
 
     # --- life cycle ---------------------------------------------------------------------
-
-    async def start(self) -> None:
-        await asyncio.to_thread(self._load)
-        self._batcher.start()
 
     def _window(self, card: dict[str, Any], config: Any) -> int:
         serving = card.get("serving") or {}
@@ -145,9 +144,6 @@ class TransformersRewardEngine(RewardEngine):
             },
         )
 
-    async def close(self) -> None:
-        await self._batcher.close()
-
     def model_info(self) -> ModelInfo:
         return ModelInfo(
             id=self._served_model_name,
@@ -156,14 +152,6 @@ class TransformersRewardEngine(RewardEngine):
             engine=ENGINE_NAME,
             task=ModelTask.REWARD,
         )
-
-    def stats(self) -> EngineStats:
-        return EngineStats(running=self._batcher.running, waiting=self._batcher.waiting)
-
-    @property
-    def batches(self) -> int:
-        """Forward batches run so far (tests see concurrent calls share one)."""
-        return self._batcher.batches
 
     # --- scoring --------------------------------------------------------------------------
 

@@ -14,7 +14,6 @@ within a batch the sequences are sorted by length so that padding stays small.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -27,7 +26,6 @@ from parlance.generator.engine.base import (
     EmbeddingEngine,
     EmbeddingRequest,
     EmbeddingResult,
-    EngineStats,
     ModelInfo,
     ModelTask,
 )
@@ -38,7 +36,12 @@ from parlance.generator.engine.embed_inputs import (
     encode_inputs,
     special_tokens,
 )
-from parlance.generator.engine.hf_batches import load_local, padded_batches, run_per_call
+from parlance.generator.engine.hf_batches import (
+    MicroBatchedEngine,
+    load_local,
+    padded_batches,
+    run_per_call,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +72,7 @@ def sentence_transformers_window(folder: Path) -> int | None:
     return int(value) if isinstance(value, int) and value > 0 else None
 
 
-class TransformersEmbeddingEngine(EmbeddingEngine):
+class TransformersEmbeddingEngine(MicroBatchedEngine, EmbeddingEngine):
     name = ENGINE_NAME
 
     def __init__(
@@ -109,10 +112,6 @@ class TransformersEmbeddingEngine(EmbeddingEngine):
 
     # --- life cycle ---------------------------------------------------------------------
 
-    async def start(self) -> None:
-        await asyncio.to_thread(self._load)
-        self._batcher.start()
-
     def _load(self) -> None:
         folder = Path(self._model_path or default_model_path())
         started = time.perf_counter()
@@ -136,9 +135,6 @@ class TransformersEmbeddingEngine(EmbeddingEngine):
             },
         )
 
-    async def close(self) -> None:
-        await self._batcher.close()
-
     def model_info(self) -> ModelInfo:
         return ModelInfo(
             id=self._served_model_name,
@@ -148,14 +144,6 @@ class TransformersEmbeddingEngine(EmbeddingEngine):
             task=ModelTask.EMBED,
             dimensions=self._dimensions,
         )
-
-    def stats(self) -> EngineStats:
-        return EngineStats(running=self._batcher.running, waiting=self._batcher.waiting)
-
-    @property
-    def batches(self) -> int:
-        """Forward batches run so far (tests see concurrent calls share one)."""
-        return self._batcher.batches
 
     # --- embedding ------------------------------------------------------------------------
 
