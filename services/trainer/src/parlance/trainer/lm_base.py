@@ -199,10 +199,10 @@ def _align_eos(tokenizer: Any, model: Any) -> None:
 
 def load(source: str) -> LMBase:
     """The base model (float32, on the CPU until the trainer moves it) and its tokenizer."""
+    folder, gguf, gguf_digest = resolve(source)  # a missing base is refused before torch loads
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder, gguf, gguf_digest = resolve(source)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(
