@@ -8,6 +8,7 @@
 - scripted: settings of the generator's scripted test engine
 - postgres: a fresh PostgreSQL database (fails, never skips, without a server)
 - waiting: wait_until; metrics: scrape and total
+- reward_model: one `parlance-train reward` run per session (the reward_training fixture)
 - plugin: the pytest fixtures (loaded everywhere through the pytest11 entry point)
 G1's gateway fakes and in-process client live in fakes.py and inprocess.py.
 """
