@@ -176,9 +176,14 @@ def main() -> None:
     on = {"GATEWAY_MODERATE_INPUT": "true", "GATEWAY_MODERATE_OUTPUT": "true"}
     with BenchStack(gateway, env, prefix="parlance-safetyttft-") as stack:
         minilm = start_safety(stack, "minilm")
-        profanity_gateway = stack.extra_gateway(on)
+        # Each extra gateway needs its own metrics port (the base one's is taken).
+        profanity_gateway = stack.extra_gateway({**on, "GATEWAY_METRICS_PORT": str(free_port())})
         minilm_gateway = stack.extra_gateway(
-            {**on, "GATEWAY_SAFETY_URL": f"127.0.0.1:{minilm.grpc_port}"}
+            {
+                **on,
+                "GATEWAY_SAFETY_URL": f"127.0.0.1:{minilm.grpc_port}",
+                "GATEWAY_METRICS_PORT": str(free_port()),
+            }
         )
         urls = {
             "none": stack.gateway_url,
