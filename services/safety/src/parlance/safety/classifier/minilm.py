@@ -83,7 +83,8 @@ class SafetyHead:
         if self.hidden_weights is not None and self.hidden_biases is not None:
             features = np.maximum(embeddings @ self.hidden_weights + self.hidden_biases, 0.0)
         logits = features @ self.weights + self.biases
-        return 1.0 / (1.0 + np.exp(-logits))  # type: ignore[no-any-return]
+        probabilities: np.ndarray = 1.0 / (1.0 + np.exp(-logits))
+        return probabilities
 
 
 def load_head(path: Path | None = None) -> SafetyHead:
