@@ -36,6 +36,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,9 +175,13 @@ def add_candidate_heads(specs: list[str]) -> list[str]:
     keys = []
     for spec in specs:
         key, _, path = spec.partition("=")
-        FACTORIES[key] = lambda built, path=path: service_backend("minilm", path)
+        FACTORIES[key] = partial(candidate_backend, path=path)
         keys.append(key)
     return keys
+
+
+def candidate_backend(built: dict[str, Backend], path: str) -> Backend:
+    return service_backend("minilm", path)
 
 
 def classify(backend: Backend, items: list[Item]) -> list[set[str]]:
@@ -291,6 +296,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cost-rounds", type=int, default=3)
     parser.add_argument("--head", action="append", default=[], metavar="KEY=PATH")
+    parser.add_argument(
+        "--cost-texts", type=int, default=0, help="cost over the set's first N texts (0: all)"
+    )
     args = parser.parse_args()
     candidates = add_candidate_heads(args.head)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -309,8 +317,9 @@ def main() -> None:
             continue
         built[key] = backend
         result = Result(backend, classify(backend, items))
-        result.batch1 = throughput(backend, texts, 1, args.cost_rounds)
-        result.batch32 = throughput(backend, texts, 32, args.cost_rounds)
+        sample = texts[: args.cost_texts or None]
+        result.batch1 = throughput(backend, sample, 1, args.cost_rounds)
+        result.batch32 = throughput(backend, sample, 32, args.cost_rounds)
         results.append(result)
         print(f"{backend.name}: done", file=sys.stderr)
 
@@ -329,7 +338,8 @@ def main() -> None:
         f"{counts['benign']} benign, {counts['hard_negative']} hard negatives). "
         f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared), "
         f"{args.threads} threads per model; cost: best of {args.cost_rounds} passes over the "
-        "set's texts.",
+        f"set's {'first ' + str(args.cost_texts) + ' ' if args.cost_texts else ''}texts; "
+        f"load average at the end: {' / '.join(f'{v:.1f}' for v in os.getloadavg())}.",
         "",
         "## Summary",
         "",
