@@ -144,6 +144,7 @@ _ERROR_STATUSES = {
     "401": "Missing or incorrect API key",
     "403": "Not allowed for this key",
     "404": "Not found (or another user's)",
+    "409": "Conflicts with the current state (an id that exists, a model in use or refused)",
     "413": "Request body too large",
     "429": "Rate or concurrency limit reached",
     "503": "A dependency is unavailable; retry after Retry-After",
