@@ -26,7 +26,9 @@ from parlance.testing import (
 
 CLEAN = "Hello there, this is a friendly answer."
 TOXIC = " You are a stupid worthless idiot and a moron."
-SCRIPT = CLEAN + TOXIC + " Have a nice day."
+# Clean sentences after the toxic one keep the generation running (about 4 s at 10 tokens/s)
+# while the default classifier, slower on a loaded machine, flags the toxic window.
+SCRIPT = CLEAN + TOXIC + " Have a nice day." + " The trains run on time today." * 6
 TOXIC_WORDS = ("stupid", "worthless", "idiot", "moron")
 
 
