@@ -44,7 +44,17 @@ import pytest
 
 from parlance.testing import ALICE_KEY, Stack, StackPool, bearer
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
+# Opt-in (PARLANCE_LOOP_TEST=1) until it fits CI: it took 12.7 min at load 5-14 here, and at
+# the pass mark's 32 fresh prompts a simulation of the observed rates fails ~36% of runs; with
+# LOOP_FRESH=80 ~0.5% (README, Tests).
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(3600),
+    pytest.mark.skipif(
+        os.environ.get("PARLANCE_LOOP_TEST") != "1",
+        reason="the reward loop runs with PARLANCE_LOOP_TEST=1 (about 10 minutes on 2 cores)",
+    ),
+]
 
 ADMIN_KEY = "sk-admin-reward-loop-0123456789"
 # The opening is decided in the first tokens ("Of course! I'd be", "I'm sorry for any").
@@ -294,7 +304,7 @@ def test_best_of_learns_what_the_users_prefer(loop_stack: LoopStack) -> None:
     # 4. Fresh prompts: best_of=4 against one answer.
     started = time.perf_counter()
     fresh = [ask.format(t=topic) for topic in FRESH_TOPICS for ask in ASKS]
-    fresh = fresh[: _size("LOOP_FRESH", 32)]
+    fresh = fresh[: _size("LOOP_FRESH", 80)]
     best_answers = asyncio.run(_fresh_answers(url, fresh, 4))
     plain_answers = asyncio.run(_fresh_answers(url, fresh, 1))
     timings["best_of"] = time.perf_counter() - started
