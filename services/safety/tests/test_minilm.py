@@ -133,8 +133,13 @@ def flagged_categories(result: Any) -> set[str]:
     return {c.category for c in result.categories if c.flagged}
 
 
-def test_default_settings_choose_minilm() -> None:
-    classifier = build_classifier(SafetySettings())
+def test_minilm_is_opt_in_with_its_categories() -> None:
+    """profanity-check is the default (README, "Safety": why MiniLM is not yet); minilm is
+    chosen by name and claims its six categories."""
+    from parlance.safety.classifier.profanity import ProfanityClassifier
+
+    assert isinstance(build_classifier(SafetySettings()), ProfanityClassifier)
+    classifier = build_classifier(SafetySettings(classifier="minilm"))
     assert isinstance(classifier, MiniLMClassifier)
     assert list(classifier.evaluated_categories) == CLAIMED
 
