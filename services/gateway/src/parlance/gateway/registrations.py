@@ -65,6 +65,11 @@ class Registration:
             request.parent = self.parent
         return request
 
+    def belongs(self, target: Target) -> bool:
+        """Whether `target` should list this model: every target, or for an adapter those
+        serving its parent."""
+        return not self.parent or self.parent in target.models
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
