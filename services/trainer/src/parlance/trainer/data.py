@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -30,6 +31,7 @@ ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 MAX_REPORTED = 10
 
 Turn = dict[str, str]
+Turns = tuple[tuple[str, str], ...]  # (role, content) of each message
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,67 +39,108 @@ class Pair:
     """One comparison: the prompt's turns, then the preferred and the other answer's turns."""
 
     line: int
-    prompt: tuple[tuple[str, str], ...]
-    chosen: tuple[tuple[str, str], ...]
-    rejected: tuple[tuple[str, str], ...]
+    prompt: Turns
+    chosen: Turns
+    rejected: Turns
 
     @property
     def group(self) -> str:
         """The prompt's identity: pairs of one prompt stay on one side of the split."""
         return json.dumps(self.prompt)
 
-    def conversation(self, answer: tuple[tuple[str, str], ...]) -> list[Turn]:
+    def conversation(self, answer: Turns) -> list[Turn]:
         return [{"role": r, "content": c} for r, c in self.prompt + answer]
 
 
-class _LineError(ValueError):
-    pass
+class LineError(ValueError):
+    """What is wrong with one line; read_jsonl names it with the line's number."""
 
 
-def _turns(value: Any, field: str, default_role: str) -> tuple[tuple[str, str], ...]:
-    if isinstance(value, str):
-        return ((default_role, value),)
-    if not isinstance(value, list):
-        raise _LineError(f"'{field}' must be a string or a list of messages")
+R = TypeVar("R")
+
+
+def read_jsonl(data: bytes, source: str, parse_line: Callable[[int, str], R], noun: str) -> list[R]:
+    """Every record of the JSONL (`parse_line(line number, text)` for each non-blank line), or
+    TrainError naming the bad lines: the whole input is refused when any line is bad."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TrainError(f"{source} is not UTF-8 text (byte {exc.start})") from None
+    records: list[R] = []
+    problems: list[str] = []
+    for line_no, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            records.append(parse_line(line_no, raw))
+        except LineError as exc:
+            problems.append(f"line {line_no}: {exc}")
+    if problems:
+        shown = "\n  ".join(problems[:MAX_REPORTED])
+        more = len(problems) - MAX_REPORTED
+        tail = f"\n  ... and {more} more bad lines" if more > 0 else ""
+        raise TrainError(
+            f"{source}: {len(problems)} of {len(problems) + len(records)} lines are not usable "
+            f"{noun}; fix or remove them:\n  {shown}{tail}"
+        )
+    if not records:
+        raise TrainError(f"{source} holds no {noun} (it is empty)")
+    return records
+
+
+def json_object(raw: str, expected: str) -> dict[str, Any]:
+    """One line's JSON object; LineError when it is not JSON or not an object."""
+    try:
+        record = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise LineError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(record, dict):
+        raise LineError(f"expected a JSON object with {expected}")
+    return record
+
+
+def messages(value: list[Any], field: str) -> Turns:
+    """A list of {"role", "content"} messages as turns; LineError names the bad one."""
     turns = []
     for index, message in enumerate(value):
         if not isinstance(message, dict):
-            raise _LineError(f"'{field}'[{index}] is not a message object")
+            raise LineError(f"'{field}'[{index}] is not a message object")
         role, content = message.get("role"), message.get("content")
         if role not in ROLES:
-            raise _LineError(
+            raise LineError(
                 f"'{field}'[{index}] has role {role!r}; expected one of {sorted(ROLES)}"
             )
         if not isinstance(content, str):
-            raise _LineError(f"'{field}'[{index}] content must be a string")
+            raise LineError(f"'{field}'[{index}] content must be a string")
         turns.append((role, content))
     return tuple(turns)
 
 
-def _split_implicit(
-    chosen: tuple[tuple[str, str], ...], rejected: tuple[tuple[str, str], ...]
-) -> tuple[tuple[tuple[str, str], ...], ...]:
+def _turns(value: Any, field: str, default_role: str) -> Turns:
+    if isinstance(value, str):
+        return ((default_role, value),)
+    if not isinstance(value, list):
+        raise LineError(f"'{field}' must be a string or a list of messages")
+    return messages(value, field)
+
+
+def _split_implicit(chosen: Turns, rejected: Turns) -> tuple[Turns, ...]:
     shared = 0
     while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
         shared += 1
     return chosen[:shared], chosen[shared:], rejected[shared:]
 
 
-def _text(turns: tuple[tuple[str, str], ...]) -> str:
+def _text(turns: Turns) -> str:
     return "\n".join(content for _, content in turns).strip()
 
 
 def parse_line(line_no: int, raw: str) -> Pair:
-    """One JSONL line as a Pair; _LineError says what is wrong with it."""
-    try:
-        record = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise _LineError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
-    if not isinstance(record, dict):
-        raise _LineError("expected a JSON object with 'prompt', 'chosen' and 'rejected'")
+    """One JSONL line as a Pair; LineError says what is wrong with it."""
+    record = json_object(raw, "'prompt', 'chosen' and 'rejected'")
     missing = [k for k in ("chosen", "rejected") if k not in record]
     if missing:
-        raise _LineError(f"missing {', '.join(repr(k) for k in missing)}")
+        raise LineError(f"missing {', '.join(repr(k) for k in missing)}")
     chosen = _turns(record["chosen"], "chosen", "assistant")
     rejected = _turns(record["rejected"], "rejected", "assistant")
     if "prompt" in record:
@@ -105,43 +148,20 @@ def parse_line(line_no: int, raw: str) -> Pair:
     elif isinstance(record["chosen"], list) and isinstance(record["rejected"], list):
         prompt, chosen, rejected = _split_implicit(chosen, rejected)
     else:
-        raise _LineError("a pair of plain texts needs a 'prompt'")
+        raise LineError("a pair of plain texts needs a 'prompt'")
     if not prompt or not _text(prompt):
-        raise _LineError("the prompt is empty")
+        raise LineError("the prompt is empty")
     for name, turns in (("chosen", chosen), ("rejected", rejected)):
         if not _text(turns):
-            raise _LineError(f"'{name}' is empty")
+            raise LineError(f"'{name}' is empty")
     if _text(chosen) == _text(rejected):
-        raise _LineError("'chosen' and 'rejected' are the same answer")
+        raise LineError("'chosen' and 'rejected' are the same answer")
     return Pair(line_no, prompt, chosen, rejected)
 
 
 def parse_preferences(data: bytes, source: str) -> list[Pair]:
     """Every pair of the JSONL, or TrainError naming the bad lines (blank lines are skipped)."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise TrainError(f"{source} is not UTF-8 text (byte {exc.start})") from None
-    pairs: list[Pair] = []
-    problems: list[str] = []
-    for line_no, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip():
-            continue
-        try:
-            pairs.append(parse_line(line_no, raw))
-        except _LineError as exc:
-            problems.append(f"line {line_no}: {exc}")
-    if problems:
-        shown = "\n  ".join(problems[:MAX_REPORTED])
-        more = len(problems) - MAX_REPORTED
-        tail = f"\n  ... and {more} more bad lines" if more > 0 else ""
-        raise TrainError(
-            f"{source}: {len(problems)} of {len(problems) + len(pairs)} lines are not usable "
-            f"preference pairs; fix or remove them:\n  {shown}{tail}"
-        )
-    if not pairs:
-        raise TrainError(f"{source} holds no preference pairs (it is empty)")
-    return pairs
+    return read_jsonl(data, source, parse_line, "preference pairs")
 
 
 def check_enough(pairs: list[Pair], min_pairs: int, source: str) -> None:

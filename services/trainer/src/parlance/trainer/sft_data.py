@@ -18,10 +18,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from parlance.trainer.data import MAX_REPORTED, ROLES, Turn
-from parlance.trainer.errors import TrainError
-
-Turns = tuple[tuple[str, str], ...]
+from parlance.trainer.data import LineError, Turn, Turns, json_object, messages, read_jsonl
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,35 +40,15 @@ class Example:
         }
 
 
-class _LineError(ValueError):
-    pass
-
-
 def _messages(value: Any, field: str) -> Turns:
     if not isinstance(value, list) or not value:
-        raise _LineError(f"'{field}' must be a non-empty list of messages")
-    turns = []
-    for index, message in enumerate(value):
-        if not isinstance(message, dict):
-            raise _LineError(f"'{field}'[{index}] is not a message object")
-        role, content = message.get("role"), message.get("content")
-        if role not in ROLES:
-            raise _LineError(
-                f"'{field}'[{index}] has role {role!r}; expected one of {sorted(ROLES)}"
-            )
-        if not isinstance(content, str):
-            raise _LineError(f"'{field}'[{index}] content must be a string")
-        turns.append((role, content))
-    return tuple(turns)
+        raise LineError(f"'{field}' must be a non-empty list of messages")
+    return messages(value, field)
 
 
 def parse_line(line_no: int, raw: str) -> Example:
-    try:
-        record = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise _LineError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
-    if not isinstance(record, dict):
-        raise _LineError("expected a JSON object with 'messages'")
+    """One JSONL line as an Example; LineError says what is wrong with it."""
+    record = json_object(raw, "'messages'")
     if "messages" in record:
         turns = _messages(record["messages"], "messages")
         prompt, completion = turns[:-1], turns[-1:]
@@ -79,41 +56,18 @@ def parse_line(line_no: int, raw: str) -> Example:
         prompt = _messages(record["prompt"], "prompt")
         completion = _messages(record["completion"], "completion")
     elif "chosen" in record:
-        raise _LineError("a preference pair: train it with `parlance-train dpo`")
+        raise LineError("a preference pair: train it with `parlance-train dpo`")
     else:
-        raise _LineError("missing 'messages' (or 'prompt' and 'completion')")
+        raise LineError("missing 'messages' (or 'prompt' and 'completion')")
     if any(role != "assistant" for role, _ in completion):
-        raise _LineError("the conversation must end with the assistant's answer")
+        raise LineError("the conversation must end with the assistant's answer")
     if not "".join(c for _, c in completion).strip():
-        raise _LineError("the final answer is empty")
+        raise LineError("the final answer is empty")
     if not any(role == "user" and content.strip() for role, content in prompt):
-        raise _LineError("no user turn before the answer")
+        raise LineError("no user turn before the answer")
     return Example(line_no, prompt, completion)
 
 
 def parse_examples(data: bytes, source: str) -> list[Example]:
     """Every example of the JSONL, or TrainError naming the bad lines (blank lines skipped)."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise TrainError(f"{source} is not UTF-8 text (byte {exc.start})") from None
-    examples: list[Example] = []
-    problems: list[str] = []
-    for line_no, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip():
-            continue
-        try:
-            examples.append(parse_line(line_no, raw))
-        except _LineError as exc:
-            problems.append(f"line {line_no}: {exc}")
-    if problems:
-        shown = "\n  ".join(problems[:MAX_REPORTED])
-        more = len(problems) - MAX_REPORTED
-        tail = f"\n  ... and {more} more bad lines" if more > 0 else ""
-        raise TrainError(
-            f"{source}: {len(problems)} of {len(problems) + len(examples)} lines are not usable "
-            f"SFT examples; fix or remove them:\n  {shown}{tail}"
-        )
-    if not examples:
-        raise TrainError(f"{source} holds no SFT examples (it is empty)")
-    return examples
+    return read_jsonl(data, source, parse_line, "SFT examples")
