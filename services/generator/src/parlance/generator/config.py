@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -66,6 +66,17 @@ class GeneratorSettings(ServiceSettings):
     max_loras: int = Field(default=4, ge=1)
     max_lora_rank: int = Field(default=16, ge=1)
     max_cpu_loras: int | None = Field(default=None, ge=1)
+    # More of vLLM's AsyncEngineArgs, as a JSON object (GENERATOR_VLLM_ENGINE_ARGS=
+    # '{"max_num_seqs": 256, "stream_interval": 2}'); they win over the settings above. Unset,
+    # the engine takes `vllm serve`'s defaults.
+    vllm_engine_args: dict[str, Any] = Field(default_factory=dict)
+    # Freeze the garbage collector's view of the heap once the engine has started, as `vllm
+    # serve` does (full collections then skip the millions of start-up objects).
+    vllm_freeze_gc: bool = True
+    # The event loop of the process, which runs the gRPC server and vLLM's output handler:
+    # "auto" is uvloop for the vLLM engine (as `vllm serve` and vLLM's own gRPC server run)
+    # and asyncio's own loop otherwise.
+    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
 
     # ScriptedEngine: the reply (unset: echo the last user message) and its pace.
     scripted_text: str | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 import grpc
 
@@ -171,11 +172,33 @@ async def serve(settings: GeneratorSettings) -> None:
     await host.run_until_signal()
 
 
+def loop_factory(settings: GeneratorSettings) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop the service runs on (None: asyncio's own). With vLLM this one loop runs
+    the gRPC server, every call's stream and vLLM's output handler, as `vllm serve` runs its
+    HTTP server and output handler, on uvloop."""
+    choice = settings.event_loop
+    if choice == "auto":
+        try:
+            uses_vllm = any(spec.engine == "vllm" for spec in model_specs(settings))
+        except ValueError:  # a bad list: create_host reports it, on whichever loop
+            uses_vllm = False
+        choice = "uvloop" if uses_vllm else "asyncio"
+    if choice == "asyncio":
+        return None
+    import uvloop  # a dependency of vLLM, and of the gateway's uvicorn
+
+    return uvloop.new_event_loop
+
+
 def main() -> None:
     settings = GeneratorSettings()
     configure_logging("generator", settings.log_level, settings.log_format)
     tracing.setup("generator")
-    asyncio.run(serve(settings))
+    factory = loop_factory(settings)
+    log.info("event loop", extra={"event_loop": "asyncio" if factory is None else "uvloop"})
+    # asyncio.Runner: asyncio.run takes a loop_factory only from Python 3.12.
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(serve(settings))
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ _PROCESS_SETTINGS = {
     "log_format",
     "shutdown_grace_s",
     "models",
+    "event_loop",
     "engine",
     "served_model_name",
     "load_root",

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gc
 import logging
 import os
 import time
@@ -86,9 +87,12 @@ def engine_args_kwargs(
     quantization: str | None = None,
     enforce_eager: bool = False,
     lora: dict[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Keyword arguments of vLLM's AsyncEngineArgs; unset values keep vLLM's defaults. `lora`:
-    vllm_lora.lora_engine_kwargs (empty: LoRA off)."""
+    """Keyword arguments of vLLM's AsyncEngineArgs; unset values keep vLLM's defaults (those of
+    `vllm serve`: see VllmEngine.start). `lora`: vllm_lora.lora_engine_kwargs (empty: LoRA
+    off). `extra`: the operator's own AsyncEngineArgs (GENERATOR_VLLM_ENGINE_ARGS), last, so
+    they win (max_num_seqs, max_num_batched_tokens, stream_interval, ...)."""
     kwargs: dict[str, Any] = {
         "model": model,
         "served_model_name": served_model_name,
@@ -108,7 +112,33 @@ def engine_args_kwargs(
     if quantization:
         kwargs["quantization"] = quantization
     kwargs.update(lora or {})
+    kwargs.update(extra or {})
     return kwargs
+
+
+def freeze_gc_heap() -> None:
+    """Moves everything alive now (torch, transformers, vLLM and the model's Python objects:
+    millions of them) out of the garbage collector's reach, as `vllm serve` does once started
+    (vllm.utils.gc_utils.freeze_gc_heap in its lifespan). Otherwise each full collection,
+    which streaming's many short-lived objects keep triggering, walks them all on the event
+    loop that also runs vLLM's output handler and every stream."""
+    gc.collect()
+    gc.freeze()
+
+
+def resolved_config(vllm_config: Any) -> dict[str, Any]:
+    """The engine settings vLLM chose where we left them unset, for the start-up log line:
+    the ones that differ between usage contexts and decide batch sizes and CUDA graphs."""
+    scheduler = getattr(vllm_config, "scheduler_config", None)
+    compilation = getattr(vllm_config, "compilation_config", None)
+    return {
+        "max_num_seqs": getattr(scheduler, "max_num_seqs", None),
+        "max_num_batched_tokens": getattr(scheduler, "max_num_batched_tokens", None),
+        "async_scheduling": getattr(scheduler, "async_scheduling", None),
+        "stream_interval": getattr(scheduler, "stream_interval", None),
+        "max_cudagraph_capture_size": getattr(compilation, "max_cudagraph_capture_size", None),
+        "cudagraph_mode": str(getattr(compilation, "cudagraph_mode", None)),
+    }
 
 
 def _first(*values: Any) -> Any:
@@ -278,9 +308,12 @@ def step_from_vllm(output: Any, logprobs: bool, n_top: int) -> GenerationStep:
 class VllmEngine(Engine):
     name = ENGINE_NAME
 
-    def __init__(self, *, served_model_name: str, engine_kwargs: dict[str, Any]) -> None:
+    def __init__(
+        self, *, served_model_name: str, engine_kwargs: dict[str, Any], freeze_gc: bool = True
+    ) -> None:
         self._served_model_name = served_model_name
         self._engine_kwargs = engine_kwargs
+        self._freeze_gc = freeze_gc
         self._llm: Any = None
         self._tokenizer: Any = None
         self._tokenizer_thread = concurrent.futures.ThreadPoolExecutor(
@@ -321,7 +354,9 @@ class VllmEngine(Engine):
                     max_lora_rank=settings.max_lora_rank,
                     max_cpu_loras=settings.max_cpu_loras,
                 ),
+                extra=settings.vllm_engine_args,
             ),
+            freeze_gc=settings.vllm_freeze_gc,
         )
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -333,6 +368,7 @@ class VllmEngine(Engine):
 
     async def start(self) -> None:
         from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
 
         # The gRPC server's threads already run in this process: forking the engine core from
@@ -348,8 +384,17 @@ class VllmEngine(Engine):
         # Built on the event loop thread, as vLLM's own server does (its ZMQ asyncio sockets
         # and output handler bind to the running loop). This blocks the loop until the model is
         # loaded and compiled (~1-2 min); health stays NOT_SERVING meanwhile.
+        # The usage context is `vllm serve`'s (and vLLM's own gRPC server's): it picks the
+        # batch defaults. AsyncLLM's default, ENGINE_CONTEXT, has none of its own and falls
+        # back to max_num_seqs 128 and max_num_batched_tokens 2048 where `vllm serve` takes
+        # 1024 and 8192 on an H100/H200 (EngineArgs.get_batch_defaults); max_num_seqs also
+        # caps the CUDA graph sizes at 2 x 128 = 256 tokens instead of 512, so a step with a
+        # ~270-token prompt in it (a lone chat request, or a new request joining 63 decodes
+        # at concurrency 64) ran without CUDA graphs.
         self._llm = AsyncLLM.from_engine_args(
-            AsyncEngineArgs(**self._engine_kwargs), stat_loggers=[stat_logger]
+            AsyncEngineArgs(**self._engine_kwargs),
+            usage_context=UsageContext.OPENAI_API_SERVER,
+            stat_loggers=[stat_logger],
         )
         self._tokenizer = self._llm.get_tokenizer()
         model_config = self._llm.model_config
@@ -357,12 +402,15 @@ class VllmEngine(Engine):
         self._defaults = dict(model_config.get_diff_sampling_param())
         self._created = int(time.time())
         self._watchdog = asyncio.create_task(self._watch(), name="vllm-watchdog")
+        if self._freeze_gc:
+            freeze_gc_heap()
         log.info(
             "vLLM ready",
             extra={
                 "seconds": round(time.monotonic() - began, 1),
                 "max_model_len": self._max_model_len,
                 "sampling_defaults": self._defaults,
+                **resolved_config(getattr(self._llm, "vllm_config", None)),
             },
         )
 

@@ -1,0 +1,233 @@
+#!/bin/bash
+# Issue #20, the GPU half, in ONE device call (<= 8 min): where the Parlance path loses to
+# `vllm serve` on the same model and GPU. Side by side, one load client (bench/gpu_probe.py):
+#   serve            `vllm serve $SMOLLM2_HF_DIR` over HTTP
+#   <variant>/grpc   the Parlance generator directly over gRPC (no gateway)
+#   <variant>/gw     the gateway (input moderation on, Redis limits on if REDIS_SERVER) -> generator
+#   <variant>/gw+mod the same with output moderation on (a second gateway, same generator)
+# at c=1 (TTFT p50; REQ1 requests of MAXTOK1 tokens) and c=64 (output tok/s, TPOT p50; REQ64
+# requests of 128 tokens, ignore_eos), for each generator variant of VARIANTS, in order:
+#   fixed     this commit's engine: `vllm serve`'s usage context (max_num_seqs 1024,
+#             max_num_batched_tokens 8192, CUDA graphs up to 512 tokens on an H200), uvloop,
+#             the start-up heap frozen for the garbage collector (as `vllm serve`)
+#   baseline  the engine before it: AsyncLLM's default context's batch settings (max_num_seqs
+#             128, max_num_batched_tokens 2048, hence CUDA graphs up to 256) on asyncio's
+#             loop, no heap freeze
+#   asyncio   fixed on asyncio's loop (isolates uvloop)
+#   nofreeze  fixed without the heap freeze (isolates it)
+#   seqs128   fixed with the old batch settings on uvloop (isolates the batch settings)
+#   si2, si4  fixed with vLLM's stream_interval 2 / 4 (deltas coalesced in the engine)
+# A variant that would not finish within BUDGET_S (default 460 s from the start) is skipped;
+# the table is rewritten after every arm, so a call cut short still brings back what it got.
+#
+# On the GPU machine, from the project root, after the kit (../shared/gpu/README.md, staged with
+# `prepare.sh bench/gpu-requirements.txt`):
+#   source /tmp/stage/env.sh && REDIS_SERVER=.gpu/redis/redis-server bash bench/gpu_probe.sh
+# Environment: VARIANTS ("fixed baseline"), GW ("off on": gateway arms, output moderation off
+# and on; "" for none), GW_VARIANTS (the variants with gateway arms: the first), REQ1 (40), MAXTOK1 (32), REQ64 (640), PROCS (8 client processes at c=64),
+# GPU_MEM (0.5), BUDGET_S (450), RESULT_DIR ($OUT/gpu_probe or bench/results/raw/gpu_probe),
+# DRY_RUN=1: no GPU and no vLLM: the scripted engine stands in for vLLM, `vllm serve` is
+# skipped, prompts are words, tiny loads (checks the script, the client and the summary here).
+# Output: $RESULT_DIR/load_*.json (one per arm), engine_configs.txt, logs/, gpu_probe.md.
+set -uo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+DRY_RUN="${DRY_RUN:-}"
+if [ -z "$DRY_RUN" ]; then : "${SMOLLM2_HF_DIR:?source /tmp/stage/env.sh first}"; fi
+MODEL="${SMOLLM2_HF_DIR:-SmolLM2-135M-Instruct}"
+RESULT_DIR="${RESULT_DIR:-${OUT:+$OUT/gpu_probe}}"
+RESULT_DIR="${RESULT_DIR:-bench/results/raw/gpu_probe}"
+VARIANTS="${VARIANTS:-fixed baseline}"
+GW="${GW-off on}"
+REQ1="${REQ1:-40}"
+MAXTOK1="${MAXTOK1:-32}"
+REQ64="${REQ64:-640}"
+PROCS="${PROCS:-8}"
+GPU_MEM="${GPU_MEM:-0.5}"
+BUDGET_S="${BUDGET_S:-460}"
+GW_VARIANTS="${GW_VARIANTS-${VARIANTS%% *}}"
+# A variant's start-up (~60-100 s) and its arms, without and with the gateway arms: the
+# budget check skips a variant that would not end within BUDGET_S.
+LOAD_S=130
+LOAD_GW_S=190
+if [ -n "$DRY_RUN" ]; then
+  REQ1=4; MAXTOK1=8; REQ64=16; PROCS=2; LOAD_S=20; LOAD_GW_S=40; GATEWAY_WORKERS=1
+fi
+LOGS="$RESULT_DIR/logs"
+rm -rf "$RESULT_DIR"
+mkdir -p "$RESULT_DIR" "$LOGS"
+VLLM_PORT=8100
+GEN_PORT=50051
+SAFETY_PORT=50052
+REDIS_PORT=6390
+API_KEY="probe-$(date +%s)"
+BEGAN=$(date +%s)
+ORDER=0
+# say, stop_all (kills PIDS), wait_http, wait_serving:
+source "$ROOT/bench/lib/processes.sh"
+export PYTHONPATH="$ROOT/services/common/src:$ROOT/services/generator/src:$ROOT/services/safety/src:$ROOT/services/gateway/src${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+PY="${PYTHON:-python3}"
+GATEWAY_PIDS=()
+GENERATOR_PIDS=()
+cleanup() { PIDS+=("${GATEWAY_PIDS[@]}" "${GENERATOR_PIDS[@]}"); stop_all; }
+trap cleanup EXIT
+
+elapsed() { echo $(($(date +%s) - BEGAN)); }
+
+load() {  # label target c requests max_tokens [api_key]
+  local label=$1 target=$2 c=$3 n=$4 tokens=$5 key=${6:-} procs=1
+  [ "$c" -gt 1 ] && procs=$PROCS
+  ORDER=$((ORDER + 1))
+  timeout 200 "$PY" bench/gpu_probe.py load --target "$target" --model "$MODEL" --api-key "$key" \
+    --label "$label" --order "$ORDER" --concurrency "$c" --requests "$n" --max-tokens "$tokens" \
+    --procs "$procs" --prompts "$RESULT_DIR/prompts.json" \
+    --out "$RESULT_DIR/load_$(printf %02d $ORDER)_${label//[^a-zA-Z0-9]/_}_c$c.json" \
+    2>> "$LOGS/client.txt" || say "load $label c=$c failed (rc $?): see logs/client.txt"
+  # After every arm: a call cut short by its time limit still brings back the table so far.
+  "$PY" bench/gpu_probe.py summarize --dir "$RESULT_DIR" --out "$RESULT_DIR/gpu_probe.md" \
+    > /dev/null 2>> "$LOGS/client.txt"
+}
+
+engine_config() {  # title log: the batch, CUDA graph, scheduling and loop settings a server logged
+  { echo "== $1"
+    grep -aoE "max_num_seqs[=:\"' ]+[0-9]+|max_num_batched_tokens[=:\"' ]+[0-9]+|max_cudagraph_capture_size[=:\"' ]+[0-9]+|[Aa]synchronous scheduling is [a-z]+|stream_interval[=:\"' ]+[0-9]+|\"event_loop\": \"[a-z]+\"" "$2" \
+      | sort | uniq -c
+    # vLLM's own config line (both servers log it): the largest CUDA graph size.
+    grep -aoE "'cudagraph_capture_sizes': \[[0-9, ]+\]" "$2" | head -1 \
+      | sed -E 's/.*[ [,]([0-9]+)\]$/      cudagraph_capture_sizes up to \1/'
+  } >> "$RESULT_DIR/engine_configs.txt"
+}
+
+arms() {  # label target [api_key]: c=1 then c=64
+  load "$1" "$2" 1 "$REQ1" "$MAXTOK1" "${3:-}"
+  load "$1" "$2" 64 "$REQ64" 128 "${3:-}"
+}
+
+variant_env() {  # name: the generator's environment for the variant (one line of NAME=VALUE)
+  local old='{"max_num_seqs": 128, "max_num_batched_tokens": 2048}'
+  case "$1" in
+    fixed) echo "GENERATOR_EVENT_LOOP=auto" ;;
+    baseline) echo "GENERATOR_EVENT_LOOP=asyncio|GENERATOR_VLLM_FREEZE_GC=false|GENERATOR_VLLM_ENGINE_ARGS=$old" ;;
+    nofreeze) echo "GENERATOR_EVENT_LOOP=auto|GENERATOR_VLLM_FREEZE_GC=false" ;;
+    asyncio) echo "GENERATOR_EVENT_LOOP=asyncio" ;;
+    seqs128) echo "GENERATOR_EVENT_LOOP=auto|GENERATOR_VLLM_ENGINE_ARGS=$old" ;;
+    si2) echo 'GENERATOR_EVENT_LOOP=auto|GENERATOR_VLLM_ENGINE_ARGS={"stream_interval": 2}' ;;
+    si4) echo 'GENERATOR_EVENT_LOOP=auto|GENERATOR_VLLM_ENGINE_ARGS={"stream_interval": 4}' ;;
+    *) return 1 ;;
+  esac
+}
+
+say "card: $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)"
+nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 > "$RESULT_DIR/card.txt"
+[ -n "$DRY_RUN" ] && echo "dry run (no GPU): scripted engine" > "$RESULT_DIR/card.txt"
+uptime > "$RESULT_DIR/uptime_start.txt"
+if [ -n "$DRY_RUN" ]; then
+  "$PY" bench/gpu_probe.py prompts --words --count 64 --out "$RESULT_DIR/prompts.json"
+else
+  "$PY" bench/gpu_probe.py prompts --tokenizer "$MODEL" --count 700 --out "$RESULT_DIR/prompts.json"
+fi
+: > "$RESULT_DIR/engine_configs.txt"
+
+# -- the gateways and safety: started once, behind whichever generator runs -------------------
+start_gateways() {
+  local redis_url="" port=8000 mod
+  if [ -n "${REDIS_SERVER:-}" ] && [ -x "$REDIS_SERVER" ]; then
+    LD_LIBRARY_PATH="$(dirname "$REDIS_SERVER")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
+      "$REDIS_SERVER" --port $REDIS_PORT --bind 127.0.0.1 --save "" --appendonly no \
+      > "$LOGS/redis.txt" 2>&1 &
+    GATEWAY_PIDS+=($!)
+    redis_url="redis://127.0.0.1:$REDIS_PORT"
+  else
+    say "no REDIS_SERVER: the gateways run without Redis (per-process limits)"
+  fi
+  SAFETY_CLASSIFIER=profanity SAFETY_HOST=127.0.0.1 SAFETY_PORT=$SAFETY_PORT \
+    SAFETY_METRICS_PORT=9102 "$PY" -m parlance.safety.main > "$LOGS/safety.txt" 2>&1 &
+  GATEWAY_PIDS+=($!)
+  local db=0
+  for mod in $GW; do
+    [ "$mod" = on ] && flag=true || flag=false
+    GATEWAY_HOST=127.0.0.1 GATEWAY_PORT=$port GATEWAY_GENERATOR_URL="127.0.0.1:$GEN_PORT" \
+      GATEWAY_SAFETY_URL=127.0.0.1:$SAFETY_PORT GATEWAY_HISTORY_URL=127.0.0.1:1 \
+      GATEWAY_REDIS_URL="${redis_url:+$redis_url/$db}" GATEWAY_API_KEYS="bench:$API_KEY" \
+      GATEWAY_RPM_LIMIT=10000000 GATEWAY_TPM_LIMIT=1000000000 GATEWAY_MAX_CONCURRENT_PER_KEY=4096 \
+      GATEWAY_MAX_CONCURRENT_REQUESTS=4096 GATEWAY_MODERATE_INPUT=true GATEWAY_MODERATE_OUTPUT=$flag \
+      GATEWAY_IGNORE_EOS_USERS=bench \
+      GATEWAY_WORKERS=${GATEWAY_WORKERS:-4} GATEWAY_METRICS_PORT=$((9200 + db)) \
+      GATEWAY_DATABASE_URL="sqlite+aiosqlite:////tmp/parlance-probe-keys-$db.db" \
+      GATEWAY_OUTBOX_PATH="/tmp/parlance-probe-outbox-$db.db" \
+      "$PY" -m parlance.gateway.main > "$LOGS/gateway_mod_$mod.txt" 2>&1 &
+    GATEWAY_PIDS+=($!)
+    port=$((port + 1)); db=$((db + 1))
+  done
+}
+
+start_generator() {  # variant
+  local env_line
+  env_line=$(variant_env "$1") || { say "unknown variant $1"; return 1; }
+  local -a env_args=()
+  IFS='|' read -r -a env_args <<< "$env_line"
+  local engine=(GENERATOR_ENGINE=vllm GENERATOR_MODEL="$MODEL" GENERATOR_MAX_MODEL_LEN=2048
+    GENERATOR_GPU_MEMORY_UTILIZATION="$GPU_MEM")
+  [ -n "$DRY_RUN" ] && engine=(GENERATOR_ENGINE=scripted GENERATOR_SCRIPTED_TOKENS_PER_S=2000
+    GENERATOR_SCRIPTED_TEXT="$(printf 'word %.0s' $(seq 1 200))")
+  env "${engine[@]}" "${env_args[@]}" GENERATOR_SERVED_MODEL_NAME="$MODEL" \
+    GENERATOR_HOST=127.0.0.1 GENERATOR_PORT=$GEN_PORT GENERATOR_METRICS_PORT=9101 GENERATOR_LOG_FORMAT=json \
+    "$PY" -m parlance.generator.main > "$LOGS/generator_$1.txt" 2>&1 &
+  GENERATOR_PIDS=($!)
+  say "($1) generator started: ${env_args[*]}"
+}
+
+# -- (1) vllm serve -------------------------------------------------------------------------------
+# The gateways and safety load meanwhile (CPU only, seconds): they wait for a generator.
+[ -n "$GW" ] && start_gateways
+if [ -z "$DRY_RUN" ]; then
+  say "(serve) starting vllm serve"
+  vllm serve "$MODEL" --max-model-len 2048 --gpu-memory-utilization "$GPU_MEM" \
+    --host 127.0.0.1 --port $VLLM_PORT > "$LOGS/vllm_serve.txt" 2>&1 &
+  PIDS+=($!)
+  if wait_http "http://127.0.0.1:$VLLM_PORT/health" 200; then
+    say "(serve) ready"
+    arms serve "http://127.0.0.1:$VLLM_PORT"
+  else
+    say "(serve) did not become ready"; tail -30 "$LOGS/vllm_serve.txt"
+  fi
+  engine_config "vllm serve" "$LOGS/vllm_serve.txt"
+  stop_all
+fi
+
+# -- (2) the generator variants -----------------------------------------------------------------
+for variant in $VARIANTS; do
+  need=$LOAD_S
+  [ -n "$GW" ] && [[ " $GW_VARIANTS " == *" $variant "* ]] && need=$LOAD_GW_S
+  if [ $(($(elapsed) + need)) -gt "$BUDGET_S" ]; then
+    say "($variant) skipped: $(elapsed) s gone of the $BUDGET_S s budget"
+    echo "== $variant: skipped (time budget)" >> "$RESULT_DIR/engine_configs.txt"
+    continue
+  fi
+  start_generator "$variant" || continue
+  if wait_serving "127.0.0.1:$GEN_PORT" 200; then
+    say "($variant) generator serving"
+    arms "$variant/grpc" "grpc://127.0.0.1:$GEN_PORT"
+    port=8000
+    [[ " $GW_VARIANTS " == *" $variant "* ]] && gw_arms=$GW || gw_arms=""
+    for mod in $gw_arms; do
+      if wait_http "http://127.0.0.1:$port/readyz" 30; then
+        [ "$mod" = on ] && label="$variant/gw+mod" || label="$variant/gw"
+        arms "$label" "http://127.0.0.1:$port" "$API_KEY"
+      else
+        say "gateway on $port not ready"; tail -20 "$LOGS/gateway_mod_$mod.txt"
+      fi
+      port=$((port + 1))
+    done
+  else
+    say "($variant) generator not serving"; tail -30 "$LOGS/generator_$variant.txt"
+  fi
+  engine_config "$variant" "$LOGS/generator_$variant.txt"
+  kill -TERM "${GENERATOR_PIDS[@]}" 2>/dev/null
+  PIDS=("${GENERATOR_PIDS[@]}"); stop_all; GENERATOR_PIDS=()
+done
+
+uptime > "$RESULT_DIR/uptime_end.txt"
+"$PY" bench/gpu_probe.py summarize --dir "$RESULT_DIR" --out "$RESULT_DIR/gpu_probe.md"
+say "done in $(elapsed) s"
