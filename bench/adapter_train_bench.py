@@ -1,10 +1,12 @@
-"""LoRA adapter training (issue 17): SFT and DPO throughput on CPU, and on a GPU the proof that
-DPO on simulated users' feedback teaches the base a trait it rarely shows.
+"""Training benchmarks: LoRA adapters (issue 17: SFT and DPO throughput on CPU, and on a GPU
+the proof that DPO on simulated users' feedback teaches the base a trait it rarely shows) and
+the reward model (issue 16: throughput and accuracy on CPU). One script for the three, named
+after its first (bench/gpu_round.sh runs its `gpu` mode).
 
-Both modes train through parlance.trainer.lora_train, the code `parlance-train sft|dpo` runs
-(TRL's SFTTrainer / DPOTrainer, a PEFT LoRA r16 on every linear layer), on pairs from
+The adapter modes train through parlance.trainer.lora_train, the code `parlance-train sft|dpo`
+runs (TRL's SFTTrainer / DPOTrainer, a PEFT LoRA r16 on every linear layer), on pairs from
 parlance.trainer.synthetic (the preferred answer has the trait; both answers say the same
-things). It needs only torch, transformers, trl, peft and datasets (the trainer's sources are
+things). They need only torch, transformers, trl, peft and datasets (the trainer's sources are
 put on sys.path here): no gateway stack.
 
 CPU (this machine; -> bench/results/adapter_train.md):
@@ -20,6 +22,15 @@ GPU (the H200; the kit of ../shared/gpu/README.md staged with bench/gpu-requirem
   answers of the base and of the adapter on fresh prompts (topics and wordings the training
   never saw): how often each shows the trait, Wilson 95% intervals, and a two-sided
   two-proportion z-test. Written as JSON (plus the PEFT folder under --keep, if given).
+
+Reward model on CPU (-> bench/results/reward_train.md):
+    .venv/bin/python bench/adapter_train_bench.py reward [--prompts 60 --steps 5 --out /tmp/r.md]
+  `parlance-train reward`, the real command in a child process, per trait (one hidden,
+  learnable trait per run), all-MiniLM-L6-v2 as the base: pairs, held-out pairwise accuracy
+  (prompts the training never saw), training time and pairs/s as the model card records them
+  (TRL's loop only), the child's CPU seconds and the load average; then the trained model's
+  candidates/s in process (lib/reward.py: the generator's engine, no gRPC) for best-of-4-shaped
+  calls, 1 and 8 at a time. The GPU figure is bench/reward_train_gpu.py's.
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ import math
 import os
 import random
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -310,6 +322,103 @@ def run_gpu(args: argparse.Namespace) -> None:
         Path(args.out).write_text(text + "\n")
 
 
+# --- the reward model (reward) ----------------------------------------------------------
+
+
+def train_reward(args: argparse.Namespace, trait: synthetic.Trait, work: Path) -> dict[str, Any]:
+    """`parlance-train reward` in a child process on `trait`'s pairs: its card and costs."""
+    data = work / f"{trait}.jsonl"
+    data.write_text(synthetic.jsonl(synthetic.pairs(args.prompts, trait=trait, seed=args.seed)))
+    train = HERE.parent / ".venv" / "bin" / "parlance-train"
+    command = [
+        str(train if train.exists() else "parlance-train"),
+        "reward", "--data", str(data), "--out", str(work / "models"), "--name", f"reward-{trait}",
+        "--max-steps", str(args.steps), "--batch-size", str(args.batch_size),
+        "--eval-fraction", "0.2", "--seed", str(args.seed), "--max-length", "128",
+    ]  # fmt: skip
+    load_before = os.getloadavg()[0]
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - started
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise SystemExit(f"parlance-train failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    folder = Path(done.stdout.strip().splitlines()[-1])
+    cpu = sum(getattr(cpu_after, f) - getattr(cpu_before, f) for f in ("ru_utime", "ru_stime"))
+    return {
+        "trait": trait,
+        "folder": folder,
+        "card": json.loads((folder / "model_card.json").read_text()),
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "load": (load_before, os.getloadavg()[0]),
+    }
+
+
+def reward_row(run: dict[str, Any]) -> list[Any]:
+    card = run["card"]
+    tr = card["training"]
+    return [
+        run["trait"],
+        f"{card['split']['train_pairs']} / {card['split']['held_out_pairs']}",
+        f"{card['eval']['held_out_pairwise_accuracy']:.3f}",
+        tr["steps"],
+        tr["pairs_seen"],
+        f"{tr['seconds']:.1f}",
+        f"{tr['pairs_per_s']:.2f}",
+        f"{run['wall_s']:.1f}",
+        f"{run['cpu_s']:.1f}",
+        f"{run['load'][0]:.1f} / {run['load'][1]:.1f}",
+    ]
+
+
+def run_reward(args: argparse.Namespace) -> None:
+    import asyncio
+
+    from lib import reward
+    from lib.report import Report, table
+
+    records = synthetic.pairs(args.score_calls, seed=4242, max_per_prompt=1)
+
+    def request(i: int) -> Any:
+        r = records[max(i, 0)]
+        answers = (r["chosen"][0]["content"], r["rejected"][0]["content"]) * 2
+        return reward.score_request(i, r["prompt"][0]["content"], answers)
+
+    with tempfile.TemporaryDirectory(prefix="reward-bench-") as scratch:
+        runs = []
+        for trait in args.traits.split(","):
+            print(f"[bench] training on trait {trait!r}...", flush=True)
+            runs.append(train_reward(args, trait, Path(scratch)))
+        folder, calls = runs[0]["folder"], len(records)
+        rates = {c: asyncio.run(reward.candidates_per_s(folder, request, calls, c)) for c in (1, 8)}
+    report = Report(
+        "Reward model training on CPU (parlance-train reward, all-MiniLM-L6-v2)",
+        f"Versions: {', '.join(f'{k} {v}' for k, v in runs[0]['card']['versions'].items())}.",
+        f"Data: parlance.trainer.synthetic, {args.prompts} prompts (1-2 comparisons each), "
+        f"held-out 20% by prompt; {args.steps} steps of {args.batch_size} pairs, "
+        "max length 128 tokens, fp32, torch threads 2.",
+    )
+    columns = ["trait preferred", "train / held-out pairs", "held-out pairwise accuracy"]
+    columns += ["steps", "pairs trained", "training s", "pairs/s", "command wall s"]
+    report.section(
+        "Training",
+        *table([*columns, "command CPU s", "load avg before / after"], map(reward_row, runs)),
+        "",
+        "bullets: the same points as a bulleted list beat them as prose. short: an answer under",
+        "40 words beats the same answer padded past 40. pairs/s = pairs trained / training s.",
+    )
+    report.section(
+        "Scoring (the trained bullets model, in process, closed loop)",
+        *table(
+            ["Score calls of 4 candidates", "candidates/s"],
+            [[f"{c} at a time", f"{r:.1f}"] for c, r in rates.items()],
+        ),
+    )
+    report.write(args.out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     modes = parser.add_subparsers(dest="mode", required=True)
@@ -335,11 +444,16 @@ def main() -> None:
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--keep", type=Path, help="copy the trained PEFT folder(s) here")
     cpu.set_defaults(epochs=1.0)
+    rew = modes.add_parser("reward", help="reward model training and scoring here")
+    rew.add_argument("--prompts", type=int, default=300)
+    rew.add_argument("--steps", type=int, default=40)
+    rew.add_argument("--batch-size", type=int, default=16)
+    rew.add_argument("--seed", type=int, default=0)
+    rew.add_argument("--traits", default="bullets,short")
+    rew.add_argument("--score-calls", type=int, default=64)
+    rew.add_argument("--out", type=Path, default=HERE / "results" / "reward_train.md")
     args = parser.parse_args()
-    if args.mode == "cpu":
-        run_cpu(args)
-    else:
-        run_gpu(args)
+    {"cpu": run_cpu, "gpu": run_gpu, "reward": run_reward}[args.mode](args)
 
 
 if __name__ == "__main__":

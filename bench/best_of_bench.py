@@ -46,6 +46,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from lib import reward
 from lib.client import ChatClient, ChatResult, chat_body
 from lib.loop import closed_loop
 from lib.procs import load_average
@@ -63,49 +64,8 @@ REWARD_ID = "reward-bench"
 K = 4
 
 
-def train_reward(work: Path, steps: int) -> Path:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from parlance.trainer import reward, synthetic
-    from parlance.trainer.source import Loaded
-
-    records = synthetic.pairs(120, trait="bullets", seed=11)
-    job = reward.RewardJob(
-        base="all-MiniLM-L6-v2",
-        out=work,
-        name=REWARD_ID,
-        max_steps=steps,
-        batch_size=8,
-        eval_fraction=0.2,
-        max_length=128,
-    )
-    return reward.run(job, Loaded(synthetic.jsonl(records).encode(), "synthetic"))
-
-
-async def direct_rate(folder: Path, calls: int, concurrency: int) -> float:
-    """Candidates/s of best-of-4 Score calls on the engine in this process."""
-    from parlance.generator.engine.base import ChatMessage, ScoreRequest
-    from parlance.generator.engine.reward import TransformersRewardEngine
-
-    engine = TransformersRewardEngine(
-        served_model_name=REWARD_ID, model_path=str(folder), n_threads=1
-    )
-    await engine.start()
-    try:
-
-        def request(i: int) -> ScoreRequest:
-            return ScoreRequest(
-                request_id=str(i),
-                messages=(ChatMessage("user", PROMPT),),
-                candidates=(ANSWER,) * K,
-            )
-
-        await engine.score(request(-1))  # warm-up
-        started = time.perf_counter()
-        await closed_loop(lambda w, i: engine.score(request(i)), concurrency, count=calls)
-        elapsed = time.perf_counter() - started
-    finally:
-        await engine.close()
-    return K * calls / elapsed
+def _score(i: int) -> object:
+    return reward.score_request(i, PROMPT, (ANSWER,) * K)
 
 
 async def gateway_rate(url: str, calls: int, concurrency: int) -> tuple[float, list[ChatResult]]:
@@ -130,9 +90,12 @@ def cpu_mode(args: argparse.Namespace) -> None:
         folder = args.reward_folder
         if folder is None:
             print(f"[bench] training a reward model ({args.train_steps} steps)...", flush=True)
-            folder = train_reward(Path(scratch), args.train_steps)
+            folder = reward.train(Path(scratch), REWARD_ID, args.train_steps)
         loads = [load_average()]
-        direct = {c: asyncio.run(direct_rate(folder, args.requests, c)) for c in (1, 8)}
+        direct = {
+            c: asyncio.run(reward.candidates_per_s(folder, _score, args.requests, c, REWARD_ID))
+            for c in (1, 8)
+        }
         loads.append(load_average())
         models = [
             {
