@@ -1,14 +1,16 @@
 """A closed-loop load of POST /v1/embeddings against any OpenAI-compatible server (Parlance's
-gateway or `vllm serve --runner pooling`), for bench/vllm_embed_vs_parlance.sh:
+gateway or `vllm serve --runner pooling`), for bench/gpu_round.sh's embed phase:
 
     python bench/embed_load.py --url http://127.0.0.1:8000 --model M --batch 32 \\
         --concurrency 4 --requests 200 --json out.json [--api-key K] [--vectors vectors.json]
 
-Each request embeds `--batch` distinct sentences (~15-20 tokens; never the same text twice in a
-run, so no cache answers). Reports texts/s, request latency p50/p99 (percentile definition in
-lib/stats.py) and the client's own CPU seconds (so that a saturated client shows: one Python
-client process tops out near 300 small requests/s; `--processes N` splits the concurrency and
-the requests over N client processes started together, and merges their figures). With
+Each request embeds `--batch` distinct sentences (lib/texts.py: ~15-20 tokens; never the same
+text twice in a run, so no cache answers), through lib/client.py's connections (one per
+concurrent worker) in lib/loop.py's closed loop. Reports texts/s, request latency p50/p99
+(percentile definition in lib/stats.py) and the client's own CPU seconds (so that a saturated
+client shows: one Python client process tops out near 300 small requests/s; `--processes N`
+splits the concurrency and the requests over N client processes started together, and merges
+their figures). With
 --vectors it first embeds a fixed set of 64 sentences and writes their vectors, so that two
 servers' outputs can be compared (cosine agreement).
 """
@@ -27,22 +29,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx
+from lib.client import ChatClient
+from lib.loop import closed_loop
 from lib.stats import PERCENTILE_DEFINITION, percentile
-
-SUBJECTS = ["The weather", "My account", "This recipe", "The train", "Our team", "The report"]
-VERBS = ["looks", "seems", "turned out", "became", "stays", "felt"]
-ENDINGS = [
-    "much better than it did yesterday morning",
-    "hard to understand without a few examples",
-    "ready for the meeting with the new customers",
-    "slower than anyone expected after the update",
-    "surprisingly good for such a small amount of work",
-    "worth another look before we decide anything",
-]
-
-
-def sentence(i: int) -> str:
-    return f"{SUBJECTS[i % 6]} {VERBS[(i // 6) % 6]} {ENDINGS[(i // 36) % 6]} (note {i})."
+from lib.texts import sentence, sentences
 
 
 async def embed(client: httpx.AsyncClient, model: str, texts: list[str]) -> list[list[float]]:
@@ -52,40 +42,30 @@ async def embed(client: httpx.AsyncClient, model: str, texts: list[str]) -> list
 
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
-    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     # Deterministic requests must compute: ask the gateway's cache to stand aside.
-    headers["Cache-Control"] = "no-cache"
-    limits = httpx.Limits(max_connections=args.concurrency)
-    async with httpx.AsyncClient(
-        base_url=args.url, headers=headers, timeout=120, limits=limits
-    ) as client:
-        vectors = await embed(client, args.model, [sentence(i) for i in range(64)])
+    headers = {"Cache-Control": "no-cache"}
+    async with ChatClient(args.url, args.api_key or None, timeout_s=120, headers=headers) as client:
+        vectors = await embed(client.lane(0), args.model, sentences(64))
         # Warm-up: connections and the server's first batches.
         await asyncio.gather(
-            *(embed(client, args.model, [sentence(10_000 + i)]) for i in range(args.concurrency))
+            *(
+                embed(client.lane(w), args.model, [sentence(10_000 + w)])
+                for w in range(args.concurrency)
+            )
         )
         latencies: list[float] = []
-        errors = 0
-        next_request = 0
-        offset = args.offset
 
-        async def worker() -> None:
-            nonlocal next_request, errors
-            while next_request < args.requests:
-                index = next_request
-                next_request += 1
-                texts = [sentence(offset + index * args.batch + k) for k in range(args.batch)]
-                sent = time.perf_counter()
-                try:
-                    await embed(client, args.model, texts)
-                except httpx.HTTPError:
-                    errors += 1
-                    continue
-                latencies.append(time.perf_counter() - sent)
+        async def request(worker: int, index: int) -> None:
+            texts = sentences(args.batch, args.offset + index * args.batch)
+            sent = time.perf_counter()
+            try:
+                await embed(client.lane(worker), args.model, texts)
+            except httpx.HTTPError:
+                return
+            latencies.append(time.perf_counter() - sent)
 
-        cpu0, began = time.process_time(), time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(args.concurrency)))
-        wall = time.perf_counter() - began
+        cpu0 = time.process_time()
+        block = await closed_loop(request, args.concurrency, count=args.requests)
         cpu = time.process_time() - cpu0
     return {
         "vectors": vectors,
@@ -94,12 +74,12 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "batch": args.batch,
         "concurrency": args.concurrency,
         "requests": len(latencies),
-        "errors": errors,
-        "texts_per_s": len(latencies) * args.batch / wall,
+        "errors": args.requests - len(latencies),
+        "texts_per_s": len(latencies) * args.batch / block.window_s,
         "latency_p50_ms": percentile(latencies, 50) * 1000,
         "latency_p99_ms": percentile(latencies, 99) * 1000,
         "client_cpu_s": cpu,
-        "wall_s": wall,
+        "wall_s": block.window_s,
         "percentiles": PERCENTILE_DEFINITION,
         "latencies": latencies,
     }

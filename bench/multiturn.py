@@ -10,7 +10,8 @@ its own) and asks `--turns` short questions; answers are capped at `--max-tokens
 ignored, so every run generates the same amount. `--concurrency` conversations run at once
 (a conversation's turns are sequential, as a user's are). Reports TTFT p50/p99 of the first
 turns and of the later ones (those a prefix cache can serve), and output tokens/s. The
-percentile definition is lib/stats.py's.
+percentile definition is lib/stats.py's; requests go through lib/client.py (one keep-alive
+connection per concurrent conversation, streams read by lib/sse.py).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import httpx
+from lib.client import ChatClient
 from lib.stats import PERCENTILE_DEFINITION, percentile
 
 SYSTEM = (
@@ -51,32 +52,12 @@ def document(rng: random.Random, words: int = 300) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(words))
 
 
-async def stream_turn(
-    client: httpx.AsyncClient, body: dict[str, Any]
-) -> tuple[float | None, str, int]:
-    """(seconds to the first content, the answer, completion tokens) of one streamed turn."""
-    sent = time.perf_counter()
-    first: float | None = None
-    parts: list[str] = []
-    tokens = 0
-    async with client.stream("POST", "/v1/chat/completions", json=body) as response:
-        response.raise_for_status()
-        async for line in response.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            for choice in chunk.get("choices", []):
-                text = (choice.get("delta") or {}).get("content")
-                if text:
-                    first = first if first is not None else time.perf_counter() - sent
-                    parts.append(text)
-            if chunk.get("usage"):
-                tokens = chunk["usage"]["completion_tokens"]
-    return first, "".join(parts), tokens
-
-
 async def conversation(
-    client: httpx.AsyncClient, args: argparse.Namespace, index: int, out: dict[str, list[float]]
+    client: ChatClient,
+    lane: int,
+    args: argparse.Namespace,
+    index: int,
+    out: dict[str, list[float]],
 ) -> None:
     rng = random.Random(index)
     messages = [
@@ -90,39 +71,33 @@ async def conversation(
             "max_tokens": args.max_tokens,
             "ignore_eos": True,
             "temperature": 0.7,
-            "stream": True,
             "stream_options": {"include_usage": True},
         }
-        try:
-            ttft, answer, tokens = await stream_turn(client, body)
-        except httpx.HTTPError:
+        result = await client.stream(body, lane=lane)
+        if result.error:
             out["errors"].append(1.0)
             return
-        if ttft is not None:
-            out["ttft_first" if turn == 0 else "ttft_later"].append(ttft)
-        out["tokens"].append(float(tokens))
+        if result.ttft_s is not None:
+            out["ttft_first" if turn == 0 else "ttft_later"].append(result.ttft_s)
+        out["tokens"].append(float(result.completion_tokens))
         messages = [
             *messages,
-            {"role": "assistant", "content": answer},
+            {"role": "assistant", "content": "".join(result.content)},
             {"role": "user", "content": QUESTIONS[(turn + 1) % len(QUESTIONS)]},
         ]
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     out: dict[str, list[float]] = {"ttft_first": [], "ttft_later": [], "tokens": [], "errors": []}
-    limits = httpx.Limits(max_connections=args.concurrency)
-    async with httpx.AsyncClient(
-        base_url=args.url, headers=headers, timeout=300, limits=limits
-    ) as client:
+    async with ChatClient(args.url, args.api_key or None, timeout_s=300) as client:
         queue = list(range(args.first, args.first + args.conversations))
 
-        async def worker() -> None:
+        async def worker(lane: int) -> None:
             while queue:
-                await conversation(client, args, queue.pop(0), out)
+                await conversation(client, lane, args, queue.pop(0), out)
 
         cpu0, began = time.process_time(), time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+        await asyncio.gather(*(worker(lane) for lane in range(args.concurrency)))
         wall = time.perf_counter() - began
         cpu = time.process_time() - cpu0
     ms = 1000.0

@@ -50,6 +50,7 @@ class ChatResult:
     finish_reason: str | None = None
     error: str | None = None
     body: dict[str, Any] | None = None  # the JSON of a non-streamed answer
+    content: list[str] = field(default_factory=list)  # a stream's text, chunk by chunk
 
     @property
     def ok(self) -> bool:
@@ -194,10 +195,12 @@ class ChatClient:
             now = result.since_start()
             if result.first_event_s is None:
                 result.first_event_s = now
-            if content_of(chunk):
+            text = content_of(chunk)
+            if text:
                 if result.ttft_s is None:
                     result.ttft_s = now
                 result.last_content_s = now
+                result.content.append(text)
             cls._note(chunk, result)
         result.total_s = result.since_start()
 
