@@ -21,6 +21,12 @@ with tiny replies (also with GATEWAY_WORKERS=2).
 
     .venv/bin/python bench/gateway_overhead.py    # writes bench/results/gateway_overhead.md
     .venv/bin/python bench/gateway_overhead.py --quick --out /tmp/overhead.md    # ~1 min smoke
+    .venv/bin/python bench/gateway_overhead.py --baseline 39c309a --c100-only    # before/after
+
+With `--baseline REF`, two more gateways run the gateway's code as it was at git commit REF
+(B1@base, B2@base: `git archive` of services/gateway/src and services/common/src put first on
+their PYTHONPATH), on the same services, interleaved with the others: a change's effect is a
+ratio within one run, which the shared machine's noise does not move much.
 
 The HTTP client is bench/lib's (httpx, one keep-alive connection per worker, opened in the
 warm-up, so that no request pays connection set-up, as gRPC's one channel does not either).
@@ -34,7 +40,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections import Counter
@@ -46,8 +55,8 @@ import grpc
 from lib.client import ChatClient, ChatResult, chat_body
 from lib.loop import closed_loop
 from lib.procs import MACHINE_BUSY, STEAL, ProcessSampler, children, load_average
-from lib.report import Report, out_argument, table
-from lib.stack import KEYS, LIMITS_HIGH, MODEL, BenchStack, ServiceProcess, scripted
+from lib.report import ROOT, Report, out_argument, table
+from lib.stack import KEYS, LIMITS_HIGH, MODEL, BenchStack, ServiceProcess, free_port, scripted
 from lib.stats import fmt, percentile
 
 from parlance.generator.v1 import generator_pb2, generator_pb2_grpc
@@ -65,11 +74,23 @@ GATEWAY_ENV = {
 }
 MODERATION_OFF = {"GATEWAY_MODERATE_INPUT": "false", "GATEWAY_MODERATE_OUTPUT": "false"}
 CLIENT = "client (this benchmark)"
-CPU_COLUMNS = (CLIENT, "generator", "gateway B1", "gateway B2", "safety", "redis", "history")
+CPU_COLUMNS = (
+    CLIENT,
+    "generator",
+    "gateway B1",
+    "gateway B2",
+    "gateway B1@base",
+    "gateway B2@base",
+    "safety",
+    "redis",
+    "history",
+)
 PATH_LABELS = {
     "A": "A: generator direct (gRPC)",
     "B1": "B1: gateway, moderation off",
     "B2": "B2: gateway, moderation on (default)",
+    "B1@base": "B1@base: B1 with the --baseline commit's gateway",
+    "B2@base": "B2@base: B2 with the --baseline commit's gateway",
     "B1w2": "B1, GATEWAY_WORKERS=2",
     "B2w2": "B2, GATEWAY_WORKERS=2",
 }
@@ -199,7 +220,7 @@ async def latency_phase(
     block: int,
 ) -> LatencyPhase:
     """`per_path` requests per path at `concurrency`, in blocks of `block`, interleaved."""
-    paths = ["A", "B1", "B2"]
+    paths = [name for name in PATH_LABELS if name in targets and "w2" not in name]
     phase = LatencyPhase(concurrency, block, {name: PathStats() for name in paths})
     max_tokens = len(SCRIPT.split())
     for name in paths:  # warm-up: connections open, code paths hot; not counted
@@ -382,6 +403,23 @@ def noise_line(phases: list[LatencyPhase]) -> str:
     return "; ".join(parts)
 
 
+def baseline_ratios(phase: LatencyPhase) -> str:
+    """This code's gateway CPU per request over the baseline's (B2 with safety's CPU), and
+    the ratio of the TTFT and total medians."""
+    parts = []
+    for name, extra in (("B1", ()), ("B2", ("safety",))):
+        new, old = phase.stats[name], phase.stats[f"{name}@base"]
+        cpu_new = new.cpu_ms(f"gateway {name}") + sum(new.cpu_ms(n) for n in extra)
+        cpu_old = old.cpu_ms(f"gateway {name}@base") + sum(old.cpu_ms(n) for n in extra)
+        label = f"{name} gateway{' + safety' if extra else ''} CPU"
+        ratio = cpu_new / cpu_old
+        parts.append(f"{label} {cpu_new:.2f} vs {cpu_old:.2f} ms per request (×{ratio:.2f})")
+        for times in ("ttft_ms", "total_ms"):
+            ratio = percentile(getattr(new, times)(), 50) / percentile(getattr(old, times)(), 50)
+            parts.append(f"{name} {times.removesuffix('_ms').upper()} p50 ×{ratio:.2f}")
+    return "; ".join(parts)
+
+
 def interpretation(phases: list[LatencyPhase], cells: dict[str, dict[int, RateCell]]) -> list[str]:
     """The numbers the 'What this shows' paragraph is built from (computed, not typed)."""
     lines = []
@@ -395,8 +433,11 @@ def interpretation(phases: list[LatencyPhase], cells: dict[str, dict[int, RateCe
             f"CPU per request: gateway {b1.cpu_ms('gateway B1'):.2f} ms (B1) and "
             f"{b2.cpu_ms('gateway B2'):.2f} ms (B2), safety {b2.cpu_ms('safety'):.2f} ms (B2)."
         )
-    peak = {name: max(c.requests_per_s for c in by.values()) for name, by in cells.items()}
-    lines.append("- Peak req/s: " + ", ".join(f"{n} {v:.0f}" for n, v in peak.items()) + ".")
+        if "B1@base" in phase.stats:
+            lines.append(f"  - Against the baseline in the same run: {baseline_ratios(phase)}.")
+    peak = {name: max(c.requests_per_s for c in by.values()) for name, by in cells.items() if by}
+    if peak:
+        lines.append("- Peak req/s: " + ", ".join(f"{n} {v:.0f}" for n, v in peak.items()) + ".")
     return lines
 
 
@@ -466,6 +507,21 @@ def render(
     )
     rate_reply = " ".join(SCRIPT.split()[: args.rate_tokens])
     report.section(
+        "Baseline",
+        f"B1@base and B2@base run the gateway of commit `{args.baseline}` (--baseline), "
+        "interleaved with the others on the same services."
+        if args.baseline
+        else "None (no --baseline).",
+    )
+    if not levels:
+        report.section("Errors", *errors_section(phases, cells))
+        report.section("Machine noise during the latency phases", noise_line(phases) + ".")
+        report.section(
+            "Numbers for the reading below (computed by the benchmark)",
+            *interpretation(phases, cells),
+        )
+        return report
+    report.section(
         f"Peak requests/s (closed loop, {args.rates_duration:g} s per cell after its first "
         "wave (as many requests done as workers), "
         f'max_tokens {args.rate_tokens}: reply "{rate_reply}")',
@@ -509,33 +565,68 @@ def parse_args() -> argparse.Namespace:
         help="also measure req/s with GATEWAY_WORKERS=2",
     )
     parser.add_argument("--quick", action="store_true", help="a ~1 minute smoke run")
+    parser.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="also run B1 and B2 on the gateway code of git commit REF (B1@base, B2@base)",
+    )
+    parser.add_argument(
+        "--c100-only",
+        action="store_true",
+        help="only the 100-concurrent latency phase (no c=1, no req/s, no two-worker gateways)",
+    )
     out_argument(parser, "gateway_overhead.md")
     args = parser.parse_args()
     if args.quick:
         args.requests_c1, args.requests_c100 = 30, 300
         args.block_c1, args.block_c100 = 10, 100
         args.rates_duration, args.rates_levels, args.rates_rounds = 1.0, "1,32,256", 1
+    if args.c100_only:
+        args.workers2, args.rates_levels = False, ""
     args.levels = [int(n) for n in args.rates_levels.split(",") if n]
     if (
         args.requests_c1 > 5000
         or args.requests_c100 > 50000
         or args.rates_duration > 60
         or not 1 <= args.rates_rounds <= 5
-        or max(args.levels) > 1024
+        or max(args.levels, default=0) > 1024
     ):
         sys.exit("bounded: 5000 / 50000 requests per path, 60 s a cell, 5 rounds, 1024 workers")
     return args
 
 
-def start_gateways(stack: BenchStack, workers2: bool) -> dict[str, ServiceProcess]:
+def export_baseline(ref: str, into: str) -> str:
+    """The gateway's and common's sources at git commit `ref`, under `into`: the PYTHONPATH
+    that makes a gateway process import them before the working tree's (editable installs
+    come after PYTHONPATH on sys.path)."""
+    parts = ["services/gateway/src", "services/common/src"]
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", ref, *parts],
+        check=True,
+        capture_output=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", into], input=archive, check=True)
+    return os.pathsep.join(os.path.join(into, part) for part in parts)
+
+
+def start_gateways(
+    stack: BenchStack, workers2: bool, baseline_path: str | None
+) -> dict[str, ServiceProcess]:
     """The gateways by path name; B2 is the stack's own (the shipped defaults)."""
+    # Each extra gateway gets a metrics port of its own (the stack's gateway has the default).
     extra = {"B1": MODERATION_OFF}
+    if baseline_path is not None:
+        extra |= {"B1@base": {**MODERATION_OFF, "PYTHONPATH": baseline_path}}
+        extra |= {"B2@base": {"PYTHONPATH": baseline_path}}
     if workers2:
         extra |= {"B1w2": {**MODERATION_OFF, "GATEWAY_WORKERS": "2"}}
         extra |= {"B2w2": {"GATEWAY_WORKERS": "2"}}
-    started = {name: stack.extra_gateway(env) for name, env in extra.items()}
-    gateways = {"B1": started.pop("B1"), "B2": stack.services["gateway"], **started}
-    return gateways  # in the report's order: B1, B2, then the two-worker ones
+    started = {
+        name: stack.extra_gateway({**env, "GATEWAY_METRICS_PORT": str(free_port())})
+        for name, env in extra.items()
+    }
+    # In the report's order: B1, B2, the baseline's, then the two-worker ones.
+    return {"B1": started.pop("B1"), "B2": stack.services["gateway"], **started}
 
 
 async def measure(
@@ -549,16 +640,18 @@ async def measure(
         targets[name] = HttpTarget(gateway.http_port)
     # The GATEWAY_WORKERS=2 gateways idle in the latency phases (they serve req/s only).
     pids = {name: [pid] for name, pid in stack.pids().items() if name != "gateway"}
-    for name in ("B1", "B2"):
+    for name in (n for n in gateways if "w2" not in n):
         assert gateways[name].process is not None
         supervisor = gateways[name].process.pid  # type: ignore[union-attr]
         pids[f"gateway {name}"] = [supervisor, *children(supervisor)]
     sampler = ProcessSampler({**pids, CLIENT: os.getpid()})
     try:
-        phases = [
-            await latency_phase(targets, sampler, 1, args.requests_c1, args.block_c1),
-            await latency_phase(targets, sampler, 100, args.requests_c100, args.block_c100),
-        ]
+        phases = []
+        if not args.c100_only:
+            phases.append(await latency_phase(targets, sampler, 1, args.requests_c1, args.block_c1))
+        phases.append(
+            await latency_phase(targets, sampler, 100, args.requests_c100, args.block_c100)
+        )
         return phases, await rate_phase(targets, args.levels, args)
     finally:
         for target in targets.values():
@@ -569,9 +662,14 @@ def main() -> None:
     args = parse_args()
     load_before = load_average()
     env = {"generator": scripted(SCRIPT, args.tokens_per_s)}
-    with BenchStack(GATEWAY_ENV, env, prefix="parlance-overhead-") as stack:
-        gateways = start_gateways(stack, args.workers2)
-        phases, cells = asyncio.run(measure(stack, gateways, args))
+    baseline_dir = tempfile.mkdtemp(prefix="parlance-overhead-base-")
+    try:
+        baseline = export_baseline(args.baseline, baseline_dir) if args.baseline else None
+        with BenchStack(GATEWAY_ENV, env, prefix="parlance-overhead-") as stack:
+            gateways = start_gateways(stack, args.workers2, baseline)
+            phases, cells = asyncio.run(measure(stack, gateways, args))
+    finally:
+        shutil.rmtree(baseline_dir, ignore_errors=True)
     render(args, phases, cells, args.levels, load_before).write(args.out)
 
 
