@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -34,30 +33,19 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import httpx
+from lib import metrics
 from lib.client import ChatClient, chat_body
+from lib.loop import closed_loop
 from lib.report import Report, out_argument, table
-from lib.stack import ALICE_KEY, LIMITS_HIGH, MODEL, BenchStack, ServiceProcess, free_port
+from lib.stack import ALICE_KEY, LIMITS_HIGH, MODEL, BenchStack
+from lib.stats import percentile
+from lib.texts import sentences
 
 EMBED = "all-MiniLM-L6-v2"
-SUBJECTS = ["The weather", "My account", "This recipe", "The train", "Our team", "The report"]
-VERBS = ["looks", "seems", "turned out", "became", "stays", "felt"]
-ENDINGS = [
-    "much better than it did yesterday morning",
-    "hard to understand without a few examples",
-    "ready for the meeting with the new customers",
-    "slower than anyone expected after the update",
-    "surprisingly good for such a small amount of work",
-    "worth another look before we decide anything",
-]
 
 
-def texts(count: int, offset: int = 0) -> list[str]:
-    """Distinct, realistic sentences (10-16 words, ~15-20 tokens)."""
-    out = []
-    for i in range(offset, offset + count):
-        out.append(f"{SUBJECTS[i % 6]} {VERBS[(i // 6) % 6]} {ENDINGS[(i // 36) % 6]} (note {i}).")
-    return out
+def median(values: list[float]) -> float:
+    return percentile(values, 50)
 
 
 # --- embeddings -----------------------------------------------------------------------------
@@ -69,7 +57,7 @@ async def in_process_rate(engine: Any, batch: int, seconds: float) -> float:
 
     done, offset, started = 0, 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
-        await engine.embed(EmbeddingRequest("bench", tuple(texts(batch, offset))))
+        await engine.embed(EmbeddingRequest("bench", tuple(sentences(batch, offset))))
         done += batch
         offset += batch
     return done / (time.perf_counter() - started)
@@ -77,26 +65,18 @@ async def in_process_rate(engine: Any, batch: int, seconds: float) -> float:
 
 async def gateway_rate(url: str, batch: int, seconds: float, concurrency: int) -> float:
     """texts/s through the gateway: `concurrency` clients, each one request at a time."""
-    client = ChatClient(url, ALICE_KEY, headers={"Cache-Control": "no-cache"})
-    done = 0
-    deadline = time.perf_counter() + seconds
-    started = time.perf_counter()
 
-    async def worker(lane: int) -> None:
-        nonlocal done
-        offset = lane * 1_000_000
-        while time.perf_counter() < deadline:
-            body = {"model": EMBED, "input": texts(batch, offset), "encoding_format": "base64"}
-            response = await client.lane(lane).post("/v1/embeddings", json=body)
-            response.raise_for_status()
-            done += batch
-            offset += batch
+    async def request(lane: int, index: int) -> None:
+        texts = sentences(batch, lane * 1_000_000 + index * batch)
+        body = {"model": EMBED, "input": texts, "encoding_format": "base64"}
+        response = await client.lane(lane).post("/v1/embeddings", json=body)
+        response.raise_for_status()
 
-    try:
-        await asyncio.gather(*(worker(i) for i in range(concurrency)))
-    finally:
-        await client.aclose()
-    return done / (time.perf_counter() - started)
+    async with ChatClient(url, ALICE_KEY, headers={"Cache-Control": "no-cache"}) as client:
+        started = time.perf_counter()
+        block = await closed_loop(request, concurrency, duration_s=seconds)
+    # Over the whole time, the last requests past the deadline included (as they are counted).
+    return len(block.results) * batch / (time.perf_counter() - started)
 
 
 async def run_embeddings(args: argparse.Namespace) -> Report:
@@ -133,7 +113,7 @@ async def run_embeddings(args: argparse.Namespace) -> Report:
     await engine.close()
     rows = []
     for (batch, concurrency), both in rates.items():
-        gateway, direct = statistics.median(both["gateway"]), statistics.median(both["direct"])
+        gateway, direct = median(both["gateway"]), median(both["direct"])
         rows.append(
             [
                 batch,
@@ -186,67 +166,30 @@ def generator_env(engine: str, text: str) -> dict[str, str]:
     return {"GENERATOR_ENGINE": "llamacpp", "GENERATOR_POOL_SIZE": "1", "GENERATOR_N_THREADS": "1"}
 
 
-def extra_generator(name: str, run_dir: Path, env: dict[str, str]) -> ServiceProcess:
-    port = free_port()
-    return ServiceProcess(
-        name=name,
-        command=[str(Path(sys.executable).parent / "parlance-generator")],
-        env={
-            "PYTHONUNBUFFERED": "1",
-            "GENERATOR_PORT": str(port),
-            "GENERATOR_METRICS_PORT": "-1",
-            **env,
-        },
-        log_path=run_dir / f"{name}.log",
-        grpc_port=port,
-    )
-
-
-def calls_per_target(*ports: int) -> dict[str, float]:
-    """The gateway's generate calls per target, from /metrics on the first of `ports` that
-    serves it (its own metrics port where it has one, else the public port)."""
-    text = ""
-    for port in ports:
-        try:
-            response = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
-        except httpx.HTTPError:
-            continue
-        if response.status_code == 200:
-            text = response.text
-            break
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("parlance_gateway_generator_calls_total{") and "generate" in line:
-            target = line.split('target="', 1)[1].split('"', 1)[0]
-            out[target] = float(line.rsplit(" ", 1)[1])
-    return out
+def calls_per_target(port: int) -> dict[str, float]:
+    """The gateway's generate calls per target, from its metrics port."""
+    return {
+        sample.labels["target"]: sample.value
+        for sample in metrics.samples(port)
+        if sample.name == "parlance_gateway_generator_calls_total"
+        and sample.labels.get("method") == "generate"
+    }
 
 
 async def chat_rate(
     url: str, workers: int, seconds: float, body: dict[str, Any]
 ) -> tuple[float, int]:
     """Completed streamed chats per second and the number of failures, closed loop."""
-    client = ChatClient(url, ALICE_KEY, headers={"Cache-Control": "no-cache"})
-    done = failed = 0
-    deadline = time.perf_counter() + seconds
-    started = time.perf_counter()
-
-    async def worker(lane: int) -> None:
-        nonlocal done, failed
-        while time.perf_counter() < deadline:
-            result = await client.stream(body, lane=lane)
-            if result.error:
-                failed += 1
-                if failed <= 3:
-                    print(f"[bench] failed: {result.status} {result.error}", flush=True)
-            else:
-                done += 1
-
-    try:
-        await asyncio.gather(*(worker(i) for i in range(workers)))
-    finally:
-        await client.aclose()
-    return done / (time.perf_counter() - started), failed
+    async with ChatClient(url, ALICE_KEY, headers={"Cache-Control": "no-cache"}) as client:
+        started = time.perf_counter()
+        block = await closed_loop(
+            lambda lane, _: client.stream(body, lane=lane), workers, duration_s=seconds
+        )
+        elapsed = time.perf_counter() - started
+    failed = [r for r in block.results if r.error]
+    for result in failed[:3]:
+        print(f"[bench] failed: {result.status} {result.error}", flush=True)
+    return (len(block.results) - len(failed)) / elapsed, len(failed)
 
 
 @dataclass
@@ -270,59 +213,32 @@ async def measure_replicas(engine: str, workers: int, args: argparse.Namespace) 
         # The benchmark's key (user alice) may send ignore_eos, for fixed-length answers.
         "GATEWAY_IGNORE_EOS_USERS": "alice",
     }
-    gateway_env["GATEWAY_METRICS_PORT"] = str(free_port())
     with BenchStack(gateway_env=gateway_env, env={"generator": env}) as stack:
-        assert stack.stack is not None
-        run_dir = stack.services["gateway"].log_path.parent
-        second = extra_generator("generator-2", run_dir, env)
-        # Stack.stop() stops the gateways and its own three backends only: this replica is
-        # stopped here, on every way out.
-        second.start()
-        try:
-            return await _measure_replicas(stack, second, engine, workers, body, args)
-        finally:
-            second.stop()
-
-
-async def _measure_replicas(
-    stack: BenchStack,
-    second: ServiceProcess,
-    engine: str,
-    workers: int,
-    body: dict[str, Any],
-    args: argparse.Namespace,
-) -> ReplicaRun:
-    assert stack.stack is not None
-    stack.services["generator-2"] = second
-    stack.stack.wait_ready("generator-2")
-    one = stack.services["generator"].grpc_port
-    # A metrics port of its own (where the gateway has the setting; ignored elsewhere).
-    metrics_port = free_port()
-    both = stack.extra_gateway(
-        {
-            "GATEWAY_GENERATOR_URL": f"127.0.0.1:{one},127.0.0.1:{second.grpc_port}",
-            "GATEWAY_METRICS_PORT": str(metrics_port),
-        }
-    )
-    urls = {"one": stack.gateway_url, "two": f"http://127.0.0.1:{both.http_port}"}
-    for url in urls.values():
-        await chat_rate(url, workers, 2, body)  # warm-up
-    before = calls_per_target(metrics_port, both.http_port)
-    rates: dict[str, list[float]] = {"one": [], "two": []}
-    failures = 0
-    for round_ in range(args.rounds):
-        for name, url in urls.items():
-            rate, failed = await chat_rate(url, workers, args.seconds, body)
-            rates[name].append(rate)
-            failures += failed
-        print(f"[bench] {engine}: round {round_ + 1}/{args.rounds} done", flush=True)
-    after = calls_per_target(metrics_port, both.http_port)
+        second = stack.extra_service("generator", {})
+        one = stack.services["generator"].grpc_port
+        both = stack.extra_gateway(
+            {"GATEWAY_GENERATOR_URL": f"127.0.0.1:{one},127.0.0.1:{second.grpc_port}"}
+        )
+        assert both.metrics_port is not None
+        urls = {"one": stack.gateway_url, "two": f"http://127.0.0.1:{both.http_port}"}
+        for url in urls.values():
+            await chat_rate(url, workers, 2, body)  # warm-up
+        before = calls_per_target(both.metrics_port)
+        rates: dict[str, list[float]] = {"one": [], "two": []}
+        failures = 0
+        for round_ in range(args.rounds):
+            for name, url in urls.items():
+                rate, failed = await chat_rate(url, workers, args.seconds, body)
+                rates[name].append(rate)
+                failures += failed
+            print(f"[bench] {engine}: round {round_ + 1}/{args.rounds} done", flush=True)
+        after = calls_per_target(both.metrics_port)
     shares = {t: after.get(t, 0) - before.get(t, 0) for t in after}
     return ReplicaRun(engine, workers, rates, failures, shares)
 
 
 def replica_section(report: Report, run: ReplicaRun, what: str) -> None:
-    one, two = statistics.median(run.rates["one"]), statistics.median(run.rates["two"])
+    one, two = median(run.rates["one"]), median(run.rates["two"])
     total = sum(run.shares.values()) or 1
     report.section(
         f"{run.engine}: {what}, {run.workers} clients",
@@ -331,7 +247,7 @@ def replica_section(report: Report, run: ReplicaRun, what: str) -> None:
             [
                 [
                     label,
-                    f"{statistics.median(run.rates[key]):.2f}",
+                    f"{median(run.rates[key]):.2f}",
                     " / ".join(f"{r:.2f}" for r in run.rates[key]),
                 ]
                 for key, label in (("one", "1"), ("two", "2 (replicas)"))

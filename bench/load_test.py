@@ -42,6 +42,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lib import metrics
 from lib.client import ChatClient, ChatResult, chat_body
 from lib.loop import closed_loop
 from lib.procs import MACHINE_BUSY, STEAL, ProcessSampler
@@ -49,7 +50,6 @@ from lib.pyspy import Profile, Profiler, profile_section
 from lib.report import RESULTS, Report, table
 from lib.stack import KEYS, MODEL, SERVICES, BenchStack, scripted
 from lib.stats import percentile
-from prometheus_client.parser import text_string_to_metric_families
 
 RSS_NAMES = (*SERVICES, "redis", "load client")
 GATEWAY_ENV = {
@@ -88,17 +88,6 @@ async def conversations(url: str, users: int, duration_s: float, store: bool) ->
         return (await closed_loop(request, users, duration_s=duration_s)).results
 
 
-def metric_sums(url: str) -> dict[str, float]:
-    """Every metric of a /metrics endpoint, summed over its label values."""
-    with urllib.request.urlopen(url, timeout=10) as reply:
-        text = reply.read().decode()
-    sums: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            sums[sample.name] = sums.get(sample.name, 0.0) + sample.value
-    return sums
-
-
 def outbox_depth(gateway_url: str) -> float:
     with urllib.request.urlopen(f"{gateway_url}/readyz", timeout=10) as reply:
         return float(json.loads(reply.read()).get("history_outbox_depth", 0))
@@ -110,9 +99,10 @@ def state_after(stack: BenchStack) -> dict[str, float]:
 
     time.sleep(2)
     gateway_port = stack.services["gateway"].metrics_port  # its internal metrics port
-    gateway = metric_sums(f"http://127.0.0.1:{gateway_port}/metrics")
+    assert gateway_port is not None
+    gateway = metrics.sums(gateway_port)
     generator_port = stack.services["generator"].metrics_port
-    generator = metric_sums(f"http://127.0.0.1:{generator_port}/metrics") if generator_port else {}
+    generator = metrics.sums(generator_port) if generator_port else {}
     depth_at_start = outbox_depth(stack.gateway_url)
     client = redis.Redis.from_url(stack.redis_url)
     lease_keys = [k for k in client.scan_iter(count=1000) if b"lease" in k]

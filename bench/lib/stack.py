@@ -1,9 +1,10 @@
 """The stack as processes for a benchmark: a redis-server of its own, the four services
-(scripts/devstack.py) in a temporary folder, extra gateways with other settings, and
-everything stopped on the way out, Ctrl-C and SIGTERM included.
+(scripts/devstack.py) in a temporary folder, extra gateways or services with other settings,
+and everything stopped on the way out, Ctrl-C and SIGTERM included.
 
     with BenchStack(gateway_env={...}, env={"generator": scripted(...)}) as stack:
-        stack.gateway_url, stack.extra_gateway({...}), stack.pids()
+        stack.gateway_url, stack.extra_gateway({...}), stack.extra_service("safety", {...}),
+        stack.pids()
 """
 
 from __future__ import annotations
@@ -100,7 +101,9 @@ class BenchStack:
 
     def close(self) -> None:
         if self.stack is not None:
-            self.stack.stop()  # the extra gateways too
+            self.stack.stop()  # the gateways, extra ones too, and the three services
+            for service in self.stack.services.values():
+                service.stop()  # extra safety services and generators (Stack.stop leaves them)
         if self.redis is not None and self.redis.poll() is None:
             self.redis.terminate()
             self.redis.wait(5)
@@ -119,16 +122,25 @@ class BenchStack:
 
     def extra_gateway(self, env: dict[str, str]) -> ServiceProcess:
         """Another gateway process on the same services and Redis, with other settings."""
+        return self.extra_service("gateway", env)
+
+    def extra_service(self, base: str, env: dict[str, str]) -> ServiceProcess:
+        """Another process of service `base` (gateway, safety, generator, history) with the
+        stack's settings for it, then `env`: a port and a metrics port of its own (`env` may
+        set GATEWAY_METRICS_PORT=-1 and the like). Named `<base>-<port>`; stopped on exit."""
         assert self.stack is not None
-        base = self.services["gateway"]
-        port = free_port()
-        name = f"gateway-{port}"
+        original = self.services[base]
+        port, metrics = free_port(), free_port()
+        name, prefix = f"{base}-{port}", base.upper()
+        ports = {f"{prefix}_PORT": str(port), f"{prefix}_METRICS_PORT": str(metrics)}
         self.services[name] = ServiceProcess(
             name=name,
-            command=base.command,
-            env={**base.env, "GATEWAY_PORT": str(port), **env},
-            log_path=base.log_path.with_name(f"{name}.log"),
-            http_port=port,
+            command=original.command,
+            env={**original.env, **ports, **env},
+            log_path=original.log_path.with_name(f"{name}.log"),
+            http_port=port if base == "gateway" else None,
+            grpc_port=None if base == "gateway" else port,
+            metrics_port=metrics,
         )
         self.services[name].start()
         self.stack.wait_ready(name)
