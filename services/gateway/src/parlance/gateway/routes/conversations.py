@@ -13,6 +13,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 
+from parlance.gateway import conversations_convert as convert
 from parlance.gateway import conversations_protocol as cp
 from parlance.gateway import errors, verdicts
 from parlance.gateway.auth import Principal
@@ -74,7 +75,7 @@ async def list_conversations(
         ),
     )
     return cp.ConversationList(
-        data=[cp.conversation(c) for c in page.conversations],
+        data=[convert.conversation(c) for c in page.conversations],
         has_more=bool(page.next_cursor),
         next_cursor=page.next_cursor or None,
     )
@@ -87,7 +88,7 @@ async def create_conversation(
     created = await state.history.create_conversation(
         history_pb2.CreateConversationRequest(user_id=caller.user_id, title=body.title),
     )
-    return cp.conversation(created.conversation)
+    return convert.conversation(created.conversation)
 
 
 # Declared before /{conversation_id} so that "search" is not read as an id.
@@ -101,7 +102,7 @@ async def search_conversations(
     found = await state.history.search_messages(
         history_pb2.SearchMessagesRequest(user_id=caller.user_id, query=q, limit=limit),
     )
-    return cp.SearchResults(data=[cp.search_hit(h) for h in found.hits])
+    return cp.SearchResults(data=[convert.search_hit(h) for h in found.hits])
 
 
 @router.get("/v1/conversations/{conversation_id}")
@@ -112,8 +113,8 @@ async def get_conversation(
         history_pb2.GetConversationRequest(user_id=caller.user_id, conversation_id=conversation_id),
     )
     return cp.ConversationWithMessages(
-        **cp.conversation(got.conversation).model_dump(),
-        messages=[cp.message(m) for m in got.messages],
+        **convert.conversation(got.conversation).model_dump(),
+        messages=[convert.message(m) for m in got.messages],
     )
 
 
@@ -131,7 +132,7 @@ async def update_conversation(
     if body.active_message_id is not None:
         request.active_message_id = body.active_message_id
     updated = await state.history.update_conversation(request)
-    return cp.conversation(updated.conversation)
+    return convert.conversation(updated.conversation)
 
 
 @router.delete("/v1/conversations/{conversation_id}")
@@ -198,4 +199,4 @@ async def record_comparison(
         ),
     )
     COMPARISONS_ANSWERED.inc()
-    return cp.comparison_recorded(recorded)
+    return convert.comparison_recorded(recorded)
