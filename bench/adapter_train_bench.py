@@ -28,9 +28,8 @@ Reward model on CPU (-> bench/results/reward_train.md):
   `parlance-train reward`, the real command in a child process, per trait (one hidden,
   learnable trait per run), all-MiniLM-L6-v2 as the base: pairs, held-out pairwise accuracy
   (prompts the training never saw), training time and pairs/s as the model card records them
-  (TRL's loop only), the child's CPU seconds and the load average; then the trained model's
-  candidates/s in process (lib/reward.py: the generator's engine, no gRPC) for best-of-4-shaped
-  calls, 1 and 8 at a time. The GPU figure is bench/reward_train_gpu.py's.
+  (TRL's loop only), the child's CPU seconds and the load average. A trained model's scoring
+  rate in process is best_of_bench.py's `direct` column; the GPU figure reward_train_gpu.py's.
 """
 
 from __future__ import annotations
@@ -374,25 +373,13 @@ def reward_row(run: dict[str, Any]) -> list[Any]:
 
 
 def run_reward(args: argparse.Namespace) -> None:
-    import asyncio
-
-    from lib import reward
     from lib.report import Report, table
-
-    records = synthetic.pairs(args.score_calls, seed=4242, max_per_prompt=1)
-
-    def request(i: int) -> Any:
-        r = records[max(i, 0)]
-        answers = (r["chosen"][0]["content"], r["rejected"][0]["content"]) * 2
-        return reward.score_request(i, r["prompt"][0]["content"], answers)
 
     with tempfile.TemporaryDirectory(prefix="reward-bench-") as scratch:
         runs = []
         for trait in args.traits.split(","):
             print(f"[bench] training on trait {trait!r}...", flush=True)
             runs.append(train_reward(args, trait, Path(scratch)))
-        folder, calls = runs[0]["folder"], len(records)
-        rates = {c: asyncio.run(reward.candidates_per_s(folder, request, calls, c)) for c in (1, 8)}
     report = Report(
         "Reward model training on CPU (parlance-train reward, all-MiniLM-L6-v2)",
         f"Versions: {', '.join(f'{k} {v}' for k, v in runs[0]['card']['versions'].items())}.",
@@ -408,13 +395,6 @@ def run_reward(args: argparse.Namespace) -> None:
         "",
         "bullets: the same points as a bulleted list beat them as prose. short: an answer under",
         "40 words beats the same answer padded past 40. pairs/s = pairs trained / training s.",
-    )
-    report.section(
-        "Scoring (the trained bullets model, in process, closed loop)",
-        *table(
-            ["Score calls of 4 candidates", "candidates/s"],
-            [[f"{c} at a time", f"{r:.1f}"] for c, r in rates.items()],
-        ),
     )
     report.write(args.out)
 
@@ -450,7 +430,6 @@ def main() -> None:
     rew.add_argument("--batch-size", type=int, default=16)
     rew.add_argument("--seed", type=int, default=0)
     rew.add_argument("--traits", default="bullets,short")
-    rew.add_argument("--score-calls", type=int, default=64)
     rew.add_argument("--out", type=Path, default=HERE / "results" / "reward_train.md")
     args = parser.parse_args()
     {"cpu": run_cpu, "gpu": run_gpu, "reward": run_reward}[args.mode](args)

@@ -46,12 +46,11 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from lib import reward
 from lib.client import ChatClient, ChatResult, chat_body
 from lib.loop import closed_loop
 from lib.procs import load_average
 from lib.report import RESULTS, Report, out_argument, table
-from lib.stack import ALICE_KEY, LIMITS_HIGH, MODEL, BenchStack, free_port
+from lib.stack import ALICE_KEY, LIMITS_HIGH, MODEL, BenchStack
 from lib.stats import fmt, percentiles
 
 PROMPT = "What are good habits for a small vegetable garden?"
@@ -64,8 +63,42 @@ REWARD_ID = "reward-bench"
 K = 4
 
 
-def _score(i: int) -> object:
-    return reward.score_request(i, PROMPT, (ANSWER,) * K)
+def train_reward(work: Path, steps: int) -> Path:
+    """A reward model on all-MiniLM-L6-v2 for the `bullets` trait (`parlance-train reward`'s
+    job, in this process): scoring costs the same however long it trained."""
+    from parlance.trainer import reward, synthetic
+    from parlance.trainer.source import Loaded
+
+    records = synthetic.pairs(120, trait="bullets", seed=11)
+    job = reward.RewardJob(
+        base="all-MiniLM-L6-v2", out=work, name=REWARD_ID, max_steps=steps, batch_size=8,
+        eval_fraction=0.2, max_length=128,
+    )  # fmt: skip
+    return reward.run(job, Loaded(synthetic.jsonl(records).encode(), "synthetic"))
+
+
+async def direct_rate(folder: Path, calls: int, concurrency: int) -> float:
+    """Candidates/s of best-of-4 Score calls on the generator's engine in this process (its
+    default of one torch thread), `concurrency` at a time, after one warm-up call."""
+    from parlance.generator.engine.base import ChatMessage, ScoreRequest
+    from parlance.generator.engine.reward import TransformersRewardEngine
+
+    def request(i: int) -> ScoreRequest:
+        turn = (ChatMessage("user", PROMPT),)
+        return ScoreRequest(request_id=str(i), messages=turn, candidates=(ANSWER,) * K)
+
+    engine = TransformersRewardEngine(
+        served_model_name=REWARD_ID, model_path=str(folder), n_threads=1
+    )
+    await engine.start()
+    try:
+        await engine.score(request(-1))
+        started = time.perf_counter()
+        await closed_loop(lambda _, i: engine.score(request(i)), concurrency, count=calls)
+        elapsed = time.perf_counter() - started
+    finally:
+        await engine.close()
+    return K * calls / elapsed
 
 
 async def gateway_rate(url: str, calls: int, concurrency: int) -> tuple[float, list[ChatResult]]:
@@ -90,12 +123,9 @@ def cpu_mode(args: argparse.Namespace) -> None:
         folder = args.reward_folder
         if folder is None:
             print(f"[bench] training a reward model ({args.train_steps} steps)...", flush=True)
-            folder = reward.train(Path(scratch), REWARD_ID, args.train_steps)
+            folder = train_reward(Path(scratch), args.train_steps)
         loads = [load_average()]
-        direct = {
-            c: asyncio.run(reward.candidates_per_s(folder, _score, args.requests, c, REWARD_ID))
-            for c in (1, 8)
-        }
+        direct = {c: asyncio.run(direct_rate(folder, args.requests, c)) for c in (1, 8)}
         loads.append(load_average())
         models = [
             {
@@ -109,9 +139,7 @@ def cpu_mode(args: argparse.Namespace) -> None:
         # A loaded machine may take longer than the default 5 s deadline to classify.
         gateway_env = {**LIMITS_HIGH, "GATEWAY_SAFETY_TIMEOUT_S": "30"}
         with BenchStack(gateway_env=gateway_env, env=env) as stack:
-            unmoderated = stack.extra_gateway(
-                {"GATEWAY_MODERATE_OUTPUT": "false", "GATEWAY_METRICS_PORT": str(free_port())}
-            )
+            unmoderated = stack.extra_gateway({"GATEWAY_MODERATE_OUTPUT": "false"})
             plain_url = f"http://127.0.0.1:{unmoderated.http_port}"
             through = {
                 c: asyncio.run(gateway_rate(stack.gateway_url, args.requests, c)) for c in (1, 8)
