@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/history_bench.py serving [--backend sqlite|postgres|both]
         [--conversations 10000] [--messages-per-conversation 10] [--appends 200]
-    .venv/bin/python bench/history_bench.py append --baseline-src /tmp/base
+    .venv/bin/python bench/history_bench.py append --baseline REF
         [--rounds 4] [--exchanges 600] [--concurrency 8]
     .venv/bin/python bench/history_bench.py storage [--conversations 300] [--turns 5]
         [--user-chars 240] [--answer-chars 1000]
@@ -14,8 +14,8 @@ conversations, full-text search over 100k messages. Seeding uses bulk INSERTs, s
 FTS triggers and the PostgreSQL GIN index are maintained as in production.
 
 append (-> history_append.md): history's write path as the gateway drives it and its CPU cost,
-this tree against a baseline checkout (`git worktree add /tmp/base <commit>`; its
-services/{common,history}/src go first on the server's PYTHONPATH). Each round starts one
+this tree against git commit REF (lib/baseline.py: its services/{history,common}/src exported
+and put first on the server's PYTHONPATH). Each round starts one
 history gRPC server per version (SQLite, a database of its own that grows over the rounds) and
 sends it the same workload, alternating which goes first. The workload is what a stored chat
 completion sends: half are first exchanges that create their conversation, half continue one
@@ -50,6 +50,7 @@ from typing import Any
 
 import asyncpg
 import grpc
+from lib import baseline
 from lib.loop import closed_loop
 from lib.procs import ProcessSampler
 from lib.report import ROOT, Report, out_argument, table
@@ -264,7 +265,7 @@ async def run_serving(args: argparse.Namespace) -> Report:
 @dataclass
 class Variant:
     name: str
-    src: Path
+    pythonpath: str
     database: Path
 
 
@@ -272,14 +273,14 @@ def _start_server(variant: Variant) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("HISTORY_")}
     env.update(
-        PYTHONPATH=f"{variant.src}/services/history/src:{variant.src}/services/common/src",
+        PYTHONPATH=variant.pythonpath,
         HISTORY_DATABASE_URL=f"sqlite+aiosqlite:///{variant.database}",
         HISTORY_HOST="127.0.0.1",
         HISTORY_PORT=str(port),
         HISTORY_METRICS_PORT="-1",
     )
     command = [sys.executable, "-m", "parlance.history.main"]
-    return subprocess.Popen(command, env=env, cwd=variant.src), port
+    return subprocess.Popen(command, env=env, cwd=ROOT), port
 
 
 async def _wait_serving(stub: HistoryServiceStub, server: subprocess.Popen[bytes]) -> None:
@@ -354,18 +355,16 @@ async def _append_phase(
         server.wait(10)
 
 
-def _commit(src: Path) -> str:
-    command = ["git", "-C", str(src), "rev-parse", "--short", "HEAD"]
-    return (
-        subprocess.run(command, capture_output=True, text=True, check=False).stdout.strip() or "?"
-    )
-
-
 async def run_append(args: argparse.Namespace) -> Report:
     with tempfile.TemporaryDirectory(prefix="history-append-") as tmp:
+        services = ("history", "common")
         variants = [
-            Variant("baseline", args.baseline_src.resolve(), Path(tmp) / "baseline.db"),
-            Variant("this tree", ROOT, Path(tmp) / "current.db"),
+            Variant("baseline", baseline.export(args.baseline, tmp, services), Path(tmp) / "b.db"),
+            Variant(
+                "this tree",
+                ":".join(f"{ROOT}/services/{s}/src" for s in services),
+                Path(tmp) / "c.db",
+            ),
         ]
         results: dict[str, list[tuple[float, float]]] = {v.name: [] for v in variants}
         for round_ in range(args.rounds):
@@ -382,9 +381,9 @@ async def run_append(args: argparse.Namespace) -> Report:
         rows.append([i + 1, *cpu, f"{b[1]:.0f}", f"{c[1]:.0f}", f"{c[1] / b[1]:.2f}"])
     report = Report(
         "History write path: CPU per stored exchange, this tree against a baseline",
-        f"Baseline {_commit(args.baseline_src)}, this tree {_commit(ROOT)} (plus uncommitted "
-        f"changes, if any); {args.rounds} rounds of {args.exchanges} exchanges at concurrency "
-        f"{args.concurrency}, SQLite.",
+        f"Baseline {baseline.short(args.baseline)}, this tree {baseline.short('HEAD')} (plus "
+        f"uncommitted changes, if any); {args.rounds} rounds of {args.exchanges} exchanges at "
+        f"concurrency {args.concurrency}, SQLite.",
     )
     columns = ["round", "CPU ms/exchange: baseline", "this tree", "ratio"]
     columns += ["exchanges/s: baseline", "this tree", "ratio"]
@@ -508,7 +507,7 @@ def main() -> None:
     serving.add_argument("--appends", type=int, default=200)
     out_argument(serving, "history_bench.md")
     append = scenarios.add_parser("append", help="CPU per stored exchange vs a baseline")
-    append.add_argument("--baseline-src", type=Path, required=True)
+    append.add_argument("--baseline", required=True, metavar="REF", help="a git commit")
     append.add_argument("--rounds", type=int, default=4)
     append.add_argument("--exchanges", type=int, default=600)
     append.add_argument("--concurrency", type=int, default=8)
