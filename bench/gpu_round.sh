@@ -13,6 +13,10 @@
 #              (bench/adapter_train_bench.py gpu, the PEFT folder into $WORK/adapter).
 #   lora       the trained adapter served by the vLLM engine next to its base
 #              (bench/gpu_lora_check.py): answers differ, no state leak, throughput base/adapter.
+#   lorabench  `vllm serve --enable-lora` with the trained adapter: `vllm bench serve` on the base
+#              and on the adapter, alternating, and greedy answers of both on fixed prompts
+#              (bench/greedy_answers.py; compared with llama.cpp on CPU afterwards). Set
+#              TRAINER_WHEELS (trainer_setup below) for the train phase.
 #   bestof     Parlance with the vLLM chat model and the trained reward model (transformers on
 #              the GPU) on GPU $GPU: best_of k = 1, 2, 4 (bench/best_of_bench.py's GPU mode).
 #
@@ -174,17 +178,32 @@ phase_multiturn() {
   stop_all
 }
 
+trainer_setup() {
+  # TRAINER_WHEELS: a folder holding the lock's transformers, tokenizers, huggingface-hub and
+  # peft wheels (the GPU image's transformers 5 breaks TRL's arguments and writes a tokenizer
+  # class 4.57 cannot read). They go into $WORK/trainer_site, first on the trainers' path, and
+  # the SmolLM2 GGUF is dequantized with them exactly as `parlance-train` does on CPU.
+  TRAIN_BASE="$SMOLLM2_HF_DIR"
+  [ -n "${TRAINER_WHEELS:-}" ] || return 0
+  python3 -m pip install -q --no-index --no-deps --target "$WORK/trainer_site" "$TRAINER_WHEELS"/*.whl
+  TRAINER_SITE="$WORK/trainer_site"
+  TRAIN_BASE="$(PYTHONPATH="$TRAINER_SITE:$ROOT/services/trainer/src:$PYTHONPATH" \
+    PARLANCE_CACHE_DIR="$WORK/cache" python3 -c 'import os, pathlib
+from parlance.trainer import lm_base
+print(lm_base.converted_folder(pathlib.Path(os.environ["SMOLLM2_GGUF"]))[0])' 2>"$LOGS/trainer_setup.txt")"
+  say "(train) base for the trainers: $TRAIN_BASE"
+}
+
 phase_train() {
-  # TRAINER_SITE: a folder of packages put first on the trainers' path (the GPU image's
-  # transformers 5 differs from the lock's 4.57, which the trainer is pinned to).
+  # TRAINER_SITE: a folder of packages put first on the trainers' path (trainer_setup).
   local PYTHONPATH="${TRAINER_SITE:+$TRAINER_SITE:}$PYTHONPATH"
   export PYTHONPATH
   say "(train) reward model on SmolLM2, GPU $GPU"
-  CUDA_VISIBLE_DEVICES=$GPU python3 bench/reward_train_gpu.py --base "$SMOLLM2_HF_DIR" \
+  CUDA_VISIBLE_DEVICES=$GPU python3 bench/reward_train_gpu.py --base "$TRAIN_BASE" \
     --out "$WORK/reward" --json "$RESULT_DIR/reward_train_gpu.json" > "$LOGS/reward_train.txt" 2>&1
   tail -n 2 "$LOGS/reward_train.txt" | cut -c1-400
   say "(train) DPO adapter, GPU $GPU"
-  CUDA_VISIBLE_DEVICES=$GPU python3 bench/adapter_train_bench.py gpu --base "$SMOLLM2_HF_DIR" \
+  CUDA_VISIBLE_DEVICES=$GPU python3 bench/adapter_train_bench.py gpu --base "$TRAIN_BASE" \
     --out "$RESULT_DIR/adapter_dpo_gpu.json" --keep "$WORK/adapter" > "$LOGS/adapter_train.txt" 2>&1
   tail -n 5 "$LOGS/adapter_train.txt" | cut -c1-400
 }
@@ -325,6 +344,38 @@ phase_trainbest() {
   tail -n 12 "$LOGS/train_track.txt" | cut -c1-300
 }
 
+phase_lorabench() {
+  # `vllm serve` with the trained adapter beside its base: `vllm bench serve` on each, same
+  # server, alternating (base, adapter, base, adapter), and greedy answers of both on
+  # bench/greedy_answers.py's fixed prompts (compared with llama.cpp's on CPU afterwards).
+  local adapter port=$((8200 + PORTS))
+  adapter="$(find "$WORK/adapter" -name adapter_config.json -printf '%h\n' | head -n 1)"
+  CUDA_VISIBLE_DEVICES=$GPU vllm serve "$SMOLLM2_HF_DIR" --served-model-name smollm2 \
+    --enable-lora --lora-modules "tuned=$adapter" --max-lora-rank 16 --max-model-len 2048 \
+    --gpu-memory-utilization 0.5 --host 127.0.0.1 --port $port > "$LOGS/vllm_serve_lora.txt" 2>&1 &
+  PIDS+=($!)
+  if ! wait_http "http://127.0.0.1:$port/health" 240; then
+    say "(lorabench) vllm serve did not start"; tail -n 30 "$LOGS/vllm_serve_lora.txt"; stop_all; return
+  fi
+  python3 bench/greedy_answers.py --url "http://127.0.0.1:$port" --models smollm2,tuned \
+    --out "$RESULT_DIR/greedy_vllm.json" 2>&1 | tail -2
+  local round=0
+  for model in smollm2 tuned smollm2 tuned; do
+    round=$((round + 1))
+    say "(lorabench $round) $model"
+    vllm bench serve --backend openai-chat --endpoint /v1/chat/completions \
+      --base-url "http://127.0.0.1:$port" --model "$model" --tokenizer "$SMOLLM2_HF_DIR" \
+      --dataset-name random --random-input-len 256 --random-output-len 128 --ignore-eos \
+      --num-prompts "${LB_PROMPTS:-600}" --max-concurrency "${LB_CONCURRENCY:-64}" --seed 0 \
+      --save-result --result-dir "$RESULT_DIR" --result-filename "lorabench_${round}_$model.json" \
+      > "$LOGS/lorabench_$round.txt" 2>&1
+    grep -E "Output token throughput|Median TPOT|Median TTFT" "$LOGS/lorabench_$round.txt"
+  done
+  mkdir -p "$RESULT_DIR/adapter" && cp -r "$adapter"/. "$RESULT_DIR/adapter/"
+  stop_all
+}
+
+trainer_setup
 for PHASE in $PHASES; do
   "phase_$PHASE"
 done

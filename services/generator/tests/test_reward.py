@@ -251,3 +251,24 @@ async def test_loading_is_off_without_a_root(trained: Path) -> None:
             assert "GENERATOR_LOAD_ROOT" in (caught.value.details() or "")
     finally:
         await host.stop()
+
+
+def test_chat_ids_reads_both_apply_chat_template_shapes() -> None:
+    """transformers 5 (the GPU image's) returns a mapping from apply_chat_template(tokenize=True)
+    where the lock's 4.57 returns the ids; the reward engine failed on the H200 with the first
+    ('too many dimensions str'). A stand-in tokenizer for each shape (transformers 5 is not
+    installed here)."""
+    from parlance.generator.engine.reward import chat_ids
+
+    class Returns:
+        def __init__(self, out: object) -> None:
+            self.out = out
+
+        def apply_chat_template(self, conversation: object, tokenize: bool) -> object:
+            assert tokenize
+            return self.out
+
+    conversation = [{"role": "user", "content": "hi"}]
+    assert chat_ids(Returns([1, 2, 3]), conversation) == [1, 2, 3]
+    mapping = {"input_ids": [4, 5], "attention_mask": [1, 1]}
+    assert chat_ids(Returns(mapping), conversation) == [4, 5]

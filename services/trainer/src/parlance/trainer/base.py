@@ -9,6 +9,7 @@ the same way: `tokenizer.apply_chat_template(conversation + [answer])`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,7 +122,9 @@ def encode(
     """Token ids of a conversation ending in the answer, and whether it was cut. Too long: the
     first token (the template's [CLS]/bos) and the last max_length - 1 are kept, so the answer
     and the newest turns stay. The reward engine applies the same rule."""
-    ids = list(tokenizer.apply_chat_template(conversation, tokenize=True))
+    out = tokenizer.apply_chat_template(conversation, tokenize=True)
+    # transformers 5 returns a mapping where 4.x (the lock's) returned the ids.
+    ids = list(out["input_ids"] if isinstance(out, Mapping) else out)
     if len(ids) <= max_length:
         return ids, False
     return ids[:1] + ids[len(ids) - (max_length - 1) :], True

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,13 @@ def read_card(folder: Path) -> dict[str, Any]:
     except (OSError, ValueError) as exc:
         raise ValueError(f"{folder}/model_card.json is unreadable: {exc}") from None
     return card if isinstance(card, dict) else {}
+
+
+def chat_ids(tokenizer: Any, conversation: list[dict[str, str]]) -> list[int]:
+    """The token ids of a rendered conversation. transformers 5 (the GPU image's) returns a
+    mapping from apply_chat_template(tokenize=True) where 4.x (the lock's) returned the ids."""
+    out = tokenizer.apply_chat_template(conversation, tokenize=True)
+    return list(out["input_ids"] if isinstance(out, Mapping) else out)
 
 
 class TransformersRewardEngine(MicroBatchedEngine, RewardEngine):
@@ -205,7 +213,7 @@ class TransformersRewardEngine(MicroBatchedEngine, RewardEngine):
         sequences, truncated = [], 0
         for candidate in request.candidates:
             conversation = [*turns, {"role": "assistant", "content": candidate}]
-            ids = list(self._tokenizer.apply_chat_template(conversation, tokenize=True))
+            ids = chat_ids(self._tokenizer, conversation)
             if len(ids) > self._max_len:
                 ids = ids[:1] + ids[len(ids) - (self._max_len - 1) :]
                 truncated += 1
