@@ -6,9 +6,21 @@ generator's own tests)."""
 
 from __future__ import annotations
 
+import json
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
 from parlance.gateway import errors
 from parlance.generator.v1 import generator_pb2
 from parlance.testing.fakes import FAKE_MODEL, FakeGenerator
+from parlance.testing.inprocess import REDIS_URL, InProcessGateway, inprocess_gateway
+
+ADMIN_KEY = "sk-admin-registry-0123456789"
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+TARGETS = ("generator-a:50051", "generator-b:50051")
 
 
 class FakeTarget:
@@ -98,3 +110,45 @@ class FakeTargetsGenerator(FakeGenerator):
                 listing.models.extend(m for m in target.loaded.values() if m.id not in ids)
                 ids |= set(target.loaded)
         return listing
+
+
+# --- the admin model API's tests (test_admin_models.py, test_admin_rollout.py) --------------
+
+
+@asynccontextmanager
+async def registry_prefix() -> AsyncIterator[str]:
+    """A Redis key prefix of one test's registrations and aliases, its keys deleted after."""
+    name = f"test-registry-{uuid.uuid4().hex[:8]}"
+    yield name
+    import redis.asyncio as aioredis
+
+    redis = aioredis.from_url(REDIS_URL)
+    async for key in redis.scan_iter(match=f"{name}:*"):
+        await redis.delete(key)
+    await redis.aclose()
+
+
+@asynccontextmanager
+async def admin_gateway(
+    tmp_path: Path, prefix: str, generator: FakeTargetsGenerator | None = None
+) -> AsyncIterator[InProcessGateway]:
+    """An in-process gateway with the admin key, over two fake targets, syncing its registry
+    every 50 ms."""
+    generator = generator or FakeTargetsGenerator(str(tmp_path), TARGETS)
+    async with inprocess_gateway(
+        tmp_path,
+        generator=generator,
+        admin_key=ADMIN_KEY,
+        registry_redis_prefix=prefix,
+        registry_sync_s=0.05,
+    ) as gateway:
+        yield gateway
+
+
+def reward_folder(root: Path, name: str = "reward-x@1a2b3c4d") -> dict[str, Any]:
+    """A reward model's folder (its card only: the fake targets load nothing) and the body
+    that registers it."""
+    folder = root / name
+    folder.mkdir()
+    (folder / "model_card.json").write_text(json.dumps({"id": name, "eval": {"accuracy": 0.9}}))
+    return {"id": name, "task": "reward", "path": str(folder)}
