@@ -10,7 +10,9 @@
 - waiting: wait_until; metrics: scrape and total
 - reward_model: one `parlance-train reward` run per session (the reward_training fixture)
 - plugin: the pytest fixtures (loaded everywhere through the pytest11 entry point)
-G1's gateway fakes and in-process client live in fakes.py and inprocess.py.
+G1's gateway fakes and in-process client live in fakes.py and inprocess.py; fake_targets.py
+holds generator targets that load models and the admin model tests' helpers; history_server.py
+a real history service in the test's process (the outbox tests).
 """
 
 from parlance.testing.chat import assert_openai_error, base_url, chat, chat_body
