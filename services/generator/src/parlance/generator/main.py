@@ -42,6 +42,8 @@ def build_embedding_engine(settings: GeneratorSettings) -> EmbeddingEngine:
         max_inputs=settings.embed_max_inputs,
         n_threads=settings.embed_n_threads,
         device=settings.torch_device,
+        dtype=settings.embed_dtype,
+        pooling=settings.embed_pooling,
     )
 
 

@@ -1,0 +1,79 @@
+"""The transformers embedding engine's dtype and pooling settings, with the real
+all-MiniLM-L6-v2 served twice over real gRPC: as shipped (float32, mean pooling) and as the
+gateway's intent model (bfloat16, every layer's mean pooled and concatenated)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import grpc
+import numpy as np
+import pytest
+import pytest_asyncio
+from pydantic import ValidationError
+
+from parlance.generator.config import GeneratorSettings
+from parlance.generator.main import create_host
+from parlance.generator.v1 import generator_pb2 as pb
+from parlance.generator.v1 import generator_pb2_grpc
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+MEAN = "all-MiniLM-L6-v2"
+LAYERS = "minilm-intent"
+MODELS = [
+    {"id": MEAN, "engine": "transformers", "task": "embed"},
+    {
+        "id": LAYERS,
+        "engine": "transformers",
+        "task": "embed",
+        "settings": {"embed_dtype": "bfloat16", "embed_pooling": "layers"},
+    },
+]
+TEXTS = ["how do I reverse a list in python", "my knee hurts after running", "hello!"]
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def stub() -> AsyncIterator[generator_pb2_grpc.GeneratorServiceStub]:
+    settings = GeneratorSettings(
+        port=0, metrics_port=-1, shutdown_grace_s=1.0, models=json.dumps(MODELS)
+    )
+    host, _ = create_host(settings)
+    await host.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{host.port}")
+    yield generator_pb2_grpc.GeneratorServiceStub(channel)
+    await channel.close()
+    await host.stop()
+
+
+async def vectors(stub: generator_pb2_grpc.GeneratorServiceStub, model: str) -> np.ndarray:
+    reply = await stub.Embed(
+        pb.EmbedRequest(model=model, inputs=[pb.EmbedInput(text=t) for t in TEXTS])
+    )
+    return np.array([list(e.values) for e in reply.embeddings])
+
+
+async def test_layer_pooling_concatenates_every_layer(stub) -> None:  # type: ignore[no-untyped-def]
+    listed = {m.id: m for m in (await stub.ListModels(pb.ListModelsRequest())).models}
+    assert listed[MEAN].dimensions == 384
+    assert listed[LAYERS].dimensions == 384 * 6
+    mean, layers = await vectors(stub, MEAN), await vectors(stub, LAYERS)
+    assert layers.shape == (3, 2304)
+    np.testing.assert_allclose(np.linalg.norm(layers, axis=1), 1.0, atol=1e-5)
+    # Six blocks of equal weight: each layer's unit vector over sqrt(6).
+    blocks = layers.reshape(3, 6, 384)
+    np.testing.assert_allclose(np.linalg.norm(blocks, axis=2), 6**-0.5, atol=1e-4)
+    # The last block is the shipped vector's direction (bfloat16 moves it by less than 1e-3).
+    last = blocks[:, -1] / np.linalg.norm(blocks[:, -1], axis=1, keepdims=True)
+    assert np.all(np.sum(last * mean, axis=1) > 0.999)
+    # Different messages stay apart in the joined space too.
+    similarity = layers @ layers.T
+    assert similarity[0, 1] < 0.9 and similarity[0, 2] < 0.9
+
+
+async def test_unknown_dtype_or_pooling_is_refused() -> None:
+    with pytest.raises(ValidationError, match="embed_dtype"):
+        GeneratorSettings(embed_dtype="float16")
+    with pytest.raises(ValidationError, match="embed_pooling"):
+        GeneratorSettings(embed_pooling="cls")
