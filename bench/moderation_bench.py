@@ -9,7 +9,8 @@ same generator, safety and history: A with GATEWAY_MODERATE_OUTPUT=false, B with
 Everything else is the same on both (input moderation on, cache bypassed, limits off), so the
 ratio B/A is the cost of the output hold-back alone.
 
-Two phases, each interleaved A, B, A, B, ... so that drift of the machine hits both sides:
+Two phases (bench/lib/ttft.py), each interleaved A, B, A, B, ... so that drift of the machine
+hits both sides:
 - sequential: `--requests` streamed requests per side, one at a time;
 - concurrent: `--rounds` rounds of `--concurrency` simultaneous requests per side.
 Times are the client's: TTFT from sending the request to the first chunk with content; TPOT
@@ -22,12 +23,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from dataclasses import dataclass, field
 
-from lib.client import ChatClient, ChatResult, chat_body
+from lib.client import ChatResult, chat_body
 from lib.report import Report, out_argument, table
 from lib.stack import ALICE_KEY, LIMITS_OFF, MODEL, BenchStack, scripted
 from lib.stats import percentile
+from lib.ttft import Side, compare
 
 from parlance.gateway.config import GatewaySettings
 
@@ -45,37 +46,6 @@ BODY = chat_body(
     max_tokens=200,
 )
 QUIET = "WARNING"
-
-
-@dataclass
-class Side:
-    name: str
-    client: ChatClient
-    sequential: list[ChatResult] = field(default_factory=list)
-    concurrent: list[ChatResult] = field(default_factory=list)
-
-
-async def one_request(side: Side, lane: int = 0) -> ChatResult:
-    result = await side.client.stream(BODY, lane=lane)
-    if result.error or result.ttft_s is None or result.finish_reason != "stop":
-        raise RuntimeError(f"{side.name}: {result.error or result.finish_reason!r}")
-    return result
-
-
-async def measure(sides: list[Side], requests: int, rounds: int, concurrency: int) -> None:
-    for side in sides:  # warm-up: connections, first-call paths
-        for _ in range(3):
-            await one_request(side)
-    for _ in range(requests):
-        for side in sides:
-            side.sequential.append(await one_request(side))
-    for _ in range(rounds):
-        for side in sides:
-            side.concurrent.extend(
-                await asyncio.gather(*(one_request(side, i) for i in range(concurrency)))
-            )
-    for side in sides:
-        await side.client.aclose()
 
 
 def summary(samples: list[ChatResult]) -> dict[str, float]:
@@ -149,13 +119,6 @@ def report(sides: list[Side], args: argparse.Namespace) -> Report:
     )
 
 
-async def run(urls: dict[str, str], args: argparse.Namespace) -> list[Side]:
-    no_cache = {"Cache-Control": "no-cache"}
-    sides = [Side(name, ChatClient(url, ALICE_KEY, headers=no_cache)) for name, url in urls.items()]
-    await measure(sides, args.requests, args.rounds, args.concurrency)
-    return sides
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=40, help="sequential requests per side")
@@ -173,7 +136,16 @@ def main() -> None:
     with BenchStack(gateway, env, prefix="parlance-modbench-") as stack:
         extra = stack.extra_gateway({"GATEWAY_MODERATE_OUTPUT": "true"})
         urls = {"off": stack.gateway_url, "on": f"http://127.0.0.1:{extra.http_port}"}
-        sides = asyncio.run(run(urls, args))
+        sides = asyncio.run(
+            compare(
+                urls,
+                ALICE_KEY,
+                BODY,
+                requests=args.requests,
+                rounds=args.rounds,
+                concurrency=args.concurrency,
+            )
+        )
     report(sides, args).write(args.out)
 
 

@@ -81,13 +81,13 @@ class Result:
     batch32: float = 0.0
 
 
-def load_set() -> list[Item]:
+def load_set(data: Path = DATA) -> list[Item]:
     items: list[Item] = []
-    for line in (DATA / "toxic.tsv").read_text().splitlines():
+    for line in (data / "toxic.tsv").read_text().splitlines():
         if line and not line.startswith("#"):
             labels, text = line.split("\t")
             items.append(Item("toxic", frozenset(labels.split(",")), "", text))
-    for line in (DATA / "benign.tsv").read_text().splitlines():
+    for line in (data / "benign.tsv").read_text().splitlines():
         if line and not line.startswith("#"):
             group, kind, text = line.split("\t")
             items.append(Item(group, frozenset(), kind, text))
@@ -100,6 +100,11 @@ def service_backend(name: str, head: str | None = None) -> Backend:
 
     classifier = build_classifier(SafetySettings(classifier=name, minilm_head_path=head))
     asyncio.run(classifier.load())
+    encoder = getattr(classifier, "encoder", None)
+    if encoder is not None:
+        # No embedding cache: the cost passes score the same texts again, and a cache would
+        # measure lookups, not the model (the service keeps one: a chat re-sends its history).
+        encoder.cache_units = 0
     return Backend(
         classifier.name,
         classifier.evaluated_categories,
@@ -263,6 +268,24 @@ def summary_rows(results: list[Result], items: list[Item]) -> list[str]:
     return lines
 
 
+def kind_rows(results: list[Result], items: list[Item]) -> list[str]:
+    """Benign and hard-negative texts flagged, per kind (help requests, system prompts, ...)."""
+    kinds = sorted({item.kind for item in items if item.group != "toxic"})
+    lines = [
+        "| backend | " + " | ".join(kinds) + " |",
+        "|---|" + "---|" * len(kinds),
+    ]
+    for result in results:
+        cells = []
+        for kind in kinds:
+            rows = [
+                i for i, item in enumerate(items) if item.group != "toxic" and item.kind == kind
+            ]
+            cells.append(f"{sum(1 for i in rows if result.flags[i])}/{len(rows)}")
+        lines.append(f"| {result.backend.name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def missed_rows(result: Result, items: list[Item], limit: int = 40) -> list[str]:
     lines = []
     for i, item in enumerate(items):
@@ -293,6 +316,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "safety_eval.md")
     parser.add_argument("--backends", default=",".join(FACTORIES))
+    parser.add_argument("--data", type=Path, default=DATA, help="the set's folder")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cost-rounds", type=int, default=3)
     parser.add_argument("--head", action="append", default=[], metavar="KEY=PATH")
@@ -304,7 +328,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     limit_threads(args.threads)
 
-    items = load_set()
+    items = load_set(args.data)
     texts = [item.text for item in items]
     built: dict[str, Backend] = {}
     results: list[Result] = []
@@ -334,7 +358,8 @@ def main() -> None:
         + shlex.join([".venv/bin/python", "bench/safety_eval.py", *sys.argv[1:]]),
         "```",
         "",
-        f"Set: bench/data/safety_eval/ ({len(items)} texts: {counts['toxic']} toxic, "
+        f"Set: {args.data.resolve().relative_to(ROOT)}/ "
+        f"({len(items)} texts: {counts['toxic']} toxic, "
         f"{counts['benign']} benign, {counts['hard_negative']} hard negatives). "
         f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared), "
         f"{args.threads} threads per model; cost: best of {args.cost_rounds} passes over the "
@@ -348,6 +373,10 @@ def main() -> None:
         "## Per category",
         "",
         *category_rows(results, items),
+        "",
+        "## Benign texts flagged, per kind",
+        "",
+        *kind_rows(results, items),
         "",
     ]
     for result in results:

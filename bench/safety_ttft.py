@@ -2,19 +2,20 @@
 moderation on, in one run.
 
     .venv/bin/python bench/safety_ttft.py [--requests 30] [--rounds 4] [--concurrency 4]
-        [--tokens-per-s 200] [--out FILE]
+        [--tokens-per-s 200] [--minilm NAME[:SAFETY_X=V;...]]... [--out FILE]
 
 One stack of processes (bench/lib/stack.py): the scripted test engine streaming a clean
-multi-sentence text at a fixed token rate, history, Redis, and two safety services on the same
-machine: one with SAFETY_CLASSIFIER=profanity (the former default), one with minilm (the new
-default). Three gateways on them:
+multi-sentence text at a fixed token rate, history, Redis, and safety services on the same
+machine: one with SAFETY_CLASSIFIER=profanity, one per --minilm side with minilm (and that
+side's extra settings, e.g. `--minilm t1:SAFETY_TORCH_THREADS=1`). Gateways on them:
 - none: GATEWAY_MODERATE_INPUT=false and GATEWAY_MODERATE_OUTPUT=false (the baseline);
 - profanity: both on, on the profanity service;
-- minilm: both on, on the minilm service.
-Requests are interleaved none, profanity, minilm, none, ... so that drift of the machine hits
-every side. Two phases: `--requests` streamed requests per side one at a time, then `--rounds`
-rounds of `--concurrency` simultaneous requests per side. TTFT is the client's: from sending
-the request to the first chunk with content. "Added" is a side's TTFT p50 minus the baseline's.
+- each minilm side: both on, on its minilm service.
+Requests are interleaved none, profanity, minilm sides, none, ... (bench/lib/ttft.py) so that
+drift of the machine hits every side. Two phases: `--requests` streamed requests per side one
+at a time, then `--rounds` rounds of `--concurrency` simultaneous requests per side. TTFT is
+the client's: from sending the request to the first chunk with content. "Added" is a side's
+TTFT p50 minus the baseline's.
 """
 
 from __future__ import annotations
@@ -22,9 +23,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-from dataclasses import dataclass, field
 
-from lib.client import ChatClient, ChatResult, chat_body
+from lib.client import chat_body
 from lib.report import Report, out_argument, table
 from lib.stack import (
     ALICE_KEY,
@@ -36,6 +36,7 @@ from lib.stack import (
     scripted,
 )
 from lib.stats import percentile
+from lib.ttft import Side, compare, ttft_ms
 
 TEXT = (
     "The library opens at nine on weekdays and at ten on Saturdays. Members can borrow up to "
@@ -50,49 +51,22 @@ BODY = chat_body(
     max_tokens=200,
 )
 QUIET = "WARNING"
-SIDES = ("none", "profanity", "minilm")
 
 
-@dataclass
-class Side:
-    name: str
-    client: ChatClient
-    sequential: list[ChatResult] = field(default_factory=list)
-    concurrent: list[ChatResult] = field(default_factory=list)
+def parse_side(spec: str) -> tuple[str, dict[str, str]]:
+    """--minilm NAME[:KEY=VALUE;KEY=VALUE]: a minilm side with extra safety settings."""
+    name, _, settings = spec.partition(":")
+    pairs = [item.partition("=") for item in settings.split(";") if item]
+    return name, {key: value for key, _, value in pairs}
 
 
-async def one_request(side: Side, lane: int = 0) -> ChatResult:
-    result = await side.client.stream(BODY, lane=lane)
-    if result.error or result.ttft_s is None or result.finish_reason != "stop":
-        raise RuntimeError(f"{side.name}: {result.error or result.finish_reason!r}")
-    return result
-
-
-async def measure(sides: list[Side], requests: int, rounds: int, concurrency: int) -> None:
-    for side in sides:  # warm-up: connections, first-call paths, the model's first pass
-        for _ in range(3):
-            await one_request(side)
-    for _ in range(requests):
-        for side in sides:
-            side.sequential.append(await one_request(side))
-    for _ in range(rounds):
-        for side in sides:
-            side.concurrent.extend(
-                await asyncio.gather(*(one_request(side, i) for i in range(concurrency)))
-            )
-    for side in sides:
-        await side.client.aclose()
-
-
-def ttft_ms(samples: list[ChatResult]) -> list[float]:
-    return [s.ttft_s * 1000 for s in samples if s.ttft_s is not None]
-
-
-def start_safety(stack: BenchStack, classifier: str) -> ServiceProcess:
-    """A second safety service (the stack's own one runs profanity)."""
+def start_safety(
+    stack: BenchStack, classifier: str, name: str, extra: dict[str, str] | None = None
+) -> ServiceProcess:
+    """Another safety service (the stack's own one runs profanity)."""
     base = stack.services["safety"]
     port, metrics = free_port(), free_port()
-    name = f"safety-{classifier}"
+    name = f"safety-{name}"
     stack.services[name] = ServiceProcess(
         name=name,
         command=base.command,
@@ -101,6 +75,7 @@ def start_safety(stack: BenchStack, classifier: str) -> ServiceProcess:
             "SAFETY_CLASSIFIER": classifier,
             "SAFETY_PORT": str(port),
             "SAFETY_METRICS_PORT": str(metrics),
+            **(extra or {}),
         },
         log_path=base.log_path.with_name(f"{name}.log"),
         grpc_port=port,
@@ -140,8 +115,10 @@ def build_report(sides: list[Side], args: argparse.Namespace) -> Report:
         f"Engine: scripted, {args.tokens_per_s:g} tokens/s, a clean text of 6 sentences; "
         "windows: the gateway's defaults (GATEWAY_MODERATION_*). Safety services: one thread "
         "pool each, SAFETY_MAX_BATCH_SIZE default (32), no batching delay.",
-        "none: moderation off (input and output); profanity / minilm: both on, on a safety "
-        "service with that classifier. Requests interleaved none, profanity, minilm.",
+        "none: moderation off (input and output); profanity / minilm sides: both on, on a "
+        "safety service with that classifier (minilm sides: "
+        + "; ".join(spec for spec in args.minilm or ["minilm"])
+        + "). Requests interleaved in that order.",
     ).add(
         "",
         "Client-side TTFT in ms (request to the first content chunk); added: p50 minus the "
@@ -151,21 +128,22 @@ def build_report(sides: list[Side], args: argparse.Namespace) -> Report:
     )
 
 
-async def run(urls: dict[str, str], args: argparse.Namespace) -> list[Side]:
-    no_cache = {"Cache-Control": "no-cache"}
-    sides = [Side(name, ChatClient(url, ALICE_KEY, headers=no_cache)) for name, url in urls.items()]
-    await measure(sides, args.requests, args.rounds, args.concurrency)
-    return sides
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=30, help="sequential requests per side")
     parser.add_argument("--rounds", type=int, default=4, help="concurrent rounds per side")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--tokens-per-s", type=float, default=200.0)
+    parser.add_argument(
+        "--minilm",
+        action="append",
+        default=[],
+        metavar="NAME[:KEY=VALUE;...]",
+        help="a minilm side with extra SAFETY_* settings (repeatable; default: one 'minilm')",
+    )
     out_argument(parser, "safety_ttft.md")
     args = parser.parse_args()
+    minilm_sides = [parse_side(spec) for spec in args.minilm or ["minilm"]]
     off = {"GATEWAY_MODERATE_INPUT": "false", "GATEWAY_MODERATE_OUTPUT": "false"}
     gateway = {**off, "GATEWAY_LOG_LEVEL": QUIET, **LIMITS_OFF}
     env = {
@@ -175,22 +153,32 @@ def main() -> None:
     }
     on = {"GATEWAY_MODERATE_INPUT": "true", "GATEWAY_MODERATE_OUTPUT": "true"}
     with BenchStack(gateway, env, prefix="parlance-safetyttft-") as stack:
-        minilm = start_safety(stack, "minilm")
         # Each extra gateway needs its own metrics port (the base one's is taken).
         profanity_gateway = stack.extra_gateway({**on, "GATEWAY_METRICS_PORT": str(free_port())})
-        minilm_gateway = stack.extra_gateway(
-            {
-                **on,
-                "GATEWAY_SAFETY_URL": f"127.0.0.1:{minilm.grpc_port}",
-                "GATEWAY_METRICS_PORT": str(free_port()),
-            }
-        )
         urls = {
             "none": stack.gateway_url,
             "profanity": f"http://127.0.0.1:{profanity_gateway.http_port}",
-            "minilm": f"http://127.0.0.1:{minilm_gateway.http_port}",
         }
-        sides = asyncio.run(run(urls, args))
+        for name, extra in minilm_sides:
+            safety = start_safety(stack, "minilm", name, extra)
+            gateway_process = stack.extra_gateway(
+                {
+                    **on,
+                    "GATEWAY_SAFETY_URL": f"127.0.0.1:{safety.grpc_port}",
+                    "GATEWAY_METRICS_PORT": str(free_port()),
+                }
+            )
+            urls[name] = f"http://127.0.0.1:{gateway_process.http_port}"
+        sides = asyncio.run(
+            compare(
+                urls,
+                ALICE_KEY,
+                BODY,
+                requests=args.requests,
+                rounds=args.rounds,
+                concurrency=args.concurrency,
+            )
+        )
     build_report(sides, args).write(args.out)
 
 
