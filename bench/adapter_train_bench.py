@@ -141,7 +141,7 @@ def settings(args: argparse.Namespace, method: str, steps: int | None) -> lora_t
         lora_r=16,
         lora_alpha=32,
         lora_dropout=0.05,
-        beta=0.1,
+        beta=getattr(args, "beta", 0.1),
     )
 
 
@@ -203,6 +203,12 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], max_new: int) -> li
     return answers
 
 
+def degenerate(answer: str) -> bool:
+    """A greedy answer stuck in a loop: one non-empty line four or more times."""
+    lines = [line.strip() for line in answer.splitlines() if line.strip()]
+    return bool(lines) and max(lines.count(line) for line in set(lines)) >= 4
+
+
 def trait_check(args: argparse.Namespace, peft_dir: Path) -> dict[str, Any]:
     """Greedy answers of the base and of the saved adapter on fresh prompts."""
     import torch
@@ -220,6 +226,13 @@ def trait_check(args: argparse.Namespace, peft_dir: Path) -> dict[str, Any]:
     k_adapter = sum(synthetic.has_trait(a, args.trait) for a in adapter_answers)
     n = len(prompts)
     return {
+        # An over-optimised adapter can show the trait and still be broken (a line repeated
+        # down to max_new_tokens); count those apart so the trait rate is not read alone.
+        "base_degenerate": sum(degenerate(a) for a in base_answers),
+        "adapter_degenerate": sum(degenerate(a) for a in adapter_answers),
+        "adapter_with_trait_not_degenerate": sum(
+            synthetic.has_trait(a, args.trait) and not degenerate(a) for a in adapter_answers
+        ),
         "trait": args.trait,
         "fresh_prompts": n,
         "max_new_tokens": args.max_new_tokens,
@@ -414,7 +427,10 @@ def main() -> None:
     gpu.add_argument("--prompts", type=int, default=2000, help="~1.5 pairs per prompt")
     gpu.add_argument("--epochs", type=float, default=1.0)
     gpu.add_argument("--batch-size", type=int, default=16)
-    gpu.add_argument("--learning-rate", type=float, default=2e-4)
+    # 2e-4 drove the DPO loss to ~0 within 25 of 169 steps on the H200 and left some greedy
+    # answers looping on "-" lines; 5e-5 is the gentler default.
+    gpu.add_argument("--learning-rate", type=float, default=5e-5)
+    gpu.add_argument("--beta", type=float, default=0.1, help="DPO's beta")
     gpu.add_argument("--fresh", type=int, default=200, help="fresh prompts for the trait check")
     gpu.add_argument("--max-new-tokens", type=int, default=128)
     gpu.add_argument("--out", type=Path, help="JSON result file")

@@ -17,6 +17,7 @@
 #              and on the adapter, alternating, and greedy answers of both on fixed prompts
 #              (bench/greedy_answers.py; compared with llama.cpp on CPU afterwards). Set
 #              TRAINER_WHEELS (trainer_setup below) for the train phase.
+#   learn      train + bestof + lorabench overlapped in one call (phase_learn's comment).
 #   bestof     Parlance with the vLLM chat model and the trained reward model (transformers on
 #              the GPU) on GPU $GPU: best_of k = 1, 2, 4 (bench/best_of_bench.py's GPU mode).
 #
@@ -376,6 +377,79 @@ phase_lorabench() {
 }
 
 trainer_setup
+lora_measure() {  # port adapter: greedy answers and vllm bench serve, base vs adapter
+  local port=$1 round=0
+  python3 bench/greedy_answers.py --url "http://127.0.0.1:$port" --models smollm2,tuned \
+    --out "$RESULT_DIR/greedy_vllm.json" > "$LOGS/greedy.txt" 2>&1 || tail -n 5 "$LOGS/greedy.txt"
+  for model in smollm2 tuned smollm2 tuned; do
+    round=$((round + 1))
+    vllm bench serve --backend openai-chat --endpoint /v1/chat/completions \
+      --base-url "http://127.0.0.1:$port" --model "$model" --tokenizer "$SMOLLM2_HF_DIR" \
+      --dataset-name random --random-input-len 256 --random-output-len 128 --ignore-eos \
+      --num-prompts "${LB_PROMPTS:-400}" --max-concurrency "${LB_CONCURRENCY:-64}" --seed 0 \
+      --save-result --result-dir "$RESULT_DIR" --result-filename "lorabench_${round}_$model.json" \
+      > "$LOGS/lorabench_$round.txt" 2>&1
+    say "(lorabench $round) $model: $(grep -E "Output token throughput|Median TPOT" "$LOGS/lorabench_$round.txt" | tr -s ' ' | tr '\n' ';')"
+  done
+  mkdir -p "$RESULT_DIR/adapter" && cp -r "$2"/. "$RESULT_DIR/adapter/"
+}
+
+phase_learn() {
+  # The whole learning round in one call, overlapped: the chat stack (vLLM, eager) starts
+  # while the reward model and the DPO adapter train side by side; best_of k = 1, 2, 4 runs
+  # once the reward model is registered (so its figures share the card with the trainers);
+  # then the stack stops, and `vllm serve --enable-lora` with the adapter runs lora_measure
+  # with nothing else on the card. ~7 min on an H200 before lora_measure, ~3 min for it.
+  PHASE=learn
+  local lport=$((8200 + PORTS)) url="127.0.0.1:$((50051 + PORTS))" reward adapter
+  start_redis
+  start_safety
+  export GENERATOR_LOAD_ROOT="$WORK" GATEWAY_ADMIN_KEY="admin-$API_KEY" GATEWAY_REWARD_MODEL=reward
+  start_generator 0 "$GPU" "[{\"id\": \"smollm2\", \"engine\": \"vllm\", \"path\": \"$SMOLLM2_HF_DIR\", \"settings\": {\"gpu_memory_utilization\": 0.3, \"max_model_len\": 2048, \"enforce_eager\": true}}]"
+  start_gateway "$url" least_in_flight learn
+  local PYTHONPATH="${TRAINER_SITE:+$TRAINER_SITE:}$PYTHONPATH"
+  CUDA_VISIBLE_DEVICES=$GPU PYTHONPATH="$PYTHONPATH" python3 bench/reward_train_gpu.py \
+    --base "$TRAIN_BASE" --out "$WORK/reward" --json "$RESULT_DIR/reward_train_gpu.json" \
+    > "$LOGS/reward_train.txt" 2>&1 &
+  local rtrain=$!
+  CUDA_VISIBLE_DEVICES=$GPU PYTHONPATH="$PYTHONPATH" python3 bench/adapter_train_bench.py gpu \
+    --base "$TRAIN_BASE" --fresh "${FRESH:-160}" --out "$RESULT_DIR/adapter_dpo_gpu.json" \
+    --keep "$WORK/adapter" > "$LOGS/adapter_train.txt" 2>&1 &
+  local atrain=$!
+  wait "$rtrain"; tail -n 1 "$LOGS/reward_train.txt" | cut -c1-300
+  reward="$(find "$WORK/reward" -maxdepth 1 -mindepth 1 -type d -name 'reward-*' | head -n 1)"
+  if wait_serving "$url" 200 && wait_http "http://127.0.0.1:$GW_PORT/readyz" 60 && [ -n "$reward" ]; then
+    curl -s -X POST "http://127.0.0.1:$GW_PORT/v1/admin/models" \
+      -H "Authorization: Bearer $GATEWAY_ADMIN_KEY" -H "Content-Type: application/json" \
+      -d "{\"id\": \"reward\", \"task\": \"reward\", \"path\": \"$reward\", \"settings\": {\"torch_device\": \"cuda\"}}" \
+      > "$RESULT_DIR/reward_registration.json"
+    cut -c1-200 "$RESULT_DIR/reward_registration.json"; echo
+    python3 bench/best_of_bench.py --base-url "http://127.0.0.1:$GW_PORT" --api-key "$API_KEY" \
+      --model smollm2 --requests "${BO_REQUESTS:-64}" --concurrency 16 --max-tokens 128 \
+      --ignore-eos --out "$RESULT_DIR/best_of_gpu.md" > "$LOGS/best_of.txt" 2>&1
+    grep -E "^\| [124] \|" "$RESULT_DIR/best_of_gpu.md"
+  else
+    say "(learn) the stack or the reward model is missing"; tail -n 20 "$LOGS/generator0_learn.txt" "$LOGS/reward_train.txt"
+  fi
+  stop_pid "$GATEWAY_PID"
+  pkill -TERM -f "parlance.generator.main" 2>/dev/null
+  wait "$atrain"; tail -n 4 "$LOGS/adapter_train.txt" | cut -c1-300
+  adapter="$(find "$WORK/adapter" -name adapter_config.json -printf '%h\n' | head -n 1)"
+  # Started only now, alone on the card: vLLM sizes its KV cache from the memory free at
+  # start-up, and with the trainers and the generator running beside it (an earlier version of
+  # this phase) it found none ("No available memory for the cache blocks").
+  CUDA_VISIBLE_DEVICES=$GPU vllm serve "$SMOLLM2_HF_DIR" --served-model-name smollm2 \
+    --enable-lora --lora-modules "tuned=$adapter" --max-lora-rank 16 --max-model-len 2048 \
+    --gpu-memory-utilization 0.5 --host 127.0.0.1 --port $lport > "$LOGS/vllm_serve_lora.txt" 2>&1 &
+  PIDS+=($!)
+  if [ -n "$adapter" ] && wait_http "http://127.0.0.1:$lport/health" 240; then
+    lora_measure "$lport" "$adapter"
+  else
+    say "(learn) no adapter or vllm serve"; tail -n 20 "$LOGS/vllm_serve_lora.txt" "$LOGS/adapter_train.txt"
+  fi
+  stop_all
+}
+
 for PHASE in $PHASES; do
   "phase_$PHASE"
 done
