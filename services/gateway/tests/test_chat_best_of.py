@@ -6,6 +6,8 @@ stack in tests/test_reward_loop.py."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,8 +20,8 @@ from parlance.gateway.chat.limits import estimate_tokens
 from parlance.gateway.chat.protocol import ChatCompletionRequest
 from parlance.gateway.config import GatewaySettings
 from parlance.generator.v1 import generator_pb2
-from parlance.testing.fakes import FAKE_MODEL, FAKE_REWARD_MODEL, FakeGenerator, Script
-from parlance.testing.inprocess import InProcessGateway, inprocess_gateway
+from parlance.testing.fakes import FAKE_MODEL, FAKE_REWARD_MODEL, FakeGenerator, Script, wait_for
+from parlance.testing.inprocess import Caller, InProcessGateway, inprocess_gateway
 
 CHOSEN = "parlance_gateway_best_of_chosen_total"
 # Candidate i has i + 1 words (after the first's): with the word-count reward, the last wins.
@@ -171,6 +173,60 @@ def test_tpm_reserves_every_candidate() -> None:
     )
     plain = estimate_tokens(body, 256)
     assert estimate_tokens(body.model_copy(update={"best_of": 4}), 256) == plain + 30
+
+
+async def test_rpm_counts_the_request_once_and_the_lease_every_candidate(
+    gw: InProcessGateway,
+) -> None:
+    """RPM counts HTTP requests (OpenAI's x-ratelimit-*-requests); a best_of=k request holds
+    k units of the key's concurrency while it generates, as k requests would, and never more
+    than the whole limit."""
+    caller = await gw.create_key(rpm=100, max_concurrent=4)
+
+    async def held_by(key: Caller) -> int:
+        principal = await gw.state.keys.authenticate(key.key)
+        assert principal is not None
+        return await gw.state.leases.held(principal.key_id)
+
+    first = await gw.chat(caller=caller, best_of=4, temperature=1.0)
+    assert first.status_code == 200, first.text
+    second = await gw.chat(caller=caller, best_of=4, temperature=1.0)
+    remaining = [int(r.headers["x-ratelimit-remaining-requests"]) for r in (first, second)]
+    assert remaining[0] - remaining[1] == 1
+    await wait_for(lambda: len(gw.state.chat.background._tasks) == 0)
+    assert await held_by(caller) == 0
+
+    # A best_of=4 request in flight holds all four: a plain request waits for it.
+    gw.generator.script = Script(deltas=["One", " two."], hang_after=1)
+    held = asyncio.create_task(gw.chat(caller=caller, best_of=4, temperature=1.0))
+    await wait_for(lambda: gw.generator.in_flight == 1)
+    assert await held_by(caller) == 4
+    refused = await gw.chat(caller=caller)
+    assert refused.status_code == 429
+    message = refused.json()["error"]["message"]
+    assert message.endswith("at most 4 at a time. Wait for one to finish.")
+    held.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await held
+    await wait_for(lambda: len(gw.state.chat.background._tasks) == 0)
+    assert await held_by(caller) == 0
+
+    # Under a limit of 2, best_of=4 takes the whole key (2), is served alone, and is refused
+    # only while anything else holds a unit.
+    small = await gw.create_key(max_concurrent=2)
+    gw.generator.script = Script(deltas=["Plain."], choices=CANDIDATES)
+    assert (await gw.chat(caller=small, best_of=4, temperature=1.0)).status_code == 200
+    gw.generator.script = Script(deltas=["One", " two."], hang_after=1)
+    plain = asyncio.create_task(gw.chat(caller=small))
+    await wait_for(lambda: gw.generator.in_flight == 1)
+    busy = await gw.chat(caller=small, best_of=4, temperature=1.0)
+    assert busy.status_code == 429
+    assert "this one counts 2: it generates 4 answers" in busy.json()["error"]["message"]
+    plain.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await plain
+    await wait_for(lambda: len(gw.state.chat.background._tasks) == 0)
+    assert await held_by(small) == 0
 
 
 def _info(model_id: str, created: int, task: int) -> generator_pb2.ModelInfo:

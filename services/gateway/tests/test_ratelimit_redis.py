@@ -197,6 +197,34 @@ async def test_leases_cap_concurrency_and_release(state: RedisState) -> None:
     assert await state.run(lambda r: r.zcard(f"parlance:lease:{key}")) == 0
 
 
+async def test_weighted_leases_are_taken_whole_or_not_at_all(state: RedisState) -> None:
+    """A best_of=k request's lease is k units (key_limits.py): granted only when k are free,
+    all in one script, so that concurrent takers never overshoot the limit together."""
+    leases = ConcurrencyLeases(state, ttl_s=0.6)
+    key = subject()
+    taken = await asyncio.gather(*(leases.acquire(key, 5, weight=2) for _ in range(20)))
+    held = [lease for lease in taken if lease is not None]
+    assert len(held) == 2 and await leases.held(key) == 4
+    assert await leases.acquire(key, 5, weight=2) is None
+    one = await leases.acquire(key, 5)
+    assert one is not None and await leases.held(key) == 5
+    await asyncio.sleep(1.5)  # > ttl: the heartbeats keep every unit of each lease alive
+    assert await leases.held(key) == 5
+    await asyncio.gather(*(leases.release(lease) for lease in [*held, one]))
+    assert await state.run(lambda r: r.zcard(f"parlance:lease:{key}")) == 0
+    # Without Redis the per-process fallback counts units the same way.
+    down = RedisState(f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        local = ConcurrencyLeases(down, on_redis_down="local")
+        big = await local.acquire("k", 3, weight=3)
+        assert big is not None and await local.held("k") == 3
+        assert await local.acquire("k", 3) is None
+        await local.release(big)
+        assert await local.acquire("k", 3, weight=2) is not None and await local.held("k") == 2
+    finally:
+        await down.close()
+
+
 async def test_unreleased_leases_expire_and_heartbeats_keep_live_ones(state: RedisState) -> None:
     key = subject()
     crashed = ConcurrencyLeases(state, ttl_s=0.6)

@@ -1,7 +1,11 @@
 """The per-key limits a request takes before it is served and settles afterwards, for chat
 completions (chat/limits.py) and embeddings (embeddings.py): the tokens-per-minute reservation
 of an estimate, reconciled with what the request really used, and the concurrency lease. The
-requests-per-minute decision is taken earlier, for every limited route (deps.rate_limit)."""
+requests-per-minute decision is taken earlier, for every limited route (deps.rate_limit): it
+counts HTTP requests, one each, as OpenAI's x-ratelimit-*-requests headers do. What a request
+generates is counted by TPM (every answer's tokens) and by the lease's weight: a request that
+generates k answers at once (best_of, n) holds k units of the key's concurrency, as k requests
+would, capped at the whole limit so that no request is refused for good."""
 
 from __future__ import annotations
 
@@ -34,12 +38,15 @@ class KeyLimits:
         leases: ConcurrencyLeases,
         caller: Principal,
         estimate: int,
+        weight: int = 1,
     ) -> None:
         self.settings = settings
         self.limiter = limiter
         self.leases = leases
         self.caller = caller
         self.estimate = estimate
+        # Answers generated at once: the units of concurrency the request holds.
+        self.weight = max(1, weight)
         self.tpm = caller.limits.tpm or settings.tpm_limit
         self.lease: Lease | None = None
 
@@ -50,12 +57,18 @@ class KeyLimits:
             await self._reserve(headers)
         limit = self.caller.limits.max_concurrent or self.settings.max_concurrent_per_key
         if limit > 0:
-            self.lease = await self.leases.acquire(self.caller.key_id, limit)
+            weight = min(self.weight, limit)
+            self.lease = await self.leases.acquire(self.caller.key_id, limit, weight)
             if self.lease is None:
                 await self.settle_used(None)
+                counted = (
+                    f" (this one counts {weight}: it generates {self.weight} answers)"
+                    if weight > 1
+                    else ""
+                )
                 raise errors.rate_limited(
                     f"Too many concurrent requests on key {self.caller.key_id}: at most "
-                    f"{limit} at a time. Wait for one to finish.",
+                    f"{limit} at a time{counted}. Wait for one to finish.",
                     1.0,
                     dict(headers),
                 )

@@ -1,7 +1,9 @@
 """Concurrency leases: at most K in-flight requests per API key, across every gateway replica.
 
-A lease is a member of a Redis sorted set per key, scored by its expiry time. Taking one is a
-single Lua script (drop expired members, count, add); a heartbeat pushes the expiry forward
+A lease is a member of a Redis sorted set per key, scored by its expiry time; a lease of weight
+w (a best_of or n request generating w answers at once: chat/limits.py) is w members, taken
+together or not at all. Taking one is a single Lua script (drop expired members, count, add);
+a heartbeat pushes the expiry forward
 while the stream lives; the lease is removed on completion, error, client disconnect or
 timeout. A gateway that crashes stops its heartbeats, so its leases expire on their own after
 `ttl_s`. Without Redis the same limit is kept per process (or, by setting, the request is
@@ -26,17 +28,21 @@ ACQUIRE_LUA = (
     _NOW_MS
     + """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
-redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[3]))
+local weight = #ARGV - 2
+if redis.call('ZCARD', KEYS[1]) + weight > tonumber(ARGV[1]) then return 0 end
+for i = 3, #ARGV do redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[i]) end
+redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[2]))
 return 1
 """
 )
 HEARTBEAT_LUA = (
     _NOW_MS
     + """
-local changed = redis.call('ZADD', KEYS[1], 'XX', 'CH', now + tonumber(ARGV[2]), ARGV[1])
-redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[2]))
+local changed = 0
+for i = 2, #ARGV do
+  changed = changed + redis.call('ZADD', KEYS[1], 'XX', 'CH', now + tonumber(ARGV[1]), ARGV[i])
+end
+redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[1]))
 return changed
 """
 )
@@ -49,6 +55,14 @@ class Lease:
     lease_id: str
     local: bool
     heartbeat: asyncio.Task[None] | None = field(default=None, repr=False)
+    weight: int = 1
+
+    @property
+    def members(self) -> list[str]:
+        """The sorted-set members (or local entries) this lease holds: one per unit of weight."""
+        if self.weight == 1:
+            return [self.lease_id]
+        return [f"{self.lease_id}:{i}" for i in range(self.weight)]
 
 
 class ConcurrencyLeases:
@@ -69,20 +83,20 @@ class ConcurrencyLeases:
         self._heartbeat = client.register_script(HEARTBEAT_LUA) if client else None
         self._count = client.register_script(COUNT_LUA) if client else None
 
-    async def acquire(self, key_id: str, limit: int) -> Lease | None:
-        """A lease, or None when `limit` leases are already held for this key."""
+    async def acquire(self, key_id: str, limit: int, weight: int = 1) -> Lease | None:
+        """A lease of `weight` units, or None when fewer than that are free of the key's
+        `limit` (a weight above the limit is never granted: callers cap it)."""
         key = f"{self.prefix}{key_id}"
-        lease_id = uuid.uuid4().hex
+        wanted = Lease(key, uuid.uuid4().hex, local=False, weight=weight)
         try:
             script = self._acquire
             if script is None:
                 raise RedisUnavailable()
-            ok = await self.redis.run(
-                lambda _: script(keys=[key], args=[limit, lease_id, self.ttl_ms])
-            )
-            lease = Lease(key, lease_id, local=False) if int(ok) else None
+            args: list[str | int] = [limit, self.ttl_ms, *wanted.members]
+            ok = await self.redis.run(lambda _: script(keys=[key], args=args))
+            lease = wanted if int(ok) else None
         except RedisUnavailable:
-            lease = self._acquire_local(key, lease_id, limit)
+            lease = self._acquire_local(wanted, limit)
         RATE_LIMIT.labels("concurrency", "allowed" if lease else "rejected").inc()
         if lease is not None:
             LEASES_HELD.inc()
@@ -90,16 +104,17 @@ class ConcurrencyLeases:
                 lease.heartbeat = asyncio.create_task(self._beat(lease))
         return lease
 
-    def _acquire_local(self, key: str, lease_id: str, limit: int) -> Lease | None:
+    def _acquire_local(self, wanted: Lease, limit: int) -> Lease | None:
+        wanted.local = True
         if self.on_redis_down == "open":
-            return Lease(key, lease_id, local=True)
+            return wanted
         if self.on_redis_down == "closed":
             raise RedisUnavailable()
-        held = self._local.setdefault(key, set())
-        if len(held) >= limit:
+        held = self._local.setdefault(wanted.key, set())
+        if len(held) + wanted.weight > limit:
             return None
-        held.add(lease_id)
-        return Lease(key, lease_id, local=True)
+        held.update(wanted.members)
+        return wanted
 
     async def _beat(self, lease: Lease) -> None:
         script = self._heartbeat
@@ -108,7 +123,7 @@ class ConcurrencyLeases:
             await asyncio.sleep(self.ttl_ms / 3000)
             try:
                 await self.redis.run(
-                    lambda _: script(keys=[lease.key], args=[lease.lease_id, self.ttl_ms])
+                    lambda _: script(keys=[lease.key], args=[self.ttl_ms, *lease.members])
                 )
             except RedisUnavailable:
                 continue
@@ -118,16 +133,16 @@ class ConcurrencyLeases:
         if lease.heartbeat is not None:
             lease.heartbeat.cancel()
         if lease.local:
-            self._local.get(lease.key, set()).discard(lease.lease_id)
+            self._local.get(lease.key, set()).difference_update(lease.members)
             return
         try:
-            await self.redis.run(lambda r: r.zrem(lease.key, lease.lease_id))
+            await self.redis.run(lambda r: r.zrem(lease.key, *lease.members))
         except RedisUnavailable:
             # It expires by itself after ttl_s.
             log.warning("could not release a lease (Redis down); it will expire")
 
     async def held(self, key_id: str) -> int:
-        """Live leases for a key (all replicas)."""
+        """Live lease units for a key (all replicas)."""
         key = f"{self.prefix}{key_id}"
         script = self._count
         if script is None:

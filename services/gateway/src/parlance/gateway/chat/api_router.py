@@ -16,7 +16,7 @@ from starlette.responses import Response
 from parlance.common import tracing
 from parlance.gateway import errors
 from parlance.gateway.auth import Principal
-from parlance.gateway.chat.limits import RequestLimits, estimate_tokens
+from parlance.gateway.chat.limits import RequestLimits, estimate_tokens, generations
 from parlance.gateway.chat.protocol import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -115,6 +115,7 @@ async def admit(
         state.chat.background,
         caller,
         estimate_tokens(body, settings.tpm_completion_estimate, max_tokens_limit(caller, settings)),
+        weight=generations(body),
     )
     try:
         await limits.take(headers)

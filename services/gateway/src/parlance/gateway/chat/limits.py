@@ -28,7 +28,14 @@ def estimate_tokens(body: ChatCompletionRequest, settings_estimate: int, limit: 
     completion = body.requested_max_tokens() or (
         min(settings_estimate, limit) if limit else settings_estimate
     )
-    return max(1, prompt_chars // 4) + completion * (body.n or 1) * (body.best_of or 1)
+    return max(1, prompt_chars // 4) + completion * generations(body)
+
+
+def generations(body: ChatCompletionRequest) -> int:
+    """The answers the engine generates for the request: n choices, or best_of candidates.
+    TPM reserves each one's tokens and the concurrency lease counts each one (key_limits.py);
+    RPM counts the request once."""
+    return (body.n or 1) * (body.best_of or 1)
 
 
 class RequestLimits(KeyLimits):
@@ -48,8 +55,9 @@ class RequestLimits(KeyLimits):
         background: Background,
         caller: Principal,
         estimate: int,
+        weight: int = 1,
     ) -> None:
-        super().__init__(settings, limiter, leases, caller, estimate)
+        super().__init__(settings, limiter, leases, caller, estimate, weight)
         self.background = background
         # Set once the request is prepared: what it really cost is known from it.
         self.prepared: PreparedChat | None = None
