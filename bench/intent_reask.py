@@ -58,11 +58,13 @@ def best(similarity: np.ndarray, labels: np.ndarray) -> float:
     return max(t for t, s in zip(THRESHOLDS, scores, strict=True) if s == top)
 
 
-async def embed(texts: list[str], threads: int) -> np.ndarray:
+async def embed(texts: list[str], threads: int, dtype: str, pooling: str) -> np.ndarray:
     from parlance.generator.engine.base import EmbeddingRequest
     from parlance.generator.engine.transformers_embed import TransformersEmbeddingEngine
 
-    engine = TransformersEmbeddingEngine(served_model_name=EMBED, n_threads=threads)
+    engine = TransformersEmbeddingEngine(
+        served_model_name=EMBED, n_threads=threads, dtype=dtype, pooling=pooling
+    )
     await engine.start()
     try:
         request = EmbeddingRequest(request_id=uuid.uuid4().hex, inputs=tuple(texts), truncate=True)
@@ -74,7 +76,8 @@ async def embed(texts: list[str], threads: int) -> np.ndarray:
 def run(args: argparse.Namespace) -> Report:
     pairs = read_pairs(args.data)
     labels = np.array([p[0] for p in pairs])
-    vectors = asyncio.run(embed([t for p in pairs for t in p[1:]], args.threads))
+    texts = [t for p in pairs for t in p[1:]]
+    vectors = asyncio.run(embed(texts, args.threads, args.dtype, args.pooling))
     similarity = np.sum(vectors[0::2] * vectors[1::2], axis=1)
     shipped = load_routes(ROUTES).spec.reask_threshold
     report = Report(
@@ -82,7 +85,8 @@ def run(args: argparse.Namespace) -> Report:
         f"Set: `{args.data.relative_to(ROOT)}`: {len(pairs)} pairs, {int(labels.sum())} re-asks "
         f"and {int((~labels).sum())} others, written by hand for this (how: bench/data/intents/"
         "README.md).",
-        f"Model: {EMBED} in process; cosine similarity of the two messages' vectors.",
+        f"Model: {EMBED} in process ({args.dtype}, pooling {args.pooling!r}); cosine "
+        "similarity of the two messages' vectors.",
         f"Shipped threshold (route file's reask_threshold): {shipped}.",
         f"Machine load at the start (1, 5, 15 min): {load_average()}.",
     )
@@ -123,6 +127,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DATA)
     # 1: as the generator serves it (GENERATOR_EMBED_N_THREADS); faster on a busy machine.
     parser.add_argument("--threads", type=int, default=1)
+    # The gateway's intent model under make up (scripts/devstack.py): every layer, bfloat16.
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16")
+    parser.add_argument("--pooling", choices=["mean", "layers"], default="layers")
     args = parser.parse_args()
     args.data = args.data.resolve()
     run(args).write(args.out)

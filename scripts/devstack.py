@@ -334,6 +334,15 @@ def load_or_create_api_key(data_dir: Path) -> str:
 MAKE_UP_MODELS = [
     {"id": "SmolLM2-135M-Instruct", "engine": "llamacpp"},
     {"id": "all-MiniLM-L6-v2", "engine": "transformers", "task": "embed"},
+    # The same weights as the gateway's intent model (README, "Intent routing"): every layer
+    # pooled (more accurate routes), bfloat16 and no batching wait (cheaper on the path to the
+    # first token). Its vectors have 2304 dimensions.
+    {
+        "id": "all-MiniLM-L6-v2-intent",
+        "engine": "transformers",
+        "task": "embed",
+        "settings": {"embed_dtype": "bfloat16", "embed_pooling": "layers", "embed_max_wait_ms": 0},
+    },
 ]
 MAKE_UP_ALIASES = {"default": "SmolLM2-135M-Instruct"}
 # `make up` routes chats by intent with the shipped route file (README, "Intent routing"): its
@@ -349,6 +358,8 @@ def make_up_env() -> dict[str, dict[str, str]]:
         env["gateway"]["GATEWAY_MODEL_ALIASES"] = json.dumps(MAKE_UP_ALIASES)
     if "GATEWAY_INTENT_ROUTES" not in os.environ:
         env["gateway"]["GATEWAY_INTENT_ROUTES"] = str(MAKE_UP_INTENT_ROUTES)
+    if "GATEWAY_INTENT_EMBED_MODEL" not in os.environ and "GENERATOR_MODELS" not in os.environ:
+        env["gateway"]["GATEWAY_INTENT_EMBED_MODEL"] = "all-MiniLM-L6-v2-intent"
     return env
 
 

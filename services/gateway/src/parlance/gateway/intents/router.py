@@ -53,7 +53,8 @@ class Embedder(Protocol):
 class IntentMatch:
     # The chosen route's name ("default" for a fallback).
     name: str
-    # Similarity of the best intent (cosine, -1..1); 0.0 when there was nothing to classify.
+    # The best intent's score: cosine similarity (-1..1), or its probability (0..1) with the
+    # logistic method; 0.0 when there was nothing to classify.
     score: float
     # Best intent's score minus the second best's (how clear the choice was).
     margin: float

@@ -4,7 +4,7 @@ from YAML or JSON and checked, each problem named with the route and its line.
     threshold: 0.5          # best intent's score below this: the default route
     context_turns: 0        # previous user turns mixed into the query (0: newest only)
     context_weight: 0.5     # their weight beside the newest message
-    method: nearest         # or centroid
+    method: nearest         # or centroid, or logistic (a classifier trained on the examples)
     k: 2                    # nearest: mean similarity of an intent's k closest examples
     center: true            # compare vectors after removing the examples' mean
     reask_threshold: 0.75   # a message this similar to the previous user message re-asks it
@@ -135,8 +135,10 @@ class RouteFile(BaseModel):
     version: int = 1
     threshold: float = Field(default=0.5, ge=-1, le=1)
     # nearest: an intent's score is the similarity of its closest example(s) (see k);
-    # centroid: the similarity to the mean of its examples.
-    method: Literal["nearest", "centroid"] = "nearest"
+    # centroid: the similarity to the mean of its examples; logistic: its probability under a
+    # softmax regression trained on every example when the file is loaded (the default
+    # route's examples are one more class; threshold: the least probability to take a route).
+    method: Literal["nearest", "centroid", "logistic"] = "nearest"
     # nearest: the mean similarity of an intent's k closest examples (1: the closest alone).
     k: int = Field(default=1, ge=1, le=MAX_EXAMPLES)
     context_turns: int = Field(default=0, ge=0, le=8)
