@@ -3,11 +3,11 @@ through llama.cpp): simulated users compare answers, a reward model is trained o
 and registered, and best_of then gives them what they prefer markedly more often.
 
 The users' hidden preference: an answer that gladly takes the request on ("Sure, ...", "Of
-course! ...", "Absolutely, I'd be happy to ...") beats one that opens with an apology, a
-disclaimer or a tangent ("I'm sorry for any confusion, but ...", "As an AI ..."). SmolLM2 at
-temperature 1 (top_p 0.95, top_k 40, min_p 0.05) opens either way about half the time for
-requests phrased as asks for help (measured: 52 of 96 samples), and the opening is decided
-in its first tokens, so 6-token answers carry it and the test stays within minutes on CPU.
+course! ...", "Absolutely, I'd be happy to ...", "I'm more than happy to ...") beats one that
+opens with an apology, a disclaimer or a tangent ("I'm sorry for any confusion, but ...", "As
+an AI ..."). SmolLM2 at temperature 1 (top_p 0.95, top_k 40, min_p 0.05) opens either way
+about half the time for requests phrased as asks for help, and the opening is decided in its
+first tokens, so 6-token answers carry it.
 
 The steps are the product's, each through its API:
 1. comparisons: `parlance: {compare: "always"}` (two answers, stored as siblings); the user
@@ -17,10 +17,13 @@ The steps are the product's, each through its API:
    on CPU, bounded steps);
 3. POST /v1/admin/models registers the folder (no restart); the card it returns has the
    held-out pairwise accuracy;
-4. on fresh prompts (topics never compared), best_of=4 against best_of=1.
+4. on fresh prompts (topics never compared), best_of=4 against plain answers (best_of=1) to
+   the same prompts.
 
-Sizes (LOOP_PROMPTS, LOOP_FRESH, LOOP_STEPS in the environment; the defaults are CI's) and the
-figures are printed; bench/reward_loop.md has a longer run.
+It runs in CI by default (about 2 minutes on an idle 2-core machine; README, Tests, has the
+measured times and how often it fails by chance). PARLANCE_LOOP_TEST=0 skips it. Sizes
+(LOOP_PROMPTS, LOOP_FRESH, LOOP_STEPS in the environment; the defaults are CI's) and the
+figures are printed.
 """
 
 from __future__ import annotations
@@ -44,28 +47,30 @@ import pytest
 
 from parlance.testing import ALICE_KEY, Stack, StackPool, bearer
 
-# Opt-in (PARLANCE_LOOP_TEST=1) until it fits CI: it took 12.7 min at load 5-14 here, and at
-# the pass mark's 32 fresh prompts a simulation of the observed rates fails ~36% of runs; with
-# LOOP_FRESH=80 ~0.5% (README, Tests).
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.timeout(3600),
+    pytest.mark.timeout(1200),
     pytest.mark.skipif(
-        os.environ.get("PARLANCE_LOOP_TEST") != "1",
-        reason="the reward loop runs with PARLANCE_LOOP_TEST=1 (about 10 minutes on 2 cores)",
+        os.environ.get("PARLANCE_LOOP_TEST") == "0", reason="PARLANCE_LOOP_TEST=0 skips it"
     ),
 ]
 
 ADMIN_KEY = "sk-admin-reward-loop-0123456789"
 # The opening is decided in the first tokens ("Of course! I'd be", "I'm sorry for any").
 MAX_TOKENS = 6
+BEST_OF = 4
+# Plain answers per fresh prompt (one request with n=2): the baseline costs half of what
+# best_of does and is twice as large as one answer per prompt would make it.
+PLAIN_ANSWERS = 2
 # Sampling as chat clients commonly set it (llama.cpp's defaults): temperature 1 with the
 # unlikely tail cut, so that the answers are SmolLM2's own openings rather than noise.
 SAMPLING: dict[str, Any] = {"temperature": 1.0, "top_p": 0.95, "top_k": 40, "min_p": 0.05}
 # What the simulated users like: an opening that gladly takes the request on.
 HELPFUL_OPENING = re.compile(
-    r"^\W*(sure|of course|absolutely|certainly|definitely|delighted|happy to|glad to|"
-    r"i'?d (be )?(happy|glad|delighted|love)|i'?m (happy|glad|delighted))\b",
+    r"^\W*((hello|hi|hey|oh|ah|aww|awesome|great|wonderful)\W+)?"
+    r"(sure|of course|absolutely|certainly|definitely|yes|delighted|happy to|glad to|"
+    r"i'?d (be )?((more than|really|so|very) )?(happy|glad|delighted|love|thrilled)|"
+    r"i'?m ((more than|always|so|really|very) )?(happy|glad|delighted|thrilled|excited))\b",
     re.IGNORECASE,
 )
 ASKS = [
@@ -90,7 +95,8 @@ a road bike|a herb garden|a karaoke night|a museum visit""".replace("\n", "").sp
 FRESH_TOPICS = """a pottery class|a beach holiday|a salary talk|a camping stove|a reading list|
 a bathroom repair|a dog walk|a city break|a chemistry exam|a coffee machine|a retirement party|
 a vegetable soup|a lighthouse tour|a sewing machine|a museum tour|a balcony garden|a tennis match|
-a bread maker|a farmers market|a wedding speech""".replace("\n", "").split("|")
+a bread maker|a farmers market|a wedding speech|a garden shed|a movie night|a spice rack|
+a ski trip|a stamp collection""".replace("\n", "").split("|")
 
 
 def prefers(text: str) -> bool:
@@ -134,7 +140,17 @@ def loop_stack(stacks: StackPool, tmp_path_factory: pytest.TempPathFactory) -> I
             # takes longer than the default 5 s deadline.
             "GATEWAY_SAFETY_TIMEOUT_S": "60",
         },
-        env={"generator": {"GENERATOR_LOAD_ROOT": str(models)}},
+        env={
+            "generator": {
+                "GENERATOR_LOAD_ROOT": str(models),
+                # Two llama.cpp contexts of one thread each serve two requests at once on two
+                # cores. llama.cpp's default (every core for one context) spins its threads
+                # against each other and everything else on a busy machine: a 6-token answer
+                # took 0.6-8.6 s that way at load 9 against ~0.2 s like this (README, Tests).
+                "GENERATOR_N_THREADS": "1",
+                "GENERATOR_POOL_SIZE": "2",
+            }
+        },
         share=False,
     )
     yield LoopStack(stack, models)
@@ -213,8 +229,11 @@ def _train(url: str, out: Path, steps: int) -> Path:
     command = [
         str(Path(sys.executable).with_name("parlance-train")),
         "reward", "--from-gateway", url, "--out", str(out), "--name", "reward-helpful",
-        "--max-steps", str(steps), "--batch-size", "16", "--eval-fraction", "0.2",
-        "--max-length", "64", "--seed", "0",
+        "--max-steps", str(steps), "--batch-size", "16",
+        "--max-length", "64", "--seed", "0", "--eval-fraction", "0.25",
+        # One torch thread: two spin against the generator's and the gateway's work on two
+        # cores (16 steps took 107 s with 2 threads against 30 s with 1 at load 12).
+        "--threads", "1",
     ]  # fmt: skip
     env = dict(os.environ, GATEWAY_ADMIN_KEY=ADMIN_KEY, HF_HUB_OFFLINE="1")
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
@@ -222,40 +241,42 @@ def _train(url: str, out: Path, steps: int) -> Path:
     return Path(done.stdout.strip().splitlines()[-1])
 
 
-async def _fresh_answers(url: str, prompts: list[str], k: int) -> list[tuple[bool, Any] | None]:
-    """Each prompt answered once through the OpenAI SDK, best_of=k in extra_body (k = 1: a
-    plain request): whether the answer has the trait, and the parlance extension object."""
+Answer = tuple[list[bool], Any] | None
+
+
+async def _fresh_answers(url: str, prompts: list[str]) -> tuple[list[Answer], list[Answer]]:
+    """Each prompt answered through the OpenAI SDK twice: once with best_of=4 in extra_body,
+    and once plainly with n=PLAIN_ANSWERS (each choice an answer of its own, as a best_of=1
+    request would give). Per request: whether each answer has the trait, and the parlance
+    extension object; None where input moderation refused the question (see _refused)."""
     client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=ALICE_KEY, max_retries=0)
     gate = asyncio.Semaphore(3)
 
-    async def one(prompt: str) -> tuple[bool, Any] | None:
+    async def one(prompt: str, fields: dict[str, Any]) -> Answer:
         async with gate:
             try:
-                answer = await create(prompt)
+                answer = await client.chat.completions.create(
+                    model="default",
+                    messages=[{"role": "user", "content": prompt}],
+                    max_tokens=MAX_TOKENS,
+                    temperature=SAMPLING["temperature"],
+                    top_p=SAMPLING["top_p"],
+                    extra_body={"top_k": SAMPLING["top_k"], "min_p": SAMPLING["min_p"], **fields},
+                    timeout=600,
+                )
             except openai.BadRequestError as exc:
                 if exc.code == "content_filter":
-                    return None  # the question was refused (see _refused)
+                    return None
                 raise
-        extension = (answer.model_extra or {}).get("parlance")
-        return prefers(answer.choices[0].message.content or ""), extension
-
-    async def create(prompt: str) -> Any:
-        return await client.chat.completions.create(
-            model="default",
-            messages=[{"role": "user", "content": prompt}],
-            max_tokens=MAX_TOKENS,
-            temperature=SAMPLING["temperature"],
-            top_p=SAMPLING["top_p"],
-            extra_body={
-                "top_k": SAMPLING["top_k"],
-                "min_p": SAMPLING["min_p"],
-                **({"best_of": k} if k > 1 else {}),
-            },
-            timeout=600,
-        )
+        hits = [prefers(c.message.content or "") for c in answer.choices]
+        return hits, (answer.model_extra or {}).get("parlance")
 
     async with client:
-        return await asyncio.gather(*(one(p) for p in prompts))
+        # Both arms in one go: the generator's two contexts stay busy.
+        best = [one(p, {"best_of": BEST_OF}) for p in prompts]
+        plain = [one(p, {"n": PLAIN_ANSWERS}) for p in prompts]
+        answers = await asyncio.gather(*best, *plain)
+    return answers[: len(prompts)], answers[len(prompts) :]
 
 
 def fisher_greater(a: int, n_a: int, b: int, n_b: int) -> float:
@@ -301,12 +322,11 @@ def test_best_of_learns_what_the_users_prefer(loop_stack: LoopStack) -> None:
     card = registered.json()["card"] or json.loads((folder / "model_card.json").read_text())
     timings["registration"] = time.perf_counter() - started
 
-    # 4. Fresh prompts: best_of=4 against one answer.
+    # 4. Fresh prompts: best_of=4 against plain answers to the same prompts.
     started = time.perf_counter()
     fresh = [ask.format(t=topic) for topic in FRESH_TOPICS for ask in ASKS]
-    fresh = fresh[: _size("LOOP_FRESH", 80)]
-    best_answers = asyncio.run(_fresh_answers(url, fresh, 4))
-    plain_answers = asyncio.run(_fresh_answers(url, fresh, 1))
+    fresh = fresh[: _size("LOOP_FRESH", 100)]
+    best_answers, plain_answers = asyncio.run(_fresh_answers(url, fresh))
     timings["best_of"] = time.perf_counter() - started
     # Prompts input moderation refused in either arm are left out of both.
     kept = [
@@ -314,11 +334,11 @@ def test_best_of_learns_what_the_users_prefer(loop_stack: LoopStack) -> None:
         for b, p in zip(best_answers, plain_answers, strict=True)
         if b is not None and p is not None
     ]
-    best, plain = [b for b, _ in kept], [p for _, p in kept]
     answered = len(kept)
-    best_hits = sum(hit for hit, _ in best)
-    plain_hits = sum(hit for hit, _ in plain)
-    p_value = fisher_greater(best_hits, answered, plain_hits, answered)
+    best_hits = sum(sum(b[0]) for b, _ in kept)
+    plain_hits = sum(sum(p[0]) for _, p in kept)
+    n_plain = PLAIN_ANSWERS * answered
+    p_value = fisher_greater(best_hits, answered, plain_hits, n_plain)
     accuracy = card["eval"]["held_out_pairwise_accuracy"]
 
     print(
@@ -330,13 +350,15 @@ def test_best_of_learns_what_the_users_prefer(loop_stack: LoopStack) -> None:
         f"card: split {json.dumps(card['split'])}, training {json.dumps(card['training'])}, "
         f"held-out accuracy {accuracy:.3f}; "
         f"{tally.refused} questions refused by input moderation; fresh prompts: best_of=4 "
-        f"{best_hits}/{answered} vs best_of=1 {plain_hits}/{answered} "
+        f"{best_hits}/{answered} vs plain {plain_hits}/{n_plain} "
         f"({len(fresh) - answered} refused; one-sided Fisher p = {p_value:.2e}); "
         f"seconds: {json.dumps({k: round(v, 1) for k, v in timings.items()})}"
     )
-    assert {p["best_of"]["reward_model"] for _, p in best} == {folder.name}
+    assert {b[1]["best_of"]["reward_model"] for b, _ in kept} == {folder.name}
     assert accuracy >= 0.85
     # Markedly more often, and by a margin chance does not reach: equal rates would give
-    # this split (or a more lopsided one) less than once in a thousand runs.
-    assert best_hits > plain_hits
+    # this split (or a more lopsided one) less than once in a thousand runs. With the rates
+    # seen here a run misses this mark by chance well under once in a thousand (README,
+    # Tests: simulated from per-prompt rates).
+    assert best_hits * n_plain > plain_hits * answered
     assert p_value < 1e-3
