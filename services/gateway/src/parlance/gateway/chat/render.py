@@ -3,6 +3,7 @@ a stream (live or replayed from the cache), built as the typed models of chat/pr
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from pydantic import BaseModel
@@ -95,6 +96,19 @@ class ChunkWriter:
         return sse(dump(chunk))
 
     def content(self, index: int, text: str, logprobs: ChoiceLogprobs | None) -> bytes:
+        if logprobs is None:
+            # The common event, text only: its bytes from a template, the text encoded by the
+            # json module's C encoder; the same bytes as the models' (test_chunk_template),
+            # at a fraction of building and serializing two models per token.
+            return b"".join(
+                (
+                    self._head,
+                    b'{"index":%d,"delta":{"content":' % index,
+                    _json_string(text),
+                    b'},"logprobs":null,"finish_reason":null}',
+                    self._tail,
+                )
+            )
         return self._event(
             ChunkChoice(
                 index=index,
@@ -118,6 +132,13 @@ class ChunkWriter:
 
 # Where a frame's choices go: the serialized frame has no choices.
 _EMPTY_CHOICES = b'"choices":[]'
+
+# A str as a JSON string, UTF-8 as pydantic writes it (not \u-escaped).
+_JSON_STRING = json.JSONEncoder(ensure_ascii=False).encode
+
+
+def _json_string(text: str) -> bytes:
+    return _JSON_STRING(text).encode()
 
 
 def extension(prepared: PreparedChat) -> ParlanceExtension | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2
@@ -109,24 +110,19 @@ class GeneratorTargetClient(BaseClient):
         """Streams the generation. Closing the iterator (or cancelling the consuming task)
         cancels the gRPC call, which aborts the engine request."""
         call = self.stub.Generate(request, timeout=self.timeout_s, metadata=outgoing_metadata())
+        watchdog: _IdleWatchdog | None = None
         try:
             responses = aiter(call)
             yield await anext(responses)
+            watchdog = _IdleWatchdog(call, self.idle_timeout_s)
             while True:
-                # asyncio.timeout costs a timer handle per message; wait_for would also wrap
-                # every read in a task of its own.
                 try:
-                    async with asyncio.timeout(self.idle_timeout_s):
-                        response = await anext(responses)
-                except TimeoutError:
-                    DEPENDENCY_ERRORS.labels(self.dependency, "IDLE_TIMEOUT").inc()
-                    log.warning(
-                        "generator sent nothing for %.1f s: stream ended", self.idle_timeout_s
-                    )
-                    raise errors.service_unavailable(
-                        f"The generator stopped responding for {self.idle_timeout_s:g} s.",
-                        self.retry_after_s,
-                    ) from None
+                    response = await anext(responses)
+                except asyncio.CancelledError:
+                    if not watchdog.fired or _cancelling():
+                        raise
+                    raise self._idle_error() from None
+                watchdog.last = watchdog.loop.time()
                 yield response
         except StopAsyncIteration:
             return
@@ -134,4 +130,45 @@ class GeneratorTargetClient(BaseClient):
             DEPENDENCY_ERRORS.labels(self.dependency, exc.code().name).inc()
             raise to_api_error(exc, self.dependency, self.retry_after_s) from exc
         finally:
+            if watchdog is not None:
+                watchdog.stop()
             call.cancel()
+
+    def _idle_error(self) -> errors.APIError:
+        DEPENDENCY_ERRORS.labels(self.dependency, "IDLE_TIMEOUT").inc()
+        log.warning("generator sent nothing for %.1f s: stream ended", self.idle_timeout_s)
+        return errors.service_unavailable(
+            f"The generator stopped responding for {self.idle_timeout_s:g} s.", self.retry_after_s
+        )
+
+
+def _cancelling() -> bool:
+    """The current task itself is being cancelled (not just the call under it)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+class _IdleWatchdog:
+    """Cancels a stream's call after `idle_s` without a message: one timer per stream, moved
+    on only when it fires, instead of an asyncio.timeout per message (a timer handle made and
+    cancelled per token). The pending read then raises CancelledError, which generate() turns
+    into the idle error."""
+
+    def __init__(self, call: grpc.aio.UnaryStreamCall[Any, Any], idle_s: float) -> None:
+        self.call = call
+        self.idle_s = idle_s
+        self.loop = asyncio.get_running_loop()
+        self.last = self.loop.time()
+        self.fired = False
+        self._timer = self.loop.call_at(self.last + idle_s, self._check)
+
+    def _check(self) -> None:
+        due = self.last + self.idle_s
+        if self.loop.time() < due:
+            self._timer = self.loop.call_at(due, self._check)
+            return
+        self.fired = True
+        self.call.cancel()
+
+    def stop(self) -> None:
+        self._timer.cancel()
