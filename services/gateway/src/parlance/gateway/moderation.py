@@ -12,6 +12,13 @@ in time to first token and close to nothing per token after it.
 Each window is classified together with the window before it, so that a sentence split across
 two windows is still seen whole.
 
+A slow engine (llama.cpp on a CPU: tens of ms a token) takes several tokens to fill the first
+window, and the first token waited for all of them. So when the first window has waited
+`lead_after` seconds and complete words are held, those words go as a window of their own (the
+lead), and the first window's rule starts again after them: the first token then waits for
+about one word and one classification. A fast engine fills the first window before that and
+never has a lead (bench/results/perf_cpu.md).
+
 This module: input moderation, the verdicts history stores, the events of a moderated
 generation and the window cutter; the streaming side (StreamModerator) is stream_moderation.py.
 """
@@ -19,6 +26,7 @@ generation and the window cutter; the streaming side (StreamModerator) is stream
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +41,8 @@ from parlance.safety.v1 import safety_pb2
 log = logging.getLogger(__name__)
 
 SENTENCE_ENDS = ".!?\n。！？"
+# Complete words at the start of a text: up to its last whitespace after a non-space.
+_COMPLETE_WORDS = re.compile(r"\s*\S.*\s", re.DOTALL)
 
 
 def flagged_categories(result: safety_pb2.Classification) -> list[str]:
@@ -140,6 +150,8 @@ class WindowCutter:
     min_chars: int
     max_chars: int
     enabled: bool = True
+    # Seconds the first window may wait before its complete words go as a lead (None: never).
+    lead_after: float | None = None
 
     @classmethod
     def from_settings(cls, settings: GatewaySettings) -> WindowCutter:
@@ -148,7 +160,17 @@ class WindowCutter:
             min_chars=settings.moderation_window_min_chars,
             max_chars=settings.moderation_window_max_chars,
             enabled=settings.moderate_output,
+            lead_after=settings.moderation_lead_after_ms / 1000,
         )
+
+    def lead(self, text: str, waited_s: float) -> str | None:
+        """The lead window at the start of the held-back `text` of a choice whose first window
+        has not closed and has waited `waited_s`: its complete words (up to the last
+        whitespace), if any (None: no lead)."""
+        if self.lead_after is None or waited_s < self.lead_after or not self.enabled:
+            return None
+        match = _COMPLETE_WORDS.match(text)
+        return match.group() if match else None
 
     def cut(self, text: str, first: bool, final: bool) -> str | None:
         """The window to close now at the start of the held-back `text`, if any. `first`: no

@@ -15,6 +15,7 @@ from typing import Any
 
 from parlance.gateway import convert, errors
 from parlance.gateway.clients import SafetyClient
+from parlance.gateway.clients.safety import BATCH_OWNER
 from parlance.gateway.config import GatewaySettings
 from parlance.gateway.metrics import MODERATION_FLAGS, MODERATION_HOLDBACK, MODERATION_WINDOWS
 from parlance.gateway.moderation import (
@@ -49,6 +50,10 @@ class _ChoiceBuffer:
     logprobs: list[Any] = field(default_factory=list)
     held_since: float = 0.0
     previous_window: str = ""
+    # No window closed yet, so a lead may go (moderation.py); the previous window was the lead,
+    # so the next one is still cut as a first window.
+    lead_pending: bool = False
+    after_lead: bool = False
 
 
 _END = object()
@@ -69,13 +74,19 @@ class StreamModerator:
         self.results: dict[int, list[safety_pb2.Classification]] = {}
         self.classifier = ""
 
+    def _buffer(self) -> _ChoiceBuffer:
+        return _ChoiceBuffer(
+            held_since=time.monotonic(), lead_pending=self.cutter.lead_after is not None
+        )
+
     def verdict_json(self, index: int) -> str:
         """The choice's output verdict as history stores it ("" when nothing was classified)."""
         return verdict_json("output", self.results.get(index, []), self.classifier)
 
     def _cut(self, buffer: _ChoiceBuffer, final: bool) -> str | None:
         """The text of the window to close now, if any."""
-        return self.cutter.cut(buffer.text, not buffer.previous_window, final)
+        first = not buffer.previous_window or buffer.after_lead
+        return self.cutter.cut(buffer.text, first, final)
 
     def _close(self, buffer: _ChoiceBuffer, index: int, window_text: str) -> _Window:
         # Token counts and logprobs go with the window in which the text was held.
@@ -89,12 +100,17 @@ class StreamModerator:
         )
         if self.enabled and window_text.strip():
             MODERATION_WINDOWS.inc()
+            # The task copies the context: its call joins a batch without another window of
+            # this stream (clients/safety.py).
+            owner = BATCH_OWNER.set(self)
             window.verdict = asyncio.create_task(
                 self.safety.classify(
                     [buffer.previous_window + window_text], safety_pb2.DIRECTION_OUTPUT
                 )
             )
+            BATCH_OWNER.reset(owner)
         buffer.previous_window = window_text
+        buffer.lead_pending = buffer.after_lead = False
         buffer.text = buffer.text[len(window_text) :]
         buffer.token_count = 0
         buffer.logprobs = []
@@ -106,7 +122,7 @@ class StreamModerator:
         stream: AsyncIterator[generator_pb2.GenerateResponse],
         queue: asyncio.Queue[Any],
     ) -> None:
-        buffers = {i: _ChoiceBuffer(held_since=time.monotonic()) for i in range(self.n)}
+        buffers = {i: self._buffer() for i in range(self.n)}
         try:
             async for response in stream:
                 for delta in response.choices:
@@ -131,7 +147,7 @@ class StreamModerator:
             raise errors.service_unavailable(
                 "The generation was aborted by the engine.", self.retry_after_s
             )
-        buffer = buffers.setdefault(delta.index, _ChoiceBuffer())
+        buffer = buffers.get(delta.index) or buffers.setdefault(delta.index, self._buffer())
         if not buffer.text:
             buffer.held_since = time.monotonic()
         buffer.text += delta.text
@@ -142,6 +158,11 @@ class StreamModerator:
         while (cut := self._cut(buffer, final)) is not None:
             await queue.put(self._close(buffer, delta.index, cut))
         if not final:
+            if buffer.lead_pending:
+                waited = time.monotonic() - buffer.held_since
+                if (lead := self.cutter.lead(buffer.text, waited)) is not None:
+                    await queue.put(self._close(buffer, delta.index, lead))
+                    buffer.after_lead = True
             return
         if buffer.token_count:
             # Tokens that produced no text (end of sequence) still count.
@@ -150,7 +171,60 @@ class StreamModerator:
         reason = convert.FINISH_REASONS.get(delta.finish_reason, "stop")
         await queue.put(FinishEvent(delta.index, reason))
 
-    async def events(
+    def events(self, stream: AsyncIterator[generator_pb2.GenerateResponse]) -> AsyncIterator[Event]:
+        """The released events. With output moderation off nothing is held back, so the
+        responses are turned into events as they are read, without the reader task and its
+        queue (a task switch and two queue operations per token, measured ~10 % of the
+        gateway's CPU per streamed token: bench/results/perf_cpu.md)."""
+        return self._moderated(stream) if self.enabled else self._direct(stream)
+
+    async def _direct(
+        self, stream: AsyncIterator[generator_pb2.GenerateResponse]
+    ) -> AsyncIterator[Event]:
+        """Moderation off: each delta's text at once, as the window cutter would release it
+        (tokens that produced no text yet wait for the next text, or for the finish)."""
+        held: dict[int, _ChoiceBuffer] = {}
+        try:
+            async for response in stream:
+                for delta in response.choices:
+                    if delta.finish_reason == generator_pb2.FINISH_REASON_ABORT:
+                        raise errors.service_unavailable(
+                            "The generation was aborted by the engine.", self.retry_after_s
+                        )
+                    self.generated_tokens += delta.token_count
+                    event = self._direct_text(held, delta)
+                    if event is not None:
+                        yield event
+                    if delta.finish_reason:
+                        reason = convert.FINISH_REASONS.get(delta.finish_reason, "stop")
+                        yield FinishEvent(delta.index, reason)
+                if response.HasField("usage"):
+                    yield UsageEvent(response.usage.prompt_tokens, response.usage.completion_tokens)
+        finally:
+            with contextlib.suppress(Exception):
+                await stream.aclose()  # type: ignore[attr-defined]
+
+    @staticmethod
+    def _direct_text(
+        held: dict[int, _ChoiceBuffer], delta: generator_pb2.ChoiceDelta
+    ) -> TextEvent | None:
+        """The delta's text with any tokens held for want of text (None: nothing to send
+        yet). The common case, text and no held tokens, allocates no buffer."""
+        buffer = held.get(delta.index)
+        if buffer is None:
+            if delta.text:
+                return TextEvent(delta.index, delta.text, delta.token_count, list(delta.logprobs))
+            if not delta.token_count and not delta.logprobs:
+                return None
+            buffer = held[delta.index] = _ChoiceBuffer()
+        buffer.token_count += delta.token_count
+        buffer.logprobs.extend(delta.logprobs)
+        if not delta.text and not delta.finish_reason:
+            return None
+        del held[delta.index]
+        return TextEvent(delta.index, delta.text, buffer.token_count, buffer.logprobs)
+
+    async def _moderated(
         self, stream: AsyncIterator[generator_pb2.GenerateResponse]
     ) -> AsyncIterator[Event]:
         queue: asyncio.Queue[Any] = asyncio.Queue()
