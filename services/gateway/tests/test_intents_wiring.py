@@ -175,10 +175,12 @@ async def test_the_route_system_prompt_counts_when_the_context_is_fitted(tmp_pat
         assert gw.generator.count_requests[-1].chat.messages[0].content == prompt.strip()
 
 
-async def test_the_tpm_reservation_follows_the_route(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stream", [False, True])
+async def test_the_tpm_reservation_follows_the_route(tmp_path: Path, stream: bool) -> None:
     # The route sets max_tokens 900: a request without max_tokens is admitted on the default
     # estimate (~271 tokens of 1000), then its reservation grows to the route's ~915, so a
-    # second one in the same minute no longer fits while the first is running.
+    # second one in the same minute no longer fits while the first is running. A stream's
+    # grows once its first content chunk is sent (off the way to the first token).
     routes = tmp_path / "routes.yaml"
     routes.write_text(
         ROUTES.replace(
@@ -188,10 +190,13 @@ async def test_the_tpm_reservation_follows_the_route(tmp_path: Path) -> None:
         )
     )
     fake = generator()
-    fake.scripts = [Script(hang_after=1)]
+    # Enough words for output moderation's first window to close: the stream's first content
+    # chunk is sent, then the answer hangs.
+    words = ["Hello", " there", ", friend.", " More", " words", " follow."]
+    fake.scripts = [Script(deltas=words, hang_after=5)]
     async with inprocess_gateway(tmp_path, generator=fake, intent_routes=str(routes)) as gw:
         caller = await gw.create_key(tpm=1000)
-        first = asyncio.create_task(gw.chat(gw.body(QUESTION), caller=caller))
+        first = asyncio.create_task(gw.chat(gw.body(QUESTION, stream=stream), caller=caller))
         await eventually(lambda: fake.in_flight == 1)
         second = await gw.chat(gw.body(QUESTION), caller=caller)
         assert second.status_code == 429, second.text
