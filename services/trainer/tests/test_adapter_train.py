@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from parlance.testing.dpo_adapter import DpoAdapter
 from parlance.trainer import adapter, gguf_lora, lm_base, synthetic
 from parlance.trainer.cli import main
 from parlance.trainer.output import folder_digest
@@ -25,15 +25,6 @@ from parlance.trainer.output import folder_digest
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 PROMPT = "Any tips for a vegetable garden?"
-DPO_ARGS = ["--max-steps", "5", "--batch-size", "2", "--max-length", "64"]
-DPO_ARGS += ["--learning-rate", "1e-3", "--eval-fraction", "0.25", "--seed", "0"]
-
-
-@dataclass
-class Trained:
-    folder: Path
-    data: Path
-    out: Path
 
 
 def _train(tmp: Path, command: str, data: Path, extra: list[str]) -> Path:
@@ -44,20 +35,17 @@ def _train(tmp: Path, command: str, data: Path, extra: list[str]) -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
-def dpo_adapter(tmp_path_factory: pytest.TempPathFactory) -> Trained:
-    tmp = tmp_path_factory.mktemp("dpo")
-    data = tmp / "pairs.jsonl"
-    data.write_text(synthetic.jsonl(synthetic.pairs(16, trait="bullets", seed=11)))
-    folder = _train(tmp, "dpo", data, ["--name", "dpo-bullets", *DPO_ARGS])
-    return Trained(folder, data, folder.parent)
+# The session's DPO adapter is parlance.testing's `dpo_adapter` fixture (dpo_adapter.py: 16
+# prompts of the bullets trait, seed 11, 5 steps of 2 pairs at 64 tokens, learning rate 1e-3,
+# a quarter held out, one torch thread), shared with tests/test_adapter_loop.py, which serves
+# it.
 
 
 def _manifest(folder: Path) -> dict:
     return json.loads((folder / adapter.MANIFEST).read_text())
 
 
-def test_dpo_learns_and_the_manifest_says_so(dpo_adapter: Trained) -> None:
+def test_dpo_learns_and_the_manifest_says_so(dpo_adapter: DpoAdapter) -> None:
     m = _manifest(dpo_adapter.folder)
     print(json.dumps({k: m[k] for k in ("eval", "training", "split")}, indent=1))
     before, after = m["eval"]["held_out_before"], m["eval"]["held_out_after"]
@@ -74,7 +62,7 @@ def test_dpo_learns_and_the_manifest_says_so(dpo_adapter: Trained) -> None:
     assert tr["trainer"] == "trl.DPOTrainer" and tr["beta"] == 0.1
 
 
-def test_dpo_manifest_names_base_data_and_adapter(dpo_adapter: Trained) -> None:
+def test_dpo_manifest_names_base_data_and_adapter(dpo_adapter: DpoAdapter) -> None:
     folder, m = dpo_adapter.folder, _manifest(dpo_adapter.folder)
     digest = folder_digest(folder, skip=adapter.CARD_FILES)
     assert m["adapter_digest"] == digest
@@ -102,7 +90,7 @@ def test_dpo_manifest_names_base_data_and_adapter(dpo_adapter: Trained) -> None:
     assert [p.name for p in dpo_adapter.out.iterdir()] == [folder.name]
 
 
-def test_peft_folder_has_no_lm_head(dpo_adapter: Trained) -> None:
+def test_peft_folder_has_no_lm_head(dpo_adapter: DpoAdapter) -> None:
     from safetensors import safe_open
 
     peft = dpo_adapter.folder / adapter.PEFT_DIR
@@ -121,7 +109,9 @@ def _greedy(lora: Path | None) -> str:
     llm = Llama(
         model_path=str(lm_base.embedded_gguf()),
         n_ctx=256,
-        n_threads=2,
+        # One thread: two spin against the rest of a busy 2-core machine (both answers are
+        # made alike, so the comparison does not depend on it).
+        n_threads=1,
         seed=0,
         verbose=False,
         **kwargs,
@@ -135,7 +125,7 @@ def _greedy(lora: Path | None) -> str:
         llm.close()
 
 
-def test_gguf_lora_loads_in_llama_cpp_and_changes_greedy_output(dpo_adapter: Trained) -> None:
+def test_gguf_lora_loads_in_llama_cpp_and_changes_greedy_output(dpo_adapter: DpoAdapter) -> None:
     pytest.importorskip("llama_cpp")
     lora = dpo_adapter.folder / adapter.GGUF_FILE
     base_answer, adapted = _greedy(None), _greedy(lora)
@@ -157,6 +147,8 @@ def sft_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 SFT_ARGS = ["--max-steps", "3", "--batch-size", "2", "--max-length", "48"]
 SFT_ARGS += ["--learning-rate", "1e-3", "--eval-fraction", "0.25", "--min-examples", "10"]
+# One torch thread, as the session's DPO run (parlance.testing.dpo_adapter says why).
+SFT_ARGS += ["--threads", "1"]
 
 
 def test_sft_learns_and_a_rerun_never_reuses_the_name(

@@ -9,6 +9,7 @@
 - postgres: a fresh PostgreSQL database (fails, never skips, without a server)
 - waiting: wait_until; metrics: scrape and total
 - reward_model: one `parlance-train reward` run per session (the reward_training fixture)
+- dpo_adapter: one `parlance-train dpo` run per session (the dpo_adapter fixture)
 - plugin: the pytest fixtures (loaded everywhere through the pytest11 entry point)
 G1's gateway fakes and in-process client live in fakes.py and inprocess.py; fake_targets.py
 holds generator targets that load models and the admin model tests' helpers; history_server.py

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from parlance.testing.dpo_adapter import DpoAdapter, train_dpo_adapter
 from parlance.testing.postgres import create_database_sync, drop_database_sync
 from parlance.testing.processes import RedisProcess, Stack, start_redis_server
 from parlance.testing.reward_model import RewardTraining, train_reward_model
@@ -79,3 +80,10 @@ def reward_training(tmp_path_factory: pytest.TempPathFactory) -> RewardTraining:
     the generator's reward tests share it instead of training twice. Treat its folder as
     read-only; copy it to serve or change it."""
     return train_reward_model(tmp_path_factory.mktemp("reward-training"))
+
+
+@pytest.fixture(scope="session")
+def dpo_adapter(tmp_path_factory: pytest.TempPathFactory) -> DpoAdapter:
+    """The session's one `parlance-train dpo` run (dpo_adapter.py), shared by the trainer's
+    tests and tests/test_adapter_loop.py. Treat its folder as read-only; copy it to serve."""
+    return train_dpo_adapter(tmp_path_factory.mktemp("dpo"))
