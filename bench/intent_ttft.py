@@ -1,12 +1,14 @@
 """Intent routing's cost in time to first token (issue 18): the same streamed chat requests
-through two gateways on the same services, one with routing on (the shipped route file) and
-one with it off, interleaved in rounds (on, off, on, off, ...) so that the noise of a shared
-machine hits both alike, at concurrency 1 and 32.
+through three gateways on the same services, interleaved in rounds so that the noise of a
+shared machine hits them alike, at concurrency 1 and 32: routing on (the shipped route file,
+classified with the gateway's intent model as `make up` serves it: every layer pooled,
+bfloat16, no batching wait), routing off, and routing on with all-MiniLM-L6-v2 as
+/v1/embeddings serves it (float32, last layer, 2 ms batching wait: the setup before).
 
 The stack runs as processes (bench/lib/stack.py) with a redis-server of its own. The generator
 serves a scripted chat model (a fixed 8-word reply, unpaced: the model's own time out of the
-way, so that what differs is the gateway's work) and all-MiniLM-L6-v2 (the embedding model
-routing classifies with, as `make up` pairs them). Both gateways moderate input and output as
+way, so that what differs is the gateway's work) and all-MiniLM-L6-v2 twice (as
+/v1/embeddings serves it, and as the intent model). Both gateways moderate input and output as
 shipped (profanity classifier), cache off, limits too high to refuse. Classification runs
 beside input moderation, so what it adds to the first token is about the part of it that
 outlasts moderation, plus CPU it takes from the rest. Two kinds of requests: one message,
@@ -39,6 +41,10 @@ from lib.stack import ALICE_KEY, LIMITS_HIGH, MODEL, BenchStack
 from lib.stats import fmt, percentile
 
 EMBED = "all-MiniLM-L6-v2"
+# The gateway's intent model as `make up` serves it (scripts/devstack.py): the same weights,
+# every layer pooled, bfloat16, no micro-batching wait.
+INTENT_MODEL = "all-MiniLM-L6-v2-intent"
+INTENT_SETTINGS = {"embed_dtype": "bfloat16", "embed_pooling": "layers", "embed_max_wait_ms": 0}
 ROUTES = ROOT / "services/gateway/src/parlance/gateway/intents/default_routes.yaml"
 MESSAGES = ROOT / "bench/data/intents/messages.tsv"
 GENERATOR_MODELS = [
@@ -48,14 +54,17 @@ GENERATOR_MODELS = [
         "settings": {"scripted_tokens_per_s": 0, "scripted_text": "Sure, here is a short answer."},
     },
     {"id": EMBED, "engine": "transformers", "task": "embed"},
+    {"id": INTENT_MODEL, "engine": "transformers", "task": "embed", "settings": INTENT_SETTINGS},
 ]
 GATEWAY_ENV = {
     **LIMITS_HIGH,
     "GATEWAY_CACHE_ENABLED": "false",
     "GATEWAY_MODEL_ALIASES": json.dumps({"default": MODEL}),
     "GATEWAY_INTENT_ROUTES": str(ROUTES),
+    "GATEWAY_INTENT_EMBED_MODEL": INTENT_MODEL,
 }
 NO_CACHE = {"Cache-Control": "no-cache"}
+ROUTED_BEFORE = f"routing on, {EMBED} float32 mean"
 
 
 def prompts() -> list[str]:
@@ -161,7 +170,16 @@ def main() -> None:
     with BenchStack(gateway_env=GATEWAY_ENV, env=env) as stack:
         # Its own metrics port (the first gateway holds the configured one).
         off = stack.extra_gateway({"GATEWAY_INTENT_ROUTES": "", "GATEWAY_METRICS_PORT": "-1"})
-        urls = {"routing on": stack.gateway_url, "routing off": f"http://127.0.0.1:{off.http_port}"}
+        # Routing on with the served embedding model as before (float32, last layer, 2 ms
+        # batching wait): what the intent model saves, in the same run.
+        before = stack.extra_gateway(
+            {"GATEWAY_INTENT_EMBED_MODEL": EMBED, "GATEWAY_METRICS_PORT": "-1"}
+        )
+        urls = {
+            "routing on": stack.gateway_url,
+            "routing off": f"http://127.0.0.1:{off.http_port}",
+            ROUTED_BEFORE: f"http://127.0.0.1:{before.http_port}",
+        }
         tables = []
         for workers, rounds, per_round, stored in plan:
             results = asyncio.run(measure(urls, texts, workers, rounds, per_round, stored))
@@ -170,6 +188,7 @@ def main() -> None:
             rows = [
                 row("routing off", results["routing off"], None),
                 row("routing on", results["routing on"], base_p50),
+                row(ROUTED_BEFORE, results[ROUTED_BEFORE], base_p50),
             ]
             tables.append((workers, rounds, per_round, stored, rows))
     report = Report(
@@ -177,8 +196,10 @@ def main() -> None:
         f"Stack: the four services as processes, generator {MODEL} scripted (8-word reply, "
         f"unpaced) + {EMBED} (transformers engine, CPU) in one process; gateways with input "
         "and output moderation as shipped, cache off.",
-        f"Routing on: GATEWAY_INTENT_ROUTES={ROUTES.relative_to(ROOT)}; off: ''. Rounds "
-        "interleave the two gateways with the same prompts.",
+        f"Routing on: GATEWAY_INTENT_ROUTES={ROUTES.relative_to(ROOT)}, "
+        f"GATEWAY_INTENT_EMBED_MODEL={INTENT_MODEL} (settings {INTENT_SETTINGS}); off: ''; "
+        f"'{ROUTED_BEFORE}': routing on with {EMBED} as /v1/embeddings serves it (the setup "
+        "before the intent model). Rounds interleave the three gateways with the same prompts.",
         f"Machine load (1, 5, 15 min): before {load_before}, after {load_average()} "
         f"({time.perf_counter() - started:.0f} s run; several engineers share the machine).",
         "TTFT: from the send to the first chunk with content, as the client (bench/lib/client.py"
