@@ -59,6 +59,10 @@ def stack_env(
     """Per-service settings of a test stack: the tests' keys, a short Retry-After, and `env`
     ("generator": {...}) and `gateway_env` on top."""
     extra_env = {name: dict(values) for name, values in (env or {}).items()}
+    # One llama.cpp thread per context (unless a test sets its own): with llama.cpp's default
+    # (every core for one context) its threads spin against the gateway, safety and the test
+    # itself on a 2-core machine; a loaded one answered several times slower that way.
+    extra_env["generator"] = {"GENERATOR_N_THREADS": "1", **extra_env.get("generator", {})}
     extra_env["gateway"] = {
         "GATEWAY_API_KEYS": TEST_KEYS,
         "GATEWAY_RETRY_AFTER_S": "2",
