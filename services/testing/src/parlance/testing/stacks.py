@@ -6,6 +6,10 @@ a private stack (`share=False`)."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +21,27 @@ from parlance.testing.processes import ServiceProcess, Stack, stack_env
 # History is never shared: every stack's conversations stay its own.
 SHAREABLE = ("generator", "safety")
 BACKENDS = ("generator", "safety", "history")
+# As ServiceProcess.stop: SIGTERM, then SIGKILL after this long.
+STOP_TIMEOUT_S = 15.0
+
+
+def stop_together(services: Iterable[ServiceProcess], timeout_s: float = STOP_TIMEOUT_S) -> None:
+    """ServiceProcess.stop for several processes at once: all get SIGTERM first, then each is
+    waited for (killed past the timeout). The services of a stack shut down side by side
+    instead of one after the other (each takes a second or more on a busy 2-core machine)."""
+    live = []
+    for service in services:
+        service.resume()  # a paused (SIGSTOP) process could not take SIGTERM
+        if service.running:
+            service.process.send_signal(signal.SIGTERM)
+            live.append(service)
+    deadline = time.monotonic() + timeout_s
+    for service in live:
+        try:
+            service.process.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            service.process.kill()
+            service.process.wait(5)
 
 
 @dataclass
@@ -28,7 +53,13 @@ class SharedStack(Stack):
     def stop(self) -> None:
         # Stack comes from a module mypy cannot follow (processes.py), so its fields are unknown.
         everything: dict[str, Any] = self.services  # type: ignore[has-type]
-        self.services = {n: s for n, s in everything.items() if n not in self.shared}
+        # What Stack.stop stops, in its order: the gateways (extra ones that tests added too),
+        # then what they call; here each group at once.
+        own = {n: s for n, s in everything.items() if n not in self.shared}
+        stop_together(s for n, s in own.items() if n.startswith("gateway"))
+        stop_together(own[n] for n in BACKENDS if n in own)
+        # Stack.stop, with nothing left to stop, still ends a Redis the stack started itself.
+        self.services = {}
         try:
             super().stop()
         finally:
@@ -95,7 +126,5 @@ class StackPool:
             gateway[f"GATEWAY_{service.upper()}_URL"] = f"127.0.0.1:{port}"
 
     def close(self) -> None:
-        for service in self._services.values():
-            service.resume()
-            service.stop()
+        stop_together(self._services.values())
         self._services.clear()
