@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,13 @@ PROMPTS = (
     "How should I plan a picnic?",
 )
 GREEDY: dict[str, Any] = {"temperature": 0, "max_tokens": 24}
+EXPORT_PROMPTS = [
+    f"How do I {task}?"
+    for task in (
+        "repot a cactus", "clean a bike chain", "fold a fitted sheet", "sharpen a knife",
+        "store fresh herbs", "descale a kettle", "patch a jacket", "plan a reading week",
+    )
+]  # fmt: skip
 # Users of the split: managed keys created through the admin API (ids fixed, so the hash
 # puts them where it always does).
 SPLIT_USERS = [f"split-user-{i}" for i in range(8)]
@@ -101,9 +109,21 @@ def _chat(url: str, key: str, prompt: str, model: str, **fields: Any) -> dict[st
     return body
 
 
+def _stored(call: Callable[[], httpx.Response]) -> httpx.Response:
+    """`call` until it finds the stored exchange: on a loaded machine history may take it
+    from the gateway's outbox a moment after the answer (a direct write that timed out)."""
+    for _ in range(30):
+        response = call()
+        if response.status_code != 404:
+            break
+        time.sleep(1.0)
+    assert response.status_code == 200, response.text
+    return response
+
+
 def _answer_id(url: str, key: str, conversation_id: str) -> str:
-    got = httpx.get(f"{url}/v1/conversations/{conversation_id}", headers=bearer(key), timeout=60)
-    assert got.status_code == 200, got.text
+    path = f"{url}/v1/conversations/{conversation_id}"
+    got = _stored(lambda: httpx.get(path, headers=bearer(key), timeout=60))
     answer_id: str = got.json()["messages"][-1]["id"]
     return answer_id
 
@@ -115,7 +135,7 @@ def test_the_export_is_what_parlance_train_dpo_reads(adapter_stack: AdapterStack
 
     url = adapter_stack.url
     picked = 0
-    for prompt in ("How do I repot a cactus?", "How do I clean a bike chain?"):
+    for prompt in EXPORT_PROMPTS:
         body = _chat(
             url,
             ALICE_KEY,
@@ -132,14 +152,19 @@ def test_the_export_is_what_parlance_train_dpo_reads(adapter_stack: AdapterStack
             continue  # identical answers are no preference (the trainer refuses them)
         pick = {"chosen_message_id": ids[1], "rejected_message_id": ids[0]}
         path = f"{url}/v1/conversations/{body['conversation_id']}/comparisons"
-        assert httpx.post(path, json=pick, headers=bearer(ALICE_KEY), timeout=60).status_code == 200
+        _stored(lambda p=path, j=pick: httpx.post(p, json=j, headers=bearer(ALICE_KEY), timeout=60))
         picked += 1
+        if picked == 2:
+            break
+    # Two picks from up to 8 questions: two answers of 8 tokens at temperature 1 are rarely
+    # the same, so fewer than two distinct pairs would be a fault, not chance.
+    assert picked == 2
     exported = httpx.get(
         f"{url}/v1/admin/export", params={"kind": "preference"}, headers=ADMIN, timeout=120
     )
     assert exported.status_code == 200, exported.text
     pairs = data.parse_preferences(exported.content, "the export")
-    assert len(pairs) == picked >= 1
+    assert len(pairs) == picked
 
 
 def test_the_adapter_is_served_as_its_own_model(adapter_stack: AdapterStack) -> None:
