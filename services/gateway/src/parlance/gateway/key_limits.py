@@ -16,8 +16,10 @@ from typing import ClassVar
 from parlance.gateway import errors
 from parlance.gateway.auth import Principal
 from parlance.gateway.config import GatewaySettings
+from parlance.gateway.joint_limits import JointLimits
 from parlance.gateway.leases import ConcurrencyLeases, Lease
-from parlance.gateway.ratelimit import RateLimiter
+from parlance.gateway.ratelimit import Decision, RateLimiter
+from parlance.gateway.redis_state import RedisUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -52,30 +54,52 @@ class KeyLimits:
 
     async def take(self, headers: MutableMapping[str, str]) -> None:
         """Reserves the estimate from TPM and takes a concurrency lease (429 otherwise); the
-        x-ratelimit-*-tokens headers go into `headers`."""
+        x-ratelimit-*-tokens headers go into `headers`. Both on Redis: in one call
+        (joint_limits.py), else one by one."""
+        limit = self.caller.limits.max_concurrent or self.settings.max_concurrent_per_key
+        weight = min(self.weight, limit)
+        if self.tpm > 0 and limit > 0:
+            joint = JointLimits.of(self.limiter, self.leases)
+            try:
+                admitted = await joint.admit(
+                    self.caller.key_id, self.tpm, self.estimate, limit, weight
+                )
+            except RedisUnavailable:
+                pass  # one by one below, each with its outage policy
+            else:
+                self._decided(admitted.decision, headers)
+                self.lease = admitted.lease
+                if self.lease is None:  # no tokens were charged: nothing to refund
+                    raise self._too_many(limit, weight, headers)
+                return
         if self.tpm > 0:
             await self._reserve(headers)
-        limit = self.caller.limits.max_concurrent or self.settings.max_concurrent_per_key
         if limit > 0:
-            weight = min(self.weight, limit)
             self.lease = await self.leases.acquire(self.caller.key_id, limit, weight)
             if self.lease is None:
                 await self.settle_used(None)
-                counted = (
-                    f" (this one counts {weight}: it generates {self.weight} answers)"
-                    if weight > 1
-                    else ""
-                )
-                raise errors.rate_limited(
-                    f"Too many concurrent requests on key {self.caller.key_id}: at most "
-                    f"{limit} at a time{counted}. Wait for one to finish.",
-                    1.0,
-                    dict(headers),
-                )
+                raise self._too_many(limit, weight, headers)
+
+    def _too_many(
+        self, limit: int, weight: int, headers: MutableMapping[str, str]
+    ) -> errors.APIError:
+        counted = (
+            f" (this one counts {weight}: it generates {self.weight} answers)" if weight > 1 else ""
+        )
+        return errors.rate_limited(
+            f"Too many concurrent requests on key {self.caller.key_id}: at most "
+            f"{limit} at a time{counted}. Wait for one to finish.",
+            1.0,
+            dict(headers),
+        )
 
     async def _reserve(self, headers: MutableMapping[str, str]) -> None:
+        decision = await self.limiter.check("tpm", self.caller.key_id, self.tpm, cost=self.estimate)
+        self._decided(decision, headers)
+
+    def _decided(self, decision: Decision, headers: MutableMapping[str, str]) -> None:
+        """The TPM decision's headers; 429 when it refused."""
         key_id = self.caller.key_id
-        decision = await self.limiter.check("tpm", key_id, self.tpm, cost=self.estimate)
         headers.update(decision.headers("tokens"))
         if decision.allowed:
             return
@@ -89,7 +113,17 @@ class KeyLimits:
         )
 
     async def settle_used(self, used: int | None) -> None:
-        """Releases the lease; charges what the request really used (None: refunds it all)."""
+        """Releases the lease; charges what the request really used (None: refunds it all).
+        A lease in Redis and TPM: in one call (joint_limits.py), else one by one."""
+        if self.lease is not None and not self.lease.local and self.tpm > 0:
+            joint = JointLimits.of(self.limiter, self.leases)
+            delta = (used or 0) - self.estimate
+            try:
+                await joint.settle(self.caller.key_id, self.tpm, self.lease, delta)
+                self.lease = None
+                return
+            except RedisUnavailable:
+                pass
         if self.lease is not None:
             await self.leases.release(self.lease)
             self.lease = None

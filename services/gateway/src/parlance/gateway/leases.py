@@ -97,6 +97,11 @@ class ConcurrencyLeases:
             lease = wanted if int(ok) else None
         except RedisUnavailable:
             lease = self._acquire_local(wanted, limit)
+        return self.counted(lease)
+
+    def counted(self, lease: Lease | None) -> Lease | None:
+        """A lease taken (None: refused), here or by joint_limits.py's script: counted in the
+        metrics and, in Redis, kept alive by heartbeats until released."""
         RATE_LIMIT.labels("concurrency", "allowed" if lease else "rejected").inc()
         if lease is not None:
             LEASES_HELD.inc()
@@ -128,10 +133,14 @@ class ConcurrencyLeases:
             except RedisUnavailable:
                 continue
 
-    async def release(self, lease: Lease) -> None:
+    def stopped(self, lease: Lease) -> None:
+        """A lease no longer held (released here, or removed by joint_limits.py's script)."""
         LEASES_HELD.dec()
         if lease.heartbeat is not None:
             lease.heartbeat.cancel()
+
+    async def release(self, lease: Lease) -> None:
+        self.stopped(lease)
         if lease.local:
             self._local.get(lease.key, set()).difference_update(lease.members)
             return

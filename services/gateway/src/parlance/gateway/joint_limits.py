@@ -1,0 +1,139 @@
+"""A request's TPM reservation and its concurrency lease in one Redis call, and their
+settlement in one (key_limits.py uses them when a key has both limits and Redis answers).
+
+Taken one by one they were four of the five Redis round trips of a streamed chat request (the
+RPM decision is the fifth); each round trip costs the gateway's one event loop ~0.1 ms of CPU
+in redis-py, a large part of the per-request cost at 100 concurrent streams
+(bench/results/perf_cpu.md). The scripts are ratelimit.py's GCRA and leases.py's lease, in
+one atomic step: a lease refused charges no tokens (before, they were charged, then
+refunded), and tokens refused take no lease. Both keys are one API key's, on the one Redis
+(a Redis Cluster would need them in one hash slot). Redis down: the caller takes the limits
+one by one, each with its own outage policy.
+"""
+
+from __future__ import annotations
+
+import uuid
+import weakref
+from dataclasses import dataclass
+
+from parlance.gateway.leases import ConcurrencyLeases, Lease
+from parlance.gateway.metrics import RATE_LIMIT
+from parlance.gateway.ratelimit import (
+    _READ_STATE_LUA,
+    _WRITE_STATE_LUA,
+    TOLERANCE_MS,
+    Decision,
+    RateLimiter,
+)
+from parlance.gateway.redis_state import RedisUnavailable
+
+# KEYS: the TPM limit's key, the lease set. ARGV: period_ms, limit, cost, lease limit, lease
+# ttl_ms, then the lease's members (one per unit of weight). Returns {allowed, remaining,
+# reset_ms, retry_ms, leased}: GCRA_LUA's decision (tokens written only when the lease is
+# taken too) and whether the lease was (leases.py's ACQUIRE_LUA: all its units or none).
+ADMIT_LUA = (
+    _READ_STATE_LUA
+    + _WRITE_STATE_LUA
+    + f"local tol = {TOLERANCE_MS!r}"
+    + """
+local period = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local interval = period / limit
+local new_ahead = ahead + interval * cost
+if new_ahead > period + tol then
+  local remaining = math.floor((period + tol - ahead) / interval)
+  if remaining < 0 then remaining = 0 end
+  return {0, remaining, math.ceil(ahead), math.ceil(new_ahead - period), 0}
+end
+local remaining = math.floor((period + tol - new_ahead) / interval)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+if redis.call('ZCARD', KEYS[2]) + #ARGV - 5 > tonumber(ARGV[4]) then
+  return {1, remaining, math.ceil(new_ahead), 0, 0}
+end
+if cost > 0 then write_state(new_ahead) end
+for i = 6, #ARGV do redis.call('ZADD', KEYS[2], now + tonumber(ARGV[5]), ARGV[i]) end
+redis.call('PEXPIRE', KEYS[2], 2 * tonumber(ARGV[5]))
+return {1, remaining, math.ceil(new_ahead), 0, 1}
+"""
+)
+
+# KEYS: the TPM limit's key, the lease set. ARGV: period_ms, limit, delta, then the lease's
+# members. Removes the lease, then ADJUST_LUA's charge or refund of `delta` (0: none).
+SETTLE_LUA = (
+    _READ_STATE_LUA
+    + _WRITE_STATE_LUA
+    + """
+for i = 4, #ARGV do redis.call('ZREM', KEYS[2], ARGV[i]) end
+local delta = tonumber(ARGV[3])
+if delta == 0 then return 0 end
+ahead = ahead + tonumber(ARGV[1]) / tonumber(ARGV[2]) * delta
+if ahead <= 0 then
+  redis.call('DEL', KEYS[1])
+  return 0
+end
+write_state(ahead)
+return math.ceil(ahead)
+"""
+)
+
+PERIOD_MS = 60_000
+
+_JOINT: weakref.WeakKeyDictionary[ConcurrencyLeases, JointLimits] = weakref.WeakKeyDictionary()
+
+
+@dataclass
+class Admitted:
+    decision: Decision
+    lease: Lease | None
+
+
+class JointLimits:
+    """The two scripts, on the limiter's and the leases' Redis; one per pair (of())."""
+
+    @classmethod
+    def of(cls, limiter: RateLimiter, leases: ConcurrencyLeases) -> JointLimits:
+        joint = _JOINT.get(leases)
+        if joint is None or joint.limiter is not limiter:
+            joint = _JOINT[leases] = cls(limiter, leases)
+        return joint
+
+    def __init__(self, limiter: RateLimiter, leases: ConcurrencyLeases) -> None:
+        self.limiter = limiter
+        self.leases = leases
+        client = limiter.redis.client
+        self._admit = client.register_script(ADMIT_LUA) if client is not None else None
+        self._settle = client.register_script(SETTLE_LUA) if client is not None else None
+
+    async def admit(
+        self, key_id: str, tpm: int, cost: int, lease_limit: int, weight: int
+    ) -> Admitted:
+        """The TPM decision for `cost` and, when it allows, a lease of `weight` units (None:
+        refused). Raises RedisUnavailable (nothing taken: the caller takes them one by one)."""
+        script = self._admit
+        if script is None:
+            raise RedisUnavailable()
+        lease_key = f"{self.leases.prefix}{key_id}"
+        keys = [f"{self.limiter.prefix}tpm:{key_id}", lease_key]
+        wanted = Lease(lease_key, uuid.uuid4().hex, local=False, weight=weight)
+        args: list[str | int] = [PERIOD_MS, tpm, cost, lease_limit, self.leases.ttl_ms]
+        args += wanted.members
+        raw = await self.limiter.redis.run(lambda _: script(keys=keys, args=args))
+        allowed, remaining, reset_ms, retry_ms, leased = (int(x) for x in raw)
+        RATE_LIMIT.labels("tpm", "allowed" if allowed else "rejected").inc()
+        decision = Decision(bool(allowed), tpm, max(0, remaining), reset_ms / 1000, retry_ms / 1000)
+        if not allowed:
+            return Admitted(decision, None)
+        return Admitted(decision, self.leases.counted(wanted if leased else None))
+
+    async def settle(self, key_id: str, tpm: int, lease: Lease, delta: int) -> None:
+        """Releases `lease` and charges (refunds, when negative) `delta` tokens. Raises
+        RedisUnavailable (nothing done: the caller settles them one by one)."""
+        script = self._settle
+        if script is None or lease.local:
+            raise RedisUnavailable()
+        keys = [f"{self.limiter.prefix}tpm:{key_id}", lease.key]
+        args: list[str | int] = [PERIOD_MS, tpm, delta, *lease.members]
+        await self.limiter.redis.run(lambda _: script(keys=keys, args=args))
+        self.leases.stopped(lease)
