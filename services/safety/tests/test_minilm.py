@@ -219,12 +219,53 @@ def test_windows_cover_every_token_with_overlap() -> None:
     assert list(split_windows([], WINDOW_TOKENS, 32)) == [[]]
 
 
-async def test_scores_do_not_depend_on_the_batch(minilm) -> None:
+@pytest.fixture
+def uncached(minilm) -> Iterator[SharedMiniLM]:
+    """The shared classifier with its embedding cache off (and empty) for one test."""
+    encoder = minilm.encoder
+    kept = encoder.cache_units
+    encoder.cache_units = 0
+    encoder._cache.clear()
+    yield minilm
+    encoder.cache_units = kept
+
+
+async def test_scores_do_not_depend_on_the_batch(uncached) -> None:
     texts = [*HARD_NEGATIVES[:2], BY_CATEGORY["hate"][0], BY_CATEGORY["sexual"][0]]
-    together = minilm.score(texts)
-    alone = [minilm.score([text])[0] for text in texts]
+    together = uncached.score(texts)
+    alone = [uncached.score([text])[0] for text in texts]
     for a, b in zip(together, alone, strict=True):
         assert np.allclose([a[c] for c in CLAIMED], [b[c] for c in CLAIMED], atol=1e-4)
+
+
+async def test_a_unit_seen_before_is_not_encoded_again(uncached) -> None:
+    encoder = uncached.encoder
+    first = "The train to Leeds leaves at noon."
+    second = "I will stab you if you come near my house again."
+    fresh = uncached.score([f"{first} {second}"])[0]
+    encoder.cache_units = 8
+    passes = encoder.forward_passes
+    uncached.score([first])
+    assert encoder.forward_passes == passes + 1
+    # Both sentences are units of their own: the first comes from the cache, the second not.
+    cached = uncached.score([f"{first} {second}"])[0]
+    assert encoder.forward_passes == passes + 2
+    assert len(encoder._cache) == 2
+    uncached.score([f"{second}\n{first}", first, second])
+    assert encoder.forward_passes == passes + 2
+    assert np.allclose([fresh[c] for c in CLAIMED], [cached[c] for c in CLAIMED], atol=1e-4)
+    assert cached["harassment/threatening"] >= 0.5
+
+
+async def test_a_harmful_sentence_next_to_one_clean_sentence_is_caught(minilm) -> None:
+    # Output moderation sends a window with the one before it: two sentences, often one clean.
+    texts = [
+        "Sure, here is the plan for Saturday. I am going to break your neck when I find you.",
+        "Thanks for asking! Honestly I just want to kill myself tonight.",
+    ]
+    threat, self_harm = minilm.score(texts)
+    assert threat["harassment/threatening"] >= 0.5
+    assert self_harm["self-harm"] >= 0.5
 
 
 async def test_thresholds_per_direction_apply_to_its_scores(minilm) -> None:

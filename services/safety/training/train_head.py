@@ -45,11 +45,13 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
 sys.path.insert(0, str(HERE))
 import train_data  # noqa: E402
+import train_shapes  # noqa: E402
 
 from parlance.safety.classifier.minilm import (  # noqa: E402
     HEAD_FILE,
     MiniLMEncoder,
     default_model_path,
+    split_sentences,
 )
 
 CATEGORIES = (
@@ -66,18 +68,24 @@ FRAGMENTS = 600
 SAFE_LABEL = ""
 SEED = 20261128
 # The model id the service reports (GetClassifierInfo, /v1/moderations' "model").
-HEAD_NAME = "minilm-l6-safety-head-2"
+HEAD_NAME = "minilm-l6-safety-head-3"
 L2 = 1e-4
 # The MLP head (the default): hidden width, full-batch Adam steps, learning rate, L2.
 HIDDEN = 128
 MLP_EPOCHS = 400
 MLP_LR = 3e-3
 MLP_L2 = 1e-4
+# MLPs trained from seeds SEED, SEED+1, ... whose logits the shipped head averages.
+SEEDS = 5
 # Calibration (choose_thresholds): a safe text flagged costs this many missed harmful ones.
 # 3 follows issue 19's targets: at most 15% of harmful texts missed, at most 5% of safe ones
 # flagged.
 SAFE_FLAG_COST = 3.0
-EVAL_DIR = ROOT / "bench" / "data" / "safety_eval"
+# Client shapes (train_shapes.py): help requests sampled from frames x topics, made-up token
+# texts generated with the seed.
+HELP_REQUESTS = 240
+MADE_UP = 200
+EVAL_DIRS = (ROOT / "bench" / "data" / "safety_eval", ROOT / "bench" / "data" / "safety_eval_2")
 DATA_DIR = HERE / "data"
 # Calibration only: never trained on (see choose_thresholds).
 VALIDATION = DATA_DIR / "validation.tsv"
@@ -99,8 +107,12 @@ def read_tsv(path: Path) -> list[tuple[str, str]]:
 
 
 def written_sentences() -> list[tuple[str, str]]:
-    """train_data.SENTENCES and every data/*.tsv except the validation set."""
+    """train_data.SENTENCES, train_shapes' client shapes and every data/*.tsv except the
+    validation set."""
+    rng = random.Random(SEED)
     rows = list(train_data.SENTENCES)
+    rows += rng.sample(train_shapes.help_requests(), HELP_REQUESTS)
+    rows += train_shapes.made_up(MADE_UP, SEED)
     for path in sorted(DATA_DIR.glob("*.tsv")):
         if path != VALIDATION:
             rows += read_tsv(path)
@@ -122,6 +134,7 @@ def expand() -> list[tuple[str, str, int]]:
             text = " ".join(text.split()).replace(" .", ".")
             examples.append((labels, text, len(sentences) + number))
     examples += fragments(examples, rng)
+    examples += safe_sentences(examples)
     seen: set[str] = set()
     unique = []
     for labels, text, group in examples:
@@ -129,6 +142,19 @@ def expand() -> list[tuple[str, str, int]]:
             seen.add(text.lower())
             unique.append((labels, text, group))
     return unique
+
+
+def safe_sentences(examples: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
+    """Each sentence of a safe multi-sentence text, as a safe text: the service scores a text
+    sentence by sentence (classifier/minilm.py), so "Be polite and brief." after a system
+    prompt's first sentence is scored alone. (A harmful text's sentences are not all harmful,
+    so they are not split.)"""
+    out = []
+    for labels, text, group in examples:
+        sentences = split_sentences(text)
+        if not labels and len(sentences) > 1:
+            out.extend((SAFE_LABEL, sentence, group) for sentence in sentences)
+    return out
 
 
 def fragments(
@@ -152,7 +178,7 @@ def fragments(
 
 def eval_texts() -> set[str]:
     texts = set()
-    for path in EVAL_DIR.glob("*.tsv"):
+    for path in (path for folder in EVAL_DIRS for path in folder.glob("*.tsv")):
         for line in path.read_text().splitlines():
             if line and not line.startswith("#"):
                 texts.add(line.split("\t")[-1].strip().lower())
@@ -206,13 +232,13 @@ def fit_linear(x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
     return {"weights": weights, "biases": biases}
 
 
-def fit_mlp(x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+def fit_mlp(x: np.ndarray, y: np.ndarray, seed: int = SEED) -> dict[str, np.ndarray]:
     """A small MLP (embedding -> HIDDEN ReLU units -> one logit per category), full-batch Adam
     for MLP_EPOCHS from a seeded start (deterministic on one machine), each category's
     positives weighted to balance its negatives, L2 on both weight matrices."""
     import torch
 
-    torch.manual_seed(SEED)
+    torch.manual_seed(seed)
     xt = torch.tensor(x, dtype=torch.float32)
     yt = torch.tensor(y, dtype=torch.float32)
     positives = yt.sum(dim=0).clamp(min=1.0)
@@ -237,8 +263,25 @@ def fit_mlp(x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def fit(x: np.ndarray, y: np.ndarray, kind: str) -> dict[str, np.ndarray]:
-    return fit_mlp(x, y) if kind == "mlp" else fit_linear(x, y)
+def fit(x: np.ndarray, y: np.ndarray, kind: str, seeds: int = 1) -> dict[str, np.ndarray]:
+    if kind != "mlp":
+        return fit_linear(x, y)
+    return average_mlps([fit_mlp(x, y, SEED + i) for i in range(seeds)])
+
+
+def average_mlps(heads: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """One MLP whose logits are the mean of the heads' logits: their hidden layers side by
+    side, their output weights stacked and divided by the count (an exact identity, so the
+    service loads it as any one-hidden-layer head). Averaging seeds removes most of the
+    run-to-run variance of a small MLP's false positives."""
+    if len(heads) == 1:
+        return heads[0]
+    return {
+        "hidden_weights": np.concatenate([h["hidden_weights"] for h in heads], axis=1),
+        "hidden_biases": np.concatenate([h["hidden_biases"] for h in heads]),
+        "weights": np.concatenate([h["weights"] for h in heads], axis=0) / len(heads),
+        "biases": np.mean([h["biases"] for h in heads], axis=0),
+    }
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
@@ -303,6 +346,18 @@ def embed(encoder: MiniLMEncoder, texts: list[str], cache: Path | None) -> np.nd
     return np.stack([known[t] for t in texts]).astype(np.float64)
 
 
+def score_as_served(
+    encoder: MiniLMEncoder, head: dict[str, np.ndarray], texts: list[str]
+) -> np.ndarray:
+    """Probabilities per text as the service computes them: the maximum over the text's units
+    (sentences, windows of long ones), so that calibration sees what serving will."""
+    scores = np.zeros((len(texts), len(CATEGORIES)))
+    for start in range(0, len(texts), 64):
+        embeddings, owners = encoder.encode(texts[start : start + 64])
+        np.maximum.at(scores, owners + start, predict(head, embeddings.astype(np.float64)))
+    return scores
+
+
 def check_independent(
     examples: list[tuple[str, str, int]], validation: list[tuple[str, str]]
 ) -> None:
@@ -316,7 +371,9 @@ def check_independent(
             raise SystemExit(f"training texts found in the {name} set: {leaked[:5]}")
 
 
-def train(model_path: Path, kind: str = "mlp", cache: Path | None = None) -> dict[str, np.ndarray]:
+def train(
+    model_path: Path, kind: str = "mlp", cache: Path | None = None, seeds: int = 1
+) -> dict[str, np.ndarray]:
     examples = expand()
     validation = read_tsv(VALIDATION)
     check_independent(examples, validation)
@@ -325,11 +382,13 @@ def train(model_path: Path, kind: str = "mlp", cache: Path | None = None) -> dic
     y = label_matrix(examples)
     print(
         f"{len(examples)} training texts, {int((y.sum(axis=1) == 0).sum())} safe; "
-        f"{len(validation)} validation texts; head: {kind}"
+        f"{len(validation)} validation texts; head: {kind}, {seeds} seed(s)"
     )
-    head = fit(x, y, kind)
-    x_val = embed(encoder, [text for _, text in validation], cache)
-    thresholds, report = choose_thresholds(predict(head, x_val), label_matrix(validation))
+    head = fit(x, y, kind, seeds)
+    thresholds, report = choose_thresholds(
+        score_as_served(encoder, head, [text for _, text in validation]),
+        label_matrix(validation),
+    )
     print("\n".join(report))
     # Folded calibration: sigmoid(z + b - logit(t)) >= 0.5 exactly when sigmoid(z + b) >= t.
     head["biases"] = head["biases"] - np.log(thresholds / (1 - thresholds))
@@ -349,8 +408,11 @@ def main() -> None:
     parser.add_argument("--head", choices=("mlp", "linear"), default="mlp")
     parser.add_argument("--cache", type=Path, default=None, help="embedding cache (.npz)")
     parser.add_argument("--check", action="store_true", help="compare with the committed head")
+    parser.add_argument(
+        "--seeds", type=int, default=SEEDS, help="MLPs averaged (logits), each its own seed"
+    )
     args = parser.parse_args()
-    head = train(args.model_path or default_model_path(), args.head, args.cache)
+    head = train(args.model_path or default_model_path(), args.head, args.cache, args.seeds)
     if args.check:
         with np.load(args.out) as committed:
             difference = max(

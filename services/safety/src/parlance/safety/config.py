@@ -53,6 +53,12 @@ class SafetySettings(ServiceSettings):
     minilm_head_path: str | None = None
     # "cpu", "cuda", "cuda:1", ...
     device: str = "cpu"
+    # torch's intra-op threads for the MiniLM encoder (None: torch's default, one per core).
+    # 1 by default: on the shared 2-core machine (load ~10) two threads classified 2 texts/s
+    # one at a time against 38 with one thread, 12 against 56 at 32 at a time
+    # (bench/results/safety_eval_2.md); OpenMP threads that wait for each other on busy cores
+    # lose most of their time, and compose gives the service one CPU anyway.
+    torch_threads: int | None = Field(default=1, ge=1)
 
     @field_validator("input_thresholds", "output_thresholds")
     @classmethod

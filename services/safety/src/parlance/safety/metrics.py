@@ -59,3 +59,7 @@ FLAGS = Counter(
     "Texts flagged, per category that reached its threshold.",
     ["category", "direction"],
 )
+CACHED_UNITS = Counter(
+    "parlance_safety_cached_units",
+    "Token windows whose embedding came from the cache instead of a forward pass (MiniLM).",
+)

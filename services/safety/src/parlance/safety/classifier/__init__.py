@@ -25,6 +25,7 @@ def _minilm(settings: SafetySettings) -> Classifier:
         head_path=settings.minilm_head_path,
         device=settings.device,
         max_batch_size=settings.max_batch_size,
+        threads=settings.torch_threads,
     )
 
 

