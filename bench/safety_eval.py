@@ -180,13 +180,16 @@ def add_candidate_heads(specs: list[str]) -> list[str]:
     keys = []
     for spec in specs:
         key, _, path = spec.partition("=")
-        FACTORIES[key] = partial(candidate_backend, path=path)
+        FACTORIES[key] = partial(candidate_backend, path=path, key=key)
         keys.append(key)
     return keys
 
 
-def candidate_backend(built: dict[str, Backend], path: str) -> Backend:
-    return service_backend("minilm", path)
+def candidate_backend(built: dict[str, Backend], path: str, key: str) -> Backend:
+    backend = service_backend("minilm", path)
+    # Candidates may share a head name (rounds of one head): the key tells them apart.
+    backend.name = f"{key}: {backend.name}"
+    return backend
 
 
 def classify(backend: Backend, items: list[Item]) -> list[set[str]]:
