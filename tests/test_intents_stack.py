@@ -19,7 +19,7 @@ import openai
 import pytest
 
 from parlance.gateway.intents import load_routes
-from parlance.testing import ALICE_KEY, Stack, gateway_url, start_extra_gateway, start_stack
+from parlance.testing import ALICE_KEY, Stack, StackPool, gateway_url, start_extra_gateway
 
 make_up_env = sys.modules[Stack.__module__].make_up_env
 
@@ -32,11 +32,13 @@ ADMIN_KEY = "sk-test-admin-" + uuid.uuid4().hex
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, redis_server: str) -> Iterator[Stack]:
+def stack(stacks: StackPool) -> Iterator[Stack]:
     env = make_up_env()
     assert env["gateway"].get("GATEWAY_INTENT_ROUTES"), "make up routes by intent"
     env["gateway"]["GATEWAY_ADMIN_KEY"] = ADMIN_KEY
-    stack = start_stack(tmp_path_factory.mktemp("intents"), redis_server, env=env)
+    # Own gateway and history (conversations, intents and the export stay this module's); the
+    # generator and safety are the pool's for these settings (test_embeddings.py's too).
+    stack = stacks.start("intents", env=env)
     yield stack
     stack.stop()
 
