@@ -3,11 +3,15 @@ point: the fixtures that start real things (Redis, stacks, PostgreSQL databases)
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from parlance.testing.dpo_adapter import DpoAdapter, train_dpo_adapter
+from parlance.testing.dpo_adapter import DpoAdapter, finished_dpo_adapter, start_dpo_training
 from parlance.testing.postgres import create_database_sync, drop_database_sync
 from parlance.testing.processes import RedisProcess, Stack, start_redis_server
 from parlance.testing.reward_model import RewardTraining, train_reward_model
@@ -82,8 +86,35 @@ def reward_training(tmp_path_factory: pytest.TempPathFactory) -> RewardTraining:
     return train_reward_model(tmp_path_factory.mktemp("reward-training"))
 
 
+# The session's DPO run: its folder and process, started once the tests are collected.
+_DPO = pytest.StashKey[tuple[Path, "subprocess.Popen[bytes]"]]()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Starts the DPO training in the background when a collected test will read it."""
+    if any("dpo_adapter" in getattr(item, "fixturenames", ()) for item in session.items):
+        workdir = Path(tempfile.mkdtemp(prefix="parlance-dpo-"))
+        session.config.stash[_DPO] = (workdir, start_dpo_training(workdir))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    started = session.config.stash.get(_DPO, None)
+    if started is not None:
+        workdir, process = started
+        if process.poll() is None:  # the session ended before a test read it (-x, Ctrl-C)
+            process.kill()
+            process.wait(10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def dpo_adapter(tmp_path_factory: pytest.TempPathFactory) -> DpoAdapter:
+def dpo_adapter(request: pytest.FixtureRequest) -> DpoAdapter:
     """The session's one `parlance-train dpo` run (dpo_adapter.py), shared by the trainer's
-    tests and tests/test_adapter_loop.py. Treat its folder as read-only; copy it to serve."""
-    return train_dpo_adapter(tmp_path_factory.mktemp("dpo"))
+    tests and tests/test_adapter_loop.py; it trains in the background from the start of the
+    session. Treat its folder as read-only; copy it to serve."""
+    started = request.config.stash.get(_DPO, None)
+    if started is None:  # not seen at collection (a fixture asked for it dynamically)
+        workdir = Path(tempfile.mkdtemp(prefix="parlance-dpo-"))
+        started = request.config.stash[_DPO] = (workdir, start_dpo_training(workdir))
+    return finished_dpo_adapter(*started)
