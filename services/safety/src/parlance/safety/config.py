@@ -50,6 +50,8 @@ class SafetySettings(ServiceSettings):
     # wheel) and the head (unset: minilm_head.npz shipped in this package).
     minilm_model_path: str | None = None
     minilm_head_path: str | None = None
+    # Sentences whose embedding the MiniLM backend keeps (0: none); ~1.5 KB each.
+    minilm_cache_units: int = Field(default=8192, ge=0)
     # "cpu", "cuda", "cuda:1", ...
     device: str = "cpu"
     # torch's intra-op threads for the MiniLM encoder (None: torch's default, one per core).

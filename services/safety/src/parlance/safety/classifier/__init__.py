@@ -26,6 +26,7 @@ def _minilm(settings: SafetySettings) -> Classifier:
         device=settings.device,
         max_batch_size=settings.max_batch_size,
         threads=settings.torch_threads,
+        cache_units=settings.minilm_cache_units,
     )
 
 

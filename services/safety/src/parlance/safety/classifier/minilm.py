@@ -262,9 +262,11 @@ class MiniLMClassifier(Classifier):
         device: str = "cpu",
         max_batch_size: int = 32,
         threads: int | None = None,
+        cache_units: int = CACHE_UNITS,
     ) -> None:
         self._model_path = Path(model_path) if model_path else None
         self.threads = threads
+        self.cache_units = cache_units
         self._head_path = Path(head_path) if head_path else None
         self.device = device
         self.max_batch_size = max_batch_size
@@ -301,7 +303,12 @@ class MiniLMClassifier(Classifier):
 
             # Process-wide: this service runs one model, scored from one worker thread.
             torch.set_num_threads(self.threads)
-        encoder = MiniLMEncoder(path, device=self.device, max_batch_size=self.max_batch_size)
+        encoder = MiniLMEncoder(
+            path,
+            device=self.device,
+            max_batch_size=self.max_batch_size,
+            cache_units=self.cache_units,
+        )
         width = encoder.model.config.hidden_size
         if width != self._head.input_width:
             raise ValueError(
