@@ -160,6 +160,22 @@ async def test_a_flagged_candidate_is_never_offered_nor_stored(tmp_path: Path) -
     assert _metric(WITHHELD) == before + 1
 
 
+async def test_a_whole_answer_with_a_flagged_candidate_names_no_comparison(
+    tmp_path: Path,
+) -> None:
+    """Found following the README on make up: the JSON response named the withheld
+    candidate's id too, and a pick of it was a 404. A whole answer knows what was stored."""
+    async with inprocess_gateway(tmp_path, generator=TwoMinds()) as gw:
+        response = await gw.chat(gw.body(store=True, parlance=ASKED))
+        assert response.status_code == 200
+        body = response.json()
+        assert [c["finish_reason"] for c in body["choices"]] == ["stop", "content_filter"]
+        assert "comparison" not in body.get("parlance", {})
+        await wait_for(lambda: len(gw.history.appends) == 1)
+        _, answer = gw.history.appends[0].messages
+        assert answer.content == "Hello there, friend."
+
+
 @pytest.mark.parametrize(
     ("fields", "message"),
     [

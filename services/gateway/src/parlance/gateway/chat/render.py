@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from parlance.gateway.cache import CachedChoice, CompletionRecord
+from parlance.gateway.chat import compare
 from parlance.gateway.chat.prepared import PreparedChat
 from parlance.gateway.chat.protocol import (
     ChatCompletion,
@@ -209,6 +210,12 @@ def completion(
     if prepared.conversation_id:  # set only in a stored conversation: absent otherwise
         body["conversation_id"] = prepared.conversation_id
     added = extension(prepared)
-    if added is not None:
-        body["parlance"] = added.model_dump(exclude_none=True)
+    if added is not None and added.comparison is not None:
+        # A whole answer knows what was stored: with one candidate flagged (or both) it is an
+        # ordinary answer, so it names no comparison (a pick of the withheld id would be a
+        # 404). A stream names both ids up front; its flagged choice's content_filter says so.
+        if len(compare.stored_answers(prepared, record)) < compare.CANDIDATES:
+            added.comparison = None
+    if added is not None and (dumped := added.model_dump(exclude_none=True)):
+        body["parlance"] = dumped
     return ChatCompletion.model_validate(body)
