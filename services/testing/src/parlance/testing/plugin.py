@@ -93,6 +93,8 @@ _DPO = pytest.StashKey[tuple[Path, "subprocess.Popen[bytes]"]]()
 @pytest.hookimpl(trylast=True)
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Starts the DPO training in the background when a collected test will read it."""
+    if session.config.option.collectonly:
+        return
     if any("dpo_adapter" in getattr(item, "fixturenames", ()) for item in session.items):
         workdir = Path(tempfile.mkdtemp(prefix="parlance-dpo-"))
         session.config.stash[_DPO] = (workdir, start_dpo_training(workdir))
