@@ -135,6 +135,7 @@ def test_bad_inputs_are_clear_400s(stack: Stack) -> None:
         ({"model": EMBED, "input": "x", "encoding_format": "hex"}, "encoding_format", ""),
         ({"model": EMBED, "input": "word " * 400}, "input", "at most 256"),
         ({"model": EMBED, "input": [[10**7]]}, "input", "vocabulary"),
+        ({"model": EMBED, "input": [7592, 37444100842]}, "input", "outside any vocabulary"),
         ({"model": EMBED, "input": ["a"] * 2049}, "input", "at most 2048"),
         ({"model": EMBED, "input": "x" * 50_001}, "input", "the limit is 50000"),
     ]

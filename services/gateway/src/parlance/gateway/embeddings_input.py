@@ -7,6 +7,9 @@ from parlance.gateway import errors
 from parlance.gateway.config import GatewaySettings
 from parlance.gateway.embeddings_protocol import EmbeddingRequest
 
+# The generator's token ids are uint32.
+MAX_TOKEN_ID = 2**32 - 1
+
 Item = str | list[int]
 
 
@@ -45,6 +48,13 @@ def input_items(body: EmbeddingRequest, settings: GatewaySettings) -> list[Item]
             total += len(item)
         elif any(token < 0 for token in item):
             raise errors.invalid_request(f"input[{index}] has a negative token id.", param="input")
+        elif any(token > MAX_TOKEN_ID for token in item):
+            # Past the generator's uint32 field: the request message could not be built (a
+            # 500 before; schemathesis found it). No vocabulary is that large.
+            raise errors.invalid_request(
+                f"input[{index}] has a token id above {MAX_TOKEN_ID}, outside any vocabulary.",
+                param="input",
+            )
         else:
             total += len(item) * 4
     if total > settings.embeddings_max_total_chars:
