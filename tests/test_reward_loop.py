@@ -46,6 +46,7 @@ import openai
 import pytest
 
 from parlance.testing import ALICE_KEY, Stack, StackPool, bearer
+from parlance.testing.processes import RedisProcess
 
 pytestmark = [
     pytest.mark.slow,
@@ -127,7 +128,9 @@ class LoopStack:
 
 
 @pytest.fixture(scope="module")
-def loop_stack(stacks: StackPool, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoopStack]:
+def loop_stack(
+    stacks: StackPool, tmp_path_factory: pytest.TempPathFactory, redis_process: RedisProcess
+) -> Iterator[LoopStack]:
     models = tmp_path_factory.mktemp("reward-models")
     stack = stacks.start(
         "reward-loop",
@@ -152,6 +155,9 @@ def loop_stack(stacks: StackPool, tmp_path_factory: pytest.TempPathFactory) -> I
             }
         },
         share=False,
+        # A Redis of its own: the registered reward model lives in Redis and would be
+        # re-applied to, and listed by, later modules' stacks in the session's shared one.
+        redis_url=redis_process.url,
     )
     yield LoopStack(stack, models)
     stack.stop()
