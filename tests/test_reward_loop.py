@@ -191,11 +191,13 @@ async def _compare(client: httpx.AsyncClient, prompt: str, tally: Tally) -> None
     assert response.status_code == 200, response.text
     body = response.json()
     tally.comparisons += 1
-    ids = body["parlance"]["comparison"]["message_ids"]
     if any(c["finish_reason"] == "content_filter" for c in body["choices"]):
-        # A flagged candidate is never offered (nor stored): no comparison to answer.
+        # A flagged candidate is never offered (nor stored): no comparison to answer, and
+        # the response names none.
+        assert "comparison" not in body.get("parlance", {}), body
         tally.flagged += 1
         return
+    ids = body["parlance"]["comparison"]["message_ids"]
     liked = [prefers(c["message"]["content"]) for c in body["choices"]]
     tally.answers_with_trait += sum(liked)
     if liked[0] == liked[1]:
