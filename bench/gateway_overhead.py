@@ -41,7 +41,6 @@ import argparse
 import asyncio
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -52,10 +51,11 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import grpc
+from lib import baseline as lib_baseline
 from lib.client import ChatClient, ChatResult, chat_body
 from lib.loop import closed_loop
 from lib.procs import MACHINE_BUSY, STEAL, ProcessSampler, children, load_average
-from lib.report import ROOT, Report, out_argument, table
+from lib.report import Report, out_argument, table
 from lib.stack import KEYS, LIMITS_HIGH, MODEL, BenchStack, ServiceProcess, free_port, scripted
 from lib.stats import fmt, percentile
 
@@ -595,20 +595,6 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def export_baseline(ref: str, into: str) -> str:
-    """The gateway's and common's sources at git commit `ref`, under `into`: the PYTHONPATH
-    that makes a gateway process import them before the working tree's (editable installs
-    come after PYTHONPATH on sys.path)."""
-    parts = ["services/gateway/src", "services/common/src"]
-    archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", "--format=tar", ref, *parts],
-        check=True,
-        capture_output=True,
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", into], input=archive, check=True)
-    return os.pathsep.join(os.path.join(into, part) for part in parts)
-
-
 def start_gateways(
     stack: BenchStack, workers2: bool, baseline_path: str | None
 ) -> dict[str, ServiceProcess]:
@@ -664,7 +650,11 @@ def main() -> None:
     env = {"generator": scripted(SCRIPT, args.tokens_per_s)}
     baseline_dir = tempfile.mkdtemp(prefix="parlance-overhead-base-")
     try:
-        baseline = export_baseline(args.baseline, baseline_dir) if args.baseline else None
+        baseline = (
+            lib_baseline.export(args.baseline, baseline_dir, ("gateway", "common"))
+            if args.baseline
+            else None
+        )
         with BenchStack(GATEWAY_ENV, env, prefix="parlance-overhead-") as stack:
             gateways = start_gateways(stack, args.workers2, baseline)
             phases, cells = asyncio.run(measure(stack, gateways, args))
