@@ -135,5 +135,13 @@ class JointLimits:
             raise RedisUnavailable()
         keys = [f"{self.limiter.prefix}tpm:{key_id}", lease.key]
         args: list[str | int] = [PERIOD_MS, tpm, delta, *lease.members]
-        await self.limiter.redis.run(lambda _: script(keys=keys, args=args))
+        try:
+            await self.limiter.redis.run(lambda _: script(keys=keys, args=args))
+        except RedisUnavailable:
+            raise  # the caller releases the lease one step at a time (release() stops it)
+        except BaseException:
+            # Anything else (a script error, a cancellation): stop the heartbeat, so that the
+            # lease's members expire with their TTL instead of being renewed for ever.
+            self.leases.stopped(lease)
+            raise
         self.leases.stopped(lease)

@@ -18,6 +18,7 @@ parlance.testing.dpo_adapter WORKDIR`."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -72,7 +73,32 @@ def start_dpo_training(workdir: Path) -> subprocess.Popen[bytes]:
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            # Its own process group (the session's end kills the group: the llama.cpp converter
+            # it starts included), and it dies with pytest even when pytest is killed (a CI
+            # timeout, SIGTERM): a killed session left minutes of training running otherwise.
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL when the parent dies (Linux's PR_SET_PDEATHSIG;
+    elsewhere nothing, and the session's end still kills the group)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def stop_dpo_training(process: subprocess.Popen[bytes]) -> None:
+    """Kills the training and whatever it started (its process group), and waits for it."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        process.kill()
+    process.wait(10)
 
 
 def _normal_priority(pid: int) -> None:

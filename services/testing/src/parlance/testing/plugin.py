@@ -11,7 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from parlance.testing.dpo_adapter import DpoAdapter, finished_dpo_adapter, start_dpo_training
+from parlance.testing.dpo_adapter import (
+    DpoAdapter,
+    finished_dpo_adapter,
+    start_dpo_training,
+    stop_dpo_training,
+)
 from parlance.testing.postgres import create_database_sync, drop_database_sync
 from parlance.testing.processes import RedisProcess, Stack, start_redis_server
 from parlance.testing.reward_model import RewardTraining, train_reward_model
@@ -105,8 +110,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if started is not None:
         workdir, process = started
         if process.poll() is None:  # the session ended before a test read it (-x, Ctrl-C)
-            process.kill()
-            process.wait(10)
+            stop_dpo_training(process)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

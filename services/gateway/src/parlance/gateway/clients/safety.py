@@ -18,6 +18,7 @@ import asyncio
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
+from parlance.gateway import errors
 from parlance.gateway.clients.channel import DEFAULT_KEEPALIVE, BaseClient, KeepAlive
 from parlance.safety.v1 import safety_pb2, safety_pb2_grpc
 
@@ -109,10 +110,18 @@ class SafetyClient(BaseClient):
             for _, _, answer in batch.parts:
                 answer.cancel()
             raise
+        except errors.APIError as exc:
+            live = [part for part in batch.parts if not part[2].done()]
+            if len(live) > 1 and 400 <= exc.status < 500:
+                # Refused for what one call brought (a text over safety's size limit, more
+                # texts than it takes): each call again on its own, so that one client's bad
+                # input fails only its own request.
+                await asyncio.gather(*(self._answer_alone(batch, part) for part in live))
+                return
+            self._fail(batch, exc)
+            return
         except Exception as exc:
-            for _, _, answer in batch.parts:
-                if not answer.done():
-                    answer.set_exception(exc)
+            self._fail(batch, exc)
             return
         for start, count, answer in batch.parts:
             if not answer.done():
@@ -121,6 +130,28 @@ class SafetyClient(BaseClient):
                         results=response.results[start : start + count], model=response.model
                     )
                 )
+
+    @staticmethod
+    def _fail(batch: _Batch, exc: Exception) -> None:
+        for _, _, answer in batch.parts:
+            if not answer.done():
+                answer.set_exception(exc)
+
+    async def _answer_alone(
+        self, batch: _Batch, part: tuple[int, int, asyncio.Future[safety_pb2.ClassifyResponse]]
+    ) -> None:
+        start, count, answer = part
+        try:
+            response = await self._classify(
+                batch.texts[start : start + count],
+                batch.direction,  # type: ignore[arg-type]
+            )
+        except Exception as exc:
+            if not answer.done():
+                answer.set_exception(exc)
+            return
+        if not answer.done():
+            answer.set_result(response)
 
     async def _classify(
         self, texts: list[str], direction: safety_pb2.Direction

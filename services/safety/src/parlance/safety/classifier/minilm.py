@@ -217,7 +217,8 @@ class MiniLMEncoder:
             keys = list(missing)
             for key, embedding in zip(keys, self._forward([list(k) for k in keys]), strict=True):
                 embeddings[missing[key]] = embedding
-                self._remember(key, embedding)
+                # A copy: a row view would keep the whole batch's array alive in the cache.
+                self._remember(key, embedding.copy())
         owners = np.array([index for index, _ in units], dtype=np.int64)
         return embeddings, owners
 
