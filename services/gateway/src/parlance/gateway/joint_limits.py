@@ -22,7 +22,7 @@ from parlance.gateway.metrics import RATE_LIMIT
 from parlance.gateway.ratelimit import (
     _READ_STATE_LUA,
     _WRITE_STATE_LUA,
-    TOLERANCE_MS,
+    GCRA_DECIDE_LUA,
     Decision,
     RateLimiter,
 )
@@ -35,17 +35,10 @@ from parlance.gateway.redis_state import RedisUnavailable
 ADMIT_LUA = (
     _READ_STATE_LUA
     + _WRITE_STATE_LUA
-    + f"local tol = {TOLERANCE_MS!r}"
+    + GCRA_DECIDE_LUA
     + """
-local period = tonumber(ARGV[1])
-local limit = tonumber(ARGV[2])
-local cost = tonumber(ARGV[3])
-local interval = period / limit
-local new_ahead = ahead + interval * cost
-if new_ahead > period + tol then
-  local remaining = math.floor((period + tol - ahead) / interval)
-  if remaining < 0 then remaining = 0 end
-  return {0, remaining, math.ceil(ahead), math.ceil(new_ahead - period), 0}
+if refused then
+  return {0, refused_remaining, math.ceil(ahead), math.ceil(new_ahead - period), 0}
 end
 local remaining = math.floor((period + tol - new_ahead) / interval)
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)

@@ -62,22 +62,31 @@ local function write_state(offset)
 end
 """
 
-# KEYS[1]: the limit's key. ARGV: period_ms, limit, cost (0 reads without writing).
-# Returns {allowed (0/1), remaining, reset_ms (until fully replenished), retry_after_ms}.
-GCRA_LUA = (
-    _READ_STATE_LUA
-    + _WRITE_STATE_LUA
-    + f"local tol = {TOLERANCE_MS!r}"
+# GCRA's decision for ARGV[1..3] (period_ms, limit, cost), after _READ_STATE_LUA: `refused`
+# and, when refused, `refused_remaining`; `new_ahead` and `interval` for an allowed cost. Shared
+# by GCRA_LUA and joint_limits.py's ADMIT_LUA.
+GCRA_DECIDE_LUA = (
+    f"local tol = {TOLERANCE_MS!r}"
     + """
 local period = tonumber(ARGV[1])
 local limit = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
 local interval = period / limit
 local new_ahead = ahead + interval * cost
-if new_ahead > period + tol then
-  local remaining = math.floor((period + tol - ahead) / interval)
-  if remaining < 0 then remaining = 0 end
-  return {0, remaining, math.ceil(ahead), math.ceil(new_ahead - period)}
+local refused = new_ahead > period + tol
+local refused_remaining = math.max(0, math.floor((period + tol - ahead) / interval))
+"""
+)
+
+# KEYS[1]: the limit's key. ARGV: period_ms, limit, cost (0 reads without writing).
+# Returns {allowed (0/1), remaining, reset_ms (until fully replenished), retry_after_ms}.
+GCRA_LUA = (
+    _READ_STATE_LUA
+    + _WRITE_STATE_LUA
+    + GCRA_DECIDE_LUA
+    + """
+if refused then
+  return {0, refused_remaining, math.ceil(ahead), math.ceil(new_ahead - period)}
 end
 if cost > 0 then write_state(new_ahead) end
 return {1, math.floor((period + tol - new_ahead) / interval), math.ceil(new_ahead), 0}
