@@ -195,6 +195,19 @@ print(lm_base.converted_folder(pathlib.Path(os.environ["SMOLLM2_GGUF"]))[0])' 2>
   say "(train) base for the trainers: $TRAIN_BASE"
 }
 
+register_reward_and_best_of() {  # reward_folder requests: POST /v1/admin/models, best_of k=1,2,4
+  say "(bestof) registering $1"
+  curl -s -X POST "http://127.0.0.1:$GW_PORT/v1/admin/models" \
+    -H "Authorization: Bearer $GATEWAY_ADMIN_KEY" -H "Content-Type: application/json" \
+    -d "{\"id\": \"reward\", \"task\": \"reward\", \"path\": \"$1\", \"settings\": {\"torch_device\": \"cuda\"}}" \
+    > "$RESULT_DIR/reward_registration.json"
+  cut -c1-300 "$RESULT_DIR/reward_registration.json"; echo
+  python3 bench/best_of_bench.py --base-url "http://127.0.0.1:$GW_PORT" --api-key "$API_KEY" \
+    --model smollm2 --requests "$2" --concurrency 16 --max-tokens 128 \
+    --ignore-eos --out "$RESULT_DIR/best_of_gpu.md" > "$LOGS/best_of.txt" 2>&1
+  grep -E "^\| [124] \|" "$RESULT_DIR/best_of_gpu.md" || tail -n 12 "$LOGS/best_of.txt" | cut -c1-300
+}
+
 phase_train() {
   # TRAINER_SITE: a folder of packages put first on the trainers' path (trainer_setup).
   local PYTHONPATH="${TRAINER_SITE:+$TRAINER_SITE:}$PYTHONPATH"
@@ -286,15 +299,7 @@ phase_single() {
     embed_loads b "http://127.0.0.1:$GW_PORT" "$API_KEY"
     local reward
     reward="$(find "$WORK/reward" -maxdepth 1 -mindepth 1 -type d -name 'reward-*' | head -n 1)"
-    say "(bestof) registering $reward"
-    curl -s -X POST "http://127.0.0.1:$GW_PORT/v1/admin/models" \
-      -H "Authorization: Bearer $GATEWAY_ADMIN_KEY" -H "Content-Type: application/json" \
-      -d "{\"id\": \"reward\", \"task\": \"reward\", \"path\": \"$reward\", \"settings\": {\"torch_device\": \"cuda\"}}" \
-      | tee "$RESULT_DIR/reward_registration.json" | cut -c1-400; echo
-    python3 bench/best_of_bench.py --base-url "http://127.0.0.1:$GW_PORT" --api-key "$API_KEY" \
-      --model smollm2 --requests "${BO_REQUESTS:-96}" --concurrency 16 --max-tokens 128 \
-      --ignore-eos --out "$RESULT_DIR/best_of_gpu.md" > "$LOGS/best_of.txt" 2>&1
-    tail -n 12 "$RESULT_DIR/best_of_gpu.md" "$LOGS/best_of.txt" | cut -c1-300
+    register_reward_and_best_of "$reward" "${BO_REQUESTS:-96}"
   else
     say "(single) gateway did not start"; tail -n 30 "$LOGS/gateway_single.txt"
   fi
@@ -326,16 +331,7 @@ phase_trainbest() {
     done
     local reward
     reward="$(find "$WORK/reward" -maxdepth 1 -mindepth 1 -type d -name 'reward-*' | head -n 1)"
-    say "(bestof) registering $reward"
-    curl -s -X POST "http://127.0.0.1:$GW_PORT/v1/admin/models" \
-      -H "Authorization: Bearer $GATEWAY_ADMIN_KEY" -H "Content-Type: application/json" \
-      -d "{\"id\": \"reward\", \"task\": \"reward\", \"path\": \"$reward\", \"settings\": {\"torch_device\": \"cuda\"}}" \
-      > "$RESULT_DIR/reward_registration.json"
-    cut -c1-300 "$RESULT_DIR/reward_registration.json"; echo
-    python3 bench/best_of_bench.py --base-url "http://127.0.0.1:$GW_PORT" --api-key "$API_KEY" \
-      --model smollm2 --requests "${BO_REQUESTS:-96}" --concurrency 16 --max-tokens 128 \
-      --ignore-eos --out "$RESULT_DIR/best_of_gpu.md" > "$LOGS/best_of.txt" 2>&1
-    tail -n 8 "$RESULT_DIR/best_of_gpu.md" | cut -c1-300
+    register_reward_and_best_of "$reward" "${BO_REQUESTS:-96}"
   else
     say "(trainbest) the stack did not start"; tail -n 30 "$LOGS/generator0_trainbest.txt"
   fi
@@ -419,15 +415,7 @@ phase_learn() {
   wait "$rtrain"; tail -n 1 "$LOGS/reward_train.txt" | cut -c1-300
   reward="$(find "$WORK/reward" -maxdepth 1 -mindepth 1 -type d -name 'reward-*' | head -n 1)"
   if wait_serving "$url" 200 && wait_http "http://127.0.0.1:$GW_PORT/readyz" 60 && [ -n "$reward" ]; then
-    curl -s -X POST "http://127.0.0.1:$GW_PORT/v1/admin/models" \
-      -H "Authorization: Bearer $GATEWAY_ADMIN_KEY" -H "Content-Type: application/json" \
-      -d "{\"id\": \"reward\", \"task\": \"reward\", \"path\": \"$reward\", \"settings\": {\"torch_device\": \"cuda\"}}" \
-      > "$RESULT_DIR/reward_registration.json"
-    cut -c1-200 "$RESULT_DIR/reward_registration.json"; echo
-    python3 bench/best_of_bench.py --base-url "http://127.0.0.1:$GW_PORT" --api-key "$API_KEY" \
-      --model smollm2 --requests "${BO_REQUESTS:-64}" --concurrency 16 --max-tokens 128 \
-      --ignore-eos --out "$RESULT_DIR/best_of_gpu.md" > "$LOGS/best_of.txt" 2>&1
-    grep -E "^\| [124] \|" "$RESULT_DIR/best_of_gpu.md"
+    register_reward_and_best_of "$reward" "${BO_REQUESTS:-64}"
   else
     say "(learn) the stack or the reward model is missing"; tail -n 20 "$LOGS/generator0_learn.txt" "$LOGS/reward_train.txt"
   fi
