@@ -178,6 +178,10 @@ async def test_an_old_exchange_is_written_once_history_is_back(
     outbox = HistoryOutbox(client, str(tmp_path / "outbox.db"), max_age_s=0.0)
     assert await outbox.submit(exchange("conv_old")[0]) is False  # history is down
     await history.start()
+    # The drainer's first try must find history up: the client's channel is still in its
+    # reconnect backoff (>= 1 s) after the failed submit, and a failed try with max_age 0 is
+    # rightly a dead letter (a clean-clone run failed so).
+    await asyncio.wait_for(client.channel.channel_ready(), 10)
     outbox.start()
     await wait_for(lambda: outbox.depth == 0)
     assert outbox.store.dead_count() == 0
