@@ -71,7 +71,8 @@ class GatewaySettings(BaseSettings):
     safety_timeout_s: float = 5.0
     history_timeout_s: float = 5.0
     generator_timeout_s: float = 600.0
-    # Longest silence between two messages of a generation that has started.
+    # Longest silence between two messages of a generation that has started (the time spent
+    # waiting on the generator: a client reading slowly does not count).
     generator_idle_timeout_s: float = 120.0
     # HTTP/2 keepalive pings on every gRPC channel while calls are open: a dependency that
     # stops answering them (frozen, or its host unreachable) fails its calls after

@@ -116,13 +116,16 @@ class GeneratorTargetClient(BaseClient):
             yield await anext(responses)
             watchdog = _IdleWatchdog(call, self.idle_timeout_s)
             while True:
+                watchdog.waiting()
                 try:
                     response = await anext(responses)
                 except asyncio.CancelledError:
                     if not watchdog.fired or _cancelling():
                         raise
                     raise self._idle_error() from None
-                watchdog.last = watchdog.loop.time()
+                # The consumer's time over the message (a slow HTTP reader keeps this
+                # generator at its yield) is not the generator's silence.
+                watchdog.answered()
                 yield response
         except StopAsyncIteration:
             return
@@ -149,23 +152,37 @@ def _cancelling() -> bool:
 
 
 class _IdleWatchdog:
-    """Cancels a stream's call after `idle_s` without a message: one timer per stream, moved
-    on only when it fires, instead of an asyncio.timeout per message (a timer handle made and
-    cancelled per token). The pending read then raises CancelledError, which generate() turns
-    into the idle error."""
+    """Cancels a stream's call after `idle_s` of one wait for a message: one timer per
+    stream, moved on only when it fires, instead of an asyncio.timeout per message (a timer
+    handle made and cancelled per token). Only the waits count (waiting() to answered()), not
+    the consumer's time between them. The pending read then raises CancelledError, which
+    generate() turns into the idle error."""
 
     def __init__(self, call: grpc.aio.UnaryStreamCall[Any, Any], idle_s: float) -> None:
         self.call = call
         self.idle_s = idle_s
         self.loop = asyncio.get_running_loop()
         self.last = self.loop.time()
+        self.active = False
         self.fired = False
         self._timer = self.loop.call_at(self.last + idle_s, self._check)
 
+    def waiting(self) -> None:
+        """A read of the next message starts."""
+        self.last = self.loop.time()
+        self.active = True
+
+    def answered(self) -> None:
+        """The read got its message: the clock stops until the next waiting()."""
+        self.active = False
+
     def _check(self) -> None:
+        now = self.loop.time()
         due = self.last + self.idle_s
-        if self.loop.time() < due:
-            self._timer = self.loop.call_at(due, self._check)
+        if not self.active or now < due:
+            # Not waiting (the consumer holds the stream): look again one timeout later,
+            # when a wait started by then may be due.
+            self._timer = self.loop.call_at(due if self.active else now + self.idle_s, self._check)
             return
         self.fired = True
         self.call.cancel()
