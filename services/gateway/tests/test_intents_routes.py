@@ -231,3 +231,18 @@ def test_out_of_scope_examples_are_checked() -> None:
     assert "default.examples" in refused(text) and "an example is empty" in refused(text)
     shared = GOOD.replace("default:\n", "default:\n  examples: [recipe for pancakes]\n", 1)
     assert "'recipe for pancakes' is listed under both 'cooking' and 'default'" in refused(shared)
+
+
+def test_a_logistic_threshold_that_could_never_fall_back_is_refused() -> None:
+    # Two routes: the better of two probabilities is at least 0.5, so a threshold of 0.5 or
+    # less never sends a message to the default route unless the default has examples.
+    logistic = GOOD.replace("threshold: 0.4\n", "threshold: 0.4\nmethod: logistic\n", 1)
+    problem = refused(logistic)
+    assert "threshold 0.4 never falls back" in problem and "above 0.5" in problem
+    assert "threshold 0.5 never falls back" in refused(logistic.replace("0.4", "0.5", 1))
+    # Above 1/N, or with default examples (a class of their own), the file is used.
+    assert parse_routes(logistic.replace("0.4", "0.55", 1)).spec.threshold == 0.55
+    with_default = logistic.replace("default:\n", "default:\n  examples: [book a flight]\n", 1)
+    assert parse_routes(with_default).spec.method == "logistic"
+    # Other methods' thresholds are similarities: any value is meaningful.
+    assert parse_routes(GOOD).spec.threshold == 0.4

@@ -258,6 +258,7 @@ def parse_routes(text: str, path: str = "<routes>") -> LoadedRoutes:
         if line:
             lines[route.name] = line
     _check_shared_examples(path, spec)
+    _check_logistic_threshold(path, spec)
     return LoadedRoutes(path=path, spec=spec, lines=lines)
 
 
@@ -273,6 +274,18 @@ def _check_shared_examples(path: str, spec: RouteFile) -> None:
                     f"{path}: example {example!r} is listed under both {owner[key]!r} and {name!r}"
                 )
             owner[key] = name
+
+
+def _check_logistic_threshold(path: str, spec: RouteFile) -> None:
+    """Without default examples (a class of their own), a logistic file whose threshold is at
+    most 1/N would never fall back: the best of N probabilities is at least 1/N."""
+    floor = 1.0 / len(spec.routes)
+    if spec.method == "logistic" and not spec.default.examples and spec.threshold <= floor:
+        raise RouteFileError(
+            f"{path}: with method 'logistic' and no default examples, threshold "
+            f"{spec.threshold} never falls back (the best of {len(spec.routes)} probabilities "
+            f"is at least {floor:.3g}): raise it above {floor:.3g} or add default examples"
+        )
 
 
 def load_routes(path: str | Path) -> LoadedRoutes:
