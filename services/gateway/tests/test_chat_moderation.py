@@ -94,6 +94,47 @@ async def test_a_flagged_stream_never_sends_the_flagged_window(gw: InProcessGate
     assert events[-1] == "[DONE]"
 
 
+def flag_only(gw: InProcessGateway, *texts: str) -> None:
+    """The fake safety flags exactly these texts (and its flag words)."""
+    verdict = gw.safety._verdict
+    gw.safety._verdict = lambda t: verdict("badword" if t in texts else t)  # type: ignore[method-assign]
+
+
+async def test_a_flagged_first_fragment_is_judged_again_with_its_continuation(
+    gw: InProcessGateway,
+) -> None:
+    gw.generator.script = Script(deltas=["Tell me a secret ", "number 4711."])
+    flag_only(gw, "Tell me a secret ")
+    body = (await gw.chat()).json()
+    choice = body["choices"][0]
+    assert choice["finish_reason"] == "stop"
+    assert choice["message"]["content"] == "Tell me a secret number 4711."
+    outputs = gw.safety.texts(safety_pb2.DIRECTION_OUTPUT)
+    assert outputs == ["Tell me a secret ", "Tell me a secret number 4711."]
+
+
+@pytest.mark.parametrize(
+    ("deltas", "flagged"),
+    [
+        # The continuation flags too: nothing of the fragment is sent.
+        (["You badword ", "and more."], ()),
+        # Nothing follows the fragment: its own verdict stands.
+        (["Tell me a secret ", ""], ("Tell me a secret ",)),
+        # A sentence is not a fragment.
+        (["Tell me a lie. ", "Go on."], ("Tell me a lie.",)),
+    ],
+)
+async def test_a_flagged_first_fragment_is_never_released_on_its_own(
+    gw: InProcessGateway, deltas: list[str], flagged: tuple[str, ...]
+) -> None:
+    gw.generator.script = Script(deltas=deltas)
+    flag_only(gw, *flagged)
+    events = await gw.events(gw.body(stream=True))
+    choices = [e["choices"][0] for e in events if isinstance(e, dict) and e.get("choices")]
+    assert "".join(c["delta"].get("content", "") for c in choices) == ""
+    assert choices[-1]["finish_reason"] == "content_filter"
+
+
 async def test_safety_down_mid_stream_fails_closed(gw: InProcessGateway) -> None:
     gw.generator.script = Script(deltas=["Hello there, this ", "is fine. "])
     gw.safety.down = False

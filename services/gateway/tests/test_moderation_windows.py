@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from parlance.gateway.config import GatewaySettings
-from parlance.gateway.stream_moderation import StreamModerator, _ChoiceBuffer
+from parlance.gateway.stream_moderation import StreamModerator
+from parlance.gateway.stream_state import ChoiceBuffer
 
 
 def windows(text: str, step: int = 3) -> list[str]:
     """Feeds `text` a few characters at a time and returns the windows as they close."""
     moderator = StreamModerator(safety=None, settings=GatewaySettings(), n=1)  # type: ignore[arg-type]
-    buffer = _ChoiceBuffer()
+    buffer = ChoiceBuffer()
     closed = []
     for start in range(0, len(text), step):
         buffer.text += text[start : start + step]
@@ -47,5 +48,5 @@ def test_disabled_moderation_releases_every_delta() -> None:
         settings=GatewaySettings(moderate_output=False),
         n=1,
     )
-    buffer = _ChoiceBuffer(text="Hi")
+    buffer = ChoiceBuffer(text="Hi")
     assert moderator._cut(buffer, final=False) == "Hi"

@@ -10,7 +10,10 @@ concurrently with generation, so the hold-back costs one classification of the f
 in time to first token and close to nothing per token after it.
 
 Each window is classified together with the window before it, so that a sentence split across
-two windows is still seen whole.
+two windows is still seen whole. A flag on the first window, while it is a fragment (a few words
+ending mid-sentence, the answer going on: WindowCutter.fragment), does not end the choice yet:
+the fragment stays held, and the next window's verdict, which covers both, releases or stops
+them (a classifier sees a few words out of context: "Tell me a secret " alone scored self-harm).
 
 A slow engine (llama.cpp on a CPU: tens of ms a token) takes several tokens to fill the first
 window, and the first token waited for all of them. So when the first window has waited
@@ -195,6 +198,16 @@ class WindowCutter:
             if last_end >= self.min_chars - 1:
                 return text[: last_end + 1]
         return None
+
+    def fragment(self, window: str, first: bool, final: bool) -> bool:
+        """Whether a flag on `window` waits for the next window's verdict: a first (or lead)
+        window of a choice that goes on, at most twice the first window's length, not ending a
+        sentence. The next window is classified together with it, so the fragment is judged
+        again in context instead of a few words cutting the answer; its text is never
+        released on its own verdict."""
+        stripped = window.rstrip()
+        short = 0 < len(stripped) <= 2 * self.first_chars
+        return first and not final and short and stripped[-1] not in SENTENCE_ENDS
 
     def windows(self, deltas: list[str]) -> list[str]:
         """The windows a choice's text makes when it arrives as `deltas`, in order."""

@@ -10,7 +10,6 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from parlance.gateway import convert, errors
@@ -26,34 +25,12 @@ from parlance.gateway.moderation import (
     WindowCutter,
     flagged_categories,
 )
+from parlance.gateway.stream_state import ChoiceBuffer, HeldWindow, Served
 from parlance.gateway.verdicts import verdict_json
 from parlance.generator.v1 import generator_pb2
 from parlance.safety.v1 import safety_pb2
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class _Window:
-    index: int
-    text: str
-    token_count: int
-    logprobs: list[Any]
-    held_since: float
-    verdict: asyncio.Task[safety_pb2.ClassifyResponse] | None
-
-
-@dataclass
-class _ChoiceBuffer:
-    text: str = ""
-    token_count: int = 0
-    logprobs: list[Any] = field(default_factory=list)
-    held_since: float = 0.0
-    previous_window: str = ""
-    # No window closed yet, so a lead may go (moderation.py); the previous window was the lead,
-    # so the next one is still cut as a first window.
-    lead_pending: bool = False
-    after_lead: bool = False
 
 
 _END = object()
@@ -74,8 +51,8 @@ class StreamModerator:
         self.results: dict[int, list[safety_pb2.Classification]] = {}
         self.classifier = ""
 
-    def _buffer(self) -> _ChoiceBuffer:
-        return _ChoiceBuffer(
+    def _buffer(self) -> ChoiceBuffer:
+        return ChoiceBuffer(
             held_since=time.monotonic(), lead_pending=self.cutter.lead_after is not None
         )
 
@@ -83,20 +60,24 @@ class StreamModerator:
         """The choice's output verdict as history stores it ("" when nothing was classified)."""
         return verdict_json("output", self.results.get(index, []), self.classifier)
 
-    def _cut(self, buffer: _ChoiceBuffer, final: bool) -> str | None:
+    def _cut(self, buffer: ChoiceBuffer, final: bool) -> str | None:
         """The text of the window to close now, if any."""
         first = not buffer.previous_window or buffer.after_lead
         return self.cutter.cut(buffer.text, first, final)
 
-    def _close(self, buffer: _ChoiceBuffer, index: int, window_text: str) -> _Window:
+    def _close(
+        self, buffer: ChoiceBuffer, index: int, window_text: str, final: bool = False
+    ) -> HeldWindow:
         # Token counts and logprobs go with the window in which the text was held.
-        window = _Window(
+        first = not buffer.previous_window or buffer.after_lead
+        window = HeldWindow(
             index=index,
             text=window_text,
             token_count=buffer.token_count,
             logprobs=buffer.logprobs,
             held_since=buffer.held_since,
             verdict=None,
+            fragment=self.cutter.fragment(window_text, first, final),
         )
         if self.enabled and window_text.strip():
             MODERATION_WINDOWS.inc()
@@ -138,7 +119,7 @@ class StreamModerator:
 
     async def _take(
         self,
-        buffers: dict[int, _ChoiceBuffer],
+        buffers: dict[int, ChoiceBuffer],
         delta: generator_pb2.ChoiceDelta,
         queue: asyncio.Queue[Any],
     ) -> None:
@@ -156,7 +137,7 @@ class StreamModerator:
         buffer.logprobs.extend(delta.logprobs)
         final = bool(delta.finish_reason)
         while (cut := self._cut(buffer, final)) is not None:
-            await queue.put(self._close(buffer, delta.index, cut))
+            await queue.put(self._close(buffer, delta.index, cut, final))
         if not final:
             if buffer.lead_pending:
                 waited = time.monotonic() - buffer.held_since
@@ -166,7 +147,7 @@ class StreamModerator:
             return
         if buffer.token_count:
             # Tokens that produced no text (end of sequence) still count.
-            await queue.put(_Window(delta.index, "", buffer.token_count, [], 0.0, None))
+            await queue.put(HeldWindow(delta.index, "", buffer.token_count, [], 0.0, None))
             buffer.token_count = 0
         reason = convert.FINISH_REASONS.get(delta.finish_reason, "stop")
         await queue.put(FinishEvent(delta.index, reason))
@@ -183,7 +164,7 @@ class StreamModerator:
     ) -> AsyncIterator[Event]:
         """Moderation off: each delta's text at once, as the window cutter would release it
         (tokens that produced no text yet wait for the next text, or for the finish)."""
-        held: dict[int, _ChoiceBuffer] = {}
+        held: dict[int, ChoiceBuffer] = {}
         try:
             async for response in stream:
                 for delta in response.choices:
@@ -206,7 +187,7 @@ class StreamModerator:
 
     @staticmethod
     def _direct_text(
-        held: dict[int, _ChoiceBuffer], delta: generator_pb2.ChoiceDelta
+        held: dict[int, ChoiceBuffer], delta: generator_pb2.ChoiceDelta
     ) -> TextEvent | None:
         """The delta's text with any tokens held for want of text (None: nothing to send
         yet). The common case, text and no held tokens, allocates no buffer."""
@@ -216,7 +197,7 @@ class StreamModerator:
                 return TextEvent(delta.index, delta.text, delta.token_count, list(delta.logprobs))
             if not delta.token_count and not delta.logprobs:
                 return None
-            buffer = held[delta.index] = _ChoiceBuffer()
+            buffer = held[delta.index] = ChoiceBuffer()
         buffer.token_count += delta.token_count
         buffer.logprobs.extend(delta.logprobs)
         if not delta.text and not delta.finish_reason:
@@ -229,7 +210,7 @@ class StreamModerator:
     ) -> AsyncIterator[Event]:
         queue: asyncio.Queue[Any] = asyncio.Queue()
         reader = asyncio.create_task(self._read(stream, queue))
-        served = _Served(self.n)
+        served = Served(self.n)
         try:
             while (item := await queue.get()) is not _END:
                 if isinstance(item, Exception):
@@ -246,55 +227,64 @@ class StreamModerator:
                 await reader
             while not queue.empty():
                 left = queue.get_nowait()
-                if isinstance(left, _Window) and left.verdict is not None:
+                if isinstance(left, HeldWindow) and left.verdict is not None:
                     left.verdict.cancel()
             with contextlib.suppress(Exception):
                 await stream.aclose()  # type: ignore[attr-defined]
 
-    async def _release(self, item: Any, served: _Served) -> Event | None:
+    async def _release(self, item: Any, served: Served) -> Event | None:
         """The event to hand on for a queued item (None: nothing, its choice was stopped)."""
-        if isinstance(item, _Window):
+        if isinstance(item, HeldWindow):
             return await self._judge(item, served)
         if isinstance(item, FinishEvent):
+            if item.index in served.held:
+                # A held fragment that nothing followed: its own verdict stands.
+                return self._flag(served.held.pop(item.index), served)
             if item.index in served.flagged:
                 return None
             served.finished.add(item.index)
         event: Event = item
         return event
 
-    async def _judge(self, window: _Window, served: _Served) -> Event | None:
+    async def _judge(self, window: HeldWindow, served: Served) -> Event | None:
         """The window's text once safety passed it; a flag ends its choice instead."""
         if window.index in served.flagged:
             if window.verdict is not None:
                 window.verdict.cancel()
             return None
+        held = served.held.pop(window.index, None)
         if window.verdict is None:
+            if held is not None:  # no verdict covers the held fragment
+                return self._flag(held, served)
             return TextEvent(window.index, window.text, window.token_count, window.logprobs)
         response = await window.verdict
-        result = response.results[0]
+        result = window.result = response.results[0]
         self.classifier = response.model
-        self.results.setdefault(window.index, []).append(result)
         MODERATION_HOLDBACK.observe(time.monotonic() - window.held_since)
-        if not result.flagged:
+        if result.flagged and window.fragment and held is None:
+            served.held[window.index] = window
+            return None
+        if result.flagged:
+            return self._flag(window, served)
+        self.results.setdefault(window.index, []).append(result)
+        if held is None:
             return TextEvent(window.index, window.text, window.token_count, window.logprobs)
-        for category in flagged_categories(result) or ["flagged"]:
+        # This verdict covers the held fragment too (classified with the window before).
+        return TextEvent(
+            window.index,
+            held.text + window.text,
+            held.token_count + window.token_count,
+            held.logprobs + window.logprobs,
+        )
+
+    def _flag(self, window: HeldWindow, served: Served) -> FinishEvent:
+        """Ends the window's choice on its flagged verdict."""
+        categories = []
+        if window.result is not None:
+            self.results.setdefault(window.index, []).append(window.result)
+            categories = flagged_categories(window.result)
+        for category in categories or ["flagged"]:
             MODERATION_FLAGS.labels("output", category).inc()
         log.info("output stopped by moderation", extra={"choice": window.index})
         served.flag(window.index)
         return FinishEvent(window.index, "content_filter")
-
-
-@dataclass
-class _Served:
-    """Which choices of a generation are done: flagged by moderation, or finished."""
-
-    n: int
-    flagged: set[int] = field(default_factory=set)
-    finished: set[int] = field(default_factory=set)
-    # Set by a flag that leaves no choice to serve (a normal finish does not stop the
-    # stream: the engine's usage comes after the last finish).
-    nothing_left: bool = False
-
-    def flag(self, index: int) -> None:
-        self.flagged.add(index)
-        self.nothing_left = len(self.flagged | self.finished) >= self.n
