@@ -9,6 +9,13 @@ one atomic step: a lease refused charges no tokens (before, they were charged, t
 refunded), and tokens refused take no lease. Both keys are one API key's, on the one Redis
 (a Redis Cluster would need them in one hash slot). Redis down: the caller takes the limits
 one by one, each with its own outage policy.
+
+A call whose reply was lost (a timeout) may have run all the same. So neither is repeated
+one by one: a lost admission's request takes the limits under the outage policy, and what the
+admission may have taken in Redis is given back when the request settles (undo(): the
+settlement script, which applies its tokens only when it removed the lease, so that it gives
+back nothing for an admission that did not run, and nothing twice); a lost settlement stands
+(its lease expires with its TTL).
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from parlance.gateway.ratelimit import (
     Decision,
     RateLimiter,
 )
-from parlance.gateway.redis_state import RedisUnavailable
+from parlance.gateway.redis_state import RedisCallFailed, RedisUnavailable
 
 # KEYS: the TPM limit's key, the lease set. ARGV: period_ms, limit, cost, lease limit, lease
 # ttl_ms, then the lease's members (one per unit of weight). Returns {allowed, remaining,
@@ -53,14 +60,18 @@ return {1, remaining, math.ceil(new_ahead), 0, 1}
 )
 
 # KEYS: the TPM limit's key, the lease set. ARGV: period_ms, limit, delta, then the lease's
-# members. Removes the lease, then ADJUST_LUA's charge or refund of `delta` (0: none).
+# members. Removes the lease, then ADJUST_LUA's charge or refund of `delta` (0: none); none
+# when no member was left to remove: never taken (a lost admission that did not run), settled
+# before, or expired and dropped (its gateway lost Redis for longer than the lease's TTL: its
+# estimate stands).
 SETTLE_LUA = (
     _READ_STATE_LUA
     + _WRITE_STATE_LUA
     + """
-for i = 4, #ARGV do redis.call('ZREM', KEYS[2], ARGV[i]) end
+local removed = 0
+for i = 4, #ARGV do removed = removed + redis.call('ZREM', KEYS[2], ARGV[i]) end
 local delta = tonumber(ARGV[3])
-if delta == 0 then return 0 end
+if delta == 0 or removed == 0 then return 0 end
 ahead = ahead + tonumber(ARGV[1]) / tonumber(ARGV[2]) * delta
 if ahead <= 0 then
   redis.call('DEL', KEYS[1])
@@ -80,6 +91,15 @@ _JOINT: weakref.WeakKeyDictionary[ConcurrencyLeases, JointLimits] = weakref.Weak
 class Admitted:
     decision: Decision
     lease: Lease | None
+
+
+class AdmissionLost(RedisCallFailed):
+    """The admission's call failed after it was sent: it may have taken `lease` and its tokens
+    in Redis all the same (undo() gives them back)."""
+
+    def __init__(self, lease: Lease) -> None:
+        super().__init__()
+        self.lease = lease
 
 
 class JointLimits:
@@ -103,7 +123,8 @@ class JointLimits:
         self, key_id: str, tpm: int, cost: int, lease_limit: int, weight: int
     ) -> Admitted:
         """The TPM decision for `cost` and, when it allows, a lease of `weight` units (None:
-        refused). Raises RedisUnavailable (nothing taken: the caller takes them one by one)."""
+        refused). Raises RedisUnavailable (nothing taken: the caller takes them one by one),
+        AdmissionLost when the call failed once sent (maybe taken)."""
         script = self._admit
         if script is None:
             raise RedisUnavailable()
@@ -112,7 +133,10 @@ class JointLimits:
         wanted = Lease(lease_key, uuid.uuid4().hex, local=False, weight=weight)
         args: list[str | int] = [PERIOD_MS, tpm, cost, lease_limit, self.leases.ttl_ms]
         args += wanted.members
-        raw = await self.limiter.redis.run(lambda _: script(keys=keys, args=args))
+        try:
+            raw = await self.limiter.redis.run(lambda _: script(keys=keys, args=args))
+        except RedisCallFailed as exc:
+            raise AdmissionLost(wanted) from exc
         allowed, remaining, reset_ms, retry_ms, leased = (int(x) for x in raw)
         RATE_LIMIT.labels("tpm", "allowed" if allowed else "rejected").inc()
         decision = Decision(bool(allowed), tpm, max(0, remaining), reset_ms / 1000, retry_ms / 1000)
@@ -121,20 +145,24 @@ class JointLimits:
         return Admitted(decision, self.leases.counted(wanted if leased else None))
 
     async def settle(self, key_id: str, tpm: int, lease: Lease, delta: int) -> None:
-        """Releases `lease` and charges (refunds, when negative) `delta` tokens. Raises
-        RedisUnavailable (nothing done: the caller settles them one by one)."""
+        """Releases `lease` and charges (refunds, when negative) `delta` tokens. The lease's
+        heartbeat stops whatever happens: on a failure (RedisUnavailable: Redis down, or the
+        reply lost after the script ran; a script error; a cancellation) its members expire
+        with their TTL instead of being renewed for ever."""
+        try:
+            await self._run_settle(key_id, tpm, lease, delta)
+        finally:
+            self.leases.stopped(lease)
+
+    async def undo(self, key_id: str, tpm: int, lost: AdmissionLost, cost: int) -> None:
+        """Gives back what a lost admission of `cost` tokens took, if it ran: its lease and
+        its tokens (nothing when it did not). Raises RedisUnavailable."""
+        await self._run_settle(key_id, tpm, lost.lease, -cost)
+
+    async def _run_settle(self, key_id: str, tpm: int, lease: Lease, delta: int) -> None:
         script = self._settle
         if script is None or lease.local:
             raise RedisUnavailable()
         keys = [f"{self.limiter.prefix}tpm:{key_id}", lease.key]
         args: list[str | int] = [PERIOD_MS, tpm, delta, *lease.members]
-        try:
-            await self.limiter.redis.run(lambda _: script(keys=keys, args=args))
-        except RedisUnavailable:
-            raise  # the caller releases the lease one step at a time (release() stops it)
-        except BaseException:
-            # Anything else (a script error, a cancellation): stop the heartbeat, so that the
-            # lease's members expire with their TTL instead of being renewed for ever.
-            self.leases.stopped(lease)
-            raise
-        self.leases.stopped(lease)
+        await self.limiter.redis.run(lambda _: script(keys=keys, args=args))

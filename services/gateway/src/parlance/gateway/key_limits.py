@@ -16,7 +16,7 @@ from typing import ClassVar
 from parlance.gateway import errors
 from parlance.gateway.auth import Principal
 from parlance.gateway.config import GatewaySettings
-from parlance.gateway.joint_limits import JointLimits
+from parlance.gateway.joint_limits import AdmissionLost, JointLimits
 from parlance.gateway.leases import ConcurrencyLeases, Lease
 from parlance.gateway.ratelimit import Decision, RateLimiter
 from parlance.gateway.redis_state import RedisUnavailable
@@ -51,6 +51,11 @@ class KeyLimits:
         self.weight = max(1, weight)
         self.tpm = caller.limits.tpm or settings.tpm_limit
         self.lease: Lease | None = None
+        # The TPM reservation was charged by the per-process fallback: it is settled there.
+        self.reserved_locally = False
+        # A joint admission whose reply was lost (it may have run), and the estimate it was
+        # for: given back when the request settles.
+        self.lost: tuple[AdmissionLost, int] | None = None
 
     async def take(self, headers: MutableMapping[str, str]) -> None:
         """Reserves the estimate from TPM and takes a concurrency lease (429 otherwise); the
@@ -64,6 +69,8 @@ class KeyLimits:
                 admitted = await joint.admit(
                     self.caller.key_id, self.tpm, self.estimate, limit, weight
                 )
+            except AdmissionLost as lost:
+                self.lost = (lost, self.estimate)  # and one by one below
             except RedisUnavailable:
                 pass  # one by one below, each with its outage policy
             else:
@@ -95,6 +102,7 @@ class KeyLimits:
 
     async def _reserve(self, headers: MutableMapping[str, str]) -> None:
         decision = await self.limiter.check("tpm", self.caller.key_id, self.tpm, cost=self.estimate)
+        self.reserved_locally = decision.local
         self._decided(decision, headers)
 
     def _decided(self, decision: Decision, headers: MutableMapping[str, str]) -> None:
@@ -114,20 +122,28 @@ class KeyLimits:
 
     async def settle_used(self, used: int | None) -> None:
         """Releases the lease; charges what the request really used (None: refunds it all).
-        A lease in Redis and TPM: in one call (joint_limits.py), else one by one."""
-        if self.lease is not None and not self.lease.local and self.tpm > 0:
-            joint = JointLimits.of(self.limiter, self.leases)
-            delta = (used or 0) - self.estimate
+        A lease in Redis and TPM: in one call (joint_limits.py), else one by one, each where it
+        was taken. Each applied once: a joint settlement that failed may have run (a lost
+        reply), so it is not repeated one by one; its lease expires with its TTL."""
+        delta = (used or 0) - self.estimate
+        joint = JointLimits.of(self.limiter, self.leases)
+        if self.lost is not None:
+            (lost, cost), self.lost = self.lost, None
             try:
-                await joint.settle(self.caller.key_id, self.tpm, self.lease, delta)
-                self.lease = None
-                return
+                await joint.undo(self.caller.key_id, self.tpm, lost, cost)
             except RedisUnavailable:
-                pass
+                log.warning("a lost admission's lease and tokens wait for their expiry")
+        if self.lease is not None and not self.lease.local and self.tpm > 0:
+            lease, self.lease = self.lease, None
+            try:
+                await joint.settle(self.caller.key_id, self.tpm, lease, delta)
+            except RedisUnavailable:
+                log.warning("request limits not settled (Redis); the lease will expire")
+            return
         if self.lease is not None:
             await self.leases.release(self.lease)
             self.lease = None
         if self.tpm > 0:
             await self.limiter.adjust(
-                "tpm", self.caller.key_id, self.tpm, (used or 0) - self.estimate
+                "tpm", self.caller.key_id, self.tpm, delta, local=self.reserved_locally
             )

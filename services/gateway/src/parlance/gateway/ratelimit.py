@@ -133,6 +133,9 @@ class Decision:
     remaining: int
     reset_s: float
     retry_after_s: float
+    # Decided by the per-process fallback (Redis down): a cost it charged is there, and is
+    # adjusted there (adjust(local=True)).
+    local: bool = False
 
     def headers(self, kind: str = "requests") -> dict[str, str]:
         """OpenAI's x-ratelimit-* headers for this limit."""
@@ -209,11 +212,13 @@ class RateLimiter:
     ) -> Decision:
         key = f"{self.prefix}{name}:{subject}"
         period_ms = period_s * 1000
+        local = False
         try:
             allowed, remaining, reset_ms, retry_ms = await self._gcra(key, period_ms, limit, cost)
         except RedisUnavailable:
             if self.on_redis_down == "closed":
                 raise
+            local = True
             if self.on_redis_down == "open":
                 allowed, remaining, reset_ms, retry_ms = 1, limit, 0, 0
             else:
@@ -227,6 +232,7 @@ class RateLimiter:
             remaining=max(0, remaining),
             reset_s=reset_ms / 1000,
             retry_after_s=retry_ms / 1000,
+            local=local,
         )
 
     async def peek(
@@ -261,14 +267,25 @@ class RateLimiter:
         return allowed, remaining, reset_ms, retry_ms
 
     async def adjust(
-        self, name: str, subject: str, limit: int, delta: int, period_s: float = 60.0
+        self,
+        name: str,
+        subject: str,
+        limit: int,
+        delta: int,
+        period_s: float = 60.0,
+        *,
+        local: bool = False,
     ) -> None:
-        """Charges or refunds `delta` units (TPM reconciliation)."""
+        """Charges or refunds `delta` units (TPM reconciliation), in Redis or, for a cost the
+        per-process fallback charged (Decision.local), in the process."""
         if delta == 0 or limit <= 0:
             return
         key = f"{self.prefix}{name}:{subject}"
         period_ms = int(period_s * 1000)
         script = self._adjust
+        if local:
+            self.local.adjust(key, period_ms, limit, delta)
+            return
         try:
             if script is None:
                 raise RedisUnavailable()

@@ -34,6 +34,11 @@ class RedisUnavailable(Exception):
     pass
 
 
+class RedisCallFailed(RedisUnavailable):
+    """The call was tried and failed: a command that was sent may have run in Redis all the
+    same (its reply lost to a timeout). The plain RedisUnavailable: nothing was sent."""
+
+
 def redacted_url(url: str) -> str:
     """The URL as it may be logged: its password (redis://:secret@host) replaced."""
     parts = urlsplit(url)
@@ -97,7 +102,7 @@ class RedisState:
             if not self._fallback_logged:
                 log.warning("Redis unreachable (%s): using per-process fallbacks", exc)
                 self._fallback_logged = True
-            raise RedisUnavailable() from exc
+            raise RedisCallFailed() from exc
         REDIS_LATENCY.observe(time.perf_counter() - started)
         if self._fallback_logged:
             log.warning("Redis reachable again: fallbacks off")

@@ -74,7 +74,9 @@ class RequestLimits(KeyLimits):
         if self.tpm <= 0 or change == 0:
             return
         try:
-            await self.limiter.adjust("tpm", self.caller.key_id, self.tpm, change)
+            await self.limiter.adjust(
+                "tpm", self.caller.key_id, self.tpm, change, local=self.reserved_locally
+            )
         except Exception:
             log.warning("TPM reservation not adjusted to the intent route", exc_info=True)
 

@@ -1,0 +1,204 @@
+"""A joint limits script whose reply was lost after Redis ran it (joint_limits.py,
+key_limits.py): the gateway cannot tell whether it ran, and falls back to the limits one by
+one (the Redis-down policy). Neither a request's admission nor its settlement may then be
+applied a second time: a lost admission is given back in Redis when its request settles, a
+lost settlement is not repeated. Real redis-py against a real redis-server of the test's own;
+the lost reply is a real socket timeout, made by a test double of the network between them,
+`ReplyHoldingProxy`: a TCP proxy that holds back Redis's reply to one command (which Redis
+ran) past the client's socket timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+import redis.asyncio as redis
+
+from parlance.gateway import redis_state
+from parlance.gateway.auth import KeyLimits as Limits
+from parlance.gateway.auth import Principal
+from parlance.gateway.config import GatewaySettings
+from parlance.gateway.joint_limits import ADMIT_LUA, SETTLE_LUA, AdmissionLost, JointLimits
+from parlance.gateway.key_limits import KeyLimits
+from parlance.gateway.leases import ConcurrencyLeases, Lease
+from parlance.gateway.ratelimit import RateLimiter
+from parlance.gateway.redis_state import RedisState
+from parlance.testing import RedisProcess
+
+# Longer than RedisState's socket timeout (1 s): the client gives up on the reply.
+HOLD_S = 1.5
+# Tokens a minute: GCRA gives one back every 0.6 s, so the counts below allow for seconds.
+TPM = 100
+
+
+class ReplyHoldingProxy:
+    """Test double of the network between the gateway and Redis: forwards every byte both
+    ways, except that once armed with a marker it holds back Redis's reply to the next command
+    carrying it (Redis ran it) for HOLD_S, then drops that connection."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.marker: bytes | None = None
+        self.held = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._connection, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        return f"redis://127.0.0.1:{port}/0"
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self._server is not None:
+            self._server.close()
+
+    async def _connection(
+        self, client: asyncio.StreamReader, to_client: asyncio.StreamWriter
+    ) -> None:
+        server, to_server = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        holding = asyncio.Event()
+
+        async def upstream() -> None:
+            while chunk := await client.read(65536):
+                if self.marker is not None and self.marker in chunk:
+                    self.marker = None
+                    holding.set()
+                to_server.write(chunk)
+                await to_server.drain()
+
+        async def downstream() -> None:
+            while chunk := await server.read(65536):
+                if holding.is_set():
+                    self.held += 1
+                    await asyncio.sleep(HOLD_S)
+                    break
+                to_client.write(chunk)
+                await to_client.drain()
+
+        pumps = [asyncio.create_task(upstream()), asyncio.create_task(downstream())]
+        self._tasks.update(pumps)
+        with contextlib.suppress(Exception):
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        for pump in pumps:
+            pump.cancel()
+            self._tasks.discard(pump)
+        for writer in (to_client, to_server):
+            writer.close()
+
+
+def _sha(script: str) -> bytes:
+    return hashlib.sha1(script.encode()).hexdigest().encode()
+
+
+@dataclass
+class Proxied:
+    proxy: ReplyHoldingProxy
+    state: RedisState
+    limiter: RateLimiter
+    leases: ConcurrencyLeases
+    caller: Principal
+
+    def limits(self, estimate: int) -> KeyLimits:
+        settings = GatewaySettings(tpm_limit=TPM, max_concurrent_per_key=3, lease_ttl_s=30)
+        return KeyLimits(settings, self.limiter, self.leases, self.caller, estimate)
+
+    async def back(self) -> None:
+        """Waits out the back-off after the failure: Redis answers again."""
+        await asyncio.sleep(redis_state.RETRY_AFTER_FAILURE_S)
+        assert self.state.usable
+
+    async def remaining(self) -> int:
+        peek = await self.limiter.peek("tpm", self.caller.key_id, TPM)
+        assert peek is not None
+        return peek.remaining
+
+    def remaining_in_process(self) -> int:
+        """What the per-process fallback's TPM limit has left for the key."""
+        key = f"{self.limiter.prefix}tpm:{self.caller.key_id}"
+        return self.limiter.local.decide(key, 60_000, TPM, 0)[1]
+
+
+@pytest.fixture
+async def proxied(
+    redis_process: RedisProcess, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Proxied]:
+    monkeypatch.setattr(redis_state, "RETRY_AFTER_FAILURE_S", 0.2)
+    direct = redis.Redis.from_url(redis_process.url)
+    # Loaded beforehand, so that the first EVALSHA runs the script (not NOSCRIPT, then load).
+    for script in (ADMIT_LUA, SETTLE_LUA):
+        await direct.script_load(script)
+    await direct.aclose()
+    proxy = ReplyHoldingProxy(redis_process.port)
+    state = RedisState(await proxy.start())
+    caller = Principal("user", uuid.uuid4().hex[:12], Limits())
+    yield Proxied(proxy, state, RateLimiter(state), ConcurrencyLeases(state, ttl_s=30), caller)
+    await state.close()
+    await proxy.stop()
+
+
+async def test_a_lost_admission_is_given_back_when_its_request_settles(
+    proxied: Proxied,
+) -> None:
+    """The request goes on under the per-process limits; when it settles, the lost
+    admission's lease and tokens leave Redis, and its own reconciliation is applied where its
+    tokens were reserved (in the process), not in Redis."""
+    other = proxied.limits(estimate=20)
+    await other.take({})  # another request of the key, in Redis: 20 tokens and a unit
+    limits = proxied.limits(estimate=30)
+    proxied.proxy.marker = _sha(ADMIT_LUA)
+    await limits.take({})
+    assert proxied.proxy.held == 1
+    assert limits.lease is not None and limits.lease.local  # taken under the fallback
+    assert 70 <= proxied.remaining_in_process() < 80  # its 30 reserved in the process
+    await proxied.back()
+    key_id = proxied.caller.key_id
+    assert await proxied.leases.held(key_id) == 2  # the lost admission ran: its lease is there
+    await limits.settle_used(10)
+    assert await proxied.leases.held(key_id) == 1  # the other request's
+    # The other request's 20 only (before: the lost 30 too, less this request's 20 refund).
+    assert 80 <= await proxied.remaining() < 90
+    assert proxied.remaining_in_process() >= 90  # 10 used, reconciled in the process
+    await other.settle_used(20)
+
+
+async def test_a_lost_settlement_is_not_applied_again(proxied: Proxied) -> None:
+    limits = proxied.limits(estimate=30)
+    await limits.take({})
+    assert limits.lease is not None and not limits.lease.local
+    proxied.proxy.marker = _sha(SETTLE_LUA)
+    await limits.settle_used(90)  # 60 more than the estimate
+    assert proxied.proxy.held == 1 and limits.lease is None
+    await proxied.back()
+    assert await proxied.leases.held(proxied.caller.key_id) == 0
+    assert 10 <= await proxied.remaining() < 20  # 90 charged, once
+    # Not in the process either (before: the 60 again, in the fallback's limiter).
+    assert proxied.remaining_in_process() == TPM
+
+
+async def test_giving_back_an_admission_that_did_not_run_gives_back_nothing(
+    proxied: Proxied,
+) -> None:
+    """undo() of an admission that never reached Redis (its lease is not there) leaves the
+    key's tokens alone; undo() of one that ran gives back once, however often asked."""
+    joint = JointLimits.of(proxied.limiter, proxied.leases)
+    key_id = proxied.caller.key_id
+    admitted = [await joint.admit(key_id, TPM, cost, 3, 1) for cost in (20, 30)]
+    leases = [a.lease for a in admitted if a.lease is not None]
+    assert len(leases) == 2
+    for lease in leases:
+        lease.heartbeat.cancel()  # type: ignore[union-attr]
+    never = Lease(leases[1].key, uuid.uuid4().hex, local=False)
+    await joint.undo(key_id, TPM, AdmissionLost(never), 30)
+    assert 50 <= await proxied.remaining() < 60
+    for _ in range(2):
+        await joint.undo(key_id, TPM, AdmissionLost(leases[1]), 30)
+    assert 80 <= await proxied.remaining() < 90  # the first one's 20 stay
+    assert await proxied.leases.held(key_id) == 1
