@@ -81,3 +81,53 @@ async def test_a_batch_of_good_calls_is_one_call(
     )
     assert [len(r.results) for r in results] == [1] * 5
     assert servicer.calls == [5]
+
+
+class SlowSafety(SizeLimitedSafety):
+    """Test double: answers after `delay_s`; counts the calls whose caller cancelled them."""
+
+    def __init__(self, delay_s: float) -> None:
+        super().__init__()
+        self.delay_s = delay_s
+        self.received = asyncio.Event()
+        self.cancelled = asyncio.Event()
+
+    async def Classify(
+        self, request: safety_pb2.ClassifyRequest, context: grpc.aio.ServicerContext
+    ) -> safety_pb2.ClassifyResponse:
+        self.calls.append(len(request.texts))
+        self.received.set()
+        try:
+            await asyncio.sleep(self.delay_s)
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        return safety_pb2.ClassifyResponse(
+            results=[safety_pb2.Classification() for _ in request.texts], model="double"
+        )
+
+
+async def test_a_batch_whose_callers_all_went_away_is_cancelled() -> None:
+    # Streams stopped by their clients: safety may skip the windows nobody waits for.
+    servicer = SlowSafety(delay_s=30.0)
+    server = grpc.aio.server()
+    safety_pb2_grpc.add_SafetyServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    client = SafetyClient(f"127.0.0.1:{port}", timeout_s=60.0, retry_after_s=1)
+    try:
+        callers = [
+            asyncio.create_task(client.classify([f"text {i}"], safety_pb2.DIRECTION_OUTPUT))
+            for i in range(3)
+        ]
+        await asyncio.wait_for(servicer.received.wait(), 10)
+        callers[0].cancel()
+        callers[1].cancel()
+        await asyncio.sleep(0.2)
+        assert not servicer.cancelled.is_set()  # one caller still waits
+        callers[2].cancel()
+        await asyncio.wait_for(servicer.cancelled.wait(), 10)
+        assert servicer.calls == [3]
+    finally:
+        await client.close()
+        await server.stop(None)

@@ -28,6 +28,12 @@ from parlance.safety.v1 import safety_pb2, safety_pb2_grpc
 # 256-input /v1/moderations call gets the time it needs instead of a 503.
 CLASSIFIER_CHARS_PER_S = 2_000.0
 
+# Safety scores the calls it gets in order, so a call also waits for the text this gateway sent
+# before it and has no answer for yet (48 concurrent chats' prompts and windows are tens of
+# seconds of MiniLM work on 2 busy cores): that wait, at the same rate, joins its deadline, up
+# to this much. A hung safety service still fails a call within its own deadline plus this.
+MAX_QUEUE_WAIT_S = 30.0
+
 # Texts per batched call (safety refuses more than its max_texts_per_call, 256 by default);
 # a call with more texts than this goes alone.
 MAX_BATCH_TEXTS = 64
@@ -36,9 +42,12 @@ MAX_BATCH_TEXTS = 64
 BATCH_OWNER: ContextVar[object | None] = ContextVar("safety_batch_owner", default=None)
 
 
-def classify_deadline(base_s: float, texts: list[str]) -> float:
-    """The deadline of one Classify call: the configured one, plus the time its text needs."""
-    return base_s + sum(len(t) for t in texts) / CLASSIFIER_CHARS_PER_S
+def classify_deadline(base_s: float, texts: list[str], ahead_chars: int = 0) -> float:
+    """The deadline of one Classify call: the configured one, plus the time its text needs,
+    plus the time the `ahead_chars` characters sent before it and not answered yet need (at
+    most MAX_QUEUE_WAIT_S)."""
+    queue_wait = min(MAX_QUEUE_WAIT_S, ahead_chars / CLASSIFIER_CHARS_PER_S)
+    return base_s + sum(len(t) for t in texts) / CLASSIFIER_CHARS_PER_S + queue_wait
 
 
 @dataclass
@@ -69,6 +78,8 @@ class SafetyClient(BaseClient):
         # The batch still taking calls, per direction; sent at the end of the loop's turn.
         self._open: dict[int, _Batch] = {}
         self._sending: set[asyncio.Task[None]] = set()
+        # Characters of the Classify calls sent and not answered yet (classify_deadline).
+        self._in_flight_chars = 0
 
     async def classify(
         self, texts: list[str], direction: safety_pb2.Direction
@@ -104,8 +115,13 @@ class SafetyClient(BaseClient):
     async def _answer(self, batch: _Batch) -> None:
         if all(answer.done() for _, _, answer in batch.parts):
             return  # every caller went away (a stream stopped): nothing to ask
+        call = asyncio.ensure_future(self._classify(batch.texts, batch.direction))  # type: ignore[arg-type]
+        # Once every caller has gone (streams stopped), the call is cancelled: safety then
+        # skips it if it is still queued there.
+        for _, _, answer in batch.parts:
+            answer.add_done_callback(lambda _: self._abandon(batch, call))
         try:
-            response = await self._classify(batch.texts, batch.direction)  # type: ignore[arg-type]
+            response = await call
         except asyncio.CancelledError:
             for _, _, answer in batch.parts:
                 answer.cancel()
@@ -132,6 +148,11 @@ class SafetyClient(BaseClient):
                 )
 
     @staticmethod
+    def _abandon(batch: _Batch, call: asyncio.Future[safety_pb2.ClassifyResponse]) -> None:
+        if not call.done() and all(answer.cancelled() for _, _, answer in batch.parts):
+            call.cancel()
+
+    @staticmethod
     def _fail(batch: _Batch, exc: Exception) -> None:
         for _, _, answer in batch.parts:
             if not answer.done():
@@ -156,11 +177,17 @@ class SafetyClient(BaseClient):
     async def _classify(
         self, texts: list[str], direction: safety_pb2.Direction
     ) -> safety_pb2.ClassifyResponse:
-        return await self._unary(
-            self.stub.Classify,
-            safety_pb2.ClassifyRequest(texts=texts, direction=direction),
-            timeout_s=classify_deadline(self.timeout_s, texts),
-        )
+        chars = sum(len(t) for t in texts)
+        deadline = classify_deadline(self.timeout_s, texts, self._in_flight_chars)
+        self._in_flight_chars += chars
+        try:
+            return await self._unary(
+                self.stub.Classify,
+                safety_pb2.ClassifyRequest(texts=texts, direction=direction),
+                timeout_s=deadline,
+            )
+        finally:
+            self._in_flight_chars -= chars
 
     async def info(self) -> safety_pb2.GetClassifierInfoResponse:
         return await self._unary(self.stub.GetClassifierInfo, safety_pb2.GetClassifierInfoRequest())
