@@ -287,6 +287,48 @@ def row(r: dict[str, Any], b: dict[str, Any] | None) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+def client_check(folder: Path, ours: dict[int, dict[str, Any]]) -> list[str]:
+    """`vllm bench serve`'s figures (vbench_*.json) beside our client's for `vllm serve`.
+
+    vLLM's own client against serve and against the gateway: its ratios do not depend on our
+    client, and its serve figure says whether our client limited serve's arm (ours lower).
+    """
+    results = []
+    for path in sorted(folder.glob("vbench_*.json")):
+        data = json.loads(path.read_text())
+        label = path.stem.split("_", 2)[2].rsplit("_c", 1)[0]
+        results.append((label, int(data.get("max_concurrency") or 0), data))
+    if not results:
+        return []
+    serve = {c: d for label, c, d in results if label == "serve"}
+    lines = [
+        "",
+        "Client check: `vllm bench serve` (vLLM's client: random dataset, 256 input / 128 output "
+        "tokens, ignore_eos), medians as vLLM reports them; `ours` is this script's client "
+        "against `vllm serve` at the same concurrency.",
+        "",
+        "| arm (vllm bench serve) | c | completed/failed | output tok/s | ratio to serve "
+        "| TTFT p50 ms | +ms vs serve | TPOT p50 ms | ours: serve tok/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label, c, d in results:
+        b = serve.get(c)
+        mine = ours.get(c)
+        cells = [
+            label,
+            str(c),
+            f"{d.get('completed', '?')}/{d.get('failed', 0)}",
+            fmt(d.get("output_throughput"), 0),
+            ratio(d.get("output_throughput", math.nan), b and b.get("output_throughput")),
+            fmt(d.get("median_ttft_ms")),
+            "-" if not b else fmt(d["median_ttft_ms"] - b["median_ttft_ms"]),
+            fmt(d.get("median_tpot_ms"), 2),
+            fmt(mine["output_tok_s"], 0) if mine else "-",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def summarize(args: argparse.Namespace) -> str:
     folder = Path(args.dir)
     runs = [json.loads(p.read_text()) for p in sorted(folder.glob("load_*.json"))]
@@ -304,6 +346,7 @@ def summarize(args: argparse.Namespace) -> str:
         HEADER,
         *(row(r, base.get(r["concurrency"])) for r in runs),
     ]
+    lines += client_check(folder, base)
     errors = [
         f"- {r['label']} c={r['concurrency']}: {r['first_errors']}" for r in runs if r["errors"]
     ]

@@ -5,8 +5,8 @@
 #   <variant>/grpc   the Parlance generator directly over gRPC (no gateway)
 #   <variant>/gw     the gateway (input moderation on, Redis limits on if REDIS_SERVER) -> generator
 #   <variant>/gw+mod the same with output moderation on (a second gateway, same generator)
-# at c=1 (TTFT p50; REQ1 requests of MAXTOK1 tokens) and c=64 (output tok/s, TPOT p50; REQ64
-# requests of 128 tokens, ignore_eos), for each generator variant of VARIANTS, in order:
+# at c=1 (TTFT p50; REQ1 requests of MAXTOK1 tokens), c=64 and c=256 (output tok/s, TPOT p50;
+# REQ64 / REQ256 requests of 128 tokens, ignore_eos), for each generator variant of VARIANTS:
 #   fixed     this commit's engine: `vllm serve`'s usage context (max_num_seqs 1024,
 #             max_num_batched_tokens 8192, CUDA graphs up to 512 tokens on an H200), uvloop,
 #             the start-up heap frozen for the garbage collector (as `vllm serve`)
@@ -17,15 +17,21 @@
 #   nofreeze  fixed without the heap freeze (isolates it)
 #   seqs128   fixed with the old batch settings on uvloop (isolates the batch settings)
 #   si2, si4  fixed with vLLM's stream_interval 2 / 4 (deltas coalesced in the engine)
-# A variant that would not finish within BUDGET_S (default 460 s from the start) is skipped;
+# A variant that would not finish within BUDGET_S (default 560 s from the start) is skipped;
 # the table is rewritten after every arm, so a call cut short still brings back what it got.
+# The client check (VBENCH, default on): `vllm bench serve` (vLLM's own client) against
+# `vllm serve` and against the gateway with output moderation on, at c=64 and c=256, the same
+# prompt shape, so the ratios can be read with a client that is not ours: if our client's
+# figure for serve is below vllm bench serve's, our client limits serve's arm.
 #
 # On the GPU machine, from the project root, after the kit (../shared/gpu/README.md, staged with
 # `prepare.sh bench/gpu-requirements.txt`):
 #   source /tmp/stage/env.sh && REDIS_SERVER=.gpu/redis/redis-server bash bench/gpu_probe.sh
 # Environment: VARIANTS ("fixed baseline"), GW ("off on": gateway arms, output moderation off
-# and on; "" for none), GW_VARIANTS (the variants with gateway arms: the first), REQ1 (40), MAXTOK1 (32), REQ64 (640), PROCS (8 client processes at c=64),
-# GPU_MEM (0.5), BUDGET_S (450), RESULT_DIR ($OUT/gpu_probe or bench/results/raw/gpu_probe),
+# and on; "" for none), GW_VARIANTS (the variants with gateway arms: the first), REQ1 (40),
+# MAXTOK1 (32), REQ64 (640), REQ256 (1024; 0 skips c=256), PROCS (8 client processes at c>1),
+# VBENCH (1; 0 skips the client check), PROBE_SAFETY (the safety classifier: profanity),
+# GPU_MEM (0.5), BUDGET_S (560), RESULT_DIR ($OUT/gpu_probe or bench/results/raw/gpu_probe),
 # DRY_RUN=1: no GPU and no vLLM: the scripted engine stands in for vLLM, `vllm serve` is
 # skipped, prompts are words, tiny loads (checks the script, the client and the summary here).
 # Output: $RESULT_DIR/load_*.json (one per arm), engine_configs.txt, logs/, gpu_probe.md.
@@ -42,16 +48,20 @@ GW="${GW-off on}"
 REQ1="${REQ1:-40}"
 MAXTOK1="${MAXTOK1:-32}"
 REQ64="${REQ64:-640}"
+REQ256="${REQ256:-1024}"
+VBENCH="${VBENCH:-1}"
+PROBE_SAFETY="${PROBE_SAFETY:-profanity}"
 PROCS="${PROCS:-8}"
 GPU_MEM="${GPU_MEM:-0.5}"
-BUDGET_S="${BUDGET_S:-460}"
+BUDGET_S="${BUDGET_S:-560}"
 GW_VARIANTS="${GW_VARIANTS-${VARIANTS%% *}}"
 # A variant's start-up (~60-100 s) and its arms, without and with the gateway arms: the
 # budget check skips a variant that would not end within BUDGET_S.
 LOAD_S=130
-LOAD_GW_S=190
+LOAD_GW_S=290
 if [ -n "$DRY_RUN" ]; then
-  REQ1=4; MAXTOK1=8; REQ64=16; PROCS=2; LOAD_S=20; LOAD_GW_S=40; GATEWAY_WORKERS=1
+  REQ1=4; MAXTOK1=8; REQ64=16; REQ256=0; VBENCH=0; PROCS=2; LOAD_S=20; LOAD_GW_S=40
+  GATEWAY_WORKERS=1
 fi
 LOGS="$RESULT_DIR/logs"
 rm -rf "$RESULT_DIR"
@@ -99,9 +109,30 @@ engine_config() {  # title log: the batch, CUDA graph, scheduling and loop setti
   } >> "$RESULT_DIR/engine_configs.txt"
 }
 
-arms() {  # label target [api_key]: c=1 then c=64
+arms() {  # label target [api_key]: c=1, c=64, c=256
   load "$1" "$2" 1 "$REQ1" "$MAXTOK1" "${3:-}"
   load "$1" "$2" 64 "$REQ64" 128 "${3:-}"
+  [ "$REQ256" -gt 0 ] && load "$1" "$2" 256 "$REQ256" 128 "${3:-}"
+}
+
+vbench() {  # label base_url [api_key]: vLLM's own client at c=64 and c=256 (the client check)
+  [ "$VBENCH" = 1 ] || return 0
+  local c n
+  for c in 64 256; do
+    n=$REQ64; [ "$c" = 256 ] && n=$REQ256
+    [ "$n" -gt 0 ] || continue
+    ORDER=$((ORDER + 1))
+    OPENAI_API_KEY="${3:-none}" timeout 200 vllm bench serve --backend openai-chat \
+      --endpoint /v1/chat/completions --base-url "$2" --model "$MODEL" --tokenizer "$MODEL" \
+      --dataset-name random --random-input-len 256 --random-output-len 128 --ignore-eos \
+      --num-prompts "$n" --max-concurrency "$c" --seed 0 --save-result --result-dir "$RESULT_DIR" \
+      --result-filename "vbench_$(printf %02d $ORDER)_${1//[^a-zA-Z0-9]/_}_c$c.json" \
+      > "$LOGS/vbench_${1//[^a-zA-Z0-9]/_}_c$c.txt" 2>&1 || say "vbench $1 c=$c failed: see logs"
+    say "(vbench $1 c=$c) $(grep -E "Successful requests|Output token throughput|Median TTFT" \
+      "$LOGS/vbench_${1//[^a-zA-Z0-9]/_}_c$c.txt" | tr -s ' ' | tr '\n' ';')"
+  done
+  "$PY" bench/gpu_probe.py summarize --dir "$RESULT_DIR" --out "$RESULT_DIR/gpu_probe.md" \
+    > /dev/null 2>> "$LOGS/client.txt"
 }
 
 variant_env() {  # name: the generator's environment for the variant (one line of NAME=VALUE)
@@ -141,7 +172,7 @@ start_gateways() {
   else
     say "no REDIS_SERVER: the gateways run without Redis (per-process limits)"
   fi
-  SAFETY_CLASSIFIER=profanity SAFETY_HOST=127.0.0.1 SAFETY_PORT=$SAFETY_PORT \
+  SAFETY_CLASSIFIER=$PROBE_SAFETY SAFETY_HOST=127.0.0.1 SAFETY_PORT=$SAFETY_PORT \
     SAFETY_METRICS_PORT=9102 "$PY" -m parlance.safety.main > "$LOGS/safety.txt" 2>&1 &
   GATEWAY_PIDS+=($!)
   local db=0
@@ -189,6 +220,7 @@ if [ -z "$DRY_RUN" ]; then
   if wait_http "http://127.0.0.1:$VLLM_PORT/health" 200; then
     say "(serve) ready"
     arms serve "http://127.0.0.1:$VLLM_PORT"
+    vbench serve "http://127.0.0.1:$VLLM_PORT"
   else
     say "(serve) did not become ready"; tail -30 "$LOGS/vllm_serve.txt"
   fi
@@ -215,6 +247,7 @@ for variant in $VARIANTS; do
       if wait_http "http://127.0.0.1:$port/readyz" 30; then
         [ "$mod" = on ] && label="$variant/gw+mod" || label="$variant/gw"
         arms "$label" "http://127.0.0.1:$port" "$API_KEY"
+        [ "$mod" = on ] && vbench "$label" "http://127.0.0.1:$port" "$API_KEY"
       else
         say "gateway on $port not ready"; tail -20 "$LOGS/gateway_mod_$mod.txt"
       fi

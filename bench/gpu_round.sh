@@ -18,6 +18,7 @@
 #              (bench/greedy_answers.py; compared with llama.cpp on CPU afterwards). Set
 #              TRAINER_WHEELS (trainer_setup below) for the train phase.
 #   learn      train + bestof + lorabench overlapped in one call (phase_learn's comment).
+#   adapter    the DPO adapter alone (its trait check), then lorabench: issue 17's serving figures.
 #   bestof     Parlance with the vLLM chat model and the trained reward model (transformers on
 #              the GPU) on GPU $GPU: best_of k = 1, 2, 4 (bench/best_of_bench.py's GPU mode).
 #
@@ -341,35 +342,42 @@ phase_trainbest() {
   tail -n 12 "$LOGS/train_track.txt" | cut -c1-300
 }
 
-phase_lorabench() {
-  # `vllm serve` with the trained adapter beside its base: `vllm bench serve` on each, same
-  # server, alternating (base, adapter, base, adapter), and greedy answers of both on
-  # bench/greedy_answers.py's fixed prompts (compared with llama.cpp's on CPU afterwards).
-  local adapter port=$((8200 + PORTS))
+serve_lora_and_measure() {  # `vllm serve --enable-lora` with the trained adapter, then lora_measure
+  # Started alone on the card: vLLM sizes its KV cache from the memory free at start-up, and
+  # with trainers or a generator beside it (an earlier version of phase_learn) it found none
+  # ("No available memory for the cache blocks").
+  local port=$((8200 + PORTS)) adapter
   adapter="$(find "$WORK/adapter" -name adapter_config.json -printf '%h\n' | head -n 1)"
+  if [ -z "$adapter" ]; then
+    say "($PHASE) no adapter"; tail -n 20 "$LOGS/adapter_train.txt"; return
+  fi
   CUDA_VISIBLE_DEVICES=$GPU vllm serve "$SMOLLM2_HF_DIR" --served-model-name smollm2 \
     --enable-lora --lora-modules "tuned=$adapter" --max-lora-rank 16 --max-model-len 2048 \
     --gpu-memory-utilization 0.5 --host 127.0.0.1 --port $port > "$LOGS/vllm_serve_lora.txt" 2>&1 &
   PIDS+=($!)
-  if ! wait_http "http://127.0.0.1:$port/health" 240; then
-    say "(lorabench) vllm serve did not start"; tail -n 30 "$LOGS/vllm_serve_lora.txt"; stop_all; return
+  if wait_http "http://127.0.0.1:$port/health" 240; then
+    lora_measure "$port" "$adapter"
+  else
+    say "($PHASE) vllm serve did not start"; tail -n 30 "$LOGS/vllm_serve_lora.txt"
   fi
-  python3 bench/greedy_answers.py --url "http://127.0.0.1:$port" --models smollm2,tuned \
-    --out "$RESULT_DIR/greedy_vllm.json" 2>&1 | tail -2
-  local round=0
-  for model in smollm2 tuned smollm2 tuned; do
-    round=$((round + 1))
-    say "(lorabench $round) $model"
-    vllm bench serve --backend openai-chat --endpoint /v1/chat/completions \
-      --base-url "http://127.0.0.1:$port" --model "$model" --tokenizer "$SMOLLM2_HF_DIR" \
-      --dataset-name random --random-input-len 256 --random-output-len 128 --ignore-eos \
-      --num-prompts "${LB_PROMPTS:-600}" --max-concurrency "${LB_CONCURRENCY:-64}" --seed 0 \
-      --save-result --result-dir "$RESULT_DIR" --result-filename "lorabench_${round}_$model.json" \
-      > "$LOGS/lorabench_$round.txt" 2>&1
-    grep -E "Output token throughput|Median TPOT|Median TTFT" "$LOGS/lorabench_$round.txt"
-  done
-  mkdir -p "$RESULT_DIR/adapter" && cp -r "$adapter"/. "$RESULT_DIR/adapter/"
   stop_all
+}
+
+phase_lorabench() {  # the adapter trained by an earlier phase of this call
+  PHASE=lorabench
+  serve_lora_and_measure
+}
+
+phase_adapter() {
+  # Issue 17's serving figures in one call: the DPO adapter trained alone on the card (its
+  # trait check included), then served by `vllm serve --enable-lora` beside its base.
+  PHASE=adapter
+  say "(adapter) DPO adapter, GPU $GPU"
+  CUDA_VISIBLE_DEVICES=$GPU PYTHONPATH="${TRAINER_SITE:+$TRAINER_SITE:}$PYTHONPATH" \
+    python3 bench/adapter_train_bench.py gpu --base "$TRAIN_BASE" --fresh "${FRESH:-160}" \
+    --out "$RESULT_DIR/adapter_dpo_gpu.json" --keep "$WORK/adapter" > "$LOGS/adapter_train.txt" 2>&1
+  tail -n 4 "$LOGS/adapter_train.txt" | cut -c1-300
+  serve_lora_and_measure
 }
 
 trainer_setup
@@ -397,7 +405,7 @@ phase_learn() {
   # then the stack stops, and `vllm serve --enable-lora` with the adapter runs lora_measure
   # with nothing else on the card. ~7 min on an H200 before lora_measure, ~3 min for it.
   PHASE=learn
-  local lport=$((8200 + PORTS)) url="127.0.0.1:$((50051 + PORTS))" reward adapter
+  local url="127.0.0.1:$((50051 + PORTS))" reward
   start_redis
   start_safety
   export GENERATOR_LOAD_ROOT="$WORK" GATEWAY_ADMIN_KEY="admin-$API_KEY" GATEWAY_REWARD_MODEL=reward
@@ -422,20 +430,7 @@ phase_learn() {
   stop_pid "$GATEWAY_PID"
   pkill -TERM -f "parlance.generator.main" 2>/dev/null
   wait "$atrain"; tail -n 4 "$LOGS/adapter_train.txt" | cut -c1-300
-  adapter="$(find "$WORK/adapter" -name adapter_config.json -printf '%h\n' | head -n 1)"
-  # Started only now, alone on the card: vLLM sizes its KV cache from the memory free at
-  # start-up, and with the trainers and the generator running beside it (an earlier version of
-  # this phase) it found none ("No available memory for the cache blocks").
-  CUDA_VISIBLE_DEVICES=$GPU vllm serve "$SMOLLM2_HF_DIR" --served-model-name smollm2 \
-    --enable-lora --lora-modules "tuned=$adapter" --max-lora-rank 16 --max-model-len 2048 \
-    --gpu-memory-utilization 0.5 --host 127.0.0.1 --port $lport > "$LOGS/vllm_serve_lora.txt" 2>&1 &
-  PIDS+=($!)
-  if [ -n "$adapter" ] && wait_http "http://127.0.0.1:$lport/health" 240; then
-    lora_measure "$lport" "$adapter"
-  else
-    say "(learn) no adapter or vllm serve"; tail -n 20 "$LOGS/vllm_serve_lora.txt" "$LOGS/adapter_train.txt"
-  fi
-  stop_all
+  serve_lora_and_measure
 }
 
 for PHASE in $PHASES; do

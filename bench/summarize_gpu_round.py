@@ -1,12 +1,14 @@
 """Tables from one bench/gpu_round.sh result folder:
 
-    python bench/summarize_gpu_round.py RESULT_DIR   # writes RESULT_DIR/embed.md, multiturn.md
+    python bench/summarize_gpu_round.py RESULT_DIR   # writes embed.md, multiturn.md, lora.md
 
 embed.md: texts/s and latency of Parlance (b) and `vllm serve --runner pooling` (a) per batch
 shape, the ratio b/a, and the cosine agreement of their vectors for the same 64 sentences.
 multiturn.md: per routing run, TTFT p50/p99 of first and later turns, output tok/s, and the
 replicas' prefix-cache hit rate over the run (hits / queries, in tokens, from the counters
 scraped before and after it), with the mean per routing mode.
+lora.md: `vllm bench serve` on the base and on its LoRA adapter, same server, alternating
+rounds: output tok/s, TTFT and TPOT medians per round, and the adapter/base ratio of the means.
 """
 
 from __future__ import annotations
@@ -107,6 +109,27 @@ def multiturn_table(folder: Path) -> list[str]:
     return lines
 
 
+def lora_table(folder: Path) -> list[str]:
+    lines = [
+        "| round | model | completed | output tok/s | TTFT p50 ms | TPOT p50 ms |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
+    mean: dict[str, list[float]] = {}
+    for path in sorted(folder.glob("lorabench_*_*.json")):
+        _, rnd, model = path.stem.split("_", 2)
+        d = json.loads(path.read_text())
+        mean.setdefault(model, []).append(d["output_throughput"])
+        lines.append(
+            f"| {rnd} | {model} | {d['completed']} | {d['output_throughput']:,.0f} | "
+            f"{d['median_ttft_ms']:.1f} | {d['median_tpot_ms']:.2f} |"
+        )
+    if "smollm2" in mean and "tuned" in mean:
+        base = sum(mean["smollm2"]) / len(mean["smollm2"])
+        tuned = sum(mean["tuned"]) / len(mean["tuned"])
+        lines += ["", f"Adapter / base output tok/s (means of the rounds): {tuned / base:.3f}"]
+    return lines
+
+
 def main() -> None:
     folder = Path(sys.argv[1])
     cards_file = folder / "cards.txt"
@@ -120,6 +143,8 @@ def main() -> None:
     if any(folder.glob("multiturn_*.json")):
         lines = [header, "", *multiturn_table(folder)]
         (folder / "multiturn.md").write_text("\n".join(lines) + "\n")
+    if any(folder.glob("lorabench_*_*.json")):
+        (folder / "lora.md").write_text("\n".join([header, "", *lora_table(folder)]) + "\n")
 
 
 if __name__ == "__main__":
