@@ -106,6 +106,23 @@ def adapter_stack(
     stack.stop()
 
 
+@pytest.fixture(scope="module")
+def registration(adapter_stack: AdapterStack) -> dict[str, Any]:
+    """The adapter registered with POST /v1/admin/models, once per module, for every test that
+    serves it: each such test runs alone too (`-k split`), not only after the one that checks
+    the registration."""
+    folder = adapter_stack.adapter
+    registered = httpx.post(
+        f"{adapter_stack.url}/v1/admin/models",
+        json={"id": folder.name, "task": "chat", "path": str(folder), "parent": BASE},
+        headers=ADMIN,
+        timeout=300,
+    )
+    assert registered.status_code == 201, registered.text
+    body: dict[str, Any] = registered.json()
+    return body
+
+
 def _chat(url: str, key: str, prompt: str, model: str, **fields: Any) -> dict[str, Any]:
     response = httpx.post(
         f"{url}/v1/chat/completions",
@@ -178,16 +195,10 @@ def test_the_export_is_what_parlance_train_dpo_reads(adapter_stack: AdapterStack
     assert len(pairs) == picked
 
 
-def test_the_adapter_is_served_as_its_own_model(adapter_stack: AdapterStack) -> None:
+def test_the_adapter_is_served_as_its_own_model(
+    adapter_stack: AdapterStack, registration: dict[str, Any]
+) -> None:
     url, folder = adapter_stack.url, adapter_stack.adapter
-    registered = httpx.post(
-        f"{url}/v1/admin/models",
-        json={"id": folder.name, "task": "chat", "path": str(folder), "parent": BASE},
-        headers=ADMIN,
-        timeout=300,
-    )
-    assert registered.status_code == 201, registered.text
-    registration = registered.json()
     assert [t["status"] for t in registration["targets"]] == ["loaded"]
     # The card is the adapter's manifest: DPO's loss went down on held-out pairs and in
     # training.
@@ -218,6 +229,7 @@ def test_the_adapter_is_served_as_its_own_model(adapter_stack: AdapterStack) -> 
     assert again == base_texts
 
 
+@pytest.mark.usefixtures("registration")
 def test_a_split_keeps_each_user_on_one_version_and_the_report_tells_them_apart(
     adapter_stack: AdapterStack,
 ) -> None:
