@@ -29,6 +29,7 @@ figures are printed.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import math
 import os
@@ -47,14 +48,6 @@ import pytest
 
 from parlance.testing import ALICE_KEY, Stack, StackPool, bearer
 from parlance.testing.processes import RedisProcess
-
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.timeout(1200),
-    pytest.mark.skipif(
-        os.environ.get("PARLANCE_LOOP_TEST") == "0", reason="PARLANCE_LOOP_TEST=0 skips it"
-    ),
-]
 
 ADMIN_KEY = "sk-admin-reward-loop-0123456789"
 # The opening is decided in the first tokens ("Of course! I'd be", "I'm sorry for any").
@@ -287,20 +280,87 @@ async def _fresh_answers(url: str, prompts: list[str]) -> tuple[list[Answer], li
     return answers[: len(prompts)], answers[len(prompts) :]
 
 
-def fisher_greater(a: int, n_a: int, b: int, n_b: int) -> float:
-    """One-sided Fisher exact test: the chance, were both rates equal, that the first sample
-    would hold `a` or more successes given the successes of both together."""
-    total, successes = n_a + n_b, a + b
-    denominator = math.comb(total, successes)
-    return (
-        sum(
-            math.comb(n_a, x) * math.comb(n_b, successes - x)
-            for x in range(a, min(n_a, successes) + 1)
+def per_prompt_exact_greater(prompts: list[tuple[int, int, int, int]]) -> float:
+    """One-sided exact test of best_of against plain answers, compared prompt by prompt (the
+    exact conditional test of a common odds ratio of 1 over strata, Mantel-Haenszel's setting).
+    Each entry is one prompt's (best_of hits, best_of answers, plain hits, plain answers).
+
+    The null hypothesis: on each prompt, best_of's answers have the trait as often as the
+    plain ones; prompts may differ in how often that is (some asks draw a glad opening nearly
+    always, some rarely). Given a prompt's hits in all, which of its answers hold them is then
+    a draw without replacement: best_of's share is hypergeometric, the prompts independent. The
+    p-value is the chance of best_of's hits (summed over prompts) at least as many as seen. A
+    prompt whose answers all agree carries no evidence either way."""
+    null = [1.0]  # the chance of each sum of best_of's hits, were the hypothesis true
+    seen = 0
+    for hits, answers, plain_hits, plain_answers in prompts:
+        together = hits + plain_hits
+        seen += hits
+        ways = math.comb(answers + plain_answers, together)
+        # The chance that x of the prompt's hits are best_of's.
+        share = [
+            math.comb(answers, x) * math.comb(plain_answers, together - x) / ways
+            if x <= together
+            else 0.0
+            for x in range(answers + 1)
+        ]
+        null = [
+            sum(null[k - x] * share[x] for x in range(len(share)) if 0 <= k - x < len(null))
+            for k in range(len(null) + answers)
+        ]
+    return min(1.0, sum(null[seen:]))
+
+
+def test_the_statistic_compares_answers_within_prompts() -> None:
+    """per_prompt_exact_greater is the exact chance, given each prompt's hits, that best_of's
+    share of them is at least the one seen (every placement of a prompt's hits among its
+    answers counted, equally likely); prompts whose answers all agree change nothing."""
+    prompts = [(1, 1, 0, 2), (1, 1, 1, 2), (0, 1, 1, 2), (1, 1, 0, 2), (0, 1, 2, 2), (1, 1, 1, 2)]
+    seen = sum(p[0] for p in prompts)
+    placements = itertools.product(
+        *(itertools.combinations(range(b + p), hits + ph) for hits, b, ph, p in prompts)
+    )
+    as_many = total = 0
+    for placement in placements:
+        # Answers 0 .. best_of answers - 1 of a prompt are best_of's.
+        best = sum(
+            sum(slot < prompt[1] for slot in chosen)
+            for chosen, prompt in zip(placement, prompts, strict=True)
         )
-        / denominator
+        as_many += best >= seen
+        total += 1
+    assert per_prompt_exact_greater(prompts) == pytest.approx(as_many / total, rel=1e-9)
+    agreeing = [(1, 1, 2, 2)] * 30 + [(0, 1, 0, 2)] * 30
+    assert per_prompt_exact_greater(prompts + agreeing) == pytest.approx(
+        per_prompt_exact_greater(prompts), rel=1e-9
     )
 
 
+def test_the_statistic_holds_its_level_whatever_the_prompts_rates() -> None:
+    """Best_of no better than plain answers on prompts of very different rates: over every
+    outcome of 5 prompts (one best_of and two plain answers each), p <= alpha comes with a
+    chance of at most alpha."""
+    rates = (0.05, 0.3, 0.5, 0.8, 0.95)
+    outcomes = [
+        [((b, 1, k, 2), r**b * (1 - r) ** (1 - b) * math.comb(2, k) * r**k * (1 - r) ** (2 - k))
+         for b in (0, 1) for k in (0, 1, 2)]
+        for r in rates
+    ]  # fmt: skip
+    runs = []
+    for outcome in itertools.product(*outcomes):
+        chance = math.prod(c for _, c in outcome)
+        runs.append((per_prompt_exact_greater([o for o, _ in outcome]), chance))
+    assert sum(c for _, c in runs) == pytest.approx(1.0)
+    for alpha in (0.01, 0.05, 0.1, 0.25, 0.5):
+        assert sum(c for p, c in runs if p <= alpha) <= alpha
+
+
+# The loop's marks only: the statistic's tests above take milliseconds.
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+@pytest.mark.skipif(
+    os.environ.get("PARLANCE_LOOP_TEST") == "0", reason="PARLANCE_LOOP_TEST=0 skips it"
+)
 def test_best_of_learns_what_the_users_prefer(loop_stack: LoopStack) -> None:
     url = loop_stack.stack.gateway_url
     prompts = [ask.format(t=topic) for topic in TOPICS for ask in ASKS]
@@ -346,7 +406,9 @@ def test_best_of_learns_what_the_users_prefer(loop_stack: LoopStack) -> None:
     best_hits = sum(sum(b[0]) for b, _ in kept)
     plain_hits = sum(sum(p[0]) for _, p in kept)
     n_plain = PLAIN_ANSWERS * answered
-    p_value = fisher_greater(best_hits, answered, plain_hits, n_plain)
+    p_value = per_prompt_exact_greater(
+        [(sum(b[0]), len(b[0]), sum(p[0]), len(p[0])) for b, p in kept]
+    )
     accuracy = card["eval"]["held_out_pairwise_accuracy"]
 
     print(
@@ -359,14 +421,15 @@ def test_best_of_learns_what_the_users_prefer(loop_stack: LoopStack) -> None:
         f"held-out accuracy {accuracy:.3f}; "
         f"{tally.refused} questions refused by input moderation; fresh prompts: best_of=4 "
         f"{best_hits}/{answered} vs plain {plain_hits}/{n_plain} "
-        f"({len(fresh) - answered} refused; one-sided Fisher p = {p_value:.2e}); "
+        f"({len(fresh) - answered} refused; one-sided per-prompt exact p = {p_value:.2e}); "
         f"seconds: {json.dumps({k: round(v, 1) for k, v in timings.items()})}"
     )
     assert {b[1]["best_of"]["reward_model"] for b, _ in kept} == {folder.name}
     assert accuracy >= 0.85
-    # Markedly more often, and by a margin chance does not reach: equal rates would give
-    # this split (or a more lopsided one) less than once in a thousand runs. With the rates
-    # seen here a run misses this mark by chance well under once in a thousand (README,
-    # Tests: simulated from per-prompt rates).
+    # Markedly more often, and by a margin chance does not reach: were best_of's answers no
+    # likelier to have the trait than the plain ones to the same prompt, however the prompts
+    # differ, this many hits (or more) would come less than once in a thousand runs. With the
+    # rates seen here a run misses this mark by chance about once in 10^5 or less (README,
+    # Tests: bench/reward_loop_sim.py, simulated from per-prompt rates).
     assert best_hits * n_plain > plain_hits * answered
     assert p_value < 1e-3
