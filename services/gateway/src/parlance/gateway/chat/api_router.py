@@ -17,6 +17,7 @@ from parlance.common import tracing
 from parlance.gateway import errors
 from parlance.gateway.auth import Principal
 from parlance.gateway.chat.limits import RequestLimits, estimate_tokens, generations
+from parlance.gateway.chat.prepare import ModerationTask
 from parlance.gateway.chat.protocol import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -54,12 +55,15 @@ class Admission:
         limits: RequestLimits,
         slots: asyncio.Semaphore,
         timing: ServerTiming,
+        checking: ModerationTask | None = None,
     ) -> None:
         self.body = body
         self.caller = caller
         self.limits = limits
         self.slots = slots
         self.timing = timing
+        # Input moderation, started once the request was valid (Preparer.start_moderation).
+        self.checking = checking
         # A stream releases when it ends (the response outlives the route).
         self.streaming = False
         self._released = False
@@ -128,22 +132,38 @@ async def admit(
         estimate_tokens(body, settings.tpm_completion_estimate, max_tokens_limit(caller, settings)),
         weight=generations(body),
     )
+    # Input moderation runs from here, beside the limits' Redis script and the context: its
+    # round trip to safety was the longest wait before the generator (bench/results/ttft_c1.md).
+    # It is awaited before the generator is called; a request refused meanwhile cancels it.
+    cacheable = settings.cache_enabled and body.is_deterministic() and use_cache(request)
+    checking = state.chat.preparer.start_moderation(body, cacheable)
     try:
-        await limits.take(headers)
-    except RedisUnavailable:
-        raise errors.service_unavailable(
-            "Rate limiting is unavailable (Redis); retry shortly.", settings.retry_after_s
-        ) from None
-    timing.mark("limits")
-    await state.slots.acquire()
-    IN_FLIGHT.inc()
-    admission = Admission(body, caller, limits, state.slots, timing)
-    try:
-        yield admission
+        try:
+            await limits.take(headers)
+        except RedisUnavailable:
+            raise errors.service_unavailable(
+                "Rate limiting is unavailable (Redis); retry shortly.", settings.retry_after_s
+            ) from None
+        timing.mark("limits")
+        await state.slots.acquire()
+        IN_FLIGHT.inc()
+        admission = Admission(body, caller, limits, state.slots, timing, checking)
+        try:
+            yield admission
+        finally:
+            # Whatever the route did not hand to a stream (an error, a cancelled request).
+            if not admission.streaming:
+                admission.release()
     finally:
-        # Whatever the route did not hand to a stream (an error, a cancelled request).
-        if not admission.streaming:
-            admission.release()
+        # A moderation the route did not await (a refusal, an error): stopped. Once awaited,
+        # the task is done and this does nothing.
+        if checking is not None:
+            checking.cancel()
+
+
+def use_cache(request: Request) -> bool:
+    """Whether the client lets the cache answer (no `Cache-Control: no-cache`)."""
+    return "no-cache" not in request.headers.get("cache-control", "").lower()
 
 
 Admitted = Annotated[Admission, Depends(admit)]
@@ -186,7 +206,7 @@ _SSE_EVENT = {
 async def create_chat_completion(
     admitted: Admitted, state: State, headers: Headers, request: Request
 ) -> Response:
-    prepared = await state.chat.prepare(admitted.body, admitted.caller)
+    prepared = await state.chat.prepare(admitted.body, admitted.caller, admitted.checking)
     admitted.limits.prepared = prepared
     intents = state.chat.preparer.intents
     if prepared.intent is not None and intents is not None:
@@ -213,8 +233,7 @@ async def create_chat_completion(
     if prepared.intent is not None:
         headers[INTENT_HEADER] = prepared.intent.name
         admitted.timing.add(SERVER_TIMING_STAGE, prepared.intent.duration_s)
-    use_cache = "no-cache" not in request.headers.get("cache-control", "").lower()
-    answer = await state.chat.respond(prepared, headers, admitted.timing, use_cache)
+    answer = await state.chat.respond(prepared, headers, admitted.timing, use_cache(request))
     if isinstance(answer, ChatCompletion):
         admitted.release()
         return Response(dump(answer), media_type="application/json", headers=headers)

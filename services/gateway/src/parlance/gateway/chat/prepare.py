@@ -28,6 +28,7 @@ from parlance.safety.v1 import safety_pb2
 log = logging.getLogger(__name__)
 
 Messages = list[generator_pb2.ChatMessage]
+ModerationTask = asyncio.Task[safety_pb2.ClassifyResponse | None]
 
 
 class Preparer:
@@ -49,15 +50,29 @@ class Preparer:
         self.outbox = outbox
         self.models = models
 
-    async def prepare(self, request: ChatCompletionRequest, principal: Principal) -> PreparedChat:
-        """Builds the context of a validated request. With intent routing, the newest user
-        message is classified while input moderation of the request's messages runs, and
-        the route's actions apply before the model is resolved. In a stored conversation the
-        newest message is embedded while the conversation is read, then classified with the
-        conversation's earlier user turns (the route file's context window)."""
+    async def prepare(
+        self,
+        request: ChatCompletionRequest,
+        principal: Principal,
+        checking: ModerationTask | None = None,
+    ) -> PreparedChat:
+        """Builds the context of a validated request. `checking`: its input moderation, when
+        admission started it (start_moderation), which runs on meanwhile. With intent routing,
+        the newest user message is classified while input moderation of the request's messages
+        runs, and the route's actions apply before the model is resolved. In a stored
+        conversation the newest message is embedded while the conversation is read, then
+        classified with the conversation's earlier user turns (the route file's context
+        window)."""
         if self.intents is None:
-            return await self._build(request, principal)
-        checking = self._start_moderation(request)
+            try:
+                prepared = await self._build(request, principal)
+            except BaseException:
+                if checking is not None:
+                    checking.cancel()
+                raise
+            prepared.input_moderation = checking
+            return prepared
+        checking = checking or self.start_moderation(request)
         embedding = self.intents.prefetch(request) if request.conversation_id else None
         try:
             stored = await self._read_conversation(request, principal.user_id)
@@ -77,10 +92,15 @@ class Preparer:
         self.intents.note_reask(prepared)
         return prepared
 
-    def _start_moderation(
-        self, request: ChatCompletionRequest
-    ) -> asyncio.Task[safety_pb2.ClassifyResponse | None] | None:
-        if not self.settings.moderate_input:
+    def start_moderation(
+        self, request: ChatCompletionRequest, cacheable: bool = False
+    ) -> ModerationTask | None:
+        """Input moderation of the request's messages, started now, to run beside what comes
+        before the generation (the TPM/lease script, the context, intent routing); awaited
+        before the generator is called (moderate_input), so nothing is generated before it
+        passed. None when input moderation is off, or when the cache may answer the request
+        (`cacheable`; a hit needs no moderation: it starts after the lookup instead)."""
+        if not self.settings.moderate_input or cacheable:
             return None
         task = asyncio.create_task(
             moderation.classify_input(self.safety, [m.text() for m in request.messages])

@@ -19,7 +19,7 @@ from parlance.gateway.chat.background import Background
 from parlance.gateway.chat.complete import Completion
 from parlance.gateway.chat.generate import Generation
 from parlance.gateway.chat.intent import IntentStep
-from parlance.gateway.chat.prepare import Preparer
+from parlance.gateway.chat.prepare import ModerationTask, Preparer
 from parlance.gateway.chat.prepared import PreparedChat, Progress
 from parlance.gateway.chat.protocol import ChatCompletion, ChatCompletionRequest
 from parlance.gateway.chat.render import cached_logprobs, completion
@@ -81,10 +81,16 @@ class ChatService:
         compare.validate(request, self.settings)
         best_of.validate(request, self.settings)
 
-    async def prepare(self, request: ChatCompletionRequest, principal: Principal) -> PreparedChat:
+    async def prepare(
+        self,
+        request: ChatCompletionRequest,
+        principal: Principal,
+        checking: ModerationTask | None = None,
+    ) -> PreparedChat:
         """Builds the context (call validate() first), and makes it a comparison when it
-        asked for one or the share draws it."""
-        prepared = await self.preparer.prepare(request, principal)
+        asked for one or the share draws it. `checking`: the input moderation admission
+        started (Preparer.start_moderation)."""
+        prepared = await self.preparer.prepare(request, principal, checking)
         self.comparer.apply(prepared)
         return prepared
 
