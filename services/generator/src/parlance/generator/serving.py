@@ -409,6 +409,11 @@ class _CallMetrics:
                 "outcome": self.outcome,
                 "generated_tokens": self.generated,
                 "duration_ms": round((time.monotonic() - self.arrived) * 1000, 1),
+                # The engine's own time to first token, to set beside a caller's (the gateway's
+                # Server-Timing "generator", a benchmark client's TTFT).
+                "ttft_ms": None
+                if self.first_token_at is None
+                else round((self.first_token_at - self.arrived) * 1000, 1),
             },
         )
         metrics.REQUESTS.labels(engine, self.outcome).inc()
