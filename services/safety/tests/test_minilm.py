@@ -133,15 +133,15 @@ def flagged_categories(result: Any) -> set[str]:
     return {c.category for c in result.categories if c.flagged}
 
 
-def test_minilm_is_opt_in_with_its_categories() -> None:
-    """profanity-check is the default (README, "Safety": why MiniLM is not yet); minilm is
-    chosen by name and claims its six categories."""
+def test_minilm_is_the_default_with_its_categories() -> None:
+    """MiniLM's head is the default and claims its six categories; profanity-check is still
+    chosen by name."""
     from parlance.safety.classifier.profanity import ProfanityClassifier
 
-    assert isinstance(build_classifier(SafetySettings()), ProfanityClassifier)
-    classifier = build_classifier(SafetySettings(classifier="minilm"))
+    classifier = build_classifier(SafetySettings())
     assert isinstance(classifier, MiniLMClassifier)
     assert list(classifier.evaluated_categories) == CLAIMED
+    assert isinstance(build_classifier(SafetySettings(classifier="profanity")), ProfanityClassifier)
 
 
 async def test_classifier_info_lists_exactly_the_claimed_categories(minilm) -> None:
