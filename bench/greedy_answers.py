@@ -14,7 +14,10 @@ dequantized bf16 folder and the PEFT adapter), so answers agree for a while and 
     .venv/bin/python bench/greedy_answers.py --compare greedy_vllm.json greedy_llamacpp.json
 
 Agreement is reported per prompt as an exact match and as the length of the common prefix in
-words (greedy decoding diverges for good after its first differing token).
+words (greedy decoding diverges for good after its first differing token). The prompts and the
+comparison are parlance.trainer.parity's, the ones `parlance-train sft|dpo` measures in process
+(transformers with the PEFT adapter against llama.cpp with the GGUF LoRA, in tokens) before it
+publishes an adapter; its sources are put on sys.path here (no torch needed).
 """
 
 from __future__ import annotations
@@ -23,31 +26,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
-SYSTEM = "You are a helpful assistant."
-PROMPTS = [
-    "How do I start a herb garden on a balcony?",
-    "What should I pack for a weekend ski trip?",
-    "Give me tips for my first pottery class.",
-    "How can I plan a family reunion on a budget?",
-    "What is a good way to learn to play the drums?",
-    "How do I prepare for a video call job interview?",
-    "Suggest a simple meal plan for a busy week.",
-    "How should I organise a garage sale?",
-    "What do I need to know before adopting a cat?",
-    "How can I build a reading habit?",
-    "Explain how to set up a home gym in a small room.",
-    "What are the steps to write a cover letter?",
-    "How do I care for a new pair of hiking boots?",
-    "What makes a dinner party go well?",
-    "How do I keep a travel budget?",
-    "What should a beginner know about kayaking?",
-]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "services" / "trainer" / "src"))
+
+from parlance.trainer.parity import PROMPTS, agreement, messages
+
 MAX_TOKENS = 48
-
-
-def messages(prompt: str) -> list[dict[str, str]]:
-    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]
 
 
 def from_server(url: str, models: list[str]) -> dict[str, list[str]]:
@@ -81,27 +66,16 @@ def from_llamacpp(gguf: str, loras: list[tuple[str, str]]) -> dict[str, list[str
     return answers
 
 
-def common_words(a: str, b: str) -> int:
-    n = 0
-    for x, y in zip(a.split(), b.split(), strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
-def compare(left: Path, right: Path) -> dict[str, dict[str, float]]:
+def compare(left: Path, right: Path) -> dict[str, dict[str, Any]]:
+    """Per model of both files: parity.agreement of the answers, in words."""
     a, b = json.loads(left.read_text()), json.loads(right.read_text())
-    report = {}
-    for model in sorted(set(a) & set(b)):
-        pairs = list(zip(a[model], b[model], strict=True))
-        report[model] = {
-            "prompts": len(pairs),
-            "exact": sum(x.strip() == y.strip() for x, y in pairs),
-            "mean_common_prefix_words": sum(common_words(x, y) for x, y in pairs) / len(pairs),
-            "mean_words": sum(len(x.split()) for x, _ in pairs) / len(pairs),
+    return {
+        model: {
+            "unit": "words",
+            **agreement([x.split() for x in a[model]], [y.split() for y in b[model]]),
         }
-    return report
+        for model in sorted(set(a) & set(b))
+    }
 
 
 def main() -> None:

@@ -7,7 +7,9 @@ and README, so a name always means one adapter; an existing folder is never writ
                      LoRARequest path
     adapter.gguf     the same LoRA for llama.cpp (llama.cpp's own converter, float32)
     manifest.json    base digests, data digest and row counts, held-out figures before and
-                     after, the loss curve, time, steps, device, versions
+                     after, the loss curve, time, steps, device, versions, and the greedy
+                     parity of the adapter between transformers (PEFT, the weights vLLM
+                     loads) and llama.cpp (the GGUF LoRA) on fixed prompts (parity.py)
     README.md        the manifest in words
 
 Everything that can refuse is checked before training (data, name, converter, base, length),
@@ -25,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from parlance.trainer import data as prefs
-from parlance.trainer import gguf_lora, lm_base, lora_train, output, sft_data
+from parlance.trainer import gguf_lora, lm_base, lora_train, output, parity, sft_data
 from parlance.trainer.errors import TrainError
 from parlance.trainer.reward import versions
 from parlance.trainer.source import Loaded
@@ -59,6 +61,7 @@ class AdapterJob:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     beta: float = 0.1
+    parity_prompts: int = parity.DEFAULT_PROMPTS
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +213,7 @@ def _manifest(
             **extra["lengths"],
             **figures["training"],
         },
+        "parity": extra["parity"],
         "versions": versions(),
         "adapter_digest": "",
     }
@@ -242,10 +246,23 @@ def _write(
         _settings(job), base.model, base.tokenizer, rows.train, rows.held_out, staging / PEFT_DIR
     )
     gguf_lora.convert(staging / PEFT_DIR, base.folder, staging / GGUF_FILE)
+    import torch
+
     extra = {
         "lora": _lora_fields(staging / PEFT_DIR),
         "gguf": gguf_lora.check(staging / GGUF_FILE),
         "lengths": lengths,
+        # After the conversion: it compares the two files just written (and refuses to publish
+        # a GGUF LoRA that llama.cpp does not apply).
+        "parity": parity.measure(
+            count=job.parity_prompts,
+            folder=base.folder,
+            tokenizer=base.tokenizer,
+            peft_dir=staging / PEFT_DIR,
+            gguf=base.gguf_path,
+            gguf_lora=staging / GGUF_FILE,
+            threads=torch.get_num_threads(),
+        ),
     }
     return _manifest(job, name, loaded, rows, base, figures, extra)
 
@@ -281,6 +298,24 @@ def _figures(metrics: dict[str, float]) -> str:
     return ", ".join(f"{k} {v}" for k, v in metrics.items()) or "n/a"
 
 
+def _parity_line(p: dict[str, Any]) -> str:
+    if "skipped" in p:
+        return f"skipped: {p['skipped']}"
+
+    def figures(a: dict[str, Any]) -> str:
+        return (
+            f"{a['exact']}/{a['prompts']} answers identical, first "
+            f"{a['mean_common_prefix']} tokens shared on average"
+        )
+
+    weights = p["engines"]["llamacpp"]["weights"]
+    return (
+        f"transformers (PEFT, float32) vs llama.cpp (GGUF LoRA on {weights}), greedy, "
+        f"{p['max_new_tokens']} new tokens: adapter {figures(p['adapter'])}; base "
+        f"{figures(p['base'])}"
+    )
+
+
 def render_readme(m: dict[str, Any]) -> str:
     base, data, split, tr, ev = m["base"], m["data"], m["split"], m["training"], m["eval"]
     what = (
@@ -309,7 +344,11 @@ decoder) trained by `parlance-train {m["method"]}`: {what}.
 {tr["seconds"]:.1f} s ({tr["rows_per_s"]} rows/s) on {tr["device"]} |
 | cut / dropped for length | {tr["truncated_rows"]} / {tr["dropped_rows"]} \
 (max {tr["max_length"]} tokens) |
+| greedy parity | {_parity_line(m["parity"])} |
 | adapter digest | {m["adapter_digest"]} |
 
-Held-out rows answer prompts no training row answers. `{MANIFEST}` holds every figure.
+Held-out rows answer prompts no training row answers. Greedy parity gives both engines the same
+prompt tokens; where the base GGUF is quantized, transformers runs its dequantized weights and
+llama.cpp quantized matmuls, so answers may part after a near tie (a measurement, not a gate).
+`{MANIFEST}` holds every figure and the parity answers.
 """

@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from parlance.trainer import parity
 from parlance.trainer.errors import TrainError
 
 if TYPE_CHECKING:
@@ -23,6 +24,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _parity_prompts(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= len(parity.PROMPTS):
+        raise argparse.ArgumentTypeError(f"must be 0 to {len(parity.PROMPTS)}, not {value}")
     return value
 
 
@@ -120,6 +128,15 @@ def _add_adapter(commands: argparse._SubParsersAction, method: str) -> None:
     p.add_argument("--lora-dropout", type=float, default=0.05)
     if not sft:
         p.add_argument("--beta", type=float, default=0.1, help="DPO's beta (default 0.1)")
+    p.add_argument(
+        "--parity-prompts",
+        type=_parity_prompts,
+        default=parity.DEFAULT_PROMPTS,
+        metavar="N",
+        help="greedy parity of the adapter between transformers (PEFT) and llama.cpp (GGUF "
+        f"LoRA) on N fixed prompts, in the manifest (default {parity.DEFAULT_PROMPTS}, at most "
+        f"{len(parity.PROMPTS)}; 0 skips)",
+    )
 
 
 def lm_base_name() -> str:
@@ -198,6 +215,7 @@ def _adapter(args: argparse.Namespace) -> Path:
         lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout,
         beta=getattr(args, "beta", 0.1),
+        parity_prompts=args.parity_prompts,
     )
     return adapter.run(job, loaded)
 
