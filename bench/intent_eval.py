@@ -176,6 +176,7 @@ class Config:
     out_of_scope: bool  # the default route's examples used
     context_turns: int = 0
     context_weight: float = 0.0
+    name_anchors: bool = False  # each route's name one more example (not counted in the 5)
 
     def settings(self) -> dict[str, object]:
         return {
@@ -184,6 +185,7 @@ class Config:
             "center": self.center,
             "context_turns": self.context_turns,
             "context_weight": self.context_weight,
+            "name_anchors": self.name_anchors,
         }
 
 
@@ -201,8 +203,28 @@ CONFIGS = [
     Config("k 3, centred + default, +2 earlier turns (0.3)", "nearest", 3, True, True, 2, 0.3),
     Config("logistic, + default examples", "logistic", 3, False, True),
     Config("logistic, centred + default examples", "logistic", 3, True, True),
-    # The shipped file's settings (the last row: its confusions are listed below).
     Config("logistic, centred + default, +1 earlier turn (0.6)", "logistic", 3, True, True, 1, 0.6),
+    Config(
+        "centroid, centred + default, +1 turn (0.6), + names",
+        "centroid",
+        3,
+        True,
+        True,
+        1,
+        0.6,
+        True,
+    ),
+    # The shipped file's settings (the last row: its confusions are listed below).
+    Config(
+        "logistic, centred + default, +1 turn (0.6), + names",
+        "logistic",
+        3,
+        True,
+        True,
+        1,
+        0.6,
+        True,
+    ),
 ]
 DRAWS = 20
 PER_ROUTE = 5

@@ -25,6 +25,7 @@ from parlance.gateway.intents import (
     IntentRouter,
     RouteFileError,
 )
+from parlance.gateway.intents.index import anchor
 from parlance.gateway.models import ModelRegistry
 from parlance.generator.config import GeneratorSettings
 from parlance.generator.main import create_host
@@ -255,3 +256,17 @@ async def test_out_of_scope_examples_and_centring(generator: Generator, tmp_path
     # In-scope messages still take their intent (the scores are of centred vectors).
     coding = await scoped.classify(user("TypeError: undefined is not a function in my JS code"))
     assert (coding.name, coding.fallback) == ("coding", False)
+
+
+async def test_name_anchors_make_each_route_name_an_example(
+    generator: Generator, tmp_path: Path
+) -> None:
+    text = ROUTES.replace("0.35", "-1.0").replace("default:\n", "method: nearest\ndefault:\n")
+    plain = await router_for(generator, write(tmp_path / "plain.yaml", text))
+    anchored_text = text.replace("default:\n", "name_anchors: true\ndefault:\n")
+    anchored = await router_for(generator, write(tmp_path / "anchored.yaml", anchored_text))
+    # The name is one more example of its route: the message "cooking" is now that example.
+    assert (await plain.classify(user("cooking"))).score < 0.9
+    match = await anchored.classify(user("cooking"))
+    assert match.name == "cooking" and match.score == pytest.approx(1.0, abs=1e-4)
+    assert anchor("small_talk") == "small talk" and anchor("faq.billing-v2") == "faq billing v2"

@@ -4,11 +4,24 @@ examples; for the file's `logistic` method, a softmax regression trained on them
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 import numpy as np
 
-from parlance.gateway.intents.routes import LoadedRoutes
+from parlance.gateway.intents.routes import LoadedRoutes, RouteFile
+
+
+def anchor(name: str) -> str:
+    """A route's name as an example text ("small_talk" -> "small talk")."""
+    return re.sub(r"[_.-]+", " ", name).strip()
+
+
+def example_texts(spec: RouteFile) -> list[list[str]]:
+    """Each route's example texts (its name first, with name_anchors), then the default
+    route's examples."""
+    groups = [[anchor(r.name)] * spec.name_anchors + r.examples for r in spec.routes]
+    return [*[list(dict.fromkeys(g)) for g in groups], spec.default.examples]
 
 
 class ExampleIndex:
@@ -20,14 +33,11 @@ class ExampleIndex:
         spec = routes.spec
         self.names = [r.name for r in spec.routes]
         rows, owners = [], []
-        for index, route in enumerate(spec.routes):
-            for example in route.examples:
-                rows.append(vectors[example])
-                owners.append(index)
         # The default route's examples are one more group, after the intents.
-        for example in spec.default.examples:
-            rows.append(vectors[example])
-            owners.append(len(self.names))
+        for index, texts in enumerate(example_texts(spec)):
+            for text in texts:
+                rows.append(vectors[text])
+                owners.append(index)
         examples = np.vstack(rows).astype(np.float32)
         self.center = examples.mean(axis=0) if spec.center else None
         self.examples = self._centred(examples)

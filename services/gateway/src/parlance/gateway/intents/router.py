@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from parlance.gateway.intents.index import ExampleIndex
+from parlance.gateway.intents.index import ExampleIndex, example_texts
 from parlance.gateway.intents.routes import (
     DEFAULT_ROUTE,
     Actions,
@@ -263,8 +263,7 @@ async def _embed_examples(
     routes: LoadedRoutes, embedder: Embedder, known: Mapping[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
     """Every example's vector: those already known reused, the others in one call."""
-    wanted = [e for r in routes.spec.routes for e in r.examples]
-    wanted += routes.spec.default.examples
+    wanted = [text for texts in example_texts(routes.spec) for text in texts]
     missing = list(dict.fromkeys(e for e in wanted if e not in known))
     vectors = {e: known[e] for e in wanted if e in known}
     if missing:

@@ -7,6 +7,7 @@ from YAML or JSON and checked, each problem named with the route and its line.
     method: nearest         # or centroid, or logistic (a classifier trained on the examples)
     k: 2                    # nearest: mean similarity of an intent's k closest examples
     center: true            # compare vectors after removing the examples' mean
+    name_anchors: true      # each route's name is one more example ("small_talk": "small talk")
     reask_threshold: 0.75   # a message this similar to the previous user message re-asks it
     default:                # actions for messages that match nothing (name: "default")
       model: default
@@ -117,9 +118,8 @@ class Route(Actions):
 
 
 class DefaultRoute(Actions):
-    """The default route's actions, and optional examples of messages that are out of scope
-    (a message closer to them than to every intent takes the default route whatever its
-    score: measured to help, bench/results/intent_eval.md)."""
+    """The default route's actions, and optional examples of out-of-scope messages (one
+    closer to them than to every intent takes the default route whatever its score)."""
 
     examples: list[str] = Field(default_factory=list, max_length=MAX_EXAMPLES)
 
@@ -146,9 +146,10 @@ class RouteFile(BaseModel):
     # Similarities after subtracting the mean of every example vector (the direction all
     # chat messages share), re-normalised: scores spread more between intents.
     center: bool = False
-    # A stored user message this similar (cosine) to the previous user message of its
-    # conversation re-asks it: a weak negative on the answer between them (intents/reask.py).
-    # Unset: no re-ask signal.
+    # Each route's name, its _ . - as spaces, is one more example of it (a label anchor).
+    name_anchors: bool = False
+    # A stored user message this similar (cosine) to the previous one of its conversation
+    # re-asks it: a weak negative on the answer between them (intents/reask.py); unset: none.
     reask_threshold: float | None = Field(default=None, ge=0, le=1)
     default: DefaultRoute = Field(default_factory=DefaultRoute)
     routes: list[Route] = Field(min_length=1)
@@ -277,8 +278,7 @@ def _check_shared_examples(path: str, spec: RouteFile) -> None:
 
 
 def _check_logistic_threshold(path: str, spec: RouteFile) -> None:
-    """Without default examples (a class of their own), a logistic file whose threshold is at
-    most 1/N would never fall back: the best of N probabilities is at least 1/N."""
+    """Logistic, no default examples (their own class), threshold <= 1/N: never a fallback."""
     floor = 1.0 / len(spec.routes)
     if spec.method == "logistic" and not spec.default.examples and spec.threshold <= floor:
         raise RouteFileError(
