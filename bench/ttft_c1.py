@@ -240,6 +240,13 @@ def main() -> None:
     parser.add_argument("--sides", default="grpc,gw,gw+mod,bare")
     parser.add_argument("--gateway-env", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=SIDE:VAR=VALUE,...",
+        help="one more side: SIDE's gateway with these settings",
+    )
+    parser.add_argument(
         "--baseline", default="", help="git ref: sides NAME@base run that commit's gateway"
     )
     parser.add_argument(
@@ -260,6 +267,13 @@ def main() -> None:
         targets(args)
         return
     extra = dict(item.split("=", 1) for item in args.gateway_env)
+    # --variant NAME=SIDE:VAR=VALUE,...: side SIDE's gateway with settings changed.
+    variants: dict[str, dict[str, str]] = {}
+    for item in args.variant:
+        name, _, spec = item.partition("=")
+        side, _, changes = spec.partition(":")
+        variants[name] = GATEWAYS[side] | dict(c.split("=", 1) for c in changes.split(","))
+        args.sides.append(name)
     env: dict[str, dict[str, str]] = {"safety": {"SAFETY_CLASSIFIER": "profanity"}}
     if args.engine == "scripted":
         env["generator"] = scripted(SCRIPT, args.tokens_per_s)
@@ -273,7 +287,7 @@ def main() -> None:
         with BenchStack(env=env, prefix="parlance-ttft-c1-") as stack:
             urls = {}
             for name in args.sides:
-                settings = GATEWAYS.get(name.removesuffix("@base"))
+                settings = GATEWAYS.get(name.removesuffix("@base")) or variants.get(name)
                 if settings is None:
                     continue
                 settings = {**COMMON, **settings, **extra, "GATEWAY_METRICS_PORT": str(free_port())}
