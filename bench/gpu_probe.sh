@@ -22,7 +22,8 @@
 # The client check (VBENCH, default on): `vllm bench serve` (vLLM's own client) against
 # `vllm serve` and against the gateway with output moderation on, at c=64 and c=256, the same
 # prompt shape, so the ratios can be read with a client that is not ours: if our client's
-# figure for serve is below vllm bench serve's, our client limits serve's arm.
+# figure for serve is below vllm bench serve's, our client limits serve's arm. After the
+# gateway arms, bench/ttft_c1.py sends grpc / gw / gw+mod requests at c=1 interleaved.
 #
 # On the GPU machine, from the project root, after the kit (../shared/gpu/README.md, staged with
 # `prepare.sh bench/gpu-requirements.txt`):
@@ -58,7 +59,7 @@ GW_VARIANTS="${GW_VARIANTS-${VARIANTS%% *}}"
 # A variant's start-up (~60-100 s) and its arms, without and with the gateway arms: the
 # budget check skips a variant that would not end within BUDGET_S.
 LOAD_S=130
-LOAD_GW_S=290
+LOAD_GW_S=340
 if [ -n "$DRY_RUN" ]; then
   REQ1=4; MAXTOK1=8; REQ64=16; REQ256=0; VBENCH=0; PROCS=2; LOAD_S=20; LOAD_GW_S=40
   GATEWAY_WORKERS=1
@@ -133,6 +134,22 @@ vbench() {  # label base_url [api_key]: vLLM's own client at c=64 and c=256 (the
   done
   "$PY" bench/gpu_probe.py summarize --dir "$RESULT_DIR" --out "$RESULT_DIR/gpu_probe.md" \
     > /dev/null 2>> "$LOGS/client.txt"
+}
+
+ttft_interleaved() {  # variant: c=1 TTFT of grpc, gw, gw+mod requests interleaved (bench/ttft_c1.py)
+  # The c=1 arms above run one after another on one engine (the gateway's after the grpc c=64
+  # and c=256 bursts); interleaving takes the engine's state out of the difference, and the
+  # report has the gateway's Server-Timing stages.
+  local http=() port=8000 mod
+  for mod in $GW; do
+    [ "$mod" = on ] && http+=(--http "gw+mod=http://127.0.0.1:$port") || http+=(--http "gw=http://127.0.0.1:$port")
+    port=$((port + 1))
+  done
+  timeout 120 "$PY" bench/ttft_c1.py --grpc "127.0.0.1:$GEN_PORT" "${http[@]}" --api-key "$API_KEY" \
+    --model "$MODEL" --prompts "$RESULT_DIR/prompts.json" --requests "$REQ1" --warmup 3 \
+    --max-tokens "$MAXTOK1" --out "$RESULT_DIR/ttft_c1_$1.md" --raw "$RESULT_DIR/ttft_c1_$1.json" \
+    > "$LOGS/ttft_c1_$1.txt" 2>&1 || say "ttft_c1 failed: see logs/ttft_c1_$1.txt"
+  say "($1) interleaved c=1: $(grep -E '^\| (grpc|gw|gw\+mod) \|' "$RESULT_DIR/ttft_c1_$1.md" 2>/dev/null | tr -s ' ' | tr '\n' ';')"
 }
 
 variant_env() {  # name: the generator's environment for the variant (one line of NAME=VALUE)
@@ -253,6 +270,7 @@ for variant in $VARIANTS; do
       fi
       port=$((port + 1))
     done
+    [ -n "$gw_arms" ] && ttft_interleaved "$variant"
   else
     say "($variant) generator not serving"; tail -30 "$LOGS/generator_$variant.txt"
   fi
