@@ -29,7 +29,11 @@
 # `prepare.sh bench/gpu-requirements.txt`):
 #   source /tmp/stage/env.sh && REDIS_SERVER=.gpu/redis/redis-server bash bench/gpu_probe.sh
 # Environment: VARIANTS ("fixed baseline"), GW ("off on": gateway arms, output moderation off
-# and on; "" for none), GW_VARIANTS (the variants with gateway arms: the first), REQ1 (40),
+# and on, both with PROBE_SAFETY's classifier; add "minilm" for a third gateway, output
+# moderation on, whose safety service runs the MiniLM head on PROBE_SAFETY_DEVICE (cuda);
+# "" for none), SKIP_SERVE (1: no `vllm serve` arms, e.g. when a call before ran them),
+# ORDER_START (0: the first arm's number), MERGE_FROM (a folder of an earlier call's
+# load_*/vbench_* files, copied in so the summary shows both calls), GW_VARIANTS (the variants with gateway arms: the first), REQ1 (40),
 # MAXTOK1 (32), REQ64 (640), REQ256 (1024; 0 skips c=256), PROCS (8 client processes at c>1),
 # VBENCH (1; 0 skips the client check), PROBE_SAFETY (the safety classifier: profanity),
 # GPU_MEM (0.5), BUDGET_S (560), RESULT_DIR ($OUT/gpu_probe or bench/results/raw/gpu_probe),
@@ -66,6 +70,10 @@ if [ -n "$DRY_RUN" ]; then
 fi
 LOGS="$RESULT_DIR/logs"
 rm -rf "$RESULT_DIR"
+mkdir -p "$RESULT_DIR"
+if [ -n "${MERGE_FROM:-}" ]; then
+  cp "$MERGE_FROM"/load_*.json "$MERGE_FROM"/vbench_*.json "$MERGE_FROM"/card.txt "$RESULT_DIR"/ 2>/dev/null
+fi
 mkdir -p "$RESULT_DIR" "$LOGS"
 VLLM_PORT=8100
 GEN_PORT=50051
@@ -73,7 +81,7 @@ SAFETY_PORT=50052
 REDIS_PORT=6390
 API_KEY="probe-$(date +%s)"
 BEGAN=$(date +%s)
-ORDER=0
+ORDER=${ORDER_START:-0}
 # say, stop_all (kills PIDS), wait_http, wait_serving:
 source "$ROOT/bench/lib/processes.sh"
 export PYTHONPATH="$ROOT/services/common/src:$ROOT/services/generator/src:$ROOT/services/safety/src:$ROOT/services/gateway/src${PYTHONPATH:+:$PYTHONPATH}"
@@ -136,20 +144,24 @@ vbench() {  # label base_url [api_key]: vLLM's own client at c=64 and c=256 (the
     > /dev/null 2>> "$LOGS/client.txt"
 }
 
+gw_label() {  # mode: the arm's name for a gateway mode of GW
+  case "$1" in off) echo gw ;; on) echo gw+mod ;; *) echo "gw+mod-$1" ;; esac
+}
+
 ttft_interleaved() {  # variant: c=1 TTFT of grpc, gw, gw+mod requests interleaved (bench/ttft_c1.py)
   # The c=1 arms above run one after another on one engine (the gateway's after the grpc c=64
   # and c=256 bursts); interleaving takes the engine's state out of the difference, and the
   # report has the gateway's Server-Timing stages.
   local http=() port=8000 mod
   for mod in $GW; do
-    [ "$mod" = on ] && http+=(--http "gw+mod=http://127.0.0.1:$port") || http+=(--http "gw=http://127.0.0.1:$port")
+    http+=(--http "$(gw_label "$mod")=http://127.0.0.1:$port")
     port=$((port + 1))
   done
   timeout 120 "$PY" bench/ttft_c1.py --grpc "127.0.0.1:$GEN_PORT" "${http[@]}" --api-key "$API_KEY" \
     --model "$MODEL" --prompts "$RESULT_DIR/prompts.json" --requests "$REQ1" --warmup 3 \
     --max-tokens "$MAXTOK1" --out "$RESULT_DIR/ttft_c1_$1.md" --raw "$RESULT_DIR/ttft_c1_$1.json" \
     > "$LOGS/ttft_c1_$1.txt" 2>&1 || say "ttft_c1 failed: see logs/ttft_c1_$1.txt"
-  say "($1) interleaved c=1: $(grep -E '^\| (grpc|gw|gw\+mod) \|' "$RESULT_DIR/ttft_c1_$1.md" 2>/dev/null | tr -s ' ' | tr '\n' ';')"
+  say "($1) interleaved c=1: $(grep -E '^\| (grpc|gw[^ ]*) \|' "$RESULT_DIR/ttft_c1_$1.md" 2>/dev/null | tr -s ' ' | tr '\n' ';')"
 }
 
 variant_env() {  # name: the generator's environment for the variant (one line of NAME=VALUE)
@@ -176,6 +188,7 @@ else
   "$PY" bench/gpu_probe.py prompts --tokenizer "$MODEL" --count 700 --out "$RESULT_DIR/prompts.json"
 fi
 : > "$RESULT_DIR/engine_configs.txt"
+[ -n "${MERGE_FROM:-}" ] && cat "$MERGE_FROM/engine_configs.txt" >> "$RESULT_DIR/engine_configs.txt" 2>/dev/null
 
 # -- the gateways and safety: started once, behind whichever generator runs -------------------
 start_gateways() {
@@ -192,11 +205,18 @@ start_gateways() {
   SAFETY_CLASSIFIER=$PROBE_SAFETY SAFETY_HOST=127.0.0.1 SAFETY_PORT=$SAFETY_PORT \
     SAFETY_METRICS_PORT=9102 "$PY" -m parlance.safety.main > "$LOGS/safety.txt" 2>&1 &
   GATEWAY_PIDS+=($!)
-  local db=0
+  if [[ " $GW " == *" minilm "* ]]; then
+    SAFETY_CLASSIFIER=minilm SAFETY_DEVICE="${PROBE_SAFETY_DEVICE:-cuda}" SAFETY_HOST=127.0.0.1 \
+      SAFETY_PORT=$((SAFETY_PORT + 1)) SAFETY_METRICS_PORT=9103 "$PY" -m parlance.safety.main \
+      > "$LOGS/safety_minilm.txt" 2>&1 &
+    GATEWAY_PIDS+=($!)
+  fi
+  local db=0 safety
   for mod in $GW; do
-    [ "$mod" = on ] && flag=true || flag=false
+    [ "$mod" = off ] && flag=false || flag=true
+    safety=$SAFETY_PORT; [ "$mod" = minilm ] && safety=$((SAFETY_PORT + 1))
     GATEWAY_HOST=127.0.0.1 GATEWAY_PORT=$port GATEWAY_GENERATOR_URL="127.0.0.1:$GEN_PORT" \
-      GATEWAY_SAFETY_URL=127.0.0.1:$SAFETY_PORT GATEWAY_HISTORY_URL=127.0.0.1:1 \
+      GATEWAY_SAFETY_URL=127.0.0.1:$safety GATEWAY_HISTORY_URL=127.0.0.1:1 \
       GATEWAY_REDIS_URL="${redis_url:+$redis_url/$db}" GATEWAY_API_KEYS="bench:$API_KEY" \
       GATEWAY_RPM_LIMIT=10000000 GATEWAY_TPM_LIMIT=1000000000 GATEWAY_MAX_CONCURRENT_PER_KEY=4096 \
       GATEWAY_MAX_CONCURRENT_REQUESTS=4096 GATEWAY_MODERATE_INPUT=true GATEWAY_MODERATE_OUTPUT=$flag \
@@ -229,7 +249,7 @@ start_generator() {  # variant
 # -- (1) vllm serve -------------------------------------------------------------------------------
 # The gateways and safety load meanwhile (CPU only, seconds): they wait for a generator.
 [ -n "$GW" ] && start_gateways
-if [ -z "$DRY_RUN" ]; then
+if [ -z "$DRY_RUN" ] && [ "${SKIP_SERVE:-0}" != 1 ]; then
   say "(serve) starting vllm serve"
   vllm serve "$MODEL" --max-model-len 2048 --gpu-memory-utilization "$GPU_MEM" \
     --host 127.0.0.1 --port $VLLM_PORT > "$LOGS/vllm_serve.txt" 2>&1 &
@@ -262,7 +282,7 @@ for variant in $VARIANTS; do
     [[ " $GW_VARIANTS " == *" $variant "* ]] && gw_arms=$GW || gw_arms=""
     for mod in $gw_arms; do
       if wait_http "http://127.0.0.1:$port/readyz" 30; then
-        [ "$mod" = on ] && label="$variant/gw+mod" || label="$variant/gw"
+        label="$variant/$(gw_label "$mod")"
         arms "$label" "http://127.0.0.1:$port" "$API_KEY"
         [ "$mod" = on ] && vbench "$label" "http://127.0.0.1:$port" "$API_KEY"
       else
