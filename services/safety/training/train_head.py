@@ -92,7 +92,7 @@ SAFE_FLAG_COST = 3.0
 # texts generated with the seed.
 HELP_REQUESTS = 240
 MADE_UP = 200
-EVAL_DIRS = (ROOT / "bench" / "data" / "safety_eval", ROOT / "bench" / "data" / "safety_eval_2")
+EVAL_DIRS = tuple(ROOT / "bench" / "data" / f"safety_eval{n}" for n in ("", "_2", "_3"))
 DATA_DIR = HERE / "data"
 # Calibration only: never trained on (see choose_thresholds). Head 4 adds the second
 # evaluation set (its toxic texts with their labels, its benign and hard-negative texts as safe).
