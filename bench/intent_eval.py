@@ -19,7 +19,7 @@ message: left out of every figure, listed at the end).
 
 Methods: nearest examples (k), centroids, or `logistic` (a softmax regression trained on the
 examples when the file loads; its threshold is a probability). --pooling/--dtype pick the
-vectors: the gateway's intent model (every layer pooled, bfloat16; the default here) or the
+vectors: the gateway's intent model (every layer pooled, dtype auto; the default here) or the
 model as /v1/embeddings serves it (--pooling mean --dtype float32).
 
 Calibration: accuracy for each threshold from 0.00 to 0.80; the best one is reported with a
@@ -403,7 +403,8 @@ async def run(args: argparse.Namespace) -> Report:
             f"{sum(bool(i.context) for i in items)} of them follow-ups with an earlier user turn; "
             f"{len(mixed)} mixed-intent messages left out of the figures.",
             f"Model: {EMBED} in process (the generator's TransformersEmbeddingEngine, "
-            f"{args.threads} threads, {args.dtype}, pooling {args.pooling!r}: "
+            f"{args.threads} threads, {args.dtype}: {engine._model.dtype}, "
+            f"pooling {args.pooling!r}: "
             + (
                 "every layer's mean-pooled states concatenated)."
                 if args.pooling == "layers"
@@ -563,9 +564,10 @@ def main() -> None:
     # 1: as the generator serves it (GENERATOR_EMBED_N_THREADS); faster on a busy machine.
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cost-rounds", type=int, default=30)
-    # The gateway's intent model under make up (scripts/devstack.py): every layer, bfloat16;
+    # The gateway's intent model under make up (scripts/devstack.py): every layer, dtype auto
+    # (bfloat16 where the CPU has it natively, else float32: vectors within 1e-4 cosine);
     # --pooling mean --dtype float32 is all-MiniLM-L6-v2 as /v1/embeddings serves it.
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "auto"], default="auto")
     parser.add_argument("--pooling", choices=["mean", "layers"], default="layers")
     args = parser.parse_args()
     args.routes = args.routes.resolve()

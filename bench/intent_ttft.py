@@ -2,8 +2,9 @@
 through three gateways on the same services, interleaved in rounds so that the noise of a
 shared machine hits them alike, at concurrency 1 and 32: routing on (the shipped route file,
 classified with the gateway's intent model as `make up` serves it: every layer pooled,
-bfloat16, no batching wait), routing off, and routing on with all-MiniLM-L6-v2 as
-/v1/embeddings serves it (float32, last layer, 2 ms batching wait: the setup before).
+bfloat16 where the CPU has it natively, else float32; no batching wait), routing off, and
+routing on with all-MiniLM-L6-v2 as /v1/embeddings serves it (float32, last layer, 2 ms
+batching wait: the setup before).
 
 The stack runs as processes (bench/lib/stack.py) with a redis-server of its own. The generator
 serves a scripted chat model (a fixed 8-word reply, unpaced: the model's own time out of the
@@ -42,9 +43,9 @@ from lib.stats import fmt, percentile
 
 EMBED = "all-MiniLM-L6-v2"
 # The gateway's intent model as `make up` serves it (scripts/devstack.py): the same weights,
-# every layer pooled, bfloat16, no micro-batching wait.
+# every layer pooled, bfloat16 where the CPU has it natively, no micro-batching wait.
 INTENT_MODEL = "all-MiniLM-L6-v2-intent"
-INTENT_SETTINGS = {"embed_dtype": "bfloat16", "embed_pooling": "layers", "embed_max_wait_ms": 0}
+INTENT_SETTINGS = {"embed_dtype": "auto", "embed_pooling": "layers", "embed_max_wait_ms": 0}
 ROUTES = ROOT / "services/gateway/src/parlance/gateway/intents/default_routes.yaml"
 MESSAGES = ROOT / "bench/data/intents/messages.tsv"
 GENERATOR_MODELS = [

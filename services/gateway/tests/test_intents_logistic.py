@@ -1,6 +1,6 @@
 """The route file's `logistic` method: a softmax regression trained on the examples' vectors
 when the file is loaded. Its solver against scikit-learn's, and the shipped route file over
-the gateway's intent model (all-MiniLM-L6-v2 with every layer pooled, bfloat16: as `make up`
+the gateway's intent model (all-MiniLM-L6-v2 with every layer pooled, dtype auto: as `make up`
 serves it) on a real generator gRPC server, through the gateway's own client and registry."""
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ MODELS = [
         "id": INTENT_MODEL,
         "engine": "transformers",
         "task": "embed",
-        "settings": {"embed_dtype": "bfloat16", "embed_pooling": "layers", "embed_max_wait_ms": 0},
+        "settings": {"embed_dtype": "auto", "embed_pooling": "layers", "embed_max_wait_ms": 0},
     },
 ]
 SHIPPED = Path(__file__).parents[1] / "src/parlance/gateway/intents/default_routes.yaml"

@@ -77,3 +77,35 @@ async def test_unknown_dtype_or_pooling_is_refused() -> None:
         GeneratorSettings(embed_dtype="float16")
     with pytest.raises(ValidationError, match="embed_pooling"):
         GeneratorSettings(embed_pooling="cls")
+
+
+async def test_auto_dtype_takes_bfloat16_only_where_it_is_native() -> None:
+    import torch
+
+    from parlance.generator.engine.transformers_embed import (
+        TransformersEmbeddingEngine,
+        native_bfloat16,
+    )
+
+    class CpuChecks:  # stands in for torch.cpu, whose answers are this machine's
+        def __init__(self, **answers: bool) -> None:
+            for name, answer in answers.items():
+                setattr(self, name, lambda answer=answer: answer)
+
+    class Torch:
+        def __init__(self, cpu: CpuChecks) -> None:
+            self.cpu = cpu
+
+    assert native_bfloat16(Torch(CpuChecks()), "cuda:0")
+    assert not native_bfloat16(Torch(CpuChecks()), "cpu")  # a torch without the checks
+    assert not native_bfloat16(Torch(CpuChecks(_is_avx512_bf16_supported=False)), "cpu")
+    assert native_bfloat16(Torch(CpuChecks(_is_amx_tile_supported=True)), "cpu")
+    # The real engine on this machine: bfloat16 exactly where torch says the CPU has it.
+    engine = TransformersEmbeddingEngine(served_model_name="auto", dtype="auto")
+    await engine.start()
+    try:
+        expected = torch.bfloat16 if native_bfloat16(torch, "cpu") else torch.float32
+        assert engine._model.dtype == expected
+    finally:
+        await engine.close()
+    assert GeneratorSettings(embed_dtype="auto").embed_dtype == "auto"

@@ -88,10 +88,11 @@ class GeneratorSettings(ServiceSettings):
     embed_max_wait_ms: float = Field(default=2.0, ge=0.0)
     # Inputs one Embed call may carry.
     embed_max_inputs: int = Field(default=2048, ge=1)
-    # transformers (embed): the forward pass's dtype ("bfloat16": about half float32's CPU time)
+    # transformers (embed): the forward pass's dtype ("bfloat16": about half float32's CPU time
+    # on a CPU with AVX-512 BF16 or AMX, 5x more elsewhere; "auto": bfloat16 only where native)
     # and the vector ("mean": the last layer's mean-pooled states, as sentence-transformers;
     # "layers": every layer's, concatenated; engine/transformers_embed.py).
-    embed_dtype: Literal["float32", "bfloat16"] = "float32"
+    embed_dtype: Literal["float32", "bfloat16", "auto"] = "float32"
     embed_pooling: Literal["mean", "layers"] = "mean"
 
     # transformers (reward): concurrent Score calls share forward passes of up to this many

@@ -9,10 +9,12 @@ nothing is downloaded (the folder is loaded with local_files_only).
 Two settings make a cheaper or a different vector from the same weights (a model entry of its
 own, such as the gateway's intent model): `dtype` "bfloat16" runs the forward pass in bfloat16
 (about half the CPU time of float32 on a CPU with AVX-512 BF16; vectors within 1e-4 cosine of
-float32's), and `pooling` "layers" returns every transformer layer's mean-pooled states, each
-scaled to unit length, concatenated (hidden size x layers: 2304 for all-MiniLM-L6-v2) and scaled
-to unit length: the lower layers keep more of a message's wording, which separated intents
-better than the last layer alone (bench/results/intent_eval.md).
+float32's; "auto" picks it only where the CPU computes bfloat16 natively, AVX-512 BF16 or AMX:
+on an AVX2-only CPU it is emulated and measured 5x slower than float32), and `pooling`
+"layers" returns every transformer layer's mean-pooled states, each scaled to unit length,
+concatenated (hidden size x layers: 2304 for all-MiniLM-L6-v2) and scaled to unit length: the
+lower layers keep more of a message's wording, which separated intents better than the last
+layer alone (bench/results/intent_eval.md).
 
 Inputs longer than the model's window (sentence-transformers' max_seq_length, 256 tokens for
 all-MiniLM-L6-v2) are refused, or cut to it when the request says `truncate` (the start is
@@ -55,7 +57,7 @@ log = logging.getLogger(__name__)
 
 ENGINE_NAME = "transformers"
 DEFAULT_MODEL_ID = "all-MiniLM-L6-v2"
-DTYPES = ("float32", "bfloat16")
+DTYPES = ("float32", "bfloat16", "auto")
 POOLINGS = ("mean", "layers")
 
 
@@ -135,6 +137,8 @@ class TransformersEmbeddingEngine(MicroBatchedEngine, EmbeddingEngine):
             folder, "AutoModel", self._n_threads, self._device
         )
         self._specials = special_tokens(self._tokenizer)
+        if self._dtype == "auto":
+            self._dtype = "bfloat16" if native_bfloat16(self._torch, self._device) else "float32"
         if self._dtype == "bfloat16":
             self._model = self._model.to(self._torch.bfloat16)
         config = self._model.config
@@ -150,6 +154,7 @@ class TransformersEmbeddingEngine(MicroBatchedEngine, EmbeddingEngine):
             extra={
                 "model": self._served_model_name,
                 "dimensions": self._dimensions,
+                "dtype": self._dtype,
                 "max_model_len": self._max_len,
                 "load_s": round(time.perf_counter() - started, 2),
             },
@@ -236,3 +241,12 @@ class TransformersEmbeddingEngine(MicroBatchedEngine, EmbeddingEngine):
             return normalize(means[0], p=2, dim=1)
         joined = self._torch.cat([normalize(m, p=2, dim=1) for m in means], dim=1)
         return normalize(joined, p=2, dim=1)
+
+
+def native_bfloat16(torch: Any, device: str) -> bool:
+    """Whether bfloat16 is cheaper than float32 here: on an accelerator, or a CPU with AVX-512
+    BF16 or AMX (torch's own CPU checks; absent from a torch without them: False)."""
+    if device != "cpu":
+        return True
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
