@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from parlance.testing.dpo_adapter import DpoAdapter
-from parlance.trainer import adapter, gguf_lora, lm_base, synthetic
+from parlance.testing.dpo_adapter import PARITY_PROMPTS, DpoAdapter
+from parlance.trainer import adapter, gguf_lora, lm_base, parity, synthetic
 from parlance.trainer.cli import main
 from parlance.trainer.output import folder_digest
 
@@ -37,8 +37,8 @@ def _train(tmp: Path, command: str, data: Path, extra: list[str]) -> Path:
 
 # The session's DPO adapter is parlance.testing's `dpo_adapter` fixture (dpo_adapter.py: 16
 # prompts of the bullets trait, seed 11, 5 steps of 2 pairs at 64 tokens, learning rate 1e-3,
-# a quarter held out, one torch thread), shared with tests/test_adapter_loop.py, which serves
-# it.
+# a quarter held out, one torch thread, greedy parity on 4 prompts), shared with
+# tests/test_adapter_loop.py, which serves it.
 
 
 def _manifest(folder: Path) -> dict:
@@ -133,6 +133,43 @@ def test_gguf_lora_loads_in_llama_cpp_and_changes_greedy_output(dpo_adapter: Dpo
     assert adapted != base_answer
 
 
+def test_manifest_has_the_greedy_parity_of_both_engines(dpo_adapter: DpoAdapter) -> None:
+    """parlance-train measured the adapter in transformers (PEFT) and llama.cpp (GGUF LoRA) on
+    the fixture's prompts before publishing it."""
+    p = _manifest(dpo_adapter.folder)["parity"]
+    print(json.dumps({k: v for k, v in p.items() if k != "answers"}, indent=1))
+    n = PARITY_PROMPTS
+    assert (p["prompts"], p["max_new_tokens"], p["unit"]) == (n, parity.MAX_NEW_TOKENS, "tokens")
+    pairs = [p["adapter"], p["base"], *p["adapter_vs_base"].values()]
+    for figures in pairs:
+        assert figures["prompts"] == n and 0 <= figures["exact"] <= n
+        assert figures["exact_rate"] == round(figures["exact"] / n, 4)
+        assert 0 <= figures["mean_common_prefix"] <= figures["mean_length"]
+        assert 0 < figures["mean_length"] <= parity.MAX_NEW_TOKENS
+    # The same prompt tokens reach both engines: the base's answers start alike in both
+    # (they may part later: Q4_1 matmuls in llama.cpp, dequantized float32 in transformers).
+    assert p["base"]["mean_common_prefix"] >= 1
+    # The adapter changes answers in both engines, and moves both engines' logits alike.
+    assert p["adapter_vs_base"]["transformers"]["exact"] < n
+    assert p["adapter_vs_base"]["llamacpp"]["exact"] < n
+    delta = p["first_token_logit_delta"]
+    assert delta["llamacpp"] > parity.WEAK_SHARE * delta["transformers"] > 0
+    answers = p["answers"]
+    assert sorted(answers) == [
+        "llamacpp_adapter",
+        "llamacpp_base",
+        "transformers_adapter",
+        "transformers_base",
+    ]
+    assert all(len(a) == n and all(a) for a in answers.values())
+    assert p["engines"]["llamacpp"]["weights"] == lm_base.EMBEDDED_FILE
+    assert p["engines"]["llamacpp"]["threads"] == 1  # the fixture's --threads 1
+    assert (
+        "greedy parity | transformers (PEFT, float32) vs llama.cpp"
+        in (dpo_adapter.folder / adapter.README).read_text()
+    )
+
+
 @pytest.fixture(scope="session")
 def sft_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """SFT conversations: each prompt with its preferred (bulleted) answer."""
@@ -147,8 +184,9 @@ def sft_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 SFT_ARGS = ["--max-steps", "3", "--batch-size", "2", "--max-length", "48"]
 SFT_ARGS += ["--learning-rate", "1e-3", "--eval-fraction", "0.25", "--min-examples", "10"]
-# One torch thread, as the session's DPO run (parlance.testing.dpo_adapter says why).
-SFT_ARGS += ["--threads", "1"]
+# One torch thread, as the session's DPO run (parlance.testing.dpo_adapter says why). No
+# parity: the DPO adapter's manifest has it, and this test trains twice.
+SFT_ARGS += ["--threads", "1", "--parity-prompts", "0"]
 
 
 def test_sft_learns_and_a_rerun_never_reuses_the_name(
@@ -161,6 +199,8 @@ def test_sft_learns_and_a_rerun_never_reuses_the_name(
     assert m["eval"]["held_out_after"]["loss"] < m["eval"]["held_out_before"]["loss"]
     assert m["data"]["kind"] == "sft" and m["training"]["trainer"] == "trl.SFTTrainer"
     assert m["training"]["steps"] == 3 and m["training"]["beta"] is None
+    assert m["parity"] == {"skipped": "--parity-prompts 0"}
+    assert "greedy parity | skipped: --parity-prompts 0" in (folder / adapter.README).read_text()
     assert (folder / adapter.GGUF_FILE).is_file()
     gguf_lora.check(folder / adapter.GGUF_FILE)
     # The same run again makes the same adapter files (CPU, same seed): its name exists, so
