@@ -46,6 +46,9 @@ from parlance.generator.main import create_host
 from parlance.generator.v1 import generator_pb2 as pb
 from parlance.generator.v1 import generator_pb2_grpc
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "services" / "trainer" / "src"))
+from parlance.trainer.parity import agreement
+
 BASE = "base"
 CPU_BASE = "base-llamacpp"
 PROMPTS = (
@@ -168,14 +171,6 @@ async def check_unload(
     }
 
 
-def common_prefix(a: str, b: str) -> int:
-    """Characters two answers share from the start."""
-    for index, (x, y) in enumerate(zip(a, b, strict=False)):
-        if x != y:
-            return index
-    return min(len(a), len(b))
-
-
 async def parity(stub: Any, args: argparse.Namespace, adapter_id: str) -> dict[str, Any]:
     cpu_id = f"{adapter_id}~llamacpp"
     load = pb.LoadModelRequest(
@@ -185,11 +180,11 @@ async def parity(stub: Any, args: argparse.Namespace, adapter_id: str) -> dict[s
     gpu = await answers(stub, adapter_id, args.max_tokens)
     cpu = await answers(stub, cpu_id, args.max_tokens)
     same = [a == b for a, b in zip(gpu, cpu, strict=True)]
-    prefix = [common_prefix(a, b) for a, b in zip(gpu, cpu, strict=True)]
     return {
         "identical": sum(same),
         "of": len(same),
-        "common_prefix_chars": prefix,
+        # Exact matches and the mean common prefix in words: parlance-train's measure.
+        "words": agreement([a.split() for a in gpu], [b.split() for b in cpu]),
         "vllm": gpu,
         "llamacpp": cpu,
     }
