@@ -65,6 +65,16 @@ async def test_matches_llama_cpp_python_chat_completion(llama) -> None:  # type:
     assert result.usage.completion_tokens == expected["usage"]["completion_tokens"]
 
 
+async def test_contexts_evaluate_prompts_on_the_configured_threads(llama) -> None:  # type: ignore[no-untyped-def]
+    """n_threads bounds prompt evaluation too (llama-cpp-python's n_threads_batch would
+    otherwise take every core beside a pool of one-thread contexts)."""
+    instances = llama.engine._instances
+    assert len(instances) == 2
+    for instance in instances:
+        assert instance.context_params.n_threads == 1
+        assert instance.context_params.n_threads_batch == 1
+
+
 async def test_max_tokens_finishes_with_length(llama) -> None:  # type: ignore[no-untyped-def]
     result = await llama.generate("Write a long story about a dragon.", max_tokens=5)
     assert result.finish() == pb.FINISH_REASON_LENGTH

@@ -208,6 +208,11 @@ class LlamaCppEngine(Engine):
             n_ctx=n_ctx or self._n_ctx,
             n_batch=self._n_batch,
             n_threads=self._n_threads,
+            # Prompt evaluation runs batched on n_threads_batch, which llama-cpp-python sets to
+            # every core when it is not given: a context limited to one thread (a pool of
+            # contexts sharing the cores) then spun two threads on every prompt, 2-5 CPU s for a
+            # 31-token prompt on a busy 2-core machine against ~0.3 s with one.
+            n_threads_batch=self._n_threads,
             vocab_only=vocab_only,
             verbose=False,
         )
