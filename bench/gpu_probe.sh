@@ -31,6 +31,8 @@
 # Environment: VARIANTS ("fixed baseline"), GW ("off on": gateway arms, output moderation off
 # and on, both with PROBE_SAFETY's classifier; add "minilm" for a third gateway, output
 # moderation on, whose safety service runs the MiniLM head on PROBE_SAFETY_DEVICE (cuda);
+# "lead0" for a gateway with output moderation on and no lead window
+# (GATEWAY_MODERATION_LEAD_AFTER_MS=0), measured only in the interleaved c=1 run;
 # "" for none), SKIP_SERVE (1: no `vllm serve` arms, e.g. when a call before ran them),
 # ORDER_START (0: the first arm's number), MERGE_FROM (a folder of an earlier call's
 # load_*/vbench_* files, copied in so the summary shows both calls), GW_VARIANTS (the variants with gateway arms: the first), REQ1 (40),
@@ -215,12 +217,13 @@ start_gateways() {
   for mod in $GW; do
     [ "$mod" = off ] && flag=false || flag=true
     safety=$SAFETY_PORT; [ "$mod" = minilm ] && safety=$((SAFETY_PORT + 1))
+    lead=10; [ "$mod" = lead0 ] && lead=0
     GATEWAY_HOST=127.0.0.1 GATEWAY_PORT=$port GATEWAY_GENERATOR_URL="127.0.0.1:$GEN_PORT" \
       GATEWAY_SAFETY_URL=127.0.0.1:$safety GATEWAY_HISTORY_URL=127.0.0.1:1 \
       GATEWAY_REDIS_URL="${redis_url:+$redis_url/$db}" GATEWAY_API_KEYS="bench:$API_KEY" \
       GATEWAY_RPM_LIMIT=10000000 GATEWAY_TPM_LIMIT=1000000000 GATEWAY_MAX_CONCURRENT_PER_KEY=4096 \
       GATEWAY_MAX_CONCURRENT_REQUESTS=4096 GATEWAY_MODERATE_INPUT=true GATEWAY_MODERATE_OUTPUT=$flag \
-      GATEWAY_IGNORE_EOS_USERS=bench \
+      GATEWAY_IGNORE_EOS_USERS=bench GATEWAY_MODERATION_LEAD_AFTER_MS=$lead \
       GATEWAY_WORKERS=${GATEWAY_WORKERS:-4} GATEWAY_METRICS_PORT=$((9200 + db)) \
       GATEWAY_DATABASE_URL="sqlite+aiosqlite:////tmp/parlance-probe-keys-$db.db" \
       GATEWAY_OUTBOX_PATH="/tmp/parlance-probe-outbox-$db.db" \
@@ -281,7 +284,8 @@ for variant in $VARIANTS; do
     port=8000
     [[ " $GW_VARIANTS " == *" $variant "* ]] && gw_arms=$GW || gw_arms=""
     for mod in $gw_arms; do
-      if wait_http "http://127.0.0.1:$port/readyz" 30; then
+      if [ "$mod" = lead0 ]; then :  # the interleaved c=1 run only
+      elif wait_http "http://127.0.0.1:$port/readyz" 30; then
         label="$variant/$(gw_label "$mod")"
         arms "$label" "http://127.0.0.1:$port" "$API_KEY"
         [ "$mod" = on ] && vbench "$label" "http://127.0.0.1:$port" "$API_KEY"
