@@ -25,12 +25,16 @@ Per-category calibration on the calibration set (choose_thresholds): the thresho
 missed texts of the category plus SAFE_FLAG_COST x safe texts flagged in it; it is folded into
 the output bias (b - logit(t)), so every category flags at 0.5, the classifier's default.
 
+The shipped head since 4b (minilm-l6-safety-head-4b) is this script's head 4 with its
+thresholds rewritten by set_thresholds.py (a fixed rule on the safe development texts: at most
+2% flagged per category, never below 0.5); after retraining, run that script too.
+
 Deterministic: the same inputs give the same head on one machine (up to float rounding across
 CPUs and thread counts); --check retrains and compares with the committed head instead of
 writing it. --cache keeps the frozen encoder's embeddings between runs (a development aid).
 
-Refuses to train when a training text equals an evaluation (bench/data/safety_eval/) or a
-calibration text.
+Refuses to train when a training text equals an evaluation text (bench/data/safety_eval*/:
+EVAL_DIRS) or a calibration text.
 """
 
 from __future__ import annotations
@@ -92,7 +96,9 @@ SAFE_FLAG_COST = 3.0
 # texts generated with the seed.
 HELP_REQUESTS = 240
 MADE_UP = 200
-EVAL_DIRS = tuple(ROOT / "bench" / "data" / f"safety_eval{n}" for n in ("", "_2", "_3"))
+# Texts of every evaluation set (safety_eval_3 is a development set since head 4b, safety_eval_4
+# the fresh one): training refuses them.
+EVAL_DIRS = tuple(ROOT / "bench" / "data" / f"safety_eval{n}" for n in ("", "_2", "_3", "_4"))
 DATA_DIR = HERE / "data"
 # Calibration only: never trained on (see choose_thresholds). Head 4 adds the second
 # evaluation set (its toxic texts with their labels, its benign and hard-negative texts as safe).
@@ -440,6 +446,12 @@ def train(
     }
 
 
+def unfold(head: Any) -> np.ndarray:
+    """The output biases without the calibrated thresholds folded into them."""
+    t = np.asarray(head["thresholds"], dtype=np.float64)
+    return np.asarray(head["biases"], dtype=np.float64) + np.log(t / (1 - t))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=OUT)
@@ -454,9 +466,10 @@ def main() -> None:
     head = train(args.model_path or default_model_path(), args.head, args.cache, args.seeds)
     if args.check:
         with np.load(args.out) as committed:
+            # Biases without their folded thresholds: set_thresholds.py may have changed those.
             difference = max(
-                float(np.max(np.abs(committed[name] - head[name])))
-                for name in ("weights", "biases")
+                float(np.max(np.abs(unfold(committed) - unfold(head)))),
+                float(np.max(np.abs(committed["weights"] - head["weights"]))),
             )
         print(f"largest weight difference from {args.out}: {difference:.2e}")
         raise SystemExit(0 if difference < 1e-3 else 1)
