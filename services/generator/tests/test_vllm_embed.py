@@ -19,8 +19,9 @@ import pytest
 import torch
 
 from parlance.common.errors import InvalidArgument
+from parlance.common.tokens import special_tokens
 from parlance.generator.engine.base import EmbeddingRequest
-from parlance.generator.engine.embed_inputs import encode_inputs, special_tokens
+from parlance.generator.engine.embed_inputs import encode_inputs
 from parlance.generator.engine.transformers_embed import default_model_path
 from parlance.generator.engine.vllm_embed import VllmEmbeddingEngine
 

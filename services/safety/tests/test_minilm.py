@@ -320,3 +320,52 @@ async def test_a_model_that_fails_to_load_leaves_the_service_not_serving(
             await starting
         await channel.close()
         await host.stop()
+
+
+class _TokenizerWithout:
+    """The real tokenizer without `build_inputs_with_special_tokens`, as transformers 5 has it
+    (the GPU image's transformers failed every Classify call when the encoder used it)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._inner(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "build_inputs_with_special_tokens":
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+
+async def test_scores_do_not_need_the_tokenizer_helper_transformers_5_dropped(uncached) -> None:
+    texts = [HARD_NEGATIVES[0], BY_CATEGORY["violence"][0]]
+    expected = uncached.score(texts)
+    encoder = uncached.encoder
+    real = encoder.tokenizer
+    encoder._cache.clear()
+    encoder.tokenizer = _TokenizerWithout(real)
+    try:
+        got = uncached.score(texts)
+    finally:
+        encoder.tokenizer = real
+    for a, b in zip(expected, got, strict=True):
+        assert np.allclose([a[c] for c in CLAIMED], [b[c] for c in CLAIMED], atol=1e-5)
+
+
+async def test_a_model_that_loads_but_cannot_score_fails_the_load(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The load scores one text: a classifier that loads and cannot score is a failed load
+    (the service then stays NOT_SERVING, as in the test above), not a service whose every
+    Classify call fails."""
+    from parlance.safety.classifier import minilm as minilm_module
+
+    def broken(self: Any, texts: list[str]) -> Any:
+        raise RuntimeError("cannot score")
+
+    monkeypatch.setattr(minilm_module.MiniLMEncoder, "encode", broken)
+    classifier = MiniLMClassifier()
+    with pytest.raises(RuntimeError, match="cannot score"):
+        await classifier.load()
+    assert classifier.encoder is None

@@ -6,9 +6,8 @@ depend on which engine serves the model: texts are tokenized without special tok
 against the window, cut at the end when the request asks for truncation (else refused), and
 then wrapped in the model's special tokens ([CLS] ... [SEP] for BERT-style models).
 
-The special tokens are found by tokenizing one word with and without them (`special_tokens`),
-through the tokenizer's plain call only: transformers 5 dropped the helpers 4.x had for this
-(`build_inputs_with_special_tokens`), and vLLM hands out its own tokenizer wrappers.
+The special tokens come from parlance.common.tokens.special_tokens, which works across
+transformers 4 and 5 and vLLM's tokenizer wrappers.
 """
 
 from __future__ import annotations
@@ -64,16 +63,6 @@ def encode_inputs(
             ids = ids[:room]
         sequences.append([*prefix, *ids, *suffix])
     return sequences
-
-
-def special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
-    """The ids the tokenizer puts before and after one sequence ([CLS] and [SEP] for BERT)."""
-    plain = list(tokenizer("hello", add_special_tokens=False)["input_ids"])
-    wrapped = list(tokenizer("hello", add_special_tokens=True)["input_ids"])
-    for start in range(len(wrapped) - len(plain) + 1):
-        if wrapped[start : start + len(plain)] == plain:
-            return wrapped[:start], wrapped[start + len(plain) :]
-    raise ValueError("cannot tell the tokenizer's special tokens from its text tokens")
 
 
 def check_dimensions(requested: int | None, dimensions: int, model: str) -> None:

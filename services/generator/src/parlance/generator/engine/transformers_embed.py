@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from parlance.common.errors import InvalidArgument
+from parlance.common.tokens import special_tokens
 from parlance.generator import metrics
 from parlance.generator.engine.base import (
     EmbeddingEngine,
@@ -44,7 +45,6 @@ from parlance.generator.engine.embed_inputs import (
     check_dimensions,
     check_input_count,
     encode_inputs,
-    special_tokens,
 )
 from parlance.generator.engine.hf_batches import (
     MicroBatchedEngine,

@@ -22,6 +22,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from parlance.common.errors import Unavailable
+from parlance.common.tokens import special_tokens
 from parlance.generator.engine.base import (
     EmbeddingEngine,
     EmbeddingRequest,
@@ -34,7 +35,6 @@ from parlance.generator.engine.embed_inputs import (
     check_dimensions,
     check_input_count,
     encode_inputs,
-    special_tokens,
 )
 from parlance.generator.engine.vllm import engine_args_kwargs
 

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from parlance.common.tokens import special_tokens
 from parlance.safety import metrics
 from parlance.safety.categories import OPENAI_CATEGORIES
 from parlance.safety.classifier.base import Classifier
@@ -163,6 +164,9 @@ class MiniLMEncoder:
         # local_files_only: a folder, never the hub.
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_path), local_files_only=True)
         self.model = AutoModel.from_pretrained(str(model_path), local_files_only=True)
+        # Not tokenizer.build_inputs_with_special_tokens: transformers 5 has none (the GPU
+        # image's transformers failed every Classify call with it).
+        self._specials = special_tokens(self.tokenizer)
         self.model.eval()
         self.model.to(device)
         self.device = device
@@ -194,8 +198,8 @@ class MiniLMEncoder:
         per_text = np.bincount([owner for owner, _ in units], minlength=len(texts))
         for count in per_text:
             metrics.WINDOWS_PER_TEXT.observe(int(count))
-        build = self.tokenizer.build_inputs_with_special_tokens
-        return [(index, build(window)) for index, window in units]
+        prefix, suffix = self._specials
+        return [(index, [*prefix, *window, *suffix]) for index, window in units]
 
     def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(embeddings [units x 384], owner text index per unit). Units seen before (the
@@ -316,7 +320,16 @@ class MiniLMClassifier(Classifier):
                 f"the head expects {self._head.input_width}-wide embeddings; "
                 f"the encoder at {path} gives {width}"
             )
+        # One text through the whole path before serving: a library that loads the model but
+        # cannot score (the GPU image's transformers 5 lacked a tokenizer helper once) then
+        # fails the load, and the service stays NOT_SERVING with the reason in its log,
+        # instead of serving an error for every Classify call.
         self._encoder = encoder
+        try:
+            self.score(["hello"])
+        except Exception:
+            self._encoder = None
+            raise
         log.info(
             "minilm loaded",
             extra={"model_path": str(path), "categories": list(self._categories)},
