@@ -41,6 +41,7 @@ import json
 import os
 import random
 import shutil
+import sys
 import tempfile
 import time
 import uuid
@@ -123,6 +124,9 @@ async def run(args: argparse.Namespace, urls: dict[str, str], generator: str) ->
     ttft: dict[str, list[float | None]] = {name: [] for name in args.sides}
     results: dict[str, list[ChatResult]] = {name: [] for name in clients}
     raw: list[dict[str, Any]] = []
+    # A side whose request fails (e.g. a gateway whose safety service is broken) is left out
+    # from then on, the error kept for the report; the other sides still get measured.
+    failed: dict[str, str] = {}
     try:
         for i in range(args.requests + args.warmup):
             order = list(args.sides)
@@ -133,7 +137,9 @@ async def run(args: argparse.Namespace, urls: dict[str, str], generator: str) ->
                 text = (
                     prompts[len(raw) % len(prompts)] if prompts else prompt(rng, args.prompt_words)
                 )
-                if name == "grpc":
+                if name in failed:
+                    value, result = None, None
+                elif name == "grpc":
                     assert grpc_side is not None
                     value = await grpc_side.ttft(text, args.max_tokens)
                     result = None
@@ -141,12 +147,17 @@ async def run(args: argparse.Namespace, urls: dict[str, str], generator: str) ->
                     body = chat_body(text, args.model, max_tokens=args.max_tokens, temperature=1.0)
                     result = await clients[name].stream(body)
                     if result.error:
-                        raise SystemExit(f"{name}: {result.error}")
-                    value = result.ttft_s
+                        failed[name] = result.error[:200]
+                        print(f"{name}: {result.error}; left out from now on", file=sys.stderr)
+                        value, result = None, None
+                    else:
+                        value = result.ttft_s
                 if i >= args.warmup:
                     ttft[name].append(None if value is None else value * 1000)
                     if result is not None:
                         results[name].append(result)
+                if name in failed:
+                    continue
                 started = grpc_side.started if grpc_side and result is None else 0.0
                 raw.append(_raw(name, i, value, result, started))
     finally:
@@ -156,7 +167,7 @@ async def run(args: argparse.Namespace, urls: dict[str, str], generator: str) ->
             await grpc_side.close()
         if args.raw is not None:  # also what a run cut short got
             args.raw.write_text(json.dumps(raw))
-    return {"ttft": ttft, "results": results}
+    return {"ttft": ttft, "results": results, "failed": failed}
 
 
 def _raw(
@@ -189,8 +200,12 @@ def render(args: argparse.Namespace, data: dict[str, Any], loads: tuple[str, str
         f"Gateway settings added: {args.gateway_env or 'none'}.",
     )
     rows = []
+    failed: dict[str, str] = data.get("failed", {})
     for name in args.sides:
         values = [v for v in ttft[name] if v is not None]
+        if name in failed and not values:
+            rows.append([name, "-", "-", f"failed: {failed[name]}"])
+            continue
         added = ""
         if "grpc" in ttft and name != "grpc":
             pairs = [
