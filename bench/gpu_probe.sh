@@ -28,7 +28,7 @@
 # On the GPU machine, from the project root, after the kit (../shared/gpu/README.md, staged with
 # `prepare.sh bench/gpu-requirements.txt`):
 #   source /tmp/stage/env.sh && REDIS_SERVER=.gpu/redis/redis-server bash bench/gpu_probe.sh
-# Environment: VARIANTS ("fixed baseline"), GW ("off on": gateway arms, output moderation off
+# Environment: VARIANTS ("fixed baseline"; "" for none, e.g. the serve arms alone), GW ("off on": gateway arms, output moderation off
 # and on, both with PROBE_SAFETY's classifier; add "minilm" for a third gateway, output
 # moderation on, whose safety service runs the MiniLM head on PROBE_SAFETY_DEVICE (cuda);
 # "lead0" for a gateway with output moderation on and no lead window
@@ -50,7 +50,7 @@ if [ -z "$DRY_RUN" ]; then : "${SMOLLM2_HF_DIR:?source /tmp/stage/env.sh first}"
 MODEL="${SMOLLM2_HF_DIR:-SmolLM2-135M-Instruct}"
 RESULT_DIR="${RESULT_DIR:-${OUT:+$OUT/gpu_probe}}"
 RESULT_DIR="${RESULT_DIR:-bench/results/raw/gpu_probe}"
-VARIANTS="${VARIANTS:-fixed baseline}"
+VARIANTS="${VARIANTS-fixed baseline}"
 GW="${GW-off on}"
 REQ1="${REQ1:-40}"
 MAXTOK1="${MAXTOK1:-32}"
