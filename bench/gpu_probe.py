@@ -191,7 +191,13 @@ def process_main(
 
 def run_load(args: argparse.Namespace) -> dict[str, Any]:
     prompts = json.loads(Path(args.prompts).read_text())
-    prompts = [prompts[i % len(prompts)] for i in range(args.requests)]
+    # A tag of its own per request (arm and number) in front of the prompt: every arm reads the
+    # same prompt file, and without it a later arm on the same engine found its prompts in the
+    # prefix cache (vLLM's default) that an earlier arm had filled, a cheaper prefill than the
+    # first arm's on a fresh server (found in the review of the second H200 re-measure).
+    prompts = [
+        f"[{args.label} {args.order}.{i}] {prompts[i % len(prompts)]}" for i in range(args.requests)
+    ]
     procs = max(1, min(args.procs, args.concurrency))
     shares = [
         args.concurrency // procs + (1 if i < args.concurrency % procs else 0) for i in range(procs)

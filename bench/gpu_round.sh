@@ -218,8 +218,10 @@ phase_train() {
     --out "$WORK/reward" --json "$RESULT_DIR/reward_train_gpu.json" > "$LOGS/reward_train.txt" 2>&1
   tail -n 2 "$LOGS/reward_train.txt" | cut -c1-400
   say "(train) DPO adapter, GPU $GPU"
+  fresh_adapter_folder
   CUDA_VISIBLE_DEVICES=$GPU python3 bench/adapter_train_bench.py gpu --base "$TRAIN_BASE" \
     --out "$RESULT_DIR/adapter_dpo_gpu.json" --keep "$WORK/adapter" > "$LOGS/adapter_train.txt" 2>&1
+  adapter_trained $?
   tail -n 5 "$LOGS/adapter_train.txt" | cut -c1-400
 }
 
@@ -342,6 +344,19 @@ phase_trainbest() {
   tail -n 12 "$LOGS/train_track.txt" | cut -c1-300
 }
 
+fresh_adapter_folder() {
+  # WORK survives between calls on a warm machine: a training that failed would otherwise leave
+  # the previous call's adapter to be served and measured as if it were this call's.
+  rm -rf "$WORK/adapter"
+}
+
+adapter_trained() {  # rc of the training: on failure, no adapter is left to measure
+  if [ "$1" != 0 ]; then
+    say "($PHASE) the DPO training failed (rc $1): see logs/adapter_train.txt"
+    rm -rf "$WORK/adapter"
+  fi
+}
+
 serve_lora_and_measure() {  # `vllm serve --enable-lora` with the trained adapter, then lora_measure
   # Started alone on the card: vLLM sizes its KV cache from the memory free at start-up, and
   # with trainers or a generator beside it (an earlier version of phase_learn) it found none
@@ -373,9 +388,11 @@ phase_adapter() {
   # trait check included), then served by `vllm serve --enable-lora` beside its base.
   PHASE=adapter
   say "(adapter) DPO adapter, GPU $GPU"
+  fresh_adapter_folder
   CUDA_VISIBLE_DEVICES=$GPU PYTHONPATH="${TRAINER_SITE:+$TRAINER_SITE:}$PYTHONPATH" \
     python3 bench/adapter_train_bench.py gpu --base "$TRAIN_BASE" --fresh "${FRESH:-160}" \
     --out "$RESULT_DIR/adapter_dpo_gpu.json" --keep "$WORK/adapter" > "$LOGS/adapter_train.txt" 2>&1
+  adapter_trained $?
   tail -n 4 "$LOGS/adapter_train.txt" | cut -c1-300
   serve_lora_and_measure
 }
@@ -416,6 +433,7 @@ phase_learn() {
     --base "$TRAIN_BASE" --out "$WORK/reward" --json "$RESULT_DIR/reward_train_gpu.json" \
     > "$LOGS/reward_train.txt" 2>&1 &
   local rtrain=$!
+  fresh_adapter_folder
   CUDA_VISIBLE_DEVICES=$GPU PYTHONPATH="$PYTHONPATH" python3 bench/adapter_train_bench.py gpu \
     --base "$TRAIN_BASE" --fresh "${FRESH:-160}" --out "$RESULT_DIR/adapter_dpo_gpu.json" \
     --keep "$WORK/adapter" > "$LOGS/adapter_train.txt" 2>&1 &
@@ -429,7 +447,7 @@ phase_learn() {
   fi
   stop_pid "$GATEWAY_PID"
   pkill -TERM -f "parlance.generator.main" 2>/dev/null
-  wait "$atrain"; tail -n 4 "$LOGS/adapter_train.txt" | cut -c1-300
+  wait "$atrain"; adapter_trained $?; tail -n 4 "$LOGS/adapter_train.txt" | cut -c1-300
   serve_lora_and_measure
 }
 

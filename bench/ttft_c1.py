@@ -113,6 +113,7 @@ class GrpcSide:
 
 async def run(args: argparse.Namespace, urls: dict[str, str], generator: str) -> dict[str, Any]:
     rng = random.Random(args.seed)
+    run_tag = uuid.uuid4().hex[:8]
     prompts: list[str] = args.prompt_list
     grpc_side = GrpcSide(generator, args.model) if "grpc" in args.sides else None
     clients = {
@@ -137,6 +138,9 @@ async def run(args: argparse.Namespace, urls: dict[str, str], generator: str) ->
                 text = (
                     prompts[len(raw) % len(prompts)] if prompts else prompt(rng, args.prompt_words)
                 )
+                # Tagged per request: on a running server, earlier runs may have put the same
+                # prompt file's prompts into the engine's prefix cache.
+                text = f"[{name} {len(raw)} {run_tag}] {text}"
                 if name in failed:
                     value, result = None, None
                 elif name == "grpc":

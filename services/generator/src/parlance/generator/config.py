@@ -37,7 +37,10 @@ class GeneratorSettings(ServiceSettings):
     n_ctx: int = 2048
     # llama.cpp contexts, each serving one request at a time; others wait in a queue.
     pool_size: int = 1
-    # CPU threads per llama.cpp context; unset lets llama.cpp choose (half the cores).
+    # CPU threads per llama.cpp context, for generation and for prompt evaluation alike; unset
+    # lets llama.cpp choose (half the cores to generate, every core to evaluate a prompt). Set
+    # it when several contexts (pool_size) share the cores: unset, each would evaluate prompts
+    # on every core at once.
     n_threads: int | None = None
     n_batch: int = 512
 
