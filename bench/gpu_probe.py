@@ -329,7 +329,7 @@ def client_check(folder: Path, ours: dict[int, dict[str, Any]]) -> list[str]:
             fmt(d.get("median_ttft_ms")),
             "-" if not b else fmt(d["median_ttft_ms"] - b["median_ttft_ms"]),
             fmt(d.get("median_tpot_ms"), 2),
-            fmt(mine["output_tok_s"], 0) if mine else "-",
+            fmt(mine["output_tok_s"], 0) if mine and label == "serve" else "",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
