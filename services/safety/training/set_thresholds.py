@@ -67,11 +67,23 @@ def unfolded(path: Path) -> dict[str, np.ndarray]:
 
 
 def rule_thresholds(safe_scores: np.ndarray, safe_rate: float, floor: float) -> np.ndarray:
-    """Per column: the lowest grid value flagging at most safe_rate of the rows, >= floor."""
+    """Per column: the lowest grid value flagging at most safe_rate of the rows, >= floor.
+
+    Raises ValueError when no grid value flags few enough rows in a column (np.argmax of an
+    all-False array is 0, which would give the floor: the loosest threshold, not the tightest).
+    """
     thresholds = np.zeros(safe_scores.shape[1])
     for column in range(safe_scores.shape[1]):
         rates = np.array([np.mean(safe_scores[:, column] >= t) for t in GRID])
-        thresholds[column] = max(floor, float(GRID[np.argmax(rates <= safe_rate)]))
+        within = rates <= safe_rate
+        if not within.any():
+            name = train_head.CATEGORIES[column] if column < len(train_head.CATEGORIES) else "?"
+            raise ValueError(
+                f"column {column} ({name}): no threshold up to {GRID[-1]:.2f} flags at most "
+                f"{safe_rate:.1%} of the {len(safe_scores)} safe texts (at {GRID[-1]:.2f}: "
+                f"{rates[-1]:.1%})"
+            )
+        thresholds[column] = max(floor, float(GRID[np.argmax(within)]))
     return thresholds
 
 
