@@ -1,4 +1,5 @@
-"""The embedded default classifier: alt-profanity-check, which ships its trained model.
+"""An embedded classifier (the default before MiniLM): alt-profanity-check, which ships its
+trained model (SAFETY_CLASSIFIER=profanity).
 
 What it is: a calibrated linear SVM over a TF-IDF bag of words (about 15k English terms),
 trained on ~200k human-labelled clean vs. offensive/profane texts (tweets and Wikipedia
