@@ -1,6 +1,7 @@
-"""Input moderation starts at admission, once the request is valid, and runs beside the limits'
-Redis script and the context (its round trip was the longest wait before the generator:
-bench/results/ttft_c1.md); the generator is still called only after it passed."""
+"""Input moderation starts at admission, once the limits were taken, and runs beside the slot
+wait, the context and intent routing (its round trip was the longest wait before the generator:
+bench/results/ttft_c1.md); the generator is still called only after it passed. A request the
+limits refuse sends safety nothing."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from parlance.testing.inprocess import InProcessGateway
 
 
 def watch_limits(monkeypatch: pytest.MonkeyPatch, gw: InProcessGateway) -> list[int]:
-    """While the limits are taken, the input texts safety had been asked about so far."""
+    """While the limits are taken, the input texts safety had been asked about so far (none:
+    moderation starts once they were taken)."""
     seen: list[int] = []
     take = RequestLimits.take
 
@@ -29,15 +31,44 @@ def watch_limits(monkeypatch: pytest.MonkeyPatch, gw: InProcessGateway) -> list[
     return seen
 
 
-async def test_input_moderation_runs_while_the_limits_are_taken(
+async def test_input_moderation_starts_once_the_limits_are_taken(
     gw: InProcessGateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen = watch_limits(monkeypatch, gw)
     response = await gw.chat()
     assert response.status_code == 200
-    assert seen == [1]
+    assert seen == [0]
     assert gw.safety.texts(safety_pb2.DIRECTION_INPUT) == ["Hi there"]
     assert len(gw.generator.requests) == 1
+
+
+async def test_input_moderation_runs_while_the_context_is_prepared(
+    gw: InProcessGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Started before the context (history, intent routing) is built, not after it."""
+    seen: list[int] = []
+    prepare = gw.state.chat.prepare
+
+    async def observed(*args: Any) -> Any:
+        for _ in range(3):  # let the moderation task run its first step
+            await asyncio.sleep(0)
+        seen.append(len(gw.safety.texts(safety_pb2.DIRECTION_INPUT)))
+        return await prepare(*args)
+
+    monkeypatch.setattr(gw.state.chat, "prepare", observed)
+    assert (await gw.chat()).status_code == 200
+    assert seen == [1]
+
+
+async def test_a_request_the_limits_refuse_sends_safety_nothing(gw: InProcessGateway) -> None:
+    caller = await gw.create_key(tpm=100)
+    refused = await gw.chat(gw.body(max_tokens=200), caller=caller)
+    assert refused.status_code == 429
+    assert gw.safety.texts(safety_pb2.DIRECTION_INPUT) == []
+    caller = await gw.create_key(rpm=1)
+    assert (await gw.chat(caller=caller)).status_code == 200
+    assert (await gw.chat(caller=caller)).status_code == 429
+    assert gw.safety.texts(safety_pb2.DIRECTION_INPUT) == ["Hi there"]
 
 
 async def test_a_flagged_input_still_generates_nothing(
@@ -47,7 +78,7 @@ async def test_a_flagged_input_still_generates_nothing(
     response = await gw.chat(gw.body("you badword"))
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "content_filter"
-    assert seen == [1]
+    assert seen == [0]
     assert gw.generator.requests == []
 
 

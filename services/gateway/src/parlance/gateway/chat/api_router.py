@@ -62,7 +62,7 @@ class Admission:
         self.limits = limits
         self.slots = slots
         self.timing = timing
-        # Input moderation, started once the request was valid (Preparer.start_moderation).
+        # Input moderation, started once the limits were taken (Preparer.start_moderation).
         self.checking = checking
         # A stream releases when it ends (the response outlives the route).
         self.streaming = False
@@ -132,19 +132,21 @@ async def admit(
         estimate_tokens(body, settings.tpm_completion_estimate, max_tokens_limit(caller, settings)),
         weight=generations(body),
     )
-    # Input moderation runs from here, beside the limits' Redis script and the context: its
-    # round trip to safety was the longest wait before the generator (bench/results/ttft_c1.md).
-    # It is awaited before the generator is called; a request refused meanwhile cancels it.
+    try:
+        await limits.take(headers)
+    except RedisUnavailable:
+        raise errors.service_unavailable(
+            "Rate limiting is unavailable (Redis); retry shortly.", settings.retry_after_s
+        ) from None
+    timing.mark("limits")
+    # Input moderation runs from here, beside the slot wait, the context and intent routing:
+    # its round trip to safety was the longest wait before the generator
+    # (bench/results/ttft_c1.md). Not before the limits: a request they refuse must cost
+    # safety nothing. Awaited before the generator is called; a request refused meanwhile
+    # cancels it.
     cacheable = settings.cache_enabled and body.is_deterministic() and use_cache(request)
     checking = state.chat.preparer.start_moderation(body, cacheable)
     try:
-        try:
-            await limits.take(headers)
-        except RedisUnavailable:
-            raise errors.service_unavailable(
-                "Rate limiting is unavailable (Redis); retry shortly.", settings.retry_after_s
-            ) from None
-        timing.mark("limits")
         await state.slots.acquire()
         IN_FLIGHT.inc()
         admission = Admission(body, caller, limits, state.slots, timing, checking)

@@ -96,7 +96,7 @@ class Preparer:
         self, request: ChatCompletionRequest, cacheable: bool = False
     ) -> ModerationTask | None:
         """Input moderation of the request's messages, started now, to run beside what comes
-        before the generation (the TPM/lease script, the context, intent routing); awaited
+        before the generation (the slot wait, the context, intent routing); awaited
         before the generator is called (moderate_input), so nothing is generated before it
         passed. None when input moderation is off, or when the cache may answer the request
         (`cacheable`; a hit needs no moderation: it starts after the lookup instead)."""
