@@ -246,3 +246,24 @@ def test_a_logistic_threshold_that_could_never_fall_back_is_refused() -> None:
     assert parse_routes(with_default).spec.method == "logistic"
     # Other methods' thresholds are similarities: any value is meaningful.
     assert parse_routes(GOOD).spec.threshold == 0.4
+
+
+def test_name_anchors_count_as_examples_in_the_shared_example_check() -> None:
+    # With name_anchors each route's name (its _ . - as spaces) is one of its examples, so
+    # two names with one anchor, or an anchor equal to another route's or the default's
+    # example, would train one text under two labels.
+    anchors = GOOD.replace("threshold: 0.4\n", "threshold: 0.4\nname_anchors: true\n", 1)
+    assert parse_routes(anchors).spec.name_anchors
+    twins = anchors.replace("name: coding", "name: small_talk").replace(
+        "name: cooking", "name: small-talk"
+    )
+    assert "'small talk' is listed under both 'small_talk' and 'small-talk'" in refused(twins)
+    as_example = anchors.replace("recipe for pancakes", "Coding")
+    assert "'Coding' is listed under both 'coding' and 'cooking'" in refused(as_example)
+    in_default = anchors.replace("default:\n", "default:\n  examples: [cooking]\n", 1)
+    assert "'cooking' is listed under both 'cooking' and 'default'" in refused(in_default)
+    # A route's own example equal to its anchor is one text under one label: allowed.
+    assert parse_routes(anchors.replace("recipe for pancakes", "cooking")).spec.routes
+    # Without name_anchors the names are not examples: the same files load.
+    for text in (twins, as_example, in_default):
+        assert parse_routes(text.replace("name_anchors: true\n", "")).spec.routes

@@ -4,17 +4,14 @@ examples; for the file's `logistic` method, a softmax regression trained on them
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
 import numpy as np
 
+from parlance.gateway.intents.names import anchor
 from parlance.gateway.intents.routes import LoadedRoutes, RouteFile
 
-
-def anchor(name: str) -> str:
-    """A route's name as an example text ("small_talk" -> "small talk")."""
-    return re.sub(r"[_.-]+", " ", name).strip()
+__all__ = ["ExampleIndex", "anchor", "example_texts", "softmax_regression"]
 
 
 def example_texts(spec: RouteFile) -> list[list[str]]:

@@ -32,27 +32,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from parlance.gateway.intents.names import SAFETY_CATEGORIES, anchor
+
 MIN_EXAMPLES = 3
 MAX_EXAMPLES = 20
 DEFAULT_ROUTE = "default"
-# The OpenAI moderation categories a route may set a threshold for.
-SAFETY_CATEGORIES = frozenset(
-    {
-        "harassment",
-        "harassment/threatening",
-        "hate",
-        "hate/threatening",
-        "illicit",
-        "illicit/violent",
-        "self-harm",
-        "self-harm/intent",
-        "self-harm/instructions",
-        "sexual",
-        "sexual/minors",
-        "violence",
-        "violence/graphic",
-    }
-)
 _LINE = "__line__"
 
 
@@ -264,15 +248,18 @@ def parse_routes(text: str, path: str = "<routes>") -> LoadedRoutes:
 
 
 def _check_shared_examples(path: str, spec: RouteFile) -> None:
-    """One utterance under two intents makes both ambiguous: refused."""
+    """One utterance under two intents makes both ambiguous: refused. With name_anchors a
+    route's name anchor is one of its examples (intents/index.py trains on it)."""
     owner: dict[str, str] = {}
-    named = [(r.name, r.examples) for r in spec.routes]
+    named = [(r.name, [anchor(r.name)] * spec.name_anchors + r.examples) for r in spec.routes]
+    note = " (name_anchors: a route's name is one of its examples)" if spec.name_anchors else ""
     for name, examples in [*named, (DEFAULT_ROUTE, spec.default.examples)]:
         for example in examples:
             key = example.casefold()
             if key in owner and owner[key] != name:
                 raise RouteFileError(
-                    f"{path}: example {example!r} is listed under both {owner[key]!r} and {name!r}"
+                    f"{path}: example {example!r} is listed under both {owner[key]!r} and "
+                    f"{name!r}{note}"
                 )
             owner[key] = name
 
