@@ -96,7 +96,7 @@ async def test_auto_dtype_takes_bfloat16_only_where_it_is_native() -> None:
         def __init__(self, cpu: CpuChecks) -> None:
             self.cpu = cpu
 
-    assert native_bfloat16(Torch(CpuChecks()), "cuda:0")
+    assert native_bfloat16(Torch(CpuChecks()), "mps")  # another accelerator
     assert not native_bfloat16(Torch(CpuChecks()), "cpu")  # a torch without the checks
     assert not native_bfloat16(Torch(CpuChecks(_is_avx512_bf16_supported=False)), "cpu")
     assert native_bfloat16(Torch(CpuChecks(_is_amx_tile_supported=True)), "cpu")
@@ -109,3 +109,30 @@ async def test_auto_dtype_takes_bfloat16_only_where_it_is_native() -> None:
     finally:
         await engine.close()
     assert GeneratorSettings(embed_dtype="auto").embed_dtype == "auto"
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_dtype_on_cuda_asks_torch_whether_the_gpu_has_bfloat16_natively(
+    monkeypatch: pytest.MonkeyPatch, native: bool
+) -> None:
+    """T4 and V100 (compute capability 7.x) only emulate bfloat16: float32 there."""
+    import contextlib
+
+    import torch
+
+    from parlance.generator.engine.transformers_embed import native_bfloat16
+
+    asked: dict[str, object] = {}
+
+    def is_bf16_supported(including_emulation: bool = True) -> bool:
+        asked["including_emulation"] = including_emulation
+        return native or including_emulation  # emulation counts unless told otherwise
+
+    def device(which: str) -> contextlib.AbstractContextManager[None]:
+        asked["device"] = which
+        return contextlib.nullcontext()
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    monkeypatch.setattr(torch.cuda, "device", device)
+    assert native_bfloat16(torch, "cuda:1") is native
+    assert asked == {"device": "cuda:1", "including_emulation": False}

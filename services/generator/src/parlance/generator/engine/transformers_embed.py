@@ -244,9 +244,15 @@ class TransformersEmbeddingEngine(MicroBatchedEngine, EmbeddingEngine):
 
 
 def native_bfloat16(torch: Any, device: str) -> bool:
-    """Whether bfloat16 is cheaper than float32 here: on an accelerator, or a CPU with AVX-512
-    BF16 or AMX (torch's own CPU checks; absent from a torch without them: False)."""
-    if device != "cpu":
+    """Whether bfloat16 is cheaper than float32 here: a CUDA GPU that has it natively (torch's
+    check without emulation: compute capability 8.0+ or ROCm; T4 and V100 emulate it), another
+    accelerator, or a CPU with AVX-512 BF16 or AMX (torch's own CPU checks; absent from a torch
+    without them: False)."""
+    kind = device.split(":")[0]
+    if kind == "cuda":
+        with torch.cuda.device(device):  # the check asks about the current device
+            return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    if kind != "cpu":
         return True
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
