@@ -13,14 +13,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import pytest
 import redis.asyncio as redis
 
-from parlance.gateway import redis_state
+from parlance.gateway import errors, redis_state
 from parlance.gateway.auth import KeyLimits as Limits
 from parlance.gateway.auth import Principal
 from parlance.gateway.config import GatewaySettings
@@ -105,10 +106,21 @@ class Proxied:
     limiter: RateLimiter
     leases: ConcurrencyLeases
     caller: Principal
+    # Straight to Redis, past the proxy and the client's back-off.
+    direct: redis.Redis
 
-    def limits(self, estimate: int) -> KeyLimits:
-        settings = GatewaySettings(tpm_limit=TPM, max_concurrent_per_key=3, lease_ttl_s=30)
-        return KeyLimits(settings, self.limiter, self.leases, self.caller, estimate)
+    def limits(
+        self, estimate: int, concurrent: int = 3, limiter: RateLimiter | None = None
+    ) -> KeyLimits:
+        settings = GatewaySettings(tpm_limit=TPM, max_concurrent_per_key=concurrent, lease_ttl_s=30)
+        return KeyLimits(settings, limiter or self.limiter, self.leases, self.caller, estimate)
+
+    async def units_in_redis(self) -> int:
+        """The key's lease units in Redis, read directly (also within the back-off)."""
+        return int(await self.direct.zcard(f"{self.leases.prefix}{self.caller.key_id}"))
+
+    async def no_units_in_redis(self) -> bool:
+        return await self.units_in_redis() == 0
 
     async def back(self) -> None:
         """Waits out the back-off after the failure: Redis answers again."""
@@ -135,21 +147,31 @@ async def proxied(
     # Loaded beforehand, so that the first EVALSHA runs the script (not NOSCRIPT, then load).
     for script in (ADMIT_LUA, SETTLE_LUA):
         await direct.script_load(script)
-    await direct.aclose()
     proxy = ReplyHoldingProxy(redis_process.port)
     state = RedisState(await proxy.start())
     caller = Principal("user", uuid.uuid4().hex[:12], Limits())
-    yield Proxied(proxy, state, RateLimiter(state), ConcurrencyLeases(state, ttl_s=30), caller)
+    leases = ConcurrencyLeases(state, ttl_s=30)
+    limiter = RateLimiter(state)
+    yield Proxied(proxy, state, limiter, leases, caller, direct)
+    await JointLimits.of(limiter, leases).close()
     await state.close()
+    await direct.aclose()
     await proxy.stop()
 
 
-async def test_a_lost_admission_is_given_back_when_its_request_settles(
-    proxied: Proxied,
-) -> None:
-    """The request goes on under the per-process limits; when it settles, the lost
-    admission's lease and tokens leave Redis, and its own reconciliation is applied where its
-    tokens were reserved (in the process), not in Redis."""
+async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 10.0) -> None:
+    """Until `check()` holds; fails after `timeout_s` (well within the lease's 30 s TTL, after
+    which Redis would have dropped the lease by itself)."""
+    deadline = time.monotonic() + timeout_s
+    while not await check():
+        assert time.monotonic() < deadline, "not given back in time"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_lost_admission_is_given_back_once_redis_answers(proxied: Proxied) -> None:
+    """The request goes on under the per-process limits; once Redis answers again, the lost
+    admission's lease and tokens leave Redis (it settles later, in the process, where its
+    tokens were reserved: not in Redis)."""
     other = proxied.limits(estimate=20)
     await other.take({})  # another request of the key, in Redis: 20 tokens and a unit
     limits = proxied.limits(estimate=30)
@@ -158,15 +180,73 @@ async def test_a_lost_admission_is_given_back_when_its_request_settles(
     assert proxied.proxy.held == 1
     assert limits.lease is not None and limits.lease.local  # taken under the fallback
     assert 70 <= proxied.remaining_in_process() < 80  # its 30 reserved in the process
+    assert await proxied.units_in_redis() == 2  # the lost admission ran: its lease is there
     await proxied.back()
     key_id = proxied.caller.key_id
-    assert await proxied.leases.held(key_id) == 2  # the lost admission ran: its lease is there
-    await limits.settle_used(10)
-    assert await proxied.leases.held(key_id) == 1  # the other request's
-    # The other request's 20 only (before: the lost 30 too, less this request's 20 refund).
+
+    async def given_back() -> bool:
+        return await proxied.leases.held(key_id) == 1  # the other request's
+
+    await eventually(given_back)
+    # The other request's 20 only (not the lost 30 too).
     assert 80 <= await proxied.remaining() < 90
+    await limits.settle_used(10)
+    assert await proxied.leases.held(key_id) == 1
+    assert 80 <= await proxied.remaining() < 90  # nothing given back twice
     assert proxied.remaining_in_process() >= 90  # 10 used, reconciled in the process
     await other.settle_used(20)
+
+
+async def test_a_lost_admission_settled_within_the_back_off_is_given_back(
+    proxied: Proxied,
+) -> None:
+    """A key allowed one request at a time: its request settles while Redis is still skipped
+    after the lost reply. Before, the undo failed then and was dropped, and the lease locked
+    the key out in Redis for the lease's TTL (30 s)."""
+    limits = proxied.limits(estimate=30, concurrent=1)
+    proxied.proxy.marker = _sha(ADMIT_LUA)
+    await limits.take({})
+    assert proxied.proxy.held == 1 and limits.lease is not None and limits.lease.local
+    await limits.settle_used(10)  # within the back-off
+    assert not proxied.state.usable
+    assert await proxied.units_in_redis() == 1  # still taken in Redis
+    await eventually(proxied.no_units_in_redis)
+    assert await proxied.remaining() >= TPM - 1  # its 30 tokens too
+    after = proxied.limits(estimate=30, concurrent=1)
+    await after.take({})  # admitted in Redis: the key is not locked out
+    assert after.lease is not None and not after.lease.local
+    await after.settle_used(30)
+
+
+async def test_a_request_refused_after_a_lost_admission_gives_it_back(proxied: Proxied) -> None:
+    """Redis-down policy "closed": after the lost reply the request is refused (503) in take();
+    what its admission took in Redis is given back all the same."""
+    closed = RateLimiter(proxied.state, "closed")
+    limits = proxied.limits(estimate=30, concurrent=1, limiter=closed)
+    proxied.proxy.marker = _sha(ADMIT_LUA)
+    with pytest.raises(redis_state.RedisUnavailable):
+        await limits.take({})
+    assert proxied.proxy.held == 1
+    assert await proxied.units_in_redis() == 1  # taken in Redis
+    await eventually(proxied.no_units_in_redis)
+    assert await proxied.remaining() >= TPM - 1
+
+
+async def test_a_request_refused_by_the_local_limits_after_a_lost_admission_gives_it_back(
+    proxied: Proxied,
+) -> None:
+    """Redis-down policy "local": after the lost reply the per-process limiter refuses (429)."""
+    key = f"{proxied.limiter.prefix}tpm:{proxied.caller.key_id}"
+    proxied.limiter.local.decide(key, 60_000, TPM, 80)  # the process reserved 80 before
+    limits = proxied.limits(estimate=30, concurrent=1)
+    proxied.proxy.marker = _sha(ADMIT_LUA)
+    with pytest.raises(errors.APIError) as refused:
+        await limits.take({})
+    assert refused.value.status == 429
+    assert proxied.proxy.held == 1
+    assert await proxied.units_in_redis() == 1
+    await eventually(proxied.no_units_in_redis)
+    assert await proxied.remaining() >= TPM - 1
 
 
 async def test_a_lost_settlement_is_not_applied_again(proxied: Proxied) -> None:
@@ -202,3 +282,15 @@ async def test_giving_back_an_admission_that_did_not_run_gives_back_nothing(
         await joint.undo(key_id, TPM, AdmissionLost(leases[1]), 30)
     assert 80 <= await proxied.remaining() < 90  # the first one's 20 stay
     assert await proxied.leases.held(key_id) == 1
+
+
+async def test_shutdown_cancels_a_give_back_still_waiting(proxied: Proxied) -> None:
+    limits = proxied.limits(estimate=30)
+    proxied.proxy.marker = _sha(ADMIT_LUA)
+    await limits.take({})
+    joint = JointLimits.of(proxied.limiter, proxied.leases)
+    (waiting,) = joint._giving_back
+    await joint.close()
+    assert waiting.cancelled() and not joint._giving_back
+    await proxied.back()
+    assert await proxied.units_in_redis() == 1  # left to its TTL

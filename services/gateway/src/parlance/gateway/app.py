@@ -19,6 +19,7 @@ from parlance.gateway.clients import GeneratorClient, HistoryClient, KeepAlive, 
 from parlance.gateway.clients.targets import Discovery, parse_targets
 from parlance.gateway.config import GatewaySettings
 from parlance.gateway.errors import document_errors, install_error_handlers
+from parlance.gateway.joint_limits import JointLimits
 from parlance.gateway.keystore import CombinedKeyStore, SqlKeyStore
 from parlance.gateway.leases import ConcurrencyLeases
 from parlance.gateway.middleware import GatewayMiddleware
@@ -157,6 +158,7 @@ def create_app(
             await outbox.close()
             for client in (generator, safety, history):
                 await client.close()
+            await JointLimits.of(state.limiter, state.leases).close()  # give_back() tasks
             await redis_state.close()
             await key_store.close()
 

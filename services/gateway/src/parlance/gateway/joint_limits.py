@@ -12,14 +12,18 @@ one by one, each with its own outage policy.
 
 A call whose reply was lost (a timeout) may have run all the same. So neither is repeated
 one by one: a lost admission's request takes the limits under the outage policy, and what the
-admission may have taken in Redis is given back when the request settles (undo(): the
+admission may have taken in Redis is given back in the background once Redis is tried again
+(give_back(), whatever becomes of the request: refused, settled or still running; undo(): the
 settlement script, which applies its tokens only when it removed the lease, so that it gives
-back nothing for an admission that did not run, and nothing twice); a lost settlement stands
-(its lease expires with its TTL).
+back nothing for an admission that did not run, and nothing twice, however often it is
+retried); a lost settlement stands (its lease expires with its TTL).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 import uuid
 import weakref
 from dataclasses import dataclass
@@ -83,6 +87,10 @@ return math.ceil(ahead)
 )
 
 PERIOD_MS = 60_000
+# The least time between two attempts of give_back() (Redis's back-off is usually longer).
+UNDO_RETRY_S = 0.1
+
+log = logging.getLogger(__name__)
 
 _JOINT: weakref.WeakKeyDictionary[ConcurrencyLeases, JointLimits] = weakref.WeakKeyDictionary()
 
@@ -118,6 +126,7 @@ class JointLimits:
         client = limiter.redis.client
         self._admit = client.register_script(ADMIT_LUA) if client is not None else None
         self._settle = client.register_script(SETTLE_LUA) if client is not None else None
+        self._giving_back: set[asyncio.Task[None]] = set()
 
     async def admit(
         self, key_id: str, tpm: int, cost: int, lease_limit: int, weight: int
@@ -158,6 +167,38 @@ class JointLimits:
         """Gives back what a lost admission of `cost` tokens took, if it ran: its lease and
         its tokens (nothing when it did not). Raises RedisUnavailable."""
         await self._run_settle(key_id, tpm, lost.lease, -cost)
+
+    def give_back(self, key_id: str, tpm: int, lost: AdmissionLost, cost: int) -> None:
+        """undo() in a task of its own: from when Redis is tried again (after the back-off of
+        the failure that lost the reply), retried until the lease's TTL has passed (then Redis
+        has dropped the lease by itself; its tokens stand). Undone within the back-off, or not
+        at all for a request refused after the lost reply, the lease locked a key allowed one
+        request at a time out for its TTL. close() cancels what is left."""
+        task = asyncio.create_task(self._give_back(key_id, tpm, lost, cost))
+        self._giving_back.add(task)
+        task.add_done_callback(self._giving_back.discard)
+
+    async def _give_back(self, key_id: str, tpm: int, lost: AdmissionLost, cost: int) -> None:
+        until = time.monotonic() + self.leases.ttl_ms / 1000
+        while True:
+            await asyncio.sleep(max(self.limiter.redis.back_in_s(), UNDO_RETRY_S))
+            try:
+                await self.undo(key_id, tpm, lost, cost)
+                return
+            except RedisUnavailable:
+                if time.monotonic() >= until:
+                    log.warning("a lost admission's lease and tokens waited for their expiry")
+                    return
+            except Exception:
+                log.exception("giving back a lost admission failed")
+                return
+
+    async def close(self) -> None:
+        """Cancels the give_back() tasks still waiting (shutdown)."""
+        tasks = list(self._giving_back)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _run_settle(self, key_id: str, tpm: int, lease: Lease, delta: int) -> None:
         script = self._settle

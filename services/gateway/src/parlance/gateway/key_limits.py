@@ -53,9 +53,6 @@ class KeyLimits:
         self.lease: Lease | None = None
         # The TPM reservation was charged by the per-process fallback: it is settled there.
         self.reserved_locally = False
-        # A joint admission whose reply was lost (it may have run), and the estimate it was
-        # for: given back when the request settles.
-        self.lost: tuple[AdmissionLost, int] | None = None
 
     async def take(self, headers: MutableMapping[str, str]) -> None:
         """Reserves the estimate from TPM and takes a concurrency lease (429 otherwise); the
@@ -70,7 +67,9 @@ class KeyLimits:
                     self.caller.key_id, self.tpm, self.estimate, limit, weight
                 )
             except AdmissionLost as lost:
-                self.lost = (lost, self.estimate)  # and one by one below
+                # It may have run: given back in the background once Redis is tried again,
+                # whatever becomes of the request (refused below, settled, still running).
+                joint.give_back(self.caller.key_id, self.tpm, lost, self.estimate)
             except RedisUnavailable:
                 pass  # one by one below, each with its outage policy
             else:
@@ -124,17 +123,12 @@ class KeyLimits:
         """Releases the lease; charges what the request really used (None: refunds it all).
         A lease in Redis and TPM: in one call (joint_limits.py), else one by one, each where it
         was taken. Each applied once: a joint settlement that failed may have run (a lost
-        reply), so it is not repeated one by one; its lease expires with its TTL."""
+        reply), so it is not repeated one by one; its lease expires with its TTL. (A lost
+        admission is given back by take(), not here.)"""
         delta = (used or 0) - self.estimate
-        joint = JointLimits.of(self.limiter, self.leases)
-        if self.lost is not None:
-            (lost, cost), self.lost = self.lost, None
-            try:
-                await joint.undo(self.caller.key_id, self.tpm, lost, cost)
-            except RedisUnavailable:
-                log.warning("a lost admission's lease and tokens wait for their expiry")
         if self.lease is not None and not self.lease.local and self.tpm > 0:
             lease, self.lease = self.lease, None
+            joint = JointLimits.of(self.limiter, self.leases)
             try:
                 await joint.settle(self.caller.key_id, self.tpm, lease, delta)
             except RedisUnavailable:

@@ -82,6 +82,10 @@ class RedisState:
     def usable(self) -> bool:
         return self.client is not None and time.monotonic() >= self._down_until
 
+    def back_in_s(self) -> float:
+        """Seconds until Redis is tried again after a failure (0: it is tried now)."""
+        return max(0.0, self._down_until - time.monotonic())
+
     async def run(self, op: Callable[[redis.Redis], Awaitable[T]]) -> T:
         """Runs `op` against Redis; raises RedisUnavailable (and enters fallback) on failure."""
         if self.client is None or not self.usable:
