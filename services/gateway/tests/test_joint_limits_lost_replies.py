@@ -1,18 +1,17 @@
 """A joint limits script whose reply was lost after Redis ran it (joint_limits.py,
 key_limits.py): the gateway cannot tell whether it ran, and falls back to the limits one by
 one (the Redis-down policy). Neither a request's admission nor its settlement may then be
-applied a second time: a lost admission is given back in Redis when its request settles, a
-lost settlement is not repeated. Real redis-py against a real redis-server of the test's own;
+applied a second time: a lost admission is given back in Redis once Redis answers again
+(whether its request was refused, settled meanwhile or still runs), a lost settlement is not
+repeated. Real redis-py against a real redis-server of the test's own;
 the lost reply is a real socket timeout, made by a test double of the network between them,
-`ReplyHoldingProxy`: a TCP proxy that holds back Redis's reply to one command (which Redis
-ran) past the client's socket timeout.
+`ReplyHoldingProxy` (parlance.testing.redis_proxy): a TCP proxy that holds back Redis's reply
+to one command (which Redis ran) past the client's socket timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -31,72 +30,10 @@ from parlance.gateway.leases import ConcurrencyLeases, Lease
 from parlance.gateway.ratelimit import RateLimiter
 from parlance.gateway.redis_state import RedisState
 from parlance.testing import RedisProcess
+from parlance.testing.redis_proxy import ReplyHoldingProxy, script_sha
 
-# Longer than RedisState's socket timeout (1 s): the client gives up on the reply.
-HOLD_S = 1.5
 # Tokens a minute: GCRA gives one back every 0.6 s, so the counts below allow for seconds.
 TPM = 100
-
-
-class ReplyHoldingProxy:
-    """Test double of the network between the gateway and Redis: forwards every byte both
-    ways, except that once armed with a marker it holds back Redis's reply to the next command
-    carrying it (Redis ran it) for HOLD_S, then drops that connection."""
-
-    def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
-        self.marker: bytes | None = None
-        self.held = 0
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> str:
-        self._server = await asyncio.start_server(self._connection, "127.0.0.1", 0)
-        port = self._server.sockets[0].getsockname()[1]
-        return f"redis://127.0.0.1:{port}/0"
-
-    async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        if self._server is not None:
-            self._server.close()
-
-    async def _connection(
-        self, client: asyncio.StreamReader, to_client: asyncio.StreamWriter
-    ) -> None:
-        server, to_server = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-        holding = asyncio.Event()
-
-        async def upstream() -> None:
-            while chunk := await client.read(65536):
-                if self.marker is not None and self.marker in chunk:
-                    self.marker = None
-                    holding.set()
-                to_server.write(chunk)
-                await to_server.drain()
-
-        async def downstream() -> None:
-            while chunk := await server.read(65536):
-                if holding.is_set():
-                    self.held += 1
-                    await asyncio.sleep(HOLD_S)
-                    break
-                to_client.write(chunk)
-                await to_client.drain()
-
-        pumps = [asyncio.create_task(upstream()), asyncio.create_task(downstream())]
-        self._tasks.update(pumps)
-        with contextlib.suppress(Exception):
-            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
-        for pump in pumps:
-            pump.cancel()
-            self._tasks.discard(pump)
-        for writer in (to_client, to_server):
-            writer.close()
-
-
-def _sha(script: str) -> bytes:
-    return hashlib.sha1(script.encode()).hexdigest().encode()
 
 
 @dataclass
@@ -175,7 +112,7 @@ async def test_a_lost_admission_is_given_back_once_redis_answers(proxied: Proxie
     other = proxied.limits(estimate=20)
     await other.take({})  # another request of the key, in Redis: 20 tokens and a unit
     limits = proxied.limits(estimate=30)
-    proxied.proxy.marker = _sha(ADMIT_LUA)
+    proxied.proxy.marker = script_sha(ADMIT_LUA)
     await limits.take({})
     assert proxied.proxy.held == 1
     assert limits.lease is not None and limits.lease.local  # taken under the fallback
@@ -204,7 +141,7 @@ async def test_a_lost_admission_settled_within_the_back_off_is_given_back(
     after the lost reply. Before, the undo failed then and was dropped, and the lease locked
     the key out in Redis for the lease's TTL (30 s)."""
     limits = proxied.limits(estimate=30, concurrent=1)
-    proxied.proxy.marker = _sha(ADMIT_LUA)
+    proxied.proxy.marker = script_sha(ADMIT_LUA)
     await limits.take({})
     assert proxied.proxy.held == 1 and limits.lease is not None and limits.lease.local
     await limits.settle_used(10)  # within the back-off
@@ -223,7 +160,7 @@ async def test_a_request_refused_after_a_lost_admission_gives_it_back(proxied: P
     what its admission took in Redis is given back all the same."""
     closed = RateLimiter(proxied.state, "closed")
     limits = proxied.limits(estimate=30, concurrent=1, limiter=closed)
-    proxied.proxy.marker = _sha(ADMIT_LUA)
+    proxied.proxy.marker = script_sha(ADMIT_LUA)
     with pytest.raises(redis_state.RedisUnavailable):
         await limits.take({})
     assert proxied.proxy.held == 1
@@ -239,7 +176,7 @@ async def test_a_request_refused_by_the_local_limits_after_a_lost_admission_give
     key = f"{proxied.limiter.prefix}tpm:{proxied.caller.key_id}"
     proxied.limiter.local.decide(key, 60_000, TPM, 80)  # the process reserved 80 before
     limits = proxied.limits(estimate=30, concurrent=1)
-    proxied.proxy.marker = _sha(ADMIT_LUA)
+    proxied.proxy.marker = script_sha(ADMIT_LUA)
     with pytest.raises(errors.APIError) as refused:
         await limits.take({})
     assert refused.value.status == 429
@@ -253,7 +190,7 @@ async def test_a_lost_settlement_is_not_applied_again(proxied: Proxied) -> None:
     limits = proxied.limits(estimate=30)
     await limits.take({})
     assert limits.lease is not None and not limits.lease.local
-    proxied.proxy.marker = _sha(SETTLE_LUA)
+    proxied.proxy.marker = script_sha(SETTLE_LUA)
     await limits.settle_used(90)  # 60 more than the estimate
     assert proxied.proxy.held == 1 and limits.lease is None
     await proxied.back()
@@ -286,7 +223,7 @@ async def test_giving_back_an_admission_that_did_not_run_gives_back_nothing(
 
 async def test_shutdown_cancels_a_give_back_still_waiting(proxied: Proxied) -> None:
     limits = proxied.limits(estimate=30)
-    proxied.proxy.marker = _sha(ADMIT_LUA)
+    proxied.proxy.marker = script_sha(ADMIT_LUA)
     await limits.take({})
     joint = JointLimits.of(proxied.limiter, proxied.leases)
     (waiting,) = joint._giving_back

@@ -62,6 +62,12 @@ REDIS_LATENCY = Histogram(
 REDIS_ERRORS = Counter(
     "parlance_gateway_redis_errors_total", "Redis operations that failed (connection, timeout)."
 )
+RATE_LIMIT_ADJUSTMENTS_LOST = Counter(
+    "parlance_gateway_ratelimit_adjustments_lost_total",
+    "Charges or refunds of a reservation held in Redis that Redis did not confirm (down, or "
+    "the reply lost: it may have run); never applied in the process instead.",
+    ["limit"],
+)
 MODERATION_FLAGS = Counter(
     "parlance_gateway_moderation_flags_total",
     "Texts flagged by moderation, by direction and category.",

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from parlance.gateway.metrics import RATE_LIMIT
+from parlance.gateway.metrics import RATE_LIMIT, RATE_LIMIT_ADJUSTMENTS_LOST
 from parlance.gateway.redis_state import RedisState, RedisUnavailable
 
 log = logging.getLogger(__name__)
@@ -277,7 +277,9 @@ class RateLimiter:
         local: bool = False,
     ) -> None:
         """Charges or refunds `delta` units (TPM reconciliation), in Redis or, for a cost the
-        per-process fallback charged (Decision.local), in the process."""
+        per-process fallback charged (Decision.local), in the process. A reservation in Redis
+        is never adjusted in the process instead (it does not hold it; a lost reply may have
+        applied it already): unconfirmed, it is logged and counted, and its estimate stands."""
         if delta == 0 or limit <= 0:
             return
         key = f"{self.prefix}{name}:{subject}"
@@ -291,4 +293,5 @@ class RateLimiter:
                 raise RedisUnavailable()
             await self.redis.run(lambda _: script(keys=[key], args=[period_ms, limit, delta]))
         except RedisUnavailable:
-            self.local.adjust(key, period_ms, limit, delta)
+            RATE_LIMIT_ADJUSTMENTS_LOST.labels(name).inc()
+            log.warning("%s adjustment of %d not confirmed by Redis; not retried", name, delta)
