@@ -4,9 +4,13 @@ settlement of the token reservation with the real usage."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
+from typing import Any
 
-from parlance.gateway.chat.limits import estimate_tokens
+import pytest
+
+from parlance.gateway.chat.limits import RequestLimits, estimate_tokens
 from parlance.gateway.chat.protocol import ChatCompletionRequest
 from parlance.testing.fakes import Script, wait_for
 from parlance.testing.inprocess import InProcessGateway, inprocess_gateway
@@ -111,6 +115,36 @@ async def test_the_process_concurrency_limit(tmp_path: Path) -> None:
         hold.set()
         await first
         assert (await gw.chat()).status_code == 200
+
+
+async def test_a_request_cancelled_while_it_waits_for_a_slot_gives_its_limits_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its limits were taken, then the process's last slot went to another request before it
+    got it; cancelled while it waits (client gone), it gives them back."""
+    async with inprocess_gateway(tmp_path, max_concurrent_requests=1) as gw:
+        caller = await gw.create_key(max_concurrent=1)
+        take = RequestLimits.take
+        waiting = asyncio.Event()
+
+        async def then_busy(self: RequestLimits, headers: Any) -> None:
+            await take(self, headers)
+            await gw.state.slots.acquire()  # another request took the last slot meanwhile
+            waiting.set()
+
+        monkeypatch.setattr(RequestLimits, "take", then_busy)
+        request = asyncio.create_task(gw.chat(caller=caller))
+        await waiting.wait()
+        for _ in range(5):  # into the slot wait
+            await asyncio.sleep(0)
+        request.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await request
+        monkeypatch.undo()
+        gw.state.slots.release()
+        await wait_for(lambda: len(gw.state.chat.background._tasks) == 0)
+        # Before: 429, the key's one lease never given back (kept alive by its heartbeat).
+        assert (await gw.chat(caller=caller)).status_code == 200
 
 
 def test_the_estimate_counts_prompt_and_every_choice() -> None:

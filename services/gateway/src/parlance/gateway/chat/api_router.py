@@ -147,7 +147,11 @@ async def admit(
     cacheable = settings.cache_enabled and body.is_deterministic() and use_cache(request)
     checking = state.chat.preparer.start_moderation(body, cacheable)
     try:
-        await state.slots.acquire()
+        try:
+            await state.slots.acquire()
+        except BaseException:  # cancelled while it waited (client gone): the limits go back
+            limits.settle()
+            raise
         IN_FLIGHT.inc()
         admission = Admission(body, caller, limits, state.slots, timing, checking)
         try:
