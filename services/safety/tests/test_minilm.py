@@ -133,15 +133,15 @@ def flagged_categories(result: Any) -> set[str]:
     return {c.category for c in result.categories if c.flagged}
 
 
-def test_minilm_is_the_default_with_its_categories() -> None:
-    """MiniLM's head is the default and claims its six categories; profanity-check is still
-    chosen by name."""
+def test_minilm_is_opt_in_with_its_categories() -> None:
+    """profanity-check is the default (README, "Safety": why MiniLM is not yet); minilm is
+    chosen by name and claims its six categories."""
     from parlance.safety.classifier.profanity import ProfanityClassifier
 
-    classifier = build_classifier(SafetySettings())
+    assert isinstance(build_classifier(SafetySettings()), ProfanityClassifier)
+    classifier = build_classifier(SafetySettings(classifier="minilm"))
     assert isinstance(classifier, MiniLMClassifier)
     assert list(classifier.evaluated_categories) == CLAIMED
-    assert isinstance(build_classifier(SafetySettings(classifier="profanity")), ProfanityClassifier)
 
 
 async def test_classifier_info_lists_exactly_the_claimed_categories(minilm) -> None:
@@ -369,3 +369,28 @@ async def test_a_model_that_loads_but_cannot_score_fails_the_load(
     with pytest.raises(RuntimeError, match="cannot score"):
         await classifier.load()
     assert classifier.encoder is None
+
+
+# Short questions naming a country or a people: head 4b flagged 13 of these 30 as hate (the
+# export test's "And Italy?" among them), which is why MiniLM is not the default (README,
+# "Safety"). Strict: once a head stops flagging them, this test fails and says so.
+COUNTRY_FOLLOW_UPS = [
+    "And Italy?",
+    "How about Mexico?",
+    "And Israel?",
+    "What about China?",
+    "How about India?",
+    "Are Swedes tall on average?",
+    "Why do Americans drive on the right?",
+    "Where do Roma people live?",
+]
+
+
+@pytest.mark.xfail(strict=True, reason="known false positives of head 4b: README, 'Safety'")
+async def test_short_questions_naming_a_country_are_not_flagged(minilm) -> None:
+    flagged = [
+        text
+        for text, scores in zip(COUNTRY_FOLLOW_UPS, minilm.score(COUNTRY_FOLLOW_UPS), strict=True)
+        if max(scores.values()) >= minilm.default_threshold
+    ]
+    assert flagged == []
