@@ -5,24 +5,10 @@ from __future__ import annotations
 
 import re
 
+from parlance.gateway.categories import OPENAI_CATEGORIES
+
 # The OpenAI moderation categories a route may set a threshold for.
-SAFETY_CATEGORIES = frozenset(
-    {
-        "harassment",
-        "harassment/threatening",
-        "hate",
-        "hate/threatening",
-        "illicit",
-        "illicit/violent",
-        "self-harm",
-        "self-harm/intent",
-        "self-harm/instructions",
-        "sexual",
-        "sexual/minors",
-        "violence",
-        "violence/graphic",
-    }
-)
+SAFETY_CATEGORIES = frozenset(OPENAI_CATEGORIES)
 
 
 def anchor(name: str) -> str:

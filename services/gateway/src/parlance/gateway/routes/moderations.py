@@ -9,29 +9,11 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from parlance.gateway import errors
+from parlance.gateway.categories import OPENAI_CATEGORIES
 from parlance.gateway.deps import LimitedCaller, State
 from parlance.safety.v1 import safety_pb2
 
 router = APIRouter()
-
-# OpenAI's moderation categories. Those the running classifier does not evaluate are reported
-# false with score 0, and listed in the response's `evaluated_categories` extension so that a
-# client can tell "not flagged" from "not checked".
-OPENAI_CATEGORIES = (
-    "harassment",
-    "harassment/threatening",
-    "hate",
-    "hate/threatening",
-    "illicit",
-    "illicit/violent",
-    "self-harm",
-    "self-harm/intent",
-    "self-harm/instructions",
-    "sexual",
-    "sexual/minors",
-    "violence",
-    "violence/graphic",
-)
 
 MAX_INPUTS = 256
 
