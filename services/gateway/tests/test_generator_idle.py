@@ -15,6 +15,7 @@ import pytest
 from parlance.gateway import errors
 from parlance.gateway.clients.generator import GeneratorTargetClient
 from parlance.generator.v1 import generator_pb2, generator_pb2_grpc
+from parlance.testing.servicers import serving
 
 IDLE_S = 0.3
 
@@ -38,16 +39,13 @@ class PacedGenerator(generator_pb2_grpc.GeneratorServiceServicer):
 @pytest.fixture
 async def served() -> AsyncIterator[tuple[PacedGenerator, GeneratorTargetClient]]:
     servicer = PacedGenerator()
-    server = grpc.aio.server()
-    generator_pb2_grpc.add_GeneratorServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    client = GeneratorTargetClient(
-        f"127.0.0.1:{port}", timeout_s=30.0, retry_after_s=1, idle_timeout_s=IDLE_S
-    )
-    yield servicer, client
-    await client.close()
-    await server.stop(None)
+    add = generator_pb2_grpc.add_GeneratorServiceServicer_to_server
+    async with serving(add, servicer) as address:
+        client = GeneratorTargetClient(
+            address, timeout_s=30.0, retry_after_s=1, idle_timeout_s=IDLE_S
+        )
+        yield servicer, client
+        await client.close()
 
 
 async def _read(client: GeneratorTargetClient, reader_pause_s: float) -> list[str]:

@@ -15,6 +15,7 @@ import pytest
 from parlance.gateway import errors
 from parlance.gateway.clients.safety import SafetyClient
 from parlance.safety.v1 import safety_pb2, safety_pb2_grpc
+from parlance.testing.servicers import serving
 
 LIMIT = 1_000
 
@@ -44,14 +45,10 @@ class SizeLimitedSafety(safety_pb2_grpc.SafetyServiceServicer):
 @pytest.fixture
 async def served() -> AsyncIterator[tuple[SizeLimitedSafety, SafetyClient]]:
     servicer = SizeLimitedSafety()
-    server = grpc.aio.server()
-    safety_pb2_grpc.add_SafetyServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    client = SafetyClient(f"127.0.0.1:{port}", timeout_s=5.0, retry_after_s=1)
-    yield servicer, client
-    await client.close()
-    await server.stop(None)
+    async with serving(safety_pb2_grpc.add_SafetyServiceServicer_to_server, servicer) as address:
+        client = SafetyClient(address, timeout_s=5.0, retry_after_s=1)
+        yield servicer, client
+        await client.close()
 
 
 async def test_one_callers_refused_text_fails_only_that_caller(
@@ -110,24 +107,20 @@ class SlowSafety(SizeLimitedSafety):
 async def test_a_batch_whose_callers_all_went_away_is_cancelled() -> None:
     # Streams stopped by their clients: safety may skip the windows nobody waits for.
     servicer = SlowSafety(delay_s=30.0)
-    server = grpc.aio.server()
-    safety_pb2_grpc.add_SafetyServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    client = SafetyClient(f"127.0.0.1:{port}", timeout_s=60.0, retry_after_s=1)
-    try:
-        callers = [
-            asyncio.create_task(client.classify([f"text {i}"], safety_pb2.DIRECTION_OUTPUT))
-            for i in range(3)
-        ]
-        await asyncio.wait_for(servicer.received.wait(), 10)
-        callers[0].cancel()
-        callers[1].cancel()
-        await asyncio.sleep(0.2)
-        assert not servicer.cancelled.is_set()  # one caller still waits
-        callers[2].cancel()
-        await asyncio.wait_for(servicer.cancelled.wait(), 10)
-        assert servicer.calls == [3]
-    finally:
-        await client.close()
-        await server.stop(None)
+    async with serving(safety_pb2_grpc.add_SafetyServiceServicer_to_server, servicer) as address:
+        client = SafetyClient(address, timeout_s=60.0, retry_after_s=1)
+        try:
+            callers = [
+                asyncio.create_task(client.classify([f"text {i}"], safety_pb2.DIRECTION_OUTPUT))
+                for i in range(3)
+            ]
+            await asyncio.wait_for(servicer.received.wait(), 10)
+            callers[0].cancel()
+            callers[1].cancel()
+            await asyncio.sleep(0.2)
+            assert not servicer.cancelled.is_set()  # one caller still waits
+            callers[2].cancel()
+            await asyncio.wait_for(servicer.cancelled.wait(), 10)
+            assert servicer.calls == [3]
+        finally:
+            await client.close()

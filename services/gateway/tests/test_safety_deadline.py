@@ -15,6 +15,7 @@ from parlance.gateway.clients.safety import (
     classify_deadline,
 )
 from parlance.safety.v1 import safety_pb2, safety_pb2_grpc
+from parlance.testing.servicers import serving
 
 
 def test_short_texts_keep_the_configured_deadline() -> None:
@@ -64,23 +65,19 @@ async def test_a_call_behind_unanswered_text_gets_its_time_in_its_deadline() -> 
     """Real gRPC server on port 0: the characters sent before a call and not answered yet
     reach the deadline the call carries (SafetyClient._classify), and leave it once answered."""
     servicer = HoldingSafety()
-    server = grpc.aio.server()
-    safety_pb2_grpc.add_SafetyServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    client = SafetyClient(f"127.0.0.1:{port}", timeout_s=1.0, retry_after_s=1)
-    direction = safety_pb2.DIRECTION_INPUT
-    try:
-        # 20,000 characters ahead: 10 s of the slowest classifier's time.
-        long = asyncio.create_task(client.classify(["long    " + "x" * 19_992], direction))
-        await asyncio.wait_for(servicer.holding.wait(), 10)
-        await client.classify(["behind  it"], direction)
-        servicer.release.set()
-        await long
-        await client.classify(["after   it"], direction)
-    finally:
-        await client.close()
-        await server.stop(None)
+    async with serving(safety_pb2_grpc.add_SafetyServiceServicer_to_server, servicer) as address:
+        client = SafetyClient(address, timeout_s=1.0, retry_after_s=1)
+        direction = safety_pb2.DIRECTION_INPUT
+        try:
+            # 20,000 characters ahead: 10 s of the slowest classifier's time.
+            long = asyncio.create_task(client.classify(["long    " + "x" * 19_992], direction))
+            await asyncio.wait_for(servicer.holding.wait(), 10)
+            await client.classify(["behind  it"], direction)
+            servicer.release.set()
+            await long
+            await client.classify(["after   it"], direction)
+        finally:
+            await client.close()
     queued_s = 20_000 / CLASSIFIER_CHARS_PER_S
     # Its own 1 s and 10 characters, plus the 10 s of the long call ahead of it (less the
     # little time the call took to arrive); without the queue it would have at most ~1 s.
