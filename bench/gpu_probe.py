@@ -389,6 +389,7 @@ def main() -> None:
     load.add_argument("--api-key", default="")
     load.add_argument("--label", required=True)
     load.add_argument("--order", type=int, default=0, help="its place in the summary")
+    load.add_argument("--round", type=int, default=0, help="its round (bench/gpu_duel.sh)")
     load.add_argument("--concurrency", type=int, default=1)
     load.add_argument("--requests", type=int, default=40)
     load.add_argument("--max-tokens", type=int, default=128)
@@ -404,7 +405,7 @@ def main() -> None:
     if args.command == "prompts":
         Path(args.out).write_text(json.dumps(make_prompts(args)))
     elif args.command == "load":
-        result = run_load(args) | {"order": args.order}
+        result = run_load(args) | {"order": args.order, "round": args.round}
         Path(args.out).write_text(json.dumps(result, indent=1))
         print(
             f"  {args.label:>24} c={args.concurrency:<3} ok {result['ok']} err {result['errors']} "

@@ -205,16 +205,17 @@ def render(args: argparse.Namespace, data: dict[str, Any], loads: tuple[str, str
     )
     rows = []
     failed: dict[str, str] = data.get("failed", {})
+    reference = args.reference
     for name in args.sides:
         values = [v for v in ttft[name] if v is not None]
         if name in failed and not values:
             rows.append([name, "-", "-", f"failed: {failed[name]}"])
             continue
         added = ""
-        if "grpc" in ttft and name != "grpc":
+        if reference in ttft and name != reference:
             pairs = [
                 a - b
-                for a, b in zip(ttft[name], ttft["grpc"], strict=True)
+                for a, b in zip(ttft[name], ttft[reference], strict=True)
                 if a is not None and b is not None
             ]
             added = f"{percentile(pairs, 50):+.2f}"
@@ -228,7 +229,10 @@ def render(args: argparse.Namespace, data: dict[str, Any], loads: tuple[str, str
         )
     report.section(
         "TTFT (ms)",
-        *table(["side", "p50", "p90", "added vs grpc (median of per-round differences)"], rows),
+        *table(
+            ["side", "p50", "p90", f"added vs {reference} (median of per-round differences)"],
+            rows,
+        ),
     )
     for name, samples in results.items():
         stages: dict[str, list[float]] = {}
@@ -274,6 +278,9 @@ def main() -> None:
     parser.add_argument("--raw", type=Path, help="also write every request's moments (JSON)")
     # Targets already running (no stack of its own), e.g. on the GPU host (bench/gpu_probe.sh).
     parser.add_argument("--grpc", default="", help="a running generator's address: side grpc")
+    parser.add_argument(
+        "--reference", default="grpc", help="the side the others are compared with, per round"
+    )
     parser.add_argument("--http", action="append", default=[], metavar="NAME=URL")
     parser.add_argument("--api-key", default="")
     parser.add_argument("--model", default=MODEL)
