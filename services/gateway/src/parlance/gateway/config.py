@@ -184,10 +184,12 @@ class GatewaySettings(BaseSettings):
     moderation_first_window_chars: int = 16
     moderation_window_min_chars: int = 8
     moderation_window_max_chars: int = 160
-    # A slow engine's first complete words go on their own (a lead window) once the first
-    # window has waited this long for its text (moderation.py): the first token then waits
-    # for about one word and one classification, not for the whole first window.
-    moderation_lead_after_ms: float = Field(default=10.0, ge=0)
+    # The first complete words go on their own (a lead window) once the first window has
+    # waited this long for its text (moderation.py): the first token then waits for about one
+    # word and one classification, not for the whole first window. 0 (the default): at once,
+    # on any engine; on an H200 the first window took ~5 ms more to fill at 10 ms
+    # (bench/results/gpu_duel.md), on llama.cpp tens of ms.
+    moderation_lead_after_ms: float = Field(default=0.0, ge=0)
     # Intent routing (README, "Intent routing"): the route file (YAML or JSON; empty: off),
     # checked for changes at most this often and reloaded when it changed (a bad new file
     # is refused with a log line and the previous routes stay), and the embedding model that

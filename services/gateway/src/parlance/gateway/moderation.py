@@ -15,12 +15,12 @@ ending mid-sentence, the answer going on: WindowCutter.fragment), does not end t
 the fragment stays held, and the next window's verdict, which covers both, releases or stops
 them (a classifier sees a few words out of context: "Tell me a secret " alone scored self-harm).
 
-A slow engine (llama.cpp on a CPU: tens of ms a token) takes several tokens to fill the first
-window, and the first token waited for all of them. So when the first window has waited
-`lead_after` seconds and complete words are held, those words go as a window of their own (the
-lead), and the first window's rule starts again after them: the first token then waits for
-about one word and one classification. A fast engine fills the first window before that and
-never has a lead (bench/results/perf_cpu.md).
+Filling the first window takes several tokens (tens of ms each on llama.cpp, ~2 ms on an
+H200), and the first token would wait for all of them. So when the first window has waited
+`lead_after` seconds (0 by default: at once) and complete words are held, those words go as a
+window of their own (the lead), and the first window's rule starts again after them: the first
+token then waits for about one word and one classification (bench/results/perf_cpu.md T5,
+bench/results/gpu_duel.md).
 
 This module: input moderation, the verdicts history stores, the events of a moderated
 generation and the window cutter; the streaming side (StreamModerator) is stream_moderation.py.
