@@ -5,7 +5,8 @@
 # stay up (bench/gpu_probe.sh starts one server after the other; two starts of one generator
 # there differed by 14% at c=64, more than the effects looked for). One call, <= ~9 min:
 #   c=1   bench/ttft_c1.py, one request per side in turn (serve, grpc, gw, gw+mod, and
-#         gw+mod-lead0: output moderation with the lead window at 0 ms), REQ1 rounds;
+#         gw+mod-lead10: output moderation with the lead window at 10 ms, the default before
+#         the first duel), REQ1 rounds;
 #         added time against serve per round
 #   c=64, c=256  ROUNDS rounds of serve, grpc, gw, gw+mod (bench/gpu_probe.py's closed-loop
 #         client, REQ64 / REQ256 requests of 128 tokens, ignore_eos), the order rotating each
@@ -18,9 +19,9 @@
 # `prepare.sh services/generator/requirements-gpu.txt bench/gpu-requirements.txt`):
 #   source /tmp/stage/env.sh && REDIS_SERVER=.gpu/redis/redis-server bash bench/gpu_duel.sh
 # Environment: GEN_VARIANT (fixed; any of bench/lib/gpu_servers.sh's variant_env, e.g. si4),
-# GW ("off on lead0"), ROUNDS (3), REQ1 (40), MAXTOK1 (32), REQ64 (384), REQ256 (768; 0 skips
-# c=256), PROCS (8), GPU_MEM (0.4 each), PROBE_SAFETY (profanity), BUDGET_S (520: no arm starts
-# after it), RESULT_DIR ($OUT/gpu_duel or bench/results/raw/gpu_duel).
+# GW ("off on lead10"; lead0 and lead10: gateways for the c=1 run only), ROUNDS (3), REQ1
+# (40), MAXTOK1 (32), REQ64 (384), REQ256 (768; 0 skips c=256), PROCS (8), GPU_MEM (0.4
+# each), PROBE_SAFETY (profanity), BUDGET_S (520: no arm starts after it), RESULT_DIR ($OUT/gpu_duel or bench/results/raw/gpu_duel).
 # DRY_RUN=1: no GPU: the scripted engine, and the `gw` gateway stands in for `vllm serve`
 # (checks the script, the client and the summary here).
 # Output: $RESULT_DIR/gpu_duel.md, load_*.json, snap_*.json, ttft_c1.md, engine_configs.txt, logs/.
@@ -33,7 +34,7 @@ MODEL="${SMOLLM2_HF_DIR:-SmolLM2-135M-Instruct}"
 RESULT_DIR="${RESULT_DIR:-${OUT:+$OUT/gpu_duel}}"
 RESULT_DIR="${RESULT_DIR:-bench/results/raw/gpu_duel}"
 GEN_VARIANT="${GEN_VARIANT:-fixed}"
-GW="${GW-off on lead0}"
+GW="${GW-off on lead10}"
 ROUNDS="${ROUNDS:-3}"
 REQ1="${REQ1:-40}"
 MAXTOK1="${MAXTOK1:-32}"
@@ -143,7 +144,7 @@ say "c=1: $(grep -E '^\| (serve|grpc|gw[^ ]*) \|' "$RESULT_DIR/ttft_c1.md" 2>/de
 
 # -- c=64 and c=256 in rounds, the arms' order rotating ---------------------------------------
 arms=(serve grpc)
-for mod in $GW; do [ "$mod" = lead0 ] || arms+=("$(gw_label "$mod")"); done
+for mod in $GW; do [[ "$mod" = lead* ]] || arms+=("$(gw_label "$mod")"); done
 for round in $(seq 1 "$ROUNDS"); do
   for c in 64 256; do
     n=$REQ64; [ "$c" = 256 ] && n=$REQ256

@@ -31,8 +31,8 @@
 # Environment: VARIANTS ("fixed baseline"; "" for none, e.g. the serve arms alone), GW ("off on": gateway arms, output moderation off
 # and on, both with PROBE_SAFETY's classifier; add "minilm" for a third gateway, output
 # moderation on, whose safety service runs the MiniLM head on PROBE_SAFETY_DEVICE (cuda);
-# "lead0" for a gateway with output moderation on and no lead window
-# (GATEWAY_MODERATION_LEAD_AFTER_MS=0), measured only in the interleaved c=1 run;
+# "lead0" / "lead10" for a gateway with output moderation on and the lead window
+# (GATEWAY_MODERATION_LEAD_AFTER_MS) at 0 / 10 ms, measured only in the interleaved c=1 run;
 # "" for none), SKIP_SERVE (1: no `vllm serve` arms, e.g. when a call before ran them),
 # ORDER_START (0: the first arm's number), MERGE_FROM (a folder of an earlier call's
 # load_*/vbench_* files, copied in so the summary shows both calls), GW_VARIANTS (the variants with gateway arms: the first), REQ1 (40),
@@ -203,7 +203,7 @@ for variant in $VARIANTS; do
     port=8000
     [[ " $GW_VARIANTS " == *" $variant "* ]] && gw_arms=$GW || gw_arms=""
     for mod in $gw_arms; do
-      if [ "$mod" = lead0 ]; then :  # the interleaved c=1 run only
+      if [[ "$mod" = lead* ]]; then :  # the interleaved c=1 run only
       elif wait_http "http://127.0.0.1:$port/readyz" 30; then
         label="$variant/$(gw_label "$mod")"
         arms "$label" "http://127.0.0.1:$port" "$API_KEY"

@@ -60,13 +60,17 @@ start_gateways() {
   for mod in $GW; do
     [ "$mod" = off ] && flag=false || flag=true
     safety=$SAFETY_PORT; [ "$mod" = minilm ] && safety=$((SAFETY_PORT + 1))
-    lead=10; [ "$mod" = lead0 ] && lead=0
-    GATEWAY_HOST=127.0.0.1 GATEWAY_PORT=$port GATEWAY_GENERATOR_URL="127.0.0.1:$GEN_PORT" \
+    # "on": the lead window's default (GATEWAY_MODERATION_LEAD_AFTER_MS, 0 since the H200
+    # duel); "lead10": its value before it; "lead0": 0 explicitly.
+    lead=""; [ "$mod" = lead0 ] && lead=0
+    [ "$mod" = lead10 ] && lead=10
+    env ${lead:+GATEWAY_MODERATION_LEAD_AFTER_MS=$lead} \
+      GATEWAY_HOST=127.0.0.1 GATEWAY_PORT=$port GATEWAY_GENERATOR_URL="127.0.0.1:$GEN_PORT" \
       GATEWAY_SAFETY_URL=127.0.0.1:$safety GATEWAY_HISTORY_URL=127.0.0.1:1 \
       GATEWAY_REDIS_URL="${redis_url:+$redis_url/$db}" GATEWAY_API_KEYS="bench:$API_KEY" \
       GATEWAY_RPM_LIMIT=10000000 GATEWAY_TPM_LIMIT=1000000000 GATEWAY_MAX_CONCURRENT_PER_KEY=4096 \
       GATEWAY_MAX_CONCURRENT_REQUESTS=4096 GATEWAY_MODERATE_INPUT=true GATEWAY_MODERATE_OUTPUT=$flag \
-      GATEWAY_IGNORE_EOS_USERS=bench GATEWAY_MODERATION_LEAD_AFTER_MS=$lead \
+      GATEWAY_IGNORE_EOS_USERS=bench \
       GATEWAY_WORKERS=${GATEWAY_WORKERS:-4} GATEWAY_METRICS_PORT=$((9200 + db)) \
       GATEWAY_DATABASE_URL="sqlite+aiosqlite:////tmp/parlance-probe-keys-$db.db" \
       GATEWAY_OUTBOX_PATH="/tmp/parlance-probe-outbox-$db.db" \
