@@ -1,7 +1,9 @@
-"""The profanity backend scores through CalibratedLinearScorer, and exactly as the library."""
+"""The profanity backend scores through CalibratedLinearScorer on TfidfRows' features, and
+exactly as the library."""
 
 from __future__ import annotations
 
+import copy
 import random
 
 import numpy as np
@@ -11,6 +13,7 @@ from parlance.safety.categories import HARASSMENT
 from parlance.safety.classifier.profanity import (
     CalibratedLinearScorer,
     ProfanityClassifier,
+    TfidfRows,
     fast_predict_prob,
 )
 
@@ -40,6 +43,37 @@ def test_direct_scores_equal_the_librarys(library) -> None:  # type: ignore[no-u
     assert np.max(np.abs(fast(texts) - library.predict_prob(texts))) < 1e-12
     # Batches and single texts agree (the gateway sends both).
     assert fast(texts[:1])[0] == pytest.approx(fast(texts)[0], abs=1e-15)
+
+
+def test_tfidf_rows_equal_the_vectorizers_transform(library) -> None:  # type: ignore[no-untyped-def]
+    rows = TfidfRows(library.vectorizer)
+    texts = [*sentences(200, seed=11), "", "THE the The!", "naïve café — 123 ab"]
+    dense = library.vectorizer.transform(texts).toarray()
+    for text, expected in zip(texts, dense, strict=True):
+        indices, values = rows(text)
+        mine = np.zeros_like(expected)
+        mine[indices] = values
+        assert np.max(np.abs(mine - expected)) < 1e-12, text
+
+
+def test_a_vectorizer_of_other_settings_is_not_taken_but_still_scored(library) -> None:  # type: ignore[no-untyped-def]
+    other = copy.copy(library.vectorizer)
+    other.sublinear_tf = True
+    with pytest.raises(ValueError, match="other settings"):
+        TfidfRows(other)
+
+    class Sublinear:
+        model = library.model
+        vectorizer = other
+
+        @staticmethod
+        def predict_prob(texts):  # type: ignore[no-untyped-def]
+            return library.model.predict_proba(other.transform(texts))[:, 1]
+
+    fast = fast_predict_prob(Sublinear)
+    assert fast is not None, "the sparse direct path should still be taken"
+    texts = sentences(50, seed=3)
+    assert np.max(np.abs(fast(texts) - Sublinear.predict_prob(texts))) < 1e-12
 
 
 def test_a_model_of_another_shape_falls_back_to_the_library(library) -> None:  # type: ignore[no-untyped-def]

@@ -94,11 +94,73 @@ class CalibratedLinearScorer:
 
     def __call__(self, features: Any) -> np.ndarray:
         decision = np.asarray(features @ self._weights) + self._intercepts
+        return self._calibrated(decision)
+
+    def rows(self, rows: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+        """The same for features given as (term indices, weights) per text (TfidfRows)."""
+        decision = np.empty((len(rows), self._weights.shape[1]))
+        for i, (indices, values) in enumerate(rows):
+            decision[i] = values @ self._weights[indices]
+        return self._calibrated(decision + self._intercepts)
+
+    def _calibrated(self, decision: np.ndarray) -> np.ndarray:
         return np.asarray(self._expit(-(self._a * decision + self._b)).mean(axis=1))
 
 
+class TfidfRows:
+    """What a fitted TfidfVectorizer's transform() computes for one text, without sklearn:
+    the vectorizer's own analyzer (lower case, its token pattern, its stop words), term counts
+    through its vocabulary, times its idf, L2-normalised; as (term indices, weights).
+
+    Why: transform() builds a sparse matrix through sklearn's per-call validation and
+    conversions, ~1 ms for a one-line text on a 2-core machine, while the analyzer takes
+    microseconds; safety scores the input and every output window of every stream, each on
+    the way to the user's first token (bench/results/profanity_scoring.md). Only the settings
+    profanity-check ships are taken (word unigrams, raw counts, idf, l2); any other raises
+    ValueError and the vectorizer's own transform is used.
+    """
+
+    def __init__(self, vectorizer: Any) -> None:
+        settings = {
+            "analyzer": getattr(vectorizer, "analyzer", None),
+            "ngram_range": tuple(getattr(vectorizer, "ngram_range", ())),
+            "binary": getattr(vectorizer, "binary", None),
+            "sublinear_tf": getattr(vectorizer, "sublinear_tf", None),
+            "use_idf": getattr(vectorizer, "use_idf", None),
+            "norm": getattr(vectorizer, "norm", None),
+        }
+        wanted = {
+            "analyzer": "word",
+            "ngram_range": (1, 1),
+            "binary": False,
+            "sublinear_tf": False,
+            "use_idf": True,
+            "norm": "l2",
+        }
+        if type(vectorizer).__name__ != "TfidfVectorizer" or settings != wanted:
+            raise ValueError(f"a vectorizer of other settings: {settings}")
+        self._analyze = vectorizer.build_analyzer()
+        self._vocabulary: dict[str, int] = vectorizer.vocabulary_
+        self._idf = np.asarray(vectorizer.idf_, dtype=np.float64)
+
+    def __call__(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        counts: dict[int, int] = {}
+        for token in self._analyze(text):
+            index = self._vocabulary.get(token)
+            if index is not None:
+                counts[index] = counts.get(index, 0) + 1
+        indices = np.fromiter(counts.keys(), dtype=np.intp, count=len(counts))
+        values = np.fromiter(counts.values(), dtype=np.float64, count=len(counts))
+        values *= self._idf[indices]
+        norm = float(np.sqrt(values @ values))
+        if norm > 0.0:
+            values /= norm
+        return indices, values
+
+
 def fast_predict_prob(module: Any) -> Callable[[Sequence[str]], Any] | None:
-    """profanity-check's predict_prob through CalibratedLinearScorer, or None where its model
+    """profanity-check's predict_prob through CalibratedLinearScorer (on TfidfRows' features
+    where the vectorizer's settings allow, else on its transform()), or None where its model
     is not of that shape or the two disagree on PROBE_TEXTS (then the library's own is used)."""
     try:
         scorer = CalibratedLinearScorer(module.model)
@@ -107,11 +169,27 @@ def fast_predict_prob(module: Any) -> Callable[[Sequence[str]], Any] | None:
         return None
     vectorizer = module.vectorizer
 
-    def predict_prob(texts: Sequence[str]) -> Any:
+    def predict_prob_sparse(texts: Sequence[str]) -> Any:
         return scorer(vectorizer.transform(texts))
+
+    predict_prob = predict_prob_sparse
+    try:
+        rows = TfidfRows(vectorizer)
+    except (AttributeError, ValueError) as exc:
+        log.warning("profanity-check features through sklearn (%s)", exc)
+    else:
+
+        def predict_prob_rows(texts: Sequence[str]) -> Any:
+            return scorer.rows([rows(text) for text in texts])
+
+        predict_prob = predict_prob_rows
 
     expected = module.predict_prob(PROBE_TEXTS)
     difference = float(np.max(np.abs(predict_prob(PROBE_TEXTS) - expected)))
+    if difference > 1e-9 and predict_prob is not predict_prob_sparse:
+        log.warning("profanity features differ by %g: through sklearn instead", difference)
+        predict_prob = predict_prob_sparse
+        difference = float(np.max(np.abs(predict_prob(PROBE_TEXTS) - expected)))
     if difference > 1e-9:
         log.warning("direct profanity scoring differs by %g: using the library", difference)
         return None
