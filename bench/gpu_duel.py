@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from gpu_probe import run_files
 
 # -- threads ------------------------------------------------------------------------------------
 
@@ -193,13 +194,7 @@ def summarize(folder: Path) -> str:
     ]
     for path in sorted(folder.glob("ttft_c1*.md")):
         lines += ["", f"## {path.name}", "", path.read_text().strip()]
-    for name, title in (
-        ("engine_configs.txt", "Engine settings as each server logged them"),
-        ("uptime_start.txt", "Load average at the start"),
-        ("uptime_end.txt", "Load average at the end"),
-    ):
-        if (folder / name).exists():
-            lines += ["", f"{title}:", "", "```", (folder / name).read_text().strip(), "```"]
+    lines += run_files(folder)
     return "\n".join(lines) + "\n"
 
 

@@ -59,7 +59,7 @@ BEGAN=$(date +%s)
 ORDER=0
 # say, stop_all, wait_http, wait_serving:
 source "$ROOT/bench/lib/processes.sh"
-# start_gateways, start_generator, variant_env, gw_label, engine_config:
+# start_gateways, start_generator, variant_env, gw_label, engine_config, begin_results:
 source "$ROOT/bench/lib/gpu_servers.sh"
 export PYTHONPATH="$ROOT/services/common/src:$ROOT/services/generator/src:$ROOT/services/safety/src:$ROOT/services/gateway/src${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
@@ -95,16 +95,7 @@ load() {  # round arm c requests
     > /dev/null 2>> "$LOGS/client.txt"
 }
 
-say "card: $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)"
-nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 > "$RESULT_DIR/card.txt"
-[ -n "$DRY_RUN" ] && echo "dry run (no GPU): scripted engine, gw as serve" > "$RESULT_DIR/card.txt"
-uptime > "$RESULT_DIR/uptime_start.txt"
-if [ -n "$DRY_RUN" ]; then
-  "$PY" bench/gpu_probe.py prompts --words --count 64 --out "$RESULT_DIR/prompts.json"
-else
-  "$PY" bench/gpu_probe.py prompts --tokenizer "$MODEL" --count 700 --out "$RESULT_DIR/prompts.json"
-fi
-: > "$RESULT_DIR/engine_configs.txt"
+begin_results "dry run (no GPU): scripted engine, gw as serve"
 
 # -- the servers: serve first, then the generator (not at once: vLLM sizes its KV cache from the
 # memory it sees free while it profiles, which another engine starting beside it would move).

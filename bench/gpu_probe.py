@@ -358,6 +358,13 @@ def summarize(args: argparse.Namespace) -> str:
     ]
     if errors:
         lines += ["", "Errors (first three per arm):", *errors]
+    lines += run_files(folder)
+    return "\n".join(lines) + "\n"
+
+
+def run_files(folder: Path) -> list[str]:
+    """The servers' logged settings and the load at the start and end, as report sections."""
+    lines: list[str] = []
     for name, title in (
         ("engine_configs.txt", "Engine settings as each server logged them"),
         ("uptime_start.txt", "Load average at the start"),
@@ -365,7 +372,7 @@ def summarize(args: argparse.Namespace) -> str:
     ):
         if (folder / name).exists():
             lines += ["", f"{title}:", "", "```", (folder / name).read_text().strip(), "```"]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 # -- command line -------------------------------------------------------------------------------

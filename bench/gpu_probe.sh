@@ -86,7 +86,7 @@ BEGAN=$(date +%s)
 ORDER=${ORDER_START:-0}
 # say, stop_all (kills PIDS), wait_http, wait_serving:
 source "$ROOT/bench/lib/processes.sh"
-# start_gateways, start_generator, variant_env, gw_label, engine_config:
+# start_gateways, start_generator, variant_env, gw_label, engine_config, begin_results:
 source "$ROOT/bench/lib/gpu_servers.sh"
 export PYTHONPATH="$ROOT/services/common/src:$ROOT/services/generator/src:$ROOT/services/safety/src:$ROOT/services/gateway/src${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
@@ -156,16 +156,7 @@ ttft_interleaved() {  # variant: c=1 TTFT of grpc, gw, gw+mod requests interleav
   say "($1) interleaved c=1: $(grep -E '^\| (grpc|gw[^ ]*) \|' "$RESULT_DIR/ttft_c1_$1.md" 2>/dev/null | tr -s ' ' | tr '\n' ';')"
 }
 
-say "card: $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)"
-nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 > "$RESULT_DIR/card.txt"
-[ -n "$DRY_RUN" ] && echo "dry run (no GPU): scripted engine" > "$RESULT_DIR/card.txt"
-uptime > "$RESULT_DIR/uptime_start.txt"
-if [ -n "$DRY_RUN" ]; then
-  "$PY" bench/gpu_probe.py prompts --words --count 64 --out "$RESULT_DIR/prompts.json"
-else
-  "$PY" bench/gpu_probe.py prompts --tokenizer "$MODEL" --count 700 --out "$RESULT_DIR/prompts.json"
-fi
-: > "$RESULT_DIR/engine_configs.txt"
+begin_results "dry run (no GPU): scripted engine"
 [ -n "${MERGE_FROM:-}" ] && cat "$MERGE_FROM/engine_configs.txt" >> "$RESULT_DIR/engine_configs.txt" 2>/dev/null
 
 # -- (1) vllm serve -------------------------------------------------------------------------------

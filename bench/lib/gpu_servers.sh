@@ -1,7 +1,7 @@
 # Shell functions shared by bench/gpu_probe.sh and bench/gpu_duel.sh (sourced after their
 # settings): the gateways and safety service (start_gateways, one gateway per mode of GW on ports
 # 8000...), a generator variant (start_generator: variant_env's settings), and the settings a
-# server logged (engine_config). They read the callers' variables: GW, MODEL, GPU_MEM, LOGS,
+# server logged (engine_config), and the start of a results folder (begin_results). They read the callers' variables: GW, MODEL, GPU_MEM, LOGS,
 # RESULT_DIR, PY, DRY_RUN, REDIS_SERVER, REDIS_PORT, SAFETY_PORT, GEN_PORT, API_KEY,
 # PROBE_SAFETY(_DEVICE), GATEWAY_WORKERS; and append to GATEWAY_PIDS / set GENERATOR_PIDS
 # (SAFETY_PID and GW_PID[mode] name the safety service's and each gateway's pid).
@@ -94,4 +94,17 @@ start_generator() {  # variant
     "$PY" -m parlance.generator.main > "$LOGS/generator_$1.txt" 2>&1 &
   GENERATOR_PIDS=($!)
   say "($1) generator started: ${env_args[*]}"
+}
+
+begin_results() {  # dry-run card text: the card, the load, the prompts, an empty engine_configs.txt
+  say "card: $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)"
+  nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 > "$RESULT_DIR/card.txt"
+  [ -n "$DRY_RUN" ] && echo "$1" > "$RESULT_DIR/card.txt"
+  uptime > "$RESULT_DIR/uptime_start.txt"
+  if [ -n "$DRY_RUN" ]; then
+    "$PY" bench/gpu_probe.py prompts --words --count 64 --out "$RESULT_DIR/prompts.json"
+  else
+    "$PY" bench/gpu_probe.py prompts --tokenizer "$MODEL" --count 700 --out "$RESULT_DIR/prompts.json"
+  fi
+  : > "$RESULT_DIR/engine_configs.txt"
 }
