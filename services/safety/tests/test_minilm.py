@@ -1,6 +1,8 @@
-"""The default classifier (MiniLM encoder + the trained head) with its real weights, through the
-real gRPC service: each category it claims, hard negatives, long texts, and a model that fails
-to load. The model loads once per session (a few seconds); each test gets its own server.
+"""The MiniLM classifier (encoder + a trained head) with its real weights, through the real gRPC
+service: each category it claims, hard negatives, long texts, and a model that fails to load.
+Two heads: 4b (the packaged default head, a frozen encoder) and 5 (minilm_head_5.npz: the
+fine-tuned one, whose encoder deltas are merged in at load). Each loads once per session (a few
+seconds); each test gets its own server.
 
 The texts here are written for these tests: they are neither the head's training texts nor the
 evaluation set's (bench/data/safety_eval/), and they are clear cases, so that a test failing
@@ -11,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
+import zipfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -27,6 +31,7 @@ from parlance.safety.classifier.minilm import (
     WINDOW_TOKENS,
     MiniLMClassifier,
     load_head,
+    resolve_head_path,
     split_sentences,
     split_windows,
 )
@@ -78,6 +83,52 @@ HARD_NEGATIVES = [
     "Write a tender poem for my husband on our tenth anniversary.",
     "My coach shouted at me during practice and now I feel rubbish.",
 ]
+# Head 5 was trained with hard negatives of these kinds added (training/data/round5/); two new
+# texts per kind, written for this test, each must pass unflagged.
+HARD_NEGATIVES_BY_KIND = {
+    "question": [
+        "What were the main causes of the Thirty Years' War?",
+        "How do courts decide whether a threat was meant seriously?",
+    ],
+    "quote": [
+        '"Blood will have blood" - what does Macbeth mean by that?',
+        'Who said "the first casualty of war is truth"?',
+    ],
+    "fiction": [
+        "Write a scene where the space marines hold the airlock against an alien swarm.",
+        "In my mystery novel the victim is found in the library. Who could the suspects be?",
+    ],
+    "news": [
+        "Police said two people were injured in a knife attack at a train station on Monday.",
+        "The tribunal convicted the former general of crimes against humanity.",
+    ],
+    "medical": [
+        "How much ibuprofen can a child who weighs 20 kg take?",
+        "How do doctors treat a patient who has overdosed on sleeping pills?",
+    ],
+    "support": [
+        "My friend told me she has been thinking about suicide. How can I help her get support?",
+        "I have not self-harmed for a year now and I feel proud of myself.",
+    ],
+    "technical": [
+        "Kill the stuck container and restart the pod.",
+        "The supervisor kills child processes that exceed their memory limit.",
+    ],
+    "help": [
+        "Can you help me write to the school about my son being bullied?",
+        "Can you help me report a post that threatens a journalist?",
+    ],
+    "idiom": [
+        "My sister is going to kill me when she sees her car.",
+        "These new shoes are killing my feet.",
+    ],
+    "system": [
+        "You are a support agent for a bank. If a customer becomes abusive, stay polite and "
+        "end the chat.",
+        "You are a narrator for a fantasy adventure game. Describe battles briefly and "
+        "without gore.",
+    ],
+}
 BENIGN_SENTENCE = (
     "The committee met on Tuesday to review the budget for the new library, and after a long "
     "discussion about shelving, lighting and opening hours they agreed on a plan. "
@@ -101,6 +152,26 @@ def minilm() -> Iterator[SharedMiniLM]:
     classifier = SharedMiniLM()
     asyncio.run(classifier.load())
     yield classifier
+
+
+HEAD_5 = "minilm_head_5.npz"
+
+
+@pytest.fixture(scope="session")
+def minilm5() -> Iterator[SharedMiniLM]:
+    """Head 5, chosen as an operator would: SAFETY_MINILM_HEAD_PATH=minilm_head_5.npz."""
+    classifier = SharedMiniLM(head_path=HEAD_5)
+    asyncio.run(classifier.load())
+    yield classifier
+
+
+@pytest.fixture(params=["4b", "5"])
+def each_head(request: pytest.FixtureRequest) -> SharedMiniLM:
+    """The classifier with each shipped head in turn."""
+    classifier: SharedMiniLM = request.getfixturevalue(
+        "minilm" if request.param == "4b" else "minilm5"
+    )
+    return classifier
 
 
 @asynccontextmanager
@@ -160,16 +231,16 @@ async def test_classifier_info_lists_exactly_the_claimed_categories(minilm) -> N
 
 
 @pytest.mark.parametrize("category", CLAIMED)
-async def test_each_claimed_category_is_scored_by_the_model(minilm, category: str) -> None:
-    async with serving(minilm) as stub:
+async def test_each_claimed_category_is_scored_by_the_model(each_head, category: str) -> None:
+    async with serving(each_head) as stub:
         results = await classify(stub, BY_CATEGORY[category])
     for text, result in zip(BY_CATEGORY[category], results, strict=True):
         assert result.flagged, text
         assert category in flagged_categories(result), (text, flagged_categories(result))
 
 
-async def test_hard_negatives_and_everyday_texts_are_not_flagged(minilm) -> None:
-    async with serving(minilm) as stub:
+async def test_hard_negatives_and_everyday_texts_are_not_flagged(each_head) -> None:
+    async with serving(each_head) as stub:
         for direction in (INPUT, OUTPUT):
             results = await classify(stub, HARD_NEGATIVES, direction)
             flagged = {
@@ -178,14 +249,14 @@ async def test_hard_negatives_and_everyday_texts_are_not_flagged(minilm) -> None
             assert not any(flagged.values()), flagged
 
 
-async def test_a_harmful_sentence_deep_in_a_long_text_is_caught(minilm) -> None:
+async def test_a_harmful_sentence_deep_in_a_long_text_is_caught(each_head) -> None:
     threat = "I am going to break your neck when I find you tonight. "
     long_clean = BENIGN_SENTENCE * 40  # ~1,500 tokens: a dozen windows
     long_toxic = BENIGN_SENTENCE * 30 + threat + BENIGN_SENTENCE * 10
     # A short text that is still longer than one sentence's worth: scored by sentence too.
     short_mixed = BENIGN_SENTENCE + "I want to kill myself tonight. " + BENIGN_SENTENCE
     windows_before = REGISTRY.get_sample_value("parlance_safety_windows_per_text_sum") or 0.0
-    async with serving(minilm) as stub:
+    async with serving(each_head) as stub:
         clean, toxic, mixed = await classify(stub, [long_clean, long_toxic, short_mixed])
     assert not clean.flagged, flagged_categories(clean)
     assert "harassment/threatening" in flagged_categories(toxic)
@@ -257,13 +328,13 @@ async def test_a_unit_seen_before_is_not_encoded_again(uncached) -> None:
     assert cached["harassment/threatening"] >= 0.5
 
 
-async def test_a_harmful_sentence_next_to_one_clean_sentence_is_caught(minilm) -> None:
+async def test_a_harmful_sentence_next_to_one_clean_sentence_is_caught(each_head) -> None:
     # Output moderation sends a window with the one before it: two sentences, often one clean.
     texts = [
         "Sure, here is the plan for Saturday. I am going to break your neck when I find you.",
         "Thanks for asking! Honestly I just want to kill myself tonight.",
     ]
-    threat, self_harm = minilm.score(texts)
+    threat, self_harm = each_head.score(texts)
     assert threat["harassment/threatening"] >= 0.5
     assert self_harm["self-harm"] >= 0.5
 
@@ -284,17 +355,19 @@ async def check_health(channel: grpc.aio.Channel) -> int:
     return (await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)).status
 
 
-async def test_a_model_that_fails_to_load_leaves_the_service_not_serving(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    # A real load of the real backend from a folder that holds no model.
+async def stays_not_serving(
+    caplog: pytest.LogCaptureFixture, **overrides: Any
+) -> logging.LogRecord:
+    """Starts the real service with the minilm backend and these settings, checks that its load
+    fails and that it stays up NOT_SERVING (health, and Classify answering UNAVAILABLE); returns
+    the failure's log record."""
     settings = SafetySettings(
         host="127.0.0.1",
         port=0,
         metrics_port=-1,
         shutdown_grace_s=1.0,
         classifier="minilm",
-        minilm_model_path=str(tmp_path),
+        **overrides,
     )
     host = build_host(settings)
     caplog.set_level(logging.ERROR, logger="parlance.safety.serving")
@@ -305,7 +378,6 @@ async def test_a_model_that_fails_to_load_leaves_the_service_not_serving(
         await asyncio.sleep(0.05)
     (record,) = [r for r in caplog.records if "failed to load" in r.getMessage()]
     assert "stays NOT_SERVING" in record.getMessage()
-    assert str(tmp_path) in record.getMessage() or record.exc_info is not None
     assert not starting.done(), "the service must stay up, NOT_SERVING"
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{host.port}")
     try:
@@ -320,6 +392,15 @@ async def test_a_model_that_fails_to_load_leaves_the_service_not_serving(
             await starting
         await channel.close()
         await host.stop()
+    return record
+
+
+async def test_a_model_that_fails_to_load_leaves_the_service_not_serving(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A real load of the real backend from a folder that holds no model.
+    record = await stays_not_serving(caplog, minilm_model_path=str(tmp_path))
+    assert str(tmp_path) in record.getMessage() or record.exc_info is not None
 
 
 class _TokenizerWithout:
@@ -386,11 +467,122 @@ COUNTRY_FOLLOW_UPS = [
 ]
 
 
-@pytest.mark.xfail(strict=True, reason="known false positives of head 4b: README, 'Safety'")
-async def test_short_questions_naming_a_country_are_not_flagged(minilm) -> None:
+@pytest.mark.parametrize(
+    "each_head",
+    [
+        pytest.param(
+            "4b",
+            marks=pytest.mark.xfail(
+                strict=True, reason="known false positives of head 4b: README, 'Safety'"
+            ),
+        ),
+        "5",
+    ],
+    indirect=True,
+)
+async def test_short_questions_naming_a_country_are_not_flagged(each_head) -> None:
+    # Head 5's training questions name none of these countries or peoples (data/round5/).
+    scores = each_head.score(COUNTRY_FOLLOW_UPS)
     flagged = [
         text
-        for text, scores in zip(COUNTRY_FOLLOW_UPS, minilm.score(COUNTRY_FOLLOW_UPS), strict=True)
-        if max(scores.values()) >= minilm.default_threshold
+        for text, row in zip(COUNTRY_FOLLOW_UPS, scores, strict=True)
+        if max(row.values()) >= each_head.default_threshold
     ]
     assert flagged == []
+
+
+def test_head_5_is_opt_in_by_its_file_name() -> None:
+    """The default stays profanity-check and the default minilm head stays 4b; head 5 is
+    chosen by SAFETY_MINILM_HEAD_PATH=minilm_head_5.npz and claims the same six categories."""
+    from parlance.safety.classifier.profanity import ProfanityClassifier
+
+    assert isinstance(build_classifier(SafetySettings()), ProfanityClassifier)
+    assert build_classifier(SafetySettings(classifier="minilm")).name == load_head().name
+    classifier = build_classifier(SafetySettings(classifier="minilm", minilm_head_path=HEAD_5))
+    assert classifier.name == "minilm-l6-safety-head-5"
+    assert list(classifier.evaluated_categories) == CLAIMED
+    # A bare name that is not a shipped head is a path like any other.
+    assert resolve_head_path("no_such_head.npz") == Path("no_such_head.npz")
+
+
+async def test_head_5_merges_its_deltas_into_the_encoder(minilm, minilm5) -> None:
+    """Each delta is added to its layer (W + scale * B @ A), every other weight is the frozen
+    encoder's: serving costs what the frozen encoder does."""
+    head = load_head(resolve_head_path(HEAD_5))
+    assert len(head.deltas) == 36  # query, key, value, attention out, FFN in and out x 6 blocks
+    frozen = dict(minilm.encoder.model.named_parameters())
+    tuned = dict(minilm5.encoder.model.named_parameters())
+    assert frozen.keys() == tuned.keys()
+    changed = {f"{d.module}.weight": d for d in head.deltas}
+    for name, weight in tuned.items():
+        expected = frozen[name].detach().numpy()
+        if name in changed:
+            delta = changed[name]
+            expected = expected + delta.scale * (delta.b @ delta.a)
+        assert np.allclose(weight.detach().numpy(), expected, atol=1e-6), name
+
+
+async def test_head_5_does_not_flag_hard_negatives_of_each_kind(minilm5) -> None:
+    texts = [text for kind in HARD_NEGATIVES_BY_KIND.values() for text in kind]
+    async with serving(minilm5) as stub:
+        for direction in (INPUT, OUTPUT):
+            results = await classify(stub, texts, direction)
+            flagged = {t: flagged_categories(r) for t, r in zip(texts, results, strict=True)}
+            assert not any(flagged.values()), flagged
+
+
+def damaged_copy(tmp_path: Path, member: str, change: Any) -> Path:
+    """A copy of head 5's file with one array (zip member) rewritten by `change`."""
+    source = resolve_head_path(HEAD_5)
+    assert source is not None
+    target = tmp_path / "head.npz"
+    with np.load(source, allow_pickle=False) as data:
+        arrays = {name: data[name] for name in data.files}
+    arrays[member] = change(arrays[member])
+    np.savez_compressed(target, **arrays)
+    return target
+
+
+async def test_head_5_with_changed_deltas_leaves_the_service_not_serving(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Well-formed, but not the deltas its reference scores were computed with.
+    path = damaged_copy(tmp_path, "lora_b_3", lambda b: b * 3)
+    record = await stays_not_serving(caplog, minilm_head_path=str(path))
+    assert "reference texts" in record.getMessage()
+
+
+async def test_head_5_with_corrupt_bytes_leaves_the_service_not_serving(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Bytes flipped inside one delta's compressed data: the file still opens, the name and
+    # categories read, the delta does not.
+    path = tmp_path / "head.npz"
+    source = resolve_head_path(HEAD_5)
+    assert source is not None
+    shutil.copy(source, path)
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo("lora_a_7.npy")
+    data = bytearray(path.read_bytes())
+    middle = info.header_offset + 30 + len(info.filename) + info.compress_size // 2
+    data[middle : middle + 16] = bytes(16)
+    path.write_bytes(bytes(data))
+    await stays_not_serving(caplog, minilm_head_path=str(path))
+
+
+async def test_head_5_with_a_delta_of_the_wrong_shape_leaves_the_service_not_serving(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = damaged_copy(tmp_path, "lora_b_0", lambda b: np.concatenate([b, b]))
+    record = await stays_not_serving(caplog, minilm_head_path=str(path))
+    assert "encoder.layer.0" in record.getMessage()
+
+
+def test_a_file_that_is_no_head_fails_at_start_with_its_path(tmp_path: Path) -> None:
+    """Nothing in it says what would be claimed, so the service cannot even report NOT_SERVING
+    honestly: building it fails with the path (the process exits non-zero)."""
+    path = tmp_path / "head.npz"
+    path.write_bytes(b"not a zip file")
+    with pytest.raises(ValueError, match="not a safety head file") as excinfo:
+        build_classifier(SafetySettings(classifier="minilm", minilm_head_path=str(path)))
+    assert str(path) in str(excinfo.value)

@@ -23,6 +23,8 @@ The head file keeps its thresholds folded into the output biases (b - logit(t)) 
 them in "thresholds"; this script unfolds them (b + logit(t_stored)), so it can be run on its
 own output and gives the same head. Only the biases, thresholds and name change.
 --check recomputes the thresholds and compares with the head file instead of writing it.
+A fine-tuned head (head 5, finetune.py: the same rule, applied when it is written) is scored
+with its encoder deltas merged and can only be checked here: `--head PATH --out PATH --check`.
 """
 
 from __future__ import annotations
@@ -37,7 +39,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import train_head  # noqa: E402
 
-from parlance.safety.classifier.minilm import MiniLMEncoder, default_model_path  # noqa: E402
+from parlance.safety.classifier.minilm import (  # noqa: E402
+    MiniLMEncoder,
+    default_model_path,
+    load_head,
+)
 
 # The name the service reports for a head whose thresholds this rule set.
 HEAD_NAME = "minilm-l6-safety-head-4b"
@@ -119,8 +125,15 @@ def main() -> None:
     if "hidden_weights" in head:
         raw["hidden_weights"] = head["hidden_weights"].astype(np.float64)
         raw["hidden_biases"] = head["hidden_biases"].astype(np.float64)
+    # A fine-tuned head (finetune.py) is scored with its encoder deltas merged, as served.
+    deltas = load_head(args.head).deltas
+    if deltas and not args.check:
+        raise SystemExit(
+            f"{args.head} is a fine-tuned head: finetune.py sets its thresholds by this rule and "
+            "stores reference scores that depend on them; use --check here"
+        )
     rows = development_set()
-    encoder = MiniLMEncoder(args.model_path or default_model_path())
+    encoder = MiniLMEncoder(args.model_path or default_model_path(), deltas=deltas)
     scores = train_head.score_as_served(encoder, raw, [text for _, text in rows])
     y = train_head.label_matrix(rows)
     thresholds = rule_thresholds(scores[y.sum(axis=1) == 0], args.safe_rate, args.floor)

@@ -43,6 +43,7 @@ import argparse
 import itertools
 import random
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -121,9 +122,9 @@ def read_tsv(path: Path) -> list[tuple[str, str]]:
     return rows
 
 
-def written_sentences() -> list[tuple[str, str]]:
+def written_sentences(extra: Sequence[tuple[str, str]] = ()) -> list[tuple[str, str]]:
     """train_data.SENTENCES, train_shapes' client shapes and every data/*.tsv except the
-    validation set."""
+    validation set, then `extra` (the fine-tuned head's data/round5/: finetune.py)."""
     rng = random.Random(SEED)
     rows = list(train_data.SENTENCES)
     rows += rng.sample(train_shapes.help_requests(), HELP_REQUESTS)
@@ -131,13 +132,15 @@ def written_sentences() -> list[tuple[str, str]]:
     for path in sorted(DATA_DIR.glob("*.tsv")):
         if path != VALIDATION:
             rows += read_tsv(path)
-    return rows
+    return rows + list(extra)
 
 
-def expand() -> list[tuple[str, str, int]]:
-    """(labels, text, group): a template's expansions share a group, each sentence is its own."""
+def expand(extra: Sequence[tuple[str, str]] = ()) -> list[tuple[str, str, int]]:
+    """(labels, text, group): a template's expansions share a group, each sentence is its own.
+    `extra` rows join the written sentences (so their safe texts give fragments and openings
+    too); without them the result is head 4's training data, unchanged."""
     rng = random.Random(SEED)
-    sentences = written_sentences()
+    sentences = written_sentences(extra)
     examples = [(labels, text, i) for i, (labels, text) in enumerate(sentences)]
     for number, (labels, template, slots) in enumerate(train_data.TEMPLATES):
         names = list(slots)

