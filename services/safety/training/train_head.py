@@ -97,9 +97,9 @@ SAFE_FLAG_COST = 3.0
 # texts generated with the seed.
 HELP_REQUESTS = 240
 MADE_UP = 200
-# Texts of every evaluation set (safety_eval_3 is a development set since head 4b, safety_eval_4
-# the fresh one): training refuses them.
-EVAL_DIRS = tuple(ROOT / "bench" / "data" / f"safety_eval{n}" for n in ("", "_2", "_3", "_4"))
+# Texts of every evaluation set (safety_eval_3 is a development set since head 4b; safety_eval_4
+# scored head 4b once, safety_eval_5 head 5): training refuses them.
+EVAL_DIRS = tuple(ROOT / "bench" / "data" / f"safety_eval{n}" for n in ("", "_2", "_3", "_4", "_5"))
 DATA_DIR = HERE / "data"
 # Calibration only: never trained on (see choose_thresholds). Head 4 adds the second
 # evaluation set (its toxic texts with their labels, its benign and hard-negative texts as safe).
