@@ -7,7 +7,8 @@ bench/data/safety_eval/everyday_prompts.txt holds 49 prompts a chat product sees
 of bench/safety_eval.py, and they are not used to train or calibrate). A classifier that
 refuses them refuses real users: the default must flag at most one (README, "Safety").
 --head KEY=PATH adds the minilm backend with another head file (a candidate, or an earlier head
-taken from git).
+taken from git). --prompts FILE scores another list (one prompt a line), e.g.
+bench/data/safety_countries/questions.txt: short questions naming a country or a people.
 """
 
 from __future__ import annotations
@@ -43,12 +44,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--backends", default="profanity,minilm")
     parser.add_argument("--head", action="append", default=[], metavar="KEY=PATH")
+    parser.add_argument("--prompts", type=Path, default=PROMPTS, help="one prompt a line")
     out_argument(parser, "safety_everyday.md")
     args = parser.parse_args()
-    prompts = [line for line in PROMPTS.read_text().splitlines() if line.strip()]
+    source: Path = args.prompts.resolve()
+    prompts = [line for line in source.read_text().splitlines() if line.strip()]
     report = Report(
         "Everyday chat prompts flagged by the embedded safety classifiers",
-        f"Prompts: {len(prompts)} ({PROMPTS.relative_to(PROMPTS.parents[3])}).",
+        f"Prompts: {len(prompts)} ({source.relative_to(Path(__file__).resolve().parents[1])}).",
         "Each backend at its default threshold (no SAFETY_*THRESHOLD* set).",
     )
     rows = []
