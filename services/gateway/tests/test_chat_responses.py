@@ -104,15 +104,25 @@ async def test_stream_chunks(gw: InProcessGateway) -> None:
         "logprobs": None,
         "finish_reason": None,
     }
-    # Text comes in moderation windows: the first closes at a word boundary past 16 chars.
+    # Text comes in moderation windows: the first complete word goes ahead on its own (the
+    # lead window, GATEWAY_MODERATION_LEAD_AFTER_MS 0 by default), the rest at the end.
     deltas = [_choice(c)["delta"] for c in chunks[1:-1]]
-    assert deltas == [{"content": "Hello there, "}, {"content": "friend."}]
+    assert deltas == [{"content": "Hello "}, {"content": "there, friend."}]
     assert _choice(chunks[-1]) == {
         "index": 0,
         "delta": {},
         "logprobs": None,
         "finish_reason": "stop",
     }
+
+
+async def test_without_a_lead_window_the_first_window_closes_past_16_characters(
+    tmp_path: Path,
+) -> None:
+    async with inprocess_gateway(tmp_path, moderation_lead_after_ms=60_000) as gw:
+        chunks = (await gw.events(gw.body(stream=True)))[:-1]
+        deltas = [_choice(c)["delta"] for c in chunks[1:-1]]
+        assert deltas == [{"content": "Hello there, "}, {"content": "friend."}]
 
 
 async def test_without_output_moderation_every_delta_is_a_chunk(tmp_path: Path) -> None:
