@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -36,8 +37,40 @@ def _say(message: str) -> None:
     print(f"[parlance] {message}", flush=True)
 
 
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_floor() -> int:
+    """The lowest port the kernel gives outgoing connections (and bind(0)) on this machine."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A port free now for a service started soon after.
+
+    Chosen below the kernel's ephemeral range: a port from bind(0) lies inside it, where any
+    outgoing connection of the test run may take it as its source port before the service binds
+    (CI lost a stack to exactly that). Ports already handed out by this process are skipped, so
+    two services of one stack never get the same one.
+    """
+    floor = _ephemeral_floor()
+    low = 20000 if floor > 21000 else 1024
+    candidates = list(range(low, min(floor, 32768)))
+    random.shuffle(candidates)
+    for port in candidates[:200]:
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    with socket.socket() as s:  # a machine whose ephemeral range starts low: the kernel's pick
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
