@@ -1,8 +1,8 @@
 """The MiniLM classifier (encoder + a trained head) with its real weights, through the real gRPC
 service: each category it claims, hard negatives, long texts, and a model that fails to load.
-Two heads: 4b (the packaged default head, a frozen encoder) and 5 (minilm_head_5.npz: the
-fine-tuned one, whose encoder deltas are merged in at load). Each loads once per session (a few
-seconds); each test gets its own server.
+Two heads: 5 (minilm_head_5.npz, the default: the fine-tuned one, whose encoder deltas are
+merged in at load) and 4b (minilm_head_4b.npz, a head over the frozen encoder). Each loads once
+per session (a few seconds); each test gets its own server.
 
 The texts here are written for these tests: they are neither the head's training texts nor the
 evaluation set's (bench/data/safety_eval/), and they are clear cases, so that a test failing
@@ -149,18 +149,26 @@ class SharedMiniLM(MiniLMClassifier):
 
 @pytest.fixture(scope="session")
 def minilm() -> Iterator[SharedMiniLM]:
+    """The default head (head 5)."""
     classifier = SharedMiniLM()
     asyncio.run(classifier.load())
     yield classifier
 
 
 HEAD_5 = "minilm_head_5.npz"
+HEAD_4B = "minilm_head_4b.npz"
 
 
 @pytest.fixture(scope="session")
-def minilm5() -> Iterator[SharedMiniLM]:
-    """Head 5, chosen as an operator would: SAFETY_MINILM_HEAD_PATH=minilm_head_5.npz."""
-    classifier = SharedMiniLM(head_path=HEAD_5)
+def minilm5(minilm: SharedMiniLM) -> SharedMiniLM:
+    """Head 5 (the default head: the same loaded classifier)."""
+    return minilm
+
+
+@pytest.fixture(scope="session")
+def minilm4b() -> Iterator[SharedMiniLM]:
+    """Head 4b, chosen as an operator would: SAFETY_MINILM_HEAD_PATH=minilm_head_4b.npz."""
+    classifier = SharedMiniLM(head_path=HEAD_4B)
     asyncio.run(classifier.load())
     yield classifier
 
@@ -169,7 +177,7 @@ def minilm5() -> Iterator[SharedMiniLM]:
 def each_head(request: pytest.FixtureRequest) -> SharedMiniLM:
     """The classifier with each shipped head in turn."""
     classifier: SharedMiniLM = request.getfixturevalue(
-        "minilm" if request.param == "4b" else "minilm5"
+        "minilm4b" if request.param == "4b" else "minilm5"
     )
     return classifier
 
@@ -204,15 +212,21 @@ def flagged_categories(result: Any) -> set[str]:
     return {c.category for c in result.categories if c.flagged}
 
 
-def test_minilm_is_opt_in_with_its_categories() -> None:
-    """profanity-check is the default (README, "Safety": why MiniLM is not yet); minilm is
-    chosen by name and claims its six categories."""
+def test_minilm_head_5_is_the_default_with_its_categories() -> None:
+    """MiniLM with head 5 is the default classifier and claims its six categories;
+    profanity-check and head 4b are still chosen by name."""
     from parlance.safety.classifier.profanity import ProfanityClassifier
 
-    assert isinstance(build_classifier(SafetySettings()), ProfanityClassifier)
-    classifier = build_classifier(SafetySettings(classifier="minilm"))
+    classifier = build_classifier(SafetySettings())
     assert isinstance(classifier, MiniLMClassifier)
+    assert classifier.name == "minilm-l6-safety-head-5"
     assert list(classifier.evaluated_categories) == CLAIMED
+    assert isinstance(build_classifier(SafetySettings(classifier="profanity")), ProfanityClassifier)
+    head_4b = build_classifier(SafetySettings(classifier="minilm", minilm_head_path=HEAD_4B))
+    assert head_4b.name == "minilm-l6-safety-head-4b"
+    assert list(head_4b.evaluated_categories) == CLAIMED
+    # A bare name that is not a shipped head is a path like any other.
+    assert resolve_head_path("no_such_head.npz") == Path("no_such_head.npz")
 
 
 async def test_classifier_info_lists_exactly_the_claimed_categories(minilm) -> None:
@@ -491,26 +505,18 @@ async def test_short_questions_naming_a_country_are_not_flagged(each_head) -> No
     assert flagged == []
 
 
-def test_head_5_is_opt_in_by_its_file_name() -> None:
-    """The default stays profanity-check and the default minilm head stays 4b; head 5 is
-    chosen by SAFETY_MINILM_HEAD_PATH=minilm_head_5.npz and claims the same six categories."""
-    from parlance.safety.classifier.profanity import ProfanityClassifier
-
-    assert isinstance(build_classifier(SafetySettings()), ProfanityClassifier)
-    assert build_classifier(SafetySettings(classifier="minilm")).name == load_head().name
-    classifier = build_classifier(SafetySettings(classifier="minilm", minilm_head_path=HEAD_5))
-    assert classifier.name == "minilm-l6-safety-head-5"
-    assert list(classifier.evaluated_categories) == CLAIMED
-    # A bare name that is not a shipped head is a path like any other.
-    assert resolve_head_path("no_such_head.npz") == Path("no_such_head.npz")
+def test_the_default_head_is_head_5_also_by_its_file_name() -> None:
+    """No head setting and SAFETY_MINILM_HEAD_PATH=minilm_head_5.npz load the same head."""
+    assert load_head().name == load_head(resolve_head_path(HEAD_5)).name
+    assert load_head().name == "minilm-l6-safety-head-5"
 
 
-async def test_head_5_merges_its_deltas_into_the_encoder(minilm, minilm5) -> None:
+async def test_head_5_merges_its_deltas_into_the_encoder(minilm4b, minilm5) -> None:
     """Each delta is added to its layer (W + scale * B @ A), every other weight is the frozen
     encoder's: serving costs what the frozen encoder does."""
     head = load_head(resolve_head_path(HEAD_5))
     assert len(head.deltas) == 36  # query, key, value, attention out, FFN in and out x 6 blocks
-    frozen = dict(minilm.encoder.model.named_parameters())
+    frozen = dict(minilm4b.encoder.model.named_parameters())
     tuned = dict(minilm5.encoder.model.named_parameters())
     assert frozen.keys() == tuned.keys()
     changed = {f"{d.module}.weight": d for d in head.deltas}

