@@ -68,7 +68,7 @@ system-deps:
 	@scripts/install-system-deps.sh
 
 test: install system-deps
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=25
 
 # The tree is formatted with `ruff format` (line length 100); format only the files you change.
 # All three run, so that one run reports everything; lint fails if any of them failed.
