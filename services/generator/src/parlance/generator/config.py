@@ -97,6 +97,11 @@ class GeneratorSettings(ServiceSettings):
     # "layers": every layer's, concatenated; engine/transformers_embed.py).
     embed_dtype: Literal["float32", "bfloat16", "auto"] = "float32"
     embed_pooling: Literal["mean", "layers"] = "mean"
+    # transformers (embed): a fine-tuned encoder's low-rank deltas (engine/deltas.py), merged
+    # into the weights at load: a file shipped with the generator by its name alone
+    # ("minilm_intents_1.npz", the gateway's intent encoder) or a path. The file's reference
+    # vectors are checked after the merge; a file that fails the check is not served.
+    embed_deltas: str | None = None
 
     # transformers (reward): concurrent Score calls share forward passes of up to this many
     # sequences (one per candidate); an idle engine waits this long for others to join.

@@ -25,6 +25,11 @@ SERVICE_NAME = generator_pb2.DESCRIPTOR.services_by_name["GeneratorService"].ful
 
 def build_embedding_engine(settings: GeneratorSettings) -> EmbeddingEngine:
     if settings.engine == "vllm":
+        if settings.embed_deltas:
+            raise ModelsConfigError(
+                f"model {settings.served_model_name!r}: embed_deltas is merged by the "
+                "transformers engine only"
+            )
         # The GPU path: vLLM's pooling runner (imported lazily, like the chat engine).
         from parlance.generator.engine.vllm_embed import VllmEmbeddingEngine
 
@@ -44,6 +49,7 @@ def build_embedding_engine(settings: GeneratorSettings) -> EmbeddingEngine:
         device=settings.torch_device,
         dtype=settings.embed_dtype,
         pooling=settings.embed_pooling,
+        deltas=settings.embed_deltas,
     )
 
 

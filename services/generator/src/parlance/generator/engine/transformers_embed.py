@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from parlance.common.errors import InvalidArgument
 from parlance.common.tokens import special_tokens
 from parlance.generator import metrics
@@ -41,6 +43,13 @@ from parlance.generator.engine.base import (
     ModelTask,
 )
 from parlance.generator.engine.batcher import BatchStats, MicroBatcher
+from parlance.generator.engine.deltas import (
+    EncoderDeltas,
+    check_vectors,
+    load_deltas,
+    merge_deltas,
+    resolve_deltas_path,
+)
 from parlance.generator.engine.embed_inputs import (
     check_dimensions,
     check_input_count,
@@ -100,11 +109,14 @@ class TransformersEmbeddingEngine(MicroBatchedEngine, EmbeddingEngine):
         device: str = "cpu",
         dtype: str = "float32",
         pooling: str = "mean",
+        deltas: str | None = None,
     ) -> None:
         if dtype not in DTYPES or pooling not in POOLINGS:
             raise ValueError(f"dtype must be one of {DTYPES}, pooling one of {POOLINGS}")
         self._dtype = dtype
         self._pooling = pooling
+        self._deltas_path = resolve_deltas_path(deltas) if deltas else None
+        self.deltas_name = ""
         self._served_model_name = served_model_name
         self._model_path = model_path
         self._configured_len = max_model_len
@@ -137,6 +149,7 @@ class TransformersEmbeddingEngine(MicroBatchedEngine, EmbeddingEngine):
             folder, "AutoModel", self._n_threads, self._device
         )
         self._specials = special_tokens(self._tokenizer)
+        found = self._merge_deltas() if self._deltas_path else None
         if self._dtype == "auto":
             self._dtype = "bfloat16" if native_bfloat16(self._torch, self._device) else "float32"
         if self._dtype == "bfloat16":
@@ -148,6 +161,9 @@ class TransformersEmbeddingEngine(MicroBatchedEngine, EmbeddingEngine):
         self._vocab_size = int(config.vocab_size)
         window = sentence_transformers_window(folder) or int(config.max_position_embeddings)
         self._max_len = min(self._configured_len or window, int(config.max_position_embeddings))
+        if found is not None:
+            # After the dtype is set: the vectors as this engine serves them.
+            check_vectors(found, np.asarray(self._vectors_of(list(found.check_texts))))
         self._created = int(time.time())
         log.info(
             "embedding model loaded",
@@ -156,9 +172,29 @@ class TransformersEmbeddingEngine(MicroBatchedEngine, EmbeddingEngine):
                 "dimensions": self._dimensions,
                 "dtype": self._dtype,
                 "max_model_len": self._max_len,
+                "deltas": self.deltas_name or None,
                 "load_s": round(time.perf_counter() - started, 2),
             },
         )
+
+    def _merge_deltas(self) -> EncoderDeltas:
+        """The deltas file's changes added to the weights (float32, before any cast)."""
+        assert self._deltas_path is not None
+        found = load_deltas(self._deltas_path)
+        if found.pooling != self._pooling:
+            raise ValueError(
+                f"{self._deltas_path}: deltas {found.name} were trained with pooling "
+                f"{found.pooling!r}; the model {self._served_model_name!r} pools "
+                f"{self._pooling!r} (set embed_pooling to match)"
+            )
+        merge_deltas(self._model, found.deltas)
+        self.deltas_name = found.name
+        return found
+
+    def _vectors_of(self, texts: list[str]) -> list[list[float]]:
+        """The vectors of texts as an Embed call returns them (no batcher)."""
+        request = EmbeddingRequest(request_id="check", inputs=tuple(texts), truncate=True)
+        return self._forward(self._encode(request))
 
     def model_info(self) -> ModelInfo:
         return ModelInfo(
@@ -227,20 +263,28 @@ class TransformersEmbeddingEngine(MicroBatchedEngine, EmbeddingEngine):
 
     def _pool(self, ids: Any, mask: Any) -> Any:
         """Unit-length vectors of one padded batch (float32 whatever the model's dtype)."""
-        normalize = self._torch.nn.functional.normalize
         layers = self._pooling == "layers"
         output = self._model(input_ids=ids, attention_mask=mask, output_hidden_states=layers)
-        # hidden_states[0] is the embedding layer's output: only the transformer layers count.
-        states = output.hidden_states[1:] if layers else (output.last_hidden_state,)
-        weights = mask.unsqueeze(-1).float()
-        means = [
-            (hidden.float() * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
-            for hidden in states
-        ]
-        if not layers:
-            return normalize(means[0], p=2, dim=1)
-        joined = self._torch.cat([normalize(m, p=2, dim=1) for m in means], dim=1)
-        return normalize(joined, p=2, dim=1)
+        return pool_states(self._torch, output, mask, layers)
+
+
+def pool_states(torch: Any, output: Any, mask: Any, layers: bool) -> Any:
+    """The unit-length vectors of a model output (float32): the last layer's mean-pooled
+    states, or with `layers` every transformer layer's, each scaled to unit length,
+    concatenated and scaled again. The intent encoder's training (services/generator/training/
+    intents/finetune.py) pools through this function too, so it trains what is served."""
+    normalize = torch.nn.functional.normalize
+    # hidden_states[0] is the embedding layer's output: only the transformer layers count.
+    states = output.hidden_states[1:] if layers else (output.last_hidden_state,)
+    weights = mask.unsqueeze(-1).float()
+    means = [
+        (hidden.float() * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+        for hidden in states
+    ]
+    if not layers:
+        return normalize(means[0], p=2, dim=1)
+    joined = torch.cat([normalize(m, p=2, dim=1) for m in means], dim=1)
+    return normalize(joined, p=2, dim=1)
 
 
 def native_bfloat16(torch: Any, device: str) -> bool:
