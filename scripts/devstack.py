@@ -367,20 +367,27 @@ def load_or_create_api_key(data_dir: Path) -> str:
 MAKE_UP_MODELS = [
     {"id": "SmolLM2-135M-Instruct", "engine": "llamacpp"},
     {"id": "all-MiniLM-L6-v2", "engine": "transformers", "task": "embed"},
-    # The same weights as the gateway's intent model (README, "Intent routing"): every layer
-    # pooled (more accurate routes), bfloat16 where the CPU has it natively (float32 elsewhere:
-    # emulated bfloat16 is 5x slower) and no batching wait (cheaper on the path to the first
-    # token). Its vectors have 2304 dimensions.
+    # The gateway's intent model, the one the shipped route file names (README, "Intent
+    # routing"): all-MiniLM-L6-v2 with the generator's fine-tuned intent deltas merged at load
+    # (services/generator/MODELS.md), every layer pooled (the pooling it was trained with;
+    # 2304 dimensions), bfloat16 where the CPU has it natively (float32 elsewhere: emulated
+    # bfloat16 is 5x slower) and no batching wait (cheaper on the path to the first token).
     {
-        "id": "all-MiniLM-L6-v2-intent",
+        "id": "all-MiniLM-L6-v2-intents-1",
         "engine": "transformers",
         "task": "embed",
-        "settings": {"embed_dtype": "auto", "embed_pooling": "layers", "embed_max_wait_ms": 0},
+        "settings": {
+            "embed_deltas": "minilm_intents_1.npz",
+            "embed_dtype": "auto",
+            "embed_pooling": "layers",
+            "embed_max_wait_ms": 0,
+        },
     },
 ]
 MAKE_UP_ALIASES = {"default": "SmolLM2-135M-Instruct"}
 # `make up` routes chats by intent with the shipped route file (README, "Intent routing"): its
-# routes target "default" only. GATEWAY_INTENT_ROUTES in the environment replaces it ("" : off).
+# routes target "default" only, and it names the intent model above as its embedding model.
+# GATEWAY_INTENT_ROUTES in the environment replaces it ("" : off).
 MAKE_UP_INTENT_ROUTES = ROOT / "services/gateway/src/parlance/gateway/intents/default_routes.yaml"
 
 
@@ -392,8 +399,8 @@ def make_up_env() -> dict[str, dict[str, str]]:
         env["gateway"]["GATEWAY_MODEL_ALIASES"] = json.dumps(MAKE_UP_ALIASES)
     if "GATEWAY_INTENT_ROUTES" not in os.environ:
         env["gateway"]["GATEWAY_INTENT_ROUTES"] = str(MAKE_UP_INTENT_ROUTES)
-    if "GATEWAY_INTENT_EMBED_MODEL" not in os.environ and "GENERATOR_MODELS" not in os.environ:
-        env["gateway"]["GATEWAY_INTENT_EMBED_MODEL"] = "all-MiniLM-L6-v2-intent"
+    # The route file names its embedding model (embed_model), served above; a GENERATOR_MODELS
+    # of one's own must serve it too, or GATEWAY_INTENT_EMBED_MODEL name another.
     return env
 
 

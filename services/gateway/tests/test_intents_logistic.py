@@ -1,7 +1,8 @@
 """The route file's `logistic` method: a softmax regression trained on the examples' vectors
 when the file is loaded. Its solver against scikit-learn's, and the shipped route file over
-the gateway's intent model (all-MiniLM-L6-v2 with every layer pooled, dtype auto: as `make up`
-serves it) on a real generator gRPC server, through the gateway's own client and registry."""
+the gateway's intent model, the one the file names (all-MiniLM-L6-v2 with the fine-tuned intent
+deltas merged, every layer pooled, dtype auto: as `make up` serves it) on a real generator gRPC
+server, through the gateway's own client and registry."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from sklearn.linear_model import LogisticRegression
 
 from parlance.common.grpc_server import GrpcServiceHost
 from parlance.gateway.clients import GeneratorClient
-from parlance.gateway.intents import GeneratorEmbedder, IntentRouter
+from parlance.gateway.intents import GeneratorEmbedder, IntentRouter, load_routes
 from parlance.gateway.intents.index import REGULARISATION_C, softmax_regression
 from parlance.gateway.models import ModelRegistry
 from parlance.generator.config import GeneratorSettings
@@ -24,14 +25,19 @@ from parlance.generator.main import create_host
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-INTENT_MODEL = "all-MiniLM-L6-v2-intent"
+INTENT_MODEL = "all-MiniLM-L6-v2-intents-1"
 MODELS = [
     {"id": "scripted-chat", "engine": "scripted", "settings": {"scripted_tokens_per_s": 0}},
     {
         "id": INTENT_MODEL,
         "engine": "transformers",
         "task": "embed",
-        "settings": {"embed_dtype": "auto", "embed_pooling": "layers", "embed_max_wait_ms": 0},
+        "settings": {
+            "embed_deltas": "minilm_intents_1.npz",
+            "embed_dtype": "auto",
+            "embed_pooling": "layers",
+            "embed_max_wait_ms": 0,
+        },
     },
 ]
 SHIPPED = Path(__file__).parents[1] / "src/parlance/gateway/intents/default_routes.yaml"
@@ -54,6 +60,8 @@ async def client() -> AsyncIterator[GeneratorClient]:
 
 async def router_for(client: GeneratorClient, path: Path) -> IntentRouter:
     registry = ModelRegistry(client)
+    # The model the shipped file names (the gateway's load_router picks it the same way).
+    assert load_routes(SHIPPED).spec.embed_model == INTENT_MODEL
     embedder = GeneratorEmbedder(client, registry.resolve, INTENT_MODEL)
     return await IntentRouter.load(str(path), embedder)
 

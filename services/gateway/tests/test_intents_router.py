@@ -231,6 +231,22 @@ async def test_an_edited_file_is_reloaded_and_a_bad_one_refused(
     assert counter("parlance_gateway_intent_route_reloads_total", outcome="ok") == ok_before + 1
 
 
+async def test_a_reload_cannot_change_the_embedding_model(
+    generator: Generator, tmp_path: Path
+) -> None:
+    path = write(tmp_path / "routes.yaml", f"embed_model: {EMBED}\n" + ROUTES)
+    router = await router_for(generator, path, reload_check_s=0.0)
+    errors_before = counter("parlance_gateway_intent_route_reloads_total", outcome="error")
+    # The examples' vectors (and the cached messages') are the first model's: refused.
+    write(path, "embed_model: another-embedder\n" + ROUTES)
+    os.utime(path, ns=(1, 10**18))
+    assert not await router.reload()
+    assert router.routes.spec.embed_model == EMBED
+    assert counter("parlance_gateway_intent_route_reloads_total", outcome="error") == (
+        errors_before + 1
+    )
+
+
 async def test_a_bad_file_fails_the_load(generator: Generator, tmp_path: Path) -> None:
     path = write(tmp_path / "routes.yaml", ROUTES.replace("- name: cooking", "- name: coding"))
     with pytest.raises(RouteFileError, match="route name 'coding' \\(line 14\\) is used twice"):

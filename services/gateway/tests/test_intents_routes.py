@@ -54,6 +54,15 @@ def test_the_shipped_route_file_is_valid() -> None:
     names = [r.name for r in routes.spec.routes]
     assert len(names) >= 6 and len(set(names)) == len(names)
     assert all(3 <= len(r.examples) <= MAX_EXAMPLES for r in routes.spec.routes)
+    # Its threshold and method were measured with the fine-tuned intent encoder, which it names
+    # (the generator serves it under this id in `make up`).
+    assert routes.spec.embed_model == "all-MiniLM-L6-v2-intents-1"
+
+
+def test_the_embedding_model_is_optional_but_not_empty() -> None:
+    assert parse_routes(GOOD).spec.embed_model is None
+    assert parse_routes("embed_model: my-embedder\n" + GOOD).spec.embed_model == "my-embedder"
+    assert "embed_model" in refused("embed_model: ''\n" + GOOD)
 
 
 def test_a_good_file_parses_with_its_actions_and_lines() -> None:

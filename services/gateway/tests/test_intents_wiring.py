@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from parlance.testing.fakes import FakeGenerator, Script
+from parlance.testing.fakes import FAKE_EMBED_MODEL, FakeGenerator, Script
 from parlance.testing.inprocess import InProcessGateway, inprocess_gateway
 
 ROUTES = """
@@ -240,3 +240,53 @@ async def test_a_stored_follow_up_is_classified_with_the_earlier_turn(tmp_path: 
         assert alone.headers["x-parlance-intent"] == "default"
         root = await gw.chat(gw.body(follow_up, conversation_id=conversation, parent_message_id=""))
         assert root.headers["x-parlance-intent"] == "default"
+
+
+async def test_the_route_file_names_the_embedding_model(tmp_path: Path) -> None:
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(f"embed_model: {FAKE_EMBED_MODEL}\n" + ROUTES)
+    async with inprocess_gateway(
+        tmp_path, generator=generator(), intent_routes=str(routes)
+    ) as gateway:
+        response = await gateway.chat(gateway.body(QUESTION))
+        assert response.headers["x-parlance-intent"] == "coding"
+        assert {r.model for r in gateway.generator.embed_requests} == {FAKE_EMBED_MODEL}
+    # A model no generator serves stops the start-up, named.
+    routes.write_text("embed_model: no-such-embedder\n" + ROUTES)
+    with pytest.raises(RuntimeError, match=r"INTENT_ROUTES cannot be used.*no-such-embedder"):
+        async with inprocess_gateway(tmp_path, generator=generator(), intent_routes=str(routes)):
+            pass
+    # GATEWAY_INTENT_EMBED_MODEL, when set, overrides the file.
+    async with inprocess_gateway(
+        tmp_path,
+        generator=generator(),
+        intent_routes=str(routes),
+        intent_embed_model=FAKE_EMBED_MODEL,
+    ) as gateway:
+        response = await gateway.chat(gateway.body(QUESTION))
+        assert response.headers["x-parlance-intent"] == "coding"
+        assert {r.model for r in gateway.generator.embed_requests} == {FAKE_EMBED_MODEL}
+
+
+async def test_the_reask_signal_can_use_its_own_embedding_model(tmp_path: Path) -> None:
+    routes = tmp_path / "routes.yaml"
+    # Routing through the first embedding model listed (""), the re-ask signal through the
+    # one the file names: a separate embedder, which embeds both messages itself.
+    routes.write_text(ROUTES + f"reask_embed_model: {FAKE_EMBED_MODEL}\n")
+    async with inprocess_gateway(tmp_path, generator=generator(), intent_routes=str(routes)) as gw:
+        first = await gw.chat(gw.body(QUESTION, store=True))
+        conversation = first.json()["conversation_id"]
+        answer = gw.history.stored(conversation)[-1]
+        calls = len(gw.generator.embed_requests)
+        again = await gw.chat(gw.body(REASKED, conversation_id=conversation))
+        assert again.headers["x-parlance-intent"] == "coding"
+        await eventually(lambda: len(gw.history.implicit_feedback) == 1)
+        assert gw.history.implicit_feedback[0].message_id == answer.id
+        # The classification's call, then the re-ask embedder's own: both texts, one call.
+        sent = gw.generator.embed_requests[calls:]
+        assert [[i.text for i in r.inputs] for r in sent] == [[REASKED], [REASKED, QUESTION]]
+    # A re-ask model no generator serves stops the start-up, named.
+    routes.write_text(ROUTES + "reask_embed_model: no-such-embedder\n")
+    with pytest.raises(RuntimeError, match=r"reask_embed_model 'no-such-embedder' cannot be used"):
+        async with inprocess_gateway(tmp_path, generator=generator(), intent_routes=str(routes)):
+            pass

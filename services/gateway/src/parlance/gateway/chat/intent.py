@@ -23,9 +23,11 @@ from parlance.gateway.intents import (
     GeneratorEmbedder,
     IntentMatch,
     IntentRouter,
+    LoadedRoutes,
     ReaskSignal,
     RouteFileError,
     apply_actions,
+    load_routes,
 )
 from parlance.gateway.intents.router import user_turns
 from parlance.gateway.metrics import INTENT_FALLBACKS
@@ -133,6 +135,25 @@ class IntentStep:
         )
 
 
+async def reask_embedder(
+    routes: LoadedRoutes, model: str, generator: GeneratorClient, models: ModelRegistry
+) -> CachedEmbedder | None:
+    """The re-ask signal's own embedder when the file names another model for it (None: the
+    routing embedder), its model checked now: one no generator serves stops the start-up."""
+    wanted = routes.spec.reask_embed_model
+    if not wanted or wanted == model:
+        return None
+    inner = GeneratorEmbedder(generator, models.resolve, wanted)
+    try:
+        await inner.ready()
+    except Exception as exc:
+        reason = getattr(exc, "message", None) or str(exc)
+        raise RouteFileError(
+            f"{routes.path}: reask_embed_model {wanted!r} cannot be used: {reason}"
+        ) from exc
+    return CachedEmbedder(inner)
+
+
 async def load_router(
     settings: GatewaySettings, generator: GeneratorClient, models: ModelRegistry
 ) -> IntentRouter | None:
@@ -141,18 +162,26 @@ async def load_router(
     stops the start-up with the reason (file, route and line)."""
     if not settings.intent_routes:
         return None
-    embedder = CachedEmbedder(
-        GeneratorEmbedder(generator, models.resolve, settings.intent_embed_model)
-    )
     try:
-        router = await IntentRouter.load(
-            settings.intent_routes, embedder, reload_check_s=settings.intent_reload_check_s
+        routes = load_routes(settings.intent_routes)
+        # The file names its embedding model; the setting, when set, overrides it.
+        model = settings.intent_embed_model or routes.spec.embed_model or ""
+        embedder = CachedEmbedder(GeneratorEmbedder(generator, models.resolve, model))
+        router = await IntentRouter.create(
+            routes,
+            embedder,
+            reload_check_s=settings.intent_reload_check_s,
+            reask_embedder=await reask_embedder(routes, model, generator, models),
         )
         await router.check_models(models.resolve)
     except RouteFileError as exc:
         raise RuntimeError(f"GATEWAY_INTENT_ROUTES cannot be used: {exc}") from None
     log.info(
         "intent routing on",
-        extra={"routes": len(router.routes.spec.routes), "file": settings.intent_routes},
+        extra={
+            "routes": len(router.routes.spec.routes),
+            "file": settings.intent_routes,
+            "embed_model": embedder.inner.model,
+        },
     )
     return router

@@ -40,9 +40,14 @@ class GeneratorEmbedder:
             raise RuntimeError("no generator lists an embedding model (task 'embed')")
         return first
 
-    async def embed(self, texts: list[str]) -> list[Sequence[float]]:
+    async def ready(self) -> str:
+        """The model this embedder calls, resolved once (raises when none can be used)."""
         if not self.model:
             self.model = await self._pick()
+        return self.model
+
+    async def embed(self, texts: list[str]) -> list[Sequence[float]]:
+        await self.ready()
         request = generator_pb2.EmbedRequest(
             request_id=get_request_id() or new_request_id(),
             model=self.model,

@@ -6,7 +6,9 @@ explicit ratings and exports it only when asked (include_implicit).
 
 It runs in the background after the request is prepared, never on the way to the first token:
 the newest message's vector is the one classification already computed; the previous user
-message costs one more embedding call. A failure is logged and counted, never the request's.
+message costs one more embedding call. With the route file's `reask_embed_model` (another
+model than the routing one) both messages are embedded by that model (the previous one is
+usually remembered from its own turn). A failure is logged and counted, never the request's.
 """
 
 from __future__ import annotations
@@ -80,7 +82,11 @@ class ReaskSignal:
             return
         if previous is None or not conversation_id:
             return
-        self.tasks.spawn(self.record(user_id, conversation_id, match.newest, previous, threshold))
+        self.tasks.spawn(
+            self.record(
+                user_id, conversation_id, match.newest, previous, threshold, text=match.text
+            )
+        )
 
     async def record(
         self,
@@ -89,10 +95,16 @@ class ReaskSignal:
         newest: np.ndarray,
         previous: PreviousTurn,
         threshold: float,
+        text: str = "",
     ) -> None:
         try:
-            rows = await self.router.embedder.embed([previous.user_text])
-            similarity = cosine(newest, np.asarray(rows[0], dtype=np.float32))
+            embedder = self.router.reask_embedder
+            if embedder is self.router.embedder:
+                rows = await embedder.embed([previous.user_text])
+            else:
+                rows = await embedder.embed([text, previous.user_text])
+                newest = np.asarray(rows[0], dtype=np.float32)
+            similarity = cosine(newest, np.asarray(rows[-1], dtype=np.float32))
             if similarity < threshold:
                 INTENT_REASKS.labels("not_reask").inc()
                 return

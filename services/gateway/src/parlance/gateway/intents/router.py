@@ -66,6 +66,9 @@ class IntentMatch:
     # The newest user message's own vector (no context mixed in): the re-ask signal compares
     # it with the previous user message's (intents/reask.py).
     newest: np.ndarray | None = field(default=None, compare=False, repr=False)
+    # The newest user message's text (the re-ask signal embeds it with its own model when the
+    # route file names one).
+    text: str = field(default="", compare=False, repr=False)
 
     @property
     def classified(self) -> bool:
@@ -102,9 +105,13 @@ class IntentRouter:
         vectors: dict[str, np.ndarray],
         *,
         reload_check_s: float = 2.0,
+        reask_embedder: Embedder | None = None,
     ) -> None:
         self.routes = routes
         self.embedder = embedder
+        # The re-ask signal's embedder (the file's reask_embed_model): the routing one unless
+        # the file names another model.
+        self.reask_embedder = reask_embedder or embedder
         self.reload_check_s = reload_check_s
         self._vectors = vectors
         self._index = ExampleIndex(routes, vectors)
@@ -121,9 +128,26 @@ class IntentRouter:
         cls, path: str, embedder: Embedder, *, reload_check_s: float = 2.0
     ) -> IntentRouter:
         """Read and check the route file and embed its examples (RouteFileError if wrong)."""
-        routes = load_routes(path)
+        return await cls.create(load_routes(path), embedder, reload_check_s=reload_check_s)
+
+    @classmethod
+    async def create(
+        cls,
+        routes: LoadedRoutes,
+        embedder: Embedder,
+        *,
+        reload_check_s: float = 2.0,
+        reask_embedder: Embedder | None = None,
+    ) -> IntentRouter:
+        """The router of a route file already read and checked, its examples embedded."""
         vectors = await _embed_examples(routes, embedder, {})
-        return cls(routes, embedder, vectors, reload_check_s=reload_check_s)
+        return cls(
+            routes,
+            embedder,
+            vectors,
+            reload_check_s=reload_check_s,
+            reask_embedder=reask_embedder,
+        )
 
     def with_settings(self, **update: Any) -> IntentRouter:
         """A router over the same routes and example vectors with other file-level settings
@@ -131,7 +155,11 @@ class IntentRouter:
         spec = RouteFile.model_validate({**self.routes.spec.model_dump(), **update})
         routes = dataclasses.replace(self.routes, spec=spec)
         return IntentRouter(
-            routes, self.embedder, self._vectors, reload_check_s=self.reload_check_s
+            routes,
+            self.embedder,
+            self._vectors,
+            reload_check_s=self.reload_check_s,
+            reask_embedder=self.reask_embedder,
         )
 
     async def check_models(self, resolve: Callable[[str], Awaitable[str]]) -> None:
@@ -148,6 +176,7 @@ class IntentRouter:
             mtime = _mtime(self.routes.path)
             try:
                 routes = load_routes(self.routes.path)
+                _check_same_model(self.routes, routes)
                 vectors = await _embed_examples(routes, self.embedder, self._vectors)
                 if self._resolve is not None:
                     await _check_models(routes, self._resolve)
@@ -240,6 +269,7 @@ class IntentRouter:
             nearest=match.nearest,
             duration_s=duration,
             newest=None if vectors is None else vectors[0],
+            text=user_turns(messages, 0)[0],
         )
 
     def actions_for(self, match: IntentMatch) -> Actions:
@@ -276,6 +306,19 @@ async def _embed_examples(
         for text, vector in zip(missing, fresh, strict=True):
             vectors[text] = np.asarray(vector, dtype=np.float32)
     return vectors
+
+
+def _check_same_model(old: LoadedRoutes, new: LoadedRoutes) -> None:
+    """The embedders were built for the file's embed_model and reask_embed_model at start-up
+    (their vectors, cached and the examples', are those models'): a new file naming others is
+    refused."""
+    for name in ("embed_model", "reask_embed_model"):
+        before, after = getattr(old.spec, name), getattr(new.spec, name)
+        if before != after:
+            raise RouteFileError(
+                f"{new.path}: {name} changed from {before!r} to {after!r}; the embedding "
+                "models change with a restart"
+            )
 
 
 async def _check_models(routes: LoadedRoutes, resolve: Callable[[str], Awaitable[str]]) -> None:

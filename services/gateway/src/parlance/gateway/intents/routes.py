@@ -1,6 +1,7 @@
 """The route file: intents (name, example utterances, actions) and the default route, read
 from YAML or JSON and checked, each problem named with the route and its line.
 
+    embed_model: my-embedder  # the embedding model (GATEWAY_INTENT_EMBED_MODEL overrides it)
     threshold: 0.5          # best intent's score below this: the default route
     context_turns: 0        # previous user turns mixed into the query (0: newest only)
     context_weight: 0.5     # their weight beside the newest message
@@ -9,6 +10,7 @@ from YAML or JSON and checked, each problem named with the route and its line.
     center: true            # compare vectors after removing the examples' mean
     name_anchors: true      # each route's name is one more example ("small_talk": "small talk")
     reask_threshold: 0.75   # a message this similar to the previous user message re-asks it
+    reask_embed_model: all-MiniLM-L6-v2   # ... measured with this model (unset: embed_model's)
     default:                # actions for messages that match nothing (name: "default")
       model: default
       examples: ["what's the capital of australia"]   # optional, 0-20: out of scope
@@ -117,6 +119,11 @@ class RouteFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     version: int = 1
+    # The embedding model the examples and messages are embedded with (the threshold and the
+    # method were measured with it): a model id or alias the generators serve for task
+    # "embed". GATEWAY_INTENT_EMBED_MODEL, when set, overrides it; neither: the first
+    # embedding model the generators list. A reload cannot change it (a restart does).
+    embed_model: str | None = Field(default=None, min_length=1)
     threshold: float = Field(default=0.5, ge=-1, le=1)
     # nearest: an intent's score is the similarity of its closest example(s) (see k);
     # centroid: the similarity to the mean of its examples; logistic: its probability under a
@@ -135,6 +142,10 @@ class RouteFile(BaseModel):
     # A stored user message this similar (cosine) to the previous one of its conversation
     # re-asks it: a weak negative on the answer between them (intents/reask.py); unset: none.
     reask_threshold: float | None = Field(default=None, ge=0, le=1)
+    # The embedding model that similarity is measured with; unset: the routing model. An
+    # intent model fine-tuned to put every message of one task together (the shipped one)
+    # makes a follow-up as close as a re-ask: a plain sentence encoder tells them apart.
+    reask_embed_model: str | None = Field(default=None, min_length=1)
     default: DefaultRoute = Field(default_factory=DefaultRoute)
     routes: list[Route] = Field(min_length=1)
 
