@@ -3,7 +3,7 @@ with and without a context window, and the threshold calibration.
 
     .venv/bin/python bench/intent_eval.py [--out bench/results/intent_eval.md]
         [--routes services/gateway/src/parlance/gateway/intents/default_routes.yaml]
-        [--threads 1]
+        [--threads 1] [--deltas minilm_intents_1.npz | none]
 
 The set is bench/data/intents/messages.tsv (README.md there: how it was written). Each message
 is classified by the gateway's IntentRouter with the served model, all-MiniLM-L6-v2, loaded in
@@ -21,6 +21,12 @@ Methods: nearest examples (k), centroids, or `logistic` (a softmax regression tr
 examples when the file loads; its threshold is a probability). --pooling/--dtype pick the
 vectors: the gateway's intent model (every layer pooled, dtype auto; the default here) or the
 model as /v1/embeddings serves it (--pooling mean --dtype float32).
+
+--deltas (by default the shipped intent encoder, minilm_intents_1.npz: what the shipped route
+file's embed_model names) loads the model with a fine-tuned encoder's deltas merged (the
+generator's `embed_deltas`): the report is the fine-tuned encoder's, plus a section with the
+frozen encoder's headline figures beside it, measured in the same run (and the cost of both,
+interleaved). `--deltas none`: the frozen encoder alone.
 
 Calibration: accuracy for each threshold from 0.00 to 0.80; the best one is reported with a
 2-fold check (threshold chosen on one half, accuracy measured on the other), because the best
@@ -406,11 +412,110 @@ async def classify_cost(router: IntentRouter, items: list[Item], rounds: int) ->
     return times
 
 
-async def run(args: argparse.Namespace) -> Report:
+async def headline_row(router: IntentRouter, items: list[Item], labels: list[str]) -> list[str]:
+    """The shipped settings' figures: the first 5 examples per route (accuracy at the best
+    threshold, 2-fold, at the file's threshold), the draws' 2-fold mean / min / max, every
+    example (2-fold, at the file's threshold), the file's held-out examples, leave one out."""
+    config, spec = CONFIGS[-1], router.routes.spec
+    first = await score_all(subset(router, config, picks_of(router, None)), items)
+    drawn = [
+        two_fold(await score_all(subset(router, config, picks_of(router, seed)), items))
+        for seed in range(DRAWS)
+    ]
+    whole = await score_all(subset(router, config, None), items)
+    examples = file_examples(router)
+    dev = [await held_out(router, config, examples, seed) for seed in range(DRAWS)]
+    await score_all(subset(router, CONFIGS[0], None), items)  # the newest messages alone
+    return [
+        f"{accuracy(first, best_threshold(first)):.3f}",
+        f"{two_fold(first):.3f}",
+        f"{accuracy(first, spec.threshold):.3f}",
+        f"{macro_f1(first, spec.threshold, labels):.3f}",
+        f"{statistics.fmean(drawn):.3f} / {min(drawn):.3f} / {max(drawn):.3f}",
+        f"{two_fold(whole):.3f}",
+        f"{accuracy(whole, spec.threshold):.3f}",
+        f"{macro_f1(whole, spec.threshold, labels):.3f}",
+        f"{statistics.fmean(dev):.3f}",
+        ceiling(items, whole)[0].split("accuracy ")[1].split(",")[0],
+    ]
+
+
+async def versus_frozen(
+    report: Report,
+    args: argparse.Namespace,
+    tuned: IntentRouter,
+    items: list[Item],
+    labels: list[str],
+) -> None:
+    """The frozen encoder (same pooling and dtype, no deltas) beside the fine-tuned one: the
+    headline figures, and the cost of one classification, the two interleaved."""
     from parlance.generator.engine.transformers_embed import TransformersEmbeddingEngine
 
     engine = TransformersEmbeddingEngine(
         served_model_name=EMBED, n_threads=args.threads, dtype=args.dtype, pooling=args.pooling
+    )
+    await engine.start()
+    try:
+        frozen = await IntentRouter.load(str(args.routes), EngineEmbedder(engine))
+        _QUERIES.clear()
+        rows = [["frozen", *await headline_row(frozen, items, labels)]]
+        _QUERIES.clear()
+        rows.append([f"fine-tuned ({tuned.embedder.engine.deltas_name})"])  # type: ignore[attr-defined]
+        rows[-1] += await headline_row(tuned, items, labels)
+        costs: dict[str, list[float]] = {"frozen": [], "fine-tuned": []}
+        for item in items[: args.cost_rounds]:
+            for name, router in (("frozen", frozen), ("fine-tuned", tuned)):
+                costs[name] += await classify_cost(router, [item], 1)
+    finally:
+        await engine.close()
+    threshold = tuned.routes.spec.threshold
+    report.section(
+        "Frozen vs fine-tuned encoder (same run)",
+        f"The shipped settings ({CONFIGS[-1].label}) over the frozen all-MiniLM-L6-v2 and over "
+        f"the fine-tuned one (--deltas {args.deltas}), the same pooling ({args.pooling}) and "
+        f"dtype. First 5 per route: accuracy at the best threshold, the 2-fold figure, "
+        f"accuracy and macro-F1 at the file's threshold {threshold:.2f}; {DRAWS} draws of 5: "
+        "the 2-fold figure's mean / min / max; every example of the file: 2-fold, accuracy "
+        "and macro-F1 at the file's threshold; the file's held-out examples (5 kept per draw); "
+        "leave one out on this set (section 'What the model can do').",
+        "",
+        *table(
+            [
+                "encoder",
+                "first 5: best",
+                "first 5: 2-fold",
+                "first 5: at file threshold",
+                "first 5: macro-F1",
+                f"{DRAWS} draws (2-fold)",
+                "all: 2-fold",
+                "all: at file threshold",
+                "all: macro-F1",
+                "held-out file examples",
+                "leave one out",
+            ],
+            rows,
+        ),
+        "",
+        "Cost: classify() of one message at a time in process, the two encoders alternating "
+        f"message by message ({len(costs['frozen'])} each, {args.threads} thread(s)): "
+        + ", ".join(
+            f"{name} p50 {1000 * statistics.median(values):.1f} ms"
+            for name, values in costs.items()
+        )
+        + ". The deltas are merged into the weights at load: the forward pass is the frozen "
+        "encoder's, the same matrices and shapes.",
+    )
+
+
+async def run(args: argparse.Namespace) -> Report:
+    from parlance.generator.engine.transformers_embed import TransformersEmbeddingEngine
+
+    engine = TransformersEmbeddingEngine(
+        served_model_name=EMBED,
+        n_threads=args.threads,
+        dtype=args.dtype,
+        pooling=args.pooling,
+        deltas=args.deltas,
     )
     await engine.start()
     try:
@@ -439,7 +544,8 @@ async def run(args: argparse.Namespace) -> Report:
             f"{sum(bool(i.context) for i in items)} of them follow-ups with an earlier user turn; "
             f"{len(mixed)} mixed-intent messages left out of the figures.",
             f"Model: {EMBED} in process (the generator's TransformersEmbeddingEngine, "
-            f"{args.threads} threads, {args.dtype}: {engine._model.dtype}, "
+            + (f"fine-tuned: deltas {engine.deltas_name} merged, " if args.deltas else "")
+            + f"{args.threads} threads, {args.dtype}: {engine._model.dtype}, "
             f"pooling {args.pooling!r}: "
             + (
                 "every layer's mean-pooled states concatenated)."
@@ -586,6 +692,8 @@ async def run(args: argparse.Namespace) -> Report:
                 for s in mixed_scored
             ],
         )
+        if args.deltas:
+            await versus_frozen(report, args, router, items, labels)
         times = await classify_cost(router, items, args.cost_rounds)
         times.sort()
         report.section(
@@ -613,7 +721,13 @@ def main() -> None:
     # --pooling mean --dtype float32 is all-MiniLM-L6-v2 as /v1/embeddings serves it.
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "auto"], default="auto")
     parser.add_argument("--pooling", choices=["mean", "layers"], default="layers")
+    # A fine-tuned encoder's deltas (a file shipped with the generator by name, or a path): by
+    # default the intent encoder the shipped route file names (embed_model
+    # all-MiniLM-L6-v2-intents-1); "none": the frozen encoder alone.
+    parser.add_argument("--deltas", default="minilm_intents_1.npz")
     args = parser.parse_args()
+    if args.deltas.lower() == "none":
+        args.deltas = None
     args.routes = args.routes.resolve()
     args.data = args.data.resolve()
     report = asyncio.run(run(args))

@@ -5,6 +5,12 @@ pairs: 'reask' (the same question asked again in other words, after an answer th
 satisfy) and 'other' (follow-ups on the same topic, a new question, small talk).
 
     .venv/bin/python bench/intent_reask.py [--out bench/results/intent_reask.md]
+        [--deltas minilm_intents_1.npz] [--pooling mean|layers] [--dtype float32|bfloat16]
+
+By default the model the shipped route file measures re-asks with (reask_embed_model):
+all-MiniLM-L6-v2 as /v1/embeddings serves it. The fine-tuned intent model
+(--deltas minilm_intents_1.npz --pooling layers) puts every message of one task close,
+follow-ups too: bench/results/intent_reask_ft.md.
 
 Reports each pair's similarity, precision / recall / accuracy per threshold, the best one, and
 a 2-fold check (threshold chosen on one half, measured on the other). A re-ask is a weak
@@ -58,12 +64,14 @@ def best(similarity: np.ndarray, labels: np.ndarray) -> float:
     return max(t for t, s in zip(THRESHOLDS, scores, strict=True) if s == top)
 
 
-async def embed(texts: list[str], threads: int, dtype: str, pooling: str) -> np.ndarray:
+async def embed(
+    texts: list[str], threads: int, dtype: str, pooling: str, deltas: str | None
+) -> np.ndarray:
     from parlance.generator.engine.base import EmbeddingRequest
     from parlance.generator.engine.transformers_embed import TransformersEmbeddingEngine
 
     engine = TransformersEmbeddingEngine(
-        served_model_name=EMBED, n_threads=threads, dtype=dtype, pooling=pooling
+        served_model_name=EMBED, n_threads=threads, dtype=dtype, pooling=pooling, deltas=deltas
     )
     await engine.start()
     try:
@@ -77,7 +85,7 @@ def run(args: argparse.Namespace) -> Report:
     pairs = read_pairs(args.data)
     labels = np.array([p[0] for p in pairs])
     texts = [t for p in pairs for t in p[1:]]
-    vectors = asyncio.run(embed(texts, args.threads, args.dtype, args.pooling))
+    vectors = asyncio.run(embed(texts, args.threads, args.dtype, args.pooling, args.deltas))
     similarity = np.sum(vectors[0::2] * vectors[1::2], axis=1)
     shipped = load_routes(ROUTES).spec.reask_threshold
     report = Report(
@@ -85,8 +93,9 @@ def run(args: argparse.Namespace) -> Report:
         f"Set: `{args.data.relative_to(ROOT)}`: {len(pairs)} pairs, {int(labels.sum())} re-asks "
         f"and {int((~labels).sum())} others, written by hand for this (how: bench/data/intents/"
         "README.md).",
-        f"Model: {EMBED} in process ({args.dtype}, pooling {args.pooling!r}); cosine "
-        "similarity of the two messages' vectors.",
+        f"Model: {EMBED} in process ({args.dtype}, pooling {args.pooling!r}"
+        + (f", fine-tuned: deltas {args.deltas} merged" if args.deltas else ", frozen")
+        + "); cosine similarity of the two messages' vectors.",
         f"Shipped threshold (route file's reask_threshold): {shipped}.",
         f"Machine load at the start (1, 5, 15 min): {load_average()}.",
     )
@@ -127,10 +136,16 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DATA)
     # 1: as the generator serves it (GENERATOR_EMBED_N_THREADS); faster on a busy machine.
     parser.add_argument("--threads", type=int, default=1)
-    # The gateway's intent model under make up (scripts/devstack.py): every layer, bfloat16.
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16")
-    parser.add_argument("--pooling", choices=["mean", "layers"], default="layers")
+    # The shipped route file's reask_embed_model: all-MiniLM-L6-v2 as /v1/embeddings serves it
+    # (float32, the last layer's mean, no deltas). The gateway's intent model under make up:
+    # --deltas minilm_intents_1.npz --pooling layers --dtype bfloat16.
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--pooling", choices=["mean", "layers"], default="mean")
+    # A fine-tuned encoder's deltas (a file shipped with the generator by name, or a path).
+    parser.add_argument("--deltas", default="none")
     args = parser.parse_args()
+    if args.deltas.lower() == "none":
+        args.deltas = None
     args.data = args.data.resolve()
     run(args).write(args.out)
 

@@ -42,10 +42,16 @@ from lib.stack import ALICE_KEY, LIMITS_HIGH, MODEL, BenchStack
 from lib.stats import fmt, percentile
 
 EMBED = "all-MiniLM-L6-v2"
-# The gateway's intent model as `make up` serves it (scripts/devstack.py): the same weights,
-# every layer pooled, bfloat16 where the CPU has it natively, no micro-batching wait.
-INTENT_MODEL = "all-MiniLM-L6-v2-intent"
-INTENT_SETTINGS = {"embed_dtype": "auto", "embed_pooling": "layers", "embed_max_wait_ms": 0}
+# The gateway's intent model as `make up` serves it (scripts/devstack.py): the fine-tuned intent
+# deltas merged at load (the same forward pass as the frozen weights), every layer pooled,
+# bfloat16 where the CPU has it natively, no micro-batching wait.
+INTENT_MODEL = "all-MiniLM-L6-v2-intents-1"
+INTENT_SETTINGS = {
+    "embed_deltas": "minilm_intents_1.npz",
+    "embed_dtype": "auto",
+    "embed_pooling": "layers",
+    "embed_max_wait_ms": 0,
+}
 ROUTES = ROOT / "services/gateway/src/parlance/gateway/intents/default_routes.yaml"
 MESSAGES = ROOT / "bench/data/intents/messages.tsv"
 GENERATOR_MODELS = [
