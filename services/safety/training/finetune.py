@@ -1,7 +1,8 @@
-"""Fine-tunes the MiniLM encoder end to end with the safety head: head 5 (minilm_head_5.npz).
+"""Fine-tunes the MiniLM encoder end to end with the safety head: head 5 (minilm_head_5.npz)
+and, with --head 6, head 6 (minilm_head_6.npz).
 
     HF_HUB_OFFLINE=1 nice -n 10 .venv/bin/python services/safety/training/finetune.py
-        [--out PATH] [--threads 2] [--check]
+        [--head 5|6] [--out PATH] [--threads 2] [--check]
         [--epochs 5] [--pos-power 1] [--hard-negative-weight 4]   (development variants)
 
 Why: head 4b's frozen encoder ranks charged-but-safe texts (support around self-harm, quotes,
@@ -21,19 +22,27 @@ Data: train_head.expand() (head 4's data building: train_data.py, train_shapes.p
 data/*.tsv, fragments, openings, sentences of safe texts) plus data/round5/*.tsv (written by
 hand for this round: safe questions naming a country, a people or a faith; safe texts of the
 kinds head 4b over-flags on the development set; harmful texts so that those kinds do not
-become "safe" cues). A text scores as the service scores it: the maximum over its units
-(sentences; windows of long ones; MiniLMEncoder.units), and the loss is on that maximum.
+become "safe" cues). Head 6 (--head 6) adds data/round6/*.tsv: harassment without swear words
+or slurs (put-downs of intelligence, looks and worth, condescension, mocking, requests to write
+a humiliating message), veiled and direct threats, hate without slurs, and safe texts of the
+same shapes (blunt critique, trash-talk, self-deprecation, quoted insults, reports of bullying);
+everything else (settings, seed, thresholds rule) is head 5's. A text scores as the service
+scores it: the maximum over its units (sentences; windows of long ones; MiniLMEncoder.units),
+and the loss is on that maximum.
 Loss: binary cross-entropy per category, each category's positives weighted to balance its
 negatives (as train_head.fit_mlp), and each safe text of the hard-negative files (data/
-hard_negatives.tsv, data/round5/) weighing HARD_NEGATIVE_WEIGHT ordinary safe texts. AdamW,
-linear warm-up and decay, EPOCHS passes, batches of similar length in a seeded order.
+hard_negatives.tsv and the head's round folders) weighing HARD_NEGATIVE_WEIGHT ordinary safe
+texts. AdamW, linear warm-up and decay, EPOCHS passes, batches of similar length in a seeded
+order.
 
 Thresholds: set_thresholds.py's rule (at most 2% of the development safe texts flagged per
 category, never below 0.5) on this model's scores as served, folded into the output biases.
 Development texts: the calibration set (data/validation.tsv, bench/data/safety_eval_2) and
 bench/data/safety_eval_3 (a development set: its error list guided data/round5 and this
 script's settings; figures on it are not a test). bench/data/safety_eval_4 is not read here
-except by train_head's refusal to train on any evaluation text (exact match), which stays.
+except by train_head's refusal to train on any evaluation text (exact match), which stays; for
+head 6 that refusal covers bench/data/safety_eval_5 (a development set for head 6: its errors
+guided data/round6) and bench/data/safety_eval_6 (unseen: an overlap is reported by count only).
 
 The file also stores reference texts with their scores as served; the service checks them at
 load, so a file whose deltas do not fit the encoder, or are damaged, is not served.
@@ -51,6 +60,7 @@ import math
 import random
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,11 +79,38 @@ from parlance.safety.classifier.minilm import (  # noqa: E402
     mean_pool,
 )
 
-HEAD_NAME = "minilm-l6-safety-head-5"
-HEAD_FILE = "minilm_head_5.npz"
-OUT = train_head.OUT.with_name(HEAD_FILE)
-ROUND5 = train_head.DATA_DIR / "round5"
 SEED = train_head.SEED
+
+
+@dataclass(frozen=True)
+class Head:
+    """One fine-tuned head: its name, its file and the round folders (data/<round>/*.tsv) it
+    trains on beyond train_head.expand()'s data; everything else is shared."""
+
+    name: str
+    file: str
+    rounds: tuple[str, ...]
+
+    @property
+    def out(self) -> Path:
+        return train_head.OUT.with_name(self.file)
+
+    @property
+    def round_files(self) -> list[Path]:
+        return [
+            path for r in self.rounds for path in sorted((train_head.DATA_DIR / r).glob("*.tsv"))
+        ]
+
+    @property
+    def hard_negative_files(self) -> tuple[Path, ...]:
+        # sorted() keeps head 5's order of files exactly as it was (hard_negatives.tsv, round5/).
+        return (train_head.DATA_DIR / "hard_negatives.tsv", *self.round_files)
+
+
+HEADS = {
+    5: Head("minilm-l6-safety-head-5", "minilm_head_5.npz", ("round5",)),
+    6: Head("minilm-l6-safety-head-6", "minilm_head_6.npz", ("round5", "round6")),
+}
 # Low-rank deltas on these linear layers of each of the six blocks.
 TARGETS = (
     "attention.self.query",
@@ -90,12 +127,11 @@ EPOCHS = 5
 # Each category's positives weigh (negatives / positives) ** POS_POWER: 1 balances the classes
 # (train_head.fit_mlp's weighting).
 POS_POWER = 1.0
-# Safe texts of the hard-negative files (HARD_NEGATIVE_FILES) weigh this many ordinary safe
+# Safe texts of the hard-negative files (Head.hard_negative_files) weigh this many ordinary safe
 # texts in the loss. Issue 19 counts hard negatives on their own (at most 5% flagged), while
 # class balancing makes a safe text next to a rare category's positives cheap to get wrong
 # (self-harm's positives weigh ~20 safe texts each).
 HARD_NEGATIVE_WEIGHT = 4.0
-HARD_NEGATIVE_FILES = (train_head.DATA_DIR / "hard_negatives.tsv", *sorted(ROUND5.glob("*.tsv")))
 BATCH = 32
 LR_DELTAS = 1e-3
 LR_HEAD = 2e-3
@@ -145,14 +181,14 @@ def add_deltas(model: torch.nn.Module) -> dict[str, LowRankLinear]:
     return wrapped
 
 
-def round5_rows() -> list[tuple[str, str]]:
-    return [row for path in sorted(ROUND5.glob("*.tsv")) for row in train_head.read_tsv(path)]
+def round_rows(head: Head) -> list[tuple[str, str]]:
+    return [row for path in head.round_files for row in train_head.read_tsv(path)]
 
 
-def training_data() -> tuple[list[tuple[str, str, int]], list[tuple[str, str]]]:
+def training_data(head: Head) -> tuple[list[tuple[str, str, int]], list[tuple[str, str]]]:
     """(training examples, calibration rows), checked against every evaluation and the
     calibration set (train_head.check_independent)."""
-    examples = train_head.expand(round5_rows())
+    examples = train_head.expand(round_rows(head))
     calibration = train_head.calibration_set()
     train_head.check_independent(examples, calibration)
     return examples, calibration
@@ -177,11 +213,13 @@ def padded(windows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     return ids, mask
 
 
-def hard_negative_weights(examples: list[tuple[str, str, int]], weight: float) -> torch.Tensor:
-    """Per example: `weight` for a safe text of HARD_NEGATIVE_FILES, 1 for the rest."""
+def hard_negative_weights(
+    examples: list[tuple[str, str, int]], weight: float, head: Head
+) -> torch.Tensor:
+    """Per example: `weight` for a safe text of the head's hard-negative files, 1 for the rest."""
     hard = {
         text.lower()
-        for path in HARD_NEGATIVE_FILES
+        for path in head.hard_negative_files
         for labels, text in train_head.read_tsv(path)
         if not labels
     }
@@ -192,6 +230,7 @@ def hard_negative_weights(examples: list[tuple[str, str, int]], weight: float) -
 
 def train(
     model_path: Path,
+    head: Head,
     threads: int,
     epochs: int = EPOCHS,
     pos_power: float = POS_POWER,
@@ -200,7 +239,7 @@ def train(
     torch.set_num_threads(threads)
     torch.manual_seed(SEED)
     rng = random.Random(SEED)
-    examples, _ = training_data()
+    examples, _ = training_data(head)
     texts = [text for _, text, _ in examples]
     y = torch.tensor(train_head.label_matrix(examples), dtype=torch.float32)
     # The service's own tokenisation into units (sentences, windows, special tokens).
@@ -214,7 +253,7 @@ def train(
     out = torch.nn.Linear(HIDDEN, y.shape[1])
     positives = y.sum(dim=0).clamp(min=1.0)
     pos_weight = ((len(y) - positives) / positives) ** pos_power
-    example_weights = hard_negative_weights(examples, hard_negative_weight)
+    example_weights = hard_negative_weights(examples, hard_negative_weight, head)
     delta_parameters = [p for layer in deltas.values() for p in (layer.a, layer.b)]
     optimizer = torch.optim.AdamW(
         [
@@ -300,7 +339,7 @@ def logit(p: np.ndarray) -> np.ndarray:
     return np.asarray(np.log(p / (1 - p)))
 
 
-def head_file(model_path: Path, trained: dict[str, Any]) -> dict[str, np.ndarray]:
+def head_file(model_path: Path, trained: dict[str, Any], name: str) -> dict[str, np.ndarray]:
     """The arrays of the head file: thresholds by set_thresholds.py's rule on this model's
     scores as served (a fresh encoder with the deltas merged, as the service loads it), folded
     into the output biases; the reference texts scored the same way."""
@@ -318,7 +357,7 @@ def head_file(model_path: Path, trained: dict[str, Any]) -> dict[str, np.ndarray
     head["biases"] = head["biases"] - logit(thresholds)
     check_scores = train_head.score_as_served(encoder, head, list(CHECK_TEXTS))
     arrays: dict[str, np.ndarray] = {
-        "name": np.array(HEAD_NAME),
+        "name": np.array(name),
         "categories": np.array(train_head.CATEGORIES),
         **{name: value.astype(np.float32) for name, value in head.items()},
         "thresholds": thresholds.astype(np.float32),
@@ -354,7 +393,10 @@ def difference(committed: Any, fresh: dict[str, np.ndarray]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument(
+        "--head", type=int, choices=sorted(HEADS), default=5, help="which head (5: head 5's data)"
+    )
+    parser.add_argument("--out", type=Path, default=None, help="default: the head's file")
     parser.add_argument("--model-path", type=Path, default=None)
     parser.add_argument(
         "--threads", type=int, default=2, help="torch threads (2: the shipped head's)"
@@ -364,19 +406,21 @@ def main() -> None:
     parser.add_argument("--hard-negative-weight", type=float, default=HARD_NEGATIVE_WEIGHT)
     parser.add_argument("--check", action="store_true", help="compare with --out, write nothing")
     args = parser.parse_args()
+    head = HEADS[args.head]
+    out_path: Path = args.out or head.out
     model_path = args.model_path or default_model_path()
     trained = train(
-        model_path, args.threads, args.epochs, args.pos_power, args.hard_negative_weight
+        model_path, head, args.threads, args.epochs, args.pos_power, args.hard_negative_weight
     )
-    arrays = head_file(model_path, trained)
+    arrays = head_file(model_path, trained, head.name)
     print(f"training {trained['training_s']:.0f} s")
     if args.check:
-        with np.load(args.out, allow_pickle=False) as committed:
+        with np.load(out_path, allow_pickle=False) as committed:
             largest = difference(committed, arrays)
-        print(f"largest weight difference from {args.out}: {largest:.2e}")
+        print(f"largest weight difference from {out_path}: {largest:.2e}")
         raise SystemExit(0 if largest < 1e-3 else 1)
-    np.savez_compressed(args.out, **arrays)
-    print(f"wrote {args.out} ({args.out.stat().st_size} bytes)")
+    np.savez_compressed(out_path, **arrays)
+    print(f"wrote {out_path} ({out_path.stat().st_size} bytes)")
 
 
 if __name__ == "__main__":

@@ -100,6 +100,9 @@ MADE_UP = 200
 # Texts of every evaluation set (safety_eval_3 is a development set since head 4b; safety_eval_4
 # scored head 4b once, safety_eval_5 head 5): training refuses them.
 EVAL_DIRS = tuple(ROOT / "bench" / "data" / f"safety_eval{n}" for n in ("", "_2", "_3", "_4", "_5"))
+# Sets written but not scored yet (safety_eval_6 is to measure head 6 once): training refuses
+# their texts too, but says only how many, so that nobody training a head reads them.
+UNSEEN_EVAL_DIRS = (ROOT / "bench" / "data" / "safety_eval_6",)
 DATA_DIR = HERE / "data"
 # Calibration only: never trained on (see choose_thresholds). Head 4 adds the second
 # evaluation set (its toxic texts with their labels, its benign and hard-negative texts as safe).
@@ -224,9 +227,9 @@ def calibration_set() -> list[tuple[str, str]]:
     return rows
 
 
-def eval_texts() -> set[str]:
+def eval_texts(folders: Sequence[Path] = EVAL_DIRS) -> set[str]:
     texts = set()
-    for path in (path for folder in EVAL_DIRS for path in folder.glob("*.tsv")):
+    for path in (path for folder in folders for path in folder.glob("*.tsv")):
         for line in path.read_text().splitlines():
             if line and not line.startswith("#"):
                 texts.add(line.split("\t")[-1].strip().lower())
@@ -417,6 +420,12 @@ def check_independent(
         leaked = sorted(training & other)
         if leaked:
             raise SystemExit(f"training texts found in the {name} set: {leaked[:5]}")
+    unseen = len(training & eval_texts(UNSEEN_EVAL_DIRS))
+    if unseen:
+        raise SystemExit(
+            f"{unseen} training text(s) equal texts of an unseen evaluation set "
+            f"({', '.join(d.name for d in UNSEEN_EVAL_DIRS)}); not shown, so that it stays unread"
+        )
 
 
 def train(
