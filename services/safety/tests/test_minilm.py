@@ -1,8 +1,8 @@
 """The MiniLM classifier (encoder + a trained head) with its real weights, through the real gRPC
 service: each category it claims, hard negatives, long texts, and a model that fails to load.
-Two heads: 5 (minilm_head_5.npz, the default: the fine-tuned one, whose encoder deltas are
-merged in at load) and 4b (minilm_head_4b.npz, a head over the frozen encoder); head 6
-(minilm_head_6.npz, opt-in) has its own tests at the end. Each loads once per session (a few
+Three heads: 6 (minilm_head_6.npz, the default; its own tests at the end) and 5
+(minilm_head_5.npz), fine-tuned with the encoder (their encoder deltas are merged in at load),
+and 4b (minilm_head_4b.npz, a head over the frozen encoder). Each loads once per session (a few
 seconds); each test gets its own server.
 
 The texts here are written for these tests: they are neither the head's training texts nor the
@@ -150,7 +150,7 @@ class SharedMiniLM(MiniLMClassifier):
 
 @pytest.fixture(scope="session")
 def minilm() -> Iterator[SharedMiniLM]:
-    """The default head (head 5)."""
+    """The default head (head 6)."""
     classifier = SharedMiniLM()
     asyncio.run(classifier.load())
     yield classifier
@@ -161,9 +161,11 @@ HEAD_4B = "minilm_head_4b.npz"
 
 
 @pytest.fixture(scope="session")
-def minilm5(minilm: SharedMiniLM) -> SharedMiniLM:
-    """Head 5 (the default head: the same loaded classifier)."""
-    return minilm
+def minilm5() -> Iterator[SharedMiniLM]:
+    """Head 5, chosen as an operator would: SAFETY_MINILM_HEAD_PATH=minilm_head_5.npz."""
+    classifier = SharedMiniLM(head_path=HEAD_5)
+    asyncio.run(classifier.load())
+    yield classifier
 
 
 @pytest.fixture(scope="session")
@@ -174,11 +176,11 @@ def minilm4b() -> Iterator[SharedMiniLM]:
     yield classifier
 
 
-@pytest.fixture(params=["4b", "5"])
+@pytest.fixture(params=["4b", "5", "6"])
 def each_head(request: pytest.FixtureRequest) -> SharedMiniLM:
     """The classifier with each shipped head in turn."""
     classifier: SharedMiniLM = request.getfixturevalue(
-        "minilm4b" if request.param == "4b" else "minilm5"
+        {"4b": "minilm4b", "5": "minilm5", "6": "minilm6"}[request.param]
     )
     return classifier
 
@@ -213,16 +215,18 @@ def flagged_categories(result: Any) -> set[str]:
     return {c.category for c in result.categories if c.flagged}
 
 
-def test_minilm_head_5_is_the_default_with_its_categories() -> None:
-    """MiniLM with head 5 is the default classifier and claims its six categories;
-    profanity-check and head 4b are still chosen by name."""
+def test_minilm_head_6_is_the_default_with_its_categories() -> None:
+    """MiniLM with head 6 is the default classifier and claims its six categories;
+    profanity-check and heads 5 and 4b are still chosen by name."""
     from parlance.safety.classifier.profanity import ProfanityClassifier
 
     classifier = build_classifier(SafetySettings())
     assert isinstance(classifier, MiniLMClassifier)
-    assert classifier.name == "minilm-l6-safety-head-5"
+    assert classifier.name == "minilm-l6-safety-head-6"
     assert list(classifier.evaluated_categories) == CLAIMED
     assert isinstance(build_classifier(SafetySettings(classifier="profanity")), ProfanityClassifier)
+    head_5 = build_classifier(SafetySettings(classifier="minilm", minilm_head_path=HEAD_5))
+    assert head_5.name == "minilm-l6-safety-head-5"
     head_4b = build_classifier(SafetySettings(classifier="minilm", minilm_head_path=HEAD_4B))
     assert head_4b.name == "minilm-l6-safety-head-4b"
     assert list(head_4b.evaluated_categories) == CLAIMED
@@ -492,6 +496,7 @@ COUNTRY_FOLLOW_UPS = [
             ),
         ),
         "5",
+        "6",
     ],
     indirect=True,
 )
@@ -506,10 +511,10 @@ async def test_short_questions_naming_a_country_are_not_flagged(each_head) -> No
     assert flagged == []
 
 
-def test_the_default_head_is_head_5_also_by_its_file_name() -> None:
-    """No head setting and SAFETY_MINILM_HEAD_PATH=minilm_head_5.npz load the same head."""
-    assert load_head().name == load_head(resolve_head_path(HEAD_5)).name
-    assert load_head().name == "minilm-l6-safety-head-5"
+def test_the_default_head_is_head_6_also_by_its_file_name() -> None:
+    """No head setting and SAFETY_MINILM_HEAD_PATH=minilm_head_6.npz load the same head."""
+    assert load_head().name == load_head(resolve_head_path("minilm_head_6.npz")).name
+    assert load_head().name == "minilm-l6-safety-head-6"
 
 
 async def test_head_5_merges_its_deltas_into_the_encoder(minilm4b, minilm5) -> None:
@@ -595,7 +600,7 @@ def test_a_file_that_is_no_head_fails_at_start_with_its_path(tmp_path: Path) -> 
     assert str(path) in str(excinfo.value)
 
 
-# Head 6 (minilm_head_6.npz, opt-in by its file name): head 5's recipe with training/data/round6/
+# Head 6 (minilm_head_6.npz, the default): head 5's recipe with training/data/round6/
 # added: harassment without swear words or slurs, threats and hate without slurs, and safe texts
 # of the same shapes. The texts below are written for these tests (neither training nor
 # evaluation texts).
@@ -620,11 +625,9 @@ SAFE_BLUNT_SHAPES = [
 
 
 @pytest.fixture(scope="session")
-def minilm6() -> Iterator[SharedMiniLM]:
-    """Head 6, chosen as an operator would: SAFETY_MINILM_HEAD_PATH=minilm_head_6.npz."""
-    classifier = SharedMiniLM(head_path=HEAD_6)
-    asyncio.run(classifier.load())
-    yield classifier
+def minilm6(minilm: SharedMiniLM) -> SharedMiniLM:
+    """Head 6 (the default head: the same loaded classifier)."""
+    return minilm
 
 
 def test_head_6_is_chosen_by_its_file_name_with_the_same_categories() -> None:
