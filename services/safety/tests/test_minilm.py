@@ -1,7 +1,7 @@
 """The MiniLM classifier (encoder + a trained head) with its real weights, through the real gRPC
 service: each category it claims, hard negatives, long texts, and a model that fails to load.
-Three heads: 6 (minilm_head_6.npz, the default; its own tests at the end) and 5
-(minilm_head_5.npz), fine-tuned with the encoder (their encoder deltas are merged in at load),
+Three heads: 5 (minilm_head_5.npz, the default) and 6 (minilm_head_6.npz; its own tests at
+the end), fine-tuned with the encoder (their encoder deltas are merged in at load),
 and 4b (minilm_head_4b.npz, a head over the frozen encoder). Each loads once per session (a few
 seconds); each test gets its own server.
 
@@ -150,7 +150,7 @@ class SharedMiniLM(MiniLMClassifier):
 
 @pytest.fixture(scope="session")
 def minilm() -> Iterator[SharedMiniLM]:
-    """The default head (head 6)."""
+    """The default head (head 5)."""
     classifier = SharedMiniLM()
     asyncio.run(classifier.load())
     yield classifier
@@ -161,11 +161,9 @@ HEAD_4B = "minilm_head_4b.npz"
 
 
 @pytest.fixture(scope="session")
-def minilm5() -> Iterator[SharedMiniLM]:
-    """Head 5, chosen as an operator would: SAFETY_MINILM_HEAD_PATH=minilm_head_5.npz."""
-    classifier = SharedMiniLM(head_path=HEAD_5)
-    asyncio.run(classifier.load())
-    yield classifier
+def minilm5(minilm: SharedMiniLM) -> SharedMiniLM:
+    """Head 5 (the default head: the same loaded classifier)."""
+    return minilm
 
 
 @pytest.fixture(scope="session")
@@ -215,18 +213,16 @@ def flagged_categories(result: Any) -> set[str]:
     return {c.category for c in result.categories if c.flagged}
 
 
-def test_minilm_head_6_is_the_default_with_its_categories() -> None:
-    """MiniLM with head 6 is the default classifier and claims its six categories;
-    profanity-check and heads 5 and 4b are still chosen by name."""
+def test_minilm_head_5_is_the_default_with_its_categories() -> None:
+    """MiniLM with head 5 is the default classifier and claims its six categories;
+    profanity-check and heads 6 and 4b are chosen by name."""
     from parlance.safety.classifier.profanity import ProfanityClassifier
 
     classifier = build_classifier(SafetySettings())
     assert isinstance(classifier, MiniLMClassifier)
-    assert classifier.name == "minilm-l6-safety-head-6"
+    assert classifier.name == "minilm-l6-safety-head-5"
     assert list(classifier.evaluated_categories) == CLAIMED
     assert isinstance(build_classifier(SafetySettings(classifier="profanity")), ProfanityClassifier)
-    head_5 = build_classifier(SafetySettings(classifier="minilm", minilm_head_path=HEAD_5))
-    assert head_5.name == "minilm-l6-safety-head-5"
     head_4b = build_classifier(SafetySettings(classifier="minilm", minilm_head_path=HEAD_4B))
     assert head_4b.name == "minilm-l6-safety-head-4b"
     assert list(head_4b.evaluated_categories) == CLAIMED
@@ -511,10 +507,10 @@ async def test_short_questions_naming_a_country_are_not_flagged(each_head) -> No
     assert flagged == []
 
 
-def test_the_default_head_is_head_6_also_by_its_file_name() -> None:
-    """No head setting and SAFETY_MINILM_HEAD_PATH=minilm_head_6.npz load the same head."""
-    assert load_head().name == load_head(resolve_head_path("minilm_head_6.npz")).name
-    assert load_head().name == "minilm-l6-safety-head-6"
+def test_the_default_head_is_head_5_also_by_its_file_name() -> None:
+    """No head setting and SAFETY_MINILM_HEAD_PATH=minilm_head_5.npz load the same head."""
+    assert load_head().name == load_head(resolve_head_path(HEAD_5)).name
+    assert load_head().name == "minilm-l6-safety-head-5"
 
 
 async def test_head_5_merges_its_deltas_into_the_encoder(minilm4b, minilm5) -> None:
@@ -600,7 +596,7 @@ def test_a_file_that_is_no_head_fails_at_start_with_its_path(tmp_path: Path) -> 
     assert str(path) in str(excinfo.value)
 
 
-# Head 6 (minilm_head_6.npz, the default): head 5's recipe with training/data/round6/
+# Head 6 (minilm_head_6.npz, opt-in by its file name): head 5's recipe with training/data/round6/
 # added: harassment without swear words or slurs, threats and hate without slurs, and safe texts
 # of the same shapes. The texts below are written for these tests (neither training nor
 # evaluation texts).
@@ -625,9 +621,11 @@ SAFE_BLUNT_SHAPES = [
 
 
 @pytest.fixture(scope="session")
-def minilm6(minilm: SharedMiniLM) -> SharedMiniLM:
-    """Head 6 (the default head: the same loaded classifier)."""
-    return minilm
+def minilm6() -> Iterator[SharedMiniLM]:
+    """Head 6, chosen as an operator would: SAFETY_MINILM_HEAD_PATH=minilm_head_6.npz."""
+    classifier = SharedMiniLM(head_path=HEAD_6)
+    asyncio.run(classifier.load())
+    yield classifier
 
 
 def test_head_6_is_chosen_by_its_file_name_with_the_same_categories() -> None:

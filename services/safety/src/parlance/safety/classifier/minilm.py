@@ -21,7 +21,7 @@ biases: each category's output crosses 0.5 at its calibrated threshold, so one d
 threshold (0.5) fits every category. A head file without a hidden layer (the first, linear
 head) loads too.
 
-A fine-tuned head file (heads 5 and 6, training/finetune.py; head 6 is the default) also
+A fine-tuned head file (heads 5 and 6, training/finetune.py; head 5 is the default) also
 carries low-rank deltas of the encoder's linear layers (LoRA trained with the head): they are
 merged into the encoder's weights at load (W += scale * B @ A), so scoring costs what the frozen
 encoder's does, and the file's reference scores are checked before serving. Another head is
@@ -60,10 +60,11 @@ DEFAULT_THRESHOLD = 0.5
 # being averaged away by a long benign neighbourhood.
 WINDOW_TOKENS = 128
 WINDOW_OVERLAP = 32
-# The head served when SAFETY_MINILM_HEAD_PATH is unset: head 6, fine-tuned with the encoder.
-# Heads 5 (minilm_head_5.npz, fine-tuned) and 4b (minilm_head_4b.npz, a head over the frozen
-# encoder) are still shipped, chosen by file name.
-HEAD_FILE = "minilm_head_6.npz"
+# The head served when SAFETY_MINILM_HEAD_PATH is unset: head 5, fine-tuned with the encoder.
+# Heads 6 (minilm_head_6.npz, fine-tuned: more recall, more false positives on ordinary text;
+# README, "Safety") and 4b (minilm_head_4b.npz, a head over the frozen encoder) are shipped too,
+# chosen by file name.
+HEAD_FILE = "minilm_head_5.npz"
 HEAD_4B_FILE = "minilm_head_4b.npz"
 # A fine-tuned head's reference texts must score within this of the scores stored with them
 # (probabilities): with 1 or 2 threads they differ by ~1e-7 on the machine that wrote head 5
