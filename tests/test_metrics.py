@@ -114,6 +114,10 @@ def run_session(stack: Stack, extra: ServiceProcess) -> Session:
     assert post(main, "main", body(CLEAN), ALICE).status_code == 200
     events = stream(main, "main", body(CLEAN), ALICE)
     assert events[-2]["choices"][0]["finish_reason"] == "stop"
+    # The lease is released in a task of its own just after the stream's end: the next request
+    # must not find it still held (a concurrency rejection this test does not expect).
+    gateway_metrics = stack.services["gateway"].metrics_port
+    wait_until(lambda: scrape(gateway_metrics)["parlance_gateway_leases_held{}"] == 0)
     miss = post(main, "main", body(CLEAN, temperature=0), ALICE)
     assert miss.headers["x-cache"] == "miss"
     hit = post(main, "main", body(CLEAN, temperature=0), ALICE)
