@@ -1,8 +1,8 @@
-"""Fine-tunes the MiniLM encoder end to end with the safety head: head 5 (minilm_head_5.npz)
-and, with --head 6, head 6 (minilm_head_6.npz).
+"""Fine-tunes the MiniLM encoder end to end with the safety head: head 5 (minilm_head_5.npz),
+with --head 6 head 6 (minilm_head_6.npz), with --head 7 head 7 (minilm_head_7.npz).
 
     HF_HUB_OFFLINE=1 nice -n 10 .venv/bin/python services/safety/training/finetune.py
-        [--head 5|6] [--out PATH] [--threads 2] [--check]
+        [--head 5|6|7] [--out PATH] [--threads 2] [--check]
         [--epochs 5] [--pos-power 1] [--hard-negative-weight 4]   (development variants)
 
 Why: head 4b's frozen encoder ranks charged-but-safe texts (support around self-harm, quotes,
@@ -26,7 +26,12 @@ become "safe" cues). Head 6 (--head 6) adds data/round6/*.tsv: harassment withou
 or slurs (put-downs of intelligence, looks and worth, condescension, mocking, requests to write
 a humiliating message), veiled and direct threats, hate without slurs, and safe texts of the
 same shapes (blunt critique, trash-talk, self-deprecation, quoted insults, reports of bullying);
-everything else (settings, seed, thresholds rule) is head 5's. A text scores as the service
+everything else (settings, seed, thresholds rule) is head 5's. Head 7 (--head 7) adds
+data/round7/*.tsv to head 6's data: ordinary chat head 6 flagged (messages to the assistant
+about itself, compliments, apologies, small talk, games; health, food, medicine, money,
+household and travel questions), output-shaped text (an answer's first words, mid-sentence
+pieces, list items, steps, code comments, doses, history), and harmful texts in the same
+shapes; its safe texts weigh as hard negatives, like round 6's. A text scores as the service
 scores it: the maximum over its units (sentences; windows of long ones; MiniLMEncoder.units),
 and the loss is on that maximum.
 Loss: binary cross-entropy per category, each category's positives weighted to balance its
@@ -110,6 +115,7 @@ class Head:
 HEADS = {
     5: Head("minilm-l6-safety-head-5", "minilm_head_5.npz", ("round5",)),
     6: Head("minilm-l6-safety-head-6", "minilm_head_6.npz", ("round5", "round6")),
+    7: Head("minilm-l6-safety-head-7", "minilm_head_7.npz", ("round5", "round6", "round7")),
 }
 # Low-rank deltas on these linear layers of each of the six blocks.
 TARGETS = (
