@@ -80,9 +80,14 @@ class InProcessSafety:
     calls: list[tuple[str, safety_pb2.Classification]] = field(default_factory=list)
 
     async def classify(self, texts: list[str], direction: int) -> safety_pb2.ClassifyResponse:
+        # Slots taken before the await: the calls stay in the order the windows were closed
+        # (the stream's order), whichever verdict comes back first.
+        first = len(self.calls)
+        self.calls += [(t, safety_pb2.Classification()) for t in texts]
         result = await self.serving.classify(texts, _DIRECTIONS[direction])
         response = classify_response_to_proto(result)
-        self.calls += zip(texts, response.results, strict=True)
+        for i, verdict in enumerate(response.results):
+            self.calls[first + i] = (texts[i], verdict)
         return response
 
 
@@ -118,19 +123,29 @@ async def _stream(text: str) -> AsyncIterator[generator_pb2.GenerateResponse]:
         yield generator_pb2.GenerateResponse(choices=[delta])
 
 
-async def cut(
-    safety: InProcessSafety, settings: GatewaySettings, text: str
-) -> tuple[bool, list[tuple[str, str, float]]]:
-    """Whether output moderation cuts the answer, and the (classified text, category, score) of
-    every window that flagged (a flagged fragment may be released by the next window's verdict)."""
+@dataclass
+class Streamed:
+    """What output moderation did to one answer."""
+
+    cut: bool
+    windows: int
+    # (window number from 1 in stream order, classified text, category, score) of each window
+    # that flagged: a flagged first fragment may be released by the next window's verdict, and
+    # windows after the one that cut were classified too (the whole answer is generated at once
+    # here), though nothing after the cut would have been shown.
+    flags: list[tuple[int, str, str, float]]
+
+
+async def cut(safety: InProcessSafety, settings: GatewaySettings, text: str) -> Streamed:
+    """The answer streamed through the gateway's StreamModerator."""
     safety.calls.clear()
     moderator = StreamModerator(safety, settings, n=1)  # type: ignore[arg-type]
     was_cut = False
     async for event in moderator.events(_stream(text)):
         if isinstance(event, FinishEvent) and event.reason == "content_filter":
             was_cut = True
-    flags = [(t, *top(r)) for t, r in safety.calls if r.flagged]
-    return was_cut, flags
+    flags = [(i + 1, t, *top(r)) for i, (t, r) in enumerate(safety.calls) if r.flagged]
+    return Streamed(was_cut, len(safety.calls), flags)
 
 
 async def score_backend(
@@ -138,7 +153,7 @@ async def score_backend(
     gateway: GatewaySettings,
     messages: list[tuple[str, str]],
     answers: list[tuple[str, str]],
-) -> tuple[list[tuple[str, float] | None], list[tuple[bool, list[tuple[str, str, float]]]]]:
+) -> tuple[list[tuple[str, float] | None], list[Streamed]]:
     serving = build_serving(settings)
     await serving.start()
     try:
@@ -203,7 +218,9 @@ def main() -> None:
         settings = SafetySettings(classifier=backend, minilm_head_path=head)
         inputs, outputs = asyncio.run(score_backend(settings, gateway, messages, answers))
         in_hits = [r is not None for r in inputs]
-        out_hits = [c for c, _ in outputs]
+        out_hits = [o.cut for o in outputs]
+        n_windows = sum(o.windows for o in outputs)
+        n_flagged = sum(len(o.flags) for o in outputs)
         everyday = len(flagged(backend, [t for _, t in messages], head))
         n_in, n_out = sum(in_hits), sum(out_hits)
         summary.append(
@@ -214,6 +231,7 @@ def main() -> None:
                 everyday,
                 f"{n_out} of {len(answers)}",
                 f"{100 * n_out / len(answers):.1f}%",
+                f"{n_flagged} of {n_windows}",
             ]
         )
         sections.append(
@@ -243,15 +261,31 @@ def main() -> None:
             )
         )
         windows = [
-            [k, "yes" if was_cut else "no (released by the next window)", cell(w), c, f"{s:.3f}"]
-            for (k, _), (was_cut, flags) in zip(answers, outputs, strict=True)
-            for w, c, s in flags
+            [k, "yes" if o.cut else "no", f"{n} of {o.windows}", cell(w), c, f"{sc:.3f}"]
+            for (k, _), o in zip(answers, outputs, strict=True)
+            for n, w, c, sc in o.flags
         ]
         if windows:
             sections.append(
                 (
-                    f"{label}: windows that flagged (text classified: previous window + window)",
-                    table(["kind", "answer cut", "classified text", "category", "score"], windows),
+                    f"{label}: windows that flagged",
+                    [
+                        "Classified text: the previous window + the window. The answer is cut "
+                        "at its first flagged window unless that is a first fragment the next "
+                        "window's verdict releases; later windows' flags are listed too.",
+                        "",
+                        *table(
+                            [
+                                "kind",
+                                "answer cut",
+                                "window",
+                                "classified text",
+                                "category",
+                                "score",
+                            ],
+                            windows,
+                        ),
+                    ],
                 )
             )
     report.section(
@@ -264,6 +298,7 @@ def main() -> None:
                 "check: safety_everyday.flagged",
                 "answers cut",
                 "rate",
+                "windows flagged",
             ],
             summary,
         ),
