@@ -3,7 +3,7 @@ with and without a context window, and the threshold calibration.
 
     .venv/bin/python bench/intent_eval.py [--out bench/results/intent_eval.md]
         [--routes services/gateway/src/parlance/gateway/intents/default_routes.yaml]
-        [--threads 1] [--deltas minilm_intents_1.npz | none]
+        [--threads 1] [--deltas minilm_intents_1.npz | none] [--versus none | DELTAS]
 
 The set is bench/data/intents/messages.tsv (README.md there: how it was written). Each message
 is classified by the gateway's IntentRouter with the served model, all-MiniLM-L6-v2, loaded in
@@ -26,7 +26,9 @@ model as /v1/embeddings serves it (--pooling mean --dtype float32).
 file's embed_model names) loads the model with a fine-tuned encoder's deltas merged (the
 generator's `embed_deltas`): the report is the fine-tuned encoder's, plus a section with the
 frozen encoder's headline figures beside it, measured in the same run (and the cost of both,
-interleaved). `--deltas none`: the frozen encoder alone.
+interleaved). `--deltas none`: the frozen encoder alone. `--versus DELTAS` puts another
+fine-tuned encoder in that section in place of the frozen one (intents-2 beside intents-1:
+`--deltas minilm_intents_2.npz --versus minilm_intents_1.npz`).
 
 Calibration: accuracy for each threshold from 0.00 to 0.80; the best one is reported with a
 2-fold check (threshold chosen on one half, accuracy measured on the other), because the best
@@ -447,32 +449,42 @@ async def versus_frozen(
     items: list[Item],
     labels: list[str],
 ) -> None:
-    """The frozen encoder (same pooling and dtype, no deltas) beside the fine-tuned one: the
-    headline figures, and the cost of one classification, the two interleaved."""
+    """The frozen encoder (same pooling and dtype, no deltas; or --versus's deltas) beside
+    the fine-tuned one: the headline figures, and the cost of one classification, the two
+    interleaved."""
     from parlance.generator.engine.transformers_embed import TransformersEmbeddingEngine
 
     engine = TransformersEmbeddingEngine(
-        served_model_name=EMBED, n_threads=args.threads, dtype=args.dtype, pooling=args.pooling
+        served_model_name=EMBED,
+        n_threads=args.threads,
+        dtype=args.dtype,
+        pooling=args.pooling,
+        deltas=args.versus,
     )
     await engine.start()
+    other = f"fine-tuned ({engine.deltas_name})" if args.versus else "frozen"
     try:
         frozen = await IntentRouter.load(str(args.routes), EngineEmbedder(engine))
         _QUERIES.clear()
-        rows = [["frozen", *await headline_row(frozen, items, labels)]]
+        rows = [[other, *await headline_row(frozen, items, labels)]]
         _QUERIES.clear()
         rows.append([f"fine-tuned ({tuned.embedder.engine.deltas_name})"])  # type: ignore[attr-defined]
         rows[-1] += await headline_row(tuned, items, labels)
-        costs: dict[str, list[float]] = {"frozen": [], "fine-tuned": []}
+        costs: dict[str, list[float]] = {other: [], rows[-1][0]: []}
         for item in items[: args.cost_rounds]:
-            for name, router in (("frozen", frozen), ("fine-tuned", tuned)):
+            for name, router in zip(costs, (frozen, tuned), strict=True):
                 costs[name] += await classify_cost(router, [item], 1)
     finally:
         await engine.close()
     threshold = tuned.routes.spec.threshold
     report.section(
-        "Frozen vs fine-tuned encoder (same run)",
-        f"The shipped settings ({CONFIGS[-1].label}) over the frozen all-MiniLM-L6-v2 and over "
-        f"the fine-tuned one (--deltas {args.deltas}), the same pooling ({args.pooling}) and "
+        "Frozen vs fine-tuned encoder (same run)"
+        if not args.versus
+        else "Two fine-tuned encoders (same run)",
+        f"The shipped settings ({CONFIGS[-1].label}) over "
+        + (f"the deltas {args.versus}" if args.versus else "the frozen all-MiniLM-L6-v2")
+        + f" and over the fine-tuned one (--deltas {args.deltas}), the same pooling "
+        f"({args.pooling}) and "
         f"dtype. First 5 per route: accuracy at the best threshold, the 2-fold figure, "
         f"accuracy and macro-F1 at the file's threshold {threshold:.2f}; {DRAWS} draws of 5: "
         "the 2-fold figure's mean / min / max; every example of the file: 2-fold, accuracy "
@@ -497,7 +509,7 @@ async def versus_frozen(
         ),
         "",
         "Cost: classify() of one message at a time in process, the two encoders alternating "
-        f"message by message ({len(costs['frozen'])} each, {args.threads} thread(s)): "
+        f"message by message ({len(costs[other])} each, {args.threads} thread(s)): "
         + ", ".join(
             f"{name} p50 {1000 * statistics.median(values):.1f} ms"
             for name, values in costs.items()
@@ -545,7 +557,7 @@ async def run(args: argparse.Namespace) -> Report:
             f"{len(mixed)} mixed-intent messages left out of the figures.",
             f"Model: {EMBED} in process (the generator's TransformersEmbeddingEngine, "
             + (f"fine-tuned: deltas {engine.deltas_name} merged, " if args.deltas else "")
-            + f"{args.threads} threads, {args.dtype}: {engine._model.dtype}, "
+            + f"{args.threads} threads, {args.dtype}: {engine.dtype}, runtime {engine.runtime}, "
             f"pooling {args.pooling!r}: "
             + (
                 "every layer's mean-pooled states concatenated)."
@@ -725,9 +737,14 @@ def main() -> None:
     # default the intent encoder the shipped route file names (embed_model
     # all-MiniLM-L6-v2-intents-1); "none": the frozen encoder alone.
     parser.add_argument("--deltas", default="minilm_intents_1.npz")
+    # What the comparison section puts beside --deltas: "none", the frozen encoder; or
+    # another deltas file (two fine-tuned encoders in the same run).
+    parser.add_argument("--versus", default="none")
     args = parser.parse_args()
     if args.deltas.lower() == "none":
         args.deltas = None
+    if args.versus.lower() == "none":
+        args.versus = None
     args.routes = args.routes.resolve()
     args.data = args.data.resolve()
     report = asyncio.run(run(args))

@@ -2,14 +2,14 @@
 through three gateways on the same services, interleaved in rounds so that the noise of a
 shared machine hits them alike, at concurrency 1 and 32: routing on (the shipped route file,
 classified with the gateway's intent model as `make up` serves it: every layer pooled,
-bfloat16 where the CPU has it natively, else float32; no batching wait), routing off, and
-routing on with all-MiniLM-L6-v2 as /v1/embeddings serves it (float32, last layer, 2 ms
-batching wait: the setup before).
+bfloat16 where the CPU has it natively, else float32 run by ONNX Runtime; no batching wait),
+routing off, and routing on with the same intent model run by PyTorch (embed_runtime "torch":
+the setup before ONNX Runtime).
 
 The stack runs as processes (bench/lib/stack.py) with a redis-server of its own. The generator
 serves a scripted chat model (a fixed 8-word reply, unpaced: the model's own time out of the
-way, so that what differs is the gateway's work) and all-MiniLM-L6-v2 twice (as
-/v1/embeddings serves it, and as the intent model). Both gateways moderate input and output as
+way, so that what differs is the gateway's work), all-MiniLM-L6-v2 as /v1/embeddings serves
+it, and the intent model twice (ONNX Runtime, PyTorch). Both gateways moderate input and output as
 shipped (profanity classifier), cache off, limits too high to refuse. Classification runs
 beside input moderation, so what it adds to the first token is about the part of it that
 outlasts moderation, plus CPU it takes from the rest. Two kinds of requests: one message,
@@ -52,6 +52,8 @@ INTENT_SETTINGS = {
     "embed_pooling": "layers",
     "embed_max_wait_ms": 0,
 }
+# The same model with its forward pass in PyTorch (engine/onnx_encoder.py says why not).
+INTENT_MODEL_TORCH = f"{INTENT_MODEL}-torch"
 ROUTES = ROOT / "services/gateway/src/parlance/gateway/intents/default_routes.yaml"
 MESSAGES = ROOT / "bench/data/intents/messages.tsv"
 GENERATOR_MODELS = [
@@ -62,6 +64,12 @@ GENERATOR_MODELS = [
     },
     {"id": EMBED, "engine": "transformers", "task": "embed"},
     {"id": INTENT_MODEL, "engine": "transformers", "task": "embed", "settings": INTENT_SETTINGS},
+    {
+        "id": INTENT_MODEL_TORCH,
+        "engine": "transformers",
+        "task": "embed",
+        "settings": {**INTENT_SETTINGS, "embed_runtime": "torch"},
+    },
 ]
 GATEWAY_ENV = {
     **LIMITS_HIGH,
@@ -71,7 +79,7 @@ GATEWAY_ENV = {
     "GATEWAY_INTENT_EMBED_MODEL": INTENT_MODEL,
 }
 NO_CACHE = {"Cache-Control": "no-cache"}
-ROUTED_BEFORE = f"routing on, {EMBED} float32 mean"
+ROUTED_BEFORE = "routing on, PyTorch runtime"
 
 
 def prompts() -> list[str]:
@@ -177,10 +185,9 @@ def main() -> None:
     with BenchStack(gateway_env=GATEWAY_ENV, env=env) as stack:
         # Its own metrics port (the first gateway holds the configured one).
         off = stack.extra_gateway({"GATEWAY_INTENT_ROUTES": "", "GATEWAY_METRICS_PORT": "-1"})
-        # Routing on with the served embedding model as before (float32, last layer, 2 ms
-        # batching wait): what the intent model saves, in the same run.
+        # Routing on with the intent model run by PyTorch: what ONNX Runtime saves, same run.
         before = stack.extra_gateway(
-            {"GATEWAY_INTENT_EMBED_MODEL": EMBED, "GATEWAY_METRICS_PORT": "-1"}
+            {"GATEWAY_INTENT_EMBED_MODEL": INTENT_MODEL_TORCH, "GATEWAY_METRICS_PORT": "-1"}
         )
         urls = {
             "routing on": stack.gateway_url,
@@ -205,8 +212,9 @@ def main() -> None:
         "and output moderation as shipped, cache off.",
         f"Routing on: GATEWAY_INTENT_ROUTES={ROUTES.relative_to(ROOT)}, "
         f"GATEWAY_INTENT_EMBED_MODEL={INTENT_MODEL} (settings {INTENT_SETTINGS}); off: ''; "
-        f"'{ROUTED_BEFORE}': routing on with {EMBED} as /v1/embeddings serves it (the setup "
-        "before the intent model). Rounds interleave the three gateways with the same prompts.",
+        f"'{ROUTED_BEFORE}': routing on with {INTENT_MODEL_TORCH}, the same model and settings "
+        "with embed_runtime 'torch' (the setup before ONNX Runtime). Rounds interleave the "
+        "three gateways with the same prompts.",
         f"Machine load (1, 5, 15 min): before {load_before}, after {load_average()} "
         f"({time.perf_counter() - started:.0f} s run; several engineers share the machine).",
         "TTFT: from the send to the first chunk with content, as the client (bench/lib/client.py"

@@ -38,11 +38,14 @@ SHIPPED = "minilm_intents_1.npz"
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def engine() -> AsyncIterator[TransformersEmbeddingEngine]:
+    # PyTorch serves it: the merge test reads the merged weights (with ONNX Runtime the graph
+    # holds them; test_embed_onnx.py checks that graph against this path).
     tuned = TransformersEmbeddingEngine(
         served_model_name="all-MiniLM-L6-v2-intents-1",
         pooling="layers",
         deltas=SHIPPED,
         max_wait_s=0,
+        runtime="torch",
     )
     await tuned.start()
     yield tuned
@@ -100,7 +103,10 @@ async def test_the_reference_vectors_are_what_it_serves(
 async def test_deltas_that_do_not_fit_are_refused(tmp_path: Path) -> None:
     found = load_deltas(resolve_deltas_path(SHIPPED))
     # The frozen encoder's vectors are not the fine-tuned one's: the check tells them apart.
-    frozen = TransformersEmbeddingEngine(served_model_name="frozen", pooling="layers")
+    # PyTorch serves it: damaged deltas are merged into its weights below.
+    frozen = TransformersEmbeddingEngine(
+        served_model_name="frozen", pooling="layers", runtime="torch"
+    )
     await frozen.start()
     try:
         plain = await vectors(frozen, list(found.check_texts))

@@ -97,6 +97,10 @@ class GeneratorSettings(ServiceSettings):
     # "layers": every layer's, concatenated; engine/transformers_embed.py).
     embed_dtype: Literal["float32", "bfloat16", "auto"] = "float32"
     embed_pooling: Literal["mean", "layers"] = "mean"
+    # transformers (embed): what runs the forward pass. "onnx": a graph exported at load, run by
+    # ONNX Runtime (CPU, float32: about half PyTorch's time for a short message, the intent
+    # router's case; engine/onnx_encoder.py); "auto": that where it applies, else PyTorch.
+    embed_runtime: Literal["auto", "torch", "onnx"] = "auto"
     # transformers (embed): a fine-tuned encoder's low-rank deltas (engine/deltas.py), merged
     # into the weights at load: a file shipped with the generator by its name alone
     # ("minilm_intents_1.npz", the gateway's intent encoder) or a path. The file's reference

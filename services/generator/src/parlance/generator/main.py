@@ -50,6 +50,7 @@ def build_embedding_engine(settings: GeneratorSettings) -> EmbeddingEngine:
         dtype=settings.embed_dtype,
         pooling=settings.embed_pooling,
         deltas=settings.embed_deltas,
+        runtime=settings.embed_runtime,
     )
 
 

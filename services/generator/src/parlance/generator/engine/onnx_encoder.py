@@ -1,0 +1,97 @@
+"""An embedding model's forward pass and pooling run by ONNX Runtime on the CPU.
+
+Why: a short message's vector is the intent router's whole cost before the first token, and
+at ~10 tokens PyTorch's eager forward pass of all-MiniLM-L6-v2 is half per-operator overhead;
+ONNX Runtime runs the same graph (with its fused attention and layer norms) in about half the
+time (bench/results/embed_runtime.md). The graph is exported at load from the model as loaded,
+after any deltas were merged, so it computes exactly what the PyTorch path serves; the engine
+compares the two on sample texts before it serves the exported one.
+
+The TorchScript-based exporter (`dynamo=False`) is used: it exports this model in ~1.5 s,
+against ~13 s for the dynamo exporter, whose graph also ran slower here.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# Vectors of the exported graph against PyTorch's on the same texts: float32 both ways,
+# measured at 1 - 1e-7; a graph further off than this is not served.
+MIN_AGREEMENT = 0.99999
+
+
+def onnx_runtime_available() -> bool:
+    """Whether the packages the export and the runtime need are installed."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class OnnxEncoder:
+    """Unit-length vectors of padded batches (int64 ids and mask, numpy), as `pool` computes
+    them from the PyTorch model's output, from the exported graph."""
+
+    def __init__(self, graph: bytes, n_threads: int) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = max(1, n_threads)
+        options.inter_op_num_threads = 1
+        # Idle threads spinning for work would take CPU from the chat engine beside them.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self._session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+        self.graph_bytes = len(graph)
+
+    @classmethod
+    def export(cls, torch: Any, model: Any, pool: Any, n_threads: int) -> OnnxEncoder:
+        """The graph of `pool(model(ids, mask), mask)` with any batch size and length."""
+
+        class Pooled(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.model = model
+
+            def forward(self, ids: Any, mask: Any) -> Any:
+                return pool(self.model, ids, mask)
+
+        sample = torch.ones((1, 4), dtype=torch.long)
+        buffer = io.BytesIO()
+        # The exporter warns that it is the legacy one (the choice is made above, and the pinned
+        # torch has it) and that the attention mask's constant 1.0 is traced as a constant; the
+        # graph is checked against PyTorch at other lengths and batch sizes before it serves.
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            torch.onnx.export(
+                Pooled().eval(),
+                (sample, sample),
+                buffer,
+                input_names=["ids", "mask"],
+                output_names=["vectors"],
+                dynamic_axes={"ids": {0: "batch", 1: "tokens"}, "mask": {0: "batch", 1: "tokens"}},
+                opset_version=17,
+                dynamo=False,
+            )
+        return cls(buffer.getvalue(), n_threads)
+
+    def __call__(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        (vectors,) = self._session.run(None, {"ids": ids, "mask": mask})
+        return np.asarray(vectors, dtype=np.float32)
+
+
+def agreement(reference: np.ndarray, exported: np.ndarray) -> float:
+    """The lowest cosine between matching rows of two sets of vectors."""
+    dots = (reference * exported).sum(axis=1)
+    norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(exported, axis=1)
+    return float((dots / np.maximum(norms, 1e-12)).min())

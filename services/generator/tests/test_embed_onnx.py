@@ -1,0 +1,129 @@
+"""The transformers embedding engine's ONNX Runtime path (engine/onnx_encoder.py) against its
+PyTorch path: the real all-MiniLM-L6-v2, plain and as the fine-tuned intent model, served side
+by side over real gRPC, must give the same vectors; a runtime that cannot apply is refused with
+a clear error, and "auto" falls back to PyTorch when the export fails."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+import numpy as np
+import pytest
+import pytest_asyncio
+from pydantic import ValidationError
+
+from parlance.generator.config import GeneratorSettings
+from parlance.generator.engine import onnx_encoder
+from parlance.generator.engine.transformers_embed import TransformersEmbeddingEngine
+from parlance.generator.main import create_host
+from parlance.generator.v1 import generator_pb2 as pb
+from parlance.generator.v1 import generator_pb2_grpc
+
+on_module_loop = pytest.mark.asyncio(loop_scope="module")
+
+INTENTS = {"embed_pooling": "layers", "embed_deltas": "minilm_intents_1.npz"}
+MODELS = [
+    {"id": "plain-onnx", "engine": "transformers", "task": "embed"},
+    {
+        "id": "plain-torch",
+        "engine": "transformers",
+        "task": "embed",
+        "settings": {"embed_runtime": "torch"},
+    },
+    {
+        "id": "intents-onnx",
+        "engine": "transformers",
+        "task": "embed",
+        "settings": {**INTENTS, "embed_runtime": "onnx"},
+    },
+    {
+        "id": "intents-torch",
+        "engine": "transformers",
+        "task": "embed",
+        "settings": {**INTENTS, "embed_runtime": "torch"},
+    },
+]
+# One padded batch: lengths from 3 to ~40 tokens, so the mask is exercised.
+TEXTS = [
+    "hi",
+    "how do I reverse a list in python without slicing it",
+    "my knee hurts after running, should I rest or keep training through it?",
+    "Translate into German: the train leaves at seven, so we will have breakfast at the "
+    "station and buy the tickets there if the machine works this time.",
+]
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def stub() -> AsyncIterator[generator_pb2_grpc.GeneratorServiceStub]:
+    settings = GeneratorSettings(
+        port=0, metrics_port=-1, shutdown_grace_s=1.0, models=json.dumps(MODELS)
+    )
+    host, _ = create_host(settings)
+    await host.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{host.port}")
+    yield generator_pb2_grpc.GeneratorServiceStub(channel)
+    await channel.close()
+    await host.stop()
+
+
+async def vectors(
+    stub: generator_pb2_grpc.GeneratorServiceStub, model: str, texts: list[str]
+) -> np.ndarray:
+    reply = await stub.Embed(
+        pb.EmbedRequest(model=model, inputs=[pb.EmbedInput(text=t) for t in texts])
+    )
+    return np.array([list(e.values) for e in reply.embeddings])
+
+
+@on_module_loop
+@pytest.mark.parametrize("kind", ["plain", "intents"])
+async def test_onnx_serves_pytorchs_vectors(stub, kind: str) -> None:  # type: ignore[no-untyped-def]
+    exported = await vectors(stub, f"{kind}-onnx", TEXTS)
+    reference = await vectors(stub, f"{kind}-torch", TEXTS)
+    assert exported.shape == reference.shape == (len(TEXTS), 384 if kind == "plain" else 2304)
+    assert onnx_encoder.agreement(reference, exported) > 0.99999
+    assert np.allclose(np.linalg.norm(exported, axis=1), 1.0, atol=1e-5)
+    # A text alone and in a padded batch: the same vector.
+    alone = await vectors(stub, f"{kind}-onnx", [TEXTS[1]])
+    assert onnx_encoder.agreement(alone, exported[1:2]) > 0.99999
+
+
+@on_module_loop
+async def test_onnx_keeps_the_intent_models_meaning(stub) -> None:  # type: ignore[no-untyped-def]
+    texts = ["fix this python error: list index out of range", "why does my code crash", "hi"]
+    found = await vectors(stub, "intents-onnx", texts)
+    similar, unrelated = found[0] @ found[1], found[0] @ found[2]
+    assert similar > unrelated + 0.2
+
+
+def test_runtime_setting_is_validated() -> None:
+    with pytest.raises(ValidationError, match="embed_runtime"):
+        GeneratorSettings(embed_runtime="tensorrt")
+    assert GeneratorSettings().embed_runtime == "auto"
+
+
+def test_onnx_refused_where_it_cannot_run() -> None:
+    engine = TransformersEmbeddingEngine(served_model_name="bf16", dtype="bfloat16", runtime="onnx")
+    with pytest.raises(ValueError, match="float32 on the CPU"):
+        engine._load()
+    with pytest.raises(ValueError, match="runtime one of"):
+        TransformersEmbeddingEngine(served_model_name="x", runtime="tensorrt")
+
+
+def test_auto_falls_back_to_pytorch_when_the_export_fails(monkeypatch, caplog) -> None:  # type: ignore[no-untyped-def]
+    def broken_export(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("exporter broke")
+
+    monkeypatch.setattr(onnx_encoder.OnnxEncoder, "export", broken_export)
+    engine = TransformersEmbeddingEngine(served_model_name="fallback", runtime="auto")
+    with caplog.at_level(logging.WARNING):
+        engine._load()
+    assert engine._onnx is None
+    assert "PyTorch serves it" in caplog.text
+    assert len(engine._vectors_of(["still served"])[0]) == 384
+    strict = TransformersEmbeddingEngine(served_model_name="strict", runtime="onnx")
+    with pytest.raises(RuntimeError, match="exporter broke"):
+        strict._load()
