@@ -27,6 +27,20 @@ def test_the_first_window_is_short_then_one_sentence_each() -> None:
     ]
 
 
+def test_a_decimal_point_ends_no_window() -> None:
+    # Character by character, as a stream may bring it: "0." must wait for what follows.
+    text = "Take one tablet. Lower doses (0.5 mg) suit most adults. See step 2. Then rest."
+    assert CUTTER.windows(list(text)) == [
+        "Take one ",
+        "tablet. Lower doses (0.5 mg) suit most adults.",
+        " See step 2.",
+        " Then rest.",
+    ]
+    # A number ending a sentence closes it once the next character says so.
+    assert CUTTER.cut("It costs 30.", first=False, final=False) is None
+    assert CUTTER.cut("It costs 30. Then", first=False, final=False) == "It costs 30."
+
+
 def test_the_last_delta_closes_whatever_is_held() -> None:
     assert CUTTER.windows(["Short"]) == ["Short"]
     assert CUTTER.windows(["Hi ", "there"]) == ["Hi there"]

@@ -48,6 +48,24 @@ SENTENCE_ENDS = ".!?\n。！？"
 _COMPLETE_WORDS = re.compile(r"\s*\S.*\s", re.DOTALL)
 
 
+def _last_sentence_end(text: str) -> int:
+    """The index of the last sentence end in `text` (-1: none). A point after a digit ends no
+    sentence while a digit follows it or nothing yet ("0.5", "3." mid-stream): a window cut
+    there would be judged as "Lower doses (0." with the rest of the number in the next one."""
+    for i in range(len(text) - 1, -1, -1):
+        if text[i] not in SENTENCE_ENDS:
+            continue
+        decimal = (
+            text[i] == "."
+            and i > 0
+            and text[i - 1].isdigit()
+            and (i + 1 == len(text) or text[i + 1].isdigit())
+        )
+        if not decimal:
+            return i
+    return -1
+
+
 def flagged_categories(result: safety_pb2.Classification) -> list[str]:
     return sorted({c.category for c in result.categories if c.flagged})
 
@@ -194,7 +212,7 @@ class WindowCutter:
             space = text.rfind(" ", self.min_chars, self.max_chars)
             return text[: space + 1] if space > 0 else text[: self.max_chars]
         if len(text) >= self.min_chars:
-            last_end = max(text.rfind(ch) for ch in SENTENCE_ENDS)
+            last_end = _last_sentence_end(text)
             if last_end >= self.min_chars - 1:
                 return text[: last_end + 1]
         return None
