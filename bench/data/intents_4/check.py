@@ -1,104 +1,15 @@
-"""Checks on bench/data/intents_4/messages.tsv that need no model and show no other set.
+"""Checks on bench/data/intents_4/messages.tsv that need no model and show no other set
+(bench/intent_set_check.py says which).
 
     .venv/bin/python bench/data/intents_4/check.py
-
-Prints the counts per label (the README's table), this set's duplicates, and this set's
-messages (texts and contexts) that equal, ignoring case, or are close to (difflib ratio above
-0.8) a message or context of the earlier sets (bench/data/intents*/messages.tsv) or an example
-of the route file. Only this set's lines are printed, never the earlier sets' or the examples,
-so that running it keeps the set's author independent of them. Exits 1 when anything collides.
 """
 
-from __future__ import annotations
-
-import csv
-import difflib
-import itertools
 import sys
-from collections import Counter
 from pathlib import Path
 
-import yaml
-
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[2]
-ROUTES = ROOT / "services/gateway/src/parlance/gateway/intents/default_routes.yaml"
-LABELS = [
-    "coding",
-    "math",
-    "writing",
-    "translation",
-    "small_talk",
-    "support",
-    "health",
-    "default",
-    "mixed",
-]
-NEAR = 0.8
+sys.path.insert(0, str(HERE.parents[1]))
 
+from intent_set_check import main  # noqa: E402
 
-def read(path: Path) -> list[dict[str, str]]:
-    with path.open(encoding="utf-8", newline="") as handle:
-        return list(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
-
-
-def close(text: str, pool: set[str]) -> bool:
-    matcher = difflib.SequenceMatcher(None, text, autojunk=False)
-    for other in pool:
-        matcher.set_seq2(other)
-        if matcher.real_quick_ratio() > NEAR and matcher.quick_ratio() > NEAR:
-            if matcher.ratio() > NEAR:
-                return True
-    return False
-
-
-def main() -> int:
-    rows = read(HERE / "messages.tsv")
-    counts = Counter(r["intent"] for r in rows)
-    follow = Counter(r["intent"] for r in rows if r["context"])
-    print("| intent | messages | of which follow-ups (with `context`) |\n|---|---|---|")
-    for label in LABELS:
-        print(f"| {label} | {counts[label]} | {follow[label]} |")
-    print(f"| **total** | **{len(rows)}** | **{sum(follow.values())}** |")
-
-    spec = yaml.safe_load(ROUTES.read_text(encoding="utf-8"))
-    allowed = {r["name"] for r in spec["routes"]} | {"default", "mixed"}
-    unknown = [r for r in rows if r["intent"] not in allowed]
-    problems = [f"unknown label {r['intent']!r}: {r['text']}" for r in unknown]
-    problems += [f"empty text (row {i + 2})" for i, r in enumerate(rows) if not r["text"]]
-
-    texts = [r["text"].casefold() for r in rows]
-    problems += [f"duplicate: {t}" for t, n in Counter(texts).items() if n > 1]
-    problems += [
-        f"near-duplicate pair in this set: {a} / {b}"
-        for a, b in itertools.combinations(texts, 2)
-        if difflib.SequenceMatcher(None, a, b).ratio() > NEAR
-    ]
-
-    earlier: set[str] = set()
-    for path in sorted((ROOT / "bench/data").glob("intents*/messages.tsv")):
-        if path.parent != HERE:
-            for r in read(path):
-                earlier |= {r["text"].casefold(), (r["context"] or "").casefold()}
-    earlier.discard("")
-    examples = {
-        e.casefold() for route in [spec["default"], *spec["routes"]] for e in route["examples"]
-    }
-    pool = earlier | examples
-    print(f"\ncompared with {len(earlier)} earlier-set texts/contexts, {len(examples)} examples")
-    for field in ("text", "context"):
-        mine = [r[field] for r in rows if r[field]]
-        exact = [m for m in mine if m.casefold() in pool]
-        near = [m for m in mine if m.casefold() not in pool and close(m.casefold(), pool)]
-        print(f"{field}: {len(exact)} equal, {len(near)} close (ratio > {NEAR})")
-        problems += [f"{field} equals an earlier message or example: {m}" for m in exact]
-        problems += [f"{field} close to an earlier message or example: {m}" for m in near]
-
-    for problem in problems:
-        print(problem)
-    print(f"problems: {len(problems)}")
-    return 1 if problems else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+sys.exit(main(HERE))
