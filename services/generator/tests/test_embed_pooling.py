@@ -4,19 +4,17 @@ gateway's intent model (bfloat16, every layer's mean pooled and concatenated).""
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 
-import grpc
 import numpy as np
 import pytest
 import pytest_asyncio
 from pydantic import ValidationError
 
 from parlance.generator.config import GeneratorSettings
-from parlance.generator.main import create_host
 from parlance.generator.v1 import generator_pb2 as pb
 from parlance.generator.v1 import generator_pb2_grpc
+from parlance.testing.generator_host import generator_stub
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -36,15 +34,8 @@ TEXTS = ["how do I reverse a list in python", "my knee hurts after running", "he
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def stub() -> AsyncIterator[generator_pb2_grpc.GeneratorServiceStub]:
-    settings = GeneratorSettings(
-        port=0, metrics_port=-1, shutdown_grace_s=1.0, models=json.dumps(MODELS)
-    )
-    host, _ = create_host(settings)
-    await host.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{host.port}")
-    yield generator_pb2_grpc.GeneratorServiceStub(channel)
-    await channel.close()
-    await host.stop()
+    async with generator_stub(MODELS) as served:
+        yield served
 
 
 async def vectors(stub: generator_pb2_grpc.GeneratorServiceStub, model: str) -> np.ndarray:
