@@ -1,0 +1,111 @@
+"""The embedding engine's forward pass, ONNX Runtime against PyTorch (issue 18): the same model
+loaded twice in one process (`embed_runtime` "onnx" and "torch"), called in turns on the same
+inputs so that the noise of a shared machine hits both alike. The intent router embeds one
+short message per request, so batch 1 of chat-message lengths is the case that matters; batch
+32 (the micro-batcher's largest) shows the two where compute dominates.
+
+    .venv/bin/python bench/embed_runtime.py              # -> bench/results/embed_runtime.md
+    .venv/bin/python bench/embed_runtime.py --quick --out /tmp/embed_runtime.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from lib.procs import load_average
+from lib.report import Report, out_argument, table
+from lib.stats import fmt, percentile
+
+# (name, engine settings): the gateway's intent model as `make up` serves it, and /v1/embeddings'.
+MODELS = [
+    ("all-MiniLM-L6-v2-intents-1", {"pooling": "layers", "deltas": "minilm_intents_1.npz"}),
+    ("all-MiniLM-L6-v2", {}),
+]
+# Chat messages of three lengths (tokens with the special ones, this tokenizer).
+MESSAGES = [
+    "hi there",
+    "how do i reverse a string in python without using slicing",
+    "my invoice shows a double charge for last month and the support page did not help, "
+    "can you refund it or tell me who to ask?",
+]
+
+
+def build(name: str, settings: dict[str, str], runtime: str) -> object:
+    from parlance.generator.engine.transformers_embed import TransformersEmbeddingEngine
+
+    engine = TransformersEmbeddingEngine(
+        served_model_name=name, n_threads=1, runtime=runtime, **settings
+    )
+    engine._load()
+    assert engine.runtime == runtime, f"{name}: asked for {runtime}, got {engine.runtime}"
+    return engine
+
+
+def timed(engine: object, sequences: list[list[int]]) -> float:
+    started = time.perf_counter()
+    engine._forward(sequences)  # type: ignore[attr-defined]
+    return 1000 * (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    out_argument(parser, "embed_runtime.md")
+    parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    args = parser.parse_args()
+    rounds = 10 if args.quick else 80
+    from parlance.generator.engine.base import EmbeddingRequest
+
+    load_before = load_average()
+    rows = []
+    for name, settings in MODELS:
+        engines = {rt: build(name, settings, rt) for rt in ("torch", "onnx")}
+        cases = [(m, 1) for m in MESSAGES] + [(MESSAGES[1], 32)]
+        for message, batch in cases:
+            request = EmbeddingRequest("bench", tuple([message] * batch), truncate=True)
+            sequences = engines["torch"]._encode(request)  # type: ignore[attr-defined]
+            times: dict[str, list[float]] = {"torch": [], "onnx": []}
+            for _ in range(3):  # warm-up
+                for engine in engines.values():
+                    timed(engine, sequences)
+            for i in range(rounds):
+                order = ("torch", "onnx") if i % 2 == 0 else ("onnx", "torch")
+                for runtime in order:
+                    times[runtime].append(timed(engines[runtime], sequences))
+            torch_p50 = percentile(times["torch"], 50)
+            onnx_p50 = percentile(times["onnx"], 50)
+            rows.append(
+                [
+                    name,
+                    str(len(sequences[0])),
+                    str(batch),
+                    fmt(torch_p50, 2),
+                    fmt(onnx_p50, 2),
+                    fmt(onnx_p50 / torch_p50, 2),
+                ]
+            )
+    report = Report(
+        "Embedding forward pass: ONNX Runtime against PyTorch",
+        "Both runtimes of the generator's TransformersEmbeddingEngine (float32, one thread, "
+        "the model loaded once per runtime), `_forward` (padding, the forward pass, pooling, "
+        f"unit vectors) timed in turns, {rounds} rounds per case after 3 warm-ups, order "
+        "alternating.",
+        f"Machine load (1, 5, 15 min): before {load_before}, after {load_average()}.",
+    )
+    report.section(
+        "Forward pass (ms, p50)",
+        *table(
+            ["model", "tokens", "batch", "PyTorch", "ONNX Runtime", "ratio ONNX / PyTorch"], rows
+        ),
+    )
+    report.write(args.out)
+
+
+if __name__ == "__main__":
+    main()
