@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ import pytest_asyncio
 from pydantic import ValidationError
 
 from parlance.generator.config import GeneratorSettings
-from parlance.generator.engine import onnx_encoder
+from parlance.generator.engine import onnx_encoder, transformers_embed
 from parlance.generator.engine.transformers_embed import TransformersEmbeddingEngine
 from parlance.generator.v1 import generator_pb2 as pb
 from parlance.generator.v1 import generator_pb2_grpc
@@ -108,13 +109,50 @@ def test_auto_falls_back_to_pytorch_when_the_export_fails(monkeypatch, caplog) -
     def broken_export(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise RuntimeError("exporter broke")
 
-    monkeypatch.setattr(onnx_encoder.OnnxEncoder, "export", broken_export)
+    monkeypatch.setattr(transformers_embed, "export_graph", broken_export)
     engine = TransformersEmbeddingEngine(served_model_name="fallback", runtime="auto")
     with caplog.at_level(logging.WARNING):
         engine._load()
-    assert engine._onnx is None
+    assert engine.runtime == "torch"
     assert "PyTorch serves it" in caplog.text
     assert len(engine._vectors_of(["still served"])[0]) == 384
     strict = TransformersEmbeddingEngine(served_model_name="strict", runtime="onnx")
     with pytest.raises(RuntimeError, match="exporter broke"):
         strict._load()
+
+
+def test_the_exported_graph_is_cached_and_checked(tmp_path: Path, monkeypatch, caplog) -> None:  # type: ignore[no-untyped-def]
+    exports = []
+    export = transformers_embed.export_graph
+
+    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        exports.append(1)
+        return export(*args, **kwargs)
+
+    monkeypatch.setattr(transformers_embed, "export_graph", counted)
+
+    def load() -> TransformersEmbeddingEngine:
+        engine = TransformersEmbeddingEngine(
+            served_model_name="cached", runtime="onnx", onnx_cache=str(tmp_path)
+        )
+        engine._load()
+        return engine
+
+    first = load()
+    (graph,) = tmp_path.glob("*.onnx")
+    assert len(exports) == 1 and list(tmp_path.glob("*.part")) == []
+    second = load()  # from the cache: no export
+    assert len(exports) == 1
+    assert (
+        onnx_encoder.agreement(
+            np.array(first._vectors_of(TEXTS)), np.array(second._vectors_of(TEXTS))
+        )
+        > 0.99999
+    )
+    # A damaged graph in the cache is exported again, not served nor fatal.
+    graph.write_bytes(b"not a graph")
+    with caplog.at_level(logging.WARNING):
+        third = load()
+    assert len(exports) == 2 and third.runtime == "onnx"
+    assert "exporting it again" in caplog.text
+    assert graph.read_bytes() != b"not a graph"

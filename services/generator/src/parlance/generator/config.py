@@ -101,6 +101,9 @@ class GeneratorSettings(ServiceSettings):
     # ONNX Runtime (CPU, float32: about half PyTorch's time for a short message, the intent
     # router's case; engine/onnx_encoder.py); "auto": that where it applies, else PyTorch.
     embed_runtime: Literal["auto", "torch", "onnx"] = "auto"
+    # Where exported graphs are kept between starts (keyed by the files and settings they were
+    # exported from; each is checked against PyTorch before it serves); "" keeps none.
+    embed_onnx_cache: str = "~/.cache/parlance/onnx"
     # transformers (embed): a fine-tuned encoder's low-rank deltas (engine/deltas.py), merged
     # into the weights at load: a file shipped with the generator by its name alone
     # ("minilm_intents_1.npz", the gateway's intent encoder) or a path. The file's reference

@@ -51,6 +51,7 @@ def build_embedding_engine(settings: GeneratorSettings) -> EmbeddingEngine:
         pooling=settings.embed_pooling,
         deltas=settings.embed_deltas,
         runtime=settings.embed_runtime,
+        onnx_cache=settings.embed_onnx_cache or None,
     )
 
 

@@ -7,15 +7,21 @@ time (bench/results/embed_runtime.md). The graph is exported at load from the mo
 after any deltas were merged, so it computes exactly what the PyTorch path serves; the engine
 compares the two on sample texts before it serves the exported one.
 
-The TorchScript-based exporter (`dynamo=False`) is used: it exports this model in ~1.5 s,
-against ~13 s for the dynamo exporter, whose graph also ran slower here.
+The TorchScript-based exporter (`dynamo=False`) is used: it exports this model in ~1.5-2.5 s,
+against ~13 s for the dynamo exporter, whose graph also ran slower here. Exported graphs are
+kept in a cache folder (GraphCache), keyed by what they were exported from, so that a restart
+skips the export; a cached graph is checked against PyTorch like a fresh one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
+import os
+import tempfile
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -53,41 +59,90 @@ class OnnxEncoder:
         self._session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
         self.graph_bytes = len(graph)
 
-    @classmethod
-    def export(cls, torch: Any, model: Any, pool: Any, n_threads: int) -> OnnxEncoder:
-        """The graph of `pool(model(ids, mask), mask)` with any batch size and length."""
-
-        class Pooled(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.model = model
-
-            def forward(self, ids: Any, mask: Any) -> Any:
-                return pool(self.model, ids, mask)
-
-        sample = torch.ones((1, 4), dtype=torch.long)
-        buffer = io.BytesIO()
-        # The exporter warns that it is the legacy one (the choice is made above, and the pinned
-        # torch has it) and that the attention mask's constant 1.0 is traced as a constant; the
-        # graph is checked against PyTorch at other lengths and batch sizes before it serves.
-        with torch.inference_mode(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            torch.onnx.export(
-                Pooled().eval(),
-                (sample, sample),
-                buffer,
-                input_names=["ids", "mask"],
-                output_names=["vectors"],
-                dynamic_axes={"ids": {0: "batch", 1: "tokens"}, "mask": {0: "batch", 1: "tokens"}},
-                opset_version=17,
-                dynamo=False,
-            )
-        return cls(buffer.getvalue(), n_threads)
-
     def __call__(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         (vectors,) = self._session.run(None, {"ids": ids, "mask": mask})
         return np.asarray(vectors, dtype=np.float32)
+
+
+def export_graph(torch: Any, model: Any, pool: Any) -> bytes:
+    """The ONNX graph of `pool(model, ids, mask)` for any batch size and length."""
+
+    class Pooled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, ids: Any, mask: Any) -> Any:
+            return pool(self.model, ids, mask)
+
+    sample = torch.ones((1, 4), dtype=torch.long)
+    buffer = io.BytesIO()
+    # The exporter warns that it is the legacy one (the module docstring says why; the pinned
+    # torch has it) and that the attention mask's constant 1.0 is traced as a constant; the
+    # graph is checked against PyTorch at other lengths and batch sizes before it serves.
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(
+            Pooled().eval(),
+            (sample, sample),
+            buffer,
+            input_names=["ids", "mask"],
+            output_names=["vectors"],
+            dynamic_axes={"ids": {0: "batch", 1: "tokens"}, "mask": {0: "batch", 1: "tokens"}},
+            opset_version=17,
+            dynamo=False,
+        )
+    return buffer.getvalue()
+
+
+class GraphCache:
+    """Exported graphs in a folder, one file per key (None: no cache). A folder that cannot
+    be written (a read-only image) only costs the export at every start."""
+
+    def __init__(self, folder: str | None) -> None:
+        self.folder = Path(folder).expanduser() if folder else None
+
+    def get(self, key: str) -> bytes | None:
+        if self.folder is None:
+            return None
+        try:
+            return (self.folder / f"{key}.onnx").read_bytes()
+        except OSError:
+            return None
+
+    def put(self, key: str, graph: bytes) -> None:
+        if self.folder is None:
+            return
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            # Written aside, then renamed: a reader never sees half a graph.
+            fd, temporary = tempfile.mkstemp(dir=self.folder, suffix=".part")
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(graph)
+                os.replace(temporary, self.folder / f"{key}.onnx")
+            finally:
+                Path(temporary).unlink(missing_ok=True)
+        except OSError as exc:
+            log.info(
+                "exported graph not cached", extra={"folder": str(self.folder), "error": str(exc)}
+            )
+
+
+def graph_key(files: list[Path], *settings: str) -> str:
+    """What a graph was exported from: the files' paths, sizes and times of change (the model's
+    weights and config, a deltas file), the settings, and the exporter's versions."""
+    import onnx
+    import torch
+
+    digest = hashlib.sha256()
+    for path in files:
+        stat = path.stat()
+        digest.update(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    for part in (*settings, torch.__version__, onnx.__version__, "opset17"):
+        digest.update(f"{part}\n".encode())
+    return digest.hexdigest()[:32]
 
 
 def agreement(reference: np.ndarray, exported: np.ndarray) -> float:

@@ -68,8 +68,11 @@ from parlance.generator.engine.hf_batches import (
 )
 from parlance.generator.engine.onnx_encoder import (
     MIN_AGREEMENT,
+    GraphCache,
     OnnxEncoder,
     agreement,
+    export_graph,
+    graph_key,
     onnx_runtime_available,
 )
 
@@ -130,6 +133,7 @@ class TransformersEmbeddingEngine(MicroBatchedEngine, EmbeddingEngine):
         pooling: str = "mean",
         deltas: str | None = None,
         runtime: str = "auto",
+        onnx_cache: str | None = None,
     ) -> None:
         if dtype not in DTYPES or pooling not in POOLINGS or runtime not in RUNTIMES:
             raise ValueError(
@@ -139,6 +143,8 @@ class TransformersEmbeddingEngine(MicroBatchedEngine, EmbeddingEngine):
         self._dtype = dtype
         self._runtime = runtime
         self._onnx: OnnxEncoder | None = None
+        self._graphs = GraphCache(onnx_cache)
+        self._folder = Path(model_path or default_model_path())
         self._pooling = pooling
         self._deltas_path = resolve_deltas_path(deltas) if deltas else None
         self.deltas_name = ""
@@ -168,7 +174,7 @@ class TransformersEmbeddingEngine(MicroBatchedEngine, EmbeddingEngine):
     # --- life cycle ---------------------------------------------------------------------
 
     def _load(self) -> None:
-        folder = Path(self._model_path or default_model_path())
+        folder = self._folder
         started = time.perf_counter()
         self._torch, self._tokenizer, self._model = load_local(
             folder, "AutoModel", self._n_threads, self._device
@@ -244,17 +250,35 @@ class TransformersEmbeddingEngine(MicroBatchedEngine, EmbeddingEngine):
 
         request = EmbeddingRequest(request_id="onnx-check", inputs=tuple(texts), truncate=True)
         sequences = self._encode(request)
+        files = [self._folder / "config.json", *self._folder.glob("*.safetensors")]
+        files += [self._deltas_path] if self._deltas_path else []
         try:
-            encoder = OnnxEncoder.export(torch, self._model, pool, self._n_threads or 1)
             reference = np.asarray(self._forward(sequences))
-            self._onnx = encoder
-            found = agreement(reference, np.asarray(self._forward(sequences)))
-            self._onnx = None
-            if found < MIN_AGREEMENT:
-                raise ValueError(
-                    f"the exported graph's vectors differ from PyTorch's (cosine {found:.6f} "
-                    f"< {MIN_AGREEMENT})"
-                )
+            key = graph_key(files, self._pooling, self._dtype)
+            cached = self._graphs.get(key)
+            for graph in ([cached] if cached else []) + [None]:
+                fresh = graph is None
+                try:
+                    graph = graph or export_graph(torch, self._model, pool)
+                    self._onnx = OnnxEncoder(graph, self._n_threads or 1)
+                    found = agreement(reference, np.asarray(self._forward(sequences)))
+                except Exception:
+                    if fresh:
+                        raise
+                    log.warning("a cached graph could not be run; exporting it again")
+                    continue
+                finally:
+                    encoder, self._onnx = self._onnx, None
+                if encoder is not None and found >= MIN_AGREEMENT:
+                    if fresh:
+                        self._graphs.put(key, graph)
+                    return encoder
+                if fresh:
+                    raise ValueError(
+                        f"the exported graph's vectors differ from PyTorch's (cosine "
+                        f"{found:.6f} < {MIN_AGREEMENT})"
+                    )
+                log.warning("a cached graph did not match PyTorch; exporting it again")
         except Exception as exc:
             if self._runtime == "onnx":
                 raise
@@ -262,8 +286,7 @@ class TransformersEmbeddingEngine(MicroBatchedEngine, EmbeddingEngine):
                 "ONNX Runtime not used for this embedding model; PyTorch serves it",
                 extra={"model": self._served_model_name, "error": str(exc)},
             )
-            return None
-        return encoder
+        return None
 
     def _merge_deltas(self) -> EncoderDeltas:
         """The deltas file's changes added to the weights (float32, before any cast)."""
