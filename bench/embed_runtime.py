@@ -25,7 +25,7 @@ from lib.stats import fmt, percentile
 
 # (name, engine settings): the gateway's intent model as `make up` serves it, and /v1/embeddings'.
 MODELS = [
-    ("all-MiniLM-L6-v2-intents-1", {"pooling": "layers", "deltas": "minilm_intents_1.npz"}),
+    ("all-MiniLM-L6-v2-intents-2", {"pooling": "layers", "deltas": "minilm_intents_2.npz"}),
     ("all-MiniLM-L6-v2", {}),
 ]
 # Chat messages of three lengths (tokens with the special ones, this tokenizer).

@@ -3,7 +3,7 @@ with and without a context window, and the threshold calibration.
 
     .venv/bin/python bench/intent_eval.py [--out bench/results/intent_eval.md]
         [--routes services/gateway/src/parlance/gateway/intents/default_routes.yaml]
-        [--threads 1] [--deltas minilm_intents_1.npz | none] [--versus none | DELTAS]
+        [--threads 1] [--deltas minilm_intents_2.npz | none] [--versus none | DELTAS]
 
 The set is bench/data/intents/messages.tsv (README.md there: how it was written). Each message
 is classified by the gateway's IntentRouter with the served model, all-MiniLM-L6-v2, loaded in
@@ -22,7 +22,7 @@ examples when the file loads; its threshold is a probability). --pooling/--dtype
 vectors: the gateway's intent model (every layer pooled, dtype auto; the default here) or the
 model as /v1/embeddings serves it (--pooling mean --dtype float32).
 
---deltas (by default the shipped intent encoder, minilm_intents_1.npz: what the shipped route
+--deltas (by default the shipped intent encoder, minilm_intents_2.npz: what the shipped route
 file's embed_model names) loads the model with a fine-tuned encoder's deltas merged (the
 generator's `embed_deltas`): the report is the fine-tuned encoder's, plus a section with the
 frozen encoder's headline figures beside it, measured in the same run (and the cost of both,
@@ -735,8 +735,8 @@ def main() -> None:
     parser.add_argument("--pooling", choices=["mean", "layers"], default="layers")
     # A fine-tuned encoder's deltas (a file shipped with the generator by name, or a path): by
     # default the intent encoder the shipped route file names (embed_model
-    # all-MiniLM-L6-v2-intents-1); "none": the frozen encoder alone.
-    parser.add_argument("--deltas", default="minilm_intents_1.npz")
+    # all-MiniLM-L6-v2-intents-2); "none": the frozen encoder alone.
+    parser.add_argument("--deltas", default="minilm_intents_2.npz")
     # What the comparison section puts beside --deltas: "none", the frozen encoder; or
     # another deltas file (two fine-tuned encoders in the same run).
     parser.add_argument("--versus", default="none")

@@ -4,6 +4,10 @@ equal ignoring case, word-set Jaccard >= 0.6 or difflib ratio >= 0.78). Prints c
 that a set can be checked without being read.
 
     .venv/bin/python bench/intent_set_apart.py bench/data/intents_3/messages.tsv .scratch/apart.tsv
+    .venv/bin/python bench/intent_set_apart.py --model 2 SET/messages.tsv .scratch/apart.tsv
+
+`--model N`: the training corpus of finetune.py's model N (1, the default: data/ alone; 2:
+data/ and data/model_2/, which holds model 1's corpus too).
 
 bench/intent_eval.py reads sets inside the repository: write the output under it (a git-ignored
 or scratch folder), then `bench/intent_eval.py --data THAT`.
@@ -27,8 +31,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("source", type=Path)
     parser.add_argument("out", type=Path)
+    parser.add_argument("--model", type=int, choices=sorted(finetune.MODELS), default=1)
     args = parser.parse_args()
-    training = [(t.casefold(), finetune.words(t)) for _, t in finetune.read_corpus()]
+    corpus = finetune.read_corpus(finetune.MODELS[args.model].folders)
+    training = [(t.casefold(), finetune.words(t)) for _, t in corpus]
     keys = {key for key, _ in training}
     lines = args.source.read_text(encoding="utf-8").splitlines()
     with args.source.open(encoding="utf-8", newline="") as handle:

@@ -2,7 +2,7 @@
 through three gateways on the same services, interleaved in rounds so that the noise of a
 shared machine hits them alike, at concurrency 1 and 32: routing on (the shipped route file,
 classified with the gateway's intent model as `make up` serves it: every layer pooled,
-bfloat16 where the CPU has it natively, else float32 run by ONNX Runtime; no batching wait),
+float32 run by ONNX Runtime; no batching wait),
 routing off, and routing on with the same intent model run by PyTorch (embed_runtime "torch":
 the setup before ONNX Runtime).
 
@@ -44,11 +44,11 @@ from lib.stats import fmt, percentile
 EMBED = "all-MiniLM-L6-v2"
 # The gateway's intent model as `make up` serves it (scripts/devstack.py): the fine-tuned intent
 # deltas merged at load (the same forward pass as the frozen weights), every layer pooled,
-# bfloat16 where the CPU has it natively, no micro-batching wait.
-INTENT_MODEL = "all-MiniLM-L6-v2-intents-1"
+# float32 run by ONNX Runtime, no micro-batching wait.
+INTENT_MODEL = "all-MiniLM-L6-v2-intents-2"
 INTENT_SETTINGS = {
-    "embed_deltas": "minilm_intents_1.npz",
-    "embed_dtype": "auto",
+    "embed_deltas": "minilm_intents_2.npz",
+    "embed_dtype": "float32",
     "embed_pooling": "layers",
     "embed_max_wait_ms": 0,
 }

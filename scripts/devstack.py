@@ -370,15 +370,16 @@ MAKE_UP_MODELS = [
     # The gateway's intent model, the one the shipped route file names (README, "Intent
     # routing"): all-MiniLM-L6-v2 with the generator's fine-tuned intent deltas merged at load
     # (services/generator/MODELS.md), every layer pooled (the pooling it was trained with;
-    # 2304 dimensions), bfloat16 where the CPU has it natively (float32 elsewhere: emulated
-    # bfloat16 is 5x slower) and no batching wait (cheaper on the path to the first token).
+    # 2304 dimensions), float32 run by ONNX Runtime (as fast as PyTorch's bfloat16 on a CPU
+    # with AVX-512 BF16 and about twice PyTorch's float32 elsewhere: bench/results/
+    # embed_runtime.md) and no batching wait (cheaper on the path to the first token).
     {
-        "id": "all-MiniLM-L6-v2-intents-1",
+        "id": "all-MiniLM-L6-v2-intents-2",
         "engine": "transformers",
         "task": "embed",
         "settings": {
-            "embed_deltas": "minilm_intents_1.npz",
-            "embed_dtype": "auto",
+            "embed_deltas": "minilm_intents_2.npz",
+            "embed_dtype": "float32",
             "embed_pooling": "layers",
             "embed_max_wait_ms": 0,
         },

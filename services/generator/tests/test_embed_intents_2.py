@@ -24,7 +24,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 FIRST, SECOND = "all-MiniLM-L6-v2-intents-1", "all-MiniLM-L6-v2-intents-2"
 FILES = {FIRST: "minilm_intents_1.npz", SECOND: "minilm_intents_2.npz"}
-# The model entries as MODELS.md gives them (and scripts/devstack.py for intents-1).
+# The model entries as MODELS.md gives them (scripts/devstack.py serves intents-2 in float32).
 MODELS = [
     {
         "id": name,
