@@ -1,8 +1,8 @@
 """The MiniLM classifier (encoder + a trained head) with its real weights, through the real gRPC
 service: each category it claims, hard negatives, long texts, and a model that fails to load.
-Four heads: 5 (minilm_head_5.npz, the default), 6 and 7 (minilm_head_6.npz,
-minilm_head_7.npz; their own tests at the end), fine-tuned with the encoder (their encoder
-deltas are merged in at load),
+Four heads: 7 (minilm_head_7.npz, the default; its own tests at the end), 5 and 6
+(minilm_head_5.npz, minilm_head_6.npz), fine-tuned with the encoder (their encoder deltas are
+merged in at load),
 and 4b (minilm_head_4b.npz, a head over the frozen encoder). Each loads once per session (a few
 seconds); each test gets its own server.
 
@@ -151,7 +151,7 @@ class SharedMiniLM(MiniLMClassifier):
 
 @pytest.fixture(scope="session")
 def minilm() -> Iterator[SharedMiniLM]:
-    """The default head (head 5)."""
+    """The default head (head 7)."""
     classifier = SharedMiniLM()
     asyncio.run(classifier.load())
     yield classifier
@@ -162,9 +162,11 @@ HEAD_4B = "minilm_head_4b.npz"
 
 
 @pytest.fixture(scope="session")
-def minilm5(minilm: SharedMiniLM) -> SharedMiniLM:
-    """Head 5 (the default head: the same loaded classifier)."""
-    return minilm
+def minilm5() -> Iterator[SharedMiniLM]:
+    """Head 5, chosen as an operator would: SAFETY_MINILM_HEAD_PATH=minilm_head_5.npz."""
+    classifier = SharedMiniLM(head_path=HEAD_5)
+    asyncio.run(classifier.load())
+    yield classifier
 
 
 @pytest.fixture(scope="session")
@@ -214,15 +216,15 @@ def flagged_categories(result: Any) -> set[str]:
     return {c.category for c in result.categories if c.flagged}
 
 
-def test_minilm_head_5_is_minilms_default_with_its_categories() -> None:
+def test_minilm_head_7_is_minilms_default_with_its_categories() -> None:
     """profanity-check is the service's default (README, "Safety": why MiniLM is not); minilm,
-    chosen by name, runs head 5 and claims its six categories; heads 6 and 4b by file name."""
+    chosen by name, runs head 7 and claims its six categories; heads 6, 5 and 4b by file name."""
     from parlance.safety.classifier.profanity import ProfanityClassifier
 
     assert isinstance(build_classifier(SafetySettings()), ProfanityClassifier)
     classifier = build_classifier(SafetySettings(classifier="minilm"))
     assert isinstance(classifier, MiniLMClassifier)
-    assert classifier.name == "minilm-l6-safety-head-5"
+    assert classifier.name == "minilm-l6-safety-head-7"
     assert list(classifier.evaluated_categories) == CLAIMED
     head_4b = build_classifier(SafetySettings(classifier="minilm", minilm_head_path=HEAD_4B))
     assert head_4b.name == "minilm-l6-safety-head-4b"
@@ -508,10 +510,10 @@ async def test_short_questions_naming_a_country_are_not_flagged(each_head) -> No
     assert flagged == []
 
 
-def test_the_default_head_is_head_5_also_by_its_file_name() -> None:
-    """No head setting and SAFETY_MINILM_HEAD_PATH=minilm_head_5.npz load the same head."""
-    assert load_head().name == load_head(resolve_head_path(HEAD_5)).name
-    assert load_head().name == "minilm-l6-safety-head-5"
+def test_the_default_head_is_head_7_also_by_its_file_name() -> None:
+    """No head setting and SAFETY_MINILM_HEAD_PATH=minilm_head_7.npz load the same head."""
+    assert load_head().name == load_head(resolve_head_path(HEAD_7)).name
+    assert load_head().name == "minilm-l6-safety-head-7"
 
 
 async def test_head_5_merges_its_deltas_into_the_encoder(minilm4b, minilm5) -> None:
@@ -715,11 +717,9 @@ HARMFUL_CHAT = [
 
 
 @pytest.fixture(scope="module")
-def minilm7() -> Iterator[SharedMiniLM]:
-    """Head 7, chosen as an operator would: SAFETY_MINILM_HEAD_PATH=minilm_head_7.npz."""
-    classifier = SharedMiniLM(head_path=HEAD_7)
-    asyncio.run(classifier.load())
-    yield classifier
+def minilm7(minilm: SharedMiniLM) -> SharedMiniLM:
+    """Head 7 (the default head: the same loaded classifier)."""
+    return minilm
 
 
 def test_head_7_is_chosen_by_its_file_name_with_the_same_categories() -> None:

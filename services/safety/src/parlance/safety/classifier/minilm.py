@@ -60,11 +60,12 @@ DEFAULT_THRESHOLD = 0.5
 # being averaged away by a long benign neighbourhood.
 WINDOW_TOKENS = 128
 WINDOW_OVERLAP = 32
-# The head served when SAFETY_MINILM_HEAD_PATH is unset: head 5, fine-tuned with the encoder.
-# Heads 6 (minilm_head_6.npz, fine-tuned: more recall, more false positives on ordinary text;
-# README, "Safety") and 4b (minilm_head_4b.npz, a head over the frozen encoder) are shipped too,
-# chosen by file name.
-HEAD_FILE = "minilm_head_5.npz"
+# The head served when SAFETY_MINILM_HEAD_PATH is unset: head 7, fine-tuned with the encoder,
+# the best of the shipped heads on the fresh sets (bench/results/safety_eval_7.md: recall 0.91,
+# ordinary chat refused 1.7%, answers cut 30%; README, "Safety"). Heads 6 and 5
+# (minilm_head_6.npz, minilm_head_5.npz, fine-tuned) and 4b (minilm_head_4b.npz, a head over the
+# frozen encoder) are shipped too, chosen by file name.
+HEAD_FILE = "minilm_head_7.npz"
 HEAD_4B_FILE = "minilm_head_4b.npz"
 # A fine-tuned head's reference texts must score within this of the scores stored with them
 # (probabilities): with 1 or 2 threads they differ by ~1e-7 on the machine that wrote head 5
@@ -89,7 +90,7 @@ def default_model_path() -> Path:
 
 def resolve_head_path(value: str | None) -> Path | None:
     """The head file a setting names: a file name alone (no folder) that is a head shipped in
-    this package (e.g. "minilm_head_5.npz") is that one, wherever the package is installed;
+    this package (e.g. "minilm_head_6.npz") is that one, wherever the package is installed;
     anything else is a path. None: the default head."""
     if not value:
         return None
