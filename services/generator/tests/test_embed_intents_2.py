@@ -5,8 +5,6 @@ file is refused before anything is served."""
 
 from __future__ import annotations
 
-import shutil
-import zipfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from parlance.generator.engine.deltas import check_vectors, load_deltas, resolve
 from parlance.generator.engine.transformers_embed import TransformersEmbeddingEngine
 from parlance.generator.v1 import generator_pb2 as pb
 from parlance.generator.v1 import generator_pb2_grpc
+from parlance.testing.damaged_files import with_member_bytes_flipped
 from parlance.testing.generator_host import generator_stub
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -86,15 +85,8 @@ async def test_it_serves_the_vectors_its_file_stores(
 
 async def test_a_damaged_file_is_refused(tmp_path: Path) -> None:
     source = resolve_deltas_path(FILES[SECOND])
-    damaged = tmp_path / "damaged.npz"
-    shutil.copy(source, damaged)
-    # Flip bytes inside one delta's stored data: the zip's CRC check fails on reading.
-    with zipfile.ZipFile(source) as archive:
-        info = archive.getinfo("lora_a_17.npy")
-    data = bytearray(damaged.read_bytes())
-    start = info.header_offset + 30 + len(info.filename) + len(info.extra) + 40
-    data[start : start + 16] = bytes(b ^ 0xFF for b in data[start : start + 16])
-    damaged.write_bytes(bytes(data))
+    # Bytes inside one delta's stored data flipped: the zip's CRC check fails on reading.
+    damaged = with_member_bytes_flipped(source, "lora_a_17.npy", tmp_path / "damaged.npz")
     with pytest.raises(ValueError, match="not a deltas file"):
         load_deltas(damaged)
     engine = TransformersEmbeddingEngine(

@@ -23,9 +23,15 @@ from parlance.testing.generator_host import generator_stub
 
 on_module_loop = pytest.mark.asyncio(loop_scope="module")
 
-INTENTS = {"embed_pooling": "layers", "embed_deltas": "minilm_intents_1.npz"}
+INTENTS = {"embed_pooling": "layers", "embed_deltas": "minilm_intents_2.npz"}
 MODELS = [
-    {"id": "plain-onnx", "engine": "transformers", "task": "embed"},
+    # "onnx", not "auto": a failed export must fail these tests, not fall back to PyTorch.
+    {
+        "id": "plain-onnx",
+        "engine": "transformers",
+        "task": "embed",
+        "settings": {"embed_runtime": "onnx"},
+    },
     {
         "id": "plain-torch",
         "engine": "transformers",
@@ -156,3 +162,33 @@ def test_the_exported_graph_is_cached_and_checked(tmp_path: Path, monkeypatch, c
     assert len(exports) == 2 and third.runtime == "onnx"
     assert "exporting it again" in caplog.text
     assert graph.read_bytes() != b"not a graph"
+
+
+def test_a_graph_that_does_not_match_pytorch_is_not_served(
+    tmp_path: Path, monkeypatch, caplog
+) -> None:  # type: ignore[no-untyped-def]
+    def engine(runtime: str) -> TransformersEmbeddingEngine:
+        return TransformersEmbeddingEngine(
+            served_model_name="mismatch", runtime=runtime, onnx_cache=str(tmp_path)
+        )
+
+    # A fresh export that disagrees: refused under "onnx", PyTorch serves under "auto".
+    monkeypatch.setattr(transformers_embed, "agreement", lambda *_: 0.5)
+    with pytest.raises(ValueError, match="differ from PyTorch's"):
+        engine("onnx")._load()
+    fallback = engine("auto")
+    with caplog.at_level(logging.WARNING):
+        fallback._load()
+    assert fallback.runtime == "torch" and "PyTorch serves it" in caplog.text
+    assert list(tmp_path.glob("*.onnx")) == []  # nothing that disagreed was cached
+    # A cached graph that disagrees: exported again; the fresh one serves and replaces it.
+    monkeypatch.setattr(transformers_embed, "agreement", onnx_encoder.agreement)
+    engine("onnx")._load()
+    assert len(list(tmp_path.glob("*.onnx"))) == 1
+    answers = iter([0.5, 1.0])
+    monkeypatch.setattr(transformers_embed, "agreement", lambda *_: next(answers))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        again = engine("onnx")
+        again._load()
+    assert again.runtime == "onnx" and "did not match PyTorch" in caplog.text

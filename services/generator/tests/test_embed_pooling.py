@@ -96,7 +96,7 @@ async def test_auto_dtype_takes_bfloat16_only_where_it_is_native() -> None:
     await engine.start()
     try:
         expected = torch.bfloat16 if native_bfloat16(torch, "cpu") else torch.float32
-        assert engine._model.dtype == expected
+        assert engine.dtype == str(expected).removeprefix("torch.")
     finally:
         await engine.close()
     assert GeneratorSettings(embed_dtype="auto").embed_dtype == "auto"

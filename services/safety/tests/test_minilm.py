@@ -177,11 +177,11 @@ def minilm4b() -> Iterator[SharedMiniLM]:
     yield classifier
 
 
-@pytest.fixture(params=["4b", "5", "6"])
+@pytest.fixture(params=["4b", "5", "6", "7"])
 def each_head(request: pytest.FixtureRequest) -> SharedMiniLM:
-    """The classifier with each shipped head in turn."""
+    """The classifier with each shipped head in turn (7: the default head)."""
     classifier: SharedMiniLM = request.getfixturevalue(
-        {"4b": "minilm4b", "5": "minilm5", "6": "minilm6"}[request.param]
+        {"4b": "minilm4b", "5": "minilm5", "6": "minilm6", "7": "minilm"}[request.param]
     )
     return classifier
 

@@ -250,12 +250,19 @@ class TransformersEmbeddingEngine(MicroBatchedEngine, EmbeddingEngine):
 
         request = EmbeddingRequest(request_id="onnx-check", inputs=tuple(texts), truncate=True)
         sequences = self._encode(request)
-        files = [self._folder / "config.json", *self._folder.glob("*.safetensors")]
+        # PyTorch's vectors first, outside the fallback below: a model PyTorch cannot run fails
+        # the load whatever the runtime.
+        reference = np.asarray(self._forward(sequences))
+        weights = [p for p in self._folder.iterdir() if p.suffix in (".safetensors", ".bin")]
+        files = [self._folder / "config.json", *weights]
         files += [self._deltas_path] if self._deltas_path else []
         try:
-            reference = np.asarray(self._forward(sequences))
             key = graph_key(files, self._pooling, self._dtype)
-            cached = self._graphs.get(key)
+        except OSError as exc:
+            log.info("exported graph not cached: its files unreadable", extra={"error": str(exc)})
+            key = ""
+        try:
+            cached = self._graphs.get(key) if key else None
             for graph in ([cached] if cached else []) + [None]:
                 fresh = graph is None
                 try:
@@ -270,7 +277,7 @@ class TransformersEmbeddingEngine(MicroBatchedEngine, EmbeddingEngine):
                 finally:
                     encoder, self._onnx = self._onnx, None
                 if encoder is not None and found >= MIN_AGREEMENT:
-                    if fresh:
+                    if fresh and key:
                         self._graphs.put(key, graph)
                     return encoder
                 if fresh:
@@ -285,6 +292,7 @@ class TransformersEmbeddingEngine(MicroBatchedEngine, EmbeddingEngine):
             log.warning(
                 "ONNX Runtime not used for this embedding model; PyTorch serves it",
                 extra={"model": self._served_model_name, "error": str(exc)},
+                exc_info=True,
             )
         return None
 
