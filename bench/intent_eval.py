@@ -19,7 +19,7 @@ message: left out of every figure, listed at the end).
 
 Methods: nearest examples (k), centroids, or `logistic` (a softmax regression trained on the
 examples when the file loads; its threshold is a probability). --pooling/--dtype pick the
-vectors: the gateway's intent model (every layer pooled, dtype auto; the default here) or the
+vectors: the gateway's intent model (every layer pooled, float32; the default here) or the
 model as /v1/embeddings serves it (--pooling mean --dtype float32).
 
 --deltas (by default the shipped intent encoder, minilm_intents_2.npz: what the shipped route
@@ -728,10 +728,9 @@ def main() -> None:
     # 1: as the generator serves it (GENERATOR_EMBED_N_THREADS); faster on a busy machine.
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cost-rounds", type=int, default=30)
-    # The gateway's intent model under make up (scripts/devstack.py): every layer, dtype auto
-    # (bfloat16 where the CPU has it natively, else float32: vectors within 1e-4 cosine);
-    # --pooling mean --dtype float32 is all-MiniLM-L6-v2 as /v1/embeddings serves it.
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "auto"], default="auto")
+    # The gateway's intent model under make up (scripts/devstack.py): every layer, float32 (run
+    # by ONNX Runtime); --pooling mean is all-MiniLM-L6-v2 as /v1/embeddings serves it.
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "auto"], default="float32")
     parser.add_argument("--pooling", choices=["mean", "layers"], default="layers")
     # A fine-tuned encoder's deltas (a file shipped with the generator by name, or a path): by
     # default the intent encoder the shipped route file names (embed_model

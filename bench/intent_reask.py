@@ -138,7 +138,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     # The shipped route file's reask_embed_model: all-MiniLM-L6-v2 as /v1/embeddings serves it
     # (float32, the last layer's mean, no deltas). The gateway's intent model under make up:
-    # --deltas minilm_intents_1.npz --pooling layers --dtype bfloat16.
+    # --deltas minilm_intents_2.npz --pooling layers --dtype float32.
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--pooling", choices=["mean", "layers"], default="mean")
     # A fine-tuned encoder's deltas (a file shipped with the generator by name, or a path).

@@ -21,7 +21,7 @@ biases: each category's output crosses 0.5 at its calibrated threshold, so one d
 threshold (0.5) fits every category. A head file without a hidden layer (the first, linear
 head) loads too.
 
-A fine-tuned head file (heads 5 and 6, training/finetune.py; head 5 is the default) also
+A fine-tuned head file (heads 5, 6 and 7, training/finetune.py; head 7 is the default) also
 carries low-rank deltas of the encoder's linear layers (LoRA trained with the head): they are
 merged into the encoder's weights at load (W += scale * B @ A), so scoring costs what the frozen
 encoder's does, and the file's reference scores are checked before serving. Another head is
