@@ -371,7 +371,7 @@ MAKE_UP_MODELS = [
     # routing"): all-MiniLM-L6-v2 with the generator's fine-tuned intent deltas merged at load
     # (services/generator/MODELS.md), every layer pooled (the pooling it was trained with;
     # 2304 dimensions), float32 run by ONNX Runtime (about PyTorch's bfloat16 time on a CPU
-    # with AVX-512 BF16, 0.3-0.6x PyTorch's float32 time: bench/results/embed_runtime.md) and
+    # with AVX-512 BF16, ~0.6x PyTorch's float32 time: bench/results/embed_runtime.md) and
     # no batching wait (cheaper on the path to the first token).
     {
         "id": "all-MiniLM-L6-v2-intents-2",
