@@ -13,13 +13,13 @@ import pytest_asyncio
 import torch
 from safetensors.torch import load_file
 
+from parlance.common.low_rank import merge_deltas
 from parlance.generator.config import GeneratorSettings
 from parlance.generator.engine.base import EmbeddingRequest
 from parlance.generator.engine.deltas import (
     CHECK_MIN_COSINE,
     check_vectors,
     load_deltas,
-    merge_deltas,
     resolve_deltas_path,
 )
 from parlance.generator.engine.transformers_embed import (

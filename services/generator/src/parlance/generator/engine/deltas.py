@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import zipfile
 import zlib
-from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+
+from parlance.common.low_rank import LowRankDelta
 
 # The reference texts' vectors after the merge must keep at least this cosine with the stored
 # ones. Measured with the shipped deltas: float32 with 1 or 2 threads, 1 - 6e-8 apart;
@@ -27,16 +27,6 @@ import numpy as np
 # large, 0.875-0.9991 (all caught); any one left out, 0.962-0.9998 (all but two caught); the
 # frozen encoder's vectors 0.61-0.75 (test_embed_deltas.py checks the last two kinds).
 CHECK_MIN_COSINE = 0.9995
-
-
-@dataclass(frozen=True)
-class LowRankDelta:
-    """A fine-tuned change of one linear layer: W += scale * b @ a."""
-
-    module: str  # e.g. "encoder.layer.0.attention.self.query"
-    a: np.ndarray  # [rank x in features]
-    b: np.ndarray  # [out features x rank]
-    scale: float
 
 
 @dataclass(frozen=True)
@@ -103,24 +93,6 @@ def deltas_problem(found: EncoderDeltas) -> str:
     if not found.check_texts or found.check_vectors.shape[0] != len(found.check_texts):
         return "reference vectors that do not match its reference texts"
     return ""
-
-
-def merge_deltas(model: Any, deltas: Sequence[LowRankDelta]) -> None:
-    """Adds each delta to its linear layer's weight (W += scale * b @ a). ValueError when a
-    delta names a layer the model lacks or one of another shape."""
-    import torch
-
-    for delta in deltas:
-        try:
-            layer = model.get_submodule(delta.module)
-        except AttributeError:
-            raise ValueError(f"the model has no layer {delta.module!r}") from None
-        shape = (delta.b.shape[0], delta.a.shape[1])
-        if not isinstance(layer, torch.nn.Linear) or tuple(layer.weight.shape) != shape:
-            raise ValueError(f"the model's {delta.module} is not a {shape} linear layer")
-        with torch.no_grad():
-            update = torch.from_numpy(delta.b) @ torch.from_numpy(delta.a)
-            layer.weight += (delta.scale * update).to(layer.weight.dtype)
 
 
 def check_vectors(found: EncoderDeltas, vectors: np.ndarray) -> None:

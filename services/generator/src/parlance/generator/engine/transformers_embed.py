@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from parlance.common.errors import InvalidArgument
+from parlance.common.low_rank import merge_deltas
 from parlance.common.tokens import special_tokens
 from parlance.generator import metrics
 from parlance.generator.engine.base import (
@@ -52,7 +53,6 @@ from parlance.generator.engine.deltas import (
     EncoderDeltas,
     check_vectors,
     load_deltas,
-    merge_deltas,
     resolve_deltas_path,
 )
 from parlance.generator.engine.embed_inputs import (

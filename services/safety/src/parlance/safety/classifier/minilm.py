@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from parlance.common.low_rank import LowRankDelta, merge_deltas
 from parlance.common.tokens import special_tokens
 from parlance.safety import metrics
 from parlance.safety.categories import OPENAI_CATEGORIES
@@ -99,16 +100,6 @@ def resolve_head_path(value: str | None) -> Path | None:
         if shipped.is_file():
             return Path(str(shipped))
     return Path(value)
-
-
-@dataclass(frozen=True)
-class LowRankDelta:
-    """A fine-tuned change of one linear layer of the encoder: W += scale * b @ a."""
-
-    module: str  # e.g. "encoder.layer.0.attention.self.query"
-    a: np.ndarray  # [rank x in features]
-    b: np.ndarray  # [out features x rank]
-    scale: float
 
 
 @dataclass(frozen=True)
@@ -227,25 +218,6 @@ def head_problem(head: SafetyHead) -> str:
     ):
         return "reference scores that do not match its reference texts"
     return ""
-
-
-def merge_deltas(model: Any, deltas: Sequence[LowRankDelta]) -> None:
-    """Adds each low-rank delta to its linear layer's weight (W += scale * b @ a), so the
-    fine-tuned encoder runs at the frozen one's cost. Raises ValueError when a delta names a
-    layer the encoder lacks or has another shape."""
-    import torch
-
-    for delta in deltas:
-        try:
-            layer = model.get_submodule(delta.module)
-        except AttributeError:
-            raise ValueError(f"the encoder has no layer {delta.module!r}") from None
-        shape = (delta.b.shape[0], delta.a.shape[1])
-        if not isinstance(layer, torch.nn.Linear) or tuple(layer.weight.shape) != shape:
-            raise ValueError(f"the encoder's {delta.module} is not a {shape} linear layer")
-        with torch.no_grad():
-            update = torch.from_numpy(delta.b) @ torch.from_numpy(delta.a)
-            layer.weight += (delta.scale * update).to(layer.weight.dtype)
 
 
 def split_sentences(text: str) -> list[str]:
