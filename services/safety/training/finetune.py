@@ -77,8 +77,13 @@ sys.path.insert(0, str(HERE))
 import set_thresholds  # noqa: E402
 import train_head  # noqa: E402
 
+from parlance.common.low_rank import LowRankDelta  # noqa: E402
+from parlance.common.low_rank_training import (  # noqa: E402
+    LowRankLinear,
+    add_low_rank,
+    learned_deltas,
+)
 from parlance.safety.classifier.minilm import (  # noqa: E402
-    LowRankDelta,
     MiniLMEncoder,
     default_model_path,
     mean_pool,
@@ -154,37 +159,9 @@ CHECK_TEXTS = (
 )
 
 
-class LowRankLinear(torch.nn.Module):
-    """A frozen linear layer plus a trainable low-rank delta: base(x) + scale * x A^T B^T."""
-
-    def __init__(self, base: torch.nn.Linear, rank: int, alpha: float) -> None:
-        super().__init__()
-        self.base = base
-        self.scale = alpha / rank
-        self.a = torch.nn.Parameter(torch.empty(rank, base.in_features))
-        self.b = torch.nn.Parameter(torch.zeros(base.out_features, rank))
-        # As LoRA starts: A like a linear layer's weight, B zero, so training starts from the
-        # frozen encoder exactly.
-        torch.nn.init.kaiming_uniform_(self.a, a=math.sqrt(5))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + self.scale * ((x @ self.a.T) @ self.b.T)
-
-
-def add_deltas(model: torch.nn.Module) -> dict[str, LowRankLinear]:
-    """Wraps each TARGETS layer of each block; the rest of the model is frozen."""
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
-    wrapped = {}
-    for index in range(model.config.num_hidden_layers):
-        for target in TARGETS:
-            name = f"encoder.layer.{index}.{target}"
-            parent_name, _, attribute = name.rpartition(".")
-            parent = model.get_submodule(parent_name)
-            layer = LowRankLinear(getattr(parent, attribute), RANK, ALPHA)
-            setattr(parent, attribute, layer)
-            wrapped[name] = layer
-    return wrapped
+def add_deltas(model: Any) -> dict[str, LowRankLinear]:
+    """Wraps each TARGETS layer of each block; everything else is frozen."""
+    return add_low_rank(model, TARGETS, RANK, ALPHA)
 
 
 def round_rows(head: Head) -> list[tuple[str, str]]:
@@ -324,12 +301,7 @@ def train(
             flush=True,
         )
     return {
-        "deltas": [
-            LowRankDelta(
-                name, layer.a.detach().numpy().copy(), layer.b.detach().numpy().copy(), layer.scale
-            )
-            for name, layer in deltas.items()
-        ],
+        "deltas": learned_deltas(deltas),
         "head": {
             "hidden_weights": hidden.weight.detach().numpy().T.astype(np.float64),
             "hidden_biases": hidden.bias.detach().numpy().astype(np.float64),

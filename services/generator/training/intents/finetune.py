@@ -63,7 +63,8 @@ import numpy as np
 import torch
 import yaml
 
-from parlance.generator.engine.deltas import LowRankDelta, merge_deltas
+from parlance.common.low_rank import LowRankDelta, merge_deltas
+from parlance.common.low_rank_training import LowRankLinear, add_low_rank, learned_deltas
 from parlance.generator.engine.transformers_embed import default_model_path, pool_states
 
 HERE = Path(__file__).resolve().parent
@@ -218,36 +219,9 @@ def overlap_counts(corpus: list[tuple[str, str]], path: Path) -> tuple[int, int]
     return equal, close
 
 
-class LowRankLinear(torch.nn.Module):
-    """A frozen linear layer plus a trainable low-rank delta: base(x) + scale * x A^T B^T."""
-
-    def __init__(self, base: torch.nn.Linear, rank: int, alpha: float) -> None:
-        super().__init__()
-        self.base = base
-        self.scale = alpha / rank
-        self.a = torch.nn.Parameter(torch.empty(rank, base.in_features))
-        self.b = torch.nn.Parameter(torch.zeros(base.out_features, rank))
-        # As LoRA starts: B zero, so training starts from the frozen encoder exactly.
-        torch.nn.init.kaiming_uniform_(self.a, a=math.sqrt(5))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + self.scale * ((x @ self.a.T) @ self.b.T)
-
-
 def add_deltas(model: Any) -> dict[str, LowRankLinear]:
     """Wraps each TARGETS layer of each block; everything else is frozen."""
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
-    wrapped = {}
-    for index in range(model.config.num_hidden_layers):
-        for target in TARGETS:
-            name = f"encoder.layer.{index}.{target}"
-            parent_name, _, attribute = name.rpartition(".")
-            parent = model.get_submodule(parent_name)
-            layer = LowRankLinear(getattr(parent, attribute), RANK, ALPHA)
-            setattr(parent, attribute, layer)
-            wrapped[name] = layer
-    return wrapped
+    return add_low_rank(model, TARGETS, RANK, ALPHA)
 
 
 def load_model(model_path: Path) -> tuple[Any, Any]:
@@ -368,12 +342,7 @@ def train(
                 flush=True,
             )
     return {
-        "deltas": [
-            LowRankDelta(
-                name, layer.a.detach().numpy().copy(), layer.b.detach().numpy().copy(), layer.scale
-            )
-            for name, layer in deltas.items()
-        ],
+        "deltas": learned_deltas(deltas),
         "training_texts": len(corpus),
         "intents": intents,
         "training_s": time.perf_counter() - started,
