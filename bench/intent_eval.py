@@ -452,16 +452,7 @@ async def versus_frozen(
     """The frozen encoder (same pooling and dtype, no deltas; or --versus's deltas) beside
     the fine-tuned one: the headline figures, and the cost of one classification, the two
     interleaved."""
-    from parlance.generator.engine.transformers_embed import TransformersEmbeddingEngine
-
-    engine = TransformersEmbeddingEngine(
-        served_model_name=EMBED,
-        n_threads=args.threads,
-        dtype=args.dtype,
-        pooling=args.pooling,
-        deltas=args.versus,
-    )
-    await engine.start()
+    engine = await started_engine(args, args.versus)
     other = f"fine-tuned ({engine.deltas_name})" if args.versus else "frozen"
     try:
         frozen = await IntentRouter.load(str(args.routes), EngineEmbedder(engine))
@@ -519,7 +510,8 @@ async def versus_frozen(
     )
 
 
-async def run(args: argparse.Namespace) -> Report:
+async def started_engine(args: argparse.Namespace, deltas: str | None) -> Any:
+    """The embedding engine as the options say, with `deltas` merged (None: the frozen one)."""
     from parlance.generator.engine.transformers_embed import TransformersEmbeddingEngine
 
     engine = TransformersEmbeddingEngine(
@@ -527,9 +519,14 @@ async def run(args: argparse.Namespace) -> Report:
         n_threads=args.threads,
         dtype=args.dtype,
         pooling=args.pooling,
-        deltas=args.deltas,
+        deltas=deltas,
     )
     await engine.start()
+    return engine
+
+
+async def run(args: argparse.Namespace) -> Report:
+    engine = await started_engine(args, args.deltas)
     try:
         router = await IntentRouter.load(str(args.routes), EngineEmbedder(engine))
         every = read_items(args.data)
