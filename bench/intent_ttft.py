@@ -2,14 +2,15 @@
 through three gateways on the same services, interleaved in rounds so that the noise of a
 shared machine hits them alike, at concurrency 1 and 32: routing on (the shipped route file,
 classified with the gateway's intent model as `make up` serves it: every layer pooled,
-float32 run by ONNX Runtime; no batching wait),
-routing off, and routing on with the same intent model run by PyTorch (embed_runtime "torch":
-the setup before ONNX Runtime).
+float32 run by ONNX Runtime in the gateway's own process, from the graph the generator exports),
+routing off, and routing on with the same model embedded by the generator for each message
+(GATEWAY_INTENT_LOCAL_ENCODER=false: an Embed call per message, the setup before the local
+encoder).
 
 The stack runs as processes (bench/lib/stack.py) with a redis-server of its own. The generator
 serves a scripted chat model (a fixed 8-word reply, unpaced: the model's own time out of the
 way, so that what differs is the gateway's work), all-MiniLM-L6-v2 as /v1/embeddings serves
-it, and the intent model twice (ONNX Runtime, PyTorch). Both gateways moderate input and output as
+it, and the intent model (ONNX Runtime). Both gateways moderate input and output as
 shipped (profanity classifier), cache off, limits too high to refuse. Classification runs
 beside input moderation, so what it adds to the first token is about the part of it that
 outlasts moderation, plus CPU it takes from the rest. Two kinds of requests: one message,
@@ -52,8 +53,6 @@ INTENT_SETTINGS = {
     "embed_pooling": "layers",
     "embed_max_wait_ms": 0,
 }
-# The same model with its forward pass in PyTorch (engine/onnx_encoder.py says why not).
-INTENT_MODEL_TORCH = f"{INTENT_MODEL}-torch"
 ROUTES = ROOT / "services/gateway/src/parlance/gateway/intents/default_routes.yaml"
 MESSAGES = ROOT / "bench/data/intents/messages.tsv"
 GENERATOR_MODELS = [
@@ -64,12 +63,6 @@ GENERATOR_MODELS = [
     },
     {"id": EMBED, "engine": "transformers", "task": "embed"},
     {"id": INTENT_MODEL, "engine": "transformers", "task": "embed", "settings": INTENT_SETTINGS},
-    {
-        "id": INTENT_MODEL_TORCH,
-        "engine": "transformers",
-        "task": "embed",
-        "settings": {**INTENT_SETTINGS, "embed_runtime": "torch"},
-    },
 ]
 GATEWAY_ENV = {
     **LIMITS_HIGH,
@@ -79,7 +72,7 @@ GATEWAY_ENV = {
     "GATEWAY_INTENT_EMBED_MODEL": INTENT_MODEL,
 }
 NO_CACHE = {"Cache-Control": "no-cache"}
-ROUTED_BEFORE = "routing on, PyTorch runtime"
+ROUTED_BEFORE = "routing on, Embed call per message"
 
 
 def prompts() -> list[str]:
@@ -185,9 +178,9 @@ def main() -> None:
     with BenchStack(gateway_env=GATEWAY_ENV, env=env) as stack:
         # Its own metrics port (the first gateway holds the configured one).
         off = stack.extra_gateway({"GATEWAY_INTENT_ROUTES": "", "GATEWAY_METRICS_PORT": "-1"})
-        # Routing on with the intent model run by PyTorch: what ONNX Runtime saves, same run.
+        # Routing on with the generator embedding each message: what the local encoder saves.
         before = stack.extra_gateway(
-            {"GATEWAY_INTENT_EMBED_MODEL": INTENT_MODEL_TORCH, "GATEWAY_METRICS_PORT": "-1"}
+            {"GATEWAY_INTENT_LOCAL_ENCODER": "false", "GATEWAY_METRICS_PORT": "-1"}
         )
         urls = {
             "routing on": stack.gateway_url,
@@ -212,8 +205,8 @@ def main() -> None:
         "and output moderation as shipped, cache off.",
         f"Routing on: GATEWAY_INTENT_ROUTES={ROUTES.relative_to(ROOT)}, "
         f"GATEWAY_INTENT_EMBED_MODEL={INTENT_MODEL} (settings {INTENT_SETTINGS}); off: ''; "
-        f"'{ROUTED_BEFORE}': routing on with {INTENT_MODEL_TORCH}, the same model and settings "
-        "with embed_runtime 'torch' (the setup before ONNX Runtime). Rounds interleave the "
+        f"'{ROUTED_BEFORE}': routing on with GATEWAY_INTENT_LOCAL_ENCODER=false (the generator "
+        "embeds each message: the setup before the local encoder). Rounds interleave the "
         "three gateways with the same prompts.",
         f"Machine load (1, 5, 15 min): before {load_before}, after {load_average()} "
         f"({time.perf_counter() - started:.0f} s run; several engineers share the machine).",

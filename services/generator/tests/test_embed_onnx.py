@@ -5,14 +5,18 @@ a clear error, and "auto" falls back to PyTorch when the export fails."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import numpy as np
+import onnxruntime
 import pytest
 import pytest_asyncio
 from pydantic import ValidationError
+from tokenizers import Tokenizer
 
 from parlance.generator.config import GeneratorSettings
 from parlance.generator.engine import onnx_encoder, transformers_embed
@@ -95,6 +99,49 @@ async def test_onnx_keeps_the_intent_models_meaning(stub) -> None:  # type: igno
     found = await vectors(stub, "intents-onnx", texts)
     similar, unrelated = found[0] @ found[1], found[0] @ found[2]
     assert similar > unrelated + 0.2
+
+
+async def export(
+    stub: generator_pb2_grpc.GeneratorServiceStub, model: str
+) -> tuple[pb.EncoderSpec, bytes]:
+    spec, pieces = None, []
+    async for chunk in stub.ExportEncoder(pb.ExportEncoderRequest(model=model)):
+        if chunk.HasField("spec"):
+            spec = chunk.spec
+        else:
+            pieces.append(chunk.graph)
+    assert spec is not None
+    return spec, b"".join(pieces)
+
+
+@on_module_loop
+async def test_export_encoder_streams_the_graph_it_serves(stub) -> None:  # type: ignore[no-untyped-def]
+    """The gateway's intent router runs the exported graph itself (its test:
+    services/gateway/tests/test_intents_local_encoder.py); here the spec and the pieces."""
+    spec, graph = await export(stub, "intents-onnx")
+    assert spec.model == "intents-onnx"
+    assert (spec.dimensions, spec.max_model_len, spec.pad_token_id) == (2304, 256, 0)
+    assert (list(spec.prefix), list(spec.suffix)) == ([101], [102])  # [CLS] ... [SEP]
+    assert len(graph) == spec.graph_bytes > 4 << 20  # several pieces under the 4 MiB limit
+    assert hashlib.sha256(graph).hexdigest() == spec.graph_sha256
+    assert '"model"' in spec.tokenizer_json
+    # The pieces make the graph that serves Embed: the same vectors from ONNX Runtime here.
+    texts = TEXTS[:2]
+    tokenizer = Tokenizer.from_str(spec.tokenizer_json)
+    rows = [[101, *e.ids, 102] for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
+    width = max(map(len, rows))
+    ids = np.array([r + [0] * (width - len(r)) for r in rows], dtype=np.int64)
+    mask = (np.arange(width)[None, :] < np.array([len(r) for r in rows])[:, None]).astype(np.int64)
+    (local,) = onnxruntime.InferenceSession(graph).run(None, {"ids": ids, "mask": mask})
+    assert onnx_encoder.agreement(await vectors(stub, "intents-onnx", texts), local) > 0.99999
+
+
+@on_module_loop
+async def test_export_encoder_refuses_a_model_pytorch_serves(stub) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await export(stub, "plain-torch")
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "not served from an exported ONNX graph" in (caught.value.details() or "")
 
 
 def test_runtime_setting_is_validated() -> None:

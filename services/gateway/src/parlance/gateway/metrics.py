@@ -156,6 +156,11 @@ INTENT_LATENCY = Histogram(
     "Time to classify one message: embedding the message (and its context) and matching.",
     buckets=FAST_BUCKETS_S,
 )
+INTENT_ENCODER_LOCAL = Gauge(
+    "parlance_gateway_intent_encoder_local",
+    "1 when the intent router's embedding model runs in the gateway (a checked copy of the "
+    "generator's exported graph), 0 when each message is embedded by the generator.",
+)
 INTENT_RELOADS = Counter(
     "parlance_gateway_intent_route_reloads_total",
     "Route file reloads by outcome (ok, error: the previous routes stay in force).",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
@@ -13,6 +14,9 @@ from parlance.generator import convert
 from parlance.generator.serving import GeneratorServing
 from parlance.generator.v1 import generator_pb2 as pb
 from parlance.generator.v1 import generator_pb2_grpc
+
+# Under gRPC's default 4 MiB message limit, with room for the framing.
+GRAPH_CHUNK_BYTES = 1 << 20
 
 
 class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
@@ -60,6 +64,28 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
         )
         model, result = await self._serving.embed(request.model, domain)
         return convert.embedding_result_to_proto(result, model)
+
+    async def ExportEncoder(
+        self, request: pb.ExportEncoderRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ExportEncoderChunk]:
+        model, exported = self._serving.export_encoder(request.model)
+        graph = exported.graph
+        yield pb.ExportEncoderChunk(
+            spec=pb.EncoderSpec(
+                model=model,
+                tokenizer_json=exported.tokenizer_json,
+                prefix=exported.prefix,
+                suffix=exported.suffix,
+                max_model_len=exported.max_model_len,
+                pad_token_id=exported.pad_token_id,
+                dimensions=exported.dimensions,
+                graph_bytes=len(graph),
+                graph_sha256=hashlib.sha256(graph).hexdigest(),
+            )
+        )
+        view = memoryview(graph)
+        for start in range(0, len(graph), GRAPH_CHUNK_BYTES):
+            yield pb.ExportEncoderChunk(graph=bytes(view[start : start + GRAPH_CHUNK_BYTES]))
 
     async def Score(
         self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext

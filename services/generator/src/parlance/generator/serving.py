@@ -23,6 +23,7 @@ from parlance.generator.engine.base import (
     EmbeddingRequest,
     EmbeddingResult,
     Engine,
+    ExportedEncoder,
     GenerationRequest,
     GenerationStep,
     ModelInfo,
@@ -173,6 +174,11 @@ class GeneratorServing:
         metrics.EMBED_INPUTS.labels(name).inc(len(request.inputs))
         metrics.EMBED_TOKENS.labels(name).inc(sum(result.token_counts))
         return name, result
+
+    def export_encoder(self, model: str) -> tuple[str, ExportedEncoder]:
+        """(served model id, its exported graph) for an ExportEncoder call."""
+        name, engine = self.embed_engine(model)
+        return name, engine.exported()
 
     async def score(self, model: str, request: ScoreRequest) -> tuple[str, ScoreResult]:
         """(served model id, one score per candidate) for a Score call."""

@@ -239,6 +239,44 @@ class EmbedResponse(_message.Message):
     model: str
     def __init__(self, embeddings: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., model: _Optional[str] = ...) -> None: ...
 
+class ExportEncoderRequest(_message.Message):
+    __slots__ = ("request_id", "model")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    model: str
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
+
+class EncoderSpec(_message.Message):
+    __slots__ = ("model", "tokenizer_json", "prefix", "suffix", "max_model_len", "pad_token_id", "dimensions", "graph_bytes", "graph_sha256")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    TOKENIZER_JSON_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    SUFFIX_FIELD_NUMBER: _ClassVar[int]
+    MAX_MODEL_LEN_FIELD_NUMBER: _ClassVar[int]
+    PAD_TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    DIMENSIONS_FIELD_NUMBER: _ClassVar[int]
+    GRAPH_BYTES_FIELD_NUMBER: _ClassVar[int]
+    GRAPH_SHA256_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    tokenizer_json: str
+    prefix: _containers.RepeatedScalarFieldContainer[int]
+    suffix: _containers.RepeatedScalarFieldContainer[int]
+    max_model_len: int
+    pad_token_id: int
+    dimensions: int
+    graph_bytes: int
+    graph_sha256: str
+    def __init__(self, model: _Optional[str] = ..., tokenizer_json: _Optional[str] = ..., prefix: _Optional[_Iterable[int]] = ..., suffix: _Optional[_Iterable[int]] = ..., max_model_len: _Optional[int] = ..., pad_token_id: _Optional[int] = ..., dimensions: _Optional[int] = ..., graph_bytes: _Optional[int] = ..., graph_sha256: _Optional[str] = ...) -> None: ...
+
+class ExportEncoderChunk(_message.Message):
+    __slots__ = ("spec", "graph")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    GRAPH_FIELD_NUMBER: _ClassVar[int]
+    spec: EncoderSpec
+    graph: bytes
+    def __init__(self, spec: _Optional[_Union[EncoderSpec, _Mapping]] = ..., graph: _Optional[bytes] = ...) -> None: ...
+
 class ScoreRequest(_message.Message):
     __slots__ = ("request_id", "model", "messages", "candidates")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]

@@ -54,6 +54,11 @@ class GeneratorServiceStub:
                 request_serializer=parlance_dot_generator_dot_v1_dot_generator__pb2.EmbedRequest.SerializeToString,
                 response_deserializer=parlance_dot_generator_dot_v1_dot_generator__pb2.EmbedResponse.FromString,
                 _registered_method=True)
+        self.ExportEncoder = channel.unary_stream(
+                '/parlance.generator.v1.GeneratorService/ExportEncoder',
+                request_serializer=parlance_dot_generator_dot_v1_dot_generator__pb2.ExportEncoderRequest.SerializeToString,
+                response_deserializer=parlance_dot_generator_dot_v1_dot_generator__pb2.ExportEncoderChunk.FromString,
+                _registered_method=True)
         self.Score = channel.unary_unary(
                 '/parlance.generator.v1.GeneratorService/Score',
                 request_serializer=parlance_dot_generator_dot_v1_dot_generator__pb2.ScoreRequest.SerializeToString,
@@ -103,6 +108,17 @@ class GeneratorServiceServicer:
         calls are batched together in the engine. An input longer than the model's max_model_len
         is INVALID_ARGUMENT unless `truncate` is set. Calling it on a chat model (or Generate on
         an embed model) is INVALID_ARGUMENT naming the model's task.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportEncoder(self, request, context):
+        """An embed model served by ONNX Runtime, as the graph it runs (the forward pass and the
+        pooling, any deltas merged) with its tokenizer, streamed in pieces: the gateway's intent
+        router runs it in its own process, with no call per message. The first message carries
+        the spec, the others the graph's bytes in order. FAILED_PRECONDITION when the model is not
+        served from an exported graph (PyTorch, vLLM), INVALID_ARGUMENT for a model of another task.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -163,6 +179,11 @@ def add_GeneratorServiceServicer_to_server(servicer, server):
                     servicer.Embed,
                     request_deserializer=parlance_dot_generator_dot_v1_dot_generator__pb2.EmbedRequest.FromString,
                     response_serializer=parlance_dot_generator_dot_v1_dot_generator__pb2.EmbedResponse.SerializeToString,
+            ),
+            'ExportEncoder': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportEncoder,
+                    request_deserializer=parlance_dot_generator_dot_v1_dot_generator__pb2.ExportEncoderRequest.FromString,
+                    response_serializer=parlance_dot_generator_dot_v1_dot_generator__pb2.ExportEncoderChunk.SerializeToString,
             ),
             'Score': grpc.unary_unary_rpc_method_handler(
                     servicer.Score,
@@ -288,6 +309,33 @@ class GeneratorService:
             '/parlance.generator.v1.GeneratorService/Embed',
             parlance_dot_generator_dot_v1_dot_generator__pb2.EmbedRequest.SerializeToString,
             parlance_dot_generator_dot_v1_dot_generator__pb2.EmbedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportEncoder(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/parlance.generator.v1.GeneratorService/ExportEncoder',
+            parlance_dot_generator_dot_v1_dot_generator__pb2.ExportEncoderRequest.SerializeToString,
+            parlance_dot_generator_dot_v1_dot_generator__pb2.ExportEncoderChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -29,6 +29,7 @@ from parlance.gateway.intents import (
     apply_actions,
     load_routes,
 )
+from parlance.gateway.intents.local_encoder import LocalFirstEmbedder
 from parlance.gateway.intents.router import user_turns
 from parlance.gateway.metrics import INTENT_FALLBACKS
 from parlance.gateway.models import DEFAULT_ALIAS, ModelRegistry
@@ -166,7 +167,11 @@ async def load_router(
         routes = load_routes(settings.intent_routes)
         # The file names its embedding model; the setting, when set, overrides it.
         model = settings.intent_embed_model or routes.spec.embed_model or ""
-        embedder = CachedEmbedder(GeneratorEmbedder(generator, models.resolve, model))
+        remote = GeneratorEmbedder(generator, models.resolve, model)
+        inner: GeneratorEmbedder | LocalFirstEmbedder = remote
+        if settings.intent_local_encoder:
+            inner = LocalFirstEmbedder(remote, generator, settings.intent_local_threads)
+        embedder = CachedEmbedder(inner)
         router = await IntentRouter.create(
             routes,
             embedder,
@@ -174,6 +179,10 @@ async def load_router(
             reask_embedder=await reask_embedder(routes, model, generator, models),
         )
         await router.check_models(models.resolve)
+        if isinstance(inner, LocalFirstEmbedder):
+            # After the router's checks, which name a model no generator serves; the examples
+            # were embedded by the generator meanwhile (the same vectors).
+            await inner.start()
     except RouteFileError as exc:
         raise RuntimeError(f"GATEWAY_INTENT_ROUTES cannot be used: {exc}") from None
     log.info(
@@ -181,7 +190,8 @@ async def load_router(
         extra={
             "routes": len(router.routes.spec.routes),
             "file": settings.intent_routes,
-            "embed_model": embedder.inner.model,
+            "embed_model": inner.model,
+            "encoder": "gateway" if getattr(inner, "local", None) is not None else "generator",
         },
     )
     return router

@@ -25,6 +25,21 @@ log = logging.getLogger(__name__)
 
 # LoadModel reads a model folder and starts its engine (seconds on CPU for a reward model).
 LOAD_TIMEOUT_S = 300.0
+# ExportEncoder streams ~90 MB (all-MiniLM-L6-v2): well under a second between containers.
+EXPORT_TIMEOUT_S = 60.0
+
+
+# ExportEncoder's answers that say "embed through Embed": a model served by PyTorch or vLLM
+# (FAILED_PRECONDITION), of another task (INVALID_ARGUMENT), an older generator (UNIMPLEMENTED).
+NOT_EXPORTABLE = (
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.UNIMPLEMENTED,
+)
+
+
+class EncoderNotExportable(Exception):
+    """The generator does not export this model's encoder (its reason as the message)."""
 
 
 class GeneratorTargetClient(BaseClient):
@@ -72,6 +87,32 @@ class GeneratorTargetClient(BaseClient):
 
     async def score(self, request: generator_pb2.ScoreRequest) -> generator_pb2.ScoreResponse:
         return await self._unary(self.stub.Score, request, 60.0)
+
+    async def export_encoder(
+        self, request: generator_pb2.ExportEncoderRequest
+    ) -> tuple[generator_pb2.EncoderSpec, bytes]:
+        """An embed model's exported graph (ExportEncoder's pieces joined) and its spec."""
+        call = self.stub.ExportEncoder(
+            request, timeout=EXPORT_TIMEOUT_S, metadata=outgoing_metadata()
+        )
+        spec: generator_pb2.EncoderSpec | None = None
+        pieces: list[bytes] = []
+        try:
+            async for chunk in call:
+                if chunk.HasField("spec"):
+                    spec = chunk.spec
+                else:
+                    pieces.append(chunk.graph)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in NOT_EXPORTABLE:
+                raise EncoderNotExportable(exc.details() or exc.code().name) from exc
+            DEPENDENCY_ERRORS.labels(self.dependency, exc.code().name).inc()
+            raise to_api_error(exc, self.dependency, self.retry_after_s) from exc
+        if spec is None:
+            raise errors.APIError(
+                502, "the generator sent no encoder spec", type="api_error", code="bad_gateway"
+            )
+        return spec, b"".join(pieces)
 
     async def load_model(
         self, request: generator_pb2.LoadModelRequest

@@ -125,6 +125,12 @@ class GeneratorClient(TargetUpkeep):
     async def embed(self, request: generator_pb2.EmbedRequest) -> generator_pb2.EmbedResponse:
         return await self._unary("embed", request)
 
+    async def export_encoder(
+        self, request: generator_pb2.ExportEncoderRequest
+    ) -> tuple[generator_pb2.EncoderSpec, bytes]:
+        """An embed model's exported graph and spec (the intent router's local encoder)."""
+        return await self._unary("export_encoder", request)
+
     async def score(self, request: generator_pb2.ScoreRequest) -> generator_pb2.ScoreResponse:
         """Scores candidate answers with the reward model request.model (best_of)."""
         return await self._unary("score", request)

@@ -321,6 +321,27 @@ class EmbeddingResult:
     token_counts: list[int]
 
 
+class EncoderNotExported(ParlanceError):
+    """The embedding model is not served from an exported graph (PyTorch or vLLM runs it)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class ExportedEncoder:
+    """An embedding model as another process can run it: the ONNX graph the engine serves
+    (token ids and mask in, unit-length float32 vectors out) and how its inputs are made
+    (embed_inputs.encode_inputs: tokens without special tokens, cut to fit, then wrapped)."""
+
+    graph: bytes
+    tokenizer_json: str
+    prefix: tuple[int, ...]
+    suffix: tuple[int, ...]
+    max_model_len: int
+    pad_token_id: int
+    dimensions: int
+
+
 class EmbeddingEngine(ABC):
     """An embedding model runtime. One instance serves one model for the life of the process."""
 
@@ -344,6 +365,13 @@ class EmbeddingEngine(ABC):
     @abstractmethod
     def stats(self) -> EngineStats:
         """Calls being embedded and waiting for the next batch now."""
+
+    def exported(self) -> ExportedEncoder:
+        """The graph this engine serves from, for a caller that runs it itself."""
+        raise EncoderNotExported(
+            f"embedding model {self.model_info().id!r} is not served from an exported ONNX "
+            f"graph ({self.name})"
+        )
 
     @abstractmethod
     async def close(self) -> None:

@@ -10,8 +10,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+from parlance.common.batcher import MicroBatcher
 from parlance.generator.engine.base import EngineStats
-from parlance.generator.engine.batcher import MicroBatcher
 
 Encoded = TypeVar("Encoded")
 Output = TypeVar("Output")

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from parlance.common.batcher import BatchStats, MicroBatcher
 from parlance.common.errors import InvalidArgument
 from parlance.generator import metrics
 from parlance.generator.engine.base import (
@@ -31,7 +32,6 @@ from parlance.generator.engine.base import (
     ScoreRequest,
     ScoreResult,
 )
-from parlance.generator.engine.batcher import BatchStats, MicroBatcher
 from parlance.generator.engine.hf_batches import (
     MicroBatchedEngine,
     load_local,

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from parlance.common.batcher import BatchStats, MicroBatcher
 from parlance.common.errors import InvalidArgument
 from parlance.common.low_rank import merge_deltas
 from parlance.common.tokens import special_tokens
@@ -45,10 +46,10 @@ from parlance.generator.engine.base import (
     EmbeddingEngine,
     EmbeddingRequest,
     EmbeddingResult,
+    ExportedEncoder,
     ModelInfo,
     ModelTask,
 )
-from parlance.generator.engine.batcher import BatchStats, MicroBatcher
 from parlance.generator.engine.deltas import (
     EncoderDeltas,
     check_vectors,
@@ -143,6 +144,9 @@ class TransformersEmbeddingEngine(MicroBatchedEngine, EmbeddingEngine):
         self._dtype = dtype
         self._runtime = runtime
         self._onnx: OnnxEncoder | None = None
+        # The serialized graph ONNX Runtime serves (~90 MB for all-MiniLM-L6-v2), kept for
+        # ExportEncoder: the gateway's intent router runs it in its own process.
+        self._graph: bytes | None = None
         self._graphs = GraphCache(onnx_cache)
         self._folder = Path(model_path or default_model_path())
         self._pooling = pooling
@@ -279,6 +283,7 @@ class TransformersEmbeddingEngine(MicroBatchedEngine, EmbeddingEngine):
                 if encoder is not None and found >= MIN_AGREEMENT:
                     if fresh and key:
                         self._graphs.put(key, graph)
+                    self._graph = graph
                     return encoder
                 if fresh:
                     raise ValueError(
@@ -295,6 +300,20 @@ class TransformersEmbeddingEngine(MicroBatchedEngine, EmbeddingEngine):
                 exc_info=True,
             )
         return None
+
+    def exported(self) -> ExportedEncoder:
+        if self._onnx is None or self._graph is None:
+            return super().exported()
+        prefix, suffix = self._specials
+        return ExportedEncoder(
+            graph=self._graph,
+            tokenizer_json=self._tokenizer.backend_tokenizer.to_str(),
+            prefix=tuple(prefix),
+            suffix=tuple(suffix),
+            max_model_len=self._max_len,
+            pad_token_id=self._tokenizer.pad_token_id or 0,
+            dimensions=self._dimensions,
+        )
 
     def _merge_deltas(self) -> EncoderDeltas:
         """The deltas file's changes added to the weights (float32, before any cast)."""

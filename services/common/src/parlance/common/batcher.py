@@ -1,5 +1,6 @@
-"""Micro-batching for models that run a batch at a time (embedding models), after the safety
-service's batcher (services/safety/src/parlance/safety/batcher.py).
+"""Micro-batching for models that run a batch at a time: the generator's embedding and reward
+models, the gateway's local intent encoder (after the safety service's batcher,
+services/safety/src/parlance/safety/batcher.py).
 
 One worker thread owns the model and its tokenizer and is the only thread that calls them
 (Hugging Face fast tokenizers are not thread-safe; a torch model runs one forward pass at a

@@ -1,0 +1,176 @@
+"""The intent router's encoder run in the gateway (intents/local_encoder.py): a real generator
+(gRPC on port 0) serving the fine-tuned intent model from ONNX Runtime and the plain model
+from PyTorch; the gateway fetches the first one's graph, checks it against the generator's
+Embed and embeds with it; anything else leaves the generator embedding, never a failed
+classification."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import pytest_asyncio
+from prometheus_client import REGISTRY
+
+from parlance.common.grpc_server import GrpcServiceHost
+from parlance.gateway.clients import GeneratorClient
+from parlance.gateway.intents import GeneratorEmbedder
+from parlance.gateway.intents.local_encoder import LocalEncoder, LocalFirstEmbedder
+from parlance.gateway.models import ModelRegistry
+from parlance.generator.config import GeneratorSettings
+from parlance.generator.main import create_host
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+ONNX = "intents-onnx"
+TORCH = "plain-torch"
+MODELS = [
+    {
+        "id": ONNX,
+        "engine": "transformers",
+        "task": "embed",
+        "settings": {
+            "embed_pooling": "layers",
+            "embed_deltas": "minilm_intents_2.npz",
+            "embed_runtime": "onnx",
+        },
+    },
+    {
+        "id": TORCH,
+        "engine": "transformers",
+        "task": "embed",
+        "settings": {"embed_runtime": "torch"},
+    },
+]
+TEXTS = [
+    "hi",
+    "my react component re-renders forever",
+    "wie sagt man 'Erdnussallergie' auf Thai?",
+    "refund for the pro plan please, I was charged twice this month " * 30,  # cut at 256
+]
+
+
+@dataclass
+class Generator:
+    host: GrpcServiceHost
+    client: GeneratorClient
+    registry: ModelRegistry
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def generator() -> AsyncIterator[Generator]:
+    settings = GeneratorSettings(
+        port=0, metrics_port=-1, shutdown_grace_s=1.0, models=json.dumps(MODELS)
+    )
+    host, _ = create_host(settings)
+    await host.start()
+    client = GeneratorClient(f"127.0.0.1:{host.port}", timeout_s=30.0, retry_after_s=1)
+    await client.wait_listed(30.0)
+    yield Generator(host, client, ModelRegistry(client))
+    await client.close()
+    await host.stop()
+
+
+def embedder(generator: Generator, model: str) -> LocalFirstEmbedder:
+    remote = GeneratorEmbedder(generator.client, generator.registry.resolve, model)
+    return LocalFirstEmbedder(remote, generator.client, n_threads=1)
+
+
+def local_gauge() -> float | None:
+    return REGISTRY.get_sample_value("parlance_gateway_intent_encoder_local")
+
+
+async def test_the_gateway_embeds_with_the_generators_graph(generator: Generator) -> None:
+    calls = 0
+    real_embed = generator.client.embed
+
+    async def counted(request):  # type: ignore[no-untyped-def]
+        nonlocal calls
+        calls += 1
+        return await real_embed(request)
+
+    found = embedder(generator, ONNX)
+    assert await found.start()
+    assert found.local is not None and local_gauge() == 1.0
+    reference = np.asarray(await found.remote.embed(TEXTS))
+    generator.client.embed = counted  # type: ignore[method-assign]
+    try:
+        local = np.asarray(await found.embed(TEXTS))
+        # Concurrent messages share forward passes and make the same vectors alone.
+        alone = await asyncio.gather(*(found.embed([t]) for t in TEXTS))
+    finally:
+        generator.client.embed = real_embed  # type: ignore[method-assign]
+        await found.close()
+    assert calls == 0  # no Embed call once the copy runs
+    assert local.shape == (len(TEXTS), 2304)
+    assert float((reference * local).sum(axis=1).min()) > 0.99999
+    assert np.allclose(np.concatenate([np.asarray(a) for a in alone]), local, atol=1e-5)
+
+
+async def test_a_model_pytorch_serves_stays_with_the_generator(
+    generator: Generator, caplog: pytest.LogCaptureFixture
+) -> None:
+    found = embedder(generator, TORCH)
+    with caplog.at_level(logging.WARNING, logger="parlance.gateway.intents.local_encoder"):
+        assert not await found.start()
+    assert found.local is None and local_gauge() == 0.0
+    (record,) = [r for r in caplog.records if "not run in the gateway" in r.getMessage()]
+    assert "not served from an exported ONNX graph" in record.__dict__["reason"]
+    vectors = await found.embed(TEXTS[:2])  # the generator's
+    assert np.asarray(vectors).shape == (2, 384)
+
+
+async def test_a_copy_that_disagrees_is_not_used(
+    generator: Generator, caplog: pytest.LogCaptureFixture
+) -> None:
+    real_export = generator.client.export_encoder
+
+    async def without_cls(request):  # type: ignore[no-untyped-def]
+        spec, graph = await real_export(request)
+        del spec.prefix[:]  # the copy would embed without [CLS]
+        return spec, graph
+
+    found = embedder(generator, ONNX)
+    generator.client.export_encoder = without_cls  # type: ignore[method-assign]
+    try:
+        with caplog.at_level(logging.WARNING, logger="parlance.gateway.intents.local_encoder"):
+            assert not await found.start()
+    finally:
+        generator.client.export_encoder = real_export  # type: ignore[method-assign]
+    assert found.local is None
+    assert any(
+        "differ from the generator's" in r.__dict__.get("reason", "") for r in caplog.records
+    )
+
+
+async def test_a_damaged_graph_is_refused(generator: Generator) -> None:
+    from parlance.generator.v1 import generator_pb2
+
+    spec, graph = await generator.client.export_encoder(
+        generator_pb2.ExportEncoderRequest(model=ONNX)
+    )
+    with pytest.raises(ValueError, match="arrived damaged"):
+        LocalEncoder(spec, graph[:-1] + b"x", n_threads=1)
+
+
+async def test_a_failing_copy_hands_the_message_to_the_generator(
+    generator: Generator, caplog: pytest.LogCaptureFixture
+) -> None:
+    found = embedder(generator, ONNX)
+    assert await found.start()
+    assert found.local is not None
+
+    async def broken(texts: list[str]) -> np.ndarray:
+        raise RuntimeError("onnxruntime failed")
+
+    found.local.embed = broken  # type: ignore[method-assign]
+    with caplog.at_level(logging.WARNING, logger="parlance.gateway.intents.local_encoder"):
+        vectors = await found.embed(TEXTS[:1])
+    assert np.asarray(vectors).shape == (1, 2304)
+    assert any("the generator embeds" in r.getMessage() for r in caplog.records)
+    await found.close()
