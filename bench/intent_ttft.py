@@ -1,11 +1,11 @@
 """Intent routing's cost in time to first token (issue 18): the same streamed chat requests
-through three gateways on the same services, interleaved in rounds so that the noise of a
+through four gateways on the same services, interleaved in rounds so that the noise of a
 shared machine hits them alike, at concurrency 1 and 32: routing on (the shipped route file,
 classified with the gateway's intent model as `make up` serves it: every layer pooled,
 float32 run by ONNX Runtime in the gateway's own process, from the graph the generator exports),
 routing off, and routing on with the same model embedded by the generator for each message
 (GATEWAY_INTENT_LOCAL_ENCODER=false: an Embed call per message, the setup before the local
-encoder).
+encoder), and routing on with the local encoder on two threads.
 
 The stack runs as processes (bench/lib/stack.py) with a redis-server of its own. The generator
 serves a scripted chat model (a fixed 8-word reply, unpaced: the model's own time out of the
@@ -73,6 +73,7 @@ GATEWAY_ENV = {
 }
 NO_CACHE = {"Cache-Control": "no-cache"}
 ROUTED_BEFORE = "routing on, Embed call per message"
+TWO_THREADS = "routing on, 2 encoder threads"
 
 
 def prompts() -> list[str]:
@@ -182,10 +183,15 @@ def main() -> None:
         before = stack.extra_gateway(
             {"GATEWAY_INTENT_LOCAL_ENCODER": "false", "GATEWAY_METRICS_PORT": "-1"}
         )
+        # The local encoder's forward pass on two threads instead of one.
+        two = stack.extra_gateway(
+            {"GATEWAY_INTENT_LOCAL_THREADS": "2", "GATEWAY_METRICS_PORT": "-1"}
+        )
         urls = {
             "routing on": stack.gateway_url,
             "routing off": f"http://127.0.0.1:{off.http_port}",
             ROUTED_BEFORE: f"http://127.0.0.1:{before.http_port}",
+            TWO_THREADS: f"http://127.0.0.1:{two.http_port}",
         }
         tables = []
         for workers, rounds, per_round, stored in plan:
@@ -196,6 +202,7 @@ def main() -> None:
                 row("routing off", results["routing off"], None),
                 row("routing on", results["routing on"], base_p50),
                 row(ROUTED_BEFORE, results[ROUTED_BEFORE], base_p50),
+                row(TWO_THREADS, results[TWO_THREADS], base_p50),
             ]
             tables.append((workers, rounds, per_round, stored, rows))
     report = Report(
@@ -206,8 +213,9 @@ def main() -> None:
         f"Routing on: GATEWAY_INTENT_ROUTES={ROUTES.relative_to(ROOT)}, "
         f"GATEWAY_INTENT_EMBED_MODEL={INTENT_MODEL} (settings {INTENT_SETTINGS}); off: ''; "
         f"'{ROUTED_BEFORE}': routing on with GATEWAY_INTENT_LOCAL_ENCODER=false (the generator "
-        "embeds each message: the setup before the local encoder). Rounds interleave the "
-        "three gateways with the same prompts.",
+        f"embeds each message: the setup before the local encoder); '{TWO_THREADS}': "
+        "GATEWAY_INTENT_LOCAL_THREADS=2. Rounds interleave the four gateways with the same "
+        "prompts.",
         f"Machine load (1, 5, 15 min): before {load_before}, after {load_average()} "
         f"({time.perf_counter() - started:.0f} s run; several engineers share the machine).",
         "TTFT: from the send to the first chunk with content, as the client (bench/lib/client.py"
