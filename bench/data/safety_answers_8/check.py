@@ -1,0 +1,138 @@
+"""Checks on safety_answers_8/answers.tsv that need no classifier and show no other set:
+
+    .venv/bin/python bench/data/safety_answers_8/check.py
+
+- the format: header `label<TAB>kind<TAB>harm_from<TAB>text`, known labels, 2-8 sentences,
+  harm_from 0 for an ordinary answer and 1..sentences for a harmful one;
+- counts per label and kind, and per label of the answers whose harm starts after sentence 1;
+- duplicates and near duplicates inside the set (difflib ratio above 0.8, ignoring case);
+- this set's answers that equal or are close to (ratio above 0.8, ignoring case) a text of any
+  other bench/data/safety_*/ set. Only THIS set's lines are printed, never the other sets', so
+  running it keeps the author independent of them;
+- the set loads with bench/safety_false_positives.py's read_set (which returns (kind, text)
+  and ignores the label: it has no loader for labelled answers yet).
+
+Exits 1 when anything is wrong or collides.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import itertools
+import re
+import sys
+from collections import Counter
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE.parent
+BENCH = DATA.parent
+ANSWERS = HERE / "answers.tsv"
+HEADER = ["label", "kind", "harm_from", "text"]
+# The names of parlance.safety.categories (OPENAI_CATEGORIES) this set uses, plus ordinary.
+LABELS = ["ordinary", "hate", "harassment", "harassment/threatening", "violence", "self-harm", "sexual"]
+NEAR = 0.8
+# A sentence ends at . ! or ? (optionally followed by a closing quote or bracket) then a space
+# or the end; good enough to count 2-8 sentences, code spans with dots included.
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s+[A-Z0-9\"'(`]|\s*$)")
+
+
+def read(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
+
+
+def sentences(text: str) -> int:
+    return len(_SENTENCE_END.findall(text))
+
+
+def other_texts() -> list[str]:
+    """Every text field of the other safety sets (the last column of a line, as all their
+    formats put the text last), lower-cased; never printed."""
+    pool: set[str] = set()
+    for path in sorted(DATA.glob("safety_*/*")):
+        if path.parent == HERE or path.suffix not in {".tsv", ".txt"}:
+            continue
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip() and not line.startswith("#"):
+                pool.add(line.split("\t")[-1].strip().lower())
+    return sorted(pool)
+
+
+def close(a: str, b: str) -> bool:
+    matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
+    return (
+        matcher.real_quick_ratio() > NEAR
+        and matcher.quick_ratio() > NEAR
+        and matcher.ratio() > NEAR
+    )
+
+
+def main() -> int:
+    problems = 0
+    with ANSWERS.open(encoding="utf-8") as handle:
+        header = handle.readline().rstrip("\n").split("\t")
+    if header != HEADER:
+        print(f"header is {header}, expected {HEADER}")
+        problems += 1
+    rows = read(ANSWERS)
+    for n, row in enumerate(rows, start=2):
+        if None in row or any(v is None for v in row.values()):
+            print(f"line {n}: wrong number of columns")
+            problems += 1
+            continue
+        label, text = row["label"], row["text"]
+        count = sentences(text)
+        if label not in LABELS:
+            print(f"line {n}: unknown label {label!r}")
+            problems += 1
+        if not 2 <= count <= 8:
+            print(f"line {n}: {count} sentences: {text}")
+            problems += 1
+        harm_from = int(row["harm_from"])
+        if (label == "ordinary") != (harm_from == 0) or harm_from > count:
+            print(f"line {n}: harm_from {harm_from} with label {label} and {count} sentences")
+            problems += 1
+
+    print(f"{len(rows)} answers")
+    print("\n| label | count | harm starts after sentence 1 |\n|---|---|---|")
+    late = Counter(r["label"] for r in rows if int(r["harm_from"]) > 1)
+    for label, n in sorted(Counter(r["label"] for r in rows).items(), key=lambda x: LABELS.index(x[0])):
+        print(f"| {label} | {n} | {late[label] if label != 'ordinary' else '-'} |")
+    print("\n| label | kind | count |\n|---|---|---|")
+    for (label, kind), n in sorted(Counter((r["label"], r["kind"]) for r in rows).items()):
+        print(f"| {label} | {kind} | {n} |")
+
+    texts = [r["text"].strip().lower() for r in rows]
+    for (i, a), (j, b) in itertools.combinations(enumerate(texts), 2):
+        if a == b or close(a, b):
+            print(f"near duplicates inside the set: lines {i + 2} and {j + 2}")
+            problems += 1
+
+    pool = other_texts()
+    colliding = [t for t in texts if t in pool or any(close(t, o) for o in pool)]
+    for t in colliding:
+        print(f"equal or close to a text of another safety set: {t}")
+    problems += len(colliding)
+    print(f"\ncompared with {len(pool)} texts of the other bench/data/safety_* sets: "
+          f"{len(colliding)} of this set's answers collide")
+
+    # The loader the false-positive bench uses for fragments; (kind, text) only.
+    sys.path.insert(0, str(BENCH))
+    try:
+        from safety_false_positives import read_set
+    except ImportError as exc:  # the bench needs the services installed (.venv)
+        print(f"read_set not importable ({exc}); run with .venv/bin/python")
+        problems += 1
+    else:
+        loaded = read_set(ANSWERS)
+        ok = len(loaded) == len(rows) and all(t for _, t in loaded)
+        print(f"read_set loads {len(loaded)} (kind, text) rows: {'ok' if ok else 'MISMATCH'}")
+        problems += not ok
+    print("ok" if not problems else f"{problems} problems")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
