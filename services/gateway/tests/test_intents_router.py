@@ -5,11 +5,9 @@ actions, the model check against the routing table, and reload."""
 
 from __future__ import annotations
 
-import json
 import os
 import textwrap
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +15,6 @@ import pytest
 import pytest_asyncio
 from prometheus_client import REGISTRY
 
-from parlance.common.grpc_server import GrpcServiceHost
-from parlance.gateway.clients import GeneratorClient
 from parlance.gateway.intents import (
     GeneratorEmbedder,
     IntentMatch,
@@ -26,9 +22,7 @@ from parlance.gateway.intents import (
     RouteFileError,
 )
 from parlance.gateway.intents.index import anchor
-from parlance.gateway.models import ModelRegistry
-from parlance.generator.config import GeneratorSettings
-from parlance.generator.main import create_host
+from parlance.testing.generator_host import ServedGenerator, gateway_generator
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -64,25 +58,13 @@ routes:
 """
 
 
-@dataclass
-class Generator:
-    host: GrpcServiceHost
-    client: GeneratorClient
-    registry: ModelRegistry
+Generator = ServedGenerator
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def generator() -> AsyncIterator[Generator]:
-    settings = GeneratorSettings(
-        port=0, metrics_port=-1, shutdown_grace_s=1.0, models=json.dumps(MODELS)
-    )
-    host, _ = create_host(settings)
-    await host.start()
-    client = GeneratorClient(f"127.0.0.1:{host.port}", timeout_s=30.0, retry_after_s=1)
-    await client.wait_listed(30.0)
-    yield Generator(host, client, ModelRegistry(client))
-    await client.close()
-    await host.stop()
+    async with gateway_generator(MODELS) as served:
+        yield served
 
 
 def write(path: Path, text: str) -> Path:
