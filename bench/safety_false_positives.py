@@ -67,6 +67,7 @@ from parlance.gateway.moderation import FinishEvent, TextEvent, moderate_input
 from parlance.gateway.stream_moderation import StreamModerator
 from parlance.gateway.stream_state import HeldWindow
 from parlance.generator.v1 import generator_pb2
+from parlance.safety.categories import OPENAI_CATEGORIES
 from parlance.safety.config import SafetySettings
 from parlance.safety.main import build_serving
 from parlance.safety.policy import Direction, Policy
@@ -170,9 +171,15 @@ def read_answers(path: Path) -> list[Answer]:
     with path.open(newline="") as f:
         rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
     answers = []
-    for row in rows:
+    for line, row in enumerate(rows, start=2):
         label = (row.get("label") or ORDINARY).strip()
         labels = () if label == ORDINARY else tuple(c.strip() for c in label.split(","))
+        # A misspelt label would silently make a category of its own: refuse it.
+        unknown = [c for c in labels if c not in OPENAI_CATEGORIES]
+        if unknown:
+            raise SystemExit(
+                f"{path}:{line}: label {unknown[0]!r} is neither ordinary nor a category"
+            )
         answers.append(Answer(row["kind"], row["text"], labels))
     return answers
 
