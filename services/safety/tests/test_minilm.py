@@ -39,6 +39,7 @@ from parlance.safety.classifier.minilm import (
 )
 from parlance.safety.config import SafetySettings
 from parlance.safety.main import build_host, build_serving
+from parlance.safety.policy import Direction, Policy
 from parlance.safety.serving import ClassifierLoadError
 from parlance.safety.v1 import safety_pb2, safety_pb2_grpc
 
@@ -366,6 +367,25 @@ async def test_thresholds_per_direction_apply_to_its_scores(minilm) -> None:
         (on_output,) = await classify(stub, [text], OUTPUT)
     assert "harassment" not in flagged_categories(on_input)
     assert "harassment" in flagged_categories(on_output)
+
+
+async def test_head_7_brings_its_output_thresholds(minilm) -> None:
+    """Head 7's output thresholds (minilm.OUTPUT_THRESHOLDS, measured on development answers)
+    apply where the settings name none; input keeps 0.5; settings and a global threshold win."""
+    measured = minilm.default_output_thresholds
+    assert measured["violence"] == 0.995 and set(measured) == set(minilm.evaluated_categories)
+
+    def policy(**overrides: Any) -> Policy:
+        values = {"classifier": "minilm", **overrides}
+        return build_serving(SafetySettings(**values), minilm).policy
+
+    default = policy()
+    assert default.threshold(Direction.OUTPUT, "violence") == 0.995
+    assert default.threshold(Direction.INPUT, "violence") == 0.5
+    assert (
+        policy(output_thresholds={"violence": 0.7}).threshold(Direction.OUTPUT, "violence") == 0.7
+    )
+    assert policy(threshold=0.6).threshold(Direction.OUTPUT, "violence") == 0.6
 
 
 async def check_health(channel: grpc.aio.Channel) -> int:

@@ -30,6 +30,13 @@ class Classifier(ABC):
     def default_threshold(self) -> float:
         """The flagging threshold measured for this model, used where settings name none."""
 
+    @property
+    def default_output_thresholds(self) -> dict[str, float]:
+        """Per-category thresholds for the output direction measured for this model, used
+        where settings name none ({}: the default threshold). An answer is judged window by
+        window as it streams, so a model may need higher ones there than on input."""
+        return {}
+
     @abstractmethod
     async def load(self) -> None:
         """Loads the model (weights, tokenizer); must not block the event loop."""

@@ -63,10 +63,27 @@ WINDOW_TOKENS = 128
 WINDOW_OVERLAP = 32
 # The head served when SAFETY_MINILM_HEAD_PATH is unset: head 7, fine-tuned with the encoder,
 # the best of the shipped heads on the fresh sets (bench/results/safety_eval_7.md: recall 0.91,
-# ordinary chat refused 1.7%, answers cut 30%; README, "Safety"). Heads 6 and 5
+# ordinary chat refused 1.7%, answers cut 30% at 0.5 and 9.2% with OUTPUT_THRESHOLDS on a
+# fresh set, bench/results/safety_answers_8.md; README, "Safety"). Heads 6 and 5
 # (minilm_head_6.npz, minilm_head_5.npz, fine-tuned) and 4b (minilm_head_4b.npz, a head over the
 # frozen encoder) are shipped too, chosen by file name.
 HEAD_FILE = "minilm_head_7.npz"
+# Output thresholds per head (by the name stored in its file), chosen on development answers by
+# a rule fixed first: at most 3% of ordinary answers cut, then the highest mean recall over the
+# categories on harmful ones (bench/results/safety_output_thresholds.md: 28% of ordinary
+# answers cut at 0.5, 2.7% with these; harmful answers cut 92% -> 74%). A streamed answer is
+# ~6 windows, any of which can cut it, and head 7 reads doses, knives and pest control as
+# self-harm or violence. Input keeps the default threshold.
+OUTPUT_THRESHOLDS = {
+    "minilm-l6-safety-head-7": {
+        "harassment": 0.95,
+        "harassment/threatening": 0.9,
+        "hate": 0.85,
+        "self-harm": 0.97,
+        "sexual": 0.5,
+        "violence": 0.995,
+    },
+}
 HEAD_4B_FILE = "minilm_head_4b.npz"
 # A fine-tuned head's reference texts must score within this of the scores stored with them
 # (probabilities): with 1 or 2 threads they differ by ~1e-7 on the machine that wrote head 5
@@ -398,6 +415,10 @@ class MiniLMClassifier(Classifier):
     @property
     def default_threshold(self) -> float:
         return DEFAULT_THRESHOLD
+
+    @property
+    def default_output_thresholds(self) -> dict[str, float]:
+        return dict(OUTPUT_THRESHOLDS.get(self._name, {}))
 
     @property
     def encoder(self) -> MiniLMEncoder | None:
