@@ -106,9 +106,10 @@ class GeneratorSettings(ServiceSettings):
     embed_onnx_cache: str = "~/.cache/parlance/onnx"
     # transformers (embed): a fine-tuned encoder's low-rank deltas (engine/deltas.py), merged
     # into the weights at load: a file shipped with the generator by its name alone
-    # ("minilm_intents_2.npz", the gateway's intent encoder; "minilm_intents_1.npz", the first)
-    # or a path. The file's reference
-    # vectors are checked after the merge; a file that fails the check is not served.
+    # ("minilm_intents_2.npz", the gateway's intent encoder; "minilm_intents_1.npz", the first;
+    # "minilm_intents_3.npz", the third, not yet scored on a held-out set) or a path. The
+    # file's reference vectors are checked after the merge; a file that fails the check is not
+    # served.
     embed_deltas: str | None = None
 
     # transformers (reward): concurrent Score calls share forward passes of up to this many
