@@ -3,7 +3,7 @@ with and without a context window, and the threshold calibration.
 
     .venv/bin/python bench/intent_eval.py [--out bench/results/intent_eval.md]
         [--routes services/gateway/src/parlance/gateway/intents/default_routes.yaml]
-        [--threads 1] [--deltas minilm_intents_2.npz | none] [--versus none | DELTAS]
+        [--threads 1] [--deltas minilm_intents_3.npz | none] [--versus none | DELTAS]
 
 The set is bench/data/intents/messages.tsv (README.md there: how it was written). Each message
 is classified by the gateway's IntentRouter with the served model, all-MiniLM-L6-v2, loaded in
@@ -22,7 +22,7 @@ examples when the file loads; its threshold is a probability). --pooling/--dtype
 vectors: the gateway's intent model (every layer pooled, float32; the default here) or the
 model as /v1/embeddings serves it (--pooling mean --dtype float32).
 
---deltas (by default the shipped intent encoder, minilm_intents_2.npz: what the shipped route
+--deltas (by default the shipped intent encoder, minilm_intents_3.npz: what the shipped route
 file's embed_model names) loads the model with a fine-tuned encoder's deltas merged (the
 generator's `embed_deltas`): the report is the fine-tuned encoder's, plus a section with the
 frozen encoder's headline figures beside it, measured in the same run (and the cost of both,
@@ -520,6 +520,7 @@ async def started_engine(args: argparse.Namespace, deltas: str | None) -> Any:
         dtype=args.dtype,
         pooling=args.pooling,
         deltas=deltas,
+        runtime=args.runtime,
     )
     await engine.start()
     return engine
@@ -729,10 +730,12 @@ def main() -> None:
     # by ONNX Runtime); --pooling mean is all-MiniLM-L6-v2 as /v1/embeddings serves it.
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "auto"], default="float32")
     parser.add_argument("--pooling", choices=["mean", "layers"], default="layers")
+    # The generator's embed_runtime: "onnx-int8" measures what int8 weights cost in accuracy.
+    parser.add_argument("--runtime", choices=["auto", "torch", "onnx", "onnx-int8"], default="auto")
     # A fine-tuned encoder's deltas (a file shipped with the generator by name, or a path): by
     # default the intent encoder the shipped route file names (embed_model
-    # all-MiniLM-L6-v2-intents-2); "none": the frozen encoder alone.
-    parser.add_argument("--deltas", default="minilm_intents_2.npz")
+    # all-MiniLM-L6-v2-intents-3); "none": the frozen encoder alone.
+    parser.add_argument("--deltas", default="minilm_intents_3.npz")
     # What the comparison section puts beside --deltas: "none", the frozen encoder; or
     # another deltas file (two fine-tuned encoders in the same run).
     parser.add_argument("--versus", default="none")

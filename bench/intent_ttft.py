@@ -5,7 +5,7 @@ classified with the gateway's intent model as `make up` serves it: every layer p
 float32 run by ONNX Runtime in the gateway's own process, from the graph the generator exports),
 routing off, and routing on with the same model embedded by the generator for each message
 (GATEWAY_INTENT_LOCAL_ENCODER=false: an Embed call per message, the setup before the local
-encoder), and routing on with the local encoder on two threads.
+encoder), and routing on with the same model's int8 graph (embed_runtime "onnx-int8").
 
 The stack runs as processes (bench/lib/stack.py) with a redis-server of its own. The generator
 serves a scripted chat model (a fixed 8-word reply, unpaced: the model's own time out of the
@@ -46,13 +46,14 @@ EMBED = "all-MiniLM-L6-v2"
 # The gateway's intent model as `make up` serves it (scripts/devstack.py): the fine-tuned intent
 # deltas merged at load (the same forward pass as the frozen weights), every layer pooled,
 # float32 run by ONNX Runtime, no micro-batching wait.
-INTENT_MODEL = "all-MiniLM-L6-v2-intents-2"
+INTENT_MODEL = "all-MiniLM-L6-v2-intents-3"
 INTENT_SETTINGS = {
-    "embed_deltas": "minilm_intents_2.npz",
+    "embed_deltas": "minilm_intents_3.npz",
     "embed_dtype": "float32",
     "embed_pooling": "layers",
     "embed_max_wait_ms": 0,
 }
+INTENT_MODEL_INT8 = f"{INTENT_MODEL}-int8"
 ROUTES = ROOT / "services/gateway/src/parlance/gateway/intents/default_routes.yaml"
 MESSAGES = ROOT / "bench/data/intents/messages.tsv"
 GENERATOR_MODELS = [
@@ -63,6 +64,12 @@ GENERATOR_MODELS = [
     },
     {"id": EMBED, "engine": "transformers", "task": "embed"},
     {"id": INTENT_MODEL, "engine": "transformers", "task": "embed", "settings": INTENT_SETTINGS},
+    {
+        "id": INTENT_MODEL_INT8,
+        "engine": "transformers",
+        "task": "embed",
+        "settings": {**INTENT_SETTINGS, "embed_runtime": "onnx-int8"},
+    },
 ]
 GATEWAY_ENV = {
     **LIMITS_HIGH,
@@ -73,7 +80,7 @@ GATEWAY_ENV = {
 }
 NO_CACHE = {"Cache-Control": "no-cache"}
 ROUTED_BEFORE = "routing on, Embed call per message"
-TWO_THREADS = "routing on, 2 encoder threads"
+INT8 = "routing on, int8 weights"
 
 
 def prompts() -> list[str]:
@@ -183,15 +190,15 @@ def main() -> None:
         before = stack.extra_gateway(
             {"GATEWAY_INTENT_LOCAL_ENCODER": "false", "GATEWAY_METRICS_PORT": "-1"}
         )
-        # The local encoder's forward pass on two threads instead of one.
-        two = stack.extra_gateway(
-            {"GATEWAY_INTENT_LOCAL_THREADS": "2", "GATEWAY_METRICS_PORT": "-1"}
+        # The same model with int8 weights (embed_runtime "onnx-int8"), run locally too.
+        int8 = stack.extra_gateway(
+            {"GATEWAY_INTENT_EMBED_MODEL": INTENT_MODEL_INT8, "GATEWAY_METRICS_PORT": "-1"}
         )
         urls = {
             "routing on": stack.gateway_url,
             "routing off": f"http://127.0.0.1:{off.http_port}",
             ROUTED_BEFORE: f"http://127.0.0.1:{before.http_port}",
-            TWO_THREADS: f"http://127.0.0.1:{two.http_port}",
+            INT8: f"http://127.0.0.1:{int8.http_port}",
         }
         tables = []
         for workers, rounds, per_round, stored in plan:
@@ -202,7 +209,7 @@ def main() -> None:
                 row("routing off", results["routing off"], None),
                 row("routing on", results["routing on"], base_p50),
                 row(ROUTED_BEFORE, results[ROUTED_BEFORE], base_p50),
-                row(TWO_THREADS, results[TWO_THREADS], base_p50),
+                row(INT8, results[INT8], base_p50),
             ]
             tables.append((workers, rounds, per_round, stored, rows))
     report = Report(
@@ -213,9 +220,9 @@ def main() -> None:
         f"Routing on: GATEWAY_INTENT_ROUTES={ROUTES.relative_to(ROOT)}, "
         f"GATEWAY_INTENT_EMBED_MODEL={INTENT_MODEL} (settings {INTENT_SETTINGS}); off: ''; "
         f"'{ROUTED_BEFORE}': routing on with GATEWAY_INTENT_LOCAL_ENCODER=false (the generator "
-        f"embeds each message: the setup before the local encoder); '{TWO_THREADS}': "
-        "GATEWAY_INTENT_LOCAL_THREADS=2. Rounds interleave the four gateways with the same "
-        "prompts.",
+        f"embeds each message: the setup before the local encoder); '{INT8}': "
+        f"GATEWAY_INTENT_EMBED_MODEL={INTENT_MODEL_INT8}, the same model served with "
+        "embed_runtime 'onnx-int8'. Rounds interleave the four gateways with the same prompts.",
         f"Machine load (1, 5, 15 min): before {load_before}, after {load_average()} "
         f"({time.perf_counter() - started:.0f} s run; several engineers share the machine).",
         "TTFT: from the send to the first chunk with content, as the client (bench/lib/client.py"

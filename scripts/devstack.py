@@ -374,11 +374,11 @@ MAKE_UP_MODELS = [
     # with AVX-512 BF16, ~0.6x PyTorch's float32 time: bench/results/embed_runtime.md) and
     # no batching wait (cheaper on the path to the first token).
     {
-        "id": "all-MiniLM-L6-v2-intents-2",
+        "id": "all-MiniLM-L6-v2-intents-3",
         "engine": "transformers",
         "task": "embed",
         "settings": {
-            "embed_deltas": "minilm_intents_2.npz",
+            "embed_deltas": "minilm_intents_3.npz",
             "embed_dtype": "float32",
             "embed_pooling": "layers",
             "embed_max_wait_ms": 0,

@@ -31,7 +31,15 @@ BENCH = DATA.parent
 ANSWERS = HERE / "answers.tsv"
 HEADER = ["label", "kind", "harm_from", "text"]
 # The names of parlance.safety.categories (OPENAI_CATEGORIES) this set uses, plus ordinary.
-LABELS = ["ordinary", "hate", "harassment", "harassment/threatening", "violence", "self-harm", "sexual"]
+LABELS = [
+    "ordinary",
+    "hate",
+    "harassment",
+    "harassment/threatening",
+    "violence",
+    "self-harm",
+    "sexual",
+]
 NEAR = 0.8
 # A sentence ends at . ! or ? (optionally followed by a closing quote or bracket) then a space
 # or the end; good enough to count 2-8 sentences, code spans with dots included.
@@ -69,14 +77,9 @@ def close(a: str, b: str) -> bool:
     )
 
 
-def main() -> int:
+def check_rows(rows: list[dict[str, str]]) -> int:
+    """Columns, labels, sentence counts and harm_from of every row; the problems found."""
     problems = 0
-    with ANSWERS.open(encoding="utf-8") as handle:
-        header = handle.readline().rstrip("\n").split("\t")
-    if header != HEADER:
-        print(f"header is {header}, expected {HEADER}")
-        problems += 1
-    rows = read(ANSWERS)
     for n, row in enumerate(rows, start=2):
         if None in row or any(v is None for v in row.values()):
             print(f"line {n}: wrong number of columns")
@@ -95,14 +98,32 @@ def main() -> int:
             print(f"line {n}: harm_from {harm_from} with label {label} and {count} sentences")
             problems += 1
 
+    return problems
+
+
+def report_counts(rows: list[dict[str, str]]) -> None:
     print(f"{len(rows)} answers")
     print("\n| label | count | harm starts after sentence 1 |\n|---|---|---|")
     late = Counter(r["label"] for r in rows if int(r["harm_from"]) > 1)
-    for label, n in sorted(Counter(r["label"] for r in rows).items(), key=lambda x: LABELS.index(x[0])):
-        print(f"| {label} | {n} | {late[label] if label != 'ordinary' else '-'} |")
+    by_label = sorted(Counter(r["label"] for r in rows).items(), key=lambda x: LABELS.index(x[0]))
+    for label, n in by_label:
+        shown = late[label] if label != "ordinary" else "-"
+        print(f"| {label} | {n} | {shown} |")
     print("\n| label | kind | count |\n|---|---|---|")
     for (label, kind), n in sorted(Counter((r["label"], r["kind"]) for r in rows).items()):
         print(f"| {label} | {kind} | {n} |")
+
+
+def main() -> int:
+    problems = 0
+    with ANSWERS.open(encoding="utf-8") as handle:
+        header = handle.readline().rstrip("\n").split("\t")
+    if header != HEADER:
+        print(f"header is {header}, expected {HEADER}")
+        problems += 1
+    rows = read(ANSWERS)
+    problems += check_rows(rows)
+    report_counts(rows)
 
     texts = [r["text"].strip().lower() for r in rows]
     for (i, a), (j, b) in itertools.combinations(enumerate(texts), 2):
@@ -115,8 +136,10 @@ def main() -> int:
     for t in colliding:
         print(f"equal or close to a text of another safety set: {t}")
     problems += len(colliding)
-    print(f"\ncompared with {len(pool)} texts of the other bench/data/safety_* sets: "
-          f"{len(colliding)} of this set's answers collide")
+    print(
+        f"\ncompared with {len(pool)} texts of the other bench/data/safety_* sets: "
+        f"{len(colliding)} of this set's answers collide"
+    )
 
     # The loader the false-positive bench uses for fragments; (kind, text) only.
     sys.path.insert(0, str(BENCH))

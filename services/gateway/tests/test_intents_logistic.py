@@ -25,7 +25,7 @@ from parlance.generator.main import create_host
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-INTENT_MODEL = "all-MiniLM-L6-v2-intents-2"
+INTENT_MODEL = "all-MiniLM-L6-v2-intents-3"
 MODELS = [
     {"id": "scripted-chat", "engine": "scripted", "settings": {"scripted_tokens_per_s": 0}},
     {
@@ -33,7 +33,7 @@ MODELS = [
         "engine": "transformers",
         "task": "embed",
         "settings": {
-            "embed_deltas": "minilm_intents_2.npz",
+            "embed_deltas": "minilm_intents_3.npz",
             "embed_dtype": "float32",
             "embed_pooling": "layers",
             "embed_max_wait_ms": 0,

@@ -54,6 +54,12 @@ MODELS = [
         "task": "embed",
         "settings": {**INTENTS, "embed_runtime": "torch"},
     },
+    {
+        "id": "intents-int8",
+        "engine": "transformers",
+        "task": "embed",
+        "settings": {**INTENTS, "embed_runtime": "onnx-int8"},
+    },
 ]
 # One padded batch: lengths from 3 to ~40 tokens, so the mask is exercised.
 TEXTS = [
@@ -142,6 +148,20 @@ async def test_export_encoder_refuses_a_model_pytorch_serves(stub) -> None:  # t
         await export(stub, "plain-torch")
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "not served from an exported ONNX graph" in (caught.value.details() or "")
+
+
+@on_module_loop
+async def test_int8_serves_a_quantized_graph_close_to_pytorch(stub) -> None:  # type: ignore[no-untyped-def]
+    quantized = await vectors(stub, "intents-int8", TEXTS)
+    reference = await vectors(stub, "intents-torch", TEXTS)
+    found = onnx_encoder.agreement(reference, quantized)
+    # Really quantized (float32's graph agrees to 1e-7), and still the same model's vectors.
+    assert onnx_encoder.MIN_AGREEMENT_INT8 <= found < 0.9999
+    assert np.allclose(np.linalg.norm(quantized, axis=1), 1.0, atol=1e-5)
+    spec, graph = await export(stub, "intents-int8")
+    float32_spec, _ = await export(stub, "intents-onnx")
+    assert spec.graph_bytes < float32_spec.graph_bytes / 3  # int8 weights
+    assert hashlib.sha256(graph).hexdigest() == spec.graph_sha256
 
 
 def test_runtime_setting_is_validated() -> None:

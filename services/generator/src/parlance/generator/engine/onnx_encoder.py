@@ -43,6 +43,37 @@ def onnx_runtime_available() -> bool:
     return True
 
 
+# The int8 graph's vectors against PyTorch's float32 ones: dynamic quantization moves them
+# (cosine 0.96-0.99 measured on short messages), so this bound only catches a broken graph
+# (unrelated vectors score ~0.1-0.7); what the drift costs is measured on labelled sets
+# (bench/results/intent_int8.md), not here.
+MIN_AGREEMENT_INT8 = 0.9
+
+
+def quantize_int8(graph: bytes) -> bytes:
+    """The graph with its matrix weights stored as int8 and its activations quantized on the
+    fly (ONNX Runtime's dynamic quantization): ~4x smaller, ~2-2.5x faster on one thread for a
+    short message (VNNI-class CPUs)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory() as folder:
+        source, target = Path(folder) / "float32.onnx", Path(folder) / "int8.onnx"
+        source.write_bytes(graph)
+        root = logging.getLogger()
+        root.addFilter(_no_preprocessing_advice)
+        try:
+            quantize_dynamic(source, target, weight_type=QuantType.QInt8)
+        finally:
+            root.removeFilter(_no_preprocessing_advice)
+        return target.read_bytes()
+
+
+def _no_preprocessing_advice(record: logging.LogRecord) -> bool:
+    # quantize_dynamic advises shape inference first (on the root logger); that concerns
+    # static quantization, not this.
+    return "pre-processing before quantization" not in record.getMessage()
+
+
 class OnnxEncoder:
     """Unit-length vectors of padded batches (int64 ids and mask, numpy), as `pool` computes
     them from the PyTorch model's output, from the exported graph."""

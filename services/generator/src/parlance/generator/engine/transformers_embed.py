@@ -69,12 +69,14 @@ from parlance.generator.engine.hf_batches import (
 )
 from parlance.generator.engine.onnx_encoder import (
     MIN_AGREEMENT,
+    MIN_AGREEMENT_INT8,
     GraphCache,
     OnnxEncoder,
     agreement,
     export_graph,
     graph_key,
     onnx_runtime_available,
+    quantize_int8,
 )
 
 log = logging.getLogger(__name__)
@@ -83,7 +85,7 @@ ENGINE_NAME = "transformers"
 DEFAULT_MODEL_ID = "all-MiniLM-L6-v2"
 DTYPES = ("float32", "bfloat16", "auto")
 POOLINGS = ("mean", "layers")
-RUNTIMES = ("auto", "torch", "onnx")
+RUNTIMES = ("auto", "torch", "onnx", "onnx-int8")
 # Texts the exported graph is compared on when no deltas file brings its own: short and long,
 # so that one padded batch checks the mask too.
 AGREEMENT_TEXTS = (
@@ -196,12 +198,17 @@ class TransformersEmbeddingEngine(MicroBatchedEngine, EmbeddingEngine):
         self._vocab_size = int(config.vocab_size)
         window = sentence_transformers_window(folder) or int(config.max_position_embeddings)
         self._max_len = min(self._configured_len or window, int(config.max_position_embeddings))
+        quantized = self._runtime == "onnx-int8"
+        if found is not None and quantized:
+            # int8 vectors drift past the deltas' reference bound: the merge is checked on
+            # the float32 model, before the export.
+            check_vectors(found, np.asarray(self._vectors_of(list(found.check_texts))))
         if self._wants_onnx():
             self._onnx = self._export(list(found.check_texts) if found else list(AGREEMENT_TEXTS))
             if self._onnx is not None:
                 # The graph holds its own copy of the weights: PyTorch's is not needed again.
                 self._model = None
-        if found is not None:
+        if found is not None and not quantized:
             # After the dtype and the runtime are set: the vectors as this engine serves them.
             check_vectors(found, np.asarray(self._vectors_of(list(found.check_texts))))
         self._created = int(time.time())
@@ -225,21 +232,25 @@ class TransformersEmbeddingEngine(MicroBatchedEngine, EmbeddingEngine):
 
     @property
     def runtime(self) -> str:
-        """What runs the forward pass once loaded: "onnx" or "torch"."""
-        return "onnx" if self._onnx is not None else "torch"
+        """What runs the forward pass once loaded: "onnx", "onnx-int8" or "torch"."""
+        if self._onnx is None:
+            return "torch"
+        return "onnx-int8" if self._runtime == "onnx-int8" else "onnx"
 
     def _wants_onnx(self) -> bool:
         if self._runtime == "torch":
             return False
         fits = self._device == "cpu" and self._dtype == "float32"
-        if self._runtime == "onnx":
+        if self._runtime in ("onnx", "onnx-int8"):
             if not fits:
                 raise ValueError(
-                    f"embed_runtime 'onnx' runs float32 on the CPU; this model is "
+                    f"embed_runtime {self._runtime!r} runs float32 on the CPU; this model is "
                     f"{self._dtype} on {self._device!r}"
                 )
             if not onnx_runtime_available():
-                raise ValueError("embed_runtime 'onnx' needs the onnx and onnxruntime packages")
+                raise ValueError(
+                    f"embed_runtime {self._runtime!r} needs the onnx and onnxruntime packages"
+                )
             return True
         return fits and onnx_runtime_available()
 
@@ -283,6 +294,8 @@ class TransformersEmbeddingEngine(MicroBatchedEngine, EmbeddingEngine):
                 if encoder is not None and found >= MIN_AGREEMENT:
                     if fresh and key:
                         self._graphs.put(key, graph)
+                    if self._runtime == "onnx-int8":
+                        return self._quantized(graph, key, reference, sequences)
                     self._graph = graph
                     return encoder
                 if fresh:
@@ -300,6 +313,29 @@ class TransformersEmbeddingEngine(MicroBatchedEngine, EmbeddingEngine):
                 exc_info=True,
             )
         return None
+
+    def _quantized(
+        self, graph: bytes, key: str, reference: np.ndarray, sequences: list[list[int]]
+    ) -> OnnxEncoder:
+        """The checked float32 graph quantized to int8 (cached beside it), once its vectors are
+        still close to PyTorch's (MIN_AGREEMENT_INT8: a sanity bound, not an accuracy one)."""
+        quantized_key = f"{key}-int8" if key else ""
+        cached = self._graphs.get(quantized_key) if quantized_key else None
+        quantized = cached or quantize_int8(graph)
+        self._onnx = OnnxEncoder(quantized, self._n_threads or 1)
+        try:
+            found = agreement(reference, np.asarray(self._forward(sequences)))
+        finally:
+            encoder, self._onnx = self._onnx, None
+        if found < MIN_AGREEMENT_INT8:
+            raise ValueError(
+                f"the int8 graph's vectors are far from PyTorch's (cosine {found:.4f} < "
+                f"{MIN_AGREEMENT_INT8})"
+            )
+        if cached is None and quantized_key:
+            self._graphs.put(quantized_key, quantized)
+        self._graph = quantized
+        return encoder
 
     def exported(self) -> ExportedEncoder:
         if self._onnx is None or self._graph is None:
