@@ -10,7 +10,7 @@ encoder), and routing on with the same model's int8 graph (embed_runtime "onnx-i
 The stack runs as processes (bench/lib/stack.py) with a redis-server of its own. The generator
 serves a scripted chat model (a fixed 8-word reply, unpaced: the model's own time out of the
 way, so that what differs is the gateway's work), all-MiniLM-L6-v2 as /v1/embeddings serves
-it, and the intent model (ONNX Runtime). Both gateways moderate input and output as
+it, and the intent model (ONNX Runtime). Every gateway moderates input and output as
 shipped (profanity classifier), cache off, limits too high to refuse. Classification runs
 beside input moderation, so what it adds to the first token is about the part of it that
 outlasts moderation, plus CPU it takes from the rest. Two kinds of requests: one message,

@@ -15,6 +15,7 @@ import pytest
 import pytest_asyncio
 from prometheus_client import REGISTRY
 
+from parlance.gateway.errors import APIError
 from parlance.gateway.intents import GeneratorEmbedder
 from parlance.gateway.intents.local_encoder import LocalEncoder, LocalFirstEmbedder
 from parlance.testing.generator_host import ServedGenerator, gateway_generator
@@ -84,11 +85,19 @@ async def test_the_gateway_embeds_with_the_generators_graph(generator: Generator
     try:
         local = np.asarray(await found.embed(TEXTS))
         # Concurrent messages share forward passes and make the same vectors alone.
+        assert found.local is not None
+        before = found.local._batcher.batches
+        # Messages that arrive while a pass runs (a long call here) share the next one.
+        busy = asyncio.ensure_future(found.embed([TEXTS[3]] * 16))
+        await asyncio.sleep(0)
         alone = await asyncio.gather(*(found.embed([t]) for t in TEXTS))
+        await busy
+        batches = found.local._batcher.batches - before
     finally:
         generator.client.embed = real_embed  # type: ignore[method-assign]
         await found.close()
     assert calls == 0  # no Embed call once the copy runs
+    assert batches <= 3  # 5 calls: alone they would be 5 batches
     assert local.shape == (len(TEXTS), 2304)
     assert float((reference * local).sum(axis=1).min()) > 0.99999
     assert np.allclose(np.concatenate([np.asarray(a) for a in alone]), local, atol=1e-5)
@@ -136,8 +145,10 @@ async def test_a_damaged_graph_is_refused(generator: Generator) -> None:
     spec, graph = await generator.client.export_encoder(
         generator_pb2.ExportEncoderRequest(model=ONNX)
     )
+    damaged = bytearray(graph)
+    damaged[len(damaged) // 2] ^= 0xFF
     with pytest.raises(ValueError, match="arrived damaged"):
-        LocalEncoder(spec, graph[:-1] + b"x", n_threads=1)
+        LocalEncoder(spec, bytes(damaged), n_threads=1)
 
 
 async def test_a_failing_copy_hands_the_message_to_the_generator(
@@ -151,8 +162,58 @@ async def test_a_failing_copy_hands_the_message_to_the_generator(
         raise RuntimeError("onnxruntime failed")
 
     found.local.embed = broken  # type: ignore[method-assign]
-    with caplog.at_level(logging.WARNING, logger="parlance.gateway.intents.local_encoder"):
-        vectors = await found.embed(TEXTS[:1])
-    assert np.asarray(vectors).shape == (1, 2304)
-    assert any("the generator embeds" in r.getMessage() for r in caplog.records)
-    await found.close()
+    try:
+        with caplog.at_level(logging.WARNING, logger="parlance.gateway.intents.local_encoder"):
+            vectors = await found.embed(TEXTS[:1])
+        assert np.asarray(vectors).shape == (1, 2304)
+        assert any("the generator embeds" in r.getMessage() for r in caplog.records)
+        assert found.local is not None  # one failure: kept
+        for _ in range(found.MAX_FAILURES - 1):
+            await found.embed(TEXTS[:1])
+        assert found.local is None and local_gauge() == 0.0  # dropped after repeated failures
+    finally:
+        await found.close()
+
+
+async def test_a_failure_that_may_pass_is_tried_again_in_the_background(
+    generator: Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_export = generator.client.export_encoder
+    calls = 0
+
+    async def busy_once(request):  # type: ignore[no-untyped-def]
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise APIError(503, "The generator service is unavailable; retry later.")
+        return await real_export(request)
+
+    found = embedder(generator, ONNX)
+    monkeypatch.setattr(found, "RETRY_PAUSES_S", (0.01,))
+    generator.client.export_encoder = busy_once  # type: ignore[method-assign]
+    try:
+        assert await found.start_in_background() is True
+        assert calls == 2 and found.local is not None
+    finally:
+        generator.client.export_encoder = real_export  # type: ignore[method-assign]
+        await found.close()
+    assert found.local is None and local_gauge() == 0.0
+
+
+async def test_close_stops_a_start_still_under_way(generator: Generator) -> None:
+    gate = asyncio.Event()
+    real_export = generator.client.export_encoder
+
+    async def slow(request):  # type: ignore[no-untyped-def]
+        await gate.wait()
+        return await real_export(request)
+
+    found = embedder(generator, ONNX)
+    generator.client.export_encoder = slow  # type: ignore[method-assign]
+    try:
+        task = found.start_in_background()
+        await asyncio.sleep(0.05)
+        await found.close()
+        assert task.cancelled() and found.local is None
+    finally:
+        generator.client.export_encoder = real_export  # type: ignore[method-assign]

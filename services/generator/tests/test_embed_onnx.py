@@ -194,6 +194,16 @@ def test_auto_falls_back_to_pytorch_when_the_export_fails(monkeypatch, caplog) -
         strict._load()
 
 
+def test_int8_asked_for_fails_the_load_rather_than_falling_back(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    def broken_quantize(graph: bytes) -> bytes:
+        raise RuntimeError("quantizer broke")
+
+    monkeypatch.setattr(transformers_embed, "quantize_int8", broken_quantize)
+    engine = TransformersEmbeddingEngine(served_model_name="int8", runtime="onnx-int8")
+    with pytest.raises(RuntimeError, match="quantizer broke"):
+        engine._load()
+
+
 def test_the_exported_graph_is_cached_and_checked(tmp_path: Path, monkeypatch, caplog) -> None:  # type: ignore[no-untyped-def]
     exports = []
     export = transformers_embed.export_graph

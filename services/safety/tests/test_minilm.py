@@ -369,9 +369,12 @@ async def test_thresholds_per_direction_apply_to_its_scores(minilm) -> None:
     assert "harassment" in flagged_categories(on_output)
 
 
-async def test_head_7_brings_its_output_thresholds(minilm) -> None:
+async def test_head_7_brings_its_output_thresholds(minilm, minilm5, monkeypatch) -> None:
     """Head 7's output thresholds (minilm.OUTPUT_THRESHOLDS, measured on development answers)
     apply where the settings name none; input keeps 0.5; settings and a global threshold win."""
+    for name in ("SAFETY_THRESHOLD", "SAFETY_INPUT_THRESHOLDS", "SAFETY_OUTPUT_THRESHOLDS"):
+        monkeypatch.delenv(name, raising=False)
+    assert minilm5.default_output_thresholds == {}  # only head 7's were measured
     measured = minilm.default_output_thresholds
     assert measured["violence"] == 0.995 and set(measured) == set(minilm.evaluated_categories)
 

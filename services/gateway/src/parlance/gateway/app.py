@@ -155,6 +155,8 @@ def create_app(
             await rollback.close()
             await runtime_models.close()
             await state.chat.close()
+            if intents is not None:
+                await intents.close()
             await outbox.close()
             for client in (generator, safety, history):
                 await client.close()

@@ -101,7 +101,7 @@ class GeneratorSettings(ServiceSettings):
     # ONNX Runtime (CPU, float32: about half PyTorch's time for a short message, the intent
     # router's case; engine/onnx_encoder.py); "onnx-int8": that graph with its weights
     # quantized to int8 (~2-2.5x faster again for a short message; vectors move a little: cosine
-    # ~0.96-0.99 to float32, what it costs in accuracy measured per model); "auto": "onnx"
+    # ~0.92-0.99 to float32, what it costs in accuracy measured per model); "auto": "onnx"
     # where it applies, else PyTorch.
     embed_runtime: Literal["auto", "torch", "onnx", "onnx-int8"] = "auto"
     # Where exported graphs are kept between starts (keyed by the files and settings they were

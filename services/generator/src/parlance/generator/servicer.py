@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
@@ -15,7 +14,7 @@ from parlance.generator.serving import GeneratorServing
 from parlance.generator.v1 import generator_pb2 as pb
 from parlance.generator.v1 import generator_pb2_grpc
 
-# Under gRPC's default 4 MiB message limit, with room for the framing.
+# Well under the message size limits (gRPC's default 4 MiB; the services set 32 MiB).
 GRAPH_CHUNK_BYTES = 1 << 20
 
 
@@ -80,7 +79,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
                 pad_token_id=exported.pad_token_id,
                 dimensions=exported.dimensions,
                 graph_bytes=len(graph),
-                graph_sha256=hashlib.sha256(graph).hexdigest(),
+                graph_sha256=exported.graph_sha256,
             )
         )
         view = memoryview(graph)

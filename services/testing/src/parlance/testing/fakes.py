@@ -125,6 +125,12 @@ class FakeGenerator:
             scores=[self.score_fn(c) for c in request.candidates], model=request.model
         )
 
+    async def export_encoder(self, request: generator_pb2.ExportEncoderRequest) -> Any:
+        # As a generator whose embedding models PyTorch serves: the router keeps Embed calls.
+        from parlance.gateway.clients.generator import EncoderNotExportable
+
+        raise EncoderNotExportable(f"the fake generator exports no encoder ({request.model})")
+
     async def embed(self, request: generator_pb2.EmbedRequest) -> generator_pb2.EmbedResponse:
         """Deterministic bag-of-words vectors (each lower-cased word hashed with CRC-32 to
         one of FAKE_EMBED_DIM dimensions, unit length): texts that share words are similar.

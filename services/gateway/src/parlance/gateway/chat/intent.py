@@ -181,8 +181,9 @@ async def load_router(
         await router.check_models(models.resolve)
         if isinstance(inner, LocalFirstEmbedder):
             # After the router's checks, which name a model no generator serves; the examples
-            # were embedded by the generator meanwhile (the same vectors).
-            await inner.start()
+            # were embedded by the generator (the same vectors). Not awaited: the generator
+            # embeds until the copy is fetched and checked (intents/local_encoder.py).
+            inner.start_in_background()
     except RouteFileError as exc:
         raise RuntimeError(f"GATEWAY_INTENT_ROUTES cannot be used: {exc}") from None
     log.info(
@@ -191,7 +192,7 @@ async def load_router(
             "routes": len(router.routes.spec.routes),
             "file": settings.intent_routes,
             "embed_model": inner.model,
-            "encoder": "gateway" if getattr(inner, "local", None) is not None else "generator",
+            "local_encoder": isinstance(inner, LocalFirstEmbedder),
         },
     )
     return router

@@ -95,6 +95,11 @@ class CachedEmbedder:
             self._vectors.popitem(last=False)
         return found
 
+    async def close(self) -> None:
+        close = getattr(self.inner, "close", None)
+        if close is not None:
+            await close()
+
     async def _embed(self, texts: list[str]) -> None:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         for text in texts:

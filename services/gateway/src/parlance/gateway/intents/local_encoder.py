@@ -26,6 +26,8 @@ import numpy as np
 from parlance.common.batcher import MicroBatcher
 from parlance.common.request_id import new_request_id
 from parlance.gateway.clients import GeneratorClient
+from parlance.gateway.clients.generator import EncoderNotExportable
+from parlance.gateway.errors import APIError
 from parlance.gateway.intents.embedder import GeneratorEmbedder
 from parlance.gateway.metrics import INTENT_ENCODER_LOCAL
 from parlance.generator.v1 import generator_pb2
@@ -92,11 +94,16 @@ class LocalEncoder:
         await self._batcher.close()
 
     def _run(self, calls: list[list[str]]) -> list[np.ndarray | Exception]:
-        """One batch, in the worker thread: every call's texts in passes of MAX_BATCH."""
+        """One batch, in the worker thread: every call's texts in passes of MAX_BATCH, sorted
+        by length so that a long message pads only its neighbours in length."""
         texts = [text for call in calls for text in call]
-        vectors = np.concatenate(
-            [self._vectors(texts[i : i + MAX_BATCH]) for i in range(0, len(texts), MAX_BATCH)]
-        )
+        encodings = self._tokenizer.encode_batch(texts, add_special_tokens=False)
+        sequences = [[*self._prefix, *e.ids[: self._room], *self._suffix] for e in encodings]
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+        vectors = np.empty((len(texts), self.dimensions), dtype=np.float32)
+        for start in range(0, len(order), MAX_BATCH):
+            rows = order[start : start + MAX_BATCH]
+            vectors[rows] = self._forward([sequences[i] for i in rows])
         out: list[np.ndarray | Exception] = []
         start = 0
         for call in calls:
@@ -104,9 +111,7 @@ class LocalEncoder:
             start += len(call)
         return out
 
-    def _vectors(self, texts: list[str]) -> np.ndarray:
-        encodings = self._tokenizer.encode_batch(texts, add_special_tokens=False)
-        sequences = [[*self._prefix, *e.ids[: self._room], *self._suffix] for e in encodings]
+    def _forward(self, sequences: list[list[int]]) -> np.ndarray:
         width = max(len(s) for s in sequences)
         ids = np.full((len(sequences), width), self._pad, dtype=np.int64)
         mask = np.zeros((len(sequences), width), dtype=np.int64)
@@ -118,19 +123,37 @@ class LocalEncoder:
 
 
 def agreement(reference: np.ndarray, copy: np.ndarray) -> float:
-    """The lowest cosine between matching rows (the vectors are unit length)."""
-    return float((reference * copy).sum(axis=1).min())
+    """The lowest cosine between matching rows (nan when either side holds a nan)."""
+    dots = (reference * copy).sum(axis=1)
+    norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(copy, axis=1)
+    return float((dots / np.maximum(norms, 1e-12)).min())
 
 
 class LocalFirstEmbedder:
     """The router's Embedder: the local copy of the generator's model once `start` fetched and
-    checked it, the generator's Embed before that and whenever the copy is off or fails."""
+    checked it, the generator's Embed before that and whenever the copy is off or failing.
+
+    Start-up does not wait for the copy (an optimisation must not hold the gateway's health):
+    `start_in_background` fetches it while the generator embeds; a generator that cannot export
+    the model is final, other failures (the generator busy, restarting) are tried again after
+    a pause, a few times."""
+
+    # Fetch, load and check together (~2-3 s with a 90 MB graph between containers).
+    START_TIMEOUT_S = 30.0
+    # Pauses before the next attempts after a failure that may pass.
+    RETRY_PAUSES_S = (2.0, 10.0, 30.0, 120.0)
+    # A local pass longer than this hands its message to the generator.
+    EMBED_TIMEOUT_S = 10.0
+    # Failed passes in a row after which the copy is dropped (until a restart).
+    MAX_FAILURES = 3
 
     def __init__(self, remote: GeneratorEmbedder, generator: GeneratorClient, n_threads: int):
         self.remote = remote
         self.generator = generator
         self.n_threads = n_threads
         self.local: LocalEncoder | None = None
+        self._starting: asyncio.Task[bool] | None = None
+        self._failures = 0
 
     @property
     def model(self) -> str:
@@ -139,34 +162,65 @@ class LocalFirstEmbedder:
     async def ready(self) -> str:
         return await self.remote.ready()
 
-    async def start(self) -> bool:
-        """Fetches, loads and checks the copy; False (logged) when the generator keeps
-        embedding for the router."""
-        model = await self.remote.ready()
+    def start_in_background(self) -> asyncio.Task[bool]:
+        self._starting = asyncio.create_task(self._start_with_retries())
+        return self._starting
+
+    async def _start_with_retries(self) -> bool:
+        for pause in (*self.RETRY_PAUSES_S, None):
+            outcome = await self.start()
+            if outcome is not None:
+                return outcome
+            if pause is None:
+                break
+            await asyncio.sleep(pause)
+        log.warning("intent encoder not run in the gateway: every attempt failed")
+        return False
+
+    async def start(self) -> bool | None:
+        """Fetches, loads and checks the copy: True once it serves; False (logged) when the
+        generator cannot export the model (final); None after a failure that may pass."""
         encoder: LocalEncoder | None = None
+        model = self.remote.model
         try:
-            request = generator_pb2.ExportEncoderRequest(request_id=new_request_id(), model=model)
-            spec, graph = await self.generator.export_encoder(request)
-            encoder = await asyncio.to_thread(LocalEncoder, spec, graph, n_threads=self.n_threads)
-            texts = list(CHECK_TEXTS)
-            reference = np.asarray(await self.remote.embed(texts), dtype=np.float32)
-            found = agreement(reference, await encoder.embed(texts))
-            if found < MIN_AGREEMENT:
-                raise ValueError(
+            async with asyncio.timeout(self.START_TIMEOUT_S):
+                model = await self.remote.ready()
+                request = generator_pb2.ExportEncoderRequest(
+                    request_id=new_request_id(), model=model
+                )
+                spec, graph = await self.generator.export_encoder(request)
+                encoder = await asyncio.to_thread(
+                    LocalEncoder, spec, graph, n_threads=self.n_threads
+                )
+                texts = list(CHECK_TEXTS)
+                reference = np.asarray(await self.remote.embed(texts), dtype=np.float32)
+                found = agreement(reference, await encoder.embed(texts))
+            if not found >= MIN_AGREEMENT:
+                raise CopyDisagrees(
                     f"its vectors differ from the generator's (cosine {found:.6f} < "
                     f"{MIN_AGREEMENT})"
                 )
-        except Exception as exc:
+        except BaseException as exc:
             if encoder is not None:
                 await encoder.close()
-            reason = getattr(exc, "message", None) or str(exc) or repr(exc)
-            log.warning(
-                "intent encoder not run in the gateway; the generator embeds for routing",
-                extra={"model": model, "reason": reason},
-            )
+            if not isinstance(exc, Exception):
+                raise  # cancelled (shutdown)
             INTENT_ENCODER_LOCAL.set(0)
-            return False
+            reason = getattr(exc, "message", None) or str(exc) or repr(exc)
+            extra = {"model": model, "reason": reason}
+            if isinstance(exc, EncoderNotExportable | CopyDisagrees | ValueError):
+                log.warning(
+                    "intent encoder not run in the gateway; the generator embeds", extra=extra
+                )
+                return False
+            log.warning(
+                "intent encoder not fetched yet; the generator embeds meanwhile",
+                extra=extra,
+                exc_info=not isinstance(exc, APIError | TimeoutError),
+            )
+            return None
         self.local = encoder
+        self._failures = 0
         INTENT_ENCODER_LOCAL.set(1)
         log.info(
             "intent encoder runs in the gateway",
@@ -175,13 +229,33 @@ class LocalFirstEmbedder:
         return True
 
     async def embed(self, texts: list[str]) -> list[Sequence[float]]:
-        if self.local is not None:
+        local = self.local
+        if local is not None:
             try:
-                return list(await self.local.embed(texts))
+                async with asyncio.timeout(self.EMBED_TIMEOUT_S):
+                    vectors = await local.embed(texts)
+                self._failures = 0
+                # Rows copied: the vector cache keeps them, not the whole batch's array.
+                return [row.copy() for row in vectors]
             except Exception:
+                self._failures += 1
                 log.warning("the local intent encoder failed; the generator embeds", exc_info=True)
+                if self._failures >= self.MAX_FAILURES and self.local is local:
+                    log.error("the local intent encoder is dropped after repeated failures")
+                    self.local = None
+                    INTENT_ENCODER_LOCAL.set(0)
+                    await local.close()
         return await self.remote.embed(texts)
 
     async def close(self) -> None:
-        if self.local is not None:
-            await self.local.close()
+        if self._starting is not None:
+            self._starting.cancel()
+            await asyncio.gather(self._starting, return_exceptions=True)
+        local, self.local = self.local, None
+        INTENT_ENCODER_LOCAL.set(0)
+        if local is not None:
+            await local.close()
+
+
+class CopyDisagrees(Exception):
+    """The local copy's vectors are not the generator's."""

@@ -162,6 +162,13 @@ class IntentRouter:
             reask_embedder=self.reask_embedder,
         )
 
+    async def close(self) -> None:
+        """Stops what the embedders run in this process (the local encoder's worker)."""
+        for embedder in {id(e): e for e in (self.embedder, self.reask_embedder)}.values():
+            close = getattr(embedder, "close", None)
+            if close is not None:
+                await close()
+
     async def check_models(self, resolve: Callable[[str], Awaitable[str]]) -> None:
         """Check every route's model against the routing table (`resolve` is the model
         registry's, for chat: it raises for an unknown model). Once called, reloads check

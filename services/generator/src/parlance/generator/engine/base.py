@@ -334,6 +334,7 @@ class ExportedEncoder:
     (embed_inputs.encode_inputs: tokens without special tokens, cut to fit, then wrapped)."""
 
     graph: bytes
+    graph_sha256: str
     tokenizer_json: str
     prefix: tuple[int, ...]
     suffix: tuple[int, ...]

@@ -29,6 +29,7 @@ when the packages are missing or the export fails (logged).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -149,6 +150,7 @@ class TransformersEmbeddingEngine(MicroBatchedEngine, EmbeddingEngine):
         # The serialized graph ONNX Runtime serves (~90 MB for all-MiniLM-L6-v2), kept for
         # ExportEncoder: the gateway's intent router runs it in its own process.
         self._graph: bytes | None = None
+        self._exported: tuple[str, str] | None = None  # (tokenizer JSON, graph SHA-256)
         self._graphs = GraphCache(onnx_cache)
         self._folder = Path(model_path or default_model_path())
         self._pooling = pooling
@@ -208,6 +210,13 @@ class TransformersEmbeddingEngine(MicroBatchedEngine, EmbeddingEngine):
             if self._onnx is not None:
                 # The graph holds its own copy of the weights: PyTorch's is not needed again.
                 self._model = None
+            if self._graph is not None:
+                # For ExportEncoder, made here, before anything is served: the tokenizer is the
+                # worker thread's afterwards, and ~90 MB take ~0.2 s to hash.
+                self._exported = (
+                    self._tokenizer.backend_tokenizer.to_str(),
+                    hashlib.sha256(self._graph).hexdigest(),
+                )
         if found is not None and not quantized:
             # After the dtype and the runtime are set: the vectors as this engine serves them.
             check_vectors(found, np.asarray(self._vectors_of(list(found.check_texts))))
@@ -305,7 +314,7 @@ class TransformersEmbeddingEngine(MicroBatchedEngine, EmbeddingEngine):
                     )
                 log.warning("a cached graph did not match PyTorch; exporting it again")
         except Exception as exc:
-            if self._runtime == "onnx":
+            if self._runtime in ("onnx", "onnx-int8"):
                 raise
             log.warning(
                 "ONNX Runtime not used for this embedding model; PyTorch serves it",
@@ -327,7 +336,7 @@ class TransformersEmbeddingEngine(MicroBatchedEngine, EmbeddingEngine):
             found = agreement(reference, np.asarray(self._forward(sequences)))
         finally:
             encoder, self._onnx = self._onnx, None
-        if found < MIN_AGREEMENT_INT8:
+        if not found >= MIN_AGREEMENT_INT8:  # nan fails too
             raise ValueError(
                 f"the int8 graph's vectors are far from PyTorch's (cosine {found:.4f} < "
                 f"{MIN_AGREEMENT_INT8})"
@@ -340,10 +349,13 @@ class TransformersEmbeddingEngine(MicroBatchedEngine, EmbeddingEngine):
     def exported(self) -> ExportedEncoder:
         if self._onnx is None or self._graph is None:
             return super().exported()
+        assert self._exported is not None  # set with the graph, at load
         prefix, suffix = self._specials
+        tokenizer_json, digest = self._exported
         return ExportedEncoder(
             graph=self._graph,
-            tokenizer_json=self._tokenizer.backend_tokenizer.to_str(),
+            graph_sha256=digest,
+            tokenizer_json=tokenizer_json,
             prefix=tuple(prefix),
             suffix=tuple(suffix),
             max_model_len=self._max_len,
