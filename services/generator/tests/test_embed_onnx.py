@@ -20,6 +20,7 @@ from tokenizers import Tokenizer
 
 from parlance.generator.config import GeneratorSettings
 from parlance.generator.engine import onnx_encoder, transformers_embed
+from parlance.generator.engine.base import EncoderNotExported
 from parlance.generator.engine.transformers_embed import TransformersEmbeddingEngine
 from parlance.generator.v1 import generator_pb2 as pb
 from parlance.generator.v1 import generator_pb2_grpc
@@ -192,6 +193,23 @@ def test_auto_falls_back_to_pytorch_when_the_export_fails(monkeypatch, caplog) -
     strict = TransformersEmbeddingEngine(served_model_name="strict", runtime="onnx")
     with pytest.raises(RuntimeError, match="exporter broke"):
         strict._load()
+
+
+def test_the_exported_graph_is_read_from_the_cache_or_held(tmp_path: Path) -> None:
+    cached = TransformersEmbeddingEngine(
+        served_model_name="cached", runtime="onnx", onnx_cache=str(tmp_path)
+    )
+    cached._load()
+    assert cached._graph is None  # not held: the cache folder keeps it
+    graph = cached.exported().graph
+    assert hashlib.sha256(graph).hexdigest() == cached.exported().graph_sha256
+    for file in tmp_path.iterdir():
+        file.write_bytes(b"another graph")
+    with pytest.raises(EncoderNotExported, match="restart the generator"):
+        cached.exported()
+    held = TransformersEmbeddingEngine(served_model_name="held", runtime="onnx", onnx_cache="")
+    held._load()
+    assert held._graph is not None and held.exported().graph is held._graph  # no cache: held
 
 
 def test_int8_asked_for_fails_the_load_rather_than_falling_back(monkeypatch) -> None:  # type: ignore[no-untyped-def]

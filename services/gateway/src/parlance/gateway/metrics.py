@@ -160,6 +160,8 @@ INTENT_ENCODER_LOCAL = Gauge(
     "parlance_gateway_intent_encoder_local",
     "1 when the intent router's embedding model runs in the gateway (a checked copy of the "
     "generator's exported graph), 0 when each message is embedded by the generator.",
+    # With several workers: 0 if any live worker embeds through the generator.
+    multiprocess_mode="livemin",
 )
 INTENT_RELOADS = Counter(
     "parlance_gateway_intent_route_reloads_total",

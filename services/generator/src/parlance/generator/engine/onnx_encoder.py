@@ -147,6 +147,9 @@ class GraphCache:
         except OSError:
             return None
 
+    def has(self, key: str) -> bool:
+        return bool(key) and self.folder is not None and (self.folder / f"{key}.onnx").is_file()
+
     def put(self, key: str, graph: bytes) -> None:
         if self.folder is None:
             return

@@ -47,6 +47,7 @@ from parlance.generator.engine.base import (
     EmbeddingEngine,
     EmbeddingRequest,
     EmbeddingResult,
+    EncoderNotExported,
     ExportedEncoder,
     ModelInfo,
     ModelTask,
@@ -147,10 +148,12 @@ class TransformersEmbeddingEngine(MicroBatchedEngine, EmbeddingEngine):
         self._dtype = dtype
         self._runtime = runtime
         self._onnx: OnnxEncoder | None = None
-        # The serialized graph ONNX Runtime serves (~90 MB for all-MiniLM-L6-v2), kept for
-        # ExportEncoder: the gateway's intent router runs it in its own process.
+        # The serialized graph ONNX Runtime serves (~90 MB for all-MiniLM-L6-v2), for
+        # ExportEncoder (the gateway's intent router runs it in its own process): held here
+        # only when the cache folder does not keep it.
         self._graph: bytes | None = None
         self._exported: tuple[str, str] | None = None  # (tokenizer JSON, graph SHA-256)
+        self._graph_key = ""  # its key in the cache folder ("": not cached)
         self._graphs = GraphCache(onnx_cache)
         self._folder = Path(model_path or default_model_path())
         self._pooling = pooling
@@ -217,6 +220,10 @@ class TransformersEmbeddingEngine(MicroBatchedEngine, EmbeddingEngine):
                     self._tokenizer.backend_tokenizer.to_str(),
                     hashlib.sha256(self._graph).hexdigest(),
                 )
+                if self._graphs.has(self._graph_key):
+                    # Read from the cache folder when asked (rarely: a gateway starting), not
+                    # held here (~90 MB per model, /v1/embeddings' one too).
+                    self._graph = None
         if found is not None and not quantized:
             # After the dtype and the runtime are set: the vectors as this engine serves them.
             check_vectors(found, np.asarray(self._vectors_of(list(found.check_texts))))
@@ -305,7 +312,7 @@ class TransformersEmbeddingEngine(MicroBatchedEngine, EmbeddingEngine):
                         self._graphs.put(key, graph)
                     if self._runtime == "onnx-int8":
                         return self._quantized(graph, key, reference, sequences)
-                    self._graph = graph
+                    self._graph, self._graph_key = graph, key
                     return encoder
                 if fresh:
                     raise ValueError(
@@ -343,17 +350,22 @@ class TransformersEmbeddingEngine(MicroBatchedEngine, EmbeddingEngine):
             )
         if cached is None and quantized_key:
             self._graphs.put(quantized_key, quantized)
-        self._graph = quantized
+        self._graph, self._graph_key = quantized, quantized_key
         return encoder
 
     def exported(self) -> ExportedEncoder:
-        if self._onnx is None or self._graph is None:
+        if self._onnx is None or self._exported is None:
             return super().exported()
-        assert self._exported is not None  # set with the graph, at load
-        prefix, suffix = self._specials
         tokenizer_json, digest = self._exported
+        graph = self._graph or self._graphs.get(self._graph_key)
+        if graph is None or hashlib.sha256(graph).hexdigest() != digest:
+            raise EncoderNotExported(
+                f"the graph embedding model {self._served_model_name!r} serves is no longer "
+                f"in the cache folder as it was loaded; restart the generator to export it"
+            )
+        prefix, suffix = self._specials
         return ExportedEncoder(
-            graph=self._graph,
+            graph=graph,
             graph_sha256=digest,
             tokenizer_json=tokenizer_json,
             prefix=tuple(prefix),
