@@ -1,7 +1,8 @@
-"""The third intent encoder, all-MiniLM-L6-v2-intents-3 (minilm_intents_3.npz), served as
-services/generator/MODELS.md lists it, beside intents-2, by a real generator over real gRPC:
-the vectors it serves are the ones its file stores, they are not intents-2's, and a damaged
-file is refused before anything is served (as test_embed_intents_2.py checks intents-2)."""
+"""The later intent encoders, all-MiniLM-L6-v2-intents-2 and -intents-3 (minilm_intents_2.npz,
+minilm_intents_3.npz), each served as services/generator/MODELS.md lists it, beside the one
+before it, by a real generator over real gRPC: the vectors it serves are the ones its file
+stores, they are not the previous encoder's, and a damaged file is refused before anything is
+served."""
 
 from __future__ import annotations
 
@@ -21,9 +22,17 @@ from parlance.testing.generator_host import generator_stub
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-SECOND, THIRD = "all-MiniLM-L6-v2-intents-2", "all-MiniLM-L6-v2-intents-3"
-FILES = {SECOND: "minilm_intents_2.npz", THIRD: "minilm_intents_3.npz"}
-# The model entries as MODELS.md gives them.
+FILES = {
+    "all-MiniLM-L6-v2-intents-1": "minilm_intents_1.npz",
+    "all-MiniLM-L6-v2-intents-2": "minilm_intents_2.npz",
+    "all-MiniLM-L6-v2-intents-3": "minilm_intents_3.npz",
+}
+# (encoder, the one before it, its training messages: None where the file does not say)
+LATER = [
+    ("all-MiniLM-L6-v2-intents-2", "all-MiniLM-L6-v2-intents-1", None),
+    ("all-MiniLM-L6-v2-intents-3", "all-MiniLM-L6-v2-intents-2", 2096),
+]
+# The model entries as MODELS.md gives them (scripts/devstack.py serves intents-3 in float32).
 MODELS = [
     {
         "id": name,
@@ -55,37 +64,46 @@ async def served(
     return np.array([list(e.values) for e in reply.embeddings], dtype=np.float32)
 
 
-async def test_the_file_is_shipped_and_names_itself() -> None:
-    path = resolve_deltas_path(FILES[THIRD])
+@pytest.mark.parametrize(("name", "before", "training_texts"), LATER)
+async def test_the_file_is_shipped_and_names_itself(
+    name: str, before: str, training_texts: int | None
+) -> None:
+    path = resolve_deltas_path(FILES[name])
     assert path.is_file() and path.parent.name == "engine"
     found = load_deltas(path)
-    assert found.name == THIRD and found.pooling == "layers"
+    assert found.name == name and found.pooling == "layers"
     assert len(found.deltas) == 36 and {d.a.shape[0] for d in found.deltas} == {8}
     with np.load(path, allow_pickle=False) as data:
-        # intents-2's 38 intents (the third round added messages, no intent).
+        # intents-1's 37 intents and the one the second round added (the third added none).
         assert len(data["intents"]) == 38 and "consumer_services" in data["intents"]
-        assert int(data["training_texts"]) == 2096
+        if training_texts is not None:
+            assert int(data["training_texts"]) == training_texts
 
 
+@pytest.mark.parametrize(("name", "before", "training_texts"), LATER)
 async def test_it_serves_the_vectors_its_file_stores(
     stub: generator_pb2_grpc.GeneratorServiceStub,
+    name: str,
+    before: str,
+    training_texts: int | None,
 ) -> None:
     listed = {m.id: m for m in (await stub.ListModels(pb.ListModelsRequest())).models}
-    assert listed[THIRD].dimensions == 2304
-    third = load_deltas(resolve_deltas_path(FILES[THIRD]))
-    vectors = await served(stub, THIRD, third.check_texts)
-    assert np.min(np.sum(vectors * third.check_vectors, axis=1)) > 0.9999
-    check_vectors(third, vectors)  # passes
-    # Another encoder: intents-2's file refuses these vectors, and intents-2 serves its own.
-    second = load_deltas(resolve_deltas_path(FILES[SECOND]))
-    assert second.check_texts == third.check_texts
+    assert listed[name].dimensions == 2304
+    mine = load_deltas(resolve_deltas_path(FILES[name]))
+    vectors = await served(stub, name, mine.check_texts)
+    assert np.min(np.sum(vectors * mine.check_vectors, axis=1)) > 0.9999
+    check_vectors(mine, vectors)  # passes
+    # Another encoder: the previous one's file refuses these vectors, and it serves its own.
+    previous = load_deltas(resolve_deltas_path(FILES[before]))
+    assert previous.check_texts == mine.check_texts
     with pytest.raises(ValueError, match="do not fit this model, or the file is damaged"):
-        check_vectors(second, vectors)
-    check_vectors(second, await served(stub, SECOND, second.check_texts))
+        check_vectors(previous, vectors)
+    check_vectors(previous, await served(stub, before, previous.check_texts))
 
 
-async def test_a_damaged_file_is_refused(tmp_path: Path) -> None:
-    source = resolve_deltas_path(FILES[THIRD])
+@pytest.mark.parametrize("name", [name for name, _, _ in LATER])
+async def test_a_damaged_file_is_refused(tmp_path: Path, name: str) -> None:
+    source = resolve_deltas_path(FILES[name])
     # Bytes inside one delta's stored data flipped: the zip's CRC check fails on reading.
     damaged = with_member_bytes_flipped(source, "lora_a_17.npy", tmp_path / "damaged.npz")
     with pytest.raises(ValueError, match="not a deltas file"):
