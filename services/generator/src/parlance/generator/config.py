@@ -100,9 +100,10 @@ class GeneratorSettings(ServiceSettings):
     # transformers (embed): what runs the forward pass. "onnx": a graph exported at load, run by
     # ONNX Runtime (CPU, float32: about half PyTorch's time for a short message, the intent
     # router's case; engine/onnx_encoder.py); "onnx-int8": that graph with its weights
-    # quantized to int8 (~2-2.5x faster again for a short message; vectors move a little: cosine
-    # ~0.92-0.99 to float32, what it costs in accuracy measured per model); "auto": "onnx"
-    # where it applies, else PyTorch.
+    # quantized to int8, per-channel scales (~2.5x faster again for a short message; vectors
+    # move a little: cosine ~0.99 to float32; what it costs in accuracy is to be measured per
+    # model: nothing measurable for the intent model, bench/results/intent_int8.md); "auto":
+    # "onnx" where it applies, else PyTorch.
     embed_runtime: Literal["auto", "torch", "onnx", "onnx-int8"] = "auto"
     # Where exported graphs are kept between starts (keyed by the files and settings they were
     # exported from; each is checked against PyTorch before it serves); "" keeps none.

@@ -43,11 +43,12 @@ def onnx_runtime_available() -> bool:
     return True
 
 
-# The int8 graph's vectors against PyTorch's float32 ones: dynamic quantization moves them
-# (cosine 0.92-0.99 measured on short messages), so this bound only catches a broken graph
-# (unrelated vectors score ~0.1-0.7); what the drift costs is measured on labelled sets
+# The int8 graph's vectors against PyTorch's float32 ones: dynamic quantization with
+# per-channel scales moves them a little (cosine 0.992-0.998 measured on short messages), so
+# this bound catches a broken or badly quantized graph (per-matrix scales: 0.94-0.99;
+# unrelated vectors ~0.1-0.7); what the drift costs is measured on labelled sets
 # (bench/results/intent_int8.md), not here.
-MIN_AGREEMENT_INT8 = 0.9
+MIN_AGREEMENT_INT8 = 0.98
 
 
 def quantize_int8(graph: bytes) -> bytes:
@@ -62,7 +63,9 @@ def quantize_int8(graph: bytes) -> bytes:
         root = logging.getLogger()
         root.addFilter(_no_preprocessing_advice)
         try:
-            quantize_dynamic(source, target, weight_type=QuantType.QInt8)
+            # One scale per output channel, not per matrix: cosine to float32 0.992-0.998 on
+            # short messages against 0.94-0.99, for ~0.2 ms more (bench/results/intent_int8.md).
+            quantize_dynamic(source, target, weight_type=QuantType.QInt8, per_channel=True)
         finally:
             root.removeFilter(_no_preprocessing_advice)
         return target.read_bytes()

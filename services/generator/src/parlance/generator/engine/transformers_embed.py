@@ -335,7 +335,8 @@ class TransformersEmbeddingEngine(MicroBatchedEngine, EmbeddingEngine):
     ) -> OnnxEncoder:
         """The checked float32 graph quantized to int8 (cached beside it), once its vectors are
         still close to PyTorch's (MIN_AGREEMENT_INT8: a sanity bound, not an accuracy one)."""
-        quantized_key = f"{key}-int8" if key else ""
+        # "pc": per-channel scales (graphs quantized per matrix were cached as "-int8").
+        quantized_key = f"{key}-int8pc" if key else ""
         cached = self._graphs.get(quantized_key) if quantized_key else None
         quantized = cached or quantize_int8(graph)
         self._onnx = OnnxEncoder(quantized, self._n_threads or 1)
