@@ -18,6 +18,7 @@ import pytest_asyncio
 from pydantic import ValidationError
 from tokenizers import Tokenizer
 
+from parlance.common.onnx_cpu import agreement
 from parlance.generator.config import GeneratorSettings
 from parlance.generator.engine import onnx_encoder, transformers_embed
 from parlance.generator.engine.base import EncoderNotExported
@@ -93,11 +94,11 @@ async def test_onnx_serves_pytorchs_vectors(stub, kind: str) -> None:  # type: i
     exported = await vectors(stub, f"{kind}-onnx", TEXTS)
     reference = await vectors(stub, f"{kind}-torch", TEXTS)
     assert exported.shape == reference.shape == (len(TEXTS), 384 if kind == "plain" else 2304)
-    assert onnx_encoder.agreement(reference, exported) > 0.99999
+    assert agreement(reference, exported) > 0.99999
     assert np.allclose(np.linalg.norm(exported, axis=1), 1.0, atol=1e-5)
     # A text alone and in a padded batch: the same vector.
     alone = await vectors(stub, f"{kind}-onnx", [TEXTS[1]])
-    assert onnx_encoder.agreement(alone, exported[1:2]) > 0.99999
+    assert agreement(alone, exported[1:2]) > 0.99999
 
 
 @on_module_loop
@@ -140,7 +141,7 @@ async def test_export_encoder_streams_the_graph_it_serves(stub) -> None:  # type
     ids = np.array([r + [0] * (width - len(r)) for r in rows], dtype=np.int64)
     mask = (np.arange(width)[None, :] < np.array([len(r) for r in rows])[:, None]).astype(np.int64)
     (local,) = onnxruntime.InferenceSession(graph).run(None, {"ids": ids, "mask": mask})
-    assert onnx_encoder.agreement(await vectors(stub, "intents-onnx", texts), local) > 0.99999
+    assert agreement(await vectors(stub, "intents-onnx", texts), local) > 0.99999
 
 
 @on_module_loop
@@ -155,7 +156,7 @@ async def test_export_encoder_refuses_a_model_pytorch_serves(stub) -> None:  # t
 async def test_int8_serves_a_quantized_graph_close_to_pytorch(stub) -> None:  # type: ignore[no-untyped-def]
     quantized = await vectors(stub, "intents-int8", TEXTS)
     reference = await vectors(stub, "intents-torch", TEXTS)
-    found = onnx_encoder.agreement(reference, quantized)
+    found = agreement(reference, quantized)
     # Really quantized (float32's graph agrees to 1e-7), and still the same model's vectors.
     assert onnx_encoder.MIN_AGREEMENT_INT8 <= found < 0.9999
     assert np.allclose(np.linalg.norm(quantized, axis=1), 1.0, atol=1e-5)
@@ -245,10 +246,7 @@ def test_the_exported_graph_is_cached_and_checked(tmp_path: Path, monkeypatch, c
     second = load()  # from the cache: no export
     assert len(exports) == 1
     assert (
-        onnx_encoder.agreement(
-            np.array(first._vectors_of(TEXTS)), np.array(second._vectors_of(TEXTS))
-        )
-        > 0.99999
+        agreement(np.array(first._vectors_of(TEXTS)), np.array(second._vectors_of(TEXTS))) > 0.99999
     )
     # A damaged graph in the cache is exported again, not served nor fatal.
     graph.write_bytes(b"not a graph")
@@ -277,7 +275,7 @@ def test_a_graph_that_does_not_match_pytorch_is_not_served(
     assert fallback.runtime == "torch" and "PyTorch serves it" in caplog.text
     assert list(tmp_path.glob("*.onnx")) == []  # nothing that disagreed was cached
     # A cached graph that disagrees: exported again; the fresh one serves and replaces it.
-    monkeypatch.setattr(transformers_embed, "agreement", onnx_encoder.agreement)
+    monkeypatch.setattr(transformers_embed, "agreement", agreement)
     engine("onnx")._load()
     assert len(list(tmp_path.glob("*.onnx"))) == 1
     answers = iter([0.5, 1.0])

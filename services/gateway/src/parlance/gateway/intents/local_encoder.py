@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from parlance.common.batcher import MicroBatcher
+from parlance.common.onnx_cpu import agreement, cpu_session
 from parlance.common.request_id import new_request_id
 from parlance.gateway.clients import GeneratorClient
 from parlance.gateway.clients.generator import EncoderNotExportable
@@ -56,7 +57,6 @@ class LocalEncoder:
     and the tokenizer)."""
 
     def __init__(self, spec: generator_pb2.EncoderSpec, graph: bytes, *, n_threads: int) -> None:
-        import onnxruntime as ort
         from tokenizers import Tokenizer
 
         if len(graph) != spec.graph_bytes or hashlib.sha256(graph).hexdigest() != spec.graph_sha256:
@@ -64,13 +64,7 @@ class LocalEncoder:
                 f"the exported graph arrived damaged ({len(graph)} of {spec.graph_bytes} bytes, "
                 "or another digest)"
             )
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = max(1, n_threads)
-        options.inter_op_num_threads = 1
-        # Idle threads spinning for work would take CPU from the event loop and the services.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self._session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+        self._session = cpu_session(graph, n_threads)
         self._tokenizer = Tokenizer.from_str(spec.tokenizer_json)
         self._tokenizer.no_truncation()
         self._tokenizer.no_padding()
@@ -120,13 +114,6 @@ class LocalEncoder:
             mask[row, : len(sequence)] = 1
         (vectors,) = self._session.run(None, {"ids": ids, "mask": mask})
         return np.asarray(vectors, dtype=np.float32)
-
-
-def agreement(reference: np.ndarray, copy: np.ndarray) -> float:
-    """The lowest cosine between matching rows (nan when either side holds a nan)."""
-    dots = (reference * copy).sum(axis=1)
-    norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(copy, axis=1)
-    return float((dots / np.maximum(norms, 1e-12)).min())
 
 
 class LocalFirstEmbedder:

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from parlance.common.onnx_cpu import cpu_session
+
 log = logging.getLogger(__name__)
 
 # Vectors of the exported graph against PyTorch's on the same texts: float32 both ways,
@@ -82,15 +84,7 @@ class OnnxEncoder:
     them from the PyTorch model's output, from the exported graph."""
 
     def __init__(self, graph: bytes, n_threads: int) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = max(1, n_threads)
-        options.inter_op_num_threads = 1
-        # Idle threads spinning for work would take CPU from the chat engine beside them.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self._session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+        self._session = cpu_session(graph, n_threads)
         self.graph_bytes = len(graph)
 
     def __call__(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -193,10 +187,3 @@ def graph_key(files: list[Path], *settings: str) -> str:
     for part in (*settings, *versions, "opset17", EXPORT_VERSION):
         digest.update(f"{part}\n".encode())
     return digest.hexdigest()[:32]
-
-
-def agreement(reference: np.ndarray, exported: np.ndarray) -> float:
-    """The lowest cosine between matching rows of two sets of vectors."""
-    dots = (reference * exported).sum(axis=1)
-    norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(exported, axis=1)
-    return float((dots / np.maximum(norms, 1e-12)).min())

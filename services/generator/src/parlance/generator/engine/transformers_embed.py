@@ -41,6 +41,7 @@ import numpy as np
 from parlance.common.batcher import BatchStats, MicroBatcher
 from parlance.common.errors import InvalidArgument
 from parlance.common.low_rank import merge_deltas
+from parlance.common.onnx_cpu import agreement
 from parlance.common.tokens import special_tokens
 from parlance.generator import metrics
 from parlance.generator.engine.base import (
@@ -74,7 +75,6 @@ from parlance.generator.engine.onnx_encoder import (
     MIN_AGREEMENT_INT8,
     GraphCache,
     OnnxEncoder,
-    agreement,
     export_graph,
     graph_key,
     onnx_runtime_available,
