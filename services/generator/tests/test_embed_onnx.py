@@ -1,4 +1,4 @@
-"""The transformers embedding engine's ONNX Runtime path (engine/onnx_encoder.py) against its
+"""The transformers embedding engine's ONNX Runtime path (parlance.common.onnx_encoder) against its
 PyTorch path: the real all-MiniLM-L6-v2, plain and as the fine-tuned intent model, served side
 by side over real gRPC, must give the same vectors; a runtime that cannot apply is refused with
 a clear error, and "auto" falls back to PyTorch when the export fails."""
@@ -18,9 +18,10 @@ import pytest_asyncio
 from pydantic import ValidationError
 from tokenizers import Tokenizer
 
+from parlance.common import onnx_encoder
 from parlance.common.onnx_cpu import agreement
 from parlance.generator.config import GeneratorSettings
-from parlance.generator.engine import onnx_encoder, transformers_embed
+from parlance.generator.engine import transformers_embed
 from parlance.generator.engine.base import EncoderNotExported
 from parlance.generator.engine.transformers_embed import TransformersEmbeddingEngine
 from parlance.generator.v1 import generator_pb2 as pb

@@ -1,5 +1,5 @@
 """ONNX Runtime on the CPU, the way Parlance runs exported encoders: the generator's embedding
-engine (engine/onnx_encoder.py) and the gateway's local copy of the intent model
+engine (parlance.common.onnx_encoder) and the gateway's local copy of the intent model
 (intents/local_encoder.py) build their sessions and compare their vectors with these, so that
 the two sides of ExportEncoder run the same graph the same way.
 

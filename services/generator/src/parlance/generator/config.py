@@ -99,7 +99,7 @@ class GeneratorSettings(ServiceSettings):
     embed_pooling: Literal["mean", "layers"] = "mean"
     # transformers (embed): what runs the forward pass. "onnx": a graph exported at load, run by
     # ONNX Runtime (CPU, float32: about half PyTorch's time for a short message, the intent
-    # router's case; engine/onnx_encoder.py); "onnx-int8": that graph with its weights
+    # router's case; parlance.common.onnx_encoder); "onnx-int8": that graph with its weights
     # quantized to int8, per-channel scales (~2.5x faster again for a short message; vectors
     # move a little: cosine ~0.99 to float32; what it costs in accuracy is to be measured per
     # model: nothing measurable for the intent model, bench/results/intent_int8.md); "auto":

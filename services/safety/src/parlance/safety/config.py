@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
@@ -56,9 +58,17 @@ class SafetySettings(ServiceSettings):
     minilm_head_path: str | None = None
     # Sentences whose embedding the MiniLM backend keeps (0: none); ~1.5 KB each.
     minilm_cache_units: int = Field(default=8192, ge=0)
+    # What runs the MiniLM encoder: "auto" (ONNX Runtime on the CPU when its graph, exported at
+    # load, matches PyTorch's vectors; else PyTorch, logged), "onnx" (the same, and a failure
+    # fails the load) or "torch". ONNX Runtime takes about half PyTorch's time
+    # (bench/results/safety_onnx.md). On a GPU (device cuda) auto is PyTorch.
+    minilm_runtime: Literal["auto", "torch", "onnx"] = "auto"
+    # Where exported graphs are kept between starts ("": export at every start, ~2 s).
+    minilm_onnx_cache: str = "~/.cache/parlance/onnx"
     # "cpu", "cuda", "cuda:1", ...
     device: str = "cpu"
-    # torch's intra-op threads for the MiniLM encoder (None: torch's default, one per core).
+    # torch's (and ONNX Runtime's) intra-op threads for the MiniLM encoder (None: torch's
+    # default, one per core; ONNX Runtime then takes one).
     # 1 by default: on the shared 2-core machine (load ~10) two threads classified 2 texts/s
     # one at a time against 38 with one thread, 12 against 56 at 32 at a time
     # (bench/results/safety_eval_2.md); OpenMP threads that wait for each other on busy cores

@@ -22,9 +22,9 @@ kept, the special tokens are always there). Concurrent calls are micro-batched (
 within a batch the sequences are sorted by length so that padding stays small.
 
 `runtime` "onnx" (and "auto" on a CPU in float32) serves the forward pass and the pooling from
-a graph exported at load and run by ONNX Runtime (onnx_encoder.py: about half PyTorch's time
-for a short message), once its vectors matched PyTorch's on sample texts; "auto" keeps PyTorch
-when the packages are missing or the export fails (logged).
+a graph exported at load and run by ONNX Runtime (parlance.common.onnx_encoder: about half
+PyTorch's time for a short message), once its vectors matched PyTorch's on sample texts; "auto"
+keeps PyTorch when the packages are missing or the export fails (logged).
 """
 
 from __future__ import annotations
@@ -42,6 +42,16 @@ from parlance.common.batcher import BatchStats, MicroBatcher
 from parlance.common.errors import InvalidArgument
 from parlance.common.low_rank import merge_deltas
 from parlance.common.onnx_cpu import agreement
+from parlance.common.onnx_encoder import (
+    MIN_AGREEMENT,
+    MIN_AGREEMENT_INT8,
+    GraphCache,
+    OnnxEncoder,
+    export_graph,
+    graph_key,
+    onnx_runtime_available,
+    quantize_int8,
+)
 from parlance.common.tokens import special_tokens
 from parlance.generator import metrics
 from parlance.generator.engine.base import (
@@ -69,16 +79,6 @@ from parlance.generator.engine.hf_batches import (
     load_local,
     padded_batches,
     run_per_call,
-)
-from parlance.generator.engine.onnx_encoder import (
-    MIN_AGREEMENT,
-    MIN_AGREEMENT_INT8,
-    GraphCache,
-    OnnxEncoder,
-    export_graph,
-    graph_key,
-    onnx_runtime_available,
-    quantize_int8,
 )
 
 log = logging.getLogger(__name__)

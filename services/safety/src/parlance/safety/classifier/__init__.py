@@ -27,6 +27,8 @@ def _minilm(settings: SafetySettings) -> Classifier:
         max_batch_size=settings.max_batch_size,
         threads=settings.torch_threads,
         cache_units=settings.minilm_cache_units,
+        runtime=settings.minilm_runtime,
+        onnx_cache=settings.minilm_onnx_cache or None,
     )
 
 

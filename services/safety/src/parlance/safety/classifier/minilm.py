@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from parlance.common.low_rank import LowRankDelta, merge_deltas
+from parlance.common.onnx_encoder import GraphCache, OnnxEncoder, onnx_runtime_available
 from parlance.common.tokens import special_tokens
 from parlance.safety import metrics
 from parlance.safety.categories import OPENAI_CATEGORIES
@@ -97,6 +98,20 @@ SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 # deterministic, so a kept embedding is the one a new forward pass would give (up to the float
 # rounding of a different batch's padding).
 CACHE_UNITS = 8192
+# What runs the encoder's forward pass: "torch", or "onnx" (the graph exported at load and run
+# by ONNX Runtime, minilm_onnx.py; CPU only); "auto" is "onnx" on the CPU when the packages are
+# installed and the export matches PyTorch, else "torch" (logged).
+RUNTIMES = ("auto", "torch", "onnx")
+# Units the exported graph's vectors are compared with PyTorch's on, in one padded batch:
+# safe and harmful sentences, another script, and (CHECK_LONG) a sentence of two windows.
+CHECK_UNITS = (
+    "hi",
+    "Can you recommend a good book about the history of Portugal?",
+    "I will find you tonight and break every bone in your body.",
+    "kill the worker process after the timeout",
+    "¿Dónde está la estación de tren más cercana?",
+)
+CHECK_LONG = " ".join(["the quick brown fox jumps over the lazy dog"] * 20)
 
 
 def default_model_path() -> Path:
@@ -278,6 +293,9 @@ class MiniLMEncoder:
         max_batch_size: int = 32,
         cache_units: int = CACHE_UNITS,
         deltas: Sequence[LowRankDelta] = (),
+        runtime: str = "torch",
+        onnx_cache: str | None = None,
+        n_threads: int = 1,
     ) -> None:
         import torch
         from transformers import AutoModel, AutoTokenizer
@@ -294,10 +312,68 @@ class MiniLMEncoder:
         self.model.eval()
         self.model.to(device)
         self.device = device
+        self.width = int(self.model.config.hidden_size)
         self.max_batch_size = max_batch_size
         self.forward_passes = 0
         self.cache_units = cache_units
         self._cache: OrderedDict[tuple[int, ...], np.ndarray] = OrderedDict()
+        # The torch model stays: the training scripts train through it, and a graph that
+        # cannot be used leaves it serving.
+        self._onnx: OnnxEncoder | None = None
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+        if runtime != "torch":
+            self._onnx = self._exported(runtime, model_path, deltas, onnx_cache, n_threads)
+
+    @property
+    def runtime(self) -> str:
+        """What runs the forward pass: "onnx" or "torch"."""
+        return "torch" if self._onnx is None else "onnx"
+
+    def _exported(
+        self,
+        runtime: str,
+        model_path: Path,
+        deltas: Sequence[LowRankDelta],
+        onnx_cache: str | None,
+        n_threads: int,
+    ) -> OnnxEncoder | None:
+        """The encoder exported to ONNX and checked against the torch path (minilm_onnx.py);
+        with runtime "auto", None (torch serves, logged) when it cannot be had."""
+        from parlance.safety.classifier import minilm_onnx
+
+        try:
+            if self.device != "cpu":
+                raise ValueError(f"ONNX Runtime serves the encoder on the CPU, not {self.device!r}")
+            if not onnx_runtime_available():
+                raise ValueError("the onnx and onnxruntime packages are not installed")
+            # Lengths that pad: a one-token unit, sentences, a whole window.
+            samples = [*CHECK_UNITS, CHECK_LONG]
+            units = [ids for _, ids in self.units(samples)]
+            ids, mask = self._padded(units, "np")
+            reference = self._torch_forward(units)
+
+            def pool(model: Any, ids: Any, mask: Any) -> Any:
+                return mean_pool(model(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
+
+            return minilm_onnx.export_checked(
+                self._torch,
+                self.model,
+                pool,
+                (ids, mask),
+                reference,
+                GraphCache(onnx_cache),
+                minilm_onnx.cache_key(model_path, deltas),
+                n_threads,
+            )
+        except Exception as exc:
+            if runtime == "onnx":
+                raise
+            log.warning(
+                "ONNX Runtime not used for the safety encoder; PyTorch serves it",
+                extra={"error": str(exc)},
+            )
+            return None
 
     def _token_ids(self, texts: list[str]) -> list[list[int]]:
         encoded = self.tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)
@@ -329,8 +405,7 @@ class MiniLMEncoder:
         """(embeddings [units x 384], owner text index per unit). Units seen before (the
         cache) or twice in this call are encoded once."""
         units = self.units(texts)
-        width = self.model.config.hidden_size
-        embeddings = np.zeros((len(units), width), dtype=np.float32)
+        embeddings = np.zeros((len(units), self.width), dtype=np.float32)
         missing: dict[tuple[int, ...], list[int]] = {}
         for row, (_, ids) in enumerate(units):
             key = tuple(ids)
@@ -357,26 +432,34 @@ class MiniLMEncoder:
         if len(self._cache) > self.cache_units:
             self._cache.popitem(last=False)
 
+    def _padded(self, windows: list[list[int]], tensors: str) -> Any:
+        batch = self.tokenizer.pad({"input_ids": windows}, padding=True, return_tensors=tensors)
+        return batch["input_ids"], batch["attention_mask"]
+
+    def _torch_forward(self, windows: list[list[int]]) -> np.ndarray:
+        """One padded batch through the torch model and mean_pool."""
+        with self._torch.inference_mode():
+            ids, mask = (t.to(self.device) for t in self._padded(windows, "pt"))
+            hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+            return np.asarray(mean_pool(hidden, mask).float().cpu().numpy())
+
     def _forward(self, windows: list[list[int]]) -> np.ndarray:
         """Mean-pooled, L2-normalised embeddings of token windows (special tokens included),
         in forward passes of at most max_batch_size windows."""
-        tokenizer = self.tokenizer
-        torch = self._torch
         # Similar lengths together: less padding per forward pass.
         order = sorted(range(len(windows)), key=lambda i: len(windows[i]))
-        embeddings = np.zeros((len(windows), self.model.config.hidden_size), dtype=np.float32)
-        with torch.inference_mode():
-            for start in range(0, len(order), self.max_batch_size):
-                chunk = order[start : start + self.max_batch_size]
-                batch = tokenizer.pad(
-                    {"input_ids": [windows[i] for i in chunk]}, padding=True, return_tensors="pt"
-                ).to(self.device)
-                hidden = self.model(**batch).last_hidden_state
-                pooled = mean_pool(hidden, batch["attention_mask"])
-                embeddings[chunk] = pooled.float().cpu().numpy()
-                self.forward_passes += 1
-                metrics.FORWARD_PASSES.inc()
-                metrics.FORWARD_BATCH_WINDOWS.observe(len(chunk))
+        embeddings = np.zeros((len(windows), self.width), dtype=np.float32)
+        for start in range(0, len(order), self.max_batch_size):
+            chunk = order[start : start + self.max_batch_size]
+            batch = [windows[i] for i in chunk]
+            if self._onnx is not None:
+                ids, mask = self._padded(batch, "np")
+                embeddings[chunk] = self._onnx(ids.astype(np.int64), mask.astype(np.int64))
+            else:
+                embeddings[chunk] = self._torch_forward(batch)
+            self.forward_passes += 1
+            metrics.FORWARD_PASSES.inc()
+            metrics.FORWARD_BATCH_WINDOWS.observe(len(chunk))
         return embeddings
 
 
@@ -390,9 +473,15 @@ class MiniLMClassifier(Classifier):
         max_batch_size: int = 32,
         threads: int | None = None,
         cache_units: int = CACHE_UNITS,
+        runtime: str = "auto",
+        onnx_cache: str | None = None,
     ) -> None:
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
         self._model_path = Path(model_path) if model_path else None
         self.threads = threads
+        self.runtime = runtime
+        self.onnx_cache = onnx_cache
         self.cache_units = cache_units
         self._head_path = resolve_head_path(head_path)
         self.device = device
@@ -448,8 +537,11 @@ class MiniLMClassifier(Classifier):
             max_batch_size=self.max_batch_size,
             cache_units=self.cache_units,
             deltas=head.deltas,
+            runtime=self.runtime,
+            onnx_cache=self.onnx_cache,
+            n_threads=self.threads or 1,
         )
-        width = encoder.model.config.hidden_size
+        width = encoder.width
         if width != head.input_width:
             raise ValueError(
                 f"the head expects {head.input_width}-wide embeddings; "
@@ -474,6 +566,7 @@ class MiniLMClassifier(Classifier):
                 "model_path": str(path),
                 "head": head.name,
                 "encoder_deltas": len(head.deltas),
+                "runtime": encoder.runtime,
                 "categories": list(self._categories),
             },
         )

@@ -1,11 +1,16 @@
-"""An embedding model's forward pass and pooling run by ONNX Runtime on the CPU.
+"""An encoder's forward pass and pooling exported from PyTorch and run by ONNX Runtime on the
+CPU: the generator's embedding engine (engine/transformers_embed.py) and the safety service's
+MiniLM classifier (classifier/minilm.py) serve their encoders this way.
 
 Why: a short message's vector is the intent router's whole cost before the first token, and
 at ~10 tokens PyTorch's eager forward pass of all-MiniLM-L6-v2 is half per-operator overhead;
 ONNX Runtime runs the same graph (with its fused attention and layer norms) in about half the
 time (bench/results/embed_runtime.md). The graph is exported at load from the model as loaded,
-after any deltas were merged, so it computes exactly what the PyTorch path serves; the engine
+after any deltas were merged, so it computes exactly what the PyTorch path serves; its user
 compares the two on sample texts before it serves the exported one.
+
+torch, onnx and onnxruntime are imported when used: they are the generator's `embed` extra and
+the safety service's dependencies, not parlance-common's.
 
 The TorchScript-based exporter (`dynamo=False`) is used: it exports this model in ~1.5-2.5 s,
 against ~13 s for the dynamo exporter, whose graph also ran slower here. Exported graphs are
