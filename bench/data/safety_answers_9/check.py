@@ -1,0 +1,209 @@
+"""Checks on safety_answers_9/answers.tsv that need no classifier and show no other set:
+
+    .venv/bin/python bench/data/safety_answers_9/check.py
+
+- the format: header `label<TAB>kind<TAB>harm_from<TAB>text`, known labels, 2-8 sentences,
+  harm_from 0 for an ordinary answer; for a harmful one, kind `direct_harm` with harm_from 1 or
+  kind `late_harm` with harm_from 2-4 (and never past the answer's last sentence);
+- the set's promised sizes: at least 240 ordinary answers in at least 17 kinds, 20 answers per
+  harmful category, at least 4 of them `late_harm`;
+- counts per label and kind, and per label of the answers whose harm starts after sentence 1;
+- duplicates and near duplicates inside the set (difflib ratio above 0.8, ignoring case);
+- this set's answers that equal or are close to (ratio above 0.8, ignoring case) a text of any
+  other bench/data/safety_*/ set, except safety_eval_9 (held out, written by another engineer at
+  the same time; not read). Only THIS set's lines are printed, never the other sets', so running
+  it keeps the author independent of them;
+- the set loads with bench/safety_false_positives.py's read_set (which returns (kind, text)
+  and ignores the label).
+
+Exits 1 when anything is wrong or collides.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import itertools
+import re
+import sys
+from collections import Counter
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE.parent
+BENCH = DATA.parent
+ANSWERS = HERE / "answers.tsv"
+HEADER = ["label", "kind", "harm_from", "text"]
+# The names of parlance.safety.categories (OPENAI_CATEGORIES) this set uses, plus ordinary.
+LABELS = [
+    "ordinary",
+    "hate",
+    "harassment",
+    "harassment/threatening",
+    "violence",
+    "self-harm",
+    "sexual",
+]
+HARMFUL_KINDS = {"direct_harm", "late_harm"}
+PER_CATEGORY = 20
+MIN_LATE = 4
+MIN_ORDINARY = 240
+MIN_ORDINARY_KINDS = 17
+# Held-out folders of other engineers that this check must not read.
+SKIP = {"safety_eval_9"}
+NEAR = 0.8
+# A sentence ends at . ! or ? (optionally followed by a closing quote or bracket) then a space
+# and a capital, digit, quote, bracket or backtick, or the end (the rule of safety_answers_8).
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s+[A-Z0-9\"'(`]|\s*$)")
+
+
+def read(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
+
+
+def sentences(text: str) -> int:
+    return len(_SENTENCE_END.findall(text))
+
+
+def other_texts() -> list[str]:
+    """Every text field of the other safety sets (the last column of a line), lower-cased;
+    never printed."""
+    pool: set[str] = set()
+    for path in sorted(DATA.glob("safety_*/*")):
+        if path.parent == HERE or path.parent.name in SKIP or path.suffix not in {".tsv", ".txt"}:
+            continue
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip() and not line.startswith("#"):
+                pool.add(line.split("\t")[-1].strip().lower())
+    return sorted(pool)
+
+
+def close(a: str, b: str) -> bool:
+    matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
+    return (
+        matcher.real_quick_ratio() > NEAR
+        and matcher.quick_ratio() > NEAR
+        and matcher.ratio() > NEAR
+    )
+
+
+def check_rows(rows: list[dict[str, str]]) -> int:
+    """Columns, labels, kinds, sentence counts and harm_from of every row; the problems found."""
+    problems = 0
+    for n, row in enumerate(rows, start=2):
+        if None in row or any(v is None for v in row.values()):
+            print(f"line {n}: wrong number of columns")
+            problems += 1
+            continue
+        label, kind, text = row["label"], row["kind"], row["text"]
+        count = sentences(text)
+        if label not in LABELS:
+            print(f"line {n}: unknown label {label!r}")
+            problems += 1
+        if not text.strip() or text != text.strip():
+            print(f"line {n}: empty text or surrounding spaces")
+            problems += 1
+        if not 2 <= count <= 8:
+            print(f"line {n}: {count} sentences: {text}")
+            problems += 1
+        try:
+            harm_from = int(row["harm_from"])
+        except ValueError:
+            print(f"line {n}: harm_from {row['harm_from']!r} is not a number")
+            problems += 1
+            continue
+        if label == "ordinary":
+            ok = harm_from == 0 and kind not in HARMFUL_KINDS and bool(kind)
+        elif kind == "direct_harm":
+            ok = harm_from == 1
+        elif kind == "late_harm":
+            ok = 2 <= harm_from <= 4 and harm_from <= count
+        else:
+            ok = False
+        if not ok:
+            print(f"line {n}: harm_from {harm_from}, kind {kind!r}, label {label}, {count} sentences")
+            problems += 1
+    return problems
+
+
+def check_sizes(rows: list[dict[str, str]]) -> int:
+    problems = 0
+    ordinary = [r for r in rows if r["label"] == "ordinary"]
+    kinds = Counter(r["kind"] for r in ordinary)
+    if len(ordinary) < MIN_ORDINARY or len(kinds) < MIN_ORDINARY_KINDS:
+        print(f"{len(ordinary)} ordinary answers in {len(kinds)} kinds: want "
+              f">= {MIN_ORDINARY} in >= {MIN_ORDINARY_KINDS}")
+        problems += 1
+    for label in LABELS[1:]:
+        mine = [r for r in rows if r["label"] == label]
+        late = sum(r["kind"] == "late_harm" for r in mine)
+        if len(mine) != PER_CATEGORY or late < MIN_LATE:
+            print(f"{label}: {len(mine)} answers, {late} late_harm: want {PER_CATEGORY}, "
+                  f">= {MIN_LATE}")
+            problems += 1
+    return problems
+
+
+def report_counts(rows: list[dict[str, str]]) -> None:
+    print(f"{len(rows)} answers")
+    print("\n| label | count | harm starts after sentence 1 |\n|---|---|---|")
+    late = Counter(r["label"] for r in rows if int(r["harm_from"]) > 1)
+    by_label = sorted(Counter(r["label"] for r in rows).items(), key=lambda x: LABELS.index(x[0]))
+    for label, n in by_label:
+        shown = late[label] if label != "ordinary" else "-"
+        print(f"| {label} | {n} | {shown} |")
+    print("\n| label | kind | count |\n|---|---|---|")
+    for (label, kind), n in sorted(Counter((r["label"], r["kind"]) for r in rows).items()):
+        print(f"| {label} | {kind} | {n} |")
+
+
+def main() -> int:
+    problems = 0
+    with ANSWERS.open(encoding="utf-8") as handle:
+        header = handle.readline().rstrip("\n").split("\t")
+    if header != HEADER:
+        print(f"header is {header}, expected {HEADER}")
+        problems += 1
+    rows = read(ANSWERS)
+    problems += check_rows(rows)
+    if problems:
+        print(f"{problems} problems")
+        return 1
+    problems += check_sizes(rows)
+    report_counts(rows)
+
+    texts = [r["text"].strip().lower() for r in rows]
+    for (i, a), (j, b) in itertools.combinations(enumerate(texts), 2):
+        if a == b or close(a, b):
+            print(f"near duplicates inside the set: lines {i + 2} and {j + 2}")
+            problems += 1
+
+    pool = other_texts()
+    colliding = [t for t in texts if t in pool or any(close(t, o) for o in pool)]
+    for t in colliding:
+        print(f"equal or close to a text of another safety set: {t}")
+    problems += len(colliding)
+    print(
+        f"\ncompared with {len(pool)} texts of the other bench/data/safety_* sets "
+        f"(not {', '.join(sorted(SKIP))}): {len(colliding)} of this set's answers collide"
+    )
+
+    # The loader the false-positive bench uses; (kind, text) only.
+    sys.path.insert(0, str(BENCH))
+    try:
+        from safety_false_positives import read_set
+    except ImportError as exc:  # the bench needs the services installed (.venv)
+        print(f"read_set not importable ({exc}); run with .venv/bin/python")
+        problems += 1
+    else:
+        loaded = read_set(ANSWERS)
+        ok = len(loaded) == len(rows) and all(t for _, t in loaded)
+        print(f"read_set loads {len(loaded)} (kind, text) rows: {'ok' if ok else 'MISMATCH'}")
+        problems += not ok
+    print("ok" if not problems else f"{problems} problems")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
