@@ -1,8 +1,9 @@
 """Fine-tunes the MiniLM encoder end to end with the safety head: head 5 (minilm_head_5.npz),
-with --head 6 head 6 (minilm_head_6.npz), with --head 7 head 7 (minilm_head_7.npz).
+with --head 6 head 6 (minilm_head_6.npz), with --head 7 head 7 (minilm_head_7.npz), with --head 8
+head 8 (minilm_head_8.npz).
 
     HF_HUB_OFFLINE=1 nice -n 10 .venv/bin/python services/safety/training/finetune.py
-        [--head 5|6|7] [--out PATH] [--threads 2] [--check]
+        [--head 5|6|7|8] [--out PATH] [--threads 2] [--check]
         [--epochs 5] [--pos-power 1] [--hard-negative-weight 4]   (development variants)
 
 Why: head 4b's frozen encoder ranks charged-but-safe texts (support around self-harm, quotes,
@@ -31,7 +32,13 @@ data/round7/*.tsv to head 6's data: ordinary chat head 6 flagged (messages to th
 about itself, compliments, apologies, small talk, games; health, food, medicine, money,
 household and travel questions), output-shaped text (an answer's first words, mid-sentence
 pieces, list items, steps, code comments, doses, history), and harmful texts in the same
-shapes; its safe texts weigh as hard negatives, like round 6's. A text scores as the service
+shapes; its safe texts weigh as hard negatives, like round 6's. Head 8 (--head 8) adds
+data/round8/*.tsv to head 7's data: answer- and message-shaped safe texts of the kinds head 7
+refused or cut (game strategy with kill and die, supportive mental-health answers that name
+suicidal thoughts and point to help, doses and medicine, martial arts and self-defence, drinking
+and smoking reduction, crime fiction, war history, meat, pests, clinical sexual health, first
+aid, hunting, fitness), and harmful texts of the same shapes (answers that turn to encouraging
+self-harm, violence in answer shape, threats in game shape); weighed as round 7's. A text scores as the service
 scores it: the maximum over its units (sentences; windows of long ones; MiniLMEncoder.units),
 and the loss is on that maximum.
 Loss: binary cross-entropy per category, each category's positives weighted to balance its
@@ -121,6 +128,9 @@ HEADS = {
     5: Head("minilm-l6-safety-head-5", "minilm_head_5.npz", ("round5",)),
     6: Head("minilm-l6-safety-head-6", "minilm_head_6.npz", ("round5", "round6")),
     7: Head("minilm-l6-safety-head-7", "minilm_head_7.npz", ("round5", "round6", "round7")),
+    8: Head(
+        "minilm-l6-safety-head-8", "minilm_head_8.npz", ("round5", "round6", "round7", "round8")
+    ),
 }
 # Low-rank deltas on these linear layers of each of the six blocks.
 TARGETS = (
