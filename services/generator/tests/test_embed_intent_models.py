@@ -1,8 +1,8 @@
-"""The later intent encoders, all-MiniLM-L6-v2-intents-2 and -intents-3 (minilm_intents_2.npz,
-minilm_intents_3.npz), each served as services/generator/MODELS.md lists it, beside the one
-before it, by a real generator over real gRPC: the vectors it serves are the ones its file
-stores, they are not the previous encoder's, and a damaged file is refused before anything is
-served."""
+"""The later intent encoders, all-MiniLM-L6-v2-intents-2, -intents-3 and -intents-4
+(minilm_intents_2.npz, minilm_intents_3.npz, minilm_intents_4.npz), each served as
+services/generator/MODELS.md lists it, beside the one before it, by a real generator over real
+gRPC: the vectors it serves are the ones its file stores, they are not the previous encoder's,
+and a damaged file is refused before anything is served."""
 
 from __future__ import annotations
 
@@ -26,11 +26,13 @@ FILES = {
     "all-MiniLM-L6-v2-intents-1": "minilm_intents_1.npz",
     "all-MiniLM-L6-v2-intents-2": "minilm_intents_2.npz",
     "all-MiniLM-L6-v2-intents-3": "minilm_intents_3.npz",
+    "all-MiniLM-L6-v2-intents-4": "minilm_intents_4.npz",
 }
 # (encoder, the one before it, its training messages: None where the file does not say)
 LATER = [
     ("all-MiniLM-L6-v2-intents-2", "all-MiniLM-L6-v2-intents-1", None),
     ("all-MiniLM-L6-v2-intents-3", "all-MiniLM-L6-v2-intents-2", 2096),
+    ("all-MiniLM-L6-v2-intents-4", "all-MiniLM-L6-v2-intents-3", 2458),
 ]
 # The model entries as MODELS.md gives them (scripts/devstack.py serves intents-3 in float32).
 MODELS = [
@@ -74,7 +76,8 @@ async def test_the_file_is_shipped_and_names_itself(
     assert found.name == name and found.pooling == "layers"
     assert len(found.deltas) == 36 and {d.a.shape[0] for d in found.deltas} == {8}
     with np.load(path, allow_pickle=False) as data:
-        # intents-1's 37 intents and the one the second round added (the third added none).
+        # intents-1's 37 intents and the one the second round added (the third and fourth
+        # added none).
         assert len(data["intents"]) == 38 and "consumer_services" in data["intents"]
         if training_texts is not None:
             assert int(data["training_texts"]) == training_texts

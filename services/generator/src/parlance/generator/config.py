@@ -111,7 +111,8 @@ class GeneratorSettings(ServiceSettings):
     # transformers (embed): a fine-tuned encoder's low-rank deltas (engine/deltas.py), merged
     # into the weights at load: a file shipped with the generator by its name alone
     # ("minilm_intents_3.npz", the gateway's intent encoder since it was scored on a fresh set;
-    # "minilm_intents_2.npz" and "minilm_intents_1.npz", the earlier ones) or a path. The
+    # "minilm_intents_2.npz" and "minilm_intents_1.npz", the earlier ones; "minilm_intents_4.npz",
+    # a later one not yet scored on a fresh set: services/generator/MODELS.md) or a path. The
     # file's reference vectors are checked after the merge; a file that fails the check is not
     # served.
     embed_deltas: str | None = None
