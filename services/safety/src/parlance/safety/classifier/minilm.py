@@ -84,6 +84,16 @@ OUTPUT_THRESHOLDS = {
         "sexual": 0.5,
         "violence": 0.995,
     },
+    # Head 8 (opt-in by file name), the same rule on the same development answers
+    # (bench/results/safety_head_8_dev.md: 2.7% of ordinary answers cut, harmful cut 88.8%).
+    "minilm-l6-safety-head-8": {
+        "harassment": 0.8,
+        "harassment/threatening": 0.7,
+        "hate": 0.5,
+        "self-harm": 0.7,
+        "sexual": 0.5,
+        "violence": 0.85,
+    },
 }
 HEAD_4B_FILE = "minilm_head_4b.npz"
 # A fine-tuned head's reference texts must score within this of the scores stored with them
