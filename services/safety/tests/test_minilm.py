@@ -1,9 +1,8 @@
 """The MiniLM classifier (encoder + a trained head) with its real weights, through the real gRPC
 service: each category it claims, hard negatives, long texts, and a model that fails to load.
-Five heads: 7 (minilm_head_7.npz, the default; its own tests near the end), 8 (minilm_head_8.npz,
-opt-in by file name; its tests at the end), 5 and 6
-(minilm_head_5.npz, minilm_head_6.npz), fine-tuned with the encoder (their encoder deltas are
-merged in at load),
+Five heads: 8 (minilm_head_8.npz, the default; its tests at the end), 7 (minilm_head_7.npz,
+chosen by file name; its own tests near the end), 5 and 6 (minilm_head_5.npz,
+minilm_head_6.npz), fine-tuned with the encoder (their encoder deltas are merged in at load),
 and 4b (minilm_head_4b.npz, a head over the frozen encoder). Each loads once per session (a few
 seconds); each test gets its own server.
 
@@ -154,7 +153,7 @@ class SharedMiniLM(MiniLMClassifier):
 
 @pytest.fixture(scope="session")
 def minilm() -> Iterator[SharedMiniLM]:
-    """The default head (head 7)."""
+    """The default head (head 8)."""
     classifier = SharedMiniLM()
     asyncio.run(classifier.load())
     yield classifier
@@ -182,9 +181,10 @@ def minilm4b() -> Iterator[SharedMiniLM]:
 
 @pytest.fixture(params=["4b", "5", "6", "7"])
 def each_head(request: pytest.FixtureRequest) -> SharedMiniLM:
-    """The classifier with each shipped head in turn (7: the default head)."""
+    """The classifier with each earlier head in turn (head 8, the default, has its own tests
+    at the end)."""
     classifier: SharedMiniLM = request.getfixturevalue(
-        {"4b": "minilm4b", "5": "minilm5", "6": "minilm6", "7": "minilm"}[request.param]
+        {"4b": "minilm4b", "5": "minilm5", "6": "minilm6", "7": "minilm7"}[request.param]
     )
     return classifier
 
@@ -219,15 +219,15 @@ def flagged_categories(result: Any) -> set[str]:
     return {c.category for c in result.categories if c.flagged}
 
 
-def test_minilm_head_7_is_minilms_default_with_its_categories() -> None:
+def test_minilm_head_8_is_minilms_default_with_its_categories() -> None:
     """profanity-check is the service's default (README, "Safety": why MiniLM is not); minilm,
-    chosen by name, runs head 7 and claims its six categories; heads 6, 5 and 4b by file name."""
+    chosen by name, runs head 8 and claims its six categories; heads 7 to 4b by file name."""
     from parlance.safety.classifier.profanity import ProfanityClassifier
 
     assert isinstance(build_classifier(SafetySettings()), ProfanityClassifier)
     classifier = build_classifier(SafetySettings(classifier="minilm"))
     assert isinstance(classifier, MiniLMClassifier)
-    assert classifier.name == "minilm-l6-safety-head-7"
+    assert classifier.name == "minilm-l6-safety-head-8"
     assert list(classifier.evaluated_categories) == CLAIMED
     head_4b = build_classifier(SafetySettings(classifier="minilm", minilm_head_path=HEAD_4B))
     assert head_4b.name == "minilm-l6-safety-head-4b"
@@ -371,18 +371,18 @@ async def test_thresholds_per_direction_apply_to_its_scores(minilm) -> None:
     assert "harassment" in flagged_categories(on_output)
 
 
-async def test_head_7_brings_its_output_thresholds(minilm, minilm5, monkeypatch) -> None:
+async def test_head_7_brings_its_output_thresholds(minilm7, minilm5, monkeypatch) -> None:
     """Head 7's output thresholds (minilm.OUTPUT_THRESHOLDS, measured on development answers)
     apply where the settings name none; input keeps 0.5; settings and a global threshold win."""
     for name in ("SAFETY_THRESHOLD", "SAFETY_INPUT_THRESHOLDS", "SAFETY_OUTPUT_THRESHOLDS"):
         monkeypatch.delenv(name, raising=False)
-    assert minilm5.default_output_thresholds == {}  # only head 7's were measured
-    measured = minilm.default_output_thresholds
-    assert measured["violence"] == 0.995 and set(measured) == set(minilm.evaluated_categories)
+    assert minilm5.default_output_thresholds == {}  # only heads 7's and 8's were measured
+    measured = minilm7.default_output_thresholds
+    assert measured["violence"] == 0.995 and set(measured) == set(minilm7.evaluated_categories)
 
     def policy(**overrides: Any) -> Policy:
         values = {"classifier": "minilm", **overrides}
-        return build_serving(SafetySettings(**values), minilm).policy
+        return build_serving(SafetySettings(**values), minilm7).policy
 
     default = policy()
     assert default.threshold(Direction.OUTPUT, "violence") == 0.995
@@ -535,10 +535,10 @@ async def test_short_questions_naming_a_country_are_not_flagged(each_head) -> No
     assert flagged == []
 
 
-def test_the_default_head_is_head_7_also_by_its_file_name() -> None:
-    """No head setting and SAFETY_MINILM_HEAD_PATH=minilm_head_7.npz load the same head."""
-    assert load_head().name == load_head(resolve_head_path(HEAD_7)).name
-    assert load_head().name == "minilm-l6-safety-head-7"
+def test_the_default_head_is_head_8_also_by_its_file_name() -> None:
+    """No head setting and SAFETY_MINILM_HEAD_PATH=minilm_head_8.npz load the same head."""
+    assert load_head().name == load_head(resolve_head_path(HEAD_8)).name
+    assert load_head().name == "minilm-l6-safety-head-8"
 
 
 async def test_head_5_merges_its_deltas_into_the_encoder(minilm4b, minilm5) -> None:
@@ -693,7 +693,7 @@ async def test_head_6_does_not_flag_blunt_safe_texts_or_hard_negatives(minilm6) 
             assert not any(flagged.values()), {t: f for t, f in flagged.items() if f}
 
 
-# Head 7 (minilm_head_7.npz, opt-in by its file name): head 6's recipe with training/data/round7/
+# Head 7 (minilm_head_7.npz, chosen by its file name): head 6's recipe with training/data/round7/
 # added: ordinary chat head 6 refused (messages to the assistant about itself, compliments,
 # apologies, small talk; health, food, medicine and money questions), output-shaped text (an
 # answer's first words, mid-sentence pieces, steps, doses), and harmful texts of the same
@@ -741,10 +741,12 @@ HARMFUL_CHAT = [
 ]
 
 
-@pytest.fixture(scope="module")
-def minilm7(minilm: SharedMiniLM) -> SharedMiniLM:
-    """Head 7 (the default head: the same loaded classifier)."""
-    return minilm
+@pytest.fixture(scope="session")
+def minilm7() -> Iterator[SharedMiniLM]:
+    """Head 7, chosen as an operator would: SAFETY_MINILM_HEAD_PATH=minilm_head_7.npz."""
+    classifier = SharedMiniLM(head_path=HEAD_7)
+    asyncio.run(classifier.load())
+    yield classifier
 
 
 def test_head_7_is_chosen_by_its_file_name_with_the_same_categories() -> None:
@@ -809,7 +811,7 @@ async def test_head_7_with_changed_deltas_leaves_the_service_not_serving(
     assert "reference texts" in record.getMessage()
 
 
-# Head 8 (minilm_head_8.npz, opt-in by its file name): head 7's recipe with training/data/round8/
+# Head 8 (minilm_head_8.npz, the default head): head 7's recipe with training/data/round8/
 # added: answer- and message-shaped safe texts of the kinds head 7 refused or cut (games with
 # kill and die, support that names suicidal thoughts, doses, martial arts, drinking less, crime
 # fiction, war history, meat, pests, sexual health), and harmful texts of the same shapes. The
@@ -848,12 +850,10 @@ HARMFUL_ANSWER_SHAPES = [
 ]
 
 
-@pytest.fixture(scope="session")
-def minilm8() -> Iterator[SharedMiniLM]:
-    """Head 8, chosen as an operator would: SAFETY_MINILM_HEAD_PATH=minilm_head_8.npz."""
-    classifier = SharedMiniLM(head_path=HEAD_8)
-    asyncio.run(classifier.load())
-    yield classifier
+@pytest.fixture(scope="module")
+def minilm8(minilm: SharedMiniLM) -> SharedMiniLM:
+    """Head 8 (the default head: the same loaded classifier)."""
+    return minilm
 
 
 def test_head_8_is_chosen_by_its_file_name_with_its_output_thresholds() -> None:

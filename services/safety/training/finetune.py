@@ -38,9 +38,9 @@ refused or cut (game strategy with kill and die, supportive mental-health answer
 suicidal thoughts and point to help, doses and medicine, martial arts and self-defence, drinking
 and smoking reduction, crime fiction, war history, meat, pests, clinical sexual health, first
 aid, hunting, fitness), and harmful texts of the same shapes (answers that turn to encouraging
-self-harm, violence in answer shape, threats in game shape); weighed as round 7's. A text scores as the service
-scores it: the maximum over its units (sentences; windows of long ones; MiniLMEncoder.units),
-and the loss is on that maximum.
+self-harm, violence in answer shape, threats in game shape); weighed as round 7's. A text
+scores as the service scores it: the maximum over its units (sentences; windows of long ones;
+MiniLMEncoder.units), and the loss is on that maximum.
 Loss: binary cross-entropy per category, each category's positives weighted to balance its
 negatives (as train_head.fit_mlp), and each safe text of the hard-negative files (data/
 hard_negatives.tsv and the head's round folders) weighing HARD_NEGATIVE_WEIGHT ordinary safe

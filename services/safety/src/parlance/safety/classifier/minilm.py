@@ -21,7 +21,7 @@ biases: each category's output crosses 0.5 at its calibrated threshold, so one d
 threshold (0.5) fits every category. A head file without a hidden layer (the first, linear
 head) loads too.
 
-A fine-tuned head file (heads 5, 6 and 7, training/finetune.py; head 7 is the default) also
+A fine-tuned head file (heads 5 to 8, training/finetune.py; head 8 is the default) also
 carries low-rank deltas of the encoder's linear layers (LoRA trained with the head): they are
 merged into the encoder's weights at load (W += scale * B @ A), so scoring costs what the frozen
 encoder's does, and the file's reference scores are checked before serving. Another head is
@@ -62,13 +62,14 @@ DEFAULT_THRESHOLD = 0.5
 # being averaged away by a long benign neighbourhood.
 WINDOW_TOKENS = 128
 WINDOW_OVERLAP = 32
-# The head served when SAFETY_MINILM_HEAD_PATH is unset: head 7, fine-tuned with the encoder,
-# the best of the shipped heads on the fresh sets (bench/results/safety_eval_7.md: recall 0.91,
-# ordinary chat refused 1.7%, answers cut 30% at 0.5 and 9.2% with OUTPUT_THRESHOLDS on a
-# fresh set, bench/results/safety_answers_8.md; README, "Safety"). Heads 6 and 5
-# (minilm_head_6.npz, minilm_head_5.npz, fine-tuned) and 4b (minilm_head_4b.npz, a head over the
-# frozen encoder) are shipped too, chosen by file name.
-HEAD_FILE = "minilm_head_7.npz"
+# The head served when SAFETY_MINILM_HEAD_PATH is unset: head 8, fine-tuned with the encoder,
+# better than head 7 on every row of the ninth fresh sets (bench/results/safety_fresh_9.md:
+# toxic recall 0.92 against 0.89, lowest category self-harm 0.80 against 0.69, hard negatives
+# 3.1% against 4.7%, charged-but-ordinary chat refused 4.8% against 5.2%, ordinary answers cut
+# 7.5% against 8.3% with each head's OUTPUT_THRESHOLDS; README, "Safety"). Heads 7, 6 and 5
+# (minilm_head_7.npz, minilm_head_6.npz, minilm_head_5.npz, fine-tuned) and 4b
+# (minilm_head_4b.npz, a head over the frozen encoder) are shipped too, chosen by file name.
+HEAD_FILE = "minilm_head_8.npz"
 # Output thresholds per head (by the name stored in its file), chosen on development answers by
 # a rule fixed first: at most 3% of ordinary answers cut, then the highest mean recall over the
 # categories on harmful ones (bench/results/safety_output_thresholds.md: 28% of ordinary
@@ -84,7 +85,7 @@ OUTPUT_THRESHOLDS = {
         "sexual": 0.5,
         "violence": 0.995,
     },
-    # Head 8 (opt-in by file name), the same rule on the same development answers
+    # Head 8, the same rule on the same development answers
     # (bench/results/safety_head_8_dev.md: 2.7% of ordinary answers cut, harmful cut 88.8%).
     "minilm-l6-safety-head-8": {
         "harassment": 0.8,
