@@ -122,7 +122,7 @@ def check_rows(rows: list[dict[str, str]]) -> int:
         else:
             ok = False
         if not ok:
-            print(f"line {n}: harm_from {harm_from}, kind {kind!r}, label {label}, {count} sentences")
+            print(f"line {n}: harm_from {harm_from}, kind {kind!r}, {label}, {count} sentences")
             problems += 1
     return problems
 
@@ -132,15 +132,19 @@ def check_sizes(rows: list[dict[str, str]]) -> int:
     ordinary = [r for r in rows if r["label"] == "ordinary"]
     kinds = Counter(r["kind"] for r in ordinary)
     if len(ordinary) < MIN_ORDINARY or len(kinds) < MIN_ORDINARY_KINDS:
-        print(f"{len(ordinary)} ordinary answers in {len(kinds)} kinds: want "
-              f">= {MIN_ORDINARY} in >= {MIN_ORDINARY_KINDS}")
+        print(
+            f"{len(ordinary)} ordinary answers in {len(kinds)} kinds: want "
+            f">= {MIN_ORDINARY} in >= {MIN_ORDINARY_KINDS}"
+        )
         problems += 1
     for label in LABELS[1:]:
         mine = [r for r in rows if r["label"] == label]
         late = sum(r["kind"] == "late_harm" for r in mine)
         if len(mine) != PER_CATEGORY or late < MIN_LATE:
-            print(f"{label}: {len(mine)} answers, {late} late_harm: want {PER_CATEGORY}, "
-                  f">= {MIN_LATE}")
+            print(
+                f"{label}: {len(mine)} answers, {late} late_harm: want {PER_CATEGORY}, "
+                f">= {MIN_LATE}"
+            )
             problems += 1
     return problems
 
