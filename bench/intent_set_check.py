@@ -103,6 +103,42 @@ def main(here: Path) -> int:
     return 1 if problems else 0
 
 
+def loads_with_intent_eval(here: Path) -> int:
+    """1 when bench/intent_eval.py's own loader reads the set wrongly (an unknown label, an
+    empty text, a tab or newline in a field, a mixed message with a context), so that a format
+    slip shows before the set's first scoring. Where intent_eval cannot be imported (a partial
+    environment without the gateway package's dependencies), the same csv call as its
+    `read_items` reads the set, and this says so."""
+    # Imported here: intent_eval imports the gateway package, which main() needs not.
+    try:
+        from intent_eval import read_items
+
+        items = [(i.intent, i.context, i.text) for i in read_items(here / "messages.tsv")]
+    except ImportError as error:
+        print(f"intent_eval not importable here ({error}); reading with read_items' csv call")
+        with (here / "messages.tsv").open(encoding="utf-8", newline="") as handle:
+            rows = csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+            items = [(r["intent"], r["context"] or "", r["text"]) for r in rows]
+    by_label = Counter(intent for intent, _, _ in items)
+    with_context = sum(bool(context) for _, context, _ in items)
+    print(f"read_items: {len(items)} items, {with_context} with context, {dict(by_label)}")
+    odd = [
+        text
+        for intent, context, text in items
+        if intent not in LABELS
+        or not text.strip()
+        or any(c in f for f in (text, context) for c in "\t\n\r")
+    ]
+    status = 0
+    if odd:
+        print(f"read_items: {len(odd)} odd items (label, empty text, tab or newline): {odd}")
+        status = 1
+    if any(context for intent, context, _ in items if intent == "mixed"):
+        print("read_items: a mixed item has a context")
+        status = 1
+    return status
+
+
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit("usage: intent_set_check.py SET_FOLDER")
