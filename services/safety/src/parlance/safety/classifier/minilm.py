@@ -353,9 +353,11 @@ class MiniLMEncoder:
         with runtime "auto", None (torch serves, logged) when it cannot be had."""
         from parlance.safety.classifier import minilm_onnx
 
-        try:
-            if self.device != "cpu":
+        if self.device != "cpu":
+            if runtime == "onnx":
                 raise ValueError(f"ONNX Runtime serves the encoder on the CPU, not {self.device!r}")
+            return None  # "auto" on a GPU: PyTorch, as expected
+        try:
             if not onnx_runtime_available():
                 raise ValueError("the onnx and onnxruntime packages are not installed")
             # Lengths that pad: a one-token unit, sentences, a whole window.
@@ -444,7 +446,11 @@ class MiniLMEncoder:
             self._cache.popitem(last=False)
 
     def _padded(self, windows: list[list[int]], tensors: str) -> Any:
+        """(ids, mask) of `windows` padded to the longest: torch tensors ("pt") or int64 numpy
+        arrays ("np", what the exported graph takes)."""
         batch = self.tokenizer.pad({"input_ids": windows}, padding=True, return_tensors=tensors)
+        if tensors == "np":
+            return batch["input_ids"].astype(np.int64), batch["attention_mask"].astype(np.int64)
         return batch["input_ids"], batch["attention_mask"]
 
     def _torch_forward(self, windows: list[list[int]]) -> np.ndarray:
@@ -464,8 +470,7 @@ class MiniLMEncoder:
             chunk = order[start : start + self.max_batch_size]
             batch = [windows[i] for i in chunk]
             if self._onnx is not None:
-                ids, mask = self._padded(batch, "np")
-                embeddings[chunk] = self._onnx(ids.astype(np.int64), mask.astype(np.int64))
+                embeddings[chunk] = self._onnx(*self._padded(batch, "np"))
             else:
                 embeddings[chunk] = self._torch_forward(batch)
             self.forward_passes += 1
