@@ -63,7 +63,8 @@ DEFAULT_THRESHOLD = 0.5
 WINDOW_TOKENS = 128
 WINDOW_OVERLAP = 32
 # The head served when SAFETY_MINILM_HEAD_PATH is unset: head 8, fine-tuned with the encoder,
-# better than head 7 on every row of the ninth fresh sets (bench/results/safety_fresh_9.md:
+# at least as good as head 7 on every row of the rule for the ninth fresh sets (violence recall
+# alone is lower, 0.86 against 0.90; bench/results/safety_fresh_9.md:
 # toxic recall 0.92 against 0.89, lowest category self-harm 0.80 against 0.69, hard negatives
 # 3.1% against 4.7%, charged-but-ordinary chat refused 4.8% against 5.2%, ordinary answers cut
 # 7.5% against 8.3% with each head's OUTPUT_THRESHOLDS; README, "Safety"). Heads 7, 6 and 5
