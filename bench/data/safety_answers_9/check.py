@@ -21,17 +21,21 @@ Exits 1 when anything is wrong or collides.
 
 from __future__ import annotations
 
-import csv
-import difflib
-import itertools
 import re
 import sys
 from collections import Counter
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-DATA = HERE.parent
-BENCH = DATA.parent
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from safety_set_check import (  # noqa: E402
+    collisions,
+    header_problems,
+    loader_problems,
+    read,
+)
+
 ANSWERS = HERE / "answers.tsv"
 HEADER = ["label", "kind", "harm_from", "text"]
 # The names of parlance.safety.categories (OPENAI_CATEGORIES) this set uses, plus ordinary.
@@ -50,42 +54,14 @@ MIN_LATE = 4
 MIN_ORDINARY = 240
 MIN_ORDINARY_KINDS = 17
 # Held-out folders of other engineers that this check must not read.
-SKIP = {"safety_eval_9"}
-NEAR = 0.8
+SKIP = frozenset({"safety_eval_9"})
 # A sentence ends at . ! or ? (optionally followed by a closing quote or bracket) then a space
 # and a capital, digit, quote, bracket or backtick, or the end (the rule of safety_answers_8).
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s+[A-Z0-9\"'(`]|\s*$)")
 
 
-def read(path: Path) -> list[dict[str, str]]:
-    with path.open(encoding="utf-8", newline="") as handle:
-        return list(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
-
-
 def sentences(text: str) -> int:
     return len(_SENTENCE_END.findall(text))
-
-
-def other_texts() -> list[str]:
-    """Every text field of the other safety sets (the last column of a line), lower-cased;
-    never printed."""
-    pool: set[str] = set()
-    for path in sorted(DATA.glob("safety_*/*")):
-        if path.parent == HERE or path.parent.name in SKIP or path.suffix not in {".tsv", ".txt"}:
-            continue
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip() and not line.startswith("#"):
-                pool.add(line.split("\t")[-1].strip().lower())
-    return sorted(pool)
-
-
-def close(a: str, b: str) -> bool:
-    matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
-    return (
-        matcher.real_quick_ratio() > NEAR
-        and matcher.quick_ratio() > NEAR
-        and matcher.ratio() > NEAR
-    )
 
 
 def check_rows(rows: list[dict[str, str]]) -> int:
@@ -163,12 +139,7 @@ def report_counts(rows: list[dict[str, str]]) -> None:
 
 
 def main() -> int:
-    problems = 0
-    with ANSWERS.open(encoding="utf-8") as handle:
-        header = handle.readline().rstrip("\n").split("\t")
-    if header != HEADER:
-        print(f"header is {header}, expected {HEADER}")
-        problems += 1
+    problems = header_problems(ANSWERS, HEADER)
     rows = read(ANSWERS)
     problems += check_rows(rows)
     if problems:
@@ -177,34 +148,9 @@ def main() -> int:
     problems += check_sizes(rows)
     report_counts(rows)
 
-    texts = [r["text"].strip().lower() for r in rows]
-    for (i, a), (j, b) in itertools.combinations(enumerate(texts), 2):
-        if a == b or close(a, b):
-            print(f"near duplicates inside the set: lines {i + 2} and {j + 2}")
-            problems += 1
+    problems += collisions(rows, HERE, "answers", SKIP)
 
-    pool = other_texts()
-    colliding = [t for t in texts if t in pool or any(close(t, o) for o in pool)]
-    for t in colliding:
-        print(f"equal or close to a text of another safety set: {t}")
-    problems += len(colliding)
-    print(
-        f"\ncompared with {len(pool)} texts of the other bench/data/safety_* sets "
-        f"(not {', '.join(sorted(SKIP))}): {len(colliding)} of this set's answers collide"
-    )
-
-    # The loader the false-positive bench uses; (kind, text) only.
-    sys.path.insert(0, str(BENCH))
-    try:
-        from safety_false_positives import read_set
-    except ImportError as exc:  # the bench needs the services installed (.venv)
-        print(f"read_set not importable ({exc}); run with .venv/bin/python")
-        problems += 1
-    else:
-        loaded = read_set(ANSWERS)
-        ok = len(loaded) == len(rows) and all(t for _, t in loaded)
-        print(f"read_set loads {len(loaded)} (kind, text) rows: {'ok' if ok else 'MISMATCH'}")
-        problems += not ok
+    problems += loader_problems(ANSWERS, rows)
     print("ok" if not problems else f"{problems} problems")
     return 1 if problems else 0
 
