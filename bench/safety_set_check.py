@@ -9,13 +9,34 @@ from __future__ import annotations
 import csv
 import difflib
 import itertools
+import re
 import sys
+from collections import Counter
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 DATA = BENCH / "data"
 # difflib ratio above which two texts are "close".
 NEAR = 0.8
+# The labels of the answer sets (safety_answers_*): ordinary, or the names of
+# parlance.safety.categories (OPENAI_CATEGORIES) they use.
+ANSWER_LABELS = [
+    "ordinary",
+    "hate",
+    "harassment",
+    "harassment/threatening",
+    "violence",
+    "self-harm",
+    "sexual",
+]
+# A sentence ends at . ! or ? (optionally followed by a closing quote or bracket) then a space
+# and a capital, digit, quote, bracket or backtick, or the end; good enough to count 2-8
+# sentences, code spans with dots included.
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s+[A-Z0-9\"'(`]|\s*$)")
+
+
+def sentences(text: str) -> int:
+    return len(_SENTENCE_END.findall(text))
 
 
 def read(path: Path) -> list[dict[str, str]]:
@@ -90,3 +111,20 @@ def loader_problems(path: Path, rows: list[dict[str, str]]) -> int:
     ok = len(loaded) == len(rows) and all(t for _, t in loaded)
     print(f"read_set loads {len(loaded)} (kind, text) rows: {'ok' if ok else 'MISMATCH'}")
     return 0 if ok else 1
+
+
+def report_answer_counts(rows: list[dict[str, str]]) -> None:
+    """An answer set's counts: per label (with the answers whose harm starts after sentence 1)
+    and per label and kind (the README's tables)."""
+    print(f"{len(rows)} answers")
+    print("\n| label | count | harm starts after sentence 1 |\n|---|---|---|")
+    late = Counter(r["label"] for r in rows if int(r["harm_from"]) > 1)
+    by_label = sorted(
+        Counter(r["label"] for r in rows).items(), key=lambda x: ANSWER_LABELS.index(x[0])
+    )
+    for label, n in by_label:
+        shown = late[label] if label != "ordinary" else "-"
+        print(f"| {label} | {n} | {shown} |")
+    print("\n| label | kind | count |\n|---|---|---|")
+    for (label, kind), n in sorted(Counter((r["label"], r["kind"]) for r in rows).items()):
+        print(f"| {label} | {kind} | {n} |")

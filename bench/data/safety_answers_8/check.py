@@ -17,40 +17,24 @@ Exits 1 when anything is wrong or collides.
 
 from __future__ import annotations
 
-import re
 import sys
-from collections import Counter
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from safety_set_check import (  # noqa: E402
+    ANSWER_LABELS,
     collisions,
     header_problems,
     loader_problems,
     read,
+    report_answer_counts,
+    sentences,
 )
 
 ANSWERS = HERE / "answers.tsv"
 HEADER = ["label", "kind", "harm_from", "text"]
-# The names of parlance.safety.categories (OPENAI_CATEGORIES) this set uses, plus ordinary.
-LABELS = [
-    "ordinary",
-    "hate",
-    "harassment",
-    "harassment/threatening",
-    "violence",
-    "self-harm",
-    "sexual",
-]
-# A sentence ends at . ! or ? (optionally followed by a closing quote or bracket) then a space
-# or the end; good enough to count 2-8 sentences, code spans with dots included.
-_SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s+[A-Z0-9\"'(`]|\s*$)")
-
-
-def sentences(text: str) -> int:
-    return len(_SENTENCE_END.findall(text))
 
 
 def check_rows(rows: list[dict[str, str]]) -> int:
@@ -63,7 +47,7 @@ def check_rows(rows: list[dict[str, str]]) -> int:
             continue
         label, text = row["label"], row["text"]
         count = sentences(text)
-        if label not in LABELS:
+        if label not in ANSWER_LABELS:
             print(f"line {n}: unknown label {label!r}")
             problems += 1
         if not 2 <= count <= 8:
@@ -77,24 +61,11 @@ def check_rows(rows: list[dict[str, str]]) -> int:
     return problems
 
 
-def report_counts(rows: list[dict[str, str]]) -> None:
-    print(f"{len(rows)} answers")
-    print("\n| label | count | harm starts after sentence 1 |\n|---|---|---|")
-    late = Counter(r["label"] for r in rows if int(r["harm_from"]) > 1)
-    by_label = sorted(Counter(r["label"] for r in rows).items(), key=lambda x: LABELS.index(x[0]))
-    for label, n in by_label:
-        shown = late[label] if label != "ordinary" else "-"
-        print(f"| {label} | {n} | {shown} |")
-    print("\n| label | kind | count |\n|---|---|---|")
-    for (label, kind), n in sorted(Counter((r["label"], r["kind"]) for r in rows).items()):
-        print(f"| {label} | {kind} | {n} |")
-
-
 def main() -> int:
     problems = header_problems(ANSWERS, HEADER)
     rows = read(ANSWERS)
     problems += check_rows(rows)
-    report_counts(rows)
+    report_answer_counts(rows)
 
     problems += collisions(rows, HERE, "answers")
 

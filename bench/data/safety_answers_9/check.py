@@ -21,7 +21,6 @@ Exits 1 when anything is wrong or collides.
 
 from __future__ import annotations
 
-import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -30,24 +29,17 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from safety_set_check import (  # noqa: E402
+    ANSWER_LABELS,
     collisions,
     header_problems,
     loader_problems,
     read,
+    report_answer_counts,
+    sentences,
 )
 
 ANSWERS = HERE / "answers.tsv"
 HEADER = ["label", "kind", "harm_from", "text"]
-# The names of parlance.safety.categories (OPENAI_CATEGORIES) this set uses, plus ordinary.
-LABELS = [
-    "ordinary",
-    "hate",
-    "harassment",
-    "harassment/threatening",
-    "violence",
-    "self-harm",
-    "sexual",
-]
 HARMFUL_KINDS = {"direct_harm", "late_harm"}
 PER_CATEGORY = 20
 MIN_LATE = 4
@@ -55,13 +47,6 @@ MIN_ORDINARY = 240
 MIN_ORDINARY_KINDS = 17
 # Held-out folders of other engineers that this check must not read.
 SKIP = frozenset({"safety_eval_9"})
-# A sentence ends at . ! or ? (optionally followed by a closing quote or bracket) then a space
-# and a capital, digit, quote, bracket or backtick, or the end (the rule of safety_answers_8).
-_SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s+[A-Z0-9\"'(`]|\s*$)")
-
-
-def sentences(text: str) -> int:
-    return len(_SENTENCE_END.findall(text))
 
 
 def check_rows(rows: list[dict[str, str]]) -> int:
@@ -74,7 +59,7 @@ def check_rows(rows: list[dict[str, str]]) -> int:
             continue
         label, kind, text = row["label"], row["kind"], row["text"]
         count = sentences(text)
-        if label not in LABELS:
+        if label not in ANSWER_LABELS:
             print(f"line {n}: unknown label {label!r}")
             problems += 1
         if not text.strip() or text != text.strip():
@@ -113,7 +98,7 @@ def check_sizes(rows: list[dict[str, str]]) -> int:
             f">= {MIN_ORDINARY} in >= {MIN_ORDINARY_KINDS}"
         )
         problems += 1
-    for label in LABELS[1:]:
+    for label in ANSWER_LABELS[1:]:
         mine = [r for r in rows if r["label"] == label]
         late = sum(r["kind"] == "late_harm" for r in mine)
         if len(mine) != PER_CATEGORY or late < MIN_LATE:
@@ -125,19 +110,6 @@ def check_sizes(rows: list[dict[str, str]]) -> int:
     return problems
 
 
-def report_counts(rows: list[dict[str, str]]) -> None:
-    print(f"{len(rows)} answers")
-    print("\n| label | count | harm starts after sentence 1 |\n|---|---|---|")
-    late = Counter(r["label"] for r in rows if int(r["harm_from"]) > 1)
-    by_label = sorted(Counter(r["label"] for r in rows).items(), key=lambda x: LABELS.index(x[0]))
-    for label, n in by_label:
-        shown = late[label] if label != "ordinary" else "-"
-        print(f"| {label} | {n} | {shown} |")
-    print("\n| label | kind | count |\n|---|---|---|")
-    for (label, kind), n in sorted(Counter((r["label"], r["kind"]) for r in rows).items()):
-        print(f"| {label} | {kind} | {n} |")
-
-
 def main() -> int:
     problems = header_problems(ANSWERS, HEADER)
     rows = read(ANSWERS)
@@ -146,7 +118,7 @@ def main() -> int:
         print(f"{problems} problems")
         return 1
     problems += check_sizes(rows)
-    report_counts(rows)
+    report_answer_counts(rows)
 
     problems += collisions(rows, HERE, "answers", SKIP)
 
