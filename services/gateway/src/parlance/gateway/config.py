@@ -7,7 +7,17 @@ from typing import Literal
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from parlance.gateway.categories import OPENAI_CATEGORIES
 from parlance.gateway.splits import SplitError, parse_aliases
+
+# What the model is told when input moderation answers a message with care (input_care_*).
+DEFAULT_CARE_PROMPT = (
+    "The user's message may touch on self-harm or suicide. Answer with warmth and without "
+    "judgement. If they may be at risk, encourage them to reach out now to someone they trust, "
+    "a local crisis line or emergency services. Never give methods or encouragement for "
+    "self-harm. If it is an everyday question (health, diet, first aid, medicine), answer it "
+    "helpfully and safely."
+)
 
 
 class GatewaySettings(BaseSettings):
@@ -190,6 +200,17 @@ class GatewaySettings(BaseSettings):
     # on any engine; on an H200 the first window took ~5 ms more to fill at 10 ms
     # (bench/results/gpu_duel.md), on llama.cpp tens of ms.
     moderation_lead_after_ms: float = Field(default=0.0, ge=0)
+    # Input flagged only in these categories is answered with care instead of refused
+    # (moderation.py, "care"): input_care_prompt goes first in the context the model sees
+    # (never stored, never cached), and output moderation judges the answer as always. A person
+    # who writes about hurting themselves should get a caring answer that points to help, not
+    # an error; and a self-harm score on an ordinary question (weight loss, first aid, doses:
+    # bench/results/safety_fresh_9.md) then costs a careful answer, not a refusal. [] refuses
+    # these categories like any other.
+    input_care_categories: list[str] = Field(
+        default_factory=lambda: ["self-harm", "self-harm/intent"]
+    )
+    input_care_prompt: str = DEFAULT_CARE_PROMPT
     # Intent routing (README, "Intent routing"): the route file (YAML or JSON; empty: off),
     # checked for changes at most this often and reloaded when it changed (a bad new file
     # is refused with a log line and the previous routes stay), and the embedding model that
@@ -216,6 +237,16 @@ class GatewaySettings(BaseSettings):
     # on one host; set it (the same on every replica) so that ids agree across hosts.
     key_id_secret: str = ""
     key_id_file: str = ".data/gateway-key-id-secret"
+
+    @field_validator("input_care_categories")
+    @classmethod
+    def _check_care_categories(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(OPENAI_CATEGORIES))
+        if unknown:
+            raise ValueError(
+                f"unknown moderation categories {unknown}; known: {', '.join(OPENAI_CATEGORIES)}"
+            )
+        return value
 
     @field_validator("model_aliases")
     @classmethod

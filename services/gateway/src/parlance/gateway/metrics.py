@@ -73,6 +73,12 @@ MODERATION_FLAGS = Counter(
     "Texts flagged by moderation, by direction and category.",
     ["direction", "category"],
 )
+INPUT_CARE = Counter(
+    "parlance_gateway_input_care_total",
+    "Requests answered with care (input flagged only in GATEWAY_INPUT_CARE_CATEGORIES), "
+    "by flagged category.",
+    ["category"],
+)
 MODERATION_WINDOWS = Counter(
     "parlance_gateway_moderation_windows_total",
     "Windows of generated text held back and sent to output moderation.",

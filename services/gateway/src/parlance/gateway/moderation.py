@@ -30,15 +30,15 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from parlance.gateway import errors
 from parlance.gateway.clients import SafetyClient
 from parlance.gateway.config import GatewaySettings
-from parlance.gateway.metrics import MODERATION_FLAGS
-from parlance.gateway.verdicts import verdict_json
+from parlance.gateway.metrics import INPUT_CARE, MODERATION_FLAGS
+from parlance.gateway.verdicts import to_json, verdict, verdict_json
 from parlance.safety.v1 import safety_pb2
 
 log = logging.getLogger(__name__)
@@ -71,11 +71,14 @@ def flagged_categories(result: safety_pb2.Classification) -> list[str]:
 
 
 async def moderate_input(
-    safety: SafetyClient, texts: list[str], thresholds: Mapping[str, float] | None = None
-) -> list[str]:
+    safety: SafetyClient,
+    texts: list[str],
+    thresholds: Mapping[str, float] | None = None,
+    care: Collection[str] = (),
+) -> InputJudgement:
     """Each text's moderation_json ("" for a blank text, which is not classified); raises 400
-    content_filter when any text is flagged (safety down: 503, fail closed)."""
-    return judge_input(texts, await classify_input(safety, texts), thresholds)
+    content_filter when any text is flagged outside `care` (safety down: 503, fail closed)."""
+    return judge_input(texts, await classify_input(safety, texts), thresholds, care)
 
 
 async def classify_input(
@@ -106,34 +109,71 @@ def input_flags(
     )
 
 
+@dataclass(frozen=True)
+class InputJudgement:
+    """Input moderation's answer: each text's moderation_json, and the flagged categories
+    the request is answered with care for (empty: nothing flagged)."""
+
+    verdicts: list[str]
+    care: list[str] = field(default_factory=list)
+
+
 def judge_input(
     texts: list[str],
     verdicts: safety_pb2.ClassifyResponse | None,
     thresholds: Mapping[str, float] | None = None,
-) -> list[str]:
-    """moderate_input's answer from classify_input's verdicts (see moderate_input)."""
+    care: Collection[str] = (),
+) -> InputJudgement:
+    """moderate_input's answer from classify_input's verdicts (see moderate_input).
+
+    Care: when every flagged text is flagged only in categories of `care` (the gateway's
+    input_care_categories), the request is not refused: the caller answers it with the care
+    prompt. Its flagged texts' verdicts say `"flagged": true` (with the categories a route's
+    threshold added, and `"action": "care"`), so that history never exports the exchange
+    (history/export.py) and the conversation shows what was flagged."""
     if verdicts is None:
-        return [""] * len(texts)
+        return InputJudgement([""] * len(texts))
     classified = [i for i, t in enumerate(texts) if t.strip()]
     flags = [input_flags(v, thresholds) for v in verdicts.results]
     flagged = [
         v.flagged if not thresholds else bool(f)
         for v, f in zip(verdicts.results, flags, strict=True)
     ]
+    found = dict(zip(classified, zip(verdicts.results, flags, flagged, strict=True), strict=True))
     if not any(flagged):
-        found = dict(zip(classified, verdicts.results, strict=True))
-        return [
-            verdict_json("input", [found[i]], verdicts.model) if i in found else ""
-            for i in range(len(texts))
-        ]
+        return InputJudgement(
+            [
+                verdict_json("input", [found[i][0]], verdicts.model) if i in found else ""
+                for i in range(len(texts))
+            ]
+        )
     categories = sorted({c for f in flags for c in f})
     for category in categories or ["flagged"]:
         MODERATION_FLAGS.labels("input", category).inc()
-    log.info("input refused by moderation", extra={"categories": categories})
-    raise errors.content_filtered(
-        "The response was filtered due to the prompt triggering the content management "
-        f"policy ({', '.join(categories) or 'flagged'}). Please modify your prompt and retry."
-    )
+    # A text flagged with no category named (a classifier's overall flag) is never cared for.
+    cared = all(f and set(f) <= set(care) for f, hit in zip(flags, flagged, strict=True) if hit)
+    if not cared:
+        log.info("input refused by moderation", extra={"categories": categories})
+        raise errors.content_filtered(
+            "The response was filtered due to the prompt triggering the content management "
+            f"policy ({', '.join(categories) or 'flagged'}). Please modify your prompt and retry."
+        )
+    for category in categories:
+        INPUT_CARE.labels(category).inc()
+    log.info("input answered with care", extra={"categories": categories})
+    stored = []
+    for i in range(len(texts)):
+        if i not in found:
+            stored.append("")
+            continue
+        result, text_flags, hit = found[i]
+        judged = verdict([result], verdicts.model)
+        if hit:
+            judged["flagged"] = True
+            judged["flagged_categories"] = sorted({*judged["flagged_categories"], *text_flags})
+            judged["action"] = "care"
+        stored.append(to_json(input=judged))
+    return InputJudgement(stored, categories)
 
 
 # --- Events the serving layer turns into chunks ---------------------------------------------

@@ -253,6 +253,8 @@ class FakeSafety:
 
     def __init__(self, flag_words: tuple[str, ...] = ("badword",)) -> None:
         self.flag_words = flag_words
+        # Words that flag a category of their own: {"hopeless": "self-harm"}.
+        self.category_words: dict[str, str] = {}
         self.calls: list[tuple[list[str], int]] = []
         self.down = False
         # Seconds each classification takes (to hold windows back).
@@ -260,13 +262,20 @@ class FakeSafety:
 
     def _verdict(self, text: str) -> safety_pb2.Classification:
         flagged = any(word in text.lower() for word in self.flag_words)
-        return safety_pb2.Classification(
-            flagged=flagged,
-            categories=[
+        categories = [
+            safety_pb2.CategoryResult(
+                category="harassment", score=0.99 if flagged else 0.01, flagged=flagged
+            )
+        ]
+        for category in sorted(set(self.category_words.values())):
+            hit = any(w in text.lower() for w, c in self.category_words.items() if c == category)
+            categories.append(
                 safety_pb2.CategoryResult(
-                    category="harassment", score=0.99 if flagged else 0.01, flagged=flagged
+                    category=category, score=0.99 if hit else 0.01, flagged=hit
                 )
-            ],
+            )
+        return safety_pb2.Classification(
+            flagged=any(c.flagged for c in categories), categories=categories
         )
 
     async def classify(self, texts: list[str], direction: int) -> safety_pb2.ClassifyResponse:

@@ -38,6 +38,8 @@ router = APIRouter()
 
 # The intent route a request took (with intent routing on).
 INTENT_HEADER = "x-parlance-intent"
+# The categories a request was answered with care for (moderation.judge_input).
+CARE_HEADER = "x-parlance-care"
 
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
@@ -240,6 +242,8 @@ async def create_chat_completion(
         headers[INTENT_HEADER] = prepared.intent.name
         admitted.timing.add(SERVER_TIMING_STAGE, prepared.intent.duration_s)
     answer = await state.chat.respond(prepared, headers, admitted.timing, use_cache(request))
+    if prepared.care:
+        headers[CARE_HEADER] = ",".join(prepared.care)
     if isinstance(answer, ChatCompletion):
         admitted.release()
         return Response(dump(answer), media_type="application/json", headers=headers)

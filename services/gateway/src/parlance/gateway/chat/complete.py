@@ -32,7 +32,9 @@ class Completion:
         observe(prepared, progress, record)
         compare.observe(prepared, record)
         complete = all(c.finish_reason in ("stop", "length") for c in record.choices)
-        if prepared.cache_key and complete:
+        # An answer given with care is not cached: a cache hit skips input moderation, so it
+        # would come back without the care the request was judged to need (its headers).
+        if prepared.cache_key and complete and not prepared.care:
             await self.cache.put(prepared.cache_key, record)
         await self.store_exchange(prepared, record, progress)
 

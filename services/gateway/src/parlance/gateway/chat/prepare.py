@@ -11,7 +11,7 @@ from parlance.gateway import convert, errors, moderation
 from parlance.gateway.auth import Principal
 from parlance.gateway.cache import cache_key
 from parlance.gateway.chat.intent import IntentStep
-from parlance.gateway.chat.prepared import PreparedChat
+from parlance.gateway.chat.prepared import ContextInputs, PreparedChat
 from parlance.gateway.chat.protocol import ChatCompletionRequest
 from parlance.gateway.chat.validation import effective_max_tokens
 from parlance.gateway.clients import GeneratorClient, HistoryClient, SafetyClient
@@ -136,16 +136,12 @@ class Preparer:
         self._check_storable(request, principal.user_id)
         if not preloaded:
             stored = await self._read_conversation(request, principal.user_id)
-        stored_context = self._load_conversation(prepared, stored)
-        new_context = [convert.chat_message(role, text) for role, text in new_messages]
-        if stored_context:
-            prepared.context.extend(
-                await self._fit_context(prepared, stored_context, new_context, system_prompt)
-            )
-        else:
-            prepared.context.extend(new_context)
-        if system_prompt:  # an intent route's: first in the whole context, never stored
-            prepared.context.insert(0, convert.chat_message("system", system_prompt))
+        prepared.context_parts = ContextInputs(
+            stored=self._load_conversation(prepared, stored),
+            new=[convert.chat_message(role, text) for role, text in new_messages],
+            prompts=[system_prompt] if system_prompt else [],
+        )
+        prepared.context = await self._assemble(prepared)
         if self.settings.cache_enabled and request.is_deterministic():
             prepared.cache_key = cache_key(
                 principal.user_id,
@@ -200,18 +196,27 @@ class Preparer:
         prepared.previous_turn = previous_turn(stored.messages)
         return [convert.chat_message(m.role, m.content) for m in stored.messages]
 
+    async def _assemble(self, prepared: PreparedChat) -> Messages:
+        """The context the model sees: the system prompts the gateway adds (the care prompt,
+        an intent route's; first, never stored), then the stored conversation fitted to the
+        window, then the request's own messages."""
+        parts = prepared.context_parts
+        pinned = [convert.chat_message("system", prompt) for prompt in parts.prompts]
+        if not parts.stored:
+            return [*pinned, *parts.new]
+        return [*pinned, *await self._fit_context(prepared, parts.stored, parts.new, pinned)]
+
     async def _fit_context(
         self,
         prepared: PreparedChat,
         stored: Messages,
         new: Messages,
-        system_prompt: str | None = None,
+        pinned: Messages,
     ) -> Messages:
         """The stored conversation trimmed, oldest messages first, so that it and the request's
         messages fit the model's window with room for the answer. Messages the request sends
         itself are never dropped: when they alone do not fit, the generator says so (400).
-        An intent route's system prompt, put first afterwards, is counted with them."""
-        pinned = [convert.chat_message("system", system_prompt)] if system_prompt else []
+        The system prompts the gateway puts first (`pinned`) are counted with them."""
         window = next(
             (m.max_model_len for m in await self.models.list() if m.id == prepared.model), 0
         )
@@ -245,18 +250,28 @@ class Preparer:
 
     async def moderate_input(self, prepared: PreparedChat) -> None:
         """Refuses the request when any message of it is flagged (fail closed: safety down is
-        a 503, never an unmoderated generation). Messages loaded from history passed
-        moderation when they were stored."""
+        a 503, never an unmoderated generation), unless it is flagged only in the care
+        categories: then the care prompt goes first in the context (moderation.py). Messages
+        loaded from history passed moderation when they were stored."""
         texts = [text for _, text in prepared.new_messages]
+        care = self.settings.input_care_categories
         if prepared.input_moderation is not None:
             verdicts = await prepared.input_moderation
-            prepared.input_verdicts = moderation.judge_input(
-                texts, verdicts, prepared.safety_thresholds
-            )
+            judged = moderation.judge_input(texts, verdicts, prepared.safety_thresholds, care)
         elif self.settings.moderate_input:
-            prepared.input_verdicts = await moderation.moderate_input(
-                self.safety, texts, prepared.safety_thresholds
+            judged = await moderation.moderate_input(
+                self.safety, texts, prepared.safety_thresholds, care
             )
+        else:
+            return
+        prepared.input_verdicts = judged.verdicts
+        if judged.care:
+            prepared.care = judged.care
+            # First, before a route's system prompt and the user's own: the model reads it as
+            # the frame of everything after it. A stored conversation is fitted again with it
+            # (a few more tokens may drop one more old exchange).
+            prepared.context_parts.prompts.insert(0, self.settings.input_care_prompt)
+            prepared.context = await self._assemble(prepared)
 
 
 async def count_tokens(generator: GeneratorClient, model: str, messages: Messages) -> int:

@@ -22,6 +22,17 @@ CANCELLED = "cancelled"
 
 
 @dataclass
+class ContextInputs:
+    """What a request's context is assembled from (prepare.py, Preparer._assemble): the
+    stored conversation it continues, its own messages, and the system prompts the gateway
+    puts first."""
+
+    stored: list[generator_pb2.ChatMessage] = field(default_factory=list)
+    new: list[generator_pb2.ChatMessage] = field(default_factory=list)
+    prompts: list[str] = field(default_factory=list)
+
+
+@dataclass
 class PreparedChat:
     request: ChatCompletionRequest
     principal: Principal
@@ -51,6 +62,11 @@ class PreparedChat:
     intent: IntentMatch | None = None
     safety_thresholds: dict[str, float] = field(default_factory=dict)
     input_moderation: asyncio.Task[safety_pb2.ClassifyResponse | None] | None = None
+    # What `context` was assembled from (assembled again when care adds its prompt).
+    context_parts: ContextInputs = field(default_factory=ContextInputs)
+    # Input flagged only in the care categories: those categories; the request is answered
+    # with the care prompt first in its context (moderation.judge_input), and never cached.
+    care: list[str] = field(default_factory=list)
     # The stored answer this request follows and its question (the re-ask signal's input).
     previous_turn: PreviousTurn | None = None
     # Answered with two candidates side by side (chat/compare.py); the request then has n=2.

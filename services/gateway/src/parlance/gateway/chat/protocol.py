@@ -220,6 +220,8 @@ class ParlanceExtension(BaseModel):
     intent: IntentInfo | None = None
     comparison: ComparisonInfo | None = None
     best_of: BestOfInfo | None = None
+    # The input was flagged in these categories and answered with care (GATEWAY_INPUT_CARE_*).
+    care: list[str] | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -232,7 +234,8 @@ class ChatCompletion(BaseModel):
     system_fingerprint: str | None = None
     # Parlance extension: the stored conversation this exchange was appended to.
     conversation_id: str | None = None
-    # Parlance extension object: set only when intent routing is on.
+    # Parlance extension object: set only when there is something to say (the intent route,
+    # a comparison, best_of, an answer given with care).
     parlance: ParlanceExtension | None = None
 
 
@@ -257,5 +260,5 @@ class ChatCompletionChunk(BaseModel):
     system_fingerprint: str | None = None
     usage: Usage | None = None
     conversation_id: str | None = None
-    # Parlance extension object: on the first chunk of a stream, when intent routing is on.
+    # Parlance extension object: on the first chunk of a stream, when there is one.
     parlance: ParlanceExtension | None = None

@@ -146,9 +146,9 @@ def extension(prepared: PreparedChat) -> ParlanceExtension | None:
     """The response's Parlance extension object (None: nothing to add)."""
     match = prepared.intent
     comparison = prepared.comparison
-    if match is None and comparison is None and prepared.best_of is None:
+    if match is None and comparison is None and prepared.best_of is None and not prepared.care:
         return None
-    added = ParlanceExtension()
+    added = ParlanceExtension(care=prepared.care or None)
     if match is not None:
         added.intent = IntentInfo(
             name=match.name, score=round(match.score, 4), fallback=match.fallback

@@ -1,0 +1,147 @@
+"""Input flagged only in the care categories (self-harm by default) is answered with care, not
+refused: the care prompt goes first in what the model sees, the response says so, the stored
+verdict is flagged (never exported), and the answer is not cached. Anything else flagged is
+still refused. The safety service here is FakeSafety (a test double: the real classifiers'
+scores cannot be chosen); tests/test_care_stack.py runs the real MiniLM classifier."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from parlance.gateway.config import DEFAULT_CARE_PROMPT, GatewaySettings
+from parlance.gateway.moderation import judge_input
+from parlance.safety.v1 import safety_pb2
+from parlance.testing.fakes import FakeGenerator
+from parlance.testing.inprocess import InProcessGateway, inprocess_gateway
+
+AT_RISK = "everything feels hopeless lately"
+INSULT = "you badword, everything feels hopeless"
+
+
+@pytest.fixture
+async def gw(tmp_path: Path) -> AsyncIterator[InProcessGateway]:
+    async with inprocess_gateway(tmp_path) as gateway:
+        gateway.safety.category_words = {"hopeless": "self-harm"}
+        yield gateway
+
+
+def sent_messages(gw: InProcessGateway) -> list[tuple[str, str]]:
+    return [(m.role, m.content) for m in gw.generator.requests[-1].chat.messages]
+
+
+async def test_a_self_harm_flag_is_answered_with_care(gw: InProcessGateway) -> None:
+    body = gw.body(AT_RISK, temperature=0)
+    response = await gw.chat(body)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-parlance-care"] == "self-harm"
+    assert response.json()["parlance"] == {"care": ["self-harm"]}
+    assert response.json()["choices"][0]["message"]["content"]
+    assert sent_messages(gw) == [("system", DEFAULT_CARE_PROMPT), ("user", AT_RISK)]
+    # Never cached: the same deterministic request is generated (and judged) again.
+    again = await gw.chat(body)
+    assert again.headers["x-cache"] == "miss"
+    assert again.headers["x-parlance-care"] == "self-harm"
+    assert len(gw.generator.requests) == 2
+
+
+async def test_a_stream_says_care_on_its_first_chunk(gw: InProcessGateway) -> None:
+    events = await gw.events(gw.body(AT_RISK, stream=True))
+    assert events[0]["parlance"] == {"care": ["self-harm"]}
+    assert all("parlance" not in e for e in events[1:-1])
+    assert events[-1] == "[DONE]"
+    assert sent_messages(gw)[0] == ("system", DEFAULT_CARE_PROMPT)
+
+
+async def test_another_category_flagged_beside_it_is_refused(gw: InProcessGateway) -> None:
+    response = await gw.chat(gw.body(INSULT))
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "content_filter"
+    assert "harassment" in error["message"] and "self-harm" in error["message"]
+    assert gw.generator.requests == []
+
+
+async def test_the_stored_verdict_is_flagged_and_the_prompt_is_not_stored(
+    gw: InProcessGateway,
+) -> None:
+    response = await gw.chat(gw.body(AT_RISK, store=True))
+    assert response.status_code == 200, response.text
+    stored = gw.history.stored(response.json()["conversation_id"])
+    assert [m.role for m in stored] == ["user", "assistant"]
+    verdict = json.loads(stored[0].moderation_json)["input"]
+    # Flagged: history never exports the exchange (history/export.py).
+    assert verdict["flagged"] is True
+    assert verdict["flagged_categories"] == ["self-harm"]
+    assert verdict["action"] == "care"
+    assert DEFAULT_CARE_PROMPT not in [m.content for m in stored]
+
+
+async def test_no_care_categories_refuse_as_before(tmp_path: Path) -> None:
+    async with inprocess_gateway(tmp_path, input_care_categories=[]) as gw:
+        gw.safety.category_words = {"hopeless": "self-harm"}
+        response = await gw.chat(gw.body(AT_RISK))
+        assert response.status_code == 400
+        assert response.json()["error"]["code"] == "content_filter"
+        assert gw.generator.requests == []
+
+
+async def test_the_care_prompt_is_counted_when_a_stored_conversation_is_fitted(
+    tmp_path: Path,
+) -> None:
+    # A 200-token window, 50 for the answer: the stored exchange and the new message fit
+    # (~50 tokens), but not beside a long care prompt (~130): the old exchange is dropped.
+    prompt = "Answer with care and point to help. " * 14
+    fake = FakeGenerator(max_model_len=200)
+    async with inprocess_gateway(tmp_path, generator=fake, input_care_prompt=prompt) as gw:
+        gw.safety.category_words = {"hopeless": "self-harm"}
+        weather = "tell me about the weather " * 8
+        first = await gw.chat(gw.body(weather, store=True, max_tokens=50))
+        conversation = first.json()["conversation_id"]
+        second = await gw.chat(gw.body(AT_RISK, conversation_id=conversation, max_tokens=50))
+        assert second.status_code == 200, second.text
+        assert sent_messages(gw) == [("system", prompt), ("user", AT_RISK)]
+        # Without the care prompt the first exchange is kept.
+        gw.safety.category_words = {}
+        third = await gw.chat(gw.body("and tomorrow?", conversation_id=conversation, max_tokens=50))
+        assert third.status_code == 200, third.text
+        assert sent_messages(gw)[0] == ("user", weather)
+
+
+def classification(score: float, flagged: bool) -> safety_pb2.Classification:
+    return safety_pb2.Classification(
+        flagged=flagged,
+        categories=[
+            safety_pb2.CategoryResult(category="self-harm", score=score, flagged=flagged),
+            safety_pb2.CategoryResult(category="violence", score=0.01, flagged=False),
+        ],
+    )
+
+
+def test_a_route_threshold_flag_is_cared_for_and_stored_as_flagged() -> None:
+    # Safety did not flag (0.4 < its threshold); the health route's 0.3 does.
+    verdicts = safety_pb2.ClassifyResponse(results=[classification(0.4, False)], model="m")
+    judged = judge_input(["q"], verdicts, {"self-harm": 0.3}, care=("self-harm",))
+    assert judged.care == ["self-harm"]
+    stored = json.loads(judged.verdicts[0])["input"]
+    assert stored["flagged"] is True and stored["flagged_categories"] == ["self-harm"]
+    # Nothing flagged: no care, the verdict as safety gave it.
+    clean = judge_input(["q"], verdicts, None, care=("self-harm",))
+    assert clean.care == [] and json.loads(clean.verdicts[0])["input"]["flagged"] is False
+
+
+def test_a_flag_without_a_category_is_refused() -> None:
+    verdicts = safety_pb2.ClassifyResponse(
+        results=[safety_pb2.Classification(flagged=True)], model="m"
+    )
+    with pytest.raises(Exception, match="content management policy"):
+        judge_input(["q"], verdicts, None, care=("self-harm",))
+
+
+def test_unknown_care_categories_are_refused_at_start_up() -> None:
+    with pytest.raises(ValidationError, match="unknown moderation categories"):
+        GatewaySettings(input_care_categories=["selfharm"])
