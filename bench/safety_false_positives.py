@@ -11,6 +11,9 @@ development set since (output thresholds were calibrated on it):
   way a one-message chat request is: moderation.moderate_input (the gateway's own code) with a
   safety client that calls the safety service's serving object in process (one Classify call per
   message, DIRECTION_INPUT, the service's input thresholds). A content_filter error = refused.
+  This counts every flag as a refusal, as the gateway did before care (GATEWAY_INPUT_CARE_*:
+  self-harm alone is answered with care since 2026-11-30); bench/safety_input_policy.py
+  reports refused and answered with care apart, with the gateway's care categories.
 - bench/data/safety_fragments_7/answers.tsv: ordinary assistant answers. Each is streamed through
   the gateway's real StreamModerator (stream_moderation.py: WindowCutter windows from the
   gateway's settings, the lead window, each window classified with the previous one prepended,
