@@ -71,6 +71,9 @@ class Backend:
     threshold: float
     score: ScoreFn
     note: str = ""
+    # Per-category input thresholds where they differ from `threshold` (the head's own,
+    # minilm.INPUT_THRESHOLDS, as the service applies them to input).
+    thresholds: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -110,6 +113,7 @@ def service_backend(name: str, head: str | None = None) -> Backend:
         classifier.evaluated_categories,
         classifier.default_threshold,
         classifier.score,
+        thresholds=classifier.default_input_thresholds,
     )
 
 
@@ -197,7 +201,9 @@ def classify(backend: Backend, items: list[Item]) -> list[set[str]]:
     texts = [item.text for item in items]
     for start in range(0, len(texts), 32):
         for scores in backend.score(texts[start : start + 32]):
-            flags.append({c for c, v in scores.items() if v >= backend.threshold})
+            flags.append(
+                {c for c, v in scores.items() if v >= backend.thresholds.get(c, backend.threshold)}
+            )
     return flags
 
 

@@ -20,8 +20,8 @@ every message ordinary); toxic recall overall (flagged at all) and per category 
 category flagged), and what becomes of toxic texts (refused / care); hard negatives and
 everyday texts flagged and refused (--eval: safety_eval-style folders).
 
---choose: the rule (fixed before it ran; bench/results/safety_input_policy.md): starting from
-the head's thresholds in force, raise one category's input threshold at a time through GRID,
+--choose: the rule (fixed before it ran; bench/results/safety_fresh_10.md): starting from 0.5
+for every category, raise one category's input threshold at a time through GRID,
 each time the raise that removes the most refused chat messages, as long as on every --eval
 set each claimed category's recall stays >= MIN_CATEGORY_RECALL and the overall toxic recall
 >= MIN_OVERALL_RECALL; stop when no allowed raise removes a refusal.
@@ -85,7 +85,8 @@ def read_eval(folder: Path) -> list[Scored]:
     return [Scored(folder.name, i.group, i.kind, i.labels, i.text) for i in items]
 
 
-def score_all(head: str, texts: list[Scored]) -> tuple[str, tuple[str, ...]]:
+def score_all(head: str, texts: list[Scored]) -> tuple[str, tuple[str, ...], dict[str, float]]:
+    """Scores `texts` in place; the head's name, categories and input thresholds."""
     from parlance.safety.classifier import build_classifier
     from parlance.safety.config import SafetySettings
 
@@ -97,7 +98,7 @@ def score_all(head: str, texts: list[Scored]) -> tuple[str, tuple[str, ...]]:
             texts[start : start + 32], classifier.score(plain[start : start + 32]), strict=True
         ):
             item.scores = dict(scores)
-    return classifier.name, classifier.evaluated_categories
+    return classifier.name, classifier.evaluated_categories, classifier.default_input_thresholds
 
 
 def judge(item: Scored, policy: Policy, care: tuple[str, ...], model: str = "minilm") -> Outcome:
@@ -264,11 +265,15 @@ def main() -> None:
         key, _, path = spec.partition("=")
         items = [s for p in args.messages for s in read_messages(p)]
         items += [s for d in args.eval for s in read_eval(d)]
-        model, categories = score_all(path, items)
+        model, categories, in_force = score_all(path, items)
         lines += [f"## {key}: {model}", ""]
         start = {c: 0.5 for c in categories}
         result = figures(items, Policy(categories, 0.5, {Direction.INPUT: start}), care)
         lines += report("at 0.5 (the default)", start, result, categories)
+        if in_force:
+            shipped = {**start, **in_force}
+            result = figures(items, Policy(categories, 0.5, {Direction.INPUT: shipped}), care)
+            lines += report("the head's own input thresholds", shipped, result, categories)
         if args.thresholds:
             given = {**start, **parse_thresholds(args.thresholds)}
             result = figures(items, Policy(categories, 0.5, {Direction.INPUT: given}), care)

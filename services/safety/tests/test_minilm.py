@@ -30,6 +30,7 @@ from prometheus_client import REGISTRY
 
 from parlance.safety.classifier import build_classifier
 from parlance.safety.classifier.minilm import (
+    INPUT_THRESHOLDS,
     OUTPUT_THRESHOLDS,
     WINDOW_TOKENS,
     MiniLMClassifier,
@@ -391,6 +392,23 @@ async def test_head_7_brings_its_output_thresholds(minilm7, minilm5, monkeypatch
         policy(output_thresholds={"violence": 0.7}).threshold(Direction.OUTPUT, "violence") == 0.7
     )
     assert policy(threshold=0.6).threshold(Direction.OUTPUT, "violence") == 0.6
+
+
+async def test_head_8_brings_its_input_thresholds(minilm8, monkeypatch) -> None:
+    """Head 8's input thresholds (minilm.INPUT_THRESHOLDS, chosen on development sets) apply
+    where the settings name none; settings and a global threshold win."""
+    for name in ("SAFETY_THRESHOLD", "SAFETY_INPUT_THRESHOLDS", "SAFETY_OUTPUT_THRESHOLDS"):
+        monkeypatch.delenv(name, raising=False)
+    assert minilm8.default_input_thresholds == INPUT_THRESHOLDS["minilm-l6-safety-head-8"]
+
+    def threshold(category: str, **overrides: Any) -> float:
+        settings = SafetySettings(**{"classifier": "minilm", **overrides})
+        return build_serving(settings, minilm8).policy.threshold(Direction.INPUT, category)
+
+    assert threshold("violence") == 0.6
+    assert threshold("hate") == 0.5
+    assert threshold("violence", input_thresholds={"violence": 0.7}) == 0.7
+    assert threshold("violence", threshold=0.55) == 0.55
 
 
 async def check_health(channel: grpc.aio.Channel) -> int:

@@ -21,15 +21,17 @@ from parlance.safety.v1 import safety_pb2_grpc
 def build_serving(settings: SafetySettings, classifier: Classifier | None = None) -> SafetyServing:
     if classifier is None:
         classifier = build_classifier(settings)
-    # The model's own output thresholds fill what the settings leave unset; a global
+    # The model's own thresholds per direction fill what the settings leave unset; a global
     # SAFETY_THRESHOLD replaces them as it replaces the default threshold.
-    measured = classifier.default_output_thresholds if settings.threshold is None else {}
+    measured = settings.threshold is None
+    measured_input = classifier.default_input_thresholds if measured else {}
+    measured_output = classifier.default_output_thresholds if measured else {}
     policy = Policy(
         classifier.evaluated_categories,
         settings.threshold if settings.threshold is not None else classifier.default_threshold,
         {
-            Direction.INPUT: settings.input_thresholds,
-            Direction.OUTPUT: {**measured, **settings.output_thresholds},
+            Direction.INPUT: {**measured_input, **settings.input_thresholds},
+            Direction.OUTPUT: {**measured_output, **settings.output_thresholds},
         },
     )
     return SafetyServing(

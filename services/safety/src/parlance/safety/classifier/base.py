@@ -37,6 +37,12 @@ class Classifier(ABC):
         window as it streams, so a model may need higher ones there than on input."""
         return {}
 
+    @property
+    def default_input_thresholds(self) -> dict[str, float]:
+        """Per-category thresholds for the input direction measured for this model, used where
+        settings name none ({}: the default threshold)."""
+        return {}
+
     @abstractmethod
     async def load(self) -> None:
         """Loads the model (weights, tokenizer); must not block the event loop."""

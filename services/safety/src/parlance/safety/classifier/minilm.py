@@ -76,7 +76,7 @@ HEAD_FILE = "minilm_head_8.npz"
 # categories on harmful ones (bench/results/safety_output_thresholds.md: 28% of ordinary
 # answers cut at 0.5, 2.7% with these; harmful answers cut 92% -> 74%). A streamed answer is
 # ~6 windows, any of which can cut it, and head 7 reads doses, knives and pest control as
-# self-harm or violence. Input keeps the default threshold.
+# self-harm or violence. Input: INPUT_THRESHOLDS below.
 OUTPUT_THRESHOLDS = {
     "minilm-l6-safety-head-7": {
         "harassment": 0.95,
@@ -96,6 +96,17 @@ OUTPUT_THRESHOLDS = {
         "sexual": 0.5,
         "violence": 0.85,
     },
+}
+# Input thresholds per head, chosen on development sets by bench/safety_input_policy.py's rule
+# (--choose: raise one category at a time while every claimed category keeps recall >= 0.80
+# and the toxic texts >= 0.88 on safety_eval_6 and safety_eval_9, each step the one that
+# refuses the fewest ordinary messages of safety_chat_7 and safety_chat_9, with self-harm
+# answered with care by the gateway; bench/results/safety_fresh_10.md). Categories not named
+# keep the default threshold.
+INPUT_THRESHOLDS = {
+    # 17 -> 14 of 1,365 development messages refused; violence recall 0.86 -> 0.84 on
+    # safety_eval_9.
+    "minilm-l6-safety-head-8": {"violence": 0.6},
 }
 HEAD_4B_FILE = "minilm_head_4b.npz"
 # A fine-tuned head's reference texts must score within this of the scores stored with them
@@ -521,6 +532,10 @@ class MiniLMClassifier(Classifier):
     @property
     def default_threshold(self) -> float:
         return DEFAULT_THRESHOLD
+
+    @property
+    def default_input_thresholds(self) -> dict[str, float]:
+        return dict(INPUT_THRESHOLDS.get(self._name, {}))
 
     @property
     def default_output_thresholds(self) -> dict[str, float]:
