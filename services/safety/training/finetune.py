@@ -1,9 +1,9 @@
 """Fine-tunes the MiniLM encoder end to end with the safety head: head 5 (minilm_head_5.npz),
 with --head 6 head 6 (minilm_head_6.npz), with --head 7 head 7 (minilm_head_7.npz), with --head 8
-head 8 (minilm_head_8.npz).
+head 8 (minilm_head_8.npz), with --head 9 head 9 (minilm_head_9.npz).
 
     HF_HUB_OFFLINE=1 nice -n 10 .venv/bin/python services/safety/training/finetune.py
-        [--head 5|6|7|8] [--out PATH] [--threads 2] [--check]
+        [--head 5|6|7|8|9] [--out PATH] [--threads 2] [--check]
         [--epochs 5] [--pos-power 1] [--hard-negative-weight 4]   (development variants)
 
 Why: head 4b's frozen encoder ranks charged-but-safe texts (support around self-harm, quotes,
@@ -38,7 +38,14 @@ refused or cut (game strategy with kill and die, supportive mental-health answer
 suicidal thoughts and point to help, doses and medicine, martial arts and self-defence, drinking
 and smoking reduction, crime fiction, war history, meat, pests, clinical sexual health, first
 aid, hunting, fitness), and harmful texts of the same shapes (answers that turn to encouraging
-self-harm, violence in answer shape, threats in game shape); weighed as round 7's. A text
+self-harm, violence in answer shape, threats in game shape); weighed as round 7's. Head 9
+(--head 9) adds data/round9/*.tsv to head 8's data: ordinary chat head 8 refused on development
+chat (diet, calories and weighing, drinking less, first aid, doses asked for safety, loneliness,
+self-requested roasts, greetings and questions about the assistant, grammar with charged words,
+cooking, pests, hunting, martial arts, survival games, villains in fiction, plague and war
+history, household repairs and stains) and answers of the kinds head 8 cut, and harmful texts of
+the same shapes (starving and purging intent, overdose intent, roasts of a named person, polite
+threats, wishes of violence); weighed as round 7's. A text
 scores as the service scores it: the maximum over its units (sentences; windows of long ones;
 MiniLMEncoder.units), and the loss is on that maximum.
 Loss: binary cross-entropy per category, each category's positives weighted to balance its
@@ -107,6 +114,11 @@ class Head:
     name: str
     file: str
     rounds: tuple[str, ...]
+    # Head 9 on: drop generated examples (train_head.expand's sampled openings and fragments,
+    # not written texts) equal to an evaluation or calibration text before the refusal check.
+    # Round 9's data made the seeded opening sample pick "ok" (from round 7's "ok that makes
+    # sense now"), an evaluation text; a written text equal to one is still refused.
+    drop_generated_collisions: bool = False
 
     @property
     def out(self) -> Path:
@@ -130,6 +142,12 @@ HEADS = {
     7: Head("minilm-l6-safety-head-7", "minilm_head_7.npz", ("round5", "round6", "round7")),
     8: Head(
         "minilm-l6-safety-head-8", "minilm_head_8.npz", ("round5", "round6", "round7", "round8")
+    ),
+    9: Head(
+        "minilm-l6-safety-head-9",
+        "minilm_head_9.npz",
+        ("round5", "round6", "round7", "round8", "round9"),
+        drop_generated_collisions=True,
     ),
 }
 # Low-rank deltas on these linear layers of each of the six blocks.
@@ -181,10 +199,32 @@ def round_rows(head: Head) -> list[tuple[str, str]]:
 def training_data(head: Head) -> tuple[list[tuple[str, str, int]], list[tuple[str, str]]]:
     """(training examples, calibration rows), checked against every evaluation and the
     calibration set (train_head.check_independent)."""
-    examples = train_head.expand(round_rows(head))
+    rows = round_rows(head)
+    examples = train_head.expand(rows)
     calibration = train_head.calibration_set()
+    if head.drop_generated_collisions:
+        examples = without_generated_collisions(examples, rows, calibration)
     train_head.check_independent(examples, calibration)
     return examples, calibration
+
+
+def without_generated_collisions(
+    examples: list[tuple[str, str, int]],
+    rows: list[tuple[str, str]],
+    calibration: list[tuple[str, str]],
+) -> list[tuple[str, str, int]]:
+    """`examples` less the generated ones (not a written text) equal to an evaluation,
+    unseen-evaluation or calibration text; says how many, not which (an unseen set's text
+    stays unread)."""
+    written = {text.lower() for _, text in train_head.written_sentences(rows)}
+    held = (
+        train_head.eval_texts()
+        | train_head.eval_texts(train_head.UNSEEN_EVAL_DIRS)
+        | {text.lower() for _, text in calibration}
+    )
+    kept = [e for e in examples if e[1].lower() in written or e[1].lower() not in held]
+    print(f"{len(examples) - len(kept)} generated example(s) equal to held texts dropped")
+    return kept
 
 
 def batches(lengths: list[int], rng: random.Random) -> list[list[int]]:

@@ -96,6 +96,16 @@ OUTPUT_THRESHOLDS = {
         "sexual": 0.5,
         "violence": 0.85,
     },
+    # Head 9 (not the default head), the same rule on the same development answers
+    # (bench/results/safety_head_9_dev.md: 2.7% of ordinary answers cut, harmful cut 86.8%).
+    "minilm-l6-safety-head-9": {
+        "harassment": 0.8,
+        "harassment/threatening": 0.5,
+        "hate": 0.5,
+        "self-harm": 0.95,
+        "sexual": 0.5,
+        "violence": 0.7,
+    },
 }
 # Input thresholds per head, chosen on development sets by bench/safety_input_policy.py's rule
 # (--choose: raise one category at a time while every claimed category keeps recall >= 0.80
