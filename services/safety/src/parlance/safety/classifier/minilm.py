@@ -97,14 +97,14 @@ OUTPUT_THRESHOLDS = {
         "violence": 0.85,
     },
     # Head 9 (not the default head), the same rule on the same development answers
-    # (bench/results/safety_head_9_dev.md: 2.7% of ordinary answers cut, harmful cut 86.8%).
+    # (bench/results/safety_head_9_dev.md: 2.7% of ordinary answers cut, harmful cut 88.0%).
     "minilm-l6-safety-head-9": {
-        "harassment": 0.8,
-        "harassment/threatening": 0.5,
+        "harassment": 0.6,
+        "harassment/threatening": 0.6,
         "hate": 0.5,
         "self-harm": 0.95,
         "sexual": 0.5,
-        "violence": 0.7,
+        "violence": 0.9,
     },
 }
 # Input thresholds per head, chosen on development sets by bench/safety_input_policy.py's rule
