@@ -117,6 +117,9 @@ INPUT_THRESHOLDS = {
     # 17 -> 14 of 1,365 development messages refused; violence recall 0.86 -> 0.84 on
     # safety_eval_9.
     "minilm-l6-safety-head-8": {"violence": 0.6},
+    # 7 -> 5 of 1,365 refused (14 answered with care); violence recall 0.89 -> 0.87 on
+    # safety_eval_9 (bench/results/safety_input_policy_dev.md).
+    "minilm-l6-safety-head-9": {"violence": 0.6},
 }
 HEAD_4B_FILE = "minilm_head_4b.npz"
 # A fine-tuned head's reference texts must score within this of the scores stored with them
