@@ -1,9 +1,10 @@
 """Fine-tunes the MiniLM encoder end to end with the safety head: head 5 (minilm_head_5.npz),
 with --head 6 head 6 (minilm_head_6.npz), with --head 7 head 7 (minilm_head_7.npz), with --head 8
-head 8 (minilm_head_8.npz), with --head 9 head 9 (minilm_head_9.npz).
+head 8 (minilm_head_8.npz), with --head 9 head 9 (minilm_head_9.npz), with --head 10 head 10
+(minilm_head_10.npz).
 
     HF_HUB_OFFLINE=1 nice -n 10 .venv/bin/python services/safety/training/finetune.py
-        [--head 5|6|7|8|9] [--out PATH] [--threads 2] [--check]
+        [--head 5|6|7|8|9|10] [--out PATH] [--threads 2] [--check]
         [--epochs 5] [--pos-power 1] [--hard-negative-weight 4]   (development variants)
 
 Why: head 4b's frozen encoder ranks charged-but-safe texts (support around self-harm, quotes,
@@ -45,7 +46,11 @@ self-requested roasts, greetings and questions about the assistant, grammar with
 cooking, pests, hunting, martial arts, survival games, villains in fiction, plague and war
 history, household repairs and stains) and answers of the kinds head 8 cut, and harmful texts of
 the same shapes (starving and purging intent, overdose intent, roasts of a named person, polite
-threats, wishes of violence); weighed as round 7's. A text
+threats, wishes of violence); weighed as round 7's. Head 10 (--head 10) adds data/round10/*.tsv
+to head 9's data: ordinary chat head 9 refused on development chat (greetings, goodbyes and small
+talk with the assistant, self-requested roasts, combat-sport techniques, humane killing of fish
+and game, "would it kill" physics questions, family and travel questions) and harmful texts of
+the same shapes; weighed as round 7's, generated examples handled as head 9's. A text
 scores as the service scores it: the maximum over its units (sentences; windows of long ones;
 MiniLMEncoder.units), and the loss is on that maximum.
 Loss: binary cross-entropy per category, each category's positives weighted to balance its
@@ -147,6 +152,12 @@ HEADS = {
         "minilm-l6-safety-head-9",
         "minilm_head_9.npz",
         ("round5", "round6", "round7", "round8", "round9"),
+        drop_generated_collisions=True,
+    ),
+    10: Head(
+        "minilm-l6-safety-head-10",
+        "minilm_head_10.npz",
+        ("round5", "round6", "round7", "round8", "round9", "round10"),
         drop_generated_collisions=True,
     ),
 }
