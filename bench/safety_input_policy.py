@@ -12,8 +12,9 @@ Each text is scored once per head by the classifier the safety service runs (sco
 maximum over its sentences and windows, as a one-message request's input is scored). The
 service's Policy (parlance.safety.policy) turns scores into flags at the input thresholds, and
 the gateway's own judge_input (moderation.py) decides refused or answered with care, with the
-gateway's default care categories (GatewaySettings.input_care_categories) unless --care says
-otherwise. So a row here is what a one-message chat request gets through the real code.
+gateway's default care categories (GatewaySettings.input_care_categories: none, care is off by
+default) unless --care says otherwise (--care self-harm,self-harm/intent: care on). So a row
+here is what a one-message chat request gets through the real code.
 
 Figures per head: chat messages refused and answered with care (--messages: `kind<TAB>text`,
 every message ordinary); toxic recall overall (flagged at all) and per category (the labelled

@@ -1,8 +1,8 @@
-"""Care through the real stack: the safety service runs the MiniLM classifier (its default
-head), the generator the real SmolLM2. A message the classifier flags as self-harm only is
-answered, with the care prompt first in what the model saw (its prompt tokens are those of the
-same message sent with that system prompt explicitly); a threat is still refused; an ordinary
-question gets no care."""
+"""Care through the real stack (GATEWAY_INPUT_CARE_CATEGORIES on; it is off by default): the
+safety service runs the MiniLM classifier (its default head), the generator the real SmolLM2. A
+message the classifier flags as self-harm only is answered, with the care prompt in what the
+model saw (its prompt tokens are those of the same message sent with that system prompt
+explicitly); a threat is still refused; an ordinary question gets no care."""
 
 from __future__ import annotations
 
@@ -23,7 +23,11 @@ NO_CACHE = {"Authorization": f"Bearer {ALICE_KEY}", "Cache-Control": "no-cache"}
 
 @pytest.fixture(scope="module")
 def stack(stacks: StackPool) -> Iterator[Stack]:
-    stack = stacks.start("care", env={"safety": {"SAFETY_CLASSIFIER": "minilm"}})
+    stack = stacks.start(
+        "care",
+        gateway_env={"GATEWAY_INPUT_CARE_CATEGORIES": '["self-harm"]'},
+        env={"safety": {"SAFETY_CLASSIFIER": "minilm"}},
+    )
     yield stack
     stack.stop()
 

@@ -7,9 +7,11 @@ from typing import Literal
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from parlance.gateway.categories import OPENAI_CATEGORIES
 from parlance.gateway.splits import SplitError, parse_aliases
 
+# The categories input moderation may answer with care (input_care_categories): the care
+# prompt speaks to a person who may be at risk of harming themselves, nothing else.
+CARE_CATEGORIES = ("self-harm", "self-harm/intent", "self-harm/instructions")
 # What the model is told when input moderation answers a message with care (input_care_*).
 DEFAULT_CARE_PROMPT = (
     "The user's message may touch on self-harm or suicide. Answer with warmth and without "
@@ -200,16 +202,16 @@ class GatewaySettings(BaseSettings):
     # on any engine; on an H200 the first window took ~5 ms more to fill at 10 ms
     # (bench/results/gpu_duel.md), on llama.cpp tens of ms.
     moderation_lead_after_ms: float = Field(default=0.0, ge=0)
-    # Input flagged only in these categories is answered with care instead of refused
-    # (moderation.py, "care"): input_care_prompt goes first in the context the model sees
-    # (never stored, never cached), and output moderation judges the answer as always. A person
-    # who writes about hurting themselves should get a caring answer that points to help, not
-    # an error; and a self-harm score on an ordinary question (weight loss, first aid, doses:
-    # bench/results/safety_fresh_9.md) then costs a careful answer, not a refusal. [] refuses
-    # these categories like any other.
-    input_care_categories: list[str] = Field(
-        default_factory=lambda: ["self-harm", "self-harm/intent"]
-    )
+    # Input flagged only in these categories (the self-harm family) is answered with care
+    # instead of refused (moderation.judge_input): input_care_prompt goes into the context the
+    # model sees (never stored), the answer is never cached, and the rest of the conversation
+    # keeps it. Off by default ([]): the embedded classifiers score requests for methods as
+    # plain self-harm, so with care on they are generated, and output moderation did not flag
+    # method-style answers (bench/results/safety_fresh_11.md). Turn it on only with a served
+    # model that reliably refuses self-harm methods: a person at risk then gets a caring
+    # answer instead of an error, and an ordinary question that scores as self-harm (diets,
+    # doses, first aid) an answer.
+    input_care_categories: list[str] = Field(default_factory=list)
     input_care_prompt: str = DEFAULT_CARE_PROMPT
     # Intent routing (README, "Intent routing"): the route file (YAML or JSON; empty: off),
     # checked for changes at most this often and reloaded when it changed (a bad new file
@@ -241,10 +243,11 @@ class GatewaySettings(BaseSettings):
     @field_validator("input_care_categories")
     @classmethod
     def _check_care_categories(cls, value: list[str]) -> list[str]:
-        unknown = sorted(set(value) - set(OPENAI_CATEGORIES))
+        unknown = sorted(set(value) - set(CARE_CATEGORIES))
         if unknown:
             raise ValueError(
-                f"unknown moderation categories {unknown}; known: {', '.join(OPENAI_CATEGORIES)}"
+                f"categories {unknown} cannot be answered with care; "
+                f"choose from {', '.join(CARE_CATEGORIES)}"
             )
         return value
 

@@ -28,9 +28,10 @@ generation and the window cutter; the streaming side (StreamModerator) is stream
 
 from __future__ import annotations
 
+import json
 import logging
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,10 +76,11 @@ async def moderate_input(
     texts: list[str],
     thresholds: Mapping[str, float] | None = None,
     care: Collection[str] = (),
+    roles: Sequence[str] | None = None,
 ) -> InputJudgement:
     """Each text's moderation_json ("" for a blank text, which is not classified); raises 400
     content_filter when any text is flagged outside `care` (safety down: 503, fail closed)."""
-    return judge_input(texts, await classify_input(safety, texts), thresholds, care)
+    return judge_input(texts, await classify_input(safety, texts), thresholds, care, roles)
 
 
 async def classify_input(
@@ -109,6 +111,22 @@ def input_flags(
     )
 
 
+def stored_care(moderation_jsons: Iterable[str]) -> list[str]:
+    """The categories stored messages were answered with care for (their input verdicts'
+    `"action": "care"`, judge_input), so that the conversation keeps the care prompt."""
+    found: set[str] = set()
+    for text in moderation_jsons:
+        if '"care"' not in text:
+            continue
+        try:
+            judged = json.loads(text).get("input", {})
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(judged, dict) and judged.get("action") == "care":
+            found.update(judged.get("flagged_categories") or [])
+    return sorted(found)
+
+
 @dataclass(frozen=True)
 class InputJudgement:
     """Input moderation's answer: each text's moderation_json, and the flagged categories
@@ -123,14 +141,17 @@ def judge_input(
     verdicts: safety_pb2.ClassifyResponse | None,
     thresholds: Mapping[str, float] | None = None,
     care: Collection[str] = (),
+    roles: Sequence[str] | None = None,
 ) -> InputJudgement:
     """moderate_input's answer from classify_input's verdicts (see moderate_input).
 
-    Care: when every flagged text is flagged only in categories of `care` (the gateway's
-    input_care_categories), the request is not refused: the caller answers it with the care
-    prompt. Its flagged texts' verdicts say `"flagged": true` (with the categories a route's
-    threshold added, and `"action": "care"`), so that history never exports the exchange
-    (history/export.py) and the conversation shows what was flagged."""
+    Care: when every flagged text is a user's message (`roles`, one per text; a system or
+    assistant message the client wrote is never cared for) flagged only in categories of
+    `care` (the gateway's input_care_categories), the request is not refused: the caller
+    answers it with the care prompt. Its flagged texts' verdicts say `"flagged": true` (with the
+    categories a route's threshold added, and `"action": "care"`), so that history never
+    exports the exchange (history/export.py), the conversation shows what was flagged, and its
+    later turns keep the care prompt."""
     if verdicts is None:
         return InputJudgement([""] * len(texts))
     classified = [i for i, t in enumerate(texts) if t.strip()]
@@ -151,7 +172,11 @@ def judge_input(
     for category in categories or ["flagged"]:
         MODERATION_FLAGS.labels("input", category).inc()
     # A text flagged with no category named (a classifier's overall flag) is never cared for.
-    cared = all(f and set(f) <= set(care) for f, hit in zip(flags, flagged, strict=True) if hit)
+    cared = all(
+        f and set(f) <= set(care) and (roles is None or roles[i] == "user")
+        for i, (_, f, hit) in found.items()
+        if hit
+    )
     if not cared:
         log.info("input refused by moderation", extra={"categories": categories})
         raise errors.content_filtered(

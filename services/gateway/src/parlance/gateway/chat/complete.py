@@ -57,7 +57,9 @@ class Completion:
         # An exchange left in the outbox (history down) keeps its provisional title: the
         # conversation the title would go to does not exist yet. A cache hit gets none: the
         # answer cost no generation, and neither may its title (nobody pays for it).
-        if written and prepared.create_conversation and not prepared.cached:
+        # Nor does an exchange answered with care: the title model would read the message
+        # without the care prompt.
+        if written and prepared.create_conversation and not prepared.cached and not prepared.care:
             self.titles.schedule(
                 prepared.principal.user_id,
                 prepared.conversation_id,

@@ -141,8 +141,11 @@ class Preparer:
             new=[convert.chat_message(role, text) for role, text in new_messages],
             prompts=[system_prompt] if system_prompt else [],
         )
+        if prepared.care:
+            prepared.context_parts.care_prompt = self.settings.input_care_prompt
         prepared.context = await self._assemble(prepared)
-        if self.settings.cache_enabled and request.is_deterministic():
+        # Never cached with care: a cache hit skips input moderation, and with it the care.
+        if self.settings.cache_enabled and request.is_deterministic() and not prepared.care:
             prepared.cache_key = cache_key(
                 principal.user_id,
                 convert.cache_material(request, model, prepared.context, prepared.max_tokens),
@@ -194,17 +197,27 @@ class Preparer:
         if stored is None or request.parent_message_id == "":
             return []
         prepared.previous_turn = previous_turn(stored.messages)
+        if self.settings.input_care_categories:
+            # A conversation once answered with care keeps the care prompt: its later turns and
+            # a regenerated answer are classified without the message that needed it.
+            prepared.care = moderation.stored_care(m.moderation_json for m in stored.messages)
         return [convert.chat_message(m.role, m.content) for m in stored.messages]
 
     async def _assemble(self, prepared: PreparedChat) -> Messages:
-        """The context the model sees: the system prompts the gateway adds (the care prompt,
-        an intent route's; first, never stored), then the stored conversation fitted to the
-        window, then the request's own messages."""
+        """The context the model sees: an intent route's system prompt (first, never stored),
+        then the stored conversation fitted to the window, then the request's own messages;
+        the care prompt (never stored) right after the leading system messages, so that none of
+        the client's comes after it."""
         parts = prepared.context_parts
         pinned = [convert.chat_message("system", prompt) for prompt in parts.prompts]
-        if not parts.stored:
-            return [*pinned, *parts.new]
-        return [*pinned, *await self._fit_context(prepared, parts.stored, parts.new, pinned)]
+        care = [convert.chat_message("system", parts.care_prompt)] if parts.care_prompt else []
+        if parts.stored:
+            fitted = await self._fit_context(prepared, parts.stored, parts.new, [*pinned, *care])
+        else:
+            fitted = parts.new
+        context = [*pinned, *fitted]
+        leading = next((i for i, m in enumerate(context) if m.role != "system"), len(context))
+        return [*context[:leading], *care, *context[leading:]]
 
     async def _fit_context(
         self,
@@ -233,8 +246,11 @@ class Preparer:
             return await count_tokens(self.generator, prepared.model, [*pinned, *messages])
 
         fitted = await fit_context(parts, budget, count)
-        if fitted.dropped:
-            CONTEXT_TRIMMED.labels(prepared.model).inc(fitted.dropped)
+        # Fitted again with the care prompt: only the messages dropped beyond the first fit.
+        more = fitted.dropped - prepared.context_dropped
+        prepared.context_dropped = fitted.dropped
+        if more > 0:
+            CONTEXT_TRIMMED.labels(prepared.model).inc(more)
             log.info(
                 "context trimmed to fit the model's window",
                 extra={
@@ -250,28 +266,32 @@ class Preparer:
 
     async def moderate_input(self, prepared: PreparedChat) -> None:
         """Refuses the request when any message of it is flagged (fail closed: safety down is
-        a 503, never an unmoderated generation), unless it is flagged only in the care
-        categories: then the care prompt goes first in the context (moderation.py). Messages
-        loaded from history passed moderation when they were stored."""
+        a 503, never an unmoderated generation), unless only users' messages are flagged, and
+        only in the care categories: then the care prompt joins the context (moderation.py).
+        Messages loaded from history were moderated when they were stored (a conversation
+        answered with care keeps the care prompt: _load_conversation)."""
         texts = [text for _, text in prepared.new_messages]
+        roles = [role for role, _ in prepared.new_messages]
         care = self.settings.input_care_categories
         if prepared.input_moderation is not None:
             verdicts = await prepared.input_moderation
-            judged = moderation.judge_input(texts, verdicts, prepared.safety_thresholds, care)
+            judged = moderation.judge_input(
+                texts, verdicts, prepared.safety_thresholds, care, roles
+            )
         elif self.settings.moderate_input:
             judged = await moderation.moderate_input(
-                self.safety, texts, prepared.safety_thresholds, care
+                self.safety, texts, prepared.safety_thresholds, care, roles
             )
         else:
             return
         prepared.input_verdicts = judged.verdicts
         if judged.care:
-            prepared.care = judged.care
-            # First, before a route's system prompt and the user's own: the model reads it as
-            # the frame of everything after it. A stored conversation is fitted again with it
-            # (a few more tokens may drop one more old exchange).
-            prepared.context_parts.prompts.insert(0, self.settings.input_care_prompt)
-            prepared.context = await self._assemble(prepared)
+            prepared.care = sorted({*prepared.care, *judged.care})
+            if not prepared.context_parts.care_prompt:
+                # A stored conversation is fitted again with it (a few more tokens may drop
+                # one more old exchange).
+                prepared.context_parts.care_prompt = self.settings.input_care_prompt
+                prepared.context = await self._assemble(prepared)
 
 
 async def count_tokens(generator: GeneratorClient, model: str, messages: Messages) -> int:

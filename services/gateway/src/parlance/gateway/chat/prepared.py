@@ -30,6 +30,7 @@ class ContextInputs:
     stored: list[generator_pb2.ChatMessage] = field(default_factory=list)
     new: list[generator_pb2.ChatMessage] = field(default_factory=list)
     prompts: list[str] = field(default_factory=list)
+    care_prompt: str | None = None
 
 
 @dataclass
@@ -62,10 +63,13 @@ class PreparedChat:
     intent: IntentMatch | None = None
     safety_thresholds: dict[str, float] = field(default_factory=dict)
     input_moderation: asyncio.Task[safety_pb2.ClassifyResponse | None] | None = None
-    # What `context` was assembled from (assembled again when care adds its prompt).
+    # What `context` was assembled from (assembled again when care adds its prompt), and how
+    # many stored messages fitting it to the window dropped.
     context_parts: ContextInputs = field(default_factory=ContextInputs)
-    # Input flagged only in the care categories: those categories; the request is answered
-    # with the care prompt first in its context (moderation.judge_input), and never cached.
+    context_dropped: int = 0
+    # Input flagged only in the care categories, in this request or earlier in its stored
+    # conversation: those categories; the request is answered with the care prompt in its
+    # context (moderation.judge_input), never cached, and gets no model-written title.
     care: list[str] = field(default_factory=list)
     # The stored answer this request follows and its question (the re-ask signal's input).
     previous_turn: PreviousTurn | None = None
