@@ -107,6 +107,16 @@ OUTPUT_THRESHOLDS = {
         "sexual": 0.5,
         "violence": 0.9,
     },
+    # Head 10 (opt-in), the same rule on the same development answers
+    # (bench/results/safety_head_10_dev.md: 2.7% of ordinary answers cut).
+    "minilm-l6-safety-head-10": {
+        "harassment": 0.7,
+        "harassment/threatening": 0.5,
+        "hate": 0.5,
+        "self-harm": 0.8,
+        "sexual": 0.5,
+        "violence": 0.85,
+    },
 }
 # Input thresholds per head, chosen on development sets by bench/safety_input_policy.py's rule
 # (--choose: raise one category at a time while every claimed category keeps recall >= 0.80
