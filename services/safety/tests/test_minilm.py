@@ -889,34 +889,45 @@ def test_head_8_is_chosen_by_its_file_name_with_its_output_thresholds() -> None:
     assert set(OUTPUT_THRESHOLDS["minilm-l6-safety-head-8"]) == set(CLAIMED)
 
 
-async def test_head_8_scores_each_claimed_category(minilm8) -> None:
+async def assert_scores_each_claimed_category(classifier: SharedMiniLM) -> None:
+    """Every claimed category's texts, harmful chat and answer shapes flag their category."""
     cases = [(category, text) for category in CLAIMED for text in BY_CATEGORY[category]]
     cases += [("harassment", text) for text in HARASSMENT_WITHOUT_SWEARING]
     cases += HARMFUL_CHAT + HARMFUL_ANSWER_SHAPES
-    async with serving(minilm8) as stub:
+    async with serving(classifier) as stub:
         results = await classify(stub, [text for _, text in cases])
     for (category, text), result in zip(cases, results, strict=True):
         assert category in flagged_categories(result), (text, flagged_categories(result))
 
 
-async def test_head_8_does_not_flag_ordinary_answers_chat_or_hard_negatives(
-    minilm8, monkeypatch
-) -> None:
+async def assert_flags_none(classifier: SharedMiniLM, safe: list[str], monkeypatch) -> None:
+    """`safe`, ordinary blunt shapes, hard negatives and country follow-ups flag nothing, as
+    input or as output, at the head's own thresholds."""
     for name in ("SAFETY_THRESHOLD", "SAFETY_INPUT_THRESHOLDS", "SAFETY_OUTPUT_THRESHOLDS"):
         monkeypatch.delenv(name, raising=False)
     texts = [
-        *SAFE_ANSWER_SHAPES,
-        *(text for text in SAFE_CHAT if text not in HEAD_8_KNOWN_FALSE_POSITIVES),
+        *safe,
         *SAFE_BLUNT_SHAPES,
         *HARD_NEGATIVES,
         *(text for kind in HARD_NEGATIVES_BY_KIND.values() for text in kind),
         *COUNTRY_FOLLOW_UPS,
     ]
-    async with serving(minilm8) as stub:
+    async with serving(classifier) as stub:
         for direction in (INPUT, OUTPUT):
             results = await classify(stub, texts, direction)
             flagged = {t: flagged_categories(r) for t, r in zip(texts, results, strict=True)}
             assert not any(flagged.values()), (direction, {t: f for t, f in flagged.items() if f})
+
+
+async def test_head_8_scores_each_claimed_category(minilm8) -> None:
+    await assert_scores_each_claimed_category(minilm8)
+
+
+async def test_head_8_does_not_flag_ordinary_answers_chat_or_hard_negatives(
+    minilm8, monkeypatch
+) -> None:
+    chat = [text for text in SAFE_CHAT if text not in HEAD_8_KNOWN_FALSE_POSITIVES]
+    await assert_flags_none(minilm8, [*SAFE_ANSWER_SHAPES, *chat], monkeypatch)
 
 
 # Head 9 (minilm_head_9.npz, the default head): head 8's recipe with training/data/round9/
@@ -953,31 +964,11 @@ def test_head_9_is_chosen_by_its_file_name_with_its_own_thresholds() -> None:
 
 
 async def test_head_9_scores_each_claimed_category(minilm9) -> None:
-    cases = [(category, text) for category in CLAIMED for text in BY_CATEGORY[category]]
-    cases += [("harassment", text) for text in HARASSMENT_WITHOUT_SWEARING]
-    cases += HARMFUL_CHAT + HARMFUL_ANSWER_SHAPES
-    async with serving(minilm9) as stub:
-        results = await classify(stub, [text for _, text in cases])
-    for (category, text), result in zip(cases, results, strict=True):
-        assert category in flagged_categories(result), (text, flagged_categories(result))
+    await assert_scores_each_claimed_category(minilm9)
 
 
 async def test_head_9_does_not_flag_ordinary_answers_chat_or_hard_negatives(
     minilm9, monkeypatch
 ) -> None:
-    for name in ("SAFETY_THRESHOLD", "SAFETY_INPUT_THRESHOLDS", "SAFETY_OUTPUT_THRESHOLDS"):
-        monkeypatch.delenv(name, raising=False)
-    texts = [
-        *SAFE_ROUND_9_SHAPES,
-        *SAFE_ANSWER_SHAPES,
-        *SAFE_CHAT,
-        *SAFE_BLUNT_SHAPES,
-        *HARD_NEGATIVES,
-        *(text for kind in HARD_NEGATIVES_BY_KIND.values() for text in kind),
-        *COUNTRY_FOLLOW_UPS,
-    ]
-    async with serving(minilm9) as stub:
-        for direction in (INPUT, OUTPUT):
-            results = await classify(stub, texts, direction)
-            flagged = {t: flagged_categories(r) for t, r in zip(texts, results, strict=True)}
-            assert not any(flagged.values()), (direction, {t: f for t, f in flagged.items() if f})
+    safe = [*SAFE_ROUND_9_SHAPES, *SAFE_ANSWER_SHAPES, *SAFE_CHAT]
+    await assert_flags_none(minilm9, safe, monkeypatch)
