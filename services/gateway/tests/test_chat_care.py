@@ -233,3 +233,17 @@ def test_only_the_self_harm_family_can_be_answered_with_care() -> None:
     for category in ("selfharm", "violence"):
         with pytest.raises(ValidationError, match="cannot be answered with care"):
             GatewaySettings(input_care_categories=[category])
+
+
+async def test_a_drawn_comparison_is_withdrawn_from_a_care_request(tmp_path: Path) -> None:
+    async with inprocess_gateway(tmp_path, input_care_categories=CARE, compare_share=1.0) as gw:
+        gw.safety.category_words = {"hopeless": "self-harm"}
+        offer = {"parlance": {"compare": "offer"}, "store": True, "temperature": 0.7}
+        plain = await gw.chat(gw.body("what is the capital of peru", **offer))
+        assert plain.status_code == 200, plain.text
+        assert len(plain.json()["choices"]) == 2  # the share draws every offered request
+        cared = await gw.chat(gw.body(AT_RISK, **offer))
+        assert cared.status_code == 200, cared.text
+        assert len(cared.json()["choices"]) == 1
+        assert "comparison" not in cared.json()["parlance"]
+        assert gw.generator.requests[-1].sampling.n in (0, 1)

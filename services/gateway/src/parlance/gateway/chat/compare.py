@@ -128,6 +128,14 @@ class Comparer:
             message_ids=[f"msg_{uuid.uuid4().hex}" for _ in range(CANDIDATES)],
         )
 
+    def withdraw_offer(self, prepared: PreparedChat) -> None:
+        """A comparison the share drew is withdrawn from a request answered with care (found
+        by input moderation, after apply()): a person who may be at risk gets one answer, not a
+        choice to make. One the client asked for (`always`) stays."""
+        if prepared.care and prepared.comparison and prepared.comparison.reason == "share":
+            prepared.request = prepared.request.model_copy(update={"n": None})
+            prepared.comparison = None
+
     def _drawn(self) -> bool:
         share = self.settings.compare_share
         return share > 0 and self.draw() < share
@@ -138,6 +146,7 @@ class Comparer:
         request = prepared.request
         return (
             prepared.conversation_id is not None
+            and not prepared.care
             and (request.n or 1) == 1
             and _best_of(request) == 1
             and request.temperature != 0.0

@@ -117,6 +117,7 @@ class ChatService:
         else:
             headers["x-cache"] = "bypass"
         await self.preparer.moderate_input(prepared)
+        self.comparer.withdraw_offer(prepared)
         timing.mark("moderation")
         if prepared.request.stream:
             stream = await self.generation.open_stream(prepared)
