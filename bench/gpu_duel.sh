@@ -19,7 +19,7 @@
 # `prepare.sh services/generator/requirements-gpu.txt bench/gpu-requirements.txt`):
 #   source /tmp/stage/env.sh && REDIS_SERVER=.gpu/redis/redis-server bash bench/gpu_duel.sh
 # Environment: GEN_VARIANT (fixed; any of bench/lib/gpu_servers.sh's variant_env, e.g. si4),
-# GW ("off on lead10"; lead0 and lead10: gateways for the c=1 run only), ROUNDS (3), REQ1
+# GW ("off on lead10"; lead0, lead10 and noprecheck: gateways for the c=1 run only), ROUNDS (3), REQ1
 # (40), MAXTOK1 (32), REQ64 (384), REQ256 (768; 0 skips c=256), PROCS (8), GPU_MEM (0.4
 # each), PROBE_SAFETY (profanity), BUDGET_S (520: no arm starts after it), RESULT_DIR ($OUT/gpu_duel or bench/results/raw/gpu_duel).
 # DRY_RUN=1: no GPU: the scripted engine, and the `gw` gateway stands in for `vllm serve`
@@ -135,7 +135,7 @@ say "c=1: $(grep -E '^\| (serve|grpc|gw[^ ]*) \|' "$RESULT_DIR/ttft_c1.md" 2>/de
 
 # -- c=64 and c=256 in rounds, the arms' order rotating ---------------------------------------
 arms=(serve grpc)
-for mod in $GW; do [[ "$mod" = lead* ]] || arms+=("$(gw_label "$mod")"); done
+for mod in $GW; do [[ "$mod" = lead* || "$mod" = noprecheck ]] || arms+=("$(gw_label "$mod")"); done
 for round in $(seq 1 "$ROUNDS"); do
   for c in 64 256; do
     n=$REQ64; [ "$c" = 256 ] && n=$REQ256

@@ -64,7 +64,11 @@ start_gateways() {
     # duel); "lead10": its value before it; "lead0": 0 explicitly.
     lead=""; [ "$mod" = lead0 ] && lead=0
     [ "$mod" = lead10 ] && lead=10
-    env ${lead:+GATEWAY_MODERATION_LEAD_AFTER_MS=$lead} \
+    # "noprecheck": output moderation on, every input waiting for safety's verdict before the
+    # generator is called (GATEWAY_INPUT_PRECHECK=false; the gateway's input pre-check is on
+    # in every other mode).
+    precheck=""; [ "$mod" = noprecheck ] && precheck=false
+    env ${lead:+GATEWAY_MODERATION_LEAD_AFTER_MS=$lead} ${precheck:+GATEWAY_INPUT_PRECHECK=$precheck} \
       GATEWAY_HOST=127.0.0.1 GATEWAY_PORT=$port GATEWAY_GENERATOR_URL="127.0.0.1:$GEN_PORT" \
       GATEWAY_SAFETY_URL=127.0.0.1:$safety GATEWAY_HISTORY_URL=127.0.0.1:1 \
       GATEWAY_REDIS_URL="${redis_url:+$redis_url/$db}" GATEWAY_API_KEYS="bench:$API_KEY" \

@@ -5,6 +5,11 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from parlance.common.errors import FailedPrecondition, Unavailable
+from parlance.common.linear_text import LinearTextModel
+from parlance.safety.classifier.base import Classifier
+from parlance.safety.policy import Policy
+from parlance.safety.serving import SafetyServing
 from parlance.safety.v1 import safety_pb2
 
 INPUT = safety_pb2.DIRECTION_INPUT
@@ -121,3 +126,70 @@ async def test_limits_are_inclusive(safety_server) -> None:
     async with safety_server(max_texts_per_call=4, max_text_chars=longest) as safety:
         response = await safety.stub.Classify(request([*CLEAN[:3], "y" * longest]))
     assert len(response.results) == 4
+
+
+def exported_model(exported: safety_pb2.ExportClassifierResponse) -> LinearTextModel:
+    linear = exported.linear
+    return LinearTextModel.from_arrays(
+        token_pattern=linear.token_pattern,
+        lowercase=linear.lowercase,
+        stop_words=linear.stop_words,
+        terms=linear.terms,
+        idf=linear.idf,
+        weights=linear.weights,
+        intercepts=linear.intercepts,
+        a=linear.calibration_a,
+        b=linear.calibration_b,
+    )
+
+
+async def test_export_classifier_sends_a_model_that_scores_as_classify(safety_server) -> None:
+    """What the gateway's input pre-check copies: the same scores and the input threshold
+    Classify applies (the settings' override, here)."""
+    texts = CLEAN + OFFENSIVE + ["I hate Mondays.", ""]
+    async with safety_server(input_thresholds={"harassment": 0.8}) as safety:
+        exported = await safety.stub.ExportClassifier(
+            safety_pb2.ExportClassifierRequest(check_texts=texts[:3])
+        )
+        response = await safety.stub.Classify(request(texts))
+        # Check texts keep to the size limits of Classify.
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await safety.stub.ExportClassifier(
+                safety_pb2.ExportClassifierRequest(check_texts=["x" * 40_000])
+            )
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert exported.model == response.model
+    assert (exported.category, exported.input_threshold) == ("harassment", pytest.approx(0.8))
+    scores = exported_model(exported).scores(texts)
+    for score, result in zip(scores, response.results, strict=True):
+        assert score == pytest.approx(harassment(result).score, abs=1e-6)
+        assert (score >= exported.input_threshold) == result.flagged
+    assert list(exported.check_scores) == pytest.approx(scores[:3], abs=1e-12)
+
+
+async def test_a_classifier_that_cannot_be_exported_is_failed_precondition() -> None:
+    """A backend whose export() is None (MiniLM and Detoxify: networks, not word weights);
+    NotLinear is a test double of one (it scores nothing)."""
+
+    class NotLinear(Classifier):
+        name = "not-linear"
+        evaluated_categories = ("harassment",)
+        default_threshold = 0.5
+
+        async def load(self) -> None:
+            pass
+
+        def score(self, texts: list[str]) -> list[dict[str, float]]:
+            return [{"harassment": 0.0} for _ in texts]
+
+    serving = SafetyServing(
+        NotLinear(), Policy(["harassment"], 0.5), max_texts_per_call=8, max_text_chars=100
+    )
+    with pytest.raises(Unavailable):
+        await serving.export()
+    await serving.start()
+    try:
+        with pytest.raises(FailedPrecondition, match="cannot be exported"):
+            await serving.export()
+    finally:
+        await serving.close()

@@ -14,6 +14,7 @@ from parlance.safety.classifier.profanity import (
     CalibratedLinearScorer,
     ProfanityClassifier,
     TfidfRows,
+    exportable_model,
     fast_predict_prob,
 )
 
@@ -93,3 +94,24 @@ async def test_classifier_uses_it_and_keeps_its_measured_scores() -> None:
     scores = classifier.score(["You are an idiot.", "Here is a recipe for pancakes."])
     assert scores[0][HARASSMENT] > 0.99
     assert scores[1][HARASSMENT] < 0.2
+
+
+def test_the_exported_model_scores_as_the_library_without_sklearn(library) -> None:  # type: ignore[no-untyped-def]
+    """What ExportClassifier sends: its own analyzer (a regular expression, lower case, stop
+    words), not sklearn's, and still the library's scores."""
+    model = exportable_model(library)
+    assert model is not None
+    texts = [*sentences(500, seed=5), "", "THE the The!", "naïve café — 123 ab", "kill -9 1234"]
+    assert np.max(np.abs(model.scores(texts) - library.predict_prob(texts))) < 1e-12
+
+
+def test_a_vectorizer_with_an_analyzer_of_its_own_is_not_exported(library) -> None:  # type: ignore[no-untyped-def]
+    other = copy.copy(library.vectorizer)
+    other.strip_accents = "unicode"
+
+    class Accents:
+        model = library.model
+        vectorizer = other
+        predict_prob = library.predict_prob
+
+    assert exportable_model(Accents) is None

@@ -46,6 +46,10 @@ class ResourceExhausted(ParlanceError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class FailedPrecondition(ParlanceError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 def _details(exc: ParlanceError) -> str:
     # "param: message" lets the gateway point OpenAI's `param` at the offending field.
     return f"{exc.param}: {exc.message}" if exc.param else exc.message

@@ -145,6 +145,7 @@ def create_app(
         )
         app.state.gateway = state
         outbox.start()
+        state.chat.start()
         if not await redis_state.ping() and s.redis_url:
             log.warning(
                 "Redis at %s does not answer: per-process fallbacks", redacted_url(s.redis_url)

@@ -190,6 +190,12 @@ class GatewaySettings(BaseSettings):
     # closed when safety is down).
     moderate_input: bool = True
     moderate_output: bool = True
+    # The input pre-check (input_precheck.py): a copy of safety's classifier in this process
+    # judges a chat's input first, and when it passes, generation starts beside safety's
+    # round trip instead of after it (~3 ms less to the first token); safety's own verdict
+    # still comes before anything is sent. Only for a classifier safety can export
+    # (profanity-check); with the others every input waits for safety, as with this off.
+    input_precheck: bool = True
     # Output is held back in windows, each classified (with the window before it, for
     # context) before it is released: the first closes at a word boundary past `first`
     # characters, the others at a sentence end past `min` characters, or at `max` characters.

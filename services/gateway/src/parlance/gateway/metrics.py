@@ -162,6 +162,18 @@ INTENT_LATENCY = Histogram(
     "Time to classify one message: embedding the message (and its context) and matching.",
     buckets=FAST_BUCKETS_S,
 )
+INPUT_PRECHECK = Counter(
+    "parlance_gateway_input_precheck_total",
+    "Chat inputs judged by the gateway's copy of safety's classifier (input_precheck.py), by "
+    "outcome: passed (generation started beside safety's verdict), flagged (it waited for the "
+    "verdict), disagreed (safety's verdict differed: the copy is taken again).",
+    ["outcome"],
+)
+INPUT_PRECHECK_LOCAL = Gauge(
+    "parlance_gateway_input_precheck_local",
+    "1 when the gateway holds a checked copy of safety's classifier for the input pre-check.",
+    multiprocess_mode="livemin",
+)
 INTENT_ENCODER_LOCAL = Gauge(
     "parlance_gateway_intent_encoder_local",
     "1 when the intent router's embedding model runs in the gateway (a checked copy of the "

@@ -6,7 +6,12 @@ import grpc
 
 from parlance.common.errors import InvalidArgument
 from parlance.safety.policy import Direction, Verdict
-from parlance.safety.serving import ClassifierInfo, ClassifyResult, SafetyServing
+from parlance.safety.serving import (
+    ClassifierInfo,
+    ClassifyResult,
+    ExportedClassifier,
+    SafetyServing,
+)
 from parlance.safety.v1 import safety_pb2, safety_pb2_grpc
 
 SERVICE_NAME = safety_pb2.DESCRIPTOR.services_by_name["SafetyService"].full_name
@@ -50,6 +55,30 @@ def classifier_info_to_proto(info: ClassifierInfo) -> safety_pb2.GetClassifierIn
     )
 
 
+def exported_classifier_to_proto(
+    exported: ExportedClassifier,
+) -> safety_pb2.ExportClassifierResponse:
+    model = exported.linear
+    linear = model.linear
+    return safety_pb2.ExportClassifierResponse(
+        model=exported.model,
+        category=exported.category,
+        input_threshold=exported.input_threshold,
+        linear=safety_pb2.LinearTextClassifier(
+            token_pattern=model.analyzer.token_pattern,
+            lowercase=model.analyzer.lowercase,
+            stop_words=sorted(model.analyzer.stop_words),
+            terms=model.terms(),
+            idf=model.idf.tolist(),
+            weights=linear.weights.ravel().tolist(),
+            intercepts=linear.intercepts.tolist(),
+            calibration_a=linear.a.tolist(),
+            calibration_b=linear.b.tolist(),
+        ),
+        check_scores=exported.check_scores,
+    )
+
+
 class SafetyServicer(safety_pb2_grpc.SafetyServiceServicer):
     def __init__(self, serving: SafetyServing) -> None:
         self._serving = serving
@@ -65,3 +94,9 @@ class SafetyServicer(safety_pb2_grpc.SafetyServiceServicer):
         self, request: safety_pb2.GetClassifierInfoRequest, context: grpc.aio.ServicerContext
     ) -> safety_pb2.GetClassifierInfoResponse:
         return classifier_info_to_proto(self._serving.info())
+
+    async def ExportClassifier(
+        self, request: safety_pb2.ExportClassifierRequest, context: grpc.aio.ServicerContext
+    ) -> safety_pb2.ExportClassifierResponse:
+        exported = await self._serving.export(list(request.check_texts))
+        return exported_classifier_to_proto(exported)

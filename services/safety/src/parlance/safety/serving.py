@@ -13,7 +13,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from parlance.common.errors import InvalidArgument, Unavailable
+from parlance.common.errors import FailedPrecondition, InvalidArgument, Unavailable
+from parlance.common.linear_text import LinearTextModel
 from parlance.safety import metrics
 from parlance.safety.batcher import MicroBatcher
 from parlance.safety.classifier.base import Classifier, check_categories
@@ -33,6 +34,16 @@ class ClassifyResult:
 class ClassifierInfo:
     model: str
     evaluated_categories: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ExportedClassifier:
+    model: str
+    category: str
+    input_threshold: float
+    linear: LinearTextModel
+    # The scores of the caller's check texts, as Classify gives them.
+    check_scores: list[float]
 
 
 class ClassifierLoadError(RuntimeError):
@@ -97,6 +108,31 @@ class SafetyServing:
 
     def info(self) -> ClassifierInfo:
         return ClassifierInfo(self.classifier.name, self.classifier.evaluated_categories)
+
+    async def export(self, check_texts: Sequence[str] = ()) -> ExportedClassifier:
+        """The classifier as numbers, with the input threshold Classify applies and its scores
+        of `check_texts`, for a client's in-process copy (ExportClassifier);
+        FailedPrecondition when it cannot be exported. The check texts are scored as Classify
+        scores (the batcher's worker) but are not counted as classified texts: they are a
+        client's upkeep, not moderation."""
+        self._validate(check_texts)
+        if not self._loaded:
+            raise Unavailable("the classifier is not loaded")
+        linear = self.classifier.export()
+        categories = self.classifier.evaluated_categories
+        if linear is None or len(categories) != 1:
+            raise FailedPrecondition(
+                f"classifier {self.classifier.name} cannot be exported: only a linear text model "
+                "of one category can be"
+            )
+        scores = await self.batcher.score(list(check_texts)) if check_texts else []
+        return ExportedClassifier(
+            model=self.classifier.name,
+            category=categories[0],
+            input_threshold=self.policy.threshold(Direction.INPUT, categories[0]),
+            linear=linear,
+            check_scores=[text_scores[categories[0]] for text_scores in scores],
+        )
 
     def _validate(self, texts: Sequence[str]) -> None:
         if len(texts) > self.max_texts_per_call:

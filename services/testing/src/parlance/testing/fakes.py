@@ -293,6 +293,13 @@ class FakeSafety:
             model="fake-safety", evaluated_categories=["harassment"]
         )
 
+    async def export_classifier(self) -> safety_pb2.ExportClassifierResponse:
+        # Word matching is not a linear text model: the gateway's input pre-check stays off,
+        # and every input waits for this double's verdict.
+        from parlance.gateway.clients.safety import ClassifierNotExportable
+
+        raise ClassifierNotExportable("the test double's classifier is not exportable")
+
     def texts(self, direction: int) -> list[str]:
         """Every text classified in `direction`, in order."""
         return [t for texts, d in self.calls if d == direction for t in texts]

@@ -172,11 +172,15 @@ def test_settings(tmp_path: Path, **overrides: Any) -> GatewaySettings:
 
 @asynccontextmanager
 async def inprocess_gateway(
-    tmp_path: Path, generator: FakeGenerator | None = None, **overrides: Any
+    tmp_path: Path,
+    generator: FakeGenerator | None = None,
+    safety: Any = None,
+    **overrides: Any,
 ) -> AsyncIterator[InProcessGateway]:
     """A started in-process gateway (lifespan run) and its client; `overrides` are
     GatewaySettings fields; `generator`: a FakeGenerator set up before the start-up (which
-    lists its models, e.g. for intent routing)."""
+    lists its models, e.g. for intent routing); `safety`: a SafetyClient of a real safety
+    service instead of FakeSafety."""
     suffix = uuid.uuid4().hex[:8]
     alice = Caller(f"alice-{suffix}", f"sk-alice-{suffix}-0123456789")
     bob = Caller(f"bob-{suffix}", f"sk-bob-{suffix}-0123456789")
@@ -185,7 +189,7 @@ async def inprocess_gateway(
         **({"api_keys": f"{alice.user_id}:{alice.key},{bob.user_id}:{bob.key}"} | overrides),
     )
     generator = generator or FakeGenerator()
-    safety, history = FakeSafety(), FakeHistory()
+    safety, history = safety or FakeSafety(), FakeHistory()
     app = create_app(
         settings,
         clients=Clients(generator=generator, safety=safety, history=history),  # type: ignore[arg-type]

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fparlance/safety/v1/safety.proto\x12\x12parlance.safety.v1\"R\n\x0f\x43lassifyRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x30\n\tdirection\x18\x02 \x01(\x0e\x32\x1d.parlance.safety.v1.Direction\"B\n\x0e\x43\x61tegoryResult\x12\x10\n\x08\x63\x61tegory\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0f\n\x07\x66lagged\x18\x03 \x01(\x08\"Y\n\x0e\x43lassification\x12\x0f\n\x07\x66lagged\x18\x01 \x01(\x08\x12\x36\n\ncategories\x18\x02 \x03(\x0b\x32\".parlance.safety.v1.CategoryResult\"V\n\x10\x43lassifyResponse\x12\x33\n\x07results\x18\x01 \x03(\x0b\x32\".parlance.safety.v1.Classification\x12\r\n\x05model\x18\x02 \x01(\t\"\x1a\n\x18GetClassifierInfoRequest\"H\n\x19GetClassifierInfoResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x1c\n\x14\x65valuated_categories\x18\x02 \x03(\t*Q\n\tDirection\x12\x19\n\x15\x44IRECTION_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x44IRECTION_INPUT\x10\x01\x12\x14\n\x10\x44IRECTION_OUTPUT\x10\x02\x32\xd8\x01\n\rSafetyService\x12U\n\x08\x43lassify\x12#.parlance.safety.v1.ClassifyRequest\x1a$.parlance.safety.v1.ClassifyResponse\x12p\n\x11GetClassifierInfo\x12,.parlance.safety.v1.GetClassifierInfoRequest\x1a-.parlance.safety.v1.GetClassifierInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fparlance/safety/v1/safety.proto\x12\x12parlance.safety.v1\"R\n\x0f\x43lassifyRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x30\n\tdirection\x18\x02 \x01(\x0e\x32\x1d.parlance.safety.v1.Direction\"B\n\x0e\x43\x61tegoryResult\x12\x10\n\x08\x63\x61tegory\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0f\n\x07\x66lagged\x18\x03 \x01(\x08\"Y\n\x0e\x43lassification\x12\x0f\n\x07\x66lagged\x18\x01 \x01(\x08\x12\x36\n\ncategories\x18\x02 \x03(\x0b\x32\".parlance.safety.v1.CategoryResult\"V\n\x10\x43lassifyResponse\x12\x33\n\x07results\x18\x01 \x03(\x0b\x32\".parlance.safety.v1.Classification\x12\r\n\x05model\x18\x02 \x01(\t\"\x1a\n\x18GetClassifierInfoRequest\"H\n\x19GetClassifierInfoResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x1c\n\x14\x65valuated_categories\x18\x02 \x03(\t\".\n\x17\x45xportClassifierRequest\x12\x13\n\x0b\x63heck_texts\x18\x01 \x03(\t\"\xc3\x01\n\x14LinearTextClassifier\x12\x15\n\rtoken_pattern\x18\x01 \x01(\t\x12\x11\n\tlowercase\x18\x02 \x01(\x08\x12\x12\n\nstop_words\x18\x03 \x03(\t\x12\r\n\x05terms\x18\x04 \x03(\t\x12\x0b\n\x03idf\x18\x05 \x03(\x01\x12\x0f\n\x07weights\x18\x06 \x03(\x01\x12\x12\n\nintercepts\x18\x07 \x03(\x01\x12\x15\n\rcalibration_a\x18\x08 \x03(\x01\x12\x15\n\rcalibration_b\x18\t \x03(\x01\"\xa4\x01\n\x18\x45xportClassifierResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x02 \x01(\t\x12\x17\n\x0finput_threshold\x18\x03 \x01(\x01\x12\x38\n\x06linear\x18\x04 \x01(\x0b\x32(.parlance.safety.v1.LinearTextClassifier\x12\x14\n\x0c\x63heck_scores\x18\x05 \x03(\x01*Q\n\tDirection\x12\x19\n\x15\x44IRECTION_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x44IRECTION_INPUT\x10\x01\x12\x14\n\x10\x44IRECTION_OUTPUT\x10\x02\x32\xc7\x02\n\rSafetyService\x12U\n\x08\x43lassify\x12#.parlance.safety.v1.ClassifyRequest\x1a$.parlance.safety.v1.ClassifyResponse\x12p\n\x11GetClassifierInfo\x12,.parlance.safety.v1.GetClassifierInfoRequest\x1a-.parlance.safety.v1.GetClassifierInfoResponse\x12m\n\x10\x45xportClassifier\x12+.parlance.safety.v1.ExportClassifierRequest\x1a,.parlance.safety.v1.ExportClassifierResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'parlance.safety.v1.safety_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DIRECTION']._serialized_start=488
-  _globals['_DIRECTION']._serialized_end=569
+  _globals['_DIRECTION']._serialized_start=901
+  _globals['_DIRECTION']._serialized_end=982
   _globals['_CLASSIFYREQUEST']._serialized_start=55
   _globals['_CLASSIFYREQUEST']._serialized_end=137
   _globals['_CATEGORYRESULT']._serialized_start=139
@@ -45,6 +45,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETCLASSIFIERINFOREQUEST']._serialized_end=412
   _globals['_GETCLASSIFIERINFORESPONSE']._serialized_start=414
   _globals['_GETCLASSIFIERINFORESPONSE']._serialized_end=486
-  _globals['_SAFETYSERVICE']._serialized_start=572
-  _globals['_SAFETYSERVICE']._serialized_end=788
+  _globals['_EXPORTCLASSIFIERREQUEST']._serialized_start=488
+  _globals['_EXPORTCLASSIFIERREQUEST']._serialized_end=534
+  _globals['_LINEARTEXTCLASSIFIER']._serialized_start=537
+  _globals['_LINEARTEXTCLASSIFIER']._serialized_end=732
+  _globals['_EXPORTCLASSIFIERRESPONSE']._serialized_start=735
+  _globals['_EXPORTCLASSIFIERRESPONSE']._serialized_end=899
+  _globals['_SAFETYSERVICE']._serialized_start=985
+  _globals['_SAFETYSERVICE']._serialized_end=1312
 # @@protoc_insertion_point(module_scope)

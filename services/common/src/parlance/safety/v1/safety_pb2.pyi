@@ -61,3 +61,45 @@ class GetClassifierInfoResponse(_message.Message):
     model: str
     evaluated_categories: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, model: _Optional[str] = ..., evaluated_categories: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ExportClassifierRequest(_message.Message):
+    __slots__ = ("check_texts",)
+    CHECK_TEXTS_FIELD_NUMBER: _ClassVar[int]
+    check_texts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, check_texts: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class LinearTextClassifier(_message.Message):
+    __slots__ = ("token_pattern", "lowercase", "stop_words", "terms", "idf", "weights", "intercepts", "calibration_a", "calibration_b")
+    TOKEN_PATTERN_FIELD_NUMBER: _ClassVar[int]
+    LOWERCASE_FIELD_NUMBER: _ClassVar[int]
+    STOP_WORDS_FIELD_NUMBER: _ClassVar[int]
+    TERMS_FIELD_NUMBER: _ClassVar[int]
+    IDF_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    INTERCEPTS_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_A_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_B_FIELD_NUMBER: _ClassVar[int]
+    token_pattern: str
+    lowercase: bool
+    stop_words: _containers.RepeatedScalarFieldContainer[str]
+    terms: _containers.RepeatedScalarFieldContainer[str]
+    idf: _containers.RepeatedScalarFieldContainer[float]
+    weights: _containers.RepeatedScalarFieldContainer[float]
+    intercepts: _containers.RepeatedScalarFieldContainer[float]
+    calibration_a: _containers.RepeatedScalarFieldContainer[float]
+    calibration_b: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, token_pattern: _Optional[str] = ..., lowercase: _Optional[bool] = ..., stop_words: _Optional[_Iterable[str]] = ..., terms: _Optional[_Iterable[str]] = ..., idf: _Optional[_Iterable[float]] = ..., weights: _Optional[_Iterable[float]] = ..., intercepts: _Optional[_Iterable[float]] = ..., calibration_a: _Optional[_Iterable[float]] = ..., calibration_b: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class ExportClassifierResponse(_message.Message):
+    __slots__ = ("model", "category", "input_threshold", "linear", "check_scores")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    INPUT_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    LINEAR_FIELD_NUMBER: _ClassVar[int]
+    CHECK_SCORES_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    category: str
+    input_threshold: float
+    linear: LinearTextClassifier
+    check_scores: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, model: _Optional[str] = ..., category: _Optional[str] = ..., input_threshold: _Optional[float] = ..., linear: _Optional[_Union[LinearTextClassifier, _Mapping]] = ..., check_scores: _Optional[_Iterable[float]] = ...) -> None: ...

@@ -44,6 +44,11 @@ class SafetyServiceStub:
                 request_serializer=parlance_dot_safety_dot_v1_dot_safety__pb2.GetClassifierInfoRequest.SerializeToString,
                 response_deserializer=parlance_dot_safety_dot_v1_dot_safety__pb2.GetClassifierInfoResponse.FromString,
                 _registered_method=True)
+        self.ExportClassifier = channel.unary_unary(
+                '/parlance.safety.v1.SafetyService/ExportClassifier',
+                request_serializer=parlance_dot_safety_dot_v1_dot_safety__pb2.ExportClassifierRequest.SerializeToString,
+                response_deserializer=parlance_dot_safety_dot_v1_dot_safety__pb2.ExportClassifierResponse.FromString,
+                _registered_method=True)
 
 
 class SafetyServiceServicer:
@@ -64,6 +69,17 @@ class SafetyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportClassifier(self, request, context):
+        """The classifier's parameters and its input thresholds, for a client that scores a text in
+        its own process before this service's verdict arrives (the gateway's input pre-check,
+        docs/ARCHITECTURE.md): the client's copy only decides whether to start work early, the
+        Classify verdict still decides what is sent. FAILED_PRECONDITION for a classifier that
+        cannot be scored this way (MiniLM, Detoxify: models, not linear word weights).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SafetyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -76,6 +92,11 @@ def add_SafetyServiceServicer_to_server(servicer, server):
                     servicer.GetClassifierInfo,
                     request_deserializer=parlance_dot_safety_dot_v1_dot_safety__pb2.GetClassifierInfoRequest.FromString,
                     response_serializer=parlance_dot_safety_dot_v1_dot_safety__pb2.GetClassifierInfoResponse.SerializeToString,
+            ),
+            'ExportClassifier': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportClassifier,
+                    request_deserializer=parlance_dot_safety_dot_v1_dot_safety__pb2.ExportClassifierRequest.FromString,
+                    response_serializer=parlance_dot_safety_dot_v1_dot_safety__pb2.ExportClassifierResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +153,33 @@ class SafetyService:
             '/parlance.safety.v1.SafetyService/GetClassifierInfo',
             parlance_dot_safety_dot_v1_dot_safety__pb2.GetClassifierInfoRequest.SerializeToString,
             parlance_dot_safety_dot_v1_dot_safety__pb2.GetClassifierInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportClassifier(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parlance.safety.v1.SafetyService/ExportClassifier',
+            parlance_dot_safety_dot_v1_dot_safety__pb2.ExportClassifierRequest.SerializeToString,
+            parlance_dot_safety_dot_v1_dot_safety__pb2.ExportClassifierResponse.FromString,
             options,
             channel_credentials,
             insecure,

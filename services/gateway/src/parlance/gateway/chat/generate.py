@@ -3,8 +3,9 @@ goes (the streaming side is in chat/stream.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 from parlance.gateway import convert, errors, moderation
 from parlance.gateway.cache import CompletionRecord
@@ -47,16 +48,34 @@ class Generation:
             sampling=convert.sampling_params(prepared.request, prepared.max_tokens),
         )
 
-    async def open_stream(self, prepared: PreparedChat) -> Responses:
+    async def open_stream(
+        self, prepared: PreparedChat, verdict: Awaitable[object] | None = None
+    ) -> Responses:
         """Starts generating and waits for the first message, so that a generator that is down
-        or refuses the request answers with an HTTP error before any byte is sent."""
+        or refuses the request answers with an HTTP error before any byte is sent.
+
+        `verdict`: input moderation still under way (the input pre-check passed it early,
+        input_precheck.py), awaited before this returns: a refusal or a safety failure closes
+        the generation and is raised, and comes before the generator's own error when both
+        fail, as when moderation ran first."""
         stream = self.generator.generate(self.generate_request(prepared))
         try:
             first = await anext(stream)
-        except StopAsyncIteration:
-            raise errors.service_unavailable(
-                "The generator ended the stream early.", self.settings.retry_after_s
-            ) from None
+        except BaseException as exc:
+            await aclose(stream)
+            if verdict is not None and not isinstance(exc, asyncio.CancelledError):
+                await verdict
+            if isinstance(exc, StopAsyncIteration):
+                raise errors.service_unavailable(
+                    "The generator ended the stream early.", self.settings.retry_after_s
+                ) from None
+            raise
+        if verdict is not None:
+            try:
+                await verdict
+            except BaseException:
+                await aclose(stream)
+                raise
 
         async def chained() -> Responses:
             try:
@@ -99,12 +118,14 @@ class Generation:
         return await count_tokens(self.generator, prepared.model, prepared.context)
 
     async def run(
-        self, prepared: PreparedChat, progress: Progress
+        self, prepared: PreparedChat, progress: Progress, stream: Responses | None = None
     ) -> tuple[CompletionRecord, dict[int, ChoiceLogprobs | None]]:
-        """Non-streaming: the whole generation, and each choice's logprobs. A moderated
-        answer keeps the text released before the flagged window."""
+        """Non-streaming: the whole generation (of `stream` when it is open already), and each
+        choice's logprobs. A moderated answer keeps the text released before the flagged
+        window."""
         tokens: dict[int, list[generator_pb2.TokenLogprob]] = {}
-        stream = await self.open_stream(prepared)
+        if stream is None:
+            stream = await self.open_stream(prepared)
         async for event in self.events(prepared, stream, progress):
             if isinstance(event, moderation.TextEvent) and event.logprobs:
                 tokens.setdefault(event.index, []).extend(event.logprobs)

@@ -264,12 +264,13 @@ class Preparer:
             )
         return fitted.messages
 
-    async def moderate_input(self, prepared: PreparedChat) -> None:
+    async def moderate_input(self, prepared: PreparedChat) -> moderation.InputJudgement | None:
         """Refuses the request when any message of it is flagged (fail closed: safety down is
         a 503, never an unmoderated generation), unless only users' messages are flagged, and
         only in the care categories: then the care prompt joins the context (moderation.py).
         Messages loaded from history were moderated when they were stored (a conversation
-        answered with care keeps the care prompt: _load_conversation)."""
+        answered with care keeps the care prompt: _load_conversation). Returns the judgement
+        (None with input moderation off)."""
         texts = [text for _, text in prepared.new_messages]
         roles = [role for role, _ in prepared.new_messages]
         care = self.settings.input_care_categories
@@ -283,7 +284,7 @@ class Preparer:
                 self.safety, texts, prepared.safety_thresholds, care, roles
             )
         else:
-            return
+            return None
         prepared.input_verdicts = judged.verdicts
         if judged.care:
             prepared.care = sorted({*prepared.care, *judged.care})
@@ -292,6 +293,7 @@ class Preparer:
                 # one more old exchange).
                 prepared.context_parts.care_prompt = self.settings.input_care_prompt
                 prepared.context = await self._assemble(prepared)
+        return judged
 
 
 async def count_tokens(generator: GeneratorClient, model: str, messages: Messages) -> int:

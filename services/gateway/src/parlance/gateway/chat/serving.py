@@ -10,14 +10,16 @@ docs/ARCHITECTURE.md.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
+from parlance.gateway import errors
 from parlance.gateway.auth import Principal
 from parlance.gateway.cache import CompletionRecord, ResponseCache
 from parlance.gateway.chat import best_of, compare, validation
 from parlance.gateway.chat.background import Background
 from parlance.gateway.chat.complete import Completion
-from parlance.gateway.chat.generate import Generation
+from parlance.gateway.chat.generate import Generation, Responses, aclose
 from parlance.gateway.chat.intent import IntentStep
 from parlance.gateway.chat.prepare import ModerationTask, Preparer
 from parlance.gateway.chat.prepared import PreparedChat, Progress
@@ -28,6 +30,7 @@ from parlance.gateway.chat.timing import ServerTiming
 from parlance.gateway.clients import GeneratorClient, HistoryClient, SafetyClient
 from parlance.gateway.config import GatewaySettings
 from parlance.gateway.headers import ResponseHeaders
+from parlance.gateway.input_precheck import InputPrecheck
 from parlance.gateway.intents import IntentRouter, ReaskSignal
 from parlance.gateway.models import ModelRegistry
 from parlance.gateway.outbox import HistoryOutbox
@@ -61,6 +64,10 @@ class ChatService:
             step = IntentStep(intents, models, ReaskSignal(intents, history, self.background))
         self.preparer = Preparer(settings, generator, safety, history, outbox, models, step)
         self.generation = Generation(settings, generator, safety)
+        # The input pre-check (input_precheck.py); start() takes its copy of the classifier.
+        self.precheck = (
+            InputPrecheck(safety) if settings.moderate_input and settings.input_precheck else None
+        )
         self.completion = Completion(cache, outbox, self.titles)
         self.streamer = Streamer(self.generation, self.completion, self.background)
         # Side-by-side comparisons (chat/compare.py).
@@ -75,6 +82,11 @@ class ChatService:
             self.completion,
             self.streamer,
         )
+
+    def start(self) -> None:
+        """Starts what runs beside the requests: taking the input pre-check's copy."""
+        if self.precheck is not None:
+            self.precheck.start()
 
     def validate(self, request: ChatCompletionRequest, principal: Principal) -> None:
         validation.validate(request, principal, self.settings)
@@ -116,18 +128,51 @@ class ChatService:
             headers["x-cache"] = "miss"
         else:
             headers["x-cache"] = "bypass"
-        await self.preparer.moderate_input(prepared)
-        self.comparer.withdraw_offer(prepared)
-        timing.mark("moderation")
+        stream = await self.generate(prepared, timing)
         if prepared.request.stream:
-            stream = await self.generation.open_stream(prepared)
             timing.mark("generator")  # until the generator's first message
             headers["server-timing"] = timing.header()
             return self.streamer.stream(prepared, stream)
-        body = await self.complete(prepared)
+        body = await self.complete(prepared, stream)
         timing.mark("generation")
         headers["server-timing"] = timing.header()
         return body
+
+    async def generate(self, prepared: PreparedChat, timing: ServerTiming) -> Responses:
+        """Input moderation, then the generation opened (its first message in). When the
+        gateway's copy of safety's classifier passes the input (input_precheck.py), the
+        generator is called beside safety's verdict instead of after it; the verdict is still
+        awaited before this returns, and a refusal or a failure closes the generation."""
+        precheck = self.precheck
+        texts = [text for _, text in prepared.new_messages]
+        if precheck is None or not precheck.passes(texts, prepared.safety_thresholds):
+            # The copy flagged the input (when there is one): it waits for safety's verdict.
+            copy_flagged = precheck is not None and precheck.copy is not None
+            judged = await self.preparer.moderate_input(prepared)
+            if copy_flagged and judged is not None and not judged.care:
+                precheck.disagreed(passed=False)  # type: ignore[union-attr]
+            self.comparer.withdraw_offer(prepared)
+            timing.mark("moderation")
+            return await self.generation.open_stream(prepared)
+        timing.mark("precheck")
+        verdict = asyncio.ensure_future(self.preparer.moderate_input(prepared))
+        try:
+            stream = await self.generation.open_stream(prepared, verdict)
+        except errors.APIError as exc:
+            if exc.code == "content_filter":
+                precheck.disagreed(passed=True)
+            raise
+        finally:
+            verdict.cancel()  # the request was cancelled first; a finished verdict stays
+        judged = verdict.result()
+        if judged is not None and judged.care:
+            # Safety flagged what the copy passed, and answers it with care: the generation
+            # starts again as care has it (the care prompt in the context, no comparison).
+            precheck.disagreed(passed=True)
+            await aclose(stream)
+            self.comparer.withdraw_offer(prepared)
+            stream = await self.generation.open_stream(prepared)
+        return stream
 
     async def cached(self, prepared: PreparedChat, record: CompletionRecord) -> Answer:
         # A cached answer costs no generation: its tokens are not charged to TPM.
@@ -137,11 +182,13 @@ class ChatService:
         await self.completion.store_exchange(prepared, record)
         return completion(prepared, record, cached_logprobs(record))
 
-    async def complete(self, prepared: PreparedChat) -> ChatCompletion:
-        """Non-streaming: runs the whole generation, then finishes it (metrics, cache,
-        history)."""
+    async def complete(
+        self, prepared: PreparedChat, stream: Responses | None = None
+    ) -> ChatCompletion:
+        """Non-streaming: runs the whole generation (of `stream` when it is open already),
+        then finishes it (metrics, cache, history)."""
         progress = Progress()
-        record, logprobs = await self.generation.run(prepared, progress)
+        record, logprobs = await self.generation.run(prepared, progress, stream)
         await self.completion.finish(prepared, progress, record)
         return completion(prepared, record, logprobs)
 
@@ -149,3 +196,5 @@ class ChatService:
         """Lets background stores reach the outbox (which flushes on its own close)."""
         await self.background.close(timeout_s)
         await self.titles.close()
+        if self.precheck is not None:
+            await self.precheck.close()

@@ -18,8 +18,16 @@ import asyncio
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
+import grpc
+
+from parlance.common.request_id import outgoing_metadata
 from parlance.gateway import errors
-from parlance.gateway.clients.channel import DEFAULT_KEEPALIVE, BaseClient, KeepAlive
+from parlance.gateway.clients.channel import (
+    DEFAULT_KEEPALIVE,
+    BaseClient,
+    KeepAlive,
+    to_api_error,
+)
 from parlance.safety.v1 import safety_pb2, safety_pb2_grpc
 
 # How many characters a second the slowest shipped classifier reads (the embedded MiniLM head
@@ -37,6 +45,14 @@ MAX_QUEUE_WAIT_S = 30.0
 # Texts per batched call (safety refuses more than its max_texts_per_call, 256 by default);
 # a call with more texts than this goes alone.
 MAX_BATCH_TEXTS = 64
+
+# Deadline of ExportClassifier (a ~1 MB message, built on the service's event loop).
+EXPORT_TIMEOUT_S = 10.0
+
+
+class ClassifierNotExportable(Exception):
+    """Safety's classifier cannot be copied (its reason as the message)."""
+
 
 # Who makes a call (None: nobody in particular): calls of one owner go in different batches.
 BATCH_OWNER: ContextVar[object | None] = ContextVar("safety_batch_owner", default=None)
@@ -191,3 +207,22 @@ class SafetyClient(BaseClient):
 
     async def info(self) -> safety_pb2.GetClassifierInfoResponse:
         return await self._unary(self.stub.GetClassifierInfo, safety_pb2.GetClassifierInfoRequest())
+
+    async def export_classifier(
+        self, check_texts: list[str]
+    ) -> safety_pb2.ExportClassifierResponse:
+        """ExportClassifier, with safety's scores of `check_texts`; ClassifierNotExportable when
+        safety says its classifier cannot be copied (or is a version without the call),
+        APIError when it cannot be asked. Outside the batches and the dependency metrics: the
+        gateway's own upkeep, not a request's moderation (the metrics count the verdicts that
+        requests waited for, and the fault tests count those)."""
+        try:
+            return await self.stub.ExportClassifier(
+                safety_pb2.ExportClassifierRequest(check_texts=check_texts),
+                timeout=EXPORT_TIMEOUT_S,
+                metadata=outgoing_metadata(),
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNIMPLEMENTED):
+                raise ClassifierNotExportable(exc.details() or exc.code().name) from exc
+            raise to_api_error(exc, self.dependency, self.retry_after_s) from exc

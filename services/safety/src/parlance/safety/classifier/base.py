@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
+from parlance.common.linear_text import LinearTextModel
 from parlance.safety.categories import OPENAI_CATEGORIES
 
 
@@ -53,6 +54,12 @@ class Classifier(ABC):
 
         Synchronous and CPU/GPU bound: the serving class runs it in its worker thread.
         """
+
+    def export(self) -> LinearTextModel | None:
+        """The model as numbers another process scores exactly as this backend does (a linear
+        text model of its one evaluated category; ExportClassifier), or None: most models
+        cannot be (MiniLM and Detoxify need their networks). Called after load()."""
+        return None
 
     async def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
         """Releases the model; called once after the server drained."""

@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from parlance.common.linear_text import CalibratedLinear, LinearTextModel, WordAnalyzer, tfidf_row
 from parlance.safety.categories import HARASSMENT
 from parlance.safety.classifier.base import Classifier
 
@@ -72,12 +73,10 @@ class CalibratedLinearScorer:
     fold, ~6 ms of pure overhead per call here, while the arithmetic is a sparse dot product
     with 5 weight vectors. Safety is called for the input and every output window of every
     answer, so this overhead was most of its CPU (bench/safety_bench.py). The arithmetic is
-    sklearn's own: for each fold k, p_k = expit(-(a_k * (x . w_k + c_k) + b_k)); p = mean_k p_k.
+    sklearn's own, in parlance.common.linear_text (which the gateway's copy scores with too).
     """
 
     def __init__(self, model: Any) -> None:
-        from scipy.special import expit
-
         if type(model).__name__ != "CalibratedClassifierCV" or len(model.classes_) != 2:
             raise ValueError(f"not a binary CalibratedClassifierCV: {type(model).__name__}")
         folds = model.calibrated_classifiers_
@@ -86,25 +85,20 @@ class CalibratedLinearScorer:
                 raise ValueError(f"calibration {fold.method!r} is not a single sigmoid")
             if not hasattr(fold.estimator, "coef_") or fold.estimator.coef_.shape[0] != 1:
                 raise ValueError(f"{type(fold.estimator).__name__} is not a binary linear model")
-        self._weights = np.column_stack([f.estimator.coef_.ravel() for f in folds])
-        self._intercepts = np.array([float(f.estimator.intercept_[0]) for f in folds])
-        self._a = np.array([float(f.calibrators[0].a_) for f in folds])
-        self._b = np.array([float(f.calibrators[0].b_) for f in folds])
-        self._expit = expit
+        self.linear = CalibratedLinear(
+            weights=np.column_stack([f.estimator.coef_.ravel() for f in folds]),
+            intercepts=np.array([float(f.estimator.intercept_[0]) for f in folds]),
+            a=np.array([float(f.calibrators[0].a_) for f in folds]),
+            b=np.array([float(f.calibrators[0].b_) for f in folds]),
+        )
 
     def __call__(self, features: Any) -> np.ndarray:
-        decision = np.asarray(features @ self._weights) + self._intercepts
-        return self._calibrated(decision)
+        decision = np.asarray(features @ self.linear.weights) + self.linear.intercepts
+        return self.linear.calibrated(decision)
 
     def rows(self, rows: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
         """The same for features given as (term indices, weights) per text (TfidfRows)."""
-        decision = np.empty((len(rows), self._weights.shape[1]))
-        for i, (indices, values) in enumerate(rows):
-            decision[i] = values @ self._weights[indices]
-        return self._calibrated(decision + self._intercepts)
-
-    def _calibrated(self, decision: np.ndarray) -> np.ndarray:
-        return np.asarray(self._expit(-(self._a * decision + self._b)).mean(axis=1))
+        return self.linear.rows(rows)
 
 
 class TfidfRows:
@@ -140,22 +134,46 @@ class TfidfRows:
         if type(vectorizer).__name__ != "TfidfVectorizer" or settings != wanted:
             raise ValueError(f"a vectorizer of other settings: {settings}")
         self._analyze = vectorizer.build_analyzer()
-        self._vocabulary: dict[str, int] = vectorizer.vocabulary_
-        self._idf = np.asarray(vectorizer.idf_, dtype=np.float64)
+        self.vocabulary: dict[str, int] = vectorizer.vocabulary_
+        self.idf = np.asarray(vectorizer.idf_, dtype=np.float64)
 
     def __call__(self, text: str) -> tuple[np.ndarray, np.ndarray]:
-        counts: dict[int, int] = {}
-        for token in self._analyze(text):
-            index = self._vocabulary.get(token)
-            if index is not None:
-                counts[index] = counts.get(index, 0) + 1
-        indices = np.fromiter(counts.keys(), dtype=np.intp, count=len(counts))
-        values = np.fromiter(counts.values(), dtype=np.float64, count=len(counts))
-        values *= self._idf[indices]
-        norm = float(np.sqrt(values @ values))
-        if norm > 0.0:
-            values /= norm
-        return indices, values
+        return tfidf_row(self._analyze(text), self.vocabulary, self.idf)
+
+
+def exportable_model(module: Any) -> LinearTextModel | None:
+    """The library's vectorizer and model as a LinearTextModel whose own analyzer (no sklearn)
+    scores PROBE_TEXTS as the library does: what ExportClassifier sends. None (logged) where
+    the vectorizer's settings or the model's shape do not allow it."""
+    vectorizer = module.vectorizer
+    try:
+        rows = TfidfRows(vectorizer)
+        scorer = CalibratedLinearScorer(module.model)
+        custom = {
+            name: getattr(vectorizer, name, None)
+            for name in ("strip_accents", "preprocessor", "tokenizer")
+            if getattr(vectorizer, name, None) is not None
+        }
+        if custom or not isinstance(vectorizer.token_pattern, str):
+            raise ValueError(f"an analyzer of its own: {custom or vectorizer.token_pattern!r}")
+        model = LinearTextModel(
+            analyzer=WordAnalyzer(
+                vectorizer.token_pattern,
+                bool(vectorizer.lowercase),
+                frozenset(vectorizer.get_stop_words() or ()),
+            ),
+            vocabulary=rows.vocabulary,
+            idf=rows.idf,
+            linear=scorer.linear,
+        )
+    except (AttributeError, ValueError) as exc:
+        log.warning("profanity-check model not exportable (%s)", exc)
+        return None
+    difference = float(np.max(np.abs(model.scores(PROBE_TEXTS) - module.predict_prob(PROBE_TEXTS))))
+    if difference > 1e-9:
+        log.warning("the exportable profanity model differs by %g: not exported", difference)
+        return None
+    return model
 
 
 def fast_predict_prob(module: Any) -> Callable[[Sequence[str]], Any] | None:
@@ -200,6 +218,7 @@ class ProfanityClassifier(Classifier):
     def __init__(self) -> None:
         self._name = f"profanity-check-{version('alt-profanity-check')}"
         self._predict_prob: Callable[[Sequence[str]], Any] | None = None
+        self._exportable: LinearTextModel | None = None
 
     @property
     def name(self) -> str:
@@ -218,6 +237,10 @@ class ProfanityClassifier(Classifier):
         # a thread keeps the event loop, and so the health service, responsive meanwhile.
         module = await asyncio.to_thread(importlib.import_module, "profanity_check.profanity_check")
         self._predict_prob = fast_predict_prob(module) or module.predict_prob
+        self._exportable = exportable_model(module)
+
+    def export(self) -> LinearTextModel | None:
+        return self._exportable
 
     def score(self, texts: list[str]) -> list[dict[str, float]]:
         if self._predict_prob is None:
