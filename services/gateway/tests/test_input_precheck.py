@@ -17,6 +17,9 @@ from pathlib import Path
 import grpc
 import pytest
 
+from parlance.gateway import input_precheck
+from parlance.gateway.chat.generate import Generation
+from parlance.gateway.chat.protocol import ChatCompletionRequest
 from parlance.gateway.clients.safety import SafetyClient
 from parlance.gateway.metrics import INPUT_PRECHECK
 from parlance.safety.classifier.profanity import ProfanityClassifier
@@ -84,8 +87,10 @@ async def held() -> AsyncIterator[tuple[HeldSafety, str]]:
 
 @pytest.fixture
 async def gw(
-    tmp_path: Path, held: tuple[HeldSafety, str]
+    tmp_path: Path, held: tuple[HeldSafety, str], monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[tuple[InProcessGateway, HeldSafety]]:
+    # A copy dropped for a disagreement is taken again at once here (5 s in service).
+    monkeypatch.setattr(input_precheck, "RETAKE_MIN_S", 0.0)
     servicer, url = held
     client = SafetyClient(url, timeout_s=5.0, retry_after_s=1)
     async with inprocess_gateway(tmp_path, safety=client) as gateway:
@@ -223,6 +228,86 @@ async def test_without_a_refusal_the_generators_failure_is_the_answer(
     assert response.status_code == 503, response.text
     assert "generator" in response.json()["error"]["message"]
     assert safety.generations_at_verdict[-1] == 1
+
+
+async def test_a_refusal_does_not_wait_for_a_slow_generator(
+    gw: tuple[InProcessGateway, HeldSafety],
+) -> None:
+    """The verdict is awaited beside the first message, not after it: a generator that has
+    not answered yet is stopped as soon as safety refuses."""
+    gateway, safety = gw
+    safety.set_input_threshold(0.5)
+    gateway.generator.script.hang_after = 0
+    started = time.monotonic()
+    response = await asyncio.wait_for(gateway.chat(content=CHARGED, stream=True), timeout=5)
+    assert response.status_code == 400, response.text
+    assert time.monotonic() - started < 2.0
+    assert gateway.generator.in_flight == 0
+
+
+async def test_a_client_gone_during_the_early_generation_stops_it(
+    gw: tuple[InProcessGateway, HeldSafety],
+) -> None:
+    gateway, safety = gw
+    safety.delay_s = 1.0
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(gateway.chat(content=PLAIN, stream=True), timeout=0.3)
+    assert len(gateway.generator.requests) == 1
+    for _ in range(100):
+        if gateway.generator.in_flight == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert gateway.generator.in_flight == 0
+
+
+async def test_a_cached_answer_starts_no_generation(
+    gw: tuple[InProcessGateway, HeldSafety],
+) -> None:
+    gateway, _ = gw
+    body = gateway.body(PLAIN, temperature=0, stream=False)
+    first = await gateway.chat(body)
+    assert first.status_code == 200 and first.headers["x-cache"] == "miss"
+    again = await gateway.chat(body)
+    assert again.headers["x-cache"] == "hit"
+    assert len(gateway.generator.requests) == 1
+
+
+async def test_an_intent_routes_thresholds_tighten_the_copy_too(
+    gw: tuple[InProcessGateway, HeldSafety],
+) -> None:
+    precheck = gw[0].state.chat.precheck
+    assert precheck is not None
+    assert precheck.check([CHARGED], None).passed  # type: ignore[union-attr]
+    assert not precheck.check([CHARGED], {HARASSMENT: 0.5}).passed  # type: ignore[union-attr]
+    # Blank texts are not judged (as safety is not asked about them); long inputs wait.
+    assert precheck.check(["  ", PLAIN], None).passed  # type: ignore[union-attr]
+    assert precheck.check(["word " * 2_000], None) is None
+
+
+async def test_a_verdict_that_changes_the_request_starts_the_generation_again(
+    tmp_path: Path,
+) -> None:
+    """Answered with care where the copy passed: the first generation is closed and a new one
+    starts under an id of its own (the engine may still be aborting the first)."""
+    async with inprocess_gateway(tmp_path) as gateway:
+        generator = gateway.generator
+        generator.script.hang_after = 1  # the first generation stays open until closed
+        generation = Generation(gateway.settings, generator, gateway.safety)  # type: ignore[arg-type]
+        prepared = await gateway.state.chat.prepare(
+            ChatCompletionRequest.model_validate(gateway.body(PLAIN, stream=True)),
+            await gateway.state.keys.authenticate(gateway.alice.key),  # type: ignore[arg-type]
+        )
+        verdict: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        opening = asyncio.ensure_future(generation.open_stream(prepared, verdict))
+        await asyncio.sleep(0.05)
+        assert generator.in_flight == 1
+        generator.script.hang_after = None
+        verdict.set_result(False)
+        stream = await opening
+        ids = [r.request_id for r in generator.requests]
+        assert ids == [prepared.completion_id, f"{prepared.completion_id}-1"]
+        assert generator.cancelled == 1
+        assert [m async for m in stream]
 
 
 async def test_off_with_a_classifier_that_cannot_be_copied(tmp_path: Path) -> None:

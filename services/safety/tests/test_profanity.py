@@ -105,7 +105,7 @@ def test_the_exported_model_scores_as_the_library_without_sklearn(library) -> No
     assert np.max(np.abs(model.scores(texts) - library.predict_prob(texts))) < 1e-12
 
 
-def test_a_vectorizer_with_an_analyzer_of_its_own_is_not_exported(library) -> None:  # type: ignore[no-untyped-def]
+def test_a_vectorizer_with_an_analyzer_of_its_own_is_not_exported(library, caplog) -> None:  # type: ignore[no-untyped-def]
     other = copy.copy(library.vectorizer)
     other.strip_accents = "unicode"
 
@@ -115,3 +115,4 @@ def test_a_vectorizer_with_an_analyzer_of_its_own_is_not_exported(library) -> No
         predict_prob = library.predict_prob
 
     assert exportable_model(Accents) is None
+    assert "an analyzer of its own: {'strip_accents': 'unicode'}" in caplog.text

@@ -12,12 +12,13 @@ microseconds with the same code (parlance.common.linear_text).
 What does not change: safety's own Classify verdict on the input still decides. Nothing of the
 answer is sent, stored or cached before it arrived, a flagged input is still refused and a
 safety service that is down or frozen still fails the request closed (503), as before
-(chat/serving.py awaits the verdict before the generator's first message goes anywhere). The
-copy only decides whether the generator is called early:
+(chat/generate.py's open_stream awaits the verdict beside the generator's first message, before
+anything goes anywhere). The copy only decides whether the generator is called early:
 - it passes the input: the generator is called now; a verdict that then refuses the input
-  (a copy that disagrees) or fails (safety down) stops that generation before any of it left;
-- it flags the input, or there is no copy: the request waits for the verdict as before, so an
-  input the copy flags never reaches the generator.
+  (a copy that disagrees) or fails (safety down) stops that generation at once, before any of
+  it left; one that answers it with care starts it again with the care prompt;
+- it flags the input, there is no copy, or the input is longer than MAX_CHARS: the request
+  waits for the verdict as before, so an input the copy flags never reaches the generator.
 
 The copy is taken in the background once safety answers (the gateway starts without it), is
 checked against safety's own scores of CHECK_TEXTS (sent with the export) before it is used,
@@ -30,7 +31,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -54,12 +57,18 @@ CHECK_TEXTS = (
     "¿Cómo estás? 我的账户被锁定了 — naïve café",
     "please proofread: " + "the quick brown fox jumps over the lazy dog, damn it, " * 30,
 )
-# safety's scores travel as float32: the copy's are compared after the same rounding.
+# Scores are compared as Classify reports them (float32 in ClassifyResponse).
 SCORE_TOLERANCE = 1e-6
 # Waits between attempts to take the copy while safety cannot be asked (it starts later than
 # the gateway, or is down): the first quickly, then at most this often.
 RETRY_FIRST_S = 0.5
 RETRY_MAX_S = 30.0
+# The least time between two copies: a copy dropped for a disagreement is taken again after it.
+RETAKE_MIN_S = 5.0
+# Inputs longer than this (characters, all texts) wait for safety: the copy scores on the event
+# loop, ~40 us per 1,000 characters (2-core AMD EPYC), and a long input's head start is worth
+# less than the loop's time for every other request.
+MAX_CHARS = 8_000
 
 
 class ClassifierCopy:
@@ -124,77 +133,114 @@ def differences(mine: safety_pb2.ClassifyResponse, theirs: safety_pb2.ClassifyRe
     return ""
 
 
+@dataclass(frozen=True)
+class Precheck:
+    """The copy's judgement of one request's input."""
+
+    passed: bool
+    copy: ClassifierCopy
+    owner: InputPrecheck
+
+    def disagreed(self) -> None:
+        """safety's verdict differed from this judgement."""
+        self.owner.disagreed(self)
+
+
 class InputPrecheck:
     """Holds the copy (None until it is taken and checked) and judges inputs with it."""
 
-    def __init__(self, safety: SafetyClient, enabled: bool = True) -> None:
+    def __init__(self, safety: SafetyClient) -> None:
         self.safety = safety
-        self.enabled = enabled
         self.copy: ClassifierCopy | None = None
         self._taking: asyncio.Task[None] | None = None
+        self._last_taken = -RETAKE_MIN_S
+        self._closed = False
         INPUT_PRECHECK_LOCAL.set(0)
 
     def start(self) -> None:
         """Takes the copy in the background (the gateway serves without it meanwhile)."""
-        if self.enabled and (self._taking is None or self._taking.done()):
+        if not self._closed and (self._taking is None or self._taking.done()):
             self._taking = asyncio.create_task(self._take())
 
     async def close(self) -> None:
+        self._closed = True
         if self._taking is not None:
             self._taking.cancel()
             await asyncio.gather(self._taking, return_exceptions=True)
+        self.copy = None
+        INPUT_PRECHECK_LOCAL.set(0)
 
-    def passes(self, texts: Sequence[str], thresholds: Mapping[str, float] | None) -> bool:
-        """Whether the copy passes every text (flagged as judge_input flags: safety's own
-        threshold, tightened by an intent route's `thresholds`). False without a copy."""
+    def check(
+        self, texts: Sequence[str], thresholds: Mapping[str, float] | None
+    ) -> Precheck | None:
+        """The copy's judgement: passed when it flags no text (flagged as judge_input flags:
+        safety's own threshold, tightened by an intent route's `thresholds`). None, and the
+        input waits for safety, without a copy, for an input longer than MAX_CHARS, or when
+        the copy fails."""
         copy = self.copy
-        if copy is None:
-            return False
+        classified = [t for t in texts if t.strip()]
+        if copy is None or sum(len(t) for t in classified) > MAX_CHARS:
+            return None
         try:
-            verdicts = copy.classify([t for t in texts if t.strip()])
+            verdicts = copy.classify(classified)
         except Exception:
             # A defect of the copy costs the request its head start, never an error.
             log.exception("input pre-check failed; the input waits for safety's verdict")
-            return False
+            return None
         flagged = any(
             bool(input_flags(v, thresholds)) if thresholds else v.flagged for v in verdicts.results
         )
         INPUT_PRECHECK.labels("flagged" if flagged else "passed").inc()
-        return not flagged
+        return Precheck(not flagged, copy, self)
 
-    def disagreed(self, passed: bool) -> None:
-        """safety's verdict differed from the copy's (which `passed` or not): the copy is
-        dropped and taken again, and the requests meanwhile wait for safety."""
-        if self.copy is None:
+    def disagreed(self, check: Precheck) -> None:
+        """safety's verdict differed from the copy's judgement `check`: that copy is dropped
+        (not a newer one taken since) and taken again, at most every RETAKE_MIN_S; requests
+        wait for safety meanwhile."""
+        if self.copy is not check.copy:
             return
         INPUT_PRECHECK.labels("disagreed").inc()
         log.warning(
             "safety's input verdict differs from the gateway's copy of its classifier; "
             "taking the copy again",
-            extra={"copy": "passed" if passed else "flagged", "model": self.copy.model},
+            extra={"copy": "passed" if check.passed else "flagged", "model": check.copy.model},
         )
         self.copy = None
         INPUT_PRECHECK_LOCAL.set(0)
         self.start()
 
     async def _take(self) -> None:
+        # A copy taken again soon after the last one waits: safety replicas that disagree
+        # with each other (a rolling restart with new thresholds) must not cost an export per
+        # request.
+        await asyncio.sleep(max(0.0, self._last_taken + RETAKE_MIN_S - time.monotonic()))
         wait_s = RETRY_FIRST_S
+        said_not_exportable = False
         while True:
             try:
-                self.copy = await self._checked_copy()
+                copy = await self._checked_copy()
             except ClassifierNotExportable as exc:
-                log.info("input pre-check off: safety's classifier cannot be copied (%s)", exc)
-                return
+                # MiniLM or Detoxify (or a safety older than ExportClassifier): asked again now
+                # and then, in case safety is upgraded or switched to a classifier that can be.
+                if not said_not_exportable:
+                    log.info("input pre-check off: safety's classifier cannot be copied (%s)", exc)
+                    said_not_exportable = True
+                await asyncio.sleep(RETRY_MAX_S)
+                continue
+            except ValueError as exc:
+                log.warning("input pre-check: safety's export is not usable (%s)", exc)
             except Exception as exc:
                 # Safety not up yet or down: every input waits for its verdict until it is.
                 log.debug("input pre-check: no copy yet (%s); again in %.1f s", exc, wait_s)
-                await asyncio.sleep(wait_s)
-                wait_s = min(RETRY_MAX_S, wait_s * 2)
-                continue
-            if self.copy is not None:
-                INPUT_PRECHECK_LOCAL.set(1)
-                log.info("input pre-check on", extra={"model": self.copy.model})
-            return
+            else:
+                self._last_taken = time.monotonic()
+                if copy is not None:
+                    self.copy = copy
+                    INPUT_PRECHECK_LOCAL.set(1)
+                    log.info("input pre-check on", extra={"model": copy.model})
+                return
+            await asyncio.sleep(wait_s)
+            wait_s = min(RETRY_MAX_S, wait_s * 2)
 
     async def _checked_copy(self) -> ClassifierCopy | None:
         """The copy, if it scores CHECK_TEXTS as safety does (else None, logged)."""

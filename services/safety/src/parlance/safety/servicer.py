@@ -5,11 +5,11 @@ from __future__ import annotations
 import grpc
 
 from parlance.common.errors import InvalidArgument
+from parlance.common.linear_text import LinearTextModel
 from parlance.safety.policy import Direction, Verdict
 from parlance.safety.serving import (
     ClassifierInfo,
     ClassifyResult,
-    ExportedClassifier,
     SafetyServing,
 )
 from parlance.safety.v1 import safety_pb2, safety_pb2_grpc
@@ -55,33 +55,26 @@ def classifier_info_to_proto(info: ClassifierInfo) -> safety_pb2.GetClassifierIn
     )
 
 
-def exported_classifier_to_proto(
-    exported: ExportedClassifier,
-) -> safety_pb2.ExportClassifierResponse:
-    model = exported.linear
+def linear_text_to_proto(model: LinearTextModel) -> safety_pb2.LinearTextClassifier:
     linear = model.linear
-    return safety_pb2.ExportClassifierResponse(
-        model=exported.model,
-        category=exported.category,
-        input_threshold=exported.input_threshold,
-        linear=safety_pb2.LinearTextClassifier(
-            token_pattern=model.analyzer.token_pattern,
-            lowercase=model.analyzer.lowercase,
-            stop_words=sorted(model.analyzer.stop_words),
-            terms=model.terms(),
-            idf=model.idf.tolist(),
-            weights=linear.weights.ravel().tolist(),
-            intercepts=linear.intercepts.tolist(),
-            calibration_a=linear.a.tolist(),
-            calibration_b=linear.b.tolist(),
-        ),
-        check_scores=exported.check_scores,
+    return safety_pb2.LinearTextClassifier(
+        token_pattern=model.analyzer.token_pattern,
+        lowercase=model.analyzer.lowercase,
+        stop_words=sorted(model.analyzer.stop_words),
+        terms=model.terms(),
+        idf=model.idf.tolist(),
+        weights=linear.weights.ravel().tolist(),
+        intercepts=linear.intercepts.tolist(),
+        calibration_a=linear.a.tolist(),
+        calibration_b=linear.b.tolist(),
     )
 
 
 class SafetyServicer(safety_pb2_grpc.SafetyServiceServicer):
     def __init__(self, serving: SafetyServing) -> None:
         self._serving = serving
+        # The exported model's message, built once (~100k numbers) for the model it shows.
+        self._linear: tuple[LinearTextModel, safety_pb2.LinearTextClassifier] | None = None
 
     async def Classify(
         self, request: safety_pb2.ClassifyRequest, context: grpc.aio.ServicerContext
@@ -99,4 +92,12 @@ class SafetyServicer(safety_pb2_grpc.SafetyServiceServicer):
         self, request: safety_pb2.ExportClassifierRequest, context: grpc.aio.ServicerContext
     ) -> safety_pb2.ExportClassifierResponse:
         exported = await self._serving.export(list(request.check_texts))
-        return exported_classifier_to_proto(exported)
+        if self._linear is None or self._linear[0] is not exported.linear:
+            self._linear = (exported.linear, linear_text_to_proto(exported.linear))
+        return safety_pb2.ExportClassifierResponse(
+            model=exported.model,
+            category=exported.category,
+            input_threshold=exported.input_threshold,
+            linear=self._linear[1],
+            check_scores=exported.check_scores,
+        )

@@ -293,7 +293,9 @@ class FakeSafety:
             model="fake-safety", evaluated_categories=["harassment"]
         )
 
-    async def export_classifier(self) -> safety_pb2.ExportClassifierResponse:
+    async def export_classifier(
+        self, check_texts: list[str]
+    ) -> safety_pb2.ExportClassifierResponse:
         # Word matching is not a linear text model: the gateway's input pre-check stays off,
         # and every input waits for this double's verdict.
         from parlance.gateway.clients.safety import ClassifierNotExportable

@@ -19,7 +19,7 @@ from parlance.gateway.cache import CompletionRecord, ResponseCache
 from parlance.gateway.chat import best_of, compare, validation
 from parlance.gateway.chat.background import Background
 from parlance.gateway.chat.complete import Completion
-from parlance.gateway.chat.generate import Generation, Responses, aclose
+from parlance.gateway.chat.generate import Generation, Responses
 from parlance.gateway.chat.intent import IntentStep
 from parlance.gateway.chat.prepare import ModerationTask, Preparer
 from parlance.gateway.chat.prepared import PreparedChat, Progress
@@ -30,7 +30,7 @@ from parlance.gateway.chat.timing import ServerTiming
 from parlance.gateway.clients import GeneratorClient, HistoryClient, SafetyClient
 from parlance.gateway.config import GatewaySettings
 from parlance.gateway.headers import ResponseHeaders
-from parlance.gateway.input_precheck import InputPrecheck
+from parlance.gateway.input_precheck import InputPrecheck, Precheck
 from parlance.gateway.intents import IntentRouter, ReaskSignal
 from parlance.gateway.models import ModelRegistry
 from parlance.gateway.outbox import HistoryOutbox
@@ -143,36 +143,47 @@ class ChatService:
         gateway's copy of safety's classifier passes the input (input_precheck.py), the
         generator is called beside safety's verdict instead of after it; the verdict is still
         awaited before this returns, and a refusal or a failure closes the generation."""
-        precheck = self.precheck
-        texts = [text for _, text in prepared.new_messages]
-        if precheck is None or not precheck.passes(texts, prepared.safety_thresholds):
-            # The copy flagged the input (when there is one): it waits for safety's verdict.
-            copy_flagged = precheck is not None and precheck.copy is not None
+        check = self._precheck(prepared)
+        if check is None or not check.passed:
             judged = await self.preparer.moderate_input(prepared)
-            if copy_flagged and judged is not None and not judged.care:
-                precheck.disagreed(passed=False)  # type: ignore[union-attr]
+            if check is not None and judged is not None and not judged.care:
+                check.disagreed()  # the copy flagged what safety passed
             self.comparer.withdraw_offer(prepared)
             timing.mark("moderation")
             return await self.generation.open_stream(prepared)
         timing.mark("precheck")
-        verdict = asyncio.ensure_future(self.preparer.moderate_input(prepared))
+        verdict = asyncio.ensure_future(self._verdict(prepared, check))
+        # Retrieved even when the request is cancelled after the verdict failed (no warning).
+        verdict.add_done_callback(lambda task: task.cancelled() or task.exception())
         try:
-            stream = await self.generation.open_stream(prepared, verdict)
-        except errors.APIError as exc:
-            if exc.code == "content_filter":
-                precheck.disagreed(passed=True)
-            raise
+            return await self.generation.open_stream(prepared, verdict)
         finally:
             verdict.cancel()  # the request was cancelled first; a finished verdict stays
-        judged = verdict.result()
+
+    def _precheck(self, prepared: PreparedChat) -> Precheck | None:
+        """The copy's judgement of the input, when it is worth having: None without a copy, or
+        once safety's verdict is in already (input moderation started at admission)."""
+        started = prepared.input_moderation
+        if self.precheck is None or (started is not None and started.done()):
+            return None
+        texts = [text for _, text in prepared.new_messages]
+        return self.precheck.check(texts, prepared.safety_thresholds)
+
+    async def _verdict(self, prepared: PreparedChat, check: Precheck) -> bool:
+        """Safety's verdict on an input the copy passed: False when it changes the request
+        (answered with care: the care prompt joins the context, no comparison), so that the
+        generation starts again; a refusal is raised."""
+        try:
+            judged = await self.preparer.moderate_input(prepared)
+        except errors.APIError as exc:
+            if exc.code == "content_filter":
+                check.disagreed()
+            raise
         if judged is not None and judged.care:
-            # Safety flagged what the copy passed, and answers it with care: the generation
-            # starts again as care has it (the care prompt in the context, no comparison).
-            precheck.disagreed(passed=True)
-            await aclose(stream)
+            check.disagreed()
             self.comparer.withdraw_offer(prepared)
-            stream = await self.generation.open_stream(prepared)
-        return stream
+            return False
+        return True
 
     async def cached(self, prepared: PreparedChat, record: CompletionRecord) -> Answer:
         # A cached answer costs no generation: its tokens are not charged to TPM.
@@ -182,11 +193,9 @@ class ChatService:
         await self.completion.store_exchange(prepared, record)
         return completion(prepared, record, cached_logprobs(record))
 
-    async def complete(
-        self, prepared: PreparedChat, stream: Responses | None = None
-    ) -> ChatCompletion:
-        """Non-streaming: runs the whole generation (of `stream` when it is open already),
-        then finishes it (metrics, cache, history)."""
+    async def complete(self, prepared: PreparedChat, stream: Responses) -> ChatCompletion:
+        """Non-streaming: runs the whole generation of the opened `stream`, then finishes it
+        (metrics, cache, history)."""
         progress = Progress()
         record, logprobs = await self.generation.run(prepared, progress, stream)
         await self.completion.finish(prepared, progress, record)

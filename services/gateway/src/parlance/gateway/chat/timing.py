@@ -9,8 +9,9 @@ from parlance.common import tracing
 
 class ServerTiming:
     """Where a request's time went, as a Server-Timing header (auth, limits, context, cache,
-    moderation, generator): visible in browser dev tools and curl -v, and what the benchmark
-    reads to attribute time to first token."""
+    moderation or precheck, generator): visible in browser dev tools and curl -v, and what the
+    benchmark reads to attribute time to first token. With the input pre-check, safety's
+    verdict is awaited inside "generator" (beside the generator's first message)."""
 
     def __init__(self, started: float) -> None:
         self.last = started
