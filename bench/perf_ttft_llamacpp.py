@@ -1,14 +1,16 @@
 """Time to first token of a lone llama.cpp request with output moderation on, against the same
 request with it off (issue 20: within +40 ms).
 
-One stack with the shipped engine (llama.cpp, the SmolLM2 GGUF) and three gateways on it:
-`off` (GATEWAY_MODERATE_OUTPUT=false), `on` (the shipped defaults) and `on, no lead`
+One stack with the shipped engine (llama.cpp, the SmolLM2 GGUF) and four gateways on it:
+`off` (GATEWAY_MODERATE_OUTPUT=false), `on` (the shipped defaults), `on, no lead`
 (GATEWAY_MODERATION_LEAD_AFTER_MS very large: the first window as it was before the lead
-window, 16 characters at a word boundary). Input moderation is on for all three, so the
-difference is output moderation's alone. Requests are sequential and interleaved (off, on,
-no lead; the order turns each round); before each round its prompt is sent once, so that
-every measured request finds the prompt in llama.cpp's cache and the TTFT is not dominated by
-prompt processing, whose time on a shared machine varies far more than what is measured.
+window, 16 characters at a word boundary) and `on, no pre-check` (GATEWAY_INPUT_PRECHECK=false:
+the generator is called only after safety's input verdict). Input moderation is on for all
+four, so `off` against `on` is output moderation's difference alone. Requests are sequential
+and interleaved (the order turns each round); before each round its prompt is sent once, so
+that every measured request finds the prompt in llama.cpp's cache and the TTFT is not
+dominated by prompt processing, whose time on a shared machine varies far more than what is
+measured.
 
     .venv/bin/python bench/perf_ttft_llamacpp.py --requests 40    # ~3 min
 """
@@ -35,6 +37,7 @@ GATEWAYS = {
     "off": {"GATEWAY_MODERATE_OUTPUT": "false"},
     "on": {},
     "on, no lead": {"GATEWAY_MODERATION_LEAD_AFTER_MS": "1000000000"},
+    "on, no pre-check": {"GATEWAY_INPUT_PRECHECK": "false"},
 }
 AUTH = {"Authorization": f"Bearer {KEYS[0]}"}
 
@@ -88,8 +91,10 @@ def main() -> None:
         f"Load average (1/5/15 min) before: {load_before}; after: {load_average()}.",
         f"max_tokens {args.max_tokens}, temperature 0, each prompt warmed once (prefix cache).",
         "Gateways: off = GATEWAY_MODERATE_OUTPUT=false; on = the shipped defaults; on, no lead "
-        "= GATEWAY_MODERATION_LEAD_AFTER_MS=1e9 (the first window alone, as before the lead). "
-        "Input moderation on for all; all on one generator and one safety service.",
+        "= GATEWAY_MODERATION_LEAD_AFTER_MS=1e9 (the first window alone, as before the lead); "
+        "on, no pre-check = GATEWAY_INPUT_PRECHECK=false (the generator called after safety's "
+        "input verdict, not beside it). Input moderation on for all; all on one generator and "
+        "one safety service.",
     ).section(
         "TTFT (ms, client side: request to the first content chunk)",
         *table(["gateway", "requests", "p50", "p90", "added p50 vs off"], rows),
