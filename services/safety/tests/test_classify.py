@@ -5,8 +5,8 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from parlance.common import linear_text_proto
 from parlance.common.errors import FailedPrecondition, Unavailable
-from parlance.common.linear_text import LinearTextModel
 from parlance.safety.classifier.base import Classifier
 from parlance.safety.policy import Policy
 from parlance.safety.serving import SafetyServing
@@ -128,21 +128,6 @@ async def test_limits_are_inclusive(safety_server) -> None:
     assert len(response.results) == 4
 
 
-def exported_model(exported: safety_pb2.ExportClassifierResponse) -> LinearTextModel:
-    linear = exported.linear
-    return LinearTextModel.from_arrays(
-        token_pattern=linear.token_pattern,
-        lowercase=linear.lowercase,
-        stop_words=linear.stop_words,
-        terms=linear.terms,
-        idf=linear.idf,
-        weights=linear.weights,
-        intercepts=linear.intercepts,
-        a=linear.calibration_a,
-        b=linear.calibration_b,
-    )
-
-
 async def test_export_classifier_sends_a_model_that_scores_as_classify(safety_server) -> None:
     """What the gateway's input pre-check copies: the same scores and the input threshold
     Classify applies (the settings' override, here)."""
@@ -160,7 +145,7 @@ async def test_export_classifier_sends_a_model_that_scores_as_classify(safety_se
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert exported.model == response.model
     assert (exported.category, exported.input_threshold) == ("harassment", pytest.approx(0.8))
-    scores = exported_model(exported).scores(texts)
+    scores = linear_text_proto.from_proto(exported.linear).scores(texts)
     for score, result in zip(scores, response.results, strict=True):
         assert score == pytest.approx(harassment(result).score, abs=1e-6)
         assert (score >= exported.input_threshold) == result.flagged

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from parlance.common.linear_text import LinearTextModel
+from parlance.common import linear_text_proto
 from parlance.gateway.clients.safety import ClassifierNotExportable, SafetyClient
 from parlance.gateway.metrics import INPUT_PRECHECK, INPUT_PRECHECK_LOCAL
 from parlance.gateway.moderation import input_flags
@@ -75,21 +75,10 @@ class ClassifierCopy:
     """safety's exported classifier: its verdicts on input texts, in Classify's shape."""
 
     def __init__(self, exported: safety_pb2.ExportClassifierResponse) -> None:
-        linear = exported.linear
         self.model = exported.model
         self.category = exported.category
         self.threshold = exported.input_threshold
-        self.linear = LinearTextModel.from_arrays(
-            token_pattern=linear.token_pattern,
-            lowercase=linear.lowercase,
-            stop_words=linear.stop_words,
-            terms=linear.terms,
-            idf=linear.idf,
-            weights=linear.weights,
-            intercepts=linear.intercepts,
-            a=linear.calibration_a,
-            b=linear.calibration_b,
-        )
+        self.linear = linear_text_proto.from_proto(exported.linear)
 
     def classify(self, texts: Sequence[str]) -> safety_pb2.ClassifyResponse:
         scores = np.clip(self.linear.scores(texts), 0.0, 1.0).tolist() if texts else []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 
+from parlance.common import linear_text_proto
 from parlance.common.errors import InvalidArgument
 from parlance.common.linear_text import LinearTextModel
 from parlance.safety.policy import Direction, Verdict
@@ -55,21 +56,6 @@ def classifier_info_to_proto(info: ClassifierInfo) -> safety_pb2.GetClassifierIn
     )
 
 
-def linear_text_to_proto(model: LinearTextModel) -> safety_pb2.LinearTextClassifier:
-    linear = model.linear
-    return safety_pb2.LinearTextClassifier(
-        token_pattern=model.analyzer.token_pattern,
-        lowercase=model.analyzer.lowercase,
-        stop_words=sorted(model.analyzer.stop_words),
-        terms=model.terms(),
-        idf=model.idf.tolist(),
-        weights=linear.weights.ravel().tolist(),
-        intercepts=linear.intercepts.tolist(),
-        calibration_a=linear.a.tolist(),
-        calibration_b=linear.b.tolist(),
-    )
-
-
 class SafetyServicer(safety_pb2_grpc.SafetyServiceServicer):
     def __init__(self, serving: SafetyServing) -> None:
         self._serving = serving
@@ -93,7 +79,7 @@ class SafetyServicer(safety_pb2_grpc.SafetyServiceServicer):
     ) -> safety_pb2.ExportClassifierResponse:
         exported = await self._serving.export(list(request.check_texts))
         if self._linear is None or self._linear[0] is not exported.linear:
-            self._linear = (exported.linear, linear_text_to_proto(exported.linear))
+            self._linear = (exported.linear, linear_text_proto.to_proto(exported.linear))
         return safety_pb2.ExportClassifierResponse(
             model=exported.model,
             category=exported.category,
