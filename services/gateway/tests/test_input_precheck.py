@@ -272,6 +272,29 @@ async def test_a_cached_answer_starts_no_generation(
     assert len(gateway.generator.requests) == 1
 
 
+async def test_a_comparison_starts_early_as_one_call_of_two_answers(
+    gw: tuple[InProcessGateway, HeldSafety],
+) -> None:
+    """A comparison (n=2) is one generation like any other: it starts beside the verdict and
+    both answers are stored after it."""
+    gateway, safety = gw
+    safety.delay_s = DELAY_S
+    events = await gateway.events(
+        gateway.body(PLAIN, stream=True, store=True, parlance={"compare": "always"})
+    )
+    assert events[-1] == "[DONE]"
+    assert len(events[0]["parlance"]["comparison"]["message_ids"]) == 2
+    (request,) = gateway.generator.requests
+    assert request.sampling.n == 2
+    assert safety.generations_at_verdict[-1] == 1
+    for _ in range(100):
+        if gateway.history.appends:
+            break
+        await asyncio.sleep(0.01)
+    (append,) = gateway.history.appends
+    assert [m.role for m in append.messages] == ["user", "assistant", "assistant"]
+
+
 async def test_an_intent_routes_thresholds_tighten_the_copy_too(
     gw: tuple[InProcessGateway, HeldSafety],
 ) -> None:
