@@ -5,8 +5,19 @@
 #   chromium        Debian's browser, driven headless by Playwright in tests/test_web_ui.py
 # Idempotent: installs only what is missing and runs `apt-get update` at most once, only when
 # something is missing. Elsewhere (not root, no apt-get) it says what to install and exits 0,
-# so that `make test` still runs (tests/test_deploy.py skips the checks whose tool is absent).
+# so that `make test` still runs (tests/test_deploy.py skips the checks whose tool is absent);
+# under CI (CI set) it exits 1 instead, since a green run there must not hide skipped tests.
 set -euo pipefail
+
+cannot_install() {
+    echo "[parlance] $1: skipping system packages; install them yourself for the" \
+        "deployment and browser tests: ${missing[*]}"
+    if [ -n "${CI:-}" ]; then
+        echo "[parlance] CI is set: failing rather than letting those tests skip" >&2
+        exit 1
+    fi
+    exit 0
+}
 
 # command -> Debian package that provides it
 declare -A PACKAGES=(
@@ -28,14 +39,10 @@ if [ ${#missing[@]} -eq 0 ]; then
 fi
 
 if [ "$(id -u)" -ne 0 ]; then
-    echo "[parlance] not root: skipping system packages; install them yourself for the" \
-        "deployment and browser tests: ${missing[*]}"
-    exit 0
+    cannot_install "not root"
 fi
 if ! command -v apt-get >/dev/null 2>&1; then
-    echo "[parlance] no apt-get: skipping system packages; install them yourself for the" \
-        "deployment and browser tests: ${missing[*]}"
-    exit 0
+    cannot_install "no apt-get"
 fi
 
 echo "[parlance] installing system packages: ${missing[*]}"

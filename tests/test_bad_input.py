@@ -351,7 +351,19 @@ def test_control_characters_are_accepted_or_refused_cleanly(fuzz_stack: Stack, s
         fuzz_stack,
         {"model": MODEL, "messages": [{"role": "user", "content": content}], "stream": True},
     )
-    assert response.status_code in (200, 400), response.text[:300]
+    if response.status_code == 200:
+        # The stream is whole: content, a finish reason, [DONE], and no error event.
+        events = [
+            line.removeprefix("data: ")
+            for line in response.text.splitlines()
+            if line.startswith("data: ")
+        ]
+        assert events[-1] == "[DONE]", response.text[-300:]
+        chunks = [json.loads(event) for event in events[:-1]]
+        assert not any("error" in chunk for chunk in chunks), response.text[-300:]
+        assert any(choice.get("finish_reason") for c in chunks for choice in c["choices"])
+    else:
+        assert_openai_error(response, 400)
     still_serving(fuzz_stack)
 
 

@@ -23,10 +23,14 @@ class EchoSafety(safety_pb2_grpc.SafetyServiceServicer):
     """A minimal servicer to exercise the bootstrap (the real safety service has its own
     tests); it reports the request id it saw and raises a domain error on demand."""
 
+    def __init__(self) -> None:
+        self.slow_arrived = asyncio.Event()
+
     async def Classify(self, request, context):
         if not request.texts:
             raise InvalidArgument("no texts", param="texts")
         if request.texts[0] == "slow":
+            self.slow_arrived.set()
             await asyncio.sleep(0.5)
         return safety_pb2.ClassifyResponse(model=get_request_id() or "")
 
@@ -34,8 +38,11 @@ class EchoSafety(safety_pb2_grpc.SafetyServiceServicer):
         raise RuntimeError("boom")
 
 
+ECHO = EchoSafety()
+
+
 def add(server: grpc.aio.Server) -> list[str]:
-    safety_pb2_grpc.add_SafetyServiceServicer_to_server(EchoSafety(), server)
+    safety_pb2_grpc.add_SafetyServiceServicer_to_server(ECHO, server)
     return ["parlance.safety.v1.SafetyService"]
 
 
@@ -88,6 +95,6 @@ async def test_health_reflection_request_id_and_errors(tmp_path: Path) -> None:
 
         # Graceful drain: a call in flight when stop() begins still completes.
         slow = asyncio.ensure_future(stub.Classify(safety_pb2.ClassifyRequest(texts=["slow"])))
-        await asyncio.sleep(0.1)
+        await asyncio.wait_for(ECHO.slow_arrived.wait(), timeout=10)
         await host.stop()
         assert (await slow).model == ""

@@ -10,20 +10,17 @@ from collections.abc import Iterator
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from parlance.common import tracing
-from parlance.common.config import ServiceSettings
-from parlance.common.grpc_server import GrpcServiceHost
-from parlance.safety.v1 import safety_pb2, safety_pb2_grpc
-
-pytest.importorskip("opentelemetry.sdk", reason="the `tracing` extra is not installed")
-
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
     InMemorySpanExporter,
 )
 from opentelemetry.trace import SpanKind
+
+from parlance.common import tracing
+from parlance.common.config import ServiceSettings
+from parlance.common.grpc_server import GrpcServiceHost
+from parlance.safety.v1 import safety_pb2, safety_pb2_grpc
 
 
 class Safety(safety_pb2_grpc.SafetyServiceServicer):

@@ -11,6 +11,7 @@ import sqlite3
 import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -155,14 +156,24 @@ async def test_an_exchange_that_keeps_failing_is_dead_lettered_after_bounded_att
 
 
 async def test_history_down_counts_no_attempts_but_age_is_bounded(
-    tmp_path: Path, history: HistoryServer, client: HistoryClient
+    tmp_path: Path, history: HistoryServer, client: HistoryClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A real outage dead-letters nothing however often the drainer tries; an exchange older
     than max_age_s is dead-lettered when a try fails."""
+    tries = 0
+    append = client.append_messages
+
+    async def counted(request: Any) -> Any:  # a spy: the real client's call, counted
+        nonlocal tries
+        tries += 1
+        return await append(request)
+
+    monkeypatch.setattr(client, "append_messages", counted)
     outbox = HistoryOutbox(client, str(tmp_path / "outbox.db"), max_attempts=1)
     outbox.start()
     assert await outbox.submit(exchange("conv_wait")[0]) is False
-    await asyncio.sleep(2.0)  # several drain attempts against a history that is down
+    # Several drain attempts against a history that is down (max_attempts is 1).
+    await wait_for(lambda: tries >= 3)
     assert outbox.depth == 1 and outbox.store.dead_count() == 0
     outbox.max_age_s = 0.0
     await wait_for(lambda: outbox.depth == 0)  # history still down: the next try ages it out

@@ -222,10 +222,16 @@ async def test_leases_cap_concurrency_and_release(state: RedisState) -> None:
     assert await state.run(lambda r: r.zcard(f"parlance:lease:{key}")) == 0
 
 
+# Heartbeats come every third of the time to live: a lease is lost only when one is more than
+# 1 s late. With 0.6 s, one heartbeat held up by a slow connect (0.5 s timeout) or a full garbage
+# collection of the suite's process could let a live lease expire.
+LEASE_TTL_S = 1.5
+
+
 async def test_weighted_leases_are_taken_whole_or_not_at_all(state: RedisState) -> None:
     """A best_of=k request's lease is k units (key_limits.py): granted only when k are free,
     all in one script, so that concurrent takers never overshoot the limit together."""
-    leases = ConcurrencyLeases(state, ttl_s=0.6)
+    leases = ConcurrencyLeases(state, ttl_s=LEASE_TTL_S)
     key = subject()
     taken = await asyncio.gather(*(leases.acquire(key, 5, weight=2) for _ in range(20)))
     held = [lease for lease in taken if lease is not None]
@@ -233,7 +239,9 @@ async def test_weighted_leases_are_taken_whole_or_not_at_all(state: RedisState) 
     assert await leases.acquire(key, 5, weight=2) is None
     one = await leases.acquire(key, 5)
     assert one is not None and await leases.held(key) == 5
-    await asyncio.sleep(1.5)  # > ttl: the heartbeats keep every unit of each lease alive
+    await asyncio.sleep(
+        LEASE_TTL_S + 1.0
+    )  # > ttl: the heartbeats keep every unit of each lease alive
     assert await leases.held(key) == 5
     await asyncio.gather(*(leases.release(lease) for lease in [*held, one]))
     assert await state.run(lambda r: r.zcard(f"parlance:lease:{key}")) == 0
@@ -252,14 +260,14 @@ async def test_weighted_leases_are_taken_whole_or_not_at_all(state: RedisState) 
 
 async def test_unreleased_leases_expire_and_heartbeats_keep_live_ones(state: RedisState) -> None:
     key = subject()
-    crashed = ConcurrencyLeases(state, ttl_s=0.6)
+    crashed = ConcurrencyLeases(state, ttl_s=LEASE_TTL_S)
     lost = await crashed.acquire(key, 2)
     assert lost is not None and lost.heartbeat is not None
     lost.heartbeat.cancel()  # its gateway died: no more heartbeats, no release
-    alive = ConcurrencyLeases(state, ttl_s=0.6)
+    alive = ConcurrencyLeases(state, ttl_s=LEASE_TTL_S)
     kept = await alive.acquire(key, 2)
     assert kept is not None
-    await asyncio.sleep(1.5)  # > ttl: only the heartbeat keeps `kept` alive
+    await asyncio.sleep(LEASE_TTL_S + 1.0)  # > ttl: only the heartbeat keeps `kept` alive
     assert await alive.held(key) == 1
     assert await alive.acquire(key, 2) is not None  # the expired slot is free again
     await alive.release(kept)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import struct
-import time
 from pathlib import Path
 
 import grpc
@@ -47,13 +46,13 @@ def test_deeply_nested_gguf_arrays_are_refused(tmp_path: Path) -> None:
         read_gguf_header(gguf_with_one_value(tmp_path / "deep.gguf", nested))
 
 
+@pytest.mark.timeout(60)  # listing 2^40 items would run (and allocate) far past it
 def test_a_huge_gguf_array_count_is_refused_at_once(tmp_path: Path) -> None:
-    # 2^40 one-byte items announced, a few present: refused without reading (or listing) them.
+    # 2^40 one-byte items announced, a few present: refused without reading (or listing) them;
+    # a reader that tried would stop at the end of the file with another message.
     huge = struct.pack("<IIQ", _ARRAY, _UINT8, 1 << 40) + bytes(16)
-    started = time.monotonic()
     with pytest.raises(AdapterError, match="a GGUF array of"):
         read_gguf_header(gguf_with_one_value(tmp_path / "huge.gguf", huge))
-    assert time.monotonic() - started < 1.0
 
 
 def test_a_long_scalar_array_is_skipped_not_listed(tmp_path: Path) -> None:

@@ -17,8 +17,8 @@ from parlance.trainer.errors import TrainError
 from parlance.trainer.source import Loaded
 
 
-class Tokenizer:
-    """Enough of a chat tokenizer for the length count and the parity prompts."""
+class FakeTokenizer:
+    """A test double: enough of a chat tokenizer for the length count and the parity prompts."""
 
     eos_token_id = 2
     pad_token_id = 0
@@ -28,12 +28,12 @@ class Tokenizer:
         return [3 + (ord(c) % 50) for c in text[:40]]
 
 
-class Config:
+class FakeConfig:
     max_position_embeddings = 2048
 
 
-class Model:
-    config = Config()
+class FakeModel:
+    config = FakeConfig()
 
 
 def fake_train(
@@ -61,8 +61,8 @@ def stand_ins(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         digest="sha256:0",
         gguf_digest="sha256:1",
         gguf_path=gguf,
-        model=Model(),
-        tokenizer=Tokenizer(),
+        model=FakeModel(),
+        tokenizer=FakeTokenizer(),
     )
     monkeypatch.setattr(gguf_lora, "converter_dir", lambda: tmp_path)
     monkeypatch.setattr(lm_base, "load", lambda source: base)

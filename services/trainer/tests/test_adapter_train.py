@@ -126,7 +126,6 @@ def _greedy(lora: Path | None) -> str:
 
 
 def test_gguf_lora_loads_in_llama_cpp_and_changes_greedy_output(dpo_adapter: DpoAdapter) -> None:
-    pytest.importorskip("llama_cpp")
     lora = dpo_adapter.folder / adapter.GGUF_FILE
     base_answer, adapted = _greedy(None), _greedy(lora)
     print("base:", repr(base_answer), "\nadapter:", repr(adapted))

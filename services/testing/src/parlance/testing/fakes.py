@@ -259,6 +259,7 @@ class FakeSafety:
         self.down = False
         # Seconds each classification takes (to hold windows back).
         self.delay_s = 0.0
+        self.export_requests = 0  # ExportClassifier calls (the gateway's input pre-check)
 
     def _verdict(self, text: str) -> safety_pb2.Classification:
         flagged = any(word in text.lower() for word in self.flag_words)
@@ -300,6 +301,7 @@ class FakeSafety:
         # and every input waits for this double's verdict.
         from parlance.gateway.clients.safety import ClassifierNotExportable
 
+        self.export_requests += 1
         raise ClassifierNotExportable("the test double's classifier is not exportable")
 
     def texts(self, direction: int) -> list[str]:
