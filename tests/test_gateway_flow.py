@@ -199,6 +199,10 @@ def test_malformed_json_and_oversized_bodies(stack: Stack) -> None:
     # Under the byte limit but over the character limit of the input.
     long = {"model": MODEL, "messages": [{"role": "user", "content": "word " * 60_000}]}
     assert_openai_error(chat(stack, long), 400, code="context_length_exceeded")
+    # Under both, over the model's window in tokens: the generator's refusal keeps its code.
+    over = {"model": MODEL, "messages": [{"role": "user", "content": "word " * 3_000}]}
+    error = assert_openai_error(chat(stack, over), 400, code="context_length_exceeded")
+    assert error["param"] == "messages" and "context window" in error["message"]
 
 
 def test_missing_key_is_401(stack: Stack) -> None:

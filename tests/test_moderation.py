@@ -18,6 +18,7 @@ from parlance.testing import (
     MODEL,
     Stack,
     StackPool,
+    assert_openai_error,
     read_events,
     scrape,
     scripted_generator,
@@ -124,6 +125,28 @@ def test_moderations_endpoint_in_openai_shape(scripted_stack: Stack) -> None:
     # The default classifier (profanity) and exactly the category it scores.
     assert raw["evaluated_categories"] == ["harassment"]
     assert raw["results"][0]["category_applied_input_types"]["hate"] == []
+
+
+def test_moderations_take_text_parts_and_refuse_images_clearly(scripted_stack: Stack) -> None:
+    """The multi-modal form (omni-moderation's): the parts are one input with one result;
+    an image is refused by name rather than by a type error about strings."""
+    client = openai.OpenAI(
+        base_url=f"{scripted_stack.gateway_url}/v1", api_key=ALICE_KEY, max_retries=0
+    )
+    parts = client.moderations.create(
+        input=[{"type": "text", "text": "Hello there."}, {"type": "text", "text": TOXIC.strip()}]
+    )
+    assert len(parts.results) == 1 and parts.results[0].categories.harassment is True
+    url = f"{scripted_stack.gateway_url}/v1/moderations"
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
+    refused = httpx.post(url, json={"input": [image]}, headers=ALICE)
+    error = assert_openai_error(refused, 400)
+    assert error["param"] == "input" and "Images are not supported" in error["message"]
+    # A wrong part names the field inside it, not the first form's type.
+    wrong = httpx.post(url, json={"input": [{"type": "text"}]}, headers=ALICE)
+    assert assert_openai_error(wrong, 400)["param"] == "input.0.text"
+    too_many = httpx.post(url, json={"input": ["hi"] * 300}, headers=ALICE)
+    assert "at most 256" in assert_openai_error(too_many, 400)["message"]
 
 
 def test_moderation_counts_flags_in_metrics(scripted_stack: Stack) -> None:

@@ -84,6 +84,27 @@ async def test_a_body_that_is_not_json(gw: InProcessGateway) -> None:
     assert "could not parse the JSON body" in assert_error(response, 400, None)
 
 
+async def test_an_empty_body_is_named_as_such(gw: InProcessGateway) -> None:
+    response = await gw.client.post(
+        "/v1/chat/completions",
+        content=b"",
+        headers=gw.alice.headers | {"content-type": "application/json"},
+    )
+    assert "could not parse the JSON body" in assert_error(response, 400, None)
+
+
+async def test_query_parameters_are_named_without_their_location(gw: InProcessGateway) -> None:
+    response = await gw.client.get(
+        "/v1/conversations", params={"limit": "many"}, headers=gw.alice.headers
+    )
+    assert assert_error(response, 400, "limit").startswith("Invalid value for 'limit'")
+
+
+async def test_a_validator_message_has_no_library_prefix(gw: InProcessGateway) -> None:
+    message = assert_error(await gw.chat(gw.body(stop=["a", "b", "c", "d", "e"])), 400, "stop")
+    assert "Value error" not in message
+
+
 async def test_unknown_model_is_404_model_not_found(gw: InProcessGateway) -> None:
     response = await gw.chat(model="no-such-model")
     assert response.status_code == 404

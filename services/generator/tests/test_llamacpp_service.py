@@ -8,6 +8,7 @@ import grpc
 import pytest
 from prometheus_client import REGISTRY
 
+from parlance.common.errors import openai_code_of
 from parlance.generator.v1 import generator_pb2 as pb
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -233,6 +234,8 @@ async def test_context_window_bounds(test_settings_factory, serve_generator) -> 
             await small.generate("hello " * 200, max_tokens=4)
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert caught.value.details().startswith("messages: ")
+        # The OpenAI code the gateway answers with, which clients check to shorten the chat.
+        assert openai_code_of(caught.value) == "context_length_exceeded"
     finally:
         await small.aclose()
 

@@ -17,8 +17,16 @@ import grpc
 log = logging.getLogger(__name__)
 
 
+# Trailing metadata that carries an OpenAI error code (`code` of the HTTP error) from a service
+# to the gateway, for errors whose clients act on the code (OpenAI's SDKs and apps check
+# `context_length_exceeded` to shorten the conversation).
+ERROR_CODE_KEY = "parlance-error-code"
+
+
 class ParlanceError(Exception):
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    # The OpenAI error code the gateway answers with; None leaves it to the status code.
+    openai_code: str | None = None
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
@@ -28,6 +36,12 @@ class ParlanceError(Exception):
 
 class InvalidArgument(ParlanceError):
     code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class ContextLengthExceeded(InvalidArgument):
+    """The prompt leaves no room for an answer in the model's context window."""
+
+    openai_code = "context_length_exceeded"
 
 
 class NotFound(ParlanceError):
@@ -53,6 +67,18 @@ class FailedPrecondition(ParlanceError):
 def _details(exc: ParlanceError) -> str:
     # "param: message" lets the gateway point OpenAI's `param` at the offending field.
     return f"{exc.param}: {exc.message}" if exc.param else exc.message
+
+
+def _trailing(exc: ParlanceError) -> tuple[tuple[str, str], ...]:
+    return ((ERROR_CODE_KEY, exc.openai_code),) if exc.openai_code else ()
+
+
+def openai_code_of(exc: grpc.aio.AioRpcError) -> str | None:
+    """The OpenAI error code a service sent with its status (see ERROR_CODE_KEY)."""
+    for key, value in exc.trailing_metadata() or ():
+        if key == ERROR_CODE_KEY:
+            return value if isinstance(value, str) else value.decode()
+    return None
 
 
 def split_details(details: str | None) -> tuple[str | None, str]:
@@ -92,7 +118,7 @@ def _wrap_unary_unary(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMe
         try:
             return await inner(request, context)
         except ParlanceError as exc:
-            await context.abort(exc.code, _details(exc))
+            await context.abort(exc.code, _details(exc), trailing_metadata=_trailing(exc))
         except (grpc.aio.AbortError, grpc.RpcError):
             raise
         except Exception:
@@ -114,7 +140,7 @@ def _wrap_unary_stream(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcM
             async for item in inner(request, context):
                 yield item
         except ParlanceError as exc:
-            await context.abort(exc.code, _details(exc))
+            await context.abort(exc.code, _details(exc), trailing_metadata=_trailing(exc))
         except (grpc.aio.AbortError, grpc.RpcError):
             raise
         except Exception:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -104,23 +105,72 @@ def service_unavailable(message: str, retry_after_s: int) -> APIError:
     )
 
 
+_JSON_BODY_NEEDED = (
+    "We could not parse the JSON body of your request. (HINT: This likely means you "
+    "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload.)"
+)
+# Where FastAPI found a value (the first part of a location): not part of the parameter's name.
+_SOURCES = ("body", "query", "path", "header")
+
+
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     errors = exc.errors()
     if not errors:
         return "Invalid request.", None
-    first = errors[0]
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-    if first.get("type") == "json_invalid":
-        return (
-            "We could not parse the JSON body of your request. (HINT: This likely means you "
-            "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload.)",
-            None,
-        )
-    param = ".".join(loc) or None
-    msg = first.get("msg", "Invalid value")
-    if first.get("type") == "missing":
+    error, loc, expected = _most_telling(errors)
+    if error.get("type") == "json_invalid":
+        return _JSON_BODY_NEEDED, None
+    if loc and loc[0] in _SOURCES:  # first only: a field may be called `path`
+        loc = loc[1:]
+    names = [str(p) for p in loc]
+    param = ".".join(names) or None
+    if param is None and error.get("type") == "missing":
+        return _JSON_BODY_NEEDED, None  # no body at all
+    if expected:
+        return f"Invalid type for '{param}': expected one of {', '.join(expected)}.", param
+    msg = str(error.get("msg", "Invalid value")).removeprefix("Value error, ")
+    if error.get("type") == "missing":
         return f"Missing required parameter: '{param}'.", param
     return f"Invalid value for '{param}': {msg}", param
+
+
+_SCALAR_TAGS = frozenset({"str", "int", "float", "bool", "bytes", "none", "dict", "list"})
+
+
+def _is_member_tag(part: str) -> bool:
+    """pydantic's tag of a union member in an error's location: a type (`str`, `list[str]`,
+    `function-after[...]`) or a model's class name; the API's field names are snake_case."""
+    return part in _SCALAR_TAGS or "[" in part or part[:1].isupper()
+
+
+def _most_telling(errors: Sequence[Any]) -> tuple[Any, tuple[Any, ...], list[str]]:
+    """The error to report, its location without union tags, and the union's member types
+    when the value matched none of them by type.
+
+    A value checked against a union (`str | list[str]`) fails once per member, each error's
+    location holding the member's tag (`input.str`, `input.list[str].0`): the first error is
+    then the first member's type mismatch, which says nothing useful about a list whose item
+    is wrong. The error that got furthest into a member says what is wrong."""
+    first = errors[0]
+    loc = tuple(first.get("loc", ()))
+    for k, part in enumerate(loc):
+        if not isinstance(part, str):
+            continue
+        group = [e for e in errors if tuple(e.get("loc", ()))[:k] == loc[:k] and len(e["loc"]) > k]
+        tags = list(dict.fromkeys(e["loc"][k] for e in group if isinstance(e["loc"][k], str)))
+        if len(tags) < 2 or not all(_is_member_tag(t) for t in tags):
+            continue  # field names (two missing fields, say), not a union's members
+        # A type mismatch at the member's top says only that the value is not of that type.
+        telling = [
+            e for e in group if len(e["loc"]) > k + 1 or not str(e.get("type")).endswith("_type")
+        ]
+        if not telling:
+            return first, loc[:k], tags
+        best = max(telling, key=lambda e: len(e["loc"]))
+        # Nested unions (a list of `TextPart | ImagePart`) leave more than one tag.
+        names = tuple(p for p in best["loc"] if not (isinstance(p, str) and _is_member_tag(p)))
+        return best, names, []
+    return first, loc, []
 
 
 _ERROR_SCHEMA = {

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from parlance.common.errors import split_details
+from parlance.common.errors import openai_code_of, split_details
 from parlance.common.request_id import outgoing_metadata
 from parlance.gateway import errors
 from parlance.gateway.metrics import DEPENDENCY_ERRORS, DEPENDENCY_LATENCY
@@ -106,7 +106,7 @@ def to_api_error(exc: grpc.aio.AioRpcError, dependency: str, retry_after_s: int)
             f"The {dependency} service is unavailable; retry later.", retry_after_s
         )
     if code == grpc.StatusCode.INVALID_ARGUMENT:
-        return errors.invalid_request(message, param=param)
+        return errors.invalid_request(message, param=param, code=openai_code_of(exc))
     if code == grpc.StatusCode.NOT_FOUND:
         return errors.not_found(message, param=param)
     if code == grpc.StatusCode.ALREADY_EXISTS:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
@@ -18,19 +18,54 @@ router = APIRouter()
 MAX_INPUTS = 256
 
 
+class TextPart(BaseModel):
+    """A text part of a multi-modal input, as OpenAI's omni-moderation takes it."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    type: Literal["text"]
+    text: str
+
+
+class ImagePart(BaseModel):
+    """An image part: accepted in the request's shape, refused with a clear error (the
+    classifiers here read text only)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    type: Literal["image_url"]
+    image_url: Any
+
+
 class ModerationRequest(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
 
+    # A string, strings (one result each), or one multi-modal input as parts (one result).
     # The bounds are in the schema so that the OpenAPI document states them.
-    input: str | Annotated[list[str], Field(min_length=1, max_length=MAX_INPUTS)] = Field(...)
+    input: (
+        str
+        | Annotated[list[str], Field(min_length=1, max_length=MAX_INPUTS)]
+        | Annotated[list[TextPart | ImagePart], Field(min_length=1, max_length=MAX_INPUTS)]
+    ) = Field(...)
     model: str | None = None
+
+    def texts(self) -> list[str]:
+        if isinstance(self.input, str):
+            return [self.input]
+        if all(isinstance(item, str) for item in self.input):
+            return [str(item) for item in self.input]
+        if any(isinstance(item, ImagePart) for item in self.input):
+            raise errors.invalid_request(
+                "Images are not supported: this deployment's moderation reads text only.",
+                param="input",
+            )
+        # The parts of one input are judged together, as OpenAI does: one result.
+        return ["\n".join(item.text for item in self.input if isinstance(item, TextPart))]
 
 
 @router.post("/v1/moderations")
 async def create_moderation(
     body: ModerationRequest, caller: LimitedCaller, state: State
 ) -> dict[str, Any]:
-    texts = [body.input] if isinstance(body.input, str) else list(body.input)
+    texts = body.texts()
     if not texts:
         raise errors.invalid_request("input must not be empty.", param="input")
     if len(texts) > MAX_INPUTS:

@@ -40,7 +40,13 @@ from typing import Any
 
 import numpy as np
 
-from parlance.common.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
+from parlance.common.errors import (
+    AlreadyExists,
+    ContextLengthExceeded,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
 from parlance.generator.engine.base import (
     AdapterHandle,
     ChatMessage,
@@ -444,7 +450,7 @@ class LlamaCppEngine(Engine):
         prompt_tokens = self._tokenize(request.messages, request.prompt)
         budget = self._n_ctx - len(prompt_tokens)
         if budget < 1:
-            raise InvalidArgument(
+            raise ContextLengthExceeded(
                 f"the prompt has {len(prompt_tokens)} tokens, which leaves no room in the "
                 f"{self._n_ctx}-token context window",
                 param="messages",

@@ -15,7 +15,7 @@ import re
 import time
 from collections.abc import AsyncGenerator, Sequence
 
-from parlance.common.errors import AlreadyExists, InvalidArgument
+from parlance.common.errors import AlreadyExists, ContextLengthExceeded
 from parlance.generator.engine.base import (
     ChatMessage,
     ChoiceDelta,
@@ -118,7 +118,7 @@ class ScriptedEngine(Engine):
         prompt_tokens = await self.count_tokens(messages=request.messages, prompt=request.prompt)
         budget = self._max_model_len - prompt_tokens
         if budget < 1:
-            raise InvalidArgument("the prompt fills the context window", param="messages")
+            raise ContextLengthExceeded("the prompt fills the context window", param="messages")
         if request.request_id in self._aborts:
             raise AlreadyExists("a request with this id is in flight", param="request_id")
         max_tokens = min(options.max_tokens or budget, budget)

@@ -30,7 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from parlance.common.errors import AlreadyExists, InvalidArgument, ParlanceError, Unavailable
+from parlance.common.errors import (
+    AlreadyExists,
+    ContextLengthExceeded,
+    InvalidArgument,
+    ParlanceError,
+    Unavailable,
+)
 from parlance.generator import metrics
 from parlance.generator.engine.base import (
     AdapterHandle,
@@ -522,7 +528,7 @@ class VllmEngine(Engine):
             raise InvalidArgument("the prompt is empty", param="messages")
         budget = self._max_model_len - len(prompt_ids)
         if budget < 1:
-            raise InvalidArgument(
+            raise ContextLengthExceeded(
                 f"the prompt has {len(prompt_ids)} tokens, which leaves no room in the "
                 f"{self._max_model_len}-token context window",
                 param="messages",
