@@ -185,8 +185,19 @@ def test_branches_switch_and_feedback(stack: Stack) -> None:
     assert answer["feedback"]["comment"] == ""
     assert answer["feedback"]["corrected_content"] == "R1!"
     assert answer["feedback"]["rating"] == -1
+    # The answer to the POST says when it was stored, as a later read does.
+    assert second.json()["updated_at"] == answer["feedback"]["updated_at"] > 0
 
     assert_openai_error(_req(stack, "POST", path, ALICE, json={"rating": 5}), 400)
+    # A misspelt field is named, not dropped with the correction in it.
+    typo = _req(stack, "POST", path, ALICE, json={"rating": -1, "corrected_answer": "R1?"})
+    assert assert_openai_error(typo, 400)["param"] == "corrected_answer"
+    rename_typo = _req(stack, "PATCH", f"/v1/conversations/{conv}", ALICE, json={"nme": "x"})
+    assert assert_openai_error(rename_typo, 400)["param"] == "nme"
+    # Feedback is on answers: a question has none to take.
+    question = f"/v1/conversations/{conv}/messages/{u1}/feedback"
+    refused = _req(stack, "POST", question, ALICE, json={"rating": 1})
+    assert "feedback is given on answers" in assert_openai_error(refused, 400)["message"]
     # The message must belong to the conversation in the path.
     other = _create(stack, "other")["id"]
     assert_openai_error(

@@ -148,6 +148,12 @@ def test_the_intent_is_stored_filterable_and_a_reask_recorded(stack: Stack) -> N
         ("user", "coding"),
         ("assistant", None),
     ]
+    # A rename answers with the conversation as a read shows it, intents included.
+    renamed = httpx.patch(
+        f"{url}/v1/conversations/{conversation}", json={"title": "code"}, headers=ALICE
+    )
+    assert renamed.status_code == 200, renamed.text
+    assert renamed.json()["intents"] == ["coding"]
 
     # Without a re-ask, the export has no implicit record; the same question in other words,
     # in the same conversation, is one (written in the background: waited for, bounded).

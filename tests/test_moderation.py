@@ -141,7 +141,7 @@ def test_moderations_take_text_parts_and_refuse_images_clearly(scripted_stack: S
     image = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
     refused = httpx.post(url, json={"input": [image]}, headers=ALICE)
     error = assert_openai_error(refused, 400)
-    assert error["param"] == "input" and "Images are not supported" in error["message"]
+    assert error["param"] == "input.0.type" and "images are not supported" in error["message"]
     # A wrong part names the field inside it, not the first form's type.
     wrong = httpx.post(url, json={"input": [{"type": "text"}]}, headers=ALICE)
     assert assert_openai_error(wrong, 400)["param"] == "input.0.text"

@@ -11,7 +11,10 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 # --- requests -------------------------------------------------------------------------------
 # Strict: the values must have the JSON types the schema documents (no `"archived": 0.0`
-# taken for false).
+# taken for false), and no field the schema does not have: this API is Parlance's own, so a
+# misspelt field (`corrected_answer`) is a 400 naming it rather than a change quietly lost.
+# (Chat completions tolerate unknown fields, as OpenAI's API does: clients send extras.)
+_REQUEST = ConfigDict(strict=True, extra="forbid")
 
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
@@ -43,13 +46,13 @@ def valid_intent(value: str | None) -> str:
 
 
 class CreateConversationBody(BaseModel):
-    model_config = ConfigDict(strict=True)
+    model_config = _REQUEST
 
     title: StoredText = Field(default="", max_length=512)
 
 
 class UpdateConversationBody(BaseModel):
-    model_config = ConfigDict(strict=True)
+    model_config = _REQUEST
 
     title: StoredText | None = Field(default=None, max_length=512)
     archived: bool | None = None
@@ -59,7 +62,7 @@ class UpdateConversationBody(BaseModel):
 
 
 class FeedbackBody(BaseModel):
-    model_config = ConfigDict(strict=True)
+    model_config = _REQUEST
 
     rating: Literal[1, -1]
     comment: StoredText = Field(default="", max_length=10_000)
@@ -71,7 +74,7 @@ class FeedbackBody(BaseModel):
 class ComparisonBody(BaseModel):
     """The user's pick between two answers to one question (sibling assistant messages)."""
 
-    model_config = ConfigDict(strict=True)
+    model_config = _REQUEST
 
     chosen_message_id: StoredText = Field(min_length=1, max_length=128)
     rejected_message_id: StoredText = Field(min_length=1, max_length=128)

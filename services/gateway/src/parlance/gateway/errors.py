@@ -131,6 +131,8 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     msg = str(error.get("msg", "Invalid value")).removeprefix("Value error, ")
     if error.get("type") == "missing":
         return f"Missing required parameter: '{param}'.", param
+    if error.get("type") == "extra_forbidden":
+        return f"Unrecognized request argument supplied: '{param}'.", param
     return f"Invalid value for '{param}': {msg}", param
 
 

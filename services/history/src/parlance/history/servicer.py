@@ -90,11 +90,11 @@ class HistoryServicer(history_pb2_grpc.HistoryServiceServicer):
     async def UpdateConversation(
         self, request: history_pb2.UpdateConversationRequest, context: grpc.aio.ServicerContext
     ) -> history_pb2.UpdateConversationResponse:
-        record = await self.serving.update_conversation(
+        record, intents = await self.serving.update_conversation(
             request.user_id, request.conversation_id, convert.update_from_proto(request)
         )
         return history_pb2.UpdateConversationResponse(
-            conversation=convert.conversation_to_proto(record)
+            conversation=convert.conversation_to_proto(record, intents)
         )
 
     @_observed
@@ -124,8 +124,10 @@ class HistoryServicer(history_pb2_grpc.HistoryServiceServicer):
     async def PutFeedback(
         self, request: history_pb2.PutFeedbackRequest, context: grpc.aio.ServicerContext
     ) -> history_pb2.PutFeedbackResponse:
-        await self.serving.put_feedback(request.user_id, convert.feedback_from_proto(request))
-        return history_pb2.PutFeedbackResponse()
+        stored_at = await self.serving.put_feedback(
+            request.user_id, convert.feedback_from_proto(request)
+        )
+        return history_pb2.PutFeedbackResponse(updated_at=convert.timestamp(stored_at))
 
     @_observed
     async def SearchMessages(

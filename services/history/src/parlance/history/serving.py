@@ -375,7 +375,8 @@ class HistoryServing:
 
     async def update_conversation(
         self, user_id: str, conversation_id: str, change: ConversationUpdate
-    ) -> ConversationRecord:
+    ) -> tuple[ConversationRecord, tuple[str, ...]]:
+        """The conversation as changed, with its intents (as a read gives them)."""
         _required(user_id, "user_id")
         _required(conversation_id, "conversation_id")
         _check_texts(
@@ -385,7 +386,7 @@ class HistoryServing:
             active_message_id=change.active_message_id,
         )
 
-        async def work(repo: HistoryRepository) -> ConversationRecord:
+        async def work(repo: HistoryRepository) -> tuple[ConversationRecord, tuple[str, ...]]:
             await repo.require_conversation(user_id, conversation_id, for_update=True)
             values: dict[str, object] = {}
             if change.title is not None:
@@ -403,7 +404,11 @@ class HistoryServing:
                 nodes = await repo.tree(user_id, conversation_id)
                 values["active_leaf_id"] = tree.newest_leaf_under(nodes, message.id)
             await repo.update_conversation(user_id, conversation_id, **values)
-            return await repo.require_conversation(user_id, conversation_id)
+            intents = await repo.conversation_intents(user_id, [conversation_id])
+            return (
+                await repo.require_conversation(user_id, conversation_id),
+                intents.get(conversation_id, ()),
+            )
 
         return await self._run("update_conversation", work)
 
@@ -496,7 +501,8 @@ class HistoryServing:
 
     # -- feedback and search ---------------------------------------------------------------
 
-    async def put_feedback(self, user_id: str, feedback: Feedback) -> None:
+    async def put_feedback(self, user_id: str, feedback: Feedback) -> datetime:
+        """Stores the caller's feedback on one of their answers; returns when it was stored."""
         _required(user_id, "user_id")
         _required(feedback.message_id, "message_id")
         if feedback.rating not in (1, -1):
@@ -510,7 +516,7 @@ class HistoryServing:
             moderation_json=feedback.moderation_json,
         )
 
-        async def work(repo: HistoryRepository) -> None:
+        async def work(repo: HistoryRepository) -> datetime:
             now = utcnow()
             message = await repo.require_message(user_id, feedback.message_id, "message_id")
             if (
@@ -518,9 +524,18 @@ class HistoryServing:
                 and message.conversation_id != feedback.conversation_id
             ):
                 raise NotFound(f"message {feedback.message_id!r} not found", param="message_id")
+            if message.role != "assistant":
+                # A rating or a correction trains on an answer; on a question it means nothing
+                # and the export would pair it with nothing.
+                raise InvalidArgument(
+                    f"feedback is given on answers; {feedback.message_id!r} is a "
+                    f"{message.role} message",
+                    param="message_id",
+                )
             await repo.put_feedback(user_id, feedback, now)
+            return now
 
-        await self._run("put_feedback", work)
+        return await self._run("put_feedback", work)
 
     async def search_messages(self, user_id: str, query: str, limit: int) -> list[SearchHitRecord]:
         _required(user_id, "user_id")

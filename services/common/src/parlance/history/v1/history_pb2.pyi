@@ -240,8 +240,10 @@ class PutFeedbackRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., message_id: _Optional[str] = ..., rating: _Optional[int] = ..., comment: _Optional[str] = ..., corrected_content: _Optional[str] = ..., conversation_id: _Optional[str] = ..., moderation_json: _Optional[str] = ...) -> None: ...
 
 class PutFeedbackResponse(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("updated_at",)
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    updated_at: _timestamp_pb2.Timestamp
+    def __init__(self, updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class SearchMessagesRequest(_message.Message):
     __slots__ = ("user_id", "query", "limit")

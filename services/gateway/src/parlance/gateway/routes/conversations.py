@@ -165,7 +165,7 @@ async def put_feedback(
     moderation_json = await verdicts.feedback_verdicts(
         state.safety, body.comment, body.corrected_content
     )
-    await state.history.put_feedback(
+    stored = await state.history.put_feedback(
         history_pb2.PutFeedbackRequest(
             user_id=caller.user_id,
             conversation_id=conversation_id,
@@ -181,6 +181,7 @@ async def put_feedback(
         rating=body.rating,
         comment=body.comment,
         corrected_content=body.corrected_content,
+        updated_at=stored.updated_at.seconds if stored.HasField("updated_at") else None,
     )
 
 

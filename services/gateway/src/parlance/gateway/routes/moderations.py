@@ -6,7 +6,7 @@ import uuid
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from parlance.gateway import errors
 from parlance.gateway.categories import OPENAI_CATEGORIES
@@ -19,20 +19,19 @@ MAX_INPUTS = 256
 
 
 class TextPart(BaseModel):
-    """A text part of a multi-modal input, as OpenAI's omni-moderation takes it."""
+    """A text part of a multi-modal input, as OpenAI's omni-moderation takes it. Image parts
+    are outside the schema (the classifiers read text) and refused by name."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
     type: Literal["text"]
     text: str
 
-
-class ImagePart(BaseModel):
-    """An image part: accepted in the request's shape, refused with a clear error (the
-    classifiers here read text only)."""
-
-    model_config = ConfigDict(extra="allow", strict=True)
-    type: Literal["image_url"]
-    image_url: Any
+    @field_validator("type", mode="before")
+    @classmethod
+    def _text_only(cls, value: object) -> object:
+        if value == "image_url":
+            raise ValueError("images are not supported: this deployment's moderation reads text")
+        return value
 
 
 class ModerationRequest(BaseModel):
@@ -43,7 +42,7 @@ class ModerationRequest(BaseModel):
     input: (
         str
         | Annotated[list[str], Field(min_length=1, max_length=MAX_INPUTS)]
-        | Annotated[list[TextPart | ImagePart], Field(min_length=1, max_length=MAX_INPUTS)]
+        | Annotated[list[TextPart], Field(min_length=1, max_length=MAX_INPUTS)]
     ) = Field(...)
     model: str | None = None
 
@@ -52,11 +51,6 @@ class ModerationRequest(BaseModel):
             return [self.input]
         if all(isinstance(item, str) for item in self.input):
             return [str(item) for item in self.input]
-        if any(isinstance(item, ImagePart) for item in self.input):
-            raise errors.invalid_request(
-                "Images are not supported: this deployment's moderation reads text only.",
-                param="input",
-            )
         # The parts of one input are judged together, as OpenAI does: one result.
         return ["\n".join(item.text for item in self.input if isinstance(item, TextPart))]
 
