@@ -26,6 +26,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,6 +125,25 @@ def start_redis_server(port: int | None = None) -> tuple[subprocess.Popen[bytes]
     raise RuntimeError("redis-server did not answer")
 
 
+class StartupError(RuntimeError):
+    """`make up` cannot start as configured (said in one line, no traceback)."""
+
+
+class StartupInterrupted(Exception):
+    """Ctrl-C or SIGTERM while the stack was starting."""
+
+
+def port_free(port: int) -> bool:
+    """Whether a service could bind 127.0.0.1:`port` now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 @dataclass
 class ServiceProcess:
     name: str
@@ -133,6 +153,8 @@ class ServiceProcess:
     grpc_port: int | None = None
     http_port: int | None = None
     metrics_port: int | None = None
+    # The environment setting of each port (for messages): {"gRPC": "SAFETY_PORT", ...}.
+    port_settings: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -219,14 +241,49 @@ class Stack:
     redis_url: str | None = None
     extra_env: dict[str, dict[str, str]] = field(default_factory=dict)
     services: dict[str, ServiceProcess] = field(default_factory=dict)
+    # Asked between start-up steps: Ctrl-C while the services load stops them then, not after.
+    stop_requested: Callable[[], bool] = lambda: False
     _redis: subprocess.Popen[bytes] | None = None
 
     @property
     def gateway_url(self) -> str:
         return f"http://127.0.0.1:{self.services['gateway'].http_port}"
 
-    def _port(self, fixed: int) -> int:
-        return fixed if self.fixed_ports else free_port()
+    def _port(self, fixed: int, setting: str) -> int:
+        """A fixed port (`make up`: its default, or the service's own setting from the
+        environment, such as GATEWAY_PORT), or any free one (the test stacks)."""
+        if not self.fixed_ports:
+            return free_port()
+        value = os.environ.get(setting, "")
+        if not value:
+            return fixed
+        try:
+            return int(value)
+        except ValueError:
+            raise StartupError(f"{setting}={value!r} is not a port number") from None
+
+    def check_ports_free(self) -> None:
+        """`make up` on ports another process holds would find that process answering its
+        readiness checks (another stack, say) and report itself up while its own services
+        died: refuse to start instead, naming the port and the setting that moves it."""
+        if not self.fixed_ports:
+            return
+        taken = []
+        for service in self.services.values():
+            for kind, port in (
+                ("gRPC", service.grpc_port),
+                ("HTTP", service.http_port),
+                ("metrics", service.metrics_port),
+            ):
+                if port is not None and not port_free(port):
+                    taken.append(f"{port} ({service.name} {kind}, {service.port_settings[kind]})")
+        if taken:
+            raise StartupError(
+                "ports in use: "
+                + ", ".join(taken)
+                + ". Another `make up` may be running; stop it, or move this one with the "
+                "settings named."
+            )
 
     def choose_redis(self) -> str:
         candidates = [self.redis_url] if self.redis_url is not None else []
@@ -257,7 +314,8 @@ class Stack:
         metrics = {"generator": 9101, "safety": 9102, "history": 9103}
         for name in ("generator", "safety", "history"):
             prefix = name.upper()
-            port, mport = self._port(grpc[name]), self._port(metrics[name])
+            port = self._port(grpc[name], f"{prefix}_PORT")
+            mport = self._port(metrics[name], f"{prefix}_METRICS_PORT")
             env = {
                 **common,
                 f"{prefix}_PORT": str(port),
@@ -277,10 +335,11 @@ class Stack:
                 log_path=run_dir / f"{name}.log",
                 grpc_port=port,
                 metrics_port=mport,
+                port_settings={"gRPC": f"{prefix}_PORT", "metrics": f"{prefix}_METRICS_PORT"},
             )
-        http = self._port(8000)
+        http = self._port(8000, "GATEWAY_PORT")
         # The gateway's /metrics is on its own, internal port (never the public one).
-        gateway_metrics = self._port(9100)
+        gateway_metrics = self._port(9100, "GATEWAY_METRICS_PORT")
         gateway_env = {
             **common,
             "GATEWAY_PORT": str(http),
@@ -303,6 +362,7 @@ class Stack:
             log_path=run_dir / "gateway.log",
             http_port=http,
             metrics_port=gateway_metrics,
+            port_settings={"HTTP": "GATEWAY_PORT", "metrics": "GATEWAY_METRICS_PORT"},
         )
 
     def start_service(self, name: str, timeout_s: float = 180.0) -> None:
@@ -314,6 +374,8 @@ class Stack:
         service = self.services[name]
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
+            if self.stop_requested():
+                raise StartupInterrupted
             if not service.running:
                 raise RuntimeError(f"{name} exited during start-up:\n{service.tail()}")
             if service.grpc_port is not None and grpc_serving(service.grpc_port):
@@ -327,6 +389,7 @@ class Stack:
 
     def start(self) -> None:
         self.build()
+        self.check_ports_free()
         for name in ("generator", "safety", "history"):
             _say(f"starting {name}")
             self.services[name].start()
@@ -412,19 +475,27 @@ def main() -> None:
     parser.add_argument("--data-dir", default=str(ROOT / ".data"))
     args = parser.parse_args()
     data_dir = Path(args.data_dir)
-    stack = Stack(
-        data_dir=data_dir, api_key=load_or_create_api_key(data_dir), extra_env=make_up_env()
-    )
     stopping = False
 
     def on_signal(signum: int, _frame: object) -> None:
         nonlocal stopping
         stopping = True
 
+    stack = Stack(
+        data_dir=data_dir,
+        api_key=load_or_create_api_key(data_dir),
+        extra_env=make_up_env(),
+        stop_requested=lambda: stopping,
+    )
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
         stack.start()
+    except StartupInterrupted:
+        _say("interrupted during start-up; stopping...")
+        stack.stop()
+        _say("stopped")
+        sys.exit(130)
     except Exception as exc:
         _say(f"start-up failed: {exc}")
         stack.stop()
@@ -440,8 +511,8 @@ API key: {key}
     -H "Authorization: Bearer {key}" -H "Content-Type: application/json" \\
     -d '{{"model": "SmolLM2-135M-Instruct", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
 
-  curl {url}/v1/embeddings \
-    -H "Authorization: Bearer {key}" -H "Content-Type: application/json" \
+  curl {url}/v1/embeddings \\
+    -H "Authorization: Bearer {key}" -H "Content-Type: application/json" \\
     -d '{{"model": "all-MiniLM-L6-v2", "input": ["Hello!", "Hi there"]}}'
 
 Press Ctrl-C to stop.
