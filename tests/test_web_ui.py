@@ -219,7 +219,10 @@ def test_answer_streams_in_pieces(chat: Chat) -> None:
     )
     # Output moderation releases text a window at a time: enough words for several windows.
     text = " ".join(f"piece{i}" for i in range(120))
-    chat.send(text)
+    with chat.page.expect_request("**/v1/chat/completions") as sent:
+        chat.send(text)
+    # The page caps an answer's length (a small model could otherwise fill its whole window).
+    assert sent.value.post_data_json["max_tokens"] == 1024
     expect(chat.page.locator("#stop")).to_be_visible()
     chat.wait_idle()
     expect(chat.last_answer().locator(".bubble")).to_have_text(text)
@@ -386,6 +389,21 @@ def test_rate_an_answer_with_a_comment(chat: Chat, echo_stack: Stack) -> None:
     expect(chat.last_answer().get_by_role("button", name="Good response")).to_have_attribute(
         "aria-pressed", "true"
     )
+
+
+def test_an_answer_cut_at_its_length_says_so(chat: Chat, echo_stack: Stack) -> None:
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "one two three four five six seven"}],
+        "max_tokens": 3,
+        "store": True,
+    }
+    answered = api(echo_stack, "POST", "/v1/chat/completions", json=body)
+    assert answered["choices"][0]["finish_reason"] == "length"
+    chat.sign_in(ALICE_KEY)
+    item = chat.page.locator(f'#conversation-items li[data-id="{answered["conversation_id"]}"]')
+    item.locator(".conversation-link").click()
+    expect(chat.last_answer().locator(".notice")).to_contain_text("length limit")
 
 
 def test_search_the_sidebar(chat: Chat) -> None:

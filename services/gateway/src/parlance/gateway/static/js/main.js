@@ -20,6 +20,10 @@ decorate();
 // Pressed: every question gets two answers side by side (compare.js).
 const compareAsked = setUpToggle($("#compare-toggle"));
 
+// The page's cap on an answer's length. Without one an answer may run to the model's whole
+// window: a small model that loses its way repeats itself for minutes (SmolLM2 on 2 cores:
+// ~2,000 tokens, 53 s), and the next turn's context then has no room for the earlier ones.
+const ANSWER_MAX_TOKENS = 1024;
 const KEY_STORAGE = "parlance.apiKey";
 const THEME_STORAGE = "parlance.theme";
 
@@ -345,7 +349,12 @@ async function complete({ kind, text = "", parentId = null }) {
   hideBanner();
   const conversation = state.conversation;
   // The page can show a comparison: it offers one always, and asks for one with the toggle.
-  const body = { model: els.model.value, messages: [], parlance: compareOption(compareAsked()) };
+  const body = {
+    model: els.model.value,
+    messages: [],
+    max_tokens: ANSWER_MAX_TOKENS,
+    parlance: compareOption(compareAsked()),
+  };
   if (text) body.messages.push({ role: "user", content: text });
   if (conversation) {
     body.conversation_id = conversation.id;

@@ -11,6 +11,7 @@ export const NOTICES = {
   inputModerated:
     "This message was not sent: moderation flagged it (content_filter). Rephrase it and try again.",
   stopped: "Stopped. The answer so far is saved to the conversation.",
+  cutAtLength: "This answer reached its length limit and was cut there (finish_reason: length).",
   preferred: "You preferred this response in a comparison.",
   notPreferred: "You preferred the other response in a comparison.",
 };
@@ -45,6 +46,9 @@ export function messageElement(message, actions) {
   li.append(bubble);
   if (message.role === "assistant" && message.finish_reason === "content_filter") {
     li.append(notice(NOTICES.outputModerated));
+  }
+  if (message.role === "assistant" && message.finish_reason === "length") {
+    li.append(notice(NOTICES.cutAtLength));
   }
   if (message.role === "assistant" && message.finish_reason === "cancelled") {
     li.append(notice(NOTICES.stopped));
