@@ -16,7 +16,7 @@ from parlance.gateway.titles import clean_title, provisional_title, title_messag
         ("\n\n  **Bread**  ", "Bread"),
         ("'", ""),
         ("", ""),
-        ("word " * 30, ("word " * 12).strip()[:59].rstrip() + "…"),
+        ("word " * 30, ("word " * 11).strip() + "…"),
     ],
 )
 def test_clean_title(raw: str, title: str) -> None:
@@ -24,10 +24,33 @@ def test_clean_title(raw: str, title: str) -> None:
     assert len(clean_title(raw)) <= 60 and "\n" not in clean_title(raw)
 
 
+@pytest.mark.parametrize(
+    ("raw", "title"),
+    [
+        # Stopped at the token limit: the last word may be a piece of one.
+        ("The Capital of the United States, Washington, D.C., USA! Follow", None),
+        ("Sourdough Basics and Starters for Beginn", "Sourdough Basics and Starters for…"),
+        # A line that ended before the limit was whole.
+        ("Sourdough Basics\nThe conversation is about", "Sourdough Basics"),
+        ("Sourdough", "Sourdough"),
+    ],
+)
+def test_a_title_cut_at_the_token_limit_ends_with_an_ellipsis(raw: str, title: str | None) -> None:
+    cleaned = clean_title(raw, cut=True)
+    if title is None:
+        assert cleaned.endswith("…") and not cleaned.endswith("Follow…")
+        assert len(cleaned) <= 60
+    else:
+        assert cleaned == title
+
+
 def test_provisional_title_is_one_line_of_at_most_60_characters() -> None:
     assert provisional_title("How do\nI bake   bread?") == "How do I bake bread?"
     long = provisional_title("x" * 100)
     assert len(long) == 60 and long.endswith("…")
+    # At a word's end where one is near, not inside a word.
+    words = provisional_title("How do I keep a sourdough starter alive through a long holiday?")
+    assert words == "How do I keep a sourdough starter alive through a long…"
 
 
 def test_title_prompt_carries_a_shortened_exchange() -> None:

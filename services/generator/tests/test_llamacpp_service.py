@@ -177,6 +177,19 @@ async def test_concurrent_requests_are_not_corrupted(llama) -> None:  # type: ig
     assert sum(compared) >= 36, compared
 
 
+async def test_a_character_cut_by_max_tokens_is_dropped_not_replaced(llama) -> None:  # type: ignore[no-untyped-def]
+    # SmolLM2 ends this greeting with emoji; its 12th token is the first bytes of one.
+    result = await llama.generate(
+        "Say hello in Spanish.", max_tokens=12, temperature=0.0, logprobs=True
+    )
+    raw = b"".join(lp.token_bytes for r in result.responses for d in r.choices for lp in d.logprobs)
+    with pytest.raises(UnicodeDecodeError, match="unexpected end of data"):
+        raw.decode("utf-8")  # the case this is about: the answer's bytes end mid-character
+    assert result.finish() == pb.FINISH_REASON_LENGTH and result.tokens() == 12
+    assert result.text() == raw.decode("utf-8", errors="ignore")
+    assert "\ufffd" not in result.text()
+
+
 async def test_cancelling_a_stream_frees_the_slot(llama) -> None:  # type: ignore[no-untyped-def]
     call = llama.stub.Generate(
         llama.request("Count from one to a thousand.", max_tokens=1000, ignore_eos=True)

@@ -42,18 +42,29 @@ _QUOTES = "\"'`“”‘’«»*#"
 
 
 def provisional_title(text: str, limit: int = TITLE_MAX_CHARS) -> str:
-    """The title a conversation gets at once: its first question on one line, truncated."""
+    """The title a conversation gets at once: its first question on one line, truncated
+    (at a word's end where one is near) with an ellipsis."""
     text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+    if len(text) <= limit:
+        return text
+    head = text[: limit - 1]
+    space = head.rfind(" ")
+    if space >= limit // 2:  # a whole word fits well: do not cut one in two
+        head = head[:space]
+    return head.rstrip(" ,;:-") + "…"
 
 
-def clean_title(raw: str, limit: int = TITLE_MAX_CHARS) -> str:
+def clean_title(raw: str, limit: int = TITLE_MAX_CHARS, *, cut: bool = False) -> str:
     """The model's answer as a title: its first non-empty line without a "Title:" prefix,
     quotes or a final period, on one line, at most `limit` characters ("" when nothing is
-    left)."""
-    line = next((part for part in raw.splitlines() if part.strip()), "")
+    left). `cut`: the answer stopped at its token limit, so when that line is all of it, its
+    last word may be a piece of one: it is dropped and an ellipsis says the title goes on."""
+    lines = [part for part in raw.splitlines() if part.strip()]
+    line = lines[0] if lines else ""
     line = _PREFIX.sub("", line.strip())
     line = line.strip().strip(_QUOTES).strip()
+    if cut and len(lines) == 1 and " " in line:
+        return provisional_title(line.rsplit(" ", 1)[0].rstrip(" ,;:-") + "…", limit)
     line = line.rstrip(".").strip().strip(_QUOTES).strip()
     return provisional_title(line, limit)
 
@@ -144,7 +155,8 @@ class TitleWriter:
     async def _write(
         self, user_id: str, conversation_id: str, model: str, question: str, answer: str
     ) -> str:
-        title = clean_title(await self.generate(model, question, answer))
+        text, cut = await self.generate(model, question, answer)
+        title = clean_title(text, cut=cut)
         provisional = provisional_title(question)
         if not title or title == provisional:
             return "empty"
@@ -155,7 +167,8 @@ class TitleWriter:
             return "renamed"
         return "set"
 
-    async def generate(self, model: str, question: str, answer: str) -> str:
+    async def generate(self, model: str, question: str, answer: str) -> tuple[str, bool]:
+        """The model's title text, and whether it stopped at the token limit."""
         request = generator_pb2.GenerateRequest(
             request_id=f"title-{uuid.uuid4().hex}",
             model=model,
@@ -165,6 +178,9 @@ class TitleWriter:
             ),
         )
         parts: list[str] = []
+        cut = False
         async for response in self.generator.generate(request):
-            parts.extend(choice.text for choice in response.choices)
-        return "".join(parts)
+            for choice in response.choices:
+                parts.append(choice.text)
+                cut = cut or choice.finish_reason == generator_pb2.FINISH_REASON_LENGTH
+        return "".join(parts), cut

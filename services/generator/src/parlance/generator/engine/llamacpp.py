@@ -138,6 +138,14 @@ class _Job:
     adapter: _LlamaAdapter | None = None
 
 
+def _drop_incomplete_character(decoder: codecs.IncrementalDecoder) -> str:
+    """The end of an answer's text: "" where the last tokens held only the first bytes of a
+    character (an emoji cut by max_tokens), which a final decode would turn into U+FFFD
+    shown to the user; the tokens still count. Invalid bytes inside the text stay U+FFFD."""
+    decoder.reset()
+    return ""
+
+
 class LlamaCppEngine(Engine):
     name = ENGINE_NAME
 
@@ -632,7 +640,7 @@ class LlamaCppEngine(Engine):
                 logprobs = [self._logprob(llama, token, options)] if options.logprobs else []
                 finish: FinishReason | None = None
                 if token in self._eog_ids and not options.ignore_eos:
-                    text, _ = stops.feed(decoder.decode(b"", final=True))
+                    text, _ = stops.feed(_drop_incomplete_character(decoder))
                     text += stops.flush()
                     finish = FinishReason.STOP
                 else:
@@ -640,7 +648,7 @@ class LlamaCppEngine(Engine):
                     if stopped:
                         finish = FinishReason.STOP
                     elif count >= job.max_tokens:
-                        tail, stopped = stops.feed(decoder.decode(b"", final=True))
+                        tail, stopped = stops.feed(_drop_incomplete_character(decoder))
                         text += tail if stopped else tail + stops.flush()
                         finish = FinishReason.STOP if stopped else FinishReason.LENGTH
                     elif job.cancel.is_set():
