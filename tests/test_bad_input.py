@@ -45,10 +45,13 @@ ADMIN_KEY = "sk-admin-bad-input-0123456789"
 USER_EXAMPLES = int(os.environ.get("PARLANCE_FUZZ_EXAMPLES", "100"))
 ADMIN_EXAMPLES = max(1, USER_EXAMPLES * 150 // 220)
 FUZZ_SEED = int(os.environ.get("PARLANCE_FUZZ_SEED", "9"))
-# The least share of generated chat requests that must be generated to their end; the seed-9
-# run generates ~16% (most generated requests ask for what Parlance refuses with a 400: tools,
-# tool roles, out-of-range values); the test prints its figures.
-GENERATION_SHARE = 0.1
+# The least share of generated chat requests that must be generated to their end (most
+# generated requests ask for what Parlance refuses with a 400: tools, tool roles, out-of-range
+# values). The seed-9 run generated 9.4-10.3% in three runs of 2026-11-30 (47 of 499 in the
+# whole suite, 51 of 495 and 54 of 525 alone): half of that, since the cases drawn move with
+# the schema and the run. A hook that lost the served model's name would make it ~0. The test
+# prints its figures.
+GENERATION_SHARE = 0.05
 
 
 EMBED_MODEL = "all-MiniLM-L6-v2"
