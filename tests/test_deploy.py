@@ -21,6 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
+from parlance.testing.processes import _load_devstack
+
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
@@ -174,6 +176,25 @@ def test_each_profile_is_one_complete_stack(profile: str) -> None:
         str(port).rsplit(":", 1)[0] for s in services.values() for port in s.get("ports", [])
     ]
     assert len(published) == len(set(published)), published
+
+
+def test_the_cpu_stack_serves_and_routes_what_make_up_does() -> None:
+    """Compose's CPU profile (and the Kubernetes overlay generated from it) runs the models,
+    the alias and the intent route file that `make up` runs, so that both deployments answer
+    alike; the route file's path is the one the gateway image puts it at."""
+    devstack = _load_devstack()
+    services = active_services("cpu")
+    generator = services["generator"]["environment"]
+    gateway = services["gateway"]["environment"]
+    assert json.loads(generator["GENERATOR_MODELS"]) == devstack.MAKE_UP_MODELS
+    assert json.loads(gateway["GATEWAY_MODEL_ALIASES"]) == devstack.MAKE_UP_ALIASES
+    routes = gateway["GATEWAY_INTENT_ROUTES"]
+    shipped = devstack.MAKE_UP_INTENT_ROUTES.relative_to(ROOT).as_posix()
+    assert ("COPY", f"{shipped} {routes}") in dockerfile_instructions(
+        ROOT / "services" / "gateway" / "Dockerfile"
+    )
+    # The other settings every gateway has are kept (the profile's list adds to them).
+    assert gateway["GATEWAY_GENERATOR_URL"] == "generator:50051"
 
 
 def test_every_compose_service_has_a_healthcheck() -> None:
