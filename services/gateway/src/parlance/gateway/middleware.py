@@ -47,8 +47,12 @@ _NO_KEY = (
 
 
 def _error_body(message: str, type_: str, code: str) -> bytes:
+    # Serialized as the app's JSONResponse errors are (compact, UTF-8), so that every error
+    # body looks alike whichever layer answered.
     return json.dumps(
-        {"error": {"message": message, "type": type_, "param": None, "code": code}}
+        {"error": {"message": message, "type": type_, "param": None, "code": code}},
+        ensure_ascii=False,
+        separators=(",", ":"),
     ).encode()
 
 
