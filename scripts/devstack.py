@@ -451,6 +451,9 @@ MAKE_UP_MODELS = [
     },
 ]
 MAKE_UP_ALIASES = {"default": "SmolLM2-135M-Instruct"}
+# Answers without a max_tokens stop at this length: SmolLM2 that loses its way repeats itself to
+# the end of its 2,048-token window (53 s on 2 cores, the web page's answers included).
+MAKE_UP_DEFAULT_MAX_TOKENS = "1024"
 # `make up` routes chats by intent with the shipped route file (README, "Intent routing"): its
 # routes target "default" only, and it names the intent model above as its embedding model.
 # GATEWAY_INTENT_ROUTES in the environment replaces it ("" : off).
@@ -465,6 +468,8 @@ def make_up_env() -> dict[str, dict[str, str]]:
         env["gateway"]["GATEWAY_MODEL_ALIASES"] = json.dumps(MAKE_UP_ALIASES)
     if "GATEWAY_INTENT_ROUTES" not in os.environ:
         env["gateway"]["GATEWAY_INTENT_ROUTES"] = str(MAKE_UP_INTENT_ROUTES)
+    if "GATEWAY_DEFAULT_MAX_TOKENS" not in os.environ:
+        env["gateway"]["GATEWAY_DEFAULT_MAX_TOKENS"] = MAKE_UP_DEFAULT_MAX_TOKENS
     # The route file names its embedding model (embed_model), served above; a GENERATOR_MODELS
     # of one's own must serve it too, or GATEWAY_INTENT_EMBED_MODEL name another.
     return env

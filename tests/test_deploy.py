@@ -180,7 +180,7 @@ def test_each_profile_is_one_complete_stack(profile: str) -> None:
 
 def test_the_cpu_stack_serves_and_routes_what_make_up_does() -> None:
     """Compose's CPU profile (and the Kubernetes overlay generated from it) runs the models,
-    the alias and the intent route file that `make up` runs, so that both deployments answer
+    the alias, the default answer length and the intent route file that `make up` runs, so that both deployments answer
     alike; the route file's path is the one the gateway image puts it at."""
     devstack = _load_devstack()
     services = active_services("cpu")
@@ -188,6 +188,7 @@ def test_the_cpu_stack_serves_and_routes_what_make_up_does() -> None:
     gateway = services["gateway"]["environment"]
     assert json.loads(generator["GENERATOR_MODELS"]) == devstack.MAKE_UP_MODELS
     assert json.loads(gateway["GATEWAY_MODEL_ALIASES"]) == devstack.MAKE_UP_ALIASES
+    assert gateway["GATEWAY_DEFAULT_MAX_TOKENS"] == devstack.MAKE_UP_DEFAULT_MAX_TOKENS
     routes = gateway["GATEWAY_INTENT_ROUTES"]
     shipped = devstack.MAKE_UP_INTENT_ROUTES.relative_to(ROOT).as_posix()
     assert ("COPY", f"{shipped} {routes}") in dockerfile_instructions(
@@ -242,7 +243,8 @@ def test_secrets_come_from_the_environment_not_the_files() -> None:
     for name, service in compose_model()["services"].items():
         environment = service.get("environment", {})
         for key, value in environment.items():
-            if re.search(r"PASSWORD|SECRET|TOKEN|_KEYS?$", key):
+            # TOKEN as in HF_TOKEN; not a count of tokens (GATEWAY_DEFAULT_MAX_TOKENS).
+            if re.search(r"PASSWORD|SECRET|TOKEN(?!S$)|_KEYS?$", key):
                 assert "${" in str(value), f"{name}: {key} is written into the compose file"
     for dockerfile in DOCKERFILES:
         for keyword, rest in dockerfile_instructions(dockerfile):

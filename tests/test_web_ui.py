@@ -219,10 +219,7 @@ def test_answer_streams_in_pieces(chat: Chat) -> None:
     )
     # Output moderation releases text a window at a time: enough words for several windows.
     text = " ".join(f"piece{i}" for i in range(120))
-    with chat.page.expect_request("**/v1/chat/completions") as sent:
-        chat.send(text)
-    # The page caps an answer's length (a small model could otherwise fill its whole window).
-    assert sent.value.post_data_json["max_tokens"] == 1024
+    chat.send(text)
     expect(chat.page.locator("#stop")).to_be_visible()
     chat.wait_idle()
     expect(chat.last_answer().locator(".bubble")).to_have_text(text)

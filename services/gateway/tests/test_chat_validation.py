@@ -146,3 +146,21 @@ async def test_a_regenerate_may_send_no_messages(gw: InProcessGateway) -> None:
         gw.body(messages=[], conversation_id=conversation, parent_message_id=question)
     )
     assert again.status_code == 200, again.text
+
+
+async def test_the_default_answer_length_applies_only_where_the_request_sets_none(
+    tmp_path: Path,
+) -> None:
+    """GATEWAY_DEFAULT_MAX_TOKENS: an answer's length when the request sets none; a request's
+    own max_tokens wins within the limit, and a limit below the default still holds."""
+    async with inprocess_gateway(tmp_path, default_max_tokens=7, max_tokens_limit=50) as gw:
+        for fields, asked in (({}, 7), ({"max_tokens": 30}, 30), ({"max_completion_tokens": 3}, 3)):
+            response = await gw.chat(gw.body(**fields))
+            assert response.status_code == 200, response.text
+            assert gw.generator.requests[-1].sampling.max_tokens == asked, fields
+    async with inprocess_gateway(tmp_path, default_max_tokens=70, max_tokens_limit=50) as gw:
+        assert (await gw.chat(gw.body())).status_code == 200
+        assert gw.generator.requests[-1].sampling.max_tokens == 50
+    async with inprocess_gateway(tmp_path) as gw:  # 0, the default: up to the limit
+        assert (await gw.chat(gw.body())).status_code == 200
+        assert gw.generator.requests[-1].sampling.max_tokens == gw.settings.max_tokens_limit

@@ -108,6 +108,10 @@ class GatewaySettings(BaseSettings):
     max_messages: int = 512
     max_input_chars: int = 200_000
     max_tokens_limit: int = 4096
+    # The answer's length when a request sets no max_tokens (0: as OpenAI, up to the key's
+    # limit and the window). A request that sets one gets it, within the limit. It does not
+    # change how much of a stored conversation is kept (context_completion_reserve does).
+    default_max_tokens: int = Field(default=0, ge=0)
     max_n: int = 8
     # best_of (chat/best_of.py): the most candidates one request may ask for (below 2: off),
     # and the reward model that scores them (an id the generators list; empty: the newest

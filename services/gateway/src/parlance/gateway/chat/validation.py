@@ -157,10 +157,11 @@ def effective_max_tokens(
     request: ChatCompletionRequest, principal: Principal, settings: GatewaySettings
 ) -> int:
     """What the generator is asked for: the request's max_tokens (validated to be within the
-    limit), or the limit itself when the request sets none, so that leaving it out never
-    lifts the limit. The min() holds for an intent route's max_tokens, set after validation."""
+    limit), or when it sets none GATEWAY_DEFAULT_MAX_TOKENS, else the limit itself, so that
+    leaving it out never lifts the limit. The min() holds for an intent route's max_tokens,
+    set after validation, and for a default above a key's own limit."""
     limit = max_tokens_limit(principal, settings)
-    return min(request.requested_max_tokens() or limit, limit)
+    return min(request.requested_max_tokens() or settings.default_max_tokens or limit, limit)
 
 
 def ignore_eos_allowed(principal: Principal, settings: GatewaySettings) -> bool:

@@ -20,10 +20,6 @@ decorate();
 // Pressed: every question gets two answers side by side (compare.js).
 const compareAsked = setUpToggle($("#compare-toggle"));
 
-// The page's cap on an answer's length. Without one an answer may run to the model's whole
-// window: a small model that loses its way repeats itself for minutes (SmolLM2 on 2 cores:
-// ~2,000 tokens, 53 s), and the next turn's context then has no room for the earlier ones.
-const ANSWER_MAX_TOKENS = 1024;
 const KEY_STORAGE = "parlance.apiKey";
 const THEME_STORAGE = "parlance.theme";
 
@@ -349,12 +345,9 @@ async function complete({ kind, text = "", parentId = null }) {
   hideBanner();
   const conversation = state.conversation;
   // The page can show a comparison: it offers one always, and asks for one with the toggle.
-  const body = {
-    model: els.model.value,
-    messages: [],
-    max_tokens: ANSWER_MAX_TOKENS,
-    parlance: compareOption(compareAsked()),
-  };
+  // No max_tokens: the answer's length is the key's and the gateway's to set
+  // (GATEWAY_DEFAULT_MAX_TOKENS), and the stored conversation keeps the room it would lose.
+  const body = { model: els.model.value, messages: [], parlance: compareOption(compareAsked()) };
   if (text) body.messages.push({ role: "user", content: text });
   if (conversation) {
     body.conversation_id = conversation.id;
