@@ -164,3 +164,10 @@ async def test_the_default_answer_length_applies_only_where_the_request_sets_non
     async with inprocess_gateway(tmp_path) as gw:  # 0, the default: up to the limit
         assert (await gw.chat(gw.body())).status_code == 200
         assert gw.generator.requests[-1].sampling.max_tokens == gw.settings.max_tokens_limit
+
+
+async def test_a_dicts_own_keys_are_not_taken_for_union_members(gw: InProcessGateway) -> None:
+    # pydantic puts a union member's name in an error's location too (`input.list[str].0`);
+    # a capitalised key the client sent is a key, not a member.
+    response = await gw.chat(gw.body(metadata={"Session": 1}))
+    assert assert_error(response, 400, "metadata.Session").startswith("Invalid value for")

@@ -117,7 +117,7 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     errors = exc.errors()
     if not errors:
         return "Invalid request.", None
-    error, loc, expected = _most_telling(errors)
+    error, loc, expected = _most_telling(errors, exc.body)
     if error.get("type") == "json_invalid":
         return _JSON_BODY_NEEDED, None
     if loc and loc[0] in _SOURCES:  # first only: a field may be called `path`
@@ -136,32 +136,47 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     return f"Invalid value for '{param}': {msg}", param
 
 
-_SCALAR_TAGS = frozenset({"str", "int", "float", "bool", "bytes", "none", "dict", "list"})
+def _in_body(error: Any, body: Any) -> list[bool]:
+    """For each part of a body error's location, whether it names a key or an index of the
+    request as sent, rather than a union member's tag (`str`, `list[str]`, a model's name),
+    which pydantic puts in the location too. The name a `missing` error reports is a field's,
+    though absent from the body."""
+    loc = tuple(error.get("loc", ()))
+    flags = [True]  # "body": the source
+    node = body
+    for i, part in enumerate(loc[1:], start=1):
+        if isinstance(node, dict) and isinstance(part, str) and part in node:
+            node = node[part]
+            flags.append(True)
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+            flags.append(True)
+        else:
+            flags.append(i == len(loc) - 1 and error.get("type") == "missing")
+    return flags
 
 
-def _is_member_tag(part: str) -> bool:
-    """pydantic's tag of a union member in an error's location: a type (`str`, `list[str]`,
-    `function-after[...]`) or a model's class name; the API's field names are snake_case."""
-    return part in _SCALAR_TAGS or "[" in part or part[:1].isupper()
-
-
-def _most_telling(errors: Sequence[Any]) -> tuple[Any, tuple[Any, ...], list[str]]:
+def _most_telling(errors: Sequence[Any], body: Any) -> tuple[Any, tuple[Any, ...], list[str]]:
     """The error to report, its location without union tags, and the union's member types
     when the value matched none of them by type.
 
     A value checked against a union (`str | list[str]`) fails once per member, each error's
     location holding the member's tag (`input.str`, `input.list[str].0`): the first error is
     then the first member's type mismatch, which says nothing useful about a list whose item
-    is wrong. The error that got furthest into a member says what is wrong."""
+    is wrong. The error that got furthest into a member says what is wrong. Tags are told from
+    field names by the body itself: a tag is no key of what was sent (so a dict's own keys,
+    `metadata: {"Session": 1}`, are never taken for tags)."""
     first = errors[0]
     loc = tuple(first.get("loc", ()))
-    for k, part in enumerate(loc):
-        if not isinstance(part, str):
+    if not loc or loc[0] != "body" or not isinstance(body, dict | list):
+        return first, loc, []
+    for k, (part, sent) in enumerate(zip(loc, _in_body(first, body), strict=True)):
+        if sent or not isinstance(part, str):
             continue
         group = [e for e in errors if tuple(e.get("loc", ()))[:k] == loc[:k] and len(e["loc"]) > k]
         tags = list(dict.fromkeys(e["loc"][k] for e in group if isinstance(e["loc"][k], str)))
-        if len(tags) < 2 or not all(_is_member_tag(t) for t in tags):
-            continue  # field names (two missing fields, say), not a union's members
+        if len(tags) < 2:
+            continue
         # A type mismatch at the member's top says only that the value is not of that type.
         telling = [
             e for e in group if len(e["loc"]) > k + 1 or not str(e.get("type")).endswith("_type")
@@ -170,8 +185,8 @@ def _most_telling(errors: Sequence[Any]) -> tuple[Any, tuple[Any, ...], list[str
             return first, loc[:k], tags
         best = max(telling, key=lambda e: len(e["loc"]))
         # Nested unions (a list of `TextPart | ImagePart`) leave more than one tag.
-        names = tuple(p for p in best["loc"] if not (isinstance(p, str) and _is_member_tag(p)))
-        return best, names, []
+        kept = _in_body(best, body)
+        return best, tuple(p for p, sent in zip(best["loc"], kept, strict=True) if sent), []
     return first, loc, []
 
 
