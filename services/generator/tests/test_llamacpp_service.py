@@ -116,69 +116,49 @@ async def test_n_choices_and_logprobs(llama) -> None:  # type: ignore[no-untyped
                 assert logprob.top_logprobs[0].logprob == pytest.approx(logprob.logprob)
 
 
-# Greedy answers of the same prompt are compared token by token up to a near tie. llama.cpp's
-# float sums depend on an instance's history: a prompt it has just run is found whole in its KV
-# cache and only its last token is evaluated again, alone, and other prefixes leave other cache
-# layouts, so logits may differ in their last bits between two runs. Where the top two tokens
-# are this close that may pick either one ("Hola in" + " Spanish" or " English", 0.004 nats
-# apart, flipped once in CI); float noise is orders of magnitude smaller. A request that read
-# another's KV cells or tokens would differ where the model is sure, which this catches.
-NEAR_TIE_NATS = 0.05
-
-
-def greedy_tokens(result) -> list[tuple[bytes, float]]:  # type: ignore[no-untyped-def]
-    """Each token's bytes and its lead over the runner-up (nats)."""
-    tokens = []
-    for response in result.responses:
-        for delta in response.choices:
-            for logprob in delta.logprobs:
-                top = sorted((t.logprob for t in logprob.top_logprobs), reverse=True)
-                tokens.append((logprob.token_bytes, top[0] - top[1]))
-    return tokens
-
-
-def assert_same_where_sure(first, second) -> int:  # type: ignore[no-untyped-def]
-    """Asserts two greedy answers agree until a near tie; returns how many tokens were compared."""
-    compared = 0
-    for (token_a, lead_a), (token_b, lead_b) in zip(
-        greedy_tokens(first), greedy_tokens(second), strict=False
-    ):
-        if min(lead_a, lead_b) < NEAR_TIE_NATS:
-            break  # either token may win here; what follows is conditioned on it
-        assert token_a == token_b, (first.text(), second.text())
-        compared += 1
-    return compared
+# Greedy answers are compared after `forget_prompts`. An instance that has just run a prompt
+# finds it whole in its KV cache and evaluates only its last token again, alone, through
+# another kernel path: measured here, the same prompt asked twice in a row moved log-probs by
+# up to 0.86 nats ("What is 2 + 2?"), enough to flip a greedy token (CI once got "Hola in
+# English" for "Hola in Spanish", 0.004 nats apart). After another prompt, an instance reuses
+# only the shared chat header and evaluates the rest in one batch: the same prompt then gave
+# identical log-probs on either instance, whatever came before.
+async def forget_prompts(llama) -> None:  # type: ignore[no-untyped-def]
+    """Runs an unrelated prompt on each of the pool's two contexts at once."""
+    await asyncio.gather(
+        *(llama.generate(f"Unrelated prompt {i}: tell me a story.", max_tokens=1) for i in (1, 2))
+    )
 
 
 async def test_temperature_zero_is_deterministic(llama) -> None:  # type: ignore[no-untyped-def]
-    params = {"max_tokens": 16, "temperature": 0.0, "logprobs": True, "top_logprobs": 2}
-    first = await llama.generate("What is the capital of France?", **params)
-    second = await llama.generate("What is the capital of France?", **params)
-    assert first.text() != ""
-    assert assert_same_where_sure(first, second) >= 12
+    await forget_prompts(llama)
+    first = await llama.generate("Name three colors.", max_tokens=16, temperature=0.0)
+    await forget_prompts(llama)
+    second = await llama.generate("Name three colors.", max_tokens=16, temperature=0.0)
+    assert first.text() == second.text() != ""
 
 
 async def test_concurrent_requests_are_not_corrupted(llama) -> None:  # type: ignore[no-untyped-def]
-    # Questions whose greedy answers hold no near tie in their first 12 tokens (SmolLM2-135M).
     questions = [
         "What is the capital of France?",
+        "Name three colors.",
         "What is 2 + 2?",
-        "What is the boiling point of water in Celsius?",
-        "What is the largest planet in our solar system?",
+        "Say hello in Spanish.",
     ]
-    params = {"max_tokens": 12, "temperature": 0.0, "logprobs": True, "top_logprobs": 2}
-    one_by_one = [await llama.generate(q, **params) for q in questions]
-    together = await asyncio.gather(*(llama.generate(q, **params) for q in questions))
-    compared = [
-        assert_same_where_sure(alone, side_by_side)
-        for alone, side_by_side in zip(one_by_one, together, strict=True)
+    await forget_prompts(llama)
+    one_by_one = [
+        (await llama.generate(q, max_tokens=12, temperature=0.0)).text() for q in questions
     ]
-    # Not vacuous: most tokens are compared.
-    assert sum(compared) >= 36, compared
+    await forget_prompts(llama)
+    together = await asyncio.gather(
+        *(llama.generate(q, max_tokens=12, temperature=0.0) for q in questions)
+    )
+    assert [r.text() for r in together] == one_by_one
 
 
 async def test_a_character_cut_by_max_tokens_is_dropped_not_replaced(llama) -> None:  # type: ignore[no-untyped-def]
     # SmolLM2 ends this greeting with emoji; its 12th token is the first bytes of one.
+    await forget_prompts(llama)
     result = await llama.generate(
         "Say hello in Spanish.", max_tokens=12, temperature=0.0, logprobs=True
     )
