@@ -258,9 +258,15 @@ class Stack:
         if not value:
             return fixed
         try:
-            return int(value)
+            port = int(value)
         except ValueError:
-            raise StartupError(f"{setting}={value!r} is not a port number") from None
+            port = 0
+        # -1 turns a service's metrics listener off (its own setting's meaning).
+        if value.strip() == "-1" and setting.endswith("_METRICS_PORT"):
+            return -1
+        if not 1 <= port <= 65535:
+            raise StartupError(f"{setting}={value!r} is not a port number (1-65535)")
+        return port
 
     def check_ports_free(self) -> None:
         """`make up` on ports another process holds would find that process answering its
@@ -275,7 +281,7 @@ class Stack:
                 ("HTTP", service.http_port),
                 ("metrics", service.metrics_port),
             ):
-                if port is not None and not port_free(port):
+                if port is not None and port > 0 and not port_free(port):
                     taken.append(f"{port} ({service.name} {kind}, {service.port_settings[kind]})")
         if taken:
             raise StartupError(

@@ -33,9 +33,16 @@ def test_ports_come_from_the_services_settings(
     assert services["safety"].grpc_port == ports["SAFETY_PORT"]
     assert services["history"].metrics_port == ports["HISTORY_METRICS_PORT"]
     assert services["generator"].grpc_port == 50051  # the default where nothing is set
-    monkeypatch.setenv("GATEWAY_PORT", "eight thousand")
-    with pytest.raises(devstack.StartupError, match="GATEWAY_PORT='eight thousand'"):
-        fixed_stack(tmp_path).build()  # type: ignore[attr-defined]
+    for bad in ("eight thousand", "0", "70000", "-1"):
+        monkeypatch.setenv("GATEWAY_PORT", bad)
+        with pytest.raises(devstack.StartupError, match=f"GATEWAY_PORT='{bad}'"):
+            fixed_stack(tmp_path).build()  # type: ignore[attr-defined]
+    monkeypatch.delenv("GATEWAY_PORT")
+    # -1 is a metrics port's "off", as the service's own setting has it: passed on, not checked.
+    monkeypatch.setenv("SAFETY_METRICS_PORT", "-1")
+    stack = fixed_stack(tmp_path)
+    stack.build()  # type: ignore[attr-defined]
+    assert stack.services["safety"].metrics_port == -1  # type: ignore[attr-defined]
 
 
 def test_a_port_in_use_is_refused_by_name_before_anything_starts(

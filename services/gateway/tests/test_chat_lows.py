@@ -10,6 +10,11 @@ from parlance.testing.fakes import Script, wait_for
 from parlance.testing.inprocess import InProcessGateway, inprocess_gateway
 
 
+def title_tasks() -> list[asyncio.Task[object]]:
+    # Titles.schedule names each task title-<conversation id>.
+    return [t for t in asyncio.all_tasks() if t.get_name().startswith("title-")]
+
+
 async def test_a_cache_hit_starts_no_title_generation(tmp_path: Path) -> None:
     async with inprocess_gateway(tmp_path, generate_titles=True) as gw:
         gw.generator.scripts = [Script(), Script(deltas=["Greeting"])]
@@ -19,9 +24,11 @@ async def test_a_cache_hit_starts_no_title_generation(tmp_path: Path) -> None:
             return [r for r in gw.generator.requests if r.request_id.startswith("title-")]
 
         await wait_for(lambda: len(titles()) == 1)  # the title is generated in the background
+        await wait_for(lambda: not title_tasks())  # and written
         hit = await gw.chat(store=True, temperature=0)
         assert hit.headers["x-cache"] == "hit"
-        await asyncio.sleep(0.05)  # a title task the hit started would have asked by now
+        # A title the hit asked for would be a task by now (scheduled before the response).
+        assert not title_tasks()
         assert len(titles()) == 1
         # The hit's conversation keeps its provisional title.
         assert gw.history.conversations[hit.json()["conversation_id"]].conversation.title == (
