@@ -116,13 +116,13 @@ async def test_n_choices_and_logprobs(llama) -> None:  # type: ignore[no-untyped
                 assert logprob.top_logprobs[0].logprob == pytest.approx(logprob.logprob)
 
 
-# Greedy answers are compared after `forget_prompts`. An instance that has just run a prompt
-# finds it whole in its KV cache and evaluates only its last token again, alone, through
-# another kernel path: measured here, the same prompt asked twice in a row moved log-probs by
-# up to 0.86 nats ("What is 2 + 2?"), enough to flip a greedy token (CI once got "Hola in
-# English" for "Hola in Spanish", 0.004 nats apart). After another prompt, an instance reuses
-# only the shared chat header and evaluates the rest in one batch: the same prompt then gave
-# identical log-probs on either instance, whatever came before.
+# Greedy answers are compared after `forget_prompts`. What a llama.cpp context has run before
+# changes a prompt's log-probs (measured here, SmolLM2, one thread a context): the same prompt
+# asked again right after itself moved them by up to 0.86 nats ("What is 2 + 2?"), and a
+# context's first decode differed from its later ones; enough to flip a greedy token (CI once
+# got "Hola in English" for "Hola in Spanish", 0.004 nats apart). After an unrelated prompt
+# had run on each context, the same prompt gave identical log-probs on either context, with
+# two different unrelated prompts before it (four prompts measured).
 async def forget_prompts(llama) -> None:  # type: ignore[no-untyped-def]
     """Runs an unrelated prompt on each of the pool's two contexts at once."""
     await asyncio.gather(
