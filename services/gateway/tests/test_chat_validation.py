@@ -75,19 +75,12 @@ async def test_missing_model_names_the_parameter(gw: InProcessGateway) -> None:
     assert assert_error(response, 400, "model") == "Missing required parameter: 'model'."
 
 
-async def test_a_body_that_is_not_json(gw: InProcessGateway) -> None:
+@pytest.mark.parametrize("content", [b"{not json", b""], ids=["not-json", "empty"])
+async def test_a_body_that_is_not_json(gw: InProcessGateway, content: bytes) -> None:
+    # An empty body used to say "Missing required parameter: 'None'".
     response = await gw.client.post(
         "/v1/chat/completions",
-        content=b"{not json",
-        headers=gw.alice.headers | {"content-type": "application/json"},
-    )
-    assert "could not parse the JSON body" in assert_error(response, 400, None)
-
-
-async def test_an_empty_body_is_named_as_such(gw: InProcessGateway) -> None:
-    response = await gw.client.post(
-        "/v1/chat/completions",
-        content=b"",
+        content=content,
         headers=gw.alice.headers | {"content-type": "application/json"},
     )
     assert "could not parse the JSON body" in assert_error(response, 400, None)
