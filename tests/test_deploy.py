@@ -180,8 +180,9 @@ def test_each_profile_is_one_complete_stack(profile: str) -> None:
 
 def test_the_cpu_stack_serves_and_routes_what_make_up_does() -> None:
     """Compose's CPU profile (and the Kubernetes overlay generated from it) runs the models,
-    the alias, the default answer length and the intent route file that `make up` runs, so that both deployments answer
-    alike; the route file's path is the one the gateway image puts it at."""
+    the alias, the default answer length and the intent route file that `make up` runs, so
+    that both deployments answer alike; the route file's path is the one the gateway image
+    puts it at."""
     devstack = _load_devstack()
     services = active_services("cpu")
     generator = services["generator"]["environment"]
