@@ -8,12 +8,11 @@ from pathlib import Path
 
 from safety_set_check import (
     ANSWER_LABELS,
-    collisions,
-    header_problems,
-    loader_problems,
-    read,
+    finish,
+    read_checked,
     report_answer_counts,
     sentences,
+    verdict,
 )
 
 HEADER = ["label", "kind", "harm_from", "text"]
@@ -107,19 +106,12 @@ def main(here: Path, skip: frozenset[str]) -> int:
     """Checks here/answers.tsv (see a set's check.py); `skip`: other sets' folders not to read
     (held out from this set's author). 1 when anything is wrong or collides."""
     answers = here / "answers.tsv"
-    problems = header_problems(answers, HEADER)
-    rows = read(answers)
-    problems += check_rows(rows)
-    if problems:
-        print(f"{problems} problems")
+    rows = read_checked(answers, HEADER, check_rows)
+    if rows is None:
         return 1
-    problems += check_sizes(rows)
+    problems = check_sizes(rows)
     report_answer_counts(rows)
     late = Counter((r["label"], r["harm_from"]) for r in rows if r["kind"] == "late_harm")
     print("\nlate_harm by label and harm_from:", dict(sorted(late.items())))
-
-    problems += collisions(rows, here, "answers", skip)
-
-    problems += loader_problems(answers, rows)
-    print("ok" if not problems else f"{problems} problems")
-    return 1 if problems else 0
+    problems += finish(answers, rows, here, "answers", skip)
+    return verdict(problems)

@@ -8,12 +8,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from safety_set_check import (
-    collisions,
-    header_problems,
-    loader_problems,
-    read,
-)
+from safety_set_check import finish, read_checked, verdict
 
 HEADER = ["kind", "text"]
 MIN_MESSAGES = 700
@@ -82,15 +77,10 @@ def main(here: Path, skip: frozenset[str]) -> int:
     """Checks here/messages.tsv (see a set's check.py); `skip`: other sets' folders not to read
     (held out from this set's author). 1 when anything is wrong or collides."""
     messages = here / "messages.tsv"
-    problems = header_problems(messages, HEADER)
-    rows = read(messages)
-    problems += check_rows(rows)
-    if problems:
-        print(f"{problems} problems")
+    rows = read_checked(messages, HEADER, check_rows)
+    if rows is None:
         return 1
-    problems += report_counts(rows)
+    problems = report_counts(rows)
     problems += plain_problems(rows)
-    problems += collisions(rows, here, "messages", skip)
-    problems += loader_problems(messages, rows)
-    print("ok" if not problems else f"{problems} problems")
-    return 1 if problems else 0
+    problems += finish(messages, rows, here, "messages", skip)
+    return verdict(problems)

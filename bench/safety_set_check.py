@@ -12,6 +12,7 @@ import itertools
 import re
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -51,6 +52,33 @@ def header_problems(path: Path, expected: list[str]) -> int:
         print(f"header is {header}, expected {expected}")
         return 1
     return 0
+
+
+def read_checked(
+    path: Path, header: list[str], check_rows: Callable[[list[dict[str, str]]], int]
+) -> list[dict[str, str]] | None:
+    """The set's rows, or None (the problems printed) when its header or a row is wrong: the
+    later checks read fields a malformed row may lack."""
+    problems = header_problems(path, header)
+    rows = read(path)
+    problems += check_rows(rows)
+    if problems:
+        print(f"{problems} problems")
+        return None
+    return rows
+
+
+def finish(
+    path: Path, rows: list[dict[str, str]], here: Path, name: str, skip: frozenset[str]
+) -> int:
+    """The checks every set ends with (collisions with other sets, the loader); the number of
+    problems they found."""
+    return collisions(rows, here, name, skip) + loader_problems(path, rows)
+
+
+def verdict(problems: int) -> int:
+    print("ok" if not problems else f"{problems} problems")
+    return 1 if problems else 0
 
 
 def other_texts(here: Path, skip: frozenset[str] = frozenset()) -> list[str]:
